@@ -1,0 +1,1 @@
+"""Exchange adapters: the simulated exchange and live venues."""

@@ -1,0 +1,1 @@
+"""The simulated exchange: a matching engine, synthetic order flow and the adapter."""

@@ -1,0 +1,130 @@
+"""The exchange adapter contract shared by the simulated exchange and live venues.
+
+An adapter owns one venue's connections. It feeds the run through a ``VenueSink``
+(book changes, book state transitions, public trades, order updates, fills) and takes
+order actions through ``submit``, which never blocks: results come back as
+``OrderUpdate`` and ``Fill`` events, as they do from a real venue.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
+
+from quoteforge.model import Fill, Instrument, Order, OrderUpdate, Side
+
+if TYPE_CHECKING:
+    from quoteforge.book import L2Book
+    from quoteforge.clock import Clock
+
+__all__ = [
+    "CancelAll",
+    "CancelOrder",
+    "ExchangeAdapter",
+    "OrderAction",
+    "PlaceOrder",
+    "ReplaceOrder",
+    "VenueContext",
+    "VenueSink",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    order: Order
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    client_id: str
+    venue: str
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceOrder:
+    """Cancel ``old_client_id`` and place ``new`` in one venue call where supported."""
+
+    old_client_id: str
+    new: Order
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAll:
+    venue: str
+    symbol: str | None = None
+
+
+OrderAction = PlaceOrder | CancelOrder | ReplaceOrder | CancelAll
+
+
+class VenueSink(Protocol):
+    """What an adapter calls when something happens on its venue."""
+
+    def on_book(self, book: L2Book) -> None:
+        """The book changed (after the update was applied and checked)."""
+
+    def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
+        """The book moved between SYNCING, LIVE, STALE and RESYNCING."""
+
+    def on_trade(
+        self, venue: str, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side, ts_ns: int
+    ) -> None:
+        """A public trade printed on the venue."""
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        """A report about one of our orders."""
+
+    def on_fill(self, fill: Fill) -> None:
+        """One of our orders traded."""
+
+
+@dataclass
+class VenueContext:
+    """What a run hands an adapter factory besides the adapter's own params."""
+
+    name: str
+    clock: Clock
+    seed: int
+    mode: str
+    symbols: list[str]
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ExchangeAdapter(ABC):
+    """One venue. Subclasses: ``quoteforge.exchanges.sim.SimExchange`` and the live
+    adapters. Required methods are abstract; the rest have working defaults."""
+
+    name: str
+    instruments: dict[str, Instrument]
+    books: dict[str, L2Book]
+
+    @abstractmethod
+    async def connect(self, sink: VenueSink) -> None:
+        """Load instruments and start market data for the context's symbols."""
+
+    @abstractmethod
+    def submit(self, actions: Sequence[OrderAction]) -> None:
+        """Send order actions; never blocks. Outcomes arrive through the sink."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop streams and release connections. Does not cancel orders."""
+
+    async def cancel_all(self, symbol: str | None = None) -> None:
+        """Cancel every open order of ours (on ``symbol`` or everywhere)."""
+        self.submit([CancelAll(self.name, symbol)])
+
+    async def fetch_open_orders(self) -> list[OrderUpdate]:
+        """Open orders as the venue reports them (reconciliation truth)."""
+        return []
+
+    async def fetch_balances(self) -> dict[str, Decimal]:
+        return {}
+
+    async def fetch_fills(self, since_ns: int) -> list[Fill]:
+        return []

@@ -1,0 +1,313 @@
+"""Domain model: instruments, orders, fills and quotes.
+
+Prices and quantities that can reach an exchange are integers: ``ticks`` (multiples of
+the instrument's tick size) and ``lots`` (multiples of its lot size). ``Instrument``
+converts between them and ``Decimal`` exactly; floats appear only in analytics.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+__all__ = [
+    "Fill",
+    "Instrument",
+    "InstrumentKind",
+    "Liquidity",
+    "Order",
+    "OrderStatus",
+    "OrderType",
+    "OrderUpdate",
+    "Quote",
+    "Side",
+    "TimeInForce",
+    "market_key",
+]
+
+
+def market_key(venue: str, symbol: str) -> str:
+    """The one spelling of a market used in logs, reports, the journal and bus topics."""
+    return f"{venue}:{symbol}"
+
+
+class Side(enum.IntEnum):
+    """Order side; the integer value is the sign of the position change."""
+
+    BUY = 1
+    SELL = -1
+
+    @property
+    def opposite(self) -> Side:
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+    @classmethod
+    def parse(cls, value: str | int | Side) -> Side:
+        if isinstance(value, Side):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        text = value.strip().lower()
+        if text in ("buy", "bid", "b"):
+            return cls.BUY
+        if text in ("sell", "ask", "s", "offer"):
+            return cls.SELL
+        raise ValueError(f"unknown side {value!r}: expected 'buy' or 'sell'")
+
+
+class OrderType(enum.Enum):
+    LIMIT = "limit"
+    MARKET = "market"
+
+
+class TimeInForce(enum.Enum):
+    GTC = "gtc"
+    IOC = "ioc"
+    POST_ONLY = "post_only"
+
+
+class Liquidity(enum.Enum):
+    MAKER = "maker"
+    TAKER = "taker"
+
+
+class OrderStatus(enum.Enum):
+    PENDING_NEW = "pending_new"
+    OPEN = "open"
+    PARTIALLY_FILLED = "partially_filled"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_working(self) -> bool:
+        """The order can still trade (or may, while a request about it is in flight)."""
+        return self not in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
+)
+
+
+class InstrumentKind(enum.Enum):
+    SPOT = "spot"
+    BINARY = "binary"  # event contract priced in [0, 1]
+
+
+def _as_decimal(value: Decimal | str | int | float, what: str) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, float):
+        # repr() is the shortest string that round-trips: 0.1 -> "0.1", not the binary value.
+        value = repr(value)
+    try:
+        return Decimal(value)
+    except (InvalidOperation, TypeError):
+        raise ValueError(f"{what} {value!r} is not a number") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """A tradable market on one venue with its price and quantity grid."""
+
+    venue: str
+    symbol: str
+    base: str
+    quote: str
+    tick_size: Decimal
+    lot_size: Decimal
+    min_qty: Decimal = Decimal(0)
+    min_notional: Decimal = Decimal(0)
+    kind: InstrumentKind = InstrumentKind.SPOT
+    maker_fee: Decimal = Decimal(0)
+    taker_fee: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        if self.tick_size <= 0:
+            raise ValueError(f"{self.key}: tick_size must be > 0, got {self.tick_size}")
+        if self.lot_size <= 0:
+            raise ValueError(f"{self.key}: lot_size must be > 0, got {self.lot_size}")
+        if self.kind is InstrumentKind.BINARY and (1 / self.tick_size) % 1 != 0:
+            raise ValueError(f"{self.key}: a binary contract's tick_size must divide 1")
+
+    @property
+    def key(self) -> str:
+        return market_key(self.venue, self.symbol)
+
+    # -- price grid -------------------------------------------------------------------
+    @property
+    def min_price_ticks(self) -> int:
+        return 1
+
+    @property
+    def max_price_ticks(self) -> int | None:
+        """Highest valid price in ticks; binary contracts stop one tick below 1."""
+        if self.kind is InstrumentKind.BINARY:
+            return int(1 / self.tick_size) - 1
+        return None
+
+    def price_to_ticks(self, price: Decimal | str | int | float) -> int:
+        """Exact conversion; a price off the tick grid is an error, never rounded."""
+        value = _as_decimal(price, "price")
+        ticks, rest = divmod(value, self.tick_size)
+        if rest != 0:
+            raise ValueError(
+                f"{self.key}: price {value} is not a multiple of tick size {self.tick_size}"
+            )
+        return int(ticks)
+
+    def ticks_to_price(self, ticks: int) -> Decimal:
+        return (self.tick_size * ticks).normalize() if ticks else Decimal(0)
+
+    def round_price(self, price: float, side: Side) -> int:
+        """Ticks for a quote at ``price``, rounded passively (bids down, asks up) and
+        clamped to the instrument's valid range."""
+        raw = price / float(self.tick_size)
+        # Round to 9 digits first so 100.00000000001 does not become an extra tick.
+        raw = round(raw, 9)
+        ticks = math.floor(raw) if side is Side.BUY else math.ceil(raw)
+        return self.clamp_ticks(ticks)
+
+    def clamp_ticks(self, ticks: int) -> int:
+        ticks = max(ticks, self.min_price_ticks)
+        top = self.max_price_ticks
+        if top is not None:
+            ticks = min(ticks, top)
+        return ticks
+
+    def ticks_to_float(self, ticks: int) -> float:
+        return ticks * float(self.tick_size)
+
+    # -- quantity grid ----------------------------------------------------------------
+    def qty_to_lots(self, qty: Decimal | str | int | float) -> int:
+        value = _as_decimal(qty, "quantity")
+        lots, rest = divmod(value, self.lot_size)
+        if rest != 0:
+            raise ValueError(
+                f"{self.key}: quantity {value} is not a multiple of lot size {self.lot_size}"
+            )
+        return int(lots)
+
+    def lots_to_qty(self, lots: int) -> Decimal:
+        return (self.lot_size * lots).normalize() if lots else Decimal(0)
+
+    def round_qty(self, qty: float) -> int:
+        """Lots for a quantity, rounded down (never quote more than asked)."""
+        return max(0, math.floor(round(qty / float(self.lot_size), 9)))
+
+    def lots_to_float(self, lots: int) -> float:
+        return lots * float(self.lot_size)
+
+    def notional(self, price_ticks: int, lots: int) -> Decimal:
+        return self.ticks_to_price(price_ticks) * self.lots_to_qty(lots)
+
+    def check_order(self, price_ticks: int | None, lots: int) -> str | None:
+        """Why the venue would refuse this order size/price, or None when it is valid."""
+        if lots <= 0:
+            return "quantity must be positive"
+        if self.lots_to_qty(lots) < self.min_qty:
+            return f"quantity {self.lots_to_qty(lots)} below minimum {self.min_qty}"
+        if price_ticks is not None:
+            if price_ticks < self.min_price_ticks:
+                return f"price {self.ticks_to_price(price_ticks)} below minimum"
+            top = self.max_price_ticks
+            if top is not None and price_ticks > top:
+                return f"price {self.ticks_to_price(price_ticks)} above maximum"
+            if self.min_notional and self.notional(price_ticks, lots) < self.min_notional:
+                return (
+                    f"notional {self.notional(price_ticks, lots)} below minimum {self.min_notional}"
+                )
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """One price level a strategy wants to have working."""
+
+    side: Side
+    price_ticks: int
+    qty_lots: int
+    level: int = 0
+    post_only: bool = True
+
+
+@dataclass(slots=True)
+class Order:
+    """Our order as the order manager knows it. Mutated only by the order manager."""
+
+    client_id: str
+    venue: str
+    symbol: str
+    side: Side
+    qty_lots: int
+    price_ticks: int | None
+    order_type: OrderType = OrderType.LIMIT
+    tif: TimeInForce = TimeInForce.GTC
+    strategy: str = ""
+    level: int = 0
+    status: OrderStatus = OrderStatus.PENDING_NEW
+    filled_lots: int = 0
+    exchange_id: str | None = None
+    created_ns: int = 0
+    updated_ns: int = 0
+    reason: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def remaining_lots(self) -> int:
+        return self.qty_lots - self.filled_lots
+
+    @property
+    def market(self) -> str:
+        return market_key(self.venue, self.symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """A venue's report about one of our orders (acknowledged, cancelled, rejected...).
+
+    ``filled_lots`` is cumulative, as venues report it; fills themselves arrive as
+    ``Fill`` events so that each trade is applied exactly once by its ``fill_id``.
+    """
+
+    venue: str
+    client_id: str
+    status: OrderStatus
+    ts_ns: int
+    exchange_id: str | None = None
+    filled_lots: int | None = None
+    price_ticks: int | None = None
+    qty_lots: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One trade against one of our orders. ``fill_id`` is unique per venue."""
+
+    venue: str
+    symbol: str
+    fill_id: str
+    client_id: str
+    side: Side
+    price_ticks: int
+    qty_lots: int
+    fee: Decimal
+    fee_asset: str
+    liquidity: Liquidity
+    ts_ns: int
+    strategy: str = ""
+
+    @property
+    def market(self) -> str:
+        return market_key(self.venue, self.symbol)

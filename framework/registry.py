@@ -1,0 +1,337 @@
+"""Plugin discovery and the registry of everything plugins provide.
+
+Entry points of the ``quoteforge`` group are loaded one at a time. A plugin that fails
+to import is recorded with the reason (and, for a missing optional dependency, the exact
+pip command) instead of taking the other plugins down. A manifest that names a type
+from such a plugin gets that reason as its error; nothing is skipped silently.
+
+Environment switches:
+
+``QUOTEFORGE_DISABLE_PLUGIN_AUTOLOAD=1``
+    load only the built-in plugins (those shipped in the ``quoteforge`` distribution).
+``QUOTEFORGE_BLOCK_PLUGINS=name,name``
+    do not load these entry points.
+``QUOTEFORGE_TRACE_HOOKS=1``
+    log every hook call and its result (pluggy tracing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Protocol
+
+import pluggy
+from loguru import logger
+from pydantic import BaseModel, ConfigDict
+
+from quoteforge import hookspecs
+
+ENTRY_POINT_GROUP = "quoteforge"
+DIST_NAME = "quoteforge"
+
+KINDS = ("exchange", "strategy", "risk", "execution", "bus", "journal", "book_source")
+
+_REGISTRATION_HOOKS = {
+    "exchange": "quoteforge_register_exchanges",
+    "strategy": "quoteforge_register_strategies",
+    "risk": "quoteforge_register_risk_checks",
+    "execution": "quoteforge_register_execution_policies",
+    "bus": "quoteforge_register_bus_backends",
+    "journal": "quoteforge_register_journal_backends",
+    "book_source": "quoteforge_register_book_sources",
+}
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "NoParams",
+    "PluginError",
+    "PluginRecord",
+    "PluginRegistry",
+    "Register",
+    "Registration",
+    "load_registry",
+]
+
+
+class NoParams(BaseModel):
+    """Parameter schema of a plugin that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginError(Exception):
+    """A plugin the run needs cannot be used; the message says how to fix it."""
+
+
+class Register(Protocol):
+    """The callback registration hooks receive."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: Any,
+        *,
+        params: type[BaseModel] | None = None,
+        description: str = "",
+        requires: tuple[str, ...] = (),
+        aliases: tuple[str, ...] = (),
+    ) -> None: ...
+
+
+@dataclass
+class Registration:
+    """One registered type: what a manifest's ``type:`` resolves to."""
+
+    kind: str
+    name: str
+    factory: Any
+    params: type[BaseModel]
+    description: str
+    plugin: str
+    requires: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    install_hint: str = ""
+
+    @property
+    def loadable(self) -> bool:
+        return not self.missing
+
+
+@dataclass
+class PluginRecord:
+    """One discovered entry point and how loading it went."""
+
+    name: str
+    module: str
+    dist: str
+    version: str
+    loaded: bool
+    error: str = ""
+    install_hint: str = ""
+    provides: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _missing_modules(modules: tuple[str, ...]) -> tuple[str, ...]:
+    missing = []
+    for mod in modules:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(mod)
+    return tuple(missing)
+
+
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EXTRA_MARKER = re.compile(r"extra\s*==\s*['\"]([^'\"]+)['\"]")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def install_hint(dist_name: str, modules: tuple[str, ...]) -> str:
+    """The pip command that provides ``modules``: the distribution's extra that lists
+    them when there is one, else the modules themselves."""
+    try:
+        dist = metadata.distribution(dist_name)
+        requirements = dist.requires or []
+    except metadata.PackageNotFoundError:
+        requirements = []
+    wanted = {_normalise(m.split(".")[0]) for m in modules}
+    # Import names and distribution names differ for a few common packages.
+    wanted |= {_normalise(_IMPORT_TO_DIST.get(m.split(".")[0], m)) for m in modules}
+    extras: list[str] = []
+    for req in requirements:
+        name_match = _REQ_NAME.match(req)
+        extra_match = _EXTRA_MARKER.search(req)
+        if not name_match or not extra_match:
+            continue
+        if _normalise(name_match.group(1)) in wanted and extra_match.group(1) not in extras:
+            extras.append(extra_match.group(1))
+    if extras:
+        # The narrowest extra is the one named after the feature, not "all"/"dev".
+        extras.sort(key=lambda e: (e in ("all", "dev"), len(e)))
+        return f'pip install "{dist_name}[{extras[0]}]"'
+    names = " ".join(sorted({_IMPORT_TO_DIST.get(m.split(".")[0], m) for m in modules}))
+    return f"pip install {names}"
+
+
+_IMPORT_TO_DIST = {"psycopg": "psycopg", "yaml": "PyYAML", "prometheus_client": "prometheus-client"}
+
+
+class PluginRegistry:
+    """The plugin manager and what the plugins registered, by kind and name."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("quoteforge")
+        self.pm.add_hookspecs(hookspecs)
+        self.records: list[PluginRecord] = []
+        self._types: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
+        self._aliases: dict[str, dict[str, str]] = {k: {} for k in KINDS}
+        if os.environ.get("QUOTEFORGE_TRACE_HOOKS"):
+            self.pm.trace.root.setwriter(lambda msg: logger.debug("hook: {}", msg.rstrip()))
+            self.pm.enable_tracing()
+
+    # -- loading ------------------------------------------------------------------------
+    def load_entry_points(self) -> None:
+        blocked = {
+            n.strip() for n in os.environ.get("QUOTEFORGE_BLOCK_PLUGINS", "").split(",") if n
+        }
+        builtin_only = os.environ.get("QUOTEFORGE_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0")
+        seen: set[tuple[str, str]] = set()
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "?"
+            version = ep.dist.version if ep.dist is not None else "?"
+            if (ep.name, ep.value) in seen:
+                continue  # the same distribution visible twice on sys.path
+            seen.add((ep.name, ep.value))
+            if ep.name in blocked or (builtin_only and _normalise(dist) != DIST_NAME):
+                continue
+            self._load_one(ep.name, ep.value, dist, version, ep.load)
+
+    def register_module(self, module: Any, name: str | None = None) -> PluginRecord:
+        """Register an already-imported plugin module or object (tests, embedding)."""
+        plugin_name = name or getattr(module, "__name__", repr(module))
+        return self._load_one(plugin_name, plugin_name, "(direct)", "", lambda: module)
+
+    def _load_one(
+        self, name: str, value: str, dist: str, version: str, load: Callable[[], Any]
+    ) -> PluginRecord:
+        record = PluginRecord(name=name, module=value, dist=dist, version=version, loaded=False)
+        self.records.append(record)
+        try:
+            module = load()
+        except ModuleNotFoundError as exc:
+            missing = exc.name or str(exc)
+            record.error = f"missing module {missing!r}"
+            record.install_hint = install_hint(dist, (missing,))
+            logger.debug("plugin {} not loaded: {}", name, record.error)
+            return record
+        except Exception as exc:  # a broken plugin never takes the others down
+            record.error = f"{type(exc).__name__}: {exc}"
+            logger.warning("plugin {} ({}) failed to load: {}", name, dist, record.error)
+            return record
+        try:
+            self.pm.register(module, name=name)
+        except ValueError as exc:
+            record.error = f"already registered: {exc}"
+            return record
+        except pluggy.PluginValidationError as exc:
+            record.error = f"invalid hook implementation: {exc}"
+            logger.warning("plugin {} rejected: {}", name, exc)
+            return record
+        try:
+            for kind, hook_name in _REGISTRATION_HOOKS.items():
+                impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+                for impl in impls:
+                    if impl.plugin is module:
+                        impl.function(register=self._registrar(kind, name, dist, record))
+        except Exception as exc:
+            record.error = f"registration failed: {type(exc).__name__}: {exc}"
+            logger.warning("plugin {} failed while registering: {}", name, exc)
+            self.pm.unregister(module)
+            return record
+        record.loaded = True
+        return record
+
+    def _registrar(self, kind: str, plugin: str, dist: str, record: PluginRecord) -> Register:
+        def register(
+            name: str,
+            factory: Any,
+            *,
+            params: type[BaseModel] | None = None,
+            description: str = "",
+            requires: tuple[str, ...] = (),
+            aliases: tuple[str, ...] = (),
+        ) -> None:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise PluginError(
+                    f"{kind} name {name!r} from plugin {plugin!r} must be lower_snake_case"
+                )
+            existing = self._types[kind].get(name)
+            if existing is not None:
+                raise PluginError(
+                    f"{kind} {name!r} from plugin {plugin!r} is already registered by "
+                    f"plugin {existing.plugin!r}"
+                )
+            schema = params or getattr(factory, "Params", None) or NoParams
+            missing = _missing_modules(tuple(requires))
+            doc = description or (getattr(factory, "__doc__", None) or "").strip()
+            reg = Registration(
+                kind=kind,
+                name=name,
+                factory=factory,
+                params=schema,
+                description=doc.splitlines()[0] if doc else "",
+                plugin=plugin,
+                requires=tuple(requires),
+                missing=missing,
+                install_hint=install_hint(dist, missing) if missing else "",
+            )
+            self._types[kind][name] = reg
+            for alias in aliases:
+                self._aliases[kind][alias] = name
+            record.provides.append((kind, name))
+
+        return register
+
+    def check_pending(self) -> None:
+        """Fail on hook implementations whose name matches no specification (typos)."""
+        self.pm.check_pending()
+
+    # -- lookup -------------------------------------------------------------------------
+    def types(self, kind: str) -> dict[str, Registration]:
+        return self._types[kind]
+
+    def all_registrations(self) -> Iterator[Registration]:
+        for kind in KINDS:
+            yield from self._types[kind].values()
+
+    def failed_plugins(self) -> list[PluginRecord]:
+        return [r for r in self.records if not r.loaded]
+
+    def get(self, kind: str, name: str) -> Registration:
+        """The registration for ``name``, or a PluginError that says how to get it."""
+        name = self._aliases[kind].get(name, name)
+        reg = self._types[kind].get(name)
+        if reg is None:
+            hint = self._hint_for_unknown(kind, name)
+            raise PluginError(hint)
+        if reg.missing:
+            raise PluginError(
+                f"{kind} {name!r} needs: {reg.install_hint} "
+                f"(missing module {', '.join(reg.missing)})"
+            )
+        return reg
+
+    def _hint_for_unknown(self, kind: str, name: str) -> str:
+        installed = ", ".join(sorted(self._types[kind])) or "none"
+        for record in self.failed_plugins():
+            if record.name == name or name in record.module:
+                fix = record.install_hint or "fix or reinstall that plugin"
+                return (
+                    f"{kind} {name!r} comes from plugin {record.name!r} ({record.dist}), "
+                    f"which failed to load: {record.error}; {fix}"
+                )
+        return f"unknown {kind} type {name!r}; installed: {installed}"
+
+
+_cached: PluginRegistry | None = None
+
+
+def load_registry(*, fresh: bool = False) -> PluginRegistry:
+    """The process-wide registry, loading entry points on first use."""
+    global _cached
+    if _cached is None or fresh:
+        registry = PluginRegistry()
+        registry.load_entry_points()
+        _cached = registry
+    return _cached

@@ -1,0 +1,162 @@
+"""The strategy API: subclass ``Strategy``, override the ``on_*`` handlers you need.
+
+A strategy says which quotes it wants; the kernel's risk chain and execution policy
+decide what is sent. Handlers have safe defaults, accept ``**kwargs`` so new keyword
+arguments never break an existing strategy, and an exception inside one is caught at
+the boundary: the strategy's quotes are pulled and it is halted, the run goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from quoteforge.model import Fill, Instrument, OrderUpdate, Quote, Side
+
+if TYPE_CHECKING:
+    from quoteforge.book import L2Book
+
+__all__ = ["Market", "Quotes", "Strategy", "StrategyContext", "StrategyParams"]
+
+Quotes = list[Quote]
+
+
+class StrategyParams(BaseModel):
+    """Base for strategy parameter schemas: closed (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Market:
+    """One market as a strategy sees it: instrument, live book and our position."""
+
+    __slots__ = ("_position", "book", "instrument", "key", "symbol", "venue")
+
+    def __init__(self, instrument: Instrument, book: L2Book, position: Callable[[], int]) -> None:
+        self.instrument = instrument
+        self.book = book
+        self.venue = instrument.venue
+        self.symbol = instrument.symbol
+        self.key = instrument.key
+        self._position = position
+
+    @property
+    def position_lots(self) -> int:
+        """Our signed position in lots (positive long)."""
+        return self._position()
+
+    @property
+    def position(self) -> float:
+        """Our signed position in base units, as a float for analytics."""
+        return self._position() * float(self.instrument.lot_size)
+
+    def bid(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
+        """A bid at ``price`` rounded down to the tick grid, ``qty`` rounded down to
+        lots; None when the size rounds to zero."""
+        lots = self.instrument.round_qty(qty)
+        if lots <= 0:
+            return None
+        return Quote(Side.BUY, self.instrument.round_price(price, Side.BUY), lots, level, post_only)
+
+    def ask(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
+        """An ask at ``price`` rounded up to the tick grid; None when the size is zero."""
+        lots = self.instrument.round_qty(qty)
+        if lots <= 0:
+            return None
+        return Quote(
+            Side.SELL, self.instrument.round_price(price, Side.SELL), lots, level, post_only
+        )
+
+    def __repr__(self) -> str:
+        return f"Market({self.key})"
+
+
+class StrategyContext:
+    """Services the kernel offers a strategy instance."""
+
+    def __init__(
+        self,
+        name: str,
+        markets: dict[str, Market],
+        now_ns: Callable[[], int],
+        set_quotes: Callable[[str, list[Quote]], None],
+        schedule: Callable[[int, Callable[[], None]], Any],
+        seed: int,
+        publish: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.markets = markets
+        self._now_ns = now_ns
+        self._set_quotes = set_quotes
+        self._schedule = schedule
+        self._publish = publish
+        self.seed = seed
+
+    def now_ns(self) -> int:
+        return self._now_ns()
+
+    def now(self) -> float:
+        """Seconds since the epoch (virtual in simulations)."""
+        return self._now_ns() / 1e9
+
+    def set_quotes(self, market: str | Market, quotes: list[Quote]) -> None:
+        """Replace the wanted quotes of any of this strategy's markets."""
+        key = market.key if isinstance(market, Market) else market
+        if key not in self.markets:
+            raise KeyError(f"strategy {self.name!r} has no market {key!r}")
+        self._set_quotes(key, quotes)
+
+    def call_later(self, seconds: float, fn: Callable[[], None]) -> Any:
+        """Run ``fn`` after ``seconds`` of run time (virtual in simulations)."""
+        return self._schedule(int(seconds * 1e9), fn)
+
+    def publish(self, topic: str, payload: Any) -> None:
+        """Publish on the run's bus (e.g. a denylist); a no-op without a bus."""
+        if self._publish is not None:
+            self._publish(topic, payload)
+
+
+class Strategy:
+    """Base class of every strategy plugin.
+
+    Override what you need; every handler has a safe default. ``on_book`` returns the
+    complete set of quotes wanted on that market (an empty list pulls them all) or None
+    to keep the current wanted quotes.
+    """
+
+    Params: ClassVar[type[BaseModel]] = StrategyParams
+
+    def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
+        self.ctx = ctx
+        self.params = params
+
+    @property
+    def name(self) -> str:
+        return self.ctx.name
+
+    def on_start(self, **kwargs: Any) -> None:
+        """Called once before the first market data event."""
+
+    def on_book(self, market: Market, **kwargs: Any) -> Quotes | None:
+        """The book of ``market`` changed and is LIVE. Return the wanted quotes."""
+        return None
+
+    def on_trade(
+        self, market: Market, price_ticks: int, qty_lots: int, aggressor: Side, **kwargs: Any
+    ) -> None:
+        """A public trade printed on ``market``."""
+
+    def on_fill(self, market: Market, fill: Fill, **kwargs: Any) -> None:
+        """One of our orders on ``market`` traded (already journaled and in the position)."""
+
+    def on_order_update(self, market: Market, update: OrderUpdate, **kwargs: Any) -> None:
+        """One of our orders changed state."""
+
+    def on_params(self, params: BaseModel, **kwargs: Any) -> None:
+        """New parameters arrived from the watched manifest (already validated)."""
+        self.params = params
+
+    def on_stop(self, **kwargs: Any) -> None:
+        """Called once when the run stops, after quotes are pulled."""

@@ -1,0 +1,1 @@
+"""Risk, execution, bus, journal and report plugins shipped with quoteforge."""

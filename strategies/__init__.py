@@ -1,0 +1,1 @@
+"""Strategies shipped with quoteforge, each registered through an entry point."""
