@@ -187,7 +187,12 @@ class PluginRegistry:
         }
         builtin_only = os.environ.get("QUOTEFORGE_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0")
         seen: set[tuple[str, str]] = set()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        # Built-ins first, so a third-party plugin can never take a built-in's name.
+        def order(ep: metadata.EntryPoint) -> tuple[bool, str]:
+            dist_name = ep.dist.name if ep.dist is not None else ""
+            return (_normalise(dist_name) != DIST_NAME, ep.name)
+
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=order):
             dist = ep.dist.name if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else "?"
             if (ep.name, ep.value) in seen:
@@ -211,6 +216,12 @@ class PluginRegistry:
             module = load()
         except ModuleNotFoundError as exc:
             missing = exc.name or str(exc)
+            own_package = value.split(":")[0].split(".")[0]
+            if missing.split(".")[0] == own_package:
+                # The plugin's own module is gone: a broken install, not a missing extra.
+                record.error = f"module {missing!r} not found; reinstall {dist}"
+                logger.warning("plugin {} ({}) failed to load: {}", name, dist, record.error)
+                return record
             record.error = f"missing module {missing!r}"
             record.install_hint = install_hint(dist, (missing,))
             logger.debug("plugin {} not loaded: {}", name, record.error)
@@ -218,6 +229,11 @@ class PluginRegistry:
         except Exception as exc:  # a broken plugin never takes the others down
             record.error = f"{type(exc).__name__}: {exc}"
             logger.warning("plugin {} ({}) failed to load: {}", name, dist, record.error)
+            return record
+        typo = _unknown_hooks(module)
+        if typo:
+            record.error = typo
+            logger.warning("plugin {} ({}) rejected: {}", name, dist, typo)
             return record
         try:
             self.pm.register(module, name=name)
@@ -316,12 +332,29 @@ class PluginRegistry:
         installed = ", ".join(sorted(self._types[kind])) or "none"
         for record in self.failed_plugins():
             if record.name == name or name in record.module:
-                fix = record.install_hint or "fix or reinstall that plugin"
+                fix = f"; {record.install_hint}" if record.install_hint else ""
                 return (
                     f"{kind} {name!r} comes from plugin {record.name!r} ({record.dist}), "
-                    f"which failed to load: {record.error}; {fix}"
+                    f"which failed to load: {record.error}{fix}"
                 )
         return f"unknown {kind} type {name!r}; installed: {installed}"
+
+
+def _unknown_hooks(module: Any) -> str:
+    """A message naming hook implementations that match no specification (typos)."""
+    import difflib
+
+    known = set(hookspecs.__all__)
+    problems = []
+    for attr in dir(module):
+        if not attr.startswith("quoteforge_") or attr in known:
+            continue
+        if not hasattr(getattr(module, attr), "quoteforge_impl"):
+            continue
+        guess = difflib.get_close_matches(attr, known, n=1)
+        hint = f" (did you mean {guess[0]}?)" if guess else ""
+        problems.append(f"unknown hook {attr}{hint}")
+    return "; ".join(problems)
 
 
 _cached: PluginRegistry | None = None

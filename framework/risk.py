@@ -45,6 +45,12 @@ class RiskView:
         # open_lots(market, side_sign): lots working on that side of the market
         self.open_lots = open_lots
         self.open_order_count = open_order_count
+        self._batch = {1: 0, -1: 0}
+
+    def batch_lots(self, side: int) -> int:
+        """Lots already approved on ``side`` in the quote set being checked: wanted
+        quotes replace working orders, so exposure is position plus this batch."""
+        return self._batch[int(side)]
 
 
 class RiskCheck(ABC):
@@ -72,6 +78,8 @@ class RiskChain:
         if not self.checks:
             return quotes
         approved = []
+        batch = view._batch
+        batch[1] = batch[-1] = 0
         for quote in quotes:
             for check in self.checks:
                 reason = check.check(market, quote, view)
@@ -80,4 +88,5 @@ class RiskChain:
                     break
             else:
                 approved.append(quote)
+                batch[int(quote.side)] += quote.qty_lots
         return approved

@@ -1,0 +1,547 @@
+"""The simulated exchange: matching engines, synthetic flow, latency and fees as a venue.
+
+It implements the same adapter contract as the live venues: market data reaches the run
+after the market-data latency, our order actions reach the matching engine after the
+order latency, and acknowledgements and fills come back after it again. All randomness
+comes from seeded per-market streams, so a manifest and a seed give one outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from quoteforge.book import BookState, L2Book
+from quoteforge.clock import Clock
+from quoteforge.exchange import (
+    CancelAll,
+    CancelOrder,
+    ExchangeAdapter,
+    OrderAction,
+    PlaceOrder,
+    ReplaceOrder,
+    VenueContext,
+    VenueSink,
+)
+from quoteforge.exchanges.sim.flow import (
+    FlowParams,
+    LiquidityParams,
+    MidPath,
+    ProcessParams,
+    market_rng,
+)
+from quoteforge.exchanges.sim.matching import MatchingEngine, SimOrder, SubmitResult, Trade
+from quoteforge.manifest import Duration
+from quoteforge.model import (
+    Fill,
+    Instrument,
+    InstrumentKind,
+    Liquidity,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Side,
+    TimeInForce,
+)
+
+__all__ = ["SimExchange", "SimMarketParams", "SimParams"]
+
+US = "us"
+BACKGROUND = "bg"
+TAKER = "taker"
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LatencyParams(_Closed):
+    market_data_ms: float = Field(5.0, ge=0, description="Venue -> us delay of market data.")
+    order_ms: float = Field(
+        10.0, ge=0, description="One-way delay of our order requests and of their reports."
+    )
+    jitter_ms: float = Field(1.0, ge=0, description="Uniform random extra delay, 0..jitter.")
+
+
+class OutageParams(_Closed):
+    at: Duration = Field(description="Run time at which the market-data feed goes down.")
+    duration: Duration = Field(description="How long it stays down before a resync.")
+
+
+class SimMarketParams(_Closed):
+    kind: Literal["spot", "binary"] = Field("spot", description="spot, or binary in [0, 1].")
+    tick_size: Decimal = Field(Decimal("0.01"), gt=0, description="Price increment.")
+    lot_size: Decimal = Field(Decimal("0.001"), gt=0, description="Quantity increment.")
+    min_qty: Decimal = Field(Decimal(0), ge=0, description="Smallest order quantity.")
+    min_notional: Decimal = Field(Decimal(0), ge=0, description="Smallest price x quantity.")
+    initial_price: float = Field(gt=0, description="Mid price at the start of the run.")
+    process: ProcessParams = Field(default_factory=ProcessParams)
+    flow: FlowParams = Field(default_factory=FlowParams)
+    liquidity: LiquidityParams = Field(default_factory=LiquidityParams)
+    outages: list[OutageParams] = Field(
+        default_factory=list, description="Market-data outages to rehearse STALE handling."
+    )
+
+    @model_validator(mode="after")
+    def _binary_bounds(self) -> SimMarketParams:
+        if self.kind == "binary" and not 0 < self.initial_price < 1:
+            raise ValueError("a binary contract's initial_price must be inside (0, 1)")
+        return self
+
+
+class SimParams(_Closed):
+    markets: dict[str, SimMarketParams] = Field(
+        min_length=1, description="Markets of this venue by symbol, e.g. BTC/USDT."
+    )
+    latency: LatencyParams = Field(default_factory=LatencyParams)
+    maker_fee_bps: Decimal = Field(
+        Decimal(0), description="Maker fee in bps of notional; negative is a rebate."
+    )
+    taker_fee_bps: Decimal = Field(Decimal(5), description="Taker fee in bps of notional.")
+    self_trade_prevention: Literal["cancel_resting", "cancel_taker", "none"] = Field(
+        "cancel_resting", description="What happens when our orders would trade together."
+    )
+
+    @model_validator(mode="after")
+    def _symbols(self) -> SimParams:
+        for symbol in self.markets:
+            if symbol.count("/") != 1 or not all(symbol.split("/")):
+                raise ValueError(f"market {symbol!r}: symbols are BASE/QUOTE, e.g. BTC/USDT")
+        return self
+
+
+class _SimMarket:
+    """One market of the venue: engine, mid path, flow generators and our book copy."""
+
+    def __init__(self, venue: SimExchange, instrument: Instrument, params: SimMarketParams) -> None:
+        self.venue = venue
+        self.instrument = instrument
+        self.params = params
+        self.engine = MatchingEngine(
+            instrument, self_trade_prevention=venue.params.self_trade_prevention
+        )
+        self.book = L2Book(instrument)
+        seed, name, symbol = venue.ctx.seed, venue.name, instrument.symbol
+        self.rng_flow = market_rng(seed, name, symbol, "flow")
+        self.rng_latency = market_rng(seed, name, symbol, "latency")
+        tick = float(instrument.tick_size)
+        binary = instrument.kind is InstrumentKind.BINARY
+        self.path = MidPath(
+            params.initial_price,
+            params.process,
+            binary,
+            market_rng(seed, name, symbol, "mid"),
+            floor=tick,
+            ceiling=1 - tick if binary else None,
+        )
+        price = params.initial_price
+        self.reach = params.flow.reach or (4 * tick + 5e-4 * price)
+        liq = params.liquidity
+        self.bg_distance = liq.distance if liq.distance is not None else 3 * tick + 8e-4 * price
+        self.bg_spacing = liq.spacing or 2 * tick
+        self.bg_orders: dict[tuple[Side, int], str] = {}
+        self.ids = itertools.count(1)
+        self.down = False
+        self.stream_last: dict[str, int] = {}
+
+    # -- helpers ---------------------------------------------------------------------
+    def t(self) -> float:
+        return (self.venue.clock.now_ns() - self.venue.start_ns) / 1e9
+
+    def mid(self) -> float:
+        return self.path.at(self.t())
+
+    def size_lots(self, mean: float) -> int:
+        noise = self.params.flow.size_noise
+        size = mean * float(self.rng_flow.lognormal(-0.5 * noise * noise, noise)) if noise else mean
+        return max(1, self.instrument.round_qty(size))
+
+    # -- background liquidity ----------------------------------------------------------
+    def refresh_background(self) -> None:
+        """Other makers keep levels around the mid; only changed levels are touched."""
+        inst = self.instrument
+        mid = self.mid()
+        liq = self.params.liquidity
+        wanted: dict[tuple[Side, int], int] = {}
+        for i in range(liq.levels):
+            offset = self.bg_distance + i * self.bg_spacing
+            for side, price in ((Side.BUY, mid - offset), (Side.SELL, mid + offset)):
+                ticks = inst.round_price(price, side)
+                if (side, ticks) not in wanted:
+                    wanted[(side, ticks)] = 0
+        engine = self.engine
+        for key in list(self.bg_orders):
+            if key not in wanted:
+                engine.cancel(self.bg_orders.pop(key))
+        now = self.venue.clock.now_ns()
+        for key in wanted:
+            if key in self.bg_orders and engine.get(self.bg_orders[key]) is not None:
+                continue
+            side, ticks = key
+            order_id = f"bg{next(self.ids)}"
+            order = SimOrder(
+                order_id=order_id,
+                owner=BACKGROUND,
+                side=side,
+                order_type=OrderType.LIMIT,
+                tif=TimeInForce.GTC,
+                price_ticks=ticks,
+                qty_lots=self.size_lots(liq.size),
+                ts_ns=now,
+            )
+            result = engine.submit(order)
+            if result.resting:
+                self.bg_orders[key] = order_id
+            self.venue._report_trades(self, result.trades)
+
+    def step(self) -> None:
+        self.refresh_background()
+        self.venue._publish(self)
+        self.venue.clock.call_later(int(self.path.dt * 1e9), self.step)
+
+    # -- takers ----------------------------------------------------------------------------
+    def schedule_taker(self) -> None:
+        rate = 2 * self.params.flow.arrival_rate
+        if rate <= 0:
+            return
+        wait = float(self.rng_flow.exponential(1.0 / rate))
+        self.venue.clock.call_later(int(wait * 1e9), self.taker_arrives)
+
+    def taker_arrives(self) -> None:
+        flow = self.params.flow
+        rng = self.rng_flow
+        t = self.t()
+        mid = self.path.at(t)
+        if rng.random() < flow.informed_share:
+            ahead = self.path.at(t + float(flow.informed_horizon))
+            side = Side.BUY if ahead >= mid else Side.SELL
+        else:
+            side = Side.BUY if rng.random() < 0.5 else Side.SELL
+        reach = float(rng.exponential(self.reach))
+        limit = mid + reach if side is Side.BUY else mid - reach
+        inst = self.instrument
+        # A taker's limit is rounded aggressively: it pays up to, not beyond, its reach.
+        ticks = inst.clamp_ticks(inst.round_price(limit, side.opposite))
+        order = SimOrder(
+            order_id=f"tk{next(self.ids)}",
+            owner=TAKER,
+            side=side,
+            order_type=OrderType.LIMIT,
+            tif=TimeInForce.IOC,
+            price_ticks=ticks,
+            qty_lots=self.size_lots(flow.size),
+            ts_ns=self.venue.clock.now_ns(),
+        )
+        result = self.engine.submit(order)
+        self.venue._report_trades(self, result.trades)
+        self.venue._publish(self)
+        self.schedule_taker()
+
+
+class SimExchange(ExchangeAdapter):
+    """The ``sim`` venue: a matching engine per market fed by synthetic order flow."""
+
+    Params = SimParams
+
+    def __init__(self, params: SimParams, ctx: VenueContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        self.name = ctx.name
+        self.clock: Clock = ctx.clock
+        self.start_ns = 0
+        self.sink: VenueSink | None = None
+        fee_unit = Decimal("0.0001")
+        self.maker_rate = params.maker_fee_bps * fee_unit
+        self.taker_rate = params.taker_fee_bps * fee_unit
+        self.instruments = {}
+        self.markets: dict[str, _SimMarket] = {}
+        for symbol, mp in params.markets.items():
+            base, quote = symbol.split("/")
+            inst = Instrument(
+                venue=self.name,
+                symbol=symbol,
+                base=base,
+                quote=quote,
+                tick_size=mp.tick_size,
+                lot_size=mp.lot_size,
+                min_qty=mp.min_qty,
+                min_notional=mp.min_notional,
+                kind=InstrumentKind.BINARY if mp.kind == "binary" else InstrumentKind.SPOT,
+                maker_fee=self.maker_rate,
+                taker_fee=self.taker_rate,
+            )
+            self.instruments[symbol] = inst
+        self.books = {}
+        self._our_orders: dict[str, tuple[_SimMarket, Order]] = {}
+        self._trade_seq = itertools.count(1)
+
+    @classmethod
+    def declared_symbols(cls, params: SimParams) -> list[str]:
+        return list(params.markets)
+
+    # -- adapter contract --------------------------------------------------------------
+    async def connect(self, sink: VenueSink) -> None:
+        self.sink = sink
+        self.start_ns = self.clock.now_ns()
+        wanted = self.ctx.symbols or list(self.params.markets)
+        for symbol in wanted:
+            market = _SimMarket(self, self.instruments[symbol], self.params.markets[symbol])
+            self.markets[symbol] = market
+            self.books[symbol] = market.book
+            market.refresh_background()
+            market.engine.drain_level_changes()
+            bids = market.engine.levels(Side.BUY, 10_000)
+            asks = market.engine.levels(Side.SELL, 10_000)
+            market.book.apply_snapshot(bids, asks, self.start_ns)
+            self._set_state(market, BookState.LIVE, "snapshot")
+            self.clock.call_later(int(market.path.dt * 1e9), market.step)
+            market.schedule_taker()
+            for outage in market.params.outages:
+                start = self.start_ns + int(float(outage.at) * 1e9)
+                self.clock.call_at(start, self._outage_begin, market)
+                self.clock.call_at(start + int(float(outage.duration) * 1e9), self._resync, market)
+
+    async def close(self) -> None:
+        self.sink = None
+
+    def submit(self, actions: Sequence[OrderAction]) -> None:
+        for action in actions:
+            market = self._market_of(action)
+            when = self._stream_time(market, "out") if market else self.clock.now_ns()
+            self.clock.call_at(when, self._arrive, action)
+
+    async def fetch_open_orders(self) -> list[OrderUpdate]:
+        now = self.clock.now_ns()
+        out = []
+        for market, order in self._our_orders.values():
+            sim = market.engine.get(order.client_id)
+            if sim is None:
+                continue
+            status = OrderStatus.PARTIALLY_FILLED if sim.filled_lots else OrderStatus.OPEN
+            out.append(
+                OrderUpdate(
+                    self.name,
+                    order.client_id,
+                    status,
+                    now,
+                    exchange_id=order.client_id,
+                    filled_lots=sim.filled_lots,
+                    price_ticks=sim.price_ticks,
+                    qty_lots=sim.qty_lots,
+                )
+            )
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+    def _market_of(self, action: OrderAction) -> _SimMarket | None:
+        if isinstance(action, PlaceOrder):
+            symbol = action.order.symbol
+        elif isinstance(action, ReplaceOrder):
+            symbol = action.new.symbol
+        elif isinstance(action, CancelOrder):
+            symbol = action.symbol
+        else:
+            symbol = action.symbol or ""
+        return self.markets.get(symbol)
+
+    def _delay(self, market: _SimMarket, base_ms: float) -> int:
+        jitter = self.params.latency.jitter_ms
+        extra = float(market.rng_latency.random()) * jitter if jitter else 0.0
+        return int((base_ms + extra) * 1e6)
+
+    def _stream_time(self, market: _SimMarket, stream: str) -> int:
+        """Delivery time on one of the market's streams: jittered but never earlier than
+        the previous message of that stream, as on a real (TCP) connection."""
+        base = self.params.latency.market_data_ms if stream == "md" else self.params.latency.order_ms
+        when = self.clock.now_ns() + self._delay(market, base)
+        last = market.stream_last.get(stream, 0)
+        if when < last:
+            when = last
+        market.stream_last[stream] = when
+        return when
+
+    def _set_state(self, market: _SimMarket, state: BookState, reason: str) -> None:
+        old = market.book.state
+        if old is state:
+            return
+        market.book.state = state
+        if self.sink is not None:
+            self.sink.on_book_state(market.book, old.value, state.value, reason)
+
+    def _publish(self, market: _SimMarket) -> None:
+        changes = market.engine.drain_level_changes()
+        if not changes or market.down:
+            return
+        self.clock.call_at(self._stream_time(market, "md"), self._deliver_book, market, changes)
+
+    def _deliver_book(self, market: _SimMarket, changes: list[tuple[Side, int, int]]) -> None:
+        if market.down or self.sink is None:
+            return
+        book = market.book
+        for side, ticks, lots in changes:
+            book.set_level(side, ticks, lots)
+        book.ts_ns = self.clock.now_ns()
+        book.update_count += 1
+        if book.state is BookState.LIVE:
+            self.sink.on_book(book)
+
+    def _outage_begin(self, market: _SimMarket) -> None:
+        market.down = True
+        self._set_state(market, BookState.STALE, "market-data feed down")
+
+    def _resync(self, market: _SimMarket) -> None:
+        market.down = False
+        self._set_state(market, BookState.RESYNCING, "feed back, fetching snapshot")
+        market.engine.drain_level_changes()
+        bids = market.engine.levels(Side.BUY, 10_000)
+        asks = market.engine.levels(Side.SELL, 10_000)
+        market.book.apply_snapshot(bids, asks, self.clock.now_ns())
+        self._set_state(market, BookState.LIVE, "resynced from snapshot")
+        if self.sink is not None:
+            self.sink.on_book(market.book)
+
+    def _arrive(self, action: OrderAction) -> None:
+        """An action reaches the venue."""
+        if isinstance(action, PlaceOrder):
+            self._place(action.order)
+        elif isinstance(action, CancelOrder):
+            self._cancel(action.client_id, action.symbol)
+        elif isinstance(action, ReplaceOrder):
+            self._cancel(action.old_client_id, action.new.symbol)
+            self._place(action.new)
+        else:
+            for symbol, market in self.markets.items():
+                if action.symbol in (None, symbol):
+                    for sim in market.engine.cancel_all(US):
+                        self._report(market, sim.order_id, OrderStatus.CANCELLED, sim.filled_lots)
+                    self._publish(market)
+
+    def _report(
+        self, market: _SimMarket, client_id: str, status: OrderStatus, filled: int, reason: str = ""
+    ) -> None:
+        now = self.clock.now_ns()
+        update = OrderUpdate(
+            self.name,
+            client_id,
+            status,
+            now,
+            exchange_id=client_id,
+            filled_lots=filled,
+            reason=reason,
+        )
+        self.clock.call_at(self._stream_time(market, "private"), self._send_update, update)
+
+    def _send_update(self, update: OrderUpdate) -> None:
+        if self.sink is not None:
+            self.sink.on_order_update(update)
+
+    def _send_fill(self, fill: Fill) -> None:
+        if self.sink is not None:
+            self.sink.on_fill(fill)
+
+    def _place(self, order: Order) -> None:
+        market = self.markets.get(order.symbol)
+        if market is None:
+            return
+        problem = market.instrument.check_order(order.price_ticks, order.qty_lots)
+        if problem is not None:
+            self._report(market, order.client_id, OrderStatus.REJECTED, 0, problem)
+            return
+        sim = SimOrder(
+            order_id=order.client_id,
+            owner=US,
+            side=order.side,
+            order_type=order.order_type,
+            tif=order.tif,
+            price_ticks=order.price_ticks,
+            qty_lots=order.qty_lots,
+            ts_ns=self.clock.now_ns(),
+        )
+        result: SubmitResult = market.engine.submit(sim)
+        if not result.accepted:
+            self._report(market, order.client_id, OrderStatus.REJECTED, 0, result.reason)
+            return
+        self._our_orders[order.client_id] = (market, order)
+        self._report(market, order.client_id, OrderStatus.OPEN, 0)
+        self._report_trades(market, result.trades)
+        for cancelled in result.stp_cancelled:
+            if cancelled.owner == US:
+                self._report(
+                    market,
+                    cancelled.order_id,
+                    OrderStatus.CANCELLED,
+                    cancelled.filled_lots,
+                    "self-trade prevention",
+                )
+        if not result.resting:
+            filled = order.qty_lots - result.cancelled_remainder_lots
+            if result.cancelled_remainder_lots:
+                self._report(market, order.client_id, OrderStatus.EXPIRED, filled, "IOC remainder")
+            self._our_orders.pop(order.client_id, None)
+        self._publish(market)
+
+    def _cancel(self, client_id: str, symbol: str) -> None:
+        market = self.markets.get(symbol)
+        if market is None:
+            return
+        sim = market.engine.cancel(client_id)
+        if sim is None:
+            # Already filled: its FILLED report is on the way and settles the pending cancel.
+            return
+        self._our_orders.pop(client_id, None)
+        self._report(market, client_id, OrderStatus.CANCELLED, sim.filled_lots)
+        self._publish(market)
+
+    def _report_trades(self, market: _SimMarket, trades: list[Trade]) -> None:
+        if not trades:
+            return
+        now = self.clock.now_ns()
+        inst = market.instrument
+        for trade in trades:
+            if self.sink is not None:
+                self.clock.call_at(
+                    self._stream_time(market, "md"),
+                    self.sink.on_trade,
+                    self.name,
+                    inst.symbol,
+                    trade.price_ticks,
+                    trade.qty_lots,
+                    trade.aggressor,
+                    now,
+                )
+            for owner, order_id, liquidity, remaining in (
+                (trade.maker_owner, trade.maker_order_id, Liquidity.MAKER, trade.maker_remaining_lots),
+                (trade.taker_owner, trade.taker_order_id, Liquidity.TAKER, trade.taker_remaining_lots),
+            ):
+                if owner != US:
+                    continue
+                entry = self._our_orders.get(order_id)
+                if entry is None:
+                    continue
+                order = entry[1]
+                rate = self.maker_rate if liquidity is Liquidity.MAKER else self.taker_rate
+                fee = inst.notional(trade.price_ticks, trade.qty_lots) * rate
+                fill = Fill(
+                    venue=self.name,
+                    symbol=inst.symbol,
+                    fill_id=f"{inst.symbol}-{next(self._trade_seq)}",
+                    client_id=order_id,
+                    side=order.side,
+                    price_ticks=trade.price_ticks,
+                    qty_lots=trade.qty_lots,
+                    fee=fee,
+                    fee_asset=inst.quote,
+                    liquidity=liquidity,
+                    ts_ns=now,
+                    strategy=order.strategy,
+                )
+                self.clock.call_at(self._stream_time(market, "private"), self._send_fill, fill)
+                if remaining == 0:
+                    self._our_orders.pop(order_id, None)
+                    filled = order.qty_lots
+                    self._report(market, order_id, OrderStatus.FILLED, filled)

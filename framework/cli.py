@@ -1,0 +1,282 @@
+"""The ``quoteforge`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from quoteforge import hookspecs
+from quoteforge.manifest import ManifestError, Manifest, load_manifest
+from quoteforge.registry import KINDS, PluginRegistry, load_registry
+
+__all__ = ["hooks_reference", "main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quoteforge",
+        description="Market-making and execution bots from YAML manifests and plugins.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a manifest (sim, backtest, paper or live)")
+    run.add_argument("manifest", type=Path)
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a manifest value, e.g. strategies.mm.params.spread_bps=12",
+    )
+    run.add_argument("--out", type=Path, help="run folder (default: <run.out_dir>/<name>-<time>)")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument("--json-log", action="store_true", help="also write log.jsonl in the run folder")
+    run.add_argument("--quiet", action="store_true", help="do not print the summary table")
+
+    val = sub.add_parser("validate", help="check a manifest without running it")
+    val.add_argument("manifest", type=Path)
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    plugins = sub.add_parser("plugins", help="list discovered plugins and what they provide")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument(
+        "--hooks", action="store_true", help="print the hook reference (Markdown) instead"
+    )
+
+    man = sub.add_parser("manifest", help="manifest tools")
+    man_sub = man.add_subparsers(dest="manifest_command", required=True, metavar="TOOL")
+    man_sub.add_parser("schema", help="print the manifest JSON Schema (for editors)")
+
+    rep = sub.add_parser("report", help="(re)write the HTML and PNG report of a run folder")
+    rep.add_argument("run_dir", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "run": _cmd_run,
+        "validate": _cmd_validate,
+        "plugins": _cmd_plugins,
+        "manifest": _cmd_manifest,
+        "report": _cmd_report,
+    }[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- run / validate ------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, registry: PluginRegistry) -> Any:
+    try:
+        return load_manifest(args.manifest, registry, overrides=args.overrides)
+    except ManifestError as exc:
+        print(f"manifest refused:\n{exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from quoteforge.logs import configure_logging
+
+    configure_logging("WARNING")
+    registry = load_registry()
+    loaded = _load(args, registry)
+    if loaded is None:
+        return EXIT_USAGE
+    m = loaded.manifest
+    print(
+        f"{args.manifest}: ok — mode {m.run.mode}, {len(m.exchanges)} exchange(s), "
+        f"{len(m.strategies)} strategy(ies), {len(m.risk)} risk check(s)"
+    )
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from quoteforge.engine import new_run_dir, run_manifest
+    from quoteforge.logs import configure_logging
+
+    configure_logging(args.log_level)
+    registry = load_registry()
+    loaded = _load(args, registry)
+    if loaded is None:
+        return EXIT_USAGE
+    m = loaded.manifest
+    run_dir = args.out or new_run_dir(Path(m.run.out_dir), m.run.name)
+    configure_logging(
+        args.log_level,
+        json_path=run_dir / "log.jsonl" if args.json_log else None,
+        run_id=run_dir.name,
+        secrets=loaded.secrets,
+    )
+    try:
+        run = asyncio.run(
+            run_manifest(loaded, registry, run_dir=run_dir, manifest_path=args.manifest)
+        )
+    except Exception as exc:
+        from loguru import logger
+
+        logger.opt(exception=exc).error("run failed: {}", exc)
+        return EXIT_ERROR
+    _write_report(run_dir, m.report.html, m.report.png)
+    if not args.quiet:
+        print(format_summary(run.summary_rows()))
+        print(f"\nrun folder: {run_dir}  ({run.stop_reason})")
+    return EXIT_OK
+
+
+def _write_report(run_dir: Path, html: bool, png: bool) -> None:
+    if not (html or png):
+        return
+    from loguru import logger
+
+    try:
+        from quoteforge.report import write_report
+    except ImportError as exc:
+        logger.warning(
+            "report not written ({}); install it with: pip install \"quoteforge[report]\"", exc
+        )
+        return
+    try:
+        write_report(run_dir, html=html, png=png)
+    except Exception as exc:  # a report failure never loses the run's data
+        logger.opt(exception=exc).error("report failed: {}; the run folder is intact", exc)
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """The per-market table printed at the end of a run."""
+    cols = ["market", "mid", "spread", "inventory", "pnl", "fill_count", "notional", "max_drawdown"]
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:,.6g}" if abs(v) < 1e6 else f"{v:,.0f}"
+        return str(v)
+
+    table = [cols] + [[cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = []
+    for n, row in enumerate(table):
+        lines.append(
+            "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- plugins --------------------------------------------------------------------------------
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    if args.hooks:
+        print(hooks_reference())
+        return EXIT_OK
+    from quoteforge.logs import configure_logging
+
+    configure_logging("ERROR")
+    registry = load_registry()
+    rows = plugin_rows(registry)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    header = ("NAME", "KIND", "PLUGIN", "DISTRIBUTION", "STATUS")
+    table = [header] + [
+        (r["name"], r["kind"], r["plugin"], f"{r['dist']} {r['version']}".strip(), r["status"])
+        for r in rows
+    ]
+    widths = [max(len(t[i]) for t in table) for i in range(4)]
+    for t in table:
+        print("  ".join(v.ljust(widths[i]) for i, v in enumerate(t[:4])) + "  " + t[4])
+    return EXIT_OK
+
+
+def plugin_rows(registry: PluginRegistry) -> list[dict[str, str]]:
+    """One row per registered type, plus one per plugin that failed to load."""
+    by_plugin = {r.name: r for r in registry.records}
+    rows = []
+    for kind in KINDS:
+        for name, reg in sorted(registry.types(kind).items()):
+            record = by_plugin.get(reg.plugin)
+            status = "ok" if reg.loadable else f"needs: {reg.install_hint}"
+            rows.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "plugin": reg.plugin,
+                    "dist": record.dist if record else "",
+                    "version": record.version if record else "",
+                    "status": status,
+                    "description": reg.description,
+                }
+            )
+    for record in registry.failed_plugins():
+        status = f"needs: {record.install_hint}" if record.install_hint else f"broken: {record.error}"
+        rows.append(
+            {
+                "name": record.name,
+                "kind": "?",
+                "plugin": record.name,
+                "dist": record.dist,
+                "version": record.version,
+                "status": status,
+                "description": record.error,
+            }
+        )
+    return rows
+
+
+def hooks_reference() -> str:
+    """The hook reference in Markdown, generated from the hookspec docstrings."""
+    lines = [
+        "# Hook reference",
+        "",
+        "Generated from `quoteforge.hookspecs` by `quoteforge plugins --hooks`. Implement",
+        "these in a module named by a `quoteforge` entry point, decorated with",
+        "`@quoteforge.hookimpl`.",
+        "",
+    ]
+    for name in hookspecs.__all__:
+        fn = getattr(hookspecs, name)
+        sig = str(inspect.signature(fn)).replace("'", "")
+        lines += [f"## `{name}{sig}`", "", inspect.cleandoc(fn.__doc__ or ""), ""]
+    return "\n".join(lines)
+
+
+# -- manifest / report ------------------------------------------------------------------------
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    registry = load_registry()
+    schema = Manifest.model_json_schema()
+    plugin_schemas: dict[str, Any] = {}
+    for kind in KINDS:
+        for name, reg in registry.types(kind).items():
+            plugin_schemas[f"{kind}:{name}"] = reg.params.model_json_schema()
+    schema["x-quoteforge-plugin-params"] = plugin_schemas
+    print(json.dumps(schema, indent=2, default=str))
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from quoteforge.report import report_main
+    except ImportError as exc:
+        print(f"reports need: pip install \"quoteforge[report]\" ({exc})", file=sys.stderr)
+        return EXIT_ERROR
+    return report_main([str(args.run_dir)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,784 @@
+"""The run engine: resolves plugins once, then drives the hot path with direct calls.
+
+book update -> strategy.on_book -> risk chain -> execution policy -> order manager ->
+adapter.submit. Order updates and fills come back through the order manager (which
+journals them first), then positions, then the strategy. pluggy is used at start-up
+and for low-frequency observer hooks only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from pydantic import BaseModel
+
+from quoteforge.book import BookState, L2Book
+from quoteforge.bus import Bus
+from quoteforge.clock import NS, Clock, LiveClock, SimClock, TimerHandle
+from quoteforge.exchange import (
+    CancelOrder,
+    ExchangeAdapter,
+    OrderAction,
+    PlaceOrder,
+    ReplaceOrder,
+    VenueContext,
+)
+from quoteforge.execution import ExecutionPolicy, Plan
+from quoteforge.journal import Journal, JournalRecord
+from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
+from quoteforge.model import Fill, Order, OrderUpdate, Quote, Side, TimeInForce
+from quoteforge.orders import OrderManager
+from quoteforge.portfolio import Portfolio
+from quoteforge.registry import PluginRegistry
+from quoteforge.risk import RiskChain, RiskRefusal, RiskView
+from quoteforge.strategy import Market, Strategy, StrategyContext
+
+__all__ = ["MarketRuntime", "Run", "StrategyRuntime", "run_manifest"]
+
+SUMMARY_COLUMNS = (
+    "market",
+    "mid",
+    "spread",
+    "inventory",
+    "pnl",
+    "fill_count",
+    "notional",
+    "max_drawdown",
+)
+
+
+@dataclass(eq=False)
+class StrategyRuntime:
+    name: str
+    strategy: Strategy
+    type: str
+    markets: dict[str, MarketRuntime] = field(default_factory=dict)
+    halted: bool = False
+    errors: int = 0
+
+
+@dataclass(eq=False)
+class MarketRuntime:
+    instrument: Any
+    book: L2Book
+    market: Market
+    adapter: ExchangeAdapter
+    owner: StrategyRuntime
+    wanted: list[Quote] = field(default_factory=list)
+    peak_pnl: float = 0.0
+    max_drawdown: float = 0.0
+    last_pnl: float = 0.0
+    quote_updates: int = 0
+
+
+class Run:
+    """One run of a manifest: build, start, drive, stop and report."""
+
+    def __init__(
+        self,
+        loaded: LoadedManifest,
+        registry: PluginRegistry,
+        *,
+        run_dir: Path,
+        clock: Clock | None = None,
+        manifest_path: Path | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.manifest = loaded.manifest
+        self.registry = registry
+        self.mode = self.manifest.run.mode
+        self.run_dir = run_dir
+        self.run_id = run_dir.name
+        if clock is None:
+            clock = SimClock(_epoch_ns()) if self.mode in ("sim", "backtest") else LiveClock()
+        self.clock = clock
+        self.manifest_path = manifest_path
+        self.venues: dict[str, ExchangeAdapter] = {}
+        self.strategies: dict[str, StrategyRuntime] = {}
+        self.markets: dict[str, MarketRuntime] = {}
+        self.started_ns = 0
+        self.stop_reason = ""
+        self._stop = asyncio.Event()
+        self._timers: list[TimerHandle] = []
+        self._trace: Any = None
+        self.refusals = 0
+        self.events_processed = 0
+        hook = registry.pm.hook
+        self._fill_hook = hook.quoteforge_fill if hook.quoteforge_fill.get_hookimpls() else None
+        self._order_hook = (
+            hook.quoteforge_order_event if hook.quoteforge_order_event.get_hookimpls() else None
+        )
+        self._book_hook = (
+            hook.quoteforge_book_state_changed
+            if hook.quoteforge_book_state_changed.get_hookimpls()
+            else None
+        )
+        self.log = logger.bind(component="engine", run=self.run_id)
+
+    # -- construction ----------------------------------------------------------------
+    def _build(self) -> None:
+        m = self.manifest
+        reg = self.registry
+        seed = m.run.seed
+        jspec = m.journal
+        journal_factory = reg.get("journal", jspec.type).factory
+        self.journal: Journal = journal_factory(self.loaded.params_of("journal"), self.run_dir)
+        bus_factory = reg.get("bus", m.bus.type).factory
+        self.bus: Bus = bus_factory(self.loaded.params_of("bus"), self.run_id)
+
+        symbols_by_venue: dict[str, list[str]] = {name: [] for name in m.exchanges}
+        for spec in m.strategies.values():
+            symbols_by_venue[spec.exchange].extend(spec.symbols)
+        for name, spec in m.exchanges.items():
+            ctx = VenueContext(
+                name=name,
+                clock=self.clock,
+                seed=seed,
+                mode=self.mode,
+                symbols=symbols_by_venue[name],
+                extra={"run_dir": self.run_dir, "duration": m.run.duration},
+            )
+            factory = reg.get("exchange", spec.type).factory
+            self.venues[name] = factory(self.loaded.params_of("exchanges", name), ctx)
+
+        checks = []
+        for name, spec in m.risk.items():
+            cls = reg.get("risk", spec.type).factory
+            checks.append(cls(name, self.loaded.params_of("risk", name)))
+        self.risk = RiskChain(checks, self._on_refusal)
+        policy_cls = reg.get("execution", m.execution.type).factory
+        self.policy: ExecutionPolicy = policy_cls(self.loaded.params_of("execution"))
+        self.orders = OrderManager(self.journal, self.clock, id_prefix=_id_prefix(m.run.name))
+
+    def _attach_markets(self) -> None:
+        m = self.manifest
+        instruments = {}
+        for name, venue in self.venues.items():
+            for symbol, inst in venue.instruments.items():
+                instruments[f"{name}:{symbol}"] = inst
+        self.portfolio = Portfolio(instruments)
+        self.risk_view = RiskView(
+            position_lots=self.portfolio.position_lots,
+            open_lots=lambda key, sign: self.orders.open_lots(key, Side(sign)),
+            open_order_count=self.orders.open_count,
+        )
+        for name, spec in m.strategies.items():
+            reg = self.registry.get("strategy", spec.type)
+            venue = self.venues[spec.exchange]
+            views: dict[str, Market] = {}
+            runtimes: dict[str, MarketRuntime] = {}
+            for symbol in spec.symbols:
+                inst = venue.instruments.get(symbol)
+                if inst is None:
+                    known = ", ".join(sorted(venue.instruments)) or "none"
+                    raise RuntimeError(
+                        f"strategy {name!r}: exchange {spec.exchange!r} has no market "
+                        f"{symbol!r}; it lists: {known}"
+                    )
+                book = venue.books[symbol]
+                key = inst.key
+                market = Market(inst, book, _position_of(self.portfolio, key))
+                views[key] = market
+                runtimes[key] = MarketRuntime(inst, book, market, venue, owner=None)  # type: ignore[arg-type]
+            ctx = StrategyContext(
+                name=name,
+                markets=views,
+                now_ns=self.clock.now_ns,
+                set_quotes=self._set_quotes,
+                schedule=self._schedule_for(name),
+                seed=m.run.seed,
+                publish=self._publish,
+            )
+            strategy = reg.factory(ctx, self.loaded.params_of("strategies", name))
+            srt = StrategyRuntime(name, strategy, spec.type, runtimes)
+            for key, mr in runtimes.items():
+                mr.owner = srt
+                self.markets[key] = mr
+            self.strategies[name] = srt
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._build()
+        await self.journal.open()
+        await self.bus.start()
+        self.started_ns = self.clock.now_ns()
+        self._write_run_files()
+        for venue in self.venues.values():
+            await venue.connect(self)
+        self._attach_markets()
+        self.journal.append(
+            JournalRecord(
+                f"run-start-{self.run_id}",
+                "run",
+                self.started_ns,
+                "",
+                {"event": "start", "mode": self.mode, "seed": self.manifest.run.seed},
+            )
+        )
+        self._trace = (self.run_dir / "trace.jsonl").open("w", encoding="utf-8", buffering=1 << 16)
+        self.registry.pm.hook.quoteforge_run_started(run=self)
+        for srt in self.strategies.values():
+            self._guard(srt, srt.strategy.on_start)
+        interval = int(float(self.manifest.run.sample_interval) * NS)
+        self._timers.append(self.clock.call_later(interval, self._sample, interval))
+        for mr in self.markets.values():
+            if mr.book.state is BookState.LIVE:
+                self._requote(mr)
+
+    async def run(self) -> str:
+        """Start, run until the duration passes or a stop is requested, then stop."""
+        await self.start()
+        watcher = None
+        if self.manifest.run.watch_manifest and self.manifest_path is not None:
+            watcher = asyncio.create_task(self._watch_manifest())
+        try:
+            if isinstance(self.clock, SimClock):
+                await self._drive_sim(self.clock)
+            else:
+                await self._drive_live()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await self.stop()
+        return self.stop_reason
+
+    async def _drive_sim(self, clock: SimClock) -> None:
+        duration = self.manifest.run.duration
+        end = self.started_ns + int(float(duration) * NS) if duration is not None else None
+        far = end if end is not None else 2**62
+        while not self._stop.is_set():
+            ran = clock.run_until(far, max_events=20_000)
+            self.events_processed += ran
+            if clock.now_ns() >= far or clock.next_time() is None:
+                self.stop_reason = self.stop_reason or "duration reached"
+                break
+            await asyncio.sleep(0)
+
+    async def _drive_live(self) -> None:
+        duration = self.manifest.run.duration
+        timeout = float(duration) if duration is not None else None
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=timeout)
+        except TimeoutError:
+            self.stop_reason = self.stop_reason or "duration reached"
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self.log.info("stopping: {}", reason)
+            self._stop.set()
+
+    async def stop(self) -> None:
+        self._stop.set()  # from here on nothing requotes; only cancels go out
+        for handle in self._timers:
+            handle.cancel()
+        await self._cancel_everything()
+        for srt in self.strategies.values():
+            self._guard(srt, srt.strategy.on_stop)
+        summary = self.summary_rows()
+        self._sample_now()
+        self.journal.append(
+            JournalRecord(
+                f"run-stop-{self.run_id}",
+                "run",
+                self.clock.now_ns(),
+                "",
+                {"event": "stop", "reason": self.stop_reason},
+            )
+        )
+        for venue in self.venues.values():
+            with contextlib.suppress(Exception):
+                await venue.close()
+        await self.journal.close()
+        await self.bus.close()
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
+        written = self._write_summary(summary)
+        self._finish_run_file()
+        hook = self.registry.pm.hook
+        self._call_observers(hook.quoteforge_run_stopped, run=self, summary=summary)
+        for path in written:
+            self._call_observers(hook.quoteforge_report_written, run=self, path=path)
+
+    async def _cancel_everything(self) -> None:
+        """Pull every working order and wait (bounded) for the venues to confirm."""
+        for mr in self.markets.values():
+            self._execute(mr, [], record_wanted=False)
+        timeout_ns = int(float(self.manifest.run.cancel_timeout) * NS)
+        deadline = self.clock.now_ns() + timeout_ns
+        if isinstance(self.clock, SimClock):
+            while self.orders.all_working() and self.clock.now_ns() < deadline:
+                if self.clock.next_time() is None:
+                    break
+                step_end = min(deadline, self.clock.now_ns() + 10_000_000)
+                self.clock.run_until(step_end)
+        else:
+            while self.orders.all_working() and time.time_ns() < deadline:
+                await asyncio.sleep(0.05)
+        left = self.orders.all_working()
+        if left:
+            self.log.warning(
+                "{} orders still unconfirmed after cancel: {}",
+                len(left),
+                ", ".join(o.client_id for o in left[:10]),
+            )
+            for venue in self.venues.values():
+                with contextlib.suppress(Exception):
+                    await venue.cancel_all()
+
+    # -- hot path ------------------------------------------------------------------------
+    def on_book(self, book: L2Book) -> None:
+        mr = self.markets.get(book.key)
+        if mr is None or mr.owner.halted:
+            return
+        self._requote(mr)
+
+    def _requote(self, mr: MarketRuntime, refill: bool = False) -> None:
+        srt = mr.owner
+        if srt.halted or mr.book.state is not BookState.LIVE or self._stop.is_set():
+            return
+        try:
+            quotes = srt.strategy.on_book(mr.market)
+        except Exception as exc:
+            self._halt(srt, exc, "on_book")
+            return
+        if quotes is None:
+            if not refill:
+                return
+            quotes = mr.wanted
+        self._execute(mr, quotes)
+
+    def _execute(self, mr: MarketRuntime, quotes: list[Quote], record_wanted: bool = True) -> None:
+        if record_wanted:
+            mr.wanted = quotes
+            mr.quote_updates += 1
+        approved = self.risk.filter(mr.market, quotes, self.risk_view) if quotes else quotes
+        inst = mr.instrument
+        working = self.orders.working(inst.venue, inst.symbol)
+        plan: Plan = self.policy.plan(mr.market, approved, working, self.clock.now_ns())
+        if not plan:
+            return
+        actions: list[OrderAction] = []
+        om = self.orders
+        for order in plan.cancels:
+            if om.request_cancel(order.client_id) is not None:
+                actions.append(CancelOrder(order.client_id, inst.venue, inst.symbol))
+        strategy = mr.owner.name
+        for quote in plan.places:
+            new = self._new_order(mr, quote, strategy)
+            actions.append(PlaceOrder(new))
+        for old, quote in plan.replaces:
+            new = self._new_order(mr, quote, strategy)
+            om.request_replace(old.client_id, new)
+            actions.append(ReplaceOrder(old.client_id, new))
+        if actions:
+            mr.adapter.submit(actions)
+
+    def _new_order(self, mr: MarketRuntime, quote: Quote, strategy: str) -> Order:
+        inst = mr.instrument
+        return self.orders.new_order(
+            inst.venue,
+            inst.symbol,
+            quote.side,
+            quote.qty_lots,
+            quote.price_ticks,
+            tif=TimeInForce.POST_ONLY if quote.post_only else TimeInForce.GTC,
+            strategy=strategy,
+            level=quote.level,
+        )
+
+    def _set_quotes(self, key: str, quotes: list[Quote]) -> None:
+        mr = self.markets[key]
+        if mr.book.state is BookState.LIVE and not self._stop.is_set():
+            self._execute(mr, quotes)
+        else:
+            mr.wanted = quotes
+
+    # -- venue sink -----------------------------------------------------------------------
+    def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
+        mr = self.markets.get(book.key)
+        self._trace_event(book.key, "book_state", f"{old}->{new}: {reason}")
+        if self._book_hook is not None:
+            self._call_observers(
+                self._book_hook, market=book.key, old=old, new=new, reason=reason
+            )
+        if mr is None:
+            return
+        if new != BookState.LIVE.value:
+            self.log.warning("{} book {} ({}): pulling quotes", book.key, new, reason)
+            self._execute(mr, [], record_wanted=False)
+        else:
+            self.log.info("{} book LIVE again ({}): quoting resumes", book.key, reason)
+            self._requote(mr, refill=True)
+
+    def on_trade(
+        self, venue: str, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side, ts_ns: int
+    ) -> None:
+        mr = self.markets.get(f"{venue}:{symbol}")
+        if mr is None or mr.owner.halted:
+            return
+        srt = mr.owner
+        try:
+            srt.strategy.on_trade(mr.market, price_ticks, qty_lots, aggressor)
+        except Exception as exc:
+            self._halt(srt, exc, "on_trade")
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        order = self.orders.apply_update(update)
+        if order is None:
+            return
+        if self._order_hook is not None:
+            self._call_observers(self._order_hook, run=self, order=order, update=update)
+        mr = self.markets.get(order.market)
+        if mr is None:
+            return
+        srt = mr.owner
+        if not srt.halted:
+            try:
+                srt.strategy.on_order_update(mr.market, update)
+            except Exception as exc:
+                self._halt(srt, exc, "on_order_update")
+                return
+        if order.status.is_terminal:
+            self._requote(mr, refill=True)
+
+    def on_fill(self, fill: Fill) -> None:
+        orphans = len(self.orders.orphan_fills)
+        order = self.orders.apply_fill(fill)
+        if order is None and len(self.orders.orphan_fills) == orphans:
+            return  # a duplicate: already applied once
+        # An orphan fill (an order this run does not know) still moved our position.
+        self.portfolio.apply_fill(fill)
+        mr = self.markets.get(fill.market)
+        inst = mr.instrument if mr else None
+        if self._trace is not None and inst is not None:
+            self._write_trace(
+                {
+                    "type": "fill",
+                    "t": fill.ts_ns,
+                    "market": fill.market,
+                    "side": "buy" if fill.side is Side.BUY else "sell",
+                    "price": inst.ticks_to_float(fill.price_ticks),
+                    "qty": inst.lots_to_float(fill.qty_lots),
+                    "fee": float(fill.fee),
+                    "liquidity": fill.liquidity.value,
+                    "client_id": fill.client_id,
+                    "strategy": fill.strategy,
+                }
+            )
+        if self._fill_hook is not None:
+            self._call_observers(self._fill_hook, run=self, fill=fill)
+        if mr is None:
+            return
+        srt = mr.owner
+        if srt.halted:
+            return
+        try:
+            srt.strategy.on_fill(mr.market, fill)
+        except Exception as exc:
+            self._halt(srt, exc, "on_fill")
+            return
+        self._requote(mr, refill=True)
+
+    # -- failure handling -------------------------------------------------------------
+    def _guard(self, srt: StrategyRuntime, fn: Callable[..., Any], *args: Any) -> Any:
+        if srt.halted:
+            return None
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self._halt(srt, exc, getattr(fn, "__name__", "callback"))
+            return None
+
+    def _halt(self, srt: StrategyRuntime, exc: BaseException, where: str) -> None:
+        srt.errors += 1
+        srt.halted = True
+        self.log.opt(exception=exc).error(
+            "strategy {!r} raised in {}: {}; its quotes are pulled and it is halted",
+            srt.name,
+            where,
+            exc,
+        )
+        for mr in srt.markets.values():
+            self._trace_event(mr.market.key, "strategy_halted", f"{srt.name}: {exc!r}")
+            self._execute(mr, [], record_wanted=False)
+
+    def _on_refusal(self, refusal: RiskRefusal) -> None:
+        self.refusals += 1
+        if self.refusals <= 20 or self.refusals % 1000 == 0:
+            self.log.info("risk: {} (refusal #{})", refusal, self.refusals)
+
+    def _call_observers(self, hook: Any, **kwargs: Any) -> None:
+        try:
+            hook(**kwargs)
+        except Exception as exc:
+            self.log.opt(exception=exc).error("observer hook {} failed: {}", hook.name, exc)
+
+    # -- timers, bus -------------------------------------------------------------------
+    def _schedule_for(self, name: str) -> Callable[[int, Callable[[], None]], TimerHandle]:
+        def schedule(delay_ns: int, fn: Callable[[], None]) -> TimerHandle:
+            srt = self.strategies.get(name)
+
+            def fire() -> None:
+                if srt is not None and not srt.halted and not self._stop.is_set():
+                    self._guard(srt, fn)
+
+            handle = self.clock.call_later(delay_ns, fire)
+            self._timers.append(handle)
+            return handle
+
+        return schedule
+
+    def _publish(self, topic: str, payload: Any) -> None:
+        self.bus.publish(f"quoteforge/{self.run_id}/{topic}", payload)
+
+    # -- sampling and outputs ------------------------------------------------------------
+    def _sample(self, interval: int) -> None:
+        self._sample_now()
+        if not self._stop.is_set():
+            self._timers.append(self.clock.call_later(interval, self._sample, interval))
+
+    def _mark(self, mr: MarketRuntime) -> Decimal | None:
+        mid = mr.book.mid_ticks()
+        if mid is None:
+            return None
+        return mr.instrument.tick_size * Decimal(str(mid))
+
+    def _sample_now(self) -> None:
+        if self._trace is None:
+            return
+        now = self.clock.now_ns()
+        for key, mr in self.markets.items():
+            inst = mr.instrument
+            book = mr.book
+            mark = self._mark(mr)
+            pf = self.portfolio
+            realized = pf.realized(key)
+            fees = pf.fees(key)
+            unrealized = pf.unrealized(key, mark) if mark is not None else Decimal(0)
+            pnl = float(realized + unrealized - fees)
+            mr.last_pnl = pnl
+            mr.peak_pnl = max(mr.peak_pnl, pnl)
+            mr.max_drawdown = max(mr.max_drawdown, mr.peak_pnl - pnl)
+            bid, ask = book.best_bid_ticks(), book.best_ask_ticks()
+            our_bid = our_ask = None
+            for order in self.orders.working(inst.venue, inst.symbol):
+                if order.price_ticks is None:
+                    continue
+                if order.side is Side.BUY and (our_bid is None or order.price_ticks > our_bid):
+                    our_bid = order.price_ticks
+                elif order.side is Side.SELL and (our_ask is None or order.price_ticks < our_ask):
+                    our_ask = order.price_ticks
+            spread = book.spread_ticks()
+            self._write_trace(
+                {
+                    "type": "tick",
+                    "t": now,
+                    "market": key,
+                    "mid": float(mark) if mark is not None else None,
+                    "bid": inst.ticks_to_float(bid) if bid is not None else None,
+                    "ask": inst.ticks_to_float(ask) if ask is not None else None,
+                    "our_bid": inst.ticks_to_float(our_bid) if our_bid is not None else None,
+                    "our_ask": inst.ticks_to_float(our_ask) if our_ask is not None else None,
+                    "inventory": float(pf.position(key)),
+                    "pnl": pnl,
+                    "realized": float(realized),
+                    "unrealized": float(unrealized),
+                    "fees": float(fees),
+                    "spread": inst.ticks_to_float(spread) if spread is not None else None,
+                    "state": book.state.value,
+                }
+            )
+
+    def _write_trace(self, record: dict[str, Any]) -> None:
+        self._trace.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def _trace_event(self, market: str | None, event: str, detail: str) -> None:
+        if self._trace is not None:
+            self._write_trace(
+                {
+                    "type": "event",
+                    "t": self.clock.now_ns(),
+                    "market": market,
+                    "event": event,
+                    "detail": detail,
+                }
+            )
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for key, mr in self.markets.items():
+            mark = self._mark(mr)
+            pf = self.portfolio
+            pnl = pf.pnl(key, mark) if mark is not None else pf.realized(key) - pf.fees(key)
+            spread = mr.book.spread_ticks()
+            rows.append(
+                {
+                    "market": key,
+                    "mid": float(mark) if mark is not None else None,
+                    "spread": mr.instrument.ticks_to_float(spread) if spread is not None else None,
+                    "inventory": float(pf.position(key)),
+                    "pnl": float(pnl),
+                    "fill_count": pf.fill_count(key),
+                    "notional": float(pf.notional(key)),
+                    "max_drawdown": max(mr.max_drawdown, mr.peak_pnl - float(pnl)),
+                }
+            )
+        return rows
+
+    def _write_run_files(self) -> None:
+        (self.run_dir / "manifest.yaml").write_text(self.loaded.text, encoding="utf-8")
+        info = {
+            "run_id": self.run_id,
+            "name": self.manifest.run.name,
+            "mode": self.mode,
+            "seed": self.manifest.run.seed,
+            "manifest": str(self.manifest_path) if self.manifest_path else None,
+            "overrides": self.loaded.overrides,
+            "started_at": datetime.now(UTC).isoformat(),
+            "pid": _pid(),
+        }
+        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+    def _finish_run_file(self) -> None:
+        path = self.run_dir / "run.json"
+        info = json.loads(path.read_text(encoding="utf-8"))
+        info["finished_at"] = datetime.now(UTC).isoformat()
+        info["stop_reason"] = self.stop_reason
+        info["sim_events"] = self.events_processed
+        path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+    def _write_summary(self, rows: list[dict[str, Any]]) -> list[Path]:
+        path = self.run_dir / "summary.csv"
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _fmt(row[k]) for k in SUMMARY_COLUMNS})
+        return [path, self.run_dir / "trace.jsonl"]
+
+    # -- live parameter changes ------------------------------------------------------------
+    async def _watch_manifest(self) -> None:
+        path = self.manifest_path
+        assert path is not None
+        try:
+            last = path.stat().st_mtime_ns
+        except OSError:
+            return
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if mtime == last:
+                continue
+            last = mtime
+            self.reload_params()
+
+    def reload_params(self) -> list[str]:
+        """Re-read the manifest and apply changed strategy params; returns what changed.
+
+        An invalid manifest is refused and logged; the run keeps the old values.
+        """
+        assert self.manifest_path is not None
+        try:
+            fresh = load_manifest(self.manifest_path, self.registry, overrides=self.loaded.overrides)
+        except ManifestError as exc:
+            self.log.error("manifest change refused, keeping the running params:\n{}", exc)
+            self._trace_event(None, "params_refused", str(exc))
+            return []
+        changed = []
+        for name, srt in self.strategies.items():
+            key = f"strategies.{name}"
+            new_params: BaseModel | None = fresh.plugin_params.get(key)
+            old_params = self.loaded.plugin_params.get(key)
+            if new_params is None or new_params == old_params:
+                continue
+            if self._guard(srt, srt.strategy.on_params, new_params) is None and srt.halted:
+                continue
+            self.loaded.plugin_params[key] = new_params
+            changed.append(name)
+            self.log.info("strategy {!r}: new params applied: {}", name, new_params)
+            self._trace_event(None, "params_applied", f"{name}: {new_params}")
+            for mr in srt.markets.values():
+                self._requote(mr, refill=True)
+        structural = {k: v for k, v in fresh.data.items() if k != "strategies"}
+        if structural != {k: v for k, v in self.loaded.data.items() if k != "strategies"}:
+            self.log.warning("manifest sections other than strategy params changed: restart to apply")
+        return changed
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return "" if value is None else value
+
+
+def _position_of(portfolio: Portfolio, key: str) -> Callable[[], int]:
+    return lambda: portfolio.position_lots(key)
+
+
+def _epoch_ns() -> int:
+    # Simulations start at a fixed virtual epoch so that a seed gives identical traces.
+    return int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * NS
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _id_prefix(name: str) -> str:
+    cleaned = "".join(c for c in name if c.isalnum())[:6] or "qf"
+    return cleaned
+
+
+def new_run_dir(base: Path, name: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return base / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+async def run_manifest(
+    loaded: LoadedManifest,
+    registry: PluginRegistry,
+    *,
+    run_dir: Path,
+    manifest_path: Path | None = None,
+    install_signals: bool = True,
+) -> Run:
+    """Run a validated manifest to the end; SIGINT/SIGTERM stop it cleanly."""
+    run = Run(loaded, registry, run_dir=run_dir, manifest_path=manifest_path)
+    loop = asyncio.get_running_loop()
+    installed = []
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, run.request_stop, f"signal {sig.name}")
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+    try:
+        await run.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return run

@@ -1,0 +1,198 @@
+"""Plugin discovery through entry points: listing, broken and typo'd plugins, env
+switches, and a third-party strategy installed with pip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from quoteforge.cli import main, plugin_rows
+from quoteforge.registry import PluginError, PluginRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_dist(
+    where: Path, dist: str, entry: str, module: str, code: str, requires: list[str] | None = None
+) -> None:
+    """A minimal installed distribution: dist-info with entry points, plus its module."""
+    info = where / f"{dist.replace('-', '_')}-0.3.dist-info"
+    info.mkdir(parents=True)
+    meta = [f"Metadata-Version: 2.1", f"Name: {dist}", "Version: 0.3"]
+    meta += [f"Requires-Dist: {r}" for r in requires or []]
+    (info / "METADATA").write_text("\n".join(meta) + "\n")
+    (info / "entry_points.txt").write_text(f"[quoteforge]\n{entry} = {module}\n")
+    (where / f"{module}.py").write_text(textwrap.dedent(code))
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def fresh() -> PluginRegistry:
+    reg = PluginRegistry()
+    reg.load_entry_points()
+    return reg
+
+
+def test_builtins_are_discovered_through_entry_points(registry: PluginRegistry) -> None:
+    assert "sim" in registry.types("exchange")
+    assert "pure_market_making" in registry.types("strategy")
+    assert {"max_position", "max_order_notional"} <= set(registry.types("risk"))
+    assert "minimal_diff" in registry.types("execution")
+    assert "sqlite" in registry.types("journal")
+    rows = {(r["kind"], r["name"]): r for r in plugin_rows(registry)}
+    sim = rows[("exchange", "sim")]
+    assert sim["dist"] == "quoteforge" and sim["status"] == "ok" and sim["version"]
+
+
+def test_broken_plugin_does_not_take_others_down(site: Path) -> None:
+    make_dist(site, "qf-broken", "qf_broken", "qf_broken_mod", "raise RuntimeError('boom at import')\n")
+    reg = fresh()
+    failed = {r.name: r for r in reg.failed_plugins()}
+    assert "boom at import" in failed["qf_broken"].error
+    assert "pure_market_making" in reg.types("strategy")  # everything else still loaded
+
+
+def test_missing_optional_dependency_gives_the_pip_command(site: Path) -> None:
+    make_dist(
+        site,
+        "qf-fancy",
+        "fancy_venue",
+        "qf_fancy_mod",
+        "import qf_dependency_that_is_not_installed\n",
+        requires=['qf-dependency-that-is-not-installed>=1; extra == "fancy"'],
+    )
+    reg = fresh()
+    record = next(r for r in reg.failed_plugins() if r.name == "fancy_venue")
+    assert record.install_hint == 'pip install "qf-fancy[fancy]"'
+    with pytest.raises(PluginError, match=r'pip install "qf-fancy\[fancy\]"'):
+        reg.get("exchange", "fancy_venue")
+
+
+def test_registered_type_with_missing_requirement_is_listed_with_hint(site: Path) -> None:
+    make_dist(
+        site,
+        "qf-lazy",
+        "lazy",
+        "qf_lazy_mod",
+        """
+        import quoteforge
+
+        @quoteforge.hookimpl
+        def quoteforge_register_exchanges(register):
+            register("lazy_venue", object, requires=("qf_lazy_missing_sdk",))
+        """,
+        requires=['qf-lazy-missing-sdk; extra == "lazy"'],
+    )
+    reg = fresh()
+    reg_entry = reg.types("exchange")["lazy_venue"]
+    assert not reg_entry.loadable
+    with pytest.raises(PluginError, match=r"exchange 'lazy_venue' needs: pip install \"qf-lazy\[lazy\]\""):
+        reg.get("exchange", "lazy_venue")
+
+
+def test_typo_in_hook_name_is_rejected_with_suggestion(site: Path) -> None:
+    make_dist(
+        site,
+        "qf-typo",
+        "typo",
+        "qf_typo_mod",
+        """
+        import quoteforge
+
+        @quoteforge.hookimpl
+        def quoteforge_register_strategy(register):
+            pass
+        """,
+    )
+    reg = fresh()
+    record = next(r for r in reg.failed_plugins() if r.name == "typo")
+    assert "unknown hook quoteforge_register_strategy" in record.error
+    assert "did you mean quoteforge_register_strategies?" in record.error
+
+
+def test_duplicate_type_name_is_refused(site: Path) -> None:
+    make_dist(
+        site,
+        "qf-dup",
+        "dup",
+        "qf_dup_mod",
+        """
+        import quoteforge
+
+        @quoteforge.hookimpl
+        def quoteforge_register_strategies(register):
+            register("pure_market_making", object)
+        """,
+    )
+    reg = fresh()
+    record = next(r for r in reg.failed_plugins() if r.name == "dup")
+    assert "already registered by plugin 'pure_market_making'" in record.error
+
+
+def test_env_switches(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_dist(site, "qf-extra", "extra_one", "qf_extra_mod", "raise RuntimeError('should not load')\n")
+    monkeypatch.setenv("QUOTEFORGE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    reg = fresh()
+    assert all(r.name != "extra_one" for r in reg.records)
+    assert "sim" in reg.types("exchange")  # built-ins still load
+    monkeypatch.delenv("QUOTEFORGE_DISABLE_PLUGIN_AUTOLOAD")
+    monkeypatch.setenv("QUOTEFORGE_BLOCK_PLUGINS", "extra_one,pure_market_making")
+    reg = fresh()
+    assert all(r.name not in ("extra_one", "pure_market_making") for r in reg.records)
+    with pytest.raises(PluginError, match="unknown strategy type 'pure_market_making'"):
+        reg.get("strategy", "pure_market_making")
+
+
+def test_plugins_command_lists_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    kinds = {(r["kind"], r["name"]) for r in rows}
+    assert ("exchange", "sim") in kinds and ("strategy", "pure_market_making") in kinds
+
+
+def test_third_party_strategy_installed_with_pip(tmp_path: Path) -> None:
+    """pip-installs examples/third_party_strategy into a private target and runs a
+    manifest that names its strategy."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+            "--no-build-isolation", "--target", str(target),
+            str(ROOT / "examples" / "third_party_strategy"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]))
+    listed = subprocess.run(
+        [sys.executable, "-m", "quoteforge.cli", "plugins", "--json"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["momentum_quoter"]["dist"] == "quoteforge-momentum"
+    assert rows["momentum_quoter"]["status"] == "ok"
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "quoteforge.cli", "run",
+            str(ROOT / "examples" / "third_party_strategy" / "momentum.yaml"),
+            "--out", str(out), "--set", "run.duration=60s", "--set", "report.html=false",
+            "--set", "report.png=false",
+        ],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("market,mid,spread")
+    fills = int(summary[1].split(",")[5])
+    assert fills > 0
