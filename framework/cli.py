@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from quoteforge import hookspecs
-from quoteforge.manifest import ManifestError, Manifest, load_manifest
+from quoteforge.manifest import Manifest, ManifestError, load_manifest
 from quoteforge.registry import KINDS, PluginRegistry, load_registry
 
 __all__ = ["hooks_reference", "main"]
@@ -38,12 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, help="run folder (default: <run.out_dir>/<name>-<time>)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    run.add_argument("--json-log", action="store_true", help="also write log.jsonl in the run folder")
+    run.add_argument(
+        "--json-log", action="store_true", help="also write log.jsonl in the run folder"
+    )
     run.add_argument("--quiet", action="store_true", help="do not print the summary table")
 
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest", type=Path)
-    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    val.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE"
+    )
 
     plugins = sub.add_parser("plugins", help="list discovered plugins and what they provide")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -144,7 +148,7 @@ def _write_report(run_dir: Path, html: bool, png: bool) -> None:
         from quoteforge.report import write_report
     except ImportError as exc:
         logger.warning(
-            "report not written ({}); install it with: pip install \"quoteforge[report]\"", exc
+            'report not written ({}); install it with: pip install "quoteforge[report]"', exc
         )
         return
     try:
@@ -169,7 +173,10 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     lines = []
     for n, row in enumerate(table):
         lines.append(
-            "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
         )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -222,7 +229,9 @@ def plugin_rows(registry: PluginRegistry) -> list[dict[str, str]]:
                 }
             )
     for record in registry.failed_plugins():
-        status = f"needs: {record.install_hint}" if record.install_hint else f"broken: {record.error}"
+        status = (
+            f"needs: {record.install_hint}" if record.install_hint else f"broken: {record.error}"
+        )
         rows.append(
             {
                 "name": record.name,
@@ -273,7 +282,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         from quoteforge.report import report_main
     except ImportError as exc:
-        print(f"reports need: pip install \"quoteforge[report]\" ({exc})", file=sys.stderr)
+        print(f'reports need: pip install "quoteforge[report]" ({exc})', file=sys.stderr)
         return EXIT_ERROR
     return report_main([str(args.run_dir)])
 

@@ -416,9 +416,7 @@ class Run:
         mr = self.markets.get(book.key)
         self._trace_event(book.key, "book_state", f"{old}->{new}: {reason}")
         if self._book_hook is not None:
-            self._call_observers(
-                self._book_hook, market=book.key, old=old, new=new, reason=reason
-            )
+            self._call_observers(self._book_hook, market=book.key, old=old, new=new, reason=reason)
         if mr is None:
             return
         if new != BookState.LIVE.value:
@@ -700,7 +698,9 @@ class Run:
         """
         assert self.manifest_path is not None
         try:
-            fresh = load_manifest(self.manifest_path, self.registry, overrides=self.loaded.overrides)
+            fresh = load_manifest(
+                self.manifest_path, self.registry, overrides=self.loaded.overrides
+            )
         except ManifestError as exc:
             self.log.error("manifest change refused, keeping the running params:\n{}", exc)
             self._trace_event(None, "params_refused", str(exc))
@@ -722,7 +722,9 @@ class Run:
                 self._requote(mr, refill=True)
         structural = {k: v for k, v in fresh.data.items() if k != "strategies"}
         if structural != {k: v for k, v in self.loaded.data.items() if k != "strategies"}:
-            self.log.warning("manifest sections other than strategy params changed: restart to apply")
+            self.log.warning(
+                "manifest sections other than strategy params changed: restart to apply"
+            )
         return changed
 
 
@@ -748,8 +750,7 @@ def _pid() -> int:
 
 
 def _id_prefix(name: str) -> str:
-    cleaned = "".join(c for c in name if c.isalnum())[:6] or "qf"
-    return cleaned
+    return "".join(c for c in name if c.isalnum())[:6] or "qf"
 
 
 def new_run_dir(base: Path, name: str) -> Path:

@@ -173,7 +173,7 @@ def _marks(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], in
         for key_node, value_node in node.value:
             key = str(key_node.value)
             if key in seen:
-                raise _Duplicate(key, key_node.start_mark.line + 1, seen[key], path)
+                raise _DuplicateKeyError(key, key_node.start_mark.line + 1, seen[key], path)
             seen[key] = key_node.start_mark.line + 1
             out[(*path, key)] = key_node.start_mark.line + 1
             _marks(value_node, (*path, key), out)
@@ -182,7 +182,7 @@ def _marks(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], in
             _marks(item, (*path, str(i)), out)
 
 
-class _Duplicate(Exception):
+class _DuplicateKeyError(Exception):
     def __init__(self, key: str, line: int, first: int, path: tuple[str, ...]) -> None:
         self.key, self.line, self.first, self.path = key, line, first, path
 
@@ -241,9 +241,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
             if isinstance(node, list):
                 if not key.isdigit() or int(key) >= len(node):
                     here = ".".join(keys[: depth + 1])
-                    raise ManifestError(
-                        "--set", [ManifestProblem(None, here, "no such list item")]
-                    )
+                    raise ManifestError("--set", [ManifestProblem(None, here, "no such list item")])
                 node = node[int(key)]
                 continue
             if not isinstance(node, dict):
@@ -313,11 +311,15 @@ def load_manifest(
     try:
         if root is not None:
             _marks(root, (), marks)
-    except _Duplicate as dup:
+    except _DuplicateKeyError as dup:
         where = ".".join((*dup.path, dup.key))
         raise ManifestError(
             label,
-            [ManifestProblem(dup.line, where, f"duplicate key (first defined on line {dup.first})")],
+            [
+                ManifestProblem(
+                    dup.line, where, f"duplicate key (first defined on line {dup.first})"
+                )
+            ],
         ) from None
 
     def line_of(loc: tuple[str, ...]) -> int | None:

@@ -187,6 +187,7 @@ class PluginRegistry:
         }
         builtin_only = os.environ.get("QUOTEFORGE_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0")
         seen: set[tuple[str, str]] = set()
+
         # Built-ins first, so a third-party plugin can never take a built-in's name.
         def order(ep: metadata.EntryPoint) -> tuple[bool, str]:
             dist_name = ep.dist.name if ep.dist is not None else ""

@@ -1,23 +1,21 @@
-"""Registers the in-process bus (``type: inprocess``), the default backend."""
+"""Registers the in-process bus, the default backend of a run in one process."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
-import quoteforge
+from quoteforge import hookimpl
 from quoteforge.bus import InProcessBus, InProcessParams
-from quoteforge.registry import Register
+
+if TYPE_CHECKING:
+    from quoteforge.registry import Register
 
 
-def _build(params: BaseModel, run_id: str) -> InProcessBus:
-    return InProcessBus(params, run_id)
-
-
-@quoteforge.hookimpl
+@hookimpl
 def quoteforge_register_bus_backends(register: Register) -> None:
     register(
         "inprocess",
-        _build,
+        lambda params, run_id: InProcessBus(params, run_id),
         params=InProcessParams,
-        description="In-process bus: synchronous delivery inside one process (default).",
+        description="synchronous delivery inside one process (default, no broker)",
     )

@@ -58,8 +58,11 @@ class MinimalDiff(ExecutionPolicy):
                 continue
             if order.price_ticks == quote.price_ticks and (
                 order.remaining_lots == quote.qty_lots
-                or (self.params.keep_partial and 0 < order.remaining_lots < quote.qty_lots
-                    and order.filled_lots > 0)
+                or (
+                    self.params.keep_partial
+                    and 0 < order.remaining_lots < quote.qty_lots
+                    and order.filled_lots > 0
+                )
             ):
                 continue
             if order.status is OrderStatus.PENDING_NEW:

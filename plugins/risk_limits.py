@@ -66,7 +66,9 @@ class MaxPosition(RiskCheck):
 
 class MaxOrderNotionalParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    max_notional: Decimal = Field(gt=0, description="Largest price x quantity of one order, in quote units.")
+    max_notional: Decimal = Field(
+        gt=0, description="Largest price x quantity of one order, in quote units."
+    )
 
 
 class MaxOrderNotional(RiskCheck):

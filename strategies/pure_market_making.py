@@ -24,8 +24,12 @@ __all__ = ["PureMarketMaking", "PureMarketMakingParams"]
 
 
 class PureMarketMakingParams(StrategyParams):
-    spread_bps: float = Field(10.0, gt=0, description="Distance of the first level from the "
-                              "reference price on each side, in basis points.")
+    spread_bps: float = Field(
+        10.0,
+        gt=0,
+        description="Distance of the first level from the "
+        "reference price on each side, in basis points.",
+    )
     levels: int = Field(1, ge=1, le=50, description="Number of order levels per side.")
     level_spacing_bps: float = Field(
         5.0, ge=0, description="Extra distance of each further level, in basis points."

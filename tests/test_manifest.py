@@ -85,7 +85,7 @@ def test_missing_required_value(registry: PluginRegistry) -> None:
 
 def test_bad_yaml_reports_line(registry: PluginRegistry) -> None:
     msg = refused("run:\n  name: [unclosed\nexchanges: {}\n", registry)
-    assert msg.startswith("m.yaml:3:") or msg.startswith("m.yaml:2:")
+    assert msg.startswith(("m.yaml:3:", "m.yaml:2:"))
     assert "bad YAML" in msg
 
 
@@ -150,7 +150,9 @@ def test_one_strategy_per_market(registry: PluginRegistry) -> None:
 
 
 def test_sim_params_are_checked(registry: PluginRegistry) -> None:
-    msg = refused(GOOD.replace("initial_price: 100", "initial_price: 100\n          kind: binary"), registry)
+    msg = refused(
+        GOOD.replace("initial_price: 100", "initial_price: 100\n          kind: binary"), registry
+    )
     assert "binary contract's initial_price must be inside (0, 1)" in msg
 
 
@@ -160,7 +162,8 @@ def test_missing_file(registry: PluginRegistry, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [(90, 90.0), ("90s", 90.0), ("15m", 900.0), ("1.5h", 5400.0), ("250ms", 0.25)]
+    ("text", "seconds"),
+    [(90, 90.0), ("90s", 90.0), ("15m", 900.0), ("1.5h", 5400.0), ("250ms", 0.25)],
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -168,7 +171,7 @@ def test_parse_duration(text: object, seconds: float) -> None:
 
 def test_every_example_manifest_validates(registry: PluginRegistry) -> None:
     examples = Path(__file__).resolve().parent.parent / "examples"
-    manifests = [p for p in examples.glob("*.yaml")]
+    manifests = list(examples.glob("*.yaml"))
     assert manifests, "examples/ holds manifests"
     for path in manifests:
         load_manifest(path, registry)

@@ -24,7 +24,7 @@ def make_dist(
     """A minimal installed distribution: dist-info with entry points, plus its module."""
     info = where / f"{dist.replace('-', '_')}-0.3.dist-info"
     info.mkdir(parents=True)
-    meta = [f"Metadata-Version: 2.1", f"Name: {dist}", "Version: 0.3"]
+    meta = ["Metadata-Version: 2.1", f"Name: {dist}", "Version: 0.3"]
     meta += [f"Requires-Dist: {r}" for r in requires or []]
     (info / "METADATA").write_text("\n".join(meta) + "\n")
     (info / "entry_points.txt").write_text(f"[quoteforge]\n{entry} = {module}\n")
@@ -55,7 +55,9 @@ def test_builtins_are_discovered_through_entry_points(registry: PluginRegistry) 
 
 
 def test_broken_plugin_does_not_take_others_down(site: Path) -> None:
-    make_dist(site, "qf-broken", "qf_broken", "qf_broken_mod", "raise RuntimeError('boom at import')\n")
+    make_dist(
+        site, "qf-broken", "qf_broken", "qf_broken_mod", "raise RuntimeError('boom at import')\n"
+    )
     reg = fresh()
     failed = {r.name: r for r in reg.failed_plugins()}
     assert "boom at import" in failed["qf_broken"].error
@@ -96,7 +98,9 @@ def test_registered_type_with_missing_requirement_is_listed_with_hint(site: Path
     reg = fresh()
     reg_entry = reg.types("exchange")["lazy_venue"]
     assert not reg_entry.loadable
-    with pytest.raises(PluginError, match=r"exchange 'lazy_venue' needs: pip install \"qf-lazy\[lazy\]\""):
+    with pytest.raises(
+        PluginError, match=r"exchange 'lazy_venue' needs: pip install \"qf-lazy\[lazy\]\""
+    ):
         reg.get("exchange", "lazy_venue")
 
 
@@ -140,7 +144,9 @@ def test_duplicate_type_name_is_refused(site: Path) -> None:
 
 
 def test_env_switches(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_dist(site, "qf-extra", "extra_one", "qf_extra_mod", "raise RuntimeError('should not load')\n")
+    make_dist(
+        site, "qf-extra", "extra_one", "qf_extra_mod", "raise RuntimeError('should not load')\n"
+    )
     monkeypatch.setenv("QUOTEFORGE_DISABLE_PLUGIN_AUTOLOAD", "1")
     reg = fresh()
     assert all(r.name != "extra_one" for r in reg.records)
@@ -166,17 +172,29 @@ def test_third_party_strategy_installed_with_pip(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-            "--no-build-isolation", "--target", str(target),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
             str(ROOT / "examples" / "third_party_strategy"),
         ],
         check=True,
         capture_output=True,
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])
+    )
     listed = subprocess.run(
         [sys.executable, "-m", "quoteforge.cli", "plugins", "--json"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     assert rows["momentum_quoter"]["dist"] == "quoteforge-momentum"
@@ -184,12 +202,24 @@ def test_third_party_strategy_installed_with_pip(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = subprocess.run(
         [
-            sys.executable, "-m", "quoteforge.cli", "run",
+            sys.executable,
+            "-m",
+            "quoteforge.cli",
+            "run",
             str(ROOT / "examples" / "third_party_strategy" / "momentum.yaml"),
-            "--out", str(out), "--set", "run.duration=60s", "--set", "report.html=false",
-            "--set", "report.png=false",
+            "--out",
+            str(out),
+            "--set",
+            "run.duration=60s",
+            "--set",
+            "report.html=false",
+            "--set",
+            "report.png=false",
         ],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     summary = (out / "summary.csv").read_text().splitlines()

@@ -49,9 +49,7 @@ class ProcessParams(_Closed):
 
 
 class FlowParams(_Closed):
-    arrival_rate: float = Field(
-        1.0, ge=0, description="A: taker arrivals per second on each side."
-    )
+    arrival_rate: float = Field(1.0, ge=0, description="A: taker arrivals per second on each side.")
     reach: float | None = Field(
         None,
         gt=0,

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from quoteforge.book import BookState, L2Book
 from quoteforge.clock import Clock
 from quoteforge.exchange import (
-    CancelAll,
     CancelOrder,
     ExchangeAdapter,
     OrderAction,
@@ -357,7 +356,9 @@ class SimExchange(ExchangeAdapter):
     def _stream_time(self, market: _SimMarket, stream: str) -> int:
         """Delivery time on one of the market's streams: jittered but never earlier than
         the previous message of that stream, as on a real (TCP) connection."""
-        base = self.params.latency.market_data_ms if stream == "md" else self.params.latency.order_ms
+        base = (
+            self.params.latency.market_data_ms if stream == "md" else self.params.latency.order_ms
+        )
         when = self.clock.now_ns() + self._delay(market, base)
         last = market.stream_last.get(stream, 0)
         if when < last:
@@ -515,8 +516,18 @@ class SimExchange(ExchangeAdapter):
                     now,
                 )
             for owner, order_id, liquidity, remaining in (
-                (trade.maker_owner, trade.maker_order_id, Liquidity.MAKER, trade.maker_remaining_lots),
-                (trade.taker_owner, trade.taker_order_id, Liquidity.TAKER, trade.taker_remaining_lots),
+                (
+                    trade.maker_owner,
+                    trade.maker_order_id,
+                    Liquidity.MAKER,
+                    trade.maker_remaining_lots,
+                ),
+                (
+                    trade.taker_owner,
+                    trade.taker_order_id,
+                    Liquidity.TAKER,
+                    trade.taker_remaining_lots,
+                ),
             ):
                 if owner != US:
                     continue

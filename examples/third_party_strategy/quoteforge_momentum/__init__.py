@@ -12,10 +12,16 @@ from quoteforge import Market, Strategy, StrategyParams
 
 
 class MomentumParams(StrategyParams):
-    half_spread_bps: float = Field(8.0, gt=0, description="Distance of each quote from the fair price, bps.")
+    half_spread_bps: float = Field(
+        8.0, gt=0, description="Distance of each quote from the fair price, bps."
+    )
     order_size: float = Field(gt=0, description="Quote size in base units.")
-    fast_seconds: float = Field(5.0, gt=0, description="Time constant of the fast average, seconds.")
-    slow_seconds: float = Field(60.0, gt=0, description="Time constant of the slow average, seconds.")
+    fast_seconds: float = Field(
+        5.0, gt=0, description="Time constant of the fast average, seconds."
+    )
+    slow_seconds: float = Field(
+        60.0, gt=0, description="Time constant of the slow average, seconds."
+    )
     lean: float = Field(
         0.5, ge=0, le=2, description="How much of the fast-slow gap the quotes lean toward."
     )

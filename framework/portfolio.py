@@ -1,0 +1,311 @@
+"""Positions, fees and PnL per market and in total, computed exactly from our fills.
+
+Realized PnL uses the average-cost method; all arithmetic is on integers and fractions
+of ticks and lots, so no rounding creeps in however many fills a run has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
+from quoteforge.model import Fill, Instrument
+
+__all__ = ["Portfolio", "to_decimal"]
+
+Rational = int | Fraction
+
+
+def to_decimal(value: Rational) -> Decimal:
+    """``value`` as a Decimal: exact when it has a finite decimal expansion (every sum of
+    prices, quantities and fees does), else rounded to 28 significant digits."""
+    if isinstance(value, int):
+        return Decimal(value)
+    num, den = value.numerator, value.denominator
+    if den == 1:
+        return Decimal(num)
+    rest = den
+    for prime in (2, 5):
+        while rest % prime == 0:
+            rest //= prime
+    with localcontext() as ctx:
+        if rest == 1:
+            # A terminating fraction needs at most bit_length(den) digits after the point.
+            ctx.prec = len(str(abs(num))) + den.bit_length() + 2
+        else:
+            ctx.prec = 28
+        return Decimal(num) / Decimal(den)
+
+
+class _Position:
+    """One market's running totals, in units of (tick size x lot size) where possible."""
+
+    __slots__ = (
+        "cost",
+        "fees",
+        "fills",
+        "instrument",
+        "lot",
+        "lots",
+        "notional",
+        "realized",
+        "tick",
+        "unit",
+        "unit_dec",
+    )
+
+    def __init__(self, instrument: Instrument) -> None:
+        self.instrument = instrument
+        self.tick = Fraction(instrument.tick_size)
+        self.lot = Fraction(instrument.lot_size)
+        self.unit = self.tick * self.lot
+        self.unit_dec = instrument.tick_size * instrument.lot_size
+        self.lots = 0  # signed position
+        self.cost: Rational = 0  # cost basis of |lots| in tick-lots, always >= 0
+        self.realized: Rational = 0  # tick-lots
+        self.fees = Decimal(0)  # quote asset
+        self.notional = 0  # tick-lots traded
+        self.fills = 0
+
+    def trade(self, sign: int, lots: int, ticks: int) -> None:
+        pos = self.lots
+        if pos == 0 or (pos > 0) == (sign > 0):
+            self.lots = pos + sign * lots
+            self.cost += ticks * lots
+            return
+        held = abs(pos)
+        closing = min(lots, held)
+        cost = self.cost
+        if isinstance(cost, int) and (cost * closing) % held == 0:
+            removed: Rational = cost * closing // held
+        else:
+            removed = Fraction(cost) * closing / held
+        # Long: sell proceeds minus cost; short: the opening proceeds minus buy-back cost.
+        gain = ticks * closing - removed
+        self.realized += gain if pos > 0 else -gain
+        self.lots = pos + sign * closing
+        self.cost = cost - removed if self.lots else 0
+        flipped = lots - closing
+        if flipped:
+            self.lots = sign * flipped
+            self.cost = ticks * flipped
+        if isinstance(self.cost, Fraction) and self.cost.denominator == 1:
+            self.cost = self.cost.numerator
+        if isinstance(self.realized, Fraction) and self.realized.denominator == 1:
+            self.realized = self.realized.numerator
+
+    def unrealized(self, mark: Decimal) -> Fraction:
+        if self.lots == 0:
+            return Fraction(0)
+        basis = self.cost * self.unit
+        value = Fraction(mark) * self.lots * self.lot
+        return value - basis if self.lots > 0 else value + basis
+
+
+class Portfolio:
+    """Exact positions, fees and PnL per instrument (keyed by ``venue:symbol``).
+
+    *Realized PnL, average cost.* Buying into a flat or long position adds to the cost
+    basis; selling from a long position realizes ``(sell price - average cost) x qty``
+    and keeps the average cost of what remains (shorts mirror this). A fill that goes
+    through zero closes the whole position at its price and opens the rest at the same
+    price. Every figure is in the market's quote asset; fees are positive when paid and
+    negative for rebates; ``pnl = realized + unrealized - fees``.
+
+    *Fees in other assets.* A fee in the quote asset is used as is, one in the base
+    asset is converted at the fill's price, and any other asset at
+    ``quote_rates(asset)``: the value of one unit of ``asset`` in ``currency``. When
+    every instrument quotes in the same asset that is the default ``currency`` and the
+    rate is simply "units of quote per 1 asset". With mixed quote assets, pass
+    ``currency``; then a fee or PnL in quote asset ``Q`` converts through
+    ``quote_rates(Q)`` as well.
+    """
+
+    def __init__(
+        self,
+        instruments: dict[str, Instrument] | Iterable[Instrument],
+        quote_rates: Callable[[str], Decimal | None] | None = None,
+        *,
+        currency: str | None = None,
+    ) -> None:
+        items = instruments.values() if isinstance(instruments, dict) else instruments
+        self._positions: dict[str, _Position] = {}
+        self.quote_rates = quote_rates
+        for instrument in items:
+            self.add_instrument(instrument)
+        if currency is None:
+            quotes = {p.instrument.quote.upper() for p in self._positions.values()}
+            currency = quotes.pop() if len(quotes) == 1 else None
+        self.currency = currency.upper() if currency else None
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Track another market (a no-op when it is already tracked)."""
+        if instrument.key not in self._positions:
+            self._positions[instrument.key] = _Position(instrument)
+
+    @property
+    def markets(self) -> list[str]:
+        return list(self._positions)
+
+    def _get(self, market_key: str) -> _Position:
+        position = self._positions.get(market_key)
+        if position is None:
+            known = ", ".join(sorted(self._positions)) or "none"
+            raise ValueError(
+                f"market {market_key!r} is not in the portfolio (markets: {known}); "
+                "add its Instrument with add_instrument()"
+            )
+        return position
+
+    # -- updates ---------------------------------------------------------------------------
+    def apply_fill(self, fill: Fill) -> None:
+        """Book one fill. Duplicates must be filtered before (the order manager does)."""
+        position = self._get(fill.market)
+        if fill.qty_lots <= 0:
+            raise ValueError(
+                f"fill {fill.fill_id!r} on {fill.market} has qty_lots={fill.qty_lots}; "
+                "a fill must trade a positive number of lots"
+            )
+        fee = self._fee_in_quote(position, fill) if fill.fee else Decimal(0)
+        position.trade(int(fill.side), fill.qty_lots, fill.price_ticks)
+        position.fees += fee
+        position.notional += fill.price_ticks * fill.qty_lots
+        position.fills += 1
+
+    def _fee_in_quote(self, position: _Position, fill: Fill) -> Decimal:
+        instrument = position.instrument
+        asset = fill.fee_asset.upper()
+        if asset == instrument.quote.upper():
+            return fill.fee
+        if asset == instrument.base.upper():
+            return fill.fee * instrument.ticks_to_price(fill.price_ticks)
+        if self.currency is None:
+            raise ValueError(
+                f"{fill.market}: fill {fill.fill_id!r} pays its fee in {asset}, and the "
+                "portfolio's markets quote in different assets: pass currency= and "
+                f"quote_rates= (the value of 1 {asset} in that currency)"
+            )
+        rate = self._rate(asset, fill.market)
+        quote = instrument.quote.upper()
+        if quote == self.currency:
+            return fill.fee * rate
+        return to_decimal(Fraction(fill.fee * rate) / Fraction(self._rate(quote, fill.market)))
+
+    def _rate(self, asset: str, market: str) -> Decimal:
+        rate = self.quote_rates(asset) if self.quote_rates is not None else None
+        if rate is None:
+            target = self.currency or "the market's quote asset"
+            raise ValueError(
+                f"{market}: no conversion rate for {asset!r} into {target}; pass "
+                f"quote_rates= that returns the value of 1 {asset} in {target}"
+            )
+        if not isinstance(rate, Decimal):
+            raise ValueError(
+                f"{market}: quote_rates({asset!r}) returned {rate!r}; it must return a "
+                "Decimal (exact) or None"
+            )
+        if rate <= 0:
+            raise ValueError(f"{market}: quote_rates({asset!r}) returned {rate}; must be > 0")
+        return rate
+
+    # -- per market ------------------------------------------------------------------------
+    def position_lots(self, market_key: str) -> int:
+        return self._get(market_key).lots
+
+    def position(self, market_key: str) -> Decimal:
+        """Signed position in base units (positive long)."""
+        position = self._get(market_key)
+        return position.instrument.lots_to_qty(position.lots)
+
+    def average_price(self, market_key: str) -> Decimal | None:
+        """Average cost of the open position, or None when flat."""
+        position = self._get(market_key)
+        if position.lots == 0:
+            return None
+        return to_decimal(position.cost * position.tick / abs(position.lots))
+
+    def realized(self, market_key: str) -> Decimal:
+        position = self._get(market_key)
+        return to_decimal(position.realized * position.unit)
+
+    def unrealized(self, market_key: str, mark_price: Decimal) -> Decimal:
+        return to_decimal(self._get(market_key).unrealized(_mark(market_key, mark_price)))
+
+    def fees(self, market_key: str) -> Decimal:
+        """Fees in the quote asset: positive paid, negative rebates received."""
+        return self._get(market_key).fees
+
+    def pnl(self, market_key: str, mark_price: Decimal | None) -> Decimal:
+        """``realized + unrealized - fees``; the mark may be None while flat."""
+        return to_decimal(self._pnl(market_key, mark_price))
+
+    def _pnl(self, market_key: str, mark_price: Decimal | None) -> Fraction:
+        position = self._get(market_key)
+        total = Fraction(position.realized) * position.unit - Fraction(position.fees)
+        if position.lots:
+            if mark_price is None:
+                raise ValueError(
+                    f"{market_key}: position is {position.lots} lots, so its PnL needs a mark price"
+                )
+            total += position.unrealized(_mark(market_key, mark_price))
+        return total
+
+    def notional(self, market_key: str) -> Decimal:
+        """Traded notional (sum of price x quantity over fills, both sides)."""
+        position = self._get(market_key)
+        return Decimal(position.notional) * position.unit_dec
+
+    def fill_count(self, market_key: str) -> int:
+        return self._get(market_key).fills
+
+    # -- totals ------------------------------------------------------------------------------
+    def total_pnl(self, marks: dict[str, Decimal]) -> Decimal:
+        """PnL over every market, in ``currency``. Flat markets need no mark; markets
+        quoting in another asset convert through ``quote_rates``."""
+        total = Fraction(0)
+        for key, position in self._positions.items():
+            if position.fills == 0:
+                continue
+            value = self._pnl(key, marks.get(key))
+            quote = position.instrument.quote.upper()
+            if self.currency is None:
+                raise ValueError(
+                    "markets quote in different assets "
+                    f"({', '.join(sorted(self._quotes()))}); pass currency= and quote_rates= "
+                    "to total them, or use pnl() per market"
+                )
+            if quote != self.currency:
+                value *= Fraction(self._rate(quote, key))
+            total += value
+        return to_decimal(total)
+
+    def total_fees(self) -> Decimal:
+        """Fees over every market (same quote asset required, or converted to currency)."""
+        total = Fraction(0)
+        for key, position in self._positions.items():
+            if not position.fees:
+                continue
+            quote = position.instrument.quote.upper()
+            value = Fraction(position.fees)
+            if quote != self.currency:
+                if self.currency is None:
+                    raise ValueError(
+                        "markets quote in different assets; pass currency= and quote_rates="
+                    )
+                value *= Fraction(self._rate(quote, key))
+            total += value
+        return to_decimal(total)
+
+    def _quotes(self) -> set[str]:
+        return {p.instrument.quote.upper() for p in self._positions.values()}
+
+
+def _mark(market_key: str, mark_price: Decimal) -> Decimal:
+    if not isinstance(mark_price, Decimal):
+        raise ValueError(
+            f"{market_key}: mark price {mark_price!r} must be a Decimal (use Decimal(str(x)))"
+        )
+    if not mark_price.is_finite():
+        raise ValueError(f"{market_key}: mark price {mark_price} is not a finite number")
+    return mark_price

@@ -1,0 +1,264 @@
+"""End-to-end runs on the simulated exchange: outputs, determinism, failure handling,
+live parameter changes and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import quoteforge
+from quoteforge.engine import Run, run_manifest
+from quoteforge.manifest import load_manifest
+from quoteforge.registry import PluginRegistry
+from quoteforge.strategies.pure_market_making import PureMarketMaking
+from quoteforge.strategy import Market
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = """\
+run:
+  name: e2e
+  duration: {duration}
+  seed: {seed}
+exchanges:
+  sim:
+    type: sim
+    params:
+      markets:
+        BTC/USDT:
+          tick_size: "0.01"
+          lot_size: "0.0001"
+          initial_price: 30000
+          process: {{model: brownian, sigma: 0.0001}}
+          flow: {{arrival_rate: 3.0, reach: 15.0, size: 0.05}}
+          liquidity: {{levels: 5, distance: 20.0, spacing: 5.0, size: 0.2}}
+          outages: {outages}
+        YES/USD:
+          kind: binary
+          tick_size: "0.01"
+          lot_size: "1"
+          initial_price: 0.5
+          process: {{model: jump, sigma: 0.004}}
+          flow: {{arrival_rate: 2.0, reach: 0.03, size: 30}}
+          liquidity: {{levels: 4, distance: 0.03, spacing: 0.01, size: 100}}
+strategies:
+  mm:
+    type: {strategy}
+    exchange: sim
+    symbols: BTC/USDT
+    params:
+      {{spread_bps: 4, order_size: 0.05, levels: 2, inventory_limit: 1.0, inventory_skew_bps: 3}}
+  mm_yes:
+    type: pure_market_making
+    exchange: sim
+    symbols: YES/USD
+    params: {{spread_bps: 300, order_size: 30, refresh_tolerance_bps: 50}}
+risk:
+  position:
+    type: max_position
+    params: {{max_position: 5000}}
+report: {{html: false, png: false}}
+"""
+
+
+def manifest_text(
+    duration: str = "90s", seed: int = 1, strategy: str = "pure_market_making", outages: str = "[]"
+) -> str:
+    return BASE.format(duration=duration, seed=seed, strategy=strategy, outages=outages)
+
+
+def run_text(registry: PluginRegistry, text: str, run_dir: Path) -> Run:
+    path = run_dir.parent / f"{run_dir.name}.yaml"
+    path.write_text(text)
+    loaded = load_manifest(path, registry)
+    return asyncio.run(
+        run_manifest(loaded, registry, run_dir=run_dir, manifest_path=path, install_signals=False)
+    )
+
+
+def read_summary(run_dir: Path) -> dict[str, dict[str, str]]:
+    with (run_dir / "summary.csv").open() as fh:
+        return {row["market"]: row for row in csv.DictReader(fh)}
+
+
+def journal_rows(run_dir: Path, *kinds: str) -> list[dict[str, Any]]:
+    """Journal payloads of the given kinds, in append order."""
+    import sqlite3
+
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        rows = conn.execute("SELECT kind, payload FROM journal ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [json.loads(p) for kind, p in rows if kind in kinds]
+
+
+def test_run_writes_outputs_and_fills_every_market(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    run = run_text(registry, manifest_text(), tmp_path / "r1")
+    summary = read_summary(tmp_path / "r1")
+    assert set(summary) == {"sim:BTC/USDT", "sim:YES/USD"}
+    for row in summary.values():
+        assert int(row["fill_count"]) > 0
+        assert float(row["notional"]) > 0
+    assert (tmp_path / "r1" / "manifest.yaml").read_text().startswith("run:")
+    trace = [json.loads(line) for line in (tmp_path / "r1" / "trace.jsonl").open()]
+    ticks = [r for r in trace if r["type"] == "tick"]
+    fills = [r for r in trace if r["type"] == "fill"]
+    assert len(ticks) >= 2 * 89  # one sample per second per market
+    assert len(fills) == sum(int(r["fill_count"]) for r in summary.values())
+    # Every fill is journaled exactly once, and nothing is left working at the end.
+    journaled = journal_rows(tmp_path / "r1", "fill")
+    assert len(journaled) == len(fills)
+    assert len({j["fill"]["fill_id"] for j in journaled}) == len(journaled)
+    assert run.orders.all_working() == []
+    # Binary contracts are quoted and filled strictly inside (0, 1).
+    yes = [f for f in fills if f["market"] == "sim:YES/USD"]
+    assert yes and all(0 < f["price"] < 1 for f in yes)
+
+
+def test_same_seed_same_run_different_seed_different_run(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    run_text(registry, manifest_text(seed=5), tmp_path / "a")
+    run_text(registry, manifest_text(seed=5), tmp_path / "b")
+    run_text(registry, manifest_text(seed=6), tmp_path / "c")
+    a = (tmp_path / "a" / "trace.jsonl").read_text()
+    b = (tmp_path / "b" / "trace.jsonl").read_text()
+    c = (tmp_path / "c" / "trace.jsonl").read_text()
+    # Client ids carry a per-process component; everything else must match exactly.
+    strip = lambda text: [  # noqa: E731
+        {k: v for k, v in json.loads(line).items() if k != "client_id"}
+        for line in text.splitlines()
+    ]
+    assert strip(a) == strip(b)
+    assert read_summary(tmp_path / "a") == read_summary(tmp_path / "b")
+    assert strip(a) != strip(c)
+
+
+class Exploding(PureMarketMaking):
+    """Quotes like the pure market maker for a while, then raises inside on_book."""
+
+    def __init__(self, ctx: Any, params: Any) -> None:
+        super().__init__(ctx, params)
+        self.calls = 0
+
+    def on_book(self, market: Market, **kwargs: Any) -> list[quoteforge.Quote] | None:
+        self.calls += 1
+        if self.calls > 200:
+            raise ZeroDivisionError("strategy bug")
+        return super().on_book(market)
+
+
+class _ExplodingPlugin:
+    @staticmethod
+    @quoteforge.hookimpl
+    def quoteforge_register_strategies(register: Any) -> None:
+        register("exploding_test_strategy", Exploding)
+
+
+def test_strategy_exception_halts_that_strategy_only(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    if "exploding_test_strategy" not in registry.types("strategy"):
+        registry.register_module(_ExplodingPlugin, "exploding_test")
+    run = run_text(registry, manifest_text(strategy="exploding_test_strategy"), tmp_path / "x")
+    assert run.strategies["mm"].halted
+    assert not run.strategies["mm_yes"].halted
+    trace = [json.loads(line) for line in (tmp_path / "x" / "trace.jsonl").open()]
+    halted = [r for r in trace if r["type"] == "event" and r["event"] == "strategy_halted"]
+    assert halted and "strategy bug" in halted[0]["detail"]
+    # After the halt, the broken strategy's market has no quotes; the other keeps going.
+    t_halt = halted[0]["t"]
+    later = [r for r in trace if r["type"] == "tick" and r["t"] > t_halt + 1_000_000_000]
+    btc = [r for r in later if r["market"] == "sim:BTC/USDT"]
+    assert btc and all(r["our_bid"] is None and r["our_ask"] is None for r in btc)
+    yes_fills = [
+        r for r in trace if r["type"] == "fill" and r["market"] == "sim:YES/USD" and r["t"] > t_halt
+    ]
+    assert yes_fills
+
+
+def test_quotes_are_pulled_while_book_is_stale(registry: PluginRegistry, tmp_path: Path) -> None:
+    outages = "[{at: 30s, duration: 20s}]"
+    run_text(registry, manifest_text(outages=outages), tmp_path / "o")
+    trace = [json.loads(line) for line in (tmp_path / "o" / "trace.jsonl").open()]
+    events = [r for r in trace if r["type"] == "event" and r["event"] == "book_state"]
+    assert any("LIVE->STALE" in e["detail"] for e in events)
+    assert any("RESYNCING->LIVE" in e["detail"] for e in events)
+    start = trace[0]["t"]
+    btc = [r for r in trace if r["type"] == "tick" and r["market"] == "sim:BTC/USDT"]
+    during = [r for r in btc if start + 32e9 <= r["t"] <= start + 49e9]
+    after = [r for r in btc if r["t"] >= start + 52e9]
+    assert during and all(r["state"] == "STALE" for r in during)
+    assert all(r["our_bid"] is None and r["our_ask"] is None for r in during)
+    assert any(r["our_bid"] is not None and r["our_ask"] is not None for r in after)
+
+
+def test_live_param_change_applies_and_bad_change_is_refused(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    path = tmp_path / "live.yaml"
+    path.write_text(manifest_text(duration="1h"))
+    loaded = load_manifest(path, registry)
+    run = Run(loaded, registry, run_dir=tmp_path / "live", manifest_path=path)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(run.run())
+        await asyncio.sleep(0.5)
+        path.write_text(manifest_text(duration="1h").replace("spread_bps: 4,", "spread_bps: 9,"))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if run.strategies["mm"].strategy.params.spread_bps == 9:
+                break
+        assert run.strategies["mm"].strategy.params.spread_bps == 9
+        path.write_text(manifest_text(duration="1h").replace("spread_bps: 4,", "spread_bps: -3,"))
+        await asyncio.sleep(0.8)
+        assert run.strategies["mm"].strategy.params.spread_bps == 9  # refused, old kept
+        run.request_stop("test done")
+        await task
+
+    asyncio.run(scenario())
+    trace = [json.loads(line) for line in (tmp_path / "live" / "trace.jsonl").open()]
+    kinds = [r["event"] for r in trace if r["type"] == "event"]
+    assert "params_applied" in kinds and "params_refused" in kinds
+    assert run.stop_reason == "test done"
+
+
+def test_sigint_stops_cleanly_cancelling_orders(tmp_path: Path) -> None:
+    manifest = tmp_path / "long.yaml"
+    manifest.write_text(manifest_text(duration="24h"))
+    out = tmp_path / "sig"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quoteforge.cli", "run", str(manifest), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "trace.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["stop_reason"] == "signal SIGINT"
+    assert "sim:BTC/USDT" in stdout  # the summary table was printed
+    # Every order the run placed ended in a terminal state, journaled before exit.
+    final: dict[str, str] = {}
+    for row in journal_rows(out, "order", "order_update", "fill"):
+        order = row.get("order")
+        if order:
+            final[order["client_id"]] = order["status"]
+    assert final
+    open_states = {"pending_new", "open", "partially_filled", "pending_cancel", "pending_replace"}
+    assert [cid for cid, status in final.items() if status in open_states] == []
