@@ -38,15 +38,16 @@ from quoteforge.exchange import (
 )
 from quoteforge.execution import ExecutionPolicy, Plan
 from quoteforge.journal import Journal, JournalRecord
+from quoteforge.latency import LatencyHistogram
 from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
-from quoteforge.model import Fill, Order, OrderUpdate, Quote, Side, TimeInForce
+from quoteforge.model import Fill, Offer, Order, OrderUpdate, Quote, Side, TimeInForce
 from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
 from quoteforge.registry import PluginRegistry
 from quoteforge.risk import RiskChain, RiskRefusal, RiskView
 from quoteforge.strategy import Market, Strategy, StrategyContext
 
-__all__ = ["MarketRuntime", "Run", "StrategyRuntime", "run_manifest"]
+__all__ = ["Alert", "MarketRuntime", "Run", "StrategyRuntime", "run_manifest"]
 
 SUMMARY_COLUMNS = (
     "market",
@@ -58,6 +59,17 @@ SUMMARY_COLUMNS = (
     "notional",
     "max_drawdown",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Something an operator must hear about now."""
+
+    kind: str  # "breaker", "kill", "stale_book", "strategy_halted", ...
+    severity: str  # "warning" or "critical"
+    message: str
+    ts_ns: int
+    market: str | None = None
 
 
 @dataclass(eq=False)
@@ -116,6 +128,11 @@ class Run:
         self._trace: Any = None
         self.refusals = 0
         self.events_processed = 0
+        self.tick_to_quote = LatencyHistogram()
+        self.alerts: list[Alert] = []
+        self.reconnects = 0
+        self._stale_timers: dict[str, TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         hook = registry.pm.hook
         self._fill_hook = hook.quoteforge_fill if hook.quoteforge_fill.get_hookimpls() else None
         self._order_hook = (
@@ -141,7 +158,9 @@ class Run:
 
         symbols_by_venue: dict[str, list[str]] = {name: [] for name in m.exchanges}
         for spec in m.strategies.values():
-            symbols_by_venue[spec.exchange].extend(spec.symbols)
+            # "*" asks for every market of the venue: the venue decides what that is.
+            if "*" not in spec.symbols:
+                symbols_by_venue[spec.exchange].extend(spec.symbols)
         for name, spec in m.exchanges.items():
             ctx = VenueContext(
                 name=name,
@@ -159,6 +178,10 @@ class Run:
             cls = reg.get("risk", spec.type).factory
             checks.append(cls(name, self.loaded.params_of("risk", name)))
         self.risk = RiskChain(checks, self._on_refusal)
+        self.alert_channels = [
+            reg.get("alert", spec.type).factory(self.loaded.params_of("alerts", name))
+            for name, spec in m.alerts.items()
+        ]
         policy_cls = reg.get("execution", m.execution.type).factory
         self.policy: ExecutionPolicy = policy_cls(self.loaded.params_of("execution"))
         self.orders = OrderManager(self.journal, self.clock, id_prefix=_id_prefix(m.run.name))
@@ -174,13 +197,16 @@ class Run:
             position_lots=self.portfolio.position_lots,
             open_lots=lambda key, sign: self.orders.open_lots(key, Side(sign)),
             open_order_count=self.orders.open_count,
+            now_ns=self.clock.now_ns,
+            markets={},
         )
         for name, spec in m.strategies.items():
             reg = self.registry.get("strategy", spec.type)
             venue = self.venues[spec.exchange]
             views: dict[str, Market] = {}
             runtimes: dict[str, MarketRuntime] = {}
-            for symbol in spec.symbols:
+            symbols = list(venue.instruments) if "*" in spec.symbols else spec.symbols
+            for symbol in symbols:
                 inst = venue.instruments.get(symbol)
                 if inst is None:
                     known = ", ".join(sorted(venue.instruments)) or "none"
@@ -201,12 +227,14 @@ class Run:
                 schedule=self._schedule_for(name),
                 seed=m.run.seed,
                 publish=self._publish,
+                take=self._take_for(name),
             )
             strategy = reg.factory(ctx, self.loaded.params_of("strategies", name))
             srt = StrategyRuntime(name, strategy, spec.type, runtimes)
             for key, mr in runtimes.items():
                 mr.owner = srt
                 self.markets[key] = mr
+                self.risk_view.markets[key] = mr.market
             self.strategies[name] = srt
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -305,6 +333,8 @@ class Run:
         for venue in self.venues.values():
             with contextlib.suppress(Exception):
                 await venue.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         await self.journal.close()
         await self.bus.close()
         if self._trace is not None:
@@ -348,7 +378,9 @@ class Run:
         mr = self.markets.get(book.key)
         if mr is None or mr.owner.halted:
             return
+        start = time.perf_counter_ns()
         self._requote(mr)
+        self.tick_to_quote.record(time.perf_counter_ns() - start)
 
     def _requote(self, mr: MarketRuntime, refill: bool = False) -> None:
         srt = mr.owner
@@ -404,6 +436,44 @@ class Run:
             level=quote.level,
         )
 
+    def _take_for(self, strategy: str) -> Callable[..., Order | None]:
+        def take(
+            market: Market, side: Side, price_ticks: int, qty_lots: int, offer_id: str | None
+        ) -> Order | None:
+            mr = self.markets[market.key]
+            if self._stop.is_set() or mr.owner.halted:
+                return None
+            intent = Quote(side, price_ticks, qty_lots, level=-1, post_only=False)
+            if not self.risk.filter(market, [intent], self.risk_view):
+                return None
+            inst = mr.instrument
+            order = self.orders.new_order(
+                inst.venue,
+                inst.symbol,
+                side,
+                qty_lots,
+                price_ticks,
+                tif=TimeInForce.IOC,
+                strategy=strategy,
+                level=-1,
+            )
+            if offer_id is not None:
+                order.extra["offer_id"] = offer_id
+            mr.adapter.submit([PlaceOrder(order)])
+            return order
+
+        return take
+
+    def on_offer(self, offer: Offer) -> None:
+        mr = self.markets.get(offer.market)
+        if mr is None or mr.owner.halted or self._stop.is_set():
+            return
+        srt = mr.owner
+        try:
+            srt.strategy.on_offer(mr.market, offer)
+        except Exception as exc:
+            self._halt(srt, exc, "on_offer")
+
     def _set_quotes(self, key: str, quotes: list[Quote]) -> None:
         mr = self.markets[key]
         if mr.book.state is BookState.LIVE and not self._stop.is_set():
@@ -422,7 +492,15 @@ class Run:
         if new != BookState.LIVE.value:
             self.log.warning("{} book {} ({}): pulling quotes", book.key, new, reason)
             self._execute(mr, [], record_wanted=False)
+            if book.key not in self._stale_timers:
+                after = int(float(self.manifest.alerting.stale_after) * NS)
+                self._stale_timers[book.key] = self.clock.call_later(
+                    after, self._stale_too_long, book.key, reason
+                )
         else:
+            timer = self._stale_timers.pop(book.key, None)
+            if timer is not None:
+                timer.cancel()
             self.log.info("{} book LIVE again ({}): quoting resumes", book.key, reason)
             self._requote(mr, refill=True)
 
@@ -517,6 +595,33 @@ class Run:
         for mr in srt.markets.values():
             self._trace_event(mr.market.key, "strategy_halted", f"{srt.name}: {exc!r}")
             self._execute(mr, [], record_wanted=False)
+        self.alert("strategy_halted", f"strategy {srt.name!r} halted after {where}: {exc!r}")
+
+    def _stale_too_long(self, key: str, reason: str) -> None:
+        self._stale_timers.pop(key, None)
+        after = float(self.manifest.alerting.stale_after)
+        self.alert("stale_book", f"{key} book not LIVE for {after:g}s ({reason})", market=key)
+
+    def alert(
+        self, kind: str, message: str, *, market: str | None = None, severity: str = "warning"
+    ) -> Alert:
+        """Tell observers and every alert channel; channel failures are logged only."""
+        alert = Alert(kind, severity, message, self.clock.now_ns(), market)
+        self.alerts.append(alert)
+        self.log.warning("ALERT {} [{}]: {}", kind, severity, message)
+        self._trace_event(market, "alert", f"{kind}: {message}")
+        self._call_observers(self.registry.pm.hook.quoteforge_alert, run=self, alert=alert)
+        for channel in self.alert_channels:
+            task = asyncio.get_event_loop().create_task(self._send_alert(channel, alert))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return alert
+
+    async def _send_alert(self, channel: Any, alert: Alert) -> None:
+        try:
+            await channel.send(alert)
+        except Exception as exc:
+            self.log.error("alert channel {} failed: {}", type(channel).__name__, exc)
 
     def _on_refusal(self, refusal: RiskRefusal) -> None:
         self.refusals += 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
-from quoteforge.model import Fill, Instrument, Order, OrderUpdate, Side
+from quoteforge.model import Fill, Instrument, Offer, Order, OrderUpdate, Side
 
 if TYPE_CHECKING:
     from quoteforge.book import L2Book
@@ -80,6 +80,10 @@ class VenueSink(Protocol):
 
     def on_fill(self, fill: Fill) -> None:
         """One of our orders traded."""
+
+    def on_offer(self, offer: Offer) -> None:
+        """A counterparty offer arrived (offer-stream venues only). To take it, the run
+        places an IOC order at the offer's price with ``extra["offer_id"]`` set."""
 
 
 @dataclass

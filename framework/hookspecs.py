@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 hookspec = pluggy.HookspecMarker("quoteforge")
 
 __all__ = [
+    "quoteforge_alert",
     "quoteforge_book_state_changed",
     "quoteforge_fill",
     "quoteforge_order_event",
+    "quoteforge_register_alert_channels",
     "quoteforge_register_book_sources",
     "quoteforge_register_bus_backends",
     "quoteforge_register_exchanges",
@@ -189,6 +191,20 @@ def quoteforge_register_journal_backends(register: Register) -> None:
     """
 
 
+@hookspec
+def quoteforge_register_alert_channels(register: Register) -> None:
+    """Register alert channel types (webhook, ...).
+
+    :param register: call ``register(name, ChannelClass, params=ParamsModel,
+        description=...)``; the manifest's ``alerts`` section instantiates them as
+        ``ChannelClass(params)``; each must have ``async def send(alert)``.
+
+    Called once per plugin at load time. All results are used.
+
+    .. versionadded:: 0.1
+    """
+
+
 # ---------------------------------------------------------------------------------------
 # Run lifecycle and observers
 # ---------------------------------------------------------------------------------------
@@ -259,6 +275,21 @@ def quoteforge_report_written(run: Any, path: Path) -> None:
     :param path: the file written (``summary.csv``, ``trace.jsonl``, ``report.html`` ...).
 
     Called once per file at the end of a run. All implementations are called.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def quoteforge_alert(run: Any, alert: Any) -> None:
+    """Observe an alert: breaker trip, kill switch, prolonged STALE book, halted strategy.
+
+    :param run: the ``quoteforge.engine.Run``.
+    :param alert: a ``quoteforge.engine.Alert`` (``kind``, ``severity``, ``market``,
+        ``message``, ``ts_ns``).
+
+    Called from the event loop once per alert, before the manifest's alert channels
+    send it; must return within a millisecond. All implementations are called.
 
     .. versionadded:: 0.1
     """

@@ -102,7 +102,9 @@ class PluginSpec(_Closed):
 
 class StrategySpec(PluginSpec):
     exchange: str = Field(description="Name of an entry under `exchanges`.")
-    symbols: list[str] = Field(description="Symbols this strategy quotes on that exchange.")
+    symbols: list[str] = Field(
+        description="Symbols this strategy trades on that exchange; ['*'] for all of them."
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -115,6 +117,19 @@ class ReportSpec(_Closed):
     png: bool = Field(True, description="Write PNG charts per market at the end of the run.")
 
 
+class MetricsSpec(_Closed):
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus metrics on this port (off when unset)."
+    )
+    host: str = Field("127.0.0.1", description="Interface the metrics endpoint listens on.")
+
+
+class AlertSettings(_Closed):
+    stale_after: Duration = Field(
+        Duration(30), description="Alert when a book stays out of LIVE longer than this."
+    )
+
+
 class Manifest(_Closed):
     run: RunSpec = Field(default_factory=RunSpec)
     exchanges: dict[str, PluginSpec] = Field(min_length=1)
@@ -124,6 +139,11 @@ class Manifest(_Closed):
     bus: PluginSpec = Field(default_factory=lambda: PluginSpec(type="inprocess"))
     journal: PluginSpec = Field(default_factory=lambda: PluginSpec(type="sqlite"))
     report: ReportSpec = Field(default_factory=ReportSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    alerts: dict[str, PluginSpec] = Field(
+        default_factory=dict, description="Alert channels by name, e.g. a webhook."
+    )
+    alerting: AlertSettings = Field(default_factory=AlertSettings)
 
 
 @dataclass
@@ -375,10 +395,12 @@ def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
         "bus": PluginSpec,
         "journal": PluginSpec,
         "report": ReportSpec,
+        "metrics": MetricsSpec,
+        "alerting": AlertSettings,
     }
     if len(loc) == 1:
         return models.get(loc[0])
-    if len(loc) == 2 and loc[0] in ("exchanges", "risk"):
+    if len(loc) == 2 and loc[0] in ("exchanges", "risk", "alerts"):
         return PluginSpec
     if len(loc) == 2 and loc[0] == "strategies":
         return StrategySpec
@@ -396,6 +418,7 @@ def _resolve_plugins(
     entries += [("exchange", ("exchanges", n), s) for n, s in m.exchanges.items()]
     entries += [("strategy", ("strategies", n), s) for n, s in m.strategies.items()]
     entries += [("risk", ("risk", n), s) for n, s in m.risk.items()]
+    entries += [("alert", ("alerts", n), s) for n, s in m.alerts.items()]
     entries.append(("execution", ("execution",), m.execution))
     entries.append(("bus", ("bus",), m.bus))
     entries.append(("journal", ("journal",), m.journal))
@@ -435,6 +458,10 @@ def _resolve_plugins(
             declare = getattr(reg.factory, "declared_symbols", None)
             if declare is not None:
                 declared = declare(loaded.plugin_params[exchange_key])
+        if "*" in strat.symbols:
+            if len(strat.symbols) > 1:
+                problems.append(problem((*loc, "symbols"), "'*' (every market) stands alone"))
+            continue
         for i, symbol in enumerate(strat.symbols):
             if declared is not None and symbol not in declared:
                 problems.append(

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 __all__ = [
     "Fill",
+    "Offer",
     "Instrument",
     "InstrumentKind",
     "Liquidity",
@@ -307,6 +308,28 @@ class Fill:
     liquidity: Liquidity
     ts_ns: int
     strategy: str = ""
+
+    @property
+    def market(self) -> str:
+        return market_key(self.venue, self.symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A firm offer from a counterparty (request-for-quote and offer-stream venues).
+
+    ``side`` is the counterparty's side: a SELL offer is one we can buy from.
+    ``expires_ns`` is when the venue stops honouring it (0: until taken).
+    """
+
+    venue: str
+    symbol: str
+    offer_id: str
+    side: Side
+    price_ticks: int
+    qty_lots: int
+    ts_ns: int
+    expires_ns: int = 0
 
     @property
     def market(self) -> str:

@@ -34,7 +34,7 @@ from quoteforge import hookspecs
 ENTRY_POINT_GROUP = "quoteforge"
 DIST_NAME = "quoteforge"
 
-KINDS = ("exchange", "strategy", "risk", "execution", "bus", "journal", "book_source")
+KINDS = ("exchange", "strategy", "risk", "execution", "bus", "journal", "book_source", "alert")
 
 _REGISTRATION_HOOKS = {
     "exchange": "quoteforge_register_exchanges",
@@ -44,6 +44,7 @@ _REGISTRATION_HOOKS = {
     "bus": "quoteforge_register_bus_backends",
     "journal": "quoteforge_register_journal_backends",
     "book_source": "quoteforge_register_book_sources",
+    "alert": "quoteforge_register_alert_channels",
 }
 
 __all__ = [

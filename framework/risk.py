@@ -40,8 +40,13 @@ class RiskView:
         position_lots: Callable[[str], int],
         open_lots: Callable[[str, int], int],
         open_order_count: Callable[[str], int],
+        now_ns: Callable[[], int] = lambda: 0,
+        markets: dict[str, Market] | None = None,
     ) -> None:
         self.position_lots = position_lots
+        self.now_ns = now_ns
+        # Every market of the run, for portfolio-wide checks (value at risk, correlation).
+        self.markets: dict[str, Market] = markets if markets is not None else {}
         # open_lots(market, side_sign): lots working on that side of the market
         self.open_lots = open_lots
         self.open_order_count = open_order_count

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from quoteforge.model import Fill, Instrument, OrderUpdate, Quote, Side
+from quoteforge.model import Fill, Instrument, Offer, OrderUpdate, Quote, Side
 
 if TYPE_CHECKING:
     from quoteforge.book import L2Book
@@ -85,6 +85,7 @@ class StrategyContext:
         schedule: Callable[[int, Callable[[], None]], Any],
         seed: int,
         publish: Callable[[str, Any], None] | None = None,
+        take: Callable[[Market, Side, int, int, str | None], Any] | None = None,
     ) -> None:
         self.name = name
         self.markets = markets
@@ -92,6 +93,7 @@ class StrategyContext:
         self._set_quotes = set_quotes
         self._schedule = schedule
         self._publish = publish
+        self._take = take
         self.seed = seed
 
     def now_ns(self) -> int:
@@ -111,6 +113,16 @@ class StrategyContext:
     def call_later(self, seconds: float, fn: Callable[[], None]) -> Any:
         """Run ``fn`` after ``seconds`` of run time (virtual in simulations)."""
         return self._schedule(int(seconds * 1e9), fn)
+
+    def take(
+        self, market: Market, side: Side, price_ticks: int, qty_lots: int, offer_id: str | None = None
+    ) -> Any:
+        """Send an immediate-or-cancel order (through risk and the order manager): take
+        liquidity at ``price_ticks`` or better, or take a specific offer by id. Returns
+        the order, or None when risk refused it."""
+        if self._take is None:
+            raise RuntimeError("this context cannot send orders")
+        return self._take(market, side, price_ticks, qty_lots, offer_id)
 
     def publish(self, topic: str, payload: Any) -> None:
         """Publish on the run's bus (e.g. a denylist); a no-op without a bus."""
@@ -150,6 +162,9 @@ class Strategy:
 
     def on_fill(self, market: Market, fill: Fill, **kwargs: Any) -> None:
         """One of our orders on ``market`` traded (already journaled and in the position)."""
+
+    def on_offer(self, market: Market, offer: Offer, **kwargs: Any) -> None:
+        """A counterparty offer on ``market``; take it with ``self.ctx.take(...)``."""
 
     def on_order_update(self, market: Market, update: OrderUpdate, **kwargs: Any) -> None:
         """One of our orders changed state."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import quoteforge
 from quoteforge.execution import ExecutionPolicy, Plan
-from quoteforge.model import Order, OrderStatus, Quote
+from quoteforge.model import Order, OrderStatus, Quote, TimeInForce
 from quoteforge.registry import Register
 from quoteforge.strategy import Market
 
@@ -44,8 +44,8 @@ class MinimalDiff(ExecutionPolicy):
         plan = Plan()
         by_slot: dict[tuple[int, int], Order] = {}
         for order in working:
-            if order.status in _GOING:
-                continue
+            if order.status in _GOING or order.tif is TimeInForce.IOC:
+                continue  # being cancelled, or a taking order rather than a quote
             slot = (int(order.side), order.level)
             if slot in by_slot:
                 plan.cancels.append(order)  # a stray duplicate on a slot
