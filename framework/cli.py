@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     man_sub = man.add_subparsers(dest="manifest_command", required=True, metavar="TOOL")
     man_sub.add_parser("schema", help="print the manifest JSON Schema (for editors)")
 
+    kill = sub.add_parser(
+        "kill", help="kill switch: cancel every order of a running run and stop it"
+    )
+    kill.add_argument("run", type=Path, help="the run folder (runs/<name>-...)")
+    kill.add_argument("--reason", default="operator", help="recorded in the journal and alerts")
+
     rep = sub.add_parser("report", help="(re)write the HTML and PNG report of a run folder")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "plugins": _cmd_plugins,
         "manifest": _cmd_manifest,
         "report": _cmd_report,
+        "kill": _cmd_kill,
     }[args.command]
     try:
         return handler(args)
@@ -275,6 +282,35 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
             plugin_schemas[f"{kind}:{name}"] = reg.params.model_json_schema()
     schema["x-quoteforge-plugin-params"] = plugin_schemas
     print(json.dumps(schema, indent=2, default=str))
+    return EXIT_OK
+
+
+def _cmd_kill(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from quoteforge.engine import KILL_FILE
+
+    run_dir: Path = args.run
+    info_path = run_dir / "run.json"
+    if not info_path.exists():
+        print(f"{run_dir} is not a run folder (no run.json)", file=sys.stderr)
+        return EXIT_USAGE
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if info.get("finished_at"):
+        print(f"run {info.get('run_id')} already finished ({info.get('stop_reason')})")
+        return EXIT_OK
+    (run_dir / KILL_FILE).write_text(args.reason + "\n", encoding="utf-8")
+    pid = info.get("pid")
+    signalled = False
+    if isinstance(pid, int):
+        try:
+            os.kill(pid, signal.SIGUSR1)
+            signalled = True
+        except (ProcessLookupError, PermissionError):
+            pass
+    how = f"signalled pid {pid} and wrote {KILL_FILE}" if signalled else f"wrote {KILL_FILE}"
+    print(f"kill switch sent to run {info.get('run_id')}: {how}")
     return EXIT_OK
 
 

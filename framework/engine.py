@@ -49,6 +49,8 @@ from quoteforge.strategy import Market, Strategy, StrategyContext
 
 __all__ = ["Alert", "MarketRuntime", "Run", "StrategyRuntime", "run_manifest"]
 
+KILL_FILE = "KILL"
+
 SUMMARY_COLUMNS = (
     "market",
     "mid",
@@ -133,6 +135,7 @@ class Run:
         self.reconnects = 0
         self._stale_timers: dict[str, TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.killed = False
         hook = registry.pm.hook
         self._fill_hook = hook.quoteforge_fill if hook.quoteforge_fill.get_hookimpls() else None
         self._order_hook = (
@@ -258,6 +261,10 @@ class Run:
             )
         )
         self._trace = (self.run_dir / "trace.jsonl").open("w", encoding="utf-8", buffering=1 << 16)
+        self.bus.subscribe(
+            f"quoteforge/{self.run_id}/control/kill",
+            lambda topic, payload: self.kill(f"bus: {payload.get('reason', 'kill')}"),
+        )
         self.registry.pm.hook.quoteforge_run_started(run=self)
         for srt in self.strategies.values():
             self._guard(srt, srt.strategy.on_start)
@@ -270,19 +277,16 @@ class Run:
     async def run(self) -> str:
         """Start, run until the duration passes or a stop is requested, then stop."""
         await self.start()
-        watcher = None
-        if self.manifest.run.watch_manifest and self.manifest_path is not None:
-            watcher = asyncio.create_task(self._watch_manifest())
+        watcher = asyncio.create_task(self._watch_files())
         try:
             if isinstance(self.clock, SimClock):
                 await self._drive_sim(self.clock)
             else:
                 await self._drive_live()
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await self.stop()
         return self.stop_reason
 
@@ -778,23 +782,54 @@ class Run:
         return [path, self.run_dir / "trace.jsonl"]
 
     # -- live parameter changes ------------------------------------------------------------
-    async def _watch_manifest(self) -> None:
-        path = self.manifest_path
-        assert path is not None
-        try:
-            last = path.stat().st_mtime_ns
-        except OSError:
-            return
+    async def _watch_files(self) -> None:
+        """Poll the run folder's KILL file and, when enabled, the manifest file."""
+        path = self.manifest_path if self.manifest.run.watch_manifest else None
+        last = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                last = path.stat().st_mtime_ns
+        kill_file = self.run_dir / KILL_FILE
         while True:
             await asyncio.sleep(0.25)
+            if kill_file.exists():
+                reason = kill_file.read_text(encoding="utf-8").strip() or "kill file"
+                self.kill(f"file: {reason}")
+                return
+            if path is None:
+                continue
             try:
                 mtime = path.stat().st_mtime_ns
             except OSError:
                 continue
-            if mtime == last:
-                continue
-            last = mtime
-            self.reload_params()
+            if mtime != last:
+                last = mtime
+                self.reload_params()
+
+    def kill(self, source: str) -> None:
+        """The kill switch: halt every strategy, cancel every order on every venue, stop.
+
+        Reachable from ``quoteforge kill RUN``, the run folder's KILL file, SIGUSR1 and
+        the bus control topic.
+        """
+        if self.killed:
+            return
+        self.killed = True
+        self.journal.append(
+            JournalRecord(
+                f"kill-{self.run_id}", "breaker", self.clock.now_ns(), "", {"kill": source}
+            )
+        )
+        for srt in self.strategies.values():
+            srt.halted = True
+        for mr in self.markets.values():
+            self._execute(mr, [], record_wanted=False)
+        for venue in self.venues.values():
+            task = asyncio.get_event_loop().create_task(venue.cancel_all())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.alert("kill", f"kill switch ({source}): every order cancelled", severity="critical")
+        self.request_stop(f"kill switch: {source}")
 
     def reload_params(self) -> list[str]:
         """Re-read the manifest and apply changed strategy params; returns what changed.
@@ -876,9 +911,14 @@ async def run_manifest(
     loop = asyncio.get_running_loop()
     installed = []
     if install_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers: list[tuple[signal.Signals, Callable[..., None], str]] = [
+            (signal.SIGINT, run.request_stop, "signal SIGINT"),
+            (signal.SIGTERM, run.request_stop, "signal SIGTERM"),
+            (signal.SIGUSR1, run.kill, "signal SIGUSR1"),
+        ]
+        for sig, handler, reason in handlers:
             try:
-                loop.add_signal_handler(sig, run.request_stop, f"signal {sig.name}")
+                loop.add_signal_handler(sig, handler, reason)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):
                 pass

@@ -8,6 +8,7 @@ the boundary: the strategy's quotes are pulled and it is halted, the run goes on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,7 +33,17 @@ class StrategyParams(BaseModel):
 class Market:
     """One market as a strategy sees it: instrument, live book and our position."""
 
-    __slots__ = ("_position", "book", "instrument", "key", "symbol", "venue")
+    __slots__ = (
+        "_lot",
+        "_max_ticks",
+        "_position",
+        "_tick",
+        "book",
+        "instrument",
+        "key",
+        "symbol",
+        "venue",
+    )
 
     def __init__(self, instrument: Instrument, book: L2Book, position: Callable[[], int]) -> None:
         self.instrument = instrument
@@ -41,6 +52,10 @@ class Market:
         self.symbol = instrument.symbol
         self.key = instrument.key
         self._position = position
+        # Floats for rounding on the hot path; the results are integer ticks and lots.
+        self._tick = float(instrument.tick_size)
+        self._lot = float(instrument.lot_size)
+        self._max_ticks = instrument.max_price_ticks
 
     @property
     def position_lots(self) -> int:
@@ -50,24 +65,34 @@ class Market:
     @property
     def position(self) -> float:
         """Our signed position in base units, as a float for analytics."""
-        return self._position() * float(self.instrument.lot_size)
+        return self._position() * self._lot
+
+    def _lots(self, qty: float) -> int:
+        # The small epsilon keeps 0.3 / 0.1 (= 2.9999999999999996) from losing a lot.
+        return int(qty / self._lot + 1e-9) if qty > 0 else 0
+
+    def _clamp(self, ticks: int) -> int:
+        if ticks < 1:
+            return 1
+        top = self._max_ticks
+        return top if top is not None and ticks > top else ticks
 
     def bid(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
         """A bid at ``price`` rounded down to the tick grid, ``qty`` rounded down to
         lots; None when the size rounds to zero."""
-        lots = self.instrument.round_qty(qty)
+        lots = self._lots(qty)
         if lots <= 0:
             return None
-        return Quote(Side.BUY, self.instrument.round_price(price, Side.BUY), lots, level, post_only)
+        ticks = math.floor(price / self._tick + 1e-9)
+        return Quote(Side.BUY, self._clamp(ticks), lots, level, post_only)
 
     def ask(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
         """An ask at ``price`` rounded up to the tick grid; None when the size is zero."""
-        lots = self.instrument.round_qty(qty)
+        lots = self._lots(qty)
         if lots <= 0:
             return None
-        return Quote(
-            Side.SELL, self.instrument.round_price(price, Side.SELL), lots, level, post_only
-        )
+        ticks = math.ceil(price / self._tick - 1e-9)
+        return Quote(Side.SELL, self._clamp(ticks), lots, level, post_only)
 
     def __repr__(self) -> str:
         return f"Market({self.key})"
@@ -115,7 +140,12 @@ class StrategyContext:
         return self._schedule(int(seconds * 1e9), fn)
 
     def take(
-        self, market: Market, side: Side, price_ticks: int, qty_lots: int, offer_id: str | None = None
+        self,
+        market: Market,
+        side: Side,
+        price_ticks: int,
+        qty_lots: int,
+        offer_id: str | None = None,
     ) -> Any:
         """Send an immediate-or-cancel order (through risk and the order manager): take
         liquidity at ``price_ticks`` or better, or take a specific offer by id. Returns

@@ -262,3 +262,75 @@ def test_sigint_stops_cleanly_cancelling_orders(tmp_path: Path) -> None:
     assert final
     open_states = {"pending_new", "open", "partially_filled", "pending_cancel", "pending_replace"}
     assert [cid for cid, status in final.items() if status in open_states] == []
+
+
+def _final_order_states(run_dir: Path) -> dict[str, str]:
+    final: dict[str, str] = {}
+    for row in journal_rows(run_dir, "order", "order_update", "fill"):
+        order = row.get("order")
+        if order:
+            final[order["client_id"]] = order["status"]
+    return final
+
+
+OPEN_STATES = {"pending_new", "open", "partially_filled", "pending_cancel", "pending_replace"}
+
+
+def test_kill_command_cancels_everything_and_stops(tmp_path: Path) -> None:
+    manifest = tmp_path / "long.yaml"
+    manifest.write_text(manifest_text(duration="24h"))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quoteforge.cli", "run", str(manifest), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "trace.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    killer = subprocess.run(
+        [sys.executable, "-m", "quoteforge.cli", "kill", str(out), "--reason", "desk says stop"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "kill switch sent" in killer.stdout
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["stop_reason"].startswith("kill switch: signal SIGUSR1") or info[
+        "stop_reason"
+    ].startswith("kill switch: file: desk says stop")
+    assert "ALERT kill [critical]" in stderr
+    final = _final_order_states(out)
+    assert final
+    assert [c for c, s in final.items() if s in OPEN_STATES] == []
+    # A second kill of a finished run is harmless and says so.
+    again = subprocess.run(
+        [sys.executable, "-m", "quoteforge.cli", "kill", str(out)], capture_output=True, text=True
+    )
+    assert again.returncode == 0
+    assert "already finished" in again.stdout
+
+
+def test_kill_from_the_bus(registry: PluginRegistry, tmp_path: Path) -> None:
+    path = tmp_path / "bus.yaml"
+    path.write_text(manifest_text(duration="1h"))
+    loaded = load_manifest(path, registry)
+    run = Run(loaded, registry, run_dir=tmp_path / "bus", manifest_path=path)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(run.run())
+        while not run.markets:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        run.bus.publish(f"quoteforge/{run.run_id}/control/kill", {"reason": "risk desk"})
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(scenario())
+    assert run.killed
+    assert run.stop_reason == "kill switch: bus: risk desk"
+    assert run.orders.all_working() == []
+    assert any(a.kind == "kill" for a in run.alerts)
