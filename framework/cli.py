@@ -27,7 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a manifest (sim, backtest, paper or live)")
-    run.add_argument("manifest", type=Path)
+    run.add_argument("manifest", type=Path, nargs="?", help="the manifest (not with --resume)")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run folder after a crash: journal + venue reconciliation first",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -119,6 +125,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     registry = load_registry()
+    if args.resume is not None:
+        if args.manifest is not None or args.out is not None:
+            print("--resume takes the run folder only (its manifest.yaml is used)", file=sys.stderr)
+            return EXIT_USAGE
+        info_path = args.resume / "run.json"
+        if not info_path.exists():
+            print(f"{args.resume} is not a run folder (no run.json)", file=sys.stderr)
+            return EXIT_USAGE
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        args.manifest = args.resume / "manifest.yaml"
+        args.overrides = [*info.get("overrides", []), *args.overrides]
+        args.out = args.resume
+    elif args.manifest is None:
+        print("quoteforge run: give a MANIFEST or --resume RUN_DIR", file=sys.stderr)
+        return EXIT_USAGE
     loaded = _load(args, registry)
     if loaded is None:
         return EXIT_USAGE
@@ -132,7 +153,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         run = asyncio.run(
-            run_manifest(loaded, registry, run_dir=run_dir, manifest_path=args.manifest)
+            run_manifest(
+                loaded,
+                registry,
+                run_dir=run_dir,
+                manifest_path=args.manifest,
+                resume=args.resume is not None,
+            )
         )
     except Exception as exc:
         from loguru import logger

@@ -40,8 +40,17 @@ from quoteforge.execution import ExecutionPolicy, Plan
 from quoteforge.journal import Journal, JournalRecord
 from quoteforge.latency import LatencyHistogram
 from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
-from quoteforge.model import Fill, Offer, Order, OrderUpdate, Quote, Side, TimeInForce
-from quoteforge.orders import OrderManager
+from quoteforge.model import (
+    Fill,
+    Offer,
+    Order,
+    OrderStatus,
+    OrderUpdate,
+    Quote,
+    Side,
+    TimeInForce,
+)
+from quoteforge.orders import OrderManager, fill_from_dict
 from quoteforge.portfolio import Portfolio
 from quoteforge.registry import PluginRegistry
 from quoteforge.risk import RiskChain, RiskRefusal, RiskView
@@ -109,7 +118,9 @@ class Run:
         run_dir: Path,
         clock: Clock | None = None,
         manifest_path: Path | None = None,
+        resume: bool = False,
     ) -> None:
+        self.resume = resume
         self.loaded = loaded
         self.manifest = loaded.manifest
         self.registry = registry
@@ -187,7 +198,11 @@ class Run:
         ]
         policy_cls = reg.get("execution", m.execution.type).factory
         self.policy: ExecutionPolicy = policy_cls(self.loaded.params_of("execution"))
-        self.orders = OrderManager(self.journal, self.clock, id_prefix=_id_prefix(m.run.name))
+        # A resumed run gets a new id session so no client id of the first life repeats.
+        session = _base36(time.time_ns() // 1_000_000) if self.resume else None
+        self.orders = OrderManager(
+            self.journal, self.clock, id_prefix=_id_prefix(m.run.name), session=session
+        )
 
     def _attach_markets(self) -> None:
         m = self.manifest
@@ -247,10 +262,28 @@ class Run:
         await self.journal.open()
         await self.bus.start()
         self.started_ns = self.clock.now_ns()
+        journaled_fills: list[Fill] = []
+        if self.resume:
+            records = list(self.journal.read())
+            self.orders.restore(records)
+            journaled_fills = [
+                fill_from_dict(r.payload["fill"]) for r in records if r.kind == "fill"
+            ]
+            self.log.info(
+                "resuming {}: {} journal records, {} fills, {} orders working",
+                self.run_id,
+                len(records),
+                len(journaled_fills),
+                len(self.orders.all_working()),
+            )
         self._write_run_files()
         for venue in self.venues.values():
             await venue.connect(self)
         self._attach_markets()
+        for fill in journaled_fills:
+            self.portfolio.apply_fill(fill)
+        if self.resume:
+            await self.reconcile(since_ns=max((f.ts_ns for f in journaled_fills), default=0))
         self.journal.append(
             JournalRecord(
                 f"run-start-{self.run_id}",
@@ -260,7 +293,9 @@ class Run:
                 {"event": "start", "mode": self.mode, "seed": self.manifest.run.seed},
             )
         )
-        self._trace = (self.run_dir / "trace.jsonl").open("w", encoding="utf-8", buffering=1 << 16)
+        self._trace = (self.run_dir / "trace.jsonl").open(
+            "a" if self.resume else "w", encoding="utf-8", buffering=1 << 16
+        )
         self.bus.subscribe(
             f"quoteforge/{self.run_id}/control/kill",
             lambda topic, payload: self.kill(f"bus: {payload.get('reason', 'kill')}"),
@@ -273,6 +308,58 @@ class Run:
         for mr in self.markets.values():
             if mr.book.state is BookState.LIVE:
                 self._requote(mr)
+
+    async def reconcile(self, since_ns: int = 0) -> dict[str, int]:
+        """Make local state match the venues (REST is the truth): book fills the journal
+        missed, adopt orders both sides know, close orders the venue no longer has, and
+        cancel orders the venue has that the journal does not know. The diff is
+        journaled before any quoting."""
+        counts = {"missed_fills": 0, "closed": 0, "orphans_cancelled": 0, "adopted": 0}
+        om = self.orders
+        for name, venue in self.venues.items():
+            for fill in await venue.fetch_fills(max(0, since_ns - 60 * NS)):
+                orphans = len(om.orphan_fills)
+                order = om.apply_fill(fill)
+                if order is not None or len(om.orphan_fills) > orphans:
+                    self.portfolio.apply_fill(fill)
+                    counts["missed_fills"] += 1
+            open_now = {u.client_id: u for u in await venue.fetch_open_orders()}
+            for order in [o for o in om.all_working() if o.venue == name]:
+                update = open_now.pop(order.client_id, None)
+                if update is not None:
+                    om.apply_update(update)
+                    counts["adopted"] += 1
+                    continue
+                status = OrderStatus.FILLED if order.remaining_lots <= 0 else OrderStatus.CANCELLED
+                om.apply_update(
+                    OrderUpdate(
+                        name,
+                        order.client_id,
+                        status,
+                        self.clock.now_ns(),
+                        reason="not open at the venue on reconciliation",
+                    )
+                )
+                counts["closed"] += 1
+            for client_id, update in open_now.items():
+                self.log.warning(
+                    "{}: order {} is open at the venue but unknown here: cancelling it",
+                    name,
+                    client_id,
+                )
+                venue.submit([CancelOrder(client_id, name, update.symbol)])
+                counts["orphans_cancelled"] += 1
+        self.journal.append(
+            JournalRecord(
+                f"reconcile-{self.run_id}-{self.clock.now_ns()}",
+                "reconcile",
+                self.clock.now_ns(),
+                "",
+                dict(counts),
+            )
+        )
+        self.log.info("reconciled with the venues: {}", counts)
+        return counts
 
     async def run(self) -> str:
         """Start, run until the duration passes or a stop is requested, then stop."""
@@ -751,6 +838,14 @@ class Run:
         return rows
 
     def _write_run_files(self) -> None:
+        info_path = self.run_dir / "run.json"
+        if self.resume and info_path.exists():
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            info.setdefault("resumed", []).append(datetime.now(UTC).isoformat())
+            info["pid"] = _pid()
+            info.pop("finished_at", None)
+            info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+            return
         (self.run_dir / "manifest.yaml").write_text(self.loaded.text, encoding="utf-8")
         info = {
             "run_id": self.run_id,
@@ -868,6 +963,15 @@ class Run:
         return changed
 
 
+def _base36(value: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while value:
+        value, rem = divmod(value, 36)
+        out = digits[rem] + out
+    return out or "0"
+
+
 def _fmt(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.10g}"
@@ -905,9 +1009,10 @@ async def run_manifest(
     run_dir: Path,
     manifest_path: Path | None = None,
     install_signals: bool = True,
+    resume: bool = False,
 ) -> Run:
     """Run a validated manifest to the end; SIGINT/SIGTERM stop it cleanly."""
-    run = Run(loaded, registry, run_dir=run_dir, manifest_path=manifest_path)
+    run = Run(loaded, registry, run_dir=run_dir, manifest_path=manifest_path, resume=resume)
     loop = asyncio.get_running_loop()
     installed = []
     if install_signals:

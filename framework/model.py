@@ -290,6 +290,7 @@ class OrderUpdate:
     price_ticks: int | None = None
     qty_lots: int | None = None
     reason: str = ""
+    symbol: str = ""  # set by reconciliation snapshots (open orders); optional on streams
 
 
 @dataclass(frozen=True, slots=True)

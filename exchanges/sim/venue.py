@@ -278,6 +278,7 @@ class SimExchange(ExchangeAdapter):
         self.books = {}
         self._our_orders: dict[str, tuple[_SimMarket, Order]] = {}
         self._trade_seq = itertools.count(1)
+        self._fills: list[Fill] = []  # what the venue's trade history endpoint would list
 
     @classmethod
     def declared_symbols(cls, params: SimParams) -> list[str]:
@@ -332,9 +333,13 @@ class SimExchange(ExchangeAdapter):
                     filled_lots=sim.filled_lots,
                     price_ticks=sim.price_ticks,
                     qty_lots=sim.qty_lots,
+                    symbol=order.symbol,
                 )
             )
         return out
+
+    async def fetch_fills(self, since_ns: int) -> list[Fill]:
+        return [f for f in self._fills if f.ts_ns >= since_ns]
 
     # -- internals ---------------------------------------------------------------------
     def _market_of(self, action: OrderAction) -> _SimMarket | None:
@@ -551,6 +556,7 @@ class SimExchange(ExchangeAdapter):
                     ts_ns=now,
                     strategy=order.strategy,
                 )
+                self._fills.append(fill)
                 self.clock.call_at(self._stream_time(market, "private"), self._send_fill, fill)
                 if remaining == 0:
                     self._our_orders.pop(order_id, None)
