@@ -14,10 +14,10 @@ from decimal import Decimal, InvalidOperation
 
 __all__ = [
     "Fill",
-    "Offer",
     "Instrument",
     "InstrumentKind",
     "Liquidity",
+    "Offer",
     "Order",
     "OrderStatus",
     "OrderType",
