@@ -1,0 +1,564 @@
+"""Bus topic scheme, delivery policy and the versioned wire encoding shared by every node.
+
+Topics look like ``quoteforge/<run>/<kind>/...``; payloads travel as a compact JSON
+envelope (version, message id, source, sequence, send time, payload). See
+``docs/distributed.md`` for the reference tables.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "ROOT",
+    "Codec",
+    "DecodeError",
+    "Delivery",
+    "EncodeError",
+    "Envelope",
+    "GapDetector",
+    "ParsedTopic",
+    "TopicError",
+    "TopicKind",
+    "TopicScheme",
+    "decode",
+    "decode_symbol",
+    "delivery_for",
+    "encode",
+    "encode_symbol",
+    "parse_topic",
+    "validate_filter",
+    "validate_topic",
+]
+
+ROOT = "quoteforge"
+ENVELOPE_VERSION = 1
+
+
+class TopicError(ValueError):
+    """A topic, topic filter or topic segment is malformed."""
+
+
+class EncodeError(ValueError):
+    """A payload cannot be put on the wire."""
+
+
+class DecodeError(ValueError):
+    """Bytes received from the bus are not a message this version understands."""
+
+
+# ---------------------------------------------------------------------------------------
+# Topic scheme
+# ---------------------------------------------------------------------------------------
+
+
+class TopicKind(enum.Enum):
+    """The second level under a run: what a message is about."""
+
+    BOOK = "book"
+    TRADE = "trade"
+    INTENT = "intent"
+    ORDER = "order"
+    FILL = "fill"
+    CONTROL = "control"
+    HEARTBEAT = "heartbeat"
+    STATE = "state"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How messages of one kind travel: MQTT QoS level and whether the broker retains
+    the last value for late subscribers."""
+
+    qos: int
+    retain: bool
+
+
+# Market data is a stream where the next message supersedes the last: losing one costs
+# a resync, never a wrong position, so it takes the cheapest path. Everything that
+# changes orders or positions must arrive; last-value topics are retained so a node
+# that joins late starts from the current state.
+_POLICY: dict[TopicKind, Delivery] = {
+    TopicKind.BOOK: Delivery(qos=0, retain=False),
+    TopicKind.TRADE: Delivery(qos=0, retain=False),
+    TopicKind.INTENT: Delivery(qos=1, retain=False),
+    TopicKind.ORDER: Delivery(qos=1, retain=False),
+    TopicKind.FILL: Delivery(qos=1, retain=False),
+    TopicKind.CONTROL: Delivery(qos=1, retain=False),
+    TopicKind.HEARTBEAT: Delivery(qos=1, retain=True),
+    TopicKind.STATE: Delivery(qos=1, retain=True),
+}
+
+# Levels after the kind, per kind: names used by ParsedTopic.
+_SHAPE: dict[TopicKind, tuple[str, ...]] = {
+    TopicKind.BOOK: ("venue", "symbol"),
+    TopicKind.TRADE: ("venue", "symbol"),
+    TopicKind.INTENT: ("name",),
+    TopicKind.ORDER: ("venue",),
+    TopicKind.FILL: ("venue",),
+    TopicKind.CONTROL: ("name",),
+    TopicKind.HEARTBEAT: ("name",),
+    TopicKind.STATE: ("name",),
+}
+
+CONTROL_NAMES = ("kill", "breaker")
+
+
+def delivery_for(kind: TopicKind) -> Delivery:
+    """The QoS/retain policy of ``kind``."""
+    return _POLICY[kind]
+
+
+# Characters that cannot appear inside one topic level, or that the symbol encoding
+# uses itself; everything else passes through so topics stay readable.
+_SYMBOL_ESCAPES = {"%": "%25", "-": "%2D", "+": "%2B", "#": "%23", "\x00": "%00"}
+
+
+def encode_symbol(symbol: str) -> str:
+    """One topic level for a symbol: ``BTC/USDT`` -> ``BTC-USDT``, reversibly.
+
+    ``/`` becomes ``-``; a literal ``-``, ``%``, ``+``, ``#`` or NUL is percent-escaped
+    (``BTC-PERP`` -> ``BTC%2DPERP``) so ``decode_symbol`` always gives the symbol back.
+    """
+    if not symbol:
+        raise TopicError("symbol is empty: pass the exchange symbol, e.g. 'BTC/USDT'")
+    if not any(c in symbol for c in "%-+#\x00"):
+        return symbol.replace("/", "-")
+    out = "".join(_SYMBOL_ESCAPES.get(c, c) for c in symbol)
+    return out.replace("/", "-")
+
+
+def decode_symbol(level: str) -> str:
+    """The symbol a topic level names (inverse of ``encode_symbol``)."""
+    text = level.replace("-", "/")
+    if "%" not in text:
+        return text
+    parts = text.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        code = part[:2]
+        try:
+            out.append(chr(int(code, 16)) + part[2:])
+        except ValueError:
+            raise TopicError(
+                f"symbol level {level!r} has a bad escape '%{code}': escapes are %XX hex"
+            ) from None
+    return "".join(out)
+
+
+def _check_segment(what: str, value: str) -> str:
+    if not value:
+        raise TopicError(f"{what} is empty: topic levels need a name")
+    bad = [c for c in ("/", "+", "#", "\x00") if c in value]
+    if bad:
+        raise TopicError(
+            f"{what} {value!r} contains {', '.join(repr(c) for c in bad)}, which cannot "
+            "appear inside one topic level: use letters, digits, '-', '_' or '.'"
+        )
+    return value
+
+
+def validate_topic(topic: str) -> str:
+    """Check that ``topic`` is a valid MQTT topic name to publish on; return it."""
+    if not topic:
+        raise TopicError("topic is empty")
+    if "+" in topic or "#" in topic:
+        raise TopicError(
+            f"topic {topic!r} contains a wildcard: wildcards are for subscriptions only"
+        )
+    if "\x00" in topic:
+        raise TopicError(f"topic {topic!r} contains a NUL character")
+    if len(topic.encode()) > 65535:
+        raise TopicError("topic is longer than 65535 bytes")
+    return topic
+
+
+def validate_filter(pattern: str) -> str:
+    """Check that ``pattern`` is a valid MQTT topic filter to subscribe to; return it."""
+    if not pattern:
+        raise TopicError("topic filter is empty: use '#' to receive everything")
+    levels = pattern.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise TopicError(
+                f"topic filter {pattern!r}: '#' must be a whole level and the last one "
+                "(e.g. 'quoteforge/run1/#')"
+            )
+        if "+" in level and level != "+":
+            raise TopicError(
+                f"topic filter {pattern!r}: '+' must be a whole level "
+                "(e.g. 'quoteforge/run1/book/+/BTC-USDT')"
+            )
+    if "\x00" in pattern:
+        raise TopicError(f"topic filter {pattern!r} contains a NUL character")
+    return pattern
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    """What a quoteforge topic names. ``name`` is the strategy (intent), control name,
+    node (heartbeat) or state name; ``symbol`` is decoded back to ``BTC/USDT`` form."""
+
+    run: str
+    kind: TopicKind
+    venue: str | None = None
+    symbol: str | None = None
+    name: str | None = None
+
+    @property
+    def delivery(self) -> Delivery:
+        return _POLICY[self.kind]
+
+
+def parse_topic(topic: str) -> ParsedTopic:
+    """Split a quoteforge topic into its parts, or raise TopicError saying what is off."""
+    levels = topic.split("/")
+    if len(levels) < 3 or levels[0] != ROOT:
+        raise TopicError(
+            f"topic {topic!r} is not a quoteforge topic: expected '{ROOT}/<run>/<kind>/...'"
+        )
+    try:
+        kind = TopicKind(levels[2])
+    except ValueError:
+        kinds = ", ".join(k.value for k in TopicKind)
+        raise TopicError(
+            f"topic {topic!r} has unknown kind {levels[2]!r}: expected one of {kinds}"
+        ) from None
+    shape = _SHAPE[kind]
+    rest = levels[3:]
+    if len(rest) != len(shape) or not all(rest) or not levels[1]:
+        form = "/".join(f"<{s}>" for s in shape)
+        raise TopicError(
+            f"topic {topic!r}: a {kind.value} topic is '{ROOT}/<run>/{kind.value}/{form}'"
+        )
+    fields: dict[str, str] = dict(zip(shape, rest, strict=True))
+    if "symbol" in fields:
+        fields["symbol"] = decode_symbol(fields["symbol"])
+    return ParsedTopic(run=levels[1], kind=kind, **fields)
+
+
+@dataclass(frozen=True)
+class TopicScheme:
+    """Builds the topics of one run: ``TopicScheme("run1").book("binance", "BTC/USDT")``
+    is ``quoteforge/run1/book/binance/BTC-USDT``."""
+
+    run: str
+
+    def __post_init__(self) -> None:
+        _check_segment("run id", self.run)
+        if self.run.startswith("$"):
+            raise TopicError(f"run id {self.run!r} may not start with '$' (broker-reserved)")
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}/{self.run}"
+
+    def everything(self) -> str:
+        """Filter matching every topic of this run."""
+        return f"{ROOT}/{self.run}/#"
+
+    def book(self, venue: str, symbol: str) -> str:
+        return f"{self.prefix}/book/{_check_segment('venue', venue)}/{encode_symbol(symbol)}"
+
+    def trade(self, venue: str, symbol: str) -> str:
+        return f"{self.prefix}/trade/{_check_segment('venue', venue)}/{encode_symbol(symbol)}"
+
+    def intent(self, strategy: str) -> str:
+        return f"{self.prefix}/intent/{_check_segment('strategy name', strategy)}"
+
+    def order(self, venue: str) -> str:
+        return f"{self.prefix}/order/{_check_segment('venue', venue)}"
+
+    def fill(self, venue: str) -> str:
+        return f"{self.prefix}/fill/{_check_segment('venue', venue)}"
+
+    def control(self, name: Literal["kill", "breaker"]) -> str:
+        if name not in CONTROL_NAMES:
+            raise TopicError(f"unknown control {name!r}: expected one of {CONTROL_NAMES}")
+        return f"{self.prefix}/control/{name}"
+
+    def kill(self) -> str:
+        return self.control("kill")
+
+    def breaker(self) -> str:
+        return self.control("breaker")
+
+    def heartbeat(self, node: str) -> str:
+        return f"{self.prefix}/heartbeat/{_check_segment('node name', node)}"
+
+    def state(self, name: str) -> str:
+        return f"{self.prefix}/state/{_check_segment('state name', name)}"
+
+    def all_of(self, kind: TopicKind) -> str:
+        """Filter matching every topic of ``kind`` in this run (e.g. all books)."""
+        levels = "/".join("+" for _ in _SHAPE[kind])
+        return f"{self.prefix}/{kind.value}/{levels}"
+
+
+# ---------------------------------------------------------------------------------------
+# Envelope encoding
+# ---------------------------------------------------------------------------------------
+
+# A Decimal travels as a one-key object holding its exact string, e.g. {"$dec":"0.10"}:
+# a plain string would come back as str, and a float would lose digits.
+DECIMAL_TAG = "$dec"
+_TAG_OPEN = b'{"' + DECIMAL_TAG.encode() + b'":'
+
+
+class Envelope(NamedTuple):
+    """One decoded message. ``source`` names the publishing bus instance and ``seq``
+    counts that source's messages per topic (1, 2, ...), for gap detection."""
+
+    version: int
+    msg_id: str | None
+    seq: int
+    sent_ns: int
+    payload: dict[str, Any]
+    source: str = ""
+
+
+def _find_non_finite(value: Any, path: str) -> str | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _find_non_finite(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _find_non_finite(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _revive(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and DECIMAL_TAG in value:
+            text = value[DECIMAL_TAG]
+            if isinstance(text, str):
+                return Decimal(text)
+        return {k: _revive(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revive(v) for v in value]
+    return value
+
+
+class Codec:
+    """Envelope encoder/decoder over orjson (fast, when installed) or the stdlib json;
+    both write and read the same format."""
+
+    def __init__(self, backend: Literal["orjson", "json"] | None = None) -> None:
+        if backend is None:
+            backend = "orjson" if importlib.util.find_spec("orjson") is not None else "json"
+        self.backend = backend
+        # Decimals converted by the current encode() call; encode never re-enters itself.
+        self._decimals = 0
+        self._dumps: Callable[[Any, Callable[[Any], Any]], bytes]
+        self._loads: Callable[[bytes], Any]
+        if backend == "orjson":
+            import orjson
+
+            def dumps(obj: Any, default: Callable[[Any], Any]) -> bytes:
+                return orjson.dumps(obj, default=default)
+
+            self._dumps = dumps
+            self._loads = orjson.loads
+            self._errors: tuple[type[Exception], ...] = (orjson.JSONEncodeError, TypeError)
+        elif backend == "json":
+            import json
+
+            def dumps_std(obj: Any, default: Callable[[Any], Any]) -> bytes:
+                return json.dumps(
+                    obj,
+                    default=default,
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                    allow_nan=False,
+                ).encode()
+
+            self._dumps = dumps_std
+            self._loads = json.loads
+            self._errors = (TypeError, ValueError)
+        else:
+            raise ValueError(f"unknown codec backend {backend!r}: expected 'orjson' or 'json'")
+
+    def _default(self, value: Any) -> Any:
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                raise EncodeError(
+                    f"Decimal {value} is not finite: prices and quantities must be numbers"
+                )
+            self._decimals += 1
+            return {DECIMAL_TAG: str(value)}
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        raise EncodeError(
+            f"cannot encode {type(value).__name__} value {value!r}: use str, int, "
+            "float, bool, None, Decimal, list or dict"
+        )
+
+    def encode(
+        self,
+        payload: dict[str, Any],
+        *,
+        msg_id: str | None,
+        seq: int,
+        source: str = "",
+        sent_ns: int | None = None,
+    ) -> bytes:
+        """The wire bytes of ``payload``. Decimals must be finite; floats must be finite;
+        dict keys must be strings and may not start an object with the reserved key
+        ``"$dec"``."""
+        if not isinstance(payload, dict):
+            raise EncodeError(f"payload must be a dict, got {type(payload).__name__}")
+        self._decimals = 0
+        envelope = {
+            "v": ENVELOPE_VERSION,
+            "id": msg_id,
+            "src": source,
+            "seq": seq,
+            "ts": time.time_ns() if sent_ns is None else sent_ns,
+            "p": payload,
+        }
+        try:
+            data = self._dumps(envelope, self._default)
+        except EncodeError:
+            raise
+        except self._errors as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, EncodeError):
+                raise cause from None
+            raise EncodeError(f"payload cannot be encoded: {exc}") from None
+        # orjson writes NaN/Infinity as null; a null in the output means there may have
+        # been one, so only then pay for the walk that finds it.
+        if self.backend == "orjson" and data.count(b"null") > (msg_id is None):
+            bad = _find_non_finite(payload, "payload")
+            if bad:
+                raise EncodeError(f"{bad} is not a finite float (NaN/Infinity)")
+        if data.count(_TAG_OPEN) != self._decimals:
+            raise EncodeError(
+                f'payload has a dict whose first key is the reserved "{DECIMAL_TAG}": '
+                "rename that key"
+            )
+        return data
+
+    def decode(self, data: bytes) -> Envelope:
+        """The envelope in ``data``, or DecodeError naming what is wrong."""
+        try:
+            obj = self._loads(data)
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"message is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise DecodeError("message is not an envelope: expected a JSON object")
+        version = obj.get("v")
+        if type(version) is not int or version != ENVELOPE_VERSION:
+            raise DecodeError(
+                f"unsupported envelope version {version!r}: this quoteforge reads version "
+                f"{ENVELOPE_VERSION}; run the same quoteforge version on every node"
+            )
+        try:
+            msg_id = obj["id"]
+            source = obj["src"]
+            seq = obj["seq"]
+            sent_ns = obj["ts"]
+            payload = obj["p"]
+        except KeyError as exc:
+            raise DecodeError(f"envelope lacks field {exc.args[0]!r}") from None
+        if not (
+            (msg_id is None or isinstance(msg_id, str))
+            and isinstance(source, str)
+            and type(seq) is int
+            and type(sent_ns) is int
+            and isinstance(payload, dict)
+        ):
+            raise DecodeError(
+                "envelope fields have wrong types: expected id str|null, src str, seq int, "
+                "ts int, p object"
+            )
+        if _TAG_OPEN in data:
+            payload = _revive(payload)
+        return Envelope(ENVELOPE_VERSION, msg_id, seq, sent_ns, payload, source)
+
+
+_DEFAULT_CODEC = Codec()
+
+
+def encode(
+    payload: dict[str, Any],
+    *,
+    msg_id: str | None,
+    seq: int,
+    source: str = "",
+    sent_ns: int | None = None,
+) -> bytes:
+    """Encode ``payload`` in an envelope with the fastest installed JSON backend."""
+    return _DEFAULT_CODEC.encode(payload, msg_id=msg_id, seq=seq, source=source, sent_ns=sent_ns)
+
+
+def decode(data: bytes) -> Envelope:
+    """Decode an envelope written by ``encode`` (by any backend)."""
+    return _DEFAULT_CODEC.decode(data)
+
+
+# ---------------------------------------------------------------------------------------
+# Gap detection
+# ---------------------------------------------------------------------------------------
+
+
+class GapDetector:
+    """Tracks the last sequence number per (source, topic) and reports lost messages.
+
+    ``observe`` returns how many messages were missed before this one (0 when in order,
+    and for the first message seen from a source), or ``DUPLICATE`` (-1) when the number
+    was already seen. Memory is bounded: the least recently active streams are
+    forgotten first.
+    """
+
+    DUPLICATE = -1
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        if capacity < 1:
+            raise ValueError("GapDetector capacity must be at least 1")
+        self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._capacity = capacity
+        self.gaps = 0
+        self.missed = 0
+        self.duplicates = 0
+
+    def observe(self, source: str, topic: str, seq: int) -> int:
+        key = (source, topic)
+        last = self._last.get(key)
+        if last is None:
+            self._last[key] = seq
+            if len(self._last) > self._capacity:
+                self._last.popitem(last=False)
+            return 0
+        if seq <= last:
+            self.duplicates += 1
+            return self.DUPLICATE
+        self._last[key] = seq
+        self._last.move_to_end(key)
+        missing = seq - last - 1
+        if missing:
+            self.gaps += 1
+            self.missed += missing
+        return missing
+
+    def forget(self, source: str) -> None:
+        """Drop every stream of ``source`` (a publisher that went away)."""
+        for key in [k for k in self._last if k[0] == source]:
+            del self._last[key]

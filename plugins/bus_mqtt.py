@@ -1,0 +1,758 @@
+"""MQTT bus backend: nodes of one run on several machines talk through a broker.
+
+Built on aiomqtt; messages travel in the ``quoteforge.topics`` envelope. See
+``docs/distributed.md`` for topics, QoS policy, encoding and security.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import random
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from quoteforge import hookimpl
+from quoteforge.bus import Bus, Handler, SeenIds, topic_matches
+from quoteforge.topics import (
+    ROOT,
+    Codec,
+    DecodeError,
+    Delivery,
+    GapDetector,
+    TopicScheme,
+    parse_topic,
+    validate_filter,
+    validate_topic,
+)
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+    from quoteforge.registry import Register
+
+__all__ = [
+    "BusConnectError",
+    "GapListener",
+    "MqttBus",
+    "MqttParams",
+    "MqttStats",
+    "MqttTlsParams",
+    "quoteforge_register_bus_backends",
+]
+
+GapListener = Callable[[str, str, int], None]
+"""Called as ``listener(topic, source, missing)`` when QoS 0 messages were lost."""
+
+# MQTT 3.1.1 CONNACK codes 4/5 and their MQTT 5 equivalents (paho reports either).
+_AUTH_REFUSED = {4, 5, 134, 135}
+_SEND_BATCH = 64
+
+
+class BusConnectError(ConnectionError):
+    """The broker refused this node (bad credentials or not authorised)."""
+
+
+class MqttTlsParams(BaseModel):
+    """TLS settings for the broker connection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file with the CA certificate(s) that signed the broker's "
+        "certificate; the system trust store when unset",
+    )
+    cert_file: Path | None = Field(
+        default=None,
+        description="PEM client certificate, for brokers that authenticate clients by TLS",
+    )
+    key_file: Path | None = Field(
+        default=None, description="PEM private key of cert_file (omit when cert_file holds the key)"
+    )
+    insecure: bool = Field(
+        default=False,
+        description="do not check that the broker's certificate names its host; for test "
+        "brokers with self-made certificates only",
+    )
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> MqttTlsParams:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"tls.{name} {str(path)!r} does not exist or is not a file")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("tls.key_file is set without tls.cert_file: set both or neither")
+        return self
+
+
+class MqttParams(BaseModel):
+    """Parameters of the ``mqtt`` bus backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="broker host name or IP address")
+    port: int = Field(
+        default=1883, ge=1, le=65535, description="broker TCP port (8883 is usual for TLS)"
+    )
+    username: str | None = Field(default=None, description="user name for broker authentication")
+    password: SecretStr | None = Field(
+        default=None, description="password for broker authentication; use ${ENV_VAR} in manifests"
+    )
+    tls: MqttTlsParams | None = Field(
+        default=None, description="TLS settings; plain TCP when unset"
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="MQTT client id, unique per node; a random one when unset (required "
+        "with clean_session: false)",
+    )
+    clean_session: bool = Field(
+        default=True,
+        description="false keeps this node's subscriptions and its queued QoS 1 messages "
+        "at the broker while it is away (needs a fixed client_id)",
+    )
+    node: str | None = Field(
+        default=None, description="name in this node's heartbeat topic; the client id when unset"
+    )
+    keepalive: int = Field(
+        default=30,
+        ge=2,
+        le=65535,
+        description="seconds between MQTT pings; a dead link is noticed after 1.5x this",
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="seconds to wait for the broker when connecting"
+    )
+    reconnect_min_s: float = Field(
+        default=0.2, gt=0, description="first reconnect delay in seconds"
+    )
+    reconnect_max_s: float = Field(
+        default=10.0, gt=0, description="longest reconnect delay; the delay doubles up to this"
+    )
+    reconnect_jitter: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="fraction of each reconnect delay that is random, so that many nodes "
+        "do not reconnect in lockstep",
+    )
+    max_queued: int = Field(
+        default=100_000,
+        ge=1,
+        description="messages buffered while the broker is slow or away; QoS 1 messages "
+        "beyond this are dropped with a warning",
+    )
+    max_inflight: int = Field(
+        default=1000, ge=1, le=65535, description="QoS 1 messages sent but not yet acknowledged"
+    )
+    dedup_capacity: int = Field(
+        default=100_000,
+        ge=1,
+        description="message ids remembered to apply each message at most once",
+    )
+    heartbeat_interval_s: float = Field(
+        default=5.0, ge=0, description="seconds between heartbeats on heartbeat/<node>; 0 disables"
+    )
+    close_timeout_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="seconds close() waits for queued messages to reach the broker",
+    )
+
+    @field_validator("client_id", "node")
+    @classmethod
+    def _one_level(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "/+#\x00")):
+            raise ValueError(
+                f"{value!r} must be non-empty without '/', '+' or '#' (it becomes a topic level)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttParams:
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set without username: set both or neither")
+        if not self.clean_session and self.client_id is None:
+            raise ValueError(
+                "clean_session: false needs a fixed client_id, so the broker can find this "
+                "node's session again after a reconnect"
+            )
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s}) is larger than reconnect_max_s "
+                f"({self.reconnect_max_s})"
+            )
+        return self
+
+
+@dataclass
+class MqttStats:
+    """Counters of one bus instance since it was created."""
+
+    published: int = 0
+    received: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    missed: int = 0
+    dropped_disconnected: int = 0
+    dropped_overflow: int = 0
+    decode_errors: int = 0
+    handler_errors: int = 0
+    connects: int = 0
+
+
+class _Outgoing:
+    __slots__ = ("data", "qos", "retain", "topic")
+
+    def __init__(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
+        self.topic = topic
+        self.data = data
+        self.qos = qos
+        self.retain = retain
+
+
+class _RateLimitedLog:
+    """At most one log line per key and interval, counting what it held back."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self._interval = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str) -> int | None:
+        """The number of suppressed lines since the last one, or None to stay quiet."""
+        now = time.monotonic()
+        last, held = self._last.get(key, (-math.inf, 0))
+        if now - last >= self._interval:
+            self._last[key] = (now, 0)
+            return held
+        self._last[key] = (last, held + 1)
+        return None
+
+
+_NO_POLICY = Delivery(qos=0, retain=False)
+
+
+class MqttBus(Bus):
+    """Bus over an MQTT broker: QoS 1 messages survive broker outages, every message
+    id is applied once, and subscriptions come back after a reconnect."""
+
+    Params = MqttParams
+
+    def __init__(self, params: MqttParams | None = None, run_id: str = "") -> None:
+        self.params = params if params is not None else MqttParams()
+        self.topics = TopicScheme(run_id or "default")
+        self.client_id = self.params.client_id or f"qf-{secrets.token_hex(6)}"
+        self.node = self.params.node or self.client_id
+        # Distinct per bus instance so a restarted publisher starts a fresh sequence
+        # instead of looking like a stream of duplicates.
+        self.source = f"{self.client_id}.{secrets.token_hex(3)}"
+        self.stats = MqttStats()
+        self._codec = Codec()
+        self._queue: deque[_Outgoing] = deque()
+        self._handlers: list[tuple[str, Handler]] = []
+        self._filters: dict[str, None] = {}
+        self._pending_filters: list[str] = []
+        self._routes: dict[str, list[Handler]] = {}
+        self._policy: dict[str, Delivery] = {}
+        self._seq: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._seen = SeenIds(self.params.dedup_capacity)
+        self._gaps = GapDetector()
+        self._gap_listeners: list[GapListener] = []
+        self._log_limit = _RateLimitedLog()
+        self._rng = random.Random()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._overflowing = False
+        self._closed = False
+        self._ever_connected = False
+        self._first_outcome: asyncio.Future[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    # -- public API ---------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be handed to the broker."""
+        return len(self._queue)
+
+    async def start(self) -> None:
+        """Connect; wait up to ``connect_timeout_s`` for the broker, then keep trying in
+        the background. Raises BusConnectError when the broker refuses the credentials."""
+        if self._runner is not None:
+            return
+        if self._closed:
+            raise RuntimeError("this MqttBus was closed; create a new one")
+        try:
+            import aiomqtt  # noqa: F401
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(
+                'the mqtt bus needs aiomqtt: pip install "quoteforge[mqtt]"', name="aiomqtt"
+            ) from None
+        loop = asyncio.get_running_loop()
+        self._first_outcome = loop.create_future()
+        self._runner = loop.create_task(self._run(), name=f"mqtt-bus-{self.client_id}")
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self._first_outcome), timeout=self.params.connect_timeout_s
+            )
+        except TimeoutError:
+            self._first_outcome.cancel()
+            logger.warning(
+                "MQTT broker {}:{} not reachable yet; bus {} keeps retrying and buffers "
+                "QoS 1 messages meanwhile",
+                self.params.host,
+                self.params.port,
+                self.client_id,
+            )
+        except BusConnectError:
+            await self._stop_runner()
+            self._closed = True
+            raise
+
+    async def close(self) -> None:
+        """Deliver what is queued (up to ``close_timeout_s``), say offline, disconnect."""
+        if self._closed:
+            return
+        if self._runner is not None and self.connected:
+            self.publish(self.topics.heartbeat(self.node), self._heartbeat("offline", "closed"))
+            with contextlib.suppress(TimeoutError):
+                await self.flush(self.params.close_timeout_s)
+        self._closed = True
+        left = sum(1 for m in self._queue if m.qos > 0)
+        if left:
+            logger.warning(
+                "MQTT bus {} closed with {} QoS 1 message(s) not delivered to the broker",
+                self.client_id,
+                left,
+            )
+        await self._stop_runner()
+
+    def publish(
+        self,
+        topic: str,
+        payload: dict[str, Any],
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        msg_id: str | None = None,
+    ) -> None:
+        """Queue ``payload`` for ``topic``; never blocks.
+
+        Topics of the quoteforge scheme get at least their kind's QoS and retain flag.
+        QoS 0 messages are dropped while the broker is away; QoS 1 messages are kept
+        (up to ``max_queued``) and sent after the reconnect. A QoS 1 message without a
+        ``msg_id`` gets one, so a redelivery is still applied once.
+        """
+        if self._closed:
+            raise RuntimeError(f"publish on {topic!r}: the bus is closed")
+        delivery = self._policy.get(topic)
+        if delivery is None:
+            delivery = self._policy_for(topic)
+        if delivery.qos > qos:
+            qos = delivery.qos
+        elif qos not in (0, 1, 2):
+            raise ValueError(f"qos {qos!r} on {topic!r}: MQTT QoS is 0, 1 or 2")
+        retain = retain or delivery.retain
+        seq = self._seq.get(topic, 0) + 1
+        self._seq[topic] = seq
+        if msg_id is None and qos:
+            msg_id = f"{self.source}:{next(self._ids)}"
+        data = self._codec.encode(payload, msg_id=msg_id, seq=seq, source=self.source)
+        if not qos and not self._connected.is_set():
+            self.stats.dropped_disconnected += 1
+            return
+        if len(self._queue) >= self.params.max_queued:
+            self._overflow(topic)
+            return
+        self._queue.append(_Outgoing(topic, data, qos, retain))
+        self._idle.clear()
+        self._wakeup.set()
+
+    def subscribe(self, pattern: str, handler: Handler) -> None:
+        """Call ``handler(topic, payload)`` for every message matching ``pattern``.
+
+        Retained values are (re)sent by the broker on every subscription and reconnect:
+        handlers of retained topics must apply them as "replace", never "add".
+        """
+        validate_filter(pattern)
+        self._handlers.append((pattern, handler))
+        self._routes.clear()
+        self._filters[pattern] = None
+        # Sent even when the filter is active already: the broker then re-sends the
+        # retained values, which the new handler needs.
+        self._pending_filters.append(pattern)
+        self._idle.clear()
+        self._wakeup.set()
+
+    def add_gap_listener(self, listener: GapListener) -> None:
+        """Call ``listener(topic, source, missing)`` when QoS 0 messages were lost, so a
+        book consumer can mark its book stale and resynchronise."""
+        self._gap_listeners.append(listener)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Return once connected to the broker (TimeoutError after ``timeout``)."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every subscription so far is active at the broker and every queued
+        message was handed over (QoS 1: acknowledged)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"MQTT bus {self.client_id} not drained after {timeout}s: {len(self._queue)} "
+                f"message(s) queued, connected={self.connected}"
+            ) from None
+
+    # -- publishing internals -----------------------------------------------------------
+    def _policy_for(self, topic: str) -> Delivery:
+        validate_topic(topic)
+        delivery = parse_topic(topic).delivery if topic.startswith(ROOT + "/") else _NO_POLICY
+        self._policy[topic] = delivery
+        return delivery
+
+    def _overflow(self, topic: str) -> None:
+        self.stats.dropped_overflow += 1
+        if not self._overflowing:
+            self._overflowing = True
+            state = "is too slow" if self.connected else "is unreachable"
+            logger.warning(
+                "MQTT publish buffer of bus {} is full ({} messages; broker {}:{} {}): "
+                "dropping new messages, first on {!r}; raise max_queued or fix the broker",
+                self.client_id,
+                self.params.max_queued,
+                self.params.host,
+                self.params.port,
+                state,
+                topic,
+            )
+
+    def _heartbeat(self, status: str, reason: str = "") -> dict[str, Any]:
+        beat: dict[str, Any] = {"status": status, "node": self.node, "client_id": self.client_id}
+        if reason:
+            beat["reason"] = reason
+        if status == "online":
+            beat["queued"] = len(self._queue)
+        return beat
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        queue = self._queue
+        while True:
+            if self._pending_filters:
+                await self._subscribe_at_broker(client)
+                continue
+            if not queue:
+                if self._overflowing:
+                    self._overflowing = False
+                    logger.info(
+                        "MQTT publish buffer of bus {} drained; {} message(s) were dropped "
+                        "in total",
+                        self.client_id,
+                        self.stats.dropped_overflow,
+                    )
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [queue.popleft() for _ in range(min(len(queue), _SEND_BATCH))]
+            tasks = [
+                asyncio.ensure_future(
+                    client.publish(m.topic, m.data, m.qos, m.retain, timeout=math.inf)
+                )
+                for m in batch
+            ]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                self._settle(batch, tasks)
+
+    def _settle(self, batch: list[_Outgoing], tasks: Sequence[asyncio.Future[None]]) -> None:
+        """Count what reached the broker; put unacknowledged QoS 1 messages back in front."""
+        retry: list[_Outgoing] = []
+        for message, task in zip(batch, tasks, strict=True):
+            if task.done() and not task.cancelled() and task.exception() is None:
+                self.stats.published += 1
+                continue
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved so asyncio does not report it as lost
+            if message.qos:
+                retry.append(message)
+            else:
+                self.stats.dropped_disconnected += 1
+        if retry:
+            self._queue.extendleft(reversed(retry))
+
+    async def _subscribe_at_broker(self, client: aiomqtt.Client) -> None:
+        filters = list(dict.fromkeys(self._pending_filters))
+        self._pending_filters = []
+        try:
+            granted = await client.subscribe([(f, 1) for f in filters])
+        except BaseException:
+            self._pending_filters[:0] = filters
+            raise
+        for pattern, code in zip(filters, granted, strict=False):
+            value = getattr(code, "value", code)
+            if isinstance(value, int) and value >= 0x80:
+                logger.error(
+                    "MQTT broker refused the subscription {!r} of bus {} (user {!r}): check "
+                    "the broker ACL",
+                    pattern,
+                    self.client_id,
+                    self.params.username,
+                )
+
+    # -- receiving internals ------------------------------------------------------------
+    def _deliver(self, topic: str, data: bytes, qos: int, retained: bool) -> None:
+        try:
+            envelope = self._codec.decode(data)
+        except DecodeError as exc:
+            self.stats.decode_errors += 1
+            held = self._log_limit.allow("decode:" + topic)
+            if held is not None:
+                logger.warning(
+                    "bus {} dropped an undecodable message on {!r}: {} ({} more not logged)",
+                    self.client_id,
+                    topic,
+                    exc,
+                    held,
+                )
+            return
+        # A retained value arriving because of a (re)subscription is a repeat by design,
+        # not a redelivery: it bypasses the duplicate and gap checks.
+        if not retained:
+            if not qos:
+                missing = self._gaps.observe(envelope.source, topic, envelope.seq)
+                if missing:
+                    if missing < 0:
+                        self.stats.duplicates += 1
+                        return
+                    self.stats.gaps += 1
+                    self.stats.missed += missing
+                    for listener in self._gap_listeners:
+                        self._call_safely(listener, topic, envelope.source, missing)
+            if envelope.msg_id is not None and not self._seen.first_time(envelope.msg_id):
+                self.stats.duplicates += 1
+                return
+        self.stats.received += 1
+        routes = self._routes.get(topic)
+        if routes is None:
+            routes = [h for p, h in self._handlers if topic_matches(p, topic)]
+            self._routes[topic] = routes
+        for handler in routes:
+            self._call_safely(handler, topic, envelope.payload)
+
+    def _call_safely(self, func: Callable[..., None], *args: Any) -> None:
+        try:
+            func(*args)
+        except Exception:
+            self.stats.handler_errors += 1
+            name = getattr(func, "__qualname__", repr(func))
+            held = self._log_limit.allow(f"handler:{name}")
+            if held is not None:
+                logger.opt(exception=True).error(
+                    "bus handler {} failed on {!r} ({} more failures not logged)",
+                    name,
+                    args[0],
+                    held,
+                )
+
+    def _dispatch_queue_type(self) -> type[asyncio.Queue[Any]]:
+        bus = self
+
+        class DispatchQueue(asyncio.Queue[Any]):
+            # aiomqtt hands each received message to put_nowait; dispatching right there
+            # saves a task and a queue hop per message, which is most of the receive cost.
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                try:
+                    bus._deliver(item.topic.value, item.payload, item.qos, item.retain)
+                except Exception:
+                    logger.opt(exception=True).error("bus {} failed to deliver", bus.client_id)
+
+        return DispatchQueue
+
+    async def _receive_loop(self, client: aiomqtt.Client) -> None:
+        # Messages are dispatched by DispatchQueue; iterating is how aiomqtt reports
+        # the connection going away.
+        async for message in client.messages:
+            self._deliver(message.topic.value, message.payload, message.qos, message.retain)
+
+    async def _heartbeat_loop(self) -> None:
+        topic = self.topics.heartbeat(self.node)
+        while True:
+            await asyncio.sleep(self.params.heartbeat_interval_s)
+            self.publish(topic, self._heartbeat("online"))
+
+    # -- connection ---------------------------------------------------------------------
+    def _make_client(self, aiomqtt_module: Any) -> aiomqtt.Client:
+        p = self.params
+        tls_params = None
+        tls_insecure = None
+        if p.tls is not None:
+            tls_params = aiomqtt_module.TLSParameters(
+                ca_certs=str(p.tls.ca_file) if p.tls.ca_file else None,
+                certfile=str(p.tls.cert_file) if p.tls.cert_file else None,
+                keyfile=str(p.tls.key_file) if p.tls.key_file else None,
+            )
+            tls_insecure = p.tls.insecure
+        will_payload = self._codec.encode(
+            self._heartbeat("offline", "connection lost"), msg_id=None, seq=0, source=self.source
+        )
+        client: aiomqtt.Client = aiomqtt_module.Client(
+            p.host,
+            p.port,
+            username=p.username,
+            password=p.password.get_secret_value() if p.password is not None else None,
+            identifier=self.client_id,
+            will=aiomqtt_module.Will(
+                self.topics.heartbeat(self.node), will_payload, qos=1, retain=True
+            ),
+            clean_session=p.clean_session,
+            keepalive=p.keepalive,
+            timeout=p.connect_timeout_s,
+            max_inflight_messages=p.max_inflight,
+            tls_params=tls_params,
+            tls_insecure=tls_insecure,
+            queue_type=self._dispatch_queue_type(),
+            # Without this, Nagle's algorithm holds small publishes back until the
+            # previous segment is acknowledged: tens of milliseconds on a quiet link.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+        # aiomqtt warns above this many outstanding calls; batches are larger by design.
+        client.pending_calls_threshold = _SEND_BATCH + p.max_inflight
+        return client
+
+    async def _run(self) -> None:
+        import aiomqtt
+
+        attempt = 0
+        while not self._stop.is_set():
+            client = self._make_client(aiomqtt)
+            reason = ""
+            try:
+                async with client:
+                    attempt = 0
+                    self._on_connected()
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                reason = str(exc) or type(exc).__name__
+                code = getattr(getattr(exc, "rc", None), "value", getattr(exc, "rc", None))
+                if code in _AUTH_REFUSED:
+                    error = BusConnectError(
+                        f"MQTT broker {self.params.host}:{self.params.port} refused bus "
+                        f"{self.client_id} (user {self.params.username!r}): {reason}; check "
+                        "username/password and the broker's password file and ACL"
+                    )
+                    if self._first_outcome is not None and not self._first_outcome.done():
+                        self._resolve_first(error)  # start() is waiting: fail it
+                        return
+                    logger.error("{}", error)
+            finally:
+                self._on_disconnected()
+            if self._stop.is_set():
+                return
+            delay = min(self.params.reconnect_max_s, self.params.reconnect_min_s * 2**attempt)
+            delay *= 1 - self.params.reconnect_jitter * self._rng.random()
+            attempt += 1
+            logger.warning(
+                "MQTT broker {}:{} {} ({}); bus {} retries in {:.2f}s with {} message(s) queued",
+                self.params.host,
+                self.params.port,
+                "connection lost" if self._ever_connected else "unreachable",
+                reason or "disconnected",
+                self.client_id,
+                delay,
+                len(self._queue),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _on_connected(self) -> None:
+        self.stats.connects += 1
+        if self._ever_connected:
+            logger.info("bus {} reconnected to MQTT broker", self.client_id)
+        self._ever_connected = True
+        # Every filter is sent again: a clean session starts with none at the broker.
+        self._pending_filters = list(self._filters)
+        self._connected.set()
+        self._resolve_first(None)
+        self.publish(self.topics.heartbeat(self.node), self._heartbeat("online"))
+
+    def _on_disconnected(self) -> None:
+        self._connected.clear()
+        # Book and trade messages queued for a connection that is gone are stale now.
+        stale = sum(1 for m in self._queue if not m.qos)
+        if stale:
+            self.stats.dropped_disconnected += stale
+            self._queue = deque(m for m in self._queue if m.qos)
+
+    def _resolve_first(self, error: BaseException | None) -> None:
+        first = self._first_outcome
+        if first is not None and not first.done():
+            if error is None:
+                first.set_result(None)
+            else:
+                first.set_exception(error)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        tasks = [
+            asyncio.ensure_future(self._receive_loop(client)),
+            asyncio.ensure_future(self._send_loop(client)),
+            asyncio.ensure_future(self._stop.wait()),
+        ]
+        if self.params.heartbeat_interval_s > 0:
+            tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _stop_runner(self) -> None:
+        self._stop.set()
+        runner = self._runner
+        if runner is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(runner), self.params.connect_timeout_s)
+        except TimeoutError:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        except Exception:
+            logger.opt(exception=True).debug("bus {} runner ended with an error", self.client_id)
+
+
+@hookimpl
+def quoteforge_register_bus_backends(register: Register) -> None:
+    register(
+        "mqtt",
+        MqttBus,
+        params=MqttParams,
+        description="MQTT broker bus (Mosquitto, EMQX) for nodes on several machines",
+        requires=("aiomqtt",),
+    )
