@@ -510,8 +510,9 @@ class OrderManager:
         """Apply one trade, once per ``(venue, fill_id)``; the order it filled, or None.
 
         A duplicate returns None. A fill for an unknown client id is journaled, kept in
-        ``orphan_fills`` and returns None. Late fills on cancelled or expired orders
-        count.
+        ``orphan_fills`` and returns None too: it is a real trade, so a caller that books
+        positions checks :meth:`has_fill` first to tell it from a duplicate. Late fills
+        on cancelled or expired orders count.
         """
         if fill.qty_lots <= 0:
             raise ValueError(
@@ -572,6 +573,25 @@ class OrderManager:
     # -- queries --------------------------------------------------------------------------------
     def get(self, client_id: str) -> Order | None:
         return self._orders.get(client_id)
+
+    def has_fill(self, venue: str, fill_id: str) -> bool:
+        """Whether this trade was already applied; lets a caller tell a duplicate (drop
+        it) from an orphan (a real trade to book) before calling :meth:`apply_fill`."""
+        return (venue, fill_id) in self._fill_ids
+
+    def prune(self, before_ns: int) -> int:
+        """Forget terminal orders last updated before ``before_ns`` (long runs keep
+        memory flat); returns how many. A fill arriving later for one of them is kept
+        as an orphan fill. Fill ids are kept, so duplicates are still recognised."""
+        stale = [
+            cid
+            for cid, order in self._orders.items()
+            if order.status.is_terminal and order.updated_ns < before_ns
+        ]
+        for cid in stale:
+            del self._orders[cid]
+            del self._meta[cid]
+        return len(stale)
 
     def working(self, venue: str, symbol: str) -> list[Order]:
         """Non-terminal orders on one market (called every tick: an index lookup)."""

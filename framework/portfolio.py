@@ -1,106 +1,92 @@
 """Positions, fees and PnL per market and in total, computed exactly from our fills.
 
-Realized PnL uses the average-cost method; all arithmetic is on integers and fractions
-of ticks and lots, so no rounding creeps in however many fills a run has.
+Positions, cash flows, fees and PnL are exact; realized PnL uses the average-cost method,
+all on integers of ticks x lots so a long run accumulates no rounding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from decimal import Decimal, localcontext
-from fractions import Fraction
+from decimal import Context, Decimal
 
 from quoteforge.model import Fill, Instrument
 
-__all__ = ["Portfolio", "to_decimal"]
+__all__ = ["AVERAGE_COST_DIGITS", "Portfolio"]
 
-Rational = int | Fraction
+#: Cost basis is kept in units of 1e-12 (tick size x lot size): the share of an average
+#: cost removed by a partial close is the only rounded quantity (half-even, at that unit).
+AVERAGE_COST_DIGITS = 12
+_SCALE = 10**AVERAGE_COST_DIGITS
+# Wide enough that products of realistic prices, sizes and rates never round.
+_EXACT = Context(prec=80)
 
 
-def to_decimal(value: Rational) -> Decimal:
-    """``value`` as a Decimal: exact when it has a finite decimal expansion (every sum of
-    prices, quantities and fees does), else rounded to 28 significant digits."""
-    if isinstance(value, int):
-        return Decimal(value)
-    num, den = value.numerator, value.denominator
-    if den == 1:
-        return Decimal(num)
-    rest = den
-    for prime in (2, 5):
-        while rest % prime == 0:
-            rest //= prime
-    with localcontext() as ctx:
-        if rest == 1:
-            # A terminating fraction needs at most bit_length(den) digits after the point.
-            ctx.prec = len(str(abs(num))) + den.bit_length() + 2
-        else:
-            ctx.prec = 28
-        return Decimal(num) / Decimal(den)
+def _tidy(value: Decimal) -> Decimal:
+    """Drop trailing zeros left by the internal scale (``1.50000`` -> ``1.5``) without
+    switching to exponent notation for whole numbers (``100``, not ``1E+2``)."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1), context=_EXACT)
+    return value.normalize(_EXACT)
+
+
+def _div_round(num: int, den: int) -> int:
+    """num / den rounded half-even, for den > 0."""
+    quotient, rest = divmod(num, den)
+    twice = 2 * rest
+    if twice > den or (twice == den and quotient % 2):
+        quotient += 1
+    return quotient
 
 
 class _Position:
-    """One market's running totals, in units of (tick size x lot size) where possible."""
+    """One market's running totals, as integers of (tick size x lot size)."""
 
-    __slots__ = (
-        "cost",
-        "fees",
-        "fills",
-        "instrument",
-        "lot",
-        "lots",
-        "notional",
-        "realized",
-        "tick",
-        "unit",
-        "unit_dec",
-    )
+    __slots__ = ("cash", "cost", "fees", "fills", "instrument", "lots", "notional", "realized")
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
-        self.tick = Fraction(instrument.tick_size)
-        self.lot = Fraction(instrument.lot_size)
-        self.unit = self.tick * self.lot
-        self.unit_dec = instrument.tick_size * instrument.lot_size
         self.lots = 0  # signed position
-        self.cost: Rational = 0  # cost basis of |lots| in tick-lots, always >= 0
-        self.realized: Rational = 0  # tick-lots
+        self.cost = 0  # basis of |lots|, scaled by _SCALE, >= 0
+        self.realized = 0  # scaled by _SCALE
+        self.cash = 0  # sells minus buys, tick-lots
         self.fees = Decimal(0)  # quote asset
         self.notional = 0  # tick-lots traded
         self.fills = 0
 
     def trade(self, sign: int, lots: int, ticks: int) -> None:
         pos = self.lots
+        self.cash -= sign * ticks * lots
         if pos == 0 or (pos > 0) == (sign > 0):
             self.lots = pos + sign * lots
-            self.cost += ticks * lots
+            self.cost += ticks * lots * _SCALE
             return
         held = abs(pos)
         closing = min(lots, held)
-        cost = self.cost
-        if isinstance(cost, int) and (cost * closing) % held == 0:
-            removed: Rational = cost * closing // held
-        else:
-            removed = Fraction(cost) * closing / held
+        # Closing everything removes the whole basis, so a flat position is exact.
+        removed = self.cost if closing == held else _div_round(self.cost * closing, held)
         # Long: sell proceeds minus cost; short: the opening proceeds minus buy-back cost.
-        gain = ticks * closing - removed
+        gain = ticks * closing * _SCALE - removed
         self.realized += gain if pos > 0 else -gain
+        self.cost -= removed
         self.lots = pos + sign * closing
-        self.cost = cost - removed if self.lots else 0
         flipped = lots - closing
         if flipped:
             self.lots = sign * flipped
-            self.cost = ticks * flipped
-        if isinstance(self.cost, Fraction) and self.cost.denominator == 1:
-            self.cost = self.cost.numerator
-        if isinstance(self.realized, Fraction) and self.realized.denominator == 1:
-            self.realized = self.realized.numerator
+            self.cost = ticks * flipped * _SCALE
 
-    def unrealized(self, mark: Decimal) -> Fraction:
+    def unit(self) -> Decimal:
+        return self.instrument.tick_size * self.instrument.lot_size
+
+    def scaled(self, value: int) -> Decimal:
+        """A _SCALE-scaled tick-lot integer in the quote asset, exactly."""
+        return _EXACT.multiply(Decimal(value).scaleb(-AVERAGE_COST_DIGITS), self.unit())
+
+    def unrealized(self, mark: Decimal) -> Decimal:
         if self.lots == 0:
-            return Fraction(0)
-        basis = self.cost * self.unit
-        value = Fraction(mark) * self.lots * self.lot
-        return value - basis if self.lots > 0 else value + basis
+            return Decimal(0)
+        value = _EXACT.multiply(_EXACT.multiply(Decimal(self.lots), self.instrument.lot_size), mark)
+        basis = self.scaled(self.cost)
+        return _EXACT.subtract(value, basis) if self.lots > 0 else _EXACT.add(value, basis)
 
 
 class Portfolio:
@@ -112,6 +98,13 @@ class Portfolio:
     through zero closes the whole position at its price and opens the rest at the same
     price. Every figure is in the market's quote asset; fees are positive when paid and
     negative for rebates; ``pnl = realized + unrealized - fees``.
+
+    *Exactness.* Positions, traded notional, fees and ``pnl``/``total_pnl`` are exact:
+    ``pnl`` always equals cash received minus cash paid plus the position at the mark,
+    minus fees. An average cost need not be a finite decimal (buy 1 at 1 and 2 at 2), so
+    the basis a partial close removes is rounded half-even to 1e-12 of (tick size x lot
+    size); realized and unrealized split ``pnl`` at that precision, their sum stays exact,
+    and realized is exact again whenever the position is flat.
 
     *Fees in other assets.* A fee in the quote asset is used as is, one in the base
     asset is converted at the fill's price, and any other asset at
@@ -169,7 +162,7 @@ class Portfolio:
             )
         fee = self._fee_in_quote(position, fill) if fill.fee else Decimal(0)
         position.trade(int(fill.side), fill.qty_lots, fill.price_ticks)
-        position.fees += fee
+        position.fees = _EXACT.add(position.fees, fee)
         position.notional += fill.price_ticks * fill.qty_lots
         position.fills += 1
 
@@ -179,7 +172,7 @@ class Portfolio:
         if asset == instrument.quote.upper():
             return fill.fee
         if asset == instrument.base.upper():
-            return fill.fee * instrument.ticks_to_price(fill.price_ticks)
+            return _EXACT.multiply(fill.fee, instrument.ticks_to_price(fill.price_ticks))
         if self.currency is None:
             raise ValueError(
                 f"{fill.market}: fill {fill.fill_id!r} pays its fee in {asset}, and the "
@@ -189,8 +182,8 @@ class Portfolio:
         rate = self._rate(asset, fill.market)
         quote = instrument.quote.upper()
         if quote == self.currency:
-            return fill.fee * rate
-        return to_decimal(Fraction(fill.fee * rate) / Fraction(self._rate(quote, fill.market)))
+            return _EXACT.multiply(fill.fee, rate)
+        return fill.fee * rate / self._rate(quote, fill.market)
 
     def _rate(self, asset: str, market: str) -> Decimal:
         rate = self.quote_rates(asset) if self.quote_rates is not None else None
@@ -223,14 +216,16 @@ class Portfolio:
         position = self._get(market_key)
         if position.lots == 0:
             return None
-        return to_decimal(position.cost * position.tick / abs(position.lots))
+        # Rounded to 28 significant digits: an average need not be a finite decimal.
+        per_lot = Decimal(position.cost) / (abs(position.lots) * _SCALE)
+        return per_lot * position.instrument.tick_size
 
     def realized(self, market_key: str) -> Decimal:
         position = self._get(market_key)
-        return to_decimal(position.realized * position.unit)
+        return _tidy(position.scaled(position.realized))
 
     def unrealized(self, market_key: str, mark_price: Decimal) -> Decimal:
-        return to_decimal(self._get(market_key).unrealized(_mark(market_key, mark_price)))
+        return _tidy(self._get(market_key).unrealized(_mark(market_key, mark_price)))
 
     def fees(self, market_key: str) -> Decimal:
         """Fees in the quote asset: positive paid, negative rebates received."""
@@ -238,23 +233,23 @@ class Portfolio:
 
     def pnl(self, market_key: str, mark_price: Decimal | None) -> Decimal:
         """``realized + unrealized - fees``; the mark may be None while flat."""
-        return to_decimal(self._pnl(market_key, mark_price))
+        return _tidy(self._pnl(market_key, mark_price))
 
-    def _pnl(self, market_key: str, mark_price: Decimal | None) -> Fraction:
+    def _pnl(self, market_key: str, mark_price: Decimal | None) -> Decimal:
         position = self._get(market_key)
-        total = Fraction(position.realized) * position.unit - Fraction(position.fees)
+        total = _EXACT.subtract(position.scaled(position.realized), position.fees)
         if position.lots:
             if mark_price is None:
                 raise ValueError(
                     f"{market_key}: position is {position.lots} lots, so its PnL needs a mark price"
                 )
-            total += position.unrealized(_mark(market_key, mark_price))
+            total = _EXACT.add(total, position.unrealized(_mark(market_key, mark_price)))
         return total
 
     def notional(self, market_key: str) -> Decimal:
         """Traded notional (sum of price x quantity over fills, both sides)."""
         position = self._get(market_key)
-        return Decimal(position.notional) * position.unit_dec
+        return _tidy(_EXACT.multiply(Decimal(position.notional), position.unit()))
 
     def fill_count(self, market_key: str) -> int:
         return self._get(market_key).fills
@@ -263,7 +258,7 @@ class Portfolio:
     def total_pnl(self, marks: dict[str, Decimal]) -> Decimal:
         """PnL over every market, in ``currency``. Flat markets need no mark; markets
         quoting in another asset convert through ``quote_rates``."""
-        total = Fraction(0)
+        total = Decimal(0)
         for key, position in self._positions.items():
             if position.fills == 0:
                 continue
@@ -276,26 +271,26 @@ class Portfolio:
                     "to total them, or use pnl() per market"
                 )
             if quote != self.currency:
-                value *= Fraction(self._rate(quote, key))
-            total += value
-        return to_decimal(total)
+                value = _EXACT.multiply(value, self._rate(quote, key))
+            total = _EXACT.add(total, value)
+        return _tidy(total)
 
     def total_fees(self) -> Decimal:
         """Fees over every market (same quote asset required, or converted to currency)."""
-        total = Fraction(0)
+        total = Decimal(0)
         for key, position in self._positions.items():
             if not position.fees:
                 continue
             quote = position.instrument.quote.upper()
-            value = Fraction(position.fees)
+            value = position.fees
             if quote != self.currency:
                 if self.currency is None:
                     raise ValueError(
                         "markets quote in different assets; pass currency= and quote_rates="
                     )
-                value *= Fraction(self._rate(quote, key))
-            total += value
-        return to_decimal(total)
+                value = _EXACT.multiply(value, self._rate(quote, key))
+            total = _EXACT.add(total, value)
+        return _tidy(total)
 
     def _quotes(self) -> set[str]:
         return {p.instrument.quote.upper() for p in self._positions.values()}

@@ -1,0 +1,438 @@
+"""The embedded journal: SQLite in WAL mode, written by a background thread in batches.
+
+Also holds ``ThreadedJournal``, the queue + writer-thread machinery the PostgreSQL
+backend shares, so both keep the same ordering, idempotency and flush guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import queue
+import sqlite3
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quoteforge import hookimpl
+from quoteforge.journal import Journal, JournalRecord
+from quoteforge.registry import Register
+
+__all__ = [
+    "JournalError",
+    "SqliteJournal",
+    "SqliteJournalParams",
+    "ThreadedJournal",
+    "encode_payload",
+    "factory",
+    "json_default",
+    "quoteforge_register_journal_backends",
+]
+
+#: One record as SQLite stores it: (event_id, kind, ts_ns, market, payload JSON).
+Row = tuple[str, str, int, str, str]
+ConnT = TypeVar("ConnT")
+
+
+class JournalError(RuntimeError):
+    """The journal cannot make records durable; trading must not go on without it."""
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(
+        f"journal payload value {value!r} ({type(value).__name__}) is not JSON-serialisable; "
+        "store numbers as int/str/Decimal and objects as dicts"
+    )
+
+
+def encode_payload(payload: dict[str, Any]) -> str:
+    """Payloads are stored as JSON; Decimals become strings and enums their values."""
+    return json.dumps(payload, separators=(",", ":"), default=json_default)
+
+
+class _Flush:
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def resolve(self, error: BaseException | None, what: str = "journal write failed") -> None:
+        def complete() -> None:
+            if self.future.done():
+                return
+            if error is None:
+                self.future.set_result(None)
+            else:
+                self.future.set_exception(JournalError(f"{what}: {error}"))
+
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self.loop.call_soon_threadsafe(complete)
+
+
+_STOP = object()
+
+
+class ThreadedJournal(Journal, Generic[ConnT]):
+    """A journal whose ``append`` only serialises the record and queues it; one writer
+    thread drains the queue in batches (one transaction each, in append order) and
+    completes ``flush`` futures through ``loop.call_soon_threadsafe``.
+
+    A write that fails is retried with backoff on a fresh connection for ``retry_for_s``
+    seconds (rows are idempotent by ``event_id``, so a retried batch is never doubled);
+    after that the journal is failed: ``append`` and ``flush`` raise ``JournalError``.
+    """
+
+    def __init__(self, *, batch_max: int = 2000, retry_for_s: float = 10.0) -> None:
+        if batch_max < 1:
+            raise ValueError(f"batch_max must be >= 1, got {batch_max}")
+        self.batch_max = batch_max
+        self.retry_for_s = retry_for_s
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self.appended = 0
+        self.written = 0  # rows handed to the database (duplicates included)
+        self.batches = 0
+
+    # -- backend hooks, all called on the writer thread except _prepare -------------------
+    def _prepare(self) -> None:
+        """Runs once in a worker thread before the writer starts (create files, schema)."""
+
+    @abstractmethod
+    def _connect(self) -> ConnT: ...
+
+    @abstractmethod
+    def _write(self, conn: ConnT, rows: Sequence[Any]) -> None:
+        """Insert ``rows`` (what ``_encode`` made) in order, ignoring known event ids,
+        and commit durably."""
+
+    @abstractmethod
+    def _disconnect(self, conn: ConnT) -> None: ...
+
+    @abstractmethod
+    def count(self) -> int:
+        """How many records are durable (a fresh connection; for tools and tests)."""
+
+    # -- Journal API ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        try:
+            await asyncio.to_thread(self._prepare)
+        except Exception as exc:
+            self._error = exc
+            raise JournalError(f"{self.name} cannot open: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(_Flush(loop, ready),), name=f"{self.name}-writer", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    def append(self, record: JournalRecord) -> None:
+        if self._error is not None:
+            raise JournalError(f"{self.name} has failed and accepts no records: {self._error}")
+        if self._closed:
+            raise JournalError(f"{self.name} is closed; open a new journal to append")
+        self._queue.put(self._encode(record))
+        self.appended += 1
+
+    def _encode(self, record: JournalRecord) -> Any:
+        """What the writer thread receives for one record. Serialising here captures the
+        payload as it is now, and keeps the writer thread's hold on the GIL short."""
+        return (
+            record.event_id,
+            record.kind,
+            record.ts_ns,
+            record.market,
+            encode_payload(record.payload),
+        )
+
+    async def flush(self) -> None:
+        if self._error is not None:
+            raise JournalError(f"{self.name} has failed: {self._error}")
+        if self._thread is None:
+            if self._queue.empty():
+                return
+            raise JournalError(f"{self.name} was never opened: call `await journal.open()`")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Flush(loop, future))
+        await future
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            thread = self._thread
+            if thread is not None:
+                self._queue.put(_STOP)
+                await asyncio.to_thread(thread.join)
+                self._thread = None
+
+    @property
+    def pending(self) -> int:
+        """Records appended but not yet written (approximate, for monitoring)."""
+        return max(0, self.appended - self.written)
+
+    # -- the writer thread ----------------------------------------------------------------
+    def _run(self, ready: _Flush) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._error = exc
+            ready.resolve(exc, f"{self.name} cannot connect")
+            return
+        ready.resolve(None)
+        get = self._queue.get
+        get_nowait = self._queue.get_nowait
+        flushes: list[_Flush] = []
+        try:
+            while True:
+                item = get()
+                rows: list[Any] = []
+                flushes = []
+                stop = False
+                while True:
+                    if item is _STOP:
+                        stop = True
+                        break
+                    if isinstance(item, _Flush):
+                        flushes.append(item)
+                    else:
+                        rows.append(item)
+                        if len(rows) >= self.batch_max:
+                            break
+                    try:
+                        item = get_nowait()
+                    except queue.Empty:
+                        break
+                if rows:
+                    conn = self._write_with_retry(conn, rows)
+                for flush in flushes:
+                    flush.resolve(None)
+                if stop:
+                    return
+        except BaseException as exc:
+            self._error = exc
+            for flush in flushes:
+                flush.resolve(exc)
+            self._drain_failed()
+        finally:
+            with contextlib.suppress(Exception):
+                self._disconnect(conn)
+
+    def _write_with_retry(self, conn: ConnT, rows: list[Any]) -> ConnT:
+        deadline = time.monotonic() + self.retry_for_s
+        delay = 0.05
+        while True:
+            try:
+                self._write(conn, rows)
+            except Exception:
+                if time.monotonic() + delay > deadline:
+                    raise
+                with contextlib.suppress(Exception):
+                    self._disconnect(conn)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                with contextlib.suppress(Exception):
+                    conn = self._connect()
+                continue
+            self.written += len(rows)
+            self.batches += 1
+            return conn
+
+    def _drain_failed(self) -> None:
+        # Keep answering flushes (with the error) so that no caller waits forever.
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if isinstance(item, _Flush):
+                item.resolve(self._error)
+
+
+# ---------------------------------------------------------------------------------------
+# SQLite
+# ---------------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT    NOT NULL UNIQUE,
+    kind     TEXT    NOT NULL,
+    ts_ns    INTEGER NOT NULL,
+    market   TEXT    NOT NULL,
+    payload  TEXT    NOT NULL
+)
+"""
+_INSERT = (
+    "INSERT OR IGNORE INTO journal (event_id, kind, ts_ns, market, payload) VALUES (?, ?, ?, ?, ?)"
+)
+_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
+    """The journal in one SQLite file (WAL mode: readers never block the writer).
+
+    ``synchronous="full"`` (default) fsyncs the WAL at every batch commit, so a record
+    is on disk once ``flush()`` returns even if the machine loses power; ``"normal"``
+    survives a process crash but not a power cut, and is faster on slow disks.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        batch_max: int = 2000,
+        retry_for_s: float = 5.0,
+    ) -> None:
+        super().__init__(batch_max=batch_max, retry_for_s=retry_for_s)
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+
+    @property
+    def name(self) -> str:
+        return f"sqlite journal {self.path}"
+
+    def _prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _sqlite_connect(self.path)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalError(
+                    f"{self.path}: SQLite refused WAL mode ({mode}); put the journal on a "
+                    "local file system"
+                )
+            conn.execute(_SCHEMA)
+        finally:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = _sqlite_connect(self.path)
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        return conn
+
+    def _write(self, conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _disconnect(self, conn: sqlite3.Connection) -> None:
+        conn.close()
+
+    def read(self, kinds: tuple[str, ...] | None = None) -> Iterator[JournalRecord]:
+        """Committed records in append order; safe while a run is writing the file."""
+        if not self.path.exists():
+            return iter(())
+        return _read_sqlite(self.path, kinds)
+
+    def count(self) -> int:
+        if not self.path.exists():
+            return 0
+        conn = _sqlite_connect(self.path)
+        try:
+            return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+        finally:
+            conn.close()
+
+
+def _read_sqlite(path: Path, kinds: tuple[str, ...] | None) -> Iterator[JournalRecord]:
+    conn = _sqlite_connect(path)
+    try:
+        sql = "SELECT event_id, kind, ts_ns, market, payload FROM journal"
+        args: tuple[str, ...] = ()
+        if kinds:
+            sql += f" WHERE kind IN ({', '.join('?' * len(kinds))})"
+            args = tuple(kinds)
+        sql += " ORDER BY seq"
+        cursor = conn.execute(sql, args)
+        while True:
+            rows = cursor.fetchmany(1000)
+            if not rows:
+                return
+            for event_id, kind, ts_ns, market, payload in rows:
+                yield JournalRecord(event_id, kind, ts_ns, market, json.loads(payload))
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Plugin registration
+# ---------------------------------------------------------------------------------------
+
+
+class SqliteJournalParams(BaseModel):
+    """Parameters of the ``sqlite`` journal backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(
+        default="journal.sqlite",
+        description="Journal file; a relative path is inside the run folder.",
+    )
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description=(
+            "full: every batch is fsynced (survives power loss); normal: survives a "
+            "process crash only, faster on slow disks."
+        ),
+    )
+    batch_max: int = Field(
+        default=2000, ge=1, le=100_000, description="Most records written in one transaction."
+    )
+
+
+def factory(params: SqliteJournalParams, run_dir: str | Path) -> SqliteJournal:
+    path = Path(params.path)
+    if not path.is_absolute():
+        path = Path(run_dir) / path
+    return SqliteJournal(path, synchronous=params.synchronous, batch_max=params.batch_max)
+
+
+@hookimpl
+def quoteforge_register_journal_backends(register: Register) -> None:
+    register(
+        "sqlite",
+        factory,
+        params=SqliteJournalParams,
+        description="SQLite file in the run folder (WAL, background writer); the default.",
+    )
