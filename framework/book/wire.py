@@ -1,0 +1,133 @@
+"""Exact conversion of wire decimal strings ("0.00240000") to integer ticks and lots."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+__all__ = ["BookMessageError", "WireDecimalParser", "strip_checksum_digits"]
+
+_CACHE_LIMIT = 65_536
+
+
+class BookMessageError(ValueError):
+    """A market-data message that cannot be applied; the book was left unchanged."""
+
+
+def _decimals(step: Decimal) -> int:
+    exponent = step.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(0, -exponent)
+
+
+class WireDecimalParser:
+    """Turns decimal text into an integer count of ``step`` exactly, with a cache.
+
+    The fast path splits the text at the point and scales the digits as an integer, so
+    no ``Decimal`` is built per level; text off the ``step`` grid, negative or not a
+    plain decimal raises ``BookMessageError`` naming the market and the value.
+    Repeated texts (prices near the top of a book recur constantly) are served from a
+    bounded dict, which is the cheapest lookup Python offers.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_decimals",
+        "_pow10",
+        "_unit",
+        "divisors",
+        "market",
+        "step",
+        "what",
+    )
+
+    def __init__(self, step: Decimal, what: str, market: str) -> None:
+        if step <= 0:
+            raise ValueError(f"{market}: {what} step must be > 0, got {step}")
+        self.step = step
+        self.what = what
+        self.market = market
+        self._decimals = _decimals(step)
+        unit = step * (Decimal(10) ** self._decimals)
+        self._unit = int(unit)
+        self._pow10 = [10**i for i in range(64)]
+        self._cache: dict[str, int] = {}
+        # Digits of a text with k decimals, point removed, divided by divisors[k] is
+        # the count of steps (when the remainder is 0): inlined by hot loops.
+        self.divisors: dict[int, int] = {
+            k: self._unit * 10 ** (k - self._decimals) for k in range(self._decimals, 40)
+        }
+
+    @property
+    def cache(self) -> dict[str, int]:
+        """Text -> count of steps for texts already seen (read-only use on hot paths)."""
+        return self._cache
+
+    def __call__(self, text: str) -> int:
+        value = self._cache.get(text)
+        if value is None:
+            return self.parse(text)
+        return value
+
+    def parse(self, text: str) -> int:
+        """Exact count of steps in ``text``; remembers the answer for next time."""
+        if type(text) is not str:
+            raise BookMessageError(
+                f"{self.market}: {self.what} must be decimal text, got {type(text).__name__} "
+                f"{text!r}"
+            )
+        head, _, tail = text.partition(".")
+        digits = head + tail
+        # isdigit() keeps int() from accepting signs, spaces and underscores.
+        if digits.isdigit():
+            value = int(digits)
+            shift = len(tail) - self._decimals
+            if shift > 0:
+                value, rest = divmod(value, self._pow10[shift])
+                if rest:
+                    raise self._off_grid(text)
+            elif shift:
+                value *= self._pow10[-shift]
+            if self._unit != 1:
+                value, rest = divmod(value, self._unit)
+                if rest:
+                    raise self._off_grid(text)
+        else:
+            value = self._parse_slow(text)
+        cache = self._cache
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[text] = value
+        return value
+
+    def _parse_slow(self, text: str) -> int:
+        # Exponent forms ("1E-8") are valid decimals that the fast path does not read.
+        try:
+            value = Decimal(text)
+        except (InvalidOperation, ValueError):
+            raise BookMessageError(
+                f"{self.market}: {self.what} {text!r} is not a decimal number"
+            ) from None
+        if not value.is_finite() or value < 0:
+            raise BookMessageError(
+                f"{self.market}: {self.what} {text!r} must be a finite number >= 0"
+            )
+        count, rest = divmod(value, self.step)
+        if rest:
+            raise self._off_grid(text)
+        return int(count)
+
+    def _off_grid(self, text: str) -> BookMessageError:
+        return BookMessageError(
+            f"{self.market}: {self.what} {text!r} is not a multiple of {self.step}; "
+            f"check the instrument's {'tick' if self.what == 'price' else 'lot'} size"
+        )
+
+    def to_text(self, count: int) -> str:
+        """Plain decimal text of ``count`` steps (for fixtures and recordings)."""
+        return format(self.step * count, "f")
+
+
+def strip_checksum_digits(text: str) -> str:
+    """A price or quantity as Kraken's checksum spells it: point removed, leading
+    zeros stripped, trailing zeros kept."""
+    return text.replace(".", "").lstrip("0")

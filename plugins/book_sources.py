@@ -1,0 +1,27 @@
+"""Built-in order-book sources: the Binance and Kraken integrity rules."""
+
+from __future__ import annotations
+
+import quoteforge
+from quoteforge.book.binance import BinanceFuturesBookSource, BinanceSpotBookSource
+from quoteforge.book.kraken import KrakenBookSource
+from quoteforge.registry import Register
+
+
+@quoteforge.hookimpl
+def quoteforge_register_book_sources(register: Register) -> None:
+    register(
+        "binance_spot",
+        BinanceSpotBookSource,
+        description="Binance spot <symbol>@depth diffs bridged to a REST snapshot by update id.",
+    )
+    register(
+        "binance_futures",
+        BinanceFuturesBookSource,
+        description="Binance futures depth diffs chained by pu == previous u.",
+    )
+    register(
+        "kraken_v2",
+        KrakenBookSource,
+        description="Kraken websocket v2 book channel verified by its CRC32 checksum.",
+    )

@@ -1,0 +1,76 @@
+"""Recorded market data: write, read back, merge several venues in time order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from book_helpers import FIXTURES
+
+from quoteforge.clock import SimClock
+from quoteforge.recording import (
+    Record,
+    RecordingError,
+    RecordingWriter,
+    merge_recordings,
+    read_recording,
+)
+
+
+@pytest.mark.parametrize("name", ["md.jsonl", "md.jsonl.gz"])
+def test_round_trip_keeps_the_payload_text_exactly(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    clock = SimClock(start_ns=5)
+    payloads = ['{"price":45283.50,"qty":0.10000000}', 'tab\there "quoted" ünïcode', "[]"]
+    with RecordingWriter(path, clock=clock) as writer:
+        writer.write("kraken", "book", payloads[0])
+        writer.flush()
+        writer.write("kraken", "book", payloads[1].encode(), t_ns=7)
+        writer.write("binance", "btcusdt@depth", payloads[2], t_ns=9)
+    assert writer.count == 3
+    assert list(read_recording(path)) == [
+        Record(5, "kraken", "book", payloads[0]),
+        Record(7, "kraken", "book", payloads[1]),
+        Record(9, "binance", "btcusdt@depth", payloads[2]),
+    ]
+    with RecordingWriter(path) as writer:  # appending to an existing recording
+        writer.write("binance", "btcusdt@depth", "{}", t_ns=10)
+    assert [r.t_ns for r in read_recording(path)] == [5, 7, 9, 10]
+
+
+def test_merge_interleaves_by_receive_time(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    with RecordingWriter(a) as wa, RecordingWriter(b) as wb:
+        for t in (1, 4, 4, 9):
+            wa.write("binance", "s", f"a{t}", t_ns=t)
+        for t in (2, 4, 8):
+            wb.write("kraken", "s", f"b{t}", t_ns=t)
+    merged = list(merge_recordings([a, b]))
+    assert [r.raw for r in merged] == ["a1", "b2", "a4", "a4", "b4", "b8", "a9"]
+
+
+def test_shipped_recordings_merge_in_order() -> None:
+    paths = [
+        FIXTURES / "binance" / "depth_recording.jsonl",
+        FIXTURES / "kraken" / "book_recording.jsonl",
+    ]
+    merged = list(merge_recordings(paths))
+    assert {r.venue for r in merged} == {"binance", "kraken"}
+    times = [r.t_ns for r in merged]
+    assert times == sorted(times)
+    assert len(merged) == sum(1 for p in paths for _ in read_recording(p))
+
+
+def test_bad_lines_and_time_travel_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": 1, "venue": "x", "stream": "s", "raw": "{}"}\nnot json\n')
+    with pytest.raises(RecordingError, match=r"bad.jsonl:2: not a recording line"):
+        list(read_recording(bad))
+    back = tmp_path / "back.jsonl"
+    with RecordingWriter(back) as writer:
+        writer.write("x", "s", "1", t_ns=5)
+        writer.write("x", "s", "2", t_ns=3)
+    with pytest.raises(RecordingError, match="goes back in time"):
+        list(merge_recordings([back]))
+    with pytest.raises(ValueError, match="give t_ns or construct the writer with a clock"):
+        RecordingWriter(tmp_path / "c.jsonl").write("x", "s", "1")
