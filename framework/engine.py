@@ -91,6 +91,7 @@ class StrategyRuntime:
     markets: dict[str, MarketRuntime] = field(default_factory=dict)
     halted: bool = False
     errors: int = 0
+    top_only: bool = True
 
 
 @dataclass(eq=False)
@@ -105,6 +106,7 @@ class MarketRuntime:
     max_drawdown: float = 0.0
     last_pnl: float = 0.0
     quote_updates: int = 0
+    seen_top: int = -1  # the book's top_version when the strategy last saw it
 
 
 class Run:
@@ -249,6 +251,7 @@ class Run:
             )
             strategy = reg.factory(ctx, self.loaded.params_of("strategies", name))
             srt = StrategyRuntime(name, strategy, spec.type, runtimes)
+            srt.top_only = bool(getattr(strategy, "top_of_book_only", True))
             for key, mr in runtimes.items():
                 mr.owner = srt
                 self.markets[key] = mr
@@ -469,6 +472,10 @@ class Run:
         mr = self.markets.get(book.key)
         if mr is None or mr.owner.halted:
             return
+        if mr.owner.top_only:
+            if book.top_version == mr.seen_top:
+                return
+            mr.seen_top = book.top_version
         start = time.perf_counter_ns()
         self._requote(mr)
         self.tick_to_quote.record(time.perf_counter_ns() - start)

@@ -169,6 +169,9 @@ class Strategy:
     """
 
     Params: ClassVar[type[BaseModel]] = StrategyParams
+    #: Call ``on_book`` only when one of the top 5 levels changed (most quoting logic
+    #: reads only the top of the book). Set False to see every update.
+    top_of_book_only: ClassVar[bool] = True
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
         self.ctx = ctx
