@@ -121,14 +121,20 @@ class Run:
         clock: Clock | None = None,
         manifest_path: Path | None = None,
         resume: bool = False,
+        venue_factory: Callable[[str, Any, BaseModel, VenueContext], ExchangeAdapter] | None = None,
     ) -> None:
         self.resume = resume
+        # Lets a node (or a test) stand a different adapter in for a manifest exchange,
+        # e.g. one that reaches the venue through the bus.
+        self.venue_factory = venue_factory
         self.loaded = loaded
         self.manifest = loaded.manifest
         self.registry = registry
         self.mode = self.manifest.run.mode
         self.run_dir = run_dir
         self.run_id = run_dir.name
+        # Bus topics use the manifest's run name, shared by every node of a split run.
+        self.topic_run = loaded.manifest.run.name
         if clock is None:
             clock = SimClock(_epoch_ns()) if self.mode in ("sim", "backtest") else LiveClock()
         self.clock = clock
@@ -186,8 +192,11 @@ class Run:
                 symbols=symbols_by_venue[name],
                 extra={"run_dir": self.run_dir, "duration": m.run.duration},
             )
-            factory = reg.get("exchange", spec.type).factory
-            self.venues[name] = factory(self.loaded.params_of("exchanges", name), ctx)
+            params = self.loaded.params_of("exchanges", name)
+            if self.venue_factory is not None:
+                self.venues[name] = self.venue_factory(name, spec, params, ctx)
+            else:
+                self.venues[name] = reg.get("exchange", spec.type).factory(params, ctx)
 
         checks = []
         for name, spec in m.risk.items():
@@ -300,7 +309,7 @@ class Run:
             "a" if self.resume else "w", encoding="utf-8", buffering=1 << 16
         )
         self.bus.subscribe(
-            f"quoteforge/{self.run_id}/control/kill",
+            f"quoteforge/{self.topic_run}/control/kill",
             lambda topic, payload: self.kill(f"bus: {payload.get('reason', 'kill')}"),
         )
         self.registry.pm.hook.quoteforge_run_started(run=self)
@@ -748,7 +757,7 @@ class Run:
         return schedule
 
     def _publish(self, topic: str, payload: Any) -> None:
-        self.bus.publish(f"quoteforge/{self.run_id}/{topic}", payload)
+        self.bus.publish(f"quoteforge/{self.topic_run}/{topic}", payload)
 
     # -- sampling and outputs ------------------------------------------------------------
     def _sample(self, interval: int) -> None:

@@ -326,7 +326,7 @@ def test_kill_from_the_bus(registry: PluginRegistry, tmp_path: Path) -> None:
         while not run.markets:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
-        run.bus.publish(f"quoteforge/{run.run_id}/control/kill", {"reason": "risk desk"})
+        run.bus.publish(f"quoteforge/{run.topic_run}/control/kill", {"reason": "risk desk"})
         await asyncio.wait_for(task, 30)
 
     asyncio.run(scenario())
