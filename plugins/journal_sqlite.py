@@ -61,7 +61,15 @@ def json_default(value: Any) -> Any:
 
 def encode_payload(payload: dict[str, Any]) -> str:
     """Payloads are stored as JSON; Decimals become strings and enums their values."""
+    if _orjson is not None:
+        return _orjson.dumps(payload, default=json_default).decode()
     return json.dumps(payload, separators=(",", ":"), default=json_default)
+
+
+try:  # orjson encodes a journal payload several times faster than the stdlib
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a core dependency
+    _orjson = None  # type: ignore[assignment]
 
 
 class _Flush:

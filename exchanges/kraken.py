@@ -1,0 +1,842 @@
+"""Kraken spot adapter: REST over ccxt for instruments, balances, tokens and lookups;
+websocket v2 for checksummed books, trades, executions and order entry."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from loguru import logger
+from pydantic import Field, model_validator
+
+from quoteforge import hookimpl
+from quoteforge.exchange import OrderAction, PlaceOrder, VenueContext
+from quoteforge.exchanges.ccxt_base import (
+    CcxtSpotAdapter,
+    CcxtSpotParams,
+    ManagedSocket,
+    TrackedOrder,
+    VenueCallError,
+    dumps_exact,
+)
+from quoteforge.model import (
+    Fill,
+    Instrument,
+    Liquidity,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Side,
+    TimeInForce,
+)
+from quoteforge.ratelimit import (
+    KRAKEN_TIERS,
+    KrakenRateGovernor,
+    RateLimitError,
+    kraken_amend_cost,
+    kraken_cancel_cost,
+)
+
+if TYPE_CHECKING:
+    from quoteforge.book.kraken import KrakenBookSource
+    from quoteforge.book.source import BookSource
+
+__all__ = ["KrakenParams", "KrakenSpot", "create_kraken", "quoteforge_register_exchanges"]
+
+LIVE_REST = "https://api.kraken.com"
+LIVE_WS = "wss://ws.kraken.com/v2"
+LIVE_WS_AUTH = "wss://ws-auth.kraken.com/v2"
+
+_STATUS = {
+    "pending_new": OrderStatus.PENDING_NEW,
+    "new": OrderStatus.OPEN,
+    "partially_filled": OrderStatus.PARTIALLY_FILLED,
+    "filled": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELLED,
+    "expired": OrderStatus.EXPIRED,
+}
+_REST_STATUS = {
+    "pending": OrderStatus.PENDING_NEW,
+    "open": OrderStatus.OPEN,
+    "closed": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELLED,
+    "expired": OrderStatus.EXPIRED,
+}
+# Old Kraken asset codes as websocket v2 spells them.
+_ASSET_ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
+# Errors after which an order may or may not exist at the venue.
+_UNKNOWN_ERRORS = (
+    "EService:Unavailable",
+    "EService:Busy",
+    "EGeneral:Internal error",
+    "EService:Deadline elapsed",
+)
+
+
+def _v2_name(code: str) -> str:
+    return _ASSET_ALIASES.get(code, code)
+
+
+class KrakenParams(CcxtSpotParams):
+    """Kraken spot adapter parameters. Secrets ``api_key`` and ``api_secret`` (base64)
+    come from the run's secrets (environment variables), never from here."""
+
+    book_depth: Literal[10, 25, 100, 500, 1000] = Field(
+        10, description="Subscribed book depth (Kraken truncates to it)."
+    )
+    public_trades: bool = Field(True, description="Subscribe to the trade channel.")
+    tier: Literal["starter", "intermediate", "pro"] = Field(
+        "starter", description="Account tier: sets the per-pair rate counter and decay."
+    )
+    rate_headroom: float = Field(0.9, gt=0, le=1, description="Share of the counter to use.")
+    silence_timeout_s: float = Field(
+        10.0, gt=0, description="Kraken sends heartbeats every second; silent this long is down."
+    )
+    batch_orders: bool = Field(
+        True, description="Send 2-15 new orders of one pair in one submit as a batch_add."
+    )
+
+    @model_validator(mode="after")
+    def _no_testnet(self) -> KrakenParams:
+        if self.testnet:
+            raise ValueError(
+                "Kraken spot has no test network: set testnet: false and point rest_url, "
+                "ws_url and private_ws_url at a KrakenReplica for offline runs"
+            )
+        return self
+
+
+def create_kraken(spec_params: Any, ctx: VenueContext) -> KrakenSpot:
+    """Factory the registry calls with the manifest's params and the run context."""
+    params = (
+        spec_params
+        if isinstance(spec_params, KrakenParams)
+        else KrakenParams.model_validate(spec_params or {})
+    )
+    return KrakenSpot(params, ctx)
+
+
+@hookimpl
+def quoteforge_register_exchanges(register: Any) -> None:
+    register(
+        "kraken",
+        create_kraken,
+        params=KrakenParams,
+        description="Kraken spot (REST over ccxt, websocket v2 checksummed books and trading).",
+        requires=("ccxt",),
+    )
+
+
+class KrakenSpot(CcxtSpotAdapter):
+    """Kraken spot. One public socket carries every pair's book and trades; one private
+    socket carries executions and order entry (add_order, batch_add, amend_order,
+    cancel_order, cancel_all)."""
+
+    venue_id = "kraken"
+    ccxt_id = "kraken"
+    params: KrakenParams
+
+    def __init__(self, params: KrakenParams, ctx: VenueContext) -> None:
+        super().__init__(params, ctx)
+        if params.tier not in KRAKEN_TIERS:  # pragma: no cover - Literal already checks
+            raise ValueError(f"unknown tier {params.tier!r}")
+        self.governor = KrakenRateGovernor(
+            ctx.clock, tier=params.tier, headroom=params.rate_headroom
+        )
+        self._wire: dict[str, str] = {}  # our symbol -> "BTC/USD"
+        self._by_wire: dict[str, str] = {}
+        self._rest_pair: dict[str, str] = {}  # our symbol -> "XXBTZUSD"
+        self._sources: dict[str, KrakenBookSource] = {}
+        self._public: ManagedSocket | None = None
+        self._private: ManagedSocket | None = None
+        self._private_ready = asyncio.Event()
+        self._private_subscriptions = 0
+        self._token = ""
+        self._req_ids = iter(range(1, 1 << 62))
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._opening_public = False
+        self._by_order_id: dict[str, str] = {}
+        self._subscribed_at: dict[str, float] = {}
+
+    # -- URLs and client -------------------------------------------------------------------
+    @property
+    def rest_base(self) -> str:
+        return (self.params.rest_url or LIVE_REST).rstrip("/")
+
+    def _client_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"options": {"adjustForTimeDifference": False}}
+        if self.params.rest_url:
+            config["urls"] = {"api": {"public": self.rest_base, "private": self.rest_base}}
+        return config
+
+    def _classify(self, status: int, body: str) -> VenueCallError:
+        try:
+            errors = json.loads(body).get("error") or []
+        except (ValueError, AttributeError):
+            errors = []
+        text = "; ".join(errors) or f"HTTP {status}: {body[:200]}"
+        return self._classify_error(text, status)
+
+    def _classify_error(self, text: str, status: int = 200) -> VenueCallError:
+        if status >= 500 or any(text.startswith(e) for e in _UNKNOWN_ERRORS):
+            return VenueCallError("unknown", text)
+        if "Rate limit exceeded" in text:
+            return VenueCallError("rate_limited", text, retry_after_s=1.0)
+        if text.startswith(("EOrder:Unknown order", "EOrder:Invalid order")):
+            return VenueCallError("not_found", text)
+        if text.startswith(("EAPI:Invalid key", "EAPI:Invalid signature", "EAccount:")):
+            return VenueCallError("auth", text)
+        return VenueCallError("rejected", text)
+
+    async def _load_instruments(self) -> dict[str, Instrument]:
+        data = await self._rest("public_get_assetpairs")
+        pairs: dict[str, dict[str, Any]] = data.get("result", {})
+        by_v2: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name, info in pairs.items():
+            wsname = info.get("wsname", "")
+            if "/" not in wsname:
+                continue
+            base, quote = wsname.split("/")
+            v2 = f"{_v2_name(base)}/{_v2_name(quote)}"
+            for alias in (v2, wsname, info.get("altname", ""), name):
+                by_v2[alias] = (v2, info)
+                by_v2.setdefault(f"{alias}|rest", (name, info))
+        out: dict[str, Instrument] = {}
+        missing = [s for s in self.ctx.symbols if s not in by_v2]
+        if missing:
+            names = sorted(k for k in by_v2 if "/" in k and "|" not in k)[:10]
+            raise ValueError(
+                f"{self.name}: unknown pair(s) {missing}; the venue lists e.g. {names} "
+                "(write BTC/USD as in websocket v2)"
+            )
+        for symbol in self.ctx.symbols:
+            v2, info = by_v2[symbol]
+            rest_name = by_v2[f"{symbol}|rest"][0]
+            tick = Decimal(str(info.get("tick_size") or Decimal(1).scaleb(-info["pair_decimals"])))
+            base, quote = v2.split("/")
+            out[symbol] = Instrument(
+                venue=self.name,
+                symbol=symbol,
+                base=base,
+                quote=quote,
+                tick_size=tick.normalize(),
+                lot_size=Decimal(1).scaleb(-int(info["lot_decimals"])),
+                min_qty=Decimal(str(info.get("ordermin", "0"))).normalize(),
+                min_notional=Decimal(str(info.get("costmin", "0"))).normalize(),
+            )
+            self._wire[symbol] = v2
+            self._by_wire[v2] = symbol
+            self._rest_pair[symbol] = rest_name
+        return out
+
+    # -- public socket: books and trades ---------------------------------------------------
+    async def _start_streams(self) -> None:
+        from quoteforge.book.kraken import KrakenBookSource
+
+        stale = self.params.book_stale_after_s
+        for symbol, instrument in self.instruments.items():
+            source = KrakenBookSource(
+                instrument,
+                clock=self.clock,
+                stale_after_ms=None if stale is None else stale * 1000,
+                on_resync=self._on_resync,
+                on_update=self._emit_book,
+                depth=self.params.book_depth,
+                wire_symbol=self._wire[symbol],
+            )
+            source.add_observer(self._emit_book_state)
+            self._sources[symbol] = source
+            self.books[symbol] = source.book
+        self._spawn(self._snapshot_watchdog(), f"{self.name}/snapshot-watchdog")
+        self._public = self._spawn_socket(
+            "public",
+            lambda: self.params.ws_url or LIVE_WS,
+            self._on_public_open,
+            self._on_public_text,
+            self._on_public_down,
+        )
+        if self.has_credentials:
+            self._private = self._spawn_socket(
+                "private",
+                lambda: self.params.private_ws_url or LIVE_WS_AUTH,
+                self._on_private_open,
+                self._on_private_text,
+                self._on_private_down,
+            )
+            try:
+                await asyncio.wait_for(self._private_ready.wait(), self.params.start_timeout_s)
+            except TimeoutError:
+                logger.warning(
+                    "{}: private socket not ready after {:.0f}s; it keeps retrying",
+                    self.name,
+                    self.params.start_timeout_s,
+                )
+
+    async def _snapshot_watchdog(self) -> None:
+        """A subscription whose snapshot never came (lost reply, refused request) is sent
+        again; the book would otherwise wait in RESYNCING for ever."""
+        every = self.params.silence_timeout_s
+        while not self._closed:
+            await asyncio.sleep(every / 2)
+            sock = self._public
+            if sock is None or not sock.is_up:
+                continue
+            now = time.monotonic()
+            for symbol, source in self._sources.items():
+                if source.needs_snapshot and now - self._subscribed_at.get(symbol, now) > every:
+                    logger.warning(
+                        "{}: no book snapshot for {} after {:.1f}s; subscribing again",
+                        self.name,
+                        symbol,
+                        every,
+                    )
+                    self._on_resync(source, "snapshot overdue")
+
+    def _subscribe_book(self, symbols: list[str], method: str = "subscribe") -> str:
+        if method == "subscribe":
+            now = time.monotonic()
+            for symbol in symbols:
+                self._subscribed_at[symbol] = now
+        return json.dumps(
+            {
+                "method": method,
+                "params": {
+                    "channel": "book",
+                    "symbol": [self._wire[s] for s in symbols],
+                    "depth": self.params.book_depth,
+                    **({"snapshot": True} if method == "subscribe" else {}),
+                },
+                "req_id": next(self._req_ids),
+            }
+        )
+
+    async def _on_public_open(self, sock: ManagedSocket) -> None:
+        symbols = list(self._sources)
+        if sock.connects > 1:
+            self._opening_public = True
+            try:
+                for source in self._sources.values():
+                    source.reconnected(f"reconnected after: {sock.last_reason}")
+            finally:
+                self._opening_public = False
+        await sock.send(self._subscribe_book(symbols))
+        if self.params.public_trades:
+            await sock.send(
+                json.dumps(
+                    {
+                        "method": "subscribe",
+                        "params": {
+                            "channel": "trade",
+                            "symbol": [self._wire[s] for s in symbols],
+                            "snapshot": False,
+                        },
+                        "req_id": next(self._req_ids),
+                    }
+                )
+            )
+
+    def _on_public_down(self, reason: str) -> None:
+        for source in self._sources.values():
+            source.feed_down(f"public socket down: {reason}")
+
+    def _on_resync(self, source: BookSource, reason: str) -> None:
+        if self._opening_public:
+            return  # the subscription being sent brings a fresh snapshot
+        sock = self._public
+        if sock is None or not sock.is_up:
+            return
+        symbol = source.book.symbol
+
+        async def resubscribe() -> None:
+            try:
+                await sock.send(self._subscribe_book([symbol], "unsubscribe"))
+                await sock.send(self._subscribe_book([symbol]))
+            except (ConnectionError, RuntimeError) as exc:
+                logger.warning(
+                    "{}: resubscribe {} failed ({}); reconnect will resync", self.name, symbol, exc
+                )
+
+        self._spawn(resubscribe(), f"{self.name}/resubscribe/{symbol}")
+
+    def _on_public_text(self, raw: str, recv_ns: int) -> None:
+        if '"channel":"book"' in raw:
+            start = raw.find('"symbol":"')
+            if start < 0:
+                return
+            start += 10
+            symbol = self._by_wire.get(raw[start : raw.find('"', start)])
+            if symbol is None:
+                return
+            from quoteforge.book.wire import BookMessageError
+
+            try:
+                self._sources[symbol].on_message(raw, self.clock.now_ns())
+            except BookMessageError as exc:
+                logger.warning("{}: dropped malformed book message: {}", self.name, exc)
+        elif '"channel":"trade"' in raw:
+            msg = json.loads(raw, parse_float=Decimal)
+            for row in msg.get("data", []):
+                self._on_public_trade(row)
+        elif '"success":false' in raw:
+            logger.warning("{}: public request refused: {}", self.name, raw[:300])
+
+    def _on_public_trade(self, row: dict[str, Any]) -> None:
+        symbol = self._by_wire.get(row.get("symbol", ""))
+        if symbol is None:
+            return
+        inst = self.instruments[symbol]
+        try:
+            price = inst.price_to_ticks(row["price"])
+            qty = inst.qty_to_lots(row["qty"])
+        except (KeyError, ValueError) as exc:
+            logger.warning("{}: bad trade ({}): {!r}", self.name, exc, row)
+            return
+        aggressor = Side.parse(row.get("side", "buy"))
+        self._emit_trade(symbol, price, qty, aggressor, _ts_ns(row.get("timestamp")))
+
+    # -- private socket: executions and trading --------------------------------------------
+    async def _on_private_open(self, sock: ManagedSocket) -> None:
+        data = await self._rest("private_post_getwebsocketstoken")
+        self._token = data["result"]["token"]
+        req_id = next(self._req_ids)
+        reply = await sock.request(
+            json.dumps(
+                {
+                    "method": "subscribe",
+                    "params": {
+                        "channel": "executions",
+                        "token": self._token,
+                        "snap_orders": True,
+                        "snap_trades": self._private_subscriptions > 0,
+                    },
+                    "req_id": req_id,
+                }
+            ),
+            lambda m: isinstance(m, dict) and m.get("req_id") == req_id,
+            self.params.request_timeout_s,
+        )
+        if not reply.get("success"):
+            raise ConnectionError(f"executions subscription refused: {reply.get('error')}")
+        self._private_subscriptions += 1
+        if self._private_subscriptions > 1:
+            self._spawn(self._reconcile(), f"{self.name}/reconcile")
+        self._private_ready.set()
+
+    def _on_private_down(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(f"private socket down: {reason}"))
+        self._pending.clear()
+
+    def _on_private_text(self, raw: str, recv_ns: int) -> None:
+        msg = json.loads(raw, parse_float=Decimal)
+        if not isinstance(msg, dict):
+            return
+        req_id = msg.get("req_id")
+        if req_id is not None and "method" in msg:
+            future = self._pending.pop(req_id, None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+            return
+        if msg.get("channel") == "executions":
+            for event in msg.get("data", []):
+                try:
+                    self._on_execution(event)
+                except (KeyError, ValueError) as exc:
+                    logger.warning("{}: bad execution event ({}): {!r}", self.name, exc, event)
+
+    async def _ws_call(self, method: str, params: dict[str, Any]) -> Any:
+        """One private websocket request; the result, or a classified VenueCallError."""
+        sock = self._private
+        if sock is None:
+            raise VenueCallError("auth", "no private socket (no API credentials)")
+        if not sock.is_up:
+            try:
+                await asyncio.wait_for(sock.ready.wait(), self.params.max_rate_wait_s)
+            except TimeoutError:
+                raise VenueCallError("rejected", "private socket down; request not sent") from None
+        req_id = next(self._req_ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = future
+        try:
+            await sock.send(
+                dumps_exact(
+                    {"method": method, "params": {**params, "token": self._token}, "req_id": req_id}
+                )
+            )
+            reply = await asyncio.wait_for(future, self.params.request_timeout_s)
+        except (TimeoutError, ConnectionError) as exc:
+            raise VenueCallError("unknown", f"{method}: no answer ({type(exc).__name__})") from None
+        finally:
+            self._pending.pop(req_id, None)
+        if reply.get("success"):
+            return reply.get("result")
+        error = self._classify_error(str(reply.get("error", "")))
+        if error.kind == "rate_limited":
+            pair = str(params.get("symbol", ""))
+            self.governor.on_limit_exceeded(pair)
+            error.retry_after_s = max(self.governor.delay_for(pair, 1.0), 0.2)
+        raise error
+
+    async def _charge(self, symbol: str, cost: float) -> None:
+        try:
+            await self.governor.acquire(
+                self._wire[symbol], cost, max_wait=self.params.max_rate_wait_s
+            )
+        except RateLimitError as exc:
+            raise VenueCallError(
+                "rate_limited", str(exc), retry_after_s=exc.retry_after_s
+            ) from None
+
+    def _order_spec(self, tracked: TrackedOrder) -> dict[str, Any]:
+        order = tracked.order
+        spec: dict[str, Any] = {
+            "order_type": "market" if order.order_type is OrderType.MARKET else "limit",
+            "side": "buy" if order.side is Side.BUY else "sell",
+            "order_qty": tracked.instrument.lots_to_qty(order.qty_lots),
+            "cl_ord_id": order.client_id,
+        }
+        if order.order_type is OrderType.LIMIT:
+            spec["limit_price"] = tracked.instrument.ticks_to_price(order.price_ticks or 0)
+            if order.tif is TimeInForce.POST_ONLY:
+                spec["post_only"] = True
+            elif order.tif is TimeInForce.IOC:
+                spec["time_in_force"] = "ioc"
+        return spec
+
+    async def _place(self, order: TrackedOrder) -> None:
+        await self._charge(order.symbol, KrakenRateGovernor.ADD_COST)
+        result = await self._ws_call(
+            "add_order", {**self._order_spec(order), "symbol": self._wire[order.symbol]}
+        )
+        self._acknowledged(order, str(result.get("order_id", "")))
+
+    def _acknowledged(self, order: TrackedOrder, order_id: str) -> None:
+        order.exchange_id = order_id or order.exchange_id
+        if order_id:
+            self._by_order_id[order_id] = order.client_id
+        order.placed_ns = self.clock.now_ns()
+        self._emit_update(
+            OrderUpdate(
+                self.name,
+                order.client_id,
+                OrderStatus.OPEN,
+                self.clock.now_ns(),
+                exchange_id=order.exchange_id,
+                price_ticks=order.order.price_ticks,
+                qty_lots=order.order.qty_lots,
+            )
+        )
+
+    def _age_s(self, order: TrackedOrder) -> float:
+        return max(0.0, (self.clock.now_ns() - order.placed_ns) / 1e9)
+
+    async def _cancel(self, order: TrackedOrder) -> None:
+        await self._charge(order.symbol, kraken_cancel_cost(self._age_s(order)))
+        await self._ws_call("cancel_order", {"cl_ord_id": [order.client_id]})
+        self._emit_update(
+            OrderUpdate(
+                self.name,
+                order.client_id,
+                OrderStatus.CANCELLED,
+                self.clock.now_ns(),
+                exchange_id=order.exchange_id,
+                filled_lots=order.filled_lots,
+            )
+        )
+
+    async def _cancel_symbol(self, symbol: str) -> None:
+        # cancel_all covers every pair; cancel per order keeps other pairs' quotes alive.
+        for tracked in list(self._orders.values()):
+            if tracked.symbol == symbol and not tracked.status.is_terminal:
+                await self._cancel_checked(tracked)
+        # Orders the venue has that we never tracked (an earlier run) go as well.
+        for update in await self._open_on(symbol):
+            if (
+                update.client_id not in self._orders
+                or self._orders[update.client_id].status.is_terminal
+            ):
+                adopted = self._adopt(update.client_id, symbol)
+                if adopted is not None:
+                    await self._cancel_checked(adopted)
+
+    async def amend_order(
+        self, client_id: str, *, price_ticks: int | None = None, qty_lots: int | None = None
+    ) -> None:
+        """Change a working order in place (``amend_order``): ids stay, and a smaller
+        size keeps queue priority. Reported through ``on_order_update``."""
+        tracked = self._orders.get(client_id)
+        if tracked is None or tracked.status.is_terminal:
+            raise ValueError(f"no working order {client_id!r} to amend")
+        params: dict[str, Any] = {"cl_ord_id": client_id}
+        inst = tracked.instrument
+        if price_ticks is not None:
+            params["limit_price"] = inst.ticks_to_price(price_ticks)
+        if qty_lots is not None:
+            params["order_qty"] = inst.lots_to_qty(qty_lots)
+        await self._charge(tracked.symbol, kraken_amend_cost(self._age_s(tracked)))
+        await self._ws_call("amend_order", {**params, "symbol": self._wire[tracked.symbol]})
+        tracked.placed_ns = self.clock.now_ns()
+
+    # -- batches -----------------------------------------------------------------------------
+    def submit(self, actions: Sequence[OrderAction]) -> None:
+        if not self.params.batch_orders:
+            super().submit(actions)
+            return
+        batches: dict[str, list[PlaceOrder]] = {}
+        rest: list[OrderAction] = []
+        for action in actions:
+            if (
+                isinstance(action, PlaceOrder)
+                and action.order.client_id not in self._chains
+                and action.order.symbol in self.instruments
+            ):
+                batches.setdefault(action.order.symbol, []).append(action)
+            else:
+                rest.append(action)
+        for symbol, places in batches.items():
+            if len(places) < 2:
+                rest.extend(places)
+                continue
+            for i in range(0, len(places), 15):
+                chunk = places[i : i + 15]
+                if len(chunk) < 2:
+                    rest.extend(chunk)
+                    continue
+                task = self._spawn(
+                    self._run_batch(symbol, [p.order for p in chunk]), f"{self.name}/batch"
+                )
+                for place in chunk:
+                    self._chains[place.order.client_id] = task
+                task.add_done_callback(
+                    functools.partial(self._unchain, tuple(p.order.client_id for p in chunk))
+                )
+        if rest:
+            super().submit(rest)
+
+    async def _run_batch(self, symbol: str, orders: list[Any]) -> None:
+        tracked = [t for t in (self._track(o) for o in orders) if t is not None]
+        if len(tracked) < 2:
+            for t in tracked:
+                await self._place_checked(t)
+            return
+        try:
+            await self._with_rate_retry(lambda: self._place_batch(symbol, tracked))
+        except VenueCallError as exc:
+            if exc.kind == "unknown":
+                for t in tracked:
+                    await self._resolve_unknown(t, str(exc))
+                return
+            for t in tracked:
+                self._emit_update(
+                    OrderUpdate(
+                        self.name,
+                        t.client_id,
+                        OrderStatus.REJECTED,
+                        self.clock.now_ns(),
+                        reason=f"batch: {exc}",
+                    )
+                )
+        except Exception:
+            logger.exception("{}: batch on {} failed unexpectedly", self.name, symbol)
+
+    async def _place_batch(self, symbol: str, tracked: list[TrackedOrder]) -> None:
+        await self._charge(symbol, KrakenRateGovernor.ADD_COST * len(tracked))
+        result = await self._ws_call(
+            "batch_add",
+            {"symbol": self._wire[symbol], "orders": [self._order_spec(t) for t in tracked]},
+        )
+        ids = {str(r.get("cl_ord_id")): str(r.get("order_id", "")) for r in result or []}
+        for t in tracked:
+            self._acknowledged(t, ids.get(t.client_id, ""))
+
+    # -- executions ----------------------------------------------------------------------------
+    def _on_execution(self, ev: dict[str, Any]) -> None:
+        client_id = ev.get("cl_ord_id") or self._by_order_id.get(str(ev.get("order_id")), "")
+        if not client_id:
+            return
+        tracked = self._orders.get(client_id)
+        symbol = self._by_wire.get(ev.get("symbol", "")) or (tracked.symbol if tracked else None)
+        if symbol is None:
+            return
+        inst = self.instruments[symbol]
+        if ev.get("order_id"):
+            self._by_order_id[str(ev["order_id"])] = client_id
+        exec_type = ev.get("exec_type", "")
+        status = _STATUS.get(ev.get("order_status", ""), OrderStatus.OPEN)
+        ts_ns = _ts_ns(ev.get("timestamp"))
+        if exec_type == "amended":
+            # A new size or price: a report the dedupe must not swallow as a repeat.
+            self._last_update.pop(client_id, None)
+        limit = ev.get("limit_price")
+        self._emit_update(
+            OrderUpdate(
+                self.name,
+                client_id,
+                status,
+                ts_ns or self.clock.now_ns(),
+                exchange_id=str(ev.get("order_id") or "") or None,
+                filled_lots=inst.qty_to_lots(ev["cum_qty"]) if "cum_qty" in ev else None,
+                price_ticks=inst.price_to_ticks(limit) if limit is not None else None,
+                qty_lots=inst.qty_to_lots(ev["order_qty"]) if "order_qty" in ev else None,
+                reason=str(ev.get("reason", "")),
+            )
+        )
+        if exec_type == "trade":
+            fees = ev.get("fees") or [{}]
+            self._emit_fill(
+                Fill(
+                    venue=self.name,
+                    symbol=symbol,
+                    fill_id=f"{self._wire[symbol]}:{ev.get('trade_id', ev.get('exec_id'))}",
+                    client_id=client_id,
+                    side=Side.parse(ev.get("side", "buy")),
+                    price_ticks=inst.price_to_ticks(ev["last_price"]),
+                    qty_lots=inst.qty_to_lots(ev["last_qty"]),
+                    fee=Decimal(str(fees[0].get("qty", "0"))),
+                    fee_asset=str(fees[0].get("asset", "")),
+                    liquidity=Liquidity.MAKER
+                    if ev.get("liquidity_ind") == "m"
+                    else Liquidity.TAKER,
+                    ts_ns=ts_ns,
+                    strategy=tracked.order.strategy if tracked else "",
+                )
+            )
+
+    # -- REST lookups and reconciliation ---------------------------------------------------------
+    def _rest_update(self, client_id: str, info: dict[str, Any], symbol: str) -> OrderUpdate:
+        inst = self.instruments[symbol]
+        price = Decimal(str(info.get("descr", {}).get("price") or "0"))
+        status = _REST_STATUS.get(info.get("status", ""), OrderStatus.OPEN)
+        filled = inst.qty_to_lots(str(info.get("vol_exec", "0")))
+        if status is OrderStatus.OPEN and filled:
+            status = OrderStatus.PARTIALLY_FILLED
+        return OrderUpdate(
+            self.name,
+            client_id,
+            status,
+            self.clock.now_ns(),
+            filled_lots=filled,
+            price_ticks=inst.price_to_ticks(price) if price else None,
+            qty_lots=inst.qty_to_lots(str(info.get("vol", "0"))),
+        )
+
+    async def _lookup(self, order: TrackedOrder) -> OrderUpdate | None:
+        for method, key in (
+            ("private_post_openorders", "open"),
+            ("private_post_closedorders", "closed"),
+        ):
+            data = await self._rest(method, {"cl_ord_id": order.client_id})
+            rows = data.get("result", {}).get(key, {})
+            for txid, info in rows.items():
+                if info.get("cl_ord_id") == order.client_id:
+                    order.exchange_id = txid
+                    self._by_order_id[txid] = order.client_id
+                    update = self._rest_update(order.client_id, info, order.symbol)
+                    return OrderUpdate(
+                        update.venue,
+                        update.client_id,
+                        update.status,
+                        update.ts_ns,
+                        txid,
+                        update.filled_lots,
+                        update.price_ticks,
+                        update.qty_lots,
+                    )
+        return None
+
+    async def _open_on(self, symbol: str) -> list[OrderUpdate]:
+        data = await self._rest("private_post_openorders")
+        pair_alt = self._rest_pair[symbol]
+        out = []
+        for info in data.get("result", {}).get("open", {}).values():
+            descr_pair = info.get("descr", {}).get("pair", "")
+            if descr_pair and descr_pair not in (
+                pair_alt,
+                symbol.replace("/", ""),
+                self._wire[symbol].replace("/", ""),
+                _alt_of(pair_alt),
+            ):
+                continue
+            if info.get("cl_ord_id"):
+                out.append(self._rest_update(info["cl_ord_id"], info, symbol))
+        return out
+
+    async def _reconcile(self) -> None:
+        # The executions snapshot (open orders and recent fills) already replayed what
+        # was missed; lookups settle orders that closed while we were away.
+        await super()._reconcile()
+
+    async def fetch_open_orders(self) -> list[OrderUpdate]:
+        out: list[OrderUpdate] = []
+        for symbol in self.instruments:
+            out.extend(await self._open_on(symbol))
+        return out
+
+    async def fetch_balances(self) -> dict[str, Decimal]:
+        data = await self._rest("private_post_balance")
+        out = {}
+        for asset, amount in data.get("result", {}).items():
+            value = Decimal(str(amount))
+            if value:
+                out[_rest_asset(asset)] = value
+        return out
+
+    async def fetch_fills(self, since_ns: int) -> list[Fill]:
+        data = await self._rest("private_post_tradeshistory", {"start": since_ns / 1e9})
+        fills = []
+        for row in data.get("result", {}).get("trades", {}).values():
+            symbol = next(
+                (s for s, alt in self._rest_pair.items() if row.get("pair") in (alt, _alt_of(alt))),
+                None,
+            )
+            if symbol is None:
+                continue
+            inst = self.instruments[symbol]
+            client_id = row.get("cl_ord_id") or self._by_order_id.get(row.get("ordertxid"), "")
+            fills.append(
+                Fill(
+                    venue=self.name,
+                    symbol=symbol,
+                    fill_id=f"{self._wire[symbol]}:{row.get('trade_id')}",
+                    client_id=client_id,
+                    side=Side.parse(row["type"]),
+                    price_ticks=inst.price_to_ticks(row["price"]),
+                    qty_lots=inst.qty_to_lots(row["vol"]),
+                    fee=Decimal(str(row["fee"])),
+                    fee_asset=inst.quote,
+                    liquidity=Liquidity.MAKER if row.get("maker") else Liquidity.TAKER,
+                    ts_ns=int(Decimal(str(row["time"])) * 1_000_000_000),
+                )
+            )
+        return fills
+
+
+def _alt_of(rest_name: str) -> str:
+    """XXBTZUSD -> XBTUSD (Kraken's altname for the classic four-letter pairs)."""
+    if len(rest_name) == 8 and rest_name[0] in "XZ" and rest_name[4] in "XZ":
+        return rest_name[1:4] + rest_name[5:]
+    return rest_name
+
+
+def _rest_asset(code: str) -> str:
+    if len(code) == 4 and code[0] in "XZ":
+        code = code[1:]
+    return _v2_name(code)
+
+
+def _ts_ns(text: Any) -> int:
+    if not isinstance(text, str):
+        return time.time_ns()
+    from datetime import datetime
+
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return time.time_ns()
+    return int(stamp.timestamp() * 1_000_000) * 1000

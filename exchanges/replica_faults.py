@@ -1,0 +1,697 @@
+"""Shared machinery of the local replica venues: the HTTP/websocket server on 127.0.0.1,
+the fault-injection controls every replica offers, and the minimal matcher behind them.
+
+Tests drive a replica through its async control API (``await replica.drop_connections()``,
+``await replica.fail_http(429, retry_after=1)`` ...) while an adapter talks to it over
+real sockets, so an adapter is exercised exactly as it would be against the venue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+__all__ = [
+    "FaultPlan",
+    "OrderRejectedError",
+    "ReplicaAccount",
+    "ReplicaMarket",
+    "ReplicaOrder",
+    "ReplicaServer",
+    "ReplicaTrade",
+]
+
+ZERO = Decimal(0)
+
+
+# ---------------------------------------------------------------------------------------
+# Fault plan
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _HttpFault:
+    status: int
+    count: int
+    retry_after: float | None
+    path: str | None
+    body: str
+
+
+@dataclass
+class _Timeout:
+    count: int
+    after_processing: bool
+    delay: float
+    path: str | None
+
+
+@dataclass
+class FaultPlan:
+    """Faults waiting to happen. The server and the venue code consume them; tests arm
+    them through the replica's control methods, which also say what each one does."""
+
+    http: list[_HttpFault] = field(default_factory=list)
+    timeouts: list[_Timeout] = field(default_factory=list)
+    down_until: float = 0.0
+    silent_until: float = 0.0
+    skip_sequence: int = 0
+    corrupt_checksum: int = 0
+    reject_orders: list[str] = field(default_factory=list)
+    partial_fills: list[Decimal] = field(default_factory=list)
+    clock_offset_ms: int = 0
+
+    def is_down(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    def is_silent(self) -> bool:
+        return time.monotonic() < self.silent_until
+
+    def take_http(self, path: str) -> _HttpFault | None:
+        for fault in self.http:
+            if fault.path is None or path.startswith(fault.path):
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.http.remove(fault)
+                return fault
+        return None
+
+    def take_timeout(self, path: str) -> _Timeout | None:
+        for fault in self.timeouts:
+            if fault.path is None or path.startswith(fault.path):
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.timeouts.remove(fault)
+                return fault
+        return None
+
+    def take_skip(self) -> bool:
+        if self.skip_sequence > 0:
+            self.skip_sequence -= 1
+            return True
+        return False
+
+    def take_corrupt(self) -> bool:
+        if self.corrupt_checksum > 0:
+            self.corrupt_checksum -= 1
+            return True
+        return False
+
+    def take_reject(self) -> str | None:
+        return self.reject_orders.pop(0) if self.reject_orders else None
+
+    def take_partial(self) -> Decimal | None:
+        return self.partial_fills.pop(0) if self.partial_fills else None
+
+
+# ---------------------------------------------------------------------------------------
+# Server
+# ---------------------------------------------------------------------------------------
+
+
+class ReplicaServer(ABC):
+    """An aiohttp server on 127.0.0.1 (a free port unless one is given) with the fault
+    controls shared by all replica venues. Subclasses add routes in ``_add_routes``."""
+
+    venue = "replica"
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ping_interval: float = 20.0):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"a replica listens on loopback only, got host {host!r}")
+        self.host = host
+        self.port = port
+        self.ping_interval = ping_interval
+        self.faults = FaultPlan()
+        self.request_log: list[tuple[str, str]] = []
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ping_task: asyncio.Task[None] | None = None
+        self.connections_opened = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Base URL of the REST API (``http://127.0.0.1:<port>``)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._fault_middleware])
+        self._add_routes(app)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
+        self._ping_task = asyncio.create_task(self._ping_loop())
+
+    async def stop(self) -> None:
+        if self._ping_task is not None:
+            self._ping_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ping_task
+        for task in list(self._tasks):
+            task.cancel()
+        for ws in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> ReplicaServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @abstractmethod
+    def _add_routes(self, app: web.Application) -> None:
+        """Add the venue's REST and websocket routes."""
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def now_ms(self) -> int:
+        """The replica's own clock, offset by ``skew_clock`` to test clock-skew handling."""
+        return time.time_ns() // 1_000_000 + self.faults.clock_offset_ms
+
+    # -- fault controls -------------------------------------------------------------------
+    async def drop_connections(self) -> int:
+        """Cut every open websocket without a close frame; returns how many were cut."""
+        sockets = list(self._sockets)
+        for ws in sockets:
+            self._abort(ws)
+        return len(sockets)
+
+    async def go_silent(self, seconds: float) -> None:
+        """Send nothing (no data, no pings, no heartbeats) on open sockets for a while."""
+        self.faults.silent_until = time.monotonic() + seconds
+
+    async def resume(self) -> None:
+        """End a silence or an outage early."""
+        self.faults.silent_until = 0.0
+        self.faults.down_until = 0.0
+
+    async def down_for(self, seconds: float) -> None:
+        """Be unreachable: cut sockets now and reset every connection for ``seconds``."""
+        self.faults.down_until = time.monotonic() + seconds
+        await self.drop_connections()
+
+    async def fail_http(
+        self,
+        status: int,
+        *,
+        count: int = 1,
+        retry_after: float | None = None,
+        path: str | None = None,
+        body: str = "",
+    ) -> None:
+        """Answer the next ``count`` REST requests (on ``path`` prefix) with ``status``;
+        429 and 418 carry ``Retry-After`` when given."""
+        if not 400 <= status <= 599:
+            raise ValueError(f"status must be an HTTP error (400-599), got {status}")
+        self.faults.http.append(_HttpFault(status, count, retry_after, path, body))
+
+    async def time_out(
+        self,
+        *,
+        count: int = 1,
+        after_processing: bool = False,
+        delay: float = 3.0,
+        path: str | None = None,
+    ) -> None:
+        """Hold the next ``count`` REST requests for ``delay`` seconds. With
+        ``after_processing`` the request takes effect first (the client cannot know)."""
+        self.faults.timeouts.append(_Timeout(count, after_processing, delay, path))
+
+    async def skip_sequence(self, count: int = 1) -> None:
+        """Apply the next ``count`` book changes without publishing them (a gap)."""
+        self.faults.skip_sequence += count
+
+    async def corrupt_checksum(self, count: int = 1) -> None:
+        """Publish the next ``count`` book messages with a wrong checksum."""
+        self.faults.corrupt_checksum += count
+
+    async def reject_next_order(self, reason: str = "", count: int = 1) -> None:
+        """Refuse the next ``count`` new orders with the venue's rejection (``reason``
+        overrides the message)."""
+        self.faults.reject_orders.extend([reason] * count)
+
+    async def partial_fill_next(self, fraction: Decimal | str = "0.5") -> None:
+        """Fill the next resting order partly (``fraction`` of its size) on arrival."""
+        value = Decimal(fraction)
+        if not ZERO < value < 1:
+            raise ValueError(f"fraction must be between 0 and 1 (exclusive), got {fraction}")
+        self.faults.partial_fills.append(value)
+
+    async def skew_clock(self, offset_ms: int) -> None:
+        """Run the venue clock ``offset_ms`` ahead of (or behind) local time."""
+        self.faults.clock_offset_ms = offset_ms
+
+    # -- websocket plumbing ---------------------------------------------------------------
+    def _abort(self, ws: web.WebSocketResponse) -> None:
+        self._sockets.discard(ws)
+        req = getattr(ws, "_req", None)
+        transport = req.transport if req is not None else None
+        if transport is not None:
+            transport.abort()
+
+    async def open_socket(self, request: web.Request) -> web.WebSocketResponse:
+        # Pings are ours (not aiohttp's) so that a silence fault stops them too.
+        ws = web.WebSocketResponse(autoping=True, heartbeat=None, max_msg_size=1 << 22)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        self.connections_opened += 1
+        return ws
+
+    async def read_loop(
+        self, ws: web.WebSocketResponse, on_text: Callable[[str], Awaitable[None]]
+    ) -> None:
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    await on_text(msg.data)
+                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._sockets.discard(ws)
+
+    async def send_text(self, ws: web.WebSocketResponse, text: str) -> None:
+        if ws.closed or self.faults.is_silent() or ws not in self._sockets:
+            return
+        try:
+            await ws.send_str(text)
+        except (ConnectionResetError, RuntimeError):
+            self._sockets.discard(ws)
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if self.faults.is_silent():
+                continue
+            for ws in list(self._sockets):
+                with contextlib.suppress(Exception):
+                    await self.on_ping_tick(ws)
+
+    async def on_ping_tick(self, ws: web.WebSocketResponse) -> None:
+        """Keep-alive per socket: a ping frame by default (Kraken sends heartbeats)."""
+        await ws.ping()
+
+    # -- REST faults ------------------------------------------------------------------------
+    @web.middleware
+    async def _fault_middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.request_log.append((request.method, request.path))
+        faults = self.faults
+        if faults.is_down():
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPServiceUnavailable()
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await handler(request)
+        fault = faults.take_http(request.path)
+        if fault is not None:
+            headers = {}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = str(int(fault.retry_after + 0.999))
+            return self.error_response(fault.status, fault.body, headers)
+        timeout = faults.take_timeout(request.path)
+        if timeout is not None and not timeout.after_processing:
+            await asyncio.sleep(timeout.delay)
+            raise web.HTTPGatewayTimeout()
+        response = await handler(request)
+        if timeout is not None:
+            await asyncio.sleep(timeout.delay)
+        return response
+
+    def error_response(self, status: int, body: str, headers: dict[str, str]) -> web.Response:
+        """The venue's body for an injected HTTP error."""
+        return web.Response(status=status, text=body or "", headers=headers)
+
+
+# ---------------------------------------------------------------------------------------
+# Matcher
+# ---------------------------------------------------------------------------------------
+
+
+class OrderRejectedError(Exception):
+    """The replica refuses an order; ``code`` is the venue-neutral reason key."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class ReplicaOrder:
+    order_id: int
+    client_id: str
+    symbol: str
+    side: str  # "buy" | "sell"
+    kind: str  # "limit" | "market"
+    tif: str  # "gtc" | "ioc" | "post_only"
+    price: Decimal | None
+    qty: Decimal
+    created_ms: int
+    filled: Decimal = ZERO
+    quote_filled: Decimal = ZERO
+    status: str = "new"  # new, partially_filled, filled, canceled, expired
+    updated_ms: int = 0
+    locked: Decimal = ZERO
+    venue_id: str = ""
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.qty - self.filled
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in ("new", "partially_filled")
+
+
+@dataclass
+class ReplicaTrade:
+    trade_id: int
+    order: ReplicaOrder
+    price: Decimal
+    qty: Decimal
+    fee: Decimal
+    fee_asset: str
+    maker: bool
+    ts_ms: int
+
+
+@dataclass
+class ReplicaAccount:
+    """Balances with free and locked parts; orders lock what they could spend."""
+
+    free: dict[str, Decimal] = field(default_factory=dict)
+    locked: dict[str, Decimal] = field(default_factory=dict)
+
+    def lock(self, asset: str, amount: Decimal) -> None:
+        if self.free.get(asset, ZERO) < amount:
+            raise OrderRejectedError("insufficient_funds", f"insufficient {asset}")
+        self.free[asset] = self.free.get(asset, ZERO) - amount
+        self.locked[asset] = self.locked.get(asset, ZERO) + amount
+
+    def unlock(self, asset: str, amount: Decimal) -> None:
+        self.locked[asset] = self.locked.get(asset, ZERO) - amount
+        self.free[asset] = self.free.get(asset, ZERO) + amount
+
+    def spend_locked(self, asset: str, amount: Decimal) -> None:
+        self.locked[asset] = self.locked.get(asset, ZERO) - amount
+
+    def credit(self, asset: str, amount: Decimal) -> None:
+        self.free[asset] = self.free.get(asset, ZERO) + amount
+
+    def debit(self, asset: str, amount: Decimal) -> None:
+        self.free[asset] = self.free.get(asset, ZERO) - amount
+
+    def assets(self) -> list[str]:
+        return sorted(set(self.free) | set(self.locked))
+
+
+class ReplicaMarket:
+    """One symbol: other participants' liquidity per level plus our resting orders.
+
+    The published depth of a level is the participants' quantity plus ours, as on a real
+    venue. Every mutation records the levels it touched; the venue publishes them.
+    """
+
+    def __init__(
+        self,
+        symbol: str,
+        base: str,
+        quote: str,
+        *,
+        tick: Decimal,
+        lot: Decimal,
+        account: ReplicaAccount,
+        maker_fee: Decimal = Decimal("0.001"),
+        taker_fee: Decimal = Decimal("0.001"),
+        fee_in_received_asset: bool = True,
+        ids: Iterable[int] | None = None,
+    ) -> None:
+        self.symbol = symbol
+        self.base = base
+        self.quote = quote
+        self.tick = tick
+        self.lot = lot
+        self.account = account
+        self.maker_fee = maker_fee
+        self.taker_fee = taker_fee
+        self.fee_in_received_asset = fee_in_received_asset
+        self.levels: dict[str, dict[Decimal, Decimal]] = {"buy": {}, "sell": {}}
+        self.orders: dict[str, ReplicaOrder] = {}
+        self.trades: list[ReplicaTrade] = []
+        self.changed: set[tuple[str, Decimal]] = set()
+        self._trade_ids = iter(ids) if ids is not None else itertools.count(1)
+
+    # -- depth ----------------------------------------------------------------------------
+    def ours_at(self, side: str, price: Decimal) -> Decimal:
+        return sum(
+            (
+                o.remaining
+                for o in self.orders.values()
+                if o.is_open and o.side == side and o.price == price
+            ),
+            ZERO,
+        )
+
+    def published(self, side: str, price: Decimal) -> Decimal:
+        return self.levels[side].get(price, ZERO) + self.ours_at(side, price)
+
+    def depth(self, side: str, n: int | None = None) -> list[tuple[Decimal, Decimal]]:
+        """Published levels, best first."""
+        prices = set(self.levels[side]) | {
+            o.price
+            for o in self.orders.values()
+            if o.is_open and o.side == side and o.price is not None
+        }
+        ordered = sorted(prices, reverse=side == "buy")
+        out = [(p, self.published(side, p)) for p in ordered]
+        out = [(p, q) for p, q in out if q > 0]
+        return out if n is None else out[:n]
+
+    def set_level(self, side: str, price: Decimal, qty: Decimal) -> None:
+        """Other participants' absolute quantity at a level (0 removes it)."""
+        if price % self.tick or qty % self.lot:
+            raise ValueError(
+                f"{self.symbol}: level {price} x {qty} is off the grid "
+                f"(tick {self.tick}, lot {self.lot})"
+            )
+        if qty > 0:
+            self.levels[side][price] = qty
+        else:
+            self.levels[side].pop(price, None)
+        self.changed.add((side, price))
+
+    def take_changes(self) -> list[tuple[str, Decimal, Decimal]]:
+        out = [(s, p, self.published(s, p)) for s, p in sorted(self.changed)]
+        self.changed.clear()
+        return out
+
+    # -- orders ---------------------------------------------------------------------------
+    def _check_grid(self, price: Decimal | None, qty: Decimal) -> None:
+        if qty <= 0 or qty % self.lot:
+            raise OrderRejectedError(
+                "lot_size", f"quantity {qty} is not a positive multiple of {self.lot}"
+            )
+        if price is not None and (price <= 0 or price % self.tick):
+            raise OrderRejectedError(
+                "tick_size", f"price {price} is not a positive multiple of {self.tick}"
+            )
+
+    def _fee(self, side: str, price: Decimal, qty: Decimal, maker: bool) -> tuple[Decimal, str]:
+        rate = self.maker_fee if maker else self.taker_fee
+        if self.fee_in_received_asset and side == "buy":
+            return qty * rate, self.base
+        return price * qty * rate, self.quote
+
+    def _settle(
+        self, order: ReplicaOrder, price: Decimal, qty: Decimal, maker: bool, now_ms: int
+    ) -> ReplicaTrade:
+        fee, fee_asset = self._fee(order.side, price, qty, maker)
+        acct = self.account
+        if order.side == "buy":
+            cost = price * qty
+            if order.price is not None and order.tif != "ioc" and order.kind == "limit":
+                # Resting-capable buys locked at their limit; give back the price improvement.
+                acct.spend_locked(self.quote, order.price * qty)
+                acct.credit(self.quote, order.price * qty - cost)
+                order.locked -= order.price * qty
+            else:
+                acct.debit(self.quote, cost)
+            acct.credit(self.base, qty)
+        else:
+            if order.kind == "limit" and order.tif != "ioc":
+                acct.spend_locked(self.base, qty)
+                order.locked -= qty
+            else:
+                acct.debit(self.base, qty)
+            acct.credit(self.quote, price * qty)
+        acct.debit(fee_asset, fee)
+        order.filled += qty
+        order.quote_filled += price * qty
+        order.status = "filled" if order.remaining == 0 else "partially_filled"
+        order.updated_ms = now_ms
+        trade = ReplicaTrade(
+            next(self._trade_ids), order, price, qty, fee, fee_asset, maker, now_ms
+        )
+        self.trades.append(trade)
+        return trade
+
+    def _crosses(self, side: str, limit: Decimal | None, price: Decimal) -> bool:
+        if limit is None:
+            return True
+        return price <= limit if side == "buy" else price >= limit
+
+    def submit(self, order: ReplicaOrder, now_ms: int) -> list[ReplicaTrade]:
+        """Accept, match and rest (or expire) one of our orders; returns its fills."""
+        self._check_grid(order.price, order.qty)
+        if order.client_id in self.orders and self.orders[order.client_id].is_open:
+            raise OrderRejectedError("duplicate", f"duplicate client order id {order.client_id}")
+        if order.kind == "limit" and order.price is None:
+            raise OrderRejectedError("missing_price", "a limit order needs a price")
+        opposite = "sell" if order.side == "buy" else "buy"
+        book = self.levels[opposite]
+        best = sorted(book, reverse=opposite == "buy")
+        if order.tif == "post_only" and best and self._crosses(order.side, order.price, best[0]):
+            raise OrderRejectedError("post_only", "order would immediately match and take")
+        # Our own resting orders on the other side are not matched: the remainder would
+        # trade with ourselves, so it expires instead (expire-taker self-trade prevention).
+        own = [
+            o.price
+            for o in self.orders.values()
+            if o.is_open and o.side == opposite and o.price is not None
+        ]
+        if order.kind == "limit" and order.tif != "ioc":
+            if order.side == "buy":
+                assert order.price is not None
+                self.account.lock(self.quote, order.price * order.qty)
+                order.locked = order.price * order.qty
+            else:
+                self.account.lock(self.base, order.qty)
+                order.locked = order.qty
+        elif order.side == "sell" and self.account.free.get(self.base, ZERO) < order.qty:
+            raise OrderRejectedError("insufficient_funds", f"insufficient {self.base}")
+        self.orders[order.client_id] = order
+        order.updated_ms = now_ms
+        trades: list[ReplicaTrade] = []
+        for price in best:
+            if order.remaining == 0 or not self._crosses(order.side, order.price, price):
+                break
+            if any(self._crosses(order.side, price, p) for p in own):
+                break
+            take = min(order.remaining, book[price])
+            trades.append(self._settle(order, price, take, False, now_ms))
+            left = book[price] - take
+            if left > 0:
+                book[price] = left
+            else:
+                del book[price]
+            self.changed.add((opposite, price))
+        if order.remaining > 0:
+            crosses_own = order.price is not None and any(
+                self._crosses(order.side, order.price, p) for p in own
+            )
+            if order.kind == "market" or order.tif == "ioc" or crosses_own:
+                self._release(order)
+                order.status = "expired"
+            else:
+                assert order.price is not None
+                self.changed.add((order.side, order.price))
+        return trades
+
+    def _release(self, order: ReplicaOrder) -> None:
+        if order.locked > 0:
+            asset = self.quote if order.side == "buy" else self.base
+            self.account.unlock(asset, order.locked)
+            order.locked = ZERO
+
+    def cancel(self, client_id: str, now_ms: int) -> ReplicaOrder:
+        order = self.orders.get(client_id)
+        if order is None or not order.is_open:
+            raise OrderRejectedError("unknown_order", f"unknown order {client_id}")
+        order.status = "canceled"
+        order.updated_ms = now_ms
+        self._release(order)
+        if order.price is not None:
+            self.changed.add((order.side, order.price))
+        return order
+
+    def amend(
+        self, client_id: str, qty: Decimal | None, price: Decimal | None, now_ms: int
+    ) -> ReplicaOrder:
+        """Change a resting order in place (size down keeps priority)."""
+        order = self.orders.get(client_id)
+        if order is None or not order.is_open:
+            raise OrderRejectedError("unknown_order", f"unknown order {client_id}")
+        new_qty = qty if qty is not None else order.qty
+        new_price = price if price is not None else order.price
+        self._check_grid(new_price, new_qty)
+        if new_qty <= order.filled:
+            raise OrderRejectedError("amend_size", "new size is not above the filled size")
+        opposite = "sell" if order.side == "buy" else "buy"
+        best = sorted(self.levels[opposite], reverse=opposite == "buy")
+        if best and new_price is not None and self._crosses(order.side, new_price, best[0]):
+            raise OrderRejectedError("post_only", "amended price would immediately match")
+        self._release(order)
+        old_price = order.price
+        order.qty, order.price = new_qty, new_price
+        try:
+            if order.side == "buy":
+                assert new_price is not None
+                self.account.lock(self.quote, new_price * order.remaining)
+                order.locked = new_price * order.remaining
+            else:
+                self.account.lock(self.base, order.remaining)
+                order.locked = order.remaining
+        except OrderRejectedError:
+            order.qty, order.price = new_qty, old_price
+            raise
+        order.updated_ms = now_ms
+        if old_price is not None:
+            self.changed.add((order.side, old_price))
+        if new_price is not None:
+            self.changed.add((order.side, new_price))
+        return order
+
+    def fill_resting(self, client_id: str, qty: Decimal | None, now_ms: int) -> ReplicaTrade:
+        """Someone takes (part of) our resting order at its price."""
+        order = self.orders.get(client_id)
+        if order is None or not order.is_open or order.price is None:
+            raise OrderRejectedError("unknown_order", f"no resting order {client_id}")
+        take = order.remaining if qty is None else min(qty, order.remaining)
+        take -= take % self.lot
+        if take <= 0:
+            raise OrderRejectedError("lot_size", f"fill size below one lot for {client_id}")
+        trade = self._settle(order, order.price, take, True, now_ms)
+        if order.status == "filled":
+            self._release(order)
+        self.changed.add((order.side, order.price))
+        return trade
+
+    def open_orders(self) -> list[ReplicaOrder]:
+        return [o for o in self.orders.values() if o.is_open]

@@ -1,0 +1,1076 @@
+"""A local Kraken spot replica for tests: REST (``/0/public``, ``/0/private``) and
+websocket v2 (``book`` with checksums, ``trade``, ``executions`` and order entry), in
+Kraken's wire formats, on 127.0.0.1.
+
+    async with KrakenReplica() as venue:
+        params = {"rest_url": venue.url, "ws_url": venue.public_ws_url,
+                  "private_ws_url": venue.private_ws_url}
+        await venue.corrupt_checksum()
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import random
+import secrets
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from quoteforge.exchanges.ccxt_base import dumps_exact
+from quoteforge.exchanges.replica_faults import (
+    OrderRejectedError,
+    ReplicaAccount,
+    ReplicaMarket,
+    ReplicaOrder,
+    ReplicaServer,
+    ReplicaTrade,
+)
+
+__all__ = ["KrakenPair", "KrakenReplica", "kraken_sign"]
+
+_REJECT = {
+    "insufficient_funds": "EOrder:Insufficient funds",
+    "post_only": "EOrder:Post only order",
+    "duplicate": "EOrder:Duplicate order",
+    "lot_size": "EGeneral:Invalid arguments:volume",
+    "tick_size": "EGeneral:Invalid arguments:price",
+    "missing_price": "EGeneral:Invalid arguments:limit_price",
+    "unknown_order": "EOrder:Unknown order",
+    "amend_size": "EOrder:Invalid order",
+    "notional": "EOrder:Cost minimum not met",
+    "minimum": "EOrder:Order minimum not met",
+}
+
+
+@dataclass(frozen=True)
+class KrakenPair:
+    """A replica pair: REST names, websocket v2 symbol, grid and opening book."""
+
+    altname: str
+    wsname: str
+    symbol: str  # websocket v2 name, e.g. "BTC/USD"
+    base: str
+    quote: str
+    pair_decimals: int
+    lot_decimals: int
+    ordermin: str
+    costmin: str
+    mid: str
+    levels: int = 30
+
+    @property
+    def tick(self) -> Decimal:
+        return Decimal(1).scaleb(-self.pair_decimals)
+
+    @property
+    def lot(self) -> Decimal:
+        return Decimal(1).scaleb(-self.lot_decimals)
+
+
+DEFAULT_PAIRS = {
+    "XXBTZUSD": KrakenPair(
+        "XBTUSD", "XBT/USD", "BTC/USD", "XXBT", "ZUSD", 1, 8, "0.0001", "0.5", "50000.0"
+    ),
+    "XETHZUSD": KrakenPair(
+        "ETHUSD", "ETH/USD", "ETH/USD", "XETH", "ZUSD", 2, 8, "0.002", "0.5", "3000.00"
+    ),
+}
+
+
+def kraken_sign(secret_b64: str, path: str, nonce: str, body: str) -> str:
+    """Kraken REST signature: HMAC-SHA512(base64-decoded secret, path + SHA256(nonce + body))."""
+    digest = hashlib.sha256((nonce + body).encode()).digest()
+    mac = hmac.new(base64.b64decode(secret_b64), path.encode() + digest, hashlib.sha512)
+    return base64.b64encode(mac.digest()).decode()
+
+
+def _digits(text: str) -> str:
+    return text.replace(".", "").lstrip("0")
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class KrakenReplica(ReplicaServer):
+    """Kraken spot on 127.0.0.1 with a real book per pair and our orders matched.
+
+    Control API (``async``): ``set_level``, ``churn``, ``fill_order`` and the fault
+    commands of ``ReplicaServer``. ``order_path`` ("add_order") aims ``fail_http`` and
+    ``time_out`` at websocket order entry: an HTTP 429/418 becomes
+    ``EOrder:Rate limit exceeded``, a 5xx ``EService:Unavailable``, a time-out no answer.
+    """
+
+    venue = "kraken"
+    order_path = "add_order"
+
+    def __init__(
+        self,
+        pairs: Mapping[str, KrakenPair] | None = None,
+        *,
+        balances: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        seed: int = 7,
+        ping_interval: float = 1.0,
+        port: int = 0,
+    ) -> None:
+        super().__init__(port=port, ping_interval=ping_interval)
+        self.api_key = api_key or secrets.token_urlsafe(40)
+        self.api_secret = api_secret or base64.b64encode(secrets.token_bytes(64)).decode()
+        self.pairs = dict(pairs or DEFAULT_PAIRS)
+        self.account = ReplicaAccount(
+            free={
+                k: Decimal(v)
+                for k, v in (balances or {"ZUSD": "1000000", "XXBT": "100", "XETH": "1000"}).items()
+            }
+        )
+        self._rng = random.Random(seed)
+        self.markets: dict[str, ReplicaMarket] = {}
+        self._by_symbol: dict[str, str] = {}
+        self.accepted: list[ReplicaOrder] = []
+        self._txids: dict[str, ReplicaOrder] = {}
+        self._last_nonce = 0
+        self.tokens: set[str] = set()
+        self._book_subs: dict[Any, dict[str, int]] = {}
+        self._views: dict[Any, dict[str, dict[str, dict[Decimal, Decimal]]]] = {}
+        self._trade_subs: dict[Any, set[str]] = {}
+        self._exec_subs: set[Any] = set()
+        self._exec_ids = iter(range(1, 1 << 62))
+        self.ws_requests: list[str] = []
+        """Private websocket methods received, in order (``add_order``, ``batch_add`` ...)."""
+        trade_ids = iter(range(1, 1 << 62))
+        for name, pair in self.pairs.items():
+            market = ReplicaMarket(
+                pair.symbol,
+                pair.base,
+                pair.quote,
+                tick=pair.tick,
+                lot=pair.lot,
+                account=self.account,
+                ids=trade_ids,
+                maker_fee=Decimal("0.0025"),
+                taker_fee=Decimal("0.004"),
+                fee_in_received_asset=False,
+            )
+            mid = Decimal(pair.mid)
+            for i in range(1, pair.levels + 1):
+                for side, sign in (("buy", -1), ("sell", 1)):
+                    market.set_level(
+                        side,
+                        mid + sign * pair.tick * i * 3,
+                        pair.lot * self._rng.randint(10_000, 5_000_000),
+                    )
+            market.changed.clear()
+            self.markets[pair.symbol] = market
+            self._by_symbol[pair.symbol] = name
+
+    @property
+    def public_ws_url(self) -> str:
+        return f"{self.ws_url}/v2"
+
+    @property
+    def private_ws_url(self) -> str:
+        return f"{self.ws_url}/auth/v2"
+
+    def _market(self, symbol: str) -> ReplicaMarket:
+        try:
+            return self.markets[symbol]
+        except KeyError:
+            raise KeyError(
+                f"unknown symbol {symbol!r}; replica has {sorted(self.markets)}"
+            ) from None
+
+    def _pair(self, symbol: str) -> KrakenPair:
+        return self.pairs[self._by_symbol[symbol]]
+
+    def _price_text(self, symbol: str, price: Decimal) -> str:
+        return f"{price:.{self._pair(symbol).pair_decimals}f}"
+
+    def _qty_text(self, symbol: str, qty: Decimal) -> str:
+        return f"{qty:.{self._pair(symbol).lot_decimals}f}"
+
+    # -- control API ------------------------------------------------------------------------
+    def book(
+        self, symbol: str, depth: int | None = None
+    ) -> dict[str, list[tuple[Decimal, Decimal]]]:
+        market = self._market(symbol)
+        return {"bids": market.depth("buy", depth), "asks": market.depth("sell", depth)}
+
+    def orders(self, symbol: str | None = None, *, open_only: bool = True) -> list[ReplicaOrder]:
+        markets = [self._market(symbol)] if symbol else list(self.markets.values())
+        return [o for m in markets for o in m.orders.values() if o.is_open or not open_only]
+
+    async def set_level(
+        self, symbol: str, side: str, price: str | Decimal, qty: str | Decimal
+    ) -> None:
+        market = self._market(symbol)
+        market.set_level(side, Decimal(price), Decimal(qty))
+        await self._publish_book(market)
+
+    async def churn(self, symbol: str, events: int = 10, seed: int | None = None) -> None:
+        rng = random.Random(seed) if seed is not None else self._rng
+        market = self._market(symbol)
+        for _ in range(events):
+            side = rng.choice(("buy", "sell"))
+            levels = market.depth(side, 10)
+            if not levels:
+                continue
+            sign = -1 if side == "buy" else 1
+            price = levels[0][0] + sign * market.tick * rng.randint(0, 12)
+            qty = market.lot * rng.choice((0, rng.randint(10_000, 3_000_000)))
+            if price > 0:
+                market.set_level(side, price, qty)
+                await self._publish_book(market)
+
+    async def fill_order(self, client_id: str, qty: str | Decimal | None = None) -> None:
+        for market in self.markets.values():
+            order = market.orders.get(client_id)
+            if order is not None and order.is_open:
+                trade = market.fill_resting(
+                    client_id, None if qty is None else Decimal(qty), self.now_ms()
+                )
+                await self._report_trade(trade)
+                await self._publish_trade(
+                    market, trade, taker_side=("sell" if order.side == "buy" else "buy")
+                )
+                await self._publish_book(market)
+                return
+        raise KeyError(f"no open replica order with client id {client_id!r}")
+
+    # -- routes -----------------------------------------------------------------------------
+    def _add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/0/public/AssetPairs", self._asset_pairs)
+        r.add_get("/0/public/Depth", self._depth)
+        r.add_get("/0/public/Time", self._time)
+        for name in (
+            "Balance",
+            "GetWebSocketsToken",
+            "OpenOrders",
+            "ClosedOrders",
+            "AddOrder",
+            "CancelOrder",
+            "TradesHistory",
+        ):
+            r.add_post(f"/0/private/{name}", self._private)
+        r.add_get("/v2", self._ws_public)
+        r.add_get("/auth/v2", self._ws_private)
+
+    def _ok(self, result: Any) -> web.Response:
+        return web.Response(
+            text=dumps_exact({"error": [], "result": result}), content_type="application/json"
+        )
+
+    def _fail(self, *errors: str) -> web.Response:
+        return web.json_response({"error": list(errors)})
+
+    def error_response(self, status: int, body: str, headers: dict[str, str]) -> web.Response:
+        if not body:
+            text = (
+                "EAPI:Rate limit exceeded"
+                if status in (418, 429)
+                else "EService:Unavailable"
+                if status >= 500
+                else "EGeneral:Invalid arguments"
+            )
+            body = json.dumps({"error": [text]})
+        return web.Response(
+            status=status, text=body, headers=headers, content_type="application/json"
+        )
+
+    # -- public REST ------------------------------------------------------------------------
+    async def _time(self, request: web.Request) -> web.Response:
+        now = self.now_ms()
+        return self._ok({"unixtime": now // 1000, "rfc1123": _iso(now)})
+
+    def _pair_info(self, pair: KrakenPair) -> dict[str, Any]:
+        return {
+            "altname": pair.altname,
+            "wsname": pair.wsname,
+            "aclass_base": "currency",
+            "base": pair.base,
+            "aclass_quote": "currency",
+            "quote": pair.quote,
+            "lot": "unit",
+            "cost_decimals": 5,
+            "pair_decimals": pair.pair_decimals,
+            "lot_decimals": pair.lot_decimals,
+            "lot_multiplier": 1,
+            "leverage_buy": [2, 3, 4, 5],
+            "leverage_sell": [2, 3, 4, 5],
+            "fees": [[0, 0.4], [10000, 0.35], [50000, 0.24]],
+            "fees_maker": [[0, 0.25], [10000, 0.2], [50000, 0.14]],
+            "fee_volume_currency": "ZUSD",
+            "margin_call": 80,
+            "margin_stop": 40,
+            "ordermin": pair.ordermin,
+            "costmin": pair.costmin,
+            "tick_size": format(pair.tick, "f"),
+            "status": "online",
+            "long_position_limit": 270,
+            "short_position_limit": 180,
+        }
+
+    def _find_pair(self, text: str) -> str | None:
+        for name, pair in self.pairs.items():
+            if text in (name, pair.altname, pair.wsname, pair.symbol):
+                return name
+        return None
+
+    async def _asset_pairs(self, request: web.Request) -> web.Response:
+        names = list(self.pairs)
+        if "pair" in request.query:
+            names = []
+            for text in request.query["pair"].split(","):
+                found = self._find_pair(text)
+                if found is None:
+                    return self._fail("EQuery:Unknown asset pair")
+                names.append(found)
+        return self._ok({n: self._pair_info(self.pairs[n]) for n in names})
+
+    async def _depth(self, request: web.Request) -> web.Response:
+        name = self._find_pair(request.query.get("pair", ""))
+        if name is None:
+            return self._fail("EQuery:Unknown asset pair")
+        count = int(request.query.get("count", "100"))
+        pair = self.pairs[name]
+        market = self.markets[pair.symbol]
+        ts = self.now_ms() // 1000
+        return self._ok(
+            {
+                name: {
+                    side: [
+                        [self._price_text(pair.symbol, p), self._qty_text(pair.symbol, q), ts]
+                        for p, q in market.depth(book_side, count)
+                    ]
+                    for side, book_side in (("asks", "sell"), ("bids", "buy"))
+                }
+            }
+        )
+
+    # -- private REST -----------------------------------------------------------------------
+    async def _private(self, request: web.Request) -> web.Response:
+        body = await request.text()
+        if request.headers.get("API-Key") != self.api_key:
+            return self._fail("EAPI:Invalid key")
+        params = dict(parse_qsl(body, keep_blank_values=True))
+        nonce = params.get("nonce", "")
+        try:
+            expected = kraken_sign(self.api_secret, request.path, nonce, body)
+        except (ValueError, TypeError):
+            return self._fail("EAPI:Invalid signature")
+        if not hmac.compare_digest(expected, request.headers.get("API-Sign", "")):
+            return self._fail("EAPI:Invalid signature")
+        if not nonce.isdigit() or int(nonce) <= self._last_nonce:
+            return self._fail("EAPI:Invalid nonce")
+        self._last_nonce = int(nonce)
+        name = request.path.rsplit("/", 1)[1]
+        if name == "Balance":
+            acct = self.account
+            return self._ok(
+                {
+                    a: format(acct.free.get(a, Decimal(0)) + acct.locked.get(a, Decimal(0)), ".10f")
+                    for a in acct.assets()
+                }
+            )
+        if name == "GetWebSocketsToken":
+            token = secrets.token_urlsafe(24)
+            self.tokens.add(token)
+            return self._ok({"token": token, "expires": 900})
+        if name in ("OpenOrders", "ClosedOrders"):
+            wanted = params.get("cl_ord_id")
+            open_ = name == "OpenOrders"
+            rows = {
+                o.venue_id: self._order_info(o)
+                for o in self._all_orders()
+                if o.is_open == open_ and (wanted is None or o.client_id == wanted)
+            }
+            if open_:
+                return self._ok({"open": rows})
+            return self._ok({"closed": rows, "count": len(rows)})
+        if name == "TradesHistory":
+            start = float(params.get("start", "0"))
+            rows = {}
+            for market in self.markets.values():
+                for t in market.trades:
+                    if t.ts_ms / 1000 >= start:
+                        rows[f"T{t.trade_id:05d}-REPLI-CA"] = self._trade_info(t)
+            return self._ok({"trades": rows, "count": len(rows)})
+        if name == "AddOrder":
+            return await self._rest_add_order(params)
+        if name == "CancelOrder":
+            order = self._txids.get(params.get("txid", "")) or self._by_client(
+                params.get("cl_ord_id", "")
+            )
+            if order is None or not order.is_open:
+                return self._fail("EOrder:Unknown order")
+            await self._do_cancel(order)
+            return self._ok({"count": 1})
+        return self._fail("EGeneral:Unknown method")
+
+    def _all_orders(self) -> list[ReplicaOrder]:
+        return [o for m in self.markets.values() for o in m.orders.values()]
+
+    def _by_client(self, client_id: str) -> ReplicaOrder | None:
+        for market in self.markets.values():
+            if client_id in market.orders:
+                return market.orders[client_id]
+        return None
+
+    def _order_info(self, o: ReplicaOrder) -> dict[str, Any]:
+        pair = self._pair(o.symbol)
+        price = self._price_text(o.symbol, o.price) if o.price is not None else "0"
+        status = {
+            "new": "open",
+            "partially_filled": "open",
+            "filled": "closed",
+            "canceled": "canceled",
+            "expired": "expired",
+        }[o.status]
+        return {
+            "refid": None,
+            "userref": 0,
+            "cl_ord_id": o.client_id,
+            "status": status,
+            "opentm": o.created_ms / 1000,
+            "starttm": 0,
+            "expiretm": 0,
+            "descr": {
+                "pair": pair.altname,
+                "type": o.side,
+                "ordertype": o.kind,
+                "price": price,
+                "price2": "0",
+                "leverage": "none",
+                "order": f"{o.side} {self._qty_text(o.symbol, o.qty)} {pair.altname} @ "
+                f"{o.kind} {price}",
+                "close": "",
+            },
+            "vol": self._qty_text(o.symbol, o.qty),
+            "vol_exec": self._qty_text(o.symbol, o.filled),
+            "cost": format(o.quote_filled, "f"),
+            "fee": "0.00000",
+            "price": price,
+            "stopprice": "0.00000",
+            "limitprice": "0.00000",
+            "misc": "",
+            "oflags": "post,fciq" if o.tif == "post_only" else "fciq",
+            **({"closetm": o.updated_ms / 1000} if not o.is_open else {}),
+        }
+
+    def _trade_info(self, t: ReplicaTrade) -> dict[str, Any]:
+        o = t.order
+        return {
+            "ordertxid": o.venue_id,
+            "postxid": "TKH2SE-M7IF5-CFI7LT",
+            "pair": self._pair(o.symbol).altname,
+            "time": t.ts_ms / 1000,
+            "type": o.side,
+            "ordertype": o.kind,
+            "price": self._price_text(o.symbol, t.price),
+            "cost": format(t.price * t.qty, "f"),
+            "fee": format(t.fee, "f"),
+            "vol": self._qty_text(o.symbol, t.qty),
+            "margin": "0.00000",
+            "misc": "",
+            "trade_id": t.trade_id,
+            "maker": t.maker,
+            "cl_ord_id": o.client_id,
+        }
+
+    async def _rest_add_order(self, params: dict[str, str]) -> web.Response:
+        name = self._find_pair(params.get("pair", ""))
+        if name is None:
+            return self._fail("EQuery:Unknown asset pair")
+        pair = self.pairs[name]
+        flags = params.get("oflags", "")
+        spec = {
+            "symbol": pair.symbol,
+            "side": params.get("type", ""),
+            "order_type": params.get("ordertype", ""),
+            "order_qty": params.get("volume", "0"),
+            "limit_price": params.get("price"),
+            "cl_ord_id": params.get("cl_ord_id"),
+            "post_only": "post" in flags,
+            "time_in_force": params.get("timeinforce", "GTC").lower(),
+        }
+        try:
+            order = await self._add(spec)
+        except OrderRejectedError as exc:
+            return self._fail(str(exc) if exc.code == "forced" else _REJECT.get(exc.code, str(exc)))
+        return self._ok(
+            {
+                "descr": {
+                    "order": f"{order.side} {params.get('volume')} {pair.altname} @ {order.kind}"
+                },
+                "txid": [order.venue_id],
+            }
+        )
+
+    # -- order engine -----------------------------------------------------------------------
+    def _validate(self, spec: dict[str, Any]) -> None:
+        """The checks that need no state change: pair, grid, minimums, post-only."""
+        symbol = str(spec.get("symbol", ""))
+        if symbol not in self.markets:
+            raise OrderRejectedError("unknown_pair", "EQuery:Unknown asset pair")
+        market, pair = self.markets[symbol], self._pair(symbol)
+        qty = Decimal(str(spec.get("order_qty", "0")))
+        price = None if spec.get("limit_price") is None else Decimal(str(spec["limit_price"]))
+        if qty % market.lot or (price is not None and price % market.tick):
+            raise OrderRejectedError("tick_size" if qty % market.lot == 0 else "lot_size", "grid")
+        if qty < Decimal(pair.ordermin):
+            raise OrderRejectedError("minimum", "minimum")
+        if price is not None and price * qty < Decimal(pair.costmin):
+            raise OrderRejectedError("notional", "notional")
+        if spec.get("post_only") and price is not None:
+            side = str(spec.get("side", ""))
+            other = market.depth("sell" if side == "buy" else "buy", 1)
+            if other and (price >= other[0][0] if side == "buy" else price <= other[0][0]):
+                raise OrderRejectedError("post_only", "post only")
+
+    async def _add(self, spec: dict[str, Any]) -> ReplicaOrder:
+        symbol = str(spec.get("symbol", ""))
+        if symbol not in self.markets:
+            raise OrderRejectedError("unknown_pair", "EQuery:Unknown asset pair")
+        forced = self.faults.take_reject()
+        if forced is not None:
+            raise OrderRejectedError("forced", forced or "EOrder:Order rejected")
+        market = self.markets[symbol]
+        pair = self._pair(symbol)
+        side = str(spec.get("side", ""))
+        kind = str(spec.get("order_type", ""))
+        if side not in ("buy", "sell") or kind not in ("limit", "market"):
+            raise OrderRejectedError("args", "EGeneral:Invalid arguments")
+        qty = Decimal(str(spec.get("order_qty", "0")))
+        price = None if spec.get("limit_price") is None else Decimal(str(spec["limit_price"]))
+        if qty < Decimal(pair.ordermin):
+            raise OrderRejectedError("minimum", "minimum")
+        if price is not None and price * qty < Decimal(pair.costmin):
+            raise OrderRejectedError("notional", "notional")
+        tif = (
+            "post_only"
+            if spec.get("post_only")
+            else (
+                "ioc"
+                if str(spec.get("time_in_force", "gtc")).lower() == "ioc" or kind == "market"
+                else "gtc"
+            )
+        )
+        client_id = str(spec.get("cl_ord_id") or secrets.token_hex(8))
+        now = self.now_ms()
+        order = ReplicaOrder(
+            len(self.accepted) + 1,
+            client_id,
+            symbol,
+            side,
+            kind,
+            tif,
+            price,
+            qty,
+            now,
+            updated_ms=now,
+        )
+        txid = (
+            f"O{secrets.token_hex(3).upper()}-{secrets.token_hex(3)[:5].upper()}-"
+            f"{secrets.token_hex(3).upper()}"
+        )
+        order.venue_id = txid
+        trades = market.submit(order, now)
+        self.accepted.append(order)
+        self._txids[txid] = order
+        await self._report(order, "pending_new", "pending_new")
+        await self._report(order, "new", "new")
+        for trade in trades:
+            await self._report_trade(trade)
+            await self._publish_trade(market, trade, taker_side=side)
+        if order.status == "expired":
+            await self._report(order, "expired", "expired")
+        partial = self.faults.take_partial() if order.is_open else None
+        if partial is not None:
+            amount = order.remaining * partial
+            amount -= amount % market.lot
+            if amount > 0:
+                trade = market.fill_resting(client_id, amount, self.now_ms())
+                await self._report_trade(trade)
+                await self._publish_trade(
+                    market, trade, taker_side=("sell" if side == "buy" else "buy")
+                )
+        await self._publish_book(market)
+        return order
+
+    async def _do_cancel(self, order: ReplicaOrder) -> None:
+        market = self.markets[order.symbol]
+        market.cancel(order.client_id, self.now_ms())
+        await self._report(order, "canceled", "canceled", reason="User requested")
+        await self._publish_book(market)
+
+    # -- websocket: public --------------------------------------------------------------------
+    async def on_ping_tick(self, ws: web.WebSocketResponse) -> None:
+        if ws in self._book_subs or ws in self._trade_subs or ws in self._exec_subs:
+            await self.send_text(ws, '{"channel":"heartbeat"}')
+
+    def _ack(self, method: str, req_id: Any, result: Any = None, error: str | None = None) -> str:
+        now = _iso(self.now_ms())
+        msg: dict[str, Any] = {"method": method}
+        if error is not None:
+            msg.update(error=error, success=False)
+        else:
+            msg.update(result=result, success=True)
+        msg.update(time_in=now, time_out=now)
+        if req_id is not None:
+            msg["req_id"] = req_id
+        return dumps_exact(msg)
+
+    async def _ws_public(self, request: web.Request) -> web.WebSocketResponse:
+        ws = await self.open_socket(request)
+        await self.send_text(
+            ws,
+            json.dumps(
+                {
+                    "channel": "status",
+                    "type": "update",
+                    "data": [
+                        {
+                            "api_version": "v2",
+                            "connection_id": self._rng.getrandbits(60),
+                            "system": "online",
+                            "version": "2.0.10",
+                        }
+                    ],
+                }
+            ),
+        )
+
+        async def on_text(text: str) -> None:
+            await self._public_request(ws, text)
+
+        await self.read_loop(ws, on_text)
+        self._book_subs.pop(ws, None)
+        self._views.pop(ws, None)
+        self._trade_subs.pop(ws, None)
+        return ws
+
+    async def _public_request(self, ws: web.WebSocketResponse, text: str) -> None:
+        try:
+            msg = json.loads(text)
+            method = msg["method"]
+        except (ValueError, KeyError, TypeError):
+            await self.send_text(ws, self._ack("unknown", None, error="EGeneral:Invalid arguments"))
+            return
+        req_id = msg.get("req_id")
+        params = msg.get("params") or {}
+        if method == "ping":
+            now = _iso(self.now_ms())
+            await self.send_text(
+                ws,
+                json.dumps({"method": "pong", "req_id": req_id, "time_in": now, "time_out": now}),
+            )
+            return
+        channel = params.get("channel")
+        symbols = params.get("symbol") or []
+        unknown = [s for s in symbols if s not in self.markets]
+        if method not in ("subscribe", "unsubscribe") or channel not in ("book", "trade"):
+            await self.send_text(ws, self._ack(method, req_id, error="EGeneral:Invalid arguments"))
+            return
+        if unknown:
+            await self.send_text(
+                ws, self._ack(method, req_id, error=f"Currency pair not supported {unknown[0]}")
+            )
+            return
+        for symbol in symbols:
+            if channel == "book":
+                depth = int(params.get("depth", 10))
+                if depth not in (10, 25, 100, 500, 1000):
+                    await self.send_text(
+                        ws, self._ack(method, req_id, error="EGeneral:Invalid arguments:depth")
+                    )
+                    return
+                subs = self._book_subs.setdefault(ws, {})
+                views = self._views.setdefault(ws, {})
+                if method == "subscribe":
+                    subs[symbol] = depth
+                    await self.send_text(
+                        ws,
+                        self._ack(
+                            method,
+                            req_id,
+                            {"channel": "book", "depth": depth, "snapshot": True, "symbol": symbol},
+                        ),
+                    )
+                    await self._send_book_snapshot(ws, symbol, depth)
+                else:
+                    subs.pop(symbol, None)
+                    views.pop(symbol, None)
+                    await self.send_text(
+                        ws,
+                        self._ack(
+                            method, req_id, {"channel": "book", "depth": depth, "symbol": symbol}
+                        ),
+                    )
+            else:
+                trade_subs = self._trade_subs.setdefault(ws, set())
+                if method == "subscribe":
+                    trade_subs.add(symbol)
+                else:
+                    trade_subs.discard(symbol)
+                await self.send_text(
+                    ws,
+                    self._ack(
+                        method, req_id, {"channel": "trade", "symbol": symbol, "snapshot": False}
+                    ),
+                )
+
+    def _view(self, symbol: str, depth: int) -> dict[str, dict[Decimal, Decimal]]:
+        market = self.markets[symbol]
+        return {side: dict(market.depth(side, depth)) for side in ("buy", "sell")}
+
+    def _checksum(self, symbol: str, view: dict[str, dict[Decimal, Decimal]]) -> int:
+        asks = sorted(view["sell"].items())[:10]
+        bids = sorted(view["buy"].items(), reverse=True)[:10]
+        text = "".join(
+            _digits(self._price_text(symbol, p)) + _digits(self._qty_text(symbol, q))
+            for p, q in asks + bids
+        )
+        value = zlib.crc32(text.encode())
+        if self.faults.take_corrupt():
+            value = (value + 1) % (1 << 32)
+        return value
+
+    def _levels_json(
+        self, symbol: str, levels: list[tuple[Decimal, Decimal]]
+    ) -> list[dict[str, Decimal]]:
+        pair = self._pair(symbol)
+        return [{"price": p.quantize(pair.tick), "qty": q.quantize(pair.lot)} for p, q in levels]
+
+    async def _send_book_snapshot(self, ws: web.WebSocketResponse, symbol: str, depth: int) -> None:
+        view = self._view(symbol, depth)
+        self._views.setdefault(ws, {})[symbol] = view
+        await self.send_text(
+            ws,
+            dumps_exact(
+                {
+                    "channel": "book",
+                    "type": "snapshot",
+                    "data": [
+                        {
+                            "symbol": symbol,
+                            "bids": self._levels_json(
+                                symbol, sorted(view["buy"].items(), reverse=True)
+                            ),
+                            "asks": self._levels_json(symbol, sorted(view["sell"].items())),
+                            "checksum": self._checksum(symbol, view),
+                            "timestamp": _iso(self.now_ms()),
+                        }
+                    ],
+                }
+            ),
+        )
+
+    async def _publish_book(self, market: ReplicaMarket) -> None:
+        market.take_changes()
+        symbol = market.symbol
+        skip = self.faults.take_skip()
+        for ws, subs in list(self._book_subs.items()):
+            depth = subs.get(symbol)
+            if depth is None:
+                continue
+            old = self._views.setdefault(ws, {}).get(symbol, {"buy": {}, "sell": {}})
+            new = self._view(symbol, depth)
+            changes: dict[str, list[tuple[Decimal, Decimal]]] = {"buy": [], "sell": []}
+            for side in ("buy", "sell"):
+                for price in old[side]:
+                    # Levels pushed out of range are not sent; the client truncates.
+                    if price not in new[side] and market.published(side, price) == 0:
+                        changes[side].append((price, Decimal(0)))
+                for price, qty in new[side].items():
+                    if old[side].get(price) != qty:
+                        changes[side].append((price, qty))
+            if not changes["buy"] and not changes["sell"]:
+                continue
+            self._views[ws][symbol] = new
+            if skip:
+                continue
+            await self.send_text(
+                ws,
+                dumps_exact(
+                    {
+                        "channel": "book",
+                        "type": "update",
+                        "data": [
+                            {
+                                "symbol": symbol,
+                                "bids": self._levels_json(symbol, changes["buy"]),
+                                "asks": self._levels_json(symbol, changes["sell"]),
+                                "checksum": self._checksum(symbol, new),
+                                "timestamp": _iso(self.now_ms()),
+                            }
+                        ],
+                    }
+                ),
+            )
+
+    async def _publish_trade(
+        self, market: ReplicaMarket, trade: ReplicaTrade, *, taker_side: str
+    ) -> None:
+        symbol = market.symbol
+        pair = self._pair(symbol)
+        text = dumps_exact(
+            {
+                "channel": "trade",
+                "type": "update",
+                "data": [
+                    {
+                        "symbol": symbol,
+                        "side": taker_side,
+                        "price": trade.price.quantize(pair.tick),
+                        "qty": trade.qty.quantize(pair.lot),
+                        "ord_type": "limit",
+                        "trade_id": trade.trade_id,
+                        "timestamp": _iso(trade.ts_ms),
+                    }
+                ],
+            }
+        )
+        for ws, symbols in list(self._trade_subs.items()):
+            if symbol in symbols:
+                await self.send_text(ws, text)
+
+    # -- websocket: private -------------------------------------------------------------------
+    async def _ws_private(self, request: web.Request) -> web.WebSocketResponse:
+        ws = await self.open_socket(request)
+
+        async def on_text(text: str) -> None:
+            await self._private_request(ws, text)
+
+        await self.read_loop(ws, on_text)
+        self._exec_subs.discard(ws)
+        return ws
+
+    async def _private_request(self, ws: web.WebSocketResponse, text: str) -> None:
+        try:
+            msg = json.loads(text, parse_float=Decimal)
+            method = msg["method"]
+        except (ValueError, KeyError, TypeError):
+            await self.send_text(ws, self._ack("unknown", None, error="EGeneral:Invalid arguments"))
+            return
+        req_id = msg.get("req_id")
+        params = msg.get("params") or {}
+        self.ws_requests.append(str(method))
+        if method == "ping":
+            await self.send_text(ws, json.dumps({"method": "pong", "req_id": req_id}))
+            return
+        if params.get("token") not in self.tokens:
+            await self.send_text(
+                ws,
+                self._ack(
+                    method,
+                    req_id,
+                    error="EAccount:Invalid permissions"
+                    if "token" in params
+                    else "EGeneral:Invalid arguments:token",
+                ),
+            )
+            return
+        if method == "subscribe" and params.get("channel") == "executions":
+            self._exec_subs.add(ws)
+            await self.send_text(
+                ws, self._ack(method, req_id, {"channel": "executions", "snapshot": True})
+            )
+            await self._send_exec_snapshot(
+                ws, bool(params.get("snap_orders", True)), bool(params.get("snap_trades", False))
+            )
+            return
+        if method in ("add_order", "batch_add"):
+            fault = self.faults.take_http(self.order_path)
+            if fault is not None:
+                error = (
+                    "EOrder:Rate limit exceeded"
+                    if fault.status in (418, 429)
+                    else "EService:Unavailable"
+                )
+                await self.send_text(ws, self._ack(method, req_id, error=error))
+                return
+            timeout = self.faults.take_timeout(self.order_path)
+            if timeout is not None and not timeout.after_processing:
+                return  # the request is lost: no effect, no answer
+            reply = await self._trading(method, params, req_id)
+            if timeout is None:
+                await self.send_text(ws, reply)
+            return
+        await self.send_text(ws, await self._trading(method, params, req_id))
+
+    async def _trading(self, method: str, params: dict[str, Any], req_id: Any) -> str:
+        try:
+            if method == "add_order":
+                order = await self._add(params)
+                return self._ack(
+                    method, req_id, {"order_id": order.venue_id, "cl_ord_id": order.client_id}
+                )
+            if method == "batch_add":
+                symbol = params.get("symbol")
+                orders = params.get("orders") or []
+                if not 2 <= len(orders) <= 15:
+                    raise OrderRejectedError("args", "EGeneral:Invalid arguments:orders")
+                for spec in orders:  # the batch is validated as a whole first
+                    self._validate({**spec, "symbol": symbol})
+                results = []
+                for spec in orders:
+                    order = await self._add({**spec, "symbol": symbol})
+                    results.append({"order_id": order.venue_id, "cl_ord_id": order.client_id})
+                return self._ack(method, req_id, results)
+            if method == "cancel_order":
+                ids = params.get("cl_ord_id") or []
+                txids = params.get("order_id") or []
+                targets = [self._by_client(c) for c in ids] + [self._txids.get(t) for t in txids]
+                if not targets or any(o is None or not o.is_open for o in targets):
+                    raise OrderRejectedError("unknown_order", "unknown")
+                for order in targets:
+                    assert order is not None
+                    await self._do_cancel(order)
+                last = targets[-1]
+                assert last is not None
+                return self._ack(
+                    method, req_id, {"order_id": last.venue_id, "cl_ord_id": last.client_id}
+                )
+            if method == "cancel_all":
+                count = 0
+                for order in self.orders():
+                    await self._do_cancel(order)
+                    count += 1
+                return self._ack(method, req_id, {"count": count})
+            if method == "amend_order":
+                order = self._by_client(str(params.get("cl_ord_id", ""))) or self._txids.get(
+                    str(params.get("order_id", ""))
+                )
+                if order is None:
+                    raise OrderRejectedError("unknown_order", "unknown")
+                market = self.markets[order.symbol]
+                qty = params.get("order_qty")
+                price = params.get("limit_price")
+                market.amend(
+                    order.client_id,
+                    None if qty is None else Decimal(str(qty)),
+                    None if price is None else Decimal(str(price)),
+                    self.now_ms(),
+                )
+                await self._report(order, "amended", order.status, reason="User requested")
+                await self._publish_book(market)
+                return self._ack(
+                    method,
+                    req_id,
+                    {
+                        "amend_id": secrets.token_hex(8),
+                        "order_id": order.venue_id,
+                        "cl_ord_id": order.client_id,
+                    },
+                )
+        except OrderRejectedError as exc:
+            text = (
+                str(exc)
+                if exc.code in ("forced", "args", "unknown_pair")
+                else _REJECT.get(exc.code, str(exc))
+            )
+            return self._ack(method, req_id, error=text)
+        return self._ack(method, req_id, error="EGeneral:Invalid arguments:method")
+
+    def _exec_event(
+        self, o: ReplicaOrder, exec_type: str, status: str, reason: str = ""
+    ) -> dict[str, Any]:
+        pair = self._pair(o.symbol)
+        event: dict[str, Any] = {
+            "order_id": o.venue_id,
+            "cl_ord_id": o.client_id,
+            "exec_id": f"X{next(self._exec_ids):06d}",
+            "exec_type": exec_type,
+            "order_status": status,
+            "symbol": o.symbol,
+            "side": o.side,
+            "order_type": o.kind,
+            "order_qty": o.qty.quantize(pair.lot),
+            "cum_qty": o.filled.quantize(pair.lot),
+            "cum_cost": o.quote_filled,
+            "time_in_force": "IOC" if o.tif == "ioc" else "GTC",
+            "post_only": o.tif == "post_only",
+            "timestamp": _iso(o.updated_ms),
+        }
+        if o.price is not None:
+            event["limit_price"] = o.price.quantize(pair.tick)
+        if reason:
+            event["reason"] = reason
+        return event
+
+    async def _send_exec(
+        self, events: list[dict[str, Any]], kind: str = "update", ws: Any = None
+    ) -> None:
+        text = dumps_exact({"channel": "executions", "type": kind, "data": events})
+        for target in [ws] if ws is not None else list(self._exec_subs):
+            await self.send_text(target, text)
+
+    async def _report(self, o: ReplicaOrder, exec_type: str, status: str, reason: str = "") -> None:
+        event = self._exec_event(o, exec_type, status, reason)
+        if exec_type in ("pending_new", "new"):
+            event["cum_qty"] = Decimal(0).quantize(self._pair(o.symbol).lot)
+            event["cum_cost"] = Decimal(0)
+        await self._send_exec([event])
+
+    def _trade_event(self, t: ReplicaTrade) -> dict[str, Any]:
+        o = t.order
+        pair = self._pair(o.symbol)
+        done = sum(
+            (
+                x.qty
+                for x in self.markets[o.symbol].trades
+                if x.order is o and x.trade_id <= t.trade_id
+            ),
+            Decimal(0),
+        )
+        event = self._exec_event(o, "trade", "filled" if done == o.qty else "partially_filled")
+        event.update(
+            cum_qty=done.quantize(pair.lot),
+            last_qty=t.qty.quantize(pair.lot),
+            last_price=t.price.quantize(pair.tick),
+            trade_id=t.trade_id,
+            liquidity_ind="m" if t.maker else "t",
+            timestamp=_iso(t.ts_ms),
+            cost=t.price * t.qty,
+            fees=[
+                {
+                    "asset": t.fee_asset.lstrip("Z")
+                    if t.fee_asset.startswith("Z")
+                    else t.fee_asset,
+                    "qty": t.fee,
+                }
+            ],
+        )
+        return event
+
+    async def _report_trade(self, trade: ReplicaTrade) -> None:
+        await self._send_exec([self._trade_event(trade)])
+        order = trade.order
+        if order.status == "filled":
+            await self._report(order, "filled", "filled")
+
+    async def _send_exec_snapshot(self, ws: Any, snap_orders: bool, snap_trades: bool) -> None:
+        events: list[dict[str, Any]] = []
+        if snap_orders:
+            events.extend(
+                self._exec_event(o, "status", "new" if o.filled == 0 else "partially_filled")
+                for o in self.orders()
+            )
+        if snap_trades:
+            trades = sorted(
+                (t for m in self.markets.values() for t in m.trades), key=lambda t: t.ts_ms
+            )[-50:]
+            events.extend(self._trade_event(t) for t in trades)
+        await self._send_exec(events, "snapshot", ws)

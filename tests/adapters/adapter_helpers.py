@@ -1,0 +1,87 @@
+"""Shared set-up for the adapter tests: a replica plus a connected adapter."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quoteforge.clock import LiveClock
+from quoteforge.exchange import VenueContext
+from quoteforge.exchanges.binance import BinanceParams, BinanceSpot
+from quoteforge.exchanges.conformance import FAST_PARAMS, Harness, RecordingSink, VenueKit
+from quoteforge.exchanges.kraken import KrakenParams, KrakenSpot
+from quoteforge.exchanges.replica_binance import BinanceReplica
+from quoteforge.exchanges.replica_kraken import KrakenReplica
+
+
+def binance_adapter(
+    replica: BinanceReplica, params: dict[str, Any], ctx: VenueContext
+) -> BinanceSpot:
+    return BinanceSpot(BinanceParams(rest_url=replica.url, ws_url=replica.ws_url, **params), ctx)
+
+
+BINANCE_KIT = VenueKit(
+    venue="binance",
+    symbol="BTCUSDT",
+    make_replica=lambda: BinanceReplica(ping_interval=0.1),
+    make_adapter=binance_adapter,
+    features=frozenset({"sequence", "replace"}),
+)
+
+
+def kraken_adapter(replica: KrakenReplica, params: dict[str, Any], ctx: VenueContext) -> KrakenSpot:
+    return KrakenSpot(
+        KrakenParams(
+            rest_url=replica.url,
+            ws_url=replica.public_ws_url,
+            private_ws_url=replica.private_ws_url,
+            **params,
+        ),
+        ctx,
+    )
+
+
+KRAKEN_KIT = VenueKit(
+    venue="kraken",
+    symbol="BTC/USD",
+    make_replica=lambda: KrakenReplica(ping_interval=0.1),
+    make_adapter=kraken_adapter,
+    compare_depth=10,
+    features=frozenset({"sequence", "checksum"}),
+)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    kit: VenueKit,
+    *,
+    replica: Any = None,
+    secrets: dict[str, str] | None = None,
+    wait_live: bool = True,
+    **params: Any,
+) -> AsyncIterator[Harness]:
+    """Start (or reuse) a replica, connect an adapter with fast parameters."""
+    replica = replica or kit.make_replica()
+    await replica.start()
+    sink = RecordingSink()
+    ctx = VenueContext(
+        name=kit.venue,
+        clock=LiveClock(),
+        seed=1,
+        mode="live",
+        symbols=[kit.symbol],
+        secrets=secrets
+        if secrets is not None
+        else {"api_key": replica.api_key, "api_secret": replica.api_secret},
+    )
+    adapter = kit.make_adapter(replica, {**FAST_PARAMS, **kit.params, **params}, ctx)
+    try:
+        await adapter.connect(sink)
+        harness = Harness(kit, replica, adapter, sink)
+        if wait_live:
+            await harness.wait_book_matches()
+        yield harness
+    finally:
+        await adapter.close()
+        await replica.stop()

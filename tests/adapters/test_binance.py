@@ -1,0 +1,192 @@
+"""Binance adapter behaviour beyond the shared scenarios: recovery internals, signing,
+clock skew, secrets, scheduled reconnects, rate-limit headers, registration."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_helpers import BINANCE_KIT, running
+
+from quoteforge.exchange import PlaceOrder
+from quoteforge.exchanges.binance import BinanceParams, quoteforge_register_exchanges
+from quoteforge.exchanges.replica_binance import BinanceReplica
+from quoteforge.model import OrderStatus, Side, TimeInForce
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "binance_rest"
+
+
+async def test_instruments_have_the_exact_venue_grid() -> None:
+    async with running(BINANCE_KIT) as h:
+        inst = h.instrument
+        assert (inst.tick_size, inst.lot_size) == (Decimal("0.01"), Decimal("0.00001"))
+        assert (inst.min_qty, inst.min_notional) == (Decimal("0.00001"), Decimal("5"))
+        assert (inst.base, inst.quote, inst.venue) == ("BTC", "USDT", "binance")
+
+
+async def test_timeout_after_processing_is_looked_up_and_never_resent() -> None:
+    async with running(BINANCE_KIT) as h:
+        await h.replica.time_out(after_processing=True, delay=2.0, path=h.replica.order_path)
+        order = h.order(Side.BUY)
+        await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
+        assert h.adapter.counters["resends"] == 0
+        assert h.accepted(order.client_id) == 1
+
+
+async def test_timeout_before_processing_resends_exactly_once_after_lookups() -> None:
+    async with running(BINANCE_KIT) as h:
+        await h.replica.time_out(after_processing=False, delay=1.0, path=h.replica.order_path)
+        order = h.order(Side.BUY)
+        await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
+        assert h.adapter.counters["lookups"] >= 2
+        assert h.adapter.counters["resends"] == 1
+        assert h.accepted(order.client_id) == 1
+
+
+async def test_429_waits_for_retry_after_before_the_order_goes_again() -> None:
+    async with running(BINANCE_KIT) as h:
+        await h.replica.fail_http(429, retry_after=1, path=h.replica.order_path)
+        started = time.monotonic()
+        order = h.order(Side.SELL)
+        await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
+        assert time.monotonic() - started >= 0.95
+        assert h.adapter.governor.limit_hits == 1
+        assert h.accepted(order.client_id) == 1
+
+
+async def test_418_ban_blocks_every_request_until_it_ends() -> None:
+    async with running(BINANCE_KIT) as h:
+        await h.replica.fail_http(418, retry_after=1, path=h.replica.order_path)
+        first, second = h.order(Side.BUY), h.order(Side.SELL)
+        h.adapter.submit([PlaceOrder(first)])
+        await h.wait_for(lambda: h.adapter.governor.bans == 1, "ban seen")
+        started = time.monotonic()
+        await h.place(second, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
+        # The second order was held back by the ban, not sent into it.
+        assert time.monotonic() - started >= 0.5
+        await h.wait_for(
+            lambda: h.sink.last(first.client_id).status is OrderStatus.OPEN,
+            "first open",
+        )
+
+
+async def test_weight_headers_drive_the_governor() -> None:
+    async with running(BINANCE_KIT) as h:
+        await h.place(h.order(Side.BUY))
+        governor = h.adapter.governor
+        # The replica counts weight per minute as Binance does; the adapter follows it.
+        assert governor.weight.used >= h.replica._weight.used > 0
+        assert governor.orders_10s.used >= 1
+
+
+async def test_weight_limit_from_exchange_info_is_respected() -> None:
+    replica = BinanceReplica(ping_interval=0.1, weight_limit=200)
+    async with running(BINANCE_KIT, replica=replica) as h:
+        governor = h.adapter.governor
+        assert governor.weight.limit == int(200 * 0.9)
+
+
+async def test_wrong_secret_fails_the_signature_check_and_is_reported() -> None:
+    replica = BinanceReplica(ping_interval=0.1)
+    async with running(
+        BINANCE_KIT,
+        replica=replica,
+        start_timeout_s=0.3,
+        secrets={"api_key": replica.api_key, "api_secret": "0" * 64},
+    ) as h:
+        order = h.order(Side.BUY)
+        update = await h.place(order)
+        assert update.status is OrderStatus.REJECTED
+        assert "Signature" in update.reason
+        assert h.accepted(order.client_id) == 0
+
+
+async def test_venue_clock_ahead_is_measured_at_start() -> None:
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.skew_clock(7_000)
+    async with running(BINANCE_KIT, replica=replica) as h:
+        assert abs(h.adapter.time_offset_ms - 7_000) < 500
+        assert (await h.place(h.order(Side.BUY))).status is OrderStatus.OPEN
+
+
+async def test_clock_jump_during_run_is_recovered_by_a_time_resync() -> None:
+    async with running(BINANCE_KIT) as h:
+        await h.replica.skew_clock(-9_000)  # venue now 9 s behind: our stamps are "future"
+        order = h.order(Side.SELL)
+        assert (await h.place(order, timeout=8)).status is OrderStatus.OPEN
+        assert h.adapter.counters["time_syncs"] >= 2
+        assert h.accepted(order.client_id) == 1
+
+
+async def test_public_trades_reach_the_sink_with_the_aggressor() -> None:
+    async with running(BINANCE_KIT) as h:
+        bid_ticks, bid_lots = h.replica_levels("buy")[0]
+        order = h.order(Side.SELL, price=bid_ticks, lots=bid_lots, tif=TimeInForce.IOC)
+        await h.place(order, until=lambda u: u.status.is_terminal)
+        await h.wait_for(lambda: bool(h.sink.trades), "public trade")
+        _, symbol, price, lots, aggressor, _ = h.sink.trades[0]
+        assert (symbol, price, lots, aggressor) == ("BTCUSDT", bid_ticks, bid_lots, Side.SELL)
+
+
+def _shape(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+@pytest.mark.parametrize(
+    ("fixture", "path"),
+    [
+        ("exchangeInfo.json", "/api/v3/exchangeInfo?symbol=BTCUSDT"),
+        ("depth.json", "/api/v3/depth?symbol=BTCUSDT&limit=5"),
+    ],
+)
+async def test_replica_speaks_the_recorded_wire_shapes(fixture: str, path: str) -> None:
+    import aiohttp
+
+    recorded = json.loads((FIXTURES / fixture).read_text())
+    async with (
+        BinanceReplica() as replica,
+        aiohttp.ClientSession() as session,
+        session.get(replica.url + path) as resp,
+    ):
+        served = await resp.json()
+        assert "X-MBX-USED-WEIGHT-1M" in resp.headers
+    served_shape, recorded_shape = _shape(served), _shape(recorded)
+    if fixture == "exchangeInfo.json":
+        # Filter lists differ per symbol; compare the symbol's own keys.
+        for shape in (served_shape, recorded_shape):
+            shape["symbols"][0].pop("filters")
+    assert served_shape == recorded_shape
+
+
+async def test_execution_report_has_the_recorded_shape() -> None:
+    recorded = json.loads((FIXTURES / "executionReport.json").read_text())
+    async with running(BINANCE_KIT) as h:
+        frames: list[dict[str, Any]] = []
+        original = h.adapter._on_user_text
+
+        def keep(raw: str, recv_ns: int) -> None:
+            frames.append(json.loads(raw))
+            original(raw, recv_ns)
+
+        h.adapter._user_socket._on_text = keep
+        await h.place(h.order(Side.BUY))
+        await h.wait_for(lambda: bool(frames), "an executionReport")
+    assert set(frames[0]) == set(recorded)
+    assert set(frames[0]["event"]) == set(recorded["event"])
+
+
+def test_registered_params_refuse_unknown_keys() -> None:
+    seen: list[tuple[str, Any, dict[str, Any]]] = []
+    quoteforge_register_exchanges(lambda name, factory, **kw: seen.append((name, factory, kw)))
+    params = seen[0][2]["params"]
+    assert params is BinanceParams
+    with pytest.raises(ValueError, match="api_secret"):
+        params.model_validate({"api_secret": "x"})

@@ -1,0 +1,201 @@
+"""Kraken adapter behaviour beyond the shared scenarios: instruments, checksums from
+wire text, batch_add, amend_order, the per-pair rate counter, signing."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from adapter_helpers import KRAKEN_KIT, running
+
+from quoteforge.book.kraken import kraken_checksum
+from quoteforge.exchange import CancelOrder, PlaceOrder
+from quoteforge.exchanges.ccxt_base import VenueCallError
+from quoteforge.exchanges.kraken import KrakenParams
+from quoteforge.exchanges.replica_kraken import KrakenReplica
+from quoteforge.model import OrderStatus, Side, TimeInForce
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kraken_rest"
+
+
+async def test_instruments_have_the_exact_venue_grid() -> None:
+    async with running(KRAKEN_KIT) as h:
+        inst = h.instrument
+        assert (inst.tick_size, inst.lot_size) == (Decimal("0.1"), Decimal("1E-8"))
+        assert (inst.min_qty, inst.min_notional) == (Decimal("0.0001"), Decimal("0.5"))
+        assert (inst.base, inst.quote) == ("BTC", "USD")
+
+
+async def test_replica_checksums_agree_with_the_book_rule_on_wire_text() -> None:
+    """Two independent implementations of Kraken's CRC32 agree on what the wire says,
+    and the quantities keep their trailing zeros."""
+    async with (
+        KrakenReplica() as replica,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(replica.public_ws_url) as ws,
+    ):
+        await ws.send_str(
+            json.dumps(
+                {
+                    "method": "subscribe",
+                    "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 25},
+                }
+            )
+        )
+        await replica.churn("BTC/USD", 5, seed=1)
+        checked = 0
+        while checked < 3:
+            raw = (await ws.receive()).data
+            msg = json.loads(raw, parse_float=str)
+            if msg.get("channel") != "book" or msg["type"] != "snapshot":
+                continue
+            entry = msg["data"][0]
+            asks = [(lv["price"], lv["qty"]) for lv in entry["asks"]]
+            bids = [(lv["price"], lv["qty"]) for lv in entry["bids"]]
+            assert all(len(q.split(".")[1]) == 8 for _, q in asks + bids)
+            assert kraken_checksum(asks, bids) == entry["checksum"]
+            checked += 3
+
+
+def test_recorded_book_fixtures_carry_valid_checksums() -> None:
+    for name in ("book_snapshot.json",):
+        entry = json.loads((FIXTURES / name).read_text(), parse_float=str)["data"][0]
+        asks = [(lv["price"], lv["qty"]) for lv in entry["asks"]]
+        bids = [(lv["price"], lv["qty"]) for lv in entry["bids"]]
+        assert kraken_checksum(asks, bids) == entry["checksum"]
+
+
+async def test_several_new_orders_of_one_pair_go_as_one_batch() -> None:
+    async with running(KRAKEN_KIT) as h:
+        orders = [h.order(Side.BUY, price=h.passive_price(Side.BUY, 40 + i)) for i in range(3)]
+        h.adapter.submit([PlaceOrder(o) for o in orders])
+        for o in orders:
+            await h.wait_for(h.status_is(o.client_id, OrderStatus.OPEN), f"{o.client_id} open")
+        assert h.replica.ws_requests.count("batch_add") == 1
+        assert "add_order" not in h.replica.ws_requests
+
+
+async def test_a_batch_is_refused_as_a_whole() -> None:
+    async with running(KRAKEN_KIT) as h:
+        good = h.order(Side.BUY)
+        crossing = h.order(
+            Side.BUY, price=h.replica_levels("sell")[0][0], tif=TimeInForce.POST_ONLY
+        )
+        h.adapter.submit([PlaceOrder(good), PlaceOrder(crossing)])
+        for o in (good, crossing):
+            await h.wait_for(h.status_is(o.client_id, OrderStatus.REJECTED), "rejected")
+        assert not h.replica.orders(h.symbol)
+
+
+async def test_amend_keeps_the_order_and_changes_its_size() -> None:
+    async with running(KRAKEN_KIT) as h:
+        order = h.order(Side.SELL)
+        await h.place(order)
+        venue_id = h.replica.orders(h.symbol)[0].venue_id
+        await h.adapter.amend_order(order.client_id, qty_lots=order.qty_lots * 2)
+        await h.wait_for(
+            lambda: (
+                (u := h.sink.last(order.client_id)) is not None and u.qty_lots == order.qty_lots * 2
+            ),
+            "amended size reported",
+        )
+        [resting] = h.replica.orders(h.symbol)
+        assert resting.venue_id == venue_id and resting.client_id == order.client_id
+        assert resting.qty == h.instrument.lots_to_qty(order.qty_lots * 2)
+        await h.wait_book_matches()
+
+
+async def test_rate_limit_error_fills_the_pair_counter_and_the_order_goes_once() -> None:
+    async with running(KRAKEN_KIT) as h:
+        await h.replica.fail_http(429, path=h.replica.order_path)
+        order = h.order(Side.BUY)
+        await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
+        assert h.adapter.governor.limit_hits == 1
+        assert h.accepted(order.client_id) == 1
+
+
+async def test_cancelling_a_young_order_costs_the_penalty() -> None:
+    async with running(KRAKEN_KIT) as h:
+        order = h.order(Side.BUY)
+        await h.place(order)
+        governor = h.adapter.governor
+        before = governor.counter("BTC/USD")
+        h.adapter.submit([CancelOrder(order.client_id, "kraken", h.symbol)])
+        await h.wait_for(h.status_is(order.client_id, OrderStatus.CANCELLED), "cancelled")
+        assert governor.counter("BTC/USD") >= before + 7  # +8 under 5 s, minus a little decay
+
+
+async def test_wrong_secret_is_refused_by_the_signature_check() -> None:
+    replica = KrakenReplica(ping_interval=0.1)
+    bad = "A" * 88
+    async with running(
+        KRAKEN_KIT,
+        replica=replica,
+        start_timeout_s=0.3,
+        max_rate_wait_s=0.3,
+        secrets={"api_key": replica.api_key, "api_secret": bad},
+    ) as h:
+        with pytest.raises(VenueCallError, match="Invalid signature") as info:
+            await h.adapter.fetch_balances()
+        assert info.value.kind == "auth"
+        update = await h.place(h.order(Side.BUY))
+        assert update.status is OrderStatus.REJECTED
+
+
+async def test_balances_and_open_orders_from_rest() -> None:
+    async with running(KRAKEN_KIT) as h:
+        order = h.order(Side.BUY)
+        await h.place(order)
+        balances = await h.adapter.fetch_balances()
+        assert balances["USD"] == Decimal("1000000")
+        assert balances["BTC"] == Decimal("100")
+        [open_order] = await h.adapter.fetch_open_orders()
+        assert (open_order.client_id, open_order.status) == (order.client_id, OrderStatus.OPEN)
+        assert open_order.price_ticks == order.price_ticks
+
+
+def test_kraken_has_no_testnet_and_says_what_to_do() -> None:
+    with pytest.raises(ValueError, match=r"no test network.*KrakenReplica"):
+        KrakenParams(testnet=True)
+
+
+def _shape(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+async def test_replica_rest_speaks_the_recorded_shapes() -> None:
+    recorded = json.loads((FIXTURES / "AssetPairs.json").read_text())
+    async with (
+        KrakenReplica() as replica,
+        aiohttp.ClientSession() as session,
+        session.get(replica.url + "/0/public/AssetPairs?pair=XBTUSD") as resp,
+    ):
+        served = await resp.json()
+    assert _shape(served) == _shape(recorded)
+
+
+async def test_execution_trade_event_has_the_recorded_shape() -> None:
+    recorded = json.loads((FIXTURES / "executions_trade.json").read_text())["data"][0]
+    async with running(KRAKEN_KIT) as h:
+        seen: list[dict[str, Any]] = []
+        original = h.adapter._on_execution
+
+        def keep(ev: dict[str, Any]) -> None:
+            seen.append(ev)
+            original(ev)
+
+        h.adapter._on_execution = keep
+        order = h.order(Side.BUY)
+        await h.place(order)
+        await h.replica.fill_order(order.client_id)
+        await h.wait_for(lambda: any(e.get("exec_type") == "trade" for e in seen), "trade")
+    trade = next(e for e in seen if e.get("exec_type") == "trade")
+    assert set(trade) == set(recorded)
