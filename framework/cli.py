@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     kill.add_argument("run", type=Path, help="the run folder (runs/<name>-...)")
     kill.add_argument("--reason", default="operator", help="recorded in the journal and alerts")
 
+    reset = sub.add_parser("reset", help="reset latched circuit breakers of a running run")
+    reset.add_argument("run", type=Path, help="the run folder")
+    reset.add_argument(
+        "--breaker", default="all", help="all, run, a breaker kind (pnl_floor...) or a market"
+    )
+
     rep = sub.add_parser("report", help="(re)write the HTML and PNG report of a run folder")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "manifest": _cmd_manifest,
         "report": _cmd_report,
         "kill": _cmd_kill,
+        "reset": _cmd_reset,
     }[args.command]
     try:
         return handler(args)
@@ -338,6 +345,18 @@ def _cmd_kill(args: argparse.Namespace) -> int:
             pass
     how = f"signalled pid {pid} and wrote {KILL_FILE}" if signalled else f"wrote {KILL_FILE}"
     print(f"kill switch sent to run {info.get('run_id')}: {how}")
+    return EXIT_OK
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from quoteforge.engine import RESET_FILE
+
+    info_path = args.run / "run.json"
+    if not info_path.exists():
+        print(f"{args.run} is not a run folder (no run.json)", file=sys.stderr)
+        return EXIT_USAGE
+    (args.run / RESET_FILE).write_text(args.breaker + "\n", encoding="utf-8")
+    print(f"breaker reset ({args.breaker}) requested; the run applies it within a second")
     return EXIT_OK
 
 

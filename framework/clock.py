@@ -105,7 +105,7 @@ class SimClock(Clock):
     def next_time(self) -> int | None:
         return self._queue[0][0] if self._queue else None
 
-    def run_until(self, end_ns: int, max_events: int | None = None) -> int:
+    def run_until(self, end_ns: int, max_events: int | None = None, advance: bool = True) -> int:
         """Run every event due at or before ``end_ns``; returns how many ran.
 
         With ``max_events`` it stops early so a caller can interleave other work (signal
@@ -124,7 +124,7 @@ class SimClock(Clock):
             if max_events is not None and ran >= max_events:
                 self.events_run += ran
                 return ran
-        if not queue or queue[0][0] > end_ns:
+        if advance and (not queue or queue[0][0] > end_ns):
             self._now = max(self._now, end_ns)
         self.events_run += ran
         return ran

@@ -26,6 +26,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from quoteforge.book import BookState, L2Book
+from quoteforge.breakers import Breakers, Trip
 from quoteforge.bus import Bus
 from quoteforge.clock import NS, Clock, LiveClock, SimClock, TimerHandle
 from quoteforge.exchange import (
@@ -59,6 +60,7 @@ from quoteforge.strategy import Market, Strategy, StrategyContext
 __all__ = ["Alert", "MarketRuntime", "Run", "StrategyRuntime", "run_manifest"]
 
 KILL_FILE = "KILL"
+RESET_FILE = "RESET_BREAKERS"
 
 SUMMARY_COLUMNS = (
     "market",
@@ -107,6 +109,9 @@ class MarketRuntime:
     last_pnl: float = 0.0
     quote_updates: int = 0
     seen_top: int = -1  # the book's top_version when the strategy last saw it
+    reject_streak: int = 0  # consecutive order rejections on this market
+    quiet_until: int = 0  # no new quotes before this time (backoff after rejections)
+    retry: TimerHandle | None = None
 
 
 class Run:
@@ -190,13 +195,25 @@ class Run:
                 seed=seed,
                 mode=self.mode,
                 symbols=symbols_by_venue[name],
-                extra={"run_dir": self.run_dir, "duration": m.run.duration},
+                secrets=dict(spec.secrets),
+                extra={
+                    "run_dir": self.run_dir,
+                    "duration": m.run.duration,
+                    "data": m.run.data,
+                    "manifest_dir": self.manifest_path.parent if self.manifest_path else None,
+                },
             )
             params = self.loaded.params_of("exchanges", name)
             if self.venue_factory is not None:
-                self.venues[name] = self.venue_factory(name, spec, params, ctx)
+                venue = self.venue_factory(name, spec, params, ctx)
             else:
-                self.venues[name] = reg.get("exchange", spec.type).factory(params, ctx)
+                venue = reg.get("exchange", spec.type).factory(params, ctx)
+            if self.mode == "paper":
+                # Live market data, simulated fills: orders never reach the venue.
+                from quoteforge.exchanges.paper import wrap_for_paper
+
+                venue = wrap_for_paper(venue, self.loaded.plugin_params.get("paper"), ctx)
+            self.venues[name] = venue
 
         checks = []
         for name, spec in m.risk.items():
@@ -209,6 +226,8 @@ class Run:
         ]
         policy_cls = reg.get("execution", m.execution.type).factory
         self.policy: ExecutionPolicy = policy_cls(self.loaded.params_of("execution"))
+        self._policy_retry = getattr(self.policy, "retry_at_ns", None)
+        self.breakers = Breakers(m.breakers, self._on_trip) if m.breakers is not None else None
         # A resumed run gets a new id session so no client id of the first life repeats.
         session = _base36(time.time_ns() // 1_000_000) if self.resume else None
         self.orders = OrderManager(
@@ -228,6 +247,7 @@ class Run:
             open_order_count=self.orders.open_count,
             now_ns=self.clock.now_ns,
             markets={},
+            own_best_ticks=self._own_best_ticks,
         )
         for name, spec in m.strategies.items():
             reg = self.registry.get("strategy", spec.type)
@@ -394,7 +414,9 @@ class Run:
         end = self.started_ns + int(float(duration) * NS) if duration is not None else None
         far = end if end is not None else 2**62
         while not self._stop.is_set():
-            ran = clock.run_until(far, max_events=20_000)
+            # Without a duration the run ends when the events do (e.g. the end of a
+            # recording); the clock must not jump to the far future then.
+            ran = clock.run_until(far, max_events=20_000, advance=end is not None)
             self.events_processed += ran
             if clock.now_ns() >= far or clock.next_time() is None:
                 self.stop_reason = self.stop_reason or "duration reached"
@@ -493,6 +515,10 @@ class Run:
         srt = mr.owner
         if srt.halted or mr.book.state is not BookState.LIVE or self._stop.is_set():
             return
+        if mr.quiet_until and self.clock.now_ns() < mr.quiet_until:
+            if mr.retry is None:
+                mr.retry = self.clock.call_at(mr.quiet_until, self._retry_after_backoff, mr)
+            return
         try:
             quotes = srt.strategy.on_book(mr.market)
         except Exception as exc:
@@ -509,9 +535,23 @@ class Run:
             mr.wanted = quotes
             mr.quote_updates += 1
         approved = self.risk.filter(mr.market, quotes, self.risk_view) if quotes else quotes
+        breakers = self.breakers
+        if breakers is not None and approved and breakers.state(mr.market.key) != "normal":
+            position = self.portfolio.position_lots(mr.market.key)
+            approved = [
+                q
+                for q in approved
+                if breakers.allows(mr.market.key, int(q.side), position, q.qty_lots)
+            ]
         inst = mr.instrument
         working = self.orders.working(inst.venue, inst.symbol)
-        plan: Plan = self.policy.plan(mr.market, approved, working, self.clock.now_ns())
+        now = self.clock.now_ns()
+        plan: Plan = self.policy.plan(mr.market, approved, working, now)
+        if self._policy_retry is not None:
+            retry_at = self._policy_retry(mr.market.key, now)
+            if retry_at is not None and mr.retry is None:
+                # The policy held changes back (rate limits): plan again when it can send.
+                mr.retry = self.clock.call_at(retry_at, self._retry_after_backoff, mr)
         if not plan:
             return
         actions: list[OrderAction] = []
@@ -542,6 +582,17 @@ class Run:
             strategy=strategy,
             level=quote.level,
         )
+
+    def _own_best_ticks(self, key: str, sign: int) -> int | None:
+        """Best price of our working quotes on one side of a market (self-trade checks)."""
+        best = None
+        venue, _, symbol = key.partition(":")
+        for order in self.orders.working(venue, symbol):
+            if int(order.side) != sign or order.price_ticks is None:
+                continue
+            if best is None or (order.price_ticks > best if sign > 0 else order.price_ticks < best):
+                best = order.price_ticks
+        return best
 
     def _take_for(self, strategy: str) -> Callable[..., Order | None]:
         def take(
@@ -591,6 +642,8 @@ class Run:
     # -- venue sink -----------------------------------------------------------------------
     def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
         mr = self.markets.get(book.key)
+        if self.breakers is not None:
+            self.breakers.on_book_state(book.key, new == BookState.LIVE.value, self.clock.now_ns())
         self._trace_event(book.key, "book_state", f"{old}->{new}: {reason}")
         if self._book_hook is not None:
             self._call_observers(self._book_hook, market=book.key, old=old, new=new, reason=reason)
@@ -632,6 +685,15 @@ class Run:
         mr = self.markets.get(order.market)
         if mr is None:
             return
+        if order.status is OrderStatus.REJECTED and order.filled_lots == 0:
+            self._note_rejection(mr, order)
+            if self.breakers is not None:
+                self.breakers.on_order_error(mr.market.key, order.reason, self.clock.now_ns())
+        elif order.status is OrderStatus.OPEN:
+            mr.reject_streak = 0
+            mr.quiet_until = 0
+            if self.breakers is not None:
+                self.breakers.on_order_ok(mr.market.key)
         srt = mr.owner
         if not srt.halted:
             try:
@@ -704,6 +766,61 @@ class Run:
             self._execute(mr, [], record_wanted=False)
         self.alert("strategy_halted", f"strategy {srt.name!r} halted after {where}: {exc!r}")
 
+    def _on_trip(self, trip: Trip) -> None:
+        """A breaker fired: journal it, alert, and re-run execution so HALT pulls every
+        quote and REDUCE keeps only the quotes that shrink the position."""
+        self.journal.append(
+            JournalRecord(
+                f"breaker-{trip.kind}-{trip.market or 'run'}-{trip.ts_ns}",
+                "breaker",
+                trip.ts_ns,
+                trip.market or "",
+                {"kind": trip.kind, "mode": trip.mode, "reason": trip.reason},
+            )
+        )
+        self.alert("breaker", str(trip), market=trip.market, severity="critical")
+        for key, mr in self.markets.items():
+            if trip.market in (None, key):
+                self._execute(mr, mr.wanted)
+
+    def reset_breakers(self, who: str) -> list[Trip]:
+        """Manual reset of latched breakers (``all``, ``run``, a kind or a market)."""
+        if self.breakers is None:
+            return []
+        cleared = self.breakers.reset(who)
+        for trip in cleared:
+            self._trace_event(trip.market, "breaker_reset", f"{trip.kind} reset by {who}")
+            self.log.warning("breaker {} reset ({})", trip.kind, who)
+        for mr in self.markets.values():
+            self._requote(mr, refill=True)
+        return cleared
+
+    def _retry_after_backoff(self, mr: MarketRuntime) -> None:
+        mr.retry = None
+        self._requote(mr, refill=True)
+
+    def _note_rejection(self, mr: MarketRuntime, order: Order) -> None:
+        """Back off after rejections so a quote the venue refuses is not resent in a loop:
+        0.1 s doubling to 30 s; an alert after 10 in a row."""
+        mr.reject_streak += 1
+        delay = min(30 * NS, int(0.1 * NS) << min(mr.reject_streak - 1, 10))
+        mr.quiet_until = self.clock.now_ns() + delay
+        if mr.reject_streak <= 3 or mr.reject_streak % 50 == 0:
+            self.log.warning(
+                "{}: order {} rejected ({}); quoting pauses {:.1f}s ({} in a row)",
+                mr.market.key,
+                order.client_id,
+                order.reason,
+                delay / NS,
+                mr.reject_streak,
+            )
+        if mr.reject_streak == 10:
+            self.alert(
+                "rejections",
+                f"{mr.market.key}: 10 orders rejected in a row, last: {order.reason}",
+                market=mr.market.key,
+            )
+
     def _stale_too_long(self, key: str, reason: str) -> None:
         self._stale_timers.pop(key, None)
         after = float(self.manifest.alerting.stale_after)
@@ -775,6 +892,7 @@ class Run:
         if self._trace is None:
             return
         now = self.clock.now_ns()
+        pnl_by_market: dict[str, Decimal] = {}
         for key, mr in self.markets.items():
             inst = mr.instrument
             book = mr.book
@@ -783,7 +901,9 @@ class Run:
             realized = pf.realized(key)
             fees = pf.fees(key)
             unrealized = pf.unrealized(key, mark) if mark is not None else Decimal(0)
-            pnl = float(realized + unrealized - fees)
+            exact_pnl = realized + unrealized - fees
+            pnl_by_market[key] = exact_pnl
+            pnl = float(exact_pnl)
             mr.last_pnl = pnl
             mr.peak_pnl = max(mr.peak_pnl, pnl)
             mr.max_drawdown = max(mr.max_drawdown, mr.peak_pnl - pnl)
@@ -816,6 +936,8 @@ class Run:
                     "state": book.state.value,
                 }
             )
+        if self.breakers is not None and not self._stop.is_set():
+            self.breakers.on_sample(now, pnl_by_market, sum(pnl_by_market.values(), Decimal(0)))
 
     def _write_trace(self, record: dict[str, Any]) -> None:
         self._trace.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -907,6 +1029,14 @@ class Run:
                 reason = kill_file.read_text(encoding="utf-8").strip() or "kill file"
                 self.kill(f"file: {reason}")
                 return
+            reset_file = self.run_dir / RESET_FILE
+            if reset_file.exists():
+                who = reset_file.read_text(encoding="utf-8").strip() or "all"
+                reset_file.unlink()
+                try:
+                    self.reset_breakers(who)
+                except ValueError as exc:
+                    self.log.error("breaker reset refused: {}", exc)
             if path is None:
                 continue
             try:

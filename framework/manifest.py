@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from quoteforge.breakers import BreakerParams
 from quoteforge.registry import PluginError, PluginRegistry
 
 __all__ = [
@@ -88,7 +89,7 @@ class RunSpec(_Closed):
     )
     out_dir: str = Field("runs", description="Folder under which run folders are created.")
     cancel_timeout: Duration = Field(
-        Duration(5), description="How long shutdown waits for cancel acknowledgements."
+        Duration(15), description="How long shutdown waits for cancel acknowledgements."
     )
     watch_manifest: bool = Field(
         True, description="Apply changed strategy params from the manifest file during a run."
@@ -98,6 +99,14 @@ class RunSpec(_Closed):
 class PluginSpec(_Closed):
     type: str = Field(description="Registered plugin type (see `quoteforge plugins`).")
     params: dict[str, Any] = Field(default_factory=dict, description="The plugin's params.")
+
+
+class ExchangeSpec(PluginSpec):
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Credentials handed to the adapter, each written as ${ENV_VAR}: "
+        "secrets come from the environment, never from the file.",
+    )
 
 
 class StrategySpec(PluginSpec):
@@ -132,7 +141,7 @@ class AlertSettings(_Closed):
 
 class Manifest(_Closed):
     run: RunSpec = Field(default_factory=RunSpec)
-    exchanges: dict[str, PluginSpec] = Field(min_length=1)
+    exchanges: dict[str, ExchangeSpec] = Field(min_length=1)
     strategies: dict[str, StrategySpec] = Field(min_length=1)
     risk: dict[str, PluginSpec] = Field(default_factory=dict)
     execution: PluginSpec = Field(default_factory=lambda: PluginSpec(type="minimal_diff"))
@@ -144,6 +153,13 @@ class Manifest(_Closed):
         default_factory=dict, description="Alert channels by name, e.g. a webhook."
     )
     alerting: AlertSettings = Field(default_factory=AlertSettings)
+    breakers: BreakerParams | None = Field(
+        None, description="Circuit breakers: PnL floor, drawdown, errors, stale data."
+    )
+    paper: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fill simulation of mode: paper (queue model, fees, latency).",
+    )
 
 
 @dataclass
@@ -208,6 +224,7 @@ class _DuplicateKeyError(Exception):
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_ONLY = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 def _substitute_env(
@@ -226,11 +243,11 @@ def _substitute_env(
         if found is None:
             if default is not None:
                 return default
+            fallback = "" if "secrets" in path else f" (or write ${{{name}:-default}})"
             problems.append(
                 (
                     path,
-                    f"environment variable {name} is not set; export it before the run "
-                    f"(or write ${{{name}:-default}})",
+                    f"environment variable {name} is not set; export it before the run{fallback}",
                 )
             )
             return ""
@@ -353,6 +370,21 @@ def load_manifest(
     apply_overrides(data, overrides)
 
     env_problems: list[tuple[tuple[str, ...], str]] = []
+    exchanges = data.get("exchanges")
+    if isinstance(exchanges, dict):
+        for name, spec in exchanges.items():
+            declared = spec.get("secrets") if isinstance(spec, dict) else None
+            if not isinstance(declared, dict):
+                continue
+            for key, value in declared.items():
+                if not (isinstance(value, str) and _ENV_ONLY.fullmatch(value.strip())):
+                    env_problems.append(
+                        (
+                            ("exchanges", str(name), "secrets", str(key)),
+                            "a secret must come from the environment: write ${SOME_VAR} "
+                            "and export SOME_VAR, never the value itself",
+                        )
+                    )
     secrets: set[str] = set()
     data = _substitute_env(data, (), env_problems, secrets)
     problems = [ManifestProblem(line_of(p), ".".join(p), m) for p, m in env_problems]
@@ -397,10 +429,13 @@ def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
         "report": ReportSpec,
         "metrics": MetricsSpec,
         "alerting": AlertSettings,
+        "breakers": BreakerParams,
     }
     if len(loc) == 1:
         return models.get(loc[0])
-    if len(loc) == 2 and loc[0] in ("exchanges", "risk", "alerts"):
+    if len(loc) == 2 and loc[0] == "exchanges":
+        return ExchangeSpec
+    if len(loc) == 2 and loc[0] in ("risk", "alerts"):
         return PluginSpec
     if len(loc) == 2 and loc[0] == "strategies":
         return StrategySpec
@@ -439,6 +474,16 @@ def _resolve_plugins(
                 problems.append(problem((*loc, "params", *sub), message))
             continue
         loaded.plugin_params[".".join(loc)] = params
+
+    if m.paper or m.run.mode == "paper":
+        from quoteforge.exchanges.paper import PaperParams
+
+        try:
+            loaded.plugin_params["paper"] = PaperParams.model_validate(m.paper)
+        except ValidationError as exc:
+            for err in exc.errors():
+                sub = tuple(str(p) for p in err["loc"])
+                problems.append(problem(("paper", *sub), _describe(err)))
 
     claimed: dict[str, str] = {}
     for name, strat in m.strategies.items():

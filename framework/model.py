@@ -117,6 +117,14 @@ def _as_decimal(value: Decimal | str | int | float, what: str) -> Decimal:
         raise ValueError(f"{what} {value!r} is not a number") from None
 
 
+def _plain(value: Decimal) -> Decimal:
+    """Without trailing zeros and never in exponent form: 100, not 1E+2; 0.5, not 0.50."""
+    if not value:
+        return Decimal(0)
+    value = value.normalize()
+    return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]
+
+
 @dataclass(frozen=True, slots=True)
 class Instrument:
     """A tradable market on one venue with its price and quantity grid."""
@@ -168,7 +176,7 @@ class Instrument:
         return int(ticks)
 
     def ticks_to_price(self, ticks: int) -> Decimal:
-        return (self.tick_size * ticks).normalize() if ticks else Decimal(0)
+        return _plain(self.tick_size * ticks)
 
     def round_price(self, price: float, side: Side) -> int:
         """Ticks for a quote at ``price``, rounded passively (bids down, asks up) and
@@ -200,7 +208,7 @@ class Instrument:
         return int(lots)
 
     def lots_to_qty(self, lots: int) -> Decimal:
-        return (self.lot_size * lots).normalize() if lots else Decimal(0)
+        return _plain(self.lot_size * lots)
 
     def round_qty(self, qty: float) -> int:
         """Lots for a quantity, rounded down (never quote more than asked)."""

@@ -42,7 +42,9 @@ class RiskView:
         open_order_count: Callable[[str], int],
         now_ns: Callable[[], int] = lambda: 0,
         markets: dict[str, Market] | None = None,
+        own_best_ticks: Callable[[str, int], int | None] = lambda key, sign: None,
     ) -> None:
+        self._own_best_ticks = own_best_ticks
         self.position_lots = position_lots
         self.now_ns = now_ns
         # Every market of the run, for portfolio-wide checks (value at risk, correlation).
@@ -51,6 +53,10 @@ class RiskView:
         self.open_lots = open_lots
         self.open_order_count = open_order_count
         self._batch = {1: 0, -1: 0}
+
+    def own_best_ticks(self, market: str, side_sign: int) -> int | None:
+        """Best price (ticks) of our working orders on one side of ``market``."""
+        return self._own_best_ticks(market, side_sign)
 
     def batch_lots(self, side: int) -> int:
         """Lots already approved on ``side`` in the quote set being checked: wanted

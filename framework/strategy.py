@@ -36,6 +36,8 @@ class Market:
     __slots__ = (
         "_lot",
         "_max_ticks",
+        "_min_lots",
+        "_min_notional",
         "_position",
         "_tick",
         "book",
@@ -56,6 +58,8 @@ class Market:
         self._tick = float(instrument.tick_size)
         self._lot = float(instrument.lot_size)
         self._max_ticks = instrument.max_price_ticks
+        self._min_lots = -(-instrument.min_qty // instrument.lot_size) if instrument.min_qty else 0
+        self._min_notional = float(instrument.min_notional)
 
     @property
     def position_lots(self) -> int:
@@ -69,7 +73,14 @@ class Market:
 
     def _lots(self, qty: float) -> int:
         # The small epsilon keeps 0.3 / 0.1 (= 2.9999999999999996) from losing a lot.
-        return int(qty / self._lot + 1e-9) if qty > 0 else 0
+        lots = int(qty / self._lot + 1e-9) if qty > 0 else 0
+        return lots if lots >= self._min_lots else 0
+
+    def _too_small(self, ticks: int, lots: int) -> bool:
+        """Below the venue's minimum notional: the venue would reject it."""
+        return bool(self._min_notional) and ticks * self._tick * lots * self._lot < (
+            self._min_notional * (1 - 1e-9)
+        )
 
     def _clamp(self, ticks: int) -> int:
         if ticks < 1:
@@ -79,20 +90,25 @@ class Market:
 
     def bid(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
         """A bid at ``price`` rounded down to the tick grid, ``qty`` rounded down to
-        lots; None when the size rounds to zero."""
+        lots; None when the size rounds to zero or below the venue's minimums."""
         lots = self._lots(qty)
         if lots <= 0:
             return None
-        ticks = math.floor(price / self._tick + 1e-9)
-        return Quote(Side.BUY, self._clamp(ticks), lots, level, post_only)
+        ticks = self._clamp(math.floor(price / self._tick + 1e-9))
+        if self._too_small(ticks, lots):
+            return None
+        return Quote(Side.BUY, ticks, lots, level, post_only)
 
     def ask(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
-        """An ask at ``price`` rounded up to the tick grid; None when the size is zero."""
+        """An ask at ``price`` rounded up to the tick grid; None when the size is zero or
+        below the venue's minimums."""
         lots = self._lots(qty)
         if lots <= 0:
             return None
-        ticks = math.ceil(price / self._tick - 1e-9)
-        return Quote(Side.SELL, self._clamp(ticks), lots, level, post_only)
+        ticks = self._clamp(math.ceil(price / self._tick - 1e-9))
+        if self._too_small(ticks, lots):
+            return None
+        return Quote(Side.SELL, ticks, lots, level, post_only)
 
     def __repr__(self) -> str:
         return f"Market({self.key})"

@@ -334,3 +334,57 @@ def test_kill_from_the_bus(registry: PluginRegistry, tmp_path: Path) -> None:
     assert run.stop_reason == "kill switch: bus: risk desk"
     assert run.orders.all_working() == []
     assert any(a.kind == "kill" for a in run.alerts)
+
+
+def test_breaker_halts_latches_and_resets(registry: PluginRegistry, tmp_path: Path) -> None:
+    text = manifest_text(duration="90s", outages="[{at: 20s, duration: 10s}]") + (
+        "breakers: {stale_after_s: 2, mode: halt, latch: true}\n"
+    )
+    path = tmp_path / "brk.yaml"
+    path.write_text(text)
+    loaded = load_manifest(path, registry)
+    run = Run(loaded, registry, run_dir=tmp_path / "brk")
+    start = run.clock.now_ns()
+    cleared: list[Any] = []
+    run.clock.call_at(start + 60 * 10**9, lambda: cleared.extend(run.reset_breakers("all")))
+    asyncio.run(run.run())
+    assert [t.kind for t in cleared] == ["stale_data"]
+    trace = [json.loads(line) for line in (tmp_path / "brk" / "trace.jsonl").open()]
+    alerts = [r for r in trace if r["type"] == "event" and r["event"] == "alert"]
+    assert any("breaker" in a["detail"] and "HALT" in a["detail"] for a in alerts)
+    # The stale-data trip is per market. Latched: no BTC quotes between the trip and the
+    # reset, although its book is LIVE again from 30 s; quoting resumes after the reset.
+    ticks = [r for r in trace if r["type"] == "tick"]
+    btc = [r for r in ticks if r["market"] == "sim:BTC/USDT"]
+    halted = [r for r in btc if start + 33e9 <= r["t"] <= start + 59e9]
+    after = [r for r in ticks if r["t"] >= start + 62e9]
+    assert halted
+    assert all(r["our_bid"] is None and r["our_ask"] is None for r in halted)
+    assert any(r["our_bid"] is not None for r in after if r["market"] == "sim:BTC/USDT")
+    assert any(r["our_bid"] is not None for r in after if r["market"] == "sim:YES/USD")
+    kinds = [row for row in journal_rows(tmp_path / "brk", "breaker")]
+    assert kinds and kinds[0]["mode"] == "halt"
+
+
+def test_reduce_breaker_only_lets_position_reducing_quotes_through(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    text = manifest_text(duration="60s") + "breakers: {pnl_floor: 1000000000, mode: reduce}\n"
+    path = tmp_path / "red.yaml"
+    path.write_text(text)
+    run = Run(load_manifest(path, registry), registry, run_dir=tmp_path / "red")
+    asyncio.run(run.run())
+    assert run.breakers is not None
+    assert run.breakers.state() == "reduce"
+    trace = [json.loads(line) for line in (tmp_path / "red" / "trace.jsonl").open()]
+    start = trace[0]["t"]
+    for r in trace:
+        if r["type"] != "tick" or r["t"] < start + 3e9:
+            continue
+        # Flat: nothing reduces, so nothing is quoted; long: only asks; short: only bids.
+        if r["inventory"] == 0:
+            assert r["our_bid"] is None and r["our_ask"] is None
+        elif r["inventory"] > 0:
+            assert r["our_bid"] is None
+        else:
+            assert r["our_ask"] is None

@@ -169,9 +169,31 @@ def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-def test_every_example_manifest_validates(registry: PluginRegistry) -> None:
+def test_every_example_manifest_validates(
+    registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "KRAKEN_API_KEY", "KRAKEN_API_SECRET"):
+        monkeypatch.setenv(var, f"test-{var.lower()}")
     examples = Path(__file__).resolve().parent.parent / "examples"
     manifests = list(examples.glob("*.yaml"))
     assert manifests, "examples/ holds manifests"
     for path in manifests:
         load_manifest(path, registry)
+
+
+def test_secrets_must_come_from_the_environment(
+    registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    literal = GOOD.replace(
+        "    type: sim\n", "    type: sim\n    secrets: {api_key: hunter2hunter2}\n"
+    )
+    msg = refused(literal, registry)
+    assert "exchanges.sim.secrets.api_key: a secret must come from the environment" in msg
+    assert "hunter2hunter2" not in msg
+    monkeypatch.setenv("QF_TEST_KEY", "k-123456789")
+    ok = GOOD.replace(
+        "    type: sim\n", "    type: sim\n    secrets: {api_key: '${QF_TEST_KEY}'}\n"
+    )
+    loaded = load(ok, registry)
+    assert loaded.manifest.exchanges["sim"].secrets == {"api_key": "k-123456789"}
+    assert "k-123456789" in loaded.secrets

@@ -1,0 +1,601 @@
+"""Queue-aware fills for our orders against an external book we do not control (a
+recording or a live feed): the matching behind the ``replay`` and paper venues."""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from quoteforge.book import BookState, L2Book
+from quoteforge.clock import Clock
+from quoteforge.exchange import (
+    CancelAll,
+    CancelOrder,
+    OrderAction,
+    PlaceOrder,
+    ReplaceOrder,
+    VenueSink,
+)
+from quoteforge.model import (
+    Fill,
+    Instrument,
+    Liquidity,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Side,
+    TimeInForce,
+)
+
+__all__ = [
+    "CANCEL_POSITIONS",
+    "CancelPosition",
+    "FillLatencyParams",
+    "FillSimParams",
+    "FillSimulator",
+]
+
+CancelPosition = Literal["front", "back", "proportional", "probabilistic"]
+CANCEL_POSITIONS: tuple[str, ...] = ("front", "back", "proportional", "probabilistic")
+
+_BUY = Side.BUY
+_SELL = Side.SELL
+_LIVE = BookState.LIVE
+_MAKER = Liquidity.MAKER
+_TAKER = Liquidity.TAKER
+_BPS = Decimal("0.0001")
+# numpy's hypergeometric sampler needs ngood + nbad below 10**9.
+_HYPERGEOMETRIC_LIMIT = 10**9
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FillLatencyParams(_Closed):
+    market_data_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Venue -> us delay of market data: how far the book we see lags the "
+        "venue's own book.",
+    )
+    order_ms: float = Field(
+        10.0, ge=0, description="One-way delay of our order requests and of their reports."
+    )
+    jitter_ms: float = Field(1.0, ge=0, description="Uniform random extra delay, 0..jitter.")
+
+
+class FillSimParams(_Closed):
+    """How our orders are filled against a book we only observe."""
+
+    maker_fee_bps: Decimal | None = Field(
+        None,
+        description="Maker fee in bps of notional; negative is a rebate. Unset: the "
+        "instrument's own maker fee.",
+    )
+    taker_fee_bps: Decimal | None = Field(
+        None, description="Taker fee in bps of notional. Unset: the instrument's own taker fee."
+    )
+    cancel_position: CancelPosition = Field(
+        "probabilistic",
+        description="Where cancellations at our price level happen relative to our order: "
+        "front (all ahead of us), back (all behind us), proportional (ahead in proportion "
+        "to the queue ahead), probabilistic (each cancelled lot ahead of us at random).",
+    )
+    latency: FillLatencyParams = Field(
+        default_factory=lambda: FillLatencyParams.model_validate({}),
+        description="Market-data and order latency.",
+    )
+
+
+class _Working:
+    """One resting order of ours and the external quantity queued ahead of it."""
+
+    __slots__ = ("ahead", "filled", "level", "order", "remaining")
+
+    def __init__(self, order: Order, level: _Level, ahead: int, filled: int) -> None:
+        self.order = order
+        self.level = level
+        self.ahead = ahead
+        self.filled = filled
+        self.remaining = order.qty_lots - filled
+
+
+class _Level:
+    """A price level where we rest: what we last saw of it and our orders, in arrival
+    order."""
+
+    __slots__ = ("orders", "price", "seen", "side", "traded")
+
+    def __init__(self, side: Side, price: int, seen: int) -> None:
+        self.side = side
+        self.price = price
+        self.seen = seen  # external visible lots at the last look
+        self.traded = 0  # lots printed at this price that the depth does not show yet
+        self.orders: list[_Working] = []
+
+
+class _Market:
+    __slots__ = (
+        "book",
+        "instrument",
+        "levels",
+        "maker_rate",
+        "orders",
+        "rng",
+        "taken",
+        "taker_rate",
+    )
+
+    def __init__(
+        self,
+        instrument: Instrument,
+        book: L2Book,
+        maker_rate: Decimal,
+        taker_rate: Decimal,
+        rng: np.random.Generator,
+    ) -> None:
+        self.instrument = instrument
+        self.book = book
+        self.maker_rate = maker_rate
+        self.taker_rate = taker_rate
+        self.rng = rng
+        self.levels: dict[tuple[Side, int], _Level] = {}
+        self.orders: dict[str, _Working] = {}
+        # (side, ticks) -> (visible lots when we took, lots we took): liquidity our
+        # taking orders used, so a second taker does not take it again before the
+        # feed shows the level change.
+        self.taken: dict[tuple[Side, int], tuple[int, int]] = {}
+
+
+def _rng(seed: int, venue: str, symbol: str, purpose: str) -> np.random.Generator:
+    key = zlib.crc32(f"{venue}|{symbol}|{purpose}".encode())
+    return np.random.default_rng([seed & 0xFFFFFFFF, key])
+
+
+class FillSimulator:
+    """Our orders on one venue, filled against external books we only observe.
+
+    Rules (``docs/backtest.md`` explains them):
+
+    - A passive order joins the back of its price level: ``ahead`` starts at the
+      visible lots there (0 at a new price).
+    - A public trade at our price first consumes ``ahead``, then fills us; a trade
+      through our price (a sell below our bid, a buy above our ask) fills us completely.
+    - A drop of the visible size at our level that trades do not explain is a
+      cancellation; ``cancel_position`` decides how much of it was ahead of us.
+    - When the opposite best price reaches our price on a LIVE book, we are filled
+      completely at our price as maker.
+    - A marketable order (market, IOC or crossing GTC) walks the visible opposite
+      levels up to its limit and pays the taker fee; it does not change the external
+      book, but the liquidity it used is not offered again until the feed updates that
+      level. A crossing post-only order is rejected.
+
+    Time: the book we see lags the venue by ``view_lag_ms`` (the latency's
+    ``market_data_ms`` unless given), so an order sent now reaches the venue's matching
+    ``order_ms`` later, which on our view's clock is ``order_ms + view_lag_ms`` later;
+    reports travel back ``order_ms``, i.e. ``max(0, order_ms - view_lag_ms)`` after the
+    view shows what caused them.
+    """
+
+    def __init__(
+        self,
+        venue: str,
+        clock: Clock,
+        params: FillSimParams | None = None,
+        seed: int = 0,
+        *,
+        view_lag_ms: float | None = None,
+    ) -> None:
+        self.venue = venue
+        self.clock = clock
+        self.params = params = params or FillSimParams.model_validate({})
+        lat = params.latency
+        lag = lat.market_data_ms if view_lag_ms is None else view_lag_ms
+        if lag < 0:
+            raise ValueError(f"{venue}: view_lag_ms must be >= 0, got {lag}")
+        self._arrive_ns = int((lat.order_ms + lag) * 1_000_000)
+        self._report_ns = max(0, int((lat.order_ms - lag) * 1_000_000))
+        self._jitter_ns = lat.jitter_ms * 1_000_000
+        self._latency_rng = _rng(seed, venue, "*", "latency")
+        self._out_last = 0
+        self._back_last = 0
+        self._seed = seed
+        self._model = params.cancel_position
+        self.sink: VenueSink | None = None
+        self.markets: dict[str, _Market] = {}
+        self._fill_seq = itertools.count(1)
+        self.fills: list[Fill] = []
+
+    # -- set-up ----------------------------------------------------------------------------
+    def attach(self, sink: VenueSink | None) -> None:
+        """Where order reports and fills go (None: nowhere, e.g. after close)."""
+        self.sink = sink
+
+    def add_market(self, instrument: Instrument, book: L2Book) -> None:
+        """Fill orders on ``instrument`` against ``book`` (which the caller keeps fresh
+        and reports through ``on_book``)."""
+        p = self.params
+        maker = instrument.maker_fee if p.maker_fee_bps is None else p.maker_fee_bps * _BPS
+        taker = instrument.taker_fee if p.taker_fee_bps is None else p.taker_fee_bps * _BPS
+        rng = _rng(self._seed, self.venue, instrument.symbol, "queue")
+        self.markets[instrument.symbol] = _Market(instrument, book, maker, taker, rng)
+
+    def has_market(self, symbol: str) -> bool:
+        return symbol in self.markets
+
+    # -- our orders --------------------------------------------------------------------------
+    def submit(self, actions: Sequence[OrderAction]) -> None:
+        """Send actions to the simulated matching; outcomes arrive through the sink."""
+        clock = self.clock
+        for action in actions:
+            clock.call_at(self._stream_time(True), self._arrive, action)
+
+    def queue_ahead(self, client_id: str) -> int | None:
+        """External lots still ahead of a resting order of ours (None: not resting)."""
+        for market in self.markets.values():
+            working = market.orders.get(client_id)
+            if working is not None:
+                return working.ahead
+        return None
+
+    def open_orders(self) -> list[OrderUpdate]:
+        now = self.clock.now_ns()
+        out = []
+        for market in self.markets.values():
+            for w in market.orders.values():
+                order = w.order
+                status = OrderStatus.PARTIALLY_FILLED if w.filled else OrderStatus.OPEN
+                out.append(
+                    OrderUpdate(
+                        self.venue,
+                        order.client_id,
+                        status,
+                        now,
+                        exchange_id=order.client_id,
+                        filled_lots=w.filled,
+                        price_ticks=order.price_ticks,
+                        qty_lots=order.qty_lots,
+                    )
+                )
+        return out
+
+    # -- market data ---------------------------------------------------------------------------
+    def on_book(self, symbol: str) -> None:
+        """The external book of ``symbol`` changed: account cancellations at our levels
+        and fill orders the opposite side has reached."""
+        market = self.markets.get(symbol)
+        if market is None:
+            return
+        if market.taken:
+            self._forget_taken(market)
+        if not market.levels:
+            return
+        book = market.book
+        live = book.state is _LIVE
+        best_bid = book.best_bid_ticks()
+        best_ask = book.best_ask_ticks()
+        for level in list(market.levels.values()):
+            if live:
+                if level.side is _BUY:
+                    through = best_ask is not None and best_ask <= level.price
+                else:
+                    through = best_bid is not None and best_bid >= level.price
+                if through:
+                    self._fill_level(market, level)
+                    continue
+            visible = book.lots_at(level.side, level.price)
+            seen = level.seen
+            if visible == seen:
+                continue
+            if visible < seen:
+                drop = seen - visible
+                explained = drop if drop < level.traded else level.traded
+                cancelled = drop - explained
+                if cancelled:
+                    self._cancelled_ahead(market, level, cancelled)
+            level.traded = 0
+            level.seen = visible
+            for w in level.orders:
+                if w.ahead > visible:
+                    w.ahead = visible
+
+    def on_trade(self, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side) -> None:
+        """A public trade printed: it consumes the queue at its price and fills our
+        orders behind it, or fills us outright when it went through our price."""
+        market = self.markets.get(symbol)
+        if market is None or not market.levels:
+            return
+        hit = aggressor.opposite
+        for level in list(market.levels.values()):
+            if level.side is not hit:
+                continue
+            if price_ticks == level.price:
+                level.traded += qty_lots
+                self._consume_queue(market, level, qty_lots)
+            elif (price_ticks < level.price) if hit is _BUY else (price_ticks > level.price):
+                self._fill_level(market, level)
+
+    # -- arrival at the venue ------------------------------------------------------------------
+    def _arrive(self, action: OrderAction) -> None:
+        if isinstance(action, PlaceOrder):
+            self._place(action.order)
+        elif isinstance(action, CancelOrder):
+            self._cancel(action.client_id, action.symbol)
+        elif isinstance(action, ReplaceOrder):
+            self._cancel(action.old_client_id, action.new.symbol)
+            self._place(action.new)
+        elif isinstance(action, CancelAll):
+            for symbol, market in self.markets.items():
+                if action.symbol in (None, symbol):
+                    for client_id in list(market.orders):
+                        self._cancel(client_id, symbol)
+
+    def _place(self, order: Order) -> None:
+        market = self.markets.get(order.symbol)
+        if market is None:
+            known = ", ".join(sorted(self.markets)) or "none"
+            self._report(
+                order.client_id,
+                OrderStatus.REJECTED,
+                0,
+                f"unknown market {order.symbol!r} on {self.venue}; it lists: {known}",
+            )
+            return
+        problem = self._check(market, order)
+        if problem is not None:
+            self._report(order.client_id, OrderStatus.REJECTED, 0, problem)
+            return
+        is_buy = order.side is _BUY
+        book = market.book
+        best = book.best_ask_ticks() if is_buy else book.best_bid_ticks()
+        limit = order.price_ticks
+        is_market = order.order_type is OrderType.MARKET
+        if best is None:
+            crosses = False
+        elif is_market or limit is None:
+            crosses = True
+        else:
+            crosses = best <= limit if is_buy else best >= limit
+        if crosses and order.tif is TimeInForce.POST_ONLY:
+            assert best is not None
+            price = market.instrument.ticks_to_price(best)
+            self._report(
+                order.client_id,
+                OrderStatus.REJECTED,
+                0,
+                f"post-only order would cross at {price}",
+            )
+            return
+        self._report(
+            order.client_id,
+            OrderStatus.OPEN,
+            0,
+            price_ticks=limit,
+            qty_lots=order.qty_lots,
+        )
+        filled = self._take(market, order) if crosses else 0
+        if filled == order.qty_lots:
+            self._report(order.client_id, OrderStatus.FILLED, filled)
+            return
+        if is_market or order.tif is TimeInForce.IOC:
+            self._report(
+                order.client_id,
+                OrderStatus.EXPIRED,
+                filled,
+                "market remainder: visible book too thin" if is_market else "IOC remainder",
+            )
+            return
+        assert limit is not None
+        key = (order.side, limit)
+        level = market.levels.get(key)
+        visible = book.lots_at(order.side, limit)
+        if level is None:
+            level = market.levels[key] = _Level(order.side, limit, visible)
+        working = _Working(order, level, visible, filled)
+        level.orders.append(working)
+        market.orders[order.client_id] = working
+
+    def _check(self, market: _Market, order: Order) -> str | None:
+        if order.client_id in market.orders:
+            return f"duplicate client id {order.client_id!r}: an order with this id is working"
+        if order.order_type is OrderType.LIMIT and order.price_ticks is None:
+            return "a limit order needs price_ticks; send OrderType.MARKET to trade without one"
+        if order.order_type is OrderType.MARKET and order.tif is TimeInForce.POST_ONLY:
+            return "a market order cannot be post-only: send a limit order with POST_ONLY"
+        price = order.price_ticks if order.order_type is OrderType.LIMIT else None
+        return market.instrument.check_order(price, order.qty_lots)
+
+    def _take(self, market: _Market, order: Order) -> int:
+        """Walk the visible opposite levels up to the limit; returns lots filled."""
+        is_buy = order.side is _BUY
+        opposite = order.side.opposite
+        limit = order.price_ticks if order.order_type is OrderType.LIMIT else None
+        remaining = order.qty_lots
+        taken = market.taken
+        fills: list[tuple[int, int]] = []
+        for price, visible in market.book.levels(opposite):
+            if limit is not None and (price > limit if is_buy else price < limit):
+                break
+            key = (opposite, price)
+            used = 0
+            before = taken.get(key)
+            if before is not None and before[0] == visible:
+                used = before[1]
+            available = visible - used
+            if available <= 0:
+                continue
+            lots = available if available < remaining else remaining
+            taken[key] = (visible, used + lots)
+            fills.append((price, lots))
+            remaining -= lots
+            if not remaining:
+                break
+        for price, lots in fills:
+            self._emit_fill(market, order, price, lots, _TAKER)
+        return order.qty_lots - remaining
+
+    def _cancel(self, client_id: str, symbol: str) -> None:
+        market = self.markets.get(symbol)
+        if market is None:
+            return
+        working = market.orders.get(client_id)
+        if working is None:
+            # Already filled (its FILLED report is on the way) or never accepted.
+            return
+        self._remove(market, working)
+        self._report(client_id, OrderStatus.CANCELLED, working.filled)
+
+    # -- queue and fills -----------------------------------------------------------------------
+    def _cancelled_ahead(self, market: _Market, level: _Level, cancelled: int) -> None:
+        """``cancelled`` external lots left the level; move our orders up by the part
+        of them that was ahead."""
+        visible = level.seen
+        model = self._model
+        for w in level.orders:
+            ahead = w.ahead
+            if ahead <= 0:
+                continue
+            behind = visible - ahead
+            if model == "front":
+                gone = cancelled if cancelled < ahead else ahead
+            elif model == "back":
+                gone = cancelled - behind if cancelled > behind else 0
+            elif model == "proportional":
+                gone = cancelled * ahead // visible
+            elif visible < _HYPERGEOMETRIC_LIMIT:
+                gone = int(market.rng.hypergeometric(ahead, behind, cancelled))
+            else:
+                gone = min(ahead, int(market.rng.binomial(cancelled, ahead / visible)))
+            w.ahead = ahead - gone
+
+    def _consume_queue(self, market: _Market, level: _Level, qty: int) -> None:
+        """A trade of ``qty`` lots at our price: external lots ahead go first, then our
+        orders in arrival order, with the external lots between them."""
+        left = qty
+        external = 0  # external lots this trade consumed so far
+        done: list[_Working] = []
+        for w in level.orders:
+            need = w.ahead - external
+            if need > 0:
+                step = need if need < left else left
+                external += step
+                left -= step
+            if not left:
+                break
+            lots = w.remaining if w.remaining < left else left
+            left -= lots
+            self._fill_working(market, w, lots)
+            if not w.remaining:
+                done.append(w)
+            if not left:
+                break
+        for w in level.orders:
+            w.ahead = w.ahead - external if w.ahead > external else 0
+        for w in done:
+            self._remove(market, w)
+
+    def _fill_level(self, market: _Market, level: _Level) -> None:
+        for w in list(level.orders):
+            self._fill_working(market, w, w.remaining)
+            self._remove(market, w)
+
+    def _fill_working(self, market: _Market, w: _Working, lots: int) -> None:
+        w.remaining -= lots
+        w.filled += lots
+        self._emit_fill(market, w.order, w.level.price, lots, _MAKER)
+        if not w.remaining:
+            self._report(w.order.client_id, OrderStatus.FILLED, w.filled)
+
+    def _remove(self, market: _Market, w: _Working) -> None:
+        market.orders.pop(w.order.client_id, None)
+        level = w.level
+        if w in level.orders:
+            level.orders.remove(w)
+        if not level.orders:
+            market.levels.pop((level.side, level.price), None)
+
+    def _forget_taken(self, market: _Market) -> None:
+        book = market.book
+        taken = market.taken
+        for key in [k for k, (v, _) in taken.items() if book.lots_at(k[0], k[1]) != v]:
+            del taken[key]
+
+    # -- reports --------------------------------------------------------------------------------
+    def _emit_fill(
+        self, market: _Market, order: Order, price: int, lots: int, liquidity: Liquidity
+    ) -> None:
+        inst = market.instrument
+        rate = market.maker_rate if liquidity is _MAKER else market.taker_rate
+        fill = Fill(
+            venue=self.venue,
+            symbol=inst.symbol,
+            fill_id=f"{inst.symbol}-{next(self._fill_seq)}",
+            client_id=order.client_id,
+            side=order.side,
+            price_ticks=price,
+            qty_lots=lots,
+            fee=inst.notional(price, lots) * rate,
+            fee_asset=inst.quote,
+            liquidity=liquidity,
+            ts_ns=self.clock.now_ns(),
+            strategy=order.strategy,
+        )
+        self.fills.append(fill)
+        self.clock.call_at(self._stream_time(False), self._deliver_fill, fill)
+
+    def _report(
+        self,
+        client_id: str,
+        status: OrderStatus,
+        filled: int,
+        reason: str = "",
+        *,
+        price_ticks: int | None = None,
+        qty_lots: int | None = None,
+    ) -> None:
+        update = OrderUpdate(
+            self.venue,
+            client_id,
+            status,
+            self.clock.now_ns(),
+            exchange_id=client_id,
+            filled_lots=filled,
+            price_ticks=price_ticks,
+            qty_lots=qty_lots,
+            reason=reason,
+        )
+        self.clock.call_at(self._stream_time(False), self._deliver_update, update)
+
+    def _deliver_fill(self, fill: Fill) -> None:
+        if self.sink is not None:
+            self.sink.on_fill(fill)
+
+    def _deliver_update(self, update: OrderUpdate) -> None:
+        if self.sink is not None:
+            self.sink.on_order_update(update)
+
+    def _stream_time(self, outbound: bool) -> int:
+        """Delivery time on the order path (out) or the report path (back): jittered
+        but never before the previous message on the same path, as on one connection."""
+        base = self._arrive_ns if outbound else self._report_ns
+        jitter = self._jitter_ns
+        if jitter:
+            base += int(float(self._latency_rng.random()) * jitter)
+        when = self.clock.now_ns() + base
+        if outbound:
+            if when < self._out_last:
+                when = self._out_last
+            self._out_last = when
+        else:
+            if when < self._back_last:
+                when = self._back_last
+            self._back_last = when
+        return when

@@ -1,0 +1,491 @@
+"""The ``replay`` exchange: recorded market data replayed on the run's virtual clock
+through the venue's own book rules, with our orders filled by the fill simulator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+import quoteforge
+from quoteforge.book import (
+    BinanceFuturesBookSource,
+    BinanceSpotBookSource,
+    BookMessageError,
+    BookSource,
+    BookState,
+    KrakenBookSource,
+    L2Book,
+    WireDecimalParser,
+)
+from quoteforge.book.kraken import KRAKEN_DEPTHS
+from quoteforge.clock import Clock, TimerHandle
+from quoteforge.exchange import ExchangeAdapter, OrderAction, VenueContext, VenueSink
+from quoteforge.exchanges.fillsim import FillSimParams, FillSimulator
+from quoteforge.model import Fill, Instrument, OrderUpdate, Side
+from quoteforge.recording import Record, RecordingError, merge_recordings
+from quoteforge.registry import Register
+
+__all__ = ["ReplayExchange", "ReplayMarketParams", "ReplayParams"]
+
+_decode: Callable[[str | bytes], Any]
+try:  # the same fast decoder the book sources use, when it is installed
+    import orjson
+
+    _decode = orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _decode = json.loads
+
+WireProtocol = Literal["binance_spot", "binance_futures", "kraken_v2"]
+_SOURCES: dict[str, type[BookSource]] = {
+    "binance_spot": BinanceSpotBookSource,
+    "binance_futures": BinanceFuturesBookSource,
+    "kraken_v2": KrakenBookSource,
+}
+_LIVE = BookState.LIVE
+_BPS = Decimal("0.0001")
+_WARN_LIMIT = 20
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReplayMarketParams(_Closed):
+    tick_size: Decimal = Field(gt=0, description="Price increment, as the venue defines it.")
+    lot_size: Decimal = Field(gt=0, description="Quantity increment, as the venue defines it.")
+    min_qty: Decimal = Field(Decimal(0), ge=0, description="Smallest order quantity.")
+    min_notional: Decimal = Field(Decimal(0), ge=0, description="Smallest price x quantity.")
+    wire_symbol: str | None = Field(
+        None,
+        description="The symbol as the recording spells it (Binance 'BTCUSDT', Kraken "
+        "'BTC/USD'); default: derived from the market name.",
+    )
+
+
+class ReplayParams(FillSimParams):
+    """A recorded-data venue for ``mode: backtest`` runs."""
+
+    data: str | list[str] | None = Field(
+        None,
+        description="Recording file(s) (.jsonl or .jsonl.gz), merged in time order. "
+        "Default: the manifest's run.data.",
+    )
+    protocol: WireProtocol = Field(
+        description="Wire format of the recording: binance_spot, binance_futures or kraken_v2."
+    )
+    venue: str | None = Field(
+        None, description="Replay only records of this recorded venue (default: all records)."
+    )
+    markets: dict[str, ReplayMarketParams] = Field(
+        min_length=1,
+        description="Markets by symbol with their grid: no REST in a backtest, so tick, lot "
+        "and minimums are given here.",
+    )
+    maker_fee_bps: Decimal | None = Field(
+        Decimal(0), description="Maker fee in bps of notional; negative is a rebate."
+    )
+    taker_fee_bps: Decimal | None = Field(Decimal(5), description="Taker fee in bps of notional.")
+    extra_latency_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Added to every recorded receive time: the strategy sees the data later "
+        "than the recorder did (a slower machine or link).",
+    )
+    notify: Literal["every", "top", "best"] = Field(
+        "top",
+        description="When the run (and so the strategy) hears of a book change: every "
+        "applied message; top: the best 5 levels of a side changed; best: the best bid or "
+        "ask price or size changed.",
+    )
+    stale_after_ms: float | None = Field(
+        5_000.0,
+        gt=0,
+        description="Mark a book STALE after this much recorded silence (None: never).",
+    )
+    depth: int = Field(10, description="Kraken only: the book depth that was subscribed.")
+    stop_at_end: bool = Field(
+        True, description="Stop the run when the recording ends (before the duration)."
+    )
+
+    @field_validator("depth")
+    @classmethod
+    def _kraken_depth(cls, value: int) -> int:
+        if value not in KRAKEN_DEPTHS:
+            raise ValueError(f"depth must be one of {KRAKEN_DEPTHS}, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _symbols(self) -> ReplayParams:
+        for symbol in self.markets:
+            if symbol.count("/") != 1 or not all(symbol.split("/")):
+                raise ValueError(f"market {symbol!r}: symbols are BASE/QUOTE, e.g. BTC/USDT")
+        return self
+
+
+class _ReplayMarket:
+    """One market: its book source, exact trade parsers and what the strategy last saw."""
+
+    __slots__ = ("book", "instrument", "last_best", "last_top", "price", "qty", "source", "symbol")
+
+    def __init__(self, instrument: Instrument, source: BookSource) -> None:
+        self.instrument = instrument
+        self.symbol = instrument.symbol
+        self.source = source
+        self.book = source.book
+        self.last_top = -1
+        self.last_best: tuple[Any, Any] = (None, None)
+        self.price = WireDecimalParser(instrument.tick_size, "price", instrument.key)
+        self.qty = WireDecimalParser(instrument.lot_size, "quantity", instrument.key)
+
+
+def _resolve_paths(data: str | list[str] | None, ctx: VenueContext) -> list[Path]:
+    if data is None:
+        data = ctx.extra.get("data")
+    if not data:
+        raise ValueError(
+            f"replay exchange {ctx.name!r}: no recording given; set params.data on the "
+            "exchange or run.data in the manifest (record one with `quoteforge record`)"
+        )
+    names = [data] if isinstance(data, str | Path) else list(data)
+    bases = [Path.cwd()]
+    manifest_dir = ctx.extra.get("manifest_dir")
+    if manifest_dir:
+        bases.append(Path(manifest_dir))
+    paths = []
+    for name in names:
+        path = Path(name).expanduser()
+        candidates = [path] if path.is_absolute() else [base / path for base in bases]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            where = ", ".join(str(c) for c in candidates)
+            raise ValueError(
+                f"replay exchange {ctx.name!r}: recording {str(name)!r} not found (looked "
+                f"at {where}); check run.data / params.data"
+            )
+        paths.append(found)
+    return paths
+
+
+class ReplayExchange(ExchangeAdapter):
+    """Replays a recording: each message reaches its book source at its recorded
+    receive time (shifted onto the run's clock, plus ``extra_latency_ms``); public
+    trades and book changes drive the fill simulator before the run sees them."""
+
+    Params: ClassVar[type[ReplayParams]] = ReplayParams
+
+    def __init__(self, params: ReplayParams, ctx: VenueContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        self.name = ctx.name
+        self.clock: Clock = ctx.clock
+        self.paths = _resolve_paths(params.data, ctx)
+        self.sink: VenueSink | None = None
+        self.instruments: dict[str, Instrument] = {}
+        self.books: dict[str, L2Book] = {}
+        self._markets: dict[str, _ReplayMarket] = {}
+        self._by_wire: dict[str, _ReplayMarket] = {}
+        extra_ms = params.extra_latency_ms
+        self.fills = FillSimulator(
+            self.name,
+            self.clock,
+            params,
+            ctx.seed,
+            view_lag_ms=params.latency.market_data_ms + extra_ms,
+        )
+        self._extra_ns = int(extra_ms * 1_000_000)
+        self._notify = params.notify
+        self._binance = params.protocol != "kraken_v2"
+        wanted = [s for s in ctx.symbols if s in params.markets] or list(params.markets)
+        for symbol in wanted:
+            self._add_market(symbol, params.markets[symbol])
+        self._records: Iterator[Record] | None = None
+        self._pending: Record | None = None
+        self._offset = 0
+        self._timer: TimerHandle | None = None
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        self.records = 0
+        self.malformed = 0
+        self.unrouted = 0
+        self.finished = False
+
+    @classmethod
+    def declared_symbols(cls, params: ReplayParams) -> list[str]:
+        return list(params.markets)
+
+    def _add_market(self, symbol: str, mp: ReplayMarketParams) -> None:
+        p = self.params
+        base, quote = symbol.split("/")
+        inst = Instrument(
+            venue=self.name,
+            symbol=symbol,
+            base=base,
+            quote=quote,
+            tick_size=mp.tick_size,
+            lot_size=mp.lot_size,
+            min_qty=mp.min_qty,
+            min_notional=mp.min_notional,
+            maker_fee=(p.maker_fee_bps or Decimal(0)) * _BPS,
+            taker_fee=(p.taker_fee_bps or Decimal(0)) * _BPS,
+        )
+        kwargs: dict[str, Any] = {
+            "clock": self.clock,
+            "stale_after_ms": p.stale_after_ms,
+            "wire_symbol": mp.wire_symbol,
+        }
+        if p.protocol == "kraken_v2":
+            kwargs["depth"] = p.depth
+        source = _SOURCES[p.protocol](inst, **kwargs)
+        market = _ReplayMarket(inst, source)
+        source.on_update = lambda _book, m=market: self._book_changed(m)
+        source.add_observer(self._state_changed)
+        self.instruments[symbol] = inst
+        self.books[symbol] = source.book
+        self._markets[symbol] = market
+        wire = getattr(source, "wire_symbol", symbol)
+        self._by_wire[wire.lower() if self._binance else wire] = market
+        self.fills.add_market(inst, source.book)
+
+    # -- adapter contract --------------------------------------------------------------------
+    async def connect(self, sink: VenueSink) -> None:
+        self.sink = sink
+        self.fills.attach(sink)
+        records: Iterator[Record] = merge_recordings(self.paths)
+        if self.params.venue is not None:
+            venue = self.params.venue
+            records = (r for r in records if r.venue == venue)
+        self._records = records
+        first = next(records, None)
+        if first is None:
+            logger.warning("{}: {} holds no records to replay", self.name, self._files())
+            self._end_of_data("the recording is empty")
+            return
+        self.first_ns = first.t_ns
+        self._offset = self.clock.now_ns() - first.t_ns + self._extra_ns
+        self._pending = first
+        self._timer = self.clock.call_at(first.t_ns + self._offset, self._pump)
+        if self.params.stale_after_ms is not None:
+            for market in self._markets.values():
+                market.source.states.start_watchdog()
+
+    def submit(self, actions: Sequence[OrderAction]) -> None:
+        self.fills.submit(actions)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stop_watchdogs()
+        self.fills.attach(None)
+        self.sink = None
+
+    async def fetch_open_orders(self) -> list[OrderUpdate]:
+        return self.fills.open_orders()
+
+    async def fetch_fills(self, since_ns: int) -> list[Fill]:
+        return [f for f in self.fills.fills if f.ts_ns >= since_ns]
+
+    @property
+    def replay_time_ns(self) -> int:
+        """The recorded receive time the replay has reached (what the clock maps to)."""
+        return self.clock.now_ns() - self._offset
+
+    # -- the replay loop -----------------------------------------------------------------------
+    def _pump(self) -> None:
+        record = self._pending
+        if record is None:
+            return
+        dispatch = self._dispatch
+        dispatch(record)
+        records = self._records
+        assert records is not None
+        offset = self._offset
+        now = self.clock.now_ns()
+        try:
+            for record in records:
+                when = record.t_ns + offset
+                if when <= now:
+                    dispatch(record)
+                    continue
+                self._pending = record
+                self._timer = self.clock.call_at(when, self._pump)
+                return
+        except (RecordingError, OSError) as exc:
+            logger.error("{}: replay stopped: {}", self.name, exc)
+            self._end_of_data(f"recording unreadable: {exc}")
+            return
+        self._end_of_data("end of recorded data")
+
+    def _dispatch(self, record: Record) -> None:
+        self.records += 1
+        self.last_ns = record.t_ns
+        try:
+            if self._binance:
+                self._dispatch_binance(record)
+            else:
+                self._dispatch_kraken(record)
+        except BookMessageError as exc:
+            self._warn_malformed(record, exc)
+
+    def _dispatch_binance(self, record: Record) -> None:
+        stream = record.stream
+        raw = record.raw
+        if stream.startswith("rest:"):
+            if "depth" not in stream:
+                self.unrouted += 1
+                return
+            market = self._snapshot_market(stream)
+            if market is not None and isinstance(market.source, BinanceSpotBookSource):
+                market.source.on_snapshot(raw)
+            return
+        if "@" not in stream and raw.startswith('{"stream":"'):
+            # A whole combined-stream message recorded under one connection name.
+            stream = raw[11 : raw.find('"', 11)]
+        native, _, kind = stream.partition("@")
+        market = self._by_wire.get(native.lower())
+        if market is None:
+            self.unrouted += 1
+            return
+        if kind.startswith("depth"):
+            market.source.on_message(raw)
+        elif kind.startswith(("trade", "aggTrade")):
+            self._binance_trade(market, raw)
+        else:
+            self.unrouted += 1
+
+    def _snapshot_market(self, stream: str) -> _ReplayMarket | None:
+        _, found, rest = stream.partition("symbol=")
+        if found:
+            market = self._by_wire.get(rest.split("&")[0].lower())
+            if market is None:
+                self.unrouted += 1
+            return market
+        if len(self._markets) == 1:
+            return next(iter(self._markets.values()))
+        self._warn_unrouted(
+            stream, "a depth snapshot without symbol= cannot be routed among several markets"
+        )
+        return None
+
+    def _binance_trade(self, market: _ReplayMarket, raw: str) -> None:
+        msg = _decode(raw)
+        if type(msg) is dict and "data" in msg:
+            msg = msg["data"]
+        try:
+            price = market.price(msg["p"])
+            qty = market.qty(msg["q"])
+            # "m": the buyer was the maker, so the seller was the aggressor.
+            aggressor = Side.SELL if msg["m"] else Side.BUY
+        except (KeyError, TypeError) as exc:
+            raise BookMessageError(
+                f"{market.instrument.key}: trade message needs p, q and m ({exc})"
+            ) from None
+        self._trade(market, price, qty, aggressor)
+
+    def _dispatch_kraken(self, record: Record) -> None:
+        raw = record.raw
+        if '"channel":"trade"' in raw:
+            self._kraken_trades(raw)
+            return
+        for market in self._markets.values():
+            market.source.on_message(raw)
+
+    def _kraken_trades(self, raw: str) -> None:
+        # Numbers stay text so they convert to ticks and lots exactly.
+        msg = json.loads(raw, parse_float=str, parse_int=str)
+        for entry in msg.get("data") or ():
+            market = self._by_wire.get(entry.get("symbol", ""))
+            if market is None:
+                continue
+            try:
+                price = market.price(entry["price"])
+                qty = market.qty(entry["qty"])
+                aggressor = Side.parse(entry["side"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BookMessageError(
+                    f"{market.instrument.key}: trade entry needs price, qty and side ({exc})"
+                ) from None
+            self._trade(market, price, qty, aggressor)
+
+    def _trade(self, market: _ReplayMarket, price: int, qty: int, aggressor: Side) -> None:
+        self.fills.on_trade(market.symbol, price, qty, aggressor)
+        sink = self.sink
+        if sink is not None:
+            sink.on_trade(self.name, market.symbol, price, qty, aggressor, self.clock.now_ns())
+
+    def _book_changed(self, market: _ReplayMarket) -> None:
+        self.fills.on_book(market.symbol)
+        book = market.book
+        sink = self.sink
+        if sink is None or book.state is not _LIVE:
+            return
+        notify = self._notify
+        if notify == "top":
+            if book.top_version == market.last_top:
+                return
+            market.last_top = book.top_version
+        elif notify == "best":
+            best = (book.best_bid(), book.best_ask())
+            if best == market.last_best:
+                return
+            market.last_best = best
+        sink.on_book(book)
+
+    def _state_changed(self, book: L2Book, old: BookState, new: BookState, reason: str) -> None:
+        if self.sink is not None:
+            self.sink.on_book_state(book, old.value, new.value, reason)
+
+    def _end_of_data(self, reason: str) -> None:
+        self.finished = True
+        self._pending = None
+        self._stop_watchdogs()
+        logger.info(
+            "{}: {} after {} records ({} malformed, {} not routed)",
+            self.name,
+            reason,
+            self.records,
+            self.malformed,
+            self.unrouted,
+        )
+        stop = getattr(self.sink, "request_stop", None)
+        if self.params.stop_at_end and callable(stop):
+            stop(f"{self.name}: {reason}")
+
+    def _stop_watchdogs(self) -> None:
+        for market in self._markets.values():
+            market.source.states.stop_watchdog()
+
+    def _files(self) -> str:
+        return ", ".join(str(p) for p in self.paths)
+
+    def _warn_malformed(self, record: Record, exc: Exception) -> None:
+        self.malformed += 1
+        if self.malformed <= _WARN_LIMIT:
+            logger.warning(
+                "{}: skipped a malformed {} message at t={}: {}",
+                self.name,
+                record.stream,
+                record.t_ns,
+                exc,
+            )
+
+    def _warn_unrouted(self, stream: str, why: str) -> None:
+        self.unrouted += 1
+        if self.unrouted <= _WARN_LIMIT:
+            logger.warning("{}: record on {!r} skipped: {}", self.name, stream, why)
+
+
+@quoteforge.hookimpl
+def quoteforge_register_exchanges(register: Register) -> None:
+    register(
+        "replay",
+        ReplayExchange,
+        params=ReplayParams,
+        description="Recorded market data replayed in virtual time; queue-aware simulated "
+        "fills (backtest).",
+    )

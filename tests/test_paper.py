@@ -1,0 +1,217 @@
+"""Paper trading over the simulated exchange as the live source: market data passes
+through unchanged, our orders never reach the venue's matching engine, fills come from
+the fill simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import quoteforge
+from quoteforge.book import L2Book
+from quoteforge.clock import SimClock
+from quoteforge.engine import run_manifest
+from quoteforge.exchange import CancelAll, ExchangeAdapter, PlaceOrder, VenueContext
+from quoteforge.exchanges.paper import PaperExchange, PaperParams, wrap_for_paper
+from quoteforge.exchanges.sim.venue import SimExchange, SimParams
+from quoteforge.manifest import load_manifest
+from quoteforge.model import Fill, Liquidity, Order, OrderStatus, OrderUpdate, Side, TimeInForce
+from quoteforge.registry import PluginRegistry, Register
+
+MARKET = {
+    "tick_size": "0.01",
+    "lot_size": "0.001",
+    "initial_price": 2000,
+    "process": {"model": "brownian", "sigma": 0.0002},
+    "flow": {"arrival_rate": 4.0, "reach": 1.0, "size": 0.5},
+    "liquidity": {"levels": 6, "distance": 0.5, "spacing": 0.2, "size": 2.0},
+}
+SYMBOL = "ETH/USDT"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.books: list[tuple[int, int | None, int | None]] = []
+        self.book_objects: set[int] = set()
+        self.trades: list[tuple[Any, ...]] = []
+        self.updates: list[OrderUpdate] = []
+        self.fills: list[Fill] = []
+
+    def on_book(self, book: L2Book) -> None:
+        self.books.append((book.ts_ns, book.best_bid_ticks(), book.best_ask_ticks()))
+        self.book_objects.add(id(book))
+
+    def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None: ...
+
+    def on_trade(self, *args: Any) -> None:
+        self.trades.append(args)
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        self.updates.append(update)
+
+    def on_fill(self, fill: Fill) -> None:
+        self.fills.append(fill)
+
+    def on_offer(self, offer: Any) -> None: ...
+
+
+def make_sim(clock: SimClock, seed: int = 5) -> SimExchange:
+    params = SimParams.model_validate(
+        {"markets": {SYMBOL: MARKET}, "maker_fee_bps": 0, "taker_fee_bps": 5}
+    )
+    ctx = VenueContext("sim", clock, seed=seed, mode="paper", symbols=[SYMBOL])
+    return SimExchange(params, ctx)
+
+
+def test_orders_never_reach_the_sim_engine_and_market_data_passes_unchanged() -> None:
+    seconds = 30
+    # The sim on its own, for the market data it produces.
+    clock_ref = SimClock(0)
+    ref = make_sim(clock_ref)
+    ref_sink = Sink()
+    asyncio.run(ref.connect(ref_sink))
+    clock_ref.run_until(seconds * 10**9)
+
+    clock = SimClock(0)
+    inner = make_sim(clock)
+    paper = wrap_for_paper(
+        inner,
+        {"maker_fee_bps": "-1", "latency": {"market_data_ms": 2, "order_ms": 5, "jitter_ms": 0}},
+        VenueContext("sim", clock, seed=1, mode="paper", symbols=[SYMBOL]),
+    )
+    sink = Sink()
+    asyncio.run(paper.connect(sink))
+    assert paper.instruments is inner.instruments
+    assert paper.books[SYMBOL] is inner.books[SYMBOL]
+    engine = inner.markets[SYMBOL].engine
+    seen_us: list[int] = []
+
+    def probe() -> None:
+        seen_us.append(len(engine.orders_of("us")))
+        clock.call_later(5_000_000, probe)
+
+    clock.call_later(0, probe)
+    book = paper.books[SYMBOL]
+    n = 0
+
+    def quote() -> None:
+        # Join both sides at the best prices every second, and take once in a while.
+        nonlocal n
+        bid, ask = book.best_bid_ticks(), book.best_ask_ticks()
+        assert bid is not None
+        assert ask is not None
+        orders = []
+        for side, price in ((Side.BUY, bid), (Side.SELL, ask)):
+            n += 1
+            orders.append(
+                PlaceOrder(Order(f"q{n}", "sim", SYMBOL, side, 500, price, tif=TimeInForce.GTC))
+            )
+        n += 1
+        take = Order(f"t{n}", "sim", SYMBOL, Side.BUY, 300, ask + 50, tif=TimeInForce.IOC)
+        paper.submit([CancelAll("sim", SYMBOL), *orders, PlaceOrder(take)])
+        clock.call_later(10**9, quote)
+
+    clock.call_later(10**9, quote)
+    clock.run_until(seconds * 10**9)
+
+    assert seen_us
+    assert max(seen_us) == 0  # the venue's engine never held an order of ours
+    assert not inner._our_orders
+    # Books and trades reached the run exactly as the sim alone produced them.
+    assert sink.trades == ref_sink.trades
+    assert sink.books == ref_sink.books
+    assert sink.book_objects == {id(inner.books[SYMBOL])}
+    # Fills come from the fill simulator: its own ids, maker and taker, exact fees.
+    assert sink.fills == paper.fills.fills
+    assert {f.liquidity for f in sink.fills} == {Liquidity.MAKER, Liquidity.TAKER}
+    assert len({f.fill_id for f in sink.fills}) == len(sink.fills)
+    for fill in sink.fills:
+        if fill.liquidity is Liquidity.MAKER:
+            assert fill.fee <= 0  # -1 bps maker rebate
+        else:
+            assert fill.fee > 0  # the instrument's 5 bps taker fee
+    statuses = {u.status for u in sink.updates}
+    assert {OrderStatus.OPEN, OrderStatus.CANCELLED} <= statuses
+
+
+def test_reports_of_the_real_account_are_not_passed_on() -> None:
+    clock = SimClock(0)
+    paper = wrap_for_paper(make_sim(clock), None, VenueContext("sim", clock, 1, "paper", []))
+    sink = Sink()
+    asyncio.run(paper.connect(sink))
+    inner = paper.inner
+    assert isinstance(inner, SimExchange)
+    proxy: Any = inner.sink  # the sink the real adapter was given
+    proxy.on_order_update(OrderUpdate("sim", "someone-else", OrderStatus.OPEN, 0))
+    assert sink.updates == []
+    assert paper.foreign_reports == 1
+
+
+def test_paper_params_are_closed() -> None:
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        wrap_for_paper(
+            make_sim(SimClock(0)), {"maker_fee": 1}, VenueContext("sim", SimClock(0), 1, "x", [])
+        )
+    assert isinstance(PaperParams.model_validate({}), PaperParams)
+
+
+# -- through the engine: a strategy trading on paper over the sim's market data ----------------
+class _PaperSimPlugin:
+    """Registers ``paper_sim``: the sim venue wrapped for paper trading."""
+
+    @staticmethod
+    def build(params: SimParams, ctx: VenueContext) -> ExchangeAdapter:
+        return wrap_for_paper(
+            SimExchange(params, ctx),
+            {"latency": {"market_data_ms": 1, "order_ms": 5, "jitter_ms": 1}},
+            ctx,
+        )
+
+    @quoteforge.hookimpl
+    def quoteforge_register_exchanges(self, register: Register) -> None:
+        register("paper_sim", self.build, params=SimParams, description="sim, paper-wrapped")
+
+
+MANIFEST = """\
+run: {{name: paper, duration: 60s, seed: 4, watch_manifest: false}}
+exchanges:
+  venue:
+    type: paper_sim
+    params:
+      maker_fee_bps: -1
+      markets:
+        {symbol}: {market}
+strategies:
+  mm:
+    type: pure_market_making
+    exchange: venue
+    symbols: {symbol}
+    params: {{spread_bps: 2, order_size: 0.5, inventory_limit: 5, inventory_skew_bps: 1}}
+report: {{html: false, png: false}}
+"""
+
+
+def test_strategy_trades_on_paper_through_the_engine(tmp_path: Path) -> None:
+    registry = PluginRegistry()
+    registry.load_entry_points()
+    registry.register_module(_PaperSimPlugin(), "paper_sim")
+    path = tmp_path / "paper.yaml"
+    path.write_text(MANIFEST.format(symbol=SYMBOL, market=json.dumps(MARKET)))
+    loaded = load_manifest(path, registry)
+    run = asyncio.run(
+        run_manifest(loaded, registry, run_dir=tmp_path / "run", install_signals=False)
+    )
+    venue = run.venues["venue"]
+    assert isinstance(venue, PaperExchange)
+    inner = venue.inner
+    assert isinstance(inner, SimExchange)
+    assert inner.markets[SYMBOL].engine.orders_of("us") == []
+    assert not inner._our_orders
+    fills = venue.fills.fills
+    assert len(fills) > 5
+    assert run.summary_rows()[0]["fill_count"] == len(fills)
+    assert {f.client_id for f in fills} <= {o.client_id for o in run.orders.all_orders()}

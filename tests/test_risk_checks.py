@@ -1,0 +1,632 @@
+"""Risk check plugins (every refusal with its message, a pass case, the estimators) and
+the execution policy's order and cancel rate limits."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from quoteforge.book import BookState, L2Book
+from quoteforge.execution import Plan
+from quoteforge.model import Instrument, Order, OrderStatus, Quote, Side
+from quoteforge.plugins import risk_checks
+from quoteforge.plugins.minimal_diff import MinimalDiff
+from quoteforge.plugins.risk_checks import (
+    EwmaGridCovariance,
+    EwmaGridVariance,
+    MaxOpenOrders,
+    MaxTotalNotional,
+    PortfolioVar,
+    PriceBand,
+    SelfTrade,
+    VolScaledPosition,
+)
+from quoteforge.plugins.risk_limits import MaxOrderNotional
+from quoteforge.registry import PluginRegistry
+from quoteforge.risk import RiskChain, RiskCheck, RiskRefusal, RiskView
+from quoteforge.strategy import Market
+
+NS = 1_000_000_000
+T0 = 1_700_000_000 * NS
+
+
+class Desk:
+    """Markets with real books, positions and working orders, and a settable clock."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.positions: dict[str, int] = {}
+        self.open: dict[tuple[str, int], int] = {}
+        self.counts: dict[str, int] = {}
+        self.own_best: dict[tuple[str, int], int] = {}
+        self.markets: dict[str, Market] = {}
+
+    def market(
+        self, symbol: str = "BTCUSDT", bid: int = 9_999, ask: int = 10_001, lot: str = "0.01"
+    ) -> Market:
+        inst = Instrument("sim", symbol, symbol[:3], "USDT", Decimal("0.01"), Decimal(lot))
+        book = L2Book(inst)
+        book.apply_snapshot([(bid, 500)], [(ask, 500)], self.now)
+        book.state = BookState.LIVE
+        key = inst.key
+        self.positions[key] = 0
+        market = Market(inst, book, lambda: self.positions[key])
+        self.markets[key] = market
+        return market
+
+    def view(self) -> RiskView:
+        return RiskView(
+            position_lots=lambda key: self.positions.get(key, 0),
+            open_lots=lambda key, sign: self.open.get((key, sign), 0),
+            open_order_count=lambda key: self.counts.get(key, 0),
+            now_ns=lambda: self.now,
+            markets=self.markets,
+            own_best_ticks=lambda key, sign: self.own_best.get((key, sign)),
+        )
+
+
+def chain(*checks: RiskCheck) -> tuple[RiskChain, list[RiskRefusal]]:
+    refusals: list[RiskRefusal] = []
+    return RiskChain(list(checks), refusals.append), refusals
+
+
+def bid(ticks: int, lots: int = 1, level: int = 0) -> Quote:
+    return Quote(Side.BUY, ticks, lots, level)
+
+
+def ask(ticks: int, lots: int = 1, level: int = 0) -> Quote:
+    return Quote(Side.SELL, ticks, lots, level)
+
+
+def take(side: Side, ticks: int, lots: int) -> Quote:
+    return Quote(side, ticks, lots, level=-1, post_only=False)
+
+
+# -- registration ----------------------------------------------------------------------
+
+
+def test_module_registers_every_check_with_a_closed_schema() -> None:
+    registry = PluginRegistry()
+    record = registry.register_module(risk_checks, "risk_checks")
+    assert record.loaded, record.error
+    names = set(registry.types("risk"))
+    assert names == {
+        "price_band",
+        "max_open_orders",
+        "max_total_notional",
+        "self_trade",
+        "portfolio_var",
+        "vol_scaled_position",
+    }
+    for name in names:
+        schema = registry.get("risk", name).params
+        assert schema.model_config.get("extra") == "forbid"
+        for field_name, info in schema.model_fields.items():
+            assert info.description, f"{name}.{field_name} has no description"
+    with pytest.raises(ValidationError, match="fat_finger"):
+        PriceBand.Params(fat_finger_bps=0)
+
+
+# -- price_band ------------------------------------------------------------------------
+
+
+def test_price_band_refuses_fat_finger_bid_and_ask_with_numbers() -> None:
+    desk = Desk()
+    market = desk.market(bid=9_990, ask=10_010)  # mid 100.00
+    check = PriceBand("band", PriceBand.Params(fat_finger_bps=Decimal(50)))
+    view = desk.view()
+    reason = check.check(market, bid(10_051), view)
+    assert reason == "bid 100.51 is 51.0 bps above mid 100 > fat_finger_bps 50"
+    reason = check.check(market, ask(9_940), view)
+    assert reason == "ask 99.4 is 60.0 bps below mid 100 > fat_finger_bps 50"
+    # At the band edge, and anywhere on the passive side, quotes pass.
+    assert check.check(market, bid(10_050), view) is None
+    assert check.check(market, ask(9_950), view) is None
+    assert check.check(market, bid(5_000), view) is None
+
+
+def test_price_band_max_distance_refuses_far_quotes_either_side() -> None:
+    desk = Desk()
+    market = desk.market(bid=9_990, ask=10_010)
+    params = PriceBand.Params(fat_finger_bps=Decimal(50), max_distance_bps=Decimal(200))
+    check = PriceBand("band", params)
+    view = desk.view()
+    assert check.check(market, bid(9_800), view) is None
+    reason = check.check(market, bid(9_799), view)
+    assert reason == "bid 97.99 is 201.0 bps below mid 100 > max_distance_bps 200"
+    reason = check.check(market, ask(10_250), view)
+    assert reason is not None and "250.0 bps above" in reason and "max_distance_bps 200" in reason
+
+
+def test_price_band_without_mid_refuses_unless_allowed() -> None:
+    desk = Desk()
+    market = desk.market()
+    market.book.apply_snapshot([(9_999, 5)], [], T0)
+    view = desk.view()
+    strict = PriceBand("band", PriceBand.Params(fat_finger_bps=Decimal(10)))
+    reason = strict.check(market, bid(9_999), view)
+    assert reason is not None and "no mid" in reason and "without_mid: allow" in reason
+    lenient = PriceBand("band", PriceBand.Params(fat_finger_bps=Decimal(10), without_mid="allow"))
+    assert lenient.check(market, bid(9_999), view) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    best_bid=st.integers(1, 50_000),
+    spread=st.integers(1, 500),
+    price=st.integers(1, 60_000),
+    bps=st.decimals(min_value=Decimal("0.1"), max_value=Decimal(3000), places=1),
+    side=st.sampled_from([Side.BUY, Side.SELL]),
+)
+def test_price_band_matches_exact_rational_band(
+    best_bid: int, spread: int, price: int, bps: Decimal, side: Side
+) -> None:
+    desk = Desk()
+    market = desk.market(bid=best_bid, ask=best_bid + spread)
+    check = PriceBand("band", PriceBand.Params(fat_finger_bps=bps))
+    mid = Fraction(2 * best_bid + spread, 2)
+    x = Fraction(bps) / 10_000
+    expected = price > mid * (1 + x) if side is Side.BUY else price < mid * (1 - x)
+    refused = check.check(market, Quote(side, price, 1), desk.view()) is not None
+    assert refused == expected
+
+
+# -- max_open_orders -------------------------------------------------------------------
+
+
+def test_max_open_orders_counts_only_approved_quotes_of_the_set() -> None:
+    desk = Desk()
+    market = desk.market()
+    limit = MaxOpenOrders("orders", MaxOpenOrders.Params(max_open_orders=3))
+    # A later check refuses big orders; those must not use up the open-order budget.
+    notional = MaxOrderNotional("size", MaxOrderNotional.Params(max_notional=Decimal(500)))
+    risk, refusals = chain(limit, notional)
+    quotes = [bid(9_990, 1, 0), bid(9_980, 900, 1), ask(10_010, 1, 0), ask(10_020, 1, 1)]
+    quotes.append(bid(9_970, 1, 2))
+    approved = risk.filter(market, quotes, desk.view())
+    assert approved == [quotes[0], quotes[2], quotes[3]]
+    assert [r.check for r in refusals] == ["size", "orders"]
+    assert refusals[1].reason == "bid level 2 would be quote 4 on sim:BTCUSDT > max_open_orders 3"
+    # A new set starts from zero.
+    refusals.clear()
+    assert risk.filter(market, quotes[2:4], desk.view()) == quotes[2:4]
+    assert refusals == []
+
+
+def test_max_open_orders_counts_working_orders_for_a_take() -> None:
+    desk = Desk()
+    market = desk.market()
+    check = MaxOpenOrders("orders", MaxOpenOrders.Params(max_open_orders=2))
+    desk.counts[market.key] = 1
+    assert check.check(market, take(Side.BUY, 10_001, 1), desk.view()) is None
+    desk.counts[market.key] = 2
+    reason = check.check(market, take(Side.BUY, 10_001, 1), desk.view())
+    assert reason == "take would be order 3 working on sim:BTCUSDT > max_open_orders 2"
+
+
+# -- max_total_notional ----------------------------------------------------------------
+
+
+def test_max_total_notional_sums_positions_and_orders_over_markets() -> None:
+    desk = Desk()
+    btc = desk.market("BTCUSDT", 9_999, 10_001, lot="0.01")  # mid 100, 1 lot = 1.00
+    eth = desk.market("ETHUSDT", 4_999, 5_001, lot="0.1")  # mid 50, 1 lot = 5.00
+    desk.positions[eth.key] = -40  # |-4 ETH| x 50 = 200
+    desk.open[(eth.key, 1)] = 10  # 1 ETH bid working = 50
+    check = MaxTotalNotional("gross", MaxTotalNotional.Params(max_notional=Decimal(400)))
+    view = desk.view()
+    assert check.check(btc, bid(9_990, 100), view) is None  # 250 + 99.90
+    reason = check.check(btc, bid(9_990, 200), view)  # 250 + 199.80
+    assert reason == (
+        "total notional would reach 449.80 > max_notional 400 "
+        "(sim:BTCUSDT 199.80 incl. this bid 2 @ 99.9, other markets 250.00)"
+    )
+
+
+def test_max_total_notional_lets_unwinds_through_and_counts_the_quote_set() -> None:
+    desk = Desk()
+    btc = desk.market()
+    desk.positions[btc.key] = 300  # 300.00 long
+    check = MaxTotalNotional("gross", MaxTotalNotional.Params(max_notional=Decimal(250)))
+    risk, refusals = chain(check)
+    asks = [ask(10_010, 100, 0), ask(10_020, 200, 1), ask(10_030, 1, 2)]
+    # Selling up to the position only reduces it; the third ask would add a short order.
+    assert risk.filter(btc, [*asks, bid(9_990, 1)], desk.view()) == asks[:2]
+    assert "max_notional 250" in refusals[0].reason
+    assert refusals[0].quote == asks[2]
+
+
+def test_max_total_notional_sees_other_markets_after_refresh() -> None:
+    desk = Desk()
+    btc = desk.market()
+    eth = desk.market("ETHUSDT", 4_999, 5_001, lot="0.1")
+    check = MaxTotalNotional(
+        "gross", MaxTotalNotional.Params(max_notional=Decimal(100), refresh_s=1.0)
+    )
+    view = desk.view()
+    assert check.check(btc, bid(9_990, 50), view) is None
+    desk.positions[eth.key] = 20  # 2 ETH = 100 elsewhere, filled without a requote there
+    desk.now += NS // 2
+    assert check.check(btc, bid(9_990, 50), view) is None  # within refresh_s: not yet seen
+    desk.now += NS // 2
+    reason = check.check(btc, bid(9_990, 50), view)
+    assert reason is not None and "other markets 100.00" in reason
+    # A check on the other market refreshes its share at once.
+    desk.positions[eth.key] = 0
+    assert check.check(eth, ask(5_001, 1), view) is None
+    assert check.check(btc, bid(9_990, 50), view) is None
+
+
+# -- self_trade ------------------------------------------------------------------------
+
+
+def test_self_trade_refuses_crossing_our_working_order() -> None:
+    desk = Desk()
+    market = desk.market()
+    desk.own_best[(market.key, -1)] = 10_005  # our ask working at 100.05
+    check = SelfTrade("stp", SelfTrade.Params())
+    view = desk.view()
+    assert check.check(market, bid(10_004), view) is None
+    reason = check.check(market, bid(10_005), view)
+    assert reason == "bid 100.05 would cross our working ask at 100.05"
+    lenient = SelfTrade("stp", SelfTrade.Params(allow_lock=True))
+    assert lenient.check(market, bid(10_005), view) is None
+    reason = lenient.check(market, take(Side.BUY, 10_010, 3), view)
+    assert reason == "bid 100.1 would cross our working ask at 100.05"
+
+
+def test_self_trade_refuses_crossing_within_one_quote_set() -> None:
+    desk = Desk()
+    market = desk.market()
+    risk, refusals = chain(SelfTrade("stp", SelfTrade.Params()))
+    quotes = [bid(10_000, 1, 0), ask(10_000, 1, 0), ask(10_002, 1, 1)]
+    assert risk.filter(market, quotes, desk.view()) == [quotes[0], quotes[2]]
+    assert refusals[0].reason == "ask 100 would cross our own bid at 100 in the same quote set"
+
+
+# -- estimators ------------------------------------------------------------------------
+
+
+def test_ewma_grid_variance_matches_the_recursion_and_normalises_gaps() -> None:
+    est = EwmaGridVariance(interval_s=1.0, half_life_s=10.0)
+    lam = 0.5**0.1
+    mids = [100.0, 101.0, 99.0, 100.5]
+    acc = 0.0
+    for i, mid in enumerate(mids):
+        est.update(T0 + i * NS, mid)
+        if i:
+            r = math.log(mid / mids[i - 1])
+            acc = lam * acc + (1 - lam) * r * r
+    assert est.samples == 3
+    assert est.variance == pytest.approx(acc / (1 - lam**3))
+    # Between grid points nothing changes; a 4-interval gap counts as one r²/4 sample.
+    est.update(T0 + 3 * NS + NS // 2, 150.0)
+    assert est.samples == 3
+    est.update(T0 + 7 * NS, 102.0)
+    r = math.log(102.0 / 100.5)
+    assert est.variance == pytest.approx((lam * acc + (1 - lam) * r * r / 4) / (1 - lam**4))
+    assert est.sigma(4.0) == pytest.approx(2 * math.sqrt(est.variance))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-0.05, 0.05), st.floats(-0.05, 0.05), st.floats(-0.05, 0.05)),
+        min_size=2,
+        max_size=40,
+    )
+)
+def test_ewma_grid_covariance_is_symmetric_psd_and_matches_weights(
+    returns: list[tuple[float, float, float]],
+) -> None:
+    est = EwmaGridCovariance(["a", "b", "c"], interval_s=1.0, half_life_s=5.0)
+    level = np.array([100.0, 50.0, 10.0])
+    est.update(T0, list(level))
+    for i, step in enumerate(returns, start=1):
+        level = level * np.exp(np.array(step))
+        est.update(T0 + i * NS, list(level))
+    cov = est.cov
+    assert np.allclose(cov, cov.T)
+    assert np.linalg.eigvalsh(cov).min() > -1e-12
+    lam = 0.5 ** (1 / 5)
+    n = len(returns)
+    weights = np.array([(1 - lam) * lam ** (n - 1 - k) for k in range(n)]) / (1 - lam**n)
+    r = np.array(returns)
+    assert np.allclose(cov, (r * weights[:, None]).T @ r, atol=1e-12)
+
+
+# -- portfolio_var ---------------------------------------------------------------------
+
+
+def _walk(desk: Desk, check: RiskCheck, markets: list[Market], paths: list[list[int]]) -> None:
+    """Move each market's mid along its path, one grid second per step, checking a tiny
+    quote each time so the estimator samples."""
+    view = desk.view()
+    for step in range(len(paths[0])):
+        if step:
+            desk.now += NS
+        for market, path in zip(markets, paths, strict=True):
+            mid = path[step]
+            market.book.apply_snapshot([(mid - 1, 500)], [(mid + 1, 500)], desk.now)
+        check.check(markets[0], bid(paths[0][step] - 5, 0), view)
+
+
+def test_portfolio_var_refuses_increase_above_limit_with_numbers() -> None:
+    desk = Desk()
+    btc = desk.market("BTCUSDT", lot="1")
+    eth = desk.market("ETHUSDT", 4_999, 5_001, lot="1")
+    rng = np.random.default_rng(7)
+    moves = rng.normal(0, 0.01, size=(60, 2))
+    moves[:, 1] = 0.8 * moves[:, 0] + 0.6 * moves[:, 1]  # correlated markets
+    btc_path = [round(10_000 * math.exp(x)) for x in np.cumsum(moves[:, 0])]
+    eth_path = [round(5_000 * math.exp(x)) for x in np.cumsum(moves[:, 1])]
+    params = PortfolioVar.Params(
+        max_var=Decimal(30), horizon_s=1.0, sample_interval_s=1.0, half_life_s=30, min_samples=20
+    )
+    check = PortfolioVar("var", params)
+    _walk(desk, check, [btc, eth], [btc_path, eth_path])
+    view = desk.view()
+
+    # The reference VaR from the sampled mids the estimator saw, computed from scratch.
+    mids = np.array([btc_path, eth_path], dtype=float).T
+    returns = np.diff(np.log(mids), axis=0)
+    lam = 0.5 ** (1 / 30)
+    cov = np.zeros((2, 2))
+    for r in returns:
+        cov = lam * cov + (1 - lam) * np.outer(r, r)
+    cov /= 1 - lam ** len(returns)
+    assert np.allclose(check.estimator(view).cov, cov)
+
+    desk.positions[eth.key] = 10  # 10 ETH long
+    z = 2.3263478740408408
+    btc_mid, eth_mid = btc.book.mid(), eth.book.mid()
+    assert btc_mid is not None and eth_mid is not None
+
+    def var(btc_lots: int) -> float:
+        x = np.array([btc_lots * btc_mid, 10 * eth_mid])
+        return z * math.sqrt(x @ cov @ x)
+
+    assert check.current_var(view) == pytest.approx(var(0))
+    lots = next(n for n in range(1, 100) if var(n) > 30)
+    assert check.check(btc, bid(btc_path[-1] - 1, lots - 1), view) is None
+    reason = check.check(btc, bid(btc_path[-1] - 1, lots), view)
+    assert reason is not None
+    assert reason.startswith(f"portfolio VaR would rise from {var(0):,.2f} to {var(lots):,.2f}")
+    assert f"max_var 30 (0.99 over 1s; sim:BTCUSDT position 0 -> {lots} if filled)" in reason
+    # Selling BTC against the long ETH hedges it: VaR falls, so the quote passes.
+    assert check.check(btc, ask(btc_path[-1] + 1, 5), view) is None
+
+
+def test_portfolio_var_warm_up_refuses_or_allows() -> None:
+    desk = Desk()
+    btc = desk.market()
+    strict = PortfolioVar("var", PortfolioVar.Params(max_var=Decimal(1), min_samples=5))
+    view = desk.view()
+    for _ in range(3):
+        assert strict.check(btc, bid(9_990, 1), view) is not None
+        desk.now += NS
+    reason = strict.check(btc, bid(9_990, 1), view)
+    assert reason is not None and "not estimated yet (3/5 returns on a 1s grid)" in reason
+    loose = PortfolioVar(
+        "var", PortfolioVar.Params(max_var=Decimal(1), min_samples=5, before_ready="allow")
+    )
+    assert loose.check(btc, bid(9_990, 1), view) is None
+
+
+# -- vol_scaled_position ---------------------------------------------------------------
+
+
+def test_vol_scaled_position_shrinks_limit_as_volatility_rises() -> None:
+    desk = Desk()
+    market = desk.market(lot="1")
+    params = VolScaledPosition.Params(
+        base_position=Decimal(10),
+        ref_vol=0.001,
+        horizon_s=1.0,
+        sample_interval_s=1.0,
+        half_life_s=3,
+        min_samples=5,
+    )
+    check = VolScaledPosition("volpos", params)
+    view = desk.view()
+
+    def step(mid: int) -> None:
+        market.book.apply_snapshot([(mid - 1, 5)], [(mid + 1, 5)], desk.now)
+        check.check(market, bid(mid - 2, 0), view)
+        desk.now += NS
+
+    for mid in [10_000, 10_000, 10_001, 10_000, 10_001, 10_000]:
+        step(mid)  # 1 bp moves: calm, below ref_vol
+    assert check.check(market, bid(9_990, 10), view) is None
+    reason = check.check(market, bid(9_990, 11), view)
+    assert reason == "position would reach 11 > base_position 10"
+
+    for mid in [10_050, 10_000, 10_050, 10_000, 10_050, 10_000]:
+        step(mid)  # 50 bp swings
+    vol = check.volatility(market, desk.now)
+    assert vol is not None and vol > 0.001
+    limit = math.floor(10 * 0.001 / vol)
+    assert 0 < limit < 10
+    assert check.check(market, bid(9_990, limit), view) is None
+    reason = check.check(market, bid(9_990, limit + 1), view)
+    assert reason == (
+        f"position would reach {limit + 1} > vol-scaled limit {limit} "
+        f"(base_position 10 x ref_vol 0.001 / vol {vol:.4g} over 1s)"
+    )
+    # Reducing a long position passes whatever the volatility.
+    desk.positions[market.key] = 8
+    assert check.check(market, ask(10_010, 8), view) is None
+
+
+# -- order and cancel rate limits (execution policy) -----------------------------------
+
+
+class Venue:
+    """Applies plans at once, as a venue acknowledging instantly would."""
+
+    def __init__(self) -> None:
+        self.working: list[Order] = []
+        self.ids = itertools.count()
+        self.sent_orders: list[int] = []  # time of every new order (place or replace)
+        self.sent_cancels: list[int] = []
+
+    def order(self, quote: Quote) -> Order:
+        return Order(
+            f"c{next(self.ids)}",
+            "sim",
+            "BTCUSDT",
+            quote.side,
+            quote.qty_lots,
+            quote.price_ticks,
+            level=quote.level,
+            status=OrderStatus.OPEN,
+        )
+
+    def apply(self, plan: Plan, now: int) -> None:
+        for order in plan.cancels:
+            self.working.remove(order)
+            self.sent_cancels.append(now)
+        for old, quote in plan.replaces:
+            self.working.remove(old)
+            self.working.append(self.order(quote))
+            self.sent_orders.append(now)
+            self.sent_cancels.append(now)
+        for quote in plan.places:
+            self.working.append(self.order(quote))
+            self.sent_orders.append(now)
+
+    def step(self, policy: MinimalDiff, market: Market, wanted: list[Quote], now: int) -> Plan:
+        plan = policy.plan(market, wanted, list(self.working), now)
+        cancels = len(self.sent_cancels)
+        self.apply(plan, now)
+        if not wanted:
+            del self.sent_cancels[cancels:]  # pulling everything is exempt from the rate
+        return plan
+
+
+def ladder(center: int, levels: int) -> list[Quote]:
+    quotes = [bid(center - 1 - i, 1, i) for i in range(levels)]
+    return quotes + [ask(center + 1 + i, 1, i) for i in range(levels)]
+
+
+def test_order_rate_defers_new_orders_level_zero_first() -> None:
+    desk = Desk()
+    market = desk.market()
+    policy = MinimalDiff(MinimalDiff.Params(max_orders_per_second=2))
+    venue = Venue()
+    wanted = ladder(10_000, 3)
+    plan = venue.step(policy, market, wanted, T0)
+    assert [(q.side, q.level) for q in plan.places] == [(Side.BUY, 0), (Side.SELL, 0)]
+    assert policy.deferred(market.key) == 4
+    assert policy.retry_at_ns(market.key, T0) == T0 + NS // 2
+    plan = venue.step(policy, market, wanted, T0 + NS // 2)
+    assert [q.level for q in plan.places] == [1]
+    plan = venue.step(policy, market, wanted, T0 + 5 * NS)
+    assert len(plan.places) == 2  # the bucket holds burst_s x rate = 2, not 9
+    plan = venue.step(policy, market, wanted, T0 + 6 * NS)
+    assert len(plan.places) == 1 and policy.deferred(market.key) == 0
+    assert policy.retry_at_ns(market.key, T0 + 6 * NS) is None
+    assert sorted((o.side, o.level) for o in venue.working) == sorted(
+        (q.side, q.level) for q in wanted
+    )
+
+
+def test_cancel_rate_pulls_stale_quotes_nearest_the_mid_first() -> None:
+    desk = Desk()
+    market = desk.market(bid=9_999, ask=10_001)
+    policy = MinimalDiff(MinimalDiff.Params(max_cancels_per_second=2))
+    venue = Venue()
+    venue.step(policy, market, ladder(10_000, 3), T0)
+    # The strategy now wants only the outer bid; five quotes are stale.
+    keep = [bid(9_997, 1, 2)]
+    plan = venue.step(policy, market, keep, T0 + 10 * NS)
+    assert sorted(o.price_ticks for o in plan.cancels) == [9_999, 10_001]
+    assert policy.deferred(market.key) == 3
+    plan = venue.step(policy, market, keep, T0 + 11 * NS)
+    assert sorted(o.price_ticks for o in plan.cancels) == [9_998, 10_002]
+    # Pulling every quote (stale book, halt, stop) is never held back by default.
+    venue.step(policy, market, ladder(10_000, 3), T0 + 20 * NS)
+    plan = venue.step(policy, market, [], T0 + 20 * NS)
+    assert len(plan.cancels) == 6 and venue.working == []
+    strict = MinimalDiff(MinimalDiff.Params(max_cancels_per_second=2, limit_pull_all=True))
+    venue.step(strict, market, ladder(10_000, 3), T0 + 30 * NS)
+    assert len(strict.plan(market, [], list(venue.working), T0 + 30 * NS).cancels) == 2
+
+
+def test_replace_without_order_budget_pulls_the_stale_price() -> None:
+    desk = Desk()
+    market = desk.market()
+    policy = MinimalDiff(MinimalDiff.Params(max_orders_per_second=1, max_cancels_per_second=10))
+    venue = Venue()
+    venue.step(policy, market, [bid(9_990, 1, 0)], T0)
+    venue.step(policy, market, [bid(9_990, 1, 0), bid(9_980, 1, 1)], T0 + NS)
+    # Both levels move; one order token: level 0 is replaced, level 1 only pulled.
+    moved = [bid(9_995, 1, 0), bid(9_985, 1, 1)]
+    plan = venue.step(policy, market, moved, T0 + 2 * NS)
+    assert [(o.price_ticks, q.price_ticks) for o, q in plan.replaces] == [(9_990, 9_995)]
+    assert [o.price_ticks for o in plan.cancels] == [9_980]
+    assert policy.deferred(market.key) == 1
+    plan = venue.step(policy, market, moved, T0 + 3 * NS)
+    assert plan.places == [moved[1]]
+
+
+def test_without_rates_plans_are_unchanged() -> None:
+    desk = Desk()
+    market = desk.market()
+    policy = MinimalDiff(MinimalDiff.Params())
+    venue = Venue()
+    plan = venue.step(policy, market, ladder(10_000, 5), T0)
+    assert len(plan.places) == 10
+    plan = venue.step(policy, market, ladder(10_003, 5), T0)
+    assert len(plan.replaces) == 10 and not plan.cancels and not plan.places
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 700), st.integers(9_990, 10_010), st.integers(0, 4)),
+        min_size=1,
+        max_size=40,
+    ),
+    order_rate=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+    cancel_rate=st.sampled_from([0.5, 2.0, 5.0]),
+)
+def test_rates_are_never_exceeded_and_quotes_converge(
+    steps: list[tuple[int, int, int]], order_rate: float, cancel_rate: float
+) -> None:
+    desk = Desk()
+    market = desk.market()
+    params = MinimalDiff.Params(
+        max_orders_per_second=order_rate, max_cancels_per_second=cancel_rate, burst_s=2.0
+    )
+    policy = MinimalDiff(params)
+    venue = Venue()
+    now = T0
+    wanted: list[Quote] = []
+    for gap_ms, center, levels in steps:
+        now += gap_ms * 1_000_000
+        wanted = ladder(center, levels)
+        venue.step(policy, market, wanted, now)
+    for rate, sent in ((order_rate, venue.sent_orders), (cancel_rate, venue.sent_cancels)):
+        capacity = max(1.0, rate * 2.0)
+        for i, start in enumerate(sent):
+            # Any run of sends from `start` fits the bucket: capacity + refill since start.
+            for j in range(i, len(sent)):
+                assert j - i + 1 <= capacity + rate * (sent[j] - start) / NS + 1e-9
+    if wanted:
+        # Left alone long enough, the policy catches up with what is wanted (unless
+        # the wanted set is being pulled, which is never held back).
+        for _ in range(30):
+            now += NS
+            venue.step(policy, market, wanted, now)
+        assert sorted((o.side, o.level, o.price_ticks) for o in venue.working) == sorted(
+            (q.side, q.level, q.price_ticks) for q in wanted
+        )
