@@ -362,7 +362,7 @@ def test_breaker_halts_latches_and_resets(registry: PluginRegistry, tmp_path: Pa
     assert all(r["our_bid"] is None and r["our_ask"] is None for r in halted)
     assert any(r["our_bid"] is not None for r in after if r["market"] == "sim:BTC/USDT")
     assert any(r["our_bid"] is not None for r in after if r["market"] == "sim:YES/USD")
-    kinds = [row for row in journal_rows(tmp_path / "brk", "breaker")]
+    kinds = journal_rows(tmp_path / "brk", "breaker")
     assert kinds and kinds[0]["mode"] == "halt"
 
 
