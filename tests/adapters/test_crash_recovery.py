@@ -134,7 +134,7 @@ def test_sigkill_at_random_points_then_resume(venue: VenueThread, tmp_path: Path
     rng = random.Random(2026)
     venue.takers_on.set()
 
-    first = bot(
+    resumed = bot(
         [
             "run",
             str(EXAMPLES / "binance_testnet.yaml"),
@@ -148,9 +148,8 @@ def test_sigkill_at_random_points_then_resume(venue: VenueThread, tmp_path: Path
     wait_for(run_dir / "trace.jsonl", 30)
     for life in range(2):
         time.sleep(rng.uniform(1.5, 4.0))
-        victim = first if life == 0 else resumed
-        victim.send_signal(signal.SIGKILL)
-        victim.communicate(timeout=10)
+        resumed.send_signal(signal.SIGKILL)  # the first life, then the first resume
+        resumed.communicate(timeout=10)
         time.sleep(rng.uniform(0.3, 1.0))  # the venue keeps trading while we are dead
         resumed = bot(["run", "--resume", str(run_dir), "--set=run.duration=60s"], env)
         time.sleep(1.0)
