@@ -146,7 +146,7 @@ def test_sigkill_at_random_points_then_resume(venue: VenueThread, tmp_path: Path
         env,
     )
     wait_for(run_dir / "trace.jsonl", 30)
-    for life in range(2):
+    for _life in range(2):
         time.sleep(rng.uniform(1.5, 4.0))
         resumed.send_signal(signal.SIGKILL)  # the first life, then the first resume
         resumed.communicate(timeout=10)
