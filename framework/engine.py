@@ -803,6 +803,13 @@ class Run:
         """Back off after rejections so a quote the venue refuses is not resent in a loop:
         0.1 s doubling to 30 s; an alert after 10 in a row."""
         mr.reject_streak += 1
+        if order.tif is TimeInForce.POST_ONLY and mr.reject_streak < 3:
+            # A post-only order refused because the market moved through it is routine
+            # for a market maker: requote at once; only a streak means something is off.
+            self.log.debug(
+                "{}: post-only {} refused: {}", mr.market.key, order.client_id, order.reason
+            )
+            return
         delay = min(30 * NS, int(0.1 * NS) << min(mr.reject_streak - 1, 10))
         mr.quiet_until = self.clock.now_ns() + delay
         if mr.reject_streak <= 3 or mr.reject_streak % 50 == 0:
