@@ -18,6 +18,15 @@ __all__ = ["hooks_reference", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
+#: Subcommands implemented by their own module: name -> (module, function, help).
+FORWARDED: dict[str, tuple[str, str, str]] = {
+    "sweep": (
+        "quoteforge.sweep",
+        "sweep_main",
+        "run a parameter grid in parallel processes into one summary table",
+    ),
+}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -77,12 +86,22 @@ def _parser() -> argparse.ArgumentParser:
         "--breaker", default="all", help="all, run, a breaker kind (pnl_floor...) or a market"
     )
 
+    for name, (_, _, text) in FORWARDED.items():
+        sub.add_parser(name, help=text, add_help=False)
+
     rep = sub.add_parser("report", help="(re)write the HTML and PNG report of a run folder")
     rep.add_argument("run_dir", type=Path)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FORWARDED:
+        # These subcommands parse their own arguments (and their own --help).
+        import importlib
+
+        module, function, _ = FORWARDED[argv[0]]
+        return int(getattr(importlib.import_module(module), function)(argv[1:]))
     args = _parser().parse_args(argv)
     handler = {
         "run": _cmd_run,

@@ -184,10 +184,10 @@ class Run:
         self.bus: Bus = bus_factory(self.loaded.params_of("bus"), self.run_id)
 
         symbols_by_venue: dict[str, list[str]] = {name: [] for name in m.exchanges}
-        for spec in m.strategies.values():
+        for strategy_spec in m.strategies.values():
             # "*" asks for every market of the venue: the venue decides what that is.
-            if "*" not in spec.symbols:
-                symbols_by_venue[spec.exchange].extend(spec.symbols)
+            if "*" not in strategy_spec.symbols:
+                symbols_by_venue[strategy_spec.exchange].extend(strategy_spec.symbols)
         for name, spec in m.exchanges.items():
             ctx = VenueContext(
                 name=name,
@@ -212,12 +212,13 @@ class Run:
                 # Live market data, simulated fills: orders never reach the venue.
                 from quoteforge.exchanges.paper import wrap_for_paper
 
-                venue = wrap_for_paper(venue, self.loaded.plugin_params.get("paper"), ctx)
+                paper = self.loaded.plugin_params.get("paper")
+                venue = wrap_for_paper(venue, paper, ctx)  # type: ignore[arg-type]
             self.venues[name] = venue
 
         checks = []
-        for name, spec in m.risk.items():
-            cls = reg.get("risk", spec.type).factory
+        for name, risk_spec in m.risk.items():
+            cls = reg.get("risk", risk_spec.type).factory
             checks.append(cls(name, self.loaded.params_of("risk", name)))
         self.risk = RiskChain(checks, self._on_refusal)
         self.alert_channels = [
@@ -256,18 +257,18 @@ class Run:
             runtimes: dict[str, MarketRuntime] = {}
             symbols = list(venue.instruments) if "*" in spec.symbols else spec.symbols
             for symbol in symbols:
-                inst = venue.instruments.get(symbol)
-                if inst is None:
+                found = venue.instruments.get(symbol)
+                if found is None:
                     known = ", ".join(sorted(venue.instruments)) or "none"
                     raise RuntimeError(
                         f"strategy {name!r}: exchange {spec.exchange!r} has no market "
                         f"{symbol!r}; it lists: {known}"
                     )
                 book = venue.books[symbol]
-                key = inst.key
-                market = Market(inst, book, _position_of(self.portfolio, key))
+                key = found.key
+                market = Market(found, book, _position_of(self.portfolio, key))
                 views[key] = market
-                runtimes[key] = MarketRuntime(inst, book, market, venue, owner=None)  # type: ignore[arg-type]
+                runtimes[key] = MarketRuntime(found, book, market, venue, owner=None)  # type: ignore[arg-type]
             ctx = StrategyContext(
                 name=name,
                 markets=views,

@@ -294,7 +294,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
         node[keys[-1]] = _parse_scalar(raw)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Any) -> str:
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key"
@@ -335,8 +335,8 @@ def load_manifest(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        problem = f"bad YAML: {exc.problem or exc.context}"
-        raise ManifestError(label, [ManifestProblem(line, "", problem)]) from None
+        what = f"bad YAML: {exc.problem or exc.context}"
+        raise ManifestError(label, [ManifestProblem(line, "", what)]) from None
     except yaml.YAMLError as exc:
         raise ManifestError(label, [ManifestProblem(None, "", f"bad YAML: {exc}")]) from None
     if not isinstance(data, dict):

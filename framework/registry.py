@@ -206,7 +206,7 @@ class PluginRegistry:
 
     def register_module(self, module: Any, name: str | None = None) -> PluginRecord:
         """Register an already-imported plugin module or object (tests, embedding)."""
-        plugin_name = name or getattr(module, "__name__", repr(module))
+        plugin_name = str(name or getattr(module, "__name__", None) or repr(module))
         return self._load_one(plugin_name, plugin_name, "(direct)", "", lambda: module)
 
     def _load_one(

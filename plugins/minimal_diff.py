@@ -141,26 +141,26 @@ class MinimalDiff(ExecutionPolicy):
                 continue
             by_slot[slot] = order
         for quote in wanted:
-            order = by_slot.pop((int(quote.side), quote.level), None)
-            if order is None:
+            paired = by_slot.pop((int(quote.side), quote.level), None)
+            if paired is None:
                 plan.places.append(quote)
                 continue
-            if order.price_ticks == quote.price_ticks and (
-                order.remaining_lots == quote.qty_lots
+            if paired.price_ticks == quote.price_ticks and (
+                paired.remaining_lots == quote.qty_lots
                 or (
                     self.params.keep_partial
-                    and 0 < order.remaining_lots < quote.qty_lots
-                    and order.filled_lots > 0
+                    and 0 < paired.remaining_lots < quote.qty_lots
+                    and paired.filled_lots > 0
                 )
             ):
                 continue
-            if order.status is OrderStatus.PENDING_NEW:
+            if paired.status is OrderStatus.PENDING_NEW:
                 # Not acknowledged yet: changing it now would race its own acknowledgement.
                 continue
             if self.params.use_replace:
-                plan.replaces.append((order, quote))
+                plan.replaces.append((paired, quote))
             else:
-                plan.cancels.append(order)
+                plan.cancels.append(paired)
                 plan.places.append(quote)
         plan.cancels.extend(by_slot.values())
         if self._limited and plan:
