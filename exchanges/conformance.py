@@ -35,6 +35,7 @@ from quoteforge.exchanges.replica_faults import ReplicaServer
 from quoteforge.model import (
     Fill,
     Instrument,
+    Offer,
     Order,
     OrderStatus,
     OrderType,
@@ -87,6 +88,9 @@ class RecordingSink:
 
     def on_order_update(self, update: OrderUpdate) -> None:
         self.updates.append(update)
+
+    def on_offer(self, offer: Offer) -> None:
+        """Spot adapters send no offers; kept for the VenueSink contract."""
 
     def on_fill(self, fill: Fill) -> None:
         self.fills.append(fill)
@@ -257,7 +261,7 @@ async def venue_harness(conformance_kit: VenueKit) -> AsyncIterator[Harness]:
         seed=1,
         mode="live",
         symbols=[kit.symbol],
-        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
+        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},  # type: ignore[attr-defined]
     )
     adapter = kit.make_adapter(replica, {**FAST_PARAMS, **kit.params}, ctx)
     try:

@@ -209,10 +209,10 @@ class BinanceReplica(ReplicaServer):
         for side in ("buy", "sell"):
             for price in list(market.levels[side]):
                 market.set_level(side, price, Decimal(0))
-        for price, qty in bids:
-            market.set_level("buy", Decimal(price), Decimal(qty))
-        for price, qty in asks:
-            market.set_level("sell", Decimal(price), Decimal(qty))
+        for bid_price, bid_qty in bids:
+            market.set_level("buy", Decimal(bid_price), Decimal(bid_qty))
+        for ask_price, ask_qty in asks:
+            market.set_level("sell", Decimal(ask_price), Decimal(ask_qty))
         await self._publish_depth(market)
 
     async def churn(self, symbol: str, events: int = 10, seed: int | None = None) -> None:

@@ -935,9 +935,9 @@ class KrakenReplica(ReplicaServer):
                 targets = [self._by_client(c) for c in ids] + [self._txids.get(t) for t in txids]
                 if not targets or any(o is None or not o.is_open for o in targets):
                     raise OrderRejectedError("unknown_order", "unknown")
-                for order in targets:
-                    assert order is not None
-                    await self._do_cancel(order)
+                for target in targets:
+                    assert target is not None
+                    await self._do_cancel(target)
                 last = targets[-1]
                 assert last is not None
                 return self._ack(
@@ -945,34 +945,34 @@ class KrakenReplica(ReplicaServer):
                 )
             if method == "cancel_all":
                 count = 0
-                for order in self.orders():
-                    await self._do_cancel(order)
+                for resting in self.orders():
+                    await self._do_cancel(resting)
                     count += 1
                 return self._ack(method, req_id, {"count": count})
             if method == "amend_order":
-                order = self._by_client(str(params.get("cl_ord_id", ""))) or self._txids.get(
+                amended = self._by_client(str(params.get("cl_ord_id", ""))) or self._txids.get(
                     str(params.get("order_id", ""))
                 )
-                if order is None:
+                if amended is None:
                     raise OrderRejectedError("unknown_order", "unknown")
-                market = self.markets[order.symbol]
+                market = self.markets[amended.symbol]
                 qty = params.get("order_qty")
                 price = params.get("limit_price")
                 market.amend(
-                    order.client_id,
+                    amended.client_id,
                     None if qty is None else Decimal(str(qty)),
                     None if price is None else Decimal(str(price)),
                     self.now_ms(),
                 )
-                await self._report(order, "amended", order.status, reason="User requested")
+                await self._report(amended, "amended", amended.status, reason="User requested")
                 await self._publish_book(market)
                 return self._ack(
                     method,
                     req_id,
                     {
                         "amend_id": secrets.token_hex(8),
-                        "order_id": order.venue_id,
-                        "cl_ord_id": order.client_id,
+                        "order_id": amended.venue_id,
+                        "cl_ord_id": amended.client_id,
                     },
                 )
         except OrderRejectedError as exc:

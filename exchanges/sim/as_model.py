@@ -176,6 +176,8 @@ class AsModelExchange(ExchangeAdapter):
                 continue
             mid = float(self.mids[i])
             for order in working.values():
+                if order.price_ticks is None:
+                    continue  # the model quotes limit orders only
                 price = order.price_ticks * self._tick
                 delta = mid - price if order.side is Side.BUY else price - mid
                 candidates.append((i, order, delta))
@@ -204,6 +206,7 @@ class AsModelExchange(ExchangeAdapter):
             self.sink.on_book(book)
 
     def _fill(self, i: int, order: Order, now: int) -> None:
+        assert order.price_ticks is not None, "only limit orders rest in the model"
         lots = min(order.qty_lots, max(1, int(1 / float(self.params.lot_size))))
         inst = self.instruments[order.symbol]
         fill = Fill(
