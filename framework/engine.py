@@ -94,6 +94,7 @@ class StrategyRuntime:
     halted: bool = False
     errors: int = 0
     top_only: bool = True
+    best_only: bool = False
 
 
 @dataclass(eq=False)
@@ -109,6 +110,7 @@ class MarketRuntime:
     last_pnl: float = 0.0
     quote_updates: int = 0
     seen_top: int = -1  # the book's top_version when the strategy last saw it
+    seen_best: Any = None  # (best bid, best ask) when the strategy last saw it
     reject_streak: int = 0  # consecutive order rejections on this market
     quiet_until: int = 0  # no new quotes before this time (backoff after rejections)
     retry: TimerHandle | None = None
@@ -282,6 +284,7 @@ class Run:
             strategy = reg.factory(ctx, self.loaded.params_of("strategies", name))
             srt = StrategyRuntime(name, strategy, spec.type, runtimes)
             srt.top_only = bool(getattr(strategy, "top_of_book_only", True))
+            srt.best_only = getattr(strategy, "book_levels", 5) <= 1
             for key, mr in runtimes.items():
                 mr.owner = srt
                 self.markets[key] = mr
@@ -505,9 +508,15 @@ class Run:
         if mr is None or mr.owner.halted:
             return
         if mr.owner.top_only:
-            if book.top_version == mr.seen_top:
+            if mr.owner.best_only:
+                best = (book.best_bid(), book.best_ask())
+                if best == mr.seen_best:
+                    return
+                mr.seen_best = best
+            elif book.top_version == mr.seen_top:
                 return
-            mr.seen_top = book.top_version
+            else:
+                mr.seen_top = book.top_version
         start = time.perf_counter_ns()
         self._requote(mr)
         self.tick_to_quote.record(time.perf_counter_ns() - start)

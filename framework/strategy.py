@@ -188,6 +188,9 @@ class Strategy:
     #: Call ``on_book`` only when one of the top 5 levels changed (most quoting logic
     #: reads only the top of the book). Set False to see every update.
     top_of_book_only: ClassVar[bool] = True
+    #: With ``top_of_book_only``: 1 means only a change of the best bid or ask (price
+    #: or size) matters, as for mid/microprice quoting; 5 (default) watches five levels.
+    book_levels: ClassVar[int] = 5
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
         self.ctx = ctx

@@ -73,6 +73,7 @@ class PureMarketMaking(Strategy):
 
     Params = PureMarketMakingParams
     params: PureMarketMakingParams
+    book_levels = 1  # quotes from the mid or microprice: only the best levels matter
 
     def __init__(self, ctx: quoteforge.StrategyContext, params: PureMarketMakingParams) -> None:
         super().__init__(ctx, params)
