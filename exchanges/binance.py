@@ -333,9 +333,13 @@ class BinanceSpot(CcxtSpotAdapter):
     def _on_market_text(self, raw: str, recv_ns: int) -> None:
         start = raw.find('"stream":"')
         if start < 0:
+            if self.tap is not None:
+                self._tap_raw("market", raw, recv_ns)
             return  # subscription acks and other control answers
         start += 10
         stream = raw[start : raw.find('"', start)]
+        if self.tap is not None:
+            self._tap_raw(stream, raw, recv_ns)
         native, _, kind = stream.partition("@")
         symbol = self._by_native.get(native.upper())
         if symbol is None:
@@ -387,6 +391,10 @@ class BinanceSpot(CcxtSpotAdapter):
                     {"symbol": self._native[symbol], "limit": limit},
                     weight=weight,
                 )
+                if self.tap is not None:
+                    # Stream name and body as the replay venue reads them back.
+                    body = self._last_rest_body() or json.dumps(snap, separators=(",", ":"))
+                    self._tap_raw(f"rest:depth?symbol={self._native[symbol]}", body, time.time_ns())
                 source.on_snapshot(snap, self.clock.now_ns())
             except (VenueCallError, BookMessageError) as exc:
                 logger.warning("{}: depth snapshot for {} failed: {}", self.name, symbol, exc)

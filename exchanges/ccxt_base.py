@@ -436,6 +436,9 @@ class CcxtSpotAdapter(ExchangeAdapter):
         self._closed = False
         self.sockets: list[ManagedSocket] = []
         self.time_offset_ms = 0
+        self.tap: Callable[[str, str, int], None] | None = None
+        """Called with (stream, raw text, receive ns) for every public market-data message
+        and REST depth snapshot, before the adapter acts on it (``quoteforge record``)."""
         self.counters: dict[str, int] = {
             "lookups": 0,
             "resends": 0,
@@ -625,6 +628,26 @@ class CcxtSpotAdapter(ExchangeAdapter):
         self.sockets.append(sock)
         self._spawn(sock.run(), f"{self.name}/{name}")
         return sock
+
+    # -- raw tap -----------------------------------------------------------------------------
+    def _tap_raw(self, stream: str, raw: str, recv_ns: int) -> None:
+        """Hand one public message to ``tap``; a failing tap never stops the feed."""
+        tap = self.tap
+        if tap is None:
+            return
+        try:
+            tap(stream, raw, recv_ns)
+        except Exception:
+            logger.exception("{}: raw tap failed on {}", self.name, stream)
+
+    @staticmethod
+    def _last_rest_body() -> str | None:
+        """The text of the last successful REST answer in this task (kept so a tap records
+        snapshots exactly as the venue sent them)."""
+        last = _last_response.get()
+        if last is None or last[0] != 200 or not isinstance(last[2], str):
+            return None
+        return last[2]
 
     # -- REST through ccxt -------------------------------------------------------------------
     async def _rest(self, method: str, params: dict[str, Any] | None = None) -> Any:

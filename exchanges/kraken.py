@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -69,6 +70,8 @@ _REST_STATUS = {
 }
 # Old Kraken asset codes as websocket v2 spells them.
 _ASSET_ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
+_METHOD = re.compile(r'"method"\s*:\s*"([^"]*)"')
+_CHANNEL = re.compile(r'"channel"\s*:\s*"([^"]*)"')
 # Errors after which an order may or may not exist at the venue.
 _UNKNOWN_ERRORS = (
     "EService:Unavailable",
@@ -80,6 +83,13 @@ _UNKNOWN_ERRORS = (
 
 def _v2_name(code: str) -> str:
     return _ASSET_ALIASES.get(code, code)
+
+
+def _public_stream(raw: str) -> str:
+    """A public message's method (subscribe, pong) or channel (book, trade, heartbeat),
+    to name it in a recording; the replay venue reads the message itself."""
+    found = _METHOD.search(raw) or _CHANNEL.search(raw)
+    return found.group(1) if found else "public"
 
 
 class KrakenParams(CcxtSpotParams):
@@ -364,6 +374,8 @@ class KrakenSpot(CcxtSpotAdapter):
         self._spawn(resubscribe(), f"{self.name}/resubscribe/{symbol}")
 
     def _on_public_text(self, raw: str, recv_ns: int) -> None:
+        if self.tap is not None:
+            self._tap_raw(_public_stream(raw), raw, recv_ns)
         if '"channel":"book"' in raw:
             start = raw.find('"symbol":"')
             if start < 0:

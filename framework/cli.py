@@ -25,6 +25,16 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
         "sweep_main",
         "run a parameter grid in parallel processes into one summary table",
     ),
+    "record": (
+        "quoteforge.record",
+        "record_main",
+        "record the venues' market data of a manifest into a replayable file",
+    ),
+    "latency": (
+        "quoteforge.latency_probe",
+        "latency_main",
+        "measure REST, websocket and order-ack latency (p50/p99) to each venue",
+    ),
 }
 
 

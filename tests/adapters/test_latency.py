@@ -1,0 +1,138 @@
+"""``quoteforge latency`` against the replica venues: REST and websocket round trips, and
+with ``--orders`` real post-only orders acknowledged, cancelled, none left open."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quoteforge.exchanges.replica_binance import BinanceReplica
+from quoteforge.exchanges.replica_kraken import KrakenReplica
+from quoteforge.latency_probe import Measure, latency_main, percentile
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SAMPLES = 4
+
+
+def manifest(venue: str, replica: Any) -> str:
+    if venue == "binance":
+        params = f'rest_url: "{replica.url}", ws_url: "{replica.ws_url}"'
+        symbol = "BTCUSDT"
+    else:
+        params = (
+            f'rest_url: "{replica.url}", ws_url: "{replica.public_ws_url}", '
+            f'private_ws_url: "{replica.private_ws_url}"'
+        )
+        symbol = "BTC/USD"
+    return f"""
+run: {{name: lat, mode: live}}
+exchanges:
+  {venue}:
+    type: {venue}
+    params: {{{params}, request_timeout_s: 2}}
+    secrets: {{api_key: "${{QF_LAT_KEY}}", api_secret: "${{QF_LAT_SECRET}}"}}
+strategies:
+  mm:
+    {{type: pure_market_making, exchange: {venue}, symbols: "{symbol}", params: {{order_size: 1}}}}
+"""
+
+
+@pytest.mark.parametrize("venue", ["binance", "kraken"])
+@pytest.mark.parametrize("orders", [False, True], ids=["network", "orders"])
+async def test_latency_against_the_replica(
+    venue: str,
+    orders: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    replica: Any = BinanceReplica(ping_interval=5) if venue == "binance" else KrakenReplica()
+    symbol = "BTCUSDT" if venue == "binance" else "BTC/USD"
+    await replica.start()
+    try:
+        path = tmp_path / "m.yaml"
+        path.write_text(manifest(venue, replica))
+        if orders:
+            monkeypatch.setenv("QF_LAT_KEY", replica.api_key)
+            monkeypatch.setenv("QF_LAT_SECRET", replica.api_secret)
+        # Without --orders the keys are not needed (the variables are not even set).
+        argv = [str(path), "--samples", str(SAMPLES), "--interval", "0", "--json"]
+        argv += [str(tmp_path / "lat.json"), *(["--orders"] if orders else [])]
+        code = await asyncio.to_thread(latency_main, argv)
+        best_bid = replica.book(symbol, 1)["bids"][0][0]
+        placed = replica.orders(symbol, open_only=False)
+        still_open = replica.orders(symbol)
+        rest_calls = [p for _, p in replica.request_log if p.endswith(("/time", "/Time"))]
+    finally:
+        await replica.stop()
+
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "lat.json").read_text())
+    measures = report["venues"][venue]["measures"]
+    expected = {"rest_rtt", "ws_ping"} | ({"order_ack", "cancel_ack"} if orders else set())
+    assert set(measures) == expected
+    for name in expected:
+        m = measures[name]
+        assert m["n"] == SAMPLES and m["errors"] == 0, (name, m)
+        assert 0 < m["min_ms"] <= m["p50_ms"] <= m["p99_ms"] <= m["max_ms"] < 5_000
+    # One warm-up request, then the samples; a time endpoint, nothing heavier.
+    assert len(rest_calls) >= SAMPLES + 1
+    table = capsys.readouterr().out
+    assert "p50 ms" in table and f"{venue}  rest_rtt" in table
+    if orders:
+        assert len(placed) == SAMPLES
+        assert still_open == [], "every probe order was cancelled"
+        assert all(o.status == "canceled" and o.tif == "post_only" for o in placed)
+        assert all(o.price is not None and o.price < best_bid * Decimal("0.95") for o in placed)
+        assert report["left_open"] == []
+    else:
+        assert placed == []
+
+
+def test_orders_need_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(manifest("binance", BinanceReplica()))
+    monkeypatch.setenv("QF_LAT_KEY", "")
+    monkeypatch.setenv("QF_LAT_SECRET", "")
+    assert latency_main([str(path), "--orders", "--samples", "1"]) == 2
+    assert "--orders places real orders and needs the venue's API keys" in capsys.readouterr().err
+
+
+def test_a_simulated_venue_has_nothing_to_measure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert latency_main([str(EXAMPLES / "quickstart.yaml"), "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "exchange 'sim' is of type 'sim', which has no wire feed to measure" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--samples", "0"], "--samples must be at least 1, got 0"),
+        (["--offset-bps", "0"], "--offset-bps must be between 1 and 9999"),
+        (["--timeout", "0"], "--timeout must be positive"),
+    ],
+)
+def test_bad_arguments_are_named(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert latency_main([str(EXAMPLES / "binance_testnet.yaml"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_percentiles_are_nearest_rank_over_the_samples() -> None:
+    ordered = list(range(1, 101))
+    assert percentile(ordered, 0.5) == 50
+    assert percentile(ordered, 0.99) == 99
+    assert percentile([7], 0.99) == 7
+    m = Measure("v", "rest_rtt", "url", samples_ns=[3_000_000, 1_000_000, 2_000_000])
+    s = m.summary()
+    assert (s["min_ms"], s["p50_ms"], s["max_ms"]) == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 0.5)
