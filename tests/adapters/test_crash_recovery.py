@@ -153,11 +153,13 @@ def test_sigkill_at_random_points_then_resume(venue: VenueThread, tmp_path: Path
         time.sleep(rng.uniform(0.3, 1.0))  # the venue keeps trading while we are dead
         resumed = bot(["run", "--resume", str(run_dir), "--set=run.duration=60s"], env)
         time.sleep(1.0)
-    # The last life runs to its end: a clean stop that cancels everything.
+    # The last life ends with a clean stop that cancels everything. Takers stop first:
+    # a trade after the bot has gone would be for the next life's reconciliation.
+    venue.takers_on.clear()
+    time.sleep(0.5)
     resumed.send_signal(signal.SIGINT)
     _, stderr = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, stderr
-    venue.takers_on.clear()
 
     info = json.loads((run_dir / "run.json").read_text())
     assert len(info["resumed"]) == 2
