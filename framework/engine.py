@@ -446,6 +446,13 @@ class Run:
         for handle in self._timers:
             handle.cancel()
         await self._cancel_everything()
+        if not self.clock.is_virtual and self.mode == "live":
+            # A fill's stream report can trail the cancel answer: ask the venues (REST is
+            # the truth) once more before closing so the journal misses nothing.
+            try:
+                await asyncio.wait_for(self.reconcile(since_ns=self.started_ns), 30)
+            except Exception as exc:
+                self.log.error("final reconciliation failed: {}; run --resume to repair", exc)
         for srt in self.strategies.values():
             self._guard(srt, srt.strategy.on_stop)
         summary = self.summary_rows()
