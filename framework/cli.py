@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a manifest value, e.g. strategies.mm.params.spread_bps=12",
     )
     run.add_argument("--out", type=Path, help="run folder (default: <run.out_dir>/<name>-<time>)")
+    run.add_argument(
+        "--node",
+        choices=("all", "marketdata", "strategy", "execution", "monitor"),
+        default="all",
+        help="run one role of a split run over the bus (default: everything in one process)",
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     run.add_argument(
         "--json-log", action="store_true", help="also write log.jsonl in the run folder"
@@ -176,11 +182,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif args.manifest is None:
         print("quoteforge run: give a MANIFEST or --resume RUN_DIR", file=sys.stderr)
         return EXIT_USAGE
+    if args.node != "all" and args.resume is not None:
+        print(
+            "--resume is not supported with --node (resume the single-process run)", file=sys.stderr
+        )
+        return EXIT_USAGE
     loaded = _load(args, registry)
     if loaded is None:
         return EXIT_USAGE
     m = loaded.manifest
-    run_dir = args.out or new_run_dir(Path(m.run.out_dir), m.run.name)
+    run_dir = args.out or new_run_dir(
+        Path(m.run.out_dir), m.run.name if args.node == "all" else f"{m.run.name}-{args.node}"
+    )
+    if args.node != "all":
+        from quoteforge.nodes import run_node
+
+        configure_logging(args.log_level, run_id=run_dir.name, secrets=loaded.secrets)
+        return asyncio.run(
+            run_node(loaded, registry, args.node, run_dir, args.manifest, settings=m.nodes)
+        )
     configure_logging(
         args.log_level,
         json_path=run_dir / "log.jsonl" if args.json_log else None,

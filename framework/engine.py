@@ -183,7 +183,7 @@ class Run:
         journal_factory = reg.get("journal", jspec.type).factory
         self.journal: Journal = journal_factory(self.loaded.params_of("journal"), self.run_dir)
         bus_factory = reg.get("bus", m.bus.type).factory
-        self.bus: Bus = bus_factory(self.loaded.params_of("bus"), self.run_id)
+        self.bus: Bus = bus_factory(self.loaded.params_of("bus"), self.topic_run)
 
         symbols_by_venue: dict[str, list[str]] = {name: [] for name in m.exchanges}
         for strategy_spec in m.strategies.values():
@@ -736,6 +736,7 @@ class Run:
                     "type": "fill",
                     "t": fill.ts_ns,
                     "market": fill.market,
+                    "fill_id": fill.fill_id,
                     "side": "buy" if fill.side is Side.BUY else "sell",
                     "price": inst.ticks_to_float(fill.price_ticks),
                     "qty": inst.lots_to_float(fill.qty_lots),

@@ -139,6 +139,51 @@ class AlertSettings(_Closed):
     )
 
 
+class NodeSettings(BaseModel):
+    """The ``nodes:`` section of a manifest: timing of a run split into nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heartbeat: Duration = Field(
+        Duration(1), description="Interval of every node's heartbeat/<role> message."
+    )
+    strategy_grace: Duration = Field(
+        Duration(5),
+        description="How long the execution node waits without a strategy-node heartbeat "
+        "before it cancels that node's orders and trips a breaker.",
+    )
+    stale_after: Duration = Field(
+        Duration(3),
+        description="A strategy node marks a book STALE after this long without a book "
+        "message or a heartbeat of the node publishing it.",
+    )
+    book_depth: int = Field(
+        10, ge=1, le=1000, description="Levels per side in every published book message."
+    )
+    snapshot_interval: Duration = Field(
+        Duration(1), description="Interval of the retained book snapshots for late joiners."
+    )
+    connect_timeout: Duration = Field(
+        Duration(30),
+        description="How long a strategy node waits for the instruments of a venue hosted "
+        "by another node before it gives up.",
+    )
+    monitor_interval: Duration = Field(
+        Duration(5), description="How often the monitor node prints its table."
+    )
+    linger: Duration | None = Field(
+        None,
+        description="After run.duration, the execution node keeps serving until the "
+        "strategy node has gone, at most this long (default: strategy_grace + "
+        "run.cancel_timeout).",
+    )
+    replay_window: Duration = Field(
+        Duration(300),
+        description="Intents, order reports and fills of this recent past are published "
+        "again when a peer node reconnects (receivers apply each message once).",
+    )
+
+
 class Manifest(_Closed):
     run: RunSpec = Field(default_factory=RunSpec)
     exchanges: dict[str, ExchangeSpec] = Field(min_length=1)
@@ -155,6 +200,9 @@ class Manifest(_Closed):
     alerting: AlertSettings = Field(default_factory=AlertSettings)
     breakers: BreakerParams | None = Field(
         None, description="Circuit breakers: PnL floor, drawdown, errors, stale data."
+    )
+    nodes: NodeSettings = Field(
+        default_factory=NodeSettings, description="Timing of a run split into nodes."
     )
     paper: dict[str, Any] = Field(
         default_factory=dict,
@@ -430,6 +478,7 @@ def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
         "metrics": MetricsSpec,
         "alerting": AlertSettings,
         "breakers": BreakerParams,
+        "nodes": NodeSettings,
     }
     if len(loc) == 1:
         return models.get(loc[0])

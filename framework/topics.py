@@ -299,6 +299,19 @@ class TopicScheme:
     def state(self, name: str) -> str:
         return f"{self.prefix}/state/{_check_segment('state name', name)}"
 
+    def book_snapshot(self, venue: str, symbol: str) -> str:
+        """Retained full top-of-book of one market, for nodes that join late:
+        ``state/book-<venue>-<symbol>``."""
+        return self.state(f"book-{_check_segment('venue', venue)}-{encode_symbol(symbol)}")
+
+    def instruments(self, venue: str) -> str:
+        """Retained instrument list of a venue, published by the node hosting it."""
+        return self.state(f"instruments-{_check_segment('venue', venue)}")
+
+    def node_session(self, role: str) -> str:
+        """Retained connection count of a node, so peers notice its reconnects."""
+        return self.state(f"node-{_check_segment('node role', role)}")
+
     def all_of(self, kind: TopicKind) -> str:
         """Filter matching every topic of ``kind`` in this run (e.g. all books)."""
         levels = "/".join("+" for _ in _SHAPE[kind])

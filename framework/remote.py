@@ -1,0 +1,663 @@
+"""Venues across the bus: the wire forms of books, instruments, intents and order events,
+the publisher of a hosted venue's market data, and ``RemoteVenue``, the strategy node's
+adapter that reaches a venue hosted by other nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from loguru import logger
+
+from quoteforge.book import BookState, L2Book
+from quoteforge.bus import Bus
+from quoteforge.exchange import (
+    CancelAll,
+    CancelOrder,
+    ExchangeAdapter,
+    OrderAction,
+    PlaceOrder,
+    ReplaceOrder,
+    VenueContext,
+    VenueSink,
+)
+from quoteforge.model import (
+    Fill,
+    Instrument,
+    InstrumentKind,
+    Order,
+    OrderStatus,
+    OrderUpdate,
+    Side,
+)
+from quoteforge.orders import fill_from_dict, fill_to_dict, order_from_dict, order_to_dict
+from quoteforge.topics import TopicScheme
+
+__all__ = [
+    "IntentError",
+    "MarketDataPublisher",
+    "RemoteVenue",
+    "ReplayBuffer",
+    "book_payload",
+    "fill_from_payload",
+    "fill_payload",
+    "instrument_from_dict",
+    "instrument_to_dict",
+    "intent_from_payload",
+    "intent_payload",
+    "update_from_payload",
+    "update_payload",
+]
+
+NS = 1_000_000_000
+
+
+class IntentError(ValueError):
+    """An intent message that cannot be turned into an order action."""
+
+
+# ---------------------------------------------------------------------------------------
+# Wire forms
+# ---------------------------------------------------------------------------------------
+
+
+def instrument_to_dict(inst: Instrument) -> dict[str, Any]:
+    """An instrument as a bus payload; sizes and fees stay exact Decimals."""
+    return {
+        "venue": inst.venue,
+        "symbol": inst.symbol,
+        "base": inst.base,
+        "quote": inst.quote,
+        "tick_size": inst.tick_size,
+        "lot_size": inst.lot_size,
+        "min_qty": inst.min_qty,
+        "min_notional": inst.min_notional,
+        "kind": inst.kind.value,
+        "maker_fee": inst.maker_fee,
+        "taker_fee": inst.taker_fee,
+    }
+
+
+def instrument_from_dict(data: dict[str, Any]) -> Instrument:
+    return Instrument(
+        venue=data["venue"],
+        symbol=data["symbol"],
+        base=data["base"],
+        quote=data["quote"],
+        tick_size=Decimal(data["tick_size"]),
+        lot_size=Decimal(data["lot_size"]),
+        min_qty=Decimal(data.get("min_qty", 0)),
+        min_notional=Decimal(data.get("min_notional", 0)),
+        kind=InstrumentKind(data.get("kind", "spot")),
+        maker_fee=Decimal(data.get("maker_fee", 0)),
+        taker_fee=Decimal(data.get("taker_fee", 0)),
+    )
+
+
+def book_payload(book: L2Book, depth: int, publisher: str, n: int) -> dict[str, Any]:
+    """A full top-``depth`` snapshot of ``book``: each message stands alone, so a receiver
+    that missed some needs no replay. ``n`` orders the messages of one ``publisher``."""
+    return {
+        "bids": book.top(Side.BUY, depth),
+        "asks": book.top(Side.SELL, depth),
+        "state": book.state.value,
+        "ts_ns": book.ts_ns,
+        "pub": publisher,
+        "n": n,
+    }
+
+
+def intent_payload(action: OrderAction, strategy: str, seq: int) -> tuple[dict[str, Any], str]:
+    """The intent message of one order action and its message id.
+
+    Ids of places, cancels and replaces derive from client ids, so republishing the same
+    action is harmless; ``seq`` only separates repeated cancel-alls.
+    """
+    if isinstance(action, PlaceOrder):
+        order = action.order
+        payload = {"action": "place", "strategy": strategy, "order": order_to_dict(order)}
+        return payload, f"intent:{order.client_id}:place"
+    if isinstance(action, CancelOrder):
+        payload = {
+            "action": "cancel",
+            "strategy": strategy,
+            "client_id": action.client_id,
+            "venue": action.venue,
+            "symbol": action.symbol,
+        }
+        return payload, f"intent:{action.client_id}:cancel"
+    if isinstance(action, ReplaceOrder):
+        payload = {
+            "action": "replace",
+            "strategy": strategy,
+            "old_client_id": action.old_client_id,
+            "order": order_to_dict(action.new),
+        }
+        return payload, f"intent:{action.old_client_id}:replace:{action.new.client_id}"
+    payload = {
+        "action": "cancel_all",
+        "strategy": strategy,
+        "venue": action.venue,
+        "symbol": action.symbol,
+    }
+    return payload, f"intent:{strategy}:cancel_all:{action.venue}:{seq}"
+
+
+def intent_from_payload(payload: dict[str, Any]) -> tuple[str, OrderAction]:
+    """(strategy, action) of an intent message, or IntentError saying what is wrong."""
+    try:
+        kind = payload["action"]
+        strategy = str(payload["strategy"])
+        if kind == "place":
+            return strategy, PlaceOrder(_fresh(order_from_dict(payload["order"])))
+        if kind == "cancel":
+            return strategy, CancelOrder(
+                str(payload["client_id"]), str(payload["venue"]), str(payload["symbol"])
+            )
+        if kind == "replace":
+            new = _fresh(order_from_dict(payload["order"]))
+            return strategy, ReplaceOrder(str(payload["old_client_id"]), new)
+        if kind == "cancel_all":
+            symbol = payload.get("symbol")
+            return strategy, CancelAll(str(payload["venue"]), None if symbol is None else symbol)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntentError(f"malformed intent {payload!r}: {exc!r}") from None
+    raise IntentError(
+        f"unknown intent action {kind!r}: expected place, cancel, replace or cancel_all"
+    )
+
+
+def _fresh(order: Order) -> Order:
+    # Whatever the sender's view, an order that is being sent has not traded yet.
+    order.status = OrderStatus.PENDING_NEW
+    order.filled_lots = 0
+    return order
+
+
+def update_payload(update: OrderUpdate, order: Order | None) -> dict[str, Any]:
+    """An order report, with the order's terms so that observers need no other state."""
+    payload: dict[str, Any] = {
+        "venue": update.venue,
+        "client_id": update.client_id,
+        "status": update.status.value,
+        "ts_ns": update.ts_ns,
+        "exchange_id": update.exchange_id,
+        "filled_lots": update.filled_lots,
+        "price_ticks": update.price_ticks,
+        "qty_lots": update.qty_lots,
+        "reason": update.reason,
+        "symbol": update.symbol or (order.symbol if order is not None else ""),
+    }
+    if order is not None:
+        payload["order"] = {
+            "side": order.side.name.lower(),
+            "price_ticks": order.price_ticks,
+            "qty_lots": order.qty_lots,
+            "filled_lots": order.filled_lots,
+            "status": order.status.value,
+            "strategy": order.strategy,
+        }
+    return payload
+
+
+def update_from_payload(payload: dict[str, Any]) -> OrderUpdate:
+    return OrderUpdate(
+        venue=payload["venue"],
+        client_id=payload["client_id"],
+        status=OrderStatus(payload["status"]),
+        ts_ns=int(payload["ts_ns"]),
+        exchange_id=payload.get("exchange_id"),
+        filled_lots=payload.get("filled_lots"),
+        price_ticks=payload.get("price_ticks"),
+        qty_lots=payload.get("qty_lots"),
+        reason=payload.get("reason", ""),
+        symbol=payload.get("symbol", ""),
+    )
+
+
+def fill_payload(fill: Fill) -> dict[str, Any]:
+    return fill_to_dict(fill)
+
+
+def fill_from_payload(payload: dict[str, Any]) -> Fill:
+    return fill_from_dict(payload)
+
+
+# ---------------------------------------------------------------------------------------
+# Replay of QoS 1 streams
+# ---------------------------------------------------------------------------------------
+
+
+class ReplayBuffer:
+    """Publishes QoS 1 messages and keeps the recent ones to publish again.
+
+    A broker that restarts forgets who subscribed: what a node publishes before its peer
+    has subscribed again is lost at the broker. The sender therefore republishes its
+    recent messages, under the same message ids, when a peer reports a new connection;
+    receivers apply each id once.
+    """
+
+    def __init__(
+        self, bus: Callable[[], Bus], *, window_s: float = 300.0, capacity: int = 100_000
+    ) -> None:
+        if window_s <= 0 or capacity < 1:
+            raise ValueError("ReplayBuffer needs window_s > 0 and capacity >= 1")
+        self._bus = bus
+        self._window_ns = int(window_s * NS)
+        self._kept: deque[tuple[int, str, dict[str, Any], str]] = deque(maxlen=capacity)
+        self.replayed = 0
+
+    def publish(self, topic: str, payload: dict[str, Any], msg_id: str) -> None:
+        self._kept.append((time.monotonic_ns(), topic, payload, msg_id))
+        self._bus().publish(topic, payload, qos=1, msg_id=msg_id)
+
+    def replay(self) -> int:
+        """Publish every message of the window again; returns how many."""
+        horizon = time.monotonic_ns() - self._window_ns
+        kept = self._kept
+        while kept and kept[0][0] < horizon:
+            kept.popleft()
+        bus = self._bus()
+        for _, topic, payload, msg_id in kept:
+            bus.publish(topic, payload, qos=1, msg_id=msg_id)
+        self.replayed += len(kept)
+        return len(kept)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+# ---------------------------------------------------------------------------------------
+# Publishing a hosted venue's market data
+# ---------------------------------------------------------------------------------------
+
+
+class MarketDataPublisher:
+    """Puts the market data of venues this node hosts on the bus.
+
+    Book changes are coalesced per event-loop pass (latest wins: every message is a full
+    top-``depth`` snapshot) and published at QoS 0 on ``book/<venue>/<symbol>``; every
+    ``snapshot_interval_s`` (and on every state change) the same snapshot also goes,
+    retained, to ``state/book-<venue>-<symbol>`` for late joiners. Trades go to
+    ``trade/<venue>/<symbol>``, instruments to the retained ``state/instruments-<venue>``.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        scheme: TopicScheme,
+        *,
+        depth: int = 10,
+        snapshot_interval_s: float = 1.0,
+    ) -> None:
+        if depth < 1:
+            raise ValueError(f"book depth must be at least 1 level, got {depth}")
+        self.bus = bus
+        self.scheme = scheme
+        self.depth = depth
+        self.snapshot_interval_s = snapshot_interval_s
+        self.publisher = secrets.token_hex(4)
+        self._books: dict[str, L2Book] = {}
+        self._topics: dict[str, tuple[str, str]] = {}
+        self._dirty: dict[str, L2Book] = {}
+        self._flush_scheduled = False
+        self._n = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self.books_published = 0
+        self.trades_published = 0
+
+    def publish_instruments(self, venue: str, instruments: dict[str, Instrument]) -> None:
+        self.bus.publish(
+            self.scheme.instruments(venue),
+            {"venue": venue, "instruments": [instrument_to_dict(i) for i in instruments.values()]},
+            qos=1,
+            retain=True,
+        )
+
+    def track(self, book: L2Book) -> None:
+        """Include ``book`` in the periodic retained snapshots."""
+        if book.key not in self._books:
+            self._books[book.key] = book
+            self._topics[book.key] = (
+                self.scheme.book(book.venue, book.symbol),
+                self.scheme.book_snapshot(book.venue, book.symbol),
+            )
+
+    def start(self) -> None:
+        if self._task is None and self.snapshot_interval_s > 0:
+            self._task = asyncio.get_running_loop().create_task(self._snapshots())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- venue sink side ------------------------------------------------------------------
+    def on_book(self, book: L2Book) -> None:
+        self.track(book)
+        self._dirty[book.key] = book
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
+        self.track(book)
+        self._dirty.pop(book.key, None)
+        self._send(book, snapshot=True)
+
+    def on_trade(
+        self, venue: str, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side, ts_ns: int
+    ) -> None:
+        self.trades_published += 1
+        self.bus.publish(
+            self.scheme.trade(venue, symbol),
+            {
+                "price_ticks": price_ticks,
+                "qty_lots": qty_lots,
+                "aggressor": aggressor.name.lower(),
+                "ts_ns": ts_ns,
+            },
+        )
+
+    # -- internals -------------------------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for book in dirty.values():
+            self._send(book, snapshot=False)
+
+    def _send(self, book: L2Book, *, snapshot: bool) -> None:
+        live_topic, snapshot_topic = self._topics[book.key]
+        payload = book_payload(book, self.depth, self.publisher, next(self._n))
+        self.bus.publish(live_topic, payload)
+        self.books_published += 1
+        if snapshot:
+            self.bus.publish(snapshot_topic, payload, qos=1, retain=True)
+
+    async def _snapshots(self) -> None:
+        while True:
+            await asyncio.sleep(self.snapshot_interval_s)
+            for book in self._books.values():
+                _, snapshot_topic = self._topics[book.key]
+                payload = book_payload(book, self.depth, self.publisher, next(self._n))
+                self.bus.publish(snapshot_topic, payload, qos=1, retain=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The strategy node's adapter
+# ---------------------------------------------------------------------------------------
+
+
+class _Mirror:
+    """One market's book as last published by the node hosting it."""
+
+    __slots__ = ("book", "last_n", "last_pub", "last_seen_ns", "reason")
+
+    def __init__(self, book: L2Book) -> None:
+        self.book = book
+        self.last_pub = ""
+        self.last_n = 0
+        self.last_seen_ns = 0
+        self.reason = ""
+
+
+class RemoteVenue(ExchangeAdapter):
+    """A venue hosted by another node, reached through the bus.
+
+    Books mirror ``book/<venue>/<symbol>`` and the retained snapshots: each message
+    replaces the book. A book goes STALE when neither a book message nor a heartbeat of
+    the hosting node arrived within ``stale_after_s`` (or when that node says it is
+    offline, or its own book is not LIVE), and LIVE again with the next LIVE snapshot.
+    ``submit`` publishes each action as an intent on ``intent/<strategy>`` (QoS 1, one
+    message id per action); order reports and fills come back from ``order/<venue>`` and
+    ``fill/<venue>``.
+    """
+
+    def __init__(
+        self,
+        ctx: VenueContext,
+        bus: Callable[[], Bus],
+        scheme: TopicScheme,
+        strategies: Sequence[str],
+        *,
+        host_role: str,
+        stale_after_s: float = 3.0,
+        connect_timeout_s: float = 30.0,
+        replay: ReplayBuffer | None = None,
+    ) -> None:
+        if stale_after_s <= 0:
+            raise ValueError(f"stale_after_s must be > 0, got {stale_after_s}")
+        # The strategy node never holds venue credentials: the execution node does.
+        ctx.secrets = {}
+        self.ctx = ctx
+        self.name = ctx.name
+        self._bus = bus
+        self.scheme = scheme
+        self.strategies = list(strategies)
+        # Intents name a strategy; a venue no strategy trades files them under this one.
+        self._default_strategy = self.strategies[0] if self.strategies else "unassigned"
+        self.host_role = host_role
+        self.stale_after_ns = int(stale_after_s * NS)
+        self.connect_timeout_s = connect_timeout_s
+        self.replay = replay if replay is not None else ReplayBuffer(bus)
+        self.instruments: dict[str, Instrument] = {}
+        self.books: dict[str, L2Book] = {}
+        self.sink: VenueSink | None = None
+        self._mirrors: dict[str, _Mirror] = {}
+        self._owner: dict[str, str] = {}
+        self._instruments_seen = asyncio.Event()
+        self._host_seen_ns = 0
+        self._host_online = True
+        self._watchdog: asyncio.Task[None] | None = None
+        self._cancel_all_seq = itertools.count(1)
+        self.intents_sent = 0
+
+    # -- adapter contract ------------------------------------------------------------------
+    async def connect(self, sink: VenueSink) -> None:
+        self.sink = sink
+        bus = self._bus()
+        bus.subscribe(self.scheme.instruments(self.name), self._on_instruments)
+        try:
+            await asyncio.wait_for(self._instruments_seen.wait(), self.connect_timeout_s)
+        except TimeoutError:
+            raise RuntimeError(
+                f"venue {self.name!r}: no instruments on "
+                f"{self.scheme.instruments(self.name)!r} after {self.connect_timeout_s:g}s; "
+                f"start the {self.host_role} node of run {self.scheme.run!r} (same manifest, "
+                "same bus)"
+            ) from None
+        wanted = self.ctx.symbols or list(self.instruments)
+        missing = [s for s in wanted if s not in self.instruments]
+        if missing:
+            raise RuntimeError(
+                f"venue {self.name!r}: the {self.host_role} node does not host "
+                f"{', '.join(missing)}; it lists: {', '.join(sorted(self.instruments))}"
+            )
+        for symbol in wanted:
+            book = L2Book(self.instruments[symbol])
+            self.books[symbol] = book
+            mirror = _Mirror(book)
+            self._mirrors[symbol] = mirror
+            handler = self._book_handler(mirror)
+            bus.subscribe(self.scheme.book(self.name, symbol), handler)
+            bus.subscribe(self.scheme.book_snapshot(self.name, symbol), handler)
+            bus.subscribe(self.scheme.trade(self.name, symbol), self._trade_handler(symbol))
+        bus.subscribe(self.scheme.order(self.name), self._on_order)
+        bus.subscribe(self.scheme.fill(self.name), self._on_fill)
+        bus.subscribe(self.scheme.heartbeat(self.host_role), self._on_host_heartbeat)
+        self._host_seen_ns = time.monotonic_ns()
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    def submit(self, actions: Sequence[OrderAction]) -> None:
+        topic_of = self.scheme.intent
+        for action in actions:
+            if isinstance(action, CancelAll):
+                for strategy in self.strategies:
+                    seq = next(self._cancel_all_seq)
+                    payload, msg_id = intent_payload(action, strategy, seq)
+                    self.replay.publish(topic_of(strategy), payload, msg_id)
+                    self.intents_sent += 1
+                continue
+            strategy = self._strategy_of(action)
+            payload, msg_id = intent_payload(action, strategy, 0)
+            self.replay.publish(topic_of(strategy), payload, msg_id)
+            self.intents_sent += 1
+
+    async def close(self) -> None:
+        self.sink = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+    # -- intents -----------------------------------------------------------------------------
+    def _strategy_of(self, action: OrderAction) -> str:
+        if isinstance(action, PlaceOrder):
+            order = action.order
+            strategy = order.strategy or self._default_strategy
+            self._owner[order.client_id] = strategy
+            return strategy
+        if isinstance(action, ReplaceOrder):
+            strategy = action.new.strategy or self._owner.get(
+                action.old_client_id, self._default_strategy
+            )
+            self._owner[action.new.client_id] = strategy
+            return strategy
+        assert isinstance(action, CancelOrder)
+        return self._owner.get(action.client_id, self._default_strategy)
+
+    # -- incoming ------------------------------------------------------------------------------
+    def _on_instruments(self, topic: str, payload: dict[str, Any]) -> None:
+        fresh = {}
+        for data in payload.get("instruments", []):
+            inst = instrument_from_dict(data)
+            fresh[inst.symbol] = inst
+        for symbol, inst in fresh.items():
+            known = self.instruments.get(symbol)
+            if known is None:
+                self.instruments[symbol] = inst
+            elif known != inst:
+                # Books and strategies hold the first version; a changed grid needs a restart.
+                logger.error(
+                    "venue {}: instrument {} changed on the bus ({} -> {}); restart the "
+                    "strategy node to use the new one",
+                    self.name,
+                    symbol,
+                    known,
+                    inst,
+                )
+        self._instruments_seen.set()
+
+    def _book_handler(self, mirror: _Mirror) -> Callable[[str, dict[str, Any]], None]:
+        def handle(topic: str, payload: dict[str, Any]) -> None:
+            self._apply_book(mirror, payload)
+
+        return handle
+
+    def _apply_book(self, mirror: _Mirror, payload: dict[str, Any]) -> None:
+        pub = payload.get("pub", "")
+        n = int(payload.get("n", 0))
+        # Live updates and retained snapshots travel on two topics: drop the older one.
+        if pub == mirror.last_pub and n <= mirror.last_n:
+            return
+        mirror.last_pub = pub
+        mirror.last_n = n
+        now = time.monotonic_ns()
+        mirror.last_seen_ns = now
+        self._host_seen_ns = now
+        book = mirror.book
+        state = payload.get("state", BookState.LIVE.value)
+        if state != BookState.LIVE.value:
+            self._set_state(mirror, BookState.STALE, f"publisher book {state}")
+            return
+        bids = [(int(p), int(q)) for p, q in payload["bids"]]
+        asks = [(int(p), int(q)) for p, q in payload["asks"]]
+        changed = bids != book.top(Side.BUY, len(bids) + 1) or asks != book.top(
+            Side.SELL, len(asks) + 1
+        )
+        if changed:
+            book.apply_snapshot(bids, asks, int(payload.get("ts_ns", 0)))
+        else:
+            book.ts_ns = int(payload.get("ts_ns", book.ts_ns))
+        if book.state is not BookState.LIVE:
+            self._set_state(mirror, BookState.LIVE, "snapshot from the bus")
+        elif changed and self.sink is not None:
+            self.sink.on_book(book)
+
+    def _trade_handler(self, symbol: str) -> Callable[[str, dict[str, Any]], None]:
+        def handle(topic: str, payload: dict[str, Any]) -> None:
+            if self.sink is not None:
+                self.sink.on_trade(
+                    self.name,
+                    symbol,
+                    int(payload["price_ticks"]),
+                    int(payload["qty_lots"]),
+                    Side.parse(payload["aggressor"]),
+                    int(payload["ts_ns"]),
+                )
+
+        return handle
+
+    def _on_order(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.sink is not None:
+            update = update_from_payload(payload)
+            if update.status.is_terminal:
+                self._owner.pop(update.client_id, None)
+            self.sink.on_order_update(update)
+
+    def _on_fill(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.sink is not None:
+            self.sink.on_fill(fill_from_payload(payload))
+
+    def _on_host_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
+        online = payload.get("status") == "online"
+        self._host_online = online
+        if online:
+            self._host_seen_ns = time.monotonic_ns()
+            return
+        reason = f"{self.host_role} node offline ({payload.get('reason', 'no reason given')})"
+        for mirror in self._mirrors.values():
+            self._set_state(mirror, BookState.STALE, reason)
+
+    # -- staleness -------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        period = max(0.05, self.stale_after_ns / NS / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.check_stale()
+
+    def check_stale(self) -> None:
+        """Mark LIVE books STALE when the hosting node has been silent too long."""
+        now = time.monotonic_ns()
+        for mirror in self._mirrors.values():
+            if mirror.book.state is not BookState.LIVE:
+                continue
+            heard = max(mirror.last_seen_ns, self._host_seen_ns if self._host_online else 0)
+            silent = now - heard
+            if silent > self.stale_after_ns:
+                self._set_state(
+                    mirror,
+                    BookState.STALE,
+                    f"no book message and no {self.host_role} heartbeat for "
+                    f"{silent / 1e6:.0f} ms (limit {self.stale_after_ns / 1e6:.0f} ms)",
+                )
+
+    def _set_state(self, mirror: _Mirror, new: BookState, reason: str) -> None:
+        book = mirror.book
+        old = book.state
+        if old is new or (old is BookState.SYNCING and new is BookState.STALE):
+            return  # a book that never had data stays SYNCING until its first snapshot
+        book.state = new
+        mirror.reason = reason
+        if self.sink is not None:
+            self.sink.on_book_state(book, old.value, new.value, reason)

@@ -1,0 +1,671 @@
+"""Split runs: marketdata, strategy, execution and monitor nodes as separate processes
+talking through a real Mosquitto broker, plus the wire forms and the remote venue."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from loguru import logger
+
+from quoteforge.book import BookState, L2Book
+from quoteforge.bus import InProcessBus
+from quoteforge.clock import LiveClock
+from quoteforge.engine import run_manifest
+from quoteforge.exchange import (
+    CancelAll,
+    CancelOrder,
+    PlaceOrder,
+    ReplaceOrder,
+    VenueContext,
+)
+from quoteforge.journal import JournalRecord
+from quoteforge.manifest import ManifestError
+from quoteforge.model import (
+    Fill,
+    Instrument,
+    InstrumentKind,
+    Offer,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Side,
+    TimeInForce,
+)
+from quoteforge.nodes import load_node_manifest, run_node
+from quoteforge.orders import OrderManager
+from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
+from quoteforge.plugins.journal_sqlite import SqliteJournal
+from quoteforge.registry import PluginRegistry
+from quoteforge.remote import (
+    IntentError,
+    MarketDataPublisher,
+    RemoteVenue,
+    instrument_from_dict,
+    instrument_to_dict,
+    intent_from_payload,
+    intent_payload,
+)
+from quoteforge.topics import TopicScheme, decode, encode
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "distributed" / "sim_nodes.yaml"
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+SHARED_PORT = 1883
+HEARTBEAT = 0.5
+GRACE = 2.0
+
+RUNNER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from quoteforge.logs import configure_logging
+    from quoteforge.nodes import load_node_manifest, run_node
+    from quoteforge.registry import load_registry
+
+    manifest, role, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    configure_logging("INFO")
+    registry = load_registry()
+    loaded, settings = load_node_manifest(manifest, registry)
+    sys.exit(asyncio.run(run_node(loaded, registry, role, out, Path(manifest), settings=settings)))
+    """
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def shared_broker() -> int:
+    if not port_open(SHARED_PORT):
+        fix = "start it with: mosquitto -d -c /etc/mosquitto/mosquitto.conf"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Mosquitto is not running on 127.0.0.1:{SHARED_PORT}; {fix}")
+        pytest.skip(f"Mosquitto is not running on 127.0.0.1:{SHARED_PORT}; {fix}")
+    return SHARED_PORT
+
+
+class Broker:
+    """A private Mosquitto on a free loopback port, for tests that kill it."""
+
+    def __init__(self, workdir: Path) -> None:
+        if shutil.which(MOSQUITTO) is None and not Path(MOSQUITTO).exists():
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail("mosquitto binary not installed: apt-get install mosquitto")
+            pytest.skip("mosquitto binary not installed: apt-get install mosquitto")
+        self.port = free_port()
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 5
+        while not port_open(self.port):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited: {err}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("mosquitto did not open its port")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+def write_manifest(
+    path: Path, *, port: int, duration: float, run_name: str | None = None, **nodes: Any
+) -> tuple[Path, str]:
+    """The example manifest with a unique run name, this test's broker and fast timings."""
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    name = run_name or f"t{uuid.uuid4().hex[:10]}"
+    data["run"].update({"name": name, "duration": duration, "cancel_timeout": 3})
+    data["bus"]["params"].update(
+        {"port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "connect_timeout_s": 3}
+    )
+    data["nodes"] = {
+        "heartbeat": HEARTBEAT,
+        "strategy_grace": GRACE,
+        "stale_after": 2,
+        "connect_timeout": 15,
+        "monitor_interval": 1,
+        **nodes,
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path, name
+
+
+class Nodes:
+    """Node processes of one test, each with its run folder and log file."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.runner = tmp_path / "runner.py"
+        self.runner.write_text(RUNNER, encoding="utf-8")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def dir(self, role: str) -> Path:
+        return self.tmp / f"node-{role}"
+
+    def start(self, manifest: Path, *roles: str) -> None:
+        for role in roles:
+            log = (self.tmp / f"{role}.log").open("wb")
+            self.procs[role] = subprocess.Popen(
+                [sys.executable, str(self.runner), str(manifest), role, str(self.dir(role))],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+            )
+
+    def log(self, role: str) -> str:
+        return (self.tmp / f"{role}.log").read_text(encoding="utf-8", errors="replace")
+
+    async def wait(self, timeout: float, *roles: str) -> dict[str, int]:
+        """Exit codes of the nodes; polls so that the test's own bus keeps receiving."""
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int] = {}
+        for role in roles or tuple(self.procs):
+            while (code := self.procs[role].poll()) is None:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{role} node still running after {timeout}s; its log:\n"
+                        + self.log(role)[-3000:]
+                    )
+                await asyncio.sleep(0.05)
+            codes[role] = code
+        return codes
+
+    def info(self, role: str) -> dict[str, Any]:
+        return json.loads((self.dir(role) / "run.json").read_text(encoding="utf-8"))
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Nodes]:
+    made = Nodes(tmp_path)
+    yield made
+    made.stop_all()
+
+
+def journal_records(run_dir: Path, *kinds: str) -> list[JournalRecord]:
+    return list(SqliteJournal(run_dir / "journal.sqlite").read(kinds or None))
+
+
+def has_fills(run_dir: Path) -> bool:
+    """Whether a running node's journal holds a fill yet (it may not have a table yet)."""
+    try:
+        return bool(journal_records(run_dir, "fill"))
+    except sqlite3.OperationalError:
+        return False
+
+
+def working_after(records: list[JournalRecord]) -> list[Order]:
+    om = OrderManager(None, LiveClock(), id_prefix="check")
+    om.restore(records)
+    return om.all_working()
+
+
+def fill_keys(records: list[JournalRecord]) -> collections.Counter[tuple[str, int, int]]:
+    return collections.Counter(
+        (r.payload["fill"]["client_id"], r.payload["fill"]["ts_ns"], r.payload["fill"]["qty_lots"])
+        for r in records
+        if r.kind == "fill"
+    )
+
+
+def trace_fill_keys(
+    run_dir: Path, lot_sizes: dict[str, Decimal]
+) -> collections.Counter[tuple[str, int, int]]:
+    keys: collections.Counter[tuple[str, int, int]] = collections.Counter()
+    with (run_dir / "trace.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if rec["type"] == "fill":
+                lots = int((Decimal(repr(rec["qty"])) / lot_sizes[rec["market"]]).to_integral())
+                keys[(rec["client_id"], rec["t"], lots)] += 1
+    return keys
+
+
+def fills_per_market(records: list[JournalRecord]) -> collections.Counter[str]:
+    return collections.Counter(r.market for r in records if r.kind == "fill")
+
+
+LOT_SIZES = {"sim:BTC/USDT": Decimal("0.0001"), "sim:ETH/USDT": Decimal("0.001")}
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+class Observer:
+    """A test-side bus client that follows a run's orders and control messages."""
+
+    def __init__(self, port: int, run: str) -> None:
+        params = MqttParams(
+            port=port,
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.3,
+            connect_timeout_s=3,
+            heartbeat_interval_s=0,
+            close_timeout_s=1,
+        )
+        self.bus = MqttBus(params, run)
+        self.scheme = TopicScheme(run)
+        self.working: dict[str, str] = {}
+        self.ever_open: set[str] = set()
+        self.cancelled: set[str] = set()
+        self.breakers: list[tuple[float, dict[str, Any]]] = []
+
+    async def start(self) -> None:
+        await self.bus.start()
+        self.bus.subscribe(self.scheme.order("sim"), self._on_order)
+        self.bus.subscribe(self.scheme.breaker(), self._on_breaker)
+        await self.bus.flush(5)
+
+    def _on_order(self, topic: str, payload: dict[str, Any]) -> None:
+        status = OrderStatus(payload["status"])
+        client_id = payload["client_id"]
+        if status.is_terminal:
+            self.working.pop(client_id, None)
+            if status is OrderStatus.CANCELLED:
+                self.cancelled.add(client_id)
+        elif status is OrderStatus.OPEN:
+            self.working[client_id] = payload["symbol"]
+            self.ever_open.add(client_id)
+
+    def _on_breaker(self, topic: str, payload: dict[str, Any]) -> None:
+        self.breakers.append((time.monotonic(), payload))
+
+
+@pytest.fixture
+async def observers() -> AsyncIterator[list[Observer]]:
+    made: list[Observer] = []
+    yield made
+    for obs in made:
+        await obs.bus.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Wire forms (no broker)
+# ---------------------------------------------------------------------------------------
+
+orders = st.builds(
+    Order,
+    client_id=st.from_regex(r"[a-z0-9]{1,6}-[a-z0-9]{1,10}-[a-z0-9]{1,6}", fullmatch=True),
+    venue=st.sampled_from(["sim", "binance"]),
+    symbol=st.sampled_from(["BTC/USDT", "ETH-PERP/USD"]),
+    side=st.sampled_from(list(Side)),
+    qty_lots=st.integers(1, 2**53),
+    price_ticks=st.integers(1, 2**62),
+    order_type=st.just(OrderType.LIMIT),
+    tif=st.sampled_from(list(TimeInForce)),
+    strategy=st.sampled_from(["mm", "mm_eth"]),
+    level=st.integers(-1, 10),
+    created_ns=st.integers(0, 2**63 - 1),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(order=orders, new=orders, which=st.integers(0, 3))
+def test_intents_carry_orders_exactly_through_the_wire(
+    order: Order, new: Order, which: int
+) -> None:
+    new.venue, new.symbol = order.venue, order.symbol
+    action = [
+        PlaceOrder(order),
+        CancelOrder(order.client_id, order.venue, order.symbol),
+        ReplaceOrder(order.client_id, new),
+        CancelAll(order.venue, order.symbol),
+    ][which]
+    payload, msg_id = intent_payload(action, order.strategy, 7)
+    wire = decode(encode(payload, msg_id=msg_id, seq=1))
+    strategy, back = intent_from_payload(wire.payload)
+    assert strategy == order.strategy
+    assert back == action
+    if isinstance(back, PlaceOrder):
+        assert type(back.order.price_ticks) is int and type(back.order.qty_lots) is int
+    # The same action always travels under the same id, so a republish is applied once.
+    assert intent_payload(action, order.strategy, 7)[1] == msg_id
+
+
+def test_a_malformed_intent_names_what_is_wrong() -> None:
+    with pytest.raises(IntentError, match="unknown intent action 'buy'"):
+        intent_from_payload({"action": "buy", "strategy": "mm"})
+    with pytest.raises(IntentError, match="malformed intent"):
+        intent_from_payload({"action": "cancel", "strategy": "mm", "venue": "sim"})
+
+
+def test_instruments_round_trip_with_exact_sizes() -> None:
+    inst = Instrument(
+        "sim",
+        "RAIN/USD",
+        "RAIN",
+        "USD",
+        Decimal("0.01"),
+        Decimal("1"),
+        min_notional=Decimal("5.00"),
+        kind=InstrumentKind.BINARY,
+        maker_fee=Decimal("-0.00005"),
+    )
+    wire = decode(encode({"i": instrument_to_dict(inst)}, msg_id=None, seq=1))
+    assert instrument_from_dict(wire.payload["i"]) == inst
+
+
+def test_load_node_manifest_reads_and_checks_the_nodes_section(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    path, _ = write_manifest(tmp_path / "m.yaml", port=SHARED_PORT, duration=5)
+    loaded, node_settings = load_node_manifest(path, registry)
+    assert node_settings.strategy_grace == GRACE and node_settings.heartbeat == HEARTBEAT
+    assert "nodes:" in loaded.text  # the run folder keeps the manifest as written
+    bad = path.read_text().replace("strategy_grace:", "strategy_grase:")
+    path.write_text(bad)
+    with pytest.raises(ManifestError, match=r"nodes\.strategy_grase.*strategy_grace"):
+        load_node_manifest(path, registry)
+
+
+async def test_split_roles_refuse_the_in_process_bus(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    path, _ = write_manifest(tmp_path / "m.yaml", port=SHARED_PORT, duration=5)
+    text = path.read_text().replace("type: mqtt", "type: inprocess")
+    data = yaml.safe_load(text)
+    data["bus"].pop("params")
+    path.write_text(yaml.safe_dump(data))
+    loaded, _ = load_node_manifest(path, registry)
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="ERROR", format="{message}")
+    try:
+        code = await run_node(loaded, registry, "strategy", tmp_path / "run", path)
+        unknown = await run_node(loaded, registry, "trader", tmp_path / "run", path)
+    finally:
+        logger.remove(sink)
+    assert (code, unknown) == (2, 2)
+    assert "needs a network bus" in messages[0] and "type: mqtt" in messages[0]
+    assert "unknown node role 'trader'" in messages[1]
+    assert not (tmp_path / "run").exists()
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str, str]] = []
+        self.books = 0
+        self.updates: list[OrderUpdate] = []
+        self.fills: list[Fill] = []
+
+    def on_book(self, book: L2Book) -> None:
+        self.books += 1
+
+    def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
+        self.states.append((old, new, reason))
+
+    def on_trade(self, *args: Any) -> None:
+        return None
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        self.updates.append(update)
+
+    def on_fill(self, fill: Fill) -> None:
+        self.fills.append(fill)
+
+    def on_offer(self, offer: Offer) -> None:
+        return None
+
+
+async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_silent() -> None:
+    bus = InProcessBus()
+    scheme = TopicScheme("unit")
+    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
+    source = L2Book(inst)
+    source.apply_snapshot([(100, 5), (99, 7)], [(101, 3)], 1)
+    source.state = BookState.LIVE
+    publisher = MarketDataPublisher(bus, scheme, depth=1, snapshot_interval_s=0)
+    publisher.publish_instruments("sim", {inst.symbol: inst})
+    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"], secrets={"key": "k"})
+    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=0.3)
+    sink = _Sink()
+    await venue.connect(sink)
+    assert ctx.secrets == {}  # nothing secret reaches the strategy node
+    mirror = venue.books["BTC/USDT"]
+    assert mirror.state is BookState.SYNCING
+    publisher.on_book_state(source, "LIVE", "LIVE", "start")
+    assert mirror.state is BookState.LIVE and sink.states[-1][:2] == ("SYNCING", "LIVE")
+    assert (mirror.best_bid(), mirror.best_ask(), mirror.depth(Side.BUY)) == ((100, 5), (101, 3), 1)
+    source.set_level(Side.SELL, 101, 0)
+    source.set_level(Side.SELL, 102, 9)
+    publisher.on_book(source)
+    await asyncio.sleep(0)  # book messages are coalesced per event-loop pass
+    assert mirror.best_ask() == (102, 9) and sink.books == 1
+    await wait_until(lambda: mirror.state is BookState.STALE, 2, "mirror goes STALE")
+    assert "no book message and no execution heartbeat" in sink.states[-1][2]
+    publisher.on_book(source)
+    await asyncio.sleep(0)
+    assert mirror.state is BookState.LIVE
+    bus.publish(scheme.heartbeat("execution"), {"status": "offline", "reason": "connection lost"})
+    assert mirror.state is BookState.STALE and "connection lost" in sink.states[-1][2]
+
+    sent: list[dict[str, Any]] = []
+    bus.subscribe(scheme.intent("mm"), lambda topic, payload: sent.append(payload))
+    order = Order("mm-1-1", "sim", "BTC/USDT", Side.BUY, 3, 100, strategy="mm")
+    venue.submit([PlaceOrder(order), CancelOrder("mm-1-1", "sim", "BTC/USDT")])
+    assert [p["action"] for p in sent] == ["place", "cancel"]
+    assert sent[0]["order"]["price_ticks"] == 100 and sent[0]["order"]["qty_lots"] == 3
+    bus.publish(
+        scheme.order("sim"),
+        {"venue": "sim", "client_id": "mm-1-1", "status": "open", "ts_ns": 5, "symbol": "BTC/USDT"},
+        msg_id="u1",
+    )
+    assert sink.updates[-1].status is OrderStatus.OPEN
+    await venue.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Nodes as processes
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_three_node_run_matches_what_one_process_guarantees(
+    shared_broker: int, nodes: Nodes, registry: PluginRegistry, tmp_path: Path
+) -> None:
+    manifest, _ = write_manifest(tmp_path / "split.yaml", port=shared_broker, duration=10)
+    nodes.start(manifest, "execution", "marketdata", "strategy")
+    codes = await nodes.wait(40)
+    assert codes == {"execution": 0, "marketdata": 0, "strategy": 0}, nodes.log("strategy")
+
+    exec_dir, strat_dir = nodes.dir("execution"), nodes.dir("strategy")
+    exec_records = journal_records(exec_dir)
+    venue_fills = [
+        json.loads(line)
+        for line in (exec_dir / "venue_fills.jsonl").read_text().splitlines()
+        if line
+    ]
+    journal_fill_ids = [r.payload["fill"]["fill_id"] for r in exec_records if r.kind == "fill"]
+    # Every fill the venue made is in the execution journal exactly once...
+    assert sorted(journal_fill_ids) == sorted(f["fill_id"] for f in venue_fills)
+    assert len(set(journal_fill_ids)) == len(journal_fill_ids)
+    # ...and exactly once in the strategy node's trace and journal.
+    assert trace_fill_keys(strat_dir, LOT_SIZES) == fill_keys(exec_records)
+    strat_records = journal_records(strat_dir)
+    assert sorted(r.payload["fill"]["fill_id"] for r in strat_records if r.kind == "fill") == (
+        sorted(journal_fill_ids)
+    )
+    # Quotes were placed and filled in every market, and nothing is left open anywhere.
+    assert set(fills_per_market(exec_records)) == set(LOT_SIZES)
+    assert {r.market for r in exec_records if r.kind == "order"} == set(LOT_SIZES)
+    assert working_after(exec_records) == [] and working_after(strat_records) == []
+    assert nodes.info("execution")["open_orders_left"] == 0
+    # Every order the strategy made reached the execution node, and no other.
+    assert {r.payload["order"]["client_id"] for r in strat_records if r.kind == "order"} == {
+        r.payload["order"]["client_id"] for r in exec_records if r.kind == "order"
+    }
+
+    # The same manifest in one process (in-process bus, virtual time, same seed): fills
+    # happen at other moments, but the same guarantees hold.
+    data = yaml.safe_load(manifest.read_text())
+    data.pop("nodes")
+    data["bus"] = {"type": "inprocess"}
+    single_path = tmp_path / "single.yaml"
+    single_path.write_text(yaml.safe_dump(data))
+    loaded, _ = load_node_manifest(single_path, registry)
+    single_dir = tmp_path / "single"
+    await run_manifest(loaded, registry, run_dir=single_dir, install_signals=False)
+    single = journal_records(single_dir)
+    assert set(fills_per_market(single)) == set(LOT_SIZES)
+    assert working_after(single) == []
+    assert trace_fill_keys(single_dir, LOT_SIZES) == fill_keys(single)
+
+
+@pytest.mark.slow
+async def test_broker_restart_loses_and_doubles_nothing(nodes: Nodes, tmp_path: Path) -> None:
+    broker = Broker(tmp_path)
+    broker.start()
+    try:
+        manifest, _ = write_manifest(tmp_path / "m.yaml", port=broker.port, duration=11)
+        nodes.start(manifest, "execution", "strategy")
+        strat_dir, exec_dir = nodes.dir("strategy"), nodes.dir("execution")
+        await wait_until(lambda: has_fills(exec_dir), 15, "first fill at the execution node")
+        broker.kill()
+        restarted_ns = time.time_ns()
+        await asyncio.sleep(1.0)
+        broker.start()
+        codes = await nodes.wait(40)
+    finally:
+        broker.kill()
+    assert codes == {"execution": 0, "strategy": 0}, nodes.log("execution")[-3000:]
+    exec_records = journal_records(exec_dir)
+    strat_records = journal_records(strat_dir)
+    venue_ids = sorted(
+        json.loads(line)["fill_id"]
+        for line in (exec_dir / "venue_fills.jsonl").read_text().splitlines()
+    )
+    exec_ids = sorted(r.payload["fill"]["fill_id"] for r in exec_records if r.kind == "fill")
+    strat_ids = sorted(r.payload["fill"]["fill_id"] for r in strat_records if r.kind == "fill")
+    assert strat_ids == exec_ids == venue_ids
+    assert trace_fill_keys(strat_dir, LOT_SIZES) == fill_keys(exec_records)
+    assert any(r.ts_ns > restarted_ns for r in exec_records if r.kind == "fill"), (
+        "trading resumed after the restart"
+    )
+    strat_orders = {r.payload["order"]["client_id"] for r in strat_records if r.kind == "order"}
+    exec_orders = {r.payload["order"]["client_id"] for r in exec_records if r.kind == "order"}
+    assert strat_orders == exec_orders  # no intent lost
+    assert working_after(exec_records) == [] and working_after(strat_records) == []
+    assert nodes.info("execution")["open_orders_left"] == 0
+    assert "reconnected to MQTT broker" in nodes.log("strategy")
+
+
+@pytest.mark.slow
+async def test_a_killed_strategy_node_has_its_orders_cancelled_after_the_grace(
+    shared_broker: int, nodes: Nodes, observers: list[Observer], tmp_path: Path
+) -> None:
+    manifest, run = write_manifest(tmp_path / "m.yaml", port=shared_broker, duration=60)
+    obs = Observer(shared_broker, run)
+    observers.append(obs)
+    await obs.start()
+    nodes.start(manifest, "execution", "strategy")
+    await wait_until(lambda: len(obs.working) >= 4, 20, "the strategy has quotes working")
+    nodes.procs["strategy"].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    await wait_until(lambda: bool(obs.breakers), GRACE + 5, "a strategy_lost breaker")
+    tripped, breaker = obs.breakers[0]
+    assert breaker["kind"] == "strategy_lost" and breaker["node"] == "execution"
+    # Not before the grace (less the heartbeat the node may have sent just before dying).
+    assert tripped - killed >= GRACE - HEARTBEAT - 0.1
+    await wait_until(lambda: not obs.working, 5, "every working order cancelled")
+    assert obs.cancelled
+    nodes.procs["execution"].send_signal(signal.SIGTERM)
+    assert await nodes.wait(15, "execution") == {"execution": 0}
+    exec_records = journal_records(nodes.dir("execution"))
+    assert working_after(exec_records) == []
+    assert any(r.kind == "breaker" and r.payload["kind"] == "strategy_lost" for r in exec_records)
+    assert nodes.info("execution")["open_orders_left"] == 0
+
+
+@pytest.mark.slow
+async def test_kill_switch_from_any_node_stops_every_node(
+    shared_broker: int, nodes: Nodes, observers: list[Observer], tmp_path: Path
+) -> None:
+    manifest, run = write_manifest(tmp_path / "m.yaml", port=shared_broker, duration=60)
+    obs = Observer(shared_broker, run)
+    observers.append(obs)
+    await obs.start()
+    nodes.start(manifest, "execution", "marketdata", "strategy", "monitor")
+    await wait_until(lambda: len(obs.working) >= 4, 20, "the strategy has quotes working")
+    await wait_until(
+        lambda: (nodes.dir("marketdata") / "run.json").exists(), 5, "market-data node up"
+    )
+    # The operator's command, aimed at the market-data node's run folder.
+    result = subprocess.run(
+        [sys.executable, "-m", "quoteforge.cli", "kill", str(nodes.dir("marketdata"))],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    codes = await nodes.wait(20)
+    assert set(codes.values()) == {0}
+    await wait_until(lambda: not obs.working, 3, "every cancel report seen on the bus")
+    for role in ("execution", "marketdata", "strategy", "monitor"):
+        assert "kill switch" in nodes.info(role)["stop_reason"], role
+    assert nodes.info("execution")["open_orders_left"] == 0
+    exec_records = journal_records(nodes.dir("execution"))
+    assert working_after(exec_records) == []
+    assert working_after(journal_records(nodes.dir("strategy"))) == []
+    assert any(r.kind == "breaker" and "kill" in r.payload for r in exec_records)
+    table = json.loads((nodes.dir("monitor") / "monitor.json").read_text())
+    assert {"execution", "strategy", "marketdata"} <= set(table["nodes"])
+    assert table["markets"]["sim:BTC/USDT"]["mid"] is not None
