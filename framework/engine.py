@@ -15,7 +15,7 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -57,7 +57,7 @@ from quoteforge.registry import PluginRegistry
 from quoteforge.risk import RiskChain, RiskRefusal, RiskView
 from quoteforge.strategy import Market, Strategy, StrategyContext
 
-__all__ = ["Alert", "MarketRuntime", "Run", "StrategyRuntime", "run_manifest"]
+__all__ = ["Alert", "MarketRuntime", "Run", "StrategyRuntime", "run_manifest", "stop_signals"]
 
 KILL_FILE = "KILL"
 RESET_FILE = "RESET_BREAKERS"
@@ -1184,23 +1184,32 @@ async def run_manifest(
 ) -> Run:
     """Run a validated manifest to the end; SIGINT/SIGTERM stop it cleanly."""
     run = Run(loaded, registry, run_dir=run_dir, manifest_path=manifest_path, resume=resume)
+    with stop_signals(run.request_stop, run.kill, enabled=install_signals):
+        await run.run()
+    return run
+
+
+@contextlib.contextmanager
+def stop_signals(
+    request_stop: Callable[[str], None], kill: Callable[[str], None], *, enabled: bool = True
+) -> Iterator[None]:
+    """SIGINT and SIGTERM stop cleanly, SIGUSR1 is the kill switch, while the block runs."""
     loop = asyncio.get_running_loop()
-    installed = []
-    if install_signals:
-        handlers: list[tuple[signal.Signals, Callable[..., None], str]] = [
-            (signal.SIGINT, run.request_stop, "signal SIGINT"),
-            (signal.SIGTERM, run.request_stop, "signal SIGTERM"),
-            (signal.SIGUSR1, run.kill, "signal SIGUSR1"),
-        ]
-        for sig, handler, reason in handlers:
+    installed: list[signal.Signals] = []
+    handlers = (
+        (signal.SIGINT, request_stop),
+        (signal.SIGTERM, request_stop),
+        (signal.SIGUSR1, kill),
+    )
+    if enabled:
+        for sig, handler in handlers:
             try:
-                loop.add_signal_handler(sig, handler, reason)
+                loop.add_signal_handler(sig, handler, f"signal {sig.name}")
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):
-                pass
+                pass  # not the main thread, or a platform without signals
     try:
-        await run.run()
+        yield
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-    return run

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pydantic import BaseModel
 from quoteforge.book import BookState, L2Book
 from quoteforge.bus import Bus
 from quoteforge.clock import LiveClock
-from quoteforge.engine import KILL_FILE, Run, run_manifest
+from quoteforge.engine import KILL_FILE, Run, run_manifest, stop_signals
 from quoteforge.exchange import (
     CancelAll,
     CancelOrder,
@@ -208,28 +207,12 @@ async def run_node(
     else:
         cls = {"marketdata": _MarketDataNode, "execution": _ExecutionNode, "monitor": _MonitorNode}
         node = cls[role](loaded, registry, run_dir, settings, manifest_path)
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    if install_signals:
-        handlers: list[tuple[signal.Signals, Callable[[str], None], str]] = [
-            (signal.SIGINT, node.request_stop, "signal SIGINT"),
-            (signal.SIGTERM, node.request_stop, "signal SIGTERM"),
-            (signal.SIGUSR1, node.kill, "signal SIGUSR1"),
-        ]
-        for sig, handler, reason in handlers:
-            try:
-                loop.add_signal_handler(sig, handler, reason)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
-    try:
-        reason = await node.run()
-    except Exception as exc:
-        logger.opt(exception=exc).error("{} node failed: {}", role, exc)
-        return EXIT_ERROR
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    with stop_signals(node.request_stop, node.kill, enabled=install_signals):
+        try:
+            reason = await node.run()
+        except Exception as exc:
+            logger.opt(exception=exc).error("{} node failed: {}", role, exc)
+            return EXIT_ERROR
     logger.info("{} node stopped: {}", role, reason)
     return EXIT_OK
 
