@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +15,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from brokers import Broker, require_shared_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -47,8 +43,6 @@ from quoteforge.topics import (
 
 REPO = Path(__file__).resolve().parents[1]
 ACL_FILE = REPO / "examples" / "distributed" / "mosquitto.acl"
-SHARED_PORT = 1883
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def run_id() -> str:
@@ -76,65 +70,9 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def shared_broker() -> int:
-    if not port_open(SHARED_PORT):
-        fix = "start it with: mosquitto -d -c /etc/mosquitto/mosquitto.conf"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Mosquitto is not running on 127.0.0.1:{SHARED_PORT}; {fix}")
-        pytest.skip(f"Mosquitto is not running on 127.0.0.1:{SHARED_PORT}; {fix}")
-    return SHARED_PORT
-
-
-class Broker:
-    """A private Mosquitto process on a free loopback port that tests may kill."""
-
-    def __init__(self, workdir: Path, extra_config: str = "") -> None:
-        if shutil.which(MOSQUITTO) is None and not Path(MOSQUITTO).exists():
-            pytest.skip("mosquitto binary not installed: apt-get install mosquitto")
-        self.port = free_port()
-        self.config = workdir / "mosquitto.conf"
-        # Run as whoever runs the tests: started as root, mosquitto would switch to the
-        # "mosquitto" user, which cannot read the test's temporary files.
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nuser {getpass.getuser()}\n"
-            f"{extra_config or 'allow_anonymous true'}\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 5
-        while not port_open(self.port):
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited: {err}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("mosquitto did not open its port")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+    return require_shared_broker()
 
 
 @pytest.fixture

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import getpass
 import json
-import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from brokers import SHARED_PORT, Broker, require_shared_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -71,8 +68,6 @@ from quoteforge.topics import TopicScheme, decode, encode
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "distributed" / "sim_nodes.yaml"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-SHARED_PORT = 1883
 HEARTBEAT = 0.5
 GRACE = 2.0
 
@@ -98,64 +93,9 @@ RUNNER = textwrap.dedent(
 # ---------------------------------------------------------------------------------------
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def shared_broker() -> int:
-    if not port_open(SHARED_PORT):
-        fix = "start it with: mosquitto -d -c /etc/mosquitto/mosquitto.conf"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Mosquitto is not running on 127.0.0.1:{SHARED_PORT}; {fix}")
-        pytest.skip(f"Mosquitto is not running on 127.0.0.1:{SHARED_PORT}; {fix}")
-    return SHARED_PORT
-
-
-class Broker:
-    """A private Mosquitto on a free loopback port, for tests that kill it."""
-
-    def __init__(self, workdir: Path) -> None:
-        if shutil.which(MOSQUITTO) is None and not Path(MOSQUITTO).exists():
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail("mosquitto binary not installed: apt-get install mosquitto")
-            pytest.skip("mosquitto binary not installed: apt-get install mosquitto")
-        self.port = free_port()
-        self.config = workdir / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 5
-        while not port_open(self.port):
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited: {err}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("mosquitto did not open its port")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+    return require_shared_broker()
 
 
 def write_manifest(
