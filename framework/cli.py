@@ -25,6 +25,11 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
         "sweep_main",
         "run a parameter grid in parallel processes into one summary table",
     ),
+    "dashboard": (
+        "quoteforge.dashboard",
+        "dashboard_main",
+        "live web dashboard of a run folder (or its journal) as it grows",
+    ),
     "record": (
         "quoteforge.record",
         "record_main",

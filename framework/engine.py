@@ -53,6 +53,7 @@ from quoteforge.model import (
 )
 from quoteforge.orders import OrderManager, fill_from_dict
 from quoteforge.portfolio import Portfolio
+from quoteforge.progress import Progress
 from quoteforge.registry import PluginRegistry
 from quoteforge.risk import RiskChain, RiskRefusal, RiskView
 from quoteforge.strategy import Market, Strategy, StrategyContext
@@ -158,7 +159,6 @@ class Run:
         self.events_processed = 0
         self.tick_to_quote = LatencyHistogram()
         self.alerts: list[Alert] = []
-        self.reconnects = 0
         self._stale_timers: dict[str, TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.killed = False
@@ -336,7 +336,7 @@ class Run:
             f"quoteforge/{self.topic_run}/control/kill",
             lambda topic, payload: self.kill(f"bus: {payload.get('reason', 'kill')}"),
         )
-        self.registry.pm.hook.quoteforge_run_started(run=self)
+        self._call_observers(self.registry.pm.hook.quoteforge_run_started, run=self)
         for srt in self.strategies.values():
             self._guard(srt, srt.strategy.on_start)
         interval = int(float(self.manifest.run.sample_interval) * NS)
@@ -417,15 +417,23 @@ class Run:
         duration = self.manifest.run.duration
         end = self.started_ns + int(float(duration) * NS) if duration is not None else None
         far = end if end is not None else 2**62
-        while not self._stop.is_set():
-            # Without a duration the run ends when the events do (e.g. the end of a
-            # recording); the clock must not jump to the far future then.
-            ran = clock.run_until(far, max_events=20_000, advance=end is not None)
-            self.events_processed += ran
-            if clock.now_ns() >= far or clock.next_time() is None:
-                self.stop_reason = self.stop_reason or "duration reached"
-                break
-            await asyncio.sleep(0)
+        total = float(duration) if duration is not None else 0.0
+        with Progress(total, desc=self.manifest.run.name, unit="s") as progress:
+            shown = 0.0
+            while not self._stop.is_set():
+                # Without a duration the run ends when the events do (e.g. the end of a
+                # recording); the clock must not jump to the far future then. Small
+                # slices keep signals, file watching and a metrics scrape responsive.
+                ran = clock.run_until(far, max_events=2_000, advance=end is not None)
+                self.events_processed += ran
+                if total:
+                    done = min(total, (clock.now_ns() - self.started_ns) / NS)
+                    progress.update(done - shown)
+                    shown = done
+                if clock.now_ns() >= far or clock.next_time() is None:
+                    self.stop_reason = self.stop_reason or "duration reached"
+                    break
+                await asyncio.sleep(0)
 
     async def _drive_live(self) -> None:
         duration = self.manifest.run.duration
@@ -434,6 +442,15 @@ class Run:
             await asyncio.wait_for(self._stop.wait(), timeout=timeout)
         except TimeoutError:
             self.stop_reason = self.stop_reason or "duration reached"
+
+    @property
+    def reconnects(self) -> int:
+        """Venue connections lost and re-established so far (adapters with sockets)."""
+        return sum(
+            getattr(sock, "drops", 0)
+            for venue in self.venues.values()
+            for sock in getattr(venue, "sockets", ())
+        )
 
     def request_stop(self, reason: str = "stop requested") -> None:
         if not self._stop.is_set():

@@ -74,7 +74,11 @@ def configure_logging(
         "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
         "<cyan>{extra[component]}</cyan> {message}"
     )
-    logger.add(sys.stderr, level=level, format=fmt, colorize=None, backtrace=False)
+    # diagnose=False: loguru would print local variables (a token, say) inside tracebacks,
+    # after the redacting patcher has run.
+    logger.add(sys.stderr, level=level, format=fmt, colorize=None, backtrace=False, diagnose=False)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        logger.add(json_path, level="DEBUG", serialize=True, enqueue=True, backtrace=False)
+        logger.add(
+            json_path, level="DEBUG", serialize=True, enqueue=True, backtrace=False, diagnose=False
+        )
