@@ -40,7 +40,7 @@ from quoteforge.exchange import (
 from quoteforge.execution import ExecutionPolicy, Plan
 from quoteforge.journal import Journal, JournalRecord
 from quoteforge.latency import LatencyHistogram
-from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
+from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest, split_market
 from quoteforge.model import (
     Fill,
     Offer,
@@ -189,7 +189,9 @@ class Run:
         for strategy_spec in m.strategies.values():
             # "*" asks for every market of the venue: the venue decides what that is.
             if "*" not in strategy_spec.symbols:
-                symbols_by_venue[strategy_spec.exchange].extend(strategy_spec.symbols)
+                for entry in strategy_spec.symbols:
+                    venue_name, symbol = split_market(strategy_spec.exchange, entry)
+                    symbols_by_venue[venue_name].append(symbol)
         for name, spec in m.exchanges.items():
             ctx = VenueContext(
                 name=name,
@@ -254,16 +256,18 @@ class Run:
         )
         for name, spec in m.strategies.items():
             reg = self.registry.get("strategy", spec.type)
-            venue = self.venues[spec.exchange]
+            home = self.venues[spec.exchange]
             views: dict[str, Market] = {}
             runtimes: dict[str, MarketRuntime] = {}
-            symbols = list(venue.instruments) if "*" in spec.symbols else spec.symbols
-            for symbol in symbols:
+            entries = list(home.instruments) if "*" in spec.symbols else spec.symbols
+            for entry in entries:
+                venue_name, symbol = split_market(spec.exchange, entry)
+                venue = self.venues[venue_name]
                 found = venue.instruments.get(symbol)
                 if found is None:
                     known = ", ".join(sorted(venue.instruments)) or "none"
                     raise RuntimeError(
-                        f"strategy {name!r}: exchange {spec.exchange!r} has no market "
+                        f"strategy {name!r}: exchange {venue_name!r} has no market "
                         f"{symbol!r}; it lists: {known}"
                     )
                 book = venue.books[symbol]

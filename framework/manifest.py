@@ -30,10 +30,18 @@ __all__ = [
     "apply_overrides",
     "load_manifest",
     "parse_duration",
+    "split_market",
 ]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def split_market(home: str, entry: str) -> tuple[str, str]:
+    """A strategy's ``symbols`` entry as (exchange, symbol): ``BTC/USDT`` is on the
+    strategy's own exchange, ``other:BTC/USDT`` on exchange ``other``."""
+    venue, sep, symbol = entry.partition(":")
+    return (venue, symbol) if sep else (home, entry)
 
 
 def parse_duration(value: Any) -> float:
@@ -112,7 +120,8 @@ class ExchangeSpec(PluginSpec):
 class StrategySpec(PluginSpec):
     exchange: str = Field(description="Name of an entry under `exchanges`.")
     symbols: list[str] = Field(
-        description="Symbols this strategy trades on that exchange; ['*'] for all of them."
+        description="Symbols this strategy trades on that exchange; ['*'] for all of them; "
+        "'other_exchange:SYMBOL' adds a market of another exchange (cross-venue strategies)."
     )
 
     @field_validator("symbols", mode="before")
@@ -556,16 +565,36 @@ def _resolve_plugins(
             if len(strat.symbols) > 1:
                 problems.append(problem((*loc, "symbols"), "'*' (every market) stands alone"))
             continue
-        for i, symbol in enumerate(strat.symbols):
-            if declared is not None and symbol not in declared:
+        for i, entry in enumerate(strat.symbols):
+            venue_name, symbol = split_market(strat.exchange, entry)
+            venue_declared = declared
+            if venue_name != strat.exchange:
+                # "other_exchange:SYMBOL" adds a market of another venue (cross-venue).
+                if venue_name not in m.exchanges:
+                    known = ", ".join(sorted(m.exchanges))
+                    problems.append(
+                        problem(
+                            (*loc, "symbols", str(i)),
+                            f"no exchange {venue_name!r} for {entry!r}; defined: {known}",
+                        )
+                    )
+                    continue
+                other = f"exchanges.{venue_name}"
+                venue_declared = None
+                if other in loaded.plugin_params:
+                    other_reg = registry.get("exchange", m.exchanges[venue_name].type)
+                    other_declare = getattr(other_reg.factory, "declared_symbols", None)
+                    if other_declare is not None:
+                        venue_declared = other_declare(loaded.plugin_params[other])
+            if venue_declared is not None and symbol not in venue_declared:
                 problems.append(
                     problem(
                         (*loc, "symbols", str(i)),
-                        f"exchange {strat.exchange!r} has no market {symbol!r}; "
-                        f"it defines: {', '.join(declared)}",
+                        f"exchange {venue_name!r} has no market {symbol!r}; "
+                        f"it defines: {', '.join(venue_declared)}",
                     )
                 )
-            market = f"{strat.exchange}:{symbol}"
+            market = f"{venue_name}:{symbol}"
             if market in claimed:
                 problems.append(
                     problem(

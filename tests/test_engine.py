@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import quoteforge
 from quoteforge.engine import Run, run_manifest
 from quoteforge.manifest import load_manifest
@@ -388,3 +390,24 @@ def test_reduce_breaker_only_lets_position_reducing_quotes_through(
             assert r["our_bid"] is None
         else:
             assert r["our_ask"] is None
+
+
+def test_a_strategy_can_hold_markets_on_several_exchanges(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    base = manifest_text(duration="30s")
+    second = base.split("exchanges:\n", 1)[1].split("strategies:\n", 1)[0].replace(
+        "  sim:\n", "  sim_b:\n", 1
+    )
+    text = base.replace("strategies:\n", second + "strategies:\n", 1).replace(
+        "    symbols: BTC/USDT\n", "    symbols: [BTC/USDT, 'sim_b:BTC/USDT']\n", 1
+    )
+    run = run_text(registry, text, tmp_path / "two")
+    assert set(run.strategies["mm"].markets) == {"sim:BTC/USDT", "sim_b:BTC/USDT"}
+    summary = read_summary(tmp_path / "two")
+    assert int(summary["sim_b:BTC/USDT"]["fill_count"]) > 0
+    bad = text.replace("'sim_b:BTC/USDT'", "'sim_c:BTC/USDT'")
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad)
+    with pytest.raises(Exception, match="no exchange 'sim_c' for 'sim_c:BTC/USDT'"):
+        load_manifest(path, registry)
