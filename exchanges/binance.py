@@ -571,6 +571,7 @@ class BinanceSpot(CcxtSpotAdapter):
             filled_lots=instrument.qty_to_lots(data["executedQty"]),
             price_ticks=instrument.price_to_ticks(price) if price else None,
             qty_lots=instrument.qty_to_lots(data["origQty"]),
+            symbol=symbol,
         )
 
     async def _place(self, order: TrackedOrder) -> None:

@@ -736,6 +736,7 @@ class KrakenSpot(CcxtSpotAdapter):
             filled_lots=filled,
             price_ticks=inst.price_to_ticks(price) if price else None,
             qty_lots=inst.qty_to_lots(str(info.get("vol", "0"))),
+            symbol=symbol,
         )
 
     async def _lookup(self, order: TrackedOrder) -> OrderUpdate | None:

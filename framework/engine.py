@@ -61,6 +61,7 @@ from quoteforge.strategy import Market, Strategy, StrategyContext
 __all__ = ["Alert", "MarketRuntime", "Run", "StrategyRuntime", "run_manifest", "stop_signals"]
 
 KILL_FILE = "KILL"
+RECONCILE_GRACE_NS = 5 * NS  # younger orders may not show in a venue snapshot yet
 RESET_FILE = "RESET_BREAKERS"
 
 SUMMARY_COLUMNS = (
@@ -349,13 +350,20 @@ class Run:
             if mr.book.state is BookState.LIVE:
                 self._requote(mr)
 
-    async def reconcile(self, since_ns: int = 0) -> dict[str, int]:
+    async def reconcile(self, since_ns: int = 0, *, periodic: bool = False) -> dict[str, int]:
         """Make local state match the venues (REST is the truth): book fills the journal
         missed, adopt orders both sides know, close orders the venue no longer has, and
-        cancel orders the venue has that the journal does not know. The diff is
-        journaled before any quoting."""
+        cancel orders of ours (our client-id prefix) the venue has that the journal does
+        not know; other orders on the account are left alone. The diff is journaled.
+
+        ``periodic``: a check while trading, so orders in flight (not yet acknowledged,
+        or younger than a few seconds) are not judged by a snapshot that predates them.
+        """
         counts = {"missed_fills": 0, "closed": 0, "orphans_cancelled": 0, "adopted": 0}
         om = self.orders
+        ours = f"{om.id_prefix}-"
+        now = self.clock.now_ns()
+        young = now - RECONCILE_GRACE_NS
         for name, venue in self.venues.items():
             for fill in await venue.fetch_fills(max(0, since_ns - 60 * NS)):
                 orphans = len(om.orphan_fills)
@@ -370,6 +378,10 @@ class Run:
                     om.apply_update(update)
                     counts["adopted"] += 1
                     continue
+                if periodic and (
+                    order.status is OrderStatus.PENDING_NEW or order.created_ns > young
+                ):
+                    continue
                 status = OrderStatus.FILLED if order.remaining_lots <= 0 else OrderStatus.CANCELLED
                 om.apply_update(
                     OrderUpdate(
@@ -382,6 +394,9 @@ class Run:
                 )
                 counts["closed"] += 1
             for client_id, update in open_now.items():
+                if not client_id.startswith(ours):
+                    self.log.info("{}: order {} is not ours: left alone", name, client_id)
+                    continue
                 self.log.warning(
                     "{}: order {} is open at the venue but unknown here: cancelling it",
                     name,
@@ -398,22 +413,44 @@ class Run:
                 dict(counts),
             )
         )
-        self.log.info("reconciled with the venues: {}", counts)
+        if not periodic:
+            self.log.info("reconciled with the venues: {}", counts)
         return counts
+
+    async def _reconcile_every(self, interval_s: float) -> None:
+        """Live runs check their copy against the venues' REST truth periodically."""
+        while True:
+            await asyncio.sleep(interval_s)
+            since = self.clock.now_ns() - int(2 * interval_s * NS)
+            try:
+                counts = await self.reconcile(since_ns=since, periodic=True)
+            except Exception as exc:
+                self.log.warning("periodic reconciliation failed: {}; retrying later", exc)
+                continue
+            repaired = {k: v for k, v in counts.items() if k != "adopted" and v}
+            if repaired:
+                self.log.warning("periodic reconciliation repaired: {}", repaired)
 
     async def run(self) -> str:
         """Start, run until the duration passes or a stop is requested, then stop."""
         await self.start()
         watcher = asyncio.create_task(self._watch_files())
+        checker = None
+        interval = self.manifest.run.reconcile_interval
+        if not self.clock.is_virtual and self.mode == "live" and interval:
+            checker = asyncio.create_task(self._reconcile_every(float(interval)))
         try:
             if isinstance(self.clock, SimClock):
                 await self._drive_sim(self.clock)
             else:
                 await self._drive_live()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, checker):
+                if task is None:
+                    continue
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.stop()
         return self.stop_reason
 
@@ -895,6 +932,26 @@ class Run:
 
     def _on_refusal(self, refusal: RiskRefusal) -> None:
         self.refusals += 1
+        now = self.clock.now_ns()
+        quote = refusal.quote
+        # Journaled once per second per identical refusal: a check that refuses the same
+        # quote on every tick must not flood the journal.
+        self.journal.append(
+            JournalRecord(
+                f"risk:{refusal.market}:{refusal.check}:{int(quote.side)}:{quote.price_ticks}:"
+                f"{quote.qty_lots}:{now // NS}",
+                "risk",
+                now,
+                refusal.market,
+                {
+                    "check": refusal.check,
+                    "side": quote.side.name.lower(),
+                    "price_ticks": quote.price_ticks,
+                    "qty_lots": quote.qty_lots,
+                    "reason": refusal.reason,
+                },
+            )
+        )
         if self.refusals <= 20 or self.refusals % 1000 == 0:
             self.log.info("risk: {} (refusal #{})", refusal, self.refusals)
 

@@ -99,6 +99,11 @@ class RunSpec(_Closed):
     cancel_timeout: Duration = Field(
         Duration(15), description="How long shutdown waits for cancel acknowledgements."
     )
+    reconcile_interval: Duration | None = Field(
+        Duration(60),
+        description="Live runs compare open orders and recent fills with the venues' REST "
+        "answers this often and repair differences (null: only at start and stop).",
+    )
     watch_manifest: bool = Field(
         True, description="Apply changed strategy params from the manifest file during a run."
     )

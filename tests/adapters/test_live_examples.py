@@ -101,3 +101,71 @@ def test_example_manifest_against_replica(
         conn.close()
     assert journaled == fills
     assert run.orders.all_working() == []
+
+
+def test_periodic_reconciliation_cancels_our_orphans_only(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order with our client-id prefix that the run does not know (a previous life's,
+    say) is cancelled by the periodic check; another bot's order on the account is not."""
+    from quoteforge.clock import LiveClock
+    from quoteforge.exchange import PlaceOrder, VenueContext
+    from quoteforge.exchanges.binance import BinanceParams, BinanceSpot
+    from quoteforge.exchanges.conformance import RecordingSink
+    from quoteforge.model import Order, Side, TimeInForce
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        replica = BinanceReplica(ping_interval=0.1)
+        await replica.start()
+        try:
+            monkeypatch.setenv("BINANCE_API_KEY", replica.api_key)
+            monkeypatch.setenv("BINANCE_API_SECRET", replica.api_secret)
+            urls = {"rest_url": replica.url, "ws_url": replica.ws_url, "testnet": "false"}
+            sets = [*overrides("binance", urls), "run.reconcile_interval=1s", "run.duration=5s"]
+            loaded = load_manifest(EXAMPLES / "binance_testnet.yaml", registry, overrides=sets)
+            run = Run(loaded, registry, run_dir=tmp_path / "periodic")
+            task = asyncio.create_task(run.run())
+            await asyncio.sleep(1.5)
+            ctx = VenueContext(
+                "binance",
+                LiveClock(),
+                1,
+                "live",
+                ["BTCUSDT"],
+                secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
+            )
+            other = BinanceSpot(
+                BinanceParams(rest_url=replica.url, ws_url=replica.ws_url, **FAST_PARAMS), ctx
+            )
+            await other.connect(RecordingSink())
+            inst = other.instruments["BTCUSDT"]
+            low = inst.price_to_ticks("40000")
+            for cid in ("binanc-orphan-1", "otherbot-1"):
+                other.submit(
+                    [
+                        PlaceOrder(
+                            Order(
+                                cid,
+                                "binance",
+                                "BTCUSDT",
+                                Side.BUY,
+                                inst.qty_to_lots("0.001"),
+                                low,
+                                tif=TimeInForce.POST_ONLY,
+                            )
+                        )
+                    ]
+                )
+            await asyncio.sleep(0.5)
+            await task
+            await other.close()
+            open_ids = [o.client_id for o in replica.orders("BTCUSDT")]
+            all_ids = [o.client_id for o in replica.orders("BTCUSDT", open_only=False)]
+            return open_ids, all_ids
+        finally:
+            await replica.stop()
+
+    open_ids, all_ids = asyncio.run(scenario())
+    assert "binanc-orphan-1" in all_ids
+    assert "binanc-orphan-1" not in open_ids  # ours, unknown to the run: cancelled
+    assert open_ids == ["otherbot-1"]  # another bot's order: left alone
