@@ -44,7 +44,8 @@ class Progress:
         self.unit = unit
         self.n: float = 0
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = _is_tty(self.stream)
+        # QUOTEFORGE_PROGRESS=0 silences bars (e.g. in sweep workers sharing a terminal).
+        self.enabled = _is_tty(self.stream) and os.environ.get("QUOTEFORGE_PROGRESS") != "0"
         self.min_interval = min_interval
         self._start = time.monotonic()
         self._next_draw = 0.0

@@ -10,6 +10,7 @@ import importlib
 import itertools
 import math
 import multiprocessing
+import os
 import re
 import statistics
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from quoteforge.manifest import ManifestError, load_manifest
+from quoteforge.progress import Progress
 from quoteforge.registry import PluginRegistry, load_registry
 
 __all__ = ["GridAxis", "SweepError", "expand_grid", "parse_grid", "run_sweep", "sweep_main"]
@@ -119,6 +121,7 @@ def _worker_init(plugins: list[str]) -> None:
     from quoteforge.logs import configure_logging
 
     configure_logging("ERROR")
+    os.environ["QUOTEFORGE_PROGRESS"] = "0"  # one bar for the sweep, none per run
     _worker_registry = load_registry()
     _import_plugins(plugins, _worker_registry)
 
@@ -214,17 +217,21 @@ def run_sweep(
         for i, values in enumerate(combos)
     ]
     results: list[_Result] = []
-    if jobs == 1:
-        _worker_init(plugins)
-        results = [_run_job(str(manifest), text, job) for job in job_list]
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(plugins,)
-        ) as pool:
-            futures = [pool.submit(_run_job, str(manifest), text, job) for job in job_list]
-            for future in as_completed(futures):
-                results.append(future.result())
+    with Progress(len(job_list), desc="sweep", unit="run") as progress:
+        if jobs == 1:
+            _worker_init(plugins)
+            for job in job_list:
+                results.append(_run_job(str(manifest), text, job))
+                progress.update(1)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(plugins,)
+            ) as pool:
+                futures = [pool.submit(_run_job, str(manifest), text, job) for job in job_list]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    progress.update(1)
     results.sort(key=lambda r: r.index)
     keys = [a.key for a in axes]
     if over is None:
