@@ -116,12 +116,13 @@ def _import_plugins(modules: list[str], registry: PluginRegistry) -> None:
 _worker_registry: PluginRegistry | None = None
 
 
-def _worker_init(plugins: list[str]) -> None:
+def _worker_init(plugins: list[str], in_child: bool = True) -> None:
     global _worker_registry
     from quoteforge.logs import configure_logging
 
     configure_logging("ERROR")
-    os.environ["QUOTEFORGE_PROGRESS"] = "0"  # one bar for the sweep, none per run
+    if in_child:
+        os.environ["QUOTEFORGE_PROGRESS"] = "0"  # one bar for the sweep, none per run
     _worker_registry = load_registry()
     _import_plugins(plugins, _worker_registry)
 
@@ -219,10 +220,18 @@ def run_sweep(
     results: list[_Result] = []
     with Progress(len(job_list), desc="sweep", unit="run") as progress:
         if jobs == 1:
-            _worker_init(plugins)
-            for job in job_list:
-                results.append(_run_job(str(manifest), text, job))
-                progress.update(1)
+            _worker_init(plugins, in_child=False)
+            saved = os.environ.get("QUOTEFORGE_PROGRESS")
+            os.environ["QUOTEFORGE_PROGRESS"] = "0"
+            try:
+                for job in job_list:
+                    results.append(_run_job(str(manifest), text, job))
+                    progress.update(1)
+            finally:
+                if saved is None:
+                    os.environ.pop("QUOTEFORGE_PROGRESS", None)
+                else:
+                    os.environ["QUOTEFORGE_PROGRESS"] = saved
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(
