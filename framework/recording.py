@@ -88,7 +88,7 @@ class RecordingWriter:
 try:  # orjson parses a recording line several times faster than the stdlib
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - orjson is a core dependency
-    _loads = json.loads
+    _loads = json.loads  # type: ignore[assignment]
 
 
 def read_recording(path: str | Path) -> Iterator[Record]:

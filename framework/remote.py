@@ -122,7 +122,11 @@ def intent_payload(action: OrderAction, strategy: str, seq: int) -> tuple[dict[s
     """
     if isinstance(action, PlaceOrder):
         order = action.order
-        payload = {"action": "place", "strategy": strategy, "order": order_to_dict(order)}
+        payload: dict[str, Any] = {
+            "action": "place",
+            "strategy": strategy,
+            "order": order_to_dict(order),
+        }
         return payload, f"intent:{order.client_id}:place"
     if isinstance(action, CancelOrder):
         payload = {

@@ -6,17 +6,22 @@ on both sides with ``order_size + i * level_size_increment``. Inventory away fro
 ``inventory_skew_bps`` at ``inventory_limit``) and shrinks the side that would grow it;
 at the limit that side is not quoted. Quotes are refreshed only when a wanted price
 moved by more than ``refresh_tolerance_bps``, so the venue is not spammed with
-replacements that change nothing.
+replacements that change nothing. Optional timers requote and replace aged orders,
+a moving band and a minimum spread bound the prices, hanging orders keep the unfilled
+side of a pair working, and the reference can be another market's book.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 import quoteforge
-from quoteforge.model import Quote
+from quoteforge.book import BookState
+from quoteforge.model import Fill, Quote, Side
 from quoteforge.registry import Register
 from quoteforge.strategy import Market, Quotes, Strategy, StrategyParams
 
@@ -56,8 +61,80 @@ class PureMarketMakingParams(StrategyParams):
     price_floor: float | None = Field(None, gt=0, description="No asks below this price.")
     post_only: bool = Field(True, description="Send quotes as post-only (never take).")
     reference: str = Field(
-        "mid", pattern="^(mid|microprice)$", description="Reference price: mid or microprice."
+        "mid",
+        description="Fair value: mid or microprice of the quoted book, or venue (the mid of "
+        "reference_market, another market of this strategy that is read, never quoted).",
     )
+    reference_market: str | None = Field(
+        None,
+        description="With reference: venue, the market whose mid is the fair value, as "
+        "'exchange:symbol' or a symbol of this strategy's exchange; list it in symbols.",
+    )
+    quote_symbols: list[str] | None = Field(
+        None,
+        description="Markets to quote (symbols or keys); default: every market of the "
+        "strategy except reference_market.",
+    )
+    order_refresh_time: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds: requote at least this often, even when every price is within "
+        "refresh_tolerance_bps. None: only book changes and fills requote.",
+    )
+    max_order_age: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds: cancel and re-place a quote that has stood unchanged this long "
+        "(fresh order, same price). None: orders live until the price moves.",
+    )
+    inventory_target_base_pct: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Target share of portfolio value held in base; replaces inventory_target "
+        "with pct * (base + quote value) / price - base_balance, from the balances below.",
+    )
+    base_balance: float = Field(
+        0.0, ge=0, description="Starting base holdings, base units (inventory_target_base_pct)."
+    )
+    quote_balance: float = Field(
+        0.0, ge=0, description="Starting quote holdings, quote units (inventory_target_base_pct)."
+    )
+    minimum_spread_bps: float = Field(
+        0.0,
+        ge=0,
+        description="Never quote closer than this to the reference; a side that would is "
+        "pulled, not moved.",
+    )
+    price_band_bps: float | None = Field(
+        None,
+        gt=0,
+        description="Moving band around a slow EWMA of the mid: no bids above ewma * (1 + "
+        "band), no asks below ewma * (1 - band). None: no moving band.",
+    )
+    price_band_ewma_s: float = Field(
+        300.0, gt=0, description="Time constant of the band's EWMA of the mid, seconds."
+    )
+    hanging_orders: bool = Field(
+        False,
+        description="After one side fills, keep the other side's order of that level at its "
+        "price instead of re-centring it, until it fills or reaches the cancel age.",
+    )
+    hanging_orders_cancel_age: float = Field(
+        600.0, gt=0, description="Seconds after which a hanging order is re-centred."
+    )
+
+    @field_validator("reference")
+    @classmethod
+    def _known_reference(cls, value: str) -> str:
+        if value == "external":
+            raise ValueError(
+                "reference 'external' (a price from the bus) is not available: strategies "
+                "cannot subscribe to bus topics yet; use mid, microprice or venue"
+            )
+        if value not in ("mid", "microprice", "venue"):
+            raise ValueError(f"reference must be mid, microprice or venue, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _band(self) -> PureMarketMakingParams:
@@ -65,7 +142,35 @@ class PureMarketMakingParams(StrategyParams):
             raise ValueError("price_floor must be below price_ceiling")
         if self.inventory_skew_bps and self.inventory_limit is None:
             raise ValueError("inventory_skew_bps needs inventory_limit (the position of full skew)")
+        if self.reference == "venue" and not self.reference_market:
+            raise ValueError(
+                "reference: venue needs reference_market, e.g. reference_market: 'BTC/USDT' "
+                "(a symbol listed in this strategy's symbols)"
+            )
+        if self.reference_market and self.reference != "venue":
+            raise ValueError("reference_market is only read with reference: venue")
+        if self.inventory_target_base_pct is not None and self.inventory_limit is None:
+            raise ValueError(
+                "inventory_target_base_pct needs inventory_limit (the skew toward the target "
+                "is scaled by it)"
+            )
+        if self.inventory_target_base_pct is not None and not (
+            self.base_balance or self.quote_balance
+        ):
+            raise ValueError(
+                "inventory_target_base_pct needs the starting portfolio: set base_balance "
+                "and/or quote_balance"
+            )
         return self
+
+
+@dataclass(slots=True)
+class _Hang:
+    """An order left working at its price after the other side of its level filled."""
+
+    quote: Quote
+    since: float
+    filled_lots: int = 0
 
 
 class PureMarketMaking(Strategy):
@@ -78,30 +183,227 @@ class PureMarketMaking(Strategy):
     def __init__(self, ctx: quoteforge.StrategyContext, params: PureMarketMakingParams) -> None:
         super().__init__(ctx, params)
         self._last: dict[str, list[Quote]] = {}
+        self._sent_at: dict[str, float] = {}
+        # When the quote of each (side, level) slot last changed: the age of its order.
+        self._slot_since: dict[str, dict[tuple[Side, int], float]] = {}
+        self._hangs: dict[str, dict[tuple[Side, int], _Hang]] = {}
+        self._cash: dict[str, float] = {}
+        self._ewma: dict[str, tuple[float, float]] = {}
+        self._timer: Any = None
+        self._reference_key, self._quoted = self._resolve_markets(params)
+
+    # -- markets ------------------------------------------------------------------------
+    def _find(self, name: str, what: str) -> str:
+        markets = self.ctx.markets
+        if name in markets:
+            return name
+        for key, market in markets.items():
+            if market.symbol == name:
+                return key
+        known = ", ".join(sorted(markets)) or "none"
+        raise ValueError(
+            f"strategy {self.ctx.name!r}: {what} {name!r} is not one of its markets ({known}); "
+            "add its symbol to the strategy's symbols (a strategy reads the markets of its own "
+            "exchange only)"
+        )
+
+    def _resolve_markets(self, params: PureMarketMakingParams) -> tuple[str | None, list[str]]:
+        ref = (
+            self._find(params.reference_market, "reference_market")
+            if (params.reference_market)
+            else None
+        )
+        if params.quote_symbols is not None:
+            quoted = [self._find(name, "quote_symbols entry") for name in params.quote_symbols]
+        else:
+            quoted = [key for key in self.ctx.markets if key != ref]
+        if ref is not None and ref in quoted:
+            raise ValueError(
+                f"strategy {self.ctx.name!r}: reference_market {ref!r} is also in quote_symbols;"
+                " the reference market is read, never quoted"
+            )
+        return ref, quoted
+
+    @property
+    def quoted_markets(self) -> list[str]:
+        """Keys of the markets this strategy quotes."""
+        return list(self._quoted)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def on_start(self, **kwargs: Any) -> None:
+        self._arm()
 
     def on_params(self, params: Any, **kwargs: Any) -> None:
+        self._reference_key, self._quoted = self._resolve_markets(params)
         self.params = params
         self._last.clear()  # new params: requote now, whatever the tolerance says
+        if not params.hanging_orders:
+            self._hangs.clear()
+        if params.price_band_bps is None:
+            self._ewma.clear()
+        self._arm()
 
-    def inventory_ratio(self, market: Market) -> float:
+    def _interval(self) -> float | None:
+        p = self.params
+        ages = [p.order_refresh_time, p.max_order_age]
+        if p.hanging_orders:
+            ages.append(p.hanging_orders_cancel_age)
+        given = [a for a in ages if a is not None]
+        # Checking four times per shortest age keeps each deadline within a quarter of it.
+        return min(given) / 4 if given else None
+
+    def _arm(self) -> None:
+        interval = self._interval()
+        if self._timer is None and interval is not None:
+            self._timer = self.ctx.call_later(interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        for key in self._quoted:
+            market = self.ctx.markets[key]
+            if market.book.state is BookState.LIVE:
+                self._requote_on_timer(market)
+        self._arm()
+
+    def _requote_on_timer(self, market: Market) -> None:
+        p = self.params
+        key = market.key
+        now = self.ctx.now()
+        quotes = self.wanted_quotes(market)
+        last = self._last.get(key)
+        old = self._old_slots(key, now)
+        due = p.order_refresh_time is not None and (
+            now - self._sent_at.get(key, -math.inf) >= p.order_refresh_time
+        )
+        if due or last is None or not self._within_tolerance(market, last, quotes):
+            target = quotes
+        else:
+            # Within tolerance the working quotes stay, except the aged ones: those are
+            # renewed at the current price anyway.
+            target = [
+                q if (q.side, q.level) in old else w for q, w in zip(quotes, last, strict=True)
+            ]
+        working = {(q.side, q.level): q for q in last or []}
+        # A quote whose price or size changed becomes a new order through the diff; an
+        # unchanged aged one would be left alone by it, so it is pulled first.
+        renew = {(q.side, q.level) for q in target if (q.side, q.level) in old} & {
+            slot for slot, q in working.items() if q in target
+        }
+        if renew:
+            self.ctx.set_quotes(market, [q for q in target if (q.side, q.level) not in renew])
+        if renew or target != last:
+            self._record(key, target, now, renewed=frozenset(old))
+            self.ctx.set_quotes(market, target)
+
+    def _old_slots(self, key: str, now: float) -> set[tuple[Side, int]]:
+        """Working (side, level) slots older than max_order_age; hanging ones excepted."""
+        age = self.params.max_order_age
+        if age is None:
+            return set()
+        hanging = self._hangs.get(key, {})
+        since = self._slot_since.get(key, {})
+        return {s for s, t in since.items() if now - t >= age and s not in hanging}
+
+    def _record(
+        self,
+        key: str,
+        quotes: list[Quote],
+        now: float,
+        renewed: frozenset[tuple[Side, int]] = frozenset(),
+    ) -> None:
+        old = {(q.side, q.level): q for q in self._last.get(key, [])}
+        since = self._slot_since.get(key, {})
+        fresh: dict[tuple[Side, int], float] = {}
+        for q in quotes:
+            slot = (q.side, q.level)
+            unchanged = old.get(slot) == q and slot not in renewed
+            fresh[slot] = since.get(slot, now) if unchanged else now
+        self._slot_since[key] = fresh
+        self._last[key] = quotes
+        self._sent_at[key] = now
+
+    # -- pricing ------------------------------------------------------------------------
+    def target_position(self, market: Market, price: float | None = None) -> float:
+        """Position (base units, relative to the start) the inventory skew pulls toward."""
+        p = self.params
+        pct = p.inventory_target_base_pct
+        if pct is None:
+            return p.inventory_target
+        if price is None:
+            price = self.reference_price(market)
+        if not price:
+            return p.inventory_target
+        base = p.base_balance + market.position
+        value = base * price + p.quote_balance + self._cash.get(market.key, 0.0)
+        return pct * value / price - p.base_balance
+
+    def inventory_ratio(self, market: Market, price: float | None = None) -> float:
         """Signed distance from the target as a share of the limit, clamped to [-1, 1]."""
         p = self.params
         if p.inventory_limit is None:
             return 0.0
-        ratio = (market.position - p.inventory_target) / p.inventory_limit
+        ratio = (market.position - self.target_position(market, price)) / p.inventory_limit
         return max(-1.0, min(1.0, ratio))
 
     def reference_price(self, market: Market) -> float | None:
         if self.params.reference == "microprice":
             return market.book.microprice()
+        if self._reference_key is not None:
+            return self.ctx.markets[self._reference_key].book.mid()
         return market.book.mid()
 
+    def band_center(self, market: Market, ref: float) -> float:
+        """Update and return the slow, time-weighted EWMA of the reference price."""
+        now = self.ctx.now()
+        seen = self._ewma.get(market.key)
+        if seen is None:
+            value = ref
+        else:
+            # Time-weighted so a burst of book updates moves the band no faster than calm.
+            weight = 1 - math.exp(-max(0.0, now - seen[1]) / self.params.price_band_ewma_s)
+            value = seen[0] + weight * (ref - seen[0])
+        self._ewma[market.key] = (value, now)
+        return value
+
+    def hanging(self, market: Market) -> list[Quote]:
+        """Quotes kept working at their price after the other side of their level filled."""
+        return [h.quote for h in self._hangs.get(market.key, {}).values()]
+
+    def _expire_hangs(self, key: str, now: float) -> dict[tuple[Side, int], _Hang]:
+        hangs = self._hangs.get(key)
+        if not hangs:
+            return {}
+        age = self.params.hanging_orders_cancel_age
+        for slot in [s for s, h in hangs.items() if now - h.since >= age]:
+            del hangs[slot]
+        return hangs
+
     def wanted_quotes(self, market: Market) -> list[Quote]:
+        """The quotes wanted now (also moves the band's EWMA and ages out hanging orders)."""
         p = self.params
         ref = self.reference_price(market)
         if ref is None:
             return []
-        ratio = self.inventory_ratio(market)
+        upper = lower = None
+        if p.price_band_bps is not None:
+            center_band = self.band_center(market, ref)
+            upper = center_band * (1 + p.price_band_bps / 1e4)
+            lower = center_band * (1 - p.price_band_bps / 1e4)
+        if p.minimum_spread_bps:
+            # The epsilon keeps a spread exactly at the minimum from being pulled.
+            gap = p.minimum_spread_bps / 1e4
+            upper = min(upper, ref * (1 - gap)) if upper is not None else ref * (1 - gap)
+            upper *= 1 + 1e-12
+            lower_gap = ref * (1 + gap) * (1 - 1e-12)
+            lower = max(lower, lower_gap) if lower is not None else lower_gap
+        bid_top = (
+            min(upper, p.price_ceiling) if p.price_ceiling and upper else (upper or p.price_ceiling)
+        )
+        ask_bottom = (
+            max(lower, p.price_floor) if p.price_floor and lower else (lower or p.price_floor)
+        )
+        hangs = self._expire_hangs(market.key, self.ctx.now())
+        ratio = self.inventory_ratio(market, ref)
         center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)
         quotes: list[Quote] = []
         for level in range(p.levels):
@@ -112,27 +414,82 @@ class PureMarketMaking(Strategy):
             ask_size = size * (1 + ratio) if ratio < 0 else size
             bid_price = center * (1 - distance)
             ask_price = center * (1 + distance)
-            if ratio < 1 and (p.price_ceiling is None or bid_price <= p.price_ceiling):
+            hang = hangs.get((Side.BUY, level))
+            if hang is not None:
+                quotes.append(hang.quote)
+            elif ratio < 1 and (bid_top is None or bid_price <= bid_top):
                 bid = market.bid(bid_price, bid_size, level, p.post_only)
                 if bid is not None:
                     quotes.append(bid)
-            if ratio > -1 and (p.price_floor is None or ask_price >= p.price_floor):
+            hang = hangs.get((Side.SELL, level))
+            if hang is not None:
+                quotes.append(hang.quote)
+            elif ratio > -1 and (ask_bottom is None or ask_price >= ask_bottom):
                 ask = market.ask(ask_price, ask_size, level, p.post_only)
                 if ask is not None:
                     quotes.append(ask)
         return quotes
 
+    # -- events -------------------------------------------------------------------------
     def on_book(self, market: Market, **kwargs: Any) -> Quotes | None:
+        key = market.key
+        if key == self._reference_key:
+            # The fair value moved: requote every quoted market; never quote this one.
+            for quoted in self._quoted:
+                target = self.ctx.markets[quoted]
+                if target.book.state is BookState.LIVE:
+                    quotes = self._refresh(target)
+                    if quotes is not None:
+                        self.ctx.set_quotes(target, quotes)
+            return []
+        if key not in self._quoted:
+            return []
+        return self._refresh(market)
+
+    def _refresh(self, market: Market) -> list[Quote] | None:
         quotes = self.wanted_quotes(market)
         last = self._last.get(market.key)
         if last is not None and self._within_tolerance(market, last, quotes):
             return None
-        self._last[market.key] = quotes
+        self._record(market.key, quotes, self.ctx.now())
         return quotes
 
-    def on_fill(self, market: Market, fill: quoteforge.Fill, **kwargs: Any) -> None:
+    def on_fill(self, market: Market, fill: Fill, **kwargs: Any) -> None:
+        if self.params.inventory_target_base_pct is not None:
+            self._track_cash(market, fill)
+        if self.params.hanging_orders:
+            self._hang_after_fill(market, fill)
         # The position changed: skew and sizes must be recomputed even if prices did not move.
         self._last.pop(market.key, None)
+
+    def _track_cash(self, market: Market, fill: Fill) -> None:
+        inst = market.instrument
+        price = float(fill.price_ticks * inst.tick_size)
+        qty = float(fill.qty_lots * inst.lot_size)
+        cash = self._cash.get(market.key, 0.0) - int(fill.side) * price * qty
+        if fill.fee_asset == inst.quote:
+            cash -= float(fill.fee)
+        self._cash[market.key] = cash
+
+    def _hang_after_fill(self, market: Market, fill: Fill) -> None:
+        hangs = self._hangs.setdefault(market.key, {})
+        for slot, hang in list(hangs.items()):
+            if slot[0] is fill.side and hang.quote.price_ticks == fill.price_ticks:
+                hang.filled_lots += fill.qty_lots
+                if hang.filled_lots >= hang.quote.qty_lots:
+                    del hangs[slot]  # the pair is complete: this level re-centres
+                return
+        last = self._last.get(market.key, [])
+        level = next(
+            (q.level for q in last if q.side is fill.side and q.price_ticks == fill.price_ticks),
+            0,
+        )
+        other = (fill.side.opposite, level)
+        if other in hangs:
+            return
+        quote = next((q for q in last if (q.side, q.level) == other), None)
+        if quote is not None:
+            hangs[other] = _Hang(quote, self.ctx.now())
 
     def _within_tolerance(self, market: Market, old: list[Quote], new: list[Quote]) -> bool:
         if len(old) != len(new):

@@ -52,6 +52,7 @@ def test_the_examples_cover_every_strategy(examples_registry: PluginRegistry) ->
         "volatility_guard",
         "offer_taker",
         "pure_market_making",
+        "cross_venue_taker",
     }
     assert shipped <= used
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from quoteforge.book import BookState, L2Book
-from quoteforge.model import Instrument, Side
+from quoteforge.engine import Run, run_manifest
+from quoteforge.manifest import load_manifest
+from quoteforge.model import Fill, Instrument, Liquidity, OrderStatus, Side
+from quoteforge.registry import PluginRegistry
 from quoteforge.strategies.pure_market_making import PureMarketMaking, PureMarketMakingParams
 from quoteforge.strategy import Market, StrategyContext
 
@@ -134,3 +139,302 @@ def test_bad_params_are_refused_with_reason() -> None:
         PureMarketMakingParams(order_size=1, price_floor=10, price_ceiling=9)
     with pytest.raises(ValidationError, match="extra"):
         PureMarketMakingParams(order_size=1, sprd=3)  # type: ignore[call-arg]
+
+
+# -- timers, ages, targets, bands, hanging orders and reference markets ------------------
+
+INST_B = Instrument("sim", "BTC/USDC", "BTC", "USDC", Decimal("0.01"), Decimal("0.001"))
+NS = 1_000_000_000
+
+
+class Desk:
+    """A settable clock, captured timers and captured set_quotes calls."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.timers: list[tuple[float, object]] = []
+        self.sent: list[tuple[str, list]] = []
+
+    def schedule(self, delay_ns: int, fn: object) -> None:
+        self.timers.append((self.t + delay_ns / NS, fn))
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, firing due timers in time order (timers may re-arm)."""
+        end = self.t + seconds
+        while True:
+            due = sorted((t, i) for i, (t, _) in enumerate(self.timers) if t <= end)
+            if not due:
+                break
+            at, index = due[0]
+            _, fn = self.timers.pop(index)
+            self.t = at
+            fn()  # type: ignore[operator]
+        self.t = end
+
+
+def book_at(inst: Instrument, mid: float) -> L2Book:
+    book = L2Book(inst)
+    ticks = round(mid / 0.01)
+    book.apply_snapshot([(ticks - 5, 1000)], [(ticks + 5, 1000)])
+    book.state = BookState.LIVE
+    return book
+
+
+def timed(
+    mid: float = 100.0, symbols: tuple[Instrument, ...] = (INST,), **params: object
+) -> tuple[PureMarketMaking, dict[str, Market], Desk, Position]:
+    desk = Desk()
+    pos = Position()
+    markets = {i.key: Market(i, book_at(i, mid), pos) for i in symbols}
+    ctx = StrategyContext(
+        "mm",
+        markets,
+        lambda: int(desk.t * NS),
+        lambda k, q: desk.sent.append((k, q)),
+        desk.schedule,
+        0,
+    )
+    defaults: dict[str, object] = {"order_size": 1.0, "spread_bps": 10}
+    defaults.update(params)
+    strategy = PureMarketMaking(ctx, PureMarketMakingParams(**defaults))
+    strategy.on_start()
+    return strategy, markets, desk, pos
+
+
+def move(book: L2Book, mid: float) -> None:
+    ticks = round(mid / 0.01)
+    book.apply_snapshot([(ticks - 5, 1000)], [(ticks + 5, 1000)])
+
+
+def fill(side: Side, price_ticks: int, lots: int) -> Fill:
+    return Fill(
+        "sim", "BTC/USDT", f"f{price_ticks}{lots}", "c1", side, price_ticks, lots,
+        Decimal(0), "USDT", Liquidity.MAKER, 0,
+    )  # fmt: skip
+
+
+def test_defaults_start_no_timer() -> None:
+    _, _, desk, _ = timed()
+    assert desk.timers == []
+
+
+def test_order_refresh_time_requotes_within_tolerance() -> None:
+    strategy, markets, desk, _ = timed(refresh_tolerance_bps=50, order_refresh_time=10)
+    market = markets[INST.key]
+    first = strategy.on_book(market)
+    assert first is not None and prices(first, Side.BUY) == pytest.approx([99.90])
+    move(market.book, 100.2)  # 20 bps: inside the tolerance, on_book keeps the quotes
+    assert strategy.on_book(market) is None
+    desk.advance(5)
+    assert desk.sent == []  # not yet due
+    desk.advance(6)
+    assert len(desk.sent) == 1
+    key, quotes = desk.sent[0]
+    assert key == INST.key and prices(quotes, Side.BUY) == pytest.approx([100.0998], abs=0.01)
+
+
+def test_max_order_age_cancels_then_replaces_at_the_same_price() -> None:
+    strategy, markets, desk, _ = timed(max_order_age=4)
+    market = markets[INST.key]
+    quotes = strategy.on_book(market)
+    assert quotes is not None and len(quotes) == 2
+    desk.advance(3)
+    assert desk.sent == []
+    desk.advance(2)
+    # First the aged orders are pulled, then the same quotes come back as new orders.
+    assert [q for _, q in desk.sent] == [[], quotes]
+    desk.sent.clear()
+    desk.advance(2)
+    assert desk.sent == []  # the replacement starts a fresh age
+    desk.advance(3)
+    assert [q for _, q in desk.sent] == [[], quotes]
+
+
+def test_changed_quote_restarts_its_age() -> None:
+    strategy, markets, desk, _ = timed(max_order_age=4, refresh_tolerance_bps=0)
+    market = markets[INST.key]
+    strategy.on_book(market)
+    desk.advance(3)
+    move(market.book, 101.0)
+    assert strategy.on_book(market) is not None
+    desk.advance(2)  # 5 s since the first quote, 2 s since the new one
+    assert desk.sent == []
+
+
+def test_inventory_target_base_pct_sets_the_target_from_portfolio_value() -> None:
+    strategy, markets, _, pos = timed(
+        inventory_target_base_pct=0.75,
+        base_balance=1.0,
+        quote_balance=100.0,
+        inventory_limit=1.0,
+        inventory_skew_bps=20,
+    )
+    market = markets[INST.key]
+    # Value 1 * 100 + 100 = 200; 75% in base is 1.5 BTC: half a BTC more than held.
+    assert strategy.target_position(market) == pytest.approx(0.5)
+    assert strategy.inventory_ratio(market) == pytest.approx(-0.5)
+    quotes = strategy.wanted_quotes(market)
+    assert prices(quotes, Side.BUY)[0] > 99.90  # skewed up to buy toward the target
+    # Buying 0.5 at 100 spends 50 USDT: the position now sits on the target.
+    pos.lots = 500
+    strategy.on_fill(market, fill(Side.BUY, 10000, 500))
+    assert strategy.target_position(market) == pytest.approx(0.5)
+    assert strategy.inventory_ratio(market) == pytest.approx(0.0)
+
+
+def test_inventory_target_base_pct_needs_balances_and_limit() -> None:
+    with pytest.raises(ValidationError, match="base_balance"):
+        PureMarketMakingParams(order_size=1, inventory_target_base_pct=0.5, inventory_limit=1)
+    with pytest.raises(ValidationError, match="needs inventory_limit"):
+        PureMarketMakingParams(order_size=1, inventory_target_base_pct=0.5, base_balance=1)
+
+
+def test_minimum_spread_pulls_a_side_that_would_be_inside_it() -> None:
+    strategy, markets, _, pos = timed(spread_bps=10, minimum_spread_bps=10)
+    market = markets[INST.key]
+    assert len(strategy.wanted_quotes(market)) == 2  # exactly at the minimum: kept
+    strategy, markets, _, pos = timed(
+        spread_bps=10, minimum_spread_bps=8, inventory_limit=10, inventory_skew_bps=10
+    )
+    market = markets[INST.key]
+    pos.lots = 5000  # skew 5 bps down: the ask at 5 bps from the mid is inside 8 bps
+    quotes = strategy.wanted_quotes(market)
+    assert prices(quotes, Side.SELL) == []
+    assert prices(quotes, Side.BUY) == pytest.approx([99.85])
+
+
+def test_moving_price_band_follows_a_slow_ewma() -> None:
+    strategy, markets, desk, _ = timed(price_band_bps=100, price_band_ewma_s=60)
+    market = markets[INST.key]
+    assert len(strategy.wanted_quotes(market)) == 2  # the EWMA starts at the mid
+    desk.advance(1)
+    move(market.book, 103.0)  # a jump: the band (about 99..101) is still around 100
+    quotes = strategy.wanted_quotes(market)
+    assert prices(quotes, Side.BUY) == []
+    assert prices(quotes, Side.SELL) == pytest.approx([103.11])
+    desk.advance(600)  # ten time constants later the band has caught up
+    assert len(strategy.wanted_quotes(market)) == 2
+    move(market.book, 97.0)
+    quotes = strategy.wanted_quotes(market)
+    assert prices(quotes, Side.SELL) == [] and len(prices(quotes, Side.BUY)) == 1
+
+
+def test_hanging_order_keeps_its_price_until_it_fills() -> None:
+    strategy, markets, _, _ = timed(hanging_orders=True, hanging_orders_cancel_age=60)
+    market = markets[INST.key]
+    quotes = strategy.on_book(market)
+    assert quotes is not None
+    ask = next(q for q in quotes if q.side is Side.SELL)
+    strategy.on_fill(market, fill(Side.BUY, 9990, 1000))
+    move(market.book, 99.0)
+    quotes = strategy.on_book(market)
+    assert quotes is not None
+    assert prices(quotes, Side.BUY) == pytest.approx([98.90])  # re-centred
+    assert ask in quotes  # the ask still works at 100.10
+    assert strategy.hanging(market) == [ask]
+    strategy.on_fill(market, fill(Side.SELL, ask.price_ticks, 400))
+    assert strategy.hanging(market) == [ask]  # part of it traded: still hanging
+    strategy.on_fill(market, fill(Side.SELL, ask.price_ticks, 600))
+    assert strategy.hanging(market) == []
+    quotes = strategy.on_book(market)
+    assert quotes is not None and prices(quotes, Side.SELL) == pytest.approx([99.10])
+
+
+def test_hanging_order_is_recentred_after_its_cancel_age() -> None:
+    strategy, markets, desk, _ = timed(hanging_orders=True, hanging_orders_cancel_age=20)
+    market = markets[INST.key]
+    strategy.on_book(market)
+    strategy.on_fill(market, fill(Side.SELL, 10010, 1000))
+    move(market.book, 101.0)
+    quotes = strategy.on_book(market)
+    assert quotes is not None and prices(quotes, Side.BUY) == pytest.approx([99.90])
+    desk.advance(25)  # the timer notices the age without any book change
+    assert strategy.hanging(market) == []
+    assert desk.sent and prices(desk.sent[-1][1], Side.BUY) == pytest.approx([100.89])
+
+
+def test_venue_reference_quotes_one_market_from_another_book() -> None:
+    strategy, markets, desk, _ = timed(
+        symbols=(INST, INST_B), reference="venue", reference_market="BTC/USDT"
+    )
+    ref, quoted = markets[INST.key], markets[INST_B.key]
+    assert strategy.quoted_markets == [INST_B.key]
+    move(ref.book, 110.0)
+    assert strategy.on_book(ref) == []  # never quotes the reference market
+    assert len(desk.sent) == 1
+    key, quotes = desk.sent[0]
+    assert key == INST_B.key
+    assert prices(quotes, Side.BUY) == pytest.approx([109.89])  # from 110, not 100
+    quotes = strategy.on_book(quoted)
+    assert quotes is None  # the quoted market's own book moved nothing
+
+
+def test_venue_reference_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="add its symbol to the strategy's symbols"):
+        timed(reference="venue", reference_market="binance:BTCUSDT")
+    with pytest.raises(ValidationError, match="needs reference_market"):
+        PureMarketMakingParams(order_size=1, reference="venue")
+    with pytest.raises(ValidationError, match="bus"):
+        PureMarketMakingParams(order_size=1, reference="external")
+    with pytest.raises(ValueError, match="read, never quoted"):
+        timed(
+            symbols=(INST, INST_B),
+            reference="venue",
+            reference_market="BTC/USDT",
+            quote_symbols=["BTC/USDT", "BTC/USDC"],
+        )
+
+
+E2E = """\
+run: {{name: pmm_age, duration: 20s, seed: 3}}
+exchanges:
+  sim:
+    type: sim
+    params:
+      markets:
+        BTC/USDT:
+          tick_size: "0.01"
+          lot_size: "0.0001"
+          initial_price: 30000
+          process: {{model: brownian, sigma: 0.00001}}
+          flow: {{arrival_rate: 1.0, reach: 5.0, size: 0.01}}
+          liquidity: {{levels: 3, distance: 5.0, spacing: 2.0, size: 0.2}}
+strategies:
+  mm:
+    type: pure_market_making
+    exchange: sim
+    symbols: BTC/USDT
+    params: {{spread_bps: 300, order_size: 0.01, refresh_tolerance_bps: 1000, {extra}}}
+report: {{html: false, png: false}}
+"""
+
+
+def run_pmm(tmp_path: Path, registry: PluginRegistry, extra: str) -> Run:
+    path = tmp_path / "pmm.yaml"
+    path.write_text(E2E.format(extra=extra))
+    loaded = load_manifest(path, registry)
+    return asyncio.run(
+        run_manifest(loaded, registry, run_dir=tmp_path / "run", install_signals=False)
+    )
+
+
+def test_max_order_age_replaces_resting_orders_end_to_end(
+    tmp_path: Path, registry: PluginRegistry
+) -> None:
+    run = run_pmm(tmp_path, registry, "max_order_age: 4")
+    orders = run.orders.all_orders()
+    bids = [o for o in orders if o.side is Side.BUY]
+    # 20 s at a 4 s age: the bid was re-placed several times at (nearly) one price,
+    # each earlier order cancelled by the venue rather than left working.
+    assert len(bids) >= 4
+    assert {o.status for o in bids[:-1]} == {OrderStatus.CANCELLED}
+    assert max(o.price_ticks for o in bids) - min(o.price_ticks for o in bids) < 100
+    assert len({o.client_id for o in bids}) == len(bids)
+
+
+def test_without_max_order_age_the_same_orders_keep_resting(
+    tmp_path: Path, registry: PluginRegistry
+) -> None:
+    run = run_pmm(tmp_path, registry, "inventory_target: 0")
+    bids = [o for o in run.orders.all_orders() if o.side is Side.BUY]
+    assert len(bids) == 1
