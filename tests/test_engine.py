@@ -396,8 +396,10 @@ def test_a_strategy_can_hold_markets_on_several_exchanges(
     registry: PluginRegistry, tmp_path: Path
 ) -> None:
     base = manifest_text(duration="30s")
-    second = base.split("exchanges:\n", 1)[1].split("strategies:\n", 1)[0].replace(
-        "  sim:\n", "  sim_b:\n", 1
+    second = (
+        base.split("exchanges:\n", 1)[1]
+        .split("strategies:\n", 1)[0]
+        .replace("  sim:\n", "  sim_b:\n", 1)
     )
     text = base.replace("strategies:\n", second + "strategies:\n", 1).replace(
         "    symbols: BTC/USDT\n", "    symbols: [BTC/USDT, 'sim_b:BTC/USDT']\n", 1
