@@ -163,6 +163,8 @@ class Run:
         self._stale_timers: dict[str, TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.killed = False
+        # (venue, asset) -> balance the run started from, net of the position then held
+        self._balance_start: dict[tuple[str, str], Decimal] = {}
         hook = registry.pm.hook
         self._fill_hook = hook.quoteforge_fill if hook.quoteforge_fill.get_hookimpls() else None
         self._order_hook = (
@@ -325,6 +327,10 @@ class Run:
             self.portfolio.apply_fill(fill)
         if self.resume:
             await self.reconcile(since_ns=max((f.ts_ns for f in journaled_fills), default=0))
+        elif self.mode == "live":
+            # A fresh live start: orders of ours left open by an earlier life that was not
+            # resumed are cancelled before quoting (other bots' orders are left alone).
+            await self.reconcile(since_ns=self.started_ns)
         self.journal.append(
             JournalRecord(
                 f"run-start-{self.run_id}",
@@ -404,6 +410,8 @@ class Run:
                 )
                 venue.submit([CancelOrder(client_id, name, update.symbol)])
                 counts["orphans_cancelled"] += 1
+        if self.mode == "live":
+            await self._check_balances()
         self.journal.append(
             JournalRecord(
                 f"reconcile-{self.run_id}-{self.clock.now_ns()}",
@@ -416,6 +424,43 @@ class Run:
         if not periodic:
             self.log.info("reconciled with the venues: {}", counts)
         return counts
+
+    async def _check_balances(self) -> None:
+        """Compare each venue's base-asset balances with what our fills explain: the
+        balance change since the first check should equal our position change. A drift
+        (fills we never saw, transfers, another bot on the account) is logged; the venue
+        stays the truth."""
+        for name, venue in self.venues.items():
+            try:
+                balances = await venue.fetch_balances()
+            except Exception as exc:
+                self.log.warning("{}: balances unavailable: {}", name, exc)
+                continue
+            if not balances:
+                continue
+            by_base: dict[str, list[str]] = {}
+            for key, mr in self.markets.items():
+                if mr.instrument.venue == name:
+                    by_base.setdefault(mr.instrument.base, []).append(key)
+            for asset, keys in by_base.items():
+                held = balances.get(asset)
+                if held is None or len(keys) != 1:
+                    continue  # an asset traded on several markets cannot be attributed
+                position = self.portfolio.position(keys[0])
+                start = self._balance_start.setdefault((name, asset), held - position)
+                drift = held - position - start
+                lot = self.markets[keys[0]].instrument.lot_size
+                if abs(drift) >= lot:
+                    self.log.warning(
+                        "{}: {} balance {} differs from start {} + our position {} by {}",
+                        name,
+                        asset,
+                        held,
+                        start,
+                        position,
+                        drift,
+                    )
+                    self._trace_event(keys[0], "balance_drift", f"{asset} {drift}")
 
     async def _reconcile_every(self, interval_s: float) -> None:
         """Live runs check their copy against the venues' REST truth periodically."""

@@ -157,6 +157,8 @@ def test_periodic_reconciliation_cancels_our_orphans_only(
                     ]
                 )
             await asyncio.sleep(0.5)
+            # A deposit nobody traded for: the periodic check reports the balance drift.
+            replica.account.credit("BTC", Decimal("0.5"))
             await task
             await other.close()
             open_ids = [o.client_id for o in replica.orders("BTCUSDT")]
@@ -166,6 +168,70 @@ def test_periodic_reconciliation_cancels_our_orphans_only(
             await replica.stop()
 
     open_ids, all_ids = asyncio.run(scenario())
+    trace = (tmp_path / "periodic" / "trace.jsonl").read_text()
+    assert '"event":"balance_drift"' in trace
+    assert "BTC 0.5" in trace
     assert "binanc-orphan-1" in all_ids
     assert "binanc-orphan-1" not in open_ids  # ours, unknown to the run: cancelled
     assert open_ids == ["otherbot-1"]  # another bot's order: left alone
+
+
+def test_fresh_live_start_cancels_orders_a_previous_life_left_open(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quoteforge.clock import LiveClock
+    from quoteforge.exchange import PlaceOrder, VenueContext
+    from quoteforge.exchanges.binance import BinanceParams, BinanceSpot
+    from quoteforge.exchanges.conformance import RecordingSink
+    from quoteforge.model import Order, Side, TimeInForce
+
+    async def scenario() -> list[str]:
+        replica = BinanceReplica(ping_interval=0.1)
+        await replica.start()
+        try:
+            ctx = VenueContext(
+                "binance",
+                LiveClock(),
+                1,
+                "live",
+                ["BTCUSDT"],
+                secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
+            )
+            earlier = BinanceSpot(
+                BinanceParams(rest_url=replica.url, ws_url=replica.ws_url, **FAST_PARAMS), ctx
+            )
+            await earlier.connect(RecordingSink())
+            inst = earlier.instruments["BTCUSDT"]
+            earlier.submit(
+                [
+                    PlaceOrder(
+                        Order(
+                            "binanc-lastlife-1",
+                            "binance",
+                            "BTCUSDT",
+                            Side.SELL,
+                            inst.qty_to_lots("0.001"),
+                            inst.price_to_ticks("60000"),
+                            tif=TimeInForce.POST_ONLY,
+                        )
+                    )
+                ]
+            )
+            await asyncio.sleep(0.5)
+            await earlier.close()
+            assert [o.client_id for o in replica.orders("BTCUSDT")] == ["binanc-lastlife-1"]
+            monkeypatch.setenv("BINANCE_API_KEY", replica.api_key)
+            monkeypatch.setenv("BINANCE_API_SECRET", replica.api_secret)
+            urls = {"rest_url": replica.url, "ws_url": replica.ws_url, "testnet": "false"}
+            sets = [*overrides("binance", urls), "run.reconcile_interval=null", "run.duration=2s"]
+            loaded = load_manifest(EXAMPLES / "binance_testnet.yaml", registry, overrides=sets)
+            await Run(loaded, registry, run_dir=tmp_path / "fresh").run()
+            return [
+                o.client_id
+                for o in replica.orders("BTCUSDT", open_only=False)
+                if o.client_id == "binanc-lastlife-1" and o.status == "canceled"
+            ]
+        finally:
+            await replica.stop()
+
+    assert asyncio.run(scenario()) == ["binanc-lastlife-1"]
