@@ -248,6 +248,11 @@ def _write_report(run_dir: Path, html: bool, png: bool) -> None:
         return
     try:
         write_report(run_dir, html=html, png=png)
+    except ModuleNotFoundError as exc:
+        logger.warning(
+            'report not written (missing {}); install it with: pip install "quoteforge[report]"',
+            exc.name,
+        )
     except Exception as exc:  # a report failure never loses the run's data
         logger.opt(exception=exc).error("report failed: {}; the run folder is intact", exc)
 
