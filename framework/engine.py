@@ -158,7 +158,13 @@ class Run:
         self._trace: Any = None
         self.refusals = 0
         self.events_processed = 0
+        # Book event -> strategy -> risk -> execution diff (the quoting decision) ...
         self.tick_to_quote = LatencyHistogram()
+        # ... and on to orders handed to the venue (order manager and journal included).
+        self.tick_to_orders = LatencyHistogram()
+        self._tick_start = 0
+        #: Set to {"tick_to_quote": [], "tick_to_orders": []} to keep every sample (bench).
+        self.latency_samples: dict[str, list[int]] | None = None
         self.alerts: list[Alert] = []
         self._stale_timers: dict[str, TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -628,8 +634,13 @@ class Run:
             else:
                 mr.seen_top = book.top_version
         start = time.perf_counter_ns()
+        self._tick_start = start
         self._requote(mr)
-        self.tick_to_quote.record(time.perf_counter_ns() - start)
+        self._tick_start = 0
+        end = time.perf_counter_ns()
+        self.tick_to_orders.record(end - start)
+        if self.latency_samples is not None:
+            self.latency_samples["tick_to_orders"].append(end - start)
 
     def _requote(self, mr: MarketRuntime, refill: bool = False) -> None:
         srt = mr.owner
@@ -667,6 +678,11 @@ class Run:
         working = self.orders.working(inst.venue, inst.symbol)
         now = self.clock.now_ns()
         plan: Plan = self.policy.plan(mr.market, approved, working, now)
+        if self._tick_start:
+            decided = time.perf_counter_ns() - self._tick_start
+            self.tick_to_quote.record(decided)
+            if self.latency_samples is not None:
+                self.latency_samples["tick_to_quote"].append(decided)
         if self._policy_retry is not None:
             retry_at = self._policy_retry(mr.market.key, now)
             if retry_at is not None and mr.retry is None:
