@@ -833,6 +833,9 @@ class Run:
         srt = mr.owner
         if not srt.halted:
             try:
+                for algo in list(srt.strategy.ctx.algos):
+                    if algo.on_order_update(update):
+                        break
                 srt.strategy.on_order_update(mr.market, update)
             except Exception as exc:
                 self._halt(srt, exc, "on_order_update")
@@ -873,6 +876,9 @@ class Run:
         if srt.halted:
             return
         try:
+            for algo in list(srt.strategy.ctx.algos):
+                if algo.on_fill(fill):
+                    break
             srt.strategy.on_fill(mr.market, fill)
         except Exception as exc:
             self._halt(srt, exc, "on_fill")

@@ -33,6 +33,7 @@ __all__ = [
     "quoteforge_register_book_sources",
     "quoteforge_register_bus_backends",
     "quoteforge_register_exchanges",
+    "quoteforge_register_execution_algos",
     "quoteforge_register_execution_policies",
     "quoteforge_register_journal_backends",
     "quoteforge_register_risk_checks",
@@ -155,6 +156,26 @@ def quoteforge_register_execution_policies(register: Register) -> None:
     Called once per plugin at load time. All results are used.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def quoteforge_register_execution_algos(register: Register) -> None:
+    """Register execution algorithm types (TWAP, smart order routing, ...).
+
+    :param register: call ``register(name, AlgoClass, params=ParamsModel,
+        description=...)``. A strategy starts one with ``ctx.execute(name, market, side,
+        qty_lots, **params)``: the params are validated against ``ParamsModel`` and the
+        kernel calls ``AlgoClass(ctx, market, side, qty_lots, params, on_done)`` and then
+        ``start()``. The instance must offer ``start()``, ``cancel()``, a ``done``
+        property, and ``on_fill(fill)`` / ``on_order_update(update)`` returning True when
+        the event belonged to it; it sends orders only through ``ctx.take`` (so risk
+        applies) and calls ``on_done(self)`` once when it has finished.
+
+    Called once per plugin at load time. All results are used (not firstresult). Must
+    return quickly; the algorithms themselves run on the cold path of a strategy.
+
+    .. versionadded:: 0.2
     """
 
 

@@ -34,13 +34,24 @@ from quoteforge import hookspecs
 ENTRY_POINT_GROUP = "quoteforge"
 DIST_NAME = "quoteforge"
 
-KINDS = ("exchange", "strategy", "risk", "execution", "bus", "journal", "book_source", "alert")
+KINDS = (
+    "exchange",
+    "strategy",
+    "risk",
+    "execution",
+    "execution_algo",
+    "bus",
+    "journal",
+    "book_source",
+    "alert",
+)
 
 _REGISTRATION_HOOKS = {
     "exchange": "quoteforge_register_exchanges",
     "strategy": "quoteforge_register_strategies",
     "risk": "quoteforge_register_risk_checks",
     "execution": "quoteforge_register_execution_policies",
+    "execution_algo": "quoteforge_register_execution_algos",
     "bus": "quoteforge_register_bus_backends",
     "journal": "quoteforge_register_journal_backends",
     "book_source": "quoteforge_register_book_sources",

@@ -136,6 +136,8 @@ class StrategyContext:
         self._publish = publish
         self._take = take
         self.seed = seed
+        #: Execution algorithms started with ``execute`` that have not finished yet.
+        self.algos: list[Any] = []
 
     def now_ns(self) -> int:
         return self._now_ns()
@@ -169,6 +171,56 @@ class StrategyContext:
         if self._take is None:
             raise RuntimeError("this context cannot send orders")
         return self._take(market, side, price_ticks, qty_lots, offer_id)
+
+    def execute(
+        self, algo: str, market: str | Market, side: Side, qty_lots: int, **params: Any
+    ) -> Any:
+        """Start execution algorithm ``algo`` (``twap``, ``sor``, ...) for ``qty_lots`` of
+        ``market`` on ``side``, with ``params`` checked against the algorithm's schema.
+
+        Returns the running algorithm: ``cancel()`` stops it, ``done`` says it finished.
+        It stays in ``self.algos`` until then; the engine offers it every fill and order
+        update of this strategy before the strategy's own handlers."""
+        from pydantic import ValidationError
+
+        from quoteforge.registry import load_registry
+
+        reg = load_registry().get("execution_algo", algo)
+        key = market.key if isinstance(market, Market) else market
+        if key not in self.markets:
+            known = ", ".join(sorted(self.markets)) or "none"
+            raise KeyError(
+                f"execution algo {algo!r}: strategy {self.name!r} has no market {key!r}; "
+                f"its markets are {known}"
+            )
+        if not isinstance(side, Side):
+            raise TypeError(f"execution algo {algo!r}: side must be Side.BUY or Side.SELL")
+        if isinstance(qty_lots, bool) or not isinstance(qty_lots, int) or qty_lots <= 0:
+            raise ValueError(
+                f"execution algo {algo!r}: qty_lots must be a positive whole number of lots, "
+                f"got {qty_lots!r}"
+            )
+        try:
+            checked = reg.params.model_validate(params)
+        except ValidationError as exc:
+            accepted = ", ".join(reg.params.model_fields) or "none"
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(params)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ValueError(
+                f"execution algo {algo!r}: bad parameters ({problems}); "
+                f"accepted parameters: {accepted}"
+            ) from None
+
+        def finished(instance: Any) -> None:
+            if instance in self.algos:
+                self.algos.remove(instance)
+
+        instance = reg.factory(self, self.markets[key], side, qty_lots, checked, finished)
+        self.algos.append(instance)
+        instance.start()
+        return instance
 
     def publish(self, topic: str, payload: Any) -> None:
         """Publish on the run's bus (e.g. a denylist); a no-op without a bus."""

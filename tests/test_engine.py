@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -413,3 +414,41 @@ def test_a_strategy_can_hold_markets_on_several_exchanges(
     path.write_text(bad)
     with pytest.raises(Exception, match="no exchange 'sim_c' for 'sim_c:BTC/USDT'"):
         load_manifest(path, registry)
+
+
+class Unwinder(PureMarketMaking):
+    """Starts a TWAP buying 0.2 BTC over 20 s on its first book, and quotes nothing."""
+
+    def __init__(self, ctx: Any, params: Any) -> None:
+        super().__init__(ctx, params)
+        self.algo: Any = None
+
+    def on_book(self, market: Market, **kwargs: Any) -> list[quoteforge.Quote] | None:
+        if self.algo is None:
+            lots = market.instrument.qty_to_lots("0.2")
+            self.algo = self.ctx.execute(
+                "twap", market, quoteforge.Side.BUY, lots, duration_s=20, slices=4, band_bps=20
+            )
+        return []
+
+
+class _UnwinderPlugin:
+    @staticmethod
+    @quoteforge.hookimpl
+    def quoteforge_register_strategies(register: Any) -> None:
+        register("twap_test_strategy", Unwinder)
+
+
+def test_execution_algorithm_gets_its_fills_from_the_engine(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    if "twap_test_strategy" not in registry.types("strategy"):
+        registry.register_module(_UnwinderPlugin, "twap_test")
+    run = run_text(
+        registry, manifest_text(duration="40s", strategy="twap_test_strategy"), tmp_path / "tw"
+    )
+    strategy = run.strategies["mm"].strategy
+    assert strategy.algo is not None
+    assert strategy.algo.done
+    assert strategy.algo.filled_lots == 2000
+    assert run.portfolio.position("sim:BTC/USDT") == Decimal("0.2")
