@@ -14,7 +14,7 @@ import math
 import os
 import re
 import sys
-import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -776,13 +776,14 @@ def write_report(
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    # Opened by name (not mkstemp) so the file gets the usual umask-based permissions.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with tmp.open("xb") as fh:
             fh.write(data)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -817,6 +818,14 @@ def _panels(run: RunData, market: str) -> _Panels:
         return xs, ys
 
     return _Panels(x, ticks, drawdown, pick(Side.BUY), pick(Side.SELL), not_live)
+
+
+def _chart_note(p: _Panels) -> str:
+    if p.ticks is None:
+        return "no tick samples for this market in the trace"
+    if not p.ticks.live.any():
+        return "book never LIVE: no market data, no quotes"
+    return ""
 
 
 def _spans(x: FloatArray, mask: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:
@@ -948,21 +957,17 @@ def _figure(run: RunData, market: str) -> Any:
             row="all",
             col=1,
         )
-    if p.ticks is None:
+    note = _chart_note(p)
+    if note:
         fig.add_annotation(
-            text="no tick samples for this market in the trace",
-            xref="paper",
-            yref="paper",
-            x=0.5,
-            y=0.5,
-            showarrow=False,
+            text=note, xref="x domain", yref="y domain", x=0.5, y=0.5, showarrow=False
         )
     fig.update_xaxes(title_text="seconds since run start", row=5, col=1)
     fig.update_layout(
         template="plotly_white",
         height=1150,
-        margin={"l": 70, "r": 30, "t": 40, "b": 50},
-        legend={"orientation": "h", "y": 1.04, "x": 0},
+        margin={"l": 70, "r": 30, "t": 90, "b": 50},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.035, "x": 0},
         hovermode="x unified",
     )
     return fig
@@ -985,8 +990,12 @@ def _render_png(run: RunData, market: str, stats: MarketAnalytics) -> bytes:
     for ax, title in zip(axes, _PANEL_TITLES, strict=True):
         ax.set_title(title, loc="left", fontsize=10)
         ax.grid(True, alpha=0.3)
-        for x0, x1 in p.not_live:
-            ax.axvspan(x0, x1, color=_COLORS["not_live"], alpha=0.25, lw=0)
+        for i, (x0, x1) in enumerate(p.not_live):
+            label = "book not LIVE" if i == 0 and ax is axes[0] else None
+            ax.axvspan(x0, x1, color=_COLORS["not_live"], alpha=0.25, lw=0, label=label)
+    note = _chart_note(p)
+    if note:
+        axes[0].text(0.5, 0.5, note, ha="center", va="center", transform=axes[0].transAxes)
     if p.ticks is not None:
         tk, x = p.ticks, p.x
         ax = axes[0]
@@ -1007,10 +1016,6 @@ def _render_png(run: RunData, market: str, stats: MarketAnalytics) -> bytes:
         axes[3].legend(loc="upper left", fontsize=8)
         axes[4].fill_between(x, 0, np.nan_to_num(p.drawdown), color=_COLORS["drawdown"], alpha=0.3)
         axes[4].plot(x, p.drawdown, color=_COLORS["drawdown"], lw=1)
-    else:
-        axes[0].text(
-            0.5, 0.5, "no tick samples for this market", ha="center", transform=axes[0].transAxes
-        )
     for (xs, ys), label, marker, color in (
         (p.buys, "buy fills", "^", _COLORS["buy"]),
         (p.sells, "sell fills", "v", _COLORS["sell"]),
@@ -1036,6 +1041,10 @@ def _fmt(value: float | int | None, digits: int = 6) -> str:
     return "0" if text == "-0" else text
 
 
+def _with_bps(value: float | None, bps: float | None) -> str:
+    return "n/a" if value is None else f"{_fmt(value)} ({_fmt(bps, 4)} bps)"
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}%"
 
@@ -1055,13 +1064,13 @@ def _analytics_rows(a: MarketAnalytics) -> list[tuple[str, str]]:
         rows.append(
             (
                 f"Markout {m.horizon_s:g} s (n={m.count})",
-                f"{_fmt(m.mean)} ({_fmt(m.mean_bps, 4)} bps)",
+                _with_bps(m.mean, m.mean_bps),
             )
         )
     rows += [
         (
             "Spread capture per fill",
-            f"{_fmt(a.spread_capture)} ({_fmt(a.spread_capture_bps, 4)} bps)",
+            _with_bps(a.spread_capture, a.spread_capture_bps),
         ),
         ("Spread capture total", _fmt(a.spread_capture_total)),
         ("Adverse selection (5 s markout < 0)", _pct(a.adverse_selection_share)),
@@ -1189,6 +1198,7 @@ def _render_html(run: RunData, stats: dict[str, MarketAnalytics], slugs: dict[st
             f'<section class="market" id="market-{slug}" data-market="{html.escape(market)}">',
             f"<h2>{html.escape(market)}</h2>",
             _table(("metric", "value"), _analytics_rows(a), "analytics"),
+            '<p class="meta">Time in seconds since run start; shaded spans: book not LIVE.</p>',
             f'<div class="chart">{chart}</div>',
             _events_table(run, [e for e in run.events if e.market == market]),
             "</section>",
@@ -1222,6 +1232,14 @@ def report_main(argv: list[str]) -> int:
         return 2
     except ReportError as exc:
         print(f"quoteforge report: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        # plotly and matplotlib come with the report extra, not with the core.
+        print(
+            f"quoteforge report: error: {exc.name or exc} is not installed; "
+            'install it with: pip install "quoteforge[report]"',
+            file=sys.stderr,
+        )
         return 1
     if not paths:
         print("quoteforge report: nothing to write (both --no-html and --no-png given)")

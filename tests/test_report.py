@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -594,6 +595,17 @@ def test_report_main_reports_a_malformed_trace(
     run_dir = write_trace(tmp_path / "run", [tick(0, 100.0)], tail="oops\n")
     assert report_main([str(run_dir)]) == 1
     assert "trace.jsonl, line 2: not valid JSON" in capsys.readouterr().err
+
+
+def test_report_main_names_the_extra_when_plotly_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = write_trace(tmp_path / "run", [tick(0, 100.0)])
+    for name in ("plotly", "plotly.offline", "plotly.graph_objects", "plotly.subplots"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert report_main([str(run_dir), "--no-png"]) == 1
+    assert 'pip install "quoteforge[report]"' in capsys.readouterr().err
+    assert not (run_dir / "report.html").exists()
 
 
 def test_report_main_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
