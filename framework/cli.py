@@ -30,6 +30,11 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
         "dashboard_main",
         "live web dashboard of a run folder (or its journal) as it grows",
     ),
+    "report": (
+        "quoteforge.report",
+        "report_main",
+        "(re)write the HTML and PNG report of a run folder",
+    ),
     "record": (
         "quoteforge.record",
         "record_main",
@@ -110,8 +115,6 @@ def _parser() -> argparse.ArgumentParser:
     for name, (_, _, text) in FORWARDED.items():
         sub.add_parser(name, help=text, add_help=False)
 
-    rep = sub.add_parser("report", help="(re)write the HTML and PNG report of a run folder")
-    rep.add_argument("run_dir", type=Path)
     return p
 
 
@@ -129,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         "validate": _cmd_validate,
         "plugins": _cmd_plugins,
         "manifest": _cmd_manifest,
-        "report": _cmd_report,
         "kill": _cmd_kill,
         "reset": _cmd_reset,
     }[args.command]
@@ -417,15 +419,6 @@ def _cmd_reset(args: argparse.Namespace) -> int:
     (args.run / RESET_FILE).write_text(args.breaker + "\n", encoding="utf-8")
     print(f"breaker reset ({args.breaker}) requested; the run applies it within a second")
     return EXIT_OK
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    try:
-        from quoteforge.report import report_main
-    except ImportError as exc:
-        print(f'reports need: pip install "quoteforge[report]" ({exc})', file=sys.stderr)
-        return EXIT_ERROR
-    return report_main([str(args.run_dir)])
 
 
 if __name__ == "__main__":
