@@ -330,6 +330,26 @@ def plugin_rows(registry: PluginRegistry) -> list[dict[str, str]]:
                     "description": reg.description,
                 }
             )
+    for record in registry.records:
+        if not record.loaded or record.provides:
+            continue
+        # A plugin that only observes (metrics, alert hooks) registers no type: list it
+        # by the hooks it implements.
+        plugin = registry.pm.get_plugin(record.name)
+        hooks = sorted(
+            caller.name for caller in registry.pm.get_hookcallers(plugin) or [] if plugin
+        )
+        rows.append(
+            {
+                "name": record.name,
+                "kind": "hooks",
+                "plugin": record.name,
+                "dist": record.dist,
+                "version": record.version,
+                "status": "ok",
+                "description": ", ".join(hooks),
+            }
+        )
     for record in registry.failed_plugins():
         status = (
             f"needs: {record.install_hint}" if record.install_hint else f"broken: {record.error}"

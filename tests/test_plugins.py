@@ -226,3 +226,11 @@ def test_third_party_strategy_installed_with_pip(tmp_path: Path) -> None:
     assert summary[0].startswith("market,mid,spread")
     fills = int(summary[1].split(",")[5])
     assert fills > 0
+
+
+def test_observer_only_plugins_are_listed_with_their_hooks(registry: PluginRegistry) -> None:
+    rows = {r["name"]: r for r in plugin_rows(registry)}
+    metrics = rows["metrics_prometheus"]
+    assert metrics["kind"] == "hooks"
+    assert metrics["status"] == "ok"
+    assert "quoteforge_run_started" in metrics["description"]
