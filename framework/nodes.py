@@ -577,6 +577,7 @@ class _ExecutionNode(_Node):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._early_cancels: set[str] = set()
         self.replay = ReplayBuffer(lambda: self.bus, window_s=float(self.settings.replay_window))
         self.watch = _StrategyWatch()
         self.stopping = False
@@ -741,10 +742,31 @@ class _ExecutionNode(_Node):
         else:
             self._cancel_all(strategy, action)
 
+    def _cancelled_before_placed(self, order: Order) -> bool:
+        """A cancel for this order overtook its place/replace intent (a replay after a
+        broker restart can reorder them): adopt it and report it cancelled unsent."""
+        if order.client_id not in self._early_cancels:
+            return False
+        self._early_cancels.discard(order.client_id)
+        if self._adopt(order):
+            self.on_order_update(
+                OrderUpdate(
+                    order.venue,
+                    order.client_id,
+                    OrderStatus.CANCELLED,
+                    self.clock.now_ns(),
+                    reason="cancelled before it reached the venue",
+                    symbol=order.symbol,
+                )
+            )
+        return True
+
     def _place(self, strategy: str, order: Order) -> None:
         if self.orders.get(order.client_id) is not None:
             return  # the same intent again (e.g. replayed after a reconnect)
         order.strategy = order.strategy or strategy
+        if self._cancelled_before_placed(order):
+            return
         refusal = self._gate(order)
         if not self._adopt(order):
             return
@@ -758,6 +780,9 @@ class _ExecutionNode(_Node):
         if self.orders.get(new.client_id) is not None:
             return
         new.strategy = new.strategy or strategy
+        if self._cancelled_before_placed(new):
+            self._cancel([action.old_client_id], new.venue, new.symbol)
+            return
         refusal = self._gate(new)
         old = self.orders.get(action.old_client_id)
         if refusal is not None:
@@ -795,6 +820,9 @@ class _ExecutionNode(_Node):
             known = self.orders.get(client_id)
             if known is not None and known.status.is_terminal:
                 continue
+            if known is None:
+                # Not placed here (yet): if its place intent arrives later, it is not sent.
+                self._early_cancels.add(client_id)
             if known is None or self.orders.request_cancel(client_id) is not None:
                 actions.append(CancelOrder(client_id, venue, symbol))
         self.journal.take()
