@@ -56,6 +56,9 @@ __all__ = [
     "update_payload",
 ]
 
+CLOSE_DRAIN_QUIET_S = 0.5  # how long the order/fill streams must be quiet at close
+CLOSE_DRAIN_MAX_S = 3.0
+
 NS = 1_000_000_000
 
 
@@ -462,6 +465,7 @@ class RemoteVenue(ExchangeAdapter):
         self._host_seen_ns = 0
         self._host_online = True
         self._watchdog: asyncio.Task[None] | None = None
+        self._last_report_s = 0.0  # monotonic time of the last order report or fill
         self._cancel_all_seq = itertools.count(1)
         self.intents_sent = 0
 
@@ -517,6 +521,15 @@ class RemoteVenue(ExchangeAdapter):
             self.intents_sent += 1
 
     async def close(self) -> None:
+        # Order reports and fills travel on separate topics, so a fill can trail the
+        # CANCELLED that ended the run's wait for its orders: keep listening until the
+        # stream has been quiet for a moment (bounded) before letting go of the sink.
+        deadline = time.monotonic() + CLOSE_DRAIN_MAX_S
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - self._last_report_s
+            if quiet >= CLOSE_DRAIN_QUIET_S:
+                break
+            await asyncio.sleep(CLOSE_DRAIN_QUIET_S - quiet)
         self.sink = None
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -613,6 +626,7 @@ class RemoteVenue(ExchangeAdapter):
         return handle
 
     def _on_order(self, topic: str, payload: dict[str, Any]) -> None:
+        self._last_report_s = time.monotonic()
         if self.sink is not None:
             update = update_from_payload(payload)
             if update.status.is_terminal:
@@ -620,6 +634,7 @@ class RemoteVenue(ExchangeAdapter):
             self.sink.on_order_update(update)
 
     def _on_fill(self, topic: str, payload: dict[str, Any]) -> None:
+        self._last_report_s = time.monotonic()
         if self.sink is not None:
             self.sink.on_fill(fill_from_payload(payload))
 
