@@ -430,7 +430,7 @@ async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_s
     publisher.on_book(source)
     await asyncio.sleep(0)  # book messages are coalesced per event-loop pass
     assert mirror.best_ask() == (102, 9) and sink.books == 1
-    await wait_until(lambda: mirror.state is BookState.STALE, 2, "mirror goes STALE")
+    await wait_until(lambda: mirror.state is BookState.STALE, 5, "mirror goes STALE")
     assert "no book message and no execution heartbeat" in sink.states[-1][2]
     publisher.on_book(source)
     await asyncio.sleep(0)
