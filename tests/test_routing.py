@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from venues import two_venue_consumer, venue_book
 
 from quoteforge.book import BookState, ConsumerBook, L2Book
 from quoteforge.model import Instrument, Side
@@ -16,34 +17,9 @@ D = Decimal
 Levels = list[tuple[str, str]]
 
 
-def venue_book(venue: str, tick: str, lot: str, bids: Levels, asks: Levels) -> L2Book:
-    inst = Instrument(venue, "BTC/USDT", "BTC", "USDT", D(tick), D(lot), taker_fee=D("0.001"))
-    book = L2Book(inst)
-    book.apply_snapshot(
-        [(inst.price_to_ticks(p), inst.qty_to_lots(q)) for p, q in bids],
-        [(inst.price_to_ticks(p), inst.qty_to_lots(q)) for p, q in asks],
-    )
-    book.state = BookState.LIVE
-    return book
-
-
 @pytest.fixture
 def consumer() -> ConsumerBook:
-    # Venue a: cents and 0.001 lots; venue b: 0.05 ticks and 0.01 lots.
-    a = venue_book(
-        "a",
-        "0.01",
-        "0.001",
-        [("100.05", "1.5"), ("100.00", "2")],
-        [("100.20", "1"), ("100.25", "3")],
-    )
-    b = venue_book(
-        "b", "0.05", "0.01", [("100.05", "0.5"), ("99.95", "4")], [("100.15", "2"), ("100.25", "1")]
-    )
-    book = ConsumerBook("BTC/USDT")
-    book.add(a)
-    book.add(b)
-    return book
+    return two_venue_consumer(taker_fee="0.001")
 
 
 def test_buy_walks_venues_by_price_into_exact_child_orders(consumer: ConsumerBook) -> None:
@@ -82,8 +58,8 @@ def test_slippage_cap_stops_allocation_and_reports_the_rest(consumer: ConsumerBo
 
 def test_fees_pick_the_cheaper_all_in_venue() -> None:
     # a is 1 cent cheaper but charges 20 bps; b's 100.01 + 0 fee beats 100.00 + 0.20.
-    a = venue_book("a", "0.01", "0.01", [("99", "1")], [("100.00", "1")])
-    b = venue_book("b", "0.01", "0.01", [("99", "1")], [("100.01", "1")])
+    a = venue_book("a", "0.01", "0.01", [("99", "1")], [("100.00", "1")], taker_fee="0.001")
+    b = venue_book("b", "0.01", "0.01", [("99", "1")], [("100.01", "1")], taker_fee="0.001")
     book = ConsumerBook("X")
     book.add(a)
     book.add(b)

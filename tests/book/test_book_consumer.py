@@ -5,42 +5,18 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from venues import two_venue_consumer
 
-from quoteforge.book import BookState, ConsumerBook, L2Book
+from quoteforge.book import BookState, ConsumerBook
 from quoteforge.book.consumer import common_step
-from quoteforge.model import Instrument, Side
+from quoteforge.model import Side
 
 D = Decimal
 
 
-def venue_book(venue: str, tick: str, lot: str, bids: list, asks: list) -> L2Book:
-    inst = Instrument(venue, "BTC/USDT", "BTC", "USDT", D(tick), D(lot))
-    book = L2Book(inst)
-    book.apply_snapshot(
-        [(inst.price_to_ticks(p), inst.qty_to_lots(q)) for p, q in bids],
-        [(inst.price_to_ticks(p), inst.qty_to_lots(q)) for p, q in asks],
-    )
-    book.state = BookState.LIVE
-    return book
-
-
 @pytest.fixture
 def consumer() -> ConsumerBook:
-    # Venue A quotes in cents with 0.001 lots, venue B in 0.05 steps with 0.01 lots.
-    a = venue_book(
-        "a",
-        "0.01",
-        "0.001",
-        [("100.05", "1.5"), ("100.00", "2")],
-        [("100.20", "1"), ("100.25", "3")],
-    )
-    b = venue_book(
-        "b", "0.05", "0.01", [("100.05", "0.5"), ("99.95", "4")], [("100.15", "2"), ("100.25", "1")]
-    )
-    book = ConsumerBook("BTC/USDT")
-    book.add(a)
-    book.add(b)
-    return book
+    return two_venue_consumer()
 
 
 def test_common_grid_is_exact() -> None:
