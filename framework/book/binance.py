@@ -68,6 +68,8 @@ class BinanceSpotBookSource(BookSource):
         self.last_update_id: int | None = None
         self._buffer: list[dict[str, Any]] = []
         self._chained = False  # futures: the first event after a snapshot has been applied
+        self._price_table = self._price.scale_table()
+        self._qty_table = self._qty.scale_table()
 
     # -- wire ----------------------------------------------------------------------------
     def on_message(self, raw: str | bytes, recv_ns: int | None = None) -> Outcome:
@@ -176,10 +178,15 @@ class BinanceSpotBookSource(BookSource):
             ok = first <= last + 1
         if not ok:
             return self._gap(msg, last, first, final)
-        bids, asks = self._convert(msg)
         book = self.book
         event_ms = msg.get("E")
-        book._apply_keyed(bids, asks, event_ms * 1_000_000 if type(event_ms) is int else None)
+        ts_ns = event_ms * 1_000_000 if type(event_ms) is int else None
+        if (
+            book._apply_text(msg.get("b"), msg.get("a"), self._price_table, self._qty_table, ts_ns)
+            is None
+        ):
+            bids, asks = self._convert(msg)
+            book._apply_keyed(bids, asks, ts_ns)
         self.last_update_id = final
         self._chained = True
         self.stats.applied += 1
@@ -240,7 +247,7 @@ class BinanceSpotBookSource(BookSource):
                     head, _, tail = q.partition(".")
                     digits = head + tail
                     div = qdiv(len(tail))
-                    if div is not None and digits.isdigit():
+                    if div is not None and digits.isascii() and digits.isdigit():
                         n, rest = divmod(int(digits), div)
                         if rest:
                             n = qc(q)
@@ -260,7 +267,7 @@ class BinanceSpotBookSource(BookSource):
                     head, _, tail = q.partition(".")
                     digits = head + tail
                     div = qdiv(len(tail))
-                    if div is not None and digits.isdigit():
+                    if div is not None and digits.isascii() and digits.isdigit():
                         n, rest = divmod(int(digits), div)
                         if rest:
                             n = qc(q)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import NamedTuple
+from functools import partial
+from typing import Any, NamedTuple
 
+from quoteforge.book.fast import consumer_top as _consumer_top
 from quoteforge.book.l2 import TOP_LEVELS, BookState, L2Book
 from quoteforge.model import Side
 
@@ -174,12 +176,17 @@ class ConsumerBook:
 
     def __init__(self, name: str = "", *, live_only: bool = True) -> None:
         self.name = name
-        self.live_only = live_only
+        self._live_only = live_only
         self._venues: list[_Venue] = []
+        self._books: list[L2Book] = []
+        self._meta: list[tuple[str, int, int]] = []
+        self._fast_bids: Callable[[], Any] = _no_levels
+        self._fast_asks: Callable[[], Any] = _no_levels
         self.price_step = Decimal(0)
         self.qty_step = Decimal(0)
         self._grid = Grid(Decimal(0), Decimal(0))
-        self._cache: dict[tuple[Side, int], tuple[tuple[int, ...], list[ConsumerLevel]]] = {}
+        self._cache: dict[tuple[Side, int], tuple[list[int | bool], list[ConsumerLevel]]] = {}
+        self._cuts: dict[tuple[Side, int], tuple[list[ConsumerLevel], list[ConsumerLevel]]] = {}
 
     def add(self, book: L2Book, name: str | None = None) -> None:
         """Add a venue book; ``name`` (default ``book.venue``) is its origin tag."""
@@ -193,7 +200,35 @@ class ConsumerBook:
         for v in self._venues:
             v.p_mult = int(v.tick / self.price_step)
             v.q_mult = int(v.lot / self.qty_step)
+        self._books = [v.book for v in self._venues]
+        self._meta = [(v.name, v.p_mult, v.q_mult) for v in self._venues]
+        self._reset_caches()
+
+    @property
+    def live_only(self) -> bool:
+        """Whether only LIVE venue books take part in the merge."""
+        return self._live_only
+
+    @live_only.setter
+    def live_only(self, value: bool) -> None:
+        self._live_only = value
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
         self._cache.clear()
+        self._cuts.clear()
+        if _consumer_top is None:
+            return
+        # The compiled merge with its arguments bound: one C call per read. Each side's
+        # list holds [sum of the books' top versions, LIVE mask, merged levels].
+        self._fast_bids = partial(
+            _consumer_top, self._books, self._meta, TOP_LEVELS, True, self._live_only,
+            _LIVE, ConsumerLevel, self._grid, [0, 0, None],
+        )  # fmt: skip
+        self._fast_asks = partial(
+            _consumer_top, self._books, self._meta, TOP_LEVELS, False, self._live_only,
+            _LIVE, ConsumerLevel, self._grid, [0, 0, None],
+        )  # fmt: skip
 
     @property
     def venues(self) -> list[str]:
@@ -220,30 +255,37 @@ class ConsumerBook:
         """
         if n <= 0:
             return []
-        live_only = self.live_only
+        if n <= TOP_LEVELS and _consumer_top is not None:
+            levels: list[ConsumerLevel] | None = (
+                self._fast_bids() if side is _BUY else self._fast_asks()
+            )
+            if levels is not None:
+                if n == TOP_LEVELS:
+                    return levels
+                # Shorter reads are slices of the merge, kept while the merge is.
+                cut = self._cuts.get((side, n))
+                if cut is not None and cut[0] is levels:
+                    return cut[1]
+                part = levels[:n]
+                self._cuts[(side, n)] = (levels, part)
+                return part
+        books = self._books
         if n <= TOP_LEVELS:
-            stamp = tuple(
-                [
-                    v.book.side_top_version(side) if not live_only or v.book.state is _LIVE else -1
-                    for v in self._venues
-                ]
-            )
+            stamp = [b.side_top_version(side) for b in books]
         else:
-            stamp = tuple(
-                [
-                    v.book.version if not live_only or v.book.state is _LIVE else -1
-                    for v in self._venues
-                ]
-            )
+            stamp = [b.version for b in books]
+        if self.live_only:
+            # A book leaving or joining LIVE changes the merge as well.
+            stamp += [b.state is _LIVE for b in books]
         key = (side, n)
         hit = self._cache.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        levels = self._merge(side, n)
-        self._cache[key] = (stamp, levels)
-        return levels
+        merged = self._merge_interpreted(side, n)
+        self._cache[key] = (stamp, merged)
+        return merged
 
-    def _merge(self, side: Side, n: int) -> list[ConsumerLevel]:
+    def _merge_interpreted(self, side: Side, n: int) -> list[ConsumerLevel]:
         # Sort keys are built so plain tuple order is "best first, then the larger
         # size, then venue name": no key function, the sort stays in C.
         sign = -1 if side is _BUY else 1
@@ -354,6 +396,10 @@ class ConsumerBook:
             left -= lots * v.q_mult
         filled = want - self.qty_step * left
         return Allocation(side, want, filled, tuple(fills), notional, best)
+
+
+def _no_levels() -> None:
+    return None
 
 
 def _keyed(

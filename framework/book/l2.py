@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
+from quoteforge.book.fast import apply_diff as _apply_diff
+from quoteforge.book.fast import top_levels as _top_levels
 from quoteforge.model import Instrument, Side
 
 __all__ = ["TOP_LEVELS", "BookState", "L2Book", "TakeCost"]
@@ -208,12 +210,41 @@ class L2Book:
         ts_ns: int | None,
     ) -> bool:
         # Venue sources build ask pairs with negated ticks directly, saving a copy.
+        code = _apply_side(self._bid_keys, self._bid_qty, bids)
+        code |= _apply_side(self._ask_keys, self._ask_qty, ask_keys) << 2
+        return self._applied(code, ts_ns)
+
+    def _apply_text(
+        self, bids: object, asks: object, price_table: bytes, qty_table: bytes, ts_ns: int | None
+    ) -> bool | None:
+        """Apply one message's [price, qty] text levels through the compiled path.
+
+        Returns what ``apply_deltas`` returns, or None, with the book untouched, when
+        the extension is not installed or a level needs the interpreted path.
+        """
+        if _apply_diff is None:
+            return None
+        code = _apply_diff(
+            bids,
+            asks,
+            self._bid_keys,
+            self._bid_qty,
+            self._ask_keys,
+            self._ask_qty,
+            price_table,
+            qty_table,
+        )
+        return None if code is None else self._applied(code, ts_ns)
+
+    def _applied(self, code: int, ts_ns: int | None) -> bool:
+        """Bookkeeping after one message changed the sides: ``code`` is the bid side's
+        ``_apply_side`` result | the ask side's << 2."""
         top = False
-        if _apply_side(self._bid_keys, self._bid_qty, bids) > 1:
+        if code & 3 > 1:
             self._bid_top = None
             self._bid_topv += 1
             top = True
-        if _apply_side(self._ask_keys, self._ask_qty, ask_keys) > 1:
+        if code >> 2 > 1:
             self._ask_top = None
             self._ask_topv += 1
             top = True
@@ -273,27 +304,32 @@ class L2Book:
         Up to ``TOP_LEVELS`` levels are served from a cache that only a change of
         those levels invalidates, so reading the top on every update is cheap.
         """
+        if n <= 0:
+            return []
         if side is _BUY:
             if n <= TOP_LEVELS:
                 cached = self._bid_top
                 if cached is None:
-                    qty = self._bid_qty
-                    cached = self._bid_top = [
-                        (p, qty[p]) for p in reversed(self._bid_keys[-TOP_LEVELS:])
-                    ]
-                return cached[:n] if n > 0 else []
-            qty = self._bid_qty
-            return [(p, qty[p]) for p in reversed(self._bid_keys[-n:])]
+                    cached = self._bid_top = self._side_top(False, TOP_LEVELS)
+                return cached[:n]
+            return self._side_top(False, n)
         if n <= TOP_LEVELS:
             cached = self._ask_top
             if cached is None:
-                qty = self._ask_qty
-                cached = self._ask_top = [
-                    (-k, qty[k]) for k in reversed(self._ask_keys[-TOP_LEVELS:])
-                ]
-            return cached[:n] if n > 0 else []
-        qty = self._ask_qty
-        return [(-k, qty[k]) for k in reversed(self._ask_keys[-n:])]
+                cached = self._ask_top = self._side_top(True, TOP_LEVELS)
+            return cached[:n]
+        return self._side_top(True, n)
+
+    def _side_top(self, ask: bool, n: int) -> list[tuple[int, int]]:
+        if ask:
+            keys, qty = self._ask_keys, self._ask_qty
+            if _top_levels is not None:
+                return _top_levels(keys, qty, n, True)
+            return [(-k, qty[k]) for k in reversed(keys[-n:])]
+        keys, qty = self._bid_keys, self._bid_qty
+        if _top_levels is not None:
+            return _top_levels(keys, qty, n, False)
+        return [(p, qty[p]) for p in reversed(keys[-n:])]
 
     def side_top_version(self, side: Side) -> int:
         """Like ``top_version`` for one side only."""

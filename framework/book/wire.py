@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 from decimal import Decimal, InvalidOperation
 
 __all__ = ["BookMessageError", "WireDecimalParser", "strip_checksum_digits"]
 
 _CACHE_LIMIT = 65_536
+_INT64 = 1 << 63
+SCALE_DECIMALS = 18
+"""Most decimals a text may have for the compiled book path (``scale_table``)."""
 
 
 class BookMessageError(ValueError):
@@ -75,6 +79,11 @@ class WireDecimalParser:
                 f"{self.market}: {self.what} must be decimal text, got {type(text).__name__} "
                 f"{text!r}"
             )
+        if not text.isascii():
+            # int() and Decimal() would read other scripts' digits; venues send ASCII.
+            raise BookMessageError(
+                f"{self.market}: {self.what} {text!r} is not a plain ASCII decimal number"
+            )
         head, _, tail = text.partition(".")
         digits = head + tail
         # isdigit() keeps int() from accepting signs, spaces and underscores.
@@ -121,6 +130,24 @@ class WireDecimalParser:
             f"{self.market}: {self.what} {text!r} is not a multiple of {self.step}; "
             f"check the instrument's {'tick' if self.what == 'price' else 'lot'} size"
         )
+
+    def scale_table(self) -> bytes:
+        """The (multiplier, divisor) pairs the compiled book path scales digits with.
+
+        Entry ``k`` turns the digits of a text with ``k`` decimals (point removed) into a
+        count of steps: ``digits * multiplier / divisor``, remainder 0. Pairs that do not
+        fit in 64 bits are (0, 0), which sends such texts to the interpreted path.
+        """
+        pairs: list[int] = []
+        for k in range(SCALE_DECIMALS + 1):
+            if k >= self._decimals:
+                mul, div = 1, self._unit * 10 ** (k - self._decimals)
+            else:
+                mul, div = 10 ** (self._decimals - k), self._unit
+            if mul >= _INT64 or div >= _INT64:
+                mul = div = 0
+            pairs += (mul, div)
+        return struct.pack(f"={len(pairs)}q", *pairs)
 
     def to_text(self, count: int) -> str:
         """Plain decimal text of ``count`` steps (for fixtures and recordings)."""

@@ -1,4 +1,9 @@
-"""Instruments shared by the order-book tests."""
+"""Instruments shared by the order-book tests, and the two book implementations.
+
+Every test in this folder runs twice: on the compiled hot loop (``quoteforge.book.fast``,
+when the C extension is built) and on the interpreted path, so both are held to the
+same expectations.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,21 @@ from decimal import Decimal
 
 import pytest
 
+from quoteforge.book import consumer, fast, l2
 from quoteforge.model import Instrument
+
+
+@pytest.fixture(autouse=True, params=["compiled", "interpreted"])
+def book_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Selects the implementation the book modules call (both share the same state)."""
+    if request.param == "compiled":
+        if not fast.COMPILED:
+            pytest.skip("the C extension quoteforge.book._fastbook is not built here")
+    else:
+        monkeypatch.setattr(l2, "_apply_diff", None)
+        monkeypatch.setattr(l2, "_top_levels", None)
+        monkeypatch.setattr(consumer, "_consumer_top", None)
+    return str(request.param)
 
 
 @pytest.fixture
