@@ -1,8 +1,15 @@
 """Bus throughput and latency: the in-process bus, and MQTT over a loopback Mosquitto.
 
 Run: ``python bench/bus_bench.py``; it starts its own Mosquitto (tuned as in
-examples/distributed/mosquitto.conf) unless ``--port`` names a running one. Prints a table
-and writes ``bench/results/bus_bench.json``.
+examples/distributed/mosquitto.conf) unless ``--port`` names a running one. Prints a table,
+whether each target of the issue is met, and writes ``bench/results/bus_bench.json``.
+
+MQTT rows count messages (what ``publish()`` was called with): several messages of one
+topic may share one MQTT publish (a batch frame), so the table also gives the MQTT
+publishes per second the subscriber received (frames/s). The ``batch 1`` rows run the
+same case with batching off, as a reference measured in the same run. Latency is from
+the ``publish()`` call to the handler in the subscriber process, via the broker; the
+flood rows' latencies measure the queue the flood builds up.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import platform
 import shutil
 import socket
@@ -41,6 +49,7 @@ class Row:
     p50_us: float
     p99_us: float
     note: str = ""
+    frames_per_s: float | None = None
 
 
 def percentile(samples: list[int], q: float) -> float:
@@ -135,32 +144,39 @@ def _subscriber(port: int, run: str, expected: int, seconds: float, conn: Connec
         bus = MqttBus(MqttParams(port=port, heartbeat_interval_s=0), run)
         await bus.start()
         latencies: list[int] = []
-        first = last = 0
+        first_sent = last = 0
         clock = time.time_ns
 
         def handler(topic: str, payload: dict[str, Any]) -> None:
-            nonlocal last
+            nonlocal first_sent, last
             last = clock()
+            if not latencies:
+                first_sent = payload["t"]
             latencies.append(last - payload["t"])
 
-        bus.subscribe(f"quoteforge/{run}/+/+/+", handler)
+        bus.subscribe(f"quoteforge/{run}/book/+/+", handler)
         bus.subscribe(f"quoteforge/{run}/fill/+", handler)
         await bus.flush(10)
         conn.send("ready")
-        first = conn.recv()
         deadline = time.monotonic() + seconds
         while len(latencies) < expected and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.2)  # stragglers would show as more than expected
-        conn.send((len(latencies), first, last, latencies[:: max(1, len(latencies) // 100_000)]))
+        step = max(1, len(latencies) // 100_000)
+        conn.send((len(latencies), bus.stats.frames_received, first_sent, last, latencies[::step]))
         await bus.close()
 
     asyncio.run(main())
 
 
-async def _publish(port: int, run: str, qos: int, count: int, rate: float | None) -> int:
+async def _publish(
+    port: int, run: str, qos: int, count: int, rate: float | None, batch: int
+) -> None:
     """Publish ``count`` messages (as fast as possible, or paced at ``rate``/s)."""
-    bus = MqttBus(MqttParams(port=port, heartbeat_interval_s=0, max_queued=count + 10), run)
+    params = MqttParams(
+        port=port, heartbeat_interval_s=0, max_queued=count + 10, batch_max_messages=batch
+    )
+    bus = MqttBus(params, run)
     await bus.start()
     topic = f"quoteforge/{run}/book/binance/BTC-USDT" if qos == 0 else f"quoteforge/{run}/fill/sim"
     clock = time.time_ns
@@ -176,10 +192,11 @@ async def _publish(port: int, run: str, qos: int, count: int, rate: float | None
             await asyncio.sleep(0)  # let the sender drain while the loop keeps producing
     await bus.flush(60)
     await bus.close()
-    return count
 
 
-def bench_mqtt(port: int, qos: int, count: int, seconds: float, rate: float | None) -> Row:
+def bench_mqtt(
+    port: int, qos: int, count: int, seconds: float, rate: float | None, batch: int
+) -> Row:
     run = f"bench{int(time.time() * 1000) % 10_000_000}q{qos}"
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -189,27 +206,27 @@ def bench_mqtt(port: int, qos: int, count: int, seconds: float, rate: float | No
         if not parent.poll(15):
             raise RuntimeError("subscriber process did not get ready")
         parent.recv()
-        first = time.time_ns()
-        parent.send(first)
-        asyncio.run(_publish(port, run, qos, count, rate))
+        asyncio.run(_publish(port, run, qos, count, rate, batch))
         if not parent.poll(seconds + 15):
             raise RuntimeError("subscriber process did not report")
-        received, first, last, latencies = parent.recv()
+        received, frames, first, last, latencies = parent.recv()
     finally:
         proc.join(10)
         if proc.is_alive():
             proc.kill()
+    # From the first publish() call to the last delivery.
     elapsed = max(1e-9, (last - first) / 1e9)
     mode = f"paced {rate:.0f}/s" if rate else "flood"
     return Row(
-        f"mqtt qos{qos} {mode}",
+        f"mqtt qos{qos} {mode}" + ("" if batch > 1 else " batch 1"),
         count,
         received,
         elapsed,
         received / elapsed,
         percentile(latencies, 0.5),
         percentile(latencies, 0.99),
-        "latency: publish() call to handler in another process, via the broker",
+        "msgs/s counts messages; frames/s MQTT publishes received",
+        frames / elapsed,
     )
 
 
@@ -237,14 +254,45 @@ def own_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = f"{'case':40} {'sent':>9} {'recv':>9} {'msgs/s':>12} {'p50 us':>10} {'p99 us':>10}"
+    header = (
+        f"{'case':40} {'sent':>9} {'recv':>9} {'msgs/s':>12} {'frames/s':>10} "
+        f"{'p50 us':>10} {'p99 us':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
+        frames = f"{r.frames_per_s:>10,.0f}" if r.frames_per_s is not None else f"{'':>10}"
         print(
-            f"{r.case:40} {r.sent:>9} {r.received:>9} {r.msgs_per_s:>12,.0f} "
+            f"{r.case:40} {r.sent:>9} {r.received:>9} {r.msgs_per_s:>12,.0f} {frames} "
             f"{r.p50_us:>10.1f} {r.p99_us:>10.1f}"
         )
+
+
+def check_targets(rows: list[Row], rate: float) -> list[dict[str, Any]]:
+    """The issue's targets: in-process >= 1M msgs/s; MQTT >= 20k msgs/s with p99 < 5 ms."""
+    by_case = {r.case: r for r in rows}
+    checks: list[dict[str, Any]] = []
+
+    def check(case: str, what: str, value: float, ok: bool) -> None:
+        checks.append({"case": case, "target": what, "value": value, "met": ok})
+
+    r = by_case["inprocess"]
+    check(r.case, ">= 1,000,000 msgs/s", r.msgs_per_s, r.msgs_per_s >= 1e6)
+    for qos in (0, 1):
+        flood = by_case.get(f"mqtt qos{qos} flood")
+        if flood is not None:
+            ok = flood.msgs_per_s >= 20_000 and flood.received == flood.sent
+            check(flood.case, ">= 20,000 msgs/s, none lost", flood.msgs_per_s, ok)
+        paced = by_case.get(f"mqtt qos{qos} paced {rate:.0f}/s")
+        if paced is not None:
+            ok = (
+                rate >= 20_000
+                and paced.msgs_per_s >= 0.98 * rate
+                and paced.received == paced.sent
+                and paced.p99_us < 5_000
+            )
+            check(paced.case, "20,000 msgs/s kept up with p99 < 5 ms", paced.p99_us, ok)
+    return checks
 
 
 def main() -> int:
@@ -252,18 +300,25 @@ def main() -> int:
     parser.add_argument(
         "--port", type=int, default=None, help="use the Mosquitto running on this port"
     )
-    parser.add_argument("--count", type=int, default=50_000, help="messages per MQTT case")
+    parser.add_argument("--count", type=int, default=100_000, help="messages per MQTT flood")
     parser.add_argument("--inprocess-count", type=int, default=2_000_000)
     parser.add_argument("--seconds", type=float, default=30, help="time limit per MQTT case")
-    parser.add_argument("--rate", type=float, default=5_000, help="paced rate for latency rows")
+    parser.add_argument("--rate", type=float, default=20_000, help="paced rate (target: 20000)")
+    parser.add_argument(
+        "--paced-seconds", type=float, default=3.0, help="length of the paced cases"
+    )
     parser.add_argument("--no-mqtt", action="store_true", help="skip the MQTT rows")
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the batch 1 reference rows"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     rows = bench_inprocess(args.inprocess_count)
     rows += bench_codec(100_000)
     if not args.no_mqtt:
-        paced = min(args.count, int(args.rate * 3))
+        paced = int(args.rate * args.paced_seconds)
         with tempfile.TemporaryDirectory() as tmp:
             broker = None
             port = args.port
@@ -271,13 +326,30 @@ def main() -> int:
                 broker, port = own_broker(Path(tmp))
             try:
                 for qos in (0, 1):
-                    rows.append(bench_mqtt(port, qos, args.count, args.seconds, None))
-                    rows.append(bench_mqtt(port, qos, paced, args.seconds, args.rate))
+                    rows.append(bench_mqtt(port, qos, args.count, args.seconds, None, 256))
+                    rows.append(bench_mqtt(port, qos, paced, args.seconds, args.rate, 256))
+                if not args.no_reference:
+                    for qos in (0, 1):
+                        rows.append(bench_mqtt(port, qos, args.count, args.seconds, None, 1))
             finally:
                 if broker is not None:
                     broker.kill()
                     broker.wait()
     print_table(rows)
+    checks = check_targets(rows, args.rate)
+    print()
+    for c in checks:
+        print(f"{'MET    ' if c['met'] else 'NOT MET'} {c['case']:32} {c['target']}")
+    by_case = {r.case: r for r in rows}
+    for qos in (0, 1):
+        batched = by_case.get(f"mqtt qos{qos} flood")
+        single = by_case.get(f"mqtt qos{qos} flood batch 1")
+        if batched is not None and single is not None:
+            print(
+                f"qos{qos} flood, batching on / off: {batched.msgs_per_s / single.msgs_per_s:.1f}x"
+            )
+    load_after = os.getloadavg()
+    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -285,10 +357,12 @@ def main() -> int:
                 "python": sys.version.split()[0],
                 "platform": platform.platform(),
                 "cpus": mp.cpu_count(),
+                "load_average_before_after": [load_before[0], load_after[0]],
                 "rows": [
                     {k: None if v != v else v for k, v in asdict(r).items()}  # NaN -> null
                     for r in rows
                 ],
+                "targets": checks,
             },
             indent=2,
         )

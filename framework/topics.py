@@ -1,8 +1,8 @@
 """Bus topic scheme, delivery policy and the versioned wire encoding shared by every node.
 
 Topics look like ``quoteforge/<run>/<kind>/...``; payloads travel as a compact JSON
-envelope (version, message id, source, sequence, send time, payload). See
-``docs/distributed.md`` for the reference tables.
+envelope (version, message id, source, sequence, send time, payload), alone or several
+in one batch frame. See ``docs/distributed.md`` for the reference tables.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 __all__ = [
+    "BATCH_VERSION",
     "ENVELOPE_VERSION",
     "ROOT",
     "Codec",
@@ -32,9 +33,11 @@ __all__ = [
     "TopicKind",
     "TopicScheme",
     "decode",
+    "decode_frame",
     "decode_symbol",
     "delivery_for",
     "encode",
+    "encode_batch",
     "encode_symbol",
     "parse_topic",
     "validate_filter",
@@ -43,6 +46,7 @@ __all__ = [
 
 ROOT = "quoteforge"
 ENVELOPE_VERSION = 1
+BATCH_VERSION = 2
 
 
 class TopicError(ValueError):
@@ -326,6 +330,8 @@ class TopicScheme:
 # a plain string would come back as str, and a float would lose digits.
 DECIMAL_TAG = "$dec"
 _TAG_OPEN = b'{"' + DECIMAL_TAG.encode() + b'":'
+_BATCH_OPEN = b'{"v":' + str(BATCH_VERSION).encode() + b',"b":['
+_BATCH_CLOSE = b"]}"
 
 
 class Envelope(NamedTuple):
@@ -379,7 +385,7 @@ class Codec:
         # Decimals converted by the current encode() call; encode never re-enters itself.
         self._decimals = 0
         self._dumps: Callable[[Any, Callable[[Any], Any]], bytes]
-        self._loads: Callable[[bytes], Any]
+        self._loads: Callable[[bytes | bytearray], Any]
         if backend == "orjson":
             import orjson
 
@@ -469,20 +475,76 @@ class Codec:
             )
         return data
 
+    def encode_batch(self, messages: Sequence[bytes]) -> bytes:
+        """One wire frame carrying several envelopes, in order: ``{"v":2,"b":[...]}``.
+
+        ``messages`` are the bytes ``encode`` returned; they are joined as they are,
+        without being decoded again."""
+        if not messages:
+            raise EncodeError("a batch frame needs at least one message")
+        return _BATCH_OPEN + b",".join(messages) + _BATCH_CLOSE
+
     def decode(self, data: bytes) -> Envelope:
         """The envelope in ``data``, or DecodeError naming what is wrong."""
+        obj = self._parse(data)
+        version = obj.get("v")
+        if type(version) is int and version == BATCH_VERSION:
+            raise DecodeError("message is a batch frame of several envelopes: use decode_frame")
+        if type(version) is not int or version != ENVELOPE_VERSION:
+            raise DecodeError(
+                f"unsupported envelope version {version!r}: this quoteforge reads version "
+                f"{ENVELOPE_VERSION} (and {BATCH_VERSION} for batch frames); run the same "
+                "quoteforge version on every node"
+            )
+        return self._envelope(obj, _TAG_OPEN in data)
+
+    def decode_frame(self, data: bytes | bytearray) -> list[Envelope | DecodeError]:
+        """The envelopes of one wire frame, in order: one for a single message, several
+        for a batch frame.
+
+        Raises DecodeError when the frame as a whole is unreadable. A malformed envelope
+        inside a batch does not spoil the others: it comes back as a DecodeError in its
+        place, and the caller skips it."""
+        obj = self._parse(data)
+        version = obj.get("v")
+        revive = _TAG_OPEN in data
+        if type(version) is int:
+            if version == ENVELOPE_VERSION:
+                return [self._envelope(obj, revive)]
+            if version == BATCH_VERSION:
+                items = obj.get("b")
+                if not isinstance(items, list) or not items:
+                    raise DecodeError(
+                        "batch frame has no envelopes: expected a non-empty list in 'b'"
+                    )
+                out: list[Envelope | DecodeError] = []
+                for i, item in enumerate(items):
+                    try:
+                        if not isinstance(item, dict) or item.get("v") != ENVELOPE_VERSION:
+                            raise DecodeError(
+                                f"is not a version {ENVELOPE_VERSION} envelope object"
+                            )
+                        out.append(self._envelope(item, revive))
+                    except DecodeError as exc:
+                        out.append(DecodeError(f"batch frame item {i} of {len(items)}: {exc}"))
+                return out
+        raise DecodeError(
+            f"unsupported envelope version {version!r}: this quoteforge reads version "
+            f"{ENVELOPE_VERSION} (and {BATCH_VERSION} for batch frames); run the same "
+            "quoteforge version on every node"
+        )
+
+    def _parse(self, data: bytes | bytearray) -> dict[str, Any]:
         try:
             obj = self._loads(data)
         except (ValueError, TypeError) as exc:
             raise DecodeError(f"message is not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise DecodeError("message is not an envelope: expected a JSON object")
-        version = obj.get("v")
-        if type(version) is not int or version != ENVELOPE_VERSION:
-            raise DecodeError(
-                f"unsupported envelope version {version!r}: this quoteforge reads version "
-                f"{ENVELOPE_VERSION}; run the same quoteforge version on every node"
-            )
+        return obj
+
+    @staticmethod
+    def _envelope(obj: dict[str, Any], revive: bool) -> Envelope:
         try:
             msg_id = obj["id"]
             source = obj["src"]
@@ -502,7 +564,7 @@ class Codec:
                 "envelope fields have wrong types: expected id str|null, src str, seq int, "
                 "ts int, p object"
             )
-        if _TAG_OPEN in data:
+        if revive:
             payload = _revive(payload)
         return Envelope(ENVELOPE_VERSION, msg_id, seq, sent_ns, payload, source)
 
@@ -525,6 +587,17 @@ def encode(
 def decode(data: bytes) -> Envelope:
     """Decode an envelope written by ``encode`` (by any backend)."""
     return _DEFAULT_CODEC.decode(data)
+
+
+def encode_batch(messages: Sequence[bytes]) -> bytes:
+    """One batch frame of envelopes written by ``encode``, in order."""
+    return _DEFAULT_CODEC.encode_batch(messages)
+
+
+def decode_frame(data: bytes | bytearray) -> list[Envelope | DecodeError]:
+    """The envelopes of a single-message or batch frame, in order (see
+    ``Codec.decode_frame``)."""
+    return _DEFAULT_CODEC.decode_frame(data)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,11 @@
 """MQTT bus backend: nodes of one run on several machines talk through a broker.
 
-Built on aiomqtt; messages travel in the ``quoteforge.topics`` envelope. See
-``docs/distributed.md`` for topics, QoS policy, encoding and security.
+Built on aiomqtt (connection, TLS, authentication, last will, subscriptions), with the
+per-message path (publish, write, receive) on its paho client directly: messages
+published in the same event-loop pass for one topic travel as one batch frame, and
+received frames are dispatched without a queue or a task. Messages travel in the
+``quoteforge.topics`` envelope. See ``docs/distributed.md`` for topics, QoS policy,
+encoding, batching and security.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import math
 import random
 import secrets
 import socket
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +35,7 @@ from quoteforge.topics import (
     Codec,
     DecodeError,
     Delivery,
+    Envelope,
     GapDetector,
     TopicScheme,
     parse_topic,
@@ -39,6 +45,7 @@ from quoteforge.topics import (
 
 if TYPE_CHECKING:
     import aiomqtt
+    import paho.mqtt.client as paho
 
     from quoteforge.registry import Register
 
@@ -57,7 +64,7 @@ GapListener = Callable[[str, str, int], None]
 
 # MQTT 3.1.1 CONNACK codes 4/5 and their MQTT 5 equivalents (paho reports either).
 _AUTH_REFUSED = {4, 5, 134, 135}
-_SEND_BATCH = 64
+_READ_CHUNK = 65536
 
 
 class BusConnectError(ConnectionError):
@@ -156,7 +163,23 @@ class MqttParams(BaseModel):
         "beyond this are dropped with a warning",
     )
     max_inflight: int = Field(
-        default=1000, ge=1, le=65535, description="QoS 1 messages sent but not yet acknowledged"
+        default=1000,
+        ge=1,
+        le=65535,
+        description="QoS 1 MQTT publishes (single messages or batch frames) sent but not "
+        "yet acknowledged",
+    )
+    batch_max_messages: int = Field(
+        default=256,
+        ge=1,
+        description="most messages of one topic sent together in one batch frame; 1 sends "
+        "every message alone, in the single-envelope form older quoteforge versions read",
+    )
+    batch_max_bytes: int = Field(
+        default=65536,
+        ge=1,
+        description="a batch frame is closed before it grows past this many bytes (a "
+        "single larger message still travels alone)",
     )
     dedup_capacity: int = Field(
         default=100_000,
@@ -200,10 +223,14 @@ class MqttParams(BaseModel):
 
 @dataclass
 class MqttStats:
-    """Counters of one bus instance since it was created."""
+    """Counters of one bus instance since it was created. ``published`` and
+    ``received`` count messages; ``frames_*`` count MQTT publishes, each a single
+    message or a batch frame of several."""
 
     published: int = 0
     received: int = 0
+    frames_published: int = 0
+    frames_received: int = 0
     duplicates: int = 0
     gaps: int = 0
     missed: int = 0
@@ -222,6 +249,46 @@ class _Outgoing:
         self.data = data
         self.qos = qos
         self.retain = retain
+
+
+class _BufferedSocket:
+    """The broker socket as paho sees it, reads served from a buffer.
+
+    paho reads every packet with two or three ``recv`` calls (type byte, length bytes,
+    body); here one ``recv`` per socket wakeup fills the buffer and the rest are slices
+    of it. ``pending()`` is how aiomqtt's reader already asks TLS sockets for bytes read
+    but not yet used, so it keeps reading packets until the buffer is empty.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            buf = self._sock.recv(size if size > _READ_CHUNK else _READ_CHUNK)
+            if not buf:
+                return buf
+            self._buf = buf
+            pos = 0
+        end = pos + size
+        self._pos = end if end < len(buf) else len(buf)
+        return buf[pos:end]
+
+    def send(self, data: bytes | bytearray) -> int:
+        return self._sock.send(data)
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)  # ssl.SSLSocket has it
+        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class _RateLimitedLog:
@@ -279,6 +346,20 @@ class MqttBus(Bus):
         self._idle.set()
         self._connected = asyncio.Event()
         self._stop = asyncio.Event()
+        # The paho client of the live connection; None while disconnected.
+        self._paho: paho.Client | None = None
+        self._client: aiomqtt.Client | None = None
+        # QoS 1 frames handed to paho and not acknowledged yet, by MQTT message id, in
+        # the order they were sent; QoS 0 frames handed over and maybe not written yet.
+        self._inflight: dict[int, list[_Outgoing]] = {}
+        self._unwritten: deque[tuple[paho.MQTTMessageInfo, int]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._pump_scheduled = False
+        self._pumping = False
+        self._write_scheduled = False
+        self._writer_fd = -1
+        self._subscribing = False
         self._overflowing = False
         self._closed = False
         self._ever_connected = False
@@ -309,6 +390,8 @@ class MqttBus(Bus):
                 'the mqtt bus needs aiomqtt: pip install "quoteforge[mqtt]"', name="aiomqtt"
             ) from None
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
         self._first_outcome = loop.create_future()
         self._runner = loop.create_task(self._run(), name=f"mqtt-bus-{self.client_id}")
         try:
@@ -386,7 +469,11 @@ class MqttBus(Bus):
             return
         self._queue.append(_Outgoing(topic, data, qos, retain))
         self._idle.clear()
-        self._wakeup.set()
+        if not self._pump_scheduled and self._paho is not None:
+            # Sent at the next loop pass, together with whatever else this pass
+            # publishes: same-topic neighbours then share one batch frame.
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)  # type: ignore[union-attr]
 
     def subscribe(self, pattern: str, handler: Handler) -> None:
         """Call ``handler(topic, payload)`` for every message matching ``pattern``.
@@ -455,54 +542,206 @@ class MqttBus(Bus):
             beat["queued"] = len(self._queue)
         return beat
 
-    async def _send_loop(self, client: aiomqtt.Client) -> None:
+    def _pump(self) -> None:
+        """Hand queued messages to paho as frames and write them out, until the queue is
+        empty, the socket is full or the QoS 1 window is.
+
+        Consecutive queued messages with the same topic and QoS share one batch frame;
+        retained messages always travel alone, so a late subscriber gets exactly the last
+        value. Messages stay in our queue while the socket is full, so a burst coalesces
+        into a few large frames instead of many small ones.
+        """
+        self._pump_scheduled = False
+        client = self._paho
+        if client is None or self._subscribing or self._pending_filters:
+            return  # _control_loop pumps again once the subscriptions are in place
         queue = self._queue
+        inflight = self._inflight
+        window = self.params.max_inflight
+        batch_messages = self.params.batch_max_messages
+        batch_bytes = self.params.batch_max_bytes
+        self._pumping = True
+        try:
+            while True:
+                if client.want_write() and not self._flush_socket(client):
+                    break  # the socket is full: _on_writable pumps again
+                if not queue:
+                    break
+                first = queue[0]
+                if first.qos and len(inflight) >= window:
+                    break  # _on_publish pumps again when an acknowledgement arrives
+                frame = [queue.popleft()]
+                if not first.retain and batch_messages > 1:
+                    topic, qos = first.topic, first.qos
+                    size = len(first.data)
+                    while queue and len(frame) < batch_messages:
+                        nxt = queue[0]
+                        if nxt.topic != topic or nxt.qos != qos or nxt.retain:
+                            break
+                        size += len(nxt.data) + 1
+                        if size > batch_bytes:
+                            break
+                        frame.append(queue.popleft())
+                data = (
+                    first.data
+                    if len(frame) == 1
+                    else self._codec.encode_batch([m.data for m in frame])
+                )
+                info = client.publish(first.topic, data, first.qos, first.retain)
+                if info.rc:
+                    # The connection is going away; _on_disconnected sorts the queue out.
+                    queue.extendleft(reversed(frame))
+                    break
+                self.stats.frames_published += 1
+                if first.qos:
+                    if not inflight:
+                        client.on_publish = self._on_publish
+                    inflight[info.mid] = frame
+                else:
+                    self._unwritten.append((info, len(frame)))
+        finally:
+            self._pumping = False
+        if client is self._paho:
+            self._reap_written(client)
+            self._check_idle()
+
+    def _flush_socket(self, client: paho.Client) -> bool:
+        """Write what paho holds; False (and the socket watched) when some is left."""
+        try:
+            client.loop_write()
+        except Exception as exc:
+            self._broken(exc)
+            return False
+        if client.want_write():
+            self._watch_writable(client)
+            return False
+        return True
+
+    def _write(self, client: paho.Client) -> None:
+        self._flush_socket(client)
+        if client is self._paho:
+            self._reap_written(client)
+            self._check_idle()
+
+    def _reap_written(self, client: paho.Client) -> None:
+        unwritten = self._unwritten
+        if not unwritten:
+            return
+        if not client.want_write():
+            self.stats.published += sum(n for _, n in unwritten)
+            unwritten.clear()
+            return
+        while unwritten and unwritten[0][0].is_published():
+            self.stats.published += unwritten.popleft()[1]
+
+    def _watch_writable(self, client: paho.Client) -> None:
+        sock = client.socket()
+        if sock is None or self._loop is None:
+            return
+        fd = sock.fileno()
+        if fd != self._writer_fd:
+            self._loop.add_writer(fd, self._on_writable, client)
+            self._writer_fd = fd
+
+    def _on_writable(self, client: paho.Client) -> None:
+        if self._flush_socket(client) and self._queue and client is self._paho:
+            self._pump()
+        elif client is self._paho:
+            self._reap_written(client)
+            self._check_idle()
+
+    def _write_soon(self, client: paho.Client) -> None:
+        self._write_scheduled = False
+        self._write(client)
+
+    # paho calls these when it has bytes to send and when it has sent them all. They
+    # replace aiomqtt's, which wake the loop through its self-pipe and register the
+    # socket with the selector for every burst of packets; writing directly at the next
+    # loop pass (or right away, in _pump) saves both.
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() != self._loop_thread:
+            # paho connects in an executor thread: the CONNECT packet comes from there.
+            loop.call_soon_threadsafe(self._write, client)
+        elif not self._pumping and not self._write_scheduled:
+            self._write_scheduled = True
+            loop.call_soon(self._write_soon, client)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        loop = self._loop
+        fd = sock.fileno()
+        if loop is None or fd < 0:
+            return
+        if threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._unwatch_writable, fd)
+        else:
+            self._unwatch_writable(fd)
+
+    def _unwatch_writable(self, fd: int) -> None:
+        if fd == self._writer_fd and self._loop is not None:
+            self._loop.remove_writer(fd)
+            self._writer_fd = -1
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        """paho: a QoS 1 frame was acknowledged (or a QoS 0 frame written)."""
+        frame = self._inflight.pop(mid, None)
+        if frame is None:
+            return
+        self.stats.published += len(frame)
+        if not self._inflight:
+            # Unset while nothing awaits an acknowledgement: paho builds two objects for
+            # every call, QoS 0 frames included.
+            client.on_publish = None
+        if self._queue and not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+        self._check_idle()
+
+    def _broken(self, exc: BaseException) -> None:
+        """A write failed outside paho's own error handling: drop the connection."""
+        logger.warning("bus {} lost its MQTT connection while writing: {!r}", self.client_id, exc)
+        disconnected = getattr(self._client, "_disconnected", None)
+        if isinstance(disconnected, asyncio.Future) and not disconnected.done():
+            disconnected.set_exception(exc)
+
+    def _check_idle(self) -> None:
+        if (
+            self._queue
+            or self._inflight
+            or self._unwritten
+            or self._pending_filters
+            or self._subscribing
+        ):
+            return
+        if self._overflowing:
+            self._overflowing = False
+            logger.info(
+                "MQTT publish buffer of bus {} drained; {} message(s) were dropped in total",
+                self.client_id,
+                self.stats.dropped_overflow,
+            )
+        self._idle.set()
+
+    async def _control_loop(self, client: aiomqtt.Client) -> None:
+        """Send subscriptions (publishing waits for them, so that a subscribe followed by
+        a publish is in place at the broker before the publish arrives)."""
         while True:
             if self._pending_filters:
-                await self._subscribe_at_broker(client)
+                self._subscribing = True
+                try:
+                    await self._subscribe_at_broker(client)
+                finally:
+                    self._subscribing = False
                 continue
-            if not queue:
-                if self._overflowing:
-                    self._overflowing = False
-                    logger.info(
-                        "MQTT publish buffer of bus {} drained; {} message(s) were dropped "
-                        "in total",
-                        self.client_id,
-                        self.stats.dropped_overflow,
-                    )
-                self._idle.set()
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = [queue.popleft() for _ in range(min(len(queue), _SEND_BATCH))]
-            tasks = [
-                asyncio.ensure_future(
-                    client.publish(m.topic, m.data, m.qos, m.retain, timeout=math.inf)
-                )
-                for m in batch
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                self._settle(batch, tasks)
-
-    def _settle(self, batch: list[_Outgoing], tasks: Sequence[asyncio.Future[None]]) -> None:
-        """Count what reached the broker; put unacknowledged QoS 1 messages back in front."""
-        retry: list[_Outgoing] = []
-        for message, task in zip(batch, tasks, strict=True):
-            if task.done() and not task.cancelled() and task.exception() is None:
-                self.stats.published += 1
-                continue
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled():
-                task.exception()  # retrieved so asyncio does not report it as lost
-            if message.qos:
-                retry.append(message)
-            else:
-                self.stats.dropped_disconnected += 1
-        if retry:
-            self._queue.extendleft(reversed(retry))
+            self._wakeup.clear()
+            if self._queue:
+                self._pump()
+            self._check_idle()
+            await self._wakeup.wait()
 
     async def _subscribe_at_broker(self, client: aiomqtt.Client) -> None:
         filters = list(dict.fromkeys(self._pending_filters))
@@ -524,44 +763,60 @@ class MqttBus(Bus):
                 )
 
     # -- receiving internals ------------------------------------------------------------
-    def _deliver(self, topic: str, data: bytes, qos: int, retained: bool) -> None:
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        """paho: a PUBLISH arrived; dispatch it right here, on the event loop."""
         try:
-            envelope = self._codec.decode(data)
+            self._deliver(message.topic, message.payload, message.qos, message.retain)
+        except Exception:
+            # Never let it reach paho: it would drop the connection over one message.
+            logger.opt(exception=True).error("bus {} failed to deliver", self.client_id)
+
+    def _deliver(self, topic: str, data: bytes | bytearray, qos: int, retained: bool) -> None:
+        try:
+            items = self._codec.decode_frame(data)
         except DecodeError as exc:
-            self.stats.decode_errors += 1
-            held = self._log_limit.allow("decode:" + topic)
-            if held is not None:
-                logger.warning(
-                    "bus {} dropped an undecodable message on {!r}: {} ({} more not logged)",
-                    self.client_id,
-                    topic,
-                    exc,
-                    held,
-                )
+            self._undecodable(topic, exc)
             return
-        # A retained value arriving because of a (re)subscription is a repeat by design,
-        # not a redelivery: it bypasses the duplicate and gap checks.
-        if not retained:
-            if not qos:
-                missing = self._gaps.observe(envelope.source, topic, envelope.seq)
-                if missing:
-                    if missing < 0:
-                        self.stats.duplicates += 1
-                        return
-                    self.stats.gaps += 1
-                    self.stats.missed += missing
-                    for listener in self._gap_listeners:
-                        self._call_safely(listener, topic, envelope.source, missing)
-            if envelope.msg_id is not None and not self._seen.first_time(envelope.msg_id):
-                self.stats.duplicates += 1
-                return
-        self.stats.received += 1
+        self.stats.frames_received += 1
         routes = self._routes.get(topic)
         if routes is None:
             routes = [h for p, h in self._handlers if topic_matches(p, topic)]
             self._routes[topic] = routes
-        for handler in routes:
-            self._call_safely(handler, topic, envelope.payload)
+        for envelope in items:
+            if not isinstance(envelope, Envelope):
+                self._undecodable(topic, envelope)
+                continue
+            # A retained value arriving because of a (re)subscription is a repeat by
+            # design, not a redelivery: it bypasses the duplicate and gap checks.
+            if not retained:
+                if not qos:
+                    missing = self._gaps.observe(envelope.source, topic, envelope.seq)
+                    if missing:
+                        if missing < 0:
+                            self.stats.duplicates += 1
+                            continue
+                        self.stats.gaps += 1
+                        self.stats.missed += missing
+                        for listener in self._gap_listeners:
+                            self._call_safely(listener, topic, envelope.source, missing)
+                if envelope.msg_id is not None and not self._seen.first_time(envelope.msg_id):
+                    self.stats.duplicates += 1
+                    continue
+            self.stats.received += 1
+            for handler in routes:
+                self._call_safely(handler, topic, envelope.payload)
+
+    def _undecodable(self, topic: str, exc: DecodeError) -> None:
+        self.stats.decode_errors += 1
+        held = self._log_limit.allow("decode:" + topic)
+        if held is not None:
+            logger.warning(
+                "bus {} dropped an undecodable message on {!r}: {} ({} more not logged)",
+                self.client_id,
+                topic,
+                exc,
+                held,
+            )
 
     def _call_safely(self, func: Callable[..., None], *args: Any) -> None:
         try:
@@ -578,23 +833,9 @@ class MqttBus(Bus):
                     held,
                 )
 
-    def _dispatch_queue_type(self) -> type[asyncio.Queue[Any]]:
-        bus = self
-
-        class DispatchQueue(asyncio.Queue[Any]):
-            # aiomqtt hands each received message to put_nowait; dispatching right there
-            # saves a task and a queue hop per message, which is most of the receive cost.
-            def put_nowait(self, item: aiomqtt.Message) -> None:
-                try:
-                    bus._deliver(item.topic.value, item.payload, item.qos, item.retain)
-                except Exception:
-                    logger.opt(exception=True).error("bus {} failed to deliver", bus.client_id)
-
-        return DispatchQueue
-
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
-        # Messages are dispatched by DispatchQueue; iterating is how aiomqtt reports
-        # the connection going away.
+        # Messages are dispatched by _on_message; iterating is how aiomqtt reports the
+        # connection going away.
         async for message in client.messages:
             self._deliver(message.topic.value, message.payload, message.qos, message.retain)
 
@@ -634,14 +875,29 @@ class MqttBus(Bus):
             max_inflight_messages=p.max_inflight,
             tls_params=tls_params,
             tls_insecure=tls_insecure,
-            queue_type=self._dispatch_queue_type(),
-            # Without this, Nagle's algorithm holds small publishes back until the
-            # previous segment is acknowledged: tens of milliseconds on a quiet link.
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
-        # aiomqtt warns above this many outstanding calls; batches are larger by design.
-        client.pending_calls_threshold = _SEND_BATCH + p.max_inflight
+        # The per-message path runs on the paho client (see _pump and _on_message);
+        # aiomqtt keeps the connection, its errors, subscriptions and the will.
+        inner = client._client
+        inner.on_socket_open = self._socket_opener(inner.on_socket_open)
+        inner.on_message = self._on_message
+        inner.on_publish = None
+        inner.on_socket_register_write = self._on_register_write
+        inner.on_socket_unregister_write = self._on_unregister_write
         return client
+
+    @staticmethod
+    def _socket_opener(aiomqtt_open: Any) -> Any:
+        def on_socket_open(client: paho.Client, userdata: Any, sock: Any) -> None:
+            if isinstance(sock, socket.socket):  # TCP or TLS; not a websocket
+                # Without this, Nagle's algorithm holds small publishes back until the
+                # previous segment is acknowledged: tens of milliseconds on a quiet link.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = _BufferedSocket(sock)
+                client._sock = sock
+            aiomqtt_open(client, userdata, sock)
+
+        return on_socket_open
 
     async def _run(self) -> None:
         import aiomqtt
@@ -653,7 +909,7 @@ class MqttBus(Bus):
             try:
                 async with client:
                     attempt = 0
-                    self._on_connected()
+                    self._on_connected(client)
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 reason = str(exc) or type(exc).__name__
@@ -688,7 +944,9 @@ class MqttBus(Bus):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
-    def _on_connected(self) -> None:
+    def _on_connected(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._paho = client._client
         self.stats.connects += 1
         if self._ever_connected:
             logger.info("bus {} reconnected to MQTT broker", self.client_id)
@@ -701,6 +959,24 @@ class MqttBus(Bus):
 
     def _on_disconnected(self) -> None:
         self._connected.clear()
+        self._paho = None
+        self._client = None
+        self._pump_scheduled = False
+        if self._writer_fd >= 0:
+            self._unwatch_writable(self._writer_fd)
+        # QoS 0 frames paho had not written yet are lost with the connection; QoS 1
+        # frames not acknowledged go back to the front of the queue, oldest first, and
+        # are sent again after the reconnect (receivers drop what they already have).
+        for info, count in self._unwritten:
+            if info.is_published():
+                self.stats.published += count
+            else:
+                self.stats.dropped_disconnected += count
+        self._unwritten.clear()
+        if self._inflight:
+            retry = [m for frame in self._inflight.values() for m in frame]
+            self._inflight.clear()
+            self._queue.extendleft(reversed(retry))
         # Book and trade messages queued for a connection that is gone are stale now.
         stale = sum(1 for m in self._queue if not m.qos)
         if stale:
@@ -718,7 +994,7 @@ class MqttBus(Bus):
     async def _serve(self, client: aiomqtt.Client) -> None:
         tasks = [
             asyncio.ensure_future(self._receive_loop(client)),
-            asyncio.ensure_future(self._send_loop(client)),
+            asyncio.ensure_future(self._control_loop(client)),
             asyncio.ensure_future(self._stop.wait()),
         ]
         if self.params.heartbeat_interval_s > 0:

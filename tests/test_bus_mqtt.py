@@ -28,14 +28,17 @@ from quoteforge.topics import (
     Codec,
     DecodeError,
     EncodeError,
+    Envelope,
     GapDetector,
     TopicError,
     TopicKind,
     TopicScheme,
     decode,
+    decode_frame,
     decode_symbol,
     delivery_for,
     encode,
+    encode_batch,
     encode_symbol,
     parse_topic,
     validate_filter,
@@ -250,8 +253,8 @@ def test_decimal_travels_as_tagged_string() -> None:
 
 
 def test_unknown_envelope_version_is_refused_clearly() -> None:
-    data = encode({"a": 1}, msg_id=None, seq=1).replace(b'"v":1', b'"v":2')
-    with pytest.raises(DecodeError, match=r"unsupported envelope version 2.*reads version 1"):
+    data = encode({"a": 1}, msg_id=None, seq=1).replace(b'"v":1', b'"v":3')
+    with pytest.raises(DecodeError, match=r"unsupported envelope version 3.*reads version 1"):
         decode(data)
 
 
@@ -280,6 +283,67 @@ def test_encode_refuses_what_would_not_round_trip(backend: str) -> None:
         codec.encode({"a": {"$dec": "1"}}, msg_id=None, seq=1)
     with pytest.raises(EncodeError, match="cannot encode bytes value"):
         codec.encode({"a": b"x"}, msg_id=None, seq=1)
+
+
+@pytest.mark.parametrize("writer", ["orjson", "json"])
+@pytest.mark.parametrize("reader", ["orjson", "json"])
+def test_batch_frame_round_trips_every_envelope_in_order(writer: str, reader: str) -> None:
+    w, r = Codec(writer), Codec(reader)
+    sent = [
+        ({"n": 1, "px": Decimal("65000.10")}, "f-1", 7),
+        ({"n": 2, "legs": [{"qty": Decimal("0.00000001")}]}, None, 8),
+        ({"n": 3}, "f-3", 9),
+    ]
+    parts = [w.encode(p, msg_id=i, seq=q, source="exec", sent_ns=q * 10) for p, i, q in sent]
+    frame = w.encode_batch(parts)
+    assert frame.startswith(b'{"v":2,"b":[{"v":1,')
+    got = r.decode_frame(frame)
+    assert [(e.msg_id, e.seq, e.sent_ns, e.source) for e in got if isinstance(e, Envelope)] == [
+        ("f-1", 7, 70, "exec"),
+        (None, 8, 80, "exec"),
+        ("f-3", 9, 90, "exec"),
+    ]
+    assert all(same(p, e.payload) for (p, _, _), e in zip(sent, got, strict=True))
+    # A single message is a frame of one, in the version 1 form older readers know.
+    assert r.decode_frame(parts[0]) == [r.decode(parts[0])]
+
+
+def test_a_malformed_item_spoils_only_itself() -> None:
+    good = [encode({"n": n}, msg_id=None, seq=n, source="md") for n in (1, 3)]
+    bad = b'{"v":1,"id":null,"src":"md","seq":"2","ts":1,"p":{}}'
+    items = decode_frame(encode_batch([good[0], bad, b"[1]", good[1]]))
+    assert [type(i).__name__ for i in items] == [
+        "Envelope",
+        "DecodeError",
+        "DecodeError",
+        "Envelope",
+    ]
+    assert "batch frame item 1 of 4: envelope fields have wrong types" in str(items[1])
+    assert "batch frame item 2 of 4" in str(items[2])
+    assert [i.payload["n"] for i in items if isinstance(i, Envelope)] == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b'{"v":2,"b":[]}', "batch frame has no envelopes"),
+        (b'{"v":2}', "batch frame has no envelopes"),
+        (b'{"v":2,"b":{}}', "batch frame has no envelopes"),
+        (b'{"v":9,"b":[]}', "unsupported envelope version 9"),
+        (b'{"v":2,"b":[', "not valid JSON"),
+    ],
+)
+def test_unreadable_batch_frames_are_refused_clearly(data: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode_frame(data)
+
+
+def test_decode_points_batch_frames_to_decode_frame() -> None:
+    frame = encode_batch([encode({"n": 1}, msg_id=None, seq=1)])
+    with pytest.raises(DecodeError, match="use decode_frame"):
+        decode(frame)
+    with pytest.raises(EncodeError, match="at least one message"):
+        encode_batch([])
 
 
 # ---------------------------------------------------------------------------------------
@@ -527,6 +591,122 @@ async def test_failing_handlers_and_garbage_never_stop_delivery(
     assert good == [0, 1, 2]
     assert sub.stats.handler_errors == 3
     assert sub.stats.decode_errors == 1
+
+
+async def test_messages_of_one_pass_share_frames_and_keep_their_order(
+    shared_broker: int, buses: list[MqttBus]
+) -> None:
+    run = run_id()
+    t = TopicScheme(run)
+    book, fill = t.book("sim", "BTC/USDT"), t.fill("sim")
+    pub = await started(buses, fast(batch_max_messages=50), run)
+    sub = await started(buses, fast(), run)
+    seen: list[tuple[str, int]] = []
+    sub.subscribe(book, lambda topic, p: seen.append((topic, p["n"])))
+    sub.subscribe(fill, lambda topic, p: seen.append((topic, p["n"])))
+    gaps: list[int] = []
+    sub.add_gap_listener(lambda topic, source, missing: gaps.append(missing))
+    await sub.flush(5)
+    await pub.flush(5)
+    frames_before = pub.stats.frames_published
+    sent: list[tuple[str, int]] = []
+    for n in range(300):  # one event-loop pass; a fill now and then splits the run
+        topic = fill if n % 97 == 96 else book
+        pub.publish(topic, {"n": n})
+        sent.append((topic, n))
+    await pub.flush(5)
+    await wait_for(lambda: len(seen) == len(sent))
+    assert seen == sent
+    assert gaps == []
+    frames = pub.stats.frames_published - frames_before
+    # Books 0-95, 97-192, 194-289 and 291-299 cut at 50 messages: 7 frames; 3 fills.
+    assert frames == 10
+    assert sub.stats.frames_received < sub.stats.received
+
+
+async def test_batch_frames_respect_the_size_limits_on_the_wire(
+    shared_broker: int, buses: list[MqttBus]
+) -> None:
+    run = run_id()
+    t = TopicScheme(run)
+    pub = await started(buses, fast(batch_max_messages=1000, batch_max_bytes=2000), run)
+    single = await started(buses, fast(batch_max_messages=1), run)
+    async with aiomqtt.Client("127.0.0.1", shared_broker) as raw:
+        await raw.subscribe(f"quoteforge/{run}/book/#")
+        for n in range(40):
+            pub.publish(t.book("sim", "A/B"), {"n": n, "pad": "x" * 100})
+        for n in range(5):
+            single.publish(t.book("sim", "C/D"), {"n": n})
+        sizes: dict[str, list[int]] = {"A-B": [], "C-D": []}
+        counts: dict[str, int] = {"A-B": 0, "C-D": 0}
+        async with asyncio.timeout(5):
+            async for message in raw.messages:
+                assert isinstance(message.payload, bytes)
+                symbol = message.topic.value.rsplit("/", 1)[1]
+                sizes[symbol].append(len(message.payload))
+                counts[symbol] += len(decode_frame(message.payload))
+                if counts == {"A-B": 40, "C-D": 5}:
+                    break
+    assert max(sizes["A-B"]) <= 2000
+    assert len(sizes["A-B"]) < 40
+    assert len(sizes["C-D"]) == 5  # batch_max_messages=1: every message alone
+
+
+async def test_a_redelivered_batch_is_applied_once_per_message(
+    shared_broker: int, buses: list[MqttBus]
+) -> None:
+    run = run_id()
+    t = TopicScheme(run)
+    sub = await started(buses, fast(), run)
+    applied: list[int] = []
+    sub.subscribe(t.fill("sim"), lambda topic, p: applied.append(p["n"]))
+    await sub.flush(5)
+    frame = encode_batch(
+        [encode({"n": n}, msg_id=f"fill-{n}", seq=n, source="exec") for n in (1, 2, 3)]
+    )
+    overlapping = encode_batch(
+        [encode({"n": n}, msg_id=f"fill-{n}", seq=n, source="exec") for n in (3, 4)]
+    )
+    async with aiomqtt.Client("127.0.0.1", shared_broker) as raw:
+        for data in (frame, frame, overlapping):  # a transport-level redelivery, then more
+            await raw.publish(t.fill("sim"), data, qos=1)
+    await wait_for(lambda: 4 in applied)
+    await asyncio.sleep(0.1)
+    assert applied == [1, 2, 3, 4]
+    assert sub.stats.duplicates == 4
+
+
+async def test_malformed_frames_cost_only_their_bad_parts(
+    shared_broker: int, buses: list[MqttBus]
+) -> None:
+    run = run_id()
+    t = TopicScheme(run)
+    topic = t.book("sim", "BTC/USDT")
+    sub = await started(buses, fast(), run)
+    books: list[int] = []
+    gaps: list[int] = []
+    sub.subscribe(topic, lambda tp, p: books.append(p["n"]))
+    sub.add_gap_listener(lambda tp, src, missing: gaps.append(missing))
+    await sub.flush(5)
+
+    def env(n: int) -> bytes:
+        return encode({"n": n}, msg_id=None, seq=n, source="md")
+
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        async with aiomqtt.Client("127.0.0.1", shared_broker) as raw:
+            await raw.publish(topic, encode_batch([env(1), b'{"v":1}', env(2)]))
+            await raw.publish(topic, b'{"v":2,"b":[]}')
+            await raw.publish(topic, encode_batch([env(5), env(6)]))
+            await raw.publish(topic, env(7))
+        await wait_for(lambda: books[-1:] == [7])
+    finally:
+        logger.remove(sink)
+    assert books == [1, 2, 5, 6, 7]
+    assert gaps == [2]  # 3 and 4 never came
+    assert sub.stats.decode_errors == 2
+    assert any("batch frame item 1 of 3: envelope lacks field 'id'" in w for w in warnings)
 
 
 async def test_heartbeat_online_then_offline_on_close(
