@@ -196,6 +196,12 @@ class NodeSettings(BaseModel):
         description="Intents, order reports and fills of this recent past are published "
         "again when a peer node reconnects (receivers apply each message once).",
     )
+    clock: Literal["auto", "wall"] = Field(
+        "auto",
+        description="auto: a sim run whose venues are all simulated runs its nodes in "
+        "virtual time, in lock step, with the fills of the same manifest in one process; "
+        "wall: every node on the wall clock (run.duration is wall time).",
+    )
 
 
 class Manifest(_Closed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -21,8 +22,8 @@ from pydantic import BaseModel
 
 from quoteforge.book import BookState, L2Book
 from quoteforge.bus import Bus
-from quoteforge.clock import LiveClock
-from quoteforge.engine import KILL_FILE, Run, run_manifest, stop_signals
+from quoteforge.clock import NS, LiveClock, SimClock, TimerHandle
+from quoteforge.engine import KILL_FILE, Run, _epoch_ns, run_manifest, stop_signals
 from quoteforge.exchange import (
     CancelAll,
     CancelOrder,
@@ -54,14 +55,21 @@ from quoteforge.orders import OrderManager, fill_to_dict
 from quoteforge.portfolio import Portfolio
 from quoteforge.registry import PluginRegistry
 from quoteforge.remote import (
+    LOCKSTEP_RETRY_S,
     IntentError,
+    LockstepClock,
+    LockstepFollower,
     MarketDataPublisher,
     RemoteVenue,
     ReplayBuffer,
+    book_sync,
+    clock_topics,
     fill_payload,
     instrument_from_dict,
     intent_from_payload,
+    offer_to_wire,
     update_payload,
+    update_to_wire,
 )
 from quoteforge.risk import RiskChain, RiskRefusal, RiskView
 from quoteforge.strategy import Market
@@ -79,6 +87,7 @@ __all__ = [
     "SIMULATED_VENUE_TYPES",
     "NodeError",
     "NodeSettings",
+    "is_lockstep",
     "load_node_manifest",
     "node_settings",
     "run_node",
@@ -119,6 +128,18 @@ def is_simulated(registry: PluginRegistry, spec: PluginSpec) -> bool:
     return bool(getattr(factory, "simulated_venue", False))
 
 
+def is_lockstep(loaded: LoadedManifest, registry: PluginRegistry) -> bool:
+    """Whether a split run runs in virtual time, in lock step: a ``sim`` run whose
+    venues are all simulated (hosted whole by the execution node, on its SimClock),
+    unless ``nodes.clock`` is ``wall``."""
+    m = loaded.manifest
+    return (
+        m.nodes.clock == "auto"
+        and m.run.mode == "sim"
+        and all(is_simulated(registry, s) for s in m.exchanges.values())
+    )
+
+
 def _market_data_host(registry: PluginRegistry, spec: PluginSpec) -> str:
     return "execution" if is_simulated(registry, spec) else "marketdata"
 
@@ -132,10 +153,16 @@ def _symbols_by_venue(manifest: Manifest) -> dict[str, list[str]]:
 
 
 def _node_bus(
-    loaded: LoadedManifest, registry: PluginRegistry, role: str, settings: NodeSettings
+    loaded: LoadedManifest,
+    registry: PluginRegistry,
+    role: str,
+    settings: NodeSettings,
+    *,
+    heartbeats: bool = True,
 ) -> Bus:
     """The bus of one node: heartbeats on ``heartbeat/<role>`` at the node interval, and
-    a client id of its own (a manifest's fixed ``client_id`` gets ``-<role>`` appended)."""
+    a client id of its own (a manifest's fixed ``client_id`` gets ``-<role>`` appended).
+    ``heartbeats=False`` for a node's second connection (``<role>`` names it then)."""
     m = loaded.manifest
     params = loaded.params_of("bus")
     fields = type(params).model_fields
@@ -143,7 +170,7 @@ def _node_bus(
     if "node" in fields:
         updates["node"] = role
     if "heartbeat_interval_s" in fields:
-        updates["heartbeat_interval_s"] = float(settings.heartbeat)
+        updates["heartbeat_interval_s"] = float(settings.heartbeat) if heartbeats else 0.0
     if "client_id" in fields and getattr(params, "client_id", None):
         updates["client_id"] = f"{getattr(params, 'client_id', '')}-{role}"
     factory = registry.get("bus", m.bus.type).factory
@@ -319,6 +346,7 @@ class _Node:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.info: dict[str, Any] = {}
+        self._execution_seen = False
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> str:
@@ -352,6 +380,12 @@ class _Node:
         """Release what the node hosts; the bus is still open."""
 
     async def wait(self) -> None:
+        if self.role != "execution" and is_lockstep(self.loaded, self.registry):
+            # run.duration is virtual time, which the execution node keeps: this node
+            # lasts until the execution node has finished the run (or a stop).
+            self.bus.subscribe(self.scheme.heartbeat("execution"), self._on_execution_heartbeat)
+            await self._stop.wait()
+            return
         duration = self.manifest.run.duration
         try:
             await asyncio.wait_for(self._stop.wait(), None if duration is None else float(duration))
@@ -389,6 +423,13 @@ class _Node:
 
     def on_peer_reconnect(self, role: str) -> None:
         """A peer reconnected; nodes with QoS 1 streams replay them here."""
+
+    def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
+        status = payload.get("status")
+        if status == "online":
+            self._execution_seen = True
+        elif self._execution_seen and payload.get("reason") == "closed":
+            self.request_stop("the execution node finished the lock-step run")
 
     # -- plumbing ------------------------------------------------------------------------------
     def _on_kill_message(self, topic: str, payload: dict[str, Any]) -> None:
@@ -567,6 +608,226 @@ class _StrategyWatch:
     blocked: dict[str, str] = field(default_factory=dict)  # strategy -> why it may not place
 
 
+class _LockstepDriver:
+    """The execution node's side of a lock-step simulation (see ``LockstepFollower``).
+
+    The node's ``SimClock`` runs the simulated venues one event at a time. Whatever an
+    event hands to the node's sink for the strategy engine (books, book states, trades,
+    order reports, fills, offers) is collected, each preceded by the changes of any book
+    since it was last sent, and after the event the collected step goes to the strategy
+    node; the clock does not move until the answer arrived and was applied: timers the
+    engine set become placeholders in this clock's queue (their place in the queue is
+    the one the engine's own timers have in a one-process run), cancelled timers are
+    removed, and intents go to the venues as they would from the engine. An event that
+    hands nothing over needs no round trip. The loop mirrors ``Run._drive_sim`` and
+    ``Run._cancel_everything``, so the same manifest and seed give the same fills.
+    """
+
+    def __init__(self, node: _ExecutionNode, clock: SimClock, bus: Bus) -> None:
+        self.node = node
+        self.clock = clock
+        self.bus = bus
+        self.step_topic, self.ack_topic = clock_topics(node.scheme)
+        self.instance = secrets.token_hex(6)
+        self.outbox: list[list[Any]] = []
+        self.step = 0
+        self.steps_sent = 0
+        self.strategy = ""  # instance of the strategy node taking part
+        self.hello = asyncio.Event()
+        self.detached = ""  # why the strategy node no longer takes part
+        self.working = 0  # the strategy engine's working orders, as of its last answer
+        self._answer: asyncio.Future[dict[str, Any] | None] | None = None
+        self._pending: dict[str, Any] | None = None
+        self._attempt = itertools.count(1)
+        self._timers: dict[int, TimerHandle] = {}
+        self._books: dict[str, L2Book] = {}
+        self._sent: dict[str, tuple[Any, tuple[dict[int, int], dict[int, int]]]] = {}
+
+    async def start(self) -> None:
+        await self.bus.start()
+        self.bus.subscribe(self.ack_topic, self._on_answer)
+
+    async def close(self) -> None:
+        await self.bus.close()
+
+    # -- what the venues hand over ------------------------------------------------------------
+    def track(self, book: L2Book) -> None:
+        self._books.setdefault(book.key, book)
+
+    def deliver(self, code: str, venue: str, data: Any) -> None:
+        if self.detached:
+            return
+        self._sync_books()
+        self.outbox.append([code, venue, self.clock.now_ns(), data])
+
+    def _sync_books(self) -> None:
+        for key, book in self._books.items():
+            mark = (
+                book.state,
+                book.version,
+                book.top_version,
+                book.update_count,
+                book.ts_ns,
+            )
+            sent = self._sent.get(key)
+            if sent is not None and sent[0] == mark:
+                continue
+            data, levels = book_sync(book, sent[1] if sent is not None else None)
+            self._sent[key] = (mark, levels)
+            self.outbox.append(["y", book.venue, self.clock.now_ns(), data])
+
+    def _fire(self, timer_id: int) -> None:
+        self._timers.pop(timer_id, None)
+        self.deliver("t", "", timer_id)
+
+    # -- the exchange with the strategy node -----------------------------------------------------
+    def _on_answer(self, topic: str, payload: dict[str, Any]) -> None:
+        if "hello" in payload:
+            instance = str(payload["hello"])
+            if not self.strategy:
+                self.strategy = instance
+                self.hello.set()
+            elif instance == self.strategy and self._pending is not None:
+                self._publish(self._pending)
+            elif instance != self.strategy:
+                self.node.log.error(
+                    "lock step: a second strategy node ({}) said hello; this run follows {}",
+                    instance,
+                    self.strategy,
+                )
+            return
+        if payload.get("src") != self.strategy:
+            return
+        if "stop" in payload:
+            self.node.request_stop(f"strategy node: {payload['stop']}")
+            return
+        answer = self._answer
+        if answer is not None and not answer.done() and int(payload.get("k", -1)) == self.step:
+            answer.set_result(payload)
+
+    def _publish(self, payload: dict[str, Any]) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.bus.publish(
+                self.step_topic,
+                payload,
+                qos=0,
+                msg_id=f"clock:{self.instance}:{payload['k']}:{next(self._attempt)}",
+            )
+
+    async def exchange(self, *, end: str | None = None, done: bool = False) -> None:
+        """Send what was collected as the next step and apply the answer."""
+        if self.detached:
+            self.outbox.clear()
+            return
+        self.step += 1
+        payload: dict[str, Any] = {"k": self.step, "t": self.clock.now_ns(), "ev": self.outbox}
+        if end is not None:
+            payload["end"] = end
+        if done:
+            payload["done"] = True
+        self.outbox = []
+        self.steps_sent += 1
+        if done:
+            self._publish(payload)
+            return
+        answer = self._answer = asyncio.get_running_loop().create_future()
+        self._pending = payload
+        self._publish(payload)
+        while True:
+            try:
+                result = await asyncio.wait_for(asyncio.shield(answer), LOCKSTEP_RETRY_S)
+                break
+            except TimeoutError:
+                if answer.done():
+                    result = answer.result()
+                    break
+                self._publish(payload)  # lost at a restarting broker, or just slow
+        self._pending = None
+        self._answer = None
+        if result is not None:
+            self._apply(result)
+
+    def detach(self, reason: str) -> None:
+        """The strategy node is gone: stop waiting for it; collect nothing more."""
+        if self.detached:
+            return
+        self.detached = reason
+        self.outbox.clear()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(None)
+
+    def _apply(self, answer: dict[str, Any]) -> None:
+        self.working = int(answer.get("working", 0))
+        clock = self.clock
+        for op in answer.get("ops", ()):
+            kind = op[0]
+            if kind == "timer":
+                self._timers[op[1]] = clock.call_at(op[2], self._fire, op[1])
+            elif kind == "cancel":
+                handle = self._timers.pop(op[1], None)
+                if handle is not None:
+                    handle.cancel()
+            elif kind == "intent":
+                self.node.apply_intent(op[1], "lock step")
+
+    async def _flush(self) -> None:
+        while self.outbox and not self.detached:
+            await self.exchange()
+
+    # -- the run ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Drive the run from the first step to the strategy engine's last order."""
+        node = self.node
+        node.log.info("lock step: waiting for the strategy node")
+        stop = asyncio.ensure_future(node._stop.wait())
+        hello = asyncio.ensure_future(self.hello.wait())
+        await asyncio.wait({stop, hello}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        hello.cancel()
+        if not self.hello.is_set():
+            self.detach("stopped before the strategy node came")
+            return
+        node.log.info("lock step: strategy node {} joined; virtual time starts", self.strategy)
+        await self.exchange()  # the first step: the books as the venues connected
+        clock = self.clock
+        duration = node.manifest.run.duration
+        far = clock.now_ns() + int(float(duration) * NS) if duration is not None else 2**62
+        advance = duration is not None
+        ran_total = 0
+        # As Run._drive_sim: slices of 2000 events, the end checked after each slice.
+        while not node._stop.is_set() and not self.detached:
+            ran = clock.run_until(far, max_events=1, advance=advance)
+            if self.outbox:
+                await self._flush()
+            ran_total += ran
+            if (not ran or ran_total % 2000 == 0) and (
+                clock.now_ns() >= far or clock.next_time() is None
+            ):
+                break
+        if self.detached:
+            return
+        reason = node.stop_reason or "duration reached"
+        # As Run._cancel_everything: the engine pulls its quotes, then the clock runs in
+        # 10 ms steps until none is working or the cancel timeout passed.
+        await self.exchange(end=reason)
+        deadline = clock.now_ns() + int(float(node.manifest.run.cancel_timeout) * NS)
+        while self.working and clock.now_ns() < deadline and not self.detached:
+            if clock.next_time() is None:
+                break
+            await self._run_until(min(deadline, clock.now_ns() + 10_000_000))
+        await self.exchange(done=True)
+        self.detach("run finished")
+
+    async def _run_until(self, end_ns: int) -> None:
+        clock = self.clock
+        while clock.run_until(end_ns, max_events=1):
+            if self.outbox:
+                await self._flush()
+
+
 class _ExecutionNode(_Node):
     """Hosts the trading side of every venue (simulated venues whole): takes intents,
     checks new orders against the risk chain with positions from its own fills, sends
@@ -577,6 +838,16 @@ class _ExecutionNode(_Node):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.lockstep: _LockstepDriver | None = None
+        if is_lockstep(self.loaded, self.registry):
+            # Every venue is simulated: they run in virtual time, driven from here.
+            sim_clock = SimClock(_epoch_ns())
+            self.clock = sim_clock
+            # The steps have a connection of their own (see remote.clock_topics).
+            clock_bus = _node_bus(
+                self.loaded, self.registry, f"{self.role}-clock", self.settings, heartbeats=False
+            )
+            self.lockstep = _LockstepDriver(self, sim_clock, clock_bus)
         self._early_cancels: set[str] = set()
         self.replay = ReplayBuffer(lambda: self.bus, window_s=float(self.settings.replay_window))
         self.watch = _StrategyWatch()
@@ -612,6 +883,8 @@ class _ExecutionNode(_Node):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await self.journal.open()
         self.journal_open = True
+        if self.lockstep is not None:
+            await self.lockstep.start()
         symbols = _symbols_by_venue(m)
         for name, spec in m.exchanges.items():
             whole = is_simulated(reg, spec)
@@ -648,6 +921,8 @@ class _ExecutionNode(_Node):
             if name in self.md_venues:
                 for book in venue.books.values():
                     self.publisher.on_book_state(book, book.state.value, book.state.value, "start")
+                    if self.lockstep is not None:
+                        self.lockstep.track(book)
         self.publisher.start()
         self.journal.append(
             JournalRecord(
@@ -663,31 +938,47 @@ class _ExecutionNode(_Node):
         self.bus.subscribe(self.scheme.heartbeat("strategy"), self._on_strategy_heartbeat)
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_strategy()))
         self.log.info(
-            "hosting {} venue(s) ({} with their market data): {}",
+            "hosting {} venue(s) ({} with their market data): {}{}",
             len(self.venues),
             len(self.md_venues),
             ", ".join(sorted(self.venues)),
+            "; virtual time in lock step with the strategy node" if self.lockstep else "",
         )
 
     # -- venue sink --------------------------------------------------------------------------
     def on_book(self, book: L2Book) -> None:
-        if book.venue in self.md_venues:
+        if self.lockstep is not None:
+            # The strategy node gets every update in its step; observers get the
+            # periodic snapshots.
+            self.lockstep.track(book)
+            self.lockstep.deliver("b", book.venue, book.symbol)
+        elif book.venue in self.md_venues:
             self.publisher.on_book(book)
 
     def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
+        if self.lockstep is not None:
+            self.lockstep.track(book)
+            self.lockstep.deliver("s", book.venue, [book.symbol, old, new, reason])
         if book.venue in self.md_venues:
             self.publisher.on_book_state(book, old, new, reason)
 
     def on_trade(
         self, venue: str, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side, ts_ns: int
     ) -> None:
+        if self.lockstep is not None:
+            self.lockstep.deliver(
+                "x", venue, [symbol, price_ticks, qty_lots, int(aggressor), ts_ns]
+            )
         if venue in self.md_venues:
             self.publisher.on_trade(venue, symbol, price_ticks, qty_lots, aggressor, ts_ns)
 
     def on_offer(self, offer: Offer) -> None:
-        return None
+        if self.lockstep is not None:
+            self.lockstep.deliver("w", offer.venue, offer_to_wire(offer))
 
     def on_order_update(self, update: OrderUpdate) -> None:
+        if self.lockstep is not None:
+            self.lockstep.deliver("o", update.venue, update_to_wire(update))
         order = self.orders.apply_update(update)
         records = self.journal.take()
         event_id = next(
@@ -711,6 +1002,8 @@ class _ExecutionNode(_Node):
         )
 
     def on_fill(self, fill: Fill) -> None:
+        if self.lockstep is not None:
+            self.lockstep.deliver("f", fill.venue, fill_payload(fill))
         if self.orders.has_fill(fill.venue, fill.fill_id):
             return
         try:
@@ -728,10 +1021,17 @@ class _ExecutionNode(_Node):
 
     # -- intents -----------------------------------------------------------------------------
     def _on_intent(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.lockstep is not None:
+            self.log.error("lock step: intent on {} ignored (intents come with the steps)", topic)
+            return
+        self.apply_intent(payload, topic)
+
+    def apply_intent(self, payload: dict[str, Any], source: str) -> None:
+        """Check, register and forward one intent of the strategy node."""
         try:
             strategy, action = intent_from_payload(payload)
         except IntentError as exc:
-            self.log.error("{} on {}", exc, topic)
+            self.log.error("{} from {}", exc, source)
             return
         if isinstance(action, PlaceOrder):
             self._place(strategy, action.order)
@@ -915,6 +1215,8 @@ class _ExecutionNode(_Node):
         w.online = False
         if w.seen and payload.get("reason") == "closed":
             w.departed = True
+            if self.lockstep is not None:
+                self.lockstep.detach("the strategy node closed")
             # A goodbye: the node pulled its quotes before closing; cancel what is left.
             left = self._cancel_orders(self._strategy_orders())
             if left:
@@ -939,6 +1241,8 @@ class _ExecutionNode(_Node):
         reason = f"strategy node heartbeat lost for more than {grace:g}s"
         w.blocked["*"] = f"refused at the execution node: {reason}"
         cancelled = self._cancel_orders(self._strategy_orders())
+        if self.lockstep is not None:
+            self.lockstep.detach(reason)
         message = f"{reason}: cancelled {cancelled} open order(s) at the venues"
         self.log.warning("BREAKER strategy_lost: {}", message)
         now = self.clock.now_ns()
@@ -1007,7 +1311,12 @@ class _ExecutionNode(_Node):
         super().on_kill(source)
 
     async def wait(self) -> None:
-        await super().wait()
+        if self.lockstep is not None:
+            await self._drive_lockstep(self.lockstep)
+            if self._stop.is_set():
+                return
+        else:
+            await super().wait()
         if self._stop.is_set():
             return
         # Serve the strategy node while it winds down: it cancels its quotes through us.
@@ -1023,15 +1332,44 @@ class _ExecutionNode(_Node):
                 break
             await asyncio.sleep(0.1)
 
+    async def _drive_lockstep(self, driver: _LockstepDriver) -> None:
+        await driver.run()
+        if driver.detached != "run finished" and not self._stop.is_set():
+            # The strategy node is gone mid-run: its orders were cancelled; let the
+            # venue confirm that in virtual time, then end the run (it cannot go on).
+            await self._settle(float(self.manifest.run.cancel_timeout))
+            self.request_stop(f"lock step ended: {driver.detached}")
+        else:
+            self.stop_reason = self.stop_reason or "duration reached"
+        self.info["lockstep_steps"] = driver.steps_sent
+
+    async def _settle(self, timeout_s: float) -> None:
+        """Run the simulated venues in virtual time until no order of ours is working
+        (at most ``timeout_s`` of virtual time): a lock-step run whose strategy node has
+        finished or gone."""
+        assert isinstance(self.clock, SimClock)
+        clock = self.clock
+        deadline = clock.now_ns() + int(timeout_s * NS)
+        while self.orders.all_working() and clock.now_ns() < deadline:
+            if clock.next_time() is None:
+                break
+            clock.run_until(min(deadline, clock.now_ns() + 10_000_000))
+            await asyncio.sleep(0)
+
     async def stop(self) -> None:
         self.stopping = True
         if not self.journal_open:
             return
+        if self.lockstep is not None:
+            self.lockstep.detach("the execution node is stopping")
         self._cancel_orders(self.orders.all_working())
         timeout = float(self.manifest.run.cancel_timeout)
         deadline = time.monotonic() + timeout
-        while self.orders.all_working() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self.lockstep is not None:
+            await self._settle(timeout)
+        else:
+            while self.orders.all_working() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         left = self.orders.all_working()
         if left:
             self.log.warning("{} order(s) unconfirmed after cancel: cancelling all", len(left))
@@ -1050,6 +1388,8 @@ class _ExecutionNode(_Node):
                 for fill in venue_fills:
                     fh.write(json.dumps(fill_to_dict(fill)) + "\n")
         await self.publisher.stop()
+        if self.lockstep is not None:
+            await self.lockstep.close()
         for venue in self.venues.values():
             with contextlib.suppress(Exception):
                 await venue.close()
@@ -1088,18 +1428,25 @@ class _StrategyRun(Run):
     """The normal engine with the node's bus, remote venues, and a kill switch that is
     pulled for every node."""
 
+    stop_reason: str
+
     def __init__(
         self,
         *args: Any,
         node_bus: Bus,
         scheme: TopicScheme,
         on_started: Callable[[], None],
+        lockstep: LockstepFollower | None = None,
         **kwargs: Any,
     ) -> None:
         self._node_bus = node_bus
         self._scheme = scheme
         self._on_started = on_started
+        self._lockstep = lockstep
         super().__init__(*args, **kwargs)
+        if lockstep is not None:
+            lockstep.working = lambda: len(self.orders.all_working())
+            lockstep.on_end = self.request_stop
 
     async def start(self) -> None:
         await super().start()
@@ -1121,6 +1468,44 @@ class _StrategyRun(Run):
         if not self.killed and not source.startswith("bus:"):
             self.bus.publish(self._scheme.kill(), {"reason": source, "node": "strategy"}, qos=1)
         super().kill(source)
+
+    # -- lock step: the execution node's clock decides when the run ends ----------------------
+    async def _drive_live(self) -> None:
+        follower = self._lockstep
+        if follower is None:
+            await super()._drive_live()
+            return
+        stopped = asyncio.ensure_future(self._stop.wait())
+        ended = asyncio.ensure_future(follower.ended.wait())
+        try:
+            await asyncio.wait({stopped, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not follower.ended.is_set():
+                # Stopped here (signal, kill switch): the run ends at the driver's time.
+                follower.request_end(self.stop_reason)
+                await ended
+        finally:
+            stopped.cancel()
+            ended.cancel()
+        self.stop_reason = self.stop_reason or follower.end_reason
+
+    async def _cancel_everything(self) -> None:
+        follower = self._lockstep
+        if follower is None:
+            await super()._cancel_everything()
+            return
+        # As in one process: pull every quote now; the driver runs the venues until no
+        # order is working (or the cancel timeout passed) and says when it is done.
+        for mr in self.markets.values():
+            self._execute(mr, [], record_wanted=False)
+        follower.answer_end()
+        await follower.done.wait()
+        left = self.orders.all_working()
+        if left:
+            self.log.warning(
+                "{} orders still unconfirmed after cancel: {}",
+                len(left),
+                ", ".join(o.client_id for o in left[:10]),
+            )
 
     def on_breaker(self, payload: dict[str, Any]) -> None:
         if payload.get("node") == "strategy":
@@ -1160,6 +1545,18 @@ class _StrategyNode:
         self.replay = ReplayBuffer(lambda: self.bus, window_s=float(settings.replay_window))
         self.sessions = _Sessions(self.bus, self.scheme, self.role, self.on_peer_reconnect)
         self.remote: dict[str, RemoteVenue] = {}
+        clock: LiveClock | LockstepClock = LiveClock()
+        self.lockstep: LockstepFollower | None = None
+        if is_lockstep(loaded, registry):
+            # Virtual time from the execution node, starting where a one-process run does.
+            clock = LockstepClock(_epoch_ns())
+            # The steps have a connection of their own (see remote.clock_topics).
+            clock_bus = _node_bus(
+                loaded, registry, f"{self.role}-clock", settings, heartbeats=False
+            )
+            self.lockstep = LockstepFollower(
+                lambda: self.bus, self.scheme, clock, clock_bus=clock_bus
+            )
 
         def venue_factory(
             name: str, spec: PluginSpec, params: BaseModel, ctx: VenueContext
@@ -1174,6 +1571,7 @@ class _StrategyNode:
                 stale_after_s=float(settings.stale_after),
                 connect_timeout_s=float(settings.connect_timeout),
                 replay=self.replay,
+                lockstep=self.lockstep,
             )
             self.remote[name] = venue
             return venue
@@ -1182,18 +1580,21 @@ class _StrategyNode:
             loaded,
             registry,
             run_dir=run_dir,
-            clock=LiveClock(),
+            clock=clock,
             manifest_path=manifest_path,
             venue_factory=venue_factory,
             node_bus=self.bus,
             scheme=self.scheme,
             on_started=self._started,
+            lockstep=self.lockstep,
         )
 
     def _started(self) -> None:
         run = self.run_obj
         self.bus.subscribe(self.scheme.breaker(), lambda topic, payload: run.on_breaker(payload))
         self.sessions.start()
+        if self.lockstep is not None:
+            self.lockstep.started()
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.run_obj.request_stop(reason)
@@ -1210,6 +1611,8 @@ class _StrategyNode:
         try:
             return await self.run_obj.run()
         finally:
+            if self.lockstep is not None:
+                await self.lockstep.close()
             await self.sessions.stop()
 
 

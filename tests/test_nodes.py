@@ -223,6 +223,28 @@ def fills_per_market(records: list[JournalRecord]) -> collections.Counter[str]:
 LOT_SIZES = {"sim:BTC/USDT": Decimal("0.0001"), "sim:ETH/USDT": Decimal("0.001")}
 
 
+def fill_dicts(records: list[JournalRecord]) -> list[dict[str, Any]]:
+    """Every fill of a journal, in journal order, as the venue made it."""
+    return [r.payload["fill"] for r in records if r.kind == "fill"]
+
+
+def decisions(records: list[JournalRecord]) -> list[tuple[str, str, int, str, Any]]:
+    """A journal without its run start/stop records (they name the run folder)."""
+    return [(r.event_id, r.kind, r.ts_ns, r.market, r.payload) for r in records if r.kind != "run"]
+
+
+async def run_in_one_process(manifest: Path, registry: PluginRegistry, out: Path) -> Path:
+    """The same manifest in one process: the in-process bus, virtual time, same seed."""
+    data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    data.pop("nodes")
+    data["bus"] = {"type": "inprocess"}
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    loaded, _ = load_node_manifest(path, registry)
+    await run_manifest(loaded, registry, run_dir=out, install_signals=False)
+    return out
+
+
 async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -458,32 +480,24 @@ async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_s
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-async def test_three_node_run_matches_what_one_process_guarantees(
-    shared_broker: int, nodes: Nodes, registry: PluginRegistry, tmp_path: Path
-) -> None:
-    manifest, _ = write_manifest(tmp_path / "split.yaml", port=shared_broker, duration=10)
-    nodes.start(manifest, "execution", "marketdata", "strategy")
-    codes = await nodes.wait(40)
-    assert codes == {"execution": 0, "marketdata": 0, "strategy": 0}, nodes.log("strategy")
-
+def check_split_run(nodes: Nodes) -> tuple[list[JournalRecord], list[JournalRecord]]:
+    """What every split run guarantees, whatever its clock: each fill of the venue once in
+    the execution journal and once at the strategy node, every order placed by the
+    strategy node reached the execution node, nothing left open. Returns the journals of
+    the execution and strategy nodes."""
     exec_dir, strat_dir = nodes.dir("execution"), nodes.dir("strategy")
     exec_records = journal_records(exec_dir)
-    venue_fills = [
-        json.loads(line)
+    strat_records = journal_records(strat_dir)
+    venue_ids = sorted(
+        json.loads(line)["fill_id"]
         for line in (exec_dir / "venue_fills.jsonl").read_text().splitlines()
         if line
-    ]
-    journal_fill_ids = [r.payload["fill"]["fill_id"] for r in exec_records if r.kind == "fill"]
-    # Every fill the venue made is in the execution journal exactly once...
-    assert sorted(journal_fill_ids) == sorted(f["fill_id"] for f in venue_fills)
-    assert len(set(journal_fill_ids)) == len(journal_fill_ids)
-    # ...and exactly once in the strategy node's trace and journal.
-    assert trace_fill_keys(strat_dir, LOT_SIZES) == fill_keys(exec_records)
-    strat_records = journal_records(strat_dir)
-    assert sorted(r.payload["fill"]["fill_id"] for r in strat_records if r.kind == "fill") == (
-        sorted(journal_fill_ids)
     )
+    exec_ids = [r.payload["fill"]["fill_id"] for r in exec_records if r.kind == "fill"]
+    strat_ids = [r.payload["fill"]["fill_id"] for r in strat_records if r.kind == "fill"]
+    assert sorted(exec_ids) == sorted(strat_ids) == venue_ids
+    assert len(set(exec_ids)) == len(exec_ids)
+    assert trace_fill_keys(strat_dir, LOT_SIZES) == fill_keys(exec_records)
     # Quotes were placed and filled in every market, and nothing is left open anywhere.
     assert set(fills_per_market(exec_records)) == set(LOT_SIZES)
     assert {r.market for r in exec_records if r.kind == "order"} == set(LOT_SIZES)
@@ -493,66 +507,91 @@ async def test_three_node_run_matches_what_one_process_guarantees(
     assert {r.payload["order"]["client_id"] for r in strat_records if r.kind == "order"} == {
         r.payload["order"]["client_id"] for r in exec_records if r.kind == "order"
     }
+    return exec_records, strat_records
 
-    # The same manifest in one process (in-process bus, virtual time, same seed): fills
-    # happen at other moments, but the same guarantees hold.
-    data = yaml.safe_load(manifest.read_text())
-    data.pop("nodes")
-    data["bus"] = {"type": "inprocess"}
-    single_path = tmp_path / "single.yaml"
-    single_path.write_text(yaml.safe_dump(data))
-    loaded, _ = load_node_manifest(single_path, registry)
-    single_dir = tmp_path / "single"
-    await run_manifest(loaded, registry, run_dir=single_dir, install_signals=False)
+
+def check_same_as_one_process(
+    nodes: Nodes, single_dir: Path, exec_records: list[JournalRecord]
+) -> None:
+    """A lock-step run and the one-process run of the same manifest and seed: the same
+    fills (ids, order ids, prices, sizes, fees, times), the same journal at the strategy
+    node (every order, report and risk decision) and the same trace."""
     single = journal_records(single_dir)
-    assert set(fills_per_market(single)) == set(LOT_SIZES)
-    assert working_after(single) == []
-    assert trace_fill_keys(single_dir, LOT_SIZES) == fill_keys(single)
+    strat_dir = nodes.dir("strategy")
+    strat_records = journal_records(strat_dir)
+    assert len(fill_dicts(single)) >= 10
+    assert fill_dicts(exec_records) == fill_dicts(single)
+    assert fill_dicts(strat_records) == fill_dicts(single)
+    assert decisions(strat_records) == decisions(single)
+    strat_trace = (strat_dir / "trace.jsonl").read_text(encoding="utf-8").splitlines()
+    assert strat_trace == (single_dir / "trace.jsonl").read_text(encoding="utf-8").splitlines()
+    assert nodes.info("execution")["lockstep_steps"] > 100
 
 
 @pytest.mark.slow
-async def test_broker_restart_loses_and_doubles_nothing(nodes: Nodes, tmp_path: Path) -> None:
+async def test_three_node_sim_run_gives_exactly_the_fills_of_one_process(
+    shared_broker: int, nodes: Nodes, registry: PluginRegistry, tmp_path: Path
+) -> None:
+    manifest, _ = write_manifest(tmp_path / "split.yaml", port=shared_broker, duration=10)
+    nodes.start(manifest, "execution", "marketdata", "strategy")
+    codes = await nodes.wait(60)
+    assert codes == {"execution": 0, "marketdata": 0, "strategy": 0}, nodes.log("strategy")
+    exec_records, _ = check_split_run(nodes)
+    assert nodes.info("execution")["stop_reason"] == "duration reached"
+    assert "finished the lock-step run" in nodes.info("marketdata")["stop_reason"]
+
+    single_dir = await run_in_one_process(manifest, registry, tmp_path / "single")
+    check_same_as_one_process(nodes, single_dir, exec_records)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clock", ["auto", "wall"])
+async def test_broker_restart_loses_and_doubles_nothing(
+    clock: str, nodes: Nodes, registry: PluginRegistry, tmp_path: Path
+) -> None:
     broker = Broker(tmp_path)
     broker.start()
+    lockstep = clock == "auto"
     try:
-        manifest, _ = write_manifest(tmp_path / "m.yaml", port=broker.port, duration=11)
+        # In lock step the run lasts as long as the nodes need for 30 s of virtual time.
+        manifest, _ = write_manifest(
+            tmp_path / "m.yaml", port=broker.port, duration=30 if lockstep else 11, clock=clock
+        )
         nodes.start(manifest, "execution", "strategy")
-        strat_dir, exec_dir = nodes.dir("strategy"), nodes.dir("execution")
+        exec_dir = nodes.dir("execution")
         await wait_until(lambda: has_fills(exec_dir), 15, "first fill at the execution node")
         broker.kill()
         restarted_ns = time.time_ns()
+        running = {role: proc.poll() is None for role, proc in nodes.procs.items()}
         await asyncio.sleep(1.0)
         broker.start()
-        codes = await nodes.wait(40)
+        codes = await nodes.wait(60)
     finally:
         broker.kill()
+    assert running == {"execution": True, "strategy": True}, "the broker died mid-run"
     assert codes == {"execution": 0, "strategy": 0}, nodes.log("execution")[-3000:]
-    exec_records = journal_records(exec_dir)
-    strat_records = journal_records(strat_dir)
-    venue_ids = sorted(
-        json.loads(line)["fill_id"]
-        for line in (exec_dir / "venue_fills.jsonl").read_text().splitlines()
-    )
-    exec_ids = sorted(r.payload["fill"]["fill_id"] for r in exec_records if r.kind == "fill")
-    strat_ids = sorted(r.payload["fill"]["fill_id"] for r in strat_records if r.kind == "fill")
-    assert strat_ids == exec_ids == venue_ids
-    assert trace_fill_keys(strat_dir, LOT_SIZES) == fill_keys(exec_records)
-    assert any(r.ts_ns > restarted_ns for r in exec_records if r.kind == "fill"), (
-        "trading resumed after the restart"
-    )
-    strat_orders = {r.payload["order"]["client_id"] for r in strat_records if r.kind == "order"}
-    exec_orders = {r.payload["order"]["client_id"] for r in exec_records if r.kind == "order"}
-    assert strat_orders == exec_orders  # no intent lost
-    assert working_after(exec_records) == [] and working_after(strat_records) == []
-    assert nodes.info("execution")["open_orders_left"] == 0
+    exec_records, _ = check_split_run(nodes)
     assert "reconnected to MQTT broker" in nodes.log("strategy")
+    assert "reconnected to MQTT broker" in nodes.log("execution")
+    if lockstep:
+        # Trading went on after the restart exactly as if nothing had happened.
+        single_dir = await run_in_one_process(manifest, registry, tmp_path / "single")
+        check_same_as_one_process(nodes, single_dir, exec_records)
+    else:
+        assert any(r.ts_ns > restarted_ns for r in exec_records if r.kind == "fill"), (
+            "trading resumed after the restart"
+        )
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("clock", ["auto", "wall"])
 async def test_a_killed_strategy_node_has_its_orders_cancelled_after_the_grace(
-    shared_broker: int, nodes: Nodes, observers: list[Observer], tmp_path: Path
+    clock: str, shared_broker: int, nodes: Nodes, observers: list[Observer], tmp_path: Path
 ) -> None:
-    manifest, run = write_manifest(tmp_path / "m.yaml", port=shared_broker, duration=60)
+    # Long enough (in virtual time too) not to end before the strategy node is killed.
+    manifest, run = write_manifest(
+        tmp_path / "m.yaml", port=shared_broker, duration=600, clock=clock
+    )
     obs = Observer(shared_broker, run)
     observers.append(obs)
     await obs.start()
@@ -567,8 +606,13 @@ async def test_a_killed_strategy_node_has_its_orders_cancelled_after_the_grace(
     assert tripped - killed >= GRACE - HEARTBEAT - 0.1
     await wait_until(lambda: not obs.working, 10, "every working order cancelled")
     assert obs.cancelled
-    nodes.procs["execution"].send_signal(signal.SIGTERM)
+    # A lock-step run cannot go on without its strategy node: the execution node ends
+    # it once the venue has confirmed the cancels; a wall-clock one waits for a signal.
+    if clock == "wall":
+        nodes.procs["execution"].send_signal(signal.SIGTERM)
     assert await nodes.wait(15, "execution") == {"execution": 0}
+    if clock == "auto":
+        assert "strategy node heartbeat lost" in nodes.info("execution")["stop_reason"]
     exec_records = journal_records(nodes.dir("execution"))
     assert working_after(exec_records) == []
     assert any(r.kind == "breaker" and r.payload["kind"] == "strategy_lost" for r in exec_records)
@@ -576,10 +620,13 @@ async def test_a_killed_strategy_node_has_its_orders_cancelled_after_the_grace(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("clock", ["auto", "wall"])
 async def test_kill_switch_from_any_node_stops_every_node(
-    shared_broker: int, nodes: Nodes, observers: list[Observer], tmp_path: Path
+    clock: str, shared_broker: int, nodes: Nodes, observers: list[Observer], tmp_path: Path
 ) -> None:
-    manifest, run = write_manifest(tmp_path / "m.yaml", port=shared_broker, duration=60)
+    manifest, run = write_manifest(
+        tmp_path / "m.yaml", port=shared_broker, duration=600, clock=clock
+    )
     obs = Observer(shared_broker, run)
     observers.append(obs)
     await obs.start()
