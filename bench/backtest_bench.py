@@ -30,6 +30,7 @@ import io
 import json
 import platform
 import pstats
+import random
 import sys
 import tempfile
 import time
@@ -49,12 +50,13 @@ from quoteforge.recording import RecordingWriter
 from quoteforge.registry import PluginRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from book_bench import LOT, TICK, generate, make_instrument
+from book_bench import LOT, SYMBOL, TICK, generate, make_instrument
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "backtest_bench.json"
 T0 = 1_767_225_600_000_000_000
 EVENT_GAP_NS = 1_000_000  # one diff per virtual millisecond
+TRADE_LEAD_NS = 400_000
 
 MANIFEST = """\
 run: {{name: bench, mode: backtest, duration: null, seed: 1, watch_manifest: false,
@@ -74,12 +76,21 @@ strategies:
     type: pure_market_making
     exchange: binance
     symbols: BTC/USDT
-    params: {{spread_bps: 1, levels: 2, order_size: 0.01, refresh_tolerance_bps: 0.5,
-             inventory_limit: 1, inventory_skew_bps: 0.5}}
+    params: {strategy}
 risk:
   position: {{type: max_position, params: {{max_position: 5}}}}
 report: {{html: false, png: false}}
 """
+
+
+# Quotes about three ticks from the mid (a tick of 0.01 at 65000 is 0.0015 bps; this
+# stream's spread is a tick or two and its mid wanders about +-100 ticks), requoted
+# when a wanted price moved more than three ticks: the quotes follow the market and
+# the stream's trades and book changes reach them.
+STRATEGY = (
+    "{spread_bps: 0.005, levels: 2, level_spacing_bps: 0.005, order_size: 0.05, "
+    "refresh_tolerance_bps: 0.005, inventory_limit: 1, inventory_skew_bps: 0.01}"
+)
 
 
 class NullSink:
@@ -93,11 +104,73 @@ class NullSink:
     def on_offer(self, offer: Any) -> None: ...
 
 
-def write_recording(path: Path, snapshot: str, messages: list[str]) -> int:
+def _ticks(text: str) -> int:
+    whole, _, frac = text.partition(".")
+    return int(whole) * 100 + int(frac[:2])
+
+
+def _lots(text: str) -> int:
+    whole, _, frac = text.partition(".")
+    return int(whole) * 100_000 + int(frac[:5])
+
+
+def derive_trades(snapshot: str, messages: list[str], share: float, seed: int = 11) -> list[str]:
+    """One Binance ``@trade`` text (or "") per diff message: when a message lowers or
+    removes the best bid or ask level, that drop printed as a trade with probability
+    ``share`` (the rest of such drops are cancellations), aggressor the other side."""
+    rng = random.Random(seed)
+    snap = json.loads(snapshot)
+    bids = {_ticks(p): _lots(q) for p, q in snap["bids"]}
+    asks = {_ticks(p): _lots(q) for p, q in snap["asks"]}
+    out = []
+    trade_id = 1
+    for raw in messages:
+        msg = json.loads(raw)
+        best = (max(bids), min(asks))
+        printed = []
+        for key, book, is_bid in (("b", bids, True), ("a", asks, False)):
+            for p_text, q_text in msg[key]:
+                price, lots = _ticks(p_text), _lots(q_text)
+                before = book.get(price, 0)
+                if price == best[0 if is_bid else 1] and lots < before and rng.random() < share:
+                    printed.append((p_text, before - lots, is_bid))
+                if lots:
+                    book[price] = lots
+                else:
+                    book.pop(price, None)
+        text = ""
+        if printed:
+            p_text, lots, is_bid = printed[0]
+            text = json.dumps(
+                {
+                    "e": "trade",
+                    "E": msg["E"],
+                    "s": SYMBOL,
+                    "t": trade_id,
+                    "p": p_text,
+                    "q": f"{lots // 100_000}.{lots % 100_000:05d}000",
+                    "T": msg["E"],
+                    # A lower bid was hit by a seller: the buyer was the maker.
+                    "m": is_bid,
+                    "M": True,
+                },
+                separators=(",", ":"),
+            )
+            trade_id += 1
+        out.append(text)
+    return out
+
+
+def write_recording(path: Path, snapshot: str, messages: list[str], trades: list[str]) -> int:
+    """The snapshot, then one diff per virtual millisecond, each drop that traded
+    recorded 0.4 ms before the diff that shows it (trades usually arrive first)."""
     with RecordingWriter(path) as writer:
         writer.write("binance", "rest:/api/v3/depth?symbol=BTCUSDT", snapshot, t_ns=T0)
         for i, raw in enumerate(messages, 1):
-            writer.write("binance", "btcusdt@depth@100ms", raw, t_ns=T0 + i * EVENT_GAP_NS)
+            t_ns = T0 + i * EVENT_GAP_NS
+            if trades[i - 1]:
+                writer.write("binance", "btcusdt@trade", trades[i - 1], t_ns=t_ns - TRADE_LEAD_NS)
+            writer.write("binance", "btcusdt@depth@100ms", raw, t_ns=t_ns)
     return writer.count
 
 
@@ -145,7 +218,9 @@ def _registry() -> PluginRegistry:
 def run_engine(
     registry: PluginRegistry, data: Path, run_dir: Path, notify: str, profile: bool = False
 ) -> tuple[float, Run, str]:
-    text = MANIFEST.format(data=json.dumps(str(data)), notify=notify, tick=TICK, lot=LOT)
+    text = MANIFEST.format(
+        data=json.dumps(str(data)), notify=notify, tick=TICK, lot=LOT, strategy=STRATEGY
+    )
     manifest = run_dir.parent / f"{run_dir.name}.yaml"
     manifest.write_text(text)
     loaded = load_manifest(manifest, registry)
@@ -168,36 +243,51 @@ def run_engine(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=200_000, help="diff events")
+    parser.add_argument(
+        "--trade-share",
+        type=float,
+        default=0.4,
+        help="share of the drops at the best levels that print as trades",
+    )
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args(argv)
     configure_logging("WARNING")
     snapshot, messages = generate(args.events)
+    trades = derive_trades(snapshot, messages, args.trade_share)
     results: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "events": args.events,
+        "trades": sum(1 for t in trades if t),
+        "strategy": STRATEGY,
         "target_events_per_s": 200_000,
     }
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         data = base / "btcusdt.jsonl"
-        records = write_recording(data, snapshot, messages)
+        records = write_recording(data, snapshot, messages, trades)
+        results["records"] = records
         registry = _registry()
         rows: list[dict[str, Any]] = []
         for notify in ("top", "best", "every"):
             wall, run, _ = run_engine(registry, data, base / f"run-{notify}", notify)
             venue = run.venues["binance"]
             assert isinstance(venue, ReplayExchange)
-            strategy_calls = run.tick_to_quote.count
+            fills = venue.fills.fills
             rows.append(
                 {
                     "case": f"engine ({notify})",
                     "events_per_s": round(records / wall),
                     "wall_s": round(wall, 3),
-                    "strategy_calls": strategy_calls,
+                    # Every book event that reached the strategy (the engine's own
+                    # filter included), whether or not it changed the quotes.
+                    "strategy_calls": run.tick_to_orders.count,
                     "quote_updates": sum(m.quote_updates for m in run.markets.values()),
-                    "fills": len(venue.fills.fills),
+                    "orders": len(run.orders.all_orders()),
+                    "fills": len(fills),
+                    "taker_fills": sum(1 for f in fills if f.liquidity.value == "taker"),
+                    "position": str(run.portfolio.position("binance:BTC/USDT")),
                     "stop_reason": run.stop_reason,
                 }
             )
@@ -215,14 +305,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "engine_best_vs_replay_alone": round(rows[1]["events_per_s"] / replay_rate, 3),
         "engine_every_vs_replay_alone": round(rows[2]["events_per_s"] / replay_rate, 3),
         "replay_alone_vs_book_apply": round(replay_rate / apply_rate, 3),
+        "engine_top_vs_book_apply": round(rows[0]["events_per_s"] / apply_rate, 3),
     }
     results["final_top_bids"] = top_book
-    print(f"{records} records ({args.events} diffs + 1 snapshot)\n")
-    print(f"{'case':<18}{'events/s':>12}{'strategy calls':>16}{'fills':>8}")
+    print(
+        f"{records} records ({args.events} diffs, {results['trades']} trades, 1 snapshot); "
+        "book apply: the diffs alone\n"
+    )
+    print(
+        f"{'case':<16}{'events/s':>10}{'strategy calls':>16}{'quote updates':>15}"
+        f"{'orders':>8}{'fills':>7}"
+    )
     for row in rows:
-        calls = row.get("strategy_calls", "")
         print(
-            f"{row['case']:<18}{row['events_per_s']:>12,}{calls!s:>16}{row.get('fills', '')!s:>8}"
+            f"{row['case']:<16}{row['events_per_s']:>10,}{row.get('strategy_calls', '')!s:>16}"
+            f"{row.get('quote_updates', '')!s:>15}{row.get('orders', '')!s:>8}"
+            f"{row.get('fills', '')!s:>7}"
         )
     print()
     for key, value in results["ratios"].items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -28,7 +29,7 @@ from quoteforge.clock import Clock, TimerHandle
 from quoteforge.exchange import ExchangeAdapter, OrderAction, VenueContext, VenueSink
 from quoteforge.exchanges.fillsim import FillSimParams, FillSimulator
 from quoteforge.model import Fill, Instrument, OrderUpdate, Side
-from quoteforge.recording import Record, RecordingError, merge_recordings
+from quoteforge.recording import RecordingError, RecordTuple, record_batches
 from quoteforge.registry import Register
 
 __all__ = ["ReplayExchange", "ReplayMarketParams", "ReplayParams"]
@@ -204,8 +205,11 @@ class ReplayExchange(ExchangeAdapter):
         wanted = [s for s in ctx.symbols if s in params.markets] or list(params.markets)
         for symbol in wanted:
             self._add_market(symbol, params.markets[symbol])
-        self._records: Iterator[Record] | None = None
-        self._pending: Record | None = None
+        self._batches: Iterator[list[RecordTuple]] | None = None
+        self._batch: list[RecordTuple] = []
+        self._next = 0  # index in _batch of the next record to play
+        # stream name -> the handler of its payload texts (see _route)
+        self._routes: dict[str, Callable[[str], Any]] = {}
         self._offset = 0
         self._timer: TimerHandle | None = None
         self.first_ns: int | None = None
@@ -256,20 +260,18 @@ class ReplayExchange(ExchangeAdapter):
     async def connect(self, sink: VenueSink) -> None:
         self.sink = sink
         self.fills.attach(sink)
-        records: Iterator[Record] = merge_recordings(self.paths)
-        if self.params.venue is not None:
-            venue = self.params.venue
-            records = (r for r in records if r.venue == venue)
-        self._records = records
-        first = next(records, None)
-        if first is None:
+        batches = record_batches(self.paths, self.params.venue)
+        self._batches = batches
+        self._batch = next(batches, [])
+        self._next = 0
+        if not self._batch:
             logger.warning("{}: {} holds no records to replay", self.name, self._files())
             self._end_of_data("the recording is empty")
             return
-        self.first_ns = first.t_ns
-        self._offset = self.clock.now_ns() - first.t_ns + self._extra_ns
-        self._pending = first
-        self._timer = self.clock.call_at(first.t_ns + self._offset, self._pump)
+        first_ns = self._batch[0][0]
+        self.first_ns = first_ns
+        self._offset = self.clock.now_ns() - first_ns + self._extra_ns
+        self._timer = self.clock.call_at(first_ns + self._offset, self._pump)
         if self.params.stale_after_ms is not None:
             for market in self._markets.values():
                 market.source.states.start_watchdog()
@@ -280,6 +282,9 @@ class ReplayExchange(ExchangeAdapter):
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        # A replay running inline stops after the record it is playing.
+        self._batches = None
+        self._batch = []
         self._stop_watchdogs()
         self.fills.attach(None)
         self.sink = None
@@ -297,44 +302,81 @@ class ReplayExchange(ExchangeAdapter):
 
     # -- the replay loop -----------------------------------------------------------------------
     def _pump(self) -> None:
-        record = self._pending
-        if record is None:
-            return
-        dispatch = self._dispatch
-        dispatch(record)
-        records = self._records
-        assert records is not None
+        """Play the records due now, then the following ones for as long as each would
+        be the clock's next event anyway (``Clock.run_inline``); schedule the first
+        one that is not."""
+        batch = self._batch
+        i = self._next
+        n = len(batch)
         offset = self._offset
-        now = self.clock.now_ns()
-        try:
-            for record in records:
-                when = record.t_ns + offset
-                if when <= now:
-                    dispatch(record)
-                    continue
-                self._pending = record
-                self._timer = self.clock.call_at(when, self._pump)
-                return
-        except (RecordingError, OSError) as exc:
-            logger.error("{}: replay stopped: {}", self.name, exc)
-            self._end_of_data(f"recording unreadable: {exc}")
-            return
-        self._end_of_data("end of recorded data")
+        clock = self.clock
+        now = clock.now_ns()
+        run_inline = clock.run_inline
+        routes = self._routes
+        route = self._route
+        while True:
+            if i >= n:
+                batches = self._batches
+                if batches is None:
+                    return
+                try:
+                    batch = next(batches, [])
+                except (RecordingError, OSError) as exc:
+                    self._batch = []
+                    self._next = 0
+                    logger.error("{}: replay stopped: {}", self.name, exc)
+                    self._end_of_data(f"recording unreadable: {exc}")
+                    return
+                if not batch:
+                    self._batch = []
+                    self._next = 0
+                    self._end_of_data("end of recorded data")
+                    return
+                self._batch = batch
+                i = 0
+                n = len(batch)
+            record = batch[i]
+            t_ns = record[0]
+            when = t_ns + offset
+            if when > now:
+                if not run_inline(when):
+                    self._next = i
+                    self._timer = clock.call_at(when, self._pump)
+                    return
+                now = when
+            i += 1
+            self.records += 1
+            self.last_ns = t_ns
+            stream = record[2]
+            handler = routes.get(stream)
+            if handler is None:
+                handler = route(stream)
+            try:
+                handler(record[3])
+            except BookMessageError as exc:
+                self._warn_malformed(stream, t_ns, exc)
+            if self._batch is not batch:
+                return  # the replay ended (or restarted) inside the handler
 
-    def _dispatch(self, record: Record) -> None:
-        self.records += 1
-        self.last_ns = record.t_ns
-        try:
-            if self._binance:
-                self._dispatch_binance(record)
-            else:
-                self._dispatch_kraken(record)
-        except BookMessageError as exc:
-            self._warn_malformed(record, exc)
+    def _route(self, stream: str) -> Callable[[str], Any]:
+        """The handler of the payload texts of ``stream``. It depends on the stream name
+        only, so it is worked out once per name; streams whose records must be looked
+        at one by one (snapshots, combined-stream envelopes, unknown markets) get
+        ``_dispatch_binance``."""
+        handler: Callable[[str], Any] = partial(self._dispatch_binance, stream)
+        if not self._binance:
+            handler = self._dispatch_kraken
+        elif not stream.startswith("rest:") and "@" in stream:
+            native, _, kind = stream.partition("@")
+            market = self._by_wire.get(native.lower())
+            if market is not None and kind.startswith("depth"):
+                handler = market.source.on_message
+            elif market is not None and kind.startswith(("trade", "aggTrade")):
+                handler = partial(self._binance_trade, market)
+        self._routes[stream] = handler
+        return handler
 
-    def _dispatch_binance(self, record: Record) -> None:
-        stream = record.stream
-        raw = record.raw
+    def _dispatch_binance(self, stream: str, raw: str) -> None:
         if stream.startswith("rest:"):
             if "depth" not in stream:
                 self.unrouted += 1
@@ -387,8 +429,7 @@ class ReplayExchange(ExchangeAdapter):
             ) from None
         self._trade(market, price, qty, aggressor)
 
-    def _dispatch_kraken(self, record: Record) -> None:
-        raw = record.raw
+    def _dispatch_kraken(self, raw: str) -> None:
         if '"channel":"trade"' in raw:
             self._kraken_trades(raw)
             return
@@ -442,7 +483,9 @@ class ReplayExchange(ExchangeAdapter):
 
     def _end_of_data(self, reason: str) -> None:
         self.finished = True
-        self._pending = None
+        self._batches = None
+        self._batch = []
+        self._next = 0
         self._stop_watchdogs()
         logger.info(
             "{}: {} after {} records ({} malformed, {} not routed)",
@@ -463,14 +506,14 @@ class ReplayExchange(ExchangeAdapter):
     def _files(self) -> str:
         return ", ".join(str(p) for p in self.paths)
 
-    def _warn_malformed(self, record: Record, exc: Exception) -> None:
+    def _warn_malformed(self, stream: str, t_ns: int, exc: Exception) -> None:
         self.malformed += 1
         if self.malformed <= _WARN_LIMIT:
             logger.warning(
                 "{}: skipped a malformed {} message at t={}: {}",
                 self.name,
-                record.stream,
-                record.t_ns,
+                stream,
+                t_ns,
                 exc,
             )
 

@@ -53,6 +53,13 @@ class Clock(ABC):
     def call_later(self, delay_ns: int, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         return self.call_at(self.now_ns() + max(0, delay_ns), fn, *args)
 
+    def run_inline(self, when_ns: int) -> bool:
+        """Called from inside a running callback by an event source whose next event is
+        at ``when_ns``: True when the clock has moved there and the caller may run that
+        event at once instead of scheduling it, because it would be the next event to
+        run anyway. Only a virtual clock ever says yes."""
+        return False
+
     @property
     def is_virtual(self) -> bool:
         return False
@@ -89,6 +96,9 @@ class SimClock(Clock):
         self._queue: list[tuple[int, int, TimerHandle, Callable[..., Any], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self.events_run = 0
+        # Inside run_until: its bound and how many more events it may run (run_inline).
+        self._until = -1
+        self._left = 0
 
     @property
     def is_virtual(self) -> bool:
@@ -105,25 +115,48 @@ class SimClock(Clock):
     def next_time(self) -> int | None:
         return self._queue[0][0] if self._queue else None
 
+    def run_inline(self, when_ns: int) -> bool:
+        """Yes when nothing queued runs at or before ``when_ns`` (a queued event at the
+        same time was scheduled first, so it goes first), ``when_ns`` is within the
+        bound of the running ``run_until`` and its ``max_events`` allow one more event;
+        the clock then moves to ``when_ns`` and counts the event as run."""
+        if when_ns > self._until or self._left <= 0:
+            return False
+        queue = self._queue
+        if queue and queue[0][0] <= when_ns:
+            return False
+        if when_ns > self._now:
+            self._now = when_ns
+        self._left -= 1
+        return True
+
     def run_until(self, end_ns: int, max_events: int | None = None, advance: bool = True) -> int:
         """Run every event due at or before ``end_ns``; returns how many ran.
 
         With ``max_events`` it stops early so a caller can interleave other work (signal
-        handling, file watching) in long simulations; call again to continue.
+        handling, file watching) in long simulations; call again to continue. Events a
+        callback ran through ``run_inline`` count as events.
         """
         queue = self._queue
         pop = heapq.heappop
         ran = 0
-        while queue and queue[0][0] <= end_ns:
-            when, _, handle, fn, args = pop(queue)
-            if handle._cancelled:
-                continue
-            self._now = when
-            fn(*args)
-            ran += 1
-            if max_events is not None and ran >= max_events:
-                self.events_run += ran
-                return ran
+        limit = max_events if max_events is not None else 1 << 62
+        outer = (self._until, self._left)
+        self._until = end_ns
+        try:
+            while queue and queue[0][0] <= end_ns:
+                when, _, handle, fn, args = pop(queue)
+                if handle._cancelled:
+                    continue
+                self._now = when
+                self._left = limit - ran - 1
+                fn(*args)
+                ran = limit - self._left
+                if ran >= limit:
+                    self.events_run += ran
+                    return ran
+        finally:
+            self._until, self._left = outer
         if advance and (not queue or queue[0][0] > end_ns):
             self._now = max(self._now, end_ns)
         self.events_run += ran

@@ -97,6 +97,14 @@ class StrategyRuntime:
     errors: int = 0
     top_only: bool = True
     best_only: bool = False
+    prices_only: bool = False  # with best_only: best prices, not their sizes
+
+    def read_book_interest(self) -> None:
+        """Which book changes reach ``on_book``, as the strategy declares it."""
+        strategy = self.strategy
+        self.top_only = bool(getattr(strategy, "top_of_book_only", True))
+        self.best_only = getattr(strategy, "book_levels", 5) <= 1
+        self.prices_only = self.best_only and not getattr(strategy, "reads_best_sizes", True)
 
 
 @dataclass(eq=False)
@@ -296,8 +304,7 @@ class Run:
             )
             strategy = reg.factory(ctx, self.loaded.params_of("strategies", name))
             srt = StrategyRuntime(name, strategy, spec.type, runtimes)
-            srt.top_only = bool(getattr(strategy, "top_of_book_only", True))
-            srt.best_only = getattr(strategy, "book_levels", 5) <= 1
+            srt.read_book_interest()
             for key, mr in runtimes.items():
                 mr.owner = srt
                 self.markets[key] = mr
@@ -621,11 +628,17 @@ class Run:
     # -- hot path ------------------------------------------------------------------------
     def on_book(self, book: L2Book) -> None:
         mr = self.markets.get(book.key)
-        if mr is None or mr.owner.halted:
+        if mr is None:
             return
-        if mr.owner.top_only:
-            if mr.owner.best_only:
-                best = (book.best_bid(), book.best_ask())
+        owner = mr.owner
+        if owner.halted:
+            return
+        if owner.top_only:
+            if owner.best_only:
+                if owner.prices_only:
+                    best: Any = (book.best_bid_ticks(), book.best_ask_ticks())
+                else:
+                    best = (book.best_bid(), book.best_ask())
                 if best == mr.seen_best:
                     return
                 mr.seen_best = best
@@ -1266,6 +1279,7 @@ class Run:
             if self._guard(srt, srt.strategy.on_params, new_params) is None and srt.halted:
                 continue
             self.loaded.plugin_params[key] = new_params
+            srt.read_book_interest()  # what the strategy reads may follow its params
             changed.append(name)
             self.log.info("strategy {!r}: new params applied: {}", name, new_params)
             self._trace_event(None, "params_applied", f"{name}: {new_params}")

@@ -14,7 +14,17 @@ from typing import IO, TYPE_CHECKING, cast
 if TYPE_CHECKING:
     from quoteforge.clock import Clock
 
-__all__ = ["Record", "RecordingError", "RecordingWriter", "merge_recordings", "read_recording"]
+__all__ = [
+    "Record",
+    "RecordingError",
+    "RecordingWriter",
+    "merge_recordings",
+    "read_recording",
+    "record_batches",
+]
+
+#: One record as ``record_batches`` delivers it: (t_ns, venue, stream, raw).
+RecordTuple = tuple[int, str, str, str]
 
 
 class RecordingError(ValueError):
@@ -91,6 +101,35 @@ except ImportError:  # pragma: no cover - orjson is a core dependency
     _loads = json.loads  # type: ignore[assignment]
 
 
+def _bad_line(source: Path, number: int, exc: Exception) -> RecordingError:
+    return RecordingError(
+        f"{source}:{number}: not a recording line ({exc}); expected "
+        '{"t": ns, "venue": .., "stream": .., "raw": ..}'
+    )
+
+
+def _parse(source: Path, number: int, line: str) -> RecordTuple:
+    """One line as (t, venue, stream, raw); the checks and conversions of
+    ``read_recording``."""
+    try:
+        row = _loads(line)
+        t = row["t"]
+        if type(t) is not int:
+            t = int(t)
+        venue = row["venue"]
+        if type(venue) is not str:
+            venue = str(venue)
+        stream = row["stream"]
+        if type(stream) is not str:
+            stream = str(stream)
+        raw = row["raw"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _bad_line(source, number, exc) from None
+    if not isinstance(raw, str):
+        raise RecordingError(f"{source}:{number}: 'raw' must be the payload text")
+    return t, venue, stream, raw
+
+
 def read_recording(path: str | Path) -> Iterator[Record]:
     """The records of one file, in file order, one line at a time."""
     source = Path(path)
@@ -98,17 +137,109 @@ def read_recording(path: str | Path) -> Iterator[Record]:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            try:
-                row = _loads(line)
-                record = Record(int(row["t"]), str(row["venue"]), str(row["stream"]), row["raw"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise RecordingError(
-                    f"{source}:{number}: not a recording line ({exc}); expected "
-                    '{"t": ns, "venue": .., "stream": .., "raw": ..}'
-                ) from None
-            if not isinstance(record.raw, str):
-                raise RecordingError(f"{source}:{number}: 'raw' must be the payload text")
-            yield record
+            yield Record(*_parse(source, number, line))
+
+
+_BATCH_CHARS = 1 << 20  # about a megabyte of lines per read
+
+
+def _file_batches(source: Path) -> Iterator[list[RecordTuple]]:
+    """The records of one file in order, a list per read: blank lines skipped, times
+    checked to never go back. A bad line ends the stream with ``RecordingError``
+    after the good records before it were delivered."""
+    last: int | None = None
+    number = 0  # lines read so far
+    count = 0  # records so far
+    loads = _loads
+    with _open(source, "r") as handle:
+        while True:
+            lines = handle.readlines(_BATCH_CHARS)
+            if not lines:
+                return
+            batch: list[RecordTuple] = []
+            append = batch.append
+            error: RecordingError | None = None
+            for line in lines:
+                number += 1
+                # The common shape of a line, read without the generic checks; any
+                # other line (blank, unusual types, broken) takes the careful path.
+                try:
+                    row = loads(line)
+                    t = row["t"]
+                    venue = row["venue"]
+                    stream = row["stream"]
+                    raw = row["raw"]
+                    fast = (
+                        type(t) is int
+                        and type(venue) is str
+                        and type(stream) is str
+                        and type(raw) is str
+                    )
+                except Exception:
+                    fast = False
+                if not fast:
+                    if not line.strip():
+                        continue
+                    try:
+                        t, venue, stream, raw = _parse(source, number, line)
+                    except RecordingError as exc:
+                        error = exc
+                        break
+                count += 1
+                if last is not None and t < last:
+                    error = RecordingError(
+                        f"{source}: record {count} goes back in time ({t} < {last}); "
+                        "a recording must be in receive order to be merged"
+                    )
+                    break
+                last = t
+                append((t, venue, stream, raw))
+            if batch:
+                yield batch
+            if error is not None:
+                raise error
+
+
+def record_batches(
+    paths: Iterable[str | Path], venue: str | None = None
+) -> Iterator[list[RecordTuple]]:
+    """The records of ``paths`` in receive-time order, as ``merge_recordings`` gives
+    them, in lists of (t_ns, venue, stream, raw) tuples: one list per read of a
+    single file, so a replay loops over plain lists instead of resuming generators.
+    ``venue``: only the records of that recorded venue."""
+    sources = [Path(path) for path in paths]
+    batches = _file_batches(sources[0]) if len(sources) == 1 else _merged_batches(sources)
+    if venue is None:
+        yield from batches
+        return
+    for batch in batches:
+        kept = [r for r in batch if r[1] == venue]
+        if kept:
+            yield kept
+
+
+def _merged_batches(sources: list[Path]) -> Iterator[list[RecordTuple]]:
+    def ordered(index: int, source: Path) -> Iterator[tuple[int, int, int, RecordTuple]]:
+        number = 0
+        for batch in _file_batches(source):
+            for record in batch:
+                yield record[0], index, number, record
+                number += 1
+
+    streams = [ordered(index, source) for index, source in enumerate(sources)]
+    batch: list[RecordTuple] = []
+    try:
+        for _, _, _, record in heapq.merge(*streams):
+            batch.append(record)
+            if len(batch) >= 4096:
+                yield batch
+                batch = []
+    except RecordingError:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
 
 
 def _checked(path: Path, records: Iterator[Record]) -> Iterator[Record]:

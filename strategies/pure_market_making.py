@@ -180,6 +180,14 @@ class PureMarketMaking(Strategy):
     params: PureMarketMakingParams
     book_levels = 1  # quotes from the mid or microprice: only the best levels matter
 
+    @property
+    def reads_best_sizes(self) -> bool:
+        """Quotes from the mid depend on the best prices only. The microprice reads
+        the sizes; the band's EWMA and the expiry of hanging orders move on every call,
+        so with those every change of the best levels is seen."""
+        p = self.params
+        return p.reference == "microprice" or p.price_band_bps is not None or p.hanging_orders
+
     def __init__(self, ctx: quoteforge.StrategyContext, params: PureMarketMakingParams) -> None:
         super().__init__(ctx, params)
         self._last: dict[str, list[Quote]] = {}

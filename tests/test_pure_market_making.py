@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+import quoteforge
 from quoteforge.book import BookState, L2Book
 from quoteforge.engine import Run, run_manifest
 from quoteforge.manifest import load_manifest
@@ -438,3 +440,66 @@ def test_without_max_order_age_the_same_orders_keep_resting(
     run = run_pmm(tmp_path, registry, "inventory_target: 0")
     bids = [o for o in run.orders.all_orders() if o.side is Side.BUY]
     assert len(bids) == 1
+
+
+def test_only_the_best_prices_matter_when_quoting_from_the_mid() -> None:
+    assert make()[0].reads_best_sizes is False
+    assert make(reference="microprice")[0].reads_best_sizes is True
+    assert make(price_band_bps=10)[0].reads_best_sizes is True
+    assert make(hanging_orders=True)[0].reads_best_sizes is True
+
+
+class _PmmSeeingSizes(PureMarketMaking):
+    """The same strategy, called on every change of the best levels' sizes too."""
+
+    reads_best_sizes = True  # type: ignore[assignment]
+
+
+class _SizesPlugin:
+    @staticmethod
+    @quoteforge.hookimpl
+    def quoteforge_register_strategies(register: object) -> None:
+        register("pmm_seeing_sizes", _PmmSeeingSizes)  # type: ignore[operator]
+
+
+def test_skipping_size_only_changes_leaves_the_backtest_unchanged(
+    tmp_path: Path, registry: PluginRegistry
+) -> None:
+    if "pmm_seeing_sizes" not in registry.types("strategy"):
+        registry.register_module(_SizesPlugin, "pmm_seeing_sizes_plugin")
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    data = examples / "data" / "ethusdt_binance.jsonl"
+    text = (examples / "backtest.yaml").read_text(encoding="utf-8")
+    text = text.replace(
+        "data: examples/data/ethusdt_binance.jsonl", f"data: {json.dumps(str(data))}"
+    )
+    runs = []
+    for kind in ("pure_market_making", "pmm_seeing_sizes"):
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(text.replace("type: pure_market_making", f"type: {kind}"))
+        loaded = load_manifest(path, registry)
+        runs.append(
+            asyncio.run(
+                run_manifest(
+                    loaded,
+                    registry,
+                    run_dir=tmp_path / kind,
+                    manifest_path=path,
+                    install_signals=False,
+                )
+            )
+        )
+    mid_only, seeing_sizes = runs
+    fills = [
+        [
+            (f.client_id, f.side, f.price_ticks, f.qty_lots, f.ts_ns)
+            for f in run.venues["binance"].fills.fills
+        ]  # type: ignore[attr-defined]
+        for run in runs
+    ]
+    assert fills[0] and fills[0] == fills[1]
+    assert [o.client_id for o in mid_only.orders.all_orders()] == [
+        o.client_id for o in seeing_sizes.orders.all_orders()
+    ]
+    # The strategy was asked less often: only when a best price moved (or after fills).
+    assert 0 < mid_only.tick_to_orders.count < seeing_sizes.tick_to_orders.count

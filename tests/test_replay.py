@@ -262,6 +262,51 @@ def test_malformed_records_are_skipped_and_counted(tmp_path: Path) -> None:
     assert venue.finished
 
 
+def _depth_lines(count: int, gap_ns: int) -> list[tuple[int, str, str]]:
+    lines = [(0, "rest:/api/v3/depth?symbol=BTCUSDT", SNAPSHOT)]
+    for i in range(1, count + 1):
+        bid = [["99.99", f"{i}.00000"]]
+        lines.append((i * gap_ns, "btcusdt@depth@100ms", _depth(100 + i, 100 + i, bid, [])))
+    return lines
+
+
+def test_records_play_in_clock_order_with_other_events_and_stay_within_bounds(
+    tmp_path: Path,
+) -> None:
+    ms = 1_000_000
+    path = _sample_lines(tmp_path, _depth_lines(10, ms))
+    venue, clock, sink = make_venue(
+        {"protocol": "binance_spot", "markets": BTC, "data": str(path), "notify": "every"}
+    )
+    start = clock.now_ns()
+    seen: list[tuple[str, int]] = []
+    # A timer at the time of record 3 was scheduled before that record's turn, so it
+    # runs first; one between records 5 and 6 runs between them.
+    clock.call_at(start + 3 * ms, lambda: seen.append(("timer", venue.records)))
+    clock.call_at(start + 5 * ms + 1, lambda: seen.append(("timer", venue.records)))
+    clock.run_until(start + 7 * ms)
+    assert venue.records == 8  # the snapshot and the diffs up to 7 ms, not one more
+    assert clock.now_ns() == start + 7 * ms
+    assert seen == [("timer", 3), ("timer", 6)]
+    # An event budget counts records: a slice of 2 events plays 2 records.
+    assert clock.run_until(2**62, max_events=2) == 2
+    assert venue.records == 10
+    clock.run_until(2**62)
+    assert venue.records == 11 and venue.finished
+    assert sink.books == [start + i * ms for i in range(11)]
+
+
+def test_a_bad_line_stops_the_replay_after_the_records_before_it(tmp_path: Path) -> None:
+    path = _sample_lines(tmp_path, _depth_lines(3, 1_000_000))
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("not a recording line\n")
+    venue, clock, sink = make_venue({"protocol": "binance_spot", "markets": BTC, "data": str(path)})
+    clock.run_until(2**62)
+    assert venue.records == 4
+    assert venue.finished
+    assert sink.stops and "recording unreadable" in sink.stops[0] and "r.jsonl:5" in sink.stops[0]
+
+
 def test_missing_recording_is_refused_with_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"recording 'nope.jsonl' not found \(looked at .*nope"):
         make_venue({"protocol": "binance_spot", "markets": BTC, "data": "nope.jsonl"})

@@ -14,6 +14,7 @@ from quoteforge.recording import (
     RecordingWriter,
     merge_recordings,
     read_recording,
+    record_batches,
 )
 
 
@@ -74,3 +75,40 @@ def test_bad_lines_and_time_travel_are_named(tmp_path: Path) -> None:
         list(merge_recordings([back]))
     with pytest.raises(ValueError, match="give t_ns or construct the writer with a clock"):
         RecordingWriter(tmp_path / "c.jsonl").write("x", "s", "1")
+
+
+def test_batches_give_the_merged_records_as_tuples(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"
+    with RecordingWriter(a) as wa, RecordingWriter(b) as wb:
+        for t in (1, 4, 4, 9):
+            wa.write("binance", "s", f"a{t}", t_ns=t)
+        for t in (2, 4, 8):
+            wb.write("kraken", "s", f"b{t}", t_ns=t)
+    with a.open("a", encoding="utf-8") as handle:
+        handle.write("\n")  # blank lines are skipped
+    expected = [(r.t_ns, r.venue, r.stream, r.raw) for r in merge_recordings([a, b])]
+    assert [r for batch in record_batches([a, b]) for r in batch] == expected
+    assert [r for batch in record_batches([a]) for r in batch] == [
+        (r.t_ns, r.venue, r.stream, r.raw) for r in read_recording(a)
+    ]
+    kraken = [r for batch in record_batches([a, b], venue="kraken") for r in batch]
+    assert [r[3] for r in kraken] == ["b2", "b4", "b8"]
+
+
+def test_batches_deliver_the_good_records_before_a_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(
+        '{"t": 1, "venue": "x", "stream": "s", "raw": "{}"}\n'
+        '{"t": "2", "venue": 7, "stream": "s", "raw": "[]"}\n'  # converted, as read_recording
+        '{"t": 3, "venue": "x", "stream": "s", "raw": 5}\n'
+    )
+    batches = record_batches([path])
+    assert next(batches) == [(1, "x", "s", "{}"), (2, "7", "s", "[]")]
+    with pytest.raises(RecordingError, match=r"r.jsonl:3: 'raw' must be the payload text"):
+        next(batches)
+    back = tmp_path / "back.jsonl"
+    with RecordingWriter(back) as writer:
+        writer.write("x", "s", "1", t_ns=5)
+        writer.write("x", "s", "2", t_ns=3)
+    with pytest.raises(RecordingError, match=r"record 2 goes back in time \(3 < 5\)"):
+        list(record_batches([back]))
