@@ -872,7 +872,10 @@ class MqttBus(Bus):
             clean_session=p.clean_session,
             keepalive=p.keepalive,
             timeout=p.connect_timeout_s,
-            max_inflight_messages=p.max_inflight,
+            # The window is ours (_pump stops at max_inflight unacknowledged frames).
+            # paho's own limit would re-scan every unacknowledged message on every
+            # acknowledgement, to find queued ones to send.
+            max_inflight_messages=0,
             tls_params=tls_params,
             tls_insecure=tls_insecure,
         )
