@@ -1555,7 +1555,11 @@ class _StrategyNode:
                 loaded, registry, f"{self.role}-clock", settings, heartbeats=False
             )
             self.lockstep = LockstepFollower(
-                lambda: self.bus, self.scheme, clock, clock_bus=clock_bus
+                lambda: self.bus,
+                self.scheme,
+                clock,
+                clock_bus=clock_bus,
+                silence_s=float(settings.connect_timeout),
             )
 
         def venue_factory(

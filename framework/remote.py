@@ -49,6 +49,7 @@ __all__ = [
     "MarketDataPublisher",
     "RemoteVenue",
     "ReplayBuffer",
+    "apply_book_sync",
     "book_payload",
     "book_sync",
     "clock_topics",
@@ -960,6 +961,7 @@ class LockstepFollower:
         *,
         clock_bus: Bus | None = None,
         host_role: str = "execution",
+        silence_s: float = 30.0,
     ) -> None:
         self._bus = bus
         # Steps and answers: on a connection of their own when given (see clock_topics).
@@ -985,6 +987,8 @@ class LockstepFollower:
         self._hello: asyncio.Task[None] | None = None
         self._subscribed = False
         self.steps = 0
+        self.silence_s = silence_s
+        self._heard = time.monotonic()
 
     def attach(self, venue: RemoteVenue) -> None:
         self.venues[venue.name] = venue
@@ -1007,6 +1011,13 @@ class LockstepFollower:
         while not self._welcomed.is_set():
             self._publish({"hello": self.instance})
             await asyncio.sleep(LOCKSTEP_RETRY_S)
+        # Then watch the driver: a step (or a repeat) comes at least every
+        # LOCKSTEP_RETRY_S while it lives and the broker is reachable.
+        while not self.done.is_set():
+            await asyncio.sleep(LOCKSTEP_RETRY_S)
+            silent = time.monotonic() - self._heard
+            if silent > self.silence_s and self._held is None:
+                self.lose(f"no step from the {self.host_role} node for {silent:.0f}s")
 
     async def welcome(self, venue: RemoteVenue, timeout_s: float) -> None:
         """Wait for the driver's first step and apply what it says about ``venue``
@@ -1035,9 +1046,11 @@ class LockstepFollower:
     # -- steps -------------------------------------------------------------------------------
     def _on_step(self, topic: str, payload: dict[str, Any]) -> None:
         k = int(payload["k"])
+        self._heard = time.monotonic()
         if k <= self.last_step:
-            if k == self.last_step and self._last_answer is not None:
-                self._publish(self._last_answer)  # our answer was lost: send it again
+            answer = self._last_answer
+            if answer is not None and answer["k"] == k:
+                self._publish(answer)  # our answer was lost: send it again
             return
         if k != self.last_step + 1:
             logger.error("lock step: step {} after step {}: ignored", k, self.last_step)
@@ -1112,8 +1125,8 @@ class LockstepFollower:
 
     # -- the driver's liveness --------------------------------------------------------------------
     def _on_host_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
-        if payload.get("status") == "online" or not self._welcomed.is_set():
-            return  # an offline heartbeat retained from an earlier run is not news
+        if payload.get("status") == "online" or not self._welcomed.is_set() or self.done.is_set():
+            return  # retained from an earlier run, or the run is over: not news
         self.lose(f"{self.host_role} node offline ({payload.get('reason', 'no reason given')})")
 
     def lose(self, reason: str) -> None:

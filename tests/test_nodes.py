@@ -57,12 +57,19 @@ from quoteforge.plugins.journal_sqlite import SqliteJournal
 from quoteforge.registry import PluginRegistry
 from quoteforge.remote import (
     IntentError,
+    LockstepClock,
     MarketDataPublisher,
     RemoteVenue,
+    apply_book_sync,
+    book_sync,
     instrument_from_dict,
     instrument_to_dict,
     intent_from_payload,
     intent_payload,
+    offer_from_wire,
+    offer_to_wire,
+    update_from_wire,
+    update_to_wire,
 )
 from quoteforge.topics import TopicScheme, decode, encode
 
@@ -473,6 +480,87 @@ async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_s
     )
     assert sink.updates[-1].status is OrderStatus.OPEN
     await venue.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Lock step: the follower's clock and the book mirrors (no broker)
+# ---------------------------------------------------------------------------------------
+
+
+def test_lockstep_clock_reports_its_timers_and_runs_only_what_the_driver_fires() -> None:
+    clock = LockstepClock(1_000)
+    ran: list[str] = []
+    first = clock.call_later(50, ran.append, "first")
+    clock.record(("intent", {"action": "place"}))
+    second = clock.call_at(10, ran.append, "second")  # in the past: due now
+    first.cancel()
+    first.cancel()  # a second cancel is not another operation
+    assert clock.take_ops() == [
+        ("timer", 1, 1_050),
+        ("intent", {"action": "place"}),
+        ("timer", 2, 1_000),
+        ("cancel", 1),
+    ]
+    assert clock.take_ops() == []
+    assert ran == []  # nothing runs by itself
+    clock.advance(1_020)
+    clock.advance(900)  # virtual time never goes back
+    assert clock.now_ns() == 1_020
+    assert clock.fire(1) is False and clock.fire(2) is True and clock.fire(2) is False
+    assert ran == ["second"]
+    second.cancel()  # after it ran: nothing to report
+    assert clock.take_ops() == [] and clock.pending_timers == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(list(Side)), st.integers(90, 110), st.integers(0, 5)),
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_a_book_sync_makes_the_mirror_equal_counters_included(
+    steps: list[list[tuple[Side, int, int]]],
+) -> None:
+    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
+    source, mirror = L2Book(inst), L2Book(inst)
+    sent = None
+    for i, changes in enumerate(steps):
+        for side, price, lots in changes:
+            if (side is Side.BUY and price > 100) or (side is Side.SELL and price <= 100):
+                continue  # keep the book uncrossed
+            source.set_level(side, price, lots)
+        source.ts_ns = i
+        source.update_count += 1
+        source.state = BookState.LIVE if i % 3 else BookState.STALE
+        data, sent = book_sync(source, sent)
+        apply_book_sync(mirror, decode(encode({"d": data}, msg_id=None, seq=1)).payload["d"])
+        for side in Side:
+            assert list(mirror.levels(side)) == list(source.levels(side))
+            assert mirror.top(side, 5) == source.top(side, 5)
+            assert mirror.side_top_version(side) == source.side_top_version(side)
+        assert (mirror.version, mirror.top_version, mirror.update_count, mirror.ts_ns) == (
+            source.version,
+            source.top_version,
+            source.update_count,
+            source.ts_ns,
+        )
+        assert mirror.state is source.state
+
+
+def test_order_reports_and_offers_travel_exactly_as_the_venue_made_them() -> None:
+    update = OrderUpdate(
+        "sim", "mm-1-1", OrderStatus.PARTIALLY_FILLED, 7, "x1", 3, 100, 9, "why", ""
+    )
+    wire = decode(encode({"u": update_to_wire(update)}, msg_id=None, seq=1)).payload["u"]
+    assert update_from_wire("sim", wire) == update
+    offer = Offer("sim", "BTC/USDT", "of-1", Side.SELL, 101, 4, 5, 9)
+    wire = decode(encode({"o": offer_to_wire(offer)}, msg_id=None, seq=1)).payload["o"]
+    assert offer_from_wire("sim", wire) == offer
 
 
 # ---------------------------------------------------------------------------------------
