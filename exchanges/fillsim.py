@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Literal
 
@@ -124,6 +124,8 @@ class _Level:
 
 class _Market:
     __slots__ = (
+        "ask_floor",
+        "bid_top",
         "book",
         "instrument",
         "levels",
@@ -148,6 +150,9 @@ class _Market:
         self.taker_rate = taker_rate
         self.rng = rng
         self.levels: dict[tuple[Side, int], _Level] = {}
+        # Our highest bid level and lowest ask level (None: no level on that side).
+        self.bid_top: int | None = None
+        self.ask_floor: int | None = None
         self.orders: dict[str, _Working] = {}
         # (side, ticks) -> (visible lots when we took, lots we took): liquidity our
         # taking orders used, so a second taker does not take it again before the
@@ -276,36 +281,76 @@ class FillSimulator:
             return
         if market.taken:
             self._forget_taken(market)
-        if not market.levels:
-            return
+        if market.levels:
+            self._book_at_levels(market)
+
+    def book_watcher(self, symbol: str) -> Callable[[], None]:
+        """``on_book(symbol)`` as a function of no arguments, for a caller that reports
+        every change of that book (it skips the lookups)."""
+        market = self.markets[symbol]
+        forget = self._forget_taken
+        at_levels = self._book_at_levels
+
+        def changed() -> None:
+            if market.taken:
+                forget(market)
+            if market.levels:
+                at_levels(market)
+
+        return changed
+
+    def _book_at_levels(self, market: _Market) -> None:
         book = market.book
-        live = book.state is _LIVE
+        if book.state is _LIVE:
+            top = market.bid_top
+            floor = market.ask_floor
+            if top is not None:
+                best_ask = book.best_ask_ticks()
+                if best_ask is not None and best_ask <= top:
+                    self._book_reached(market, book)
+                    return
+            if floor is not None:
+                best_bid = book.best_bid_ticks()
+                if best_bid is not None and best_bid >= floor:
+                    self._book_reached(market, book)
+                    return
+        # No level of ours was reached: only the visible sizes at our levels matter.
+        lots_at = book.lots_at
+        for level in market.levels.values():
+            visible = lots_at(level.side, level.price)
+            if visible != level.seen:
+                self._level_changed(market, level, visible)
+
+    def _book_reached(self, market: _Market, book: L2Book) -> None:
+        """The opposite side reached some of our levels: those fill, in level order; the
+        others account their size changes."""
         best_bid = book.best_bid_ticks()
         best_ask = book.best_ask_ticks()
         for level in list(market.levels.values()):
-            if live:
-                if level.side is _BUY:
-                    through = best_ask is not None and best_ask <= level.price
-                else:
-                    through = best_bid is not None and best_bid >= level.price
-                if through:
-                    self._fill_level(market, level)
-                    continue
-            visible = book.lots_at(level.side, level.price)
-            seen = level.seen
-            if visible == seen:
+            if level.side is _BUY:
+                through = best_ask is not None and best_ask <= level.price
+            else:
+                through = best_bid is not None and best_bid >= level.price
+            if through:
+                self._fill_level(market, level)
                 continue
-            if visible < seen:
-                drop = seen - visible
-                explained = drop if drop < level.traded else level.traded
-                cancelled = drop - explained
-                if cancelled:
-                    self._cancelled_ahead(market, level, cancelled)
-            level.traded = 0
-            level.seen = visible
-            for w in level.orders:
-                if w.ahead > visible:
-                    w.ahead = visible
+            visible = book.lots_at(level.side, level.price)
+            if visible != level.seen:
+                self._level_changed(market, level, visible)
+
+    def _level_changed(self, market: _Market, level: _Level, visible: int) -> None:
+        seen = level.seen
+        if visible < seen:
+            drop = seen - visible
+            explained = drop if drop < level.traded else level.traded
+            cancelled = drop - explained
+            if cancelled:
+                self._cancelled_ahead(market, level, cancelled)
+        level.traded = 0
+        level.seen = visible
+        for w in level.orders:
+            if w.ahead > visible:
+                w.ahead = visible
 
     def on_trade(self, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side) -> None:
         """A public trade printed: it consumes the queue at its price and fills our
@@ -399,6 +444,7 @@ class FillSimulator:
         visible = book.lots_at(order.side, limit)
         if level is None:
             level = market.levels[key] = _Level(order.side, limit, visible)
+            self._bounds(market)
         working = _Working(order, level, visible, filled)
         level.orders.append(working)
         market.orders[order.client_id] = working
@@ -519,8 +565,15 @@ class FillSimulator:
         level = w.level
         if w in level.orders:
             level.orders.remove(w)
-        if not level.orders:
-            market.levels.pop((level.side, level.price), None)
+        if not level.orders and market.levels.pop((level.side, level.price), None):
+            self._bounds(market)
+
+    @staticmethod
+    def _bounds(market: _Market) -> None:
+        bids = [lv.price for lv in market.levels.values() if lv.side is _BUY]
+        asks = [lv.price for lv in market.levels.values() if lv.side is not _BUY]
+        market.bid_top = max(bids) if bids else None
+        market.ask_floor = min(asks) if asks else None
 
     def _forget_taken(self, market: _Market) -> None:
         book = market.book

@@ -247,7 +247,6 @@ class ReplayExchange(ExchangeAdapter):
             kwargs["depth"] = p.depth
         source = _SOURCES[p.protocol](inst, **kwargs)
         market = _ReplayMarket(inst, source)
-        source.on_update = lambda _book, m=market: self._book_changed(m)
         source.add_observer(self._state_changed)
         self.instruments[symbol] = inst
         self.books[symbol] = source.book
@@ -255,6 +254,7 @@ class ReplayExchange(ExchangeAdapter):
         wire = getattr(source, "wire_symbol", symbol)
         self._by_wire[wire.lower() if self._binance else wire] = market
         self.fills.add_market(inst, source.book)
+        source.on_update = self._book_listener(market)
 
     # -- adapter contract --------------------------------------------------------------------
     async def connect(self, sink: VenueSink) -> None:
@@ -314,49 +314,56 @@ class ReplayExchange(ExchangeAdapter):
         run_inline = clock.run_inline
         routes = self._routes
         route = self._route
-        while True:
-            if i >= n:
-                batches = self._batches
-                if batches is None:
-                    return
+        # ``records`` and ``last_ns`` are written back when the loop hands control on.
+        played = self.records
+        last_ns = self.last_ns
+        try:
+            while True:
+                if i >= n:
+                    batches = self._batches
+                    if batches is None:
+                        return
+                    try:
+                        batch = next(batches, [])
+                    except (RecordingError, OSError) as exc:
+                        self._batch = []
+                        self._next = 0
+                        self.records = played
+                        logger.error("{}: replay stopped: {}", self.name, exc)
+                        self._end_of_data(f"recording unreadable: {exc}")
+                        return
+                    if not batch:
+                        self._batch = []
+                        self._next = 0
+                        self.records = played
+                        self._end_of_data("end of recorded data")
+                        return
+                    self._batch = batch
+                    i = 0
+                    n = len(batch)
+                t_ns, _, stream, raw = batch[i]
+                when = t_ns + offset
+                if when > now:
+                    if not run_inline(when):
+                        self._next = i
+                        self._timer = clock.call_at(when, self._pump)
+                        return
+                    now = when
+                i += 1
+                played += 1
+                last_ns = t_ns
+                handler = routes.get(stream)
+                if handler is None:
+                    handler = route(stream)
                 try:
-                    batch = next(batches, [])
-                except (RecordingError, OSError) as exc:
-                    self._batch = []
-                    self._next = 0
-                    logger.error("{}: replay stopped: {}", self.name, exc)
-                    self._end_of_data(f"recording unreadable: {exc}")
-                    return
-                if not batch:
-                    self._batch = []
-                    self._next = 0
-                    self._end_of_data("end of recorded data")
-                    return
-                self._batch = batch
-                i = 0
-                n = len(batch)
-            record = batch[i]
-            t_ns = record[0]
-            when = t_ns + offset
-            if when > now:
-                if not run_inline(when):
-                    self._next = i
-                    self._timer = clock.call_at(when, self._pump)
-                    return
-                now = when
-            i += 1
-            self.records += 1
-            self.last_ns = t_ns
-            stream = record[2]
-            handler = routes.get(stream)
-            if handler is None:
-                handler = route(stream)
-            try:
-                handler(record[3])
-            except BookMessageError as exc:
-                self._warn_malformed(stream, t_ns, exc)
-            if self._batch is not batch:
-                return  # the replay ended (or restarted) inside the handler
+                    handler(raw)
+                except BookMessageError as exc:
+                    self._warn_malformed(stream, t_ns, exc)
+                if self._batch is not batch:
+                    return  # the replay ended or was closed inside the handler
+        finally:
+            self.records = played
+            self.last_ns = last_ns
 
     def _route(self, stream: str) -> Callable[[str], Any]:
         """The handler of the payload texts of ``stream``. It depends on the stream name
@@ -459,23 +466,31 @@ class ReplayExchange(ExchangeAdapter):
         if sink is not None:
             sink.on_trade(self.name, market.symbol, price, qty, aggressor, self.clock.now_ns())
 
-    def _book_changed(self, market: _ReplayMarket) -> None:
-        self.fills.on_book(market.symbol)
+    def _book_listener(self, market: _ReplayMarket) -> Callable[[L2Book], None]:
+        """What the book source of ``market`` calls after each applied change: the fill
+        simulator first, then the run, when the change is one the run hears of
+        (``notify``) and the book is LIVE."""
+        fills_changed = self.fills.book_watcher(market.symbol)
         book = market.book
-        sink = self.sink
-        if sink is None or book.state is not _LIVE:
-            return
         notify = self._notify
-        if notify == "top":
-            if book.top_version == market.last_top:
+
+        def changed(_book: L2Book) -> None:
+            fills_changed()
+            sink = self.sink
+            if sink is None or book.state is not _LIVE:
                 return
-            market.last_top = book.top_version
-        elif notify == "best":
-            best = (book.best_bid(), book.best_ask())
-            if best == market.last_best:
-                return
-            market.last_best = best
-        sink.on_book(book)
+            if notify == "top":
+                if book.top_version == market.last_top:
+                    return
+                market.last_top = book.top_version
+            elif notify == "best":
+                best = (book.best_bid(), book.best_ask())
+                if best == market.last_best:
+                    return
+                market.last_best = best
+            sink.on_book(book)
+
+        return changed
 
     def _state_changed(self, book: L2Book, old: BookState, new: BookState, reason: str) -> None:
         if self.sink is not None:

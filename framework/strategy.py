@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["Market", "Quotes", "Strategy", "StrategyContext", "StrategyParams"]
 
 Quotes = list[Quote]
+_BUY = Side.BUY
+_SELL = Side.SELL
 
 
 class StrategyParams(BaseModel):
@@ -91,24 +93,37 @@ class Market:
     def bid(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
         """A bid at ``price`` rounded down to the tick grid, ``qty`` rounded down to
         lots; None when the size rounds to zero or below the venue's minimums."""
-        lots = self._lots(qty)
-        if lots <= 0:
+        # _lots, _clamp and _too_small written out: this runs for every quote wanted.
+        lot = self._lot
+        lots = int(qty / lot + 1e-9) if qty > 0 else 0
+        if lots <= 0 or lots < self._min_lots:
             return None
-        ticks = self._clamp(math.floor(price / self._tick + 1e-9))
-        if self._too_small(ticks, lots):
+        tick = self._tick
+        ticks = math.floor(price / tick + 1e-9)
+        if ticks < 1:
+            ticks = 1
+        elif self._max_ticks is not None and ticks > self._max_ticks:
+            ticks = self._max_ticks
+        if self._min_notional and ticks * tick * lots * lot < self._min_notional * (1 - 1e-9):
             return None
-        return Quote(Side.BUY, ticks, lots, level, post_only)
+        return Quote(_BUY, ticks, lots, level, post_only)
 
     def ask(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
         """An ask at ``price`` rounded up to the tick grid; None when the size is zero or
         below the venue's minimums."""
-        lots = self._lots(qty)
-        if lots <= 0:
+        lot = self._lot
+        lots = int(qty / lot + 1e-9) if qty > 0 else 0
+        if lots <= 0 or lots < self._min_lots:
             return None
-        ticks = self._clamp(math.ceil(price / self._tick - 1e-9))
-        if self._too_small(ticks, lots):
+        tick = self._tick
+        ticks = math.ceil(price / tick - 1e-9)
+        if ticks < 1:
+            ticks = 1
+        elif self._max_ticks is not None and ticks > self._max_ticks:
+            ticks = self._max_ticks
+        if self._min_notional and ticks * tick * lots * lot < self._min_notional * (1 - 1e-9):
             return None
-        return Quote(Side.SELL, ticks, lots, level, post_only)
+        return Quote(_SELL, ticks, lots, level, post_only)
 
     def __repr__(self) -> str:
         return f"Market({self.key})"

@@ -197,6 +197,8 @@ class PureMarketMaking(Strategy):
         self._hangs: dict[str, dict[tuple[Side, int], _Hang]] = {}
         self._cash: dict[str, float] = {}
         self._ewma: dict[str, tuple[float, float]] = {}
+        # market key -> (params, reference, inventory ratio, the quotes they gave)
+        self._memo: dict[str, tuple[PureMarketMakingParams, float, float, tuple[Quote, ...]]] = {}
         self._timer: Any = None
         self._reference_key, self._quoted = self._resolve_markets(params)
 
@@ -412,6 +414,13 @@ class PureMarketMaking(Strategy):
         )
         hangs = self._expire_hangs(market.key, self.ctx.now())
         ratio = self.inventory_ratio(market, ref)
+        # Without a band or hanging orders the quotes depend on the reference price and
+        # the inventory ratio only: the same two give the same quotes as last time.
+        memo_ok = p.price_band_bps is None and not hangs
+        if memo_ok:
+            memo = self._memo.get(market.key)
+            if memo is not None and memo[0] is p and memo[1] == ref and memo[2] == ratio:
+                return list(memo[3])
         center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)
         quotes: list[Quote] = []
         for level in range(p.levels):
@@ -436,6 +445,8 @@ class PureMarketMaking(Strategy):
                 ask = market.ask(ask_price, ask_size, level, p.post_only)
                 if ask is not None:
                     quotes.append(ask)
+        if memo_ok:
+            self._memo[market.key] = (p, ref, ratio, tuple(quotes))
         return quotes
 
     # -- events -------------------------------------------------------------------------

@@ -233,6 +233,29 @@ def test_opposite_best_reaching_our_price_fills_us_at_our_price_as_maker() -> No
     assert h.sink.statuses(order.client_id) == [OrderStatus.OPEN, OrderStatus.FILLED]
 
 
+def test_a_move_through_one_level_fills_it_and_still_counts_cancels_at_the_others() -> None:
+    h = Harness(model="front")
+    near = h.place(SELL, 10_002, 7)  # behind 40 lots
+    far = h.place(SELL, 10_003, 5)  # behind the visible size there
+    bid = h.place(BUY, 9_990, 4)
+    ahead_far = h.sim.queue_ahead(far.client_id)
+    assert ahead_far is not None and ahead_far > 10
+    # One message: the bid side reaches 10_002, and 10 lots leave 10_003 untraded.
+    h.book.set_level(SELL, 10_003, h.book.lots_at(SELL, 10_003) - 10)
+    h.book.set_level(BUY, 10_002, 3)
+    h.sim.book_watcher(SYMBOL)()  # what a venue reporting every change of the book calls
+    h.settle()
+    assert [(f.client_id, f.price_ticks, f.qty_lots) for f in h.sink.fills] == [
+        (near.client_id, 10_002, 7)
+    ]
+    assert h.sim.queue_ahead(far.client_id) == ahead_far - 10  # "front": all were ahead
+    assert h.sim.queue_ahead(bid.client_id) is not None
+    # With nothing of ours reached, only the size change at our level is accounted.
+    h.book.set_level(SELL, 10_003, h.book.lots_at(SELL, 10_003) - 1)
+    h.sim.book_watcher(SYMBOL)()
+    assert h.sim.queue_ahead(far.client_id) == ahead_far - 11
+
+
 def test_no_through_fill_while_the_book_is_not_live() -> None:
     h = Harness()
     order = h.place(SELL, 10_002, 7)
