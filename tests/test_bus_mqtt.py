@@ -624,6 +624,31 @@ async def test_messages_of_one_pass_share_frames_and_keep_their_order(
     assert sub.stats.frames_received < sub.stats.received
 
 
+@pytest.mark.parametrize(("linger_us", "frames"), [(1_000_000, 2), (0, 3)])
+async def test_a_busy_bus_lingers_so_later_messages_share_a_frame(
+    shared_broker: int, buses: list[MqttBus], linger_us: int, frames: int
+) -> None:
+    run = run_id()
+    t = TopicScheme(run)
+    pub = await started(buses, fast(linger_us=linger_us), run)
+    sub = await started(buses, fast(), run)
+    got: list[int] = []
+    sub.subscribe(t.fill("sim"), lambda topic, p: got.append(p["n"]))
+    await sub.flush(5)
+    await asyncio.sleep(linger_us / 1e6)  # quiet: the online heartbeat was the last send
+    before = pub.stats.frames_published
+    pub.publish(t.fill("sim"), {"n": 1})  # after a quiet spell: leaves at the next pass
+    await pub.flush(5)
+    pub.publish(t.fill("sim"), {"n": 2})  # busy: waits for linger_us after the last send
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    pub.publish(t.fill("sim"), {"n": 3})  # a later pass, still within linger_us
+    await pub.flush(5)
+    await wait_for(lambda: len(got) == 3)
+    assert got == [1, 2, 3]
+    assert pub.stats.frames_published - before == frames
+
+
 async def test_batch_frames_respect_the_size_limits_on_the_wire(
     shared_broker: int, buses: list[MqttBus]
 ) -> None:
