@@ -638,6 +638,7 @@ class _LockstepDriver:
         self.working = 0  # the strategy engine's working orders, as of its last answer
         self._answer: asyncio.Future[dict[str, Any] | None] | None = None
         self._pending: dict[str, Any] | None = None
+        self._done: dict[str, Any] | None = None
         self._attempt = itertools.count(1)
         self._timers: dict[int, TimerHandle] = {}
         self._books: dict[str, L2Book] = {}
@@ -728,6 +729,7 @@ class _LockstepDriver:
         self.outbox = []
         self.steps_sent += 1
         if done:
+            self._done = payload
             self._publish(payload)
             return
         answer = self._answer = asyncio.get_running_loop().create_future()
@@ -820,6 +822,11 @@ class _LockstepDriver:
             await self._run_until(min(deadline, clock.now_ns() + 10_000_000))
         await self.exchange(done=True)
         self.detach("run finished")
+
+    def repeat_done(self) -> None:
+        """Send the last step (the one that says the run is done) again."""
+        if self._done is not None:
+            self._publish(self._done)
 
     async def _run_until(self, end_ns: int) -> None:
         clock = self.clock
@@ -1327,10 +1334,14 @@ class _ExecutionNode(_Node):
             else float(self.settings.strategy_grace) + float(self.manifest.run.cancel_timeout)
         )
         deadline = time.monotonic() + limit
+        ticks = 0
         while time.monotonic() < deadline and not self._stop.is_set():
             if not self.watch.seen or not self.watch.online:
                 break
             await asyncio.sleep(0.1)
+            ticks += 1
+            if self.lockstep is not None and ticks % 10 == 0:
+                self.lockstep.repeat_done()  # in case the last step was lost (QoS 0)
 
     async def _drive_lockstep(self, driver: _LockstepDriver) -> None:
         await driver.run()
