@@ -389,10 +389,7 @@ class Codec:
         if backend == "orjson":
             import orjson
 
-            def dumps(obj: Any, default: Callable[[Any], Any]) -> bytes:
-                return orjson.dumps(obj, default=default)
-
-            self._dumps = dumps
+            self._dumps = orjson.dumps  # (obj, default): no wrapper on the hot path
             self._loads = orjson.loads
             self._errors: tuple[type[Exception], ...] = (orjson.JSONEncodeError, TypeError)
         elif backend == "json":
@@ -518,15 +515,36 @@ class Codec:
                         "batch frame has no envelopes: expected a non-empty list in 'b'"
                     )
                 out: list[Envelope | DecodeError] = []
+                append = out.append
                 for i, item in enumerate(items):
+                    # The common case inline; _envelope says what is wrong otherwise.
+                    if type(item) is dict and item.get("v") == ENVELOPE_VERSION:
+                        msg_id = item.get("id", False)
+                        source = item.get("src")
+                        seq = item.get("seq")
+                        sent_ns = item.get("ts")
+                        payload = item.get("p")
+                        if (
+                            type(source) is str
+                            and type(seq) is int
+                            and type(sent_ns) is int
+                            and type(payload) is dict
+                            and (msg_id is None or type(msg_id) is str)
+                        ):
+                            if revive:
+                                payload = _revive(payload)
+                            append(
+                                Envelope(ENVELOPE_VERSION, msg_id, seq, sent_ns, payload, source)
+                            )
+                            continue
                     try:
                         if not isinstance(item, dict) or item.get("v") != ENVELOPE_VERSION:
                             raise DecodeError(
                                 f"is not a version {ENVELOPE_VERSION} envelope object"
                             )
-                        out.append(self._envelope(item, revive))
+                        append(self._envelope(item, revive))
                     except DecodeError as exc:
-                        out.append(DecodeError(f"batch frame item {i} of {len(items)}: {exc}"))
+                        append(DecodeError(f"batch frame item {i} of {len(items)}: {exc}"))
                 return out
         raise DecodeError(
             f"unsupported envelope version {version!r}: this quoteforge reads version "

@@ -473,7 +473,7 @@ class MqttBus(Bus):
         if msg_id is None and qos:
             msg_id = f"{self.source}:{next(self._ids)}"
         data = self._codec.encode(payload, msg_id=msg_id, seq=seq, source=self.source)
-        if not qos and not self._connected.is_set():
+        if not qos and self._paho is None:  # not connected
             self.stats.dropped_disconnected += 1
             return
         if len(self._queue) >= self.params.max_queued:
@@ -801,7 +801,8 @@ class MqttBus(Bus):
         except DecodeError as exc:
             self._undecodable(topic, exc)
             return
-        self.stats.frames_received += 1
+        stats = self.stats
+        stats.frames_received += 1
         routes = self._routes.get(topic)
         if routes is None:
             routes = [h for p, h in self._handlers if topic_matches(p, topic)]
@@ -817,18 +818,22 @@ class MqttBus(Bus):
                     missing = self._gaps.observe(envelope.source, topic, envelope.seq)
                     if missing:
                         if missing < 0:
-                            self.stats.duplicates += 1
+                            stats.duplicates += 1
                             continue
-                        self.stats.gaps += 1
-                        self.stats.missed += missing
+                        stats.gaps += 1
+                        stats.missed += missing
                         for listener in self._gap_listeners:
                             self._call_safely(listener, topic, envelope.source, missing)
                 if envelope.msg_id is not None and not self._seen.first_time(envelope.msg_id):
-                    self.stats.duplicates += 1
+                    stats.duplicates += 1
                     continue
-            self.stats.received += 1
+            stats.received += 1
+            payload = envelope.payload
             for handler in routes:
-                self._call_safely(handler, topic, envelope.payload)
+                try:
+                    handler(topic, payload)
+                except Exception:
+                    self._handler_failed(handler, topic)
 
     def _undecodable(self, topic: str, exc: DecodeError) -> None:
         self.stats.decode_errors += 1
@@ -846,16 +851,20 @@ class MqttBus(Bus):
         try:
             func(*args)
         except Exception:
-            self.stats.handler_errors += 1
-            name = getattr(func, "__qualname__", repr(func))
-            held = self._log_limit.allow(f"handler:{name}")
-            if held is not None:
-                logger.opt(exception=True).error(
-                    "bus handler {} failed on {!r} ({} more failures not logged)",
-                    name,
-                    args[0],
-                    held,
-                )
+            self._handler_failed(func, args[0])
+
+    def _handler_failed(self, func: Callable[..., None], topic: str) -> None:
+        """Count and log (rate-limited) the exception being handled."""
+        self.stats.handler_errors += 1
+        name = getattr(func, "__qualname__", repr(func))
+        held = self._log_limit.allow(f"handler:{name}")
+        if held is not None:
+            logger.opt(exception=True).error(
+                "bus handler {} failed on {!r} ({} more failures not logged)",
+                name,
+                topic,
+                held,
+            )
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         # Messages are dispatched by _on_message; iterating is how aiomqtt reports the
