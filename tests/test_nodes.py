@@ -663,9 +663,9 @@ async def test_broker_restart_loses_and_doubles_nothing(
     broker.start()
     lockstep = clock == "auto"
     try:
-        # In lock step the run lasts as long as the nodes need for 30 s of virtual time.
+        # In lock step the run lasts as long as the nodes need for 20 s of virtual time.
         manifest, _ = write_manifest(
-            tmp_path / "m.yaml", port=broker.port, duration=30 if lockstep else 11, clock=clock
+            tmp_path / "m.yaml", port=broker.port, duration=20 if lockstep else 11, clock=clock
         )
         nodes.start(manifest, "execution", "strategy")
         exec_dir = nodes.dir("execution")
