@@ -24,6 +24,7 @@ __all__ = ["Market", "Quotes", "Strategy", "StrategyContext", "StrategyParams"]
 Quotes = list[Quote]
 _BUY = Side.BUY
 _SELL = Side.SELL
+_QUOTE_CACHE = 4096  # quotes kept per side and market
 
 
 class StrategyParams(BaseModel):
@@ -36,6 +37,8 @@ class Market:
     """One market as a strategy sees it: instrument, live book and our position."""
 
     __slots__ = (
+        "_asks",
+        "_bids",
         "_lot",
         "_max_ticks",
         "_min_lots",
@@ -62,6 +65,10 @@ class Market:
         self._max_ticks = instrument.max_price_ticks
         self._min_lots = -(-instrument.min_qty // instrument.lot_size) if instrument.min_qty else 0
         self._min_notional = float(instrument.min_notional)
+        # Quotes already made, by (ticks, lots, level, post_only): quotes are immutable
+        # and a quoting strategy asks for the same few again and again.
+        self._bids: dict[tuple[int, int, int, bool], Quote] = {}
+        self._asks: dict[tuple[int, int, int, bool], Quote] = {}
 
     @property
     def position_lots(self) -> int:
@@ -106,7 +113,14 @@ class Market:
             ticks = self._max_ticks
         if self._min_notional and ticks * tick * lots * lot < self._min_notional * (1 - 1e-9):
             return None
-        return Quote(_BUY, ticks, lots, level, post_only)
+        made = self._bids
+        key = (ticks, lots, level, post_only)
+        quote = made.get(key)
+        if quote is None:
+            if len(made) >= _QUOTE_CACHE:
+                made.clear()
+            quote = made[key] = Quote(_BUY, ticks, lots, level, post_only)
+        return quote
 
     def ask(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
         """An ask at ``price`` rounded up to the tick grid; None when the size is zero or
@@ -123,7 +137,14 @@ class Market:
             ticks = self._max_ticks
         if self._min_notional and ticks * tick * lots * lot < self._min_notional * (1 - 1e-9):
             return None
-        return Quote(_SELL, ticks, lots, level, post_only)
+        made = self._asks
+        key = (ticks, lots, level, post_only)
+        quote = made.get(key)
+        if quote is None:
+            if len(made) >= _QUOTE_CACHE:
+                made.clear()
+            quote = made[key] = Quote(_SELL, ticks, lots, level, post_only)
+        return quote
 
     def __repr__(self) -> str:
         return f"Market({self.key})"

@@ -199,6 +199,10 @@ class PureMarketMaking(Strategy):
         self._ewma: dict[str, tuple[float, float]] = {}
         # market key -> (params, reference, inventory ratio, the quotes they gave)
         self._memo: dict[str, tuple[PureMarketMakingParams, float, float, tuple[Quote, ...]]] = {}
+        # The memo entry the last wanted_quotes result came from (None: not memoised),
+        # and per market the (working quotes, memo entry) last found within tolerance.
+        self._source: tuple[Any, ...] | None = None
+        self._kept: dict[str, tuple[list[Quote], tuple[Any, ...]]] = {}
         self._timer: Any = None
         self._reference_key, self._quoted = self._resolve_markets(params)
 
@@ -417,9 +421,11 @@ class PureMarketMaking(Strategy):
         # Without a band or hanging orders the quotes depend on the reference price and
         # the inventory ratio only: the same two give the same quotes as last time.
         memo_ok = p.price_band_bps is None and not hangs
+        self._source = None
         if memo_ok:
             memo = self._memo.get(market.key)
             if memo is not None and memo[0] is p and memo[1] == ref and memo[2] == ratio:
+                self._source = memo
                 return list(memo[3])
         center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)
         quotes: list[Quote] = []
@@ -446,7 +452,8 @@ class PureMarketMaking(Strategy):
                 if ask is not None:
                     quotes.append(ask)
         if memo_ok:
-            self._memo[market.key] = (p, ref, ratio, tuple(quotes))
+            memo = self._memo[market.key] = (p, ref, ratio, tuple(quotes))
+            self._source = memo
         return quotes
 
     # -- events -------------------------------------------------------------------------
@@ -467,10 +474,18 @@ class PureMarketMaking(Strategy):
 
     def _refresh(self, market: Market) -> list[Quote] | None:
         quotes = self.wanted_quotes(market)
-        last = self._last.get(market.key)
-        if last is not None and self._within_tolerance(market, last, quotes):
-            return None
-        self._record(market.key, quotes, self.ctx.now())
+        source = self._source
+        key = market.key
+        last = self._last.get(key)
+        if last is not None:
+            kept = self._kept.get(key)
+            if source is not None and kept is not None and kept[0] is last and kept[1] is source:
+                return None  # the very quotes already found within tolerance of these
+            if self._within_tolerance(market, last, quotes):
+                if source is not None:
+                    self._kept[key] = (last, source)
+                return None
+        self._record(key, quotes, self.ctx.now())
         return quotes
 
     def on_fill(self, market: Market, fill: Fill, **kwargs: Any) -> None:
