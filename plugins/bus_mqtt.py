@@ -998,6 +998,7 @@ class MqttBus(Bus):
         self._paho = None
         self._client = None
         self._pump_scheduled = False
+        self._window_full = False
         if self._writer_fd >= 0:
             self._unwatch_writable(self._writer_fd)
         # QoS 0 frames paho had not written yet are lost with the connection; QoS 1
