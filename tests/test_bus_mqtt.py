@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -886,6 +887,60 @@ async def test_full_buffer_drops_new_messages_with_a_warning(
     assert bus.stats.dropped_overflow == 3
     assert bus.stats.dropped_disconnected == 1
     assert sum("publish buffer of bus" in w and "is full" in w for w in warnings) == 1
+
+
+def make_tls_files(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (CA file, cert, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=qf-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    (workdir / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
+    return workdir / "ca.crt", workdir / "server.crt", workdir / "server.key"
+
+
+@pytest.mark.parametrize("use_tls", [True, False], ids=["tls", "tcp"])
+async def test_batches_and_large_messages_cross_the_broker_whole(
+    make_broker: Callable[..., Broker], buses: list[MqttBus], tmp_path: Path, use_tls: bool
+) -> None:
+    tls = None
+    if use_tls:
+        ca, cert, key = make_tls_files(tmp_path)
+        broker = make_broker(f"allow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+        tls = MqttTlsParams(ca_file=ca)
+    else:
+        broker = make_broker()
+    broker.start()
+    run = run_id()
+    t = TopicScheme(run)
+    pub = await started(buses, fast(port=broker.port, tls=tls), run)
+    sub = await started(buses, fast(port=broker.port, tls=tls), run)
+    got: list[tuple[str, int, int]] = []
+
+    def record(topic: str, payload: dict[str, Any]) -> None:
+        got.append((topic, payload["n"], len(payload["pad"])))
+
+    sub.subscribe(t.fill("sim"), record)
+    sub.subscribe(t.book("sim", "A/B"), record)
+    await sub.flush(5)
+    sent: list[tuple[str, int, int]] = []
+    for n in range(200):  # batch frames of QoS 1 fills and QoS 0 books
+        topic = t.fill("sim") if n < 100 else t.book("sim", "A/B")
+        pad = 300_000 if n in (50, 150) else 10  # larger than a read buffer
+        pub.publish(topic, {"n": n, "pad": "x" * pad})
+        sent.append((topic, n, pad))
+    await pub.flush(10)
+    await wait_for(lambda: len(got) >= len(sent), 10)
+    assert got == sent
+    assert sub.stats.frames_received < len(sent)
 
 
 async def test_acl_lets_each_role_publish_only_its_own_topics(
