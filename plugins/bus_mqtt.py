@@ -1019,6 +1019,7 @@ class MqttBus(Bus):
         if stale:
             self.stats.dropped_disconnected += stale
             self._queue = deque(m for m in self._queue if m.qos)
+        self._check_idle()  # nothing left to send: flush() need not wait for a reconnect
 
     def _resolve_first(self, error: BaseException | None) -> None:
         first = self._first_outcome
