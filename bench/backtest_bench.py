@@ -1,22 +1,28 @@
-"""Backtest throughput: recorded Binance diffs through the replay venue and the full engine.
+"""Backtest throughput: recorded Binance diffs and trades through the replay venue and the
+full engine, with a strategy whose quotes follow the market and get filled.
 
-Writes a deterministic Binance ``<symbol>@depth`` recording (the generator of
-``bench/book_bench.py``: a 1000+1000 level snapshot, then diff events of 1-10 changes
-near the top) and times, on the same records in the same run:
+Writes a deterministic Binance recording: the ``<symbol>@depth`` stream of
+``bench/book_bench.py`` (a 1000+1000 level snapshot, then diff events of 1-10 changes
+near the top, one per virtual millisecond) and ``<symbol>@trade`` messages derived from
+it (a share of the drops at the best levels printed as trades just before the diff that
+shows them). Times, on the same records in the same run:
 
-  engine (top)     ``quoteforge run`` of a ``mode: backtest`` manifest: replay venue,
-                   ``pure_market_making``, risk, execution, order manager, journal, trace;
-                   the strategy is called when the best 5 levels changed (``notify: top``)
-  engine (best)    the same, the strategy called when the best bid or ask changed
-  engine (every)   the same with the strategy called on every applied diff
+  engine (top)     ``quoteforge run`` of a ``mode: backtest`` manifest: replay venue with
+                   its queue-aware fill simulation, ``pure_market_making`` quoting a few
+                   ticks from the mid, risk, execution, order manager, journal, trace;
+                   the replay notifies the run when the best 5 levels changed
+  engine (best)    the same, notified when the best bid or ask changed
+  engine (every)   the same, notified on every applied diff
   replay alone     the replay venue on a virtual clock with a sink that does nothing:
                    recording read, scheduling, decode, integrity checks, book apply
-  book apply       the book source alone on the decoded-in-memory texts (no recording)
+  book apply       the book source alone on the decoded-in-memory diff texts
 
-then profiles the engine run and lists where the time goes. Writes
-``bench/results/backtest_bench.json``.
+Rates are records per second (book apply: diffs per second). The strategy quotes from
+the mid, so the engine calls it only when a best price moved, whatever the replay's
+``notify``; the rows print its calls, quote updates, orders and fills. Then profiles the
+engine run and lists where the time goes. Writes ``bench/results/backtest_bench.json``.
 
-    python bench/backtest_bench.py               # 200k events
+    python bench/backtest_bench.py               # 200k diff events
     python bench/backtest_bench.py --events 50000
 """
 
