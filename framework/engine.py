@@ -179,6 +179,8 @@ class Run:
         self.killed = False
         # (venue, asset) -> balance the run started from, net of the position then held
         self._balance_start: dict[tuple[str, str], Decimal] = {}
+        # (venue, what) a venue cannot report, already logged once
+        self._unreconcilable: set[tuple[str, str]] = set()
         hook = registry.pm.hook
         self._fill_hook = hook.quoteforge_fill if hook.quoteforge_fill.get_hookimpls() else None
         self._order_hook = (
@@ -377,6 +379,11 @@ class Run:
 
         ``periodic``: a check while trading, so orders in flight (not yet acknowledged,
         or younger than a few seconds) are not judged by a snapshot that predates them.
+        Orders made after the check began (the engine quotes while it awaits the venues'
+        answers, at a live start too) are never judged by it.
+
+        A venue whose adapter cannot report open orders (or fills) is not compared: its
+        working orders are left alone, and that is logged once per run.
         """
         counts = {"missed_fills": 0, "closed": 0, "orphans_cancelled": 0, "adopted": 0}
         om = self.orders
@@ -384,19 +391,30 @@ class Run:
         now = self.clock.now_ns()
         young = now - RECONCILE_GRACE_NS
         for name, venue in self.venues.items():
-            for fill in await venue.fetch_fills(max(0, since_ns - 60 * NS)):
+            fills = await venue.fetch_fills(max(0, since_ns - 60 * NS))
+            if fills is None:
+                self._cannot_reconcile(name, "fills", "missed fills are not looked for")
+            for fill in fills or ():
                 orphans = len(om.orphan_fills)
                 order = om.apply_fill(fill)
                 if order is not None or len(om.orphan_fills) > orphans:
                     self.portfolio.apply_fill(fill)
                     counts["missed_fills"] += 1
-            open_now = {u.client_id: u for u in await venue.fetch_open_orders()}
+            reported = await venue.fetch_open_orders()
+            if reported is None:
+                self._cannot_reconcile(
+                    name, "open orders", "its working orders are not compared (left alone)"
+                )
+                continue
+            open_now = {u.client_id: u for u in reported}
             for order in [o for o in om.all_working() if o.venue == name]:
                 update = open_now.pop(order.client_id, None)
                 if update is not None:
                     om.apply_update(update)
                     counts["adopted"] += 1
                     continue
+                if order.created_ns >= now:
+                    continue  # made while the venues were being asked (quoting goes on)
                 if periodic and (
                     order.status is OrderStatus.PENDING_NEW or order.created_ns > young
                 ):
@@ -438,6 +456,13 @@ class Run:
             self.log.info("reconciled with the venues: {}", counts)
         return counts
 
+    def _cannot_reconcile(self, venue: str, what: str, consequence: str) -> None:
+        if (venue, what) not in self._unreconcilable:
+            self._unreconcilable.add((venue, what))
+            self.log.warning(
+                "{}: the venue adapter cannot report its {}: {}", venue, what, consequence
+            )
+
     async def _check_balances(self) -> None:
         """Compare each venue's base-asset balances with what our fills explain: the
         balance change since the first check should equal our position change. A drift
@@ -448,6 +473,9 @@ class Run:
                 balances = await venue.fetch_balances()
             except Exception as exc:
                 self.log.warning("{}: balances unavailable: {}", name, exc)
+                continue
+            if balances is None:
+                self._cannot_reconcile(name, "balances", "balance drift is not checked")
                 continue
             if not balances:
                 continue

@@ -123,12 +123,20 @@ class ExchangeAdapter(ABC):
         """Cancel every open order of ours (on ``symbol`` or everywhere)."""
         self.submit([CancelAll(self.name, symbol)])
 
-    async def fetch_open_orders(self) -> list[OrderUpdate]:
-        """Open orders as the venue reports them (reconciliation truth)."""
-        return []
+    # Reconciliation. ``None`` means "this adapter cannot tell", never "nothing": a run
+    # compares its working orders only with a venue that answers with a list, so an
+    # adapter without these methods keeps its orders (an empty list would close them).
 
-    async def fetch_balances(self) -> dict[str, Decimal]:
-        return {}
+    async def fetch_open_orders(self) -> list[OrderUpdate] | None:
+        """Open orders as the venue reports them (reconciliation truth), or None when
+        the adapter cannot ask the venue (the default)."""
+        return None
 
-    async def fetch_fills(self, since_ns: int) -> list[Fill]:
-        return []
+    async def fetch_balances(self) -> dict[str, Decimal] | None:
+        """Total balance per asset, or None when the adapter cannot ask (the default)."""
+        return None
+
+    async def fetch_fills(self, since_ns: int) -> list[Fill] | None:
+        """Our fills at or after ``since_ns`` as the venue reports them, or None when
+        the adapter cannot ask (the default)."""
+        return None

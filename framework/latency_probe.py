@@ -413,7 +413,7 @@ async def _clean_up(
         for client_id in pending:
             with contextlib.suppress(TimeoutError):
                 await watch.wait(client_id, _finished, timeout_s)
-    open_now = await venue.fetch_open_orders()
+    open_now = await venue.fetch_open_orders() or []  # None: the venue cannot tell
     return sorted({u.client_id for u in open_now} & set(ours))
 
 

@@ -60,6 +60,7 @@ from quoteforge.remote import (
     LockstepClock,
     LockstepFollower,
     MarketDataPublisher,
+    ReconcileResponder,
     RemoteVenue,
     ReplayBuffer,
     book_sync,
@@ -337,7 +338,7 @@ class _Node:
         self.settings = settings
         self.manifest_path = manifest_path
         self.scheme = TopicScheme(self.manifest.run.name)
-        self.clock = LiveClock()
+        self.clock: LiveClock | SimClock = LiveClock()
         self.bus = _node_bus(loaded, registry, self.role, settings)
         self.sessions = _Sessions(self.bus, self.scheme, self.role, self.on_peer_reconnect)
         self.log = logger.bind(component=f"node:{self.role}", run=self.manifest.run.name)
@@ -879,6 +880,8 @@ class _ExecutionNode(_Node):
             snapshot_interval_s=float(self.settings.snapshot_interval),
         )
         self.venues: dict[str, ExchangeAdapter] = {}
+        # The strategy node's reconciliation questions, answered by the real adapters.
+        self.reconciler = ReconcileResponder(lambda: self.bus, self.scheme, self.venues)
         self.md_venues: set[str] = set()
         self.portfolio = Portfolio({})
         self.markets: dict[str, Market] = {}
@@ -902,6 +905,8 @@ class _ExecutionNode(_Node):
                 self.md_venues.add(name)
         for venue in self.venues.values():
             await venue.connect(self)
+        # Before the instruments go out: a strategy node starts asking once it has them.
+        self.reconciler.start()
         instruments = {}
         for name, venue in self.venues.items():
             for symbol, inst in venue.instruments.items():
@@ -1391,14 +1396,18 @@ class _ExecutionNode(_Node):
         with (self.run_dir / "venue_fills.jsonl").open("w", encoding="utf-8") as fh:
             for name, venue in self.venues.items():
                 try:
-                    open_left += len(await venue.fetch_open_orders())
+                    open_now = await venue.fetch_open_orders()
                     venue_fills = await venue.fetch_fills(0)
                 except Exception as exc:
                     self.log.error("{}: cannot read open orders/fills at stop: {}", name, exc)
                     continue
-                for fill in venue_fills:
+                if open_now is None or venue_fills is None:
+                    self.log.warning("{}: the adapter cannot report open orders/fills", name)
+                open_left += len(open_now or ())
+                for fill in venue_fills or ():
                     fh.write(json.dumps(fill_to_dict(fill)) + "\n")
         await self.publisher.stop()
+        await self.reconciler.close()
         if self.lockstep is not None:
             await self.lockstep.close()
         for venue in self.venues.values():

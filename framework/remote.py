@@ -47,6 +47,8 @@ __all__ = [
     "LockstepClock",
     "LockstepFollower",
     "MarketDataPublisher",
+    "ReconcileError",
+    "ReconcileResponder",
     "RemoteVenue",
     "ReplayBuffer",
     "apply_book_sync",
@@ -61,6 +63,7 @@ __all__ = [
     "intent_payload",
     "offer_from_wire",
     "offer_to_wire",
+    "reconcile_topics",
     "update_from_payload",
     "update_from_wire",
     "update_payload",
@@ -75,6 +78,10 @@ NS = 1_000_000_000
 
 class IntentError(ValueError):
     """An intent message that cannot be turned into an order action."""
+
+
+class ReconcileError(RuntimeError):
+    """A reconciliation question to the execution node got no usable answer."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,6 +367,132 @@ def clock_topics(scheme: TopicScheme) -> tuple[str, str]:
     return f"{CLOCK_ROOT}/{scheme.run}/step", f"{CLOCK_ROOT}/{scheme.run}/ack"
 
 
+RECONCILE_ROOT = "quoteforge-reconcile"
+RECONCILE_TIMEOUT_S = 10.0  # how long the strategy node waits for an answer
+RECONCILE_RETRY_S = 2.0  # ask again (same question id) this often until answered
+RECONCILE_WHAT = ("open_orders", "fills", "balances")
+
+
+def reconcile_topics(scheme: TopicScheme, venue: str) -> tuple[str, str]:
+    """The two topics of a venue's reconciliation questions:
+    ``quoteforge-reconcile/<run>/ask/<venue>`` (the strategy node asks) and
+    ``.../answer/<venue>`` (the execution node, which holds the real adapter, answers).
+
+    Both travel at QoS 1, never retained; a question carries an id and the answer the
+    same id. They sit outside the ``quoteforge/`` tree, whose topic kinds are a closed
+    set: observers of ``quoteforge/<run>/#`` do not see the venue's order lists.
+    """
+    scheme.order(venue)  # checks the venue name as a topic level
+    return (
+        f"{RECONCILE_ROOT}/{scheme.run}/ask/{venue}",
+        f"{RECONCILE_ROOT}/{scheme.run}/answer/{venue}",
+    )
+
+
+class ReconcileResponder:
+    """The execution node's side of reconciliation: answers the strategy node's
+    questions about a venue with the real adapter's ``fetch_open_orders``,
+    ``fetch_fills(since_ns)`` or ``fetch_balances``.
+
+    Answers carry orders as ``update_payload`` and fills as ``fill_payload`` (the forms
+    of ``order/<venue>`` and ``fill/<venue>``), balances as exact Decimals. An adapter
+    that cannot tell answers ``{"unknown": true}``; an adapter that fails answers
+    ``{"error": "..."}``. A repeated question (same id) is answered once per arrival
+    from the first answer, without asking the venue again. No credential is ever part
+    of an answer: only what the venue reported.
+    """
+
+    def __init__(
+        self, bus: Callable[[], Bus], scheme: TopicScheme, venues: dict[str, ExchangeAdapter]
+    ) -> None:
+        self._bus = bus
+        self.scheme = scheme
+        self.venues = venues
+        self._answers: dict[str, dict[str, Any] | None] = {}  # id -> answer, None: asking
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.answered = 0
+
+    def start(self) -> None:
+        """Subscribe to the questions about every hosted venue."""
+        bus = self._bus()
+        for name in self.venues:
+            ask, _ = reconcile_topics(self.scheme, name)
+            bus.subscribe(ask, self._handler(name))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def _handler(self, venue: str) -> Callable[[str, dict[str, Any]], None]:
+        def handle(topic: str, payload: dict[str, Any]) -> None:
+            self.on_question(venue, payload)
+
+        return handle
+
+    def on_question(self, venue: str, payload: dict[str, Any]) -> None:
+        qid = str(payload.get("id", ""))
+        what = payload.get("what")
+        if not qid:
+            logger.error("reconciliation question without an id on venue {}: ignored", venue)
+            return
+        if qid in self._answers:
+            answer = self._answers[qid]
+            if answer is not None:  # our answer was lost: send it again
+                self._publish(venue, answer)
+            return  # still asking the venue: the answer goes out when it comes
+        if what not in RECONCILE_WHAT:
+            self._answers[qid] = answer = {
+                "id": qid,
+                "what": what,
+                "error": f"unknown question {what!r}: expected one of {RECONCILE_WHAT}",
+            }
+            self._publish(venue, answer)
+            return
+        self._answers[qid] = None
+        while len(self._answers) > 256:
+            del self._answers[next(iter(self._answers))]
+        task = asyncio.get_running_loop().create_task(
+            self._answer(venue, qid, str(what), int(payload.get("since_ns", 0)))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, venue: str, qid: str, what: str, since_ns: int) -> None:
+        answer: dict[str, Any] = {"id": qid, "what": what}
+        adapter = self.venues[venue]
+        try:
+            if what == "open_orders":
+                orders = await adapter.fetch_open_orders()
+                if orders is not None:
+                    answer["orders"] = [update_payload(u, None) for u in orders]
+            elif what == "fills":
+                fills = await adapter.fetch_fills(since_ns)
+                if fills is not None:
+                    answer["fills"] = [fill_payload(f) for f in fills]
+            else:
+                balances = await adapter.fetch_balances()
+                if balances is not None:
+                    answer["balances"] = {k: Decimal(v) for k, v in balances.items()}
+            if len(answer) == 2:
+                answer["unknown"] = True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("{}: reconciliation question {} failed: {!r}", venue, what, exc)
+            answer["error"] = f"{type(exc).__name__}: {exc}"
+        if qid in self._answers:
+            self._answers[qid] = answer
+        self.answered += 1
+        self._publish(venue, answer)
+
+    def _publish(self, venue: str, answer: dict[str, Any]) -> None:
+        _, topic = reconcile_topics(self.scheme, venue)
+        with contextlib.suppress(RuntimeError):  # the bus closed: the node is stopping
+            self._bus().publish(topic, answer, qos=1)
+
+
 # ---------------------------------------------------------------------------------------
 # Replay of QoS 1 streams
 # ---------------------------------------------------------------------------------------
@@ -549,7 +682,10 @@ class RemoteVenue(ExchangeAdapter):
     offline, or its own book is not LIVE), and LIVE again with the next LIVE snapshot.
     ``submit`` publishes each action as an intent on ``intent/<strategy>`` (QoS 1, one
     message id per action); order reports and fills come back from ``order/<venue>`` and
-    ``fill/<venue>``.
+    ``fill/<venue>``. Reconciliation (``fetch_open_orders``, ``fetch_fills``,
+    ``fetch_balances``) asks the execution node, which holds the real adapter
+    (``reconcile_topics``, ``ReconcileResponder``); no answer within
+    ``reconcile_timeout_s`` raises ``ReconcileError``.
     """
 
     def __init__(
@@ -564,9 +700,12 @@ class RemoteVenue(ExchangeAdapter):
         connect_timeout_s: float = 30.0,
         replay: ReplayBuffer | None = None,
         lockstep: LockstepFollower | None = None,
+        reconcile_timeout_s: float = RECONCILE_TIMEOUT_S,
     ) -> None:
         if stale_after_s <= 0:
             raise ValueError(f"stale_after_s must be > 0, got {stale_after_s}")
+        if reconcile_timeout_s <= 0:
+            raise ValueError(f"reconcile_timeout_s must be > 0, got {reconcile_timeout_s}")
         # The strategy node never holds venue credentials: the execution node does.
         ctx.secrets = {}
         self.ctx = ctx
@@ -592,6 +731,11 @@ class RemoteVenue(ExchangeAdapter):
         self._last_report_s = 0.0  # monotonic time of the last order report or fill
         self._cancel_all_seq = itertools.count(1)
         self.intents_sent = 0
+        self.reconcile_timeout_s = reconcile_timeout_s
+        self._questions: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._question_ids = itertools.count(1)
+        self._asker = secrets.token_hex(4)
+        self._answers_subscribed = False
         # In a lock-step run everything comes from, and goes to, the follower.
         self.lockstep = lockstep
         if lockstep is not None:
@@ -678,6 +822,65 @@ class RemoteVenue(ExchangeAdapter):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
             self._watchdog = None
+
+    # -- reconciliation: the execution node asks the real venue -------------------------------
+    async def fetch_open_orders(self) -> list[OrderUpdate] | None:
+        answer = await self._ask("open_orders")
+        orders = answer.get("orders")
+        return None if orders is None else [update_from_payload(d) for d in orders]
+
+    async def fetch_fills(self, since_ns: int) -> list[Fill] | None:
+        answer = await self._ask("fills", since_ns)
+        fills = answer.get("fills")
+        return None if fills is None else [fill_from_payload(d) for d in fills]
+
+    async def fetch_balances(self) -> dict[str, Decimal] | None:
+        answer = await self._ask("balances")
+        balances = answer.get("balances")
+        return None if balances is None else {k: Decimal(v) for k, v in balances.items()}
+
+    async def _ask(self, what: str, since_ns: int = 0) -> dict[str, Any]:
+        """One question to the execution node, asked again every ``RECONCILE_RETRY_S``
+        (a lost question or answer, a subscription not yet active) until answered or
+        ``reconcile_timeout_s`` passed."""
+        bus = self._bus()
+        ask, answers = reconcile_topics(self.scheme, self.name)
+        if not self._answers_subscribed:
+            self._answers_subscribed = True
+            bus.subscribe(answers, self._on_answer)
+        qid = f"{self._asker}-{next(self._question_ids)}"
+        question = {"id": qid, "what": what, "since_ns": since_ns}
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._questions[qid] = future
+        deadline = time.monotonic() + self.reconcile_timeout_s
+        try:
+            attempt = 0
+            while not future.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ReconcileError(
+                        f"venue {self.name!r}: no answer to reconciliation question "
+                        f"{what!r} on {ask!r} after {self.reconcile_timeout_s:g}s; is the "
+                        f"execution node of run {self.scheme.run!r} running (same manifest, "
+                        "same bus)?"
+                    )
+                attempt += 1
+                bus.publish(ask, question, qos=1, msg_id=f"reconcile:{qid}:{attempt}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), min(RECONCILE_RETRY_S, left))
+        finally:
+            self._questions.pop(qid, None)
+        answer = future.result()
+        if "error" in answer:
+            raise ReconcileError(
+                f"venue {self.name!r}: the execution node could not read {what}: {answer['error']}"
+            )
+        return answer
+
+    def _on_answer(self, topic: str, payload: dict[str, Any]) -> None:
+        future = self._questions.get(str(payload.get("id", "")))
+        if future is not None and not future.done():
+            future.set_result(payload)
 
     # -- intents -----------------------------------------------------------------------------
     def _strategy_of(self, action: OrderAction) -> str:
