@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import math
 import random
@@ -298,6 +299,26 @@ class _BufferedSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+@functools.cache
+def _matcher_type() -> type:
+    from paho.mqtt.matcher import MQTTMatcher
+
+    class CallbackFilters(MQTTMatcher):
+        """paho's table of per-filter message callbacks, which the bus leaves empty.
+
+        paho looks every received message up in it, and the lookup builds a recursive
+        closure each time: a reference cycle, garbage that only the cyclic collector
+        frees, whose runs then pause the event loop. Empty, the lookup answers at once.
+        """
+
+        def iter_match(self, topic: str) -> Any:
+            if not self._root._children:
+                return ()
+            return super().iter_match(topic)
+
+    return CallbackFilters
 
 
 class _RateLimitedLog:
@@ -917,6 +938,7 @@ class MqttBus(Bus):
         inner = client._client
         inner.on_socket_open = self._socket_opener(inner.on_socket_open)
         inner.on_message = self._on_message
+        inner._on_message_filtered = _matcher_type()()
         inner.on_publish = None
         inner.on_socket_register_write = self._on_register_write
         inner.on_socket_unregister_write = self._on_unregister_write
