@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import subprocess
 import sys
@@ -648,6 +649,29 @@ async def test_a_busy_bus_lingers_so_later_messages_share_a_frame(
     await wait_for(lambda: len(got) == 3)
     assert got == [1, 2, 3]
     assert pub.stats.frames_published - before == frames
+
+
+async def test_receiving_leaves_no_cyclic_garbage(shared_broker: int, buses: list[MqttBus]) -> None:
+    # Cycles are freed only by the cyclic collector, whose full runs pause the loop.
+    run = run_id()
+    t = TopicScheme(run)
+    pub = await started(buses, fast(batch_max_messages=1, linger_us=0), run)
+    sub = await started(buses, fast(), run)
+    got: list[int] = []
+    sub.subscribe(t.book("sim", "A/B"), lambda topic, p: got.append(p["n"]))
+    await sub.flush(5)
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(300):
+            pub.publish(t.book("sim", "A/B"), {"n": n})
+            await asyncio.sleep(0)
+        await wait_for(lambda: len(got) == 300)
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert sub.stats.frames_received >= 300
+    assert unreachable < 100  # paho's callback lookup alone used to leave 6 per message
 
 
 async def test_batch_frames_respect_the_size_limits_on_the_wire(
