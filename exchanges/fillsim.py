@@ -565,8 +565,10 @@ class FillSimulator:
         level = w.level
         if w in level.orders:
             level.orders.remove(w)
-        if not level.orders and market.levels.pop((level.side, level.price), None):
-            self._bounds(market)
+        if not level.orders:
+            removed = market.levels.pop((level.side, level.price), None)
+            if removed is not None:
+                self._bounds(market)
 
     @staticmethod
     def _bounds(market: _Market) -> None:
