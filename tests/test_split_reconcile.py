@@ -415,7 +415,7 @@ async def test_split_periodic_reconciliation_keeps_the_orders_the_venue_has(
     strat_records = journal_records(strat_dir)
     assert closed_by_reconciliation(strat_records) == set()
     counts = reconcile_counts(strat_records)
-    assert len(counts) >= 5  # start, periodic checks, final
+    assert len(counts) >= 4  # (start,) three periodic checks or more, final
     assert all(c["closed"] == 0 and c["orphans_cancelled"] == 0 for c in counts), counts
     assert "reconciliation failed" not in nodes.log("strategy")
     assert working_after(strat_records) == []
