@@ -279,15 +279,18 @@ class Strategy:
     #: With ``top_of_book_only``: 1 means only a change of the best bid or ask (price
     #: or size) matters, as for mid/microprice quoting; 5 (default) watches five levels.
     book_levels: ClassVar[int] = 5
-    #: With ``book_levels`` 1: False when only the best bid and ask *prices* matter, so
-    #: a change of their sizes alone does not call ``on_book`` (quoting around the mid).
-    #: May depend on the parameters (a property); the engine reads it at start and
-    #: after new parameters were applied.
-    reads_best_sizes: bool = True
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
         self.ctx = ctx
         self.params = params
+
+    @property
+    def reads_best_sizes(self) -> bool:
+        """With ``book_levels`` 1: False when only the best bid and ask *prices* matter,
+        so a change of their sizes alone does not call ``on_book`` (quoting around the
+        mid). Override it (it may depend on the parameters); the engine reads it at
+        start and after new parameters were applied."""
+        return True
 
     @property
     def name(self) -> str:

@@ -452,7 +452,9 @@ def test_only_the_best_prices_matter_when_quoting_from_the_mid() -> None:
 class _PmmSeeingSizes(PureMarketMaking):
     """The same strategy, called on every change of the best levels' sizes too."""
 
-    reads_best_sizes = True  # type: ignore[assignment]
+    @property
+    def reads_best_sizes(self) -> bool:
+        return True
 
 
 class _SizesPlugin:
