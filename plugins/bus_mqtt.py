@@ -1,8 +1,8 @@
 """MQTT bus backend: nodes of one run on several machines talk through a broker.
 
 Built on aiomqtt (connection, TLS, authentication, last will, subscriptions), with the
-per-message path (publish, write, receive) on its paho client directly: messages
-published in the same event-loop pass for one topic travel as one batch frame, and
+per-message path (publish, write, receive) on its paho client directly: consecutive
+messages of one topic published close together travel as one batch frame, and
 received frames are dispatched without a queue or a task. Messages travel in the
 ``quoteforge.topics`` envelope. See ``docs/distributed.md`` for topics, QoS policy,
 encoding, batching and security.
@@ -176,6 +176,12 @@ class MqttParams(BaseModel):
         description="most messages of one topic sent together in one batch frame; 1 sends "
         "every message alone, in the single-envelope form older quoteforge versions read",
     )
+    batch_max_bytes: int = Field(
+        default=65536,
+        ge=1,
+        description="a batch frame is closed before it grows past this many bytes (a "
+        "single larger message still travels alone)",
+    )
     linger_us: int = Field(
         default=100,
         ge=0,
@@ -184,12 +190,6 @@ class MqttParams(BaseModel):
         "previous send waits until then, to leave together with what follows; a message "
         "after a quiet spell leaves at once. Bounds MQTT publishes to about 1/linger per "
         "second under a steady stream; 0 sends at every event-loop pass",
-    )
-    batch_max_bytes: int = Field(
-        default=65536,
-        ge=1,
-        description="a batch frame is closed before it grows past this many bytes (a "
-        "single larger message still travels alone)",
     )
     dedup_capacity: int = Field(
         default=100_000,
