@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import gc
 import json
 import signal
 import time
@@ -370,6 +371,8 @@ class Run:
         for mr in self.markets.values():
             if mr.book.state is BookState.LIVE:
                 self._requote(mr)
+        if not self.clock.is_virtual:
+            freeze_startup_objects()
 
     async def reconcile(self, since_ns: int = 0, *, periodic: bool = False) -> dict[str, int]:
         """Make local state match the venues (REST is the truth): book fills the journal
@@ -1319,6 +1322,18 @@ class Run:
                 "manifest sections other than strategy params changed: restart to apply"
             )
         return changed
+
+
+def freeze_startup_objects() -> None:
+    """Take everything alive after start-up (imported modules, plugins, instruments,
+    books) out of the cyclic garbage collector's reach, after one last collection.
+
+    A full collection otherwise walks those tens of thousands of objects every time and
+    pauses the event loop for 10-50 ms; frozen, later collections only scan what the run
+    itself allocates. Called once by live runs and by every split node when started.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _base36(value: int) -> str:

@@ -23,7 +23,14 @@ from pydantic import BaseModel
 from quoteforge.book import BookState, L2Book
 from quoteforge.bus import Bus
 from quoteforge.clock import NS, LiveClock, SimClock, TimerHandle
-from quoteforge.engine import KILL_FILE, Run, _epoch_ns, run_manifest, stop_signals
+from quoteforge.engine import (
+    KILL_FILE,
+    Run,
+    _epoch_ns,
+    freeze_startup_objects,
+    run_manifest,
+    stop_signals,
+)
 from quoteforge.exchange import (
     CancelAll,
     CancelOrder,
@@ -358,6 +365,7 @@ class _Node:
         self.bus.subscribe(self.scheme.breaker(), self._on_breaker_message)
         try:
             await self.start()
+            freeze_startup_objects()
             self.sessions.start()
             loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self._watch_kill_file()))
