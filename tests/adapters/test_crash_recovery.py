@@ -8,6 +8,7 @@ while the bot is dead, as a real venue would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -110,6 +111,19 @@ def wait_for(path: Path, seconds: float) -> None:
     assert path.exists(), f"{path} did not appear"
 
 
+def wait_until_resumed(run_dir: Path, pid: int, lives: int, seconds: float) -> None:
+    """Until run.json says process ``pid`` is the ``lives``-th resume of the run."""
+    deadline = time.time() + seconds
+    info: dict[str, Any] = {}
+    while time.time() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            info = json.loads((run_dir / "run.json").read_text())
+            if info.get("pid") == pid and len(info.get("resumed", [])) == lives:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"resume {lives} by pid {pid} never started; run.json: {info}")
+
+
 def journal_fills(run_dir: Path) -> list[dict[str, Any]]:
     conn = sqlite3.connect(run_dir / "journal.sqlite")
     try:
@@ -153,8 +167,11 @@ def test_sigkill_at_random_points_then_resume(venue: VenueThread, tmp_path: Path
         time.sleep(rng.uniform(0.3, 1.0))  # the venue keeps trading while we are dead
         resumed = bot(["run", "--resume", str(run_dir), "--set=run.duration=60s"], env)
         time.sleep(1.0)
-    # The last life ends with a clean stop that cancels everything. Takers stop first:
-    # a trade after the bot has gone would be for the next life's reconciliation.
+    # The last life ends with a clean stop that cancels everything. It must have started
+    # (its signal handlers are in place once it has recorded its resume in run.json).
+    wait_until_resumed(run_dir, resumed.pid, lives=2, seconds=60)
+    # Takers stop first: a trade after the bot has gone would be for the next life's
+    # reconciliation.
     venue.takers_on.clear()
     time.sleep(0.5)
     resumed.send_signal(signal.SIGINT)
