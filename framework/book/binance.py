@@ -223,66 +223,53 @@ class BinanceSpotBookSource(BookSource):
         self.last_update_id = None
 
     def _convert(self, msg: dict[str, Any]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """Wire levels -> (bid (ticks, lots), ask (-ticks, lots)), all or nothing."""
-        pget = self._price.cache.get
-        pc = self._price.parse
-        qc = self._qty.parse
-        # Sizes rarely repeat, so they skip the cache: the point is cut out and the
-        # digits divided by the lot size in one integer step (exact, remainder 0).
-        qdiv = self._qty.divisors.get
-        bids: list[tuple[int, int]] = []
-        asks: list[tuple[int, int]] = []
+        """Wire levels -> (bid (ticks, lots), ask (-ticks, lots)), all or nothing.
+
+        The interpreted path: the compiled one (``quoteforge.book.fast``) hands every
+        message it does not read itself to this one, and without the extension it is
+        the only one.
+        """
         try:
             if type(msg["b"]) is not list or type(msg["a"]) is not list:
                 raise TypeError("'b' and 'a' must be lists of levels")
-            for level in msg["b"]:
-                # A two-character string would unpack as a "level" too.
-                if type(level) is not list:
-                    raise TypeError(f"level {level!r} is not a [price, qty] list")
-                p, q = level
-                t = pget(p)
-                if t is None:
-                    t = pc(p)
-                if type(q) is str:
-                    head, _, tail = q.partition(".")
-                    digits = head + tail
-                    div = qdiv(len(tail))
-                    if div is not None and digits.isascii() and digits.isdigit():
-                        n, rest = divmod(int(digits), div)
-                        if rest:
-                            n = qc(q)
-                    else:
-                        n = qc(q)
-                else:
-                    n = qc(q)
-                bids.append((t, n))
-            for level in msg["a"]:
-                if type(level) is not list:
-                    raise TypeError(f"level {level!r} is not a [price, qty] list")
-                p, q = level
-                t = pget(p)
-                if t is None:
-                    t = pc(p)
-                if type(q) is str:
-                    head, _, tail = q.partition(".")
-                    digits = head + tail
-                    div = qdiv(len(tail))
-                    if div is not None and digits.isascii() and digits.isdigit():
-                        n, rest = divmod(int(digits), div)
-                        if rest:
-                            n = qc(q)
-                    else:
-                        n = qc(q)
-                else:
-                    n = qc(q)
-                asks.append((-t, n))
+            return self._convert_side(msg["b"], 1), self._convert_side(msg["a"], -1)
         except KeyError as exc:
             raise self._malformed(f"depthUpdate without {exc.args[0]!r}", msg) from None
         except (TypeError, ValueError) as exc:
             raise self._malformed(
                 f"bad level in depthUpdate ({exc}); levels are [price, qty] strings", msg
             ) from None
-        return bids, asks
+
+    def _convert_side(self, levels: list[Any], sign: int) -> list[tuple[int, int]]:
+        """One side's [price, qty] texts as (sign * ticks, lots); raises on a bad level."""
+        pget = self._price.cache.get
+        pc = self._price.parse
+        qc = self._qty.parse
+        # Sizes rarely repeat, so they skip the cache: the point is cut out and the
+        # digits divided by the lot size in one integer step (exact, remainder 0).
+        qdiv = self._qty.divisors.get
+        out: list[tuple[int, int]] = []
+        for level in levels:
+            # A two-character string would unpack as a "level" too.
+            if type(level) is not list:
+                raise TypeError(f"level {level!r} is not a [price, qty] list")
+            p, q = level
+            t = pget(p)
+            if t is None:
+                t = pc(p)
+            n = -1
+            if type(q) is str:
+                head, _, tail = q.partition(".")
+                digits = head + tail
+                div = qdiv(len(tail))
+                if div is not None and digits.isascii() and digits.isdigit():
+                    n, rest = divmod(int(digits), div)
+                    if rest:
+                        n = -1
+            if n < 0:
+                n = qc(q)  # the general parser: exponent forms, or the clear error
+            out.append((sign * t, n))
+        return out
 
     def _levels(self, levels: object, name: str, snap: object) -> list[tuple[int, int]]:
         if type(levels) is not list:
