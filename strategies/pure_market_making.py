@@ -203,6 +203,14 @@ class PureMarketMaking(Strategy):
         # and per market the (working quotes, memo entry) last found within tolerance.
         self._source: tuple[Any, ...] | None = None
         self._kept: dict[str, tuple[list[Quote], tuple[Any, ...]]] = {}
+        # Per market, for the working quotes last recorded by a book refresh: (those
+        # quotes, params, inventory ratio, centre, slack). While the ratio is the same and
+        # the centre is within ``slack`` of that one, every wanted price is provably
+        # within refresh_tolerance_bps of the working one (see ``_anchor``), so a refresh
+        # can keep the quotes without pricing them again.
+        self._anchors: dict[str, tuple[list[Quote], Any, float, float, float]] = {}
+        # (centre, ratio, shortcut allowed) of the last wanted_quotes call.
+        self._basis: tuple[float, float, bool] = (0.0, 0.0, False)
         self._timer: Any = None
         self._reference_key, self._quoted = self._resolve_markets(params)
 
@@ -422,12 +430,14 @@ class PureMarketMaking(Strategy):
         # the inventory ratio only: the same two give the same quotes as last time.
         memo_ok = p.price_band_bps is None and not hangs
         self._source = None
+        center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)
+        # Without limits that cut quotes by price, the quotes move with the centre only.
+        self._basis = (center, ratio, memo_ok and bid_top is None and ask_bottom is None)
         if memo_ok:
             memo = self._memo.get(market.key)
             if memo is not None and memo[0] is p and memo[1] == ref and memo[2] == ratio:
                 self._source = memo
                 return list(memo[3])
-        center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)
         quotes: list[Quote] = []
         for level in range(p.levels):
             distance = (p.spread_bps + level * p.level_spacing_bps) / 1e4
@@ -473,10 +483,19 @@ class PureMarketMaking(Strategy):
         return self._refresh(market)
 
     def _refresh(self, market: Market) -> list[Quote] | None:
-        quotes = self.wanted_quotes(market)
-        source = self._source
         key = market.key
         last = self._last.get(key)
+        anchor = self._anchors.get(key)
+        if anchor is not None and anchor[0] is last and anchor[1] is self.params:
+            ref = self.reference_price(market)
+            if ref is not None:
+                ratio = self.inventory_ratio(market, ref)
+                if ratio == anchor[2]:
+                    center = ref * (1 - ratio * self.params.inventory_skew_bps / 1e4)
+                    if abs(center - anchor[3]) < anchor[4]:
+                        return None  # provably within tolerance: keep the quotes
+        quotes = self.wanted_quotes(market)
+        source = self._source
         if last is not None:
             kept = self._kept.get(key)
             if source is not None and kept is not None and kept[0] is last and kept[1] is source:
@@ -486,7 +505,48 @@ class PureMarketMaking(Strategy):
                     self._kept[key] = (last, source)
                 return None
         self._record(key, quotes, self.ctx.now())
+        self._anchor(market, quotes)
         return quotes
+
+    def _anchor(self, market: Market, quotes: list[Quote]) -> None:
+        """Work out how far the centre may move before some wanted price could leave
+        refresh_tolerance_bps of ``quotes`` (just priced from ``self._basis``).
+
+        A quote at distance d prices at floor or ceil(centre * (1 -/+ d) / tick); a
+        centre move of D changes it by at most ceil(D * (1 + d) / tick) ticks. With K
+        the largest tick move every quote tolerates (one tick kept back for float
+        rounding), |D| < K * tick / (1 + d_max) keeps each within tolerance. The same
+        inventory ratio gives the same sizes and sides; quotes near the venue's minimum
+        notional or the price grid's ends, and a missing slot, disable the shortcut.
+        """
+        key = market.key
+        self._anchors.pop(key, None)
+        center, ratio, allowed = self._basis
+        p = self.params
+        slots = p.levels * ((ratio < 1) + (ratio > -1))
+        if not allowed or not quotes or len(quotes) != slots:
+            return
+        inst = market.instrument
+        tick = float(inst.tick_size)
+        lot = float(inst.lot_size)
+        min_notional = float(inst.min_notional)
+        top = inst.max_price_ticks
+        tolerance = p.refresh_tolerance_bps / 1e4
+        room = math.inf
+        for q in quotes:
+            a = q.price_ticks
+            k = math.ceil(tolerance * a * (1 - 1e-9)) - 2  # strictly inside, one tick spare
+            if min_notional:
+                k = min(k, math.floor(a - min_notional / (q.qty_lots * lot * tick)) - 2)
+            k = min(k, a - 2)
+            if top is not None:
+                k = min(k, top - a - 1)
+            room = min(room, k)
+        if room < 1:
+            return
+        widest = (p.spread_bps + (p.levels - 1) * p.level_spacing_bps) / 1e4
+        slack = room * tick / (1 + widest) * (1 - 1e-9)
+        self._anchors[key] = (quotes, p, ratio, center, slack)
 
     def on_fill(self, market: Market, fill: Fill, **kwargs: Any) -> None:
         if self.params.inventory_target_base_pct is not None:

@@ -8,6 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import quoteforge
@@ -505,3 +507,76 @@ def test_skipping_size_only_changes_leaves_the_backtest_unchanged(
     ]
     # The strategy was asked less often: only when a best price moved (or after fills).
     assert 0 < mid_only.tick_to_orders.count < seeing_sizes.tick_to_orders.count
+
+
+class _PmmAlwaysPricing(PureMarketMaking):
+    """The same strategy without the refresh shortcut: every refresh prices its quotes."""
+
+    def _anchor(self, market: Market, quotes: list) -> None:  # type: ignore[type-arg]
+        return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    levels=st.integers(1, 3),
+    spread=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+    spacing=st.sampled_from([0.0, 1.0, 4.0]),
+    tolerance=st.sampled_from([0.0, 0.3, 1.0, 2.0, 8.0]),
+    skew=st.sampled_from([0.0, 5.0, 30.0]),
+    min_notional=st.sampled_from(["0", "5", "99.5"]),
+    steps=st.lists(
+        st.tuples(st.integers(-40, 40), st.integers(1, 12), st.sampled_from([0, 0, 0, 400, -700])),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_refresh_shortcut_changes_no_decision(
+    levels: int,
+    spread: float,
+    spacing: float,
+    tolerance: float,
+    skew: float,
+    min_notional: str,
+    steps: list[tuple[int, int, int]],
+) -> None:
+    """Keeping quotes without pricing them (centre within the worked-out slack) gives
+    exactly the decisions of pricing them on every refresh, through random mids,
+    spreads, position changes and fills."""
+    inst = Instrument(
+        "sim",
+        "BTC/USDT",
+        "BTC",
+        "USDT",
+        Decimal("0.01"),
+        Decimal("0.001"),
+        min_notional=Decimal(min_notional),
+    )
+    params = PureMarketMakingParams(
+        order_size=1.0,
+        levels=levels,
+        spread_bps=spread,
+        level_spacing_bps=spacing,
+        refresh_tolerance_bps=tolerance,
+        inventory_limit=3.0,
+        inventory_skew_bps=skew,
+    )
+    book = L2Book(inst)
+    pos = Position()
+    market = Market(inst, book, pos)
+    makers = []
+    for kind in (PureMarketMaking, _PmmAlwaysPricing):
+        ctx = StrategyContext(
+            "mm", {market.key: market}, lambda: 0, lambda k, q: None, lambda d, f: None, 0
+        )
+        makers.append(kind(ctx, params))
+    bid = 10_000
+    for move, width, fill_lots in steps:
+        bid += move
+        book.apply_snapshot([(bid, 1000)], [(bid + width, 1000)])
+        book.state = BookState.LIVE
+        if fill_lots:
+            pos.lots += fill_lots
+            for strategy in makers:
+                strategy.on_fill(market, None)  # type: ignore[arg-type]
+        fast, slow = (strategy.on_book(market) for strategy in makers)
+        assert fast == slow
