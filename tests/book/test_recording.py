@@ -112,3 +112,30 @@ def test_batches_deliver_the_good_records_before_a_bad_line(tmp_path: Path) -> N
         writer.write("x", "s", "2", t_ns=3)
     with pytest.raises(RecordingError, match=r"record 2 goes back in time \(3 < 5\)"):
         list(record_batches([back]))
+
+
+def test_batches_check_order_and_shape_across_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads of a few lines each: common-shape reads, a read with a line of another
+    shape, and time going back across two reads, all read as ``read_recording`` does."""
+    import quoteforge.recording as recording
+
+    monkeypatch.setattr(recording, "_BATCH_CHARS", 120)
+    path = tmp_path / "r.jsonl"
+    with RecordingWriter(path) as writer:
+        for t in range(1, 40):
+            writer.write("binance", "btcusdt@depth", f'{{"u":{t}}}', t_ns=t * 10)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"t": 400.0, "venue": "binance", "stream": "s", "raw": "x"}\n')
+        handle.write('{"t": 401, "venue": "binance", "stream": "s", "raw": "y"}\n')
+    batches = list(record_batches([path]))
+    assert len(batches) > 5
+    expected = [(r.t_ns, r.venue, r.stream, r.raw) for r in read_recording(path)]
+    assert [r for batch in batches for r in batch] == expected
+    assert type(expected[-2][0]) is int  # the float time was converted
+    with path.open("a", encoding="utf-8") as handle:
+        for t in (402, 403, 404, 405, 399):
+            handle.write(f'{{"t": {t}, "venue": "binance", "stream": "s", "raw": "z"}}\n')
+    with pytest.raises(RecordingError, match=r"record 46 goes back in time \(399 < 405\)"):
+        list(record_batches([path]))
