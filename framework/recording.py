@@ -6,7 +6,8 @@ from __future__ import annotations
 import gzip
 import heapq
 import json
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, cast
@@ -142,6 +143,13 @@ def read_recording(path: str | Path) -> Iterator[Record]:
 
 _BATCH_CHARS = 1 << 20  # about a megabyte of lines per read
 
+_parse_lines: Callable[[list[str], int | None], list[RecordTuple] | None] | None = None
+if os.environ.get("QUOTEFORGE_PURE_PYTHON", "").strip().lower() not in ("1", "true", "yes"):
+    try:  # the compiled reader of the common line shape (optional, see setup.py)
+        from quoteforge._fastrec import parse_lines as _parse_lines
+    except ImportError:  # built without a C compiler: the interpreted reader serves
+        _parse_lines = None
+
 
 def _file_batches(source: Path) -> Iterator[list[RecordTuple]]:
     """The records of one file in order, a list per read: blank lines skipped, times
@@ -156,7 +164,17 @@ def _file_batches(source: Path) -> Iterator[list[RecordTuple]]:
             lines = handle.readlines(_BATCH_CHARS)
             if not lines:
                 return
-            batch: list[RecordTuple] = []
+            # Every line of the common shape, in time order: read in one compiled call.
+            # Any other read (a blank or unusual line, time going back) goes the
+            # interpreted way below, which accepts what is valid and names what is not.
+            batch = _parse_lines(lines, last) if _parse_lines is not None else None
+            if batch:
+                number += len(lines)
+                count += len(batch)
+                last = batch[-1][0]
+                yield batch
+                continue
+            batch = []
             append = batch.append
             error: RecordingError | None = None
             for line in lines:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from book_helpers import FIXTURES
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quoteforge.clock import SimClock
 from quoteforge.recording import (
@@ -139,3 +141,105 @@ def test_batches_check_order_and_shape_across_reads(
             handle.write(f'{{"t": {t}, "venue": "binance", "stream": "s", "raw": "z"}}\n')
     with pytest.raises(RecordingError, match=r"record 46 goes back in time \(399 < 405\)"):
         list(record_batches([path]))
+
+
+def _read_both(path: Path) -> list[object]:
+    """What record_batches gives (records, then the error text if any) with the
+    compiled line reader and with the interpreted one."""
+    import quoteforge.recording as recording
+
+    results = []
+    for reader in (recording._parse_lines, None):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(recording, "_parse_lines", reader)
+            got = _read_all(path)
+        results.append(got)
+    return results
+
+
+def _read_all(path: Path) -> list[object]:
+    got: list[object] = []
+    try:
+        for batch in record_batches([path]):
+            got.extend(batch)
+    except RecordingError as exc:
+        got.append(str(exc))
+    return got
+
+
+def test_compiled_line_reader_is_built_under_ci() -> None:
+    import os
+
+    import quoteforge.recording as recording
+
+    if os.environ.get("CI") and not os.environ.get("QUOTEFORGE_PURE_PYTHON"):
+        assert recording._parse_lines is not None, "the _fastrec extension was not built"
+
+
+_ascii = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=40)
+_texts = (
+    _ascii
+    | _ascii
+    | _ascii
+    | st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+    | st.sampled_from(
+        [
+            '{"e":"depthUpdate","b":[["1.0","2"]]}',
+            'a\\"b/c\nd\te\rf\bg\fh\x01\x1f\x7f',
+            "é€😀",
+        ]
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.integers(0, 2**62) | st.integers(-(2**63), 2**63 - 1) | st.integers(0, 10**19),
+            # Mostly names of the common shape, sometimes ones only the interpreted
+            # reader reads (non-ASCII, escaped).
+            st.sampled_from(["binance"] * 8 + ["kraken", "b\u00e9", 'x"y']),
+            st.sampled_from(["btcusdt@depth"] * 8 + ["book", "rest:/api?x=1", "s\\t"]),
+            _texts,
+        ),
+        max_size=8,
+    ),
+    extra=st.just("")
+    | st.just("")
+    | st.sampled_from(
+        [
+            "\n",
+            '{"t": 5, "venue": "x", "stream": "s", "raw": "r"}\n',
+            '{"venue":"x","t":5,"stream":"s","raw":"r"}\n',
+            '{"t":5.0,"venue":"x","stream":"s","raw":"r"}\n',
+            '{"t":05,"venue":"x","stream":"s","raw":"r"}\n',
+            '{"t":5,"venue":"x","stream":"s","raw":"\\u00e9\\ud83d\\ude00"}\n',
+            '{"t":5,"venue":"x","stream":"s","raw":5}\n',
+            '{"t":5,"venue":"x","stream":"s","raw":"r"} \n',
+            '{"t":5,"venue":"x","stream":"s","raw":"r"}\r\n',
+            '{"t":5,"venue":"x","stream":"s","raw":"unclosed}\n',
+            "not json\n",
+        ]
+    ),
+    at=st.integers(0, 12),
+    ordered=st.sampled_from([True, True, True, False]),
+)
+def test_compiled_line_reader_reads_exactly_as_the_interpreted_one(
+    tmp_path_factory: pytest.TempPathFactory,
+    records: list[tuple[int, str, str, str]],
+    extra: str,
+    at: int,
+    ordered: bool,
+) -> None:
+    """Random records as RecordingWriter writes them (any text, times in any order,
+    beyond 64 bits too), with one hand-written line of another shape put in: the same
+    records and the same error either way."""
+    path = tmp_path_factory.mktemp("rec") / "r.jsonl"
+    if ordered:
+        records = sorted(records)
+    lines = [Record(t, venue, stream, raw).to_line() + "\n" for t, venue, stream, raw in records]
+    lines.insert(min(at, len(lines)), extra)
+    path.write_text("".join(lines), encoding="utf-8")
+    compiled, interpreted = _read_both(path)
+    assert compiled == interpreted

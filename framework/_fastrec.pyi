@@ -1,0 +1,3 @@
+def parse_lines(
+    lines: list[str], last: int | None, /
+) -> list[tuple[int, str, str, str]] | None: ...
