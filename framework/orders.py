@@ -64,25 +64,31 @@ def _base36(value: int) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+# Enum members' ``_value_`` is a plain attribute; ``.value`` and ``.name`` go through a
+# descriptor written in Python, which costs as much as the rest of a record.
+_SIDE_NAMES = {int(side): side.name.lower() for side in Side}
+
+
 def order_to_dict(order: Order) -> dict[str, Any]:
+    extra = order.extra
     return {
         "client_id": order.client_id,
         "venue": order.venue,
         "symbol": order.symbol,
-        "side": order.side.name.lower(),
+        "side": _SIDE_NAMES[order.side],
         "qty_lots": order.qty_lots,
         "price_ticks": order.price_ticks,
-        "order_type": order.order_type.value,
-        "tif": order.tif.value,
+        "order_type": order.order_type._value_,
+        "tif": order.tif._value_,
         "strategy": order.strategy,
         "level": order.level,
-        "status": order.status.value,
+        "status": order.status._value_,
         "filled_lots": order.filled_lots,
         "exchange_id": order.exchange_id,
         "created_ns": order.created_ns,
         "updated_ns": order.updated_ns,
         "reason": order.reason,
-        "extra": dict(order.extra),
+        "extra": dict(extra) if extra else {},
     }
 
 
@@ -112,7 +118,7 @@ def update_to_dict(update: OrderUpdate) -> dict[str, Any]:
     return {
         "venue": update.venue,
         "client_id": update.client_id,
-        "status": update.status.value,
+        "status": update.status._value_,
         "ts_ns": update.ts_ns,
         "exchange_id": update.exchange_id,
         "filled_lots": update.filled_lots,
@@ -128,12 +134,12 @@ def fill_to_dict(fill: Fill) -> dict[str, Any]:
         "symbol": fill.symbol,
         "fill_id": fill.fill_id,
         "client_id": fill.client_id,
-        "side": fill.side.name.lower(),
+        "side": _SIDE_NAMES[fill.side],
         "price_ticks": fill.price_ticks,
         "qty_lots": fill.qty_lots,
         "fee": str(fill.fee),
         "fee_asset": fill.fee_asset,
-        "liquidity": fill.liquidity.value,
+        "liquidity": fill.liquidity._value_,
         "ts_ns": fill.ts_ns,
         "strategy": fill.strategy,
     }
@@ -175,7 +181,7 @@ class _Meta:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prior": None if self.prior is None else self.prior.value,
+            "prior": None if self.prior is None else self.prior._value_,
             "event_keys": dict(self.event_keys),
         }
 
@@ -715,7 +721,7 @@ class OrderManager:
         status_key: str | None = None,
     ) -> None:
         meta = self._meta[order.client_id]
-        key = f"{status_key or order.status.value}:{order.filled_lots}"
+        key = f"{status_key or order.status._value_}:{order.filled_lots}"
         seen = meta.event_keys.get(key, 0)
         meta.event_keys[key] = seen + 1
         event_id = f"{order.venue}:{order.client_id}:{key}"
