@@ -3,12 +3,18 @@
 ``quoteforge.book.fast`` must be indistinguishable from the interpreted code: the same
 books, the same top-of-book signals, the same merged consumer levels, and for anything
 unusual it must hand over to the interpreted path, which accepts the rare valid forms
-and raises the clear error for the rest.
+and raises the clear error for the rest. The compiled depthUpdate text reader is held
+to the whole source's behaviour: outcomes, errors, stats, states, notifications and
+update ids, on random streams spelled every way a venue (or a broken one) may.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import random
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -16,8 +22,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quoteforge.book import BinanceSpotBookSource, BookMessageError, BookState, ConsumerBook, fast
+from quoteforge.book import (
+    BinanceFuturesBookSource,
+    BinanceSpotBookSource,
+    BookMessageError,
+    BookState,
+    ConsumerBook,
+    Outcome,
+    binance,
+    fast,
+    l2,
+)
 from quoteforge.book.l2 import L2Book
+from quoteforge.book.source import SourceStats
+from quoteforge.clock import SimClock
 from quoteforge.model import Instrument, Side
 
 TICK = Decimal("0.01")
@@ -229,3 +247,399 @@ def test_compiled_merge_equals_interpreted_merge(
         else:
             book.set_level(Side.SELL, 5001 + distance, lots)
         check()
+
+
+# -- whole depthUpdate texts: the compiled reader against the interpreted source ------------
+
+
+@contextlib.contextmanager
+def _interpreted() -> Iterator[None]:
+    """Every compiled book piece switched off, as with QUOTEFORGE_PURE_PYTHON=1."""
+    saved = (binance._apply_depth_text, l2._apply_diff, l2._top_levels)
+    binance._apply_depth_text = l2._apply_diff = l2._top_levels = None
+    try:
+        yield
+    finally:
+        binance._apply_depth_text, l2._apply_diff, l2._top_levels = saved
+
+
+class _Run:
+    """A source with everything it reports recorded: resync requests, state changes and
+    the book as each update notification saw it."""
+
+    def __init__(self, futures: bool, clock: SimClock) -> None:
+        cls = BinanceFuturesBookSource if futures else BinanceSpotBookSource
+        self.log: list[Any] = []
+        self.source = cls(
+            _instrument(),
+            clock=clock,
+            stale_after_ms=None,
+            max_buffer=6,
+            on_resync=lambda src, why: self.log.append(("resync", why)),
+            on_update=lambda book: self.log.append(("update", book.version, book.ts_ns)),
+        )
+        self.source.add_observer(
+            lambda book, old, new, why: self.log.append(("state", old, new, why))
+        )
+
+    def do(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self.source, method)(*args)
+        except BookMessageError as exc:
+            return ("error", str(exc))
+
+    def observed(self) -> tuple[Any, ...]:
+        s = self.source
+        return (
+            _state(s.book),
+            s.book.state,
+            s.book.ts_ns,
+            s.book.update_count,
+            s.stats.as_dict(),
+            s.states.last_message_ns,
+            s.last_update_id,
+            s._chained,
+            s._buffer,
+            s.needs_snapshot,
+            self.log,
+        )
+
+
+def _level_text(side: int, distance: int, lots: int, ps: int, qs: int) -> list[str]:
+    return [_spell_price(100_000 + side * distance, ps), _spell_qty(lots, qs)]
+
+
+def _render(msg: dict[str, Any], rnd: random.Random) -> str | bytes:
+    """A depthUpdate spelled as a venue may send it: compact or spaced, any key order,
+    plain or in a combined-stream envelope, as text or bytes."""
+    items = list(msg.items())
+    if rnd.random() < 0.3:
+        rnd.shuffle(items)
+    if rnd.random() < 0.3:
+        seps = rnd.choice([(", ", ": "), (",", ":"), (" ,\n", " :\t")])
+    else:
+        seps = (",", ":")
+    body: Any = dict(items)
+    if rnd.random() < 0.25:
+        body = {"stream": "btcusdt@depth", "data": body}
+        if rnd.random() < 0.5:
+            body = {"data": body["data"], "stream": "btcusdt@depth"}
+    text = json.dumps(body, separators=seps)
+    if rnd.random() < 0.1:
+        text = rnd.choice([" ", "\n", "\r\n\t"]) + text + rnd.choice(["", " ", "\n"])
+    return text.encode() if rnd.random() < 0.3 else text
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda msg: {**msg, key: value}
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda msg: {k: v for k, v in msg.items() if k != key}
+
+
+# Changes to a well-formed event; each gives either another valid spelling the reader
+# may or may not take, or a message the interpreted path refuses or ignores.
+_MSG_CHANGES: list[Callable[[dict[str, Any]], dict[str, Any]]] = [
+    _drop("e"),
+    _drop("E"),
+    _drop("s"),
+    _drop("U"),
+    _drop("u"),
+    _drop("b"),
+    _drop("a"),
+    _set("e", "trade"),
+    _set("s", "ETHUSDT"),
+    _set("s", None),
+    _set("E", 1.5),
+    _set("E", -5),
+    _set("E", "1700000000000"),
+    _set("E", 10**25),
+    _set("E", None),
+    _set("U", 3.0),
+    _set("u", "12"),
+    _set("U", -1),
+    _set("U", True),
+    _set("b", None),
+    _set("a", {}),
+    _set("b", [["1000.01", "1.0", "x"]]),
+    _set("b", [["1000.01"]]),
+    _set("a", [[1000.02, "1.0"]]),
+    _set("a", ["1000.02"]),
+    _set("a", [["1000.025", "1.0"]]),
+    _set("b", [["999.99", "-1.0"]]),
+    _set("b", [["999.99", "1e-5"]]),
+    _set("a", [["1000.02", "1.0"], ["1000.03", "0.000001"]]),
+    _set("T", 1700000000000),
+    _set("x", None),
+    _set("x", True),
+    _set("x", "text"),
+    _set("x", -3),
+    _set("x", 1.25),
+    _set("x", [1]),
+    _set("x", {"y": 1}),
+    _set("x", "é"),
+    _set("data", {}),
+    _set("stream", "btcusdt@depth"),
+    lambda msg: {**msg, "U": msg["u"] + 1},  # U > u
+    lambda msg: {**msg, "pu": msg["u"]},
+    lambda msg: {"stream": "btcusdt@depth", "data": {**msg, "e": "trade"}},
+    lambda msg: {"data": msg},  # an envelope without its stream name
+    lambda msg: {"stream": "btcusdt@depth", "data": msg, "u": msg["u"]},
+    lambda msg: {"stream": "btcusdt@depth", "data": {"stream": "x", "data": msg}},
+]
+
+# Changes to the text itself.
+_TEXT_CHANGES: list[Callable[[str], str]] = [
+    lambda t: t[:-1],  # not JSON
+    lambda t: t + "x",
+    lambda t: t + "{}",
+    lambda t: t.replace('"BTCUSDT"', '"\\u0042TCUSDT"'),  # the same symbol, escaped
+    lambda t: t.replace('"depthUpdate"', '"depth\\u0055pdate"'),
+    lambda t: t.replace('"s"', '"\\u0073"'),
+    lambda t: t.replace(".", "\\u002e", 1),
+    lambda t: t.replace('"U":', '"U":0', 1),  # a leading zero: not JSON
+    lambda t: t.replace('"u":', '"u":1,"u":', 1),  # a repeated key: the last counts
+    lambda t: t.replace('"E":', '"E":1,"E":', 1),
+    lambda t: t.replace('"b":[', '"b":[["1000.01","2.0"],', 1),
+    lambda t: t.replace('"a":[]', '"a":[ ]', 1),
+    lambda t: t.replace("]]", "],]", 1),
+    lambda t: t.replace(",", ",,", 1),
+    lambda t: t.replace("}", ",}", 1),
+    lambda t: t.replace('"BTCUSDT"', '"BTCUSDT\t"'),
+    lambda t: "[" + t + "]",
+    lambda t: "null",
+    lambda t: '{"result":null,"id":1}',
+]
+
+# Mostly the spellings Binance uses (which the compiled reader takes), sometimes others.
+_text_levels = st.lists(
+    st.tuples(
+        st.integers(1, 60),
+        st.integers(0, 3) | st.integers(0, 10**9),
+        st.sampled_from([0] * 40 + [1] * 5 + [2] * 5 + [3, 4]),
+        st.sampled_from([0] * 40 + [1] * 10 + [2, 3]),
+    ),
+    max_size=8,
+)
+_event = st.tuples(
+    st.sampled_from(["next"] * 6 + ["overlap", "gap", "repeat"]),
+    st.integers(0, 3),  # how many more ids the event spans
+    _text_levels,
+    _text_levels,
+    st.none() | st.none() | st.none() | st.integers(0, len(_MSG_CHANGES + _TEXT_CHANGES) - 1),
+)
+_step = st.one_of(
+    *[_event] * 8,
+    st.tuples(st.just("snapshot"), st.integers(-3, 2)),  # lastUpdateId vs the next event
+    st.tuples(st.sampled_from(["feed_down", "reconnected"])),
+)
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "futures"])
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(_step, min_size=1, max_size=50), rnd=st.randoms())
+def test_depth_texts_give_what_the_interpreted_source_gives(
+    futures: bool, steps: list[tuple[Any, ...]], rnd: random.Random
+) -> None:
+    clock = SimClock(1_000_000_000)
+    compiled, interpreted = _Run(futures, clock), _Run(futures, clock)
+    last_id = 100  # the last id the venue sent
+    sent: list[str | bytes] = []
+    for step in [("snapshot", 0), *steps]:
+        clock.run_until(clock.now_ns() + 1_000)
+        recv_ns: int | None = clock.now_ns()
+        kind = step[0]
+        if kind == "snapshot":
+            # Futures snapshots bridge when they fall inside the next event (U <= id <= u).
+            lid = max(1, last_id + step[1] + futures)
+            body = json.dumps(
+                {
+                    "lastUpdateId": lid,
+                    "bids": [[_spell_price(100_000 - i, 0), "1.00000000"] for i in range(1, 8)],
+                    "asks": [[_spell_price(100_000 + i, 0), "1.00000000"] for i in range(1, 8)],
+                }
+            )
+            call: tuple[Any, ...] = ("on_snapshot", body, recv_ns)
+        elif kind in ("feed_down", "reconnected"):
+            call = (kind,)
+        elif kind == "repeat" and not sent:
+            continue
+        elif kind == "repeat":
+            # Mostly one of the last few: the duplicates a reconnect or a retry sends.
+            raw = (
+                sent[-1 - rnd.randrange(min(3, len(sent)))]
+                if rnd.random() < 0.7
+                else rnd.choice(sent)
+            )
+            call = ("on_message", raw, recv_ns)
+        else:
+            _, span, bid_levels, ask_levels, change = step
+            prev = last_id
+            first = {"next": last_id + 1, "overlap": max(1, last_id - 1), "gap": last_id + 3}[kind]
+            last_id = max(last_id, first + span)
+            msg: dict[str, Any] = {
+                "e": "depthUpdate",
+                "E": 1_700_000_000_000 + len(sent),
+                "s": "BTCUSDT",
+                "U": first,
+                "u": first + span,
+                "b": [_level_text(-1, *level) for level in bid_levels],
+                "a": [_level_text(1, *level) for level in ask_levels],
+            }
+            if futures:
+                pu = {"next": prev, "overlap": prev - 1, "gap": prev + 2}[kind]
+                msg = {"e": msg.pop("e"), "E": msg.pop("E"), "T": 1, **msg, "pu": pu}
+            change = -1 if change is None else change
+            if 0 <= change < len(_MSG_CHANGES):
+                msg = _MSG_CHANGES[change](msg)
+            raw = _render(msg, rnd)
+            text_change = change - len(_MSG_CHANGES)
+            if text_change >= 0:
+                text = raw.decode() if isinstance(raw, bytes) else raw
+                raw = _TEXT_CHANGES[text_change](text)
+            sent.append(raw)
+            if rnd.random() < 0.2:
+                recv_ns = None  # the source reads the clock
+            call = ("on_message", raw, recv_ns)
+        got = compiled.do(*call)
+        with _interpreted():
+            expected = interpreted.do(*call)
+        assert got == expected, call
+        assert compiled.observed() == interpreted.observed(), call
+
+
+def _plain(first: int = 11, final: int = 12) -> str:
+    return (
+        f'{{"e":"depthUpdate","E":1700000000123,"s":"BTCUSDT","U":{first},"u":{final},'
+        '"b":[["999.98000000","1.50000000"],["999.99000000","0.00000000"]],'
+        '"a":[["1000.03000000","0.25000000"]]}'
+    )
+
+
+_PLAIN = _plain()
+_SNAPSHOT = {"lastUpdateId": 10, "bids": [["999.99", "1"]], "asks": [["1000.02", "1"]]}
+
+
+def _read(source: BinanceSpotBookSource, raw: Any, last: int) -> Any:
+    """The compiled reader called as the live spot source calls it."""
+    book = source.book
+    read = fast.apply_depth_text
+    assert read is not None
+    return read(
+        raw,
+        source.wire_symbol,
+        last,
+        False,
+        True,
+        book._bid_keys,
+        book._bid_qty,
+        book._ask_keys,
+        book._ask_qty,
+        source._price_table,
+        source._qty_table,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _PLAIN,
+        _PLAIN.encode(),
+        json.dumps(json.loads(_PLAIN)),  # spaces after , and :
+        json.dumps(json.loads(_PLAIN), indent=2),
+        " \r\n" + _PLAIN + "\n",
+        json.dumps(dict(reversed(json.loads(_PLAIN).items()))),
+        json.dumps({"stream": "btcusdt@depth", "data": json.loads(_PLAIN)}),
+        json.dumps({"data": json.loads(_PLAIN), "stream": "btcusdt@depth"}).encode(),
+        json.dumps({**json.loads(_PLAIN), "T": 1, "pu": 10, "x": None, "y": "z", "w": -1}),
+        json.dumps({**json.loads(_PLAIN), "b": [], "a": []}),
+        json.dumps({k: v for k, v in json.loads(_PLAIN).items() if k != "E"}),
+    ],
+)
+def test_binance_spellings_are_read_by_the_compiled_reader(raw: str | bytes) -> None:
+    source, reference = _source(), _source()
+    source.on_snapshot(dict(_SNAPSHOT))
+    reference.on_snapshot(dict(_SNAPSHOT))
+    event = json.loads(raw)
+    event_ms = event.get("data", event).get("E")
+    done = _read(source, raw, 10)
+    assert done is not None
+    assert done[1:] == (12, None if event_ms is None else event_ms * 1_000_000)
+    # The interpreted source on the same text: the same book and the same bookkeeping.
+    with _interpreted():
+        assert reference.on_message(raw, 5) is Outcome.APPLIED
+    source.book._applied(done[0], done[2])
+    assert _state(source.book) == _state(reference.book)
+    assert source.book.ts_ns == reference.book.ts_ns
+    # Covered now: dropped, the book untouched.
+    assert _read(source, raw, 12) == (-1, 12, None)
+    assert _state(source.book) == _state(reference.book)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _PLAIN.replace('"BTCUSDT"', '"ETHUSDT"'),  # another symbol: ignored
+        _PLAIN.replace('"BTCUSDT"', '"\\u0042TCUSDT"'),  # escapes: decoded in full
+        _PLAIN.replace('"U":11', '"U":13'),  # a gap
+        _PLAIN.replace('"U":11', '"U":13,"u":14'),  # a repeated key
+        _PLAIN.replace('"U":11', '"U":11.0'),
+        _PLAIN.replace('"E":1700000000123', '"E":1.7e12'),
+        _PLAIN.replace('"0.25000000"', '"25E-2"'),  # a valid level in exponent form
+        _PLAIN.replace('"0.25000000"', '"0.250000001"'),  # off the lot grid
+        _PLAIN.replace('"1000.03000000"', '"1000.035"'),  # off the tick grid
+        _PLAIN.replace('"0.25000000"', "0.25"),
+        _PLAIN.replace('"e":"depthUpdate",', ""),
+        _PLAIN.replace('"b":', '"x":[1],"b":'),
+        _PLAIN[:-1],
+        _PLAIN + ",",
+        "[" + _PLAIN + "]",
+        json.dumps({"data": json.loads(_PLAIN)}),
+        json.dumps({"stream": "s", "data": json.loads(_PLAIN), "U": 11}),
+        _PLAIN.replace('"s":"BTCUSDT"', '"s":"BTCUSDT","x":"\u00e9"'),
+        _PLAIN.encode().replace(b'"s":"BTCUSDT"', b'"s":"BTCUSDT","x":"\xff"'),
+        bytearray(_PLAIN.encode()),
+    ],
+)
+def test_other_texts_are_left_to_the_interpreted_path(raw: str | bytes) -> None:
+    source = _source()
+    source.on_snapshot(dict(_SNAPSHOT))
+    before = _state(source.book)
+    assert _read(source, raw, 10) is None
+    assert _state(source.book) == before
+
+
+def test_a_book_that_is_not_live_never_reaches_the_compiled_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[Any] = []
+    read = fast.apply_depth_text
+    assert read is not None
+
+    def counting(*args: Any) -> Any:
+        calls.append(args[0])
+        return read(*args)
+
+    monkeypatch.setattr(binance, "_apply_depth_text", counting)
+    source = _source()
+    assert source.on_message(_PLAIN) is Outcome.BUFFERED  # no snapshot yet
+    assert calls == []
+    source.on_snapshot({"lastUpdateId": 10, "bids": [], "asks": []})
+    assert (
+        source.stats.applied == 1 and calls == []
+    )  # the buffered event, through the interpreted path
+    source.feed_down()
+    assert source.on_message(_plain(13, 13)) is Outcome.APPLIED
+    assert calls == [] and source.state is BookState.LIVE  # STALE -> LIVE on the way
+    assert source.on_message(_plain(14, 14)) is Outcome.APPLIED
+    assert source.on_message(_plain(14, 14)) is Outcome.DROPPED
+    assert len(calls) == 2
+    assert source.stats.as_dict() == {
+        **SourceStats().as_dict(),
+        "messages": 4,
+        "applied": 3,
+        "buffered": 1,
+        "dropped": 1,
+        "snapshots": 1,
+    }

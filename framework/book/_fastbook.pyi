@@ -30,3 +30,17 @@ def consumer_top(
     cache: list[Any],
     /,
 ) -> Any: ...
+def apply_depth_text(
+    raw: Any,
+    symbol: str,
+    last: Any,
+    futures: bool,
+    chained: bool,
+    bid_keys: list[int],
+    bid_qty: dict[int, int],
+    ask_keys: list[int],
+    ask_qty: dict[int, int],
+    price_table: bytes,
+    qty_table: bytes,
+    /,
+) -> tuple[int, int, int | None] | None: ...

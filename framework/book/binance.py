@@ -8,10 +8,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from quoteforge.book.fast import apply_depth_text as _apply_depth_text
 from quoteforge.book.l2 import BookState
 from quoteforge.book.source import BookSource, BookSourceParams, Outcome
 
 _LIVE = BookState.LIVE
+_APPLIED = Outcome.APPLIED
+_DROPPED = Outcome.DROPPED
 
 _decode: Callable[[str | bytes], Any]
 try:  # orjson is several times faster than the stdlib decoder; both are exact here
@@ -74,6 +77,37 @@ class BinanceSpotBookSource(BookSource):
     # -- wire ----------------------------------------------------------------------------
     def on_message(self, raw: str | bytes, recv_ns: int | None = None) -> Outcome:
         self.stats.messages += 1
+        book = self.book
+        if _apply_depth_text is not None and book.state is _LIVE and not self._needs_snapshot:
+            # The common case in one compiled call: a live book and an event in the
+            # plain Binance spelling that is either already covered or chains on. It
+            # reads the text itself and decides exactly as below (None: anything else).
+            done = _apply_depth_text(
+                raw,
+                self.wire_symbol,
+                self.last_update_id,
+                self._futures,
+                self._chained,
+                book._bid_keys,
+                book._bid_qty,
+                book._ask_keys,
+                book._ask_qty,
+                self._price_table,
+                self._qty_table,
+            )
+            if done is not None:
+                code, final, ts_ns = done
+                self.states.last_message_ns = recv_ns if recv_ns is not None else self._now(None)
+                if code < 0:
+                    self.stats.dropped += 1
+                    return _DROPPED
+                book._applied(code, ts_ns)
+                self.last_update_id = final
+                self._chained = True
+                self.stats.applied += 1
+                if self.on_update is not None:
+                    self.on_update(book)
+                return _APPLIED
         try:
             msg = _decode(raw)
         except ValueError as exc:

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from quoteforge.book import consumer, fast, l2
+from quoteforge.book import binance, consumer, fast, l2
 from quoteforge.model import Instrument
 
 
@@ -22,6 +22,7 @@ def book_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         if not fast.COMPILED:
             pytest.skip("the C extension quoteforge.book._fastbook is not built here")
     else:
+        monkeypatch.setattr(binance, "_apply_depth_text", None)
         monkeypatch.setattr(l2, "_apply_diff", None)
         monkeypatch.setattr(l2, "_top_levels", None)
         monkeypatch.setattr(consumer, "_consumer_top", None)
