@@ -643,3 +643,30 @@ def test_a_book_that_is_not_live_never_reaches_the_compiled_reader(
         "dropped": 1,
         "snapshots": 1,
     }
+
+
+def test_compiled_merge_reads_books_of_other_l2book_types() -> None:
+    # The merge reads a book's slots in place; other types, or a type changed after a
+    # read, must give the same levels as the interpreted merge.
+    class Tagged(L2Book):
+        __slots__ = ("tag",)
+
+    class Watched(L2Book):
+        def __getattribute__(self, name: str) -> Any:
+            return super().__getattribute__(name)
+
+    consumer = ConsumerBook("BTC")
+    books = []
+    for i, cls in enumerate((L2Book, Tagged, Watched)):
+        book = cls(_instrument(f"v{i}"))
+        book.apply_snapshot([(5000 - i, 10 + i), (4990, 1)], [(5001 + i, 20 + i), (5010, 2)])
+        book.state = BookState.LIVE
+        consumer.add(book)
+        books.append(book)
+    for step in range(6):
+        if step == 3:
+            Tagged.extra = 1  # type: ignore[attr-defined]  # the type changes
+        books[step % 3].set_level(Side.BUY, 4995 + step, step + 1)
+        books[(step + 1) % 3].set_level(Side.SELL, 5005 - step, step + 2)
+        for side in (Side.BUY, Side.SELL):
+            assert consumer.top(side, 5) == consumer._merge_interpreted(side, 5)
