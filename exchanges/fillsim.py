@@ -315,9 +315,12 @@ class FillSimulator:
                     self._book_reached(market, book)
                     return
         # No level of ours was reached: only the visible sizes at our levels matter.
-        lots_at = book.lots_at
+        bid_sizes, ask_sizes = book.side_sizes()
         for level in market.levels.values():
-            visible = lots_at(level.side, level.price)
+            if level.side is _BUY:
+                visible = bid_sizes.get(level.price, 0)
+            else:
+                visible = ask_sizes.get(-level.price, 0)
             if visible != level.seen:
                 self._level_changed(market, level, visible)
 

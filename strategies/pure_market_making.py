@@ -362,10 +362,16 @@ class PureMarketMaking(Strategy):
     def inventory_ratio(self, market: Market, price: float | None = None) -> float:
         """Signed distance from the target as a share of the limit, clamped to [-1, 1]."""
         p = self.params
-        if p.inventory_limit is None:
+        limit = p.inventory_limit
+        if limit is None:
             return 0.0
-        ratio = (market.position - self.target_position(market, price)) / p.inventory_limit
-        return max(-1.0, min(1.0, ratio))
+        target = (
+            p.inventory_target
+            if p.inventory_target_base_pct is None
+            else self.target_position(market, price)
+        )
+        ratio = (market.position - target) / limit
+        return -1.0 if ratio < -1.0 else 1.0 if ratio > 1.0 else ratio
 
     def reference_price(self, market: Market) -> float | None:
         if self.params.reference == "microprice":

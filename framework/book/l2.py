@@ -106,6 +106,7 @@ class L2Book:
         "_bid_qty",
         "_bid_top",
         "_bid_topv",
+        "_tick",
         "instrument",
         "key",
         "state",
@@ -122,6 +123,7 @@ class L2Book:
         self.venue = instrument.venue
         self.symbol = instrument.symbol
         self.key = instrument.key
+        self._tick = float(instrument.tick_size)  # for the float analytics (mid, microprice)
         self._bid_keys: list[int] = []  # ticks, ascending: best bid last
         self._bid_qty: dict[int, int] = {}
         self._ask_keys: list[int] = []  # -ticks, ascending: best ask last
@@ -343,6 +345,12 @@ class L2Book:
         qty = self._ask_qty
         return ((-k, qty[k]) for k in reversed(self._ask_keys))
 
+    def side_sizes(self) -> tuple[dict[int, int], dict[int, int]]:
+        """The live maps of visible lots by price of the bid and the ask side, for hot
+        loops that read many levels: bids by ticks, asks by *negated* ticks. Read only;
+        a snapshot replaces them, so fetch them again after each change."""
+        return self._bid_qty, self._ask_qty
+
     def lots_at(self, side: Side, price_ticks: int) -> int:
         """Visible lots at one price (0 when the level is absent)."""
         if side is _BUY:
@@ -360,8 +368,11 @@ class L2Book:
 
     def mid(self) -> float | None:
         """Mid price in price units (float, for analytics)."""
-        m = self.mid_ticks()
-        return None if m is None else m * float(self.instrument.tick_size)
+        bids, asks = self._bid_keys, self._ask_keys
+        if not bids or not asks:
+            return None
+        # mid_ticks() written out (ask keys are negated ticks): strategies call this a lot.
+        return (bids[-1] - asks[-1]) / 2 * self._tick
 
     def spread_ticks(self) -> int | None:
         bid, ask = self.best_bid_ticks(), self.best_ask_ticks()
@@ -377,7 +388,7 @@ class L2Book:
         (bp, bq), (ap, aq) = bid, ask
         total = bq + aq
         ticks = (bp * aq + ap * bq) / total if total else (bp + ap) / 2
-        return ticks * float(self.instrument.tick_size)
+        return ticks * self._tick
 
     def is_crossed(self) -> bool:
         bid, ask = self.best_bid_ticks(), self.best_ask_ticks()
