@@ -285,8 +285,8 @@ class _Run:
     def do(self, method: str, *args: Any) -> Any:
         try:
             return getattr(self.source, method)(*args)
-        except BookMessageError as exc:
-            return ("error", str(exc))
+        except Exception as exc:  # any error must be the interpreted path's error
+            return ("error", type(exc).__name__, str(exc))
 
     def observed(self) -> tuple[Any, ...]:
         s = self.source
@@ -670,3 +670,36 @@ def test_compiled_merge_reads_books_of_other_l2book_types() -> None:
         books[(step + 1) % 3].set_level(Side.SELL, 5005 - step, step + 2)
         for side in (Side.BUY, Side.SELL):
             assert consumer.top(side, 5) == consumer._merge_interpreted(side, 5)
+
+
+_decimal_text = st.one_of(
+    st.from_regex(r"\A0{0,3}[0-9]{0,20}(\.[0-9]{0,20}0{0,4})?\Z"),
+    st.from_regex(r"\A[0-9.eE+-]{0,12}\Z"),
+    st.sampled_from(["0", "0.", ".0", ".", "", "1000.01", "0.00001", "00.000010", "9" * 19]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(price=_decimal_text, qty=_decimal_text, bid=st.booleans())
+def test_level_texts_convert_as_the_interpreted_parser_does(
+    price: str, qty: str, bid: bool
+) -> None:
+    # Every digit string the reader converts itself must give the interpreted value;
+    # everything it leaves alone must meet the interpreted path's answer or error.
+    clock = SimClock(0)
+    compiled, interpreted = _Run(False, clock), _Run(False, clock)
+    snapshot = json.dumps(_SNAPSHOT)
+    compiled.do("on_snapshot", snapshot, 1)
+    with _interpreted():
+        interpreted.do("on_snapshot", snapshot, 1)
+    level = json.dumps([price, qty])
+    raw = _plain().replace('[["999.98000000","1.50000000"]', "[" + level, 1)
+    if not bid:
+        raw = _plain().replace('[["1000.03000000","0.25000000"]', "[" + level, 1)
+    assert compiled.do("on_message", raw, 2) == interpreted_message(interpreted, raw)
+    assert compiled.observed() == interpreted.observed()
+
+
+def interpreted_message(run: _Run, raw: str) -> Any:
+    with _interpreted():
+        return run.do("on_message", raw, 2)

@@ -480,6 +480,58 @@ skip_scalar(scan_t *s)
     return -1;
 }
 
+/* A level's "digits[.digits]" string, read and converted in one pass by parse_digits'
+ * rules. 0: converted into *out; 1: a valid string the fast path does not convert; -1:
+ * no plain string here. */
+static int
+scan_decimal(scan_t *s, const long long *table, long long *out)
+{
+    const unsigned char *q = s->p, *end = s->end;
+    if (q >= end || *q != '"') {
+        return -1;
+    }
+    const unsigned char *first = ++q;
+    unsigned long long value = 0; /* wraps only past 18 significant digits: refused */
+    while (q < end && *q == '0') {
+        q++;
+    }
+    const unsigned char *lead = q;
+    while (q < end && (unsigned)(*q - '0') < 10) {
+        value = value * 10 + (unsigned)(*q - '0');
+        q++;
+    }
+    Py_ssize_t significant = q - lead, digits = q - first, decimals = 0;
+    if (q < end && *q == '.') {
+        const unsigned char *fraction = ++q;
+        if (!significant) {
+            while (q < end && *q == '0') {
+                q++;
+            }
+        }
+        lead = q;
+        while (q < end && (unsigned)(*q - '0') < 10) {
+            value = value * 10 + (unsigned)(*q - '0');
+            q++;
+        }
+        significant += q - lead;
+        decimals = q - fraction;
+        digits += decimals;
+    }
+    if (q < end && *q == '"' && digits && significant <= MAX_SIGNIFICANT &&
+        decimals <= MAX_DECIMALS) {
+        long long mul = table[2 * decimals], div = table[2 * decimals + 1], scaled;
+        if (div > 0 && !__builtin_mul_overflow((long long)value, mul, &scaled) &&
+            scaled % div == 0) {
+            s->p = q + 1;
+            *out = scaled / div;
+            return 0;
+        }
+    }
+    const unsigned char *text;
+    Py_ssize_t len;
+    return scan_string(s, &text, &len) ? -1 : 1;
+}
+
 /* [["price","qty"], ...] converted into v (asks keyed by negated ticks). A level the
  * fast path does not convert sets bad_level; the rest of the text is still checked,
  * since a message that is dropped by its update ids is not converted at all. */
@@ -495,28 +547,25 @@ scan_levels(scan_t *s, level_vec *v, int negate)
         return 0;
     }
     for (;;) {
-        const unsigned char *price, *lots;
-        Py_ssize_t price_len, lots_len;
+        long long ticks = 0, count = 0;
         if (expect(s, '[')) {
             return -1;
         }
         skip_ws(s);
-        if (scan_string(s, &price, &price_len) || expect(s, ',')) {
+        int price = scan_decimal(s, s->ptable, &ticks);
+        if (price < 0 || expect(s, ',')) {
             return -1;
         }
         skip_ws(s);
-        if (scan_string(s, &lots, &lots_len) || expect(s, ']')) {
+        int lots = scan_decimal(s, s->qtable, &count);
+        if (lots < 0 || expect(s, ']')) {
             return -1;
         }
-        if (!s->bad_level) {
-            long long ticks, count;
-            if (parse_digits(price, price_len, s->ptable, &ticks) ||
-                parse_digits(lots, lots_len, s->qtable, &count)) {
-                s->bad_level = 1;
-            }
-            else if (vec_push(v, negate ? -ticks : ticks, count)) {
-                return -1;
-            }
+        if (price || lots) {
+            s->bad_level = 1;
+        }
+        else if (!s->bad_level && vec_push(v, negate ? -ticks : ticks, count)) {
+            return -1;
         }
         skip_ws(s);
         if (s->p >= s->end) {
