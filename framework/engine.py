@@ -99,13 +99,18 @@ class StrategyRuntime:
     top_only: bool = True
     best_only: bool = False
     prices_only: bool = False  # with best_only: best prices, not their sizes
+    hears_trades: bool = True  # the strategy has an on_trade of its own
 
     def read_book_interest(self) -> None:
-        """Which book changes reach ``on_book``, as the strategy declares it."""
+        """Which book changes reach ``on_book``, as the strategy declares it, and
+        whether public trades reach ``on_trade`` (not when it is the base class's no-op)."""
         strategy = self.strategy
         self.top_only = bool(getattr(strategy, "top_of_book_only", True))
         self.best_only = getattr(strategy, "book_levels", 5) <= 1
         self.prices_only = self.best_only and not getattr(strategy, "reads_best_sizes", True)
+        self.hears_trades = (
+            "on_trade" in vars(strategy) or type(strategy).on_trade is not Strategy.on_trade
+        )
 
 
 @dataclass(eq=False)
@@ -848,9 +853,11 @@ class Run:
         self, venue: str, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side, ts_ns: int
     ) -> None:
         mr = self.markets.get(f"{venue}:{symbol}")
-        if mr is None or mr.owner.halted:
+        if mr is None:
             return
         srt = mr.owner
+        if srt.halted or not srt.hears_trades:
+            return
         try:
             srt.strategy.on_trade(mr.market, price_ticks, qty_lots, aggressor)
         except Exception as exc:
