@@ -1,7 +1,9 @@
 """The shared journal: PostgreSQL via psycopg 3, for runs spread over several nodes.
 
-A writer thread inserts batches with one ``INSERT ... SELECT FROM unnest(...)`` per
-transaction; rows are scoped by ``run_id`` and idempotent by ``(run_id, event_id)``.
+A writer thread inserts each batch in one transaction, with one ``INSERT ... SELECT FROM
+jsonb_array_elements(...)`` per 2000 rows whose parameter is the rows' JSON text (the
+encoding the SQLite backend uses too); rows are scoped by ``run_id`` and idempotent by
+``(run_id, event_id)``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quoteforge import hookimpl
 from quoteforge.journal import JournalRecord
-from quoteforge.plugins.journal_sqlite import ThreadedJournal, json_default
+from quoteforge.plugins.journal_sqlite import ThreadedJournal, json_array
 from quoteforge.registry import Register
 
 if TYPE_CHECKING:
@@ -123,31 +125,26 @@ class PostgresJournal(ThreadedJournal["psycopg.Connection[Any]"]):
         from psycopg import sql
 
         conn = self._open_connection()
-        # One statement per chunk: a JSON array of rows in, rows out in array order (WITH
-        # ORDINALITY), so the identity column follows append order. ON CONFLICT DO
+        # One statement per chunk: a JSON array of encode_row texts in, rows out in array
+        # order (WITH ORDINALITY), so the identity column follows append order; the
+        # payload arrives as a JSON string holding encode_payload's text. ON CONFLICT DO
         # NOTHING also drops a repeated id within the same statement.
         self._insert = sql.SQL(
             "INSERT INTO {} (run_id, event_id, kind, ts_ns, market, payload) "
-            "SELECT %s, e->>0, e->>1, (e->>2)::bigint, e->>3, e->4 "
+            "SELECT %s, e->>0, e->>1, (e->>2)::bigint, e->>3, (e->>4)::jsonb "
             "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n) ORDER BY n "
             "ON CONFLICT (run_id, event_id) DO NOTHING"
         ).format(sql.Identifier(self.table))
         return conn
 
-    def _encode(self, record: JournalRecord) -> str:
-        # The whole row as one JSON text: the writer thread only joins strings, so it
-        # holds the GIL for microseconds, not for adapting thousands of parameters.
-        return json.dumps(
-            [record.event_id, record.kind, record.ts_ns, record.market, record.payload],
-            separators=(",", ":"),
-            default=json_default,
-        )
-
     def _write(self, conn: psycopg.Connection[Any], rows: Sequence[str]) -> None:
+        # Rows are encode_row texts (ThreadedJournal's encoder): the writer thread only
+        # joins strings, so it holds the GIL for microseconds, not for adapting
+        # thousands of parameters.
         with conn.transaction():
             for start in range(0, len(rows), _ROWS_PER_STATEMENT):
                 chunk = rows[start : start + _ROWS_PER_STATEMENT]
-                conn.execute(self._insert, (self.run_id, "[" + ",".join(chunk) + "]"))
+                conn.execute(self._insert, (self.run_id, json_array(chunk)))
 
     def _disconnect(self, conn: psycopg.Connection[Any]) -> None:
         conn.close()

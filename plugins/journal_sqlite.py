@@ -15,11 +15,12 @@ import sqlite3
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from orjson import dumps as _dumps
 from pydantic import BaseModel, ConfigDict, Field
 
 from quoteforge import hookimpl
@@ -32,9 +33,12 @@ __all__ = [
     "SqliteJournalParams",
     "ThreadedJournal",
     "encode_payload",
+    "encode_row",
     "factory",
+    "json_array",
     "json_default",
     "quoteforge_register_journal_backends",
+    "sqlite_json_batches",
 ]
 
 #: One record as SQLite stores it: (event_id, kind, ts_ns, market, payload JSON).
@@ -60,16 +64,37 @@ def json_default(value: Any) -> Any:
 
 
 def encode_payload(payload: dict[str, Any]) -> str:
-    """Payloads are stored as JSON; Decimals become strings and enums their values."""
-    if _orjson is not None:
-        return _orjson.dumps(payload, default=json_default).decode()
-    return json.dumps(payload, separators=(",", ":"), default=json_default)
+    """Payloads are stored as JSON; Decimals become strings and enums their values.
+
+    orjson writes the common payload; the few it refuses (integers beyond 64 bits,
+    non-string keys) go through the stdlib, which writes them exactly. NaN and infinities
+    become ``null`` (orjson) or are refused (stdlib): stored payloads are strict JSON.
+    """
+    try:
+        return _dumps(payload, default=json_default).decode()
+    except TypeError:
+        return _encode_payload_stdlib(payload)
 
 
-try:  # orjson encodes a journal payload several times faster than the stdlib
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - orjson is a core dependency
-    _orjson = None  # type: ignore[assignment]
+def _encode_payload_stdlib(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), default=json_default, allow_nan=False)
+
+
+def encode_row(record: JournalRecord) -> str:
+    """One record as the JSON text both backends insert from:
+    ``[event_id, kind, ts_ns, market, payload]``, where ``payload`` is the text
+    ``encode_payload`` made, as a JSON string (so the database gets that text back
+    exactly, floats and big integers included, and never re-renders it)."""
+    try:
+        payload = _dumps(record.payload, default=json_default).decode()
+    except TypeError:
+        payload = _encode_payload_stdlib(record.payload)
+    return _dumps((record.event_id, record.kind, record.ts_ns, record.market, payload)).decode()
+
+
+def json_array(rows: Sequence[str]) -> str:
+    """The JSON array of rows made by ``encode_row``: one parameter for a whole batch."""
+    return "[" + ",".join(rows) + "]"
 
 
 class _Flush:
@@ -100,6 +125,11 @@ class ThreadedJournal(Journal, Generic[ConnT]):
     thread drains the queue in batches (one transaction each, in append order) and
     completes ``flush`` futures through ``loop.call_soon_threadsafe``.
 
+    ``append`` encodes each record to one JSON text (``encode_row``), so a backend can
+    insert a whole batch with one statement whose one parameter is ``json_array(rows)``:
+    the writer thread then holds the GIL only to join strings, and the per-row work runs
+    in the database with the GIL released instead of in Python.
+
     A write that fails is retried with backoff on a fresh connection for ``retry_for_s``
     seconds (rows are idempotent by ``event_id``, so a retried batch is never doubled);
     after that the journal is failed: ``append`` and ``flush`` raise ``JournalError``.
@@ -114,6 +144,10 @@ class ThreadedJournal(Journal, Generic[ConnT]):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closed = False
+        # What ``append`` queues for one record and ``_write`` receives. Serialising on
+        # the appending thread captures the payload as it is now and keeps the writer
+        # thread's hold on the GIL short. A backend may set another in its __init__.
+        self._encoder: Callable[[JournalRecord], Any] = encode_row
         self.appended = 0
         self.written = 0  # rows handed to the database (duplicates included)
         self.batches = 0
@@ -127,8 +161,8 @@ class ThreadedJournal(Journal, Generic[ConnT]):
 
     @abstractmethod
     def _write(self, conn: ConnT, rows: Sequence[Any]) -> None:
-        """Insert ``rows`` (what ``_encode`` made) in order, ignoring known event ids,
-        and commit durably."""
+        """Insert ``rows`` (what ``self._encoder`` made) in order, ignoring known event
+        ids, and commit durably."""
 
     @abstractmethod
     def _disconnect(self, conn: ConnT) -> None: ...
@@ -163,19 +197,8 @@ class ThreadedJournal(Journal, Generic[ConnT]):
             raise JournalError(f"{self.name} has failed and accepts no records: {self._error}")
         if self._closed:
             raise JournalError(f"{self.name} is closed; open a new journal to append")
-        self._queue.put(self._encode(record))
+        self._queue.put(self._encoder(record))
         self.appended += 1
-
-    def _encode(self, record: JournalRecord) -> Any:
-        """What the writer thread receives for one record. Serialising here captures the
-        payload as it is now, and keeps the writer thread's hold on the GIL short."""
-        return (
-            record.event_id,
-            record.kind,
-            record.ts_ns,
-            record.market,
-            encode_payload(record.payload),
-        )
 
     async def flush(self) -> None:
         if self._error is not None:
@@ -301,7 +324,45 @@ CREATE TABLE IF NOT EXISTS journal (
 _INSERT = (
     "INSERT OR IGNORE INTO journal (event_id, kind, ts_ns, market, payload) VALUES (?, ?, ?, ?, ?)"
 )
+# A whole batch in one statement: its one parameter is the JSON array of encode_row
+# texts, unpacked by SQLite with the GIL released. ->> returns the payload string's text
+# as it was written and a JSON integer as an INTEGER; rows go in by array index, so
+# seq follows append order (OR IGNORE also drops a repeated id within the batch).
+_INSERT_JSON = (
+    "INSERT OR IGNORE INTO journal (event_id, kind, ts_ns, market, payload) "
+    "SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) ORDER BY key"
+)
+#: The first SQLite with the ->> operator (and with its JSON functions built in by default).
+SQLITE_JSON_MIN_VERSION = (3, 38, 0)
 _BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_json_batches() -> bool:
+    """Whether this process's SQLite can insert a batch from one JSON text: version
+    3.38 or later, and its JSON functions work (a build can leave them out)."""
+    if sqlite3.sqlite_version_info < SQLITE_JSON_MIN_VERSION:
+        return False
+    try:
+        conn = sqlite3.connect(":memory:")
+        try:
+            row = conn.execute(
+                "SELECT value->>0, value->>1 FROM json_each(?)", ('[["x",1]]',)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return bool(row == ("x", 1))
+
+
+def _encode_tuple(record: JournalRecord) -> Row:
+    return (
+        record.event_id,
+        record.kind,
+        record.ts_ns,
+        record.market,
+        encode_payload(record.payload),
+    )
 
 
 def _sqlite_connect(path: Path) -> sqlite3.Connection:
@@ -316,6 +377,13 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
     ``synchronous="full"`` (default) fsyncs the WAL at every batch commit, so a record
     is on disk once ``flush()`` returns even if the machine loses power; ``"normal"``
     survives a process crash but not a power cut, and is faster on slow disks.
+
+    ``insert`` is how a batch goes in. ``"json"``: one ``INSERT ... SELECT FROM
+    json_each(?)`` whose one parameter is the batch as JSON text, so SQLite does the
+    per-row work with the GIL released (needs SQLite 3.38+). ``"executemany"``: one
+    statement per row, bound in Python with the GIL held and handed back and forth
+    around every row. ``"auto"`` (default) takes ``"json"`` when this process's SQLite
+    has it; the choice is made here, since ``append`` already encodes for it.
     """
 
     def __init__(
@@ -325,12 +393,26 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
         synchronous: Literal["full", "normal"] = "full",
         batch_max: int = 2000,
         retry_for_s: float = 5.0,
+        insert: Literal["auto", "json", "executemany"] = "auto",
     ) -> None:
         super().__init__(batch_max=batch_max, retry_for_s=retry_for_s)
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
+        if insert not in ("auto", "json", "executemany"):
+            raise ValueError(f"insert must be 'auto', 'json' or 'executemany', got {insert!r}")
         self.path = Path(path)
         self.synchronous = synchronous
+        if insert != "executemany":
+            json_ok = sqlite_json_batches()
+            if insert == "json" and not json_ok:
+                raise ValueError(
+                    f"insert='json' needs SQLite {'.'.join(map(str, SQLITE_JSON_MIN_VERSION))} "
+                    f"or later with its JSON functions; this is {sqlite3.sqlite_version}"
+                )
+            insert = "json" if json_ok else "executemany"
+        self.insert: Literal["json", "executemany"] = insert
+        if insert == "executemany":
+            self._encoder = _encode_tuple
 
     @property
     def name(self) -> str:
@@ -355,7 +437,12 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         return conn
 
-    def _write(self, conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
+    def _write(self, conn: sqlite3.Connection, rows: Sequence[Any]) -> None:
+        if self.insert == "json":
+            # One statement in autocommit mode is one transaction: all rows or none,
+            # committed (and fsynced, with synchronous=full) before execute returns.
+            conn.execute(_INSERT_JSON, (json_array(rows),))
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(_INSERT, rows)

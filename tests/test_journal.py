@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import sqlite3
@@ -20,7 +21,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import pydantic
 import pytest
@@ -36,12 +37,16 @@ from quoteforge.plugins.journal_sqlite import (
     SqliteJournal,
     SqliteJournalParams,
     ThreadedJournal,
+    encode_payload,
+    encode_row,
+    sqlite_json_batches,
 )
 from quoteforge.registry import PluginRegistry
 
 PG_DSN = os.environ.get("QUOTEFORGE_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 PG_TABLE = "quoteforge_journal_test"
+Insert = Literal["json", "executemany"]  # SqliteJournal's two ways to insert a batch
 
 
 @pytest.fixture(scope="session")
@@ -88,14 +93,19 @@ class Backend:
         return journal
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-executemany", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    if request.param == "sqlite":
+    if request.param.startswith("sqlite"):
+        # "sqlite" inserts a batch from one JSON text (SQLite 3.38+, as here);
+        # "sqlite-executemany" is the path kept for older SQLite.
+        insert: Insert = "executemany" if request.param == "sqlite-executemany" else "json"
+        if insert == "json" and not sqlite_json_batches():
+            pytest.skip(f"SQLite {sqlite3.sqlite_version} has no ->> (3.38+)")
         path = tmp_path / "run" / "journal.sqlite"
         made = Backend(
-            "sqlite",
-            lambda: SqliteJournal(path, batch_max=500),
-            f"SqliteJournal({str(path)!r})",
+            request.param,
+            lambda: SqliteJournal(path, batch_max=500, insert=insert),
+            f"SqliteJournal({str(path)!r}, insert={insert!r})",
             lambda: _sqlite_write_lock(path),
         )
     else:
@@ -177,6 +187,44 @@ async def test_records_come_back_in_append_order(backend: Backend) -> None:
     assert first.market == "sim:BTCUSDT"
     # Payloads are JSON: Decimals keep their digits as strings, enums become values.
     assert first.payload == {"i": 0, "fee": "0.0001", "side": 1, "tags": ["a", "b"]}
+
+
+# Numbers that a float or a 64-bit integer would round, and text that needs escaping.
+EXACT_PAYLOAD: dict[str, Any] = {
+    "tenth": 0.1,
+    "third": 1 / 3,
+    "tiny": 5e-324,
+    "neg": -2.5e-8,
+    "big": 2**70,
+    "neg_big": -(2**64) - 1,
+    "i64_max": 2**63 - 1,
+    "dec": Decimal("123456789012345678901234567890.123456789"),
+    "text": 'quote " back \\ slash / tab \t nl \n nul \x01 é 漢字 🚀 \u2028',
+    "nested": {"list": [1.5, 1e-7, None, True, {"deep": [2**65]}]},
+}
+
+
+def typed(value: Any) -> Any:
+    """``value`` with the type of every leaf next to it (and dicts in key order), so
+    that 1 and 1.0, or True and 1, do not compare equal."""
+    if isinstance(value, dict):
+        return sorted((key, typed(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    return (type(value).__name__, value)
+
+
+async def test_numbers_and_text_come_back_exactly(backend: Backend) -> None:
+    journal = await backend.open()
+    journal.append(JournalRecord("exact", "run", 2**63 - 1, "sim:ÉTH/€", EXACT_PAYLOAD))
+    journal.append(JournalRecord('quote"d\\id', "run", 0, "m", {"k": 1}))
+    await journal.flush()
+    first, second = journal.read()
+    assert (first.event_id, first.ts_ns, first.market) == ("exact", 2**63 - 1, "sim:ÉTH/€")
+    expected = dict(EXACT_PAYLOAD, dec=str(EXACT_PAYLOAD["dec"]))
+    # Types too: a float never comes back as an int, a big int never as a float.
+    assert typed(first.payload) == typed(expected)
+    assert second.event_id == 'quote"d\\id'
 
 
 async def test_an_event_id_is_stored_once(backend: Backend) -> None:
@@ -330,6 +378,162 @@ async def test_order_manager_restores_from_the_journal(backend: Backend) -> None
 # ---------------------------------------------------------------------------------------
 # Backend specifics: failures, parameters and plugin registration
 # ---------------------------------------------------------------------------------------
+
+
+INSERTS = pytest.mark.parametrize("insert", ["json", "executemany"])
+
+
+def _sqlite_journal(path: Path, insert: Insert, **kwargs: Any) -> SqliteJournal:
+    if insert == "json" and not sqlite_json_batches():
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} has no ->> (3.38+)")
+    return SqliteJournal(path, insert=insert, **kwargs)
+
+
+@INSERTS
+async def test_sqlite_stores_the_encoded_text_and_integer_times(
+    tmp_path: Path, insert: Insert
+) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = _sqlite_journal(path, insert)
+    await journal.open()
+    payloads: list[dict[Any, Any]] = [
+        EXACT_PAYLOAD,
+        {"huge": 1e300, "neg_zero": -0.0, "nan": float("nan"), "inf": float("-inf")},
+        {1: "an int key", "big": 2**64},
+        {},
+    ]
+    for i, payload in enumerate(payloads):
+        journal.append(JournalRecord(f"e{i}", "run", 1_700_000_000_000_000_000 + i, "m€", payload))
+    await journal.close()
+
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT typeof(event_id), typeof(kind), typeof(ts_ns), ts_ns, typeof(market),"
+            " market, typeof(payload), payload FROM journal ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert [row[7] for row in rows] == [encode_payload(payload) for payload in payloads]
+    assert [row[3] for row in rows] == [1_700_000_000_000_000_000 + i for i in range(4)]
+    for row in rows:
+        assert row[:3] == ("text", "text", "integer")
+        assert row[4:7] == ("text", "m€", "text")
+    # What encode_payload wrote is what the payload reads back as.
+    second, third = list(journal.read())[1:3]
+    assert typed(second.payload) == typed(
+        {"huge": 1e300, "neg_zero": -0.0, "nan": None, "inf": None}
+    )
+    assert typed(third.payload) == typed({"1": "an int key", "big": 2**64})
+
+
+def test_payload_encoding() -> None:
+    # orjson writes the common case; what it refuses, the stdlib writes exactly.
+    assert encode_payload({"p": 0.1, "d": Decimal("1.10"), "s": Side.SELL}) == (
+        '{"p":0.1,"d":"1.10","s":-1}'
+    )
+    assert encode_payload({"big": 2**64, 2: [0.5]}) == '{"big":18446744073709551616,"2":[0.5]}'
+    assert encode_payload({"nan": float("nan")}) == '{"nan":null}'
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_payload({"big": 2**64, "nan": float("nan")})
+    with pytest.raises(TypeError, match=r"\(object\) is not JSON-serialisable"):
+        encode_payload({"what": object()})
+    # A row is the record as one JSON array, the payload text inside it as a string.
+    assert encode_row(JournalRecord("id", "fill", 5, "m", {"a": 1})) == (
+        r'["id","fill",5,"m","{\"a\":1}"]'
+    )
+    payload = {"a": 'b"\\c\n', "f": 0.1}
+    row = encode_row(JournalRecord('id"1', "fill", 5, "m", payload))
+    assert json.loads(row) == ['id"1', "fill", 5, "m", encode_payload(payload)]
+
+
+def test_sqlite_insert_path_follows_the_sqlite_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "j.sqlite"
+    if sqlite3.sqlite_version_info >= (3, 38):
+        assert sqlite_json_batches()
+        assert SqliteJournal(path).insert == "json"
+    assert SqliteJournal(path, insert="executemany").insert == "executemany"
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 37, 2))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.37.2")
+    assert not sqlite_json_batches()
+    assert SqliteJournal(path).insert == "executemany"
+    with pytest.raises(
+        ValueError, match=r"insert='json' needs SQLite 3\.38\.0 .* this is 3\.37\.2"
+    ):
+        SqliteJournal(path, insert="json")
+    with pytest.raises(ValueError, match="insert must be"):
+        SqliteJournal(path, insert=cast(Any, "bulk"))
+
+
+async def test_sqlite_insert_paths_share_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    older = _sqlite_journal(path, "executemany")
+    await older.open()
+    for i in range(3):
+        older.append(record(i))
+    await older.close()
+    newer = _sqlite_journal(path, "json")
+    await newer.open()
+    newer.append(record(1))  # known: ignored
+    newer.append(record(3))
+    await newer.close()
+    stored = list(newer.read())
+    assert [r.event_id for r in stored] == ["ev-0", "ev-1", "ev-2", "ev-3"]
+    assert stored[1].payload == stored[3].payload | {"i": 1}
+
+
+class FlakySqliteJournal(SqliteJournal):
+    """Commits a batch, then reports a failure, ``failures`` times (-1: fails always,
+    before writing anything)."""
+
+    failures = 0
+
+    def _write(self, conn: sqlite3.Connection, rows: Any) -> None:
+        if self.failures < 0:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        super()._write(conn, rows)
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("disk I/O error (injected after the commit)")
+
+
+@INSERTS
+async def test_sqlite_retried_batches_never_double(tmp_path: Path, insert: Insert) -> None:
+    _sqlite_journal(tmp_path / "probe.sqlite", insert)
+    journal = FlakySqliteJournal(tmp_path / "j.sqlite", insert=insert)
+    journal.failures = 2
+    await journal.open()
+    for i in range(50):
+        journal.append(record(i))
+    await journal.flush()
+    journal.append(record(50))
+    await journal.close()
+    assert journal.failures == 0
+    assert [r.event_id for r in journal.read()] == [f"ev-{i}" for i in range(51)]
+
+
+@INSERTS
+async def test_sqlite_write_failing_past_the_retry_window_fails_the_journal(
+    tmp_path: Path, insert: Insert
+) -> None:
+    _sqlite_journal(tmp_path / "probe.sqlite", insert)
+    journal = FlakySqliteJournal(
+        tmp_path / "j.sqlite",
+        insert=insert,
+        retry_for_s=0.2,
+    )
+    journal.failures = -1
+    await journal.open()
+    journal.append(record(1))
+    with pytest.raises(JournalError, match="journal write failed: disk I/O error"):
+        await journal.flush()
+    with pytest.raises(JournalError, match="has failed and accepts no records"):
+        journal.append(record(2))
+    with pytest.raises(JournalError, match="has failed"):
+        await journal.close()
+    assert journal.count() == 0
 
 
 async def test_sqlite_open_failure_is_reported(tmp_path: Path) -> None:
