@@ -24,6 +24,7 @@ from quoteforge.book import (
     L2Book,
     WireDecimalParser,
 )
+from quoteforge.book.fast import binance_trade_text as _trade_text
 from quoteforge.book.kraken import KRAKEN_DEPTHS
 from quoteforge.clock import Clock, TimerHandle
 from quoteforge.exchange import ExchangeAdapter, OrderAction, VenueContext, VenueSink
@@ -132,7 +133,18 @@ class ReplayParams(FillSimParams):
 class _ReplayMarket:
     """One market: its book source, exact trade parsers and what the strategy last saw."""
 
-    __slots__ = ("book", "instrument", "last_best", "last_top", "price", "qty", "source", "symbol")
+    __slots__ = (
+        "book",
+        "instrument",
+        "last_best",
+        "last_top",
+        "price",
+        "price_table",
+        "qty",
+        "qty_table",
+        "source",
+        "symbol",
+    )
 
     def __init__(self, instrument: Instrument, source: BookSource) -> None:
         self.instrument = instrument
@@ -143,6 +155,8 @@ class _ReplayMarket:
         self.last_best: tuple[Any, Any] = (None, None)
         self.price = WireDecimalParser(instrument.tick_size, "price", instrument.key)
         self.qty = WireDecimalParser(instrument.lot_size, "quantity", instrument.key)
+        self.price_table = self.price.scale_table()
+        self.qty_table = self.qty.scale_table()
 
 
 def _resolve_paths(data: str | list[str] | None, ctx: VenueContext) -> list[Path]:
@@ -422,7 +436,18 @@ class ReplayExchange(ExchangeAdapter):
         return None
 
     def _binance_trade(self, market: _ReplayMarket, raw: str) -> None:
-        msg = _decode(raw)
+        if _trade_text is not None:
+            # The plain message in one compiled call; anything else is decoded below.
+            read = _trade_text(raw, market.price_table, market.qty_table)
+            if read is not None:
+                self._trade(market, read[0], read[1], Side.SELL if read[2] else Side.BUY)
+                return
+        try:
+            msg = _decode(raw)
+        except ValueError as exc:
+            raise BookMessageError(
+                f"{market.instrument.key}: trade message is not JSON ({exc})"
+            ) from None
         if type(msg) is dict and "data" in msg:
             msg = msg["data"]
         try:
@@ -445,8 +470,15 @@ class ReplayExchange(ExchangeAdapter):
 
     def _kraken_trades(self, raw: str) -> None:
         # Numbers stay text so they convert to ticks and lots exactly.
-        msg = json.loads(raw, parse_float=str, parse_int=str)
+        try:
+            msg = json.loads(raw, parse_float=str, parse_int=str)
+        except ValueError as exc:
+            raise BookMessageError(f"trade message is not JSON ({exc})") from None
+        if type(msg) is not dict or type(msg.get("data") or []) is not list:
+            raise BookMessageError("trade message must be an object with a 'data' list")
         for entry in msg.get("data") or ():
+            if type(entry) is not dict:
+                raise BookMessageError("each trade in 'data' must be an object")
             market = self._by_wire.get(entry.get("symbol", ""))
             if market is None:
                 continue

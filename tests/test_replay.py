@@ -394,3 +394,96 @@ def test_more_latency_changes_the_outcome(
     )
     slow = _fills(tmp_path / "slow")
     assert slow != base
+
+
+_TRADE_TEXTS = [
+    '{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"100.01","q":"0.50000","T":1,"m":true,"M":true}',
+    '{"e":"trade","s":"BTCUSDT","p":"100.01000000","q":"2","m":false}',
+    '{ "p" : "100.01" , "q" : "0.1" , "m" : false }',
+    '{"stream":"btcusdt@trade","data":{"p":"100.01","q":"0.1","m":true}}',
+    '{"p":"100.01","q":"0.1","m":true,"p":"100.02"}',
+    '{"p":"100.01","q":"0.1","m":1}',
+    '{"p":"100.01","q":"0.1","m":null}',
+    '{"p":"100.015","q":"0.1","m":true}',
+    '{"p":"1E2","q":"0.1","m":true}',
+    '{"p":100.01,"q":"0.1","m":true}',
+    '{"p":"100.01","q":"-1","m":true}',
+    '{"p":"100.01","m":true}',
+    '{"p":"100.01","q":"0.1","m":true}x',
+    '{"p":"100.01","q":"0.1","m":true,"x":[1]}',
+    '{"p":"١٠٠","q":"0.1","m":true}',
+    '{"p":"100.01","q":"0.1","m":tru}',
+    "[1, 2]",
+    "not json",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", _TRADE_TEXTS)
+def test_compiled_trade_reader_reads_exactly_as_the_interpreted_one(
+    text: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every trade text, plain or not, gives the same trade or the same clear error with
+    the compiled reader as without it."""
+    data = str(_sample_lines(tmp_path, [(0, "rest:/api/v3/depth?symbol=BTCUSDT", SNAPSHOT)]))
+    outcomes = []
+    for reader in (replay._trade_text, None):
+        monkeypatch.setattr(replay, "_trade_text", reader)
+        venue, _clock, sink = make_venue({"protocol": "binance_spot", "markets": BTC, "data": data})
+        market = venue._markets["BTC/USDT"]
+        try:
+            venue._binance_trade(market, text)
+            outcomes.append(("trade", sink.trades[-1][:4]))
+        except replay.BookMessageError as exc:
+            outcomes.append(("error", str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_the_compiled_trade_reader_is_used_when_built(tmp_path: Path) -> None:
+    import os
+
+    if os.environ.get("CI") and not os.environ.get("QUOTEFORGE_PURE_PYTHON"):
+        assert replay._trade_text is not None, "the _fastbook extension was not built"
+    if replay._trade_text is not None:
+        data = str(_sample_lines(tmp_path, [(0, "rest:/api/v3/depth?symbol=BTCUSDT", SNAPSHOT)]))
+        venue = make_venue({"protocol": "binance_spot", "markets": BTC, "data": data})[0]
+        market = venue._markets["BTC/USDT"]
+        assert replay._trade_text(_TRADE_TEXTS[0], market.price_table, market.qty_table) == (
+            10001,
+            50000,
+            True,
+        )
+
+
+def test_a_trade_that_is_not_json_is_skipped_and_counted(tmp_path: Path) -> None:
+    path = _sample_lines(
+        tmp_path,
+        [
+            (0, "rest:/api/v3/depth?symbol=BTCUSDT", SNAPSHOT),
+            (1, "btcusdt@trade", '{"e":"trade","p":"100.00",'),
+            (2, "btcusdt@trade", _trade("100.00", "1", True)),
+        ],
+    )
+    venue, clock, sink = make_venue({"protocol": "binance_spot", "markets": BTC, "data": str(path)})
+    clock.run_until(2**62)
+    assert venue.malformed == 1 and venue.finished
+    assert [t[1:4] for t in sink.trades] == [(10000, 100000, Side.SELL)]
+
+
+def test_kraken_trades_that_are_not_json_or_not_objects_are_skipped_and_counted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "k.jsonl"
+    good = {"channel": "trade", "data": [{"symbol": "BTC/USD", "price": 100.1, "qty": 0.5}]}
+    good["data"][0]["side"] = "buy"
+    with RecordingWriter(path) as writer:
+        writer.write("kraken", "ws", '{"channel":"trade","data":[{"symbol"', t_ns=T0)
+        writer.write("kraken", "ws", '{"channel":"trade","data":{"a":1}}', t_ns=T0 + 1)
+        writer.write("kraken", "ws", '{"channel":"trade","data":[7]}', t_ns=T0 + 2)
+        writer.write("kraken", "ws", json.dumps(good, separators=(",", ":")), t_ns=T0 + 3)
+    markets = {"BTC/USD": {"tick_size": "0.1", "lot_size": "0.00000001"}}
+    params = {"protocol": "kraken_v2", "markets": markets, "data": str(path)}
+    venue, clock, sink = make_venue(params)
+    clock.run_until(2**62)
+    assert venue.malformed == 3 and venue.finished
+    assert [t[1:4] for t in sink.trades] == [(1001, 50_000_000, Side.BUY)]

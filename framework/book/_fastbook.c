@@ -1345,6 +1345,91 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(binance_trade_text_doc,
+"binance_trade_text(raw, price_table, qty_table)\n"
+"\n"
+"One Binance trade message read from its JSON text: (price ticks, quantity lots,\n"
+"buyer is maker) from its \"p\", \"q\" and \"m\". None for anything else (an envelope,\n"
+"another spelling, a repeated key, a value the fast path does not convert): the caller\n"
+"then decodes the text in full.");
+
+static PyObject *
+binance_trade_text(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "binance_trade_text(raw, price_table, qty_table) takes 3 arguments");
+        return NULL;
+    }
+    const long long *ptable = table_of(args[1], "price_table");
+    const long long *qtable = table_of(args[2], "qty_table");
+    if (ptable == NULL || qtable == NULL) {
+        return NULL;
+    }
+    PyObject *raw = args[0];
+    if (!PyUnicode_CheckExact(raw) || !PyUnicode_IS_COMPACT_ASCII(raw)) {
+        Py_RETURN_NONE;
+    }
+    scan_t s;
+    memset(&s, 0, sizeof(s));
+    s.p = PyUnicode_1BYTE_DATA(raw);
+    s.end = s.p + PyUnicode_GET_LENGTH(raw);
+    long long price = 0, qty = 0;
+    int have_p = 0, have_q = 0, maker = -1;
+    if (expect(&s, '{')) {
+        Py_RETURN_NONE;
+    }
+    for (;;) {
+        const unsigned char *key;
+        Py_ssize_t len;
+        skip_ws(&s);
+        if (scan_string(&s, &key, &len) || expect(&s, ':')) {
+            Py_RETURN_NONE;
+        }
+        skip_ws(&s);
+        int rc;
+        if (len == 1 && key[0] == 'p') {
+            rc = have_p++ ? -1 : scan_decimal(&s, ptable, &price);
+        }
+        else if (len == 1 && key[0] == 'q') {
+            rc = have_q++ ? -1 : scan_decimal(&s, qtable, &qty);
+        }
+        else if (len == 1 && key[0] == 'm') {
+            rc = -1;
+            if (maker < 0 && s.end - s.p >= 4 && memcmp(s.p, "true", 4) == 0) {
+                maker = 1;
+                s.p += 4;
+                rc = 0;
+            }
+            else if (maker < 0 && s.end - s.p >= 5 && memcmp(s.p, "false", 5) == 0) {
+                maker = 0;
+                s.p += 5;
+                rc = 0;
+            }
+        }
+        else {
+            rc = skip_scalar(&s);
+        }
+        if (rc) {
+            Py_RETURN_NONE;
+        }
+        skip_ws(&s);
+        if (s.p < s.end && *s.p == ',') {
+            s.p++;
+            continue;
+        }
+        if (expect(&s, '}')) {
+            Py_RETURN_NONE;
+        }
+        break;
+    }
+    skip_ws(&s);
+    if (s.p != s.end || !have_p || !have_q || maker < 0) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(LLO)", price, qty, maker ? Py_True : Py_False);
+}
+
 static PyMethodDef methods[] = {
     {"consumer_top", (PyCFunction)(void (*)(void))consumer_top, METH_FASTCALL,
      consumer_top_doc},
@@ -1352,6 +1437,8 @@ static PyMethodDef methods[] = {
     {"apply_depth_text", (PyCFunction)(void (*)(void))apply_depth_text, METH_FASTCALL,
      apply_depth_text_doc},
     {"top_levels", (PyCFunction)(void (*)(void))top_levels, METH_FASTCALL, top_levels_doc},
+    {"binance_trade_text", (PyCFunction)(void (*)(void))binance_trade_text, METH_FASTCALL,
+     binance_trade_text_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -44,3 +44,6 @@ def apply_depth_text(
     qty_table: bytes,
     /,
 ) -> tuple[int, int, int | None] | None: ...
+def binance_trade_text(
+    raw: Any, price_table: bytes, qty_table: bytes, /
+) -> tuple[int, int, bool] | None: ...

@@ -24,10 +24,12 @@ __all__ = [
     "COMPILED",
     "ApplyDepthText",
     "ApplyDiff",
+    "BinanceTradeText",
     "ConsumerTop",
     "TopLevels",
     "apply_depth_text",
     "apply_diff",
+    "binance_trade_text",
     "consumer_top",
     "top_levels",
 ]
@@ -61,6 +63,11 @@ a live book whose last applied update id is ``last``. -> (code, u, ts_ns): code 
 the event is already covered (dropped), else applied with ``apply_diff``'s change code;
 ts_ns is ``E`` in ns or None. None, with the book untouched, for anything else."""
 
+BinanceTradeText = Callable[[str, bytes, bytes], tuple[int, int, bool] | None]
+"""``binance_trade_text(raw, price_table, qty_table)``: one Binance trade message read
+from its JSON text -> (price ticks, quantity lots, buyer is maker), or None for anything
+but the plain spelling with "p", "q" and "m" (the caller decodes it in full)."""
+
 TopLevels = Callable[[list[int], dict[int, int], int, bool], list[tuple[int, int]]]
 """``top_levels(keys, qty, n, negate)`` -> the best ``n`` (ticks, lots) of one side."""
 
@@ -73,6 +80,7 @@ venue's top levels changed; None when a value needs the interpreted merge."""
 
 apply_diff: ApplyDiff | None = None
 apply_depth_text: ApplyDepthText | None = None
+binance_trade_text: BinanceTradeText | None = None
 top_levels: TopLevels | None = None
 consumer_top: ConsumerTop | None = None
 if os.environ.get("QUOTEFORGE_PURE_PYTHON", "").strip().lower() not in ("1", "true", "yes"):
@@ -80,11 +88,12 @@ if os.environ.get("QUOTEFORGE_PURE_PYTHON", "").strip().lower() not in ("1", "tr
         from quoteforge.book._fastbook import (
             apply_depth_text,
             apply_diff,
+            binance_trade_text,
             consumer_top,
             top_levels,
         )
     except ImportError:  # built without a C compiler: the interpreted path serves
-        apply_diff = apply_depth_text = top_levels = consumer_top = None
+        apply_diff = apply_depth_text = binance_trade_text = top_levels = consumer_top = None
 
 COMPILED = apply_diff is not None
 """Whether book updates run through the compiled extension in this process."""
