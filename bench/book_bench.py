@@ -5,7 +5,11 @@ N diff events of 1-10 changes concentrated near the top, ~20% deletions, prices 
 sizes as strings, JSON text) and times, on the same messages in the same run:
 
   quoteforge   JSON decode + update-id check + exact apply + top-5 read of both sides
-               (the compiled hot loop when the C extension is built)
+               (with the C extension built: one compiled call reads the depthUpdate
+               text, checks the ids and applies the levels)
+  quoteforge_decoded  the same with the text decoded by orjson into Python objects
+               first, then the compiled level apply (the pipeline before the text
+               reader; what still runs for spellings the reader leaves alone)
   quoteforge_interpreted  the same on the interpreted path (as without the extension)
   ccxt         the same decoder ccxt's websocket client uses, then
                ``ccxt.pro.binance().handle_message`` (what the client calls per frame:
@@ -38,7 +42,7 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
-from quoteforge.book import BinanceSpotBookSource, BookState, ConsumerBook, fast, l2
+from quoteforge.book import BinanceSpotBookSource, BookState, ConsumerBook, binance, fast, l2
 from quoteforge.book import consumer as consumer_module
 from quoteforge.book.wire import WireDecimalParser
 from quoteforge.model import Instrument, Side
@@ -325,14 +329,36 @@ def _best_interleaved(runs: int, pipelines: dict[str, Callable[[], Any]]) -> dic
 
 
 @contextlib.contextmanager
-def interpreted() -> Iterator[None]:
-    """Run the book modules on their interpreted path (as without the C extension)."""
-    saved = (l2._apply_diff, l2._top_levels, consumer_module._consumer_top)
-    l2._apply_diff = l2._top_levels = consumer_module._consumer_top = None
+def decoded() -> Iterator[None]:
+    """Decode every message into Python objects first (the text reader off)."""
+    saved = binance._apply_depth_text
+    binance._apply_depth_text = None
     try:
         yield
     finally:
-        l2._apply_diff, l2._top_levels, consumer_module._consumer_top = saved
+        binance._apply_depth_text = saved
+
+
+@contextlib.contextmanager
+def interpreted() -> Iterator[None]:
+    """Run the book modules on their interpreted path (as without the C extension)."""
+    saved = (
+        binance._apply_depth_text,
+        l2._apply_diff,
+        l2._top_levels,
+        consumer_module._consumer_top,
+    )
+    binance._apply_depth_text = l2._apply_diff = l2._top_levels = None
+    consumer_module._consumer_top = None
+    try:
+        yield
+    finally:
+        (
+            binance._apply_depth_text,
+            l2._apply_diff,
+            l2._top_levels,
+            consumer_module._consumer_top,
+        ) = saved
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -367,6 +393,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ccxt_result[:] = [result[1]]
         return result[0]
 
+    def ours_decoded() -> float:
+        with decoded():
+            return run_quoteforge(snapshot, messages)[0]
+
     def ours_interpreted() -> float:
         with interpreted():
             return run_quoteforge(snapshot, messages)[0]
@@ -375,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.repeat,
         {
             "quoteforge": ours,
+            "quoteforge_decoded": ours_decoded,
             "quoteforge_interpreted": ours_interpreted,
             "ccxt": lambda: ccxt_run(True),
             "ccxt_handler": lambda: ccxt_run(False),
@@ -399,10 +430,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = timings["ccxt"] / timings["quoteforge"]
     ratio_handler = timings["ccxt_handler"] / timings["quoteforge"]
     ratio_interpreted = timings["ccxt"] / timings["quoteforge_interpreted"]
+    ratio_decoded = timings["ccxt"] / timings["quoteforge_decoded"]
+    ratio_reader = timings["quoteforge_decoded"] / timings["quoteforge"]
     print(
         f"\nquoteforge / ccxt speed: {ratio:.2f}x as ccxt's client drives it (target >= 5x: "
         f"{'met' if ratio >= 5 else 'NOT met'}); {ratio_handler:.2f}x against its depth "
-        f"handler alone; interpreted path {ratio_interpreted:.2f}x"
+        f"handler alone; decoded first {ratio_decoded:.2f}x; interpreted path "
+        f"{ratio_interpreted:.2f}x\ntext reader vs decoding first: {ratio_reader:.2f}x"
     )
 
     consumer_events = max(2000, n // 4)
@@ -440,6 +474,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quoteforge_over_ccxt": ratio,
         "quoteforge_over_ccxt_handler_only": ratio_handler,
         "interpreted_over_ccxt": ratio_interpreted,
+        "decoded_over_ccxt": ratio_decoded,
+        "text_reader_over_decoded": ratio_reader,
         "compiled": fast.COMPILED,
         "consumer": consumer,
     }
