@@ -120,7 +120,13 @@ class WireDecimalParser:
             raise BookMessageError(
                 f"{self.market}: {self.what} {text!r} must be a finite number >= 0"
             )
-        count, rest = divmod(value, self.step)
+        try:
+            count, rest = divmod(value, self.step)
+        except InvalidOperation:  # the count of steps needs more than 28 digits
+            raise BookMessageError(
+                f"{self.market}: {self.what} {text!r} is too large for a {self.what} in "
+                f"steps of {self.step}"
+            ) from None
         if rest:
             raise self._off_grid(text)
         return int(count)

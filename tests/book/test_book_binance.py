@@ -203,6 +203,7 @@ def test_combined_stream_envelope_and_control_messages(btcusdt: Instrument) -> N
         (lambda e: e.update(b=[["65000.001", "1.00000000"]]), "not a multiple of 0.01"),
         (lambda e: e.update(a=[["abc", "1.00000000"]]), "not a decimal number"),
         (lambda e: e.update(a=[["65000.00", "-1.00000000"]]), "finite number >= 0"),
+        (lambda e: e.update(a=[["1E30", "1.00000000"]]), "too large for a price"),
         (lambda e: e.update(b=[["65000.00"]]), "bad level"),
         (lambda e: e.update(b=[[65000.0, "1.0"]]), "must be decimal text"),
         (lambda e: e.update(b=None), "bad level"),
