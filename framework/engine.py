@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 from loguru import logger
 from pydantic import BaseModel
 
@@ -1161,7 +1162,11 @@ class Run:
             self.breakers.on_sample(now, pnl_by_market, sum(pnl_by_market.values(), Decimal(0)))
 
     def _write_trace(self, record: dict[str, Any]) -> None:
-        self._trace.write(json.dumps(record, separators=(",", ":")) + "\n")
+        try:
+            line = orjson.dumps(record).decode()
+        except TypeError:  # an int beyond 64 bits, a key that is not text: the slow way
+            line = json.dumps(record, separators=(",", ":"))
+        self._trace.write(line + "\n")
 
     def _trace_event(self, market: str | None, event: str, detail: str) -> None:
         if self._trace is not None:
