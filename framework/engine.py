@@ -750,15 +750,20 @@ class Run:
             new = self._new_order(mr, quote, strategy)
             actions.append(PlaceOrder(new))
         for old, quote in plan.replaces:
-            new = self._new_order(mr, quote, strategy)
+            # Built, then registered by the replace itself: one journal record for the
+            # new order, already linked to the one it replaces.
+            new = self._new_order(mr, quote, strategy, register=False)
             om.request_replace(old.client_id, new)
             actions.append(ReplaceOrder(old.client_id, new))
         if actions:
             mr.adapter.submit(actions)
 
-    def _new_order(self, mr: MarketRuntime, quote: Quote, strategy: str) -> Order:
+    def _new_order(
+        self, mr: MarketRuntime, quote: Quote, strategy: str, register: bool = True
+    ) -> Order:
         inst = mr.instrument
-        return self.orders.new_order(
+        make = self.orders.new_order if register else self.orders.build_order
+        return make(
             inst.venue,
             inst.symbol,
             quote.side,

@@ -288,7 +288,39 @@ class OrderManager:
         level: int = 0,
     ) -> Order:
         """A new order in PENDING_NEW with a fresh client id, journaled as kind "order"."""
-        order = Order(
+        order = self.build_order(
+            venue,
+            symbol,
+            side,
+            qty_lots,
+            price_ticks,
+            order_type=order_type,
+            tif=tif,
+            strategy=strategy,
+            level=level,
+        )
+        self._validate_new(order)
+        self._register(order)
+        return order
+
+    def build_order(
+        self,
+        venue: str,
+        symbol: str,
+        side: Side | str | int,
+        qty_lots: int,
+        price_ticks: int | None,
+        *,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.GTC,
+        strategy: str = "",
+        level: int = 0,
+    ) -> Order:
+        """A PENDING_NEW order with a fresh client id that is not registered yet: give it
+        to :meth:`request_replace`, which registers and journals it once, with its link
+        to the order it replaces. (:meth:`new_order` is this plus registering.)"""
+        now = self.clock.now_ns()
+        return Order(
             client_id=self.next_client_id(),
             venue=venue,
             symbol=symbol,
@@ -299,13 +331,9 @@ class OrderManager:
             tif=tif,
             strategy=strategy,
             level=level,
+            created_ns=now,
+            updated_ns=now,
         )
-        self._validate_new(order)
-        now = self.clock.now_ns()
-        order.created_ns = now
-        order.updated_ns = now
-        self._register(order)
-        return order
 
     def adopt(self, order: Order) -> Order:
         """Take over an order found on the venue (reconciliation) that this manager does

@@ -620,3 +620,17 @@ OrderMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestOrderStateMachine = OrderMachine.TestCase
+
+
+def test_a_built_order_given_to_replace_is_journaled_once_with_its_link() -> None:
+    journal = MemoryJournal()
+    om = make_manager(journal)
+    old = om.new_order(VENUE, SYMBOL, Side.BUY, 10, 100)
+    new = om.build_order(VENUE, SYMBOL, Side.BUY, 10, 101)
+    assert om.get(new.client_id) is None  # built, not yet known
+    om.request_replace(old.client_id, new)
+    records = [r for r in journal.records if new.client_id in r.event_id]
+    assert len(records) == 1
+    assert records[0].payload["order"]["extra"] == {"replaces": old.client_id}
+    assert om.get(new.client_id) is new and new.status is S.PENDING_NEW
+    assert old.status is S.PENDING_REPLACE
