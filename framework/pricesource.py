@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Protocol
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from quoteforge.book import BookState
+from quoteforge.book import BookState, L2Book
 from quoteforge.strategy import Market
 
 __all__ = [
@@ -35,13 +35,20 @@ _LIVE = BookState.LIVE
 class PriceSource(Protocol):
     """Where a strategy gets the reference price of a ticker.
 
-    ``price`` is called on the hot path and must only read local state. ``note_offer``
-    tells the source a ticker is busy, so sources that refresh (http) refresh it first.
+    ``price`` and the functions ``reader`` returns are called on the hot path and must
+    only read local state. ``note_offer`` tells the source a ticker is busy, so sources
+    that refresh (http) refresh it first.
     """
 
     def price(self, ticker: str) -> tuple[float, int] | None:
         """``(price, ts_ns)`` of the latest known price, ``ts_ns`` being when it was
         observed at its origin; None when nothing is known (yet)."""
+
+    def reader(self, ticker: str) -> Callable[[], tuple[float, int] | None]:
+        """A function of no arguments for a caller that keeps one per ticker and calls
+        it once per offer: it does what ``note_offer(ticker)`` does, then returns what
+        ``price(ticker)`` returns, as the same tuple object for as long as the price and
+        its time stay the same (so "unchanged" is an identity check)."""
 
     def note_offer(self, ticker: str) -> None:
         """An offer on ``ticker`` arrived: it deserves fresher prices."""
@@ -83,7 +90,12 @@ PriceSourceParams = Annotated[BookSourceParams | HttpSourceParams, Field(discrim
 
 
 class BookPriceSource:
-    """Mid prices of live venue books, timed by the book's own last update."""
+    """Mid prices of live venue books, timed by the book's own last update.
+
+    A book that keeps its ``(mid, ts_ns)`` as one tuple offers ``mid_and_time()`` (the
+    offer_sim reference books do); its readers are that method itself, so reading a
+    price is one call.
+    """
 
     def __init__(self, markets: Mapping[str, Market]) -> None:
         # Tickers are the markets' symbols; a strategy on one venue has unique symbols.
@@ -98,6 +110,13 @@ class BookPriceSource:
             return None
         return mid, book.ts_ns
 
+    def reader(self, ticker: str) -> Callable[[], tuple[float, int] | None]:
+        book = self._books.get(ticker)
+        if book is None:
+            return _no_price
+        fast: Callable[[], tuple[float, int] | None] | None = getattr(book, "mid_and_time", None)
+        return fast if fast is not None else _BookReader(book).read
+
     def note_offer(self, ticker: str) -> None:
         return None
 
@@ -108,12 +127,49 @@ class BookPriceSource:
         return None
 
 
+def _no_price() -> None:
+    return None
+
+
+class _BookReader:
+    """Reads one book's mid and time, keeping the last answer so an unchanged price
+    comes back as the same tuple."""
+
+    __slots__ = ("book", "ref")
+
+    def __init__(self, book: L2Book) -> None:
+        self.book = book
+        self.ref: tuple[float, int] | None = None
+
+    def read(self) -> tuple[float, int] | None:
+        book = self.book
+        if book.state is not _LIVE:
+            return None
+        mid = book.mid()
+        if mid is None:
+            return None
+        ref = self.ref
+        if ref is None or ref[0] != mid or ref[1] != book.ts_ns:
+            ref = self.ref = (mid, book.ts_ns)
+        return ref
+
+
 class _Entry:
-    __slots__ = ("activity", "activity_ns", "due_ns", "failures", "in_flight", "price", "ts_ns")
+    __slots__ = (
+        "activity",
+        "activity_ns",
+        "due_ns",
+        "failures",
+        "in_flight",
+        "price",
+        "ref",
+        "ts_ns",
+    )
 
     def __init__(self) -> None:
         self.price = 0.0
         self.ts_ns = 0
+        self.ref: tuple[float, int] | None = None  # (price, ts_ns) once polled
         self.activity = 0.0
         self.activity_ns = 0
         self.due_ns = 0
@@ -162,9 +218,17 @@ class HttpPriceSource:
     # -- hot path ------------------------------------------------------------------------
     def price(self, ticker: str) -> tuple[float, int] | None:
         entry = self._entries.get(ticker)
-        if entry is None or entry.ts_ns == 0:
-            return None
-        return entry.price, entry.ts_ns
+        return None if entry is None else entry.ref
+
+    def reader(self, ticker: str) -> Callable[[], tuple[float, int] | None]:
+        note, price = self.note_offer, self.price
+
+        def read() -> tuple[float, int] | None:
+            # Entries appear once GET /all has listed the tickers, so look them up.
+            note(ticker)
+            return price(ticker)
+
+        return read
 
     def note_offer(self, ticker: str) -> None:
         entry = self._entries.get(ticker)
@@ -344,6 +408,7 @@ class HttpPriceSource:
             ts = int(float(stamp) * NS) if stamp is not None else received
             # A source clock ahead of ours must not make a price look fresher than it is.
             entry.price, entry.ts_ns = price, min(ts, received)
+            entry.ref = (entry.price, entry.ts_ns) if entry.ts_ns else None
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections import Counter
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,9 +17,10 @@ from quoteforge.book import BookState, L2Book
 from quoteforge.clock import LiveClock, SimClock
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.sim.offers import OfferSimExchange, OfferSimParams
-from quoteforge.model import Instrument
+from quoteforge.model import Instrument, Offer, Side
 from quoteforge.pricesource import BookPriceSource, HttpPriceSource, HttpSourceParams
-from quoteforge.strategy import Market
+from quoteforge.strategies.offer_taker import OfferTaker, OfferTakerParams
+from quoteforge.strategy import Market, StrategyContext
 
 NS = 1_000_000_000
 
@@ -63,6 +65,40 @@ async def test_book_source_over_offer_sim_refreshes_lazily() -> None:
     assert second[0] == pytest.approx(venue.mid("AAB"), abs=0.006)
     book = venue.books["AAB"]
     assert book.best_ask_ticks() - book.best_bid_ticks() == 2  # mid +- one tick
+    await venue.close()
+
+
+async def test_offer_sim_books_refresh_the_mid_on_read_and_the_levels_on_demand() -> None:
+    clock = SimClock(1_000 * NS)
+    venue = OfferSimExchange(
+        OfferSimParams(tickers=5, offers={"rate": 0}),
+        VenueContext("offers", clock, 3, "sim", []),
+    )
+    await venue.connect(_Sink())
+    markets = {b.key: Market(venue.instruments[t], b, lambda: 0) for t, b in venue.books.items()}
+    read = BookPriceSource(markets).reader("AAB")
+    book = venue.books["AAB"]
+    first = read()
+    assert first is not None and read() is first  # unchanged: the same tuple
+    assert (
+        first
+        == (book.mid(), book.ts_ns)
+        == (pytest.approx(venue.mid("AAB"), abs=0.006), 1_000 * NS)
+    )
+    version = book.version
+    clock.run_until(1_002 * NS)  # two mid steps
+    second = read()
+    assert second is not None and second is not first
+    assert second == (pytest.approx(venue.mid("AAB"), abs=0.006), 1_002 * NS)
+    assert book.version > version
+    mid_ticks = book.mid_ticks()
+    assert mid_ticks is not None
+    assert book.best_bid_ticks() == mid_ticks - 1 and book.best_ask_ticks() == mid_ticks + 1
+    assert book.top(Side.BUY, 5) == [
+        (int(mid_ticks) - 1, book.lots_at(Side.BUY, int(mid_ticks) - 1))
+    ]
+    book.state = BookState.STALE
+    assert read() is None
     await venue.close()
 
 
@@ -164,6 +200,47 @@ async def test_busy_tickers_are_refreshed_more_often_and_errors_back_off() -> No
         assert source.price("T00") == (10.0, pytest.approx(time.time_ns(), abs=NS))
     finally:
         source.stop()
+        await asyncio.sleep(0.05)
+        await server.stop()
+
+
+async def test_offer_taker_on_an_http_source_notes_its_offers_and_takes_at_its_prices() -> None:
+    server = CountingServer(["T00", "T01"], failing=set())
+    await server.start()
+    markets = {}
+    for ticker in ("T00", "T01"):
+        m = _market(ticker, 999, 1_001, 1)
+        markets[m.key] = m
+    takes: list[tuple[str, Side, int, int]] = []
+
+    def take(market: Market, side: Side, price: int, lots: int, offer_id: str | None) -> Any:
+        takes.append((market.symbol, side, price, lots))
+        return SimpleNamespace(client_id=f"c{len(takes)}")
+
+    ctx = StrategyContext(
+        "taker", markets, time.time_ns, lambda k, q: None, lambda d, f: None, 1, None, take
+    )
+    params = OfferTakerParams(
+        order_size=1,
+        max_position=5,
+        price_source={"type": "http", "url": server.url, "min_refresh_s": 0.05},
+    )
+    taker = OfferTaker(ctx, params)
+    taker.on_start()
+    try:
+        assert isinstance(taker.source, HttpPriceSource)
+        await taker.source.wait_ready(timeout=10)
+        m0 = markets["v:T00"]
+        for i in range(20):
+            now = time.time_ns()
+            taker.on_offer(m0, Offer("v", "T00", f"o{i}", Side.SELL, 900, 1, now, now + NS))
+        # Every offer told the source the ticker is busy; the service's 10.00 was the
+        # reference, so 9.00 was taken until the position limit.
+        assert taker.source.activity("T00") > 10 > taker.source.activity("T01")
+        assert takes == [("T00", Side.BUY, 900, 1)] * 5
+        assert taker.stats.limit_skips == 15
+    finally:
+        taker.on_stop()
         await asyncio.sleep(0.05)
         await server.stop()
 
