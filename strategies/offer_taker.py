@@ -4,6 +4,7 @@ fresh reference price, with per-ticker inventory limits and a volatility denylis
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
@@ -132,16 +133,108 @@ class TakerStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class _Ticker:
-    __slots__ = ("denied", "guard_ts", "lot", "pending_buy", "pending_sell", "tick")
+def _ticks_at_most(bound: float, tick: float) -> int:
+    """The highest whole tick count ``t`` with ``t * tick <= bound`` in float arithmetic.
 
-    def __init__(self, tick: float, lot: float) -> None:
+    ``t * tick`` never decreases as ``t`` grows, so ``ticks <= _ticks_at_most(b, tick)``
+    answers exactly what the float test ``ticks * tick <= b`` answers."""
+    t = math.floor(bound / tick)
+    if -_EXACT < t < _EXACT:
+        # The quotient is within a tick or two of the answer.
+        while (t + 1) * tick <= bound:
+            t += 1
+        while t * tick > bound:
+            t -= 1
+        return t
+    return _last(lambda n: n * tick <= bound, t)
+
+
+def _ticks_at_least(bound: float, tick: float) -> int:
+    """The lowest whole tick count ``t`` with ``t * tick >= bound`` in float arithmetic."""
+    t = math.ceil(bound / tick)
+    if -_EXACT < t < _EXACT:
+        while (t - 1) * tick >= bound:
+            t -= 1
+        while t * tick < bound:
+            t += 1
+        return t
+    return _last(lambda n: n * tick < bound, t) + 1
+
+
+# Beyond 2**52 ticks neighbouring counts can give the same float product: search instead.
+_EXACT = 2**52
+
+
+def _last(holds: Callable[[int], bool], guess: int) -> int:
+    """The last integer for which the monotone (true, then false) ``holds`` is true."""
+    step = 1
+    if holds(guess):
+        low = guess
+        while holds(low + step):
+            low += step
+            step *= 2
+        high = low + step
+    else:
+        high = guess
+        while not holds(high - step):
+            high -= step
+            step *= 2
+        low = high - step
+    while high - low > 1:
+        middle = (low + high) // 2
+        if holds(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+# Never returned by a price reader: a ticker holding it has no derived thresholds.
+_UNSET: tuple[float, int] = (math.nan, -1)
+
+
+class _Ticker:
+    """Per-ticker state. The reference price last used (``ref``, the reader's tuple)
+    comes with what it implies: the worst offer prices still taken, as whole ticks
+    (``buy_max`` for a sell offer, ``sell_min`` for a buy offer), and when it turns
+    stale. They are worked out again when the reader returns another tuple or when the
+    edge or the parameters change (``ref = _UNSET``)."""
+
+    __slots__ = (
+        "buy_max",
+        "denied",
+        "guard_ts",
+        "limit",
+        "lot",
+        "order_lots",
+        "pending_buy",
+        "pending_sell",
+        "price",
+        "read",
+        "ref",
+        "sell_min",
+        "stale_at",
+        "tick",
+    )
+
+    def __init__(
+        self, tick: float, lot: float, read: Callable[[], tuple[float, int] | None]
+    ) -> None:
         self.tick = tick
         self.denied = False
         self.lot = lot
         self.pending_buy = 0
         self.pending_sell = 0
         self.guard_ts = -1
+        self.read = read
+        self.ref = _UNSET
+        self.price = 0.0
+        self.stale_at = 0
+        self.buy_max = 0
+        self.sell_min = 0
+        # Inventory limit at ``price`` and largest take, in lots; -1: work them out.
+        self.limit = -1
+        self.order_lots = 0
 
 
 class _Take:
@@ -155,7 +248,14 @@ class _Take:
 
 
 class OfferTaker(Strategy):
-    """Takes mispriced offers against a fresh reference price; O(1) work per offer."""
+    """Takes mispriced offers against a fresh reference price; O(1) work per offer.
+
+    Most offers are refused, so the refusal is the fast path: per ticker, a new reference
+    price (or a new edge) is turned once into the worst offer prices still worth taking,
+    in whole ticks; an offer then costs a price-source read, a staleness check and one
+    integer compare. Everything that depends on the position runs only for the offers
+    that pass.
+    """
 
     Params = OfferTakerParams
 
@@ -163,12 +263,13 @@ class OfferTaker(Strategy):
         if not isinstance(params, OfferTakerParams):
             raise TypeError(f"offer_taker needs OfferTaker.Params, got {type(params).__name__}")
         super().__init__(ctx, params)
-        self.p: OfferTakerParams = params
+        self._tickers: dict[str, _Ticker] = {}
+        self._p = params
+        self._edge = params.edge
+        self._configure(params)
         self.stats = TakerStats()
-        self.edge = params.edge
         self.win_rate = 0.5 * sum(params.target_win_rate)
         self._outcomes_since_adapt = 0
-        self._tickers: dict[str, _Ticker] = {}
         self._pending: dict[str, _Take] = {}
         self.source: BookPriceSource | HttpPriceSource = build_price_source(
             params.price_source, ctx.markets, ctx.now_ns
@@ -178,17 +279,41 @@ class OfferTaker(Strategy):
             if params.guard is not None
             else None
         )
-        source = self.source
         # Bound once: the decision path runs hundreds of thousands of times a second.
-        self._price = source.price
-        self._note = None if isinstance(source, BookPriceSource) else source.note_offer
         self._now = ctx.now_ns
-        self._configure(params)
 
     def _configure(self, p: OfferTakerParams) -> None:
         self._stale_ns = int(float(p.max_staleness) * 1e9)
         self._alpha = 2.0 / (p.adapt_window + 1.0)
         self._adapt_every = max(1, p.adapt_window // 5)
+        self._reprice_all()
+
+    def _reprice_all(self) -> None:
+        """Forget every ticker's derived thresholds: the next offer works them out again
+        from the then current reference price, edge and parameters."""
+        for state in self._tickers.values():
+            state.ref = _UNSET
+
+    @property
+    def p(self) -> OfferTakerParams:
+        """The parameters in force."""
+        return self._p
+
+    @p.setter
+    def p(self, params: OfferTakerParams) -> None:
+        self._p = params
+        self._configure(params)
+
+    @property
+    def edge(self) -> float:
+        """The current (adapted) edge."""
+        return self._edge
+
+    @edge.setter
+    def edge(self, edge: float) -> None:
+        if edge != self._edge:
+            self._edge = edge
+            self._reprice_all()
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_start(self, **kwargs: Any) -> None:
@@ -207,7 +332,6 @@ class OfferTaker(Strategy):
         old = self.p
         super().on_params(params)
         self.p = params
-        self._configure(params)
         if (old.edge, old.min_edge, old.max_edge) != (
             params.edge,
             params.min_edge,
@@ -228,53 +352,83 @@ class OfferTaker(Strategy):
     def on_offer(self, market: Market, offer: Offer, **kwargs: Any) -> None:
         stats = self.stats
         stats.offers += 1
-        ticker = offer.symbol
-        if self._note is not None:
-            self._note(ticker)
-        ref = self._price(ticker)
-        if ref is None:
-            stats.no_price += 1
-            return
-        price, ts = ref
-        if self._now() - ts > self._stale_ns:
+        state = self._tickers.get(offer.symbol)
+        if state is None:
+            state = self._new_ticker(market, offer.symbol)
+        # Notes the offer (an http source refreshes busy tickers first) and reads.
+        ref = state.read()
+        if ref is not state.ref:
+            if not self._reprice(market, state, ref):
+                return  # no price, or a stale one
+        elif self._now() > state.stale_at:
             stats.stale += 1
             return
-        state = self._tickers.get(ticker)
-        if state is None:
-            inst = market.instrument
-            state = self._tickers[ticker] = _Ticker(float(inst.tick_size), float(inst.lot_size))
+        # A SELL offer is one we can buy from; a BUY offer is a bid we can sell into.
+        if offer.side is _SELL:
+            if offer.price_ticks > state.buy_max:
+                if state.denied:
+                    stats.denied_skips += 1
+                return
+            self._consider(market, offer, state, True)
+        else:
+            if offer.price_ticks < state.sell_min:
+                if state.denied:
+                    stats.denied_skips += 1
+                return
+            self._consider(market, offer, state, False)
+
+    def _new_ticker(self, market: Market, ticker: str) -> _Ticker:
+        inst = market.instrument
+        state = self._tickers[ticker] = _Ticker(
+            float(inst.tick_size), float(inst.lot_size), self.source.reader(ticker)
+        )
+        return state
+
+    def _reprice(self, market: Market, state: _Ticker, ref: tuple[float, int] | None) -> bool:
+        """A reference price the ticker's thresholds were not worked out for: check it
+        is there and fresh, let the guard see it (once per price time), and derive the
+        thresholds. False when there is no usable price."""
+        if ref is None:
+            self.stats.no_price += 1
+            return False
+        price, ts = ref
+        if self._now() - ts > self._stale_ns:
+            self.stats.stale += 1
+            return False
         # The guard only learns from a new reference price, once per price.
         if ts != state.guard_ts:
             state.guard_ts = ts
             guard = self.guard
             state.denied = guard is not None and guard.update(market.key, ts, price)
-        denied = state.denied
-        offer_px = offer.price_ticks * state.tick
-        edge = self.edge
-        # A SELL offer is one we can buy from; a BUY offer is a bid we can sell into.
-        buying = offer.side is _SELL
-        if not denied:
-            if buying:
-                if offer_px > price * (1.0 - edge):
-                    return
-            elif offer_px < price * (1.0 + edge):
-                return
+        # On a denylisted ticker only offers that shrink the position are taken, at a
+        # narrower edge, to get out.
+        edge = self._edge * self._p.unwind_edge_factor if state.denied else self._edge
+        tick = state.tick
+        # Taken: a sell offer at ticks * tick <= price * (1 - edge), a buy offer (a bid)
+        # at ticks * tick >= price * (1 + edge); the same float expressions as ever, so
+        # the integer thresholds decide exactly as the float compare would.
+        state.buy_max = _ticks_at_most(price * (1.0 - edge), tick)
+        state.sell_min = _ticks_at_least(price * (1.0 + edge), tick)
+        state.price = price
+        state.stale_at = ts + self._stale_ns
+        state.limit = -1
+        state.ref = ref
+        return True
+
+    def _consider(self, market: Market, offer: Offer, state: _Ticker, buying: bool) -> None:
+        """An offer past the edge: size it within the inventory room and take it."""
+        stats = self.stats
+        limit = state.limit
+        if limit < 0:
+            limit = state.limit = self._limit_lots(state, state.price)
+            state.order_lots = int(self._p.order_size / state.lot + 1e-9)
         position = market.position_lots
-        if denied:
-            # Only offers that shrink the position, at a narrower edge, to get out.
-            thin = edge * self.p.unwind_edge_factor
-            if buying:
-                room = -position - state.pending_buy
-                if room <= 0 or offer_px > price * (1.0 - thin):
-                    stats.denied_skips += 1
-                    return
-            else:
-                room = position - state.pending_sell
-                if room <= 0 or offer_px < price * (1.0 + thin):
-                    stats.denied_skips += 1
-                    return
+        if state.denied:
+            room = -position - state.pending_buy if buying else position - state.pending_sell
+            if room <= 0:
+                stats.denied_skips += 1
+                return
         else:
-            limit = self._limit_lots(state, price)
             if buying:
                 room = limit - position - state.pending_buy
             else:
@@ -282,7 +436,7 @@ class OfferTaker(Strategy):
             if room <= 0:
                 stats.limit_skips += 1
                 return
-        lots = min(offer.qty_lots, room, int(self.p.order_size / state.lot + 1e-9))
+        lots = min(offer.qty_lots, room, state.order_lots)
         if lots <= 0:
             stats.limit_skips += 1
             return
@@ -291,7 +445,7 @@ class OfferTaker(Strategy):
         if order is None:
             return  # refused by risk
         stats.takes += 1
-        if denied:
+        if state.denied:
             stats.unwinds += 1
         if buying:
             state.pending_buy += lots
@@ -300,7 +454,7 @@ class OfferTaker(Strategy):
         self._pending[order.client_id] = _Take(state, side, lots)
 
     def _limit_lots(self, state: _Ticker, price: float) -> int:
-        p = self.p
+        p = self._p
         limit = math.inf
         if p.max_position is not None:
             limit = p.max_position
@@ -334,8 +488,10 @@ class OfferTaker(Strategy):
         if update.status is OrderStatus.FILLED or (update.filled_lots or 0) > 0:
             # The report outran its fill: the fill will not count twice (entry is gone).
             self._outcome(True)
-        elif any(word in update.reason for word in _RACE_LOST):
-            self._outcome(False)
+        else:
+            reason = update.reason
+            if _RACE_LOST[0] in reason or _RACE_LOST[1] in reason:
+                self._outcome(False)
 
     @staticmethod
     def _release(entry: _Take, lots: int) -> None:
@@ -356,14 +512,15 @@ class OfferTaker(Strategy):
         if self._outcomes_since_adapt < self._adapt_every:
             return
         self._outcomes_since_adapt = 0
-        low, high = self.p.target_win_rate
-        edge = self.edge
+        p = self._p
+        low, high = p.target_win_rate
+        edge = self._edge
         if self.win_rate < low:
             # Losing races: the offers we want are the ones everybody wants; go thinner.
-            edge = max(self.p.min_edge, edge * (1.0 - self.p.adapt_step))
+            edge = max(p.min_edge, edge * (1.0 - p.adapt_step))
         elif self.win_rate > high:
-            edge = min(self.p.max_edge, edge * (1.0 + self.p.adapt_step))
-        if edge != self.edge:
+            edge = min(p.max_edge, edge * (1.0 + p.adapt_step))
+        if edge != self._edge:
             self.edge = edge
             self.stats.edge_changes += 1
 

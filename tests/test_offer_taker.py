@@ -145,6 +145,23 @@ def test_never_takes_below_the_edge_or_on_a_stale_price(
         assert taker.stats.stale == 1
 
 
+@pytest.mark.parametrize("ref", [10**16 + 3, 3 * 10**17 + 7])
+def test_the_edge_rule_holds_exactly_for_huge_prices(ref: int) -> None:
+    # Beyond 2**53 ticks neighbouring tick counts share one float price.
+    desk = Desk()
+    m = desk.add("AAA", ref)
+    taker = desk.taker(edge=0.01, min_edge=0.005, max_edge=0.02, max_position=10**9)
+    reference = ref * 0.01
+    for side, centre in ((Side.SELL, ref * 0.99), (Side.BUY, ref * 1.01)):
+        for step in range(-40, 41):
+            price = int(centre) + step * 97
+            before = len(desk.takes)
+            taker.on_offer(m, offer("AAA", side, price))
+            px = price * 0.01
+            good = px <= reference * 0.99 if side is Side.SELL else px >= reference * 1.01
+            assert (len(desk.takes) > before) == good, (side, price)
+
+
 def test_a_stale_reference_is_never_used_however_good_the_offer() -> None:
     desk = Desk()
     m = desk.add("AAA", 10_000)
@@ -166,6 +183,44 @@ def test_no_reference_price_means_no_take() -> None:
     taker.on_offer(m, offer("AAA", Side.SELL, 5_000))
     assert desk.takes == []
     assert taker.stats.no_price == 1
+
+
+def test_a_new_reference_price_is_used_from_the_next_offer_on() -> None:
+    desk = Desk()
+    m = desk.add("AAA", 10_000)
+    taker = desk.taker(edge=0.01, min_edge=0.005, max_edge=0.02, max_position=10**6)
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_950))  # 0.5 % cheap: not enough
+    assert desk.takes == []
+    desk.set_mid("AAA", 10_060)  # the reference moves up, same time stamp
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_950))  # now 1.09 % cheap
+    assert len(desk.takes) == 1
+    # A level change alone (no new book time) moves the mid too: 101.00 -> 100.50.
+    m.book.set_level(Side.SELL, 10_061, 0)
+    m.book.set_level(Side.SELL, 10_051, 100)
+    m.book.set_level(Side.BUY, 10_059, 0)
+    m.book.set_level(Side.BUY, 10_049, 100)
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_950))  # 0.995 % cheap: not taken
+    assert len(desk.takes) == 1
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_949))
+    assert len(desk.takes) == 2
+
+
+def test_new_params_apply_to_the_next_offer() -> None:
+    desk = Desk()
+    m = desk.add("AAA", 10_000)
+    taker = desk.taker(edge=0.01, min_edge=0.005, max_edge=0.02, max_staleness="2s")
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_930))  # 0.7 % cheap
+    assert desk.takes == []
+    taker.on_params(taker.p.model_copy(update={"edge": 0.006}))
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_930))
+    assert len(desk.takes) == 1
+    desk.now += 1_500_000_000  # the reference is now 1.5 s old
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_930))
+    assert len(desk.takes) == 2
+    taker.on_params(taker.p.model_copy(update={"max_staleness": 1.0}))
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_000))
+    assert len(desk.takes) == 2
+    assert taker.stats.stale == 1
 
 
 # -- inventory ----------------------------------------------------------------------------------
