@@ -9,7 +9,6 @@ import math
 import string
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -377,14 +376,8 @@ class LazyMidBook(L2Book):
             self._sync()
 
 
-@dataclass(slots=True)
-class _LiveOffer:
-    index: int
-    offer: Offer
-    competitor_ns: int  # when a competing taker takes it; 2**62 when none will
-
-
-_NEVER = 2**62
+_NEVER = 2**62  # the competitor time of an offer no competing taker goes for
+_UNIFORM_BLOCK = 1024
 _BUY = Side.BUY
 _SELL = Side.SELL
 
@@ -422,6 +415,10 @@ class OfferSimExchange(ExchangeAdapter):
         self._rng_mid = market_rng(seed, name, "*", "mid")
         self._rng_offers = market_rng(seed, name, "*", "offers")
         self._rng_latency = market_rng(seed, name, "*", "latency")
+        # Latency uniforms are drawn from the stream in blocks and used in order: the
+        # same numbers as one draw each, at a fraction of the cost.
+        self._uniforms: list[float] = []
+        self._uniform_at = 0
         n = len(self.tickers)
         rng = self._rng_setup
         mp = params.mids
@@ -448,7 +445,8 @@ class OfferSimExchange(ExchangeAdapter):
         for t, i in self._index.items():
             book = LazyMidBook(self.instruments[t], self.feed, i, depth)
             self.books[t] = book
-        self._offers: dict[str, _LiveOffer] = {}
+        # Live offers by id: (offer, when a competing taker takes it).
+        self._offers: dict[str, tuple[Offer, int]] = {}
         self._expiry_queue: deque[tuple[int, str]] = deque()
         self._offer_seq = itertools.count(1)
         self._fill_seq = itertools.count(1)
@@ -563,14 +561,19 @@ class OfferSimExchange(ExchangeAdapter):
         reaction = comp.min_reaction_ms + rng.exponential(max(comp.reaction_ms, 1e-9), count)
         tickers = self.tickers
         name = self.name
-        md_ms = self.params.latency.market_data_ms
+        latency = self.params.latency
+        md_ms = latency.market_data_ms
+        jitter = latency.jitter_ms
+        # One latency draw per offer, in offer order, as _delay would make them.
+        extras = [u * jitter for u in self._draw_uniforms(count)] if jitter else [0.0] * count
         offers = self._offers
         queue = self._expiry_queue
         call_at = self.clock.call_at
         deliver = self._deliver_offer
         seq = self._offer_seq
+        last_md = self._last_md
         # Plain lists: indexing numpy arrays one element at a time is slow.
-        for i, offset, sell, tk, lt, lf, cont, react in zip(
+        for i, offset, sell, tk, lt, lf, cont, react, extra in zip(
             idx.tolist(),
             offsets.tolist(),
             sells.tolist(),
@@ -579,6 +582,7 @@ class OfferSimExchange(ExchangeAdapter):
             life.tolist(),
             contested.tolist(),
             reaction.tolist(),
+            extras,
             strict=True,
         ):
             ts = now + offset
@@ -587,13 +591,14 @@ class OfferSimExchange(ExchangeAdapter):
             offer = Offer(
                 name, tickers[i], offer_id, _SELL if sell else _BUY, int(tk), lt, ts, expires
             )
-            offers[offer_id] = _LiveOffer(i, offer, ts + int(react * 1e6) if cont else _NEVER)
+            offers[offer_id] = (offer, ts + int(react * 1e6) if cont else _NEVER)
             queue.append((expires, offer_id))
-            when = ts + self._delay(md_ms)
-            if when < self._last_md:
-                when = self._last_md
-            self._last_md = when
+            when = ts + int((md_ms + extra) * 1e6)
+            if when < last_md:
+                when = last_md
+            last_md = when
             call_at(when, deliver, offer)
+        self._last_md = last_md
 
     def _deliver_offer(self, offer: Offer) -> None:
         sink = self.sink
@@ -613,8 +618,20 @@ class OfferSimExchange(ExchangeAdapter):
     # -- orders ----------------------------------------------------------------------------
     def _delay(self, base_ms: float) -> int:
         jitter = self.params.latency.jitter_ms
-        extra = float(self._rng_latency.random()) * jitter if jitter else 0.0
+        extra = self._draw_uniforms(1)[0] * jitter if jitter else 0.0
         return int((base_ms + extra) * 1e6)
+
+    def _draw_uniforms(self, n: int) -> list[float]:
+        """The next ``n`` uniforms of the latency stream."""
+        at = self._uniform_at
+        block = self._uniforms
+        if at + n > len(block):
+            block = self._uniforms = (
+                block[at:] + self._rng_latency.random(max(n, _UNIFORM_BLOCK)).tolist()
+            )
+            at = 0
+        self._uniform_at = at + n
+        return block[at : at + n]
 
     def _stream_time(self, stream: str) -> int:
         when = self.clock.now_ns() + self._delay(self.params.latency.order_ms)
@@ -651,10 +668,10 @@ class OfferSimExchange(ExchangeAdapter):
             )
             return
         live = self._offers.get(str(offer_id))
-        if live is None or live.offer.symbol != order.symbol:
+        if live is None or live[0].symbol != order.symbol:
             self._report(order.client_id, OrderStatus.REJECTED, 0, f"unknown offer {offer_id}")
             return
-        offer = live.offer
+        offer, competitor_ns = live
         if order.side is offer.side:
             self._report(
                 order.client_id,
@@ -675,7 +692,7 @@ class OfferSimExchange(ExchangeAdapter):
             )
             return
         now = self.clock.now_ns()
-        if now >= live.competitor_ns:
+        if now >= competitor_ns:
             del self._offers[offer.offer_id]
             self.lost_races += 1
             self._report(order.client_id, OrderStatus.EXPIRED, 0, TAKEN)
