@@ -125,10 +125,12 @@ class ThreadedJournal(Journal, Generic[ConnT]):
     thread drains the queue in batches (one transaction each, in append order) and
     completes ``flush`` futures through ``loop.call_soon_threadsafe``.
 
-    ``append`` encodes each record to one JSON text (``encode_row``), so a backend can
-    insert a whole batch with one statement whose one parameter is ``json_array(rows)``:
-    the writer thread then holds the GIL only to join strings, and the per-row work runs
-    in the database with the GIL released instead of in Python.
+    By default ``append`` encodes each record to one JSON text (``encode_row``), so a
+    backend can insert a whole batch with one statement whose one parameter is
+    ``json_array(rows)``: the writer thread then holds the GIL only to join strings, and
+    the per-row work runs in the database with the GIL released instead of in Python
+    (PostgreSQL; SQLite with ``insert="json"``). A backend may set ``_encoder`` to
+    another encoding in its ``__init__``.
 
     A write that fails is retried with backoff on a fresh connection for ``retry_for_s``
     seconds (rows are idempotent by ``event_id``, so a retried batch is never doubled);
@@ -146,7 +148,7 @@ class ThreadedJournal(Journal, Generic[ConnT]):
         self._closed = False
         # What ``append`` queues for one record and ``_write`` receives. Serialising on
         # the appending thread captures the payload as it is now and keeps the writer
-        # thread's hold on the GIL short. A backend may set another in its __init__.
+        # thread's hold on the GIL short.
         self._encoder: Callable[[JournalRecord], Any] = encode_row
         self.appended = 0
         self.written = 0  # rows handed to the database (duplicates included)
@@ -378,12 +380,16 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
     is on disk once ``flush()`` returns even if the machine loses power; ``"normal"``
     survives a process crash but not a power cut, and is faster on slow disks.
 
-    ``insert`` is how a batch goes in. ``"json"``: one ``INSERT ... SELECT FROM
-    json_each(?)`` whose one parameter is the batch as JSON text, so SQLite does the
-    per-row work with the GIL released (needs SQLite 3.38+). ``"executemany"``: one
-    statement per row, bound in Python with the GIL held and handed back and forth
-    around every row. ``"auto"`` (default) takes ``"json"`` when this process's SQLite
-    has it; the choice is made here, since ``append`` already encodes for it.
+    ``insert`` is how a batch goes in (one transaction either way):
+
+    - ``"executemany"`` (default): one statement per row, its parameters bound in
+      Python, the GIL released and taken back around every row's step.
+    - ``"json"``: one ``INSERT ... SELECT FROM json_each(?)`` per batch whose one
+      parameter is the batch as JSON text (``encode_row``, as PostgreSQL does), so the
+      writer holds the GIL only to join strings; SQLite 3.38+. SQLite spends about
+      1.4 µs more CPU per row unpacking the JSON, and on a 2-core machine that CPU costs
+      a busy appending thread more than the GIL hand-offs it saves (see
+      docs/journal.md), hence not the default.
     """
 
     def __init__(
@@ -393,24 +399,21 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
         synchronous: Literal["full", "normal"] = "full",
         batch_max: int = 2000,
         retry_for_s: float = 5.0,
-        insert: Literal["auto", "json", "executemany"] = "auto",
+        insert: Literal["executemany", "json"] = "executemany",
     ) -> None:
         super().__init__(batch_max=batch_max, retry_for_s=retry_for_s)
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
-        if insert not in ("auto", "json", "executemany"):
-            raise ValueError(f"insert must be 'auto', 'json' or 'executemany', got {insert!r}")
+        if insert not in ("executemany", "json"):
+            raise ValueError(f"insert must be 'executemany' or 'json', got {insert!r}")
+        if insert == "json" and not sqlite_json_batches():
+            raise ValueError(
+                f"insert='json' needs SQLite {'.'.join(map(str, SQLITE_JSON_MIN_VERSION))} "
+                f"or later with its JSON functions; this is {sqlite3.sqlite_version}"
+            )
         self.path = Path(path)
         self.synchronous = synchronous
-        if insert != "executemany":
-            json_ok = sqlite_json_batches()
-            if insert == "json" and not json_ok:
-                raise ValueError(
-                    f"insert='json' needs SQLite {'.'.join(map(str, SQLITE_JSON_MIN_VERSION))} "
-                    f"or later with its JSON functions; this is {sqlite3.sqlite_version}"
-                )
-            insert = "json" if json_ok else "executemany"
-        self.insert: Literal["json", "executemany"] = insert
+        self.insert = insert
         if insert == "executemany":
             self._encoder = _encode_tuple
 

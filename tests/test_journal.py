@@ -46,7 +46,7 @@ from quoteforge.registry import PluginRegistry
 PG_DSN = os.environ.get("QUOTEFORGE_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 PG_TABLE = "quoteforge_journal_test"
-Insert = Literal["json", "executemany"]  # SqliteJournal's two ways to insert a batch
+Insert = Literal["executemany", "json"]  # SqliteJournal's two ways to insert a batch
 
 
 @pytest.fixture(scope="session")
@@ -93,12 +93,12 @@ class Backend:
         return journal
 
 
-@pytest.fixture(params=["sqlite", "sqlite-executemany", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-json", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param.startswith("sqlite"):
-        # "sqlite" inserts a batch from one JSON text (SQLite 3.38+, as here);
-        # "sqlite-executemany" is the path kept for older SQLite.
-        insert: Insert = "executemany" if request.param == "sqlite-executemany" else "json"
+        # "sqlite": row by row (the default); "sqlite-json": a batch in one statement
+        # from one JSON text (SQLite 3.38+).
+        insert: Insert = "json" if request.param == "sqlite-json" else "executemany"
         if insert == "json" and not sqlite_json_batches():
             pytest.skip(f"SQLite {sqlite3.sqlite_version} has no ->> (3.38+)")
         path = tmp_path / "run" / "journal.sqlite"
@@ -380,7 +380,7 @@ async def test_order_manager_restores_from_the_journal(backend: Backend) -> None
 # ---------------------------------------------------------------------------------------
 
 
-INSERTS = pytest.mark.parametrize("insert", ["json", "executemany"])
+INSERTS = pytest.mark.parametrize("insert", ["executemany", "json"])
 
 
 def _sqlite_journal(path: Path, insert: Insert, **kwargs: Any) -> SqliteJournal:
@@ -447,14 +447,33 @@ def test_payload_encoding() -> None:
     assert json.loads(row) == ['id"1', "fill", 5, "m", encode_payload(payload)]
 
 
-def test_sqlite_insert_path_follows_the_sqlite_version(
+@INSERTS
+async def test_sqlite_one_batch_keeps_order_and_drops_repeats(
+    tmp_path: Path, insert: Insert
+) -> None:
+    # Queued before the writer starts, 300 records make one batch, with repeated ids.
+    journal = _sqlite_journal(tmp_path / "j.sqlite", insert, batch_max=1000)
+    ids = [f"b{i}" for i in range(300)]
+    for position, repeated in ((128, 127), (129, 5), (256, 255), (290, 288)):
+        ids[position] = ids[repeated]
+    for i, event_id in enumerate(ids):
+        journal.append(record(i, event_id=event_id))
+    await journal.open()
+    await journal.close()
+    assert journal.batches == 1
+    stored = list(journal.read())
+    assert [r.event_id for r in stored] == list(dict.fromkeys(ids))
+    assert [r.payload["i"] for r in stored] == [ids.index(r.event_id) for r in stored]
+
+
+def test_sqlite_json_insert_needs_sqlite_3_38(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "j.sqlite"
+    assert SqliteJournal(path).insert == "executemany"
     if sqlite3.sqlite_version_info >= (3, 38):
         assert sqlite_json_batches()
-        assert SqliteJournal(path).insert == "json"
-    assert SqliteJournal(path, insert="executemany").insert == "executemany"
+        assert SqliteJournal(path, insert="json").insert == "json"
     monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 37, 2))
     monkeypatch.setattr(sqlite3, "sqlite_version", "3.37.2")
     assert not sqlite_json_batches()
@@ -469,19 +488,15 @@ def test_sqlite_insert_path_follows_the_sqlite_version(
 
 async def test_sqlite_insert_paths_share_one_file(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
-    older = _sqlite_journal(path, "executemany")
-    await older.open()
-    for i in range(3):
-        older.append(record(i))
-    await older.close()
-    newer = _sqlite_journal(path, "json")
-    await newer.open()
-    newer.append(record(1))  # known: ignored
-    newer.append(record(3))
-    await newer.close()
-    stored = list(newer.read())
+    for n, insert in enumerate(("executemany", "json", "executemany")):
+        journal = _sqlite_journal(path, cast(Insert, insert))
+        await journal.open()
+        journal.append(record(n - 1 if n else 0))  # after the first: a known id, ignored
+        journal.append(record(n + 1))
+        await journal.close()
+    stored = list(journal.read())
     assert [r.event_id for r in stored] == ["ev-0", "ev-1", "ev-2", "ev-3"]
-    assert stored[1].payload == stored[3].payload | {"i": 1}
+    assert [r.payload["i"] for r in stored] == [0, 1, 2, 3]
 
 
 class FlakySqliteJournal(SqliteJournal):
