@@ -1,8 +1,20 @@
-"""Journal benchmark: throughput (events/s) and event-loop lag while journaling.
+"""Journal benchmark: throughput (events/s), event-loop lag while journaling, and what
+journaling costs a busy appending thread.
 
-Run: ``python bench/journal_bench.py [--events N] [--rate R] [--seconds S]``. Prints a
-table and writes ``bench/results/journal_bench.json``. PostgreSQL is measured when
-reachable at ``--dsn`` (default 127.0.0.1:5432/test) and reported as skipped otherwise.
+Run: ``python bench/journal_bench.py [--events N] [--rate R] [--seconds S]``. Prints two
+tables and writes ``bench/results/journal_bench.json``. SQLite is measured with both
+ways of inserting a batch: ``sqlite``, the default (one statement per row, bound in
+Python, the GIL handed over around each row) and ``sqlite (json)`` (one statement per
+batch, its one parameter the rows as JSON text, unpacked by SQLite with the GIL
+released; SQLite 3.38+). PostgreSQL is measured when reachable at ``--dsn`` (default
+127.0.0.1:5432/test) and reported as skipped otherwise.
+
+Busy thread: a backtest's strategy thread is CPU-bound Python that appends a record every
+few tens of microseconds, and on a 2-core machine it shares the GIL with the writer
+thread. Each unit of this phase runs a fixed piece of Python work and appends one record,
+turning the event loop every ``--busy-yield`` units (as the engine does between events);
+the phase's duration is compared with the same loop that builds the records and
+journals nothing, alternating the journals and the reference within each round.
 """
 
 from __future__ import annotations
@@ -19,11 +31,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from quoteforge.journal import JournalRecord
 from quoteforge.plugins.journal_postgres import PostgresJournal
-from quoteforge.plugins.journal_sqlite import SqliteJournal, ThreadedJournal
+from quoteforge.plugins.journal_sqlite import SqliteJournal, ThreadedJournal, sqlite_json_batches
 
 RESULTS = Path(__file__).resolve().parent / "results" / "journal_bench.json"
 TARGET_EVENTS_PER_S = 20_000
@@ -164,6 +176,104 @@ async def bench_backend(
     }
 
 
+def python_work(iterations: int) -> int:
+    """Pure-Python CPU work, as a strategy does between two journal records."""
+    acc = 0
+    for i in range(iterations):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+def thread_schedstat() -> tuple[float, float] | None:
+    """This thread's time on a CPU and time runnable but waiting for one (Linux), in
+    seconds; None elsewhere."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, waiting, _ = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+async def bench_busy(
+    builds: dict[str, Callable[[], ThreadedJournal[Any]]],
+    units: int,
+    work: int,
+    yield_every: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """The busy-thread phase: per round, the loop once without a journal and once per
+    journal (order reversed every other round); returns per-journal slowdowns.
+
+    Where the appending thread's time went (Linux): on a CPU, runnable but waiting for
+    a CPU (the machine is busy: other processes, or the writer thread on the only free
+    core), and blocked, which in this loop is waiting for the GIL. The writer's CPU is
+    the process's CPU time minus the appending thread's."""
+    samples: dict[str, list[dict[str, float]]] = {"none": [], **{name: [] for name in builds}}
+    batches: dict[str, int] = dict.fromkeys(builds, 0)
+    base = 10_000_000
+
+    async def loop(sink: Callable[[JournalRecord], None], first: int) -> dict[str, float]:
+        sched = thread_schedstat()
+        process, thread = time.process_time(), time.thread_time()
+        started = time.perf_counter()
+        for i in range(units):
+            python_work(work)
+            sink(make_record(first + i))
+            if i % yield_every == yield_every - 1:
+                await asyncio.sleep(0)
+        sample = {"wall": time.perf_counter() - started}
+        sample["writer_cpu"] = (time.process_time() - process) - (time.thread_time() - thread)
+        after = thread_schedstat()
+        if sched is not None and after is not None:
+            sample["on_cpu"] = after[0] - sched[0]
+            sample["runq"] = after[1] - sched[1]
+            sample["blocked"] = max(0.0, sample["wall"] - sample["on_cpu"] - sample["runq"])
+        return sample
+
+    names = ["none", *builds]
+    for round_no in range(rounds):
+        for name in names if round_no % 2 == 0 else names[::-1]:
+            base += units
+            if name == "none":
+                samples[name].append(await loop(lambda record: None, base))
+                continue
+            journal = builds[name]()
+            await journal.open()
+            samples[name].append(await loop(journal.append, base))
+            await journal.close()
+            batches[name] += journal.batches
+
+    def us_per_unit(name: str, key: str) -> float | None:
+        values = [sample[key] for sample in samples[name] if key in sample]
+        return round(statistics.median(values) / units * 1e6, 2) if values else None
+
+    reference = [sample["wall"] for sample in samples["none"]]
+    result: dict[str, Any] = {
+        "units": units,
+        "work_iterations": work,
+        "yield_every": yield_every,
+        "rounds": rounds,
+        "none": {key: us_per_unit("none", key) for key in ("wall", "on_cpu", "runq", "blocked")},
+        "journals": {},
+    }
+    for name in builds:
+        # Each journal's time against the reference of its own round.
+        walls = [sample["wall"] for sample in samples[name]]
+        slowdowns = sorted(d / r - 1 for d, r in zip(walls, reference, strict=True))
+        result["journals"][name] = {
+            "slowdown_pct_median": round(statistics.median(slowdowns) * 100, 1),
+            "slowdown_pct_min": round(slowdowns[0] * 100, 1),
+            "slowdown_pct_max": round(slowdowns[-1] * 100, 1),
+            **{
+                f"{key}_us_per_unit": us_per_unit(name, key)
+                for key in ("wall", "on_cpu", "runq", "blocked", "writer_cpu")
+            },
+            "batches_per_round": round(batches[name] / rounds),
+        }
+    return result
+
+
 def postgres_reachable(dsn: str) -> str | None:
     try:
         import psycopg
@@ -182,39 +292,53 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="steady phases per backend")
     parser.add_argument("--dsn", default="postgresql://127.0.0.1:5432/test")
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full")
+    parser.add_argument("--busy-units", type=int, default=50_000, help="busy phase records")
+    parser.add_argument(
+        "--busy-work", type=int, default=200, help="Python loop iterations per busy unit"
+    )
+    parser.add_argument(
+        "--busy-yield", type=int, default=4, help="busy units between event-loop turns"
+    )
+    parser.add_argument("--busy-rounds", type=int, default=5)
     args = parser.parse_args(argv)
 
     rows: list[dict[str, Any]] = []
+    problem = postgres_reachable(args.dsn)
+    table = "quoteforge_journal_bench"
+    run_ids: list[str] = []
+
+    def postgres() -> PostgresJournal:
+        run_ids.append(f"bench-{uuid.uuid4().hex[:10]}")
+        return PostgresJournal(args.dsn, run_id=run_ids[-1], table=table)
+
     with tempfile.TemporaryDirectory() as tmp:
         counter = iter(range(1_000_000))
 
-        def sqlite() -> SqliteJournal:
-            return SqliteJournal(
-                Path(tmp) / f"bench-{next(counter)}.sqlite", synchronous=args.synchronous
+        def sqlite_builder(insert: Literal["json", "executemany"]) -> Callable[[], SqliteJournal]:
+            def build() -> SqliteJournal:
+                path = Path(tmp) / f"bench-{next(counter)}.sqlite"
+                return SqliteJournal(path, synchronous=args.synchronous, insert=insert)
+
+            return build
+
+        builds: dict[str, Callable[[], ThreadedJournal[Any]]] = {
+            "sqlite": sqlite_builder("executemany")
+        }
+        if sqlite_json_batches():
+            builds["sqlite (json)"] = sqlite_builder("json")
+        if problem is None:
+            builds["postgres"] = postgres
+        for name, build in builds.items():
+            rows.append(
+                await bench_backend(name, build, args.events, args.rate, args.seconds, args.rounds)
             )
-
-        rows.append(
-            await bench_backend("sqlite", sqlite, args.events, args.rate, args.seconds, args.rounds)
+        if problem is not None:
+            rows.append({"backend": "postgres", "skipped": problem})
+        busy = await bench_busy(
+            builds, args.busy_units, args.busy_work, args.busy_yield, args.busy_rounds
         )
-
-    problem = postgres_reachable(args.dsn)
-    if problem is None:
-        table = "quoteforge_journal_bench"
-        run_ids: list[str] = []
-
-        def postgres() -> PostgresJournal:
-            run_ids.append(f"bench-{uuid.uuid4().hex[:10]}")
-            return PostgresJournal(args.dsn, run_id=run_ids[-1], table=table)
-
-        rows.append(
-            await bench_backend(
-                "postgres", postgres, args.events, args.rate, args.seconds, args.rounds
-            )
-        )
-        for run_id in run_ids:
-            PostgresJournal(args.dsn, run_id=run_id, table=table).drop_run()
-    else:
-        rows.append({"backend": "postgres", "skipped": problem})
+    for run_id in run_ids:
+        PostgresJournal(args.dsn, run_id=run_id, table=table).drop_run()
 
     columns = [
         ("backend", "backend"),
@@ -226,12 +350,12 @@ async def main(argv: list[str]) -> int:
         ("reference_lag_p99_ms", "no-journal p99 ms"),
         ("journal_added_lag_p99_ms", "added p99 ms"),
     ]
-    print(" | ".join(f"{title:>17}" for _, title in columns))
+    print(" | ".join(f"{title:>20}" for _, title in columns))
     for row in rows:
         if "skipped" in row:
-            print(f"{row['backend']:>17} | skipped: {row['skipped']}")
+            print(f"{row['backend']:>20} | skipped: {row['skipped']}")
             continue
-        print(" | ".join(f"{row[key]!s:>17}" for key, _ in columns))
+        print(" | ".join(f"{row[key]!s:>20}" for key, _ in columns))
 
     verdicts = {}
     for row in rows:
@@ -249,6 +373,38 @@ async def main(argv: list[str]) -> int:
     )
     print(json.dumps(verdicts))
 
+    none = busy["none"]
+    print(
+        f"\nbusy appending thread: {busy['units']} units of {busy['work_iterations']} Python "
+        f"loop iterations + one append, an event-loop turn every {busy['yield_every']} units; "
+        f"{busy['rounds']} rounds. Without a journal: {none['wall']} µs/unit (median; "
+        f"on a CPU {none['on_cpu']}, waiting for a CPU {none['runq']})."
+    )
+    headers = ("slowdown (median, range)", "µs/unit", "on CPU", "wait CPU", "blocked", "writer")
+    print(
+        f"{'journal':>20} | "
+        + " | ".join(f"{h:>10}" if i else f"{h:>26}" for i, h in enumerate(headers))
+        + " | batches"
+    )
+    for name, row in busy["journals"].items():
+        spread = (
+            f"{row['slowdown_pct_median']:+.1f}% "
+            f"({row['slowdown_pct_min']:+.1f} .. {row['slowdown_pct_max']:+.1f})"
+        )
+        cells = [
+            row[f"{key}_us_per_unit"] for key in ("wall", "on_cpu", "runq", "blocked", "writer_cpu")
+        ]
+        print(
+            f"{name:>20} | {spread:>26} | "
+            + " | ".join(f"{cell!s:>10}" for cell in cells)
+            + f" | {row['batches_per_round']}"
+        )
+    print(
+        "(µs per unit, medians, of the appending thread: its wall time, on a CPU, runnable "
+        "but waiting for a CPU, blocked (here: waiting for the GIL); writer: the rest of "
+        "the process's CPU time, i.e. the writer thread's)"
+    )
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -262,6 +418,7 @@ async def main(argv: list[str]) -> int:
                 },
                 "results": rows,
                 "verdicts": verdicts,
+                "busy_thread": busy,
             },
             indent=2,
         )
