@@ -284,6 +284,8 @@ class OfferTaker(Strategy):
 
     def _configure(self, p: OfferTakerParams) -> None:
         self._stale_ns = int(float(p.max_staleness) * 1e9)
+        self._stale_from: int | None = None  # the price time _stale_at was worked out for
+        self._stale_at = 0
         self._alpha = 2.0 / (p.adapt_window + 1.0)
         self._adapt_every = max(1, p.adapt_window // 5)
         self._reprice_all()
@@ -410,7 +412,12 @@ class OfferTaker(Strategy):
         state.buy_max = _ticks_at_most(price * (1.0 - edge), tick)
         state.sell_min = _ticks_at_least(price * (1.0 + edge), tick)
         state.price = price
-        state.stale_at = ts + self._stale_ns
+        if ts != self._stale_from:
+            # Tickers priced at the same time share one stale_at object (fewer cold
+            # reads across thousands of tickers).
+            self._stale_from = ts
+            self._stale_at = ts + self._stale_ns
+        state.stale_at = self._stale_at
         state.limit = -1
         state.ref = ref
         return True
@@ -436,7 +443,11 @@ class OfferTaker(Strategy):
             if room <= 0:
                 stats.limit_skips += 1
                 return
-        lots = min(offer.qty_lots, room, state.order_lots)
+        lots = offer.qty_lots
+        if room < lots:
+            lots = room
+        if state.order_lots < lots:
+            lots = state.order_lots
         if lots <= 0:
             stats.limit_skips += 1
             return
