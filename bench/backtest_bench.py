@@ -7,20 +7,26 @@ near the top, one per virtual millisecond) and ``<symbol>@trade`` messages deriv
 it (a share of the drops at the best levels printed as trades just before the diff that
 shows them). Times, on the same records in the same run:
 
-  engine (top)     ``quoteforge run`` of a ``mode: backtest`` manifest: replay venue with
-                   its queue-aware fill simulation, ``pure_market_making`` quoting a few
-                   ticks from the mid, risk, execution, order manager, journal, trace;
-                   the replay notifies the run when the best 5 levels changed
-  engine (best)    the same, notified when the best bid or ask changed
-  engine (every)   the same, notified on every applied diff
+  quiet (top)      ``quoteforge run`` of a ``mode: backtest`` manifest: replay venue with
+                   its queue-aware fill simulation, ``pure_market_making`` quoting 1 bps
+                   from the mid (asked on every best-price change, its quotes stand),
+                   risk, execution, order manager, journal, trace; the replay notifies
+                   the run when the best 5 levels changed
+  active (top)     the same with quotes three ticks from the mid, requoted on every
+                   three-tick move and filled by the stream's trades: about one order per
+                   12 records
+  active (best)    the same, notified when the best bid or ask changed
+  active (every)   the same, notified on every applied diff
   replay alone     the replay venue on a virtual clock with a sink that does nothing:
                    recording read, scheduling, decode, integrity checks, book apply
   book apply       the book source alone on the decoded-in-memory diff texts
 
 Rates are records per second (book apply: diffs per second). The strategy quotes from
 the mid, so the engine calls it only when a best price moved, whatever the replay's
-``notify``; the rows print its calls, quote updates, orders and fills. Then profiles the
-engine run and lists where the time goes. Writes ``bench/results/backtest_bench.json``.
+``notify``; the rows print its calls, quote updates, orders and fills. The cost model
+splits the time into a cost per record (the quiet run) and a cost per order (the active
+run's extra time over its orders). Then profiles the active run and lists where the time
+goes. Writes ``bench/results/backtest_bench.json``.
 
     python bench/backtest_bench.py               # 200k diff events
     python bench/backtest_bench.py --events 50000
@@ -89,13 +95,20 @@ report: {{html: false, png: false}}
 """
 
 
-# Quotes about three ticks from the mid (a tick of 0.01 at 65000 is 0.0015 bps; this
-# stream's spread is a tick or two and its mid wanders about +-100 ticks), requoted
-# when a wanted price moved more than three ticks: the quotes follow the market and
-# the stream's trades and book changes reach them.
+# Active: quotes about three ticks from the mid (a tick of 0.01 at 65000 is 0.0015 bps;
+# this stream's spread is a tick or two and its mid wanders about +-100 ticks), requoted
+# when a wanted price moved more than three ticks: the quotes follow the market and the
+# stream's trades and book changes reach them (about one order per 12 records).
 STRATEGY = (
     "{spread_bps: 0.005, levels: 2, level_spacing_bps: 0.005, order_size: 0.05, "
     "refresh_tolerance_bps: 0.005, inventory_limit: 1, inventory_skew_bps: 0.01}"
+)
+# Quiet: the same strategy quoting 1 bps from the mid (~650 ticks), requoted when a
+# wanted price moved 0.5 bps: the strategy is asked on every best-price change but its
+# quotes stand, as a typical spread on this market would.
+STRATEGY_QUIET = (
+    "{spread_bps: 1, levels: 2, level_spacing_bps: 1, order_size: 0.05, "
+    "refresh_tolerance_bps: 0.5, inventory_limit: 1, inventory_skew_bps: 0.01}"
 )
 
 
@@ -222,10 +235,15 @@ def _registry() -> PluginRegistry:
 
 
 def run_engine(
-    registry: PluginRegistry, data: Path, run_dir: Path, notify: str, profile: bool = False
+    registry: PluginRegistry,
+    data: Path,
+    run_dir: Path,
+    notify: str,
+    profile: bool = False,
+    strategy: str = STRATEGY,
 ) -> tuple[float, Run, str]:
     text = MANIFEST.format(
-        data=json.dumps(str(data)), notify=notify, tick=TICK, lot=LOT, strategy=STRATEGY
+        data=json.dumps(str(data)), notify=notify, tick=TICK, lot=LOT, strategy=strategy
     )
     manifest = run_dir.parent / f"{run_dir.name}.yaml"
     manifest.write_text(text)
@@ -267,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "events": args.events,
         "trades": sum(1 for t in trades if t),
         "strategy": STRATEGY,
+        "strategy_quiet": STRATEGY_QUIET,
         "target_events_per_s": 200_000,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,14 +295,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["records"] = records
         registry = _registry()
         rows: list[dict[str, Any]] = []
-        for notify in ("top", "best", "every"):
-            wall, run, _ = run_engine(registry, data, base / f"run-{notify}", notify)
+        cases = [
+            ("quiet (top)", "top", STRATEGY_QUIET),
+            ("active (top)", "top", STRATEGY),
+            ("active (best)", "best", STRATEGY),
+            ("active (every)", "every", STRATEGY),
+        ]
+        for case, notify, strategy in cases:
+            wall, run, _ = run_engine(
+                registry, data, base / f"run-{len(rows)}", notify, strategy=strategy
+            )
             venue = run.venues["binance"]
             assert isinstance(venue, ReplayExchange)
             fills = venue.fills.fills
             rows.append(
                 {
-                    "case": f"engine ({notify})",
+                    "case": case,
                     "events_per_s": round(records / wall),
                     "wall_s": round(wall, 3),
                     # Every book event that reached the strategy (the engine's own
@@ -304,14 +331,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         top_book = book.top(Side.BUY, 5)
         profile = ""
         if not args.no_profile:
-            _, _, profile = run_engine(registry, data, base / "run-profile", "top", profile=True)
+            _, _, profile = run_engine(
+                registry, data, base / "run-profile", "top", profile=True, strategy=STRATEGY
+            )
     results["rows"] = rows
+    quiet, active = rows[0], rows[1]
     results["ratios"] = {
-        "engine_top_vs_replay_alone": round(rows[0]["events_per_s"] / replay_rate, 3),
-        "engine_best_vs_replay_alone": round(rows[1]["events_per_s"] / replay_rate, 3),
-        "engine_every_vs_replay_alone": round(rows[2]["events_per_s"] / replay_rate, 3),
+        "quiet_vs_replay_alone": round(quiet["events_per_s"] / replay_rate, 3),
+        "active_vs_replay_alone": round(active["events_per_s"] / replay_rate, 3),
+        "active_best_vs_replay_alone": round(rows[2]["events_per_s"] / replay_rate, 3),
+        "active_every_vs_replay_alone": round(rows[3]["events_per_s"] / replay_rate, 3),
         "replay_alone_vs_book_apply": round(replay_rate / apply_rate, 3),
-        "engine_top_vs_book_apply": round(rows[0]["events_per_s"] / apply_rate, 3),
+    }
+    # The cost model: a record with the strategy standing costs the quiet run's time per
+    # record; the active run's extra time goes to its orders (place, acknowledge, cancel
+    # or replace, fills, journal records, the requotes they cause).
+    extra = active["wall_s"] - quiet["wall_s"]
+    results["cost_model"] = {
+        "us_per_record_quiet": round(quiet["wall_s"] / records * 1e6, 2),
+        "us_per_record_replay_alone": round(1e6 / replay_rate, 2),
+        "us_per_order_active": round(extra / max(1, active["orders"] - quiet["orders"]) * 1e6, 1),
     }
     results["final_top_bids"] = top_book
     print(
@@ -331,11 +370,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     for key, value in results["ratios"].items():
         print(f"{key:<32}{value:>8}")
+    print()
+    for key, value in results["cost_model"].items():
+        print(f"{key:<32}{value:>8}")
     if profile:
         results["profile_top"] = [
             line.strip() for line in profile.splitlines() if line.strip()[:1].isdigit()
         ][:18]
-        print("\nprofile of the engine (top) run, by own time:\n")
+        print("\nprofile of the active (top) run, by own time:\n")
         print(profile)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
