@@ -4,8 +4,10 @@ The decision path is ``OfferTaker.on_offer`` as the engine calls it: reference p
 the lazily refreshed books, staleness, volatility guard, edge, inventory limits and, for
 the few offers worth it, the take (recorded, not sent: the order path is measured by
 sim_bench). Offers come from the offer_sim venue in time order, one mid step at a time,
-so book refreshes are paid as in a run. Also reports the whole engine's offers/s on
-examples/offer_taker.yaml. Writes bench/results/offer_taker_bench.json.
+so book refreshes are paid as in a run. Before each timed loop the cyclic collector is
+run, so a loop pays for the collections its own allocations cause, not for a full
+collection owed to the offers the bench generated just before. Also reports the whole
+engine's offers/s on examples/offer_taker.yaml. Writes bench/results/offer_taker_bench.json.
 
     python bench/offer_taker_bench.py [--offers 1000000] [--engine-seconds 30]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import platform
 import tempfile
@@ -106,6 +109,7 @@ async def decision_rates(total: int) -> dict[str, Any]:
         chunk = sink.offers
         sink.offers = []
         pairs = [(symbol_market[o.symbol], o) for o in chunk]
+        gc.collect()
         start = time.perf_counter()
         for market, offer in pairs:
             on_offer(market, offer)
@@ -121,6 +125,7 @@ async def decision_rates(total: int) -> dict[str, Any]:
             on_update(market, update)
         t_strategy += time.perf_counter() - start
         # Floor: the same offers, one dict lookup and one float compare each.
+        gc.collect()
         start = time.perf_counter()
         for _market, offer in pairs:
             ref = floor_table.get(offer.symbol)
