@@ -419,24 +419,26 @@ class RealizedVolatility:
             if mid <= 0:
                 raise ValueError(f"log returns need a positive mid, got {mid}")
             r = math.log(mid / last)
-        dt = max(0, ts_ns - last_ns)
+        # max() written out: this runs for every new price of every market watched.
+        dt = ts_ns - last_ns if ts_ns > last_ns else 0
         r2 = r * r
-        self._samples.append((ts_ns, dt, r2))
-        self._sum_dt += dt
-        self._sum_r2 += r2
-        self._last_mid = mid
-        self._last_ns = max(last_ns, ts_ns)
-        self._expire(self._last_ns)
-
-    def _expire(self, now_ns: int) -> None:
-        cutoff = now_ns - self._window_ns
         samples = self._samples
+        samples.append((ts_ns, dt, r2))
+        sum_dt = self._sum_dt + dt
+        sum_r2 = self._sum_r2 + r2
+        self._last_mid = mid
+        now_ns = ts_ns if ts_ns > last_ns else last_ns
+        self._last_ns = now_ns
+        # Expire what left the window.
+        cutoff = now_ns - self._window_ns
         while samples and samples[0][0] <= cutoff:
-            _, dt, r2 = samples.popleft()
-            self._sum_dt -= dt
-            self._sum_r2 -= r2
+            _, old_dt, old_r2 = samples.popleft()
+            sum_dt -= old_dt
+            sum_r2 -= old_r2
         if not samples:
-            self._sum_dt, self._sum_r2 = 0, 0.0
+            sum_dt, sum_r2 = 0, 0.0
+        self._sum_dt = sum_dt
+        self._sum_r2 = sum_r2
 
     @property
     def samples(self) -> int:
@@ -461,7 +463,13 @@ class RealizedVolatility:
     @property
     def window_sigma(self) -> float | None:
         """Volatility over the whole window (e.g. 0.01 = 1 % over 5 minutes)."""
-        return self.sigma(self.window_s)
+        # sigma(window_s) written out, with the same arithmetic (a guard reads this for
+        # every new price); ``not r2 < 0.0`` keeps max(r2, 0.0)'s -0.0 and NaN.
+        if len(self._samples) < self._min_samples or self._sum_dt <= 0:
+            return None
+        r2 = self._sum_r2
+        rate = (r2 if not r2 < 0.0 else 0.0) / (self._sum_dt / NS)
+        return math.sqrt(rate * self.window_s)
 
 
 # ---------------------------------------------------------------------------------------

@@ -167,6 +167,9 @@ class StrategyContext:
         self.name = name
         self.markets = markets
         self._now_ns = now_ns
+        #: Nanoseconds since the epoch (virtual in simulations): the clock's own
+        #: function, so reading the time is one call.
+        self.now_ns: Callable[[], int] = now_ns
         self._set_quotes = set_quotes
         self._schedule = schedule
         self._publish = publish
@@ -174,9 +177,6 @@ class StrategyContext:
         self.seed = seed
         #: Execution algorithms started with ``execute`` that have not finished yet.
         self.algos: list[Any] = []
-
-    def now_ns(self) -> int:
-        return self._now_ns()
 
     def now(self) -> float:
         """Seconds since the epoch (virtual in simulations)."""
