@@ -100,50 +100,43 @@ class Market:
     def bid(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
         """A bid at ``price`` rounded down to the tick grid, ``qty`` rounded down to
         lots; None when the size rounds to zero or below the venue's minimums."""
+        return self._quote(
+            self._bids, _BUY, math.floor(price / self._tick + 1e-9), qty, level, post_only
+        )
+
+    def ask(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
+        """An ask at ``price`` rounded up to the tick grid; None when the size is zero or
+        below the venue's minimums."""
+        return self._quote(
+            self._asks, _SELL, math.ceil(price / self._tick - 1e-9), qty, level, post_only
+        )
+
+    def _quote(
+        self,
+        made: dict[tuple[int, int, int, bool], Quote],
+        side: Side,
+        ticks: int,
+        qty: float,
+        level: int,
+        post_only: bool,
+    ) -> Quote | None:
         # _lots, _clamp and _too_small written out: this runs for every quote wanted.
         lot = self._lot
         lots = int(qty / lot + 1e-9) if qty > 0 else 0
         if lots <= 0 or lots < self._min_lots:
             return None
-        tick = self._tick
-        ticks = math.floor(price / tick + 1e-9)
         if ticks < 1:
             ticks = 1
         elif self._max_ticks is not None and ticks > self._max_ticks:
             ticks = self._max_ticks
-        if self._min_notional and ticks * tick * lots * lot < self._min_notional * (1 - 1e-9):
+        if self._min_notional and ticks * self._tick * lots * lot < self._min_notional * (1 - 1e-9):
             return None
-        made = self._bids
         key = (ticks, lots, level, post_only)
         quote = made.get(key)
         if quote is None:
             if len(made) >= _QUOTE_CACHE:
                 made.clear()
-            quote = made[key] = Quote(_BUY, ticks, lots, level, post_only)
-        return quote
-
-    def ask(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
-        """An ask at ``price`` rounded up to the tick grid; None when the size is zero or
-        below the venue's minimums."""
-        lot = self._lot
-        lots = int(qty / lot + 1e-9) if qty > 0 else 0
-        if lots <= 0 or lots < self._min_lots:
-            return None
-        tick = self._tick
-        ticks = math.ceil(price / tick - 1e-9)
-        if ticks < 1:
-            ticks = 1
-        elif self._max_ticks is not None and ticks > self._max_ticks:
-            ticks = self._max_ticks
-        if self._min_notional and ticks * tick * lots * lot < self._min_notional * (1 - 1e-9):
-            return None
-        made = self._asks
-        key = (ticks, lots, level, post_only)
-        quote = made.get(key)
-        if quote is None:
-            if len(made) >= _QUOTE_CACHE:
-                made.clear()
-            quote = made[key] = Quote(_SELL, ticks, lots, level, post_only)
+            quote = made[key] = Quote(side, ticks, lots, level, post_only)
         return quote
 
     def __repr__(self) -> str:
