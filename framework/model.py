@@ -3,6 +3,11 @@
 Prices and quantities that can reach an exchange are integers: ``ticks`` (multiples of
 the instrument's tick size) and ``lots`` (multiples of its lot size). ``Instrument``
 converts between them and ``Decimal`` exactly; floats appear only in analytics.
+
+Two quantity grids: ``lot_size`` is the resolution the venue reports quantities at
+(book levels, trades, fills, balances: Binance sends 8 decimals whatever the order
+step), and ``qty_step`` is the step of the quantities we may send (Binance's LOT_SIZE
+``stepSize``), a whole number of lots. On simulated venues they are usually the same.
 """
 
 from __future__ import annotations
@@ -127,7 +132,12 @@ def _plain(value: Decimal) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class Instrument:
-    """A tradable market on one venue with its price and quantity grid."""
+    """A tradable market on one venue with its price and quantity grids.
+
+    ``lot_size`` is the unit every quantity is counted in (the precision the venue
+    sends); ``qty_step`` (default: ``lot_size``) is the step of order quantities we
+    send, and must be a whole number of lots.
+    """
 
     venue: str
     symbol: str
@@ -140,12 +150,22 @@ class Instrument:
     kind: InstrumentKind = InstrumentKind.SPOT
     maker_fee: Decimal = Decimal(0)
     taker_fee: Decimal = Decimal(0)
+    qty_step: Decimal = Decimal(0)  # 0: the same as lot_size
 
     def __post_init__(self) -> None:
-        if self.tick_size <= 0:
+        if not self.tick_size.is_finite() or self.tick_size <= 0:
             raise ValueError(f"{self.key}: tick_size must be > 0, got {self.tick_size}")
-        if self.lot_size <= 0:
+        if not self.lot_size.is_finite() or self.lot_size <= 0:
             raise ValueError(f"{self.key}: lot_size must be > 0, got {self.lot_size}")
+        if not self.qty_step:
+            object.__setattr__(self, "qty_step", self.lot_size)
+        elif not self.qty_step.is_finite() or self.qty_step < 0:
+            raise ValueError(f"{self.key}: qty_step must be > 0, got {self.qty_step}")
+        elif self.qty_step % self.lot_size != 0:
+            raise ValueError(
+                f"{self.key}: qty_step {self.qty_step} must be a whole number of lots of "
+                f"{self.lot_size} (the precision quantities are reported at)"
+            )
         if self.kind is InstrumentKind.BINARY and (1 / self.tick_size) % 1 != 0:
             raise ValueError(f"{self.key}: a binary contract's tick_size must divide 1")
 
@@ -210,9 +230,21 @@ class Instrument:
     def lots_to_qty(self, lots: int) -> Decimal:
         return _plain(self.lot_size * lots)
 
+    @property
+    def step_lots(self) -> int:
+        """Lots in one order step: an order's quantity is a multiple of this."""
+        return int(self.qty_step / self.lot_size)
+
     def round_qty(self, qty: float) -> int:
-        """Lots for a quantity, rounded down (never quote more than asked)."""
-        return max(0, math.floor(round(qty / float(self.lot_size), 9)))
+        """Lots for an order of ``qty``, rounded down to the order step (never quote
+        more than asked)."""
+        steps = max(0, math.floor(round(qty / float(self.qty_step), 9)))
+        return steps * self.step_lots
+
+    def floor_to_step(self, lots: int) -> int:
+        """``lots`` rounded down to the order step (a remainder we may send)."""
+        step = self.step_lots
+        return lots if step == 1 else lots - lots % step
 
     def lots_to_float(self, lots: int) -> float:
         return lots * float(self.lot_size)
@@ -224,6 +256,12 @@ class Instrument:
         """Why the venue would refuse this order size/price, or None when it is valid."""
         if lots <= 0:
             return "quantity must be positive"
+        step = self.step_lots
+        if step != 1 and lots % step:
+            return (
+                f"quantity {self.lots_to_qty(lots)} is not a multiple of the order step "
+                f"{_plain(self.qty_step)}"
+            )
         if self.lots_to_qty(lots) < self.min_qty:
             return f"quantity {self.lots_to_qty(lots)} below minimum {self.min_qty}"
         if price_ticks is not None:

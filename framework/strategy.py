@@ -44,6 +44,8 @@ class Market:
         "_min_lots",
         "_min_notional",
         "_position",
+        "_step",
+        "_step_lots",
         "_tick",
         "book",
         "instrument",
@@ -62,8 +64,16 @@ class Market:
         # Floats for rounding on the hot path; the results are integer ticks and lots.
         self._tick = float(instrument.tick_size)
         self._lot = float(instrument.lot_size)
+        # Order quantities are whole order steps (the venue's LOT_SIZE step), which may
+        # be coarser than the lot the venue reports quantities in.
+        self._step = float(instrument.qty_step)
+        self._step_lots = instrument.step_lots
         self._max_ticks = instrument.max_price_ticks
-        self._min_lots = -(-instrument.min_qty // instrument.lot_size) if instrument.min_qty else 0
+        self._min_lots = (
+            -(-instrument.min_qty // instrument.qty_step) * instrument.step_lots
+            if instrument.min_qty
+            else 0
+        )
         self._min_notional = float(instrument.min_notional)
         # Quotes already made, by (ticks, lots, level, post_only): quotes are immutable
         # and a quoting strategy asks for the same few again and again.
@@ -81,8 +91,8 @@ class Market:
         return self._position() * self._lot
 
     def _lots(self, qty: float) -> int:
-        # The small epsilon keeps 0.3 / 0.1 (= 2.9999999999999996) from losing a lot.
-        lots = int(qty / self._lot + 1e-9) if qty > 0 else 0
+        # The small epsilon keeps 0.3 / 0.1 (= 2.9999999999999996) from losing a step.
+        lots = int(qty / self._step + 1e-9) * self._step_lots if qty > 0 else 0
         return lots if lots >= self._min_lots else 0
 
     def _too_small(self, ticks: int, lots: int) -> bool:
@@ -122,7 +132,7 @@ class Market:
     ) -> Quote | None:
         # _lots, _clamp and _too_small written out: this runs for every quote wanted.
         lot = self._lot
-        lots = int(qty / lot + 1e-9) if qty > 0 else 0
+        lots = int(qty / self._step + 1e-9) * self._step_lots if qty > 0 else 0
         if lots <= 0 or lots < self._min_lots:
             return None
         if ticks < 1:
