@@ -260,7 +260,11 @@ class BinanceSpot(CcxtSpotAdapter):
                 base=info["baseAsset"],
                 quote=info["quoteAsset"],
                 tick_size=Decimal(price_filter["tickSize"]).normalize(),
-                lot_size=Decimal(lot["stepSize"]).normalize(),
+                # The venue reports quantities (book levels, fills, balances) at the base
+                # asset's precision, finer than the order step: resting orders from before
+                # a step change show e.g. 25.42618900 BTC on a 0.00001 step.
+                lot_size=Decimal(1).scaleb(-int(info.get("baseAssetPrecision", 8))),
+                qty_step=Decimal(lot["stepSize"]).normalize(),
                 min_qty=Decimal(lot.get("minQty", "0")).normalize(),
                 min_notional=Decimal(notional.get("minNotional", "0")).normalize(),
             )
