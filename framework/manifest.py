@@ -4,10 +4,16 @@ Every error names the file, the line, the key path, what was expected and, for p
 types, what is installed. ``${VAR}`` and ``${VAR:-default}`` are replaced from the
 environment; values that came from the environment are remembered as secrets so the
 log filter can redact them.
+
+Reading is bounded before anything is built: the file size, the nesting depth and the
+number of values YAML aliases expand to are capped, so a hostile file is refused with a
+message instead of exhausting memory or the stack; NaN, infinities and integers beyond
+64 bits are refused wherever they appear.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,6 +27,9 @@ from quoteforge.breakers import BreakerParams
 from quoteforge.registry import PluginError, PluginRegistry
 
 __all__ = [
+    "MAX_ALIAS_VALUES",
+    "MAX_DEPTH",
+    "MAX_MANIFEST_BYTES",
     "Duration",
     "LoadedManifest",
     "Manifest",
@@ -36,6 +45,16 @@ __all__ = [
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
+#: A manifest file larger than this is refused unread (real ones are a few kB).
+MAX_MANIFEST_BYTES = 1 << 20
+#: Deepest nesting of mappings and lists a manifest may use.
+MAX_DEPTH = 64
+#: Most values YAML aliases (``*name``) may expand to in one manifest.
+MAX_ALIAS_VALUES = 10_000
+#: Longest duration any field accepts: ten years, so every duration fits int64 ns.
+MAX_DURATION_S = 10 * 365 * 86400.0
+_INT64 = 1 << 63
+
 
 def split_market(home: str, entry: str) -> tuple[str, str]:
     """A strategy's ``symbols`` entry as (exchange, symbol): ``BTC/USDT`` is on the
@@ -49,19 +68,29 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 90, '90s', '15m' or '1h', got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"a duration must be at most 10 years, got {value!r}") from None
     else:
         match = _DURATION.match(str(value))
         if not match:
             raise ValueError(f"expected a duration like 90, '90s', '15m' or '1h', got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(
+            f"a duration must be at most 10 years ({MAX_DURATION_S:.0f} s), got {value!r}; "
+            "for no end write null where the field allows it"
+        )
     return seconds
 
 
 class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Duration(float):
@@ -79,8 +108,16 @@ class Duration(float):
         )
 
 
+#: Run names become folder names: no separators, no leading dot, nothing a shell expands.
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 class RunSpec(_Closed):
-    name: str = Field("run", description="Name of the run; prefixes the run folder.")
+    name: str = Field(
+        "run",
+        description="Name of the run; prefixes the run folder. Letters, digits, '.', '_' "
+        "and '-', starting with a letter or digit, at most 64 characters.",
+    )
     mode: Literal["sim", "backtest", "paper", "live"] = Field(
         "sim",
         description="sim: simulated exchange; backtest: replay recorded data; paper: live "
@@ -90,10 +127,17 @@ class RunSpec(_Closed):
         Duration(60),
         description="How long the run lasts (run time; virtual in sim). Null: until stopped.",
     )
-    seed: int = Field(0, description="Seed of every random process; same seed, same run.")
+    seed: int = Field(
+        0,
+        ge=0,
+        lt=2**63,
+        description="Seed of every random process; same seed, same run (0 to 2**63-1).",
+    )
     data: str | None = Field(None, description="Recorded market-data file (backtest mode).")
     sample_interval: Duration = Field(
-        Duration(1), description="Interval of the per-market samples written to trace.jsonl."
+        Duration(1),
+        ge=0.001,
+        description="Interval of the per-market samples written to trace.jsonl (at least 1ms).",
     )
     out_dir: str = Field("runs", description="Folder under which run folders are created.")
     cancel_timeout: Duration = Field(
@@ -101,12 +145,23 @@ class RunSpec(_Closed):
     )
     reconcile_interval: Duration | None = Field(
         Duration(60),
+        ge=1,
         description="Live runs compare open orders and recent fills with the venues' REST "
         "answers this often and repair differences (null: only at start and stop).",
     )
     watch_manifest: bool = Field(
         True, description="Apply changed strategy params from the manifest file during a run."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not _RUN_NAME.fullmatch(value):
+            raise ValueError(
+                "a run name may hold letters, digits, '.', '_' and '-', start with a letter "
+                "or digit and be at most 64 characters (it names the run folder)"
+            )
+        return value
 
 
 class PluginSpec(_Closed):
@@ -149,25 +204,29 @@ class MetricsSpec(_Closed):
 
 class AlertSettings(_Closed):
     stale_after: Duration = Field(
-        Duration(30), description="Alert when a book stays out of LIVE longer than this."
+        Duration(30), gt=0, description="Alert when a book stays out of LIVE longer than this."
     )
 
 
 class NodeSettings(BaseModel):
     """The ``nodes:`` section of a manifest: timing of a run split into nodes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     heartbeat: Duration = Field(
-        Duration(1), description="Interval of every node's heartbeat/<role> message."
+        Duration(1),
+        ge=0.01,
+        description="Interval of every node's heartbeat/<role> message (at least 10ms).",
     )
     strategy_grace: Duration = Field(
         Duration(5),
+        gt=0,
         description="How long the execution node waits without a strategy-node heartbeat "
         "before it cancels that node's orders and trips a breaker.",
     )
     stale_after: Duration = Field(
         Duration(3),
+        gt=0,
         description="A strategy node marks a book STALE after this long without a book "
         "message or a heartbeat of the node publishing it.",
     )
@@ -175,7 +234,9 @@ class NodeSettings(BaseModel):
         10, ge=1, le=1000, description="Levels per side in every published book message."
     )
     snapshot_interval: Duration = Field(
-        Duration(1), description="Interval of the retained book snapshots for late joiners."
+        Duration(1),
+        ge=0.01,
+        description="Interval of the retained book snapshots for late joiners (at least 10ms).",
     )
     connect_timeout: Duration = Field(
         Duration(30),
@@ -183,7 +244,7 @@ class NodeSettings(BaseModel):
         "by another node before it gives up.",
     )
     monitor_interval: Duration = Field(
-        Duration(5), description="How often the monitor node prints its table."
+        Duration(5), ge=0.1, description="How often the monitor node prints its table (>= 0.1s)."
     )
     linger: Duration | None = Field(
         None,
@@ -270,6 +331,164 @@ class LoadedManifest:
 # -- YAML with line numbers --------------------------------------------------------------
 
 
+class _UnreadableError(Exception):
+    """The file cannot be read as a manifest; ``line`` is 1-based or None."""
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader with the nesting depth and the alias expansion counted while the
+    node tree is composed, before a Python object is built: aliases share one node, so
+    a bomb costs nothing until something walks it, and the walk is what is capped."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._alias_values = 0
+        self._open_anchors: set[str] = set()
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1
+            if event.anchor in self._open_anchors:
+                raise _UnreadableError(
+                    line,
+                    f"alias *{event.anchor} is used inside its own anchor &{event.anchor} "
+                    "(a cycle); a manifest is a tree",
+                )
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                self._alias_values += self._size(node)
+                if self._alias_values > MAX_ALIAS_VALUES:
+                    raise _UnreadableError(
+                        line,
+                        f"YAML aliases expand to more than {MAX_ALIAS_VALUES} values; "
+                        "write the values out or use fewer aliases",
+                    )
+            return super().compose_node(parent, index)
+        if not isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _UnreadableError(
+                event.start_mark.line + 1,
+                f"nested more than {MAX_DEPTH} levels deep; a manifest needs far fewer",
+            )
+        anchor = event.anchor
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open_anchors.discard(anchor)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            # A scalar the constructor cannot build: a date like 2024-13-45, an integer
+            # of more than 4300 digits.
+            message = str(exc).split(";")[0].split("\n")[0][:200]
+            raise _UnreadableError(node.start_mark.line + 1, f"bad value: {message}") from None
+
+    def _size(self, node: yaml.Node) -> int:
+        """Values ``node`` stands for once every alias below it is expanded."""
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        size = 1
+        if isinstance(node, yaml.MappingNode):
+            size += sum(self._size(k) + self._size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size += sum(self._size(item) for item in node.value)
+        self._sizes[id(node)] = size
+        return size
+
+
+def _read_text(path: Path) -> str:
+    """The file as text, refused when too large or not UTF-8."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise _UnreadableError(None, "file not found") from None
+    except IsADirectoryError:
+        raise _UnreadableError(None, "is a folder; pass the manifest file") from None
+    except OSError as exc:
+        raise _UnreadableError(None, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise _UnreadableError(
+            None, f"larger than {MAX_MANIFEST_BYTES // 1024} KiB; a manifest is a few kB of YAML"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise _UnreadableError(
+            line,
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column}); "
+            "save the manifest as UTF-8",
+        ) from None
+
+
+def _parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data of one YAML document, bounded."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise _UnreadableError(
+            None, f"larger than {MAX_MANIFEST_BYTES // 1024} KiB; a manifest is a few kB of YAML"
+        )
+    try:
+        loader = _BoundedLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise _UnreadableError(
+            text.count("\n", 0, exc.position) + 1,
+            f"bad YAML: character U+{exc.character:04X} is not allowed in a YAML file",
+        ) from None
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise _UnreadableError(
+            mark.line + 1 if mark else None, f"bad YAML: {exc.problem or exc.context}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise _UnreadableError(None, f"bad YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    return root, data
+
+
+def _unrepresentable(
+    value: Any, path: tuple[str, ...], out: list[tuple[tuple[str, ...], str]]
+) -> None:
+    """Collect NaN, infinities and integers beyond 64 bits anywhere in the data."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _unrepresentable(v, (*path, str(k)), out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _unrepresentable(v, (*path, str(i)), out)
+    elif isinstance(value, float) and not math.isfinite(value):
+        out.append(
+            (
+                path,
+                f"{value!r} is not a finite number; write a number (a literal above "
+                "1.8e308 reads as infinity), or leave the key out for its default",
+            )
+        )
+    elif isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        out.append((path, "integer out of range: a manifest value fits in 64 bits"))
+
+
 def _marks(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -327,7 +546,12 @@ def _substitute_env(
 
 
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text.strip() else ""
+    if not text.strip():
+        return ""
+    try:
+        return _parse_yaml(text)[1]
+    except _UnreadableError as exc:
+        raise ManifestError("--set", [ManifestProblem(None, text, exc.message)]) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
@@ -371,7 +595,10 @@ def _describe(err: Any) -> str:
     msg = str(err.get("msg", "invalid value"))
     got = err.get("input")
     if kind not in ("missing",) and not isinstance(got, dict | list) and got is not None:
-        return f"{msg}; got {got!r}"
+        shown = repr(got)
+        if len(shown) > 80:
+            shown = f"{shown[:60]}... ({len(shown)} characters)"
+        return f"{msg}; got {shown}"
     return msg
 
 
@@ -389,28 +616,24 @@ def load_manifest(
     """Read, substitute, validate and resolve a manifest; raise ManifestError."""
     path = Path(source) if text is None else None
     label = str(source)
-    if text is None:
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ManifestError(label, [ManifestProblem(None, "", "file not found")]) from None
-        except OSError as exc:
-            raise ManifestError(label, [ManifestProblem(None, "", f"cannot read: {exc}")]) from None
-
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        what = f"bad YAML: {exc.problem or exc.context}"
-        raise ManifestError(label, [ManifestProblem(line, "", what)]) from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(label, [ManifestProblem(None, "", f"bad YAML: {exc}")]) from None
+        if text is None:
+            text = _read_text(Path(source))
+        root, data = _parse_yaml(text)
+    except _UnreadableError as exc:
+        raise ManifestError(label, [ManifestProblem(exc.line, "", exc.message)]) from None
     if not isinstance(data, dict):
+        got = "an empty file" if root is None else f"a {type(data).__name__}"
+        line = root.start_mark.line + 1 if root is not None else 1
         raise ManifestError(
             label,
-            [ManifestProblem(1, "", "a manifest is a mapping with run, exchanges, strategies...")],
+            [
+                ManifestProblem(
+                    line,
+                    "",
+                    f"a manifest is a mapping with run, exchanges, strategies...; got {got}",
+                )
+            ],
         )
     marks: dict[tuple[str, ...], int] = {}
     try:
@@ -455,7 +678,8 @@ def load_manifest(
                     )
     secrets: set[str] = set()
     data = _substitute_env(data, (), env_problems, secrets)
-    problems = [ManifestProblem(line_of(p), ".".join(p), m) for p, m in env_problems]
+    unusable: list[tuple[tuple[str, ...], str]] = []
+    _unrepresentable(data, (), unusable)
 
     def problem(loc: tuple[str, ...], message: str) -> ManifestProblem:
         if loc in override_paths or any(loc[:n] in override_paths for n in range(1, len(loc))):
@@ -464,6 +688,10 @@ def load_manifest(
             return ManifestProblem(None, ".".join(loc) + " (default)", message)
         return ManifestProblem(line_of(loc), ".".join(loc), message)
 
+    problems = [problem(p, m) for p, m in env_problems]
+    if unusable:
+        # Values nothing can run with are refused before any schema sees them.
+        raise ManifestError(label, problems + [problem(p, m) for p, m in unusable])
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
@@ -511,6 +739,50 @@ def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
     return None
 
 
+def _validate_params(
+    reg: Any,
+    raw: dict[str, Any],
+    loc: tuple[str, ...],
+    problems: list[ManifestProblem],
+    problem: Any,
+) -> BaseModel | None:
+    """``raw`` validated against the registration's schema, or None with the problems."""
+    try:
+        return reg.params.model_validate(raw)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        for err in exc.errors():
+            sub = tuple(str(p) for p in err["loc"])
+            message = _describe(err)
+            if err["type"] == "extra_forbidden":
+                message += f"; {reg.name} takes: {_allowed_keys(reg.params) or 'no params'}"
+            problems.append(problem((*loc, *sub), message))
+        return None
+
+
+def _validate_wrapped(
+    params: BaseModel,
+    registry: PluginRegistry,
+    loc: tuple[str, ...],
+    problems: list[ManifestProblem],
+    problem: Any,
+    depth: int = 0,
+) -> None:
+    """Params of plugins that a plugin builds itself (a strategy wrapper's inner
+    strategy), checked now instead of when the run starts."""
+    wrapped = getattr(params, "wrapped_plugins", None)
+    if wrapped is None or depth > 8:
+        return
+    for kind, type_name, sub, raw in wrapped():
+        try:
+            reg = registry.get(kind, type_name)
+        except PluginError as exc:
+            problems.append(problem((*loc, kind), str(exc)))
+            continue
+        inner = _validate_params(reg, raw, (*loc, *sub), problems, problem)
+        if inner is not None:
+            _validate_wrapped(inner, registry, (*loc, *sub), problems, problem, depth + 1)
+
+
 def _resolve_plugins(
     loaded: LoadedManifest,
     registry: PluginRegistry,
@@ -532,17 +804,11 @@ def _resolve_plugins(
         except PluginError as exc:
             problems.append(problem((*loc, "type"), str(exc)))
             continue
-        try:
-            params = reg.params.model_validate(spec.params)
-        except ValidationError as exc:
-            for err in exc.errors():
-                sub = tuple(str(p) for p in err["loc"])
-                message = _describe(err)
-                if err["type"] == "extra_forbidden":
-                    message += f"; {spec.type} takes: {_allowed_keys(reg.params) or 'no params'}"
-                problems.append(problem((*loc, "params", *sub), message))
+        params = _validate_params(reg, spec.params, (*loc, "params"), problems, problem)
+        if params is None:
             continue
         loaded.plugin_params[".".join(loc)] = params
+        _validate_wrapped(params, registry, (*loc, "params"), problems, problem)
 
     if m.paper or m.run.mode == "paper":
         from quoteforge.exchanges.paper import PaperParams

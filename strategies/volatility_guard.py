@@ -35,7 +35,7 @@ DENYLIST_TOPIC = "state/denylist"
 class GuardSettings(BaseModel):
     """Volatility thresholds shared by the wrapper strategy and the risk check."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     threshold: float = Field(
         gt=0,
@@ -248,6 +248,17 @@ class VolatilityGuardedParams(StrategyParams):
         description="On a denylisted market the unwinding quote sits this fraction of the "
         "wrapped strategy's distance from the mid.",
     )
+
+    @model_validator(mode="after")
+    def _not_itself(self) -> VolatilityGuardedParams:
+        if self.strategy == "volatility_guard":
+            raise ValueError("volatility_guard cannot wrap itself: name another strategy type")
+        return self
+
+    def wrapped_plugins(self) -> list[tuple[str, str, tuple[str, ...], dict[str, Any]]]:
+        """The plugins this one builds from its own params, so the manifest checks their
+        params before the run: (kind, type, key path of their params, params)."""
+        return [("strategy", self.strategy, ("params",), self.params)]
 
 
 class VolatilityGuarded(Strategy):
