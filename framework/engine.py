@@ -40,6 +40,7 @@ from quoteforge.exchange import (
     VenueContext,
 )
 from quoteforge.execution import ExecutionPolicy, Plan
+from quoteforge.gate import OrderGate
 from quoteforge.journal import Journal, JournalRecord
 from quoteforge.latency import LatencyHistogram
 from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest, split_market
@@ -319,6 +320,16 @@ class Run:
                 self.markets[key] = mr
                 self.risk_view.markets[key] = mr.market
             self.strategies[name] = srt
+        self.gate = OrderGate(
+            risk=self.risk,
+            risk_view=self.risk_view,
+            breakers=self.breakers,
+            orders=self.orders,
+            policy=self.policy,
+            position_lots=self.portfolio.position_lots,
+            now_ns=self.clock.now_ns,
+            is_halted=lambda strategy: self.strategies[strategy].halted,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -590,12 +601,17 @@ class Run:
 
     def request_stop(self, reason: str = "stop requested") -> None:
         if not self._stop.is_set():
+            gate = getattr(self, "gate", None)
+            if gate is not None:
+                gate.close(f"the run is stopping: {reason}")
             self.stop_reason = reason
             self.log.info("stopping: {}", reason)
             self._stop.set()
 
     async def stop(self) -> None:
         self._stop.set()  # from here on nothing requotes; only cancels go out
+        if hasattr(self, "gate"):
+            self.gate.close(f"the run is stopping: {self.stop_reason or 'stop'}")
         for handle in self._timers:
             handle.cancel()
         await self._cancel_everything()
@@ -715,19 +731,10 @@ class Run:
         if record_wanted:
             mr.wanted = quotes
             mr.quote_updates += 1
-        approved = self.risk.filter(mr.market, quotes, self.risk_view) if quotes else quotes
-        breakers = self.breakers
-        if breakers is not None and approved and breakers.state(mr.market.key) != "normal":
-            position = self.portfolio.position_lots(mr.market.key)
-            approved = [
-                q
-                for q in approved
-                if breakers.allows(mr.market.key, int(q.side), position, q.qty_lots)
-            ]
         inst = mr.instrument
-        working = self.orders.working(inst.venue, inst.symbol)
         now = self.clock.now_ns()
-        plan: Plan = self.policy.plan(mr.market, approved, working, now)
+        # Kill/halt, breakers, risk and the execution policy: the one order gate.
+        plan: Plan = self.gate.plan(mr.market, mr.owner.name, quotes, now)
         if self._tick_start:
             decided = time.perf_counter_ns() - self._tick_start
             self.tick_to_quote.record(decided)
@@ -789,26 +796,12 @@ class Run:
         def take(
             market: Market, side: Side, price_ticks: int, qty_lots: int, offer_id: str | None
         ) -> Order | None:
-            mr = self.markets[market.key]
-            if self._stop.is_set() or mr.owner.halted:
-                return None
-            intent = Quote(side, price_ticks, qty_lots, level=-1, post_only=False)
-            if not self.risk.filter(market, [intent], self.risk_view):
-                return None
-            inst = mr.instrument
-            order = self.orders.new_order(
-                inst.venue,
-                inst.symbol,
-                side,
-                qty_lots,
-                price_ticks,
-                tif=TimeInForce.IOC,
-                strategy=strategy,
-                level=-1,
-            )
-            if offer_id is not None:
-                order.extra["offer_id"] = offer_id
-            mr.adapter.submit([PlaceOrder(order)])
+            mr = self.markets.get(market.key)
+            if mr is None or mr.owner.name != strategy:
+                raise KeyError(f"strategy {strategy!r} has no market {market.key!r}")
+            order = self.gate.take(mr.market, strategy, side, price_ticks, qty_lots, offer_id)
+            if order is not None:
+                mr.adapter.submit([PlaceOrder(order)])
             return order
 
         return take
@@ -1287,6 +1280,7 @@ class Run:
         if self.killed:
             return
         self.killed = True
+        self.gate.close(f"kill switch: {source}")
         self.journal.append(
             JournalRecord(
                 f"kill-{self.run_id}", "breaker", self.clock.now_ns(), "", {"kill": source}

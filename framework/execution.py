@@ -44,3 +44,9 @@ class ExecutionPolicy(ABC):
     @abstractmethod
     def plan(self, market: Market, wanted: list[Quote], working: list[Order], now_ns: int) -> Plan:
         """The changes that make the working orders match ``wanted``."""
+
+    def admit_take(self, market: Market, now_ns: int) -> str | None:
+        """Whether an immediate-or-cancel order (a take, an execution algorithm's child)
+        may go out on ``market`` now: None, or why not (e.g. the order rate is spent).
+        Called by the order gate after risk approved the order; the default admits all."""
+        return None

@@ -227,6 +227,17 @@ class MinimalDiff(ExecutionPolicy):
             self._deferred.pop(market.key, None)
         return out
 
+    def admit_take(self, market: Market, now_ns: int) -> str | None:
+        """A take spends an order token like a placed quote; without one it is refused
+        (an immediate order cannot wait for a later plan)."""
+        orders, _ = self._buckets(market.key, now_ns)
+        if orders is None or orders.take(now_ns):
+            return None
+        return (
+            f"order rate of {market.key} spent (max_orders_per_second "
+            f"{self.params.max_orders_per_second}); try again later"
+        )
+
     def deferred(self, market: str) -> int:
         """Changes the last plan for ``market`` held back for the rate limits."""
         return self._deferred.get(market, 0)
