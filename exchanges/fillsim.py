@@ -132,6 +132,7 @@ class _Market:
         "maker_rate",
         "orders",
         "rng",
+        "step",
         "taken",
         "taker_rate",
     )
@@ -145,6 +146,8 @@ class _Market:
         rng: np.random.Generator,
     ) -> None:
         self.instrument = instrument
+        # Lots in one order step: our fills are whole steps, the book is read in lots.
+        self.step = instrument.step_lots
         self.book = book
         self.maker_rate = maker_rate
         self.taker_rate = taker_rate
@@ -182,6 +185,9 @@ class FillSimulator:
       levels up to its limit and pays the taker fee; it does not change the external
       book, but the liquidity it used is not offered again until the feed updates that
       level. A crossing post-only order is rejected.
+    - Queues and visible sizes are counted in the venue's lots (its reporting
+      precision); our fills are whole order steps (``Instrument.qty_step``), so an order
+      never keeps a remainder it could not have been sent with.
 
     Time: the book we see lags the venue by ``view_lag_ms`` (the latency's
     ``market_data_ms`` unless given), so an order sent now reaches the venue's matching
@@ -468,6 +474,9 @@ class FillSimulator:
         opposite = order.side.opposite
         limit = order.price_ticks if order.order_type is OrderType.LIMIT else None
         remaining = order.qty_lots
+        step = market.step
+        walked = 0  # lots the walk used so far, at the venue's precision
+        filled = 0  # of which ours: whole order steps
         taken = market.taken
         fills: list[tuple[int, int]] = []
         for price, visible in market.book.levels(opposite):
@@ -483,13 +492,19 @@ class FillSimulator:
                 continue
             lots = available if available < remaining else remaining
             taken[key] = (visible, used + lots)
-            fills.append((price, lots))
             remaining -= lots
+            walked += lots
+            # Levels finer than the step add up: each fill is the whole steps reached
+            # so far, priced at the level that completed them (never better for us).
+            mine = walked - walked % step - filled
+            if mine:
+                fills.append((price, mine))
+                filled += mine
             if not remaining:
                 break
         for price, lots in fills:
             self._emit_fill(market, order, price, lots, _TAKER)
-        return order.qty_lots - remaining
+        return filled
 
     def _cancel(self, client_id: str, symbol: str) -> None:
         market = self.markets.get(symbol)
@@ -530,16 +545,22 @@ class FillSimulator:
         orders in arrival order, with the external lots between them."""
         left = qty
         external = 0  # external lots this trade consumed so far
+        order_step = market.step
         done: list[_Working] = []
         for w in level.orders:
             need = w.ahead - external
             if need > 0:
-                step = need if need < left else left
-                external += step
-                left -= step
+                used = need if need < left else left
+                external += used
+                left -= used
             if not left:
                 break
             lots = w.remaining if w.remaining < left else left
+            # Our order trades in whole steps; a part-step rest of the print went to
+            # an external order (the queue is read at the venue's finer precision).
+            lots -= lots % order_step
+            if not lots:
+                break
             left -= lots
             self._fill_working(market, w, lots)
             if not w.remaining:

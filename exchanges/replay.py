@@ -33,7 +33,7 @@ from quoteforge.model import Fill, Instrument, OrderUpdate, Side
 from quoteforge.recording import RecordingError, RecordTuple, record_batches
 from quoteforge.registry import Register
 
-__all__ = ["ReplayExchange", "ReplayMarketParams", "ReplayParams"]
+__all__ = ["PROTOCOL_QTY_DECIMALS", "ReplayExchange", "ReplayMarketParams", "ReplayParams"]
 
 _decode: Callable[[str | bytes], Any]
 try:  # the same fast decoder the book sources use, when it is installed
@@ -59,8 +59,30 @@ class _Closed(BaseModel):
 
 
 class ReplayMarketParams(_Closed):
+    """A market's grids as the venue publishes them. The quantity precision of the
+    recording (what book levels and trades are read at) comes from the protocol unless
+    ``qty_decimals`` is given."""
+
     tick_size: Decimal = Field(gt=0, description="Price increment, as the venue defines it.")
-    lot_size: Decimal = Field(gt=0, description="Quantity increment, as the venue defines it.")
+    qty_step: Decimal | None = Field(
+        None,
+        gt=0,
+        description="Order quantity step, as the venue publishes it (Binance LOT_SIZE "
+        "stepSize, Kraken 10^-lot_decimals). Orders are sent in whole steps.",
+    )
+    lot_size: Decimal | None = Field(
+        None,
+        gt=0,
+        description="The older name of qty_step (the order quantity increment); give one "
+        "of the two.",
+    )
+    qty_decimals: int | None = Field(
+        None,
+        ge=0,
+        le=18,
+        description="Decimals the recording reports quantities with (book levels, trades). "
+        "Default from the protocol: 8 for binance_spot, binance_futures and kraken_v2.",
+    )
     min_qty: Decimal = Field(Decimal(0), ge=0, description="Smallest order quantity.")
     min_notional: Decimal = Field(Decimal(0), ge=0, description="Smallest price x quantity.")
     wire_symbol: str | None = Field(
@@ -68,6 +90,38 @@ class ReplayMarketParams(_Closed):
         description="The symbol as the recording spells it (Binance 'BTCUSDT', Kraken "
         "'BTC/USD'); default: derived from the market name.",
     )
+
+    @model_validator(mode="after")
+    def _one_step(self) -> ReplayMarketParams:
+        if self.qty_step is not None and self.lot_size is not None:
+            if self.qty_step != self.lot_size:
+                raise ValueError(
+                    f"lot_size {self.lot_size} and qty_step {self.qty_step} disagree: both "
+                    "name the order quantity step; give only qty_step"
+                )
+        elif self.qty_step is None and self.lot_size is None:
+            raise ValueError(
+                "give qty_step, the order quantity step the venue publishes (Binance "
+                "LOT_SIZE stepSize, e.g. '0.00001' for BTCUSDT)"
+            )
+        return self
+
+    @property
+    def step(self) -> Decimal:
+        """The order quantity step, whichever name gave it."""
+        step = self.qty_step if self.qty_step is not None else self.lot_size
+        assert step is not None  # the validator requires one
+        return step
+
+
+#: Decimals each recorded protocol reports quantities with: Binance spot and USD-M
+#: futures send 8 whatever the order step; Kraken's v2 feed sends lot_decimals (8 for
+#: the pairs it lists at that precision; set ``qty_decimals`` for others).
+PROTOCOL_QTY_DECIMALS: dict[str, int] = {
+    "binance_spot": 8,
+    "binance_futures": 8,
+    "kraken_v2": 8,
+}
 
 
 class ReplayParams(FillSimParams):
@@ -86,8 +140,8 @@ class ReplayParams(FillSimParams):
     )
     markets: dict[str, ReplayMarketParams] = Field(
         min_length=1,
-        description="Markets by symbol with their grid: no REST in a backtest, so tick, lot "
-        "and minimums are given here.",
+        description="Markets by symbol with their grid: no REST in a backtest, so tick, "
+        "order step and minimums are given here.",
     )
     maker_fee_bps: Decimal | None = Field(
         Decimal(0), description="Maker fee in bps of notional; negative is a rebate."
@@ -124,10 +178,24 @@ class ReplayParams(FillSimParams):
 
     @model_validator(mode="after")
     def _symbols(self) -> ReplayParams:
-        for symbol in self.markets:
+        for symbol, market in self.markets.items():
             if symbol.count("/") != 1 or not all(symbol.split("/")):
                 raise ValueError(f"market {symbol!r}: symbols are BASE/QUOTE, e.g. BTC/USDT")
+            lot = self.qty_resolution(market)
+            if market.step % lot:
+                raise ValueError(
+                    f"market {symbol!r}: order step {market.step} is finer than the "
+                    f"{self.protocol} quantity precision {lot}; set qty_decimals to the "
+                    "decimals the recording's quantities have"
+                )
         return self
+
+    def qty_resolution(self, market: ReplayMarketParams) -> Decimal:
+        """The quantity unit a market's recorded values are read at."""
+        decimals = market.qty_decimals
+        if decimals is None:
+            decimals = PROTOCOL_QTY_DECIMALS[self.protocol]
+        return Decimal(1).scaleb(-decimals)
 
 
 class _ReplayMarket:
@@ -246,7 +314,8 @@ class ReplayExchange(ExchangeAdapter):
             base=base,
             quote=quote,
             tick_size=mp.tick_size,
-            lot_size=mp.lot_size,
+            lot_size=p.qty_resolution(mp),
+            qty_step=mp.step,
             min_qty=mp.min_qty,
             min_notional=mp.min_notional,
             maker_fee=(p.maker_fee_bps or Decimal(0)) * _BPS,

@@ -72,6 +72,8 @@ class Harness:
         latency: dict[str, float] | None = None,
         seed: int = 1,
         min_notional: str = "0",
+        lot: str = "0.001",
+        qty_step: str = "0",
     ) -> None:
         self.clock = SimClock(0)
         self.inst = Instrument(
@@ -80,8 +82,9 @@ class Harness:
             "BTC",
             "USDT",
             Decimal("0.01"),
-            Decimal("0.001"),
+            Decimal(lot),
             min_notional=Decimal(min_notional),
+            qty_step=Decimal(qty_step),
         )
         self.book = L2Book(self.inst)
         self.book.apply_snapshot(
@@ -295,6 +298,35 @@ def test_taken_liquidity_is_not_offered_again_until_the_level_updates() -> None:
     h.depth(SELL, 10_002, 45)  # the feed shows the level again
     third = h.place(BUY, 10_002, 30, tif=TimeInForce.IOC)
     assert h.sink.filled(third.client_id) == 30
+
+
+# -- a venue that reports quantities finer than its order step (Binance) -----------------------
+def binance_like(bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> Harness:
+    """Lots of 0.00000001 BTC (what the venue reports), orders in steps of 0.00001."""
+    return Harness(bids=bids, asks=asks, lot="0.00000001", qty_step="0.00001")
+
+
+def test_a_queue_finer_than_the_step_fills_us_in_whole_steps() -> None:
+    h = binance_like(bids=[(10_000, 500)], asks=[(10_002, 4_000)])
+    order = h.place(BUY, 10_000, 2_000)  # 0.00002 BTC behind 0.000005 resting
+    assert h.sim.queue_ahead(order.client_id) == 500  # the queue at the venue's precision
+    h.trade(10_000, 1_200, SELL)  # 500 ahead, then 700: less than one step of ours
+    assert h.sink.fills == []
+    assert h.sim.queue_ahead(order.client_id) == 0
+    h.trade(10_000, 1_300, SELL)
+    assert [f.qty_lots for f in h.sink.fills] == [1_000]
+    h.trade(9_999, 5_000, SELL)  # through our price: the rest, a whole step
+    assert [f.qty_lots for f in h.sink.fills] == [1_000, 1_000]
+    assert h.sink.statuses(order.client_id)[-1] is OrderStatus.FILLED
+
+
+def test_taking_levels_finer_than_the_step_fills_whole_steps() -> None:
+    h = binance_like(bids=[(10_000, 5_000)], asks=[(10_002, 700), (10_003, 1_800)])
+    order = h.place(BUY, 10_003, 3_000, tif=TimeInForce.IOC)
+    # 0.000007 + 0.000018 visible: two whole steps, priced at the level that made them.
+    assert [(f.price_ticks, f.qty_lots) for f in h.sink.fills] == [(10_003, 2_000)]
+    assert h.sink.statuses(order.client_id) == [OrderStatus.OPEN, OrderStatus.EXPIRED]
+    assert h.sink.updates[-1][1].filled_lots == 2_000
 
 
 def test_market_order_takes_without_a_limit() -> None:

@@ -74,7 +74,9 @@ def make_venue(
     return venue, clock, sink
 
 
-BTC = {"BTC/USDT": {"tick_size": "0.01", "lot_size": "0.00001"}}
+# BTCUSDT as Binance publishes it: tick 0.01, order step 0.00001; quantities are read
+# at the 8 decimals the protocol sends, so one lot is 0.00000001 BTC.
+BTC = {"BTC/USDT": {"tick_size": "0.01", "qty_step": "0.00001"}}
 
 
 def levels(book: L2Book, side: Side) -> list[tuple[Decimal, Decimal]]:
@@ -160,7 +162,7 @@ def test_gap_in_the_recording_resyncs_and_the_next_snapshot_brings_the_book_back
     assert moves == [("SYNCING", "LIVE"), ("LIVE", "RESYNCING"), ("RESYNCING", "LIVE")]
     assert "sequence gap" in sink.states[1][2]
     book = venue.books["BTC/USDT"]
-    assert book.best_ask() == (10_003, 100_000)
+    assert book.best_ask() == (10_003, 100_000_000)
 
 
 def test_recorded_trades_fill_our_resting_order_behind_the_queue(tmp_path: Path) -> None:
@@ -185,19 +187,19 @@ def test_recorded_trades_fill_our_resting_order_behind_the_queue(tmp_path: Path)
     venue, clock, sink = make_venue(params)
     start = clock.now_ns()
     clock.run_until(start + 50 * ms)
-    order = Order("o1", "rec", "BTC/USDT", Side.BUY, 20_000, 10_000, tif=TimeInForce.POST_ONLY)
+    order = Order("o1", "rec", "BTC/USDT", Side.BUY, 20_000_000, 10_000, tif=TimeInForce.POST_ONLY)
     venue.submit([PlaceOrder(order)])
     clock.run_until(start + 60 * ms)
-    assert venue.fills.queue_ahead("o1") == 50_000  # behind the 0.5 visible
+    assert venue.fills.queue_ahead("o1") == 50_000_000  # behind the 0.5 visible
     clock.run_until(2**62)
     assert [t[1:4] for t in sink.trades] == [
-        (10_000, 30_000, Side.SELL),
-        (10_000, 30_000, Side.SELL),
-        (10_003, 10_000, Side.BUY),
+        (10_000, 30_000_000, Side.SELL),
+        (10_000, 30_000_000, Side.SELL),
+        (10_003, 10_000_000, Side.BUY),
     ]
     # 0.3 then 0.3 at our price: 0.5 ahead, then 0.1 of ours (partial fill as maker).
     assert [(f.price_ticks, f.qty_lots, f.liquidity) for f in sink.fills] == [
-        (10_000, 10_000, Liquidity.MAKER)
+        (10_000, 10_000_000, Liquidity.MAKER)
     ]
     assert sink.fills[0].fee == Decimal("-0.001")  # 100.00 x 0.1 = 10, x -1 bps
     assert [u.status for u in sink.updates] == [OrderStatus.OPEN]
@@ -321,6 +323,28 @@ def test_bad_params_name_the_problem() -> None:
         ReplayParams.model_validate(
             {"protocol": "binance_spot", "markets": {"BTCUSDT": BTC["BTC/USDT"]}}
         )
+
+
+def test_market_grids_take_the_published_step_and_refuse_inconsistent_settings() -> None:
+    def market(**grid: str) -> dict[str, Any]:
+        return {"protocol": "binance_spot", "markets": {"BTC/USDT": {"tick_size": "0.01", **grid}}}
+
+    # lot_size is the older name of the order step; quantities are read at 8 decimals.
+    for grid in ({"lot_size": "0.00001"}, {"qty_step": "0.00001"}):
+        params = ReplayParams.model_validate(market(**grid))
+        mp = params.markets["BTC/USDT"]
+        assert mp.step == Decimal("0.00001")
+        assert params.qty_resolution(mp) == Decimal("1E-8")
+    explicit = ReplayParams.model_validate(market(qty_step="0.001", qty_decimals="3"))
+    assert explicit.qty_resolution(explicit.markets["BTC/USDT"]) == Decimal("0.001")
+    with pytest.raises(ValueError, match=r"lot_size 0.001 and qty_step 0.00001 disagree"):
+        ReplayParams.model_validate(market(lot_size="0.001", qty_step="0.00001"))
+    with pytest.raises(ValueError, match=r"give qty_step, the order quantity step"):
+        ReplayParams.model_validate(market())
+    with pytest.raises(
+        ValueError, match=r"'BTC/USDT': order step 1E-9 is finer than the binance_spot quantity"
+    ):
+        ReplayParams.model_validate(market(qty_step="0.000000001"))
 
 
 # -- through the engine ---------------------------------------------------------------------------
@@ -450,7 +474,7 @@ def test_the_compiled_trade_reader_is_used_when_built(tmp_path: Path) -> None:
         market = venue._markets["BTC/USDT"]
         assert replay._trade_text(_TRADE_TEXTS[0], market.price_table, market.qty_table) == (
             10001,
-            50000,
+            50_000_000,
             True,
         )
 
@@ -467,7 +491,7 @@ def test_a_trade_that_is_not_json_is_skipped_and_counted(tmp_path: Path) -> None
     venue, clock, sink = make_venue({"protocol": "binance_spot", "markets": BTC, "data": str(path)})
     clock.run_until(2**62)
     assert venue.malformed == 1 and venue.finished
-    assert [t[1:4] for t in sink.trades] == [(10000, 100000, Side.SELL)]
+    assert [t[1:4] for t in sink.trades] == [(10000, 100_000_000, Side.SELL)]
 
 
 def test_kraken_trades_that_are_not_json_or_not_objects_are_skipped_and_counted(

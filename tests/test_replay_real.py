@@ -1,0 +1,145 @@
+"""A backtest over real Binance traffic with nothing but the grids Binance publishes:
+quantities are read at the 8 decimals the venue sends, orders go out on the order step."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quoteforge.engine import Run, run_manifest
+from quoteforge.exchanges import replay
+from quoteforge.exchanges.replay import ReplayExchange
+from quoteforge.manifest import load_manifest
+from quoteforge.recording import RecordingWriter
+from quoteforge.registry import PluginRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL = ROOT / "tests" / "fixtures" / "binance_real" / "spot_btcusdt_20240808_60s.txt.gz"
+
+
+def to_recording(source: Path, target: Path, symbol: str) -> Path:
+    """hftbacktest collector lines (``<ns> <json>``) as a quoteforge recording: each
+    combined-stream message under its stream name with the inner payload text, each REST
+    snapshot under the depth endpoint. Payload texts are kept byte for byte."""
+    with gzip.open(source, "rt", encoding="utf-8") as lines, RecordingWriter(target) as writer:
+        for line in lines:
+            t_ns, _, text = line.rstrip("\n").partition(" ")
+            if text.startswith('{"stream":"'):
+                stream = text[11 : text.index('"', 11)]
+                raw = text[text.index('"data":') + 7 : -1]
+            else:
+                stream = f"rest:/api/v3/depth?symbol={symbol}"
+                raw = text
+            writer.write("binance", stream, raw, t_ns=int(t_ns))
+    return target
+
+
+MANIFEST = """
+run:
+  name: real
+  mode: backtest
+  duration: null
+  seed: 5
+  data: {data}
+exchanges:
+  binance:
+    type: replay
+    params:
+      protocol: binance_spot
+      markets:
+        BTC/USDT: {market}
+      latency: {{market_data_ms: 3, order_ms: 8, jitter_ms: 1}}
+strategies:
+  mm:
+    type: pure_market_making
+    exchange: binance
+    symbols: BTC/USDT
+    params:
+      spread_bps: 0.1
+      levels: 1
+      order_size: 0.01
+      refresh_tolerance_bps: 0.5
+      inventory_limit: 1
+execution:
+  type: minimal_diff
+journal:
+  type: sqlite
+report:
+  html: false
+  png: false
+"""
+
+
+@pytest.fixture(scope="module")
+def registry() -> PluginRegistry:
+    registry = PluginRegistry()
+    registry.load_entry_points()
+    if "replay" not in registry.types("exchange"):
+        registry.register_module(replay, "replay")
+    return registry
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return to_recording(REAL, tmp_path_factory.mktemp("real") / "btcusdt.jsonl", "BTCUSDT")
+
+
+def backtest(registry: PluginRegistry, recording: Path, run_dir: Path, market: str) -> Run:
+    manifest = run_dir.parent / f"{run_dir.name}.yaml"
+    manifest.write_text(MANIFEST.format(data=recording, market=market))
+    loaded = load_manifest(manifest, registry, overrides=["run.watch_manifest=false"])
+    return asyncio.run(run_manifest(loaded, registry, run_dir=run_dir, install_signals=False))
+
+
+def trace(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+
+
+def test_real_btcusdt_replays_live_with_only_the_published_tick_and_step(
+    registry: PluginRegistry, recording: Path, tmp_path: Path
+) -> None:
+    # The slice holds a level of 25.42618900 BTC: finer than the 0.00001 order step.
+    assert '\\"25.42618900\\"' in recording.read_text()
+    run = backtest(
+        registry, recording, tmp_path / "run", '{tick_size: "0.01", qty_step: "0.00001"}'
+    )
+    assert run.stop_reason == "binance: end of recorded data"
+    venue = run.venues["binance"]
+    assert isinstance(venue, ReplayExchange)
+    assert venue.malformed == 0 and venue.unrouted == 0
+    inst = venue.instruments["BTC/USDT"]
+    assert inst.lot_size == Decimal("1E-8") and inst.qty_step == Decimal("0.00001")
+    events = trace(tmp_path / "run")
+    states = [e["detail"] for e in events if e.get("event") == "book_state"]
+    assert len(states) == 1 and "LIVE" in states[0]  # synced once, never lost
+    fills = [e for e in events if e["type"] == "fill"]
+    assert len(fills) > 10
+    # Our fills are whole order steps even though the book is read at 8 decimals.
+    assert len(venue.fills.fills) == len(fills)
+    assert all(f.qty_lots % inst.step_lots == 0 for f in venue.fills.fills)
+    lots = [o.filled_lots for o in run.orders.all_orders() if o.filled_lots]
+    assert lots and all(n % inst.step_lots == 0 for n in lots)
+
+
+def test_the_same_data_read_at_the_step_breaks_the_book(
+    registry: PluginRegistry, recording: Path, tmp_path: Path
+) -> None:
+    """What reading venue values on the order grid did: the off-step level is refused,
+    the diff is lost and the book falls into a resync the recording never repairs."""
+    run = backtest(
+        registry,
+        recording,
+        tmp_path / "run",
+        '{tick_size: "0.01", qty_step: "0.00001", qty_decimals: 5}',
+    )
+    venue = run.venues["binance"]
+    assert isinstance(venue, ReplayExchange)
+    assert venue.malformed == 1
+    states = [e["detail"] for e in trace(tmp_path / "run") if e.get("event") == "book_state"]
+    assert any("RESYNCING" in s for s in states)
