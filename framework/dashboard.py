@@ -1,17 +1,24 @@
 """Live dashboard of a run folder: a small local web app that tails trace.jsonl and the
 journal as they grow and charts PnL, inventory, our quotes against the book, fills,
-book state and alerts per market (``quoteforge dashboard RUN_DIR``)."""
+book state and alerts per market (``quoteforge dashboard RUN_DIR``).
+
+The page shows positions and PnL, so the app answers only requests addressed to a name
+it serves (Host) and coming from its own page (Origin, Sec-Fetch-Site): a web page on
+another site cannot read it through DNS rebinding or a cross-origin fetch. It listens on
+loopback unless told otherwise."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import math
 import sqlite3
 import sys
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +27,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 __all__ = [
+    "LOOPBACK_NAMES",
     "DashboardError",
     "MarketView",
     "RunFolderTail",
@@ -32,6 +40,8 @@ INSTALL_HINT = 'pip install "quoteforge[dashboard]"'
 TRACE_FILE = "trace.jsonl"
 JOURNAL_FILE = "journal.sqlite"
 DEFAULT_PORT = 8765
+#: Host names every dashboard answers to: the loopback addresses and ``localhost``.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _TERMINAL = {"filled", "cancelled", "rejected", "expired"}
 _TICK_FIELDS = ("mid", "bid", "ask", "our_bid", "our_ask", "inventory", "pnl")
 
@@ -405,14 +415,92 @@ def _plotly_js() -> bytes:
         return str(get_plotlyjs()).encode("utf-8")
 
 
+def _host_name(value: str) -> str | None:
+    """The host of a ``Host`` header (``name``, ``name:port``, ``[v6]:port``), lowered;
+    None when it is not one."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        rest = value[end + 1 :]
+        if end < 0 or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return None
+        name = value[1:end]
+    else:
+        name, sep, port = value.partition(":")
+        if sep and not port.isdigit():
+            return None
+    return name.rstrip(".") or None
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host of an ``Origin`` header of our own scheme; None for anything else."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return None
+    if parts.scheme != "http" or not host:
+        return None
+    return host.rstrip(".")
+
+
+def _served_names(extra: Iterable[str]) -> frozenset[str]:
+    names = set(LOOPBACK_NAMES)
+    for name in extra:
+        try:
+            host: str | None = str(ipaddress.ip_address(name.strip().strip("[]")))
+        except ValueError:
+            host = _host_name(name)
+        if host is None:
+            raise ValueError(f"not a host name or address: {name!r}")
+        names.add(host)
+    return frozenset(names)
+
+
 def create_app(
-    source: RunFolderTail | str | Path, *, poll_interval: float = 1.0
+    source: RunFolderTail | str | Path,
+    *,
+    poll_interval: float = 1.0,
+    allowed_hosts: Iterable[str] = (),
 ) -> web.Application:
-    """The dashboard app: ``/`` (the page), ``/api/state`` (JSON), ``/plotly.min.js``."""
+    """The dashboard app: ``/`` (the page), ``/api/state`` (JSON), ``/plotly.min.js``.
+
+    Requests are answered only when their ``Host`` is a loopback name or one of
+    ``allowed_hosts``, and, when the browser says where they come from (``Origin``,
+    ``Sec-Fetch-Site``), only from the dashboard's own page; anything else gets 403.
+    """
     from aiohttp import web
 
     if poll_interval <= 0:
         raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+    served = _served_names(allowed_hosts)
+    listed = ", ".join(sorted(served))
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        host = _host_name(request.headers.get("Host", ""))
+        if host is None or host not in served:
+            raise web.HTTPForbidden(
+                text=f"this dashboard does not answer to host {request.host!r}; it serves "
+                f"{listed} (start it with --allow-host NAME to add a name)\n"
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None and _origin_host(origin) not in served:
+            raise web.HTTPForbidden(text=f"cross-origin request from {origin!r} refused\n")
+        site = request.headers.get("Sec-Fetch-Site", "same-origin")
+        navigation = request.headers.get("Sec-Fetch-Mode") == "navigate"
+        if site not in ("same-origin", "none") and not navigation:
+            raise web.HTTPForbidden(text=f"{site} request refused\n")
+        response = await handler(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
     tail = source if isinstance(source, RunFolderTail) else RunFolderTail(source)
     lock = asyncio.Lock()
     plotly_js: list[bytes] = []
@@ -446,7 +534,7 @@ def create_app(
             headers={"Cache-Control": "max-age=86400"},
         )
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard])
     app.router.add_get("/", index)
     app.router.add_get("/api/state", state)
     app.router.add_get("/plotly.min.js", script)
@@ -459,8 +547,18 @@ def _html_escape(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def dashboard_main(argv: list[str] | None = None) -> int:
-    """``quoteforge dashboard RUN_DIR_OR_JOURNAL [--port N] [--host H] [--poll S]``."""
+    """``quoteforge dashboard RUN_DIR_OR_JOURNAL [--port N] [--host H --expose]
+    [--allow-host NAME] [--poll S]``."""
     parser = argparse.ArgumentParser(
         prog="quoteforge dashboard",
         description="Serve a live dashboard of a run folder (it follows the run as it grows).",
@@ -471,7 +569,22 @@ def dashboard_main(argv: list[str] | None = None) -> int:
         "--host",
         default="127.0.0.1",
         help="interface to listen on (default %(default)s; the page shows positions and PnL, "
-        "so keep it on loopback and reach it through an SSH tunnel)",
+        "so keep it on loopback and reach it through an SSH tunnel; any other interface "
+        "needs --expose)",
+    )
+    parser.add_argument(
+        "--expose",
+        action="store_true",
+        help="allow --host to be an interface other than loopback (anyone who can reach "
+        "it sees positions and PnL)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to this host name (the Host header), e.g. the "
+        "name of the machine when exposed; loopback names are always served",
     )
     parser.add_argument("--poll", type=float, default=1.0, help="page refresh, seconds")
     args = parser.parse_args(argv)
@@ -480,6 +593,22 @@ def dashboard_main(argv: list[str] | None = None) -> int:
         return 2
     if args.poll <= 0:
         print(f"--poll must be a positive number of seconds, got {args.poll}", file=sys.stderr)
+        return 2
+    if not _is_loopback(args.host) and not args.expose:
+        print(
+            f"--host {args.host} is not a loopback address: the dashboard shows positions "
+            "and PnL to anyone who reaches it. Add --expose to listen there anyway, or keep "
+            "the default and use an SSH tunnel (ssh -L 8765:127.0.0.1:8765 HOST)",
+            file=sys.stderr,
+        )
+        return 2
+    allowed = list(args.allow_host)
+    if not _is_loopback(args.host) and args.host not in ("0.0.0.0", "::", ""):
+        allowed.append(args.host)  # requests to the address we listen on are ours
+    try:
+        _served_names(allowed)
+    except ValueError as exc:
+        print(f"--allow-host: {exc}", file=sys.stderr)
         return 2
     try:
         import aiohttp  # noqa: F401
@@ -493,7 +622,7 @@ def dashboard_main(argv: list[str] | None = None) -> int:
         print(f"dashboard: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(tail, args.host, args.port, args.poll))
+        asyncio.run(_serve(tail, args.host, args.port, args.poll, allowed))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
@@ -506,15 +635,24 @@ def dashboard_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _serve(tail: RunFolderTail, host: str, port: int, poll: float) -> None:
+async def _serve(
+    tail: RunFolderTail, host: str, port: int, poll: float, allowed_hosts: list[str]
+) -> None:
     from aiohttp import web
 
-    runner = web.AppRunner(create_app(tail, poll_interval=poll), access_log=None)
+    app = create_app(tail, poll_interval=poll, allowed_hosts=allowed_hosts)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        print(f"dashboard of {tail.run_dir} at http://{host}:{port}/  (Ctrl-C to stop)")
+        shown = f"[{host}]" if ":" in host else host
+        print(f"dashboard of {tail.run_dir} at http://{shown}:{port}/  (Ctrl-C to stop)")
+        if host in ("0.0.0.0", "::") and not allowed_hosts:
+            print(
+                "listening on every interface, but only loopback names are answered; "
+                "add --allow-host NAME for the name others use to reach this machine"
+            )
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
     finally:

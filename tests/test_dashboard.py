@@ -347,6 +347,102 @@ def test_dashboard_main_reports_bad_arguments(
     assert "--poll must be a positive" in capsys.readouterr().err
 
 
+
+# -- who may ask ------------------------------------------------------------------------------
+
+SECRETS_OF_THE_RUN = ("sim:BTC/USDT", "pnl", "inventory", "run_id")
+
+
+async def fetch(url: str, path: str, **headers: str) -> tuple[int, str, dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}{path}", headers=headers, allow_redirects=False) as resp,
+    ):
+        return resp.status, await resp.text(), dict(resp.headers)
+
+
+async def test_a_forged_host_gets_403_and_nothing_of_the_run(dashboard: str) -> None:
+    port = dashboard.rsplit(":", 1)[1]
+    # What a DNS-rebinding page sends: its own name, resolved to 127.0.0.1.
+    for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.nip.io:{port}"):
+        for path in ("/", "/api/state", "/plotly.min.js", "/missing"):
+            status, body, _ = await fetch(dashboard, path, Host=host)
+            assert status == 403, (host, path)
+            assert "does not answer to host" in body and "--allow-host" in body
+            assert not any(word in body for word in SECRETS_OF_THE_RUN)
+    status, body, headers = await fetch(dashboard, "/api/state")
+    assert status == 200 and "sim:BTC/USDT" in body
+    assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-store"
+    for host in (f"localhost:{port}", f"LOCALHOST:{port}", "127.0.0.1"):
+        assert (await fetch(dashboard, "/api/state", Host=host))[0] == 200
+
+
+async def test_cross_origin_reads_are_refused(dashboard: str) -> None:
+    port = dashboard.rsplit(":", 1)[1]
+    for origin in ("http://attacker.example", "https://127.0.0.1", "null", "http://[::1"):
+        status, body, _ = await fetch(dashboard, "/api/state", Origin=origin)
+        assert status == 403, origin
+        assert "cross-origin" in body and "sim:BTC/USDT" not in body
+    status, body, _ = await fetch(dashboard, "/api/state", **{"Sec-Fetch-Site": "cross-site"})
+    assert status == 403 and "sim:BTC/USDT" not in body
+    status, body, _ = await fetch(
+        dashboard, "/api/state", **{"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"}
+    )
+    assert status == 403
+    # The page's own requests and a typed-in or followed link still work.
+    status, body, _ = await fetch(
+        dashboard,
+        "/api/state",
+        Origin=f"http://127.0.0.1:{port}",
+        **{"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
+    )
+    assert status == 200 and "sim:BTC/USDT" in body
+    status, body, _ = await fetch(
+        dashboard, "/", **{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    )
+    assert status == 200 and "<script" in body
+
+
+async def test_allowed_host_names_are_served(finished_run: Path) -> None:
+    runner, url = await serve(create_app(finished_run, allowed_hosts=["Dash.Internal", "::1"]))
+    try:
+        for host in ("dash.internal:8765", "dash.internal", "[::1]:8765"):
+            status, body, _ = await fetch(url, "/api/state", Host=host)
+            assert status == 200 and "sim:BTC/USDT" in body, host
+        assert (await fetch(url, "/api/state", Host="other.internal"))[0] == 403
+        status, _, _ = await fetch(url, "/api/state", Origin="http://dash.internal:8765")
+        assert status == 200
+    finally:
+        await runner.cleanup()
+    with pytest.raises(ValueError, match="not a host name"):
+        create_app(finished_run, allowed_hosts=["bad:port:x"])
+
+
+async def test_a_rebinding_page_in_chromium_reads_nothing(
+    dashboard: str, tmp_path: Path
+) -> None:
+    # Chromium resolves a foreign name to the dashboard's address, as rebinding does.
+    port = dashboard.rsplit(":", 1)[1]
+    dom = await browse(
+        f"http://rebind.example:{port}/api/state",
+        tmp_path,
+        "--host-resolver-rules=MAP rebind.example 127.0.0.1",
+        "--dump-dom",
+    )
+    assert "does not answer to host" in dom
+    assert "sim:BTC/USDT" not in dom and "pnl" not in dom
+
+
+def test_dashboard_listens_on_loopback_unless_exposed(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for host in ("0.0.0.0", "192.0.2.10", "::"):
+        assert dashboard_main([str(finished_run), "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert f"--host {host} is not a loopback address" in err and "--expose" in err
+    assert dashboard_main([str(finished_run), "--allow-host", "a:b:c"]) == 2
+    assert "--allow-host: not a host name" in capsys.readouterr().err
+
 # -- progress --------------------------------------------------------------------------------
 
 
