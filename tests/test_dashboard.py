@@ -347,7 +347,6 @@ def test_dashboard_main_reports_bad_arguments(
     assert "--poll must be a positive" in capsys.readouterr().err
 
 
-
 # -- who may ask ------------------------------------------------------------------------------
 
 SECRETS_OF_THE_RUN = ("sim:BTC/USDT", "pnl", "inventory", "run_id")
@@ -418,9 +417,7 @@ async def test_allowed_host_names_are_served(finished_run: Path) -> None:
         create_app(finished_run, allowed_hosts=["bad:port:x"])
 
 
-async def test_a_rebinding_page_in_chromium_reads_nothing(
-    dashboard: str, tmp_path: Path
-) -> None:
+async def test_a_rebinding_page_in_chromium_reads_nothing(dashboard: str, tmp_path: Path) -> None:
     # Chromium resolves a foreign name to the dashboard's address, as rebinding does.
     port = dashboard.rsplit(":", 1)[1]
     dom = await browse(
@@ -442,6 +439,7 @@ def test_dashboard_listens_on_loopback_unless_exposed(
         assert f"--host {host} is not a loopback address" in err and "--expose" in err
     assert dashboard_main([str(finished_run), "--allow-host", "a:b:c"]) == 2
     assert "--allow-host: not a host name" in capsys.readouterr().err
+
 
 # -- progress --------------------------------------------------------------------------------
 
