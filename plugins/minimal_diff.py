@@ -3,6 +3,9 @@
 Wanted quotes and working orders are paired by (side, level). A pair with the same
 price and remaining size is left alone; a changed price or size becomes one
 cancel/replace; unpaired working orders are cancelled and unpaired quotes placed.
+A working order whose remainder is off the order step (a fill left a part step: venues
+report fills finer than they accept orders) matches no quote: it is replaced or
+cancelled, so what rests is always something we could have sent.
 Orders already being cancelled are ignored; orders not yet acknowledged count as
 working, so nothing is placed twice while the venue is thinking. Optional per-market
 order and cancel rates defer what exceeds them to a later plan, stale quotes first.
@@ -131,6 +134,7 @@ class MinimalDiff(ExecutionPolicy):
 
     def plan(self, market: Market, wanted: list[Quote], working: list[Order], now_ns: int) -> Plan:
         plan = Plan()
+        step = market.instrument.step_lots
         by_slot: dict[tuple[int, int], Order] = {}
         for order in working:
             if order.status in _GOING or order.tif is TimeInForce.IOC:
@@ -145,12 +149,17 @@ class MinimalDiff(ExecutionPolicy):
             if paired is None:
                 plan.places.append(quote)
                 continue
-            if paired.price_ticks == quote.price_ticks and (
-                paired.remaining_lots == quote.qty_lots
-                or (
-                    self.params.keep_partial
-                    and 0 < paired.remaining_lots < quote.qty_lots
-                    and paired.filled_lots > 0
+            remaining = paired.remaining_lots
+            if (
+                paired.price_ticks == quote.price_ticks
+                and (step == 1 or remaining % step == 0)
+                and (
+                    remaining == quote.qty_lots
+                    or (
+                        self.params.keep_partial
+                        and 0 < remaining < quote.qty_lots
+                        and paired.filled_lots > 0
+                    )
                 )
             ):
                 continue
