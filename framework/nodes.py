@@ -95,6 +95,7 @@ __all__ = [
     "SIMULATED_VENUE_TYPES",
     "NodeError",
     "NodeSettings",
+    "bus_security_problems",
     "is_lockstep",
     "load_node_manifest",
     "node_settings",
@@ -203,7 +204,36 @@ def _check_split(loaded: LoadedManifest, role: str) -> str | None:
             f"--node {role}: a backtest replays recorded data in virtual time and runs in "
             "one process; use --node all"
         )
+    params = loaded.params_of("bus")
+    for name, variable in (("signing_key", "QUOTEFORGE_BUS_KEY"), ("password", "QF_MQTT_PASSWORD")):
+        secret = getattr(params, name, None)
+        if secret is not None and secret.get_secret_value() not in loaded.secrets:
+            return (
+                f"bus.params.{name} is written in the manifest: a secret must come from the "
+                f"environment; write {name}: ${{{variable}}} and export {variable} on every "
+                "node, never the value itself"
+            )
+    problems = bus_security_problems(loaded)
+    if problems and not getattr(params, "insecure", False):
+        return (
+            f"--node {role} refuses to trade over an unprotected bus: "
+            + "; ".join(problems)
+            + ". See docs/security.md; for a throwaway test broker only, set "
+            "bus.params.insecure: true"
+        )
     return None
+
+
+def bus_security_problems(loaded: LoadedManifest) -> list[str]:
+    """Why the manifest's bus is unfit for a split run: anonymous, unencrypted to another
+    machine, or unsigned (the backend's ``security_problems()``). A backend that cannot
+    say counts as unprotected."""
+    m = loaded.manifest
+    params = loaded.params_of("bus")
+    check = getattr(params, "security_problems", None)
+    if check is None:
+        return [f"bus {m.bus.type!r} does not report how it authenticates nodes and messages"]
+    return list(check())
 
 
 async def run_node(
@@ -235,6 +265,9 @@ async def run_node(
             install_signals=install_signals,
         )
         return EXIT_OK
+    for problem in bus_security_problems(loaded):
+        # Only reached with insecure: true (_check_split refuses otherwise).
+        logger.warning("INSECURE split run, bus.params.insecure is set: {}", problem)
     settings = settings if settings is not None else node_settings(loaded)
     node: _Node | _StrategyNode
     if role == "strategy":

@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import itertools
 import math
 import random
+import re
 import secrets
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,14 +34,20 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from quoteforge import hookimpl
 from quoteforge.bus import Bus, Handler, SeenIds, topic_matches
 from quoteforge.topics import (
+    MIN_KEY_BYTES,
+    REFUSAL_REASONS,
     ROOT,
     Codec,
     DecodeError,
     Delivery,
     Envelope,
+    FrameSigner,
+    FrameVerifier,
     GapDetector,
+    SignatureError,
     TopicScheme,
     parse_topic,
+    strip_signature,
     validate_filter,
     validate_topic,
 )
@@ -75,7 +83,7 @@ class BusConnectError(ConnectionError):
 class MqttTlsParams(BaseModel):
     """TLS settings for the broker connection."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     ca_file: Path | None = Field(
         default=None,
@@ -109,7 +117,7 @@ class MqttTlsParams(BaseModel):
 class MqttParams(BaseModel):
     """Parameters of the ``mqtt`` bus backend."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     host: str = Field(default="127.0.0.1", description="broker host name or IP address")
     port: int = Field(
@@ -204,6 +212,30 @@ class MqttParams(BaseModel):
         ge=0,
         description="seconds close() waits for queued messages to reach the broker",
     )
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key shared by the nodes of a run: every frame is signed "
+        "with it and frames not signed with it are refused. Write ${QUOTEFORGE_BUS_KEY} "
+        f"(at least {MIN_KEY_BYTES} bytes, e.g. openssl rand -hex 32), never the key itself",
+    )
+    key_id: str = Field(
+        default="k1",
+        pattern=r"^[A-Za-z0-9._:@-]{1,64}$",
+        description="name of signing_key, sent with every signed frame; change it with "
+        "the key so a node holding the old key says so clearly",
+    )
+    max_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="signed frames sent more than this many seconds from this machine's "
+        "clock are refused as replays; covers clock skew and time queued at the broker",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="let a split run connect anonymously, over plain TCP to another "
+        "machine, or without signing_key; for throwaway test brokers only (warned at "
+        "every start)",
+    )
 
     @field_validator("client_id", "node")
     @classmethod
@@ -213,6 +245,38 @@ class MqttParams(BaseModel):
                 f"{value!r} must be non-empty without '/', '+' or '#' (it becomes a topic level)"
             )
         return value
+
+    @field_validator("signing_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"signing_key is shorter than {MIN_KEY_BYTES} bytes: use a random key, "
+                "e.g. export QUOTEFORGE_BUS_KEY=$(openssl rand -hex 32)"
+            )
+        return value
+
+    def security_problems(self) -> list[str]:
+        """What makes this connection unfit for a split run that trades: anonymous
+        access, plain TCP to another machine, or unsigned messages. Empty when sound."""
+        problems: list[str] = []
+        if self.username is None and (self.tls is None or self.tls.cert_file is None):
+            problems.append(
+                "the bus connects anonymously: set username and password "
+                "(${QF_MQTT_USER}, ${QF_MQTT_PASSWORD}) or a TLS client certificate "
+                "(tls.cert_file)"
+            )
+        if self.tls is None and not _is_loopback(self.host):
+            problems.append(
+                f"the broker {self.host} is not on this machine and the connection is plain "
+                "TCP: set tls.ca_file (and port 8883) so credentials and orders are encrypted"
+            )
+        if self.signing_key is None:
+            problems.append(
+                "bus messages are not signed: set signing_key: ${QUOTEFORGE_BUS_KEY} and "
+                "export the same random key on every node (openssl rand -hex 32)"
+            )
+        return problems
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttParams:
@@ -231,11 +295,21 @@ class MqttParams(BaseModel):
         return self
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class MqttStats:
     """Counters of one bus instance since it was created. ``published`` and
     ``received`` count messages; ``frames_*`` count MQTT publishes, each a single
-    message or a batch frame of several."""
+    message or a batch frame of several. ``refused`` counts received frames refused by
+    the signature check, per reason (see ``quoteforge.topics.REFUSAL_REASONS``)."""
 
     published: int = 0
     received: int = 0
@@ -249,6 +323,11 @@ class MqttStats:
     decode_errors: int = 0
     handler_errors: int = 0
     connects: int = 0
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSAL_REASONS, 0))
+
+    @property
+    def refused_total(self) -> int:
+        return sum(self.refused.values())
 
 
 class _Outgoing:
@@ -357,6 +436,18 @@ class MqttBus(Bus):
         # instead of looking like a stream of duplicates.
         self.source = f"{self.client_id}.{secrets.token_hex(3)}"
         self.stats = MqttStats()
+        self._signer: FrameSigner | None = None
+        self._verifier: FrameVerifier | None = None
+        if self.params.signing_key is not None:
+            key = self.params.signing_key.get_secret_value().encode()
+            # The signer's name is fresh per bus instance: a restarted node counts its
+            # frames from 1 again without looking like a replay of its earlier self.
+            sender = re.sub(r"[^A-Za-z0-9._:@-]", "_", self.client_id)[:48]
+            self._signer = FrameSigner(key, self.params.key_id, f"{sender}.{secrets.token_hex(4)}")
+            self._verifier = FrameVerifier(
+                {self.params.key_id: key}, max_age_s=self.params.max_age_s
+            )
+            self.stats.refused = self._verifier.refused
         self._codec = Codec()
         self._queue: deque[_Outgoing] = deque()
         self._handlers: list[tuple[str, Handler]] = []
@@ -403,6 +494,11 @@ class MqttBus(Bus):
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def signed(self) -> bool:
+        """Whether this bus signs what it sends and refuses what is not signed."""
+        return self._signer is not None
 
     @property
     def queued(self) -> int:
@@ -579,6 +675,8 @@ class MqttBus(Bus):
             beat["reason"] = reason
         if status == "online":
             beat["queued"] = len(self._queue)
+            if self._verifier is not None:
+                beat["refused"] = self._verifier.refused_total
         return beat
 
     def _pump(self) -> None:
@@ -628,6 +726,10 @@ class MqttBus(Bus):
                     if len(frame) == 1
                     else self._codec.encode_batch([m.data for m in frame])
                 )
+                if self._signer is not None:
+                    # Signed as it leaves: a frame sent again after a reconnect gets a
+                    # fresh counter and time, so receivers take it as new, not a replay.
+                    data = self._signer.sign(first.topic, data)
                 info = client.publish(first.topic, data, first.qos, first.retain)
                 if info.rc:
                     # The connection is going away; _on_disconnected sorts the queue out.
@@ -817,6 +919,15 @@ class MqttBus(Bus):
             logger.opt(exception=True).error("bus {} failed to deliver", self.client_id)
 
     def _deliver(self, topic: str, data: bytes | bytearray, qos: int, retained: bool) -> None:
+        verifier = self._verifier
+        if verifier is not None:
+            try:
+                data = verifier.open(topic, data, retained=retained)
+            except SignatureError as exc:
+                self._refused(topic, exc)
+                return
+        elif data[:4] == b"QFS1":
+            data = strip_signature(data)
         try:
             items = self._codec.decode_frame(data)
         except DecodeError as exc:
@@ -855,6 +966,21 @@ class MqttBus(Bus):
                     handler(topic, payload)
                 except Exception:
                     self._handler_failed(handler, topic)
+
+    def _refused(self, topic: str, exc: SignatureError) -> None:
+        held = self._log_limit.allow(f"refused:{exc.reason}")
+        if held is not None:
+            logger.warning(
+                "bus {} refused a frame on {!r}: {} ({}; {} more {} refusals not logged, "
+                "{} refused in all)",
+                self.client_id,
+                topic,
+                exc.reason,
+                exc,
+                held,
+                exc.reason,
+                self.stats.refused_total,
+            )
 
     def _undecodable(self, topic: str, exc: DecodeError) -> None:
         self.stats.decode_errors += 1
@@ -911,18 +1037,19 @@ class MqttBus(Bus):
                 keyfile=str(p.tls.key_file) if p.tls.key_file else None,
             )
             tls_insecure = p.tls.insecure
+        will_topic = self.topics.heartbeat(self.node)
         will_payload = self._codec.encode(
             self._heartbeat("offline", "connection lost"), msg_id=None, seq=0, source=self.source
         )
+        if self._signer is not None:
+            will_payload = self._signer.sign_will(will_topic, will_payload)
         client: aiomqtt.Client = aiomqtt_module.Client(
             p.host,
             p.port,
             username=p.username,
             password=p.password.get_secret_value() if p.password is not None else None,
             identifier=self.client_id,
-            will=aiomqtt_module.Will(
-                self.topics.heartbeat(self.node), will_payload, qos=1, retain=True
-            ),
+            will=aiomqtt_module.Will(will_topic, will_payload, qos=1, retain=True),
             clean_session=p.clean_session,
             keepalive=p.keepalive,
             timeout=p.connect_timeout_s,

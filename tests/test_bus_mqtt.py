@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +16,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from brokers import Broker, require_shared_broker
+from brokers import Broker, make_tls_files, require_shared_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -912,27 +910,6 @@ async def test_full_buffer_drops_new_messages_with_a_warning(
     assert bus.stats.dropped_overflow == 3
     assert bus.stats.dropped_disconnected == 1
     assert sum("publish buffer of bus" in w and "is full" in w for w in warnings) == 1
-
-
-def make_tls_files(workdir: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 (CA file, cert, key)."""
-    if shutil.which("openssl") is None:
-        message = "openssl is not installed (apt-get install -y openssl): the TLS tests need it"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=qf-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
-    (workdir / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
-    return workdir / "ca.crt", workdir / "server.crt", workdir / "server.key"
 
 
 @pytest.mark.parametrize("use_tls", [True, False], ids=["tls", "tcp"])

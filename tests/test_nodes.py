@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from brokers import SHARED_PORT, Broker, require_shared_broker
+from brokers import SecureBroker, running_secure_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -52,7 +53,7 @@ from quoteforge.model import (
 )
 from quoteforge.nodes import load_node_manifest, run_node
 from quoteforge.orders import OrderManager
-from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
+from quoteforge.plugins.bus_mqtt import MqttBus
 from quoteforge.plugins.journal_sqlite import SqliteJournal
 from quoteforge.registry import PluginRegistry
 from quoteforge.remote import (
@@ -101,14 +102,16 @@ RUNNER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def shared_broker() -> int:
-    return require_shared_broker()
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """One broker with passwords, TLS and the shipped ACL for the split runs here."""
+    yield from running_secure_broker(tmp_path_factory)
 
 
 def write_manifest(
     path: Path, *, port: int, duration: float, run_name: str | None = None, **nodes: Any
 ) -> tuple[Path, str]:
-    """The example manifest with a unique run name, this test's broker and fast timings."""
+    """The example manifest with a unique run name, this test's broker and fast timings.
+    The bus settings stay the example's (TLS, credentials and key from the environment)."""
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     name = run_name or f"t{uuid.uuid4().hex[:10]}"
     data["run"].update({"name": name, "duration": duration, "cancel_timeout": 3})
@@ -128,10 +131,12 @@ def write_manifest(
 
 
 class Nodes:
-    """Node processes of one test, each with its run folder and log file."""
+    """Node processes of one test, each with its run folder and log file, started with
+    the environment an operator gives that role's node on ``broker``."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, broker: SecureBroker) -> None:
         self.tmp = tmp_path
+        self.broker = broker
         self.runner = tmp_path / "runner.py"
         self.runner.write_text(RUNNER, encoding="utf-8")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -147,6 +152,7 @@ class Nodes:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.tmp,
+                env={**os.environ, **self.broker.env(role)},
             )
 
     def log(self, role: str) -> str:
@@ -178,8 +184,8 @@ class Nodes:
 
 
 @pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    made = Nodes(tmp_path)
+def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
+    made = Nodes(tmp_path, secure_broker)
     yield made
     made.stop_all()
 
@@ -261,18 +267,11 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -
 
 
 class Observer:
-    """A test-side bus client that follows a run's orders and control messages."""
+    """A test-side bus client that follows a run's orders and control messages, with the
+    monitor's credentials and the run's key."""
 
-    def __init__(self, port: int, run: str) -> None:
-        params = MqttParams(
-            port=port,
-            reconnect_min_s=0.05,
-            reconnect_max_s=0.3,
-            connect_timeout_s=3,
-            heartbeat_interval_s=0,
-            close_timeout_s=1,
-        )
-        self.bus = MqttBus(params, run)
+    def __init__(self, broker: SecureBroker, run: str) -> None:
+        self.bus = MqttBus(broker.params("monitor"), run)
         self.scheme = TopicScheme(run)
         self.working: dict[str, str] = {}
         self.ever_open: set[str] = set()
@@ -375,9 +374,14 @@ def test_instruments_round_trip_with_exact_sizes() -> None:
 
 
 def test_load_node_manifest_reads_and_checks_the_nodes_section(
-    registry: PluginRegistry, tmp_path: Path
+    registry: PluginRegistry,
+    tmp_path: Path,
+    secure_broker: SecureBroker,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path, _ = write_manifest(tmp_path / "m.yaml", port=SHARED_PORT, duration=5)
+    for name, value in secure_broker.env("strategy").items():
+        monkeypatch.setenv(name, value)
+    path, _ = write_manifest(tmp_path / "m.yaml", port=secure_broker.port, duration=5)
     loaded, node_settings = load_node_manifest(path, registry)
     assert node_settings.strategy_grace == GRACE and node_settings.heartbeat == HEARTBEAT
     assert "nodes:" in loaded.text  # the run folder keeps the manifest as written
@@ -388,9 +392,9 @@ def test_load_node_manifest_reads_and_checks_the_nodes_section(
 
 
 async def test_split_roles_refuse_the_in_process_bus(
-    registry: PluginRegistry, tmp_path: Path
+    registry: PluginRegistry, tmp_path: Path, secure_broker: SecureBroker
 ) -> None:
-    path, _ = write_manifest(tmp_path / "m.yaml", port=SHARED_PORT, duration=5)
+    path, _ = write_manifest(tmp_path / "m.yaml", port=secure_broker.port, duration=5)
     text = path.read_text().replace("type: mqtt", "type: inprocess")
     data = yaml.safe_load(text)
     data["bus"].pop("params")
@@ -621,9 +625,9 @@ def check_same_as_one_process(
 
 @pytest.mark.slow
 async def test_three_node_sim_run_gives_exactly_the_fills_of_one_process(
-    shared_broker: int, nodes: Nodes, registry: PluginRegistry, tmp_path: Path
+    secure_broker: SecureBroker, nodes: Nodes, registry: PluginRegistry, tmp_path: Path
 ) -> None:
-    manifest, _ = write_manifest(tmp_path / "split.yaml", port=shared_broker, duration=10)
+    manifest, _ = write_manifest(tmp_path / "split.yaml", port=secure_broker.port, duration=10)
     nodes.start(manifest, "execution", "marketdata", "strategy")
     codes = await nodes.wait(60)
     assert codes == {"execution": 0, "marketdata": 0, "strategy": 0}, nodes.log("strategy")
@@ -637,9 +641,9 @@ async def test_three_node_sim_run_gives_exactly_the_fills_of_one_process(
 
 @pytest.mark.slow
 async def test_stopping_the_strategy_node_ends_a_lockstep_run_at_the_drivers_time(
-    shared_broker: int, nodes: Nodes, tmp_path: Path
+    secure_broker: SecureBroker, nodes: Nodes, tmp_path: Path
 ) -> None:
-    manifest, _ = write_manifest(tmp_path / "m.yaml", port=shared_broker, duration=600)
+    manifest, _ = write_manifest(tmp_path / "m.yaml", port=secure_broker.port, duration=600)
     nodes.start(manifest, "execution", "strategy")
     await wait_until(lambda: has_fills(nodes.dir("execution")), 20, "a first fill")
     nodes.procs["strategy"].send_signal(signal.SIGTERM)
@@ -659,8 +663,9 @@ async def test_stopping_the_strategy_node_ends_a_lockstep_run_at_the_drivers_tim
 async def test_broker_restart_loses_and_doubles_nothing(
     clock: str, nodes: Nodes, registry: PluginRegistry, tmp_path: Path
 ) -> None:
-    broker = Broker(tmp_path)
+    broker = SecureBroker(tmp_path / "broker")
     broker.start()
+    nodes.broker = broker
     lockstep = clock == "auto"
     try:
         # In lock step the run lasts as long as the nodes need for 20 s of virtual time.
@@ -696,13 +701,13 @@ async def test_broker_restart_loses_and_doubles_nothing(
 @pytest.mark.slow
 @pytest.mark.parametrize("clock", ["auto", "wall"])
 async def test_a_killed_strategy_node_has_its_orders_cancelled_after_the_grace(
-    clock: str, shared_broker: int, nodes: Nodes, observers: list[Observer], tmp_path: Path
+    clock: str, secure_broker: SecureBroker, nodes: Nodes, observers: list[Observer], tmp_path: Path
 ) -> None:
     # Long enough (in virtual time too) not to end before the strategy node is killed.
     manifest, run = write_manifest(
-        tmp_path / "m.yaml", port=shared_broker, duration=600, clock=clock
+        tmp_path / "m.yaml", port=secure_broker.port, duration=600, clock=clock
     )
-    obs = Observer(shared_broker, run)
+    obs = Observer(secure_broker, run)
     observers.append(obs)
     await obs.start()
     nodes.start(manifest, "execution", "strategy")
@@ -732,12 +737,12 @@ async def test_a_killed_strategy_node_has_its_orders_cancelled_after_the_grace(
 @pytest.mark.slow
 @pytest.mark.parametrize("clock", ["auto", "wall"])
 async def test_kill_switch_from_any_node_stops_every_node(
-    clock: str, shared_broker: int, nodes: Nodes, observers: list[Observer], tmp_path: Path
+    clock: str, secure_broker: SecureBroker, nodes: Nodes, observers: list[Observer], tmp_path: Path
 ) -> None:
     manifest, run = write_manifest(
-        tmp_path / "m.yaml", port=shared_broker, duration=600, clock=clock
+        tmp_path / "m.yaml", port=secure_broker.port, duration=600, clock=clock
     )
-    obs = Observer(shared_broker, run)
+    obs = Observer(secure_broker, run)
     observers.append(obs)
     await obs.start()
     nodes.start(manifest, "execution", "marketdata", "strategy", "monitor")

@@ -5,6 +5,7 @@ holding the real adapters) over a real Mosquitto broker."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from brokers import require_shared_broker
+from brokers import SecureBroker, require_shared_broker, running_secure_broker
 from loguru import logger
 from test_nodes import (
     EXAMPLE,
@@ -43,6 +44,12 @@ from quoteforge.remote import ReconcileError, ReconcileResponder, RemoteVenue
 from quoteforge.topics import TopicScheme
 
 CLOSED_BY_RECONCILE = "not open at the venue on reconciliation"
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """One broker with passwords, TLS and the shipped ACL for the split runs here."""
+    yield from running_secure_broker(tmp_path_factory)
 
 
 def closed_by_reconciliation(records: list[JournalRecord]) -> set[str]:
@@ -382,8 +389,8 @@ async def observers() -> AsyncIterator[list[Observer]]:
 
 
 @pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    made = Nodes(tmp_path)
+def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
+    made = Nodes(tmp_path, secure_broker)
     yield made
     made.stop_all()
 
@@ -392,9 +399,8 @@ def nodes(tmp_path: Path) -> Iterator[Nodes]:
 async def test_split_periodic_reconciliation_keeps_the_orders_the_venue_has(
     nodes: Nodes, observers: list[Observer], tmp_path: Path
 ) -> None:
-    port = require_shared_broker()
-    manifest, run = live_split_manifest(tmp_path / "m.yaml", port)
-    obs = Observer(port, run)
+    manifest, run = live_split_manifest(tmp_path / "m.yaml", nodes.broker.port)
+    obs = Observer(nodes.broker, run)
     observers.append(obs)
     await obs.start()
     nodes.start(manifest, "execution", "strategy")
@@ -427,9 +433,8 @@ async def test_split_periodic_reconciliation_keeps_the_orders_the_venue_has(
 async def test_split_reconciliation_closes_an_order_the_venue_lost(
     nodes: Nodes, observers: list[Observer], tmp_path: Path
 ) -> None:
-    port = require_shared_broker()
-    manifest, run = live_split_manifest(tmp_path / "m.yaml", port)
-    obs = Observer(port, run)
+    manifest, run = live_split_manifest(tmp_path / "m.yaml", nodes.broker.port)
+    obs = Observer(nodes.broker, run)
     observers.append(obs)
     await obs.start()
     trigger = tmp_path / "lose"
@@ -449,6 +454,7 @@ async def test_split_reconciliation_closes_an_order_the_venue_lost(
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,
+        env={**os.environ, **nodes.broker.env("execution")},
     )
     await wait_until(lambda: len(obs.working) >= 4, 30, "the strategy has quotes working")
     victim = sorted(obs.working)[0]
