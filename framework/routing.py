@@ -88,7 +88,17 @@ class Route:
 
 
 class _Stream:
-    __slots__ = ("fee", "inst", "levels", "name", "order", "q_mult")
+    __slots__ = (
+        "fee",
+        "inst",
+        "levels",
+        "name",
+        "order",
+        "pending",
+        "pending_lots",
+        "q_mult",
+        "step",
+    )
 
     def __init__(self, name: str, order: int, book: L2Book, fee: Decimal, q_mult: int) -> None:
         self.name = name
@@ -96,6 +106,11 @@ class _Stream:
         self.inst = book.instrument
         self.fee = fee
         self.q_mult = q_mult
+        # Lots in one order step of this venue, and the level takes walked that do not
+        # make a whole step yet (venues show sizes finer than they accept orders).
+        self.step = self.inst.step_lots
+        self.pending: list[tuple[int, int]] = []
+        self.pending_lots = 0
         self.levels: Iterator[tuple[int, int]] = iter(())
 
 
@@ -108,7 +123,10 @@ class SmartOrderRouter:
     to a dearer one without. The slippage cap is a price limit ``best * (1 ± cap)``
     against the consumer book's best price; no level beyond it is used (on the fee-
     adjusted price when ``cap_includes_fees``). Each venue gets a whole number of its
-    own lots at its own ticks, so venues with different tick and lot sizes mix freely.
+    own order steps (``Instrument.qty_step``) at its own ticks, so venues with different
+    grids mix freely. Book sizes are read at the venue's reporting precision: level
+    takes are exact, and a venue's takes count only once they add up to whole steps
+    (a part step left at the end is not allocated).
     """
 
     def __init__(
@@ -191,12 +209,42 @@ class SmartOrderRouter:
             limit_on = self._effective(price, stream.fee, buy) if self.cap_includes_fees else price
             if (limit_on > cap_price) if buy else (limit_on < cap_price):
                 continue  # this venue's next levels are further still: drop it
-            take = min(lots, left // stream.q_mult)
+            take = min(lots, left // stream.q_mult - stream.pending_lots)
             if take > 0:
-                fills.append(VenueFill(stream.name, ticks, take, price, inst.lots_to_qty(take)))
-                left -= take * stream.q_mult
+                left -= self._commit(stream, ticks, take, fills) * stream.q_mult
             self._push(heap, stream, buy)
         return fills
+
+    @staticmethod
+    def _commit(stream: _Stream, ticks: int, take: int, fills: list[VenueFill]) -> int:
+        """Add one level take to ``stream``; allocate the whole order steps its pending
+        takes now make, oldest first. Returns the lots allocated."""
+        stream.pending.append((ticks, take))
+        stream.pending_lots += take
+        whole = stream.pending_lots - stream.pending_lots % stream.step
+        if not whole:
+            return 0
+        inst = stream.inst
+        due = whole
+        while due:
+            level_ticks, lots = stream.pending[0]
+            part = lots if lots <= due else due
+            fills.append(
+                VenueFill(
+                    stream.name,
+                    level_ticks,
+                    part,
+                    inst.ticks_to_price(level_ticks),
+                    inst.lots_to_qty(part),
+                )
+            )
+            due -= part
+            if part == lots:
+                stream.pending.pop(0)
+            else:
+                stream.pending[0] = (level_ticks, lots - part)
+        stream.pending_lots -= whole
+        return whole
 
     @staticmethod
     def _effective(price: Decimal, fee: Decimal, buy: bool) -> Decimal:

@@ -98,7 +98,7 @@ class Opportunity:
 
 
 def _lcm_step(steps: list[Decimal]) -> Decimal:
-    """Smallest size that is a whole number of lots on every leg."""
+    """Smallest size that is a whole number of order steps on every leg."""
     places = max(-int(s.as_tuple().exponent) for s in steps)
     scale = Decimal(10) ** places
     return Decimal(math.lcm(*(int(s * scale) for s in steps))) / scale
@@ -157,7 +157,8 @@ class CrossVenueTaker(Strategy):
             )
             for sell in self.legs
         }
-        self.size_step = _lcm_step([m.instrument.lot_size for m in self.legs.values()])
+        # Trade sizes every leg can send: a whole number of order steps on each.
+        self.size_step = _lcm_step([m.instrument.qty_step for m in self.legs.values()])
 
     def _consumer(self, keys: list[str]) -> ConsumerBook:
         book = ConsumerBook(self.ctx.name)
@@ -257,9 +258,9 @@ class CrossVenueTaker(Strategy):
         for child in route.children:
             if self._send(self.legs[child.venue], Side.BUY, child.price_ticks, child.qty_lots):
                 bought += child.qty
-        sell_lots = sell.instrument.qty_to_lots(
-            (bought // sell.instrument.lot_size) * (sell.instrument.lot_size)
-        )
+        # What was bought, in whole order steps of the sell venue.
+        step = sell.instrument.qty_step
+        sell_lots = sell.instrument.qty_to_lots((bought // step) * step)
         if sell_lots > 0:
             self._send(sell, Side.SELL, chance.bid_ticks, sell_lots)
         self._last_trade = now

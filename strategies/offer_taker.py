@@ -214,15 +214,18 @@ class _Ticker:
         "ref",
         "sell_min",
         "stale_at",
+        "step",
         "tick",
     )
 
     def __init__(
-        self, tick: float, lot: float, read: Callable[[], tuple[float, int] | None]
+        self, tick: float, lot: float, step: int, read: Callable[[], tuple[float, int] | None]
     ) -> None:
         self.tick = tick
         self.denied = False
         self.lot = lot
+        # Lots in one order step: offers come at the venue's precision, takes go in steps.
+        self.step = step
         self.pending_buy = 0
         self.pending_sell = 0
         self.guard_ts = -1
@@ -382,7 +385,7 @@ class OfferTaker(Strategy):
     def _new_ticker(self, market: Market, ticker: str) -> _Ticker:
         inst = market.instrument
         state = self._tickers[ticker] = _Ticker(
-            float(inst.tick_size), float(inst.lot_size), self.source.reader(ticker)
+            float(inst.tick_size), float(inst.lot_size), inst.step_lots, self.source.reader(ticker)
         )
         return state
 
@@ -428,7 +431,8 @@ class OfferTaker(Strategy):
         limit = state.limit
         if limit < 0:
             limit = state.limit = self._limit_lots(state, state.price)
-            state.order_lots = int(self._p.order_size / state.lot + 1e-9)
+            order_lots = int(self._p.order_size / state.lot + 1e-9)
+            state.order_lots = order_lots - order_lots % state.step
         position = market.position_lots
         if state.denied:
             room = -position - state.pending_buy if buying else position - state.pending_sell
@@ -448,6 +452,9 @@ class OfferTaker(Strategy):
             lots = room
         if state.order_lots < lots:
             lots = state.order_lots
+        step = state.step
+        if step != 1:
+            lots -= lots % step  # an offer or the room may be finer than the order step
         if lots <= 0:
             stats.limit_skips += 1
             return

@@ -42,8 +42,12 @@ class Desk:
         self.published: list[tuple[str, Any]] = []
         self.refuse = False
 
-    def add(self, ticker: str, mid_ticks: int, position: int = 0) -> Market:
-        inst = Instrument("offers", ticker, ticker, "USD", Decimal("0.01"), Decimal("1"))
+    def add(
+        self, ticker: str, mid_ticks: int, position: int = 0, lot: str = "1", step: str = "0"
+    ) -> Market:
+        inst = Instrument(
+            "offers", ticker, ticker, "USD", Decimal("0.01"), Decimal(lot), qty_step=Decimal(step)
+        )
         book = L2Book(inst)
         book.state = BookState.LIVE
         key = inst.key
@@ -112,6 +116,18 @@ def test_takes_an_offer_at_the_edge_and_not_one_tick_inside() -> None:
         ("AAA", Side.BUY, 9_900, 5, buy_offer.offer_id),
         ("AAA", Side.SELL, 10_100, 5, sell_offer.offer_id),
     ]
+
+
+def test_takes_are_whole_order_steps_of_offers_finer_than_the_step() -> None:
+    desk = Desk()
+    # Offers come in lots of 0.001, orders go in steps of 0.01 (10 lots).
+    m = desk.add("AAA", 10_000, lot="0.001", step="0.01")
+    taker = desk.taker(edge=0.01, min_edge=0.005, max_edge=0.02, order_size=0.105)
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_900, lots=37))
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_900, lots=250))  # capped at the order size
+    taker.on_offer(m, offer("AAA", Side.SELL, 9_900, lots=7))  # less than one step
+    assert [t[3] for t in desk.takes] == [30, 100]
+    assert all(m.instrument.check_order(t[2], t[3]) is None for t in desk.takes)
 
 
 @settings(max_examples=300, deadline=None)

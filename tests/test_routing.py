@@ -166,3 +166,38 @@ def test_without_fees_or_cap_the_route_matches_the_consumer_book_take(
     assert route.fills == allocation.fills
     assert route.filled == allocation.filled
     assert route.avg_price == allocation.avg_price
+
+
+def binance_like_book(venue: str, asks: Levels) -> L2Book:
+    """Sizes reported at 8 decimals, orders in steps of 0.00001 (Binance BTCUSDT)."""
+    inst = Instrument(
+        venue,
+        "BTC/USDT",
+        "BTC",
+        "USDT",
+        D("0.01"),
+        D("0.00000001"),
+        qty_step=D("0.00001"),
+    )
+    book = L2Book(inst)
+    book.apply_snapshot(
+        [(inst.price_to_ticks("99"), inst.qty_to_lots("1"))],
+        [(inst.price_to_ticks(p), inst.qty_to_lots(q)) for p, q in asks],
+    )
+    book.state = BookState.LIVE
+    return book
+
+
+def test_children_are_whole_order_steps_on_levels_finer_than_the_step() -> None:
+    book = ConsumerBook("X")
+    book.add(binance_like_book("a", [("100.00", "0.000007"), ("100.01", "0.000018")]))
+    route = SmartOrderRouter(book).route(Side.BUY, "0.00003", 100)
+    # 0.000025 is visible: two whole steps, the level takes exact at their prices.
+    assert [(f.price, f.qty) for f in route.fills] == [
+        (D("100.00"), D("0.000007")),
+        (D("100.01"), D("0.000013")),
+    ]
+    child = route.by_venue()["a"]
+    assert child.qty == D("0.00002") and child.price == D("100.01")
+    assert child.instrument.check_order(child.price_ticks, child.qty_lots) is None
+    assert route.filled == D("0.00002") and route.unfilled == D("0.00001")

@@ -35,13 +35,13 @@ B = Instrument("b", "BTC/USDT", "BTC", "USDT", Decimal("0.1"), Decimal("0.01"))
 class Venues:
     """Two venues' books, positions and the orders a strategy takes."""
 
-    def __init__(self) -> None:
-        self.positions = {A.key: 0, B.key: 0}
-        self.books = {A.key: L2Book(A), B.key: L2Book(B)}
+    def __init__(self, a: Instrument = A, b: Instrument = B) -> None:
+        self.positions = {a.key: 0, b.key: 0}
+        self.books = {a.key: L2Book(a), b.key: L2Book(b)}
         for book in self.books.values():
             book.state = BookState.LIVE
         self.markets = {
-            i.key: Market(i, self.books[i.key], lambda k=i.key: self.positions[k]) for i in (A, B)
+            i.key: Market(i, self.books[i.key], lambda k=i.key: self.positions[k]) for i in (a, b)
         }
         self.taken: list[Order] = []
         self.refuse = False
@@ -100,6 +100,23 @@ def test_takes_a_cross_wider_than_fees_and_edge() -> None:
     buy, sell = v.taken
     assert (buy.venue, buy.side, buy.price_ticks, buy.qty_lots) == ("a", Side.BUY, 10000, 1000)
     assert (sell.venue, sell.side, sell.price_ticks, sell.qty_lots) == ("b", Side.SELL, 1002, 100)
+
+
+def test_legs_are_whole_order_steps_when_books_show_finer_sizes() -> None:
+    # Both venues report 8 decimals; a takes orders in 0.001 steps, b in 0.01.
+    fine = Decimal("0.00000001")
+    a = Instrument("a", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), fine, qty_step=Decimal("0.001"))
+    b = Instrument("b", "BTC/USDT", "BTC", "USDT", Decimal("0.1"), fine, qty_step=Decimal("0.01"))
+    v = Venues(a, b)
+    v.books[a.key].apply_snapshot([(9000, 10**8)], [(10000, a.qty_to_lots("0.51234567"))])
+    v.books[b.key].apply_snapshot([(1002, b.qty_to_lots("0.37654321"))], [(1100, 10**8)])
+    v.strategy().on_book(v.markets[a.key])
+    buy, sell = v.taken
+    # 0.37654321 bid on b: 0.37 is what both venues' steps allow.
+    assert (buy.venue, a.lots_to_qty(buy.qty_lots)) == ("a", Decimal("0.37"))
+    assert (sell.venue, b.lots_to_qty(sell.qty_lots)) == ("b", Decimal("0.37"))
+    assert a.check_order(buy.price_ticks, buy.qty_lots) is None
+    assert b.check_order(sell.price_ticks, sell.qty_lots) is None
 
 
 def test_no_trade_when_fees_eat_the_edge() -> None:
