@@ -29,7 +29,8 @@ from quoteforge.book.kraken import KRAKEN_DEPTHS
 from quoteforge.clock import Clock, TimerHandle
 from quoteforge.exchange import ExchangeAdapter, OrderAction, VenueContext, VenueSink
 from quoteforge.exchanges.fillsim import FillSimParams, FillSimulator
-from quoteforge.model import Fill, Instrument, OrderUpdate, Side
+from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
+from quoteforge.model import Fill, Instrument, OrderStatus, OrderUpdate, Side
 from quoteforge.recording import RecordingError, RecordTuple, record_batches
 from quoteforge.registry import Register
 
@@ -124,7 +125,7 @@ PROTOCOL_QTY_DECIMALS: dict[str, int] = {
 }
 
 
-class ReplayParams(FillSimParams):
+class ReplayParams(ProfileParams, FillSimParams):
     """A recorded-data venue for ``mode: backtest`` runs."""
 
     data: str | list[str] | None = Field(
@@ -300,6 +301,7 @@ class ReplayExchange(ExchangeAdapter):
         self.malformed = 0
         self.unrouted = 0
         self.finished = False
+        self._init_limits()
 
     @classmethod
     def declared_symbols(cls, params: ReplayParams) -> list[str]:
@@ -360,6 +362,8 @@ class ReplayExchange(ExchangeAdapter):
                 market.source.states.start_watchdog()
 
     def submit(self, actions: Sequence[OrderAction]) -> None:
+        if self.limits is not None:
+            actions = self._within_limits(actions)
         self.fills.submit(actions)
 
     async def close(self) -> None:
@@ -637,6 +641,55 @@ class ReplayExchange(ExchangeAdapter):
         self.unrouted += 1
         if self.unrouted <= _WARN_LIMIT:
             logger.warning("{}: record on {!r} skipped: {}", self.name, stream, why)
+
+    # -- venue profile -----------------------------------------------------------------------
+    def _init_limits(self) -> None:
+        self.limits = limits_for(self.params, lambda symbol: len(self._resting(symbol)))
+        self._fills_seen = 0
+        logger.info(describe_limits(self.name, self.params))
+
+    def _within_limits(self, actions: Sequence[OrderAction]) -> list[OrderAction]:
+        """Charge actions to the venue profile's limits as they are sent (the venue
+        counts them an order latency later; the count is the same) and report what the
+        limits refuse, one round trip later, as the venue would."""
+        limits = self.limits
+        assert limits is not None
+        now = self.clock.now_ns()
+        fills = self.fills.fills
+        for fill in fills[self._fills_seen :]:
+            limits.filled(fill.client_id, now)
+        self._fills_seen = len(fills)
+        back = now + int(2 * self.params.latency.order_ms * 1_000_000)
+        passed: list[OrderAction] = []
+        for action in actions:
+            left, refusals = screen(limits, action, now, self._markets, self._resting)
+            if left is not None:
+                passed.append(left)
+            for refusal in refusals:
+                working = self._resting(refusal.symbol).get(refusal.client_id)
+                filled = working.filled if working is not None else 0
+                status = OrderStatus.REJECTED
+                if refusal.live:
+                    status = OrderStatus.PARTIALLY_FILLED if filled else OrderStatus.OPEN
+                update = OrderUpdate(
+                    self.name,
+                    refusal.client_id,
+                    status,
+                    now,
+                    exchange_id=refusal.client_id,
+                    filled_lots=filled,
+                    reason=refusal.reason,
+                )
+                self.clock.call_at(back, self._refusal_reported, update)
+        return passed
+
+    def _resting(self, symbol: str) -> dict[str, Any]:
+        market = self.fills.markets.get(symbol)
+        return {} if market is None else market.orders
+
+    def _refusal_reported(self, update: OrderUpdate) -> None:
+        if self.sink is not None:
+            self.sink.on_order_update(update)
 
 
 @quoteforge.hookimpl

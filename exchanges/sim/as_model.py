@@ -10,7 +10,8 @@ from decimal import Decimal
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from loguru import logger
+from pydantic import ConfigDict, Field, model_validator
 
 import quoteforge
 from quoteforge.book import BookState, L2Book
@@ -25,6 +26,7 @@ from quoteforge.exchange import (
     VenueContext,
     VenueSink,
 )
+from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
 from quoteforge.exchanges.sim.flow import market_rng
 from quoteforge.manifest import Duration
 from quoteforge.model import (
@@ -42,10 +44,10 @@ from quoteforge.registry import Register
 __all__ = ["AsModelExchange", "AsModelParams"]
 
 
-class AsModelParams(BaseModel):
+class AsModelParams(ProfileParams):
     """Parameters of ``as_model`` (defaults: the paper's simulation)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     symbol: str = Field("STOCK/USD", description="Market symbol (BASE/QUOTE).")
     paths: int = Field(
@@ -128,6 +130,8 @@ class AsModelExchange(ExchangeAdapter):
         self._fill_seq = itertools.count(1)
         self._fills: list[Fill] = []
         self.steps = 0
+        #: The venue profile's limits (None: the model's idealised venue).
+        self.limits = limits_for(params, lambda symbol: len(self._resting(symbol)))
 
     @classmethod
     def declared_symbols(cls, params: AsModelParams) -> list[str]:
@@ -137,6 +141,7 @@ class AsModelExchange(ExchangeAdapter):
     async def connect(self, sink: VenueSink) -> None:
         self.sink = sink
         now = self.clock.now_ns()
+        logger.info(describe_limits(self.name, self.params))
         for i, book in enumerate(self.books.values()):
             self._show(i, book, now)
             old = book.state
@@ -149,8 +154,32 @@ class AsModelExchange(ExchangeAdapter):
 
     def submit(self, actions: Sequence[OrderAction]) -> None:
         # The model has no latency: actions apply at once, reports follow in order.
+        limits = self.limits
         for action in actions:
+            if limits is not None:
+                left, refusals = screen(
+                    limits, action, self.clock.now_ns(), self.symbols, self._resting
+                )
+                for refusal in refusals:
+                    self._refused(refusal.client_id, refusal.symbol, refusal.live, refusal.reason)
+                if left is None:
+                    continue
+                action = left
             self._arrive(action)
+
+    def _resting(self, symbol: str) -> list[str]:
+        i = self._path.get(symbol)
+        return [] if i is None else list(self._working[i])
+
+    def _refused(self, client_id: str, symbol: str, live: bool, reason: str) -> None:
+        if not live:
+            self._report(client_id, OrderStatus.REJECTED, 0, reason)
+            return
+        i = self._path.get(symbol)
+        order = None if i is None else self._working[i].get(client_id)
+        if order is not None:  # else gone already: its own report settles the cancel
+            status = OrderStatus.PARTIALLY_FILLED if order.filled_lots else OrderStatus.OPEN
+            self._report(client_id, status, order.filled_lots, reason)
 
     async def fetch_fills(self, since_ns: int) -> list[Fill]:
         return [f for f in self._fills if f.ts_ns >= since_ns]
@@ -226,6 +255,10 @@ class AsModelExchange(ExchangeAdapter):
         self._fills.append(fill)
         order.filled_lots += lots
         done = order.filled_lots >= order.qty_lots
+        if self.limits is not None:
+            self.limits.filled(order.client_id, now)
+            if done:
+                self.limits.closed(order.client_id)
         if done:
             del self._working[i][order.client_id]
         self.clock.call_at(now, self._send_fill, fill)
@@ -259,6 +292,8 @@ class AsModelExchange(ExchangeAdapter):
         if order.tif is TimeInForce.IOC:
             problem = "as_model has no liquidity to take: quote limit orders"
         if problem is not None:
+            if self.limits is not None:
+                self.limits.rejected(order.client_id, self.clock.now_ns())
             self._report(order.client_id, OrderStatus.REJECTED, 0, problem)
             return
         # The venue keeps its own copy: the order manager owns the run's Order objects.

@@ -30,6 +30,7 @@ from quoteforge.exchange import (
     VenueContext,
     VenueSink,
 )
+from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
 from quoteforge.exchanges.sim.flow import market_rng
 from quoteforge.manifest import Duration
 from quoteforge.model import (
@@ -59,7 +60,7 @@ EXPIRED = "offer expired"
 
 
 class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class OfferLatencyParams(_Closed):
@@ -159,7 +160,7 @@ class HttpServiceParams(_Closed):
     )
 
 
-class OfferSimParams(_Closed):
+class OfferSimParams(ProfileParams, _Closed):
     tickers: int | list[str] = Field(
         100,
         description="How many tickers (generated names AAA, AAB, ...) or an explicit list.",
@@ -459,6 +460,8 @@ class OfferSimExchange(ExchangeAdapter):
         self.offers_sent = 0
         self.taken_by_us = 0
         self.lost_races = 0
+        # Take orders never rest: nothing counts as open.
+        self.limits = limits_for(params, lambda symbol: 0)
 
     @classmethod
     def declared_symbols(cls, params: OfferSimParams) -> list[str]:
@@ -469,6 +472,7 @@ class OfferSimExchange(ExchangeAdapter):
         self.sink = sink
         self.start_ns = self.clock.now_ns()
         self.feed.ts_ns = self.start_ns
+        logger.info(describe_limits(self.name, self.params))
         self._running = True
         for book in self.books.values():
             old = book.state
@@ -642,8 +646,24 @@ class OfferSimExchange(ExchangeAdapter):
         return when
 
     def _arrive(self, action: OrderAction) -> None:
+        limits = self.limits
+        if limits is not None:
+            left, refusals = screen(limits, action, self.clock.now_ns(), (), lambda _: ())
+            for refusal in refusals:
+                status = OrderStatus.OPEN if refusal.live else OrderStatus.REJECTED
+                self._report(refusal.client_id, status, 0, refusal.reason)
+            if left is None:
+                return
+            action = left
         if isinstance(action, PlaceOrder):
+            fills = len(self._fills)
             self._take(action.order)
+            if limits is not None:
+                # A take is done on arrival, filled (a first fill gives a Binance order
+                # back to the unfilled count) or not.
+                if len(self._fills) > fills:
+                    limits.filled(action.order.client_id, self.clock.now_ns())
+                limits.closed(action.order.client_id)
         elif isinstance(action, ReplaceOrder):
             self._report(action.old_client_id, OrderStatus.CANCELLED, 0, "not working")
             self._take(action.new)

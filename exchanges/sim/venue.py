@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
 
+from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quoteforge.book import BookState, L2Book
@@ -26,6 +27,7 @@ from quoteforge.exchange import (
     VenueContext,
     VenueSink,
 )
+from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
 from quoteforge.exchanges.sim.flow import (
     FlowParams,
     LiquidityParams,
@@ -56,7 +58,7 @@ TAKER = "taker"
 
 
 class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LatencyParams(_Closed):
@@ -77,7 +79,12 @@ class SimMarketParams(_Closed):
     tick_size: Decimal = Field(Decimal("0.01"), gt=0, description="Price increment.")
     lot_size: Decimal = Field(Decimal("0.001"), gt=0, description="Quantity increment.")
     min_qty: Decimal = Field(Decimal(0), ge=0, description="Smallest order quantity.")
-    min_notional: Decimal = Field(Decimal(0), ge=0, description="Smallest price x quantity.")
+    min_notional: Decimal | None = Field(
+        None,
+        ge=0,
+        description="Smallest price x quantity; unset: the venue profile's minimum (0 "
+        "without a profile).",
+    )
     initial_price: float = Field(gt=0, description="Mid price at the start of the run.")
     process: ProcessParams = Field(default_factory=ProcessParams)
     flow: FlowParams = Field(default_factory=FlowParams)
@@ -93,7 +100,7 @@ class SimMarketParams(_Closed):
         return self
 
 
-class SimParams(_Closed):
+class SimParams(ProfileParams, _Closed):
     markets: dict[str, SimMarketParams] = Field(
         min_length=1, description="Markets of this venue by symbol, e.g. BTC/USDT."
     )
@@ -269,7 +276,7 @@ class SimExchange(ExchangeAdapter):
                 tick_size=mp.tick_size,
                 lot_size=mp.lot_size,
                 min_qty=mp.min_qty,
-                min_notional=mp.min_notional,
+                min_notional=params.min_notional_for(mp.min_notional),
                 kind=InstrumentKind.BINARY if mp.kind == "binary" else InstrumentKind.SPOT,
                 maker_fee=self.maker_rate,
                 taker_fee=self.taker_rate,
@@ -279,6 +286,8 @@ class SimExchange(ExchangeAdapter):
         self._our_orders: dict[str, tuple[_SimMarket, Order]] = {}
         self._trade_seq = itertools.count(1)
         self._fills: list[Fill] = []  # what the venue's trade history endpoint would list
+        #: The venue profile's limits as this venue enforces them (None: an idealised venue).
+        self.limits = limits_for(params)
 
     @classmethod
     def declared_symbols(cls, params: SimParams) -> list[str]:
@@ -288,6 +297,7 @@ class SimExchange(ExchangeAdapter):
     async def connect(self, sink: VenueSink) -> None:
         self.sink = sink
         self.start_ns = self.clock.now_ns()
+        logger.info(describe_limits(self.name, self.params))
         wanted = self.ctx.symbols or list(self.params.markets)
         for symbol in wanted:
             market = _SimMarket(self, self.instruments[symbol], self.params.markets[symbol])
@@ -308,6 +318,15 @@ class SimExchange(ExchangeAdapter):
 
     async def close(self) -> None:
         self.sink = None
+        if self.limits is not None:
+            logger.info(
+                "{}: {} orders accepted, {} requests refused by the {} limits {}",
+                self.name,
+                self.limits.orders_accepted,
+                self.limits.refused_total,
+                self.limits.profile.name,
+                dict(self.limits.refused),
+            )
 
     def submit(self, actions: Sequence[OrderAction]) -> None:
         for action in actions:
@@ -413,6 +432,11 @@ class SimExchange(ExchangeAdapter):
 
     def _arrive(self, action: OrderAction) -> None:
         """An action reaches the venue."""
+        if self.limits is not None:
+            left = self._within_limits(action)
+            if left is None:
+                return
+            action = left
         if isinstance(action, PlaceOrder):
             self._place(action.order)
         elif isinstance(action, CancelOrder):
@@ -424,8 +448,43 @@ class SimExchange(ExchangeAdapter):
             for symbol, market in self.markets.items():
                 if action.symbol in (None, symbol):
                     for sim in market.engine.cancel_all(US):
+                        self._closed(sim.order_id)
                         self._report(market, sim.order_id, OrderStatus.CANCELLED, sim.filled_lots)
                     self._publish(market)
+
+    def _within_limits(self, action: OrderAction) -> OrderAction | None:
+        """Charge ``action`` to the venue profile's limits and report what they refuse as
+        the venue would: a new order REJECTED, a refused cancel answered with the order
+        still live. Returns what is left to carry out."""
+        assert self.limits is not None
+        left, refusals = screen(
+            self.limits,
+            action,
+            self.clock.now_ns(),
+            self.markets,
+            lambda symbol: [o.order_id for o in self.markets[symbol].engine.orders_of(US)],
+        )
+        for refusal in refusals:
+            market = self.markets.get(refusal.symbol)
+            if market is None:
+                continue
+            if not refusal.live:
+                self._report(market, refusal.client_id, OrderStatus.REJECTED, 0, refusal.reason)
+                continue
+            sim = market.engine.get(refusal.client_id)
+            if sim is None:
+                continue  # gone already: its own report settles the cancel
+            status = OrderStatus.PARTIALLY_FILLED if sim.filled_lots else OrderStatus.OPEN
+            self._report(market, refusal.client_id, status, sim.filled_lots, refusal.reason)
+        return left
+
+    def _closed(self, client_id: str) -> None:
+        if self.limits is not None:
+            self.limits.closed(client_id)
+
+    def _rejected(self, client_id: str) -> None:
+        if self.limits is not None:
+            self.limits.rejected(client_id, self.clock.now_ns())
 
     def _report(
         self, market: _SimMarket, client_id: str, status: OrderStatus, filled: int, reason: str = ""
@@ -456,6 +515,7 @@ class SimExchange(ExchangeAdapter):
             return
         problem = market.instrument.check_order(order.price_ticks, order.qty_lots)
         if problem is not None:
+            self._rejected(order.client_id)
             self._report(market, order.client_id, OrderStatus.REJECTED, 0, problem)
             return
         sim = SimOrder(
@@ -470,13 +530,17 @@ class SimExchange(ExchangeAdapter):
         )
         result: SubmitResult = market.engine.submit(sim)
         if not result.accepted:
+            self._rejected(order.client_id)
             self._report(market, order.client_id, OrderStatus.REJECTED, 0, result.reason)
             return
         self._our_orders[order.client_id] = (market, order)
+        if self.limits is not None and result.resting:
+            self.limits.opened(order.client_id, order.symbol)
         self._report(market, order.client_id, OrderStatus.OPEN, 0)
         self._report_trades(market, result.trades)
         for cancelled in result.stp_cancelled:
             if cancelled.owner == US:
+                self._closed(cancelled.order_id)
                 self._report(
                     market,
                     cancelled.order_id,
@@ -489,6 +553,7 @@ class SimExchange(ExchangeAdapter):
             if result.cancelled_remainder_lots:
                 self._report(market, order.client_id, OrderStatus.EXPIRED, filled, "IOC remainder")
             self._our_orders.pop(order.client_id, None)
+            self._closed(order.client_id)
         self._publish(market)
 
     def _cancel(self, client_id: str, symbol: str) -> None:
@@ -500,6 +565,7 @@ class SimExchange(ExchangeAdapter):
             # Already filled: its FILLED report is on the way and settles the pending cancel.
             return
         self._our_orders.pop(client_id, None)
+        self._closed(client_id)
         self._report(market, client_id, OrderStatus.CANCELLED, sim.filled_lots)
         self._publish(market)
 
@@ -558,7 +624,10 @@ class SimExchange(ExchangeAdapter):
                 )
                 self._fills.append(fill)
                 self.clock.call_at(self._stream_time(market, "private"), self._send_fill, fill)
+                if self.limits is not None:
+                    self.limits.filled(order_id, now)
                 if remaining == 0:
                     self._our_orders.pop(order_id, None)
+                    self._closed(order_id)
                     filled = order.qty_lots
                     self._report(market, order_id, OrderStatus.FILLED, filled)
