@@ -676,7 +676,9 @@ class MqttBus(Bus):
         if status == "online":
             beat["queued"] = len(self._queue)
             if self._verifier is not None:
-                beat["refused"] = self._verifier.refused_total
+                refused = self._verifier.refused
+                beat["refused"] = sum(refused.values())
+                beat["refused_by"] = {reason: n for reason, n in refused.items() if n}
         return beat
 
     def _pump(self) -> None:
