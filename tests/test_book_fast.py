@@ -86,8 +86,8 @@ def _spell_price(ticks: int, style: int) -> str:
         f"{whole}.{cents:02d}000000",  # Binance's fixed 8 decimals
         f"{whole}.{cents:02d}",
         f"{whole:05d}.{cents:02d}0",  # leading zeros
-        f"{whole}.{cents:02d}" + "0" * 20,  # more decimals than the fast path reads
-        f"{ticks}E-2",  # exponent form: valid, interpreted path only
+        f"{whole}.{cents:02d}" + "0" * 20,  # more decimals than Binance writes: refused
+        f"{ticks}E-2",  # exponent form: refused by both paths
     ][style]
 
 
@@ -96,8 +96,8 @@ def _spell_qty(lots: int, style: int) -> str:
     return [
         f"{whole}.{frac:05d}000",
         f"{whole}.{frac:05d}",
-        f"{lots}E-5",
-        f"{whole}.{frac:05d}" + "0" * 16,
+        f"{lots}E-5",  # refused
+        f"{whole}.{frac:05d}" + "0" * 16,  # refused: 21 decimals
     ][style]
 
 
@@ -128,12 +128,19 @@ def test_compiled_diffs_equal_interpreted_diffs(
     for bid_levels, ask_levels in events:
         b = [[_spell_price(100_000 - d, ps), _spell_qty(q, qs)] for d, q, ps, qs in bid_levels]
         a = [[_spell_price(100_000 + d, ps), _spell_qty(q, qs)] for d, q, ps, qs in ask_levels]
-        top = compiled.book._apply_text(b, a, compiled._price_table, compiled._qty_table, None)
+        top: Any = compiled.book._apply_text(b, a, compiled._price_table, compiled._qty_table, None)
         if top is None:  # a level off the fast path: handed over, book untouched
-            bids, asks = compiled._convert({"b": b, "a": a})
-            top = compiled.book._apply_keyed(bids, asks, None)
-        bids, asks = interpreted._convert({"b": b, "a": a})
-        assert top == interpreted.book._apply_keyed(bids, asks, None)
+            try:
+                bids, asks = compiled._convert({"b": b, "a": a})
+                top = compiled.book._apply_keyed(bids, asks, None)
+            except BookMessageError as exc:
+                top = ("error", str(exc))
+        try:
+            bids, asks = interpreted._convert({"b": b, "a": a})
+            expected: Any = interpreted.book._apply_keyed(bids, asks, None)
+        except BookMessageError as exc:
+            expected = ("error", str(exc))
+        assert top == expected
         assert _state(compiled.book) == _state(interpreted.book)
 
 
@@ -174,7 +181,7 @@ def test_invalid_levels_are_refused_whole_with_the_interpreted_error(level: Any)
         is None
     )
     with pytest.raises(BookMessageError) as raised:
-        source._process(event, True)
+        source._process(event, 0)
     assert "BTCUSDT" in str(raised.value)
     assert _state(source.book) == before
 
@@ -182,17 +189,17 @@ def test_invalid_levels_are_refused_whole_with_the_interpreted_error(level: Any)
 def test_huge_values_take_the_interpreted_path_exactly() -> None:
     source = _source()
     source.on_snapshot({"lastUpdateId": 1, "bids": [["999.99", "1"]], "asks": [["1000.02", "1"]]})
-    big = "123456789012345678901234.00"  # beyond 64 bits in ticks
+    big = "123456789012345678.12"  # 18 integer digits: beyond 64 bits in ticks
     event = {"e": "depthUpdate", "s": "BTCUSDT", "U": 2, "u": 2, "b": [], "a": [[big, "2.5"]]}
-    source._process(event, True)
-    assert source.book.lots_at(Side.SELL, 12345678901234567890123400) == 250_000
+    source._process(event, 0)
+    assert source.book.lots_at(Side.SELL, 12345678901234567812) == 250_000
     # The compiled path keeps working on a side that now holds a Python-sized key.
     event = {"e": "depthUpdate", "s": "BTCUSDT", "U": 3, "u": 3, "b": [], "a": [["1000.03", "1"]]}
-    source._process(event, True)
+    source._process(event, 0)
     assert source.book.top(Side.SELL, 3) == [
         (100_002, 100_000),
         (100_003, 100_000),
-        (12345678901234567890123400, 250_000),
+        (12345678901234567812, 250_000),
     ]
 
 
@@ -538,6 +545,9 @@ def _read(source: BinanceSpotBookSource, raw: Any, last: int) -> Any:
         book._ask_qty,
         source._price_table,
         source._qty_table,
+        source.max_id_jump,
+        source.max_ids_per_second,
+        0,
     )
 
 

@@ -31,6 +31,7 @@
 
 #define MAX_DECIMALS 18
 #define MAX_SIGNIFICANT 18
+#define MAX_INTEGER_DIGITS 18 /* the wire rule of quoteforge.book.wire, both paths */
 #define TOP_LEVELS 5
 #define STACK_LEVELS 64
 
@@ -45,7 +46,7 @@ static int
 parse_digits(const unsigned char *p, Py_ssize_t n, const long long *table, long long *out)
 {
     long long value = 0;
-    int digits = 0, significant = 0, decimals = 0, point = 0;
+    int integer = 0, significant = 0, decimals = 0, point = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = p[i];
         if (c >= '0' && c <= '9') {
@@ -55,8 +56,12 @@ parse_digits(const unsigned char *p, Py_ssize_t n, const long long *table, long 
                 }
             }
             value = value * 10 + (c - '0');
-            digits++;
-            decimals += point;
+            if (point) {
+                decimals++;
+            }
+            else if (++integer > MAX_INTEGER_DIGITS) {
+                return -1;
+            }
         }
         else if (c == '.' && !point) {
             point = 1;
@@ -65,7 +70,8 @@ parse_digits(const unsigned char *p, Py_ssize_t n, const long long *table, long 
             return -1;
         }
     }
-    if (!digits || decimals > MAX_DECIMALS) {
+    /* The wire rule: digits on both sides of a point, "5" but never "5." or ".5". */
+    if (!integer || (point && !decimals) || decimals > MAX_DECIMALS) {
         return -1;
     }
     long long mul = table[2 * decimals], div = table[2 * decimals + 1];
@@ -500,7 +506,8 @@ scan_decimal(scan_t *s, const long long *table, long long *out)
         value = value * 10 + (unsigned)(*q - '0');
         q++;
     }
-    Py_ssize_t significant = q - lead, digits = q - first, decimals = 0;
+    Py_ssize_t significant = q - lead, integer = q - first, decimals = 0;
+    int plain = integer > 0 && integer <= MAX_INTEGER_DIGITS;
     if (q < end && *q == '.') {
         const unsigned char *fraction = ++q;
         if (!significant) {
@@ -515,9 +522,9 @@ scan_decimal(scan_t *s, const long long *table, long long *out)
         }
         significant += q - lead;
         decimals = q - fraction;
-        digits += decimals;
+        plain = plain && decimals > 0;
     }
-    if (q < end && *q == '"' && digits && significant <= MAX_SIGNIFICANT &&
+    if (q < end && *q == '"' && plain && significant <= MAX_SIGNIFICANT &&
         decimals <= MAX_DECIMALS) {
         long long mul = table[2 * decimals], div = table[2 * decimals + 1], scaled;
         if (div > 0 && !__builtin_mul_overflow((long long)value, mul, &scaled) &&
@@ -706,23 +713,56 @@ scan_object(scan_t *s, int top)
     }
 }
 
+/* 1 when the best bid is at or above the best ask (ask keys are negated ticks), 0 when
+ * not or a side is empty, -1 on a Python error. */
+static int
+is_crossed(PyObject *bid_keys, PyObject *ask_keys)
+{
+    Py_ssize_t nb = PyList_GET_SIZE(bid_keys), na = PyList_GET_SIZE(ask_keys);
+    if (!nb || !na) {
+        return 0;
+    }
+    PyObject *bid = PyList_GET_ITEM(bid_keys, nb - 1), *ask = PyList_GET_ITEM(ask_keys, na - 1);
+    int o1, o2;
+    long long b = PyLong_AsLongLongAndOverflow(bid, &o1);
+    long long a = PyLong_AsLongLongAndOverflow(ask, &o2);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (!o1 && !o2) {
+        return (__int128)b + a >= 0;
+    }
+    PyObject *sum = PyNumber_Add(bid, ask);
+    if (sum == NULL) {
+        return -1;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    int crossed = zero == NULL ? -1 : PyObject_RichCompareBool(sum, zero, Py_GE);
+    Py_XDECREF(zero);
+    Py_DECREF(sum);
+    return crossed;
+}
+
 PyDoc_STRVAR(apply_depth_text_doc,
 "apply_depth_text(raw, symbol, last, futures, chained, bid_keys, bid_qty, ask_keys,\n"
-"                 ask_qty, price_table, qty_table)\n"
+"                 ask_qty, price_table, qty_table, max_jump, per_second, elapsed_ns)\n"
 "\n"
 "Read one Binance depthUpdate from its JSON text (str or bytes; plain or inside a\n"
 "combined-stream envelope) for a live book whose last applied update id is last, and\n"
 "decide it as the interpreted source would: an event already covered is dropped, one\n"
-"that chains is converted and applied all or nothing. Returns (code, u, ts_ns): code\n"
-"-1 for dropped, else the change code of apply_diff; ts_ns is E in ns or None.\n"
+"that chains is converted and applied all or nothing. u may be at most\n"
+"max_jump + per_second * elapsed_ns // 10**9 ids away from last (either way).\n"
+"Returns (code, u, ts_ns): code -1 for dropped, else the change code of apply_diff,\n"
+"plus 16 when the book is crossed or locked after the apply; ts_ns is E in ns or None.\n"
 "Returns None, with the book untouched, for anything else (another shape or spelling,\n"
-"another symbol, a gap, a level off the fast path, ...): the interpreted path decides.");
+"another symbol, a gap, an implausible id, a level off the fast path, ...): the\n"
+"interpreted path decides.");
 
 static PyObject *
 apply_depth_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11) {
-        PyErr_Format(PyExc_TypeError, "apply_depth_text() takes 11 arguments (%zd given)",
+    if (nargs != 14) {
+        PyErr_Format(PyExc_TypeError, "apply_depth_text() takes 14 arguments (%zd given)",
                      nargs);
         return NULL;
     }
@@ -764,6 +804,19 @@ apply_depth_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     else {
         Py_RETURN_NONE;
+    }
+    long long max_jump = PyLong_AsLongLong(args[11]);
+    long long per_second = PyLong_AsLongLong(args[12]);
+    long long elapsed = PyLong_AsLongLong(args[13]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_jump < 0 || per_second < 0) {
+        PyErr_SetString(PyExc_ValueError, "apply_depth_text() id bounds must be >= 0");
+        return NULL;
+    }
+    if (elapsed < 0) {
+        elapsed = 0; /* a clock read out of order grants no extra ids */
     }
     if (!PyLong_CheckExact(last_obj)) {
         Py_RETURN_NONE;
@@ -814,6 +867,13 @@ apply_depth_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     else {
         goto not_handled;
     }
+    /* Ids move only so far per event and per second, both ways: anything further is
+     * the interpreted source's desync (u and last are both in [0, 10**18)). */
+    __int128 allowance = (__int128)max_jump + (__int128)per_second * elapsed / 1000000000;
+    __int128 distance = apply ? (__int128)s.u - last : (__int128)last - s.u;
+    if (distance > allowance) {
+        goto not_handled;
+    }
     long long ts_ns = 0;
     int has_ts = apply && (s.seen & K_E);
     if (apply) {
@@ -829,6 +889,13 @@ apply_depth_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
         code = bid_changed | (ask_changed << 2);
+        if (bid_changed || ask_changed) {
+            int crossed = is_crossed(bid_keys, ask_keys);
+            if (crossed < 0) {
+                goto done;
+            }
+            code |= crossed << 4;
+        }
     }
     PyObject *ts = has_ts ? PyLong_FromLongLong(ts_ns) : Py_NewRef(Py_None);
     PyObject *code_obj = PyLong_FromLong(code);

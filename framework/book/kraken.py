@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from quoteforge.book.l2 import BookState
-from quoteforge.book.source import BookSource, BookSourceParams, Outcome
+from quoteforge.book.source import BookMessageError, BookSource, BookSourceParams, Outcome
 from quoteforge.book.wire import strip_checksum_digits
 from quoteforge.model import Side
 
@@ -48,7 +48,11 @@ def kraken_checksum(asks: list[tuple[str, str]], bids: list[tuple[str, str]]) ->
 
 def _decode(raw: str | bytes) -> Any:
     # Numbers stay as their wire text: the checksum depends on trailing zeros.
-    return json.loads(raw, parse_float=str, parse_int=str)
+    try:
+        return json.loads(raw, parse_float=str, parse_int=str)
+    except RecursionError:
+        # A book message is 4 levels deep; the decoder recurses once per level.
+        raise ValueError("nested deeper than the decoder goes") from None
 
 
 class KrakenBookSource(BookSource):
@@ -87,6 +91,22 @@ class KrakenBookSource(BookSource):
     def on_message(self, raw: str | bytes, recv_ns: int | None = None) -> Outcome:
         self.stats.messages += 1
         try:
+            outcome = self._read(raw, recv_ns)
+        except BookMessageError as exc:
+            self._request_resync(f"unreadable book message ({exc})")
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # nothing a venue sends may escape
+            error = self._malformed(f"book message could not be read ({type(exc).__name__})", raw)
+            self._request_resync(f"unreadable book message ({error})")
+            raise error from None
+        if outcome is Outcome.APPLIED and self.on_update is not None:
+            self.on_update(self.book)
+        return outcome
+
+    def _read(self, raw: str | bytes, recv_ns: int | None) -> Outcome:
+        try:
             msg = _decode(raw)
         except ValueError as exc:
             raise self._malformed(f"book message is not JSON ({exc})", raw) from None
@@ -106,9 +126,10 @@ class KrakenBookSource(BookSource):
                 raise self._malformed("book data entries must be objects", msg)
             if entry.get("symbol") != self.wire_symbol:
                 continue
-            self.states.last_message_ns = now
             apply = self._snapshot if kind == "snapshot" else self._update
             outcome = apply(entry, now)
+            if outcome is Outcome.RESYNC:
+                break
         if outcome is Outcome.IGNORED:
             self.stats.ignored += 1
         return outcome
@@ -182,12 +203,11 @@ class KrakenBookSource(BookSource):
         self._bid_text = {p: t for p, q, t in bids if q > 0}
         self._ask_text = {p: t for p, q, t in asks if q > 0}
         self._cut()
-        if not self._verify(expected):
+        if not self._verify(expected) or self._crossed():
             return Outcome.RESYNC
         self._mark_live("snapshot applied")
+        self.states.last_message_ns = now
         self.stats.applied += 1
-        if self.on_update is not None:
-            self.on_update(book)
         return Outcome.APPLIED
 
     def _update(self, entry: dict[str, Any], now: int) -> Outcome:
@@ -207,13 +227,12 @@ class KrakenBookSource(BookSource):
                 else:
                     text.pop(p, None)
         self._cut()
-        if not self._verify(expected):
+        if not self._verify(expected) or self._crossed():
             return Outcome.RESYNC
+        self.states.last_message_ns = now
         self.stats.applied += 1
         if book.state is not BookState.LIVE:
             self._mark_live("updates resumed with a matching checksum")
-        if self.on_update is not None:
-            self.on_update(book)
         return Outcome.APPLIED
 
     def _cut(self) -> None:
@@ -222,6 +241,20 @@ class KrakenBookSource(BookSource):
             del self._bid_text[p]
         for p in removed_asks:
             del self._ask_text[p]
+
+    def _crossed(self) -> bool:
+        """A crossed or locked book is a desync even when the checksum agrees (it only
+        covers what both sides computed); O(1): the best level of each side."""
+        book = self.book
+        bid, ask = book.best_bid_ticks(), book.best_ask_ticks()
+        if bid is None or ask is None or bid < ask:
+            return False
+        self.stats.crossed += 1
+        self._request_resync(
+            f"book crossed: best bid {self.instrument.ticks_to_price(bid)} >= best ask "
+            f"{self.instrument.ticks_to_price(ask)}; resubscribing"
+        )
+        return True
 
     def _verify(self, expected: int | None) -> bool:
         if not self.verify_checksum or expected is None:

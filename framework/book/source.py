@@ -7,13 +7,14 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from quoteforge.book.l2 import BookState, L2Book
 from quoteforge.book.state import BookStateMachine, StateObserver
-from quoteforge.book.wire import BookMessageError, WireDecimalParser
+from quoteforge.book.wire import BookMessageError, WireDecimalParser, step_decimals
 from quoteforge.clock import Clock
 from quoteforge.model import Instrument
 
@@ -51,6 +52,8 @@ class SourceStats:
     snapshots: int = 0
     gaps: int = 0
     checksum_failures: int = 0
+    crossed: int = 0
+    implausible_ids: int = 0
     resyncs: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -67,7 +70,7 @@ UpdateCallback = Callable[[L2Book], None]
 class BookSourceParams(BaseModel):
     """Options every book source accepts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     stale_after_ms: float | None = Field(
         5_000.0,
@@ -86,6 +89,9 @@ class BookSource(ABC):
 
     protocol: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = BookSourceParams
+    wire_decimals: ClassVar[int | None] = None
+    """Most decimals the venue writes in a price or quantity; None: exactly as many as
+    the instrument's tick and lot sizes have (texts with more are refused)."""
 
     def __init__(
         self,
@@ -106,11 +112,17 @@ class BookSource(ABC):
         self.on_update = on_update
         self._needs_snapshot = True
         self._snapshot_requested = False
-        self._price = WireDecimalParser(self.instrument.tick_size, "price", self.book.key)
-        self._qty = WireDecimalParser(self.instrument.lot_size, "quantity", self.book.key)
+        self._price = self._parser(self.instrument.tick_size, "price")
+        self._qty = self._parser(self.instrument.lot_size, "quantity")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.book.key}, {self.book.state.value})"
+
+    def _parser(self, step: Decimal, what: str) -> WireDecimalParser:
+        decimals = step_decimals(step)
+        if self.wire_decimals is not None:
+            decimals = max(decimals, self.wire_decimals)
+        return WireDecimalParser(step, what, self.book.key, max_decimals=decimals)
 
     # -- driving -------------------------------------------------------------------------
     @abstractmethod
@@ -180,7 +192,12 @@ class BookSource(ABC):
 
     def _malformed(self, what: str, detail: Any) -> BookMessageError:
         self.stats.malformed += 1
-        text = repr(detail)
+        if isinstance(detail, str | bytes):
+            detail = detail[:200]  # the message named, not copied whole
+        try:
+            text = repr(detail)
+        except RecursionError:  # nested deeper than repr() goes
+            text = f"<{type(detail).__name__} nested too deep to show>"
         if len(text) > 160:
             text = text[:157] + "..."
         return BookMessageError(f"{self.book.key} ({self.protocol}): {what}: {text}")

@@ -149,7 +149,8 @@ def test_control_messages_and_other_symbols_are_ignored(kraken_btcusd: Instrumen
     ("mutate", "message"),
     [
         (lambda e: e.update(bids=[{"price": 1.0}]), "bad level"),
-        (lambda e: e.update(asks=[{"price": "45290.25", "qty": "1.0"}]), "not a multiple"),
+        (lambda e: e.update(asks=[{"price": "45290.25", "qty": "1.0"}]), "writes at most 1"),
+        (lambda e: e.update(asks=[{"price": "45290.2", "qty": "1e-05"}]), "exponent"),
         (lambda e: e.update(asks="none"), "must be a list"),
         (lambda e: e.update(checksum="x"), "checksum"),
         (lambda e: e.update(timestamp="yesterday"), "RFC 3339"),
@@ -172,7 +173,9 @@ def test_malformed_update_raises_and_leaves_the_book_unchanged(
     with pytest.raises(BookMessageError, match=message):
         source.on_message(raw, 0)
     assert (list(source.book.levels(Side.BUY)), list(source.book.levels(Side.SELL))) == before
-    assert source.state is BookState.LIVE
+    # An update that cannot be read leaves a hole: resubscribe for a fresh snapshot.
+    assert source.state is BookState.RESYNCING and source.needs_snapshot
+    assert source.stats.malformed == 1 and source.stats.resyncs == 1
 
 
 def test_unknown_depth_is_refused(kraken_btcusd: Instrument) -> None:
