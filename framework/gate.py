@@ -208,4 +208,3 @@ class OrderGate:
     def _refuse(self, stage: str, why: str, count: int = 1) -> None:
         self.refusals[stage] += count
         self.last_refusal = why
-

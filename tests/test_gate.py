@@ -370,11 +370,12 @@ def perform(run: Run, action: tuple[Any, ...]) -> None:
 )
 @given(program=PROGRAMS, seed=st.integers(1, 1000))
 def test_nothing_reaches_a_venue_that_the_gate_forbids(
-    probe_registry: PluginRegistry, tmp_path_factory: pytest.TempPathFactory, program: Any, seed: int
+    probe_registry: PluginRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
+    program: Any,
+    seed: int,
 ) -> None:
-    run, watch = build(
-        probe_registry, tmp_path_factory.mktemp("gate"), seed=seed, duration="12s"
-    )
+    run, watch = build(probe_registry, tmp_path_factory.mktemp("gate"), seed=seed, duration="12s")
     start = run.clock.now_ns()
     for at_ms, action in program:
         run.clock.call_at(start + at_ms * 1_000_000, perform, run, action)
