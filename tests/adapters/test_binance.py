@@ -23,9 +23,38 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "binance_rest"
 async def test_instruments_have_the_exact_venue_grid() -> None:
     async with running(BINANCE_KIT) as h:
         inst = h.instrument
-        assert (inst.tick_size, inst.lot_size) == (Decimal("0.01"), Decimal("0.00001"))
+        # Quantities are counted at baseAssetPrecision (what the venue sends), orders
+        # go out on the LOT_SIZE step.
+        assert (inst.tick_size, inst.lot_size) == (Decimal("0.01"), Decimal("1E-8"))
+        assert inst.qty_step == Decimal("0.00001")
         assert (inst.min_qty, inst.min_notional) == (Decimal("0.00001"), Decimal("5"))
         assert (inst.base, inst.quote, inst.venue) == ("BTC", "USDT", "binance")
+
+
+async def test_a_fill_finer_than_the_order_step_is_read_at_the_venue_precision() -> None:
+    """Taking a resting order of someone else's that is finer than today's step (orders
+    placed before a step change rest on): the stream, REST and balances all carry the
+    8-decimal quantity, and it is booked exactly."""
+    async with running(BINANCE_KIT) as h:
+        inst = h.instrument
+        ask_ticks = h.replica_levels("sell")[0][0]
+        await h.replica.set_level(h.symbol, "sell", inst.ticks_to_price(ask_ticks), "0.00012345")
+        await h.wait_book_matches()
+        assert h.book.lots_at(Side.SELL, ask_ticks) == 12_345
+        held = (await h.adapter.fetch_balances()).get("BTC", Decimal(0))
+        order = h.order(Side.BUY, price=ask_ticks, lots=inst.qty_to_lots("0.001"))
+        order.tif = TimeInForce.IOC
+        assert inst.check_order(order.price_ticks, order.qty_lots) is None
+        last = await h.place(order, until=lambda u: u.status.is_terminal)
+        assert last.status is OrderStatus.EXPIRED
+        await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "the fill")
+        (fill,) = h.sink.fills_of(order.client_id)
+        assert inst.lots_to_qty(fill.qty_lots) == Decimal("0.00012345")
+        rest = [f for f in await h.adapter.fetch_fills(0) if f.fill_id == fill.fill_id]
+        assert [f.qty_lots for f in rest] == [12_345]
+        now = (await h.adapter.fetch_balances()).get("BTC", Decimal(0))
+        fee = fill.fee if fill.fee_asset == "BTC" else Decimal(0)
+        assert now - held == Decimal("0.00012345") - fee
 
 
 async def test_timeout_after_processing_is_looked_up_and_never_resent() -> None:
