@@ -37,11 +37,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from quoteforge.bus import InProcessBus
 from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
 from quoteforge.topics import Codec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bus_bench.json"
+# The --signed rows: both ends hold the run's bus key, as the nodes of a split run do.
+BENCH_KEY = SecretStr("bench-key-0123456789abcdef0123456789abcdef")
 
 
 @dataclass
@@ -145,10 +149,17 @@ def bench_codec(count: int) -> list[Row]:
 
 
 def _subscriber(
-    port: int, run: str, expected: int, seconds: float, freeze: bool, conn: Connection
+    port: int,
+    run: str,
+    expected: int,
+    seconds: float,
+    freeze: bool,
+    conn: Connection,
+    signed: bool = False,
 ) -> None:
     async def main() -> None:
-        bus = MqttBus(MqttParams(port=port, heartbeat_interval_s=0), run)
+        key = BENCH_KEY if signed else None
+        bus = MqttBus(MqttParams(port=port, heartbeat_interval_s=0, signing_key=key), run)
         await bus.start()
         if freeze:
             gc.freeze()
@@ -179,11 +190,22 @@ def _subscriber(
 
 
 async def _publish(
-    port: int, run: str, qos: int, count: int, rate: float | None, batch: int, freeze: bool
+    port: int,
+    run: str,
+    qos: int,
+    count: int,
+    rate: float | None,
+    batch: int,
+    freeze: bool,
+    signed: bool = False,
 ) -> None:
     """Publish ``count`` messages (as fast as possible, or paced at ``rate``/s)."""
     params = MqttParams(
-        port=port, heartbeat_interval_s=0, max_queued=count + 10, batch_max_messages=batch
+        port=port,
+        heartbeat_interval_s=0,
+        max_queued=count + 10,
+        batch_max_messages=batch,
+        signing_key=BENCH_KEY if signed else None,
     )
     bus = MqttBus(params, run)
     await bus.start()
@@ -215,17 +237,18 @@ def bench_mqtt(
     rate: float | None,
     batch: int = 256,
     freeze: bool = False,
+    signed: bool = False,
 ) -> Row:
     run = f"bench{int(time.time() * 1000) % 10_000_000}q{qos}"
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_subscriber, args=(port, run, count, seconds, freeze, child))
+    proc = ctx.Process(target=_subscriber, args=(port, run, count, seconds, freeze, child, signed))
     proc.start()
     try:
         if not parent.poll(15):
             raise RuntimeError("subscriber process did not get ready")
         parent.recv()
-        asyncio.run(_publish(port, run, qos, count, rate, batch, freeze))
+        asyncio.run(_publish(port, run, qos, count, rate, batch, freeze, signed))
         if not parent.poll(seconds + 15):
             raise RuntimeError("subscriber process did not report")
         received, frames, first, last, latencies = parent.recv()
@@ -239,7 +262,8 @@ def bench_mqtt(
     return Row(
         f"mqtt qos{qos} {mode}"
         + ("" if batch > 1 else " batch 1")
-        + (" gc.freeze" if freeze else ""),
+        + (" gc.freeze" if freeze else "")
+        + (" signed" if signed else ""),
         count,
         received,
         elapsed,
@@ -333,6 +357,12 @@ def main() -> int:
     parser.add_argument(
         "--no-reference", action="store_true", help="skip the batch 1 reference rows"
     )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="add the flood and paced rows again with a bus key on both ends (every "
+        "frame signed and checked), to compare in the same run",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -354,6 +384,13 @@ def main() -> int:
                 if not args.no_reference:
                     for qos in (0, 1):
                         rows.append(bench_mqtt(port, qos, args.count, args.seconds, None, 1))
+                if args.signed:
+                    for qos in (0, 1):
+                        for rate in (None, args.rate):
+                            count = args.count if rate is None else paced
+                            rows.append(
+                                bench_mqtt(port, qos, count, args.seconds, rate, signed=True)
+                            )
             finally:
                 if broker is not None:
                     broker.kill()
