@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,48 @@ def test_strategy_trades_on_paper_through_the_engine(tmp_path: Path) -> None:
     assert len(fills) > 5
     assert run.summary_rows()[0]["fill_count"] == len(fills)
     assert {f.client_id for f in fills} <= {o.client_id for o in run.orders.all_orders()}
+
+
+def test_paper_over_real_binance_traffic_fills_our_orders_in_whole_steps(
+    tmp_path: Path,
+) -> None:
+    """Real BTCUSDT depth and trades (8 decimals) drive the fill simulator of a paper
+    venue whose orders go in 0.00001 steps: queues are counted at the venue's precision,
+    our fills in whole steps."""
+    from test_replay_real import REAL, to_recording
+
+    from quoteforge.exchanges.replay import ReplayExchange, ReplayParams
+
+    recording = to_recording(REAL, tmp_path / "btcusdt.jsonl", "BTCUSDT")
+    clock = SimClock(10**18)
+    ctx = VenueContext("binance", clock, seed=2, mode="paper", symbols=["BTC/USDT"])
+    market = {"BTC/USDT": {"tick_size": "0.01", "qty_step": "0.00001"}}
+    inner = ReplayExchange(
+        ReplayParams.model_validate(
+            {"protocol": "binance_spot", "data": str(recording), "markets": market}
+        ),
+        ctx,
+    )
+    paper = wrap_for_paper(inner, {"latency": {"market_data_ms": 0, "order_ms": 0}}, ctx)
+    sink = Sink()
+    asyncio.run(paper.connect(sink))
+    start = clock.now_ns()
+    clock.run_until(start + 2 * 10**9)
+    book = paper.books["BTC/USDT"]
+    inst = paper.instruments["BTC/USDT"]
+    assert (inst.lot_size, inst.qty_step) == (Decimal("1E-8"), Decimal("0.00001"))
+    bid = book.best_bid_ticks()
+    ask = book.best_ask_ticks()
+    assert bid is not None and ask is not None
+    rest = Order("p1", "binance", "BTC/USDT", Side.BUY, inst.qty_to_lots("0.05"), bid)
+    take = Order(
+        "p2", "binance", "BTC/USDT", Side.BUY, inst.qty_to_lots("2"), ask + 500, tif=TimeInForce.IOC
+    )
+    paper.submit([PlaceOrder(rest), PlaceOrder(take)])
+    clock.run_until(clock.now_ns() + 10**6)
+    assert paper.fills.queue_ahead("p1") == book.lots_at(Side.BUY, bid)
+    clock.run_until(start + 60 * 10**9)
+    ours = [f for f in sink.fills if f.client_id in ("p1", "p2")]
+    assert {f.client_id for f in ours} == {"p1", "p2"}
+    assert all(f.qty_lots % inst.step_lots == 0 for f in ours)
+    assert sum(f.qty_lots for f in ours if f.client_id == "p2") <= take.qty_lots
