@@ -229,3 +229,16 @@ def test_pnl_equals_cash_flow_plus_marked_position(
     if position == 0:
         assert p.realized(K) == cash
         assert p.unrealized(K, mark) == 0
+
+
+def test_fills_finer_than_the_order_step_are_booked_exactly() -> None:
+    # Binance BTCUSDT: 8 decimals reported, orders in steps of 0.00001.
+    spot = Instrument(
+        "binance", "BTCUSDT", "BTC", "USDT", D("0.01"), D("0.00000001"), qty_step=D("0.00001")
+    )
+    portfolio = Portfolio({spot.key: spot})
+    portfolio.apply_fill(fill(spot, Side.BUY, "60000.00", "0.00012345"))
+    portfolio.apply_fill(fill(spot, Side.SELL, "60010.00", "0.00002345"))
+    assert portfolio.position(spot.key) == D("0.0001")
+    assert portfolio.realized(spot.key) == D("0.2345") * D("0.001")  # 10 x 0.00002345
+    assert portfolio.unrealized(spot.key, D("60001.00")) == D("0.0001")
