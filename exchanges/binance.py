@@ -40,7 +40,13 @@ if TYPE_CHECKING:
     from quoteforge.book.binance import BinanceSpotBookSource
     from quoteforge.book.source import BookSource
 
-__all__ = ["BinanceParams", "BinanceSpot", "create_binance", "quoteforge_register_exchanges"]
+__all__ = [
+    "BinanceParams",
+    "BinanceSpot",
+    "create_binance",
+    "instrument_from_exchange_info",
+    "quoteforge_register_exchanges",
+]
 
 LIVE_REST = "https://api.binance.com"
 LIVE_STREAMS = "wss://stream.binance.com:9443"
@@ -111,6 +117,36 @@ def quoteforge_register_exchanges(register: Any) -> None:
         params=BinanceParams,
         description="Binance spot (REST over ccxt, diff-depth books, websocket user stream).",
         requires=("ccxt",),
+    )
+
+
+def instrument_from_exchange_info(
+    venue: str, symbol: str, symbol_info: dict[str, Any]
+) -> Instrument:
+    """The instrument for one ``symbols[]`` entry of spot ``GET /api/v3/exchangeInfo``.
+
+    Prices on PRICE_FILTER ``tickSize``; quantities counted at ``baseAssetPrecision``
+    (what the venue reports) and ordered on LOT_SIZE ``stepSize``.
+    """
+    native = symbol_info.get("symbol", symbol)
+    filters = {f["filterType"]: f for f in symbol_info.get("filters", [])}
+    price_filter, lot = filters.get("PRICE_FILTER"), filters.get("LOT_SIZE")
+    if price_filter is None or lot is None:
+        raise ValueError(f"{venue}: {native} has no PRICE_FILTER/LOT_SIZE filter")
+    notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
+    return Instrument(
+        venue=venue,
+        symbol=symbol,
+        base=symbol_info["baseAsset"],
+        quote=symbol_info["quoteAsset"],
+        tick_size=Decimal(price_filter["tickSize"]).normalize(),
+        # The venue reports quantities (book levels, fills, balances) at the base
+        # asset's precision, finer than the order step: resting orders from before
+        # a step change show e.g. 25.42618900 BTC on a 0.00001 step.
+        lot_size=Decimal(1).scaleb(-int(symbol_info.get("baseAssetPrecision", 8))),
+        qty_step=Decimal(lot["stepSize"]).normalize(),
+        min_qty=Decimal(lot.get("minQty", "0")).normalize(),
+        min_notional=Decimal(notional.get("minNotional", "0")).normalize(),
     )
 
 
@@ -248,26 +284,7 @@ class BinanceSpot(CcxtSpotAdapter):
             )
         out: dict[str, Instrument] = {}
         for symbol, native in wanted.items():
-            info = by_name[native]
-            filters = {f["filterType"]: f for f in info.get("filters", [])}
-            price_filter, lot = filters.get("PRICE_FILTER"), filters.get("LOT_SIZE")
-            if price_filter is None or lot is None:
-                raise ValueError(f"{self.name}: {native} has no PRICE_FILTER/LOT_SIZE filter")
-            notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
-            out[symbol] = Instrument(
-                venue=self.name,
-                symbol=symbol,
-                base=info["baseAsset"],
-                quote=info["quoteAsset"],
-                tick_size=Decimal(price_filter["tickSize"]).normalize(),
-                # The venue reports quantities (book levels, fills, balances) at the base
-                # asset's precision, finer than the order step: resting orders from before
-                # a step change show e.g. 25.42618900 BTC on a 0.00001 step.
-                lot_size=Decimal(1).scaleb(-int(info.get("baseAssetPrecision", 8))),
-                qty_step=Decimal(lot["stepSize"]).normalize(),
-                min_qty=Decimal(lot.get("minQty", "0")).normalize(),
-                min_notional=Decimal(notional.get("minNotional", "0")).normalize(),
-            )
+            out[symbol] = instrument_from_exchange_info(self.name, symbol, by_name[native])
             self._native[symbol] = native
             self._by_native[native] = symbol
         return out
