@@ -58,6 +58,7 @@ from quoteforge.orders import OrderManager, fill_from_dict
 from quoteforge.portfolio import Portfolio
 from quoteforge.progress import Progress
 from quoteforge.registry import PluginRegistry
+from quoteforge.resume import ReplayJournal, ResumeRefusedError, replays_on_resume
 from quoteforge.risk import RiskChain, RiskRefusal, RiskView
 from quoteforge.strategy import Market, Strategy, StrategyContext
 
@@ -149,6 +150,10 @@ class Run:
         venue_factory: Callable[[str, Any, BaseModel, VenueContext], ExchangeAdapter] | None = None,
     ) -> None:
         self.resume = resume
+        # A simulated run resumes by replaying its first life (see quoteforge.resume).
+        self.replaying = resume and replays_on_resume(loaded.manifest.run.mode)
+        #: Why a replaying resume was refused (the replay differed from the journal).
+        self.resume_refused = ""
         # Lets a node (or a test) stand a different adapter in for a manifest exchange,
         # e.g. one that reaches the venue through the bus.
         self.venue_factory = venue_factory
@@ -209,6 +214,9 @@ class Run:
         jspec = m.journal
         journal_factory = reg.get("journal", jspec.type).factory
         self.journal: Journal = journal_factory(self.loaded.params_of("journal"), self.run_dir)
+        if self.replaying:
+            # Everything the replay journals is checked against the first life's records.
+            self.journal = ReplayJournal(self.journal, self._refuse_resume)
         bus_factory = reg.get("bus", m.bus.type).factory
         self.bus: Bus = bus_factory(self.loaded.params_of("bus"), self.topic_run)
 
@@ -261,7 +269,10 @@ class Run:
         self._policy_retry = getattr(self.policy, "retry_at_ns", None)
         self.breakers = Breakers(m.breakers, self._on_trip) if m.breakers is not None else None
         # A resumed run gets a new id session so no client id of the first life repeats.
-        session = _base36(time.time_ns() // 1_000_000) if self.resume else None
+        # A replayed simulation makes the same ids again, so it keeps the first session.
+        session = (
+            _base36(time.time_ns() // 1_000_000) if self.resume and not self.replaying else None
+        )
         self.orders = OrderManager(
             self.journal, self.clock, id_prefix=_id_prefix(m.run.name), session=session
         )
@@ -339,7 +350,13 @@ class Run:
         await self.bus.start()
         self.started_ns = self.clock.now_ns()
         journaled_fills: list[Fill] = []
-        if self.resume:
+        if isinstance(self.journal, ReplayJournal):
+            self.log.info(
+                "resuming {} by replaying it: {} journal records to produce again",
+                self.run_id,
+                self.journal.expected,
+            )
+        elif self.resume:
             records = list(self.journal.read())
             self.orders.restore(records)
             journaled_fills = [
@@ -352,13 +369,17 @@ class Run:
                 len(journaled_fills),
                 len(self.orders.all_working()),
             )
+        info_path = self.run_dir / "run.json"
+        self._run_info_before = (
+            info_path.read_text(encoding="utf-8") if self.replaying and info_path.exists() else None
+        )
         self._write_run_files()
         for venue in self.venues.values():
             await venue.connect(self)
         self._attach_markets()
         for fill in journaled_fills:
             self.portfolio.apply_fill(fill)
-        if self.resume:
+        if self.resume and not self.replaying:
             await self.reconcile(since_ns=max((f.ts_ns for f in journaled_fills), default=0))
         elif self.mode == "live":
             # A fresh live start: orders of ours left open by an earlier life that was not
@@ -373,8 +394,13 @@ class Run:
                 {"event": "start", "mode": self.mode, "seed": self.manifest.run.seed},
             )
         )
-        self._trace = (self.run_dir / "trace.jsonl").open(
-            "a" if self.resume else "w", encoding="utf-8", buffering=1 << 16
+        # A replay writes its trace anew beside the old one and swaps it in at the end.
+        name = "trace.jsonl.replay" if self.replaying else "trace.jsonl"
+        self._trace_path = self.run_dir / name
+        self._trace = self._trace_path.open(
+            "a" if self.resume and not self.replaying else "w",
+            encoding="utf-8",
+            buffering=1 << 16,
         )
         self.bus.subscribe(
             f"quoteforge/{self.topic_run}/control/kill",
@@ -558,6 +584,11 @@ class Run:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.stop()
+        if self.resume_refused:
+            raise ResumeRefusedError(
+                f"run {self.run_id} cannot be resumed exactly: {self.resume_refused}. "
+                "The run folder is unchanged; start a new run instead"
+            )
         return self.stop_reason
 
     async def _drive_sim(self, clock: SimClock) -> None:
@@ -612,6 +643,9 @@ class Run:
         self._stop.set()  # from here on nothing requotes; only cancels go out
         if hasattr(self, "gate"):
             self.gate.close(f"the run is stopping: {self.stop_reason or 'stop'}")
+        if self.resume_refused:
+            await self._abandon_replay()
+            return
         for handle in self._timers:
             handle.cancel()
         await self._cancel_everything()
@@ -645,12 +679,36 @@ class Run:
         if self._trace is not None:
             self._trace.close()
             self._trace = None
+            if self._trace_path.name != "trace.jsonl":
+                self._trace_path.replace(self.run_dir / "trace.jsonl")
         written = self._write_summary(summary)
         self._finish_run_file()
         hook = self.registry.pm.hook
         self._call_observers(hook.quoteforge_run_stopped, run=self, summary=summary)
         for path in written:
             self._call_observers(hook.quoteforge_report_written, run=self, path=path)
+
+    def _refuse_resume(self, why: str) -> None:
+        self.resume_refused = why
+        self.log.error("resume refused: {}", why)
+        self.request_stop(f"resume refused: {why}")
+
+    async def _abandon_replay(self) -> None:
+        """A replay that differs from the journal: release everything, change nothing in
+        the run folder (the journal wrote nothing after the first difference)."""
+        for handle in self._timers:
+            handle.cancel()
+        for venue in self.venues.values():
+            with contextlib.suppress(Exception):
+                await venue.close()
+        await self.journal.close()
+        await self.bus.close()
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
+            self._trace_path.unlink(missing_ok=True)
+        if self._run_info_before is not None:
+            (self.run_dir / "run.json").write_text(self._run_info_before, encoding="utf-8")
 
     async def _cancel_everything(self) -> None:
         """Pull every working order and wait (bounded) for the venues to confirm."""

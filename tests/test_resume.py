@@ -1,0 +1,191 @@
+"""Resume that is exact or refused: a simulated run killed at any point and resumed has
+the journal of a run that was never interrupted; a finished run is not traded again; a
+replay that differs from the journal is refused and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quoteforge.cli import main
+from quoteforge.resume import ResumeRefusedError, check_resumable
+
+MANIFEST = """\
+run: {name: resumable, mode: sim, duration: 90s, seed: 11, sample_interval: 1s}
+exchanges:
+  sim:
+    type: sim
+    params:
+      markets:
+        BTC/USDT:
+          tick_size: "0.01"
+          lot_size: "0.0001"
+          initial_price: 30000
+          process: {model: brownian, sigma: 0.0001}
+          flow: {arrival_rate: 3.0, reach: 15.0, size: 0.05}
+          liquidity: {levels: 5, distance: 20.0, spacing: 5.0, size: 0.2}
+strategies:
+  mm:
+    type: pure_market_making
+    exchange: sim
+    symbols: BTC/USDT
+    params: {spread_bps: 4, order_size: 0.05, levels: 2, inventory_limit: 1.0}
+risk:
+  position: {type: max_position, params: {max_position: 5}}
+report: {html: false, png: false}
+"""
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "quoteforge.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def journal(run_dir: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        return conn.execute(
+            "SELECT event_id, kind, ts_ns, market, payload FROM journal ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, list[tuple[object, ...]]]:
+    base = tmp_path_factory.mktemp("whole")
+    manifest = base / "m.yaml"
+    manifest.write_text(MANIFEST)
+    proc = cli("run", str(manifest), "--out", str(base / "run"), "--quiet")
+    _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    rows = journal(base / "run")
+    assert any(r[1] == "fill" for r in rows), "the reference run must trade"
+    return manifest, rows
+
+
+def kill_during_run(manifest: Path, run_dir: Path, after_rows: int | None, delay: float) -> None:
+    """Start the manifest and SIGKILL it, either once its journal holds ``after_rows``
+    rows or after ``delay`` seconds (whichever is asked)."""
+    proc = cli("run", str(manifest), "--out", str(run_dir), "--quiet")
+    deadline = time.monotonic() + 120
+    started = time.monotonic()
+    while proc.poll() is None and time.monotonic() < deadline:
+        if after_rows is None:
+            if time.monotonic() - started >= delay:
+                break
+        elif (run_dir / "journal.sqlite").exists():
+            try:
+                if len(journal(run_dir)) >= after_rows:
+                    break
+            except sqlite3.Error:
+                pass  # the writer is creating the table
+        time.sleep(0.02)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+def test_killed_sim_runs_resume_to_the_uninterrupted_journal(
+    uninterrupted: tuple[Path, list[tuple[object, ...]]], tmp_path: Path
+) -> None:
+    manifest, whole = uninterrupted
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    outcomes = []
+    for attempt in range(3):
+        run_dir = tmp_path / f"try{attempt}" / "run"
+        run_dir.parent.mkdir()
+        # Kill after a random share of the reference journal was written (or, once in a
+        # while, before the run folder even exists).
+        share = rng.random()
+        kill_during_run(manifest, run_dir, after_rows=max(1, int(share * len(whole))), delay=0)
+        before = journal(run_dir) if (run_dir / "journal.sqlite").exists() else []
+        proc = cli("run", "--resume", str(run_dir), "--quiet")
+        _out, err = proc.communicate(timeout=180)
+        context = f"random seed {seed}, attempt {attempt}, killed at {len(before)} rows"
+        if proc.returncode == 0:
+            assert journal(run_dir) == whole, context
+            info = json.loads((run_dir / "run.json").read_text())
+            assert info["finished_at"] and info["resumed"], context
+            outcomes.append("resumed")
+        else:
+            # Refused: clean, with the reason, and the run folder as it was.
+            assert proc.returncode == 2, context + err[-2000:]
+            assert "Traceback" not in err, context + err[-2000:]
+            assert "quoteforge run --resume:" in err, context + err[-2000:]
+            if before:
+                assert journal(run_dir) == before, context
+            outcomes.append("refused")
+    assert "resumed" in outcomes, f"random seed {seed}: no kill left a resumable run"
+
+
+def test_a_finished_sim_run_is_refused_and_left_alone(
+    uninterrupted: tuple[Path, list[tuple[object, ...]]], tmp_path: Path
+) -> None:
+    manifest, whole = uninterrupted
+    run_dir = tmp_path / "run"
+    assert main(["run", str(manifest), "--out", str(run_dir), "--quiet"]) == 0
+    proc = cli("run", "--resume", str(run_dir), "--quiet")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "ended at" in err and "start a new run instead" in err
+    assert journal(run_dir) == whole
+
+
+def test_a_replay_that_differs_is_refused_and_changes_nothing(
+    uninterrupted: tuple[Path, list[tuple[object, ...]]], tmp_path: Path
+) -> None:
+    manifest, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    kill_during_run(manifest, run_dir, after_rows=150, delay=0)
+    before = journal(run_dir)
+    trace = (run_dir / "trace.jsonl").read_bytes()
+    info = (run_dir / "run.json").read_text()
+    assert len(before) > 0
+    # The run folder's manifest is what a resume runs: a changed spread quotes elsewhere.
+    saved = run_dir / "manifest.yaml"
+    saved.write_text(saved.read_text().replace("spread_bps: 4", "spread_bps: 9"))
+    proc = cli("run", "--resume", str(run_dir), "--quiet")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert "cannot be resumed exactly" in err and "differs from the journal" in err
+    assert "Traceback" not in err
+    assert journal(run_dir) == before
+    assert (run_dir / "trace.jsonl").read_bytes() == trace
+    assert (run_dir / "run.json").read_text() == info
+    assert not (run_dir / "trace.jsonl.replay").exists()
+
+
+def test_a_finished_live_run_needs_continue(tmp_path: Path) -> None:
+    (tmp_path / "manifest.yaml").write_text(MANIFEST)
+    (tmp_path / "run.json").write_text(
+        json.dumps({"mode": "live", "finished_at": "2026-12-01T00:00:00+00:00", "stop_reason": "x"})
+    )
+    with pytest.raises(ResumeRefusedError, match="Pass --continue to continue a finished run"):
+        check_resumable(tmp_path)
+    assert check_resumable(tmp_path, continue_finished=True)["mode"] == "live"
+    (tmp_path / "run.json").write_text(json.dumps({"mode": "live"}))
+    assert check_resumable(tmp_path)["mode"] == "live"  # interrupted: resumable as before
+
+
+def test_continue_only_goes_with_resume(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST)
+    assert main(["run", str(manifest), "--continue"]) == 2
+    assert "--continue goes with --resume" in capsys.readouterr().err
