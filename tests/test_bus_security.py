@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -446,3 +449,80 @@ async def test_messages_without_the_key_neither_trade_nor_stop_and_replays_are_r
     assert mentions(exec_dir, "forged-1") == 0
     assert all(proc.poll() is None for proc in nodes.procs.values()), "a node stopped"
     assert "refused a frame on" in nodes.log("execution")
+
+
+# ---------------------------------------------------------------------------------------
+# Signed buses over the broker: last wills and retained values
+# ---------------------------------------------------------------------------------------
+
+
+async def test_a_signed_last_will_and_retained_values_reach_signed_peers(
+    buses: list[MqttBus], tmp_path: Path
+) -> None:
+    port = require_shared_broker()
+    run = f"t{uuid.uuid4().hex[:10]}"
+    client_id = f"doomed-{run}"
+    key = KEY.decode()
+    script = tmp_path / "node.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio
+            from pydantic import SecretStr
+            from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
+
+            async def main():
+                params = MqttParams(
+                    port={port}, client_id={client_id!r}, keepalive=2,
+                    signing_key=SecretStr({key!r}),
+                )
+                bus = MqttBus(params, {run!r})
+                await bus.start()
+                await bus.flush(5)
+                print("ready", flush=True)
+                await asyncio.sleep(60)
+
+            asyncio.run(main())
+            """
+        )
+    )
+
+    def signed_params(signed: bool = True) -> MqttParams:
+        return MqttParams(
+            port=port,
+            heartbeat_interval_s=0,
+            connect_timeout_s=3,
+            close_timeout_s=1,
+            signing_key=SecretStr(key) if signed else None,
+        )
+
+    topic = TopicScheme(run).heartbeat(client_id)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line.strip() == b"ready"
+        watcher = await started(buses, signed_params(), run)
+        beats: list[dict[str, Any]] = []
+        watcher.subscribe(topic, lambda t, p: beats.append(p))
+        await wait_until(lambda: len(beats) == 1, 5, "the retained online heartbeat")
+        assert beats[0]["status"] == "online"
+        # An unsigned "offline" on the same topic is refused; the real will is not.
+        unsigned = await started(buses, signed_params(signed=False), run)
+        unsigned.publish(topic, {"status": "offline", "node": client_id})
+        await unsigned.flush(5)
+        await wait_until(lambda: watcher.stats.refused["unsigned"] == 1, 5, "unsigned refused")
+        proc.kill()
+        await wait_until(lambda: len(beats) == 2, 10, "the last will")
+        assert beats[1]["status"] == "offline" and beats[1]["reason"] == "connection lost"
+        # A node joining later gets the retained will, signed long before it was sent.
+        late = await started(buses, signed_params(), run)
+        late_beats: list[dict[str, Any]] = []
+        late.subscribe(topic, lambda t, p: late_beats.append(p))
+        await wait_until(lambda: bool(late_beats), 5, "the retained will")
+        assert late_beats[0]["reason"] == "connection lost"
+        assert late.stats.refused_total == 0
+        assert watcher.stats.refused_total == 1
+    finally:
+        proc.kill()
+        proc.wait()
