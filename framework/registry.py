@@ -74,7 +74,7 @@ __all__ = [
 class NoParams(BaseModel):
     """Parameter schema of a plugin that takes none."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PluginError(Exception):
@@ -149,9 +149,10 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def install_hint(dist_name: str, modules: tuple[str, ...]) -> str:
+def install_hint(dist_name: str, modules: tuple[str, ...], prefer: str = "") -> str:
     """The pip command that provides ``modules``: the distribution's extra that lists
-    them when there is one, else the modules themselves."""
+    them when there is one (the extra named ``prefer``, the plugin's own name, when it
+    lists them too), else the modules themselves."""
     try:
         dist = metadata.distribution(dist_name)
         requirements = dist.requires or []
@@ -170,7 +171,9 @@ def install_hint(dist_name: str, modules: tuple[str, ...]) -> str:
             extras.append(extra_match.group(1))
     if extras:
         # The narrowest extra is the one named after the feature, not "all"/"dev".
-        extras.sort(key=lambda e: (e in ("all", "dev"), len(e)))
+        # Several extras may list the same package (ccxt: binance and kraken): the one
+        # named after the plugin wins, so the binance exchange asks for [binance].
+        extras.sort(key=lambda e: (e != prefer, e in ("all", "dev"), len(e), e))
         return f'pip install "{dist_name}[{extras[0]}]"'
     names = " ".join(sorted({_IMPORT_TO_DIST.get(m.split(".")[0], m) for m in modules}))
     return f"pip install {names}"
@@ -236,7 +239,7 @@ class PluginRegistry:
                 logger.warning("plugin {} ({}) failed to load: {}", name, dist, record.error)
                 return record
             record.error = f"missing module {missing!r}"
-            record.install_hint = install_hint(dist, (missing,))
+            record.install_hint = install_hint(dist, (missing,), prefer=name)
             logger.debug("plugin {} not loaded: {}", name, record.error)
             return record
         except Exception as exc:  # a broken plugin never takes the others down
@@ -303,7 +306,7 @@ class PluginRegistry:
                 plugin=plugin,
                 requires=tuple(requires),
                 missing=missing,
-                install_hint=install_hint(dist, missing) if missing else "",
+                install_hint=install_hint(dist, missing, prefer=name) if missing else "",
             )
             self._types[kind][name] = reg
             for alias in aliases:

@@ -234,3 +234,19 @@ def test_observer_only_plugins_are_listed_with_their_hooks(registry: PluginRegis
     assert metrics["kind"] == "hooks"
     assert metrics["status"] == "ok"
     assert "quoteforge_run_started" in metrics["description"]
+
+
+def test_install_hints_name_the_plugins_own_extra() -> None:
+    """ccxt is in both the binance and kraken extras: each exchange asks for its own, and
+    the metrics plugin's prometheus-client has an extra of its own (also in ``all``)."""
+    from quoteforge.registry import install_hint
+
+    assert install_hint("quoteforge", ("ccxt",), prefer="binance") == (
+        'pip install "quoteforge[binance]"'
+    )
+    assert install_hint("quoteforge", ("ccxt",), prefer="kraken") == (
+        'pip install "quoteforge[kraken]"'
+    )
+    assert install_hint("quoteforge", ("prometheus_client",), prefer="metrics_prometheus") == (
+        'pip install "quoteforge[metrics]"'
+    )
