@@ -1708,6 +1708,8 @@ class _MonitorNode(_Node):
         super().__init__(*args, **kwargs)
         self.markets: dict[str, _MarketView] = {}
         self.nodes: dict[str, tuple[str, float]] = {}
+        # Bus frames each node refused (forged, unsigned, replayed), from its heartbeats.
+        self.refused: dict[str, int] = {}
         self.alerts: list[str] = []
         self.fill_ids: set[str] = set()
 
@@ -1785,6 +1787,9 @@ class _MonitorNode(_Node):
 
     def _on_heartbeat(self, parsed: ParsedTopic, payload: dict[str, Any]) -> None:
         self.nodes[parsed.name or "?"] = (str(payload.get("status", "?")), time.monotonic())
+        refused = payload.get("refused")
+        if type(refused) is int:
+            self.refused[parsed.name or "?"] = refused
 
     def _on_control(self, parsed: ParsedTopic, payload: dict[str, Any]) -> None:
         text = payload.get("message") or payload.get("reason") or ""
@@ -1822,7 +1827,11 @@ class _MonitorNode(_Node):
                 or (v.book_seen > 0 and now - v.book_seen > stale_after),
             }
         nodes = {
-            role: {"status": status, "age_s": round(now - seen, 1)}
+            role: {
+                "status": status,
+                "age_s": round(now - seen, 1),
+                "refused": self.refused.get(role, 0),
+            }
             for role, (status, seen) in sorted(self.nodes.items())
         }
         return {"markets": markets, "nodes": nodes, "alerts": list(self.alerts)}
@@ -1851,7 +1860,9 @@ def format_monitor(data: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     beats = ", ".join(
-        f"{role} {n['status']} ({n['age_s']:g}s ago)" for role, n in data["nodes"].items()
+        f"{role} {n['status']} ({n['age_s']:g}s ago"
+        + (f", {n['refused']} bus frames refused)" if n.get("refused") else ")")
+        for role, n in data["nodes"].items()
     )
     lines.append(f"nodes: {beats or 'none heard yet'}")
     lines.extend(f"alert: {a}" for a in data["alerts"][-3:])

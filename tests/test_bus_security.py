@@ -394,7 +394,7 @@ async def test_messages_without_the_key_neither_trade_nor_stop_and_replays_are_r
     watcher = Watcher(secure_broker, run)
     buses.append(watcher.bus)
     await watcher.start()
-    nodes.start(manifest, "execution", "strategy")
+    nodes.start(manifest, "execution", "strategy", "monitor")
     exec_dir = nodes.dir("execution")
     await wait_until(lambda: bool(watcher.beat), 20, "the execution node's heartbeat")
     await wait_until(lambda: mentions(exec_dir, "mm_btc") > 0, 20, "the strategy trading")
@@ -449,6 +449,17 @@ async def test_messages_without_the_key_neither_trade_nor_stop_and_replays_are_r
     assert mentions(exec_dir, "forged-1") == 0
     assert all(proc.poll() is None for proc in nodes.procs.values()), "a node stopped"
     assert "refused a frame on" in nodes.log("execution")
+
+    # The operator sees it on the monitor: the refusals the execution node reported.
+    def monitor_refused() -> int:
+        try:
+            table = json.loads((nodes.dir("monitor") / "monitor.json").read_text())
+        except (OSError, ValueError):
+            return 0
+        return int(table["nodes"].get("execution", {}).get("refused", 0))
+
+    await wait_until(lambda: monitor_refused() >= 3, 10, "the monitor showing refusals")
+    assert "bus frames refused" in nodes.log("monitor")
 
 
 # ---------------------------------------------------------------------------------------
