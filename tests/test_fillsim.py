@@ -553,3 +553,33 @@ def test_taking_never_fills_beyond_the_limit_or_the_order_size(
 def test_unknown_cancel_position_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="'front', 'back', 'proportional' or 'probabilistic'"):
         FillSimParams.model_validate({"cancel_position": "middle"})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    model=st.sampled_from(["front", "back", "proportional", "probabilistic"]),
+    side=st.sampled_from([BUY, SELL]),
+    steps=st.integers(1, 16),
+    events=st.lists(event, max_size=40),
+    take=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_with_a_coarser_order_step_every_fill_is_whole_steps(
+    model: str, side: Side, steps: int, events: list[Any], take: bool, seed: int
+) -> None:
+    # Book and trades in lots of 0.001 (any count), orders in steps of 0.005.
+    h = Harness(model=model, seed=seed, qty_step="0.005")
+    step = h.inst.step_lots
+    assert step == 5
+    resting = h.place(side, 10_000 if side is BUY else 10_002, steps * step)
+    for kind, p, n, s in events:
+        if kind == "trade":
+            h.trade(p, n, s)
+        else:
+            h.depth(s, p, n)
+        if take:
+            h.place(side, 10_004 if side is BUY else 9_996, step * 3, tif=TimeInForce.IOC)
+    assert all(f.qty_lots % step == 0 for f in h.sink.fills)
+    assert h.sink.filled(resting.client_id) <= resting.qty_lots
+    for _, update in h.sink.updates:
+        assert update.filled_lots is None or update.filled_lots % step == 0
