@@ -30,6 +30,29 @@ async def test_instruments_have_the_exact_venue_grid() -> None:
         assert (inst.base, inst.quote) == ("BTC", "USD")
 
 
+async def test_a_fill_at_the_full_wire_precision_is_read_exactly() -> None:
+    """Kraken reports quantities with lot_decimals digits; a fill against a resting
+    order of 0.00012345 BTC reaches the run, REST and the balances exactly."""
+    async with running(KRAKEN_KIT) as h:
+        inst = h.instrument
+        ask_ticks = h.replica_levels("sell")[0][0]
+        await h.replica.set_level(h.symbol, "sell", inst.ticks_to_price(ask_ticks), "0.00012345")
+        await h.wait_book_matches()
+        assert h.book.lots_at(Side.SELL, ask_ticks) == 12_345
+        held = (await h.adapter.fetch_balances()).get("BTC", Decimal(0))
+        order = h.order(Side.BUY, price=ask_ticks, lots=inst.qty_to_lots("0.001"))
+        order.tif = TimeInForce.IOC
+        await h.place(order, until=lambda u: u.status.is_terminal)
+        await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "the fill")
+        (fill,) = h.sink.fills_of(order.client_id)
+        assert inst.lots_to_qty(fill.qty_lots) == Decimal("0.00012345")
+        rest = [f for f in await h.adapter.fetch_fills(0) if f.fill_id == fill.fill_id]
+        assert [f.qty_lots for f in rest] == [12_345]
+        now = (await h.adapter.fetch_balances()).get("BTC", Decimal(0))
+        fee = fill.fee if fill.fee_asset == "BTC" else Decimal(0)
+        assert now - held == Decimal("0.00012345") - fee
+
+
 async def test_replica_checksums_agree_with_the_book_rule_on_wire_text() -> None:
     """Two independent implementations of Kraken's CRC32 agree on what the wire says,
     and the quantities keep their trailing zeros."""
