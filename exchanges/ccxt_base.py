@@ -111,7 +111,7 @@ def dumps_exact(obj: Any) -> str:
 class CcxtSpotParams(BaseModel):
     """Parameters every ccxt-backed spot adapter accepts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     testnet: bool = Field(False, description="Use the venue's test network (where it has one).")
     rest_url: str | None = Field(

@@ -56,20 +56,26 @@ _HYPERGEOMETRIC_LIMIT = 10**9
 
 
 class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FillLatencyParams(_Closed):
     market_data_ms: float = Field(
         5.0,
         ge=0,
+        le=60_000,
         description="Venue -> us delay of market data: how far the book we see lags the "
         "venue's own book.",
     )
     order_ms: float = Field(
-        10.0, ge=0, description="One-way delay of our order requests and of their reports."
+        10.0,
+        ge=0,
+        le=60_000,
+        description="One-way delay of our order requests and of their reports.",
     )
-    jitter_ms: float = Field(1.0, ge=0, description="Uniform random extra delay, 0..jitter.")
+    jitter_ms: float = Field(
+        1.0, ge=0, le=60_000, description="Uniform random extra delay, 0..jitter."
+    )
 
 
 class FillSimParams(_Closed):
@@ -77,11 +83,17 @@ class FillSimParams(_Closed):
 
     maker_fee_bps: Decimal | None = Field(
         None,
+        gt=-10_000,
+        lt=10_000,
         description="Maker fee in bps of notional; negative is a rebate. Unset: the "
-        "instrument's own maker fee.",
+        "instrument's own maker fee. Under 100% either way.",
     )
     taker_fee_bps: Decimal | None = Field(
-        None, description="Taker fee in bps of notional. Unset: the instrument's own taker fee."
+        None,
+        gt=-10_000,
+        lt=10_000,
+        description="Taker fee in bps of notional. Unset: the instrument's own taker fee. "
+        "Under 100% either way.",
     )
     cancel_position: CancelPosition = Field(
         "probabilistic",

@@ -56,7 +56,7 @@ _WARN_LIMIT = 20
 
 
 class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ReplayMarketParams(_Closed):
@@ -145,12 +145,21 @@ class ReplayParams(ProfileParams, FillSimParams):
         "order step and minimums are given here.",
     )
     maker_fee_bps: Decimal | None = Field(
-        Decimal(0), description="Maker fee in bps of notional; negative is a rebate."
+        Decimal(0),
+        gt=-10_000,
+        lt=10_000,
+        description="Maker fee in bps of notional; negative is a rebate (under 100% either way).",
     )
-    taker_fee_bps: Decimal | None = Field(Decimal(5), description="Taker fee in bps of notional.")
+    taker_fee_bps: Decimal | None = Field(
+        Decimal(5),
+        gt=-10_000,
+        lt=10_000,
+        description="Taker fee in bps of notional (under 100% either way).",
+    )
     extra_latency_ms: float = Field(
         0.0,
         ge=0,
+        le=3_600_000,
         description="Added to every recorded receive time: the strategy sees the data later "
         "than the recorder did (a slower machine or link).",
     )
@@ -165,7 +174,9 @@ class ReplayParams(ProfileParams, FillSimParams):
         gt=0,
         description="Mark a book STALE after this much recorded silence (None: never).",
     )
-    depth: int = Field(10, description="Kraken only: the book depth that was subscribed.")
+    depth: int = Field(
+        10, ge=1, le=1000, description="Kraken only: the book depth that was subscribed."
+    )
     stop_at_end: bool = Field(
         True, description="Stop the run when the recording ends (before the duration)."
     )

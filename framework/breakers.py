@@ -31,7 +31,7 @@ _SEVERITY = {"normal": 0, "reduce": 1, "halt": 2}
 class BreakerParams(BaseModel):
     """Which breakers are armed (a limit left at None is off) and what a trip does."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     pnl_floor: Decimal | None = Field(
         None,

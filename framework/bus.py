@@ -79,7 +79,7 @@ class Bus(ABC):
 
 
 class InProcessParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class InProcessBus(Bus):

@@ -598,7 +598,7 @@ def _describe(err: Any) -> str:
         shown = repr(got)
         if len(shown) > 80:
             shown = f"{shown[:60]}... ({len(shown)} characters)"
-        return f"{msg}; got {shown}"
+        return msg if msg.endswith(f"got {shown}") else f"{msg}; got {shown}"
     return msg
 
 

@@ -61,7 +61,7 @@ class PriceSource(Protocol):
 
 
 class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BookSourceParams(_Closed):

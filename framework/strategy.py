@@ -30,7 +30,7 @@ _QUOTE_CACHE = 4096  # quotes kept per side and market
 class StrategyParams(BaseModel):
     """Base for strategy parameter schemas: closed (unknown keys are errors)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Market:

@@ -23,7 +23,7 @@ NS = 1_000_000_000
 class TwapParams(BaseModel):
     """How a parent order is worked."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     duration_s: float = Field(gt=0, description="Time over which the parent is worked.")
     slices: int = Field(ge=1, description="Number of child orders, evenly spaced in time.")

@@ -27,7 +27,7 @@ __all__ = [
 
 
 class WebhookParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     url: str = Field(
         description="Endpoint that receives the alerts (http or https). Put a secret URL "

@@ -71,7 +71,7 @@ class TwapAlgo:
 class SorParams(BaseModel):
     """How one sweep across venues is bounded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_slippage_bps: Decimal = Field(
         ge=0,

@@ -222,7 +222,7 @@ def _redact(dsn: str) -> str:
 class PostgresJournalParams(BaseModel):
     """Parameters of the ``postgres`` journal backend."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dsn: str = Field(
         default=DEFAULT_DSN,

@@ -501,7 +501,7 @@ def _read_sqlite(path: Path, kinds: tuple[str, ...] | None) -> Iterator[JournalR
 class SqliteJournalParams(BaseModel):
     """Parameters of the ``sqlite`` journal backend."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: str = Field(
         default="journal.sqlite",

@@ -31,7 +31,7 @@ _GOING = (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE)
 
 
 class MinimalDiffParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     use_replace: bool = Field(
         True, description="Use the venue's cancel/replace for a changed level (else cancel + new)."
     )

@@ -37,7 +37,7 @@ _TAKE_LEVEL = -1  # the level the engine gives an immediate-or-cancel take
 
 
 def _closed() -> ConfigDict:
-    return ConfigDict(extra="forbid", frozen=True)
+    return ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _side_name(side: Side) -> str:

@@ -20,7 +20,7 @@ __all__ = ["MaxOrderNotional", "MaxPosition"]
 
 
 class MaxPositionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     max_position: Decimal = Field(
         gt=0,
         description="Largest absolute position per market in base units, counting the "
@@ -65,7 +65,7 @@ class MaxPosition(RiskCheck):
 
 
 class MaxOrderNotionalParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     max_notional: Decimal = Field(
         gt=0, description="Largest price x quantity of one order, in quote units."
     )

@@ -20,7 +20,9 @@ __all__ = ["AdaptiveBinary", "AdaptiveBinaryParams", "binary_quote_ticks"]
 class AdaptiveBinaryParams(StrategyParams):
     """Parameters of ``adaptive_binary``; prices are probabilities in (0, 1)."""
 
-    order_size: float = Field(gt=0, description="Quote size in contracts at zero inventory.")
+    order_size: float = Field(
+        gt=0, le=1e9, description="Quote size in contracts at zero inventory."
+    )
     base_spread: float = Field(
         0.04, gt=0, lt=1, description="Bid-ask width with balanced flow and no inventory."
     )
@@ -35,7 +37,9 @@ class AdaptiveBinaryParams(StrategyParams):
         description="Spread grows by this fraction of base_spread at fully one-sided flow.",
     )
     inventory_limit: float = Field(
-        gt=0, description="Largest absolute position in contracts; the growing side stops there."
+        gt=0,
+        le=1e9,
+        description="Largest absolute position in contracts; the growing side stops there.",
     )
     inventory_widening: float = Field(
         0.5, ge=0, description="Spread grows by this fraction of base_spread at the limit."

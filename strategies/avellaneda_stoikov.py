@@ -136,7 +136,9 @@ def inventory_sizes(order_size: float, q: float, eta: float) -> tuple[float, flo
 class AvellanedaStoikovParams(StrategyParams):
     """Parameters of ``avellaneda_stoikov`` (units: price units, seconds, base units)."""
 
-    order_size: float = Field(gt=0, description="Quote size in base units at zero inventory.")
+    order_size: float = Field(
+        gt=0, le=1e9, description="Quote size in base units at zero inventory."
+    )
     gamma: float = Field(
         0.1, gt=0, description="Risk aversion: larger skews and widens more per unit held."
     )
@@ -201,6 +203,7 @@ class AvellanedaStoikovParams(StrategyParams):
     max_inventory: float = Field(
         10.0,
         gt=0,
+        le=1e9,
         description="abs(q) (in inventory_unit) at which the inventory-growing side is pulled.",
     )
     min_spread_ticks: int = Field(

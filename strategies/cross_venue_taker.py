@@ -35,7 +35,9 @@ class CrossVenueTakerParams(StrategyParams):
         description="Markets (symbols or exchange:symbol keys of this strategy) that are the "
         "venues of one asset; default: every market of the strategy. At least two.",
     )
-    order_size: float = Field(gt=0, description="Most base units bought and sold per trade.")
+    order_size: float = Field(
+        gt=0, le=1e9, description="Most base units bought and sold per trade."
+    )
     min_edge_bps: float = Field(
         5.0,
         ge=0,
@@ -56,6 +58,7 @@ class CrossVenueTakerParams(StrategyParams):
     )
     max_position: float = Field(
         gt=0,
+        le=1e9,
         description="Bound on each leg's position and on the net position, base units.",
     )
     cooldown_s: float = Field(0.5, ge=0, description="Seconds between trades (hedges do not wait).")

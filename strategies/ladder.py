@@ -57,12 +57,18 @@ class LadderParams(StrategyParams):
         300.0, gt=0, description="Window of the traded-volume measure, seconds."
     )
     min_total_size: float = Field(
-        0.0, ge=0, description="Total size per side (base units) quoted even with no trades."
+        0.0,
+        ge=0,
+        le=1e9,
+        description="Total size per side (base units) quoted even with no trades.",
     )
-    max_total_size: float = Field(gt=0, description="Cap on the total size per side, base units.")
+    max_total_size: float = Field(
+        gt=0, le=1e9, description="Cap on the total size per side, base units."
+    )
     max_position: float | None = Field(
         None,
         gt=0,
+        le=1e9,
         description="Absolute position in base units at which the side that grows it is pulled.",
     )
 

@@ -57,14 +57,15 @@ class OfferTakerParams(StrategyParams):
         Duration(2.0), description="Never act on a reference price older than this."
     )
     order_size: float = Field(
-        gt=0, description="Largest quantity taken from one offer, base units."
+        gt=0, le=1e9, description="Largest quantity taken from one offer, base units."
     )
     max_position: float | None = Field(
-        None, gt=0, description="Inventory limit per ticker in base units (long or short)."
+        None, gt=0, le=1e9, description="Inventory limit per ticker in base units (long or short)."
     )
     max_notional: float | None = Field(
         None,
         gt=0,
+        le=1e9,
         description="Inventory limit per ticker in quote currency at the reference price.",
     )
     guard: GuardSettings | None = Field(

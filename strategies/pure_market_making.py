@@ -39,18 +39,23 @@ class PureMarketMakingParams(StrategyParams):
     level_spacing_bps: float = Field(
         5.0, ge=0, description="Extra distance of each further level, in basis points."
     )
-    order_size: float = Field(gt=0, description="Size of the first level, in base units.")
+    order_size: float = Field(gt=0, le=1e9, description="Size of the first level, in base units.")
     level_size_increment: float = Field(
-        0.0, ge=0, description="Size added per further level, in base units."
+        0.0, ge=0, le=1e9, description="Size added per further level, in base units."
     )
     refresh_tolerance_bps: float = Field(
         2.0,
         ge=0,
         description="Keep the working quotes unless a wanted price moved more than this.",
     )
-    inventory_target: float = Field(0.0, description="Position the skew pulls toward, base units.")
+    inventory_target: float = Field(
+        0.0, ge=-1e9, le=1e9, description="Position the skew pulls toward, base units."
+    )
     inventory_limit: float | None = Field(
-        None, gt=0, description="Distance from target at which the growing side stops quoting."
+        None,
+        gt=0,
+        le=1e9,
+        description="Distance from target at which the growing side stops quoting.",
     )
     inventory_skew_bps: float = Field(
         0.0, ge=0, description="Shift of both sides against the inventory at the limit, bps."
@@ -95,10 +100,16 @@ class PureMarketMakingParams(StrategyParams):
         "with pct * (base + quote value) / price - base_balance, from the balances below.",
     )
     base_balance: float = Field(
-        0.0, ge=0, description="Starting base holdings, base units (inventory_target_base_pct)."
+        0.0,
+        ge=0,
+        le=1e9,
+        description="Starting base holdings, base units (inventory_target_base_pct).",
     )
     quote_balance: float = Field(
-        0.0, ge=0, description="Starting quote holdings, quote units (inventory_target_base_pct)."
+        0.0,
+        ge=0,
+        le=1e9,
+        description="Starting quote holdings, quote units (inventory_target_base_pct).",
     )
     minimum_spread_bps: float = Field(
         0.0,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from quoteforge.manifest import ManifestError, load_manifest, parse_duration
 from quoteforge.registry import PluginRegistry
@@ -197,3 +199,217 @@ def test_secrets_must_come_from_the_environment(
     loaded = load(ok, registry)
     assert loaded.manifest.exchanges["sim"].secrets == {"api_key": "k-123456789"}
     assert "k-123456789" in loaded.secrets
+
+
+# -- manifests that cannot hurt ----------------------------------------------------------
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(registry: PluginRegistry) -> None:
+    # 332 bytes that expand to 9**9 (387 million) strings when walked.
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        lines.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    msg = refused(GOOD + "\n".join(lines) + "\n", registry)
+    assert "YAML aliases expand to more than 10000 values" in msg
+    assert msg.startswith("m.yaml:24:")  # the line of the alias that crossed the cap
+    # A few aliases are fine: shared settings are what anchors are for.
+    shared = GOOD.replace(
+        "          initial_price: 100\n",
+        "          initial_price: 100\n          flow: &flow {arrival_rate: 2}\n",
+    )
+    assert load(shared, registry).manifest.run.name == "t"
+
+
+def test_an_alias_cycle_is_refused(registry: PluginRegistry) -> None:
+    msg = refused(GOOD + "x: &loop [1, *loop]\n", registry)
+    assert "m.yaml:20: alias *loop is used inside its own anchor &loop (a cycle)" in msg
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "deep: " + "[" * 5000 + "]" * 5000 + "\n",
+        "deep:\n" + "".join("  " * i + "- \n" for i in range(1, 600)),
+        "deep: " + "{a: " * 2000 + "1" + "}" * 2000 + "\n",
+    ],
+    ids=["flow-lists", "block-lists", "flow-maps"],
+)
+def test_deep_nesting_is_refused_with_its_line(nested: str, registry: PluginRegistry) -> None:
+    msg = refused(GOOD + nested, registry)
+    assert "nested more than 64 levels deep" in msg
+    assert msg.startswith(("m.yaml:20:", "m.yaml:84:"))
+
+
+def test_files_that_are_not_utf8_text_or_not_a_mapping(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_bytes(GOOD.encode().replace(b"name: t", b"name: t\xff\xfe"))
+    with pytest.raises(ManifestError, match=r"m.yaml:2: not UTF-8 text \(byte 0xff at column 10\)"):
+        load_manifest(path, registry)
+    path.write_bytes(GOOD.encode().replace(b"name: t", b'name: "t\x07"'))
+    with pytest.raises(ManifestError, match=r"m.yaml:2: bad YAML: character U\+0007 is not"):
+        load_manifest(path, registry)
+    path.write_text("- run\n- exchanges\n")
+    with pytest.raises(ManifestError, match=r"m.yaml:1: a manifest is a mapping .* got a list"):
+        load_manifest(path, registry)
+    path.write_text("# nothing yet\n")
+    with pytest.raises(ManifestError, match=r"m.yaml:1: .* got an empty file"):
+        load_manifest(path, registry)
+    path.write_bytes(b"run: {}\n" + b"#" * (1 << 20))
+    with pytest.raises(ManifestError, match="larger than 1024 KiB"):
+        load_manifest(path, registry)
+    with pytest.raises(ManifestError, match="is a folder"):
+        load_manifest(tmp_path, registry)
+
+
+def test_values_yaml_cannot_build_are_refused_with_their_line(registry: PluginRegistry) -> None:
+    msg = refused(GOOD.replace("seed: 3", "seed: " + "9" * 5000), registry)
+    assert "m.yaml:4: bad value: Exceeds the limit (4300 digits)" in msg
+    msg = refused(GOOD.replace("name: t", "name: 2024-13-45"), registry)
+    assert "m.yaml:2: bad value: month must be in 1..12" in msg
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key"),
+    [
+        ("spread_bps: 10", "spread_bps: .nan", 19, "strategies.mm.params.spread_bps"),
+        ("order_size: 0.1", "order_size: .inf", 18, "strategies.mm.params.order_size"),
+        ("initial_price: 100", "initial_price: 1e400", 11, "exchanges.sim.params.markets."),
+        ("spread_bps: 10", "spread_bps: 10\n      inventory_target: .nan", 20, "inventory_target"),
+        ("seed: 3", "seed: 18446744073709551616", 4, "run.seed"),
+    ],
+)
+def test_nan_infinity_and_huge_integers_are_refused_anywhere(
+    old: str, new: str, line: int, key: str, registry: PluginRegistry
+) -> None:
+    msg = refused(GOOD.replace(old, new), registry)
+    assert msg.startswith(f"m.yaml:{line}:") and key in msg
+    assert "finite number" in msg or "fits in 64 bits" in msg
+
+
+def test_every_float_param_of_every_plugin_refuses_nan_and_infinity(
+    registry: PluginRegistry,
+) -> None:
+    """Programmatic params (not only manifests) refuse non-finite numbers, field by field."""
+    from decimal import Decimal
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    from quoteforge.exchanges.paper import PaperParams
+    from quoteforge.manifest import Duration, Manifest
+
+    def leaves(annotation: object) -> list[object]:
+        args = get_args(annotation)
+        return [leaf for arg in args for leaf in leaves(arg)] if args else [annotation]
+
+    seen: set[type] = set()
+    checked = 0
+
+    def check(model: type[BaseModel]) -> None:
+        nonlocal checked
+        if model in seen:
+            return
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            kinds = leaves(info.annotation)
+            for kind in kinds:
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    check(kind)
+            numeric = [k for k in kinds if k in (float, Decimal, Duration)]
+            if not numeric:
+                continue
+            for bad in (math.nan, math.inf, -math.inf):
+                value: object = bad
+                if "tuple" in str(info.annotation):
+                    value = (bad, bad)
+                elif "dict" in str(info.annotation):
+                    value = {"x": bad}
+                elif "list" in str(info.annotation):
+                    value = [bad]
+                with pytest.raises(ValidationError) as caught:
+                    model.model_validate({name: value})
+                mine = [e for e in caught.value.errors() if e["loc"][:1] == (name,)]
+                assert mine, f"{model.__name__}.{name} accepted {value!r}"
+            checked += 1
+
+    check(Manifest)
+    check(PaperParams)
+    for kind in ("exchange", "strategy", "risk", "execution", "bus", "journal", "alert"):
+        for reg in registry.types(kind).values():
+            check(reg.params)
+    assert checked > 150  # every numeric field of the built-in plugins
+
+
+@pytest.mark.parametrize("name", ["../../../x", "/abs", "a/b", ".hidden", "-flag", "x" * 65, ""])
+def test_run_names_are_safe_folder_names(name: str, registry: PluginRegistry) -> None:
+    msg = refused(GOOD.replace("name: t", f"name: {name!r}"), registry)
+    assert "m.yaml:2: run.name: Value error, a run name may hold letters, digits" in msg
+
+
+def test_a_good_run_name_is_kept(registry: PluginRegistry) -> None:
+    loaded = load(GOOD.replace("name: t", "name: btc-mm_v2.1"), registry)
+    assert loaded.manifest.run.name == "btc-mm_v2.1"
+
+
+@pytest.mark.parametrize("interval", ["0", "0s", "0ms", "0.5ms", "-1s"])
+def test_sample_interval_below_a_millisecond_is_refused(
+    interval: str, registry: PluginRegistry
+) -> None:
+    msg = refused(GOOD.replace("seed: 3", f"seed: 3\n  sample_interval: {interval}"), registry)
+    assert "m.yaml:5: run.sample_interval:" in msg
+    assert "greater than or equal to 0.001" in msg or "expected a duration" in msg
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("9" * 400 + "s", "finite number of seconds"),
+        (10**400, "at most 10 years"),
+        ("3651d", "at most 10 years"),
+        (float("nan"), "finite number of seconds"),
+        ("-1s", "expected a duration"),
+    ],
+)
+def test_parse_duration_refuses_what_no_clock_can_hold(value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_duration(value)
+
+
+def test_rates_steps_and_grids_a_sim_cannot_run_are_refused(registry: PluginRegistry) -> None:
+    sim = "          initial_price: 100\n"
+    cases = [
+        ("          flow: {arrival_rate: 1e9}\n", "less than or equal to 10000"),
+        ("          process: {step: 0s}\n", "process.step: Input should be greater than or"),
+        ("          tick_size: '1000'\n", "it must be 1 to 1e15 ticks"),
+        ("          liquidity: {levels: 100000}\n", "less than or equal to 1000"),
+        ("          outages: [{at: 5s, duration: 0s}]\n", "outages.0.duration"),
+    ]
+    for extra, match in cases:
+        assert match in refused(GOOD.replace(sim, sim + extra), registry), extra
+
+
+def test_a_wrapped_strategys_params_are_checked_at_validate_time(
+    registry: PluginRegistry,
+) -> None:
+    wrapped = GOOD.replace(
+        "    type: pure_market_making\n", "    type: volatility_guard\n"
+    ).replace(
+        "    params:\n      order_size: 0.1\n      spread_bps: 10\n",
+        "    params:\n"
+        "      strategy: pure_market_making\n"
+        "      guard: {threshold: 0.01}\n"
+        "      params:\n"
+        "        order_size: 0.1\n"
+        "        spread_bps: -10\n"
+        "        spred: 1\n",
+    )
+    msg = refused(wrapped, registry)
+    assert "m.yaml:22: strategies.mm.params.params.spread_bps: Input should be greater" in msg
+    assert "m.yaml:23: strategies.mm.params.params.spred: unknown key; pure_market_making" in msg
+    msg = refused(wrapped.replace("strategy: pure_market_making", "strategy: nope"), registry)
+    assert "strategies.mm.params.strategy: unknown strategy type 'nope'" in msg
+    fixed = wrapped.replace("spread_bps: -10", "spread_bps: 10").replace("        spred: 1\n", "")
+    assert load(fixed, registry).params_of("strategies", "mm").strategy == "pure_market_making"

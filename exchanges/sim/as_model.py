@@ -58,10 +58,12 @@ class AsModelParams(ProfileParams):
         "(BASE-0001/QUOTE, ...); a strategy with symbols ['*'] quotes each of them.",
     )
     initial_price: float = Field(100.0, gt=0, description="s: mid at time 0.")
-    sigma: float = Field(2.0, ge=0, description="σ: mid volatility, price units per √second.")
-    dt: Duration = Field(Duration(0.005), description="Time step.")
+    sigma: float = Field(
+        2.0, ge=0, le=1e9, description="σ: mid volatility, price units per √second."
+    )
+    dt: Duration = Field(Duration(0.005), ge=0.0001, description="Time step (at least 0.1ms).")
     horizon: Duration = Field(
-        Duration(1.0), description="T: the venue stops stepping after this much run time."
+        Duration(1.0), gt=0, description="T: the venue stops stepping after this much run time."
     )
     a: float = Field(140.0, ge=0, description="A: fill intensity at zero distance, per second.")
     k: float = Field(1.5, gt=0, description="k: decay of the fill intensity per price unit.")

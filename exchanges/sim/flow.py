@@ -22,7 +22,7 @@ __all__ = ["FlowParams", "LiquidityParams", "MidPath", "ProcessParams", "market_
 
 
 class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ProcessParams(_Closed):
@@ -32,24 +32,34 @@ class ProcessParams(_Closed):
     sigma: float = Field(
         1e-4,
         ge=0,
+        le=10,
         description="Volatility per square-root second: of log-price for spot markets, of "
         "the log-odds for binary contracts.",
     )
     reversion: float = Field(
-        0.01, ge=0, description="Mean-reversion speed per second (mean_reverting model)."
+        0.01, ge=0, le=1000, description="Mean-reversion speed per second (mean_reverting model)."
     )
     mean: float | None = Field(
         None, gt=0, description="Level the mean-reverting mid returns to (default: initial)."
     )
-    jump_intensity: float = Field(0.005, ge=0, description="Jumps per second (jump model).")
-    jump_size: float = Field(
-        0.003, ge=0, description="Standard deviation of a jump (same units as sigma)."
+    jump_intensity: float = Field(
+        0.005, ge=0, le=1000, description="Jumps per second (jump model), at most 1000."
     )
-    step: Duration = Field(Duration(0.1), description="Time step of the mid path.")
+    jump_size: float = Field(
+        0.003, ge=0, le=10, description="Standard deviation of a jump (same units as sigma)."
+    )
+    step: Duration = Field(
+        Duration(0.1), ge=0.001, description="Time step of the mid path (at least 1ms)."
+    )
 
 
 class FlowParams(_Closed):
-    arrival_rate: float = Field(1.0, ge=0, description="A: taker arrivals per second on each side.")
+    arrival_rate: float = Field(
+        1.0,
+        ge=0,
+        le=10_000,
+        description="A: taker arrivals per second on each side (at most 10000).",
+    )
     reach: float | None = Field(
         None,
         gt=0,
@@ -58,7 +68,7 @@ class FlowParams(_Closed):
     )
     size: float = Field(1.0, gt=0, description="Mean taker size in base units.")
     size_noise: float = Field(
-        0.5, ge=0, description="Log-normal dispersion of taker sizes (0: all the same)."
+        0.5, ge=0, le=10, description="Log-normal dispersion of taker sizes (0: all the same)."
     )
     informed_share: float = Field(
         0.1,
@@ -72,7 +82,9 @@ class FlowParams(_Closed):
 
 
 class LiquidityParams(_Closed):
-    levels: int = Field(8, ge=0, description="Background levels per side (other makers).")
+    levels: int = Field(
+        8, ge=0, le=1000, description="Background levels per side (other makers), 0 to 1000."
+    )
     distance: float | None = Field(
         None,
         ge=0,

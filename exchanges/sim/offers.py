@@ -64,43 +64,58 @@ class _Closed(BaseModel):
 
 
 class OfferLatencyParams(_Closed):
-    market_data_ms: float = Field(2.0, ge=0, description="Venue -> us delay of each offer.")
-    order_ms: float = Field(
-        5.0, ge=0, description="One-way delay of our take orders and of their reports."
+    market_data_ms: float = Field(
+        2.0, ge=0, le=60_000, description="Venue -> us delay of each offer."
     )
-    jitter_ms: float = Field(1.0, ge=0, description="Uniform random extra delay, 0..jitter.")
+    order_ms: float = Field(
+        5.0, ge=0, le=60_000, description="One-way delay of our take orders and of their reports."
+    )
+    jitter_ms: float = Field(
+        1.0, ge=0, le=60_000, description="Uniform random extra delay, 0..jitter."
+    )
 
 
 class OfferFlowParams(_Closed):
     rate: float = Field(
-        2000.0, ge=0, description="Offers per second over the whole venue (Poisson)."
+        2000.0,
+        ge=0,
+        le=100_000,
+        description="Offers per second over the whole venue (Poisson), at most 100000.",
     )
     noise: float = Field(
         0.01,
         ge=0,
+        le=1,
         description="Standard deviation of an offer's relative distance from the mid; an "
         "offer priced on the wrong side of the mid is a deal for the taker.",
     )
     bias: float = Field(
         0.002,
+        gt=-1,
+        lt=1,
         description="Mean relative margin counterparties ask for: a sell offer is priced "
         "mid*(1 + bias + noise*z), a buy offer mid*(1 - bias - noise*z).",
     )
     notional: float = Field(
         5000.0, gt=0, description="Mean offer size in quote currency (log-normal sizes)."
     )
-    size_noise: float = Field(0.5, ge=0, description="Log-normal dispersion of offer sizes.")
+    size_noise: float = Field(0.5, ge=0, le=10, description="Log-normal dispersion of offer sizes.")
     expiry: Duration = Field(
-        Duration(0.5), description="Mean lifetime of an offer (uniform in 0.5x..1.5x)."
+        Duration(0.5),
+        ge=0.001,
+        description="Mean lifetime of an offer (uniform in 0.5x..1.5x), at least 1ms.",
     )
     activity_skew: float = Field(
         1.0,
         ge=0,
+        le=10,
         description="Zipf exponent of ticker activity: the r-th busiest ticker gets a share "
         "of offers proportional to 1/r^skew (0: all equally busy).",
     )
     batch: Duration = Field(
-        Duration(0.01), description="Offers are drawn in batches of this much run time."
+        Duration(0.01),
+        ge=0.001,
+        description="Offers are drawn in batches of this much run time (at least 1ms).",
     )
 
 
@@ -115,10 +130,13 @@ class CompetitorParams(_Closed):
         0.9, ge=0, le=1, description="Probability that such an offer attracts a competitor."
     )
     reaction_ms: float = Field(
-        25.0, ge=0, description="Mean extra reaction time of a competitor (exponential)."
+        25.0, ge=0, le=60_000, description="Mean extra reaction time of a competitor (exponential)."
     )
     min_reaction_ms: float = Field(
-        3.0, ge=0, description="Fastest possible competitor reaction after the offer appears."
+        3.0,
+        ge=0,
+        le=60_000,
+        description="Fastest possible competitor reaction after the offer appears.",
     )
 
 
@@ -135,9 +153,11 @@ class MidParams(_Closed):
         0.02, ge=0, le=1, description="Share of tickers that are far more volatile."
     )
     volatile_sigma: float = Field(
-        0.01, ge=0, description="Volatility of those tickers per sqrt(second)."
+        0.01, ge=0, le=10, description="Volatility of those tickers per sqrt(second)."
     )
-    step: Duration = Field(Duration(1.0), description="Interval of the vectorised mid step.")
+    step: Duration = Field(
+        Duration(1.0), ge=0.001, description="Interval of the vectorised mid step (>= 1ms)."
+    )
 
     @field_validator("price_range", "sigma_range")
     @classmethod
@@ -168,7 +188,12 @@ class OfferSimParams(ProfileParams, _Closed):
     currency: str = Field("USD", description="Quote currency of every ticker.")
     tick_size: Decimal = Field(Decimal("0.01"), gt=0, description="Price increment.")
     lot_size: Decimal = Field(Decimal("1"), gt=0, description="Quantity increment.")
-    taker_fee_bps: Decimal = Field(Decimal(1), description="Fee on taken offers, bps of notional.")
+    taker_fee_bps: Decimal = Field(
+        Decimal(1),
+        gt=-10_000,
+        lt=10_000,
+        description="Fee on taken offers, bps of notional (less than 100% either way).",
+    )
     mids: MidParams = Field(default_factory=lambda: MidParams.model_validate({}))
     offers: OfferFlowParams = Field(default_factory=lambda: OfferFlowParams.model_validate({}))
     competitors: CompetitorParams = Field(

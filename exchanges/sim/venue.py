@@ -62,16 +62,23 @@ class _Closed(BaseModel):
 
 
 class LatencyParams(_Closed):
-    market_data_ms: float = Field(5.0, ge=0, description="Venue -> us delay of market data.")
-    order_ms: float = Field(
-        10.0, ge=0, description="One-way delay of our order requests and of their reports."
+    market_data_ms: float = Field(
+        5.0, ge=0, le=60_000, description="Venue -> us delay of market data."
     )
-    jitter_ms: float = Field(1.0, ge=0, description="Uniform random extra delay, 0..jitter.")
+    order_ms: float = Field(
+        10.0,
+        ge=0,
+        le=60_000,
+        description="One-way delay of our order requests and of their reports.",
+    )
+    jitter_ms: float = Field(
+        1.0, ge=0, le=60_000, description="Uniform random extra delay, 0..jitter."
+    )
 
 
 class OutageParams(_Closed):
     at: Duration = Field(description="Run time at which the market-data feed goes down.")
-    duration: Duration = Field(description="How long it stays down before a resync.")
+    duration: Duration = Field(gt=0, description="How long it stays down before a resync.")
 
 
 class SimMarketParams(_Closed):
@@ -99,6 +106,21 @@ class SimMarketParams(_Closed):
             raise ValueError("a binary contract's initial_price must be inside (0, 1)")
         return self
 
+    @model_validator(mode="after")
+    def _on_the_grid(self) -> SimMarketParams:
+        # Prices and sizes become integer ticks and lots: keep them whole and exact.
+        ticks = self.initial_price / float(self.tick_size)
+        if not 1 <= ticks <= 1e15:
+            raise ValueError(
+                f"initial_price {self.initial_price} is {ticks:.3g} ticks of {self.tick_size}; "
+                "it must be 1 to 1e15 ticks"
+            )
+        lot = float(self.lot_size)
+        for name, size in (("flow.size", self.flow.size), ("liquidity.size", self.liquidity.size)):
+            if size / lot > 1e15:
+                raise ValueError(f"{name} {size} is more than 1e15 lots of {self.lot_size}")
+        return self
+
 
 class SimParams(ProfileParams, _Closed):
     markets: dict[str, SimMarketParams] = Field(
@@ -106,9 +128,17 @@ class SimParams(ProfileParams, _Closed):
     )
     latency: LatencyParams = Field(default_factory=LatencyParams)
     maker_fee_bps: Decimal = Field(
-        Decimal(0), description="Maker fee in bps of notional; negative is a rebate."
+        Decimal(0),
+        gt=-10_000,
+        lt=10_000,
+        description="Maker fee in bps of notional; negative is a rebate (under 100% either way).",
     )
-    taker_fee_bps: Decimal = Field(Decimal(5), description="Taker fee in bps of notional.")
+    taker_fee_bps: Decimal = Field(
+        Decimal(5),
+        gt=-10_000,
+        lt=10_000,
+        description="Taker fee in bps of notional (under 100% either way).",
+    )
     self_trade_prevention: Literal["cancel_resting", "cancel_taker", "none"] = Field(
         "cancel_resting", description="What happens when our orders would trade together."
     )
