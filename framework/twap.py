@@ -160,7 +160,16 @@ class TwapSchedule:
         if left <= 0:
             return None
         slices_left = self.slices - index
-        qty = -(-left // slices_left)
+        # Children are whole order steps (the venue refuses anything else): each slice
+        # is rounded up to a step, never beyond the whole steps still unassigned; a part
+        # step left over can never be sent.
+        step = self.instrument.step_lots
+        whole = left - left % step
+        if whole <= 0:
+            self.skipped.append((index, f"{left} lots left, less than one order step"))
+            return None
+        share = -(-left // slices_left)  # this slice's even share, rounded up
+        qty = min(whole, -(-share // step) * step)
         if bid_ticks is None or ask_ticks is None:
             self.skipped.append((index, "no mid: a book side is empty"))
             return None

@@ -64,6 +64,25 @@ def test_slices_are_even_in_time_and_size() -> None:
     assert s.filled_lots == 10 and s.remaining_lots == 0 and s.done
 
 
+def test_slices_are_whole_order_steps_when_the_step_is_coarser_than_the_lot() -> None:
+    """Binance counts BTC at 8 decimals but takes orders in 0.00001 steps: every child is
+    whole steps, and the part step that cannot be sent is left, never refused in a loop."""
+    fine = Instrument(
+        "sim",
+        "BTCUSDT",
+        "BTC",
+        "USDT",
+        Decimal("0.01"),
+        Decimal("0.00000001"),
+        qty_step=Decimal("0.00001"),
+    )
+    s = TwapSchedule(fine, Side.SELL, 20_500, T0, 60 * NS, 3, Decimal(10))
+    assert run_slices(s) == [(0, 7000), (20, 7000), (40, 6000)]
+    assert s.remaining_lots == 500 and s.done
+    assert all(fine.check_order(10_000, qty) is None for qty in (7000, 6000))
+    assert s.skipped == []
+
+
 def test_partial_fills_are_resliced_over_the_slices_left() -> None:
     s = schedule(total=12, slices=3)
     # Every child fills half: 12 -> child 4 (2 left over), then 10/2 = 5, then 8/1 = 8.
