@@ -128,6 +128,18 @@ PROTOCOL_QTY_DECIMALS: dict[str, int] = {
 class ReplayParams(ProfileParams, FillSimParams):
     """A recorded-data venue for ``mode: backtest`` runs."""
 
+    def manifest_problems(self, manifest: Any, spec: Any) -> list[tuple[tuple[str, ...], str]]:
+        """What the manifest around these params makes unrunnable (checked by validate)."""
+        if not self.data and not manifest.run.data:
+            return [
+                (
+                    ("params", "data"),
+                    "no recording given; set params.data on the exchange or run.data "
+                    "(record one with `quoteforge record`)",
+                )
+            ]
+        return []
+
     data: str | list[str] | None = Field(
         None,
         description="Recording file(s) (.jsonl or .jsonl.gz), merged in time order. "

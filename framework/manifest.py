@@ -809,6 +809,11 @@ def _resolve_plugins(
             continue
         loaded.plugin_params[".".join(loc)] = params
         _validate_wrapped(params, registry, (*loc, "params"), problems, problem)
+        # Rules that need the rest of the manifest (a strategy's symbols, run.data).
+        around = getattr(params, "manifest_problems", None)
+        if around is not None:
+            for sub, message in around(m, spec):
+                problems.append(problem((*loc, *sub), message))
 
     if m.paper or m.run.mode == "paper":
         from quoteforge.exchanges.paper import PaperParams

@@ -80,6 +80,14 @@ class CrossVenueTakerParams(StrategyParams):
                 raise ValueError(f"taker_fee_bps[{leg!r}] must be in [0, 10000), got {fee}")
         return self
 
+    def manifest_problems(self, manifest: Any, spec: Any) -> list[tuple[tuple[str, ...], str]]:
+        """What the manifest around these params makes unrunnable (checked by validate)."""
+        legs = self.legs if self.legs is not None else spec.symbols
+        if "*" not in legs and len(set(legs)) < 2:
+            where = ("params", "legs") if self.legs is not None else ("symbols",)
+            return [(where, f"cross_venue_taker needs at least two legs, got {list(legs)}")]
+        return []
+
 
 class Opportunity:
     """A cross between two legs: buy at ``ask`` on ``buy``, sell at ``bid`` on ``sell``."""

@@ -54,7 +54,7 @@ class OfferTakerParams(StrategyParams):
         0.05, gt=0, lt=1, description="Relative change of the edge per adaptation."
     )
     max_staleness: Duration = Field(
-        Duration(2.0), description="Never act on a reference price older than this."
+        Duration(2.0), gt=0, description="Never act on a reference price older than this."
     )
     order_size: float = Field(
         gt=0, le=1e9, description="Largest quantity taken from one offer, base units."

@@ -96,3 +96,42 @@ def test_summary_table_format() -> None:
     ]
     assert lines[2].startswith("sim:A/B") and "100.5" in lines[2]
     assert lines[3].split()[1] == "-"  # a market with no book shows a dash, not "None"
+
+
+def test_validate_refuses_hostile_files_with_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quickstart = (ROOT / "examples" / "quickstart.yaml").read_text()
+    bomb = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    bomb += [
+        f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]"
+        for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    cases = {
+        "bomb.yaml": ("\n".join(bomb) + "\n").encode(),
+        "deep.yaml": quickstart.encode() + b"x: " + b"[" * 1000 + b"]" * 1000 + b"\n",
+        "latin1.yaml": quickstart.replace("name: quickstart", "name: caf\xe9").encode("latin-1"),
+        "list.yaml": b"- run\n",
+        "inf.yaml": quickstart.replace("spread_bps: 4", "spread_bps: .inf").encode(),
+        "escape.yaml": quickstart.replace("name: quickstart", "name: ../../../x").encode(),
+    }
+    expected = {
+        "bomb.yaml": "YAML aliases expand to more than 10000 values",
+        "deep.yaml": "nested more than 64 levels deep",
+        "latin1.yaml": "not UTF-8 text (byte 0xe9",
+        "list.yaml": "a manifest is a mapping",
+        "inf.yaml": "is not a finite number",
+        "escape.yaml": "run.name: Value error, a run name may hold",
+    }
+    assert "name: quickstart" in quickstart and "spread_bps: 4" in quickstart
+    for name, raw in cases.items():
+        path = tmp_path / name
+        path.write_bytes(raw)
+        assert main(["validate", str(path)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"manifest refused:\n{path}:"), err
+        assert expected[name] in err and "Traceback" not in err
+        # run refuses the same way, before a run folder exists
+        assert main(["run", str(path), "--out", str(tmp_path / f"run-{name}")]) == 2
+        assert expected[name] in capsys.readouterr().err
+        assert not (tmp_path / f"run-{name}").exists()

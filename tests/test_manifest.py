@@ -413,3 +413,21 @@ def test_a_wrapped_strategys_params_are_checked_at_validate_time(
     assert "strategies.mm.params.strategy: unknown strategy type 'nope'" in msg
     fixed = wrapped.replace("spread_bps: -10", "spread_bps: 10").replace("        spred: 1\n", "")
     assert load(fixed, registry).params_of("strategies", "mm").strategy == "pure_market_making"
+
+
+def test_rules_that_need_the_rest_of_the_manifest_are_checked_at_validate_time(
+    registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    monkeypatch.chdir(examples.parent)
+    one_leg = (
+        (examples / "cross_venue_taker.yaml")
+        .read_text()
+        .replace('symbols: [BTC/USDT, "venue_b:BTC/USDT"]', 'symbols: ["venue_b:BTC/USDT"]')
+    )
+    msg = refused(one_leg, registry)
+    assert "strategies.xv.symbols: cross_venue_taker needs at least two legs" in msg
+    backtest = (examples / "backtest.yaml").read_text()
+    no_data = "\n".join(line for line in backtest.splitlines() if "data:" not in line)
+    msg = refused(no_data, registry)
+    assert "exchanges.binance.params.data: no recording given" in msg
