@@ -45,6 +45,11 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
         "latency_main",
         "measure REST, websocket and order-ack latency (p50/p99) to each venue",
     ),
+    "data": (
+        "quoteforge.plugins.data_import",
+        "data_main",
+        "market-data files: 'data import' converts hftbacktest or Tardis.dev recordings",
+    ),
 }
 
 

@@ -551,7 +551,8 @@ def _parse_scalar(text: str) -> Any:
     try:
         return _parse_yaml(text)[1]
     except _UnreadableError as exc:
-        raise ManifestError("--set", [ManifestProblem(None, text, exc.message)]) from None
+        shown = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+        raise ManifestError("--set", [ManifestProblem(None, shown, exc.message)]) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
@@ -565,6 +566,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
         keys = [k for k in dotted.strip().split(".") if k]
         if not keys:
             raise ManifestError("--set", [ManifestProblem(None, item, "empty key path")])
+        if len(keys) > MAX_DEPTH:
+            raise ManifestError(
+                "--set",
+                [ManifestProblem(None, dotted[:80], f"a key path has at most {MAX_DEPTH} parts")],
+            )
         node: Any = data
         for depth, key in enumerate(keys[:-1]):
             if isinstance(node, list):

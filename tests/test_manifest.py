@@ -431,3 +431,12 @@ def test_rules_that_need_the_rest_of_the_manifest_are_checked_at_validate_time(
     no_data = "\n".join(line for line in backtest.splitlines() if "data:" not in line)
     msg = refused(no_data, registry)
     assert "exchanges.binance.params.data: no recording given" in msg
+
+
+def test_overrides_are_bounded_like_the_file(registry: PluginRegistry) -> None:
+    msg = refused(GOOD, registry, overrides=["x." * 3000 + "y=1"])
+    assert "--set: " in msg and "a key path has at most 64 parts" in msg
+    msg = refused(GOOD, registry, overrides=["run.name=" + "[" * 3000])
+    assert "nested more than 64 levels deep" in msg and "(3000 characters)" in msg
+    msg = refused(GOOD, registry, overrides=["run.duration=.inf"])
+    assert "run.duration (from --set): inf is not a finite number" in msg
