@@ -66,7 +66,9 @@ def backtest(
                 "type": "replay",
                 "params": {
                     "protocol": protocol,
-                    "markets": {symbol: {"tick_size": tick, "qty_step": step}},
+                    # lot_size: the quantity unit the recording is read at and the order
+                    # step at once, which any replay accepts.
+                    "markets": {symbol: {"tick_size": tick, "lot_size": step}},
                     "maker_fee_bps": 0,
                     "latency": {"market_data_ms": 2, "order_ms": 4, "jitter_ms": 0},
                 },
@@ -177,7 +179,7 @@ def test_hftbacktest_round_trips_through_a_backtest_with_fills(
         protocol="binance_spot",
         symbol="BTC/USDT",
         tick="0.01",
-        step="0.00001",
+        step="0.00000001",  # real levels carry 8 decimals
         order_size=0.01,
         spread_bps=1,
     )
