@@ -353,8 +353,8 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
         if isinstance(event, yaml.AliasEvent):
-            line = event.start_mark.line + 1
             if event.anchor in self._open_anchors:
                 raise _UnreadableError(
                     line,
@@ -376,8 +376,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise _UnreadableError(
-                event.start_mark.line + 1,
-                f"nested more than {MAX_DEPTH} levels deep; a manifest needs far fewer",
+                line, f"nested more than {MAX_DEPTH} levels deep; a manifest needs far fewer"
             )
         anchor = event.anchor
         if anchor is not None:
@@ -754,7 +753,8 @@ def _validate_params(
 ) -> BaseModel | None:
     """``raw`` validated against the registration's schema, or None with the problems."""
     try:
-        return reg.params.model_validate(raw)  # type: ignore[no-any-return]
+        params: BaseModel = reg.params.model_validate(raw)
+        return params
     except ValidationError as exc:
         for err in exc.errors():
             sub = tuple(str(p) for p in err["loc"])
