@@ -7,6 +7,10 @@ into a conftest), define a ``conformance_kit`` fixture returning a ``VenueKit``,
     @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
     async def test_conformance(venue_harness, scenario):
         await scenario(venue_harness)
+
+A kit whose replica can serve a real recording (``make_recording_replica`` and
+``recording``) also runs ``RECORDED_SCENARIOS`` on ``recorded_venue_harness``: the
+adapter over the venue's real bytes, end to end.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,10 +51,12 @@ from quoteforge.model import (
 
 __all__ = [
     "FAST_PARAMS",
+    "RECORDED_SCENARIOS",
     "SCENARIOS",
     "Harness",
     "RecordingSink",
     "VenueKit",
+    "recorded_venue_harness",
     "venue_harness",
 ]
 
@@ -113,6 +120,10 @@ class VenueKit:
     with ``params`` (``FAST_PARAMS`` plus overrides); ``features`` names optional
     behaviour the scenarios check: ``sequence`` (gap detection), ``checksum``,
     ``replace`` (one-call cancel/replace), ``amend``.
+
+    ``make_recording_replica(recording, speed)`` builds a replica that serves a real
+    recording of the venue (``recording``) as its market data, ``speed`` times faster
+    than recorded; ``RECORDED_SCENARIOS`` need it.
     """
 
     venue: str
@@ -122,6 +133,9 @@ class VenueKit:
     compare_depth: int | None = None
     features: frozenset[str] = frozenset()
     params: dict[str, Any] = field(default_factory=dict)
+    make_recording_replica: Callable[[Path, float], ReplicaServer] | None = None
+    recording: Path | None = None
+    recording_speed: float = 4.0
 
 
 class Harness:
@@ -210,6 +224,8 @@ class Harness:
             px = inst.ticks_to_price(price or self.passive_price(side))
             need = max(inst.min_qty, (inst.min_notional * 3) / px if px else Decimal(0))
             lots = max(1, int(need / inst.lot_size) + 1)
+            # Orders go out in whole steps of the venue's order quantity step.
+            lots = -(-lots // inst.step_lots) * inst.step_lots
         return Order(
             client_id or self.new_id(),
             self.adapter.name,
@@ -268,6 +284,40 @@ async def venue_harness(conformance_kit: VenueKit) -> AsyncIterator[Harness]:
         await adapter.connect(sink)
         harness = Harness(kit, replica, adapter, sink)
         await harness.wait_book_matches()
+        yield harness
+    finally:
+        await adapter.close()
+        await replica.stop()
+
+
+@pytest_asyncio.fixture
+async def recorded_venue_harness(conformance_kit: VenueKit) -> AsyncIterator[Harness]:
+    """A replica serving the kit's real recording and the adapter connected to it, its
+    book LIVE; torn down after the test."""
+    kit = conformance_kit
+    if kit.make_recording_replica is None or kit.recording is None:
+        raise pytest.UsageError(
+            f"kit {kit.venue!r}: give make_recording_replica and recording to run the "
+            "scenarios over a real recording"
+        )
+    replica = kit.make_recording_replica(kit.recording, kit.recording_speed)
+    await replica.start()
+    sink = RecordingSink()
+    ctx = VenueContext(
+        name=kit.venue,
+        clock=LiveClock(),
+        seed=1,
+        mode="live",
+        symbols=[kit.symbol],
+        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},  # type: ignore[attr-defined]
+    )
+    adapter = kit.make_adapter(replica, {**FAST_PARAMS, **kit.params}, ctx)
+    try:
+        await adapter.connect(sink)
+        harness = Harness(kit, replica, adapter, sink)
+        await harness.wait_for(
+            lambda: harness.book.state is BookState.LIVE, "book LIVE from the recording", 10
+        )
         yield harness
     finally:
         await adapter.close()
@@ -374,8 +424,10 @@ async def partial_fill_on_arrival(h: Harness) -> None:
     await h.replica.partial_fill_next("0.5")
     order = h.order(Side.BUY)
     await h.place(order, until=lambda u: u.status is OrderStatus.PARTIALLY_FILLED)
+    # The venue fills half, rounded down to its order step.
+    half = h.instrument.floor_to_step(order.qty_lots // 2)
     await h.wait_for(
-        lambda: sum(f.qty_lots for f in h.sink.fills_of(order.client_id)) == order.qty_lots // 2,
+        lambda: sum(f.qty_lots for f in h.sink.fills_of(order.client_id)) == half,
         "half filled",
     )
 
@@ -517,6 +569,79 @@ SCENARIOS: list[Callable[[Harness], Awaitable[None]]] = [
 ]
 """Every scenario; a kit without a feature (``sequence``/``checksum``) skips the
 scenario that needs it through ``needs``."""
+
+# ---------------------------------------------------------------------------------------
+# Scenarios over a real recording
+# ---------------------------------------------------------------------------------------
+
+
+def _states_after_live(h: Harness) -> list[tuple[str, str]]:
+    """Book state changes after the book first went LIVE."""
+    states = [(old, new) for _, old, new, _ in h.sink.states]
+    first = next((i for i, (_, new) in enumerate(states) if new == "LIVE"), None)
+    assert first is not None, f"the book never went LIVE: {states}"
+    return states[first + 1 :]
+
+
+async def recorded_book_stays_live(h: Harness) -> None:
+    """The venue's real diffs chain on the real snapshot: the book stays LIVE, never
+    crossed, and keeps following the recorded market."""
+    played = h.replica.played  # type: ignore[attr-defined]
+    seen = h.sink.book_events
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        book = h.book
+        bid, ask = book.best_bid(), book.best_ask()
+        assert bid is not None and ask is not None, "both sides of the book are known"
+        assert bid[0] < ask[0], f"crossed book {bid} / {ask}"
+        await asyncio.sleep(0.05)
+    assert h.replica.played > played + 10, "the recording kept playing"  # type: ignore[attr-defined]
+    assert h.sink.book_events > seen + 10, "the adapter kept applying real diffs"
+    assert _states_after_live(h) == [], "the book stayed LIVE"
+
+
+async def recorded_trades_fill_resting_quotes(h: Harness) -> None:
+    """Quotes at the best bid and ask of the real book rest; recorded trades that
+    reach them fill them (reported once each, at our price, as maker); cancelling the
+    rest leaves nothing open."""
+    placed: list[Order] = []
+    deadline = time.monotonic() + 12.0
+    while not h.sink.fills and time.monotonic() < deadline:
+        working = {o.client_id for o in h.replica.orders(h.symbol)}
+        for side in (Side.BUY, Side.SELL):
+            best = h.book.best_bid() if side is Side.BUY else h.book.best_ask()
+            assert best is not None
+            resting = [o for o in placed if o.side is side and o.client_id in working]
+            if resting and resting[-1].price_ticks == best[0]:
+                continue
+            # Not quoting at the best any more (the market moved away, or a post-only
+            # order was refused): quote there again.
+            for old in resting:
+                h.adapter.submit([CancelOrder(old.client_id, h.adapter.name, h.symbol)])
+            order = h.order(side, price=best[0], tif=TimeInForce.POST_ONLY)
+            placed.append(order)
+            h.adapter.submit([PlaceOrder(order)])
+        await asyncio.sleep(0.2)
+    assert h.sink.fills, "a recorded trade filled one of our quotes"
+    h.adapter.submit([CancelAll(h.adapter.name, h.symbol)])
+    await h.wait_for(lambda: not h.replica.orders(h.symbol), "nothing left open", 5)
+    by_id = {o.client_id: o for o in placed}
+    for fill in h.sink.fills:
+        order = by_id[fill.client_id]
+        assert fill.price_ticks == order.price_ticks and fill.side is order.side
+        assert fill.liquidity.value == "maker"
+    assert len({f.fill_id for f in h.sink.fills}) == len(h.sink.fills)
+    for client_id, order in by_id.items():
+        got = sum(f.qty_lots for f in h.sink.fills_of(client_id))
+        assert got <= order.qty_lots
+    assert _states_after_live(h) == [], "the book stayed LIVE"
+
+
+RECORDED_SCENARIOS: list[Callable[[Harness], Awaitable[None]]] = [
+    recorded_book_stays_live,
+    recorded_trades_fill_resting_quotes,
+]
+"""Scenarios over the venue's real bytes (``recorded_venue_harness``)."""
 
 _NEEDS: dict[Callable[[Harness], Awaitable[None]], str] = {
     sequence_gap_resyncs: "sequence",

@@ -5,18 +5,26 @@ websocket-API user data stream, in Binance's wire formats, on 127.0.0.1.
         params = {"rest_url": venue.url, "ws_url": venue.ws_url}
         await venue.set_level("BTCUSDT", "sell", "50010.00", "0.5")
         await venue.fail_http(429, retry_after=1)
+
+With ``recording=`` the market data is a real recording instead (a quoteforge
+recording or an hftbacktest collector file): its messages go out on the streams, byte
+for byte, at their recorded pace (``speed`` times faster), the book they build answers
+``GET /api/v3/depth``, and recorded trades fill our resting orders they reach.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import hashlib
 import hmac
 import json
 import random
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -30,6 +38,7 @@ from quoteforge.exchanges.replica_faults import (
     ReplicaServer,
     ReplicaTrade,
 )
+from quoteforge.recording import Record, read_recording
 
 __all__ = ["BinanceReplica", "BinanceSymbol", "sign_query"]
 
@@ -123,8 +132,25 @@ class BinanceReplica(ReplicaServer):
         seed: int = 7,
         ping_interval: float = 20.0,
         port: int = 0,
+        recording: str | Path | None = None,
+        speed: float = 1.0,
     ) -> None:
         super().__init__(port=port, ping_interval=ping_interval)
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0 (1 = recorded pace), got {speed}")
+        self.recording = Path(recording) if recording is not None else None
+        if self.recording is not None and not self.recording.is_file():
+            raise ValueError(f"recording {self.recording} not found")
+        self.speed = speed
+        self.played = 0
+        """Recorded messages played so far (``recording`` mode)."""
+        self.recorded_fills = 0
+        """Fills of our orders caused by recorded trades."""
+        self.playback_done = asyncio.Event()
+        self._ready: dict[str, asyncio.Event] = {}
+        self._early: dict[str, list[dict[str, Any]]] = {}  # diffs before the first snapshot
+        self._bridge: dict[str, list[dict[str, Any]]] = {}  # of them, those to apply next
+        self._snapshot_text: dict[str, tuple[int, int, str]] = {}
         self.api_key = api_key or secrets.token_hex(32)
         self.api_secret = api_secret or secrets.token_hex(32)
         self.weight_limit = weight_limit
@@ -157,10 +183,12 @@ class BinanceReplica(ReplicaServer):
                 lot=Decimal(spec.lot),
                 account=self.account,
                 ids=trade_ids,
+                qty_precision=Decimal("0.00000001"),  # baseAssetPrecision 8
             )
             self.markets[name] = market
             self.update_id[name] = 100
-            self._seed_book(market, Decimal(spec.mid), spec.levels)
+            if self.recording is None:
+                self._seed_book(market, Decimal(spec.mid), spec.levels)
             market.changed.clear()
 
     def _seed_book(self, market: ReplicaMarket, mid: Decimal, levels: int) -> None:
@@ -243,6 +271,169 @@ class BinanceReplica(ReplicaServer):
                 await self._publish_depth(market)
                 return
         raise KeyError(f"no open replica order with client id {client_id!r}")
+
+    # -- recording mode -----------------------------------------------------------------
+    async def start(self) -> None:
+        await super().start()
+        if self.recording is not None:
+            self.spawn(self._play_recording())
+
+    def _recorded(self) -> Iterator[Record]:
+        """The recording's records: the project's format, or an hftbacktest collector
+        file (``<ns> <JSON>`` lines)."""
+        assert self.recording is not None
+        path = self.recording
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            head = fh.read(1)
+        if head.isdigit():
+            from quoteforge.plugins.data_import import read_hftbacktest
+
+            return read_hftbacktest(path)
+        return read_recording(path)
+
+    async def _play_recording(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        first: int | None = None
+        try:
+            for record in self._recorded():
+                if first is None:
+                    first = record.t_ns
+                due = start + (record.t_ns - first) / 1e9 / self.speed
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._play(record)
+                self.played += 1
+        finally:
+            self.playback_done.set()
+
+    async def _play(self, record: Record) -> None:
+        stream, raw = record.stream, record.raw
+        if stream.startswith("rest:"):
+            if "depth" in stream:
+                self._play_snapshot(stream, raw)
+            return
+        if "@" not in stream:
+            return
+        native, _, kind = stream.partition("@")
+        market = self.markets.get(native.upper())
+        if market is None:
+            return
+        msg = json.loads(raw)
+        if kind.startswith("depth"):
+            self._play_depth(market, msg)
+        await self._send_recorded(native.lower(), kind, raw)
+        if kind.startswith("trade"):
+            await self._recorded_trade(market, msg)
+
+    def _play_snapshot(self, stream: str, raw: str) -> None:
+        _, found, rest = stream.partition("symbol=")
+        name = rest.split("&")[0].upper() if found else next(iter(self.markets))
+        market = self.markets.get(name)
+        if market is None:
+            return
+        snap = json.loads(raw)
+        for side in ("buy", "sell"):
+            market.levels[side].clear()
+        for side, key in (("buy", "bids"), ("sell", "asks")):
+            for price, qty in snap[key]:
+                market.set_level(side, Decimal(price), Decimal(qty))
+        market.changed.clear()
+        last_id = int(snap["lastUpdateId"])
+        self.update_id[name] = last_id
+        # The recorder bridged from this snapshot with the events it had buffered:
+        # those that end after it apply on top (Binance's procedure) when the next
+        # event plays; until then the depth endpoint answers the snapshot as recorded.
+        self._bridge[name] = self._early.pop(name, [])
+        self._ready_event(name).set()
+        deepest = max(len(snap["bids"]), len(snap["asks"]))
+        self._snapshot_text[name] = (last_id, deepest, raw)
+
+    def _play_depth(self, market: ReplicaMarket, msg: dict[str, Any]) -> None:
+        name = market.symbol
+        if not self._ready_event(name).is_set():
+            # Before the recording's first snapshot the book is unknown: keep the
+            # events for the bridge.
+            self._early.setdefault(name, []).append(msg)
+            return
+        bridge = self._bridge.pop(name, None)
+        if bridge:
+            for early in bridge:
+                self._apply_recorded(market, early)
+        self._apply_recorded(market, msg)
+
+    def _apply_recorded(self, market: ReplicaMarket, msg: dict[str, Any]) -> None:
+        name = market.symbol
+        # Events already in the book are old. Levels are absolute, so an event that
+        # overlaps what is applied is safe to apply.
+        if msg["u"] <= self.update_id[name]:
+            return
+        for side, key in (("buy", "b"), ("sell", "a")):
+            for price, qty in msg[key]:
+                market.set_level(side, Decimal(price), Decimal(qty))
+        market.changed.clear()
+        self.update_id[name] = msg["u"]
+
+    def _ready_event(self, symbol: str) -> asyncio.Event:
+        event = self._ready.get(symbol)
+        if event is None:
+            event = self._ready[symbol] = asyncio.Event()
+        return event
+
+    async def _send_recorded(self, native: str, kind: str, data: str) -> None:
+        """A recorded payload to every socket subscribed to its stream, as recorded;
+        the diff-depth speeds (``@depth``, ``@depth@100ms``) are one stream here, the
+        recording's pace is what it is."""
+        depth = kind.startswith("depth")
+        for ws, names in list(self._depth_subs.items()):
+            name = next(
+                (
+                    n
+                    for n in names
+                    if n.partition("@")[0] == native
+                    and (
+                        n.partition("@")[2].startswith("depth")
+                        if depth
+                        else n.partition("@")[2] == kind
+                    )
+                ),
+                None,
+            )
+            if name is None:
+                continue
+            if ws in self._combined:
+                await self.send_text(ws, '{"stream":"' + name + '","data":' + data + "}")
+            else:
+                await self.send_text(ws, data)
+
+    async def _recorded_trade(self, market: ReplicaMarket, msg: dict[str, Any]) -> None:
+        """A recorded trade fills our resting orders it reaches on the side it hit, best
+        price first, up to its size. Queue-blind: our order is taken to be first at its
+        price (the backtest's fill simulator models the queue; this is for adapters)."""
+        price = Decimal(msg["p"])
+        left = Decimal(msg["q"])
+        hit = "buy" if msg["m"] else "sell"  # buyer was maker: a seller hit the bids
+        reached = [
+            o
+            for o in market.orders.values()
+            if o.is_open
+            and o.side == hit
+            and o.price is not None
+            and (o.price >= price if hit == "buy" else o.price <= price)
+        ]
+        reached.sort(key=lambda o: (-o.price if hit == "buy" else o.price, o.created_ms))  # type: ignore[operator]
+        for order in reached:
+            take = min(left, order.remaining)
+            take -= take % market.lot
+            if take <= 0:
+                break
+            trade = market.fill_resting(order.client_id, take, self.now_ms())
+            market.changed.clear()  # our depth is not on the recorded streams
+            left -= take
+            self.recorded_fills += 1
+            await self._report(order, "TRADE", trade)
 
     # -- routes -------------------------------------------------------------------------
     def _add_routes(self, app: web.Application) -> None:
@@ -479,12 +670,43 @@ class BinanceReplica(ReplicaServer):
         if symbol not in self.markets:
             return self._error(-1121, "Invalid symbol.")
         market = self.markets[symbol]
+        if self.recording is not None:
+            return await self._recorded_depth(symbol, market, limit)
         return self._json(
             {
                 "lastUpdateId": self.update_id[symbol],
                 "bids": [[_f8(p), _f8(q)] for p, q in market.depth("buy", limit)],
                 "asks": [[_f8(p), _f8(q)] for p, q in market.depth("sell", limit)],
             }
+        )
+
+    async def _recorded_depth(self, symbol: str, market: ReplicaMarket, limit: int) -> web.Response:
+        """The recorded book: the recording's snapshot text itself while nothing has
+        changed it, else the book the recorded events built from it. A request before
+        the recording's first snapshot waits for it (the venue's book is unknown)."""
+        ready = self._ready_event(symbol)
+        waited = not ready.is_set()
+        try:
+            await asyncio.wait_for(ready.wait(), timeout=30)
+        except TimeoutError:
+            return self._error(-1003, "The recording has no depth snapshot yet.", status=503)
+        last_id, deepest, raw = self._snapshot_text[symbol]
+        # A request that waited is answered with the book as it was when the snapshot
+        # arrived, whatever played while the answer was on its way.
+        if waited or last_id == self.update_id[symbol]:
+            if deepest <= limit:
+                return web.Response(text=raw, content_type="application/json")
+            snap = json.loads(raw)
+            snap["bids"], snap["asks"] = snap["bids"][:limit], snap["asks"][:limit]
+            return self._json(snap)
+
+        def side(name: str) -> list[list[str]]:
+            book = market.levels[name]
+            prices = sorted(book, reverse=name == "buy")[:limit]
+            return [[_f8(p), _f8(book[p])] for p in prices]
+
+        return self._json(
+            {"lastUpdateId": self.update_id[symbol], "bids": side("buy"), "asks": side("sell")}
         )
 
     # -- orders ---------------------------------------------------------------------------
@@ -885,7 +1107,8 @@ class BinanceReplica(ReplicaServer):
 
     async def _publish_depth(self, market: ReplicaMarket) -> None:
         changes = market.take_changes()
-        if not changes:
+        if not changes or self.recording is not None:
+            # Serving a recording, the recorded events are the depth stream.
             return
         first = self.update_id[market.symbol] + 1
         last = first + len(changes) - 1

@@ -452,12 +452,16 @@ class ReplicaMarket:
         taker_fee: Decimal = Decimal("0.001"),
         fee_in_received_asset: bool = True,
         ids: Iterable[int] | None = None,
+        qty_precision: Decimal | None = None,
     ) -> None:
         self.symbol = symbol
         self.base = base
         self.quote = quote
         self.tick = tick
         self.lot = lot
+        # Other participants' levels are counted at the precision the venue reports
+        # (Binance: 8 decimals), finer than the step our orders must keep.
+        self.qty_precision = qty_precision if qty_precision is not None else lot
         self.account = account
         self.maker_fee = maker_fee
         self.taker_fee = taker_fee
@@ -496,10 +500,10 @@ class ReplicaMarket:
 
     def set_level(self, side: str, price: Decimal, qty: Decimal) -> None:
         """Other participants' absolute quantity at a level (0 removes it)."""
-        if price % self.tick or qty % self.lot:
+        if price % self.tick or qty % self.qty_precision:
             raise ValueError(
                 f"{self.symbol}: level {price} x {qty} is off the grid "
-                f"(tick {self.tick}, lot {self.lot})"
+                f"(tick {self.tick}, quantity precision {self.qty_precision})"
             )
         if qty > 0:
             self.levels[side][price] = qty
