@@ -240,6 +240,7 @@ class NodeSettings(BaseModel):
     )
     connect_timeout: Duration = Field(
         Duration(30),
+        gt=0,
         description="How long a strategy node waits for the instruments of a venue hosted "
         "by another node before it gives up.",
     )
