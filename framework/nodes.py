@@ -182,6 +182,11 @@ def _node_bus(
         updates["heartbeat_interval_s"] = float(settings.heartbeat) if heartbeats else 0.0
     if "client_id" in fields and getattr(params, "client_id", None):
         updates["client_id"] = f"{getattr(params, 'client_id', '')}-{role}"
+    # One manifest for every node, one broker user per role (the ACL's): "{role}" in the
+    # user name is this node's role.
+    username = getattr(params, "username", None)
+    if isinstance(username, str) and "{role}" in username:
+        updates["username"] = username.replace("{role}", user or role)
     factory = registry.get("bus", m.bus.type).factory
     bus: Bus = factory(params.model_copy(update=updates), m.run.name)
     return bus
@@ -894,7 +899,12 @@ class _ExecutionNode(_Node):
             self.clock = sim_clock
             # The steps have a connection of their own (see remote.clock_topics).
             clock_bus = _node_bus(
-                self.loaded, self.registry, f"{self.role}-clock", self.settings, heartbeats=False
+                self.loaded,
+                self.registry,
+                f"{self.role}-clock",
+                self.settings,
+                heartbeats=False,
+                user=self.role,
             )
             self.lockstep = _LockstepDriver(self, sim_clock, clock_bus)
         self._early_cancels: set[str] = set()
@@ -1613,7 +1623,7 @@ class _StrategyNode:
             clock = LockstepClock(_epoch_ns())
             # The steps have a connection of their own (see remote.clock_topics).
             clock_bus = _node_bus(
-                loaded, registry, f"{self.role}-clock", settings, heartbeats=False
+                loaded, registry, f"{self.role}-clock", settings, heartbeats=False, user=self.role
             )
             self.lockstep = LockstepFollower(
                 lambda: self.bus,

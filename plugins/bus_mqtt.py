@@ -123,7 +123,11 @@ class MqttParams(BaseModel):
     port: int = Field(
         default=1883, ge=1, le=65535, description="broker TCP port (8883 is usual for TLS)"
     )
-    username: str | None = Field(default=None, description="user name for broker authentication")
+    username: str | None = Field(
+        default=None,
+        description="user name for broker authentication; in a split run '{role}' stands "
+        "for the node's role (marketdata, strategy, execution, monitor)",
+    )
     password: SecretStr | None = Field(
         default=None, description="password for broker authentication; use ${ENV_VAR} in manifests"
     )
@@ -150,13 +154,19 @@ class MqttParams(BaseModel):
         description="seconds between MQTT pings; a dead link is noticed after 1.5x this",
     )
     connect_timeout_s: float = Field(
-        default=5.0, gt=0, description="seconds to wait for the broker when connecting"
+        default=5.0,
+        gt=0,
+        le=315_360_000,
+        description="seconds to wait for the broker when connecting",
     )
     reconnect_min_s: float = Field(
-        default=0.2, gt=0, description="first reconnect delay in seconds"
+        default=0.2, gt=0, le=315_360_000, description="first reconnect delay in seconds"
     )
     reconnect_max_s: float = Field(
-        default=10.0, gt=0, description="longest reconnect delay; the delay doubles up to this"
+        default=10.0,
+        gt=0,
+        le=315_360_000,
+        description="longest reconnect delay; the delay doubles up to this",
     )
     reconnect_jitter: float = Field(
         default=0.5,
@@ -205,11 +215,15 @@ class MqttParams(BaseModel):
         description="message ids remembered to apply each message at most once",
     )
     heartbeat_interval_s: float = Field(
-        default=5.0, ge=0, description="seconds between heartbeats on heartbeat/<node>; 0 disables"
+        default=5.0,
+        ge=0,
+        le=315_360_000,
+        description="seconds between heartbeats on heartbeat/<node>; 0 disables",
     )
     close_timeout_s: float = Field(
         default=3.0,
         ge=0,
+        le=315_360_000,
         description="seconds close() waits for queued messages to reach the broker",
     )
     signing_key: SecretStr | None = Field(
@@ -227,6 +241,7 @@ class MqttParams(BaseModel):
     max_age_s: float = Field(
         default=60.0,
         gt=0,
+        le=315_360_000,
         description="signed frames sent more than this many seconds from this machine's "
         "clock are refused as replays; covers clock skew and time queued at the broker",
     )
@@ -263,8 +278,8 @@ class MqttParams(BaseModel):
         if self.username is None and (self.tls is None or self.tls.cert_file is None):
             problems.append(
                 "the bus connects anonymously: set username and password "
-                "(${QF_MQTT_USER}, ${QF_MQTT_PASSWORD}) or a TLS client certificate "
-                "(tls.cert_file)"
+                "(username: '{role}', password: ${QF_MQTT_PASSWORD}) or a TLS client "
+                "certificate (tls.cert_file)"
             )
         if self.tls is None and not _is_loopback(self.host):
             problems.append(

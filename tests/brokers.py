@@ -145,7 +145,6 @@ class SecureBroker(Broker):
     def env(self, role: str) -> dict[str, str]:
         """The environment of the node of ``role``, as the example manifest reads it."""
         return {
-            "QF_MQTT_USER": role,
             "QF_MQTT_PASSWORD": self.passwords[role],
             "QF_MQTT_CA": str(self.ca),
             "QUOTEFORGE_BUS_KEY": self.key,

@@ -711,7 +711,7 @@ async def test_a_killed_strategy_node_has_its_orders_cancelled_after_the_grace(
     observers.append(obs)
     await obs.start()
     nodes.start(manifest, "execution", "strategy")
-    await wait_until(lambda: len(obs.working) >= 4, 20, "the strategy has quotes working")
+    await wait_until(lambda: len(obs.working) >= 4, 40, "the strategy has quotes working")
     nodes.procs["strategy"].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     await wait_until(lambda: bool(obs.breakers), GRACE + 5, "a strategy_lost breaker")
@@ -746,7 +746,7 @@ async def test_kill_switch_from_any_node_stops_every_node(
     observers.append(obs)
     await obs.start()
     nodes.start(manifest, "execution", "marketdata", "strategy", "monitor")
-    await wait_until(lambda: len(obs.working) >= 4, 20, "the strategy has quotes working")
+    await wait_until(lambda: len(obs.working) >= 4, 40, "the strategy has quotes working")
     await wait_until(
         lambda: (nodes.dir("marketdata") / "run.json").exists(), 5, "market-data node up"
     )
