@@ -168,10 +168,12 @@ def _node_bus(
     settings: NodeSettings,
     *,
     heartbeats: bool = True,
+    user: str | None = None,
 ) -> Bus:
     """The bus of one node: heartbeats on ``heartbeat/<role>`` at the node interval, and
     a client id of its own (a manifest's fixed ``client_id`` gets ``-<role>`` appended).
-    ``heartbeats=False`` for a node's second connection (``<role>`` names it then)."""
+    ``heartbeats=False`` for a node's second connection (``<role>`` names it then, and
+    ``user`` is the node's role, whose broker user it logs in as)."""
     m = loaded.manifest
     params = loaded.params_of("bus")
     fields = type(params).model_fields
