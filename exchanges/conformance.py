@@ -586,7 +586,7 @@ def _states_after_live(h: Harness) -> list[tuple[str, str]]:
 async def recorded_book_stays_live(h: Harness) -> None:
     """The venue's real diffs chain on the real snapshot: the book stays LIVE, never
     crossed, and keeps following the recorded market."""
-    played = h.replica.played  # type: ignore[attr-defined]
+    played = h.replica.played
     seen = h.sink.book_events
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
@@ -595,7 +595,7 @@ async def recorded_book_stays_live(h: Harness) -> None:
         assert bid is not None and ask is not None, "both sides of the book are known"
         assert bid[0] < ask[0], f"crossed book {bid} / {ask}"
         await asyncio.sleep(0.05)
-    assert h.replica.played > played + 10, "the recording kept playing"  # type: ignore[attr-defined]
+    assert h.replica.played > played + 10, "the recording kept playing"
     assert h.sink.book_events > seen + 10, "the adapter kept applying real diffs"
     assert _states_after_live(h) == [], "the book stayed LIVE"
 

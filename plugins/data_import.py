@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -123,8 +123,10 @@ class _Input:
             self._raw: IO[bytes] = path.open("rb")
         except OSError as exc:
             raise DataImportError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        binary: IO[bytes] = (
-            gzip.GzipFile(fileobj=self._raw, mode="rb") if path.suffix == ".gz" else self._raw
+        binary = (
+            cast(IO[bytes], gzip.GzipFile(fileobj=self._raw, mode="rb"))
+            if path.suffix == ".gz"
+            else self._raw
         )
         self._text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
         self.size = os.fstat(self._raw.fileno()).st_size
@@ -625,18 +627,23 @@ def import_recording(
         raise DataImportError(f"{target.parent}: no such directory for --out")
     report = ImportReport(target)
     reader = _Reader(files, report, skip_bad_lines)
-    streams: list[Iterator[Record]]
-    if fmt == "hftbacktest":
-        streams = [_hft_records(reader, i, venue, symbol) for i in range(len(files))]
-    else:
-        streams = _tardis_streams(reader, venue)
     temp = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
+        streams: list[Iterator[Record]]
+        if fmt == "hftbacktest":
+            streams = [_hft_records(reader, i, venue, symbol) for i in range(len(files))]
+        else:
+            streams = _tardis_streams(reader, venue)
         with (
-            Progress(reader.total(), desc=f"import {fmt}", unit="B") as bar,
+            Progress(
+                reader.total(),
+                desc=f"import {fmt}",
+                unit="B",
+                stream=None if progress else io.StringIO(),  # not a terminal: silent
+            ) as bar,
             _open_out(temp, target.suffix == ".gz") as handle,
         ):
-            reader.progress = bar if progress else None
+            reader.progress = bar
             records = _merged(streams)
             if keep is not None:
                 records = _kept(records, tuple(keep), report)
