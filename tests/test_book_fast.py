@@ -620,6 +620,48 @@ def test_other_texts_are_left_to_the_interpreted_path(raw: str | bytes) -> None:
     assert _state(source.book) == before
 
 
+def test_the_compiled_reader_keeps_update_ids_within_the_bounds() -> None:
+    source = _source()
+    source.on_snapshot(dict(_SNAPSHOT))
+    book = source.book
+    read = fast.apply_depth_text
+    assert read is not None
+
+    def call(raw: str, last: int, jump: int, per_second: int, elapsed: int) -> Any:
+        return read(
+            raw, "BTCUSDT", last, False, True, book._bid_keys, book._bid_qty,
+            book._ask_keys, book._ask_qty, source._price_table, source._qty_table,
+            jump, per_second, elapsed,
+        )  # fmt: skip
+
+    before = _state(book)
+    # 2 ids ahead: refused with a bound of 1, left to the interpreted source's desync.
+    assert call(_plain(11, 12), 10, 1, 0, 0) is None
+    # A second at 1 id/s makes it plausible; a negative elapsed time grants nothing.
+    assert call(_plain(11, 12), 10, 1, 1, -5 * 10**9) is None
+    assert _state(book) == before
+    assert call(_plain(11, 12), 10, 1, 1, 10**9)[:2] == (10, 12)
+    # Behind the book by more than the bound: not "covered", the interpreted desync.
+    assert call(_plain(3, 4), 12, 7, 0, 0) is None
+    assert call(_plain(3, 4), 12, 8, 0, 0) == (-1, 4, None)
+    with pytest.raises(ValueError, match="id bounds must be >= 0"):
+        call(_plain(13, 13), 12, -1, 0, 0)
+
+
+def test_the_compiled_reader_flags_a_crossed_or_locked_result() -> None:
+    source = _source()
+    source.on_snapshot(dict(_SNAPSHOT))
+    raw = _plain(11, 12).replace('"999.98000000","1.50000000"', '"1000.02000000","1.5"')
+    done = _read(source, raw, 10)
+    assert done is not None and done[0] & 16  # bid 1000.02 meets the ask 1000.02
+    source.book._applied(done[0] & 15, done[2])
+    assert source.book.is_crossed()
+    fresh = _source()
+    fresh.on_snapshot(dict(_SNAPSHOT))
+    done = _read(fresh, _plain(11, 12), 10)
+    assert done is not None and not done[0] & 16
+
+
 def test_a_book_that_is_not_live_never_reaches_the_compiled_reader(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -42,6 +42,9 @@ def apply_depth_text(
     ask_qty: dict[int, int],
     price_table: bytes,
     qty_table: bytes,
+    max_jump: int,
+    per_second: int,
+    elapsed_ns: int,
     /,
 ) -> tuple[int, int, int | None] | None: ...
 def binance_trade_text(

@@ -54,14 +54,20 @@ ApplyDepthText = Callable[
         dict[int, int],
         bytes,
         bytes,
+        int,
+        int,
+        int,
     ],
     tuple[int, int, int | None] | None,
 ]
 """``apply_depth_text(raw, symbol, last, futures, chained, bid_keys, bid_qty, ask_keys,
-ask_qty, price_table, qty_table)``: one Binance depthUpdate read from its JSON text for
-a live book whose last applied update id is ``last``. -> (code, u, ts_ns): code -1 when
-the event is already covered (dropped), else applied with ``apply_diff``'s change code;
-ts_ns is ``E`` in ns or None. None, with the book untouched, for anything else."""
+ask_qty, price_table, qty_table, max_jump, per_second, elapsed_ns)``: one Binance
+depthUpdate read from its JSON text for a live book whose last applied update id is
+``last``, accepted only when ``u`` is within ``max_jump + per_second * elapsed_ns //
+10**9`` ids of ``last``. -> (code, u, ts_ns): code -1 when the event is already covered
+(dropped), else applied with ``apply_diff``'s change code, plus 16 when the book is
+crossed or locked afterwards; ts_ns is ``E`` in ns or None. None, with the book
+untouched, for anything else (the interpreted source decides)."""
 
 BinanceTradeText = Callable[[str, bytes, bytes], tuple[int, int, bool] | None]
 """``binance_trade_text(raw, price_table, qty_table)``: one Binance trade message read
