@@ -167,21 +167,37 @@ def test_real_usdm_bytes_keep_a_futures_book_live_from_the_snapshot_on(tmp_path:
     assert source.stats.applied > 100
 
 
+@pytest.mark.parametrize(
+    ("source", "protocol", "symbol", "step", "size", "spread"),
+    [
+        # Real spot levels carry 8 decimals (finer than the 0.00001 order step).
+        (SPOT_HFT, "binance_spot", "BTC/USDT", "0.00000001", 0.01, 1.0),
+        (USDM_HFT, "binance_futures", "ETH/USDT", "0.001", 0.5, 0.5),
+    ],
+    ids=["spot", "usdm"],
+)
 def test_hftbacktest_round_trips_through_a_backtest_with_fills(
-    registry: PluginRegistry, tmp_path: Path
+    registry: PluginRegistry,
+    tmp_path: Path,
+    source: Path,
+    protocol: str,
+    symbol: str,
+    step: str,
+    size: float,
+    spread: float,
 ) -> None:
-    out = tmp_path / "btc.jsonl.gz"
-    import_recording("hftbacktest", [SPOT_HFT], out, keep=["depth", "trade"], progress=False)
+    out = tmp_path / "data.jsonl.gz"
+    import_recording("hftbacktest", [source], out, keep=["depth", "trade"], progress=False)
     run, run_dir = backtest(
         registry,
         tmp_path,
         out,
-        protocol="binance_spot",
-        symbol="BTC/USDT",
+        protocol=protocol,
+        symbol=symbol,
         tick="0.01",
-        step="0.00000001",  # real levels carry 8 decimals
-        order_size=0.01,
-        spread_bps=1,
+        step=step,
+        order_size=size,
+        spread_bps=spread,
     )
     venue = run.venues["venue"]
     assert isinstance(venue, ReplayExchange)
