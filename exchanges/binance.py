@@ -89,13 +89,19 @@ class BinanceParams(CcxtSpotParams):
         5000, gt=0, le=60000, description="How long a signed request stays valid at the venue."
     )
     time_sync_interval_s: float = Field(
-        600.0, gt=0, description="How often the venue clock offset is measured again."
+        600.0,
+        gt=0,
+        le=315_360_000,
+        description="How often the venue clock offset is measured again.",
     )
     rate_headroom: float = Field(
         0.9, gt=0, le=1, description="Share of the venue's rate limits this adapter may use."
     )
     silence_timeout_s: float = Field(
-        60.0, gt=0, description="Binance pings every 20 s; a socket silent this long is down."
+        60.0,
+        gt=0,
+        le=315_360_000,
+        description="Binance pings every 20 s; a socket silent this long is down.",
     )
 
 

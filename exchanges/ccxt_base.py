@@ -121,27 +121,50 @@ class CcxtSpotParams(BaseModel):
     private_ws_url: str | None = Field(
         None, description="URL of the private websocket (user data, trading)."
     )
-    request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one REST request.")
-    reconnect_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
-    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+    request_timeout_s: float = Field(
+        10.0, gt=0, le=315_360_000, description="Timeout of one REST request."
+    )
+    reconnect_initial_s: float = Field(
+        0.5, gt=0, le=315_360_000, description="First reconnect delay."
+    )
+    reconnect_max_s: float = Field(
+        30.0, gt=0, le=315_360_000, description="Longest reconnect delay."
+    )
     silence_timeout_s: float = Field(
-        30.0, gt=0, description="A socket with no frame (data, ping, heartbeat) this long is down."
+        30.0,
+        gt=0,
+        le=315_360_000,
+        description="A socket with no frame (data, ping, heartbeat) this long is down.",
     )
     max_connection_age_s: float = Field(
-        23.5 * 3600, gt=0, description="Reconnect before the venue's connection lifetime ends."
+        23.5 * 3600,
+        gt=0,
+        le=315_360_000,
+        description="Reconnect before the venue's connection lifetime ends.",
     )
     book_stale_after_s: float | None = Field(
-        None, gt=0, description="Mark a book STALE after this long without a book message."
+        None,
+        gt=0,
+        le=315_360_000,
+        description="Mark a book STALE after this long without a book message.",
     )
     order_lookups: int = Field(
         8, ge=1, description="Lookups by client id for an order whose status is unknown."
     )
-    lookup_interval_s: float = Field(0.5, gt=0, description="First delay between lookups.")
+    lookup_interval_s: float = Field(
+        0.5, gt=0, le=315_360_000, description="First delay between lookups."
+    )
     max_rate_wait_s: float = Field(
-        30.0, ge=0, description="Longest wait for a rate limit before an action is refused."
+        30.0,
+        ge=0,
+        le=315_360_000,
+        description="Longest wait for a rate limit before an action is refused.",
     )
     start_timeout_s: float = Field(
-        15.0, gt=0, description="How long connect() waits for the private stream to be ready."
+        15.0,
+        gt=0,
+        le=315_360_000,
+        description="How long connect() waits for the private stream to be ready.",
     )
 
 

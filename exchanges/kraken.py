@@ -105,7 +105,10 @@ class KrakenParams(CcxtSpotParams):
     )
     rate_headroom: float = Field(0.9, gt=0, le=1, description="Share of the counter to use.")
     silence_timeout_s: float = Field(
-        10.0, gt=0, description="Kraken sends heartbeats every second; silent this long is down."
+        10.0,
+        gt=0,
+        le=315_360_000,
+        description="Kraken sends heartbeats every second; silent this long is down.",
     )
     batch_orders: bool = Field(
         True, description="Send 2-15 new orders of one pair in one submit as a batch_add."

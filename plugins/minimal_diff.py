@@ -55,6 +55,7 @@ class MinimalDiffParams(BaseModel):
     burst_s: float = Field(
         1.0,
         gt=0,
+        le=315_360_000,
         description="Bucket size in seconds of rate: how many actions may go out at once "
         "after a quiet spell (at least one).",
     )

@@ -269,6 +269,7 @@ class MaxTotalNotionalParams(BaseModel):
     refresh_s: float = Field(
         1.0,
         ge=0,
+        le=315_360_000,
         description="Markets other than the one being checked are re-read in full at most "
         "this often (run time, seconds); in between each market's share is refreshed whenever "
         "one of its quotes is checked. 0 re-reads every market on every check.",
@@ -537,12 +538,20 @@ class PortfolioVarParams(BaseModel):
         "`confidence` over `horizon_s`.",
     )
     confidence: float = Field(0.99, gt=0.5, lt=1, description="One-sided VaR confidence level.")
-    horizon_s: float = Field(60.0, gt=0, description="VaR horizon in seconds of run time.")
+    horizon_s: float = Field(
+        60.0, gt=0, le=315_360_000, description="VaR horizon in seconds of run time."
+    )
     sample_interval_s: float = Field(
-        1.0, gt=0, description="Grid on which mid returns are sampled, seconds of run time."
+        1.0,
+        gt=0,
+        le=315_360_000,
+        description="Grid on which mid returns are sampled, seconds of run time.",
     )
     half_life_s: float = Field(
-        300.0, gt=0, description="Half-life of the EWMA variance and covariance, seconds."
+        300.0,
+        gt=0,
+        le=315_360_000,
+        description="Half-life of the EWMA variance and covariance, seconds.",
     )
     min_samples: int = Field(
         30, ge=2, description="Returns a market needs before its variance is trusted."
@@ -694,11 +703,16 @@ class VolScaledPositionParams(BaseModel):
         description="Reference volatility: standard deviation of log mid returns over "
         "horizon_s (0.002 = 0.2 %). Above it the limit shrinks as base * ref_vol / vol.",
     )
-    horizon_s: float = Field(60.0, gt=0, description="Horizon of ref_vol, seconds.")
+    horizon_s: float = Field(60.0, gt=0, le=315_360_000, description="Horizon of ref_vol, seconds.")
     sample_interval_s: float = Field(
-        1.0, gt=0, description="Grid on which mid returns are sampled, seconds of run time."
+        1.0,
+        gt=0,
+        le=315_360_000,
+        description="Grid on which mid returns are sampled, seconds of run time.",
     )
-    half_life_s: float = Field(300.0, gt=0, description="Half-life of the EWMA variance, seconds.")
+    half_life_s: float = Field(
+        300.0, gt=0, le=315_360_000, description="Half-life of the EWMA variance, seconds."
+    )
     min_samples: int = Field(
         20,
         ge=2,

@@ -150,6 +150,7 @@ class AvellanedaStoikovParams(StrategyParams):
     horizon_s: float = Field(
         3600.0,
         gt=0,
+        le=315_360_000,
         description="Session length T in seconds (finite horizon); the session restarts "
         "every horizon_s seconds from the run start.",
     )
@@ -165,7 +166,10 @@ class AvellanedaStoikovParams(StrategyParams):
         "from mid returns over vol_window_s.",
     )
     vol_window_s: float = Field(
-        300.0, gt=0, description="Window of the online volatility estimate, seconds."
+        300.0,
+        gt=0,
+        le=315_360_000,
+        description="Window of the online volatility estimate, seconds.",
     )
     vol_min_samples: int = Field(
         20, ge=2, description="Mid returns needed before the online volatility is used."
@@ -189,7 +193,10 @@ class AvellanedaStoikovParams(StrategyParams):
         30, ge=2, description="Fills needed before the estimated A and k replace a and k."
     )
     intensity_half_life_s: float | None = Field(
-        3600.0, gt=0, description="Half-life of fill observations; None keeps all of them."
+        3600.0,
+        gt=0,
+        le=315_360_000,
+        description="Half-life of fill observations; None keeps all of them.",
     )
     inventory_unit: Literal["order_size", "base"] = Field(
         "order_size",

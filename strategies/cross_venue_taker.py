@@ -61,10 +61,13 @@ class CrossVenueTakerParams(StrategyParams):
         le=1e9,
         description="Bound on each leg's position and on the net position, base units.",
     )
-    cooldown_s: float = Field(0.5, ge=0, description="Seconds between trades (hedges do not wait).")
+    cooldown_s: float = Field(
+        0.5, ge=0, le=315_360_000, description="Seconds between trades (hedges do not wait)."
+    )
     order_timeout_s: float = Field(
         10.0,
         gt=0,
+        le=315_360_000,
         description="Forget an order in flight that got no final answer after this long.",
     )
 

@@ -32,10 +32,16 @@ class LadderParams(StrategyParams):
         "vol_horizon_s (from realised volatility).",
     )
     vol_window_s: float = Field(
-        300.0, gt=0, description="Window of the realised volatility estimate, seconds."
+        300.0,
+        gt=0,
+        le=315_360_000,
+        description="Window of the realised volatility estimate, seconds.",
     )
     vol_horizon_s: float = Field(
-        10.0, gt=0, description="Horizon the expected price move is measured over, seconds."
+        10.0,
+        gt=0,
+        le=315_360_000,
+        description="Horizon the expected price move is measured over, seconds.",
     )
     vol_min_samples: int = Field(
         10, ge=2, description="Mid returns needed before volatility affects the ladder."
@@ -54,7 +60,7 @@ class LadderParams(StrategyParams):
         "ladder's prices over trade_window_s.",
     )
     trade_window_s: float = Field(
-        300.0, gt=0, description="Window of the traded-volume measure, seconds."
+        300.0, gt=0, le=315_360_000, description="Window of the traded-volume measure, seconds."
     )
     min_total_size: float = Field(
         0.0,

@@ -124,7 +124,10 @@ class PureMarketMakingParams(StrategyParams):
         "band), no asks below ewma * (1 - band). None: no moving band.",
     )
     price_band_ewma_s: float = Field(
-        300.0, gt=0, description="Time constant of the band's EWMA of the mid, seconds."
+        300.0,
+        gt=0,
+        le=315_360_000,
+        description="Time constant of the band's EWMA of the mid, seconds.",
     )
     hanging_orders: bool = Field(
         False,

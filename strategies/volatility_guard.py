@@ -48,7 +48,9 @@ class GuardSettings(BaseModel):
         description="Volatility below which a denylisted market is released; default "
         "0.8 * threshold (the gap is the hysteresis).",
     )
-    window_s: float = Field(300.0, gt=0, description="Rolling volatility window, seconds.")
+    window_s: float = Field(
+        300.0, gt=0, le=315_360_000, description="Rolling volatility window, seconds."
+    )
     min_samples: int = Field(
         20, ge=2, description="Mid returns needed before a market can be denylisted."
     )
