@@ -2,7 +2,9 @@
 
 Topics look like ``quoteforge/<run>/<kind>/...``; payloads travel as a compact JSON
 envelope (version, message id, source, sequence, send time, payload), alone or several
-in one batch frame. See ``docs/distributed.md`` for the reference tables.
+in one batch frame, and on a run's signed bus behind an HMAC signature line
+(``FrameSigner``, ``FrameVerifier``). See ``docs/distributed.md`` for the reference
+tables and ``docs/security.md`` for the signature.
 """
 
 from __future__ import annotations
