@@ -220,12 +220,20 @@ def _hft_record(line: str, symbol: str | None) -> tuple[int, str | None, str, st
                 'a combined-stream message needs "stream": "<symbol>@<kind>" and a "data" object'
             )
         prefix = '{"stream":' + orjson.dumps(stream).decode() + ',"data":'
+        raw = ""
         if payload.startswith(prefix) and payload.endswith("}"):
             raw = payload[len(prefix) : -1]  # the data text exactly as the venue sent it
-        else:
-            raw = orjson.dumps(data).decode()
+        if not raw or _loads_or_none(raw) != data:
+            raw = orjson.dumps(data).decode()  # another layout: the same values re-encoded
         return t_ns, stream.partition("@")[0].upper(), stream, raw
     return None  # subscription answers and other control messages
+
+
+def _loads_or_none(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def read_hftbacktest(

@@ -486,3 +486,19 @@ def test_cli_refuses_an_unknown_format(capsys: pytest.CaptureFixture[str]) -> No
         main(["data", "import", "lobster", "x.csv", "--out", "o.jsonl"])
     assert exc.value.code == 2
     assert "invalid choice: 'lobster'" in capsys.readouterr().err
+
+
+def test_a_combined_message_in_another_key_order_keeps_its_data(tmp_path: Path) -> None:
+    """The payload is cut out of the envelope's text only when that gives exactly the
+    ``data`` object; any other layout is re-encoded with the same values."""
+    src = tmp_path / "collector.txt"
+    src.write_text(
+        '5 {"stream":"btcusdt@trade","data":{"e":"trade","p":"1.00"},"extra":1}\n'
+        '6 {"data":{"e":"trade","p":"2.00"},"stream":"btcusdt@trade"}\n'
+    )
+    out = tmp_path / "o.jsonl"
+    import_recording("hftbacktest", [src], out, progress=False)
+    assert [(r.t_ns, r.stream, r.raw) for r in read_recording(out)] == [
+        (5, "btcusdt@trade", '{"e":"trade","p":"1.00"}'),
+        (6, "btcusdt@trade", '{"e":"trade","p":"2.00"}'),
+    ]
