@@ -66,9 +66,9 @@ def backtest(
                 "type": "replay",
                 "params": {
                     "protocol": protocol,
-                    # lot_size: the quantity unit the recording is read at and the order
-                    # step at once, which any replay accepts.
-                    "markets": {symbol: {"tick_size": tick, "lot_size": step}},
+                    # The order step the venue publishes; the recording is read at
+                    # the protocol's precision (Binance: 8 decimals).
+                    "markets": {symbol: {"tick_size": tick, "qty_step": step}},
                     "maker_fee_bps": 0,
                     "latency": {"market_data_ms": 2, "order_ms": 4, "jitter_ms": 0},
                 },
@@ -170,8 +170,8 @@ def test_real_usdm_bytes_keep_a_futures_book_live_from_the_snapshot_on(tmp_path:
 @pytest.mark.parametrize(
     ("source", "protocol", "symbol", "step", "size", "spread"),
     [
-        # Real spot levels carry 8 decimals (finer than the 0.00001 order step).
-        (SPOT_HFT, "binance_spot", "BTC/USDT", "0.00000001", 0.01, 1.0),
+        # Real spot levels carry 8 decimals, finer than the 0.00001 order step.
+        (SPOT_HFT, "binance_spot", "BTC/USDT", "0.00001", 0.01, 1.0),
         (USDM_HFT, "binance_futures", "ETH/USDT", "0.001", 0.5, 0.5),
     ],
     ids=["spot", "usdm"],
