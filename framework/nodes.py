@@ -40,6 +40,7 @@ from quoteforge.exchange import (
     ReplaceOrder,
     VenueContext,
 )
+from quoteforge.gate import OrderGate
 from quoteforge.journal import Journal, JournalRecord
 from quoteforge.manifest import (
     LoadedManifest,
@@ -54,7 +55,6 @@ from quoteforge.model import (
     Order,
     OrderStatus,
     OrderUpdate,
-    Quote,
     Side,
     TimeInForce,
 )
@@ -981,6 +981,17 @@ class _ExecutionNode(_Node):
             now_ns=self.clock.now_ns,
             markets=self.markets,
         )
+        # Intents were planned by the strategy node's policy: no policy stage here.
+        self.gate = OrderGate(
+            risk=self.risk,
+            risk_view=self.view,
+            breakers=None,
+            orders=self.orders,
+            policy=None,
+            position_lots=self.portfolio.position_lots,
+            now_ns=self.clock.now_ns,
+            is_halted=lambda s: bool(self.watch.blocked.get(s) or self.watch.blocked.get("*")),
+        )
         for name, venue in self.venues.items():
             self.publisher.publish_instruments(name, venue.instruments)
             if name in self.md_venues:
@@ -1215,17 +1226,16 @@ class _ExecutionNode(_Node):
         return len(orders)
 
     def _gate(self, order: Order) -> str | None:
-        """Why a new order must not reach the venue (second risk gate), or None."""
-        if self.stopping:
-            return "the execution node is stopping"
-        blocked = self.watch.blocked.get(order.strategy) or self.watch.blocked.get("*")
-        if blocked:
-            return blocked
+        """Why a new order must not reach the venue, or None: the kernel's order gate
+        (kill and stop, halted strategies, risk, the instrument's rules) with this
+        node's positions and working orders."""
         if order.venue not in self.venues:
             return f"venue {order.venue!r} is not hosted by this execution node"
         market = self.markets.get(order.market)
         if market is None:
             return f"market {order.market} is not hosted by this execution node"
+        if self.stopping:
+            self.gate.close("the execution node is stopping")
         price = order.price_ticks
         if price is None:
             price = (
@@ -1235,16 +1245,23 @@ class _ExecutionNode(_Node):
             )
             if price is None:
                 return "a market order needs a book to be checked against"
-        quote = Quote(
+        refused = self.gate.check(
+            market,
+            order.strategy,
             order.side,
             price,
             order.qty_lots,
             level=order.level,
             post_only=order.tif is TimeInForce.POST_ONLY,
         )
-        if self.risk.filter(market, [quote], self.view):
+        if not refused:
             return None
-        return f"refused at the execution node: {self._last_refusal}"
+        blocked = self.watch.blocked.get(order.strategy) or self.watch.blocked.get("*")
+        if blocked:
+            return blocked
+        if refused.startswith("refused by risk"):
+            refused = self._last_refusal  # the chain reported the check and its numbers
+        return f"refused at the execution node: {refused}"
 
     def _reject(self, order: Order, reason: str) -> None:
         self.on_order_update(
