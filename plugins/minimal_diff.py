@@ -43,12 +43,14 @@ class MinimalDiffParams(BaseModel):
     max_orders_per_second: float | None = Field(
         None,
         gt=0,
+        le=1_000_000,
         description="Most new orders per second per market (a replace counts as one); the "
         "excess waits for a later plan. None: unlimited.",
     )
     max_cancels_per_second: float | None = Field(
         None,
         gt=0,
+        le=1_000_000,
         description="Most cancels per second per market (a replace counts as one too); "
         "the excess waits for a later plan. None: unlimited.",
     )

@@ -176,13 +176,15 @@ class AvellanedaStoikovParams(StrategyParams):
     )
     k: float = Field(
         1.5,
-        gt=0,
+        ge=1e-9,
+        le=1e9,
         description="Fill intensity decay per price unit of depth (fixed, or the start "
         "value when estimate_intensity).",
     )
     a: float = Field(
         1.0,
-        gt=0,
+        ge=1e-6,
+        le=1e9,
         description="Fill intensity A at zero depth, fills per second (fixed, or the start "
         "value when estimate_intensity); used by the infinite horizon.",
     )

@@ -41,6 +41,7 @@ class CrossVenueTakerParams(StrategyParams):
     min_edge_bps: float = Field(
         5.0,
         ge=0,
+        le=1_000_000,
         description="Take only when the bid beats the ask by at least this, after both "
         "taker fees, in basis points of the ask.",
     )
@@ -49,11 +50,15 @@ class CrossVenueTakerParams(StrategyParams):
         description="Taker fee per leg (symbol or key) in bps; default: the instrument's.",
     )
     max_slippage_bps: float = Field(
-        5.0, ge=0, description="Most the buy leg may walk beyond the best ask, in bps."
+        5.0,
+        ge=0,
+        le=1_000_000,
+        description="Most the buy leg may walk beyond the best ask, in bps.",
     )
     hedge_slippage_bps: float = Field(
         30.0,
         ge=0,
+        le=1_000_000,
         description="Most a hedge of an unmatched leg may walk beyond the best price, bps.",
     )
     max_position: float = Field(

@@ -32,12 +32,16 @@ class PureMarketMakingParams(StrategyParams):
     spread_bps: float = Field(
         10.0,
         gt=0,
+        le=1_000_000,
         description="Distance of the first level from the "
         "reference price on each side, in basis points.",
     )
     levels: int = Field(1, ge=1, le=50, description="Number of order levels per side.")
     level_spacing_bps: float = Field(
-        5.0, ge=0, description="Extra distance of each further level, in basis points."
+        5.0,
+        ge=0,
+        le=1_000_000,
+        description="Extra distance of each further level, in basis points.",
     )
     order_size: float = Field(gt=0, le=1e9, description="Size of the first level, in base units.")
     level_size_increment: float = Field(
@@ -46,6 +50,7 @@ class PureMarketMakingParams(StrategyParams):
     refresh_tolerance_bps: float = Field(
         2.0,
         ge=0,
+        le=1_000_000,
         description="Keep the working quotes unless a wanted price moved more than this.",
     )
     inventory_target: float = Field(
@@ -58,7 +63,10 @@ class PureMarketMakingParams(StrategyParams):
         description="Distance from target at which the growing side stops quoting.",
     )
     inventory_skew_bps: float = Field(
-        0.0, ge=0, description="Shift of both sides against the inventory at the limit, bps."
+        0.0,
+        ge=0,
+        le=1_000_000,
+        description="Shift of both sides against the inventory at the limit, bps.",
     )
     price_ceiling: float | None = Field(
         None, gt=0, description="No bids above this price (and no quoting of bids above it)."
@@ -114,12 +122,14 @@ class PureMarketMakingParams(StrategyParams):
     minimum_spread_bps: float = Field(
         0.0,
         ge=0,
+        le=1_000_000,
         description="Never quote closer than this to the reference; a side that would is "
         "pulled, not moved.",
     )
     price_band_bps: float | None = Field(
         None,
         gt=0,
+        le=1_000_000,
         description="Moving band around a slow EWMA of the mid: no bids above ewma * (1 + "
         "band), no asks below ewma * (1 - band). None: no moving band.",
     )

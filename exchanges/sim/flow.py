@@ -14,7 +14,7 @@ import zlib
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quoteforge.manifest import Duration
 
@@ -32,7 +32,7 @@ class ProcessParams(_Closed):
     sigma: float = Field(
         1e-4,
         ge=0,
-        le=10,
+        le=1,
         description="Volatility per square-root second: of log-price for spot markets, of "
         "the log-odds for binary contracts.",
     )
@@ -79,6 +79,16 @@ class FlowParams(_Closed):
     informed_horizon: Duration = Field(
         Duration(5), description="How far ahead informed takers see the mid."
     )
+
+    @field_validator("arrival_rate")
+    @classmethod
+    def _rate_or_none(cls, value: float) -> float:
+        if 0 < value < 1e-6:
+            raise ValueError(
+                f"arrival_rate {value} would wait more than 11 days for a taker; use 0 for "
+                "no takers or at least 1e-6 per second"
+            )
+        return value
 
 
 class LiquidityParams(_Closed):

@@ -153,7 +153,7 @@ class MidParams(_Closed):
         0.02, ge=0, le=1, description="Share of tickers that are far more volatile."
     )
     volatile_sigma: float = Field(
-        0.01, ge=0, le=10, description="Volatility of those tickers per sqrt(second)."
+        0.01, ge=0, le=1, description="Volatility of those tickers per sqrt(second), at most 1."
     )
     step: Duration = Field(
         Duration(1.0), ge=0.001, description="Interval of the vectorised mid step (>= 1ms)."
@@ -165,6 +165,15 @@ class MidParams(_Closed):
         low, high = value
         if not 0 < low <= high:
             raise ValueError(f"expected 0 < low <= high, got [{low}, {high}]")
+        if high > 1e12:
+            raise ValueError(f"expected high <= 1e12, got {high}")
+        return value
+
+    @field_validator("sigma_range")
+    @classmethod
+    def _sane_sigma(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 1:
+            raise ValueError(f"a volatility above 1 per sqrt(second) overflows, got {value[1]}")
         return value
 
 

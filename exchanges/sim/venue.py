@@ -115,6 +115,16 @@ class SimMarketParams(_Closed):
                 f"initial_price {self.initial_price} is {ticks:.3g} ticks of {self.tick_size}; "
                 "it must be 1 to 1e15 ticks"
             )
+        tick = float(self.tick_size)
+        distances = {
+            "flow.reach": self.flow.reach,
+            "liquidity.distance": self.liquidity.distance,
+            "liquidity.spacing": self.liquidity.spacing,
+            "process.mean": self.process.mean,
+        }
+        for name, distance in distances.items():
+            if distance is not None and distance / tick > 1e15:
+                raise ValueError(f"{name} {distance} is more than 1e15 ticks of {self.tick_size}")
         lot = float(self.lot_size)
         for name, size in (("flow.size", self.flow.size), ("liquidity.size", self.liquidity.size)):
             if size / lot > 1e15:
