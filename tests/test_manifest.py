@@ -386,9 +386,22 @@ def test_rates_steps_and_grids_a_sim_cannot_run_are_refused(registry: PluginRegi
         ("          tick_size: '1000'\n", "it must be 1 to 1e15 ticks"),
         ("          liquidity: {levels: 100000}\n", "less than or equal to 1000"),
         ("          outages: [{at: 5s, duration: 0s}]\n", "outages.0.duration"),
+        ("          flow: {arrival_rate: 1.0e-300}\n", "would wait more than 11 days"),
+        ("          flow: {reach: 1.0e+300}\n", "flow.reach 1e+300 is more than 1e15 ticks"),
+        ("          process: {sigma: 5}\n", "less than or equal to 1"),
     ]
     for extra, match in cases:
         assert match in refused(GOOD.replace(sim, sim + extra), registry), extra
+    # Found by sweeping the examples' numbers to 1e300 and 1e-300: each crashed a sim.
+    params = "      spread_bps: 10\n"
+    for extra, match in [
+        ("      spread_bps: 1.0e+300\n", "spread_bps: Input should be less than or equal to 1"),
+        ("      inventory_skew_bps: 1.0e+300\n", "inventory_skew_bps: Input should be less"),
+    ]:
+        assert match in refused(GOOD.replace(params, extra), registry), extra
+    limit = ["execution.type=minimal_diff", "execution.params.max_orders_per_second=1e308"]
+    msg = refused(GOOD, registry, overrides=limit)
+    assert "max_orders_per_second (from --set): Input should be less than or equal to" in msg
 
 
 def test_a_wrapped_strategys_params_are_checked_at_validate_time(
