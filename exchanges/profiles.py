@@ -324,9 +324,7 @@ class VenueLimits:
             reason = self._kraken_add(symbol, now_ns)
             if reason:
                 return reason
-        limit = profile.max_open_per_symbol
-        if limit is not None and self._open_now(symbol) >= limit:
-            return self._refuse("open_orders", self._open_orders_text(limit))
+        # The order count is a rate limit, checked before the order's filters.
         for window in self._windows:
             window.roll(now_ns)
             if window.used + 1 > window.limit:
@@ -335,6 +333,9 @@ class VenueLimits:
                     f"HTTP 429 -1015 Too many new orders; current limit is {window.limit} "
                     f"orders per {window.label}.",
                 )
+        limit = profile.max_open_per_symbol
+        if limit is not None and self._open_now(symbol) >= limit:
+            return self._refuse("open_orders", self._open_orders_text(limit))
         for window in self._windows:
             window.used += 1
         self._accepted(client_id, now_ns)

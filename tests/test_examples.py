@@ -1,4 +1,5 @@
-"""Every example manifest validates, and the offline ones run in a short form and trade."""
+"""Every example manifest validates, and the offline ones run in a short form, trade, and
+stay within their venue profile's limits."""
 
 from __future__ import annotations
 
@@ -95,6 +96,14 @@ def test_offline_example_runs_short_and_trades(
     )
     rows = run.summary_rows()
     assert rows
+    # Each example quotes within its venue profile's limits: nothing refused by them.
+    for name, venue in run.venues.items():
+        limits = getattr(venue, "limits", None)
+        if limits is not None:
+            assert limits.refused_total == 0, (
+                f"{path.name}: venue {name} refused {dict(limits.refused)} by the "
+                f"{limits.profile.name} limits"
+            )
     traded = {r["market"] for r in rows if r["fill_count"] > 0}
     assert traded, f"{path.name}: no fills in {short:g}s"
     if len(rows) <= 10:
