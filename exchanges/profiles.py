@@ -241,9 +241,8 @@ def describe_limits(venue: str, params: ProfileParams) -> str:
             f"{venue}: profile {profile.name} ({profile.title}): minimums only, rate limits "
             "NOT enforced (enforce_limits: false)"
         )
-    parts = [f"{w.limit} orders per {w.label.lower()}" for w in profile.order_windows]
-    if profile.unfilled_only:
-        parts[:] = [f"{p} (unfilled)" for p in parts]
+    kind = "unfilled new orders" if profile.unfilled_only else "new orders"
+    parts = [f"{w.limit} {kind} per {_span(w.seconds)}" for w in profile.order_windows]
     if profile.weight_per_minute is not None:
         parts.append(f"request weight {profile.weight_per_minute}/min")
     if profile.pair_counter is not None:
@@ -252,6 +251,14 @@ def describe_limits(venue: str, params: ProfileParams) -> str:
     if profile.max_open_per_symbol is not None:
         parts.append(f"{profile.max_open_per_symbol} open orders per symbol")
     return f"{venue}: profile {profile.name} ({profile.title}) enforced: " + ", ".join(parts)
+
+
+def _span(seconds: int) -> str:
+    if seconds == _DAY:
+        return "day"
+    if seconds == _MINUTE:
+        return "minute"
+    return f"{seconds} s"
 
 
 class _Window:
