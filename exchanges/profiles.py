@@ -321,8 +321,9 @@ class VenueLimits:
         return sum(self.refused.values())
 
     # -- requests -------------------------------------------------------------------------
-    def place(self, symbol: str, client_id: str, now_ns: int) -> str:
-        """A new order arrives."""
+    def place(self, symbol: str, client_id: str, now_ns: int, *, replacing: bool = False) -> str:
+        """A new order arrives (``replacing``: in place of one of ours that is cancelled
+        first, so it does not add to the open orders)."""
         profile = self.profile
         reason = self._charge_weight(profile.order_weight, now_ns)
         if reason:
@@ -341,7 +342,7 @@ class VenueLimits:
                     f"orders per {window.label}.",
                 )
         limit = profile.max_open_per_symbol
-        if limit is not None and self._open_now(symbol) >= limit:
+        if limit is not None and self._open_now(symbol) - replacing >= limit:
             return self._refuse("open_orders", self._open_orders_text(limit))
         for window in self._windows:
             window.used += 1
@@ -361,12 +362,12 @@ class VenueLimits:
         """A cancel/replace arrives: (why the cancel was refused, why the new order was
         refused); a venue with an atomic replace refuses both or neither."""
         if self.profile.atomic_replace:
-            reason = self.place(symbol, new_id, now_ns)
+            reason = self.place(symbol, new_id, now_ns, replacing=True)
             return reason, reason
         reason = self.cancel(symbol, old_id, now_ns)
         if reason:
             return reason, reason
-        return "", self.place(symbol, new_id, now_ns)
+        return "", self.place(symbol, new_id, now_ns, replacing=True)
 
     def cancel_all(self, symbols: int, now_ns: int) -> str:
         """A cancel-all arrives for ``symbols`` symbols (Binance: one request each; Kraken

@@ -12,7 +12,7 @@ import yaml
 
 from quoteforge.clock import NS, SimClock
 from quoteforge.engine import run_manifest
-from quoteforge.exchange import CancelOrder, PlaceOrder, VenueContext
+from quoteforge.exchange import CancelOrder, PlaceOrder, ReplaceOrder, VenueContext
 from quoteforge.exchanges.profiles import PROFILES, VenueLimits, describe_limits
 from quoteforge.exchanges.sim.venue import SimExchange, SimParams
 from quoteforge.manifest import ManifestError, load_manifest
@@ -252,6 +252,40 @@ def test_kraken_sim_venue_refuses_orders_and_young_cancels_as_kraken_does() -> N
     v.venue.submit([CancelOrder(young.client_id, "sim", SYMBOL)])
     v.run(0.5)
     assert v.sink.updates[-1].status is OrderStatus.CANCELLED
+
+
+# -- replaces --------------------------------------------------------------------------------
+def test_binance_spot_refuses_a_cancel_replace_whole_and_kraken_may_cancel_then_refuse() -> None:
+    v = Venue(profile="binance_spot")
+    first = v.place(100)
+    v.run(1)
+    old, new = first[0], v.order(price=20001)
+    v.venue.submit([ReplaceOrder(old.client_id, new)])
+    v.run(1)
+    [refused] = v.status_of([new], OrderStatus.REJECTED)
+    assert "-1015 Too many new orders" in refused.reason
+    assert v.sink.updates[-1].client_id == old.client_id
+    assert v.sink.updates[-1].status is OrderStatus.OPEN  # the old order stays
+    assert v.venue.markets[SYMBOL].engine.get(old.client_id) is not None
+
+    k = Venue(profile="kraken_spot")  # starter: 60 max
+    placed = k.place(52)
+    k.run(0.5)
+    old, new = placed[0], k.order(price=20001)
+    # The cancel (+8 for a young order) fits under 60, the add after it (+1) does not.
+    k.venue.submit([ReplaceOrder(old.client_id, new)])
+    k.run(0.5)
+    assert [u.status for u in k.sink.updates if u.client_id == old.client_id][-1] is (
+        OrderStatus.CANCELLED
+    )
+    [refused] = k.status_of([new], OrderStatus.REJECTED)
+    assert refused.reason == "EOrder:Rate limit exceeded"
+
+
+def test_a_replace_at_the_open_order_limit_does_not_count_the_order_it_replaces() -> None:
+    limits = VenueLimits(PROFILES["binance_spot"], open_orders=lambda symbol: 200)
+    assert limits.place(SYMBOL, "a", T0).startswith("-2010 Filter failure: MAX_NUM_ORDERS")
+    assert limits.replace(SYMBOL, "old", "b", T0) == ("", "")
 
 
 # -- opting out and the run output ---------------------------------------------------------
