@@ -391,3 +391,26 @@ def test_a_backtest_quoting_too_fast_meets_the_replayed_venues_refusals(
     assert limits.refused["orders"] > 0
     rejected = [o for o in run.orders.all_orders() if o.status is OrderStatus.REJECTED]
     assert any("-1015 Too many new orders" in o.reason for o in rejected)
+
+
+def test_a_sim_strategy_quoting_too_fast_is_refused_with_the_venues_text(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    loaded = load_manifest(
+        ROOT / "examples" / "pure_market_making.yaml",
+        registry,
+        overrides=[
+            "run.duration=20s",
+            "execution.params.max_orders_per_second=1000",
+            "execution.params.max_cancels_per_second=1000",
+            "run.watch_manifest=false",
+        ],
+    )
+    run = asyncio.run(run_manifest(loaded, registry, run_dir=tmp_path / "r", install_signals=False))
+    limits = run.venues["sim"].limits  # type: ignore[attr-defined]
+    assert limits.refused["orders"] > 0
+    reasons = {o.reason for o in run.orders.all_orders() if o.status is OrderStatus.REJECTED}
+    assert (
+        "HTTP 429 -1015 Too many new orders; current limit is 100 orders per 10 SECOND." in reasons
+    )
