@@ -66,7 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         type=Path,
         metavar="RUN_DIR",
-        help="continue a run folder after a crash: journal + venue reconciliation first",
+        help="continue a run folder after a crash: journal + venue reconciliation first "
+        "(a sim or backtest is replayed exactly from its start)",
+    )
+    run.add_argument(
+        "--continue",
+        dest="continue_finished",
+        action="store_true",
+        help="with --resume: continue a live or paper run that ended normally (trades again)",
     )
     run.add_argument(
         "--set",
@@ -183,16 +190,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.manifest is not None or args.out is not None:
             print("--resume takes the run folder only (its manifest.yaml is used)", file=sys.stderr)
             return EXIT_USAGE
-        info_path = args.resume / "run.json"
-        if not info_path.exists():
-            print(f"{args.resume} is not a run folder (no run.json)", file=sys.stderr)
+        from quoteforge.resume import ResumeRefusedError, check_resumable
+
+        try:
+            info = check_resumable(args.resume, continue_finished=args.continue_finished)
+        except ResumeRefusedError as exc:
+            print(f"quoteforge run --resume: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        info = json.loads(info_path.read_text(encoding="utf-8"))
         args.manifest = args.resume / "manifest.yaml"
         args.overrides = [*info.get("overrides", []), *args.overrides]
         args.out = args.resume
     elif args.manifest is None:
         print("quoteforge run: give a MANIFEST or --resume RUN_DIR", file=sys.stderr)
+        return EXIT_USAGE
+    elif args.continue_finished:
+        print("quoteforge run: --continue goes with --resume RUN_DIR", file=sys.stderr)
         return EXIT_USAGE
     if args.node != "all" and args.resume is not None:
         print(
@@ -230,6 +242,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
         )
     except Exception as exc:
+        from quoteforge.resume import ResumeRefusedError
+
+        if isinstance(exc, ResumeRefusedError):
+            print(f"quoteforge run --resume: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         from loguru import logger
 
         logger.opt(exception=exc).error("run failed: {}", exc)
