@@ -320,6 +320,14 @@ class VenueLimits:
     def refused_total(self) -> int:
         return sum(self.refused.values())
 
+    def summary(self, venue: str) -> str:
+        """One line for the run output: what the limits let through and refused."""
+        by_limit = ", ".join(f"{n} by {kind}" for kind, n in sorted(self.refused.items()))
+        return (
+            f"{venue}: {self.orders_accepted} orders accepted, {self.refused_total} requests "
+            f"refused by the {self.profile.name} limits" + (f" ({by_limit})" if by_limit else "")
+        )
+
     # -- requests -------------------------------------------------------------------------
     def place(self, symbol: str, client_id: str, now_ns: int, *, replacing: bool = False) -> str:
         """A new order arrives (``replacing``: in place of one of ours that is cancelled

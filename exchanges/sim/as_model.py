@@ -153,6 +153,8 @@ class AsModelExchange(ExchangeAdapter):
 
     async def close(self) -> None:
         self.sink = None
+        if self.limits is not None:
+            logger.info(self.limits.summary(self.name))
 
     def submit(self, actions: Sequence[OrderAction]) -> None:
         # The model has no latency: actions apply at once, reports follow in order.

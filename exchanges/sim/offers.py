@@ -522,6 +522,8 @@ class OfferSimExchange(ExchangeAdapter):
     async def close(self) -> None:
         self._running = False
         self.sink = None
+        if self.limits is not None:
+            logger.info(self.limits.summary(self.name))
         if self._http_runner is not None:
             runner, self._http_runner = self._http_runner, None
             await runner.cleanup()

@@ -359,14 +359,7 @@ class SimExchange(ExchangeAdapter):
     async def close(self) -> None:
         self.sink = None
         if self.limits is not None:
-            logger.info(
-                "{}: {} orders accepted, {} requests refused by the {} limits {}",
-                self.name,
-                self.limits.orders_accepted,
-                self.limits.refused_total,
-                self.limits.profile.name,
-                dict(self.limits.refused),
-            )
+            logger.info(self.limits.summary(self.name))
 
     def submit(self, actions: Sequence[OrderAction]) -> None:
         for action in actions:
