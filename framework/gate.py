@@ -41,7 +41,8 @@ _IOC = TimeInForce.IOC
 
 class OrderGate:
     """Kill/halt state, breakers, risk, policy and order manager of one run, applied in
-    one place.
+    one place. A gate without a policy and order manager only checks orders that are
+    already made (``check``): a remote node's intents, the latency probe's orders.
 
     ``is_halted(strategy)`` tells whether a strategy is halted (the engine's own state);
     ``position_lots(market)`` our position for REDUCE breakers. ``refusals`` counts the
@@ -55,7 +56,7 @@ class OrderGate:
         risk: RiskChain,
         risk_view: RiskView,
         breakers: Breakers | None,
-        orders: OrderManager,
+        orders: OrderManager | None,
         policy: ExecutionPolicy | None,
         position_lots: Callable[[str], int],
         now_ns: Callable[[], int],
@@ -119,8 +120,8 @@ class OrderGate:
     def plan(self, market: Market, strategy: str, quotes: list[Quote], now_ns: int) -> Plan:
         """Stages 1 to 5 for a whole set of wanted quotes: the changes the policy makes
         against our working orders. An empty ``quotes`` pulls every quote."""
-        if self.policy is None:
-            raise RuntimeError("this order gate has no execution policy to plan quotes with")
+        if self.policy is None or self.orders is None:
+            raise RuntimeError("this order gate has no execution policy or orders to plan with")
         approved = self.admit(market, strategy, quotes)
         inst = market.instrument
         working = self.orders.working(inst.venue, inst.symbol)
@@ -146,6 +147,8 @@ class OrderGate:
             if held:
                 self._refuse("policy", held)
                 return None
+        if self.orders is None:
+            raise RuntimeError("this order gate checks orders only; it has no order manager")
         inst = market.instrument
         order = self.orders.new_order(
             inst.venue,

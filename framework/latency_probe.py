@@ -18,11 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from quoteforge.book import L2Book
 from quoteforge.exchange import CancelOrder, ExchangeAdapter, PlaceOrder
-from quoteforge.manifest import ManifestError, load_manifest
+from quoteforge.gate import OrderGate
+from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
 from quoteforge.model import Instrument, Order, OrderStatus, OrderUpdate, Side, TimeInForce
 from quoteforge.record import RecordError, build_market_data_venues, load_market_data_manifest
-from quoteforge.registry import load_registry
+from quoteforge.registry import PluginRegistry, load_registry
+from quoteforge.risk import RiskChain, RiskView
+from quoteforge.strategy import Market
 
 __all__ = [
     "Endpoints",
@@ -319,19 +323,44 @@ def _rate_room_s(venue: ExchangeAdapter, instrument: Instrument) -> float:
     return 0.0
 
 
-def _probe_order(instrument: Instrument, best_bid: int, offset_bps: int, client_id: str) -> Order:
+def _probe_order(
+    instrument: Instrument, best_bid: int, offset_bps: int, client_id: str, gate: OrderGate
+) -> Order:
     price = max(instrument.min_price_ticks, best_bid * (10_000 - offset_bps) // 10_000)
     px = instrument.ticks_to_price(price)
-    # The smallest order the venue takes, with a margin over the minimum notional.
+    # The smallest order the venue takes (whole order steps), with a margin over the
+    # minimum notional.
     need = max(instrument.min_qty, instrument.min_notional * 11 / 10 / px)
-    lots = max(1, math.ceil(need / instrument.lot_size))
-    problem = instrument.check_order(price, lots)
-    if problem:
-        raise LatencyError(f"{instrument.key}: cannot size a probe order ({problem})")
+    lots = max(1, math.ceil(need / instrument.qty_step)) * instrument.step_lots
+    market = gate.risk_view.markets[instrument.key]
+    refused = gate.check(market, "latency", Side.BUY, price, lots, post_only=True)
+    if refused:
+        raise LatencyError(f"{instrument.key}: cannot send a probe order ({refused})")
     return Order(
         client_id, instrument.venue, instrument.symbol, Side.BUY, lots, price,
         tif=TimeInForce.POST_ONLY,
     )  # fmt: skip
+
+
+def _probe_gate(risk: RiskChain, instrument: Instrument, book: L2Book) -> OrderGate:
+    """The order gate a probe order passes: the manifest's risk checks and the
+    instrument's rules (no strategy, no position: the probe holds nothing)."""
+    market = Market(instrument, book, lambda: 0)
+    view = RiskView(
+        position_lots=lambda key: 0,
+        open_lots=lambda key, sign: 0,
+        open_order_count=lambda key: 0,
+        markets={instrument.key: market},
+    )
+    return OrderGate(
+        risk=risk,
+        risk_view=view,
+        breakers=None,
+        orders=None,
+        policy=None,
+        position_lots=lambda key: 0,
+        now_ns=time.time_ns,
+    )
 
 
 async def probe_orders(
@@ -344,10 +373,12 @@ async def probe_orders(
     interval_s: float,
     offset_bps: int,
     timeout_s: float,
+    risk: RiskChain | None = None,
 ) -> list[str]:
     """Place ``samples`` post-only buys of ``symbol``, ``offset_bps`` under the best bid,
-    through the adapter; time each acknowledgement and cancel. Returns the probe orders
-    the venue still shows open at the end (none, unless a cancel was lost)."""
+    through the order gate (``risk``: the manifest's checks) and the adapter; time each
+    acknowledgement and cancel. Returns the probe orders the venue still shows open at
+    the end (none, unless a cancel was lost)."""
     watch = _OrderWatch()
     ours: list[str] = []
     tag = secrets.token_hex(3)
@@ -360,6 +391,7 @@ async def probe_orders(
                 raise LatencyError(f"{venue.name}: no book for {symbol} to price probe orders")
             await asyncio.sleep(0.02)
         instrument = venue.instruments[symbol]
+        gate = _probe_gate(risk or RiskChain([], lambda refusal: None), instrument, book)
         rejected_in_a_row = 0
         for i in range(samples):
             if i:
@@ -371,7 +403,7 @@ async def probe_orders(
             if best_bid is None:
                 acks.errors.append("book empty")
                 continue
-            order = _probe_order(instrument, best_bid, offset_bps, f"lat{tag}{i:04d}")
+            order = _probe_order(instrument, best_bid, offset_bps, f"lat{tag}{i:04d}", gate)
             ours.append(order.client_id)
             start = time.perf_counter_ns()
             venue.submit([PlaceOrder(order)])
@@ -420,6 +452,15 @@ async def _clean_up(
 # -- the whole measurement -----------------------------------------------------------------------
 
 
+def _risk_chain(loaded: LoadedManifest, registry: PluginRegistry) -> RiskChain:
+    """The manifest's risk checks, for the probe orders; a refusal is printed."""
+    checks = [
+        registry.get("risk", spec.type).factory(name, loaded.params_of("risk", name))
+        for name, spec in loaded.manifest.risk.items()
+    ]
+    return RiskChain(checks, lambda refusal: print(f"risk: {refusal}", file=sys.stderr))
+
+
 async def measure_latency(
     venues: dict[str, ExchangeAdapter],
     *,
@@ -429,8 +470,10 @@ async def measure_latency(
     offset_bps: int = 1000,
     timeout_s: float = 5.0,
     venue_types: dict[str, str] | None = None,
+    risk: RiskChain | None = None,
 ) -> LatencyReport:
-    """Measure every venue in turn (one at a time, so they do not share the link)."""
+    """Measure every venue in turn (one at a time, so they do not share the link). Probe
+    orders pass the order gate with ``risk``, the manifest's risk checks."""
     import aiohttp
 
     if samples < 1:
@@ -473,6 +516,7 @@ async def measure_latency(
                     interval_s=interval_s,
                     offset_bps=offset_bps,
                     timeout_s=timeout_s,
+                    risk=risk,
                 )
             except (LatencyError, TimeoutError, ValueError, ConnectionError) as exc:
                 acks.errors.append(_describe(exc))
@@ -599,6 +643,7 @@ def latency_main(argv: list[str] | None = None) -> int:
                 offset_bps=args.offset_bps,
                 timeout_s=args.timeout,
                 venue_types=types,
+                risk=_risk_chain(loaded, registry),
             )
         )
     except LatencyError as exc:

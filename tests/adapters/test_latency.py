@@ -136,3 +136,29 @@ def test_percentiles_are_nearest_rank_over_the_samples() -> None:
     assert (s["min_ms"], s["p50_ms"], s["max_ms"]) == (1.0, 2.0, 3.0)
     with pytest.raises(ValueError, match="no samples"):
         percentile([], 0.5)
+
+
+async def test_probe_orders_pass_the_manifests_risk_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probe's orders go through the order gate: a manifest whose fat-finger check
+    refuses them sends nothing to the venue and says why."""
+    replica = BinanceReplica(ping_interval=5)
+    await replica.start()
+    try:
+        path = tmp_path / "m.yaml"
+        path.write_text(
+            manifest("binance", replica)
+            + "risk:\n  tiny: {type: max_order_notional, params: {max_notional: 1}}\n"
+        )
+        monkeypatch.setenv("QF_LAT_KEY", replica.api_key)
+        monkeypatch.setenv("QF_LAT_SECRET", replica.api_secret)
+        argv = [str(path), "--samples", "2", "--interval", "0", "--orders"]
+        await asyncio.to_thread(latency_main, argv)
+        placed = replica.orders("BTCUSDT", open_only=False)
+    finally:
+        await replica.stop()
+    assert placed == []
+    err = capsys.readouterr().err
+    assert "tiny refused BUY on binance:BTCUSDT" in err
+    assert "cannot send a probe order (refused by risk" in err
