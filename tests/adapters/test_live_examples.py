@@ -144,8 +144,11 @@ def test_binance_example_over_a_real_recording(
     with (tmp_path / "real" / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert int(rows[0]["fill_count"]) == replica.recorded_fills
-    # LIVE from the start on one snapshot, and no state change for the whole run.
-    assert [p for m, p in replica.request_log if p == "/api/v3/depth"] == ["/api/v3/depth"]
+    # LIVE from the first snapshot it could bridge, and no state change for the whole
+    # run. A loaded machine may connect after the stream moved past the first snapshot;
+    # Binance's procedure then fetches another (a retry while syncing, not a resync).
+    depth_calls = [p for m, p in replica.request_log if p == "/api/v3/depth"]
+    assert 1 <= len(depth_calls) <= 3, depth_calls
     events = [json.loads(line) for line in (tmp_path / "real" / "trace.jsonl").open()]
     assert [e["detail"] for e in events if e.get("event") == "book_state"] == []
     assert run.orders.all_working() == []
