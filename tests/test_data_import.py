@@ -28,8 +28,8 @@ from quoteforge.recording import read_recording
 from quoteforge.registry import PluginRegistry
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SPOT_HFT = FIXTURES / "hftbacktest" / "spot_btcusdt_20240808_head.gz"
-USDM_HFT = FIXTURES / "hftbacktest" / "usdm_ethusdt_20240808_head.gz"
+SPOT_HFT = FIXTURES / "real" / "binance" / "spot_btcusdt_20240808.gz"
+USDM_HFT = FIXTURES / "real" / "binance" / "usdm_ethusdt_20240808.gz"
 TARDIS = FIXTURES / "tardis"
 SPOT_TARDIS = [
     TARDIS / "binance_BTCUSDT_incremental_book_L2.csv",
@@ -60,7 +60,13 @@ def backtest(
 ) -> tuple[Run, Path]:
     """Pure market making over ``data``; the run and its folder."""
     manifest = {
-        "run": {"name": "imported", "mode": "backtest", "seed": 3, "data": str(data)},
+        "run": {
+            "name": "imported",
+            "mode": "backtest",
+            "seed": 3,
+            "data": str(data),
+            "duration": None,  # to the end of the recording
+        },
         "exchanges": {
             "venue": {
                 "type": "replay",

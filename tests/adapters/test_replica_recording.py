@@ -30,7 +30,7 @@ from quoteforge.recording import read_recording
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REAL = ROOT / "examples" / "data" / "btcusdt_binance_20240808.jsonl.gz"
-HFT = ROOT / "tests" / "fixtures" / "hftbacktest" / "spot_btcusdt_20240808_head.gz"
+HFT = ROOT / "tests" / "fixtures" / "real" / "binance" / "spot_btcusdt_20240808.gz"
 
 __all__ = ["recorded_venue_harness"]
 
