@@ -16,6 +16,7 @@ adapter over the venue's real bytes, end to end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -264,11 +265,12 @@ def conformance_kit() -> VenueKit:
     )
 
 
-@pytest_asyncio.fixture
-async def venue_harness(conformance_kit: VenueKit) -> AsyncIterator[Harness]:
-    """A replica on 127.0.0.1 and the adapter connected to it, torn down after the test."""
-    kit = conformance_kit
-    replica = kit.make_replica()
+@contextlib.asynccontextmanager
+async def _connected(
+    kit: VenueKit, replica: Any, ready: Callable[[Harness], Awaitable[None]]
+) -> AsyncIterator[Harness]:
+    """``replica`` started on 127.0.0.1 and the kit's adapter connected to it, until
+    ``ready``; both torn down afterwards."""
     await replica.start()
     sink = RecordingSink()
     ctx = VenueContext(
@@ -277,17 +279,25 @@ async def venue_harness(conformance_kit: VenueKit) -> AsyncIterator[Harness]:
         seed=1,
         mode="live",
         symbols=[kit.symbol],
-        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},  # type: ignore[attr-defined]
+        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
     )
     adapter = kit.make_adapter(replica, {**FAST_PARAMS, **kit.params}, ctx)
     try:
         await adapter.connect(sink)
         harness = Harness(kit, replica, adapter, sink)
-        await harness.wait_book_matches()
+        await ready(harness)
         yield harness
     finally:
         await adapter.close()
         await replica.stop()
+
+
+@pytest_asyncio.fixture
+async def venue_harness(conformance_kit: VenueKit) -> AsyncIterator[Harness]:
+    """A replica on 127.0.0.1 and the adapter connected to it, torn down after the test."""
+    kit = conformance_kit
+    async with _connected(kit, kit.make_replica(), Harness.wait_book_matches) as harness:
+        yield harness
 
 
 @pytest_asyncio.fixture
@@ -300,28 +310,15 @@ async def recorded_venue_harness(conformance_kit: VenueKit) -> AsyncIterator[Har
             f"kit {kit.venue!r}: give make_recording_replica and recording to run the "
             "scenarios over a real recording"
         )
-    replica = kit.make_recording_replica(kit.recording, kit.recording_speed)
-    await replica.start()
-    sink = RecordingSink()
-    ctx = VenueContext(
-        name=kit.venue,
-        clock=LiveClock(),
-        seed=1,
-        mode="live",
-        symbols=[kit.symbol],
-        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},  # type: ignore[attr-defined]
-    )
-    adapter = kit.make_adapter(replica, {**FAST_PARAMS, **kit.params}, ctx)
-    try:
-        await adapter.connect(sink)
-        harness = Harness(kit, replica, adapter, sink)
+
+    async def live(harness: Harness) -> None:
         await harness.wait_for(
             lambda: harness.book.state is BookState.LIVE, "book LIVE from the recording", 10
         )
+
+    replica = kit.make_recording_replica(kit.recording, kit.recording_speed)
+    async with _connected(kit, replica, live) as harness:
         yield harness
-    finally:
-        await adapter.close()
-        await replica.stop()
 
 
 # ---------------------------------------------------------------------------------------
