@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import itertools
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,52 @@ def trace(run_dir: Path, kind: str) -> list[dict[str, Any]]:
 
 
 # -- hftbacktest ------------------------------------------------------------------------------
+# The full shared recordings (about six minutes each), when the shared data folder sits
+# beside the repository, as it does in CI: (file, protocol, symbol, tick, step Binance
+# publishes, order size, spread in bps).
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hftbacktest-binance"
+FULL = [
+    ("spot_btcusdt_20240808.gz", "binance_spot", "BTC/USDT", "0.01", "0.00001", 0.01, 1.0),
+    ("spot_ethusdt_20240808.gz", "binance_spot", "ETH/USDT", "0.01", "0.0001", 0.1, 1.0),
+    ("usdm_ethusdt_20240808.gz", "binance_futures", "ETH/USDT", "0.01", "0.001", 0.5, 0.5),
+]
+
+
+@pytest.mark.parametrize("case", FULL, ids=[c[0].split(".")[0] for c in FULL])
+def test_the_full_shared_recordings_backtest_live_to_the_end_with_fills(
+    registry: PluginRegistry, tmp_path: Path, case: tuple[Any, ...]
+) -> None:
+    """Whole recordings the unit tests never saw, markets set only by what Binance
+    publishes: each book goes LIVE on its first snapshot and stays LIVE to the end of
+    the data, and our quotes fill."""
+    name, protocol, symbol, tick, step, size, spread = case
+    source = SHARED / name
+    if not source.is_file():
+        message = f"{source} is not here (the shared data folder sits beside the repository)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)  # CI always has it: a missing recording is a broken run
+        pytest.skip(message)
+    out = tmp_path / "full.jsonl.gz"
+    report = import_recording("hftbacktest", [source], out, keep=["depth", "trade"], progress=False)
+    assert report.records > 10_000
+    run, run_dir = backtest(
+        registry,
+        tmp_path,
+        out,
+        protocol=protocol,
+        symbol=symbol,
+        tick=tick,
+        step=step,
+        order_size=size,
+        spread_bps=spread,
+    )
+    venue = run.venues["venue"]
+    assert isinstance(venue, ReplayExchange)
+    assert run.stop_reason == "venue: end of recorded data"
+    assert venue.malformed == 0
+    states = [s["detail"] for s in trace(run_dir, "book_state")]
+    assert len(states) == 1 and states[0].startswith("SYNCING->LIVE")
+    assert len(trace(run_dir, "fill")) > 0
 
 
 def test_hftbacktest_spot_keeps_the_venue_bytes_and_names_the_snapshot(tmp_path: Path) -> None:

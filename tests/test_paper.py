@@ -224,11 +224,12 @@ def test_paper_over_real_binance_traffic_fills_our_orders_in_whole_steps(
     """Real BTCUSDT depth and trades (8 decimals) drive the fill simulator of a paper
     venue whose orders go in 0.00001 steps: queues are counted at the venue's precision,
     our fills in whole steps."""
-    from test_replay_real import REAL, to_recording
-
     from quoteforge.exchanges.replay import ReplayExchange, ReplayParams
+    from quoteforge.plugins.data_import import import_recording
 
-    recording = to_recording(REAL, tmp_path / "btcusdt.jsonl", "BTCUSDT")
+    real = Path(__file__).parent / "fixtures" / "real" / "binance" / "spot_btcusdt_20240808.gz"
+    recording = tmp_path / "btcusdt.jsonl"
+    import_recording("hftbacktest", [real], recording, keep=["depth", "trade"], progress=False)
     clock = SimClock(10**18)
     ctx = VenueContext("binance", clock, seed=2, mode="paper", symbols=["BTC/USDT"])
     market = {"BTC/USDT": {"tick_size": "0.01", "qty_step": "0.00001"}}
