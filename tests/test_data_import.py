@@ -141,7 +141,7 @@ def test_the_full_shared_recordings_backtest_live_to_the_end_with_fills(
         pytest.skip(message)
     out = tmp_path / "full.jsonl.gz"
     report = import_recording("hftbacktest", [source], out, keep=["depth", "trade"], progress=False)
-    assert report.records > 10_000
+    assert report.records > 5_000  # depth and trades of about six minutes
     run, run_dir = backtest(
         registry,
         tmp_path,
