@@ -58,11 +58,17 @@ def reference_costs() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", default="3m")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=ROOT / "examples" / "quickstart.yaml",
+        help="the simulated run to time (default: the quickstart)",
+    )
     args = parser.parse_args()
     configure_logging("WARNING")
     registry = load_registry()
     loaded = load_manifest(
-        ROOT / "examples" / "quickstart.yaml",
+        args.manifest,
         registry,
         overrides=[f"run.duration={args.duration}", "report.html=false", "report.png=false"],
     )
