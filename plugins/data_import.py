@@ -487,11 +487,7 @@ def _tardis_book_records(
                 raise _BadLineError(f"side must be bid or ask, got {fields[5]!r}")
             price = _number(fields[6], "price")
             amount = _number(fields[7], "amount")
-            if t_us < last_t:
-                raise _BadLineError(
-                    f"local_timestamp {t_us} goes back in time (line {last_line} had {last_t}); "
-                    "rows must be in arrival order"
-                )
+            _check_arrival_order(t_us, last_t, last_line)
         except _BadLineError as exc:
             reader.failed(index, number, str(exc))
             continue
@@ -519,6 +515,15 @@ def _tardis_book_records(
         yield record
 
 
+def _check_arrival_order(t_us: int, last_t: int, last_line: int) -> None:
+    """Tardis rows must come in the order they arrived (``local_timestamp``)."""
+    if t_us < last_t:
+        raise _BadLineError(
+            f"local_timestamp {t_us} goes back in time (line {last_line} had {last_t}); "
+            "rows must be in arrival order"
+        )
+
+
 def _tardis_trade_records(
     reader: _Reader, index: int, rows: Iterator[tuple[int, list[str]]], venue: str
 ) -> Iterator[Record]:
@@ -539,11 +544,7 @@ def _tardis_trade_records(
                 )
             price = _number(fields[6], "price")
             amount = _number(fields[7], "amount")
-            if t_us < last_t:
-                raise _BadLineError(
-                    f"local_timestamp {t_us} goes back in time (line {last_line} had {last_t}); "
-                    "rows must be in arrival order"
-                )
+            _check_arrival_order(t_us, last_t, last_line)
         except _BadLineError as exc:
             reader.failed(index, number, str(exc))
             continue
