@@ -187,15 +187,10 @@ class BinanceSpotBookSource(BookSource):
                     outcome = self._read(raw, now)
             else:
                 outcome = self._read(raw, now)
-        except BookMessageError as exc:
-            self._request_resync(f"unreadable depth message ({exc})")
-            raise
         except MemoryError:
             raise
         except Exception as exc:  # nothing a venue sends may escape
-            error = self._malformed(f"depth message could not be read ({type(exc).__name__})", raw)
-            self._request_resync(f"unreadable depth message ({error})")
-            raise error from None
+            raise self._unreadable(exc, raw, "depth message") from None
         if outcome is _APPLIED and self.on_update is not None:
             self.on_update(book)
         return outcome

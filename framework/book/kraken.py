@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from quoteforge.book.l2 import BookState
-from quoteforge.book.source import BookMessageError, BookSource, BookSourceParams, Outcome
+from quoteforge.book.source import BookSource, BookSourceParams, Outcome
 from quoteforge.book.wire import strip_checksum_digits
 from quoteforge.model import Side
 
@@ -92,15 +92,10 @@ class KrakenBookSource(BookSource):
         self.stats.messages += 1
         try:
             outcome = self._read(raw, recv_ns)
-        except BookMessageError as exc:
-            self._request_resync(f"unreadable book message ({exc})")
-            raise
         except MemoryError:
             raise
         except Exception as exc:  # nothing a venue sends may escape
-            error = self._malformed(f"book message could not be read ({type(exc).__name__})", raw)
-            self._request_resync(f"unreadable book message ({error})")
-            raise error from None
+            raise self._unreadable(exc, raw, "book message") from None
         if outcome is Outcome.APPLIED and self.on_update is not None:
             self.on_update(self.book)
         return outcome

@@ -190,6 +190,16 @@ class BookSource(ABC):
         if self.book.state is not BookState.LIVE:
             self.states.transition(BookState.LIVE, reason)
 
+    def _unreadable(self, exc: Exception, raw: Any, what: str) -> BookMessageError:
+        """Whatever went wrong reading a venue message: the book resyncs, and the
+        ``BookMessageError`` to raise (an unexpected error is counted as malformed)."""
+        if isinstance(exc, BookMessageError):
+            error = exc
+        else:
+            error = self._malformed(f"{what} could not be read ({type(exc).__name__})", raw)
+        self._request_resync(f"unreadable {what} ({error})")
+        return error
+
     def _malformed(self, what: str, detail: Any) -> BookMessageError:
         self.stats.malformed += 1
         if isinstance(detail, str | bytes):
