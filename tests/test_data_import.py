@@ -106,6 +106,15 @@ def backtest(
     return run, run_dir
 
 
+def feed(source: Any, recording: Path) -> None:
+    """Every snapshot and depth message of ``recording`` into a book source."""
+    for record in read_recording(recording):
+        if record.stream.startswith("rest:"):
+            source.on_snapshot(record.raw)
+        elif "@depth" in record.stream:
+            source.on_message(record.raw)
+
+
 def trace(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
     if kind == "fill":
@@ -210,11 +219,7 @@ def test_real_usdm_bytes_keep_a_futures_book_live_from_the_snapshot_on(tmp_path:
         "v", "ETH/USDT", "ETH", "USDT", tick_size=Decimal("0.01"), lot_size=Decimal("0.001")
     )
     source = BinanceFuturesBookSource(inst)
-    for record in read_recording(out):
-        if record.stream.startswith("rest:"):
-            source.on_snapshot(record.raw)
-        elif "@depth" in record.stream:
-            source.on_message(record.raw)
+    feed(source, out)
     assert source.book.state is BookState.LIVE
     assert source.stats.gaps == 0
     assert source.stats.applied > 100
@@ -401,11 +406,7 @@ def test_a_new_snapshot_in_the_middle_replaces_the_book(tmp_path: Path) -> None:
         "v", "BTC/USDT", "BTC", "USDT", tick_size=Decimal("0.01"), lot_size=Decimal("0.00000001")
     )
     source = BinanceSpotBookSource(inst)
-    for record in read_recording(out):
-        if record.stream.startswith("rest:"):
-            source.on_snapshot(record.raw)
-        else:
-            source.on_message(record.raw)
+    feed(source, out)
     book: L2Book = source.book
     assert book.state is BookState.LIVE and source.stats.gaps == 0
     lots = 100_000_000
