@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +363,20 @@ def taker_buy(client_id: str) -> tuple[dict[str, Any], str]:
     return intent_payload(PlaceOrder(order), "mm_eth", 1)
 
 
+async def settled(count: Callable[[], int], quiet_s: float = 1.0, limit_s: float = 15.0) -> int:
+    """``count()`` once it stopped changing for ``quiet_s`` (at most ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    value, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = count()
+        if now != value:
+            value, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return value
+
+
 def mentions(run_dir: Path, client_id: str) -> int:
     try:
         records = journal_records(run_dir)
@@ -427,7 +441,9 @@ async def test_messages_without_the_key_neither_trade_nor_stop_and_replays_are_r
                     break
     assert captured is not None and captured.startswith(b"QFS1 ")
     await wait_until(lambda: mentions(exec_dir, "signed-1") > 0, 10, "the signed intent journaled")
-    applied = mentions(exec_dir, "signed-1")
+    # The taker's order, its report and its fill are journaled one after another: count
+    # them once the count holds still for a second.
+    applied = await settled(lambda: mentions(exec_dir, "signed-1"))
 
     # The captured frame, replayed by a client with the strategy's password, after the
     # broker restarted and every node reconnected: refused, applied no second time.
