@@ -49,11 +49,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quoteforge.book import BinanceSpotBookSource, L2Book
+from quoteforge.book import L2Book
 from quoteforge.clock import SimClock
 from quoteforge.engine import Run, run_manifest
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges import replay
+from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 from quoteforge.exchanges.replay import ReplayExchange, ReplayParams
 from quoteforge.logs import configure_logging
 from quoteforge.manifest import load_manifest

@@ -42,9 +42,11 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
-from quoteforge.book import BinanceSpotBookSource, BookState, ConsumerBook, binance, fast, l2
+from quoteforge.book import BookState, ConsumerBook, fast, l2
 from quoteforge.book import consumer as consumer_module
 from quoteforge.book.wire import WireDecimalParser
+from quoteforge.exchanges.binance import book as binance
+from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 from quoteforge.model import Instrument, Side
 
 try:

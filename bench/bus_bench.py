@@ -41,7 +41,7 @@ from pydantic import SecretStr
 
 from quoteforge.bus import InProcessBus
 from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
-from quoteforge.topics import Codec
+from quoteforge.plugins.distributed.topics import Codec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bus_bench.json"
 # The --signed rows: both ends hold the run's bus key, as the nodes of a split run do.

@@ -10,13 +10,9 @@ import argparse
 from decimal import Decimal
 from pathlib import Path
 
-from quoteforge.book import (
-    BinanceSpotBookSource,
-    BookSource,
-    ConsumerBook,
-    ConsumerLevel,
-    KrakenBookSource,
-)
+from quoteforge.book import BookSource, ConsumerBook, ConsumerLevel
+from quoteforge.exchanges.binance.book import BinanceSpotBookSource
+from quoteforge.exchanges.kraken.book import KrakenBookSource
 from quoteforge.model import Instrument, Side
 from quoteforge.recording import merge_recordings
 

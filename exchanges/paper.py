@@ -9,10 +9,12 @@ from typing import Any
 
 from loguru import logger
 
+from quoteforge import hookimpl
 from quoteforge.book import L2Book
 from quoteforge.exchange import ExchangeAdapter, OrderAction, VenueContext, VenueSink
 from quoteforge.exchanges.fillsim import FillSimParams, FillSimulator
 from quoteforge.model import Fill, Offer, OrderUpdate, Side
+from quoteforge.registry import Register
 
 __all__ = ["PaperExchange", "PaperParams", "wrap_for_paper"]
 
@@ -135,3 +137,13 @@ def wrap_for_paper(
     else:
         checked = PaperParams.model_validate(dict(params or {}))
     return PaperExchange(adapter, checked, ctx)
+
+
+@hookimpl
+def quoteforge_register_venue_wrappers(register: Register) -> None:
+    register(
+        "paper",
+        wrap_for_paper,
+        params=PaperParams,
+        description="live market data of the wrapped venue, fills simulated locally",
+    )

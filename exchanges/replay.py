@@ -14,21 +14,13 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import quoteforge
-from quoteforge.book import (
-    BinanceFuturesBookSource,
-    BinanceSpotBookSource,
-    BookMessageError,
-    BookSource,
-    BookState,
-    KrakenBookSource,
-    L2Book,
-    WireDecimalParser,
-)
+from quoteforge.book import BookMessageError, BookSource, BookState, L2Book, WireDecimalParser
 from quoteforge.book.fast import binance_trade_text as _trade_text
-from quoteforge.book.kraken import KRAKEN_DEPTHS
 from quoteforge.clock import Clock, TimerHandle
 from quoteforge.exchange import ExchangeAdapter, OrderAction, VenueContext, VenueSink
+from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
 from quoteforge.exchanges.fillsim import FillSimParams, FillSimulator
+from quoteforge.exchanges.kraken.book import KRAKEN_DEPTHS, KrakenBookSource
 from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
 from quoteforge.model import Fill, Instrument, OrderStatus, OrderUpdate, Side
 from quoteforge.recording import RecordingError, RecordTuple, record_batches

@@ -21,27 +21,27 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: Subcommands implemented by their own module: name -> (module, function, help).
 FORWARDED: dict[str, tuple[str, str, str]] = {
     "sweep": (
-        "quoteforge.sweep",
+        "quoteforge.plugins.sweep",
         "sweep_main",
         "run a parameter grid in parallel processes into one summary table",
     ),
     "dashboard": (
-        "quoteforge.dashboard",
+        "quoteforge.plugins.report.dashboard",
         "dashboard_main",
         "live web dashboard of a run folder (or its journal) as it grows",
     ),
     "report": (
-        "quoteforge.report",
+        "quoteforge.plugins.report.render",
         "report_main",
         "(re)write the HTML and PNG report of a run folder",
     ),
     "record": (
-        "quoteforge.record",
+        "quoteforge.plugins.record",
         "record_main",
         "record the venues' market data of a manifest into a replayable file",
     ),
     "latency": (
-        "quoteforge.latency_probe",
+        "quoteforge.plugins.latency_probe",
         "latency_main",
         "measure REST, websocket and order-ack latency (p50/p99) to each venue",
     ),
@@ -219,7 +219,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         Path(m.run.out_dir), m.run.name if args.node == "all" else f"{m.run.name}-{args.node}"
     )
     if args.node != "all":
-        from quoteforge.nodes import run_node
+        from quoteforge.plugins.distributed.nodes import run_node
 
         configure_logging(args.log_level, run_id=run_dir.name, secrets=loaded.secrets)
         return asyncio.run(
@@ -264,7 +264,7 @@ def _write_report(run_dir: Path, html: bool, png: bool) -> None:
     from loguru import logger
 
     try:
-        from quoteforge.report import write_report
+        from quoteforge.plugins.report.render import write_report
     except ImportError as exc:
         logger.warning(
             'report not written ({}); install it with: pip install "quoteforge[report]"', exc

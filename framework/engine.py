@@ -60,7 +60,7 @@ from quoteforge.progress import Progress
 from quoteforge.registry import PluginRegistry
 from quoteforge.resume import ReplayJournal, ResumeRefusedError, replays_on_resume
 from quoteforge.risk import RiskChain, RiskRefusal, RiskView
-from quoteforge.strategy import Market, Strategy, StrategyContext
+from quoteforge.strategy import Market, Strategy, StrategyContext, book_interest
 
 __all__ = ["Alert", "MarketRuntime", "Run", "StrategyRuntime", "run_manifest", "stop_signals"]
 
@@ -105,15 +105,12 @@ class StrategyRuntime:
     hears_trades: bool = True  # the strategy has an on_trade of its own
 
     def read_book_interest(self) -> None:
-        """Which book changes reach ``on_book``, as the strategy declares it, and
-        whether public trades reach ``on_trade`` (not when it is the base class's no-op)."""
-        strategy = self.strategy
-        self.top_only = bool(getattr(strategy, "top_of_book_only", True))
-        self.best_only = getattr(strategy, "book_levels", 5) <= 1
-        self.prices_only = self.best_only and not getattr(strategy, "reads_best_sizes", True)
-        self.hears_trades = (
-            "on_trade" in vars(strategy) or type(strategy).on_trade is not Strategy.on_trade
-        )
+        """Which book changes reach ``on_book``, and whether trades reach ``on_trade``."""
+        interest = book_interest(self.strategy)
+        self.top_only = interest.top_only
+        self.best_only = interest.best_only
+        self.prices_only = interest.prices_only
+        self.hears_trades = interest.hears_trades
 
 
 @dataclass(eq=False)
@@ -249,10 +246,8 @@ class Run:
                 venue = reg.get("exchange", spec.type).factory(params, ctx)
             if self.mode == "paper":
                 # Live market data, simulated fills: orders never reach the venue.
-                from quoteforge.exchanges.paper import wrap_for_paper
-
-                paper = self.loaded.plugin_params.get("paper")
-                venue = wrap_for_paper(venue, paper, ctx)  # type: ignore[arg-type]
+                wrapper = reg.get("venue_wrapper", "paper").factory
+                venue = wrapper(venue, self.loaded.plugin_params.get("paper"), ctx)
             self.venues[name] = venue
 
         checks = []

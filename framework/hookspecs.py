@@ -32,12 +32,14 @@ __all__ = [
     "quoteforge_register_alert_channels",
     "quoteforge_register_book_sources",
     "quoteforge_register_bus_backends",
+    "quoteforge_register_commands",
     "quoteforge_register_exchanges",
     "quoteforge_register_execution_algos",
     "quoteforge_register_execution_policies",
     "quoteforge_register_journal_backends",
     "quoteforge_register_risk_checks",
     "quoteforge_register_strategies",
+    "quoteforge_register_venue_wrappers",
     "quoteforge_report_written",
     "quoteforge_run_started",
     "quoteforge_run_stopped",
@@ -69,6 +71,19 @@ def quoteforge_register_exchanges(register: Register) -> None:
 # ---------------------------------------------------------------------------------------
 # Order book
 # ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def quoteforge_register_venue_wrappers(register: Register) -> None:
+    """Register venue wrapper types: a wrapper takes a built exchange adapter and returns
+    an adapter that stands in for it (``paper``: the venue's live market data with
+    simulated fills; the run's ``paper:`` block holds its parameters).
+
+    :param register: call ``register(name, factory, params=ParamsModel, ...)``;
+        ``factory(adapter, params, context)`` returns the wrapping ``ExchangeAdapter``.
+        The engine looks a wrapper up by name (``paper`` for ``run.mode: paper``); it
+        never imports a venue module.
+    """
 
 
 @hookspec
@@ -313,4 +328,21 @@ def quoteforge_alert(run: Any, alert: Any) -> None:
     send it; must return within a millisecond. All implementations are called.
 
     .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def quoteforge_register_commands(register: Any) -> None:
+    """Register ``quoteforge`` subcommands (``report``, ``sweep``, ``record``, ...).
+
+    :param register: call ``register(name, main, help="one line")`` once per command.
+        ``main(argv: list[str]) -> int`` receives the arguments after the command name
+        and returns the exit code; it parses them itself (``argparse`` with
+        ``prog="quoteforge NAME"``). The kernel keeps ``run``, ``validate``,
+        ``plugins``, ``manifest``, ``kill`` and ``reset``; a plugin cannot replace them.
     """

@@ -823,14 +823,17 @@ def _resolve_plugins(
                 problems.append(problem((*loc, *sub), message))
 
     if m.paper or m.run.mode == "paper":
-        from quoteforge.exchanges.paper import PaperParams
-
         try:
-            loaded.plugin_params["paper"] = PaperParams.model_validate(m.paper)
-        except ValidationError as exc:
-            for err in exc.errors():
-                sub = tuple(str(p) for p in err["loc"])
-                problems.append(problem(("paper", *sub), _describe(err)))
+            paper = registry.get("venue_wrapper", "paper")
+        except PluginError as exc:
+            problems.append(problem(("run", "mode"), str(exc)))
+        else:
+            try:
+                loaded.plugin_params["paper"] = paper.params.model_validate(m.paper)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    sub = tuple(str(p) for p in err["loc"])
+                    problems.append(problem(("paper", *sub), _describe(err)))
 
     claimed: dict[str, str] = {}
     for name, strat in m.strategies.items():

@@ -44,6 +44,7 @@ KINDS = (
     "journal",
     "book_source",
     "alert",
+    "venue_wrapper",
 )
 
 _REGISTRATION_HOOKS = {
@@ -55,6 +56,7 @@ _REGISTRATION_HOOKS = {
     "bus": "quoteforge_register_bus_backends",
     "journal": "quoteforge_register_journal_backends",
     "book_source": "quoteforge_register_book_sources",
+    "venue_wrapper": "quoteforge_register_venue_wrappers",
     "alert": "quoteforge_register_alert_channels",
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -326,3 +327,27 @@ class Strategy:
 
     def on_stop(self, **kwargs: Any) -> None:
         """Called once when the run stops, after quotes are pulled."""
+
+
+@dataclass(frozen=True, slots=True)
+class BookInterest:
+    """Which book changes reach a strategy's ``on_book`` and whether public trades reach
+    its ``on_trade``; the engine reads it at start and after new parameters."""
+
+    top_only: bool = True
+    best_only: bool = False
+    prices_only: bool = False  # with best_only: best prices, not their sizes
+    hears_trades: bool = True
+
+
+def book_interest(strategy: Strategy) -> BookInterest:
+    """What ``strategy`` reads of the book, as it declares it."""
+    best_only = getattr(strategy, "book_levels", 5) <= 1
+    return BookInterest(
+        top_only=bool(getattr(strategy, "top_of_book_only", True)),
+        best_only=best_only,
+        prices_only=best_only and not getattr(strategy, "reads_best_sizes", True),
+        # not when on_trade is the base class's no-op
+        hears_trades="on_trade" in vars(strategy)
+        or type(strategy).on_trade is not Strategy.on_trade,
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import quoteforge
-from quoteforge.book.binance import BinanceFuturesBookSource, BinanceSpotBookSource
-from quoteforge.book.kraken import KrakenBookSource
+from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
+from quoteforge.exchanges.kraken.book import KrakenBookSource
 from quoteforge.registry import Register
 
 

@@ -4,8 +4,8 @@ Built on aiomqtt (connection, TLS, authentication, last will, subscriptions), wi
 per-message path (publish, write, receive) on its paho client directly: consecutive
 messages of one topic published close together travel as one batch frame, and
 received frames are dispatched without a queue or a task. Messages travel in the
-``quoteforge.topics`` envelope. See ``docs/distributed.md`` for topics, QoS policy,
-encoding, batching and security.
+``quoteforge.plugins.distributed.topics`` envelope. See ``docs/distributed.md`` for
+topics, QoS policy, encoding, batching and security.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from quoteforge import hookimpl
 from quoteforge.bus import Bus, Handler, SeenIds, topic_matches
-from quoteforge.topics import (
+from quoteforge.plugins.distributed.topics import (
     MIN_KEY_BYTES,
     REFUSAL_REASONS,
     ROOT,
@@ -324,7 +324,8 @@ class MqttStats:
     """Counters of one bus instance since it was created. ``published`` and
     ``received`` count messages; ``frames_*`` count MQTT publishes, each a single
     message or a batch frame of several. ``refused`` counts received frames refused by
-    the signature check, per reason (see ``quoteforge.topics.REFUSAL_REASONS``)."""
+    the signature check, per reason (see
+    ``quoteforge.plugins.distributed.topics.REFUSAL_REASONS``)."""
 
     published: int = 0
     received: int = 0

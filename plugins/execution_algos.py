@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 import quoteforge
 from quoteforge.book.consumer import ConsumerBook
 from quoteforge.model import Fill, Order, OrderUpdate, Side
+from quoteforge.plugins.twap import TwapExecutor, TwapParams
 from quoteforge.registry import Register
 from quoteforge.routing import Route, SmartOrderRouter
 from quoteforge.strategy import Market, StrategyContext
-from quoteforge.twap import TwapExecutor, TwapParams
 
 __all__ = ["SorAlgo", "SorParams", "TwapAlgo"]
 

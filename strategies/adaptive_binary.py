@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 
 import quoteforge
 from quoteforge.model import InstrumentKind, Quote, Side
-from quoteforge.signals import TradeFlowImbalance
+from quoteforge.strategies.signals import TradeFlowImbalance
 from quoteforge.strategy import Market, Quotes, Strategy, StrategyContext, StrategyParams
 
 __all__ = ["AdaptiveBinary", "AdaptiveBinaryParams", "binary_quote_ticks"]

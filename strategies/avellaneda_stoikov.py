@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 import quoteforge
 from quoteforge.model import Fill, Quote, Side
-from quoteforge.signals import FillIntensityEstimator, RealizedVolatility
+from quoteforge.strategies.signals import FillIntensityEstimator, RealizedVolatility
 from quoteforge.strategy import Market, Quotes, Strategy, StrategyContext, StrategyParams
 
 __all__ = [

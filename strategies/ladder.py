@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 import quoteforge
 from quoteforge.model import Quote, Side
-from quoteforge.signals import RealizedVolatility
+from quoteforge.strategies.signals import RealizedVolatility
 from quoteforge.strategy import Market, Quotes, Strategy, StrategyContext, StrategyParams
 
 __all__ = ["Ladder", "LadderParams", "ladder_sizes", "ladder_spacing_ticks"]

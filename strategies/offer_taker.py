@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 import quoteforge
 from quoteforge.manifest import Duration
 from quoteforge.model import Fill, Offer, OrderStatus, OrderUpdate, Side
-from quoteforge.pricesource import (
+from quoteforge.strategies.pricesource import (
     BookPriceSource,
     BookSourceParams,
     HttpPriceSource,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 import quoteforge
 from quoteforge.model import Fill, OrderUpdate, Quote, Side
 from quoteforge.risk import RiskCheck, RiskView
-from quoteforge.signals import RealizedVolatility
+from quoteforge.strategies.signals import RealizedVolatility
 from quoteforge.strategy import Market, Quotes, Strategy, StrategyContext, StrategyParams
 
 if TYPE_CHECKING:

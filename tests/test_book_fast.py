@@ -22,20 +22,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quoteforge.book import (
-    BinanceFuturesBookSource,
-    BinanceSpotBookSource,
-    BookMessageError,
-    BookState,
-    ConsumerBook,
-    Outcome,
-    binance,
-    fast,
-    l2,
-)
+from quoteforge.book import BookMessageError, BookState, ConsumerBook, Outcome, fast, l2
 from quoteforge.book.l2 import L2Book
 from quoteforge.book.source import SourceStats
 from quoteforge.clock import SimClock
+from quoteforge.exchanges.binance import book as binance
+from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
 from quoteforge.model import Instrument, Side
 
 TICK = Decimal("0.01")

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from quoteforge.bus import Bus, InProcessBus, InProcessParams
 from quoteforge.plugins import inprocess_bus
+from quoteforge.plugins.distributed.topics import TopicScheme
 from quoteforge.registry import PluginRegistry
-from quoteforge.topics import TopicScheme
 
 
 @pytest.fixture

@@ -24,8 +24,7 @@ from pydantic import SecretStr, ValidationError
 
 from quoteforge.plugins import bus_mqtt
 from quoteforge.plugins.bus_mqtt import BusConnectError, MqttBus, MqttParams, MqttTlsParams
-from quoteforge.registry import PluginRegistry
-from quoteforge.topics import (
+from quoteforge.plugins.distributed.topics import (
     Codec,
     DecodeError,
     EncodeError,
@@ -44,6 +43,7 @@ from quoteforge.topics import (
     parse_topic,
     validate_filter,
 )
+from quoteforge.registry import PluginRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 ACL_FILE = REPO / "examples" / "distributed" / "mosquitto.acl"

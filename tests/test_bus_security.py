@@ -25,17 +25,17 @@ from test_nodes import Nodes, journal_records, wait_until, write_manifest
 
 from quoteforge.exchange import PlaceOrder
 from quoteforge.model import Order, OrderType, Side, TimeInForce
-from quoteforge.nodes import load_node_manifest, run_node
 from quoteforge.plugins.bus_mqtt import BusConnectError, MqttBus, MqttParams, MqttTlsParams
-from quoteforge.registry import PluginRegistry
-from quoteforge.remote import intent_payload
-from quoteforge.topics import (
+from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
+from quoteforge.plugins.distributed.remote import intent_payload
+from quoteforge.plugins.distributed.topics import (
     FrameSigner,
     FrameVerifier,
     SignatureError,
     TopicKind,
     TopicScheme,
 )
+from quoteforge.registry import PluginRegistry
 
 KEY = b"0123456789abcdef0123456789abcdef"
 FRAME = b'{"v":1,"id":"a:1","src":"a","seq":1,"ts":1,"p":{"x":1}}'

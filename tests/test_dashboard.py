@@ -24,15 +24,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from quoteforge.dashboard import (
+from quoteforge.engine import Run
+from quoteforge.manifest import load_manifest
+from quoteforge.plugins.report.dashboard import (
     DashboardError,
     RunFolderTail,
     create_app,
     dashboard_main,
     display,
 )
-from quoteforge.engine import Run
-from quoteforge.manifest import load_manifest
 from quoteforge.progress import Progress
 from quoteforge.registry import PluginRegistry
 

@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from quoteforge.book import BookState
-from quoteforge.book.binance import BinanceFuturesBookSource, BinanceSpotBookSource
 from quoteforge.book.l2 import L2Book
 from quoteforge.cli import main
 from quoteforge.engine import Run, run_manifest
+from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
 from quoteforge.exchanges.replay import ReplayExchange
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Instrument

@@ -51,12 +51,10 @@ from quoteforge.model import (
     Side,
     TimeInForce,
 )
-from quoteforge.nodes import load_node_manifest, run_node
 from quoteforge.orders import OrderManager
 from quoteforge.plugins.bus_mqtt import MqttBus
-from quoteforge.plugins.journal_sqlite import SqliteJournal
-from quoteforge.registry import PluginRegistry
-from quoteforge.remote import (
+from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
+from quoteforge.plugins.distributed.remote import (
     IntentError,
     LockstepClock,
     MarketDataPublisher,
@@ -72,7 +70,9 @@ from quoteforge.remote import (
     update_from_wire,
     update_to_wire,
 )
-from quoteforge.topics import TopicScheme, decode, encode
+from quoteforge.plugins.distributed.topics import TopicScheme, decode, encode
+from quoteforge.plugins.journal_sqlite import SqliteJournal
+from quoteforge.registry import PluginRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "distributed" / "sim_nodes.yaml"
@@ -84,7 +84,7 @@ RUNNER = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from quoteforge.logs import configure_logging
-    from quoteforge.nodes import load_node_manifest, run_node
+    from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
     from quoteforge.registry import load_registry
 
     manifest, role, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])

@@ -18,8 +18,8 @@ from quoteforge.clock import LiveClock, SimClock
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.sim.offers import OfferSimExchange, OfferSimParams
 from quoteforge.model import Instrument, Offer, Side
-from quoteforge.pricesource import BookPriceSource, HttpPriceSource, HttpSourceParams
 from quoteforge.strategies.offer_taker import OfferTaker, OfferTakerParams
+from quoteforge.strategies.pricesource import BookPriceSource, HttpPriceSource, HttpSourceParams
 from quoteforge.strategy import Market, StrategyContext
 
 NS = 1_000_000_000

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib import image as mpimg
 
-from quoteforge.report import (
+from quoteforge.plugins.report.render import (
     SUMMARY_COLUMNS,
     NotARunFolderError,
     RunFormatError,

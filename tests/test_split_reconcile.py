@@ -39,9 +39,9 @@ from quoteforge.journal import JournalRecord
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Fill, Liquidity, OrderStatus, OrderUpdate, Side
 from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
+from quoteforge.plugins.distributed.remote import ReconcileError, ReconcileResponder, RemoteVenue
+from quoteforge.plugins.distributed.topics import TopicScheme
 from quoteforge.registry import PluginRegistry
-from quoteforge.remote import ReconcileError, ReconcileResponder, RemoteVenue
-from quoteforge.topics import TopicScheme
 
 CLOSED_BY_RECONCILE = "not open at the venue on reconciliation"
 
@@ -315,7 +315,7 @@ LOSING_RUNNER = textwrap.dedent(
     from pathlib import Path
     from quoteforge.exchanges.sim.venue import SimExchange
     from quoteforge.logs import configure_logging
-    from quoteforge.nodes import load_node_manifest, run_node
+    from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
     from quoteforge.registry import load_registry
 
     manifest, role, out, trigger = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])

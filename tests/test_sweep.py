@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from quoteforge.plugins.sweep import (
+    GridAxis,
+    SweepError,
+    expand_grid,
+    parse_grid,
+    run_sweep,
+    sweep_main,
+)
 from quoteforge.registry import PluginRegistry
-from quoteforge.sweep import GridAxis, SweepError, expand_grid, parse_grid, run_sweep, sweep_main
 
 MANIFEST = """\
 run: {name: swp, duration: 20s, seed: 1, sample_interval: 5s, watch_manifest: false}

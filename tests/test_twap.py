@@ -26,8 +26,8 @@ from quoteforge.model import (
     Side,
     TimeInForce,
 )
+from quoteforge.plugins.twap import TwapExecutor, TwapParams, TwapSchedule
 from quoteforge.strategy import Market, StrategyContext
-from quoteforge.twap import TwapExecutor, TwapParams, TwapSchedule
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS

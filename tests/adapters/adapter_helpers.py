@@ -8,11 +8,11 @@ from typing import Any
 
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.binance import BinanceParams, BinanceSpot
-from quoteforge.exchanges.conformance import FAST_PARAMS, Harness, RecordingSink, VenueKit
-from quoteforge.exchanges.kraken import KrakenParams, KrakenSpot
-from quoteforge.exchanges.replica_binance import BinanceReplica
-from quoteforge.exchanges.replica_kraken import KrakenReplica
+from quoteforge.exchanges.binance.adapter import BinanceParams, BinanceSpot
+from quoteforge.exchanges.kraken.adapter import KrakenParams, KrakenSpot
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS, Harness, RecordingSink, VenueKit
+from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
 
 
 def binance_adapter(

@@ -10,7 +10,7 @@ import pytest
 from adapter_helpers import BINANCE_KIT, KRAKEN_KIT, running
 from loguru import logger
 
-from quoteforge.exchanges.conformance import VenueKit
+from quoteforge.exchanges.testing.conformance import VenueKit
 from quoteforge.model import OrderStatus, Side
 
 KITS = [pytest.param(BINANCE_KIT, id="binance"), pytest.param(KRAKEN_KIT, id="kraken")]
@@ -70,7 +70,7 @@ async def test_close_is_prompt_and_idempotent_with_streams_running(kit: VenueKit
 def test_registration_lists_the_adapter_without_importing_ccxt(module: str) -> None:
     code = (
         "import sys; sys.modules['ccxt'] = None\n"
-        f"import quoteforge.exchanges.{module} as m\n"
+        f"import quoteforge.exchanges.{module}.adapter as m\n"
         "seen = []\n"
         "m.quoteforge_register_exchanges(lambda name, factory, **kw: seen.append((name, kw)))\n"
         f"assert seen[0][0] == {module!r} and seen[0][1]['requires'] == ('ccxt',), seen\n"
@@ -89,7 +89,7 @@ async def test_connect_without_ccxt_names_the_pip_command(module: str) -> None:
         "sys.modules['ccxt'] = None; sys.modules['ccxt.async_support'] = None\n"
         "from quoteforge.clock import LiveClock\n"
         "from quoteforge.exchange import VenueContext\n"
-        f"import quoteforge.exchanges.{module} as m\n"
+        f"import quoteforge.exchanges.{module}.adapter as m\n"
         f"a = m.create_{module}({{}}, VenueContext('x', LiveClock(), 1, 'live', ['BTC/USD']))\n"
         "try:\n"
         "    asyncio.run(a.connect(None))\n"

@@ -13,8 +13,8 @@ import pytest
 from adapter_helpers import BINANCE_KIT, running
 
 from quoteforge.exchange import PlaceOrder
-from quoteforge.exchanges.binance import BinanceParams, quoteforge_register_exchanges
-from quoteforge.exchanges.replica_binance import BinanceReplica
+from quoteforge.exchanges.binance.adapter import BinanceParams, quoteforge_register_exchanges
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.model import OrderStatus, Side, TimeInForce
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "binance_rest"

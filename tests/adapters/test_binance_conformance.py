@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from adapter_helpers import BINANCE_KIT
 
-from quoteforge.exchanges.conformance import SCENARIOS, Harness, VenueKit, needs
+from quoteforge.exchanges.testing.conformance import SCENARIOS, Harness, VenueKit, needs
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from quoteforge.exchanges.conformance import FAST_PARAMS
-from quoteforge.exchanges.replica_binance import BinanceReplica
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS
 from quoteforge.model import Fill, Instrument, Liquidity, Side
 from quoteforge.portfolio import Portfolio
 

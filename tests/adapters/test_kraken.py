@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from adapter_helpers import KRAKEN_KIT, running
 
-from quoteforge.book.kraken import kraken_checksum
 from quoteforge.exchange import CancelOrder, PlaceOrder
 from quoteforge.exchanges.ccxt_base import VenueCallError
-from quoteforge.exchanges.kraken import KrakenParams
-from quoteforge.exchanges.replica_kraken import KrakenReplica
+from quoteforge.exchanges.kraken.adapter import KrakenParams
+from quoteforge.exchanges.kraken.book import kraken_checksum
+from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
 from quoteforge.model import OrderStatus, Side, TimeInForce
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kraken_rest"

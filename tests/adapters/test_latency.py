@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from quoteforge.exchanges.replica_binance import BinanceReplica
-from quoteforge.exchanges.replica_kraken import KrakenReplica
-from quoteforge.latency_probe import Measure, latency_main, percentile
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
+from quoteforge.plugins.latency_probe import Measure, latency_main, percentile
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SAMPLES = 4

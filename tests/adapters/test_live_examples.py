@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from quoteforge.engine import Run
-from quoteforge.exchanges.conformance import FAST_PARAMS
-from quoteforge.exchanges.replica_binance import BinanceReplica
-from quoteforge.exchanges.replica_kraken import KrakenReplica
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS
+from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
 from quoteforge.manifest import load_manifest
 from quoteforge.registry import PluginRegistry
 
@@ -163,8 +163,8 @@ def test_periodic_reconciliation_cancels_our_orphans_only(
     say) is cancelled by the periodic check; another bot's order on the account is not."""
     from quoteforge.clock import LiveClock
     from quoteforge.exchange import PlaceOrder, VenueContext
-    from quoteforge.exchanges.binance import BinanceParams, BinanceSpot
-    from quoteforge.exchanges.conformance import RecordingSink
+    from quoteforge.exchanges.binance.adapter import BinanceParams, BinanceSpot
+    from quoteforge.exchanges.testing.conformance import RecordingSink
     from quoteforge.model import Order, Side, TimeInForce
 
     async def scenario() -> tuple[list[str], list[str]]:
@@ -234,8 +234,8 @@ def test_fresh_live_start_cancels_orders_a_previous_life_left_open(
 ) -> None:
     from quoteforge.clock import LiveClock
     from quoteforge.exchange import PlaceOrder, VenueContext
-    from quoteforge.exchanges.binance import BinanceParams, BinanceSpot
-    from quoteforge.exchanges.conformance import RecordingSink
+    from quoteforge.exchanges.binance.adapter import BinanceParams, BinanceSpot
+    from quoteforge.exchanges.testing.conformance import RecordingSink
     from quoteforge.model import Order, Side, TimeInForce
 
     async def scenario() -> list[str]:

@@ -19,11 +19,11 @@ from quoteforge.book import L2Book
 from quoteforge.clock import SimClock
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.replay import ReplayExchange
-from quoteforge.exchanges.replica_binance import BinanceReplica
-from quoteforge.exchanges.replica_kraken import KrakenReplica
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Side
-from quoteforge.record import record_main
+from quoteforge.plugins.record import record_main
 from quoteforge.recording import read_recording
 from quoteforge.registry import PluginRegistry
 
@@ -221,7 +221,7 @@ async def test_sigterm_stops_the_recording_cleanly(tmp_path: Path) -> None:
         manifest = tmp_path / "bn.yaml"
         manifest.write_text(binance_manifest(replica))
         out = tmp_path / "bn.jsonl.gz"
-        code = "import sys; from quoteforge.record import record_main; "
+        code = "import sys; from quoteforge.plugins.record import record_main; "
         code += "sys.exit(record_main(sys.argv[1:]))"
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

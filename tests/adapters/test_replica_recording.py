@@ -15,15 +15,15 @@ import pytest
 from adapter_helpers import BINANCE_KIT, running
 
 from quoteforge.book import BookState
-from quoteforge.book.binance import BinanceSpotBookSource
 from quoteforge.exchange import CancelOrder, PlaceOrder
-from quoteforge.exchanges.conformance import (
+from quoteforge.exchanges.binance.book import BinanceSpotBookSource
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.exchanges.testing.conformance import (
     RECORDED_SCENARIOS,
     Harness,
     VenueKit,
     recorded_venue_harness,
 )
-from quoteforge.exchanges.replica_binance import BinanceReplica
 from quoteforge.model import Instrument, Liquidity, Order, Side, TimeInForce
 from quoteforge.plugins.data_import import read_hftbacktest
 from quoteforge.recording import read_recording

@@ -11,7 +11,8 @@ from decimal import Decimal
 
 import pytest
 
-from quoteforge.book import binance, consumer, fast, l2
+from quoteforge.book import consumer, fast, l2
+from quoteforge.exchanges.binance import book as binance
 from quoteforge.model import Instrument
 
 

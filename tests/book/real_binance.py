@@ -19,13 +19,9 @@ from typing import Any
 
 from book_helpers import FIXTURES
 
-from quoteforge.book import (
-    BinanceFuturesBookSource,
-    BinanceSpotBookSource,
-    BookState,
-    Outcome,
-)
-from quoteforge.exchanges.binance import instrument_from_exchange_info
+from quoteforge.book import BookState, Outcome
+from quoteforge.exchanges.binance.adapter import instrument_from_exchange_info
+from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
 from quoteforge.model import Instrument, Side
 
 CORPUS = FIXTURES / "real" / "binance"

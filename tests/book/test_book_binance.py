@@ -12,13 +12,8 @@ from book_helpers import ReferenceBook, assert_same_book, fixture_lines, fixture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quoteforge.book import (
-    BinanceFuturesBookSource,
-    BinanceSpotBookSource,
-    BookMessageError,
-    BookState,
-    Outcome,
-)
+from quoteforge.book import BookMessageError, BookState, Outcome
+from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
 from quoteforge.model import Instrument, Side
 
 

@@ -38,16 +38,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from real_binance import CORPUS, instrument_for, read_lines
 
-from quoteforge.book import (
-    BinanceFuturesBookSource,
-    BinanceSpotBookSource,
-    BookMessageError,
-    BookSource,
-    BookState,
-    KrakenBookSource,
-    Outcome,
-    kraken_checksum,
-)
+from quoteforge.book import BookMessageError, BookSource, BookState, Outcome
+from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
+from quoteforge.exchanges.kraken.book import KrakenBookSource, kraken_checksum
 from quoteforge.model import Instrument
 
 STALE_MS = 1_000

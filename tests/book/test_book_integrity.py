@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 from book_helpers import fixture_text
 
-from quoteforge.book import (
-    BinanceFuturesBookSource,
-    BinanceSpotBookSource,
-    BookMessageError,
-    BookState,
-    KrakenBookSource,
-    Outcome,
-    binance,
-)
+from quoteforge.book import BookMessageError, BookState, Outcome
+from quoteforge.exchanges.binance import book as binance
+from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
+from quoteforge.exchanges.kraken.book import KrakenBookSource
 from quoteforge.model import Instrument, Side
 
 MS = 1_000_000

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from book_helpers import fixture_lines, fixture_text
 
-from quoteforge.book import BookMessageError, BookState, KrakenBookSource, Outcome
-from quoteforge.book.kraken import kraken_checksum
+from quoteforge.book import BookMessageError, BookState, Outcome
+from quoteforge.exchanges.kraken.book import KrakenBookSource, kraken_checksum
 from quoteforge.model import Instrument, Side
 
 

@@ -24,7 +24,7 @@ from real_binance import (
 )
 
 from quoteforge.book import BookState
-from quoteforge.book.binance import (
+from quoteforge.exchanges.binance.book import (
     FUTURES_MAX_ID_JUMP,
     FUTURES_MAX_IDS_PER_SECOND,
     SPOT_MAX_ID_JUMP,

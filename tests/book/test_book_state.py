@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from book_helpers import fixture_lines, fixture_text
 
-from quoteforge.book import BinanceSpotBookSource, BookState, BookStateMachine, L2Book, Outcome
+from quoteforge.book import BookState, BookStateMachine, L2Book, Outcome
 from quoteforge.clock import SimClock
+from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 from quoteforge.model import Instrument
 
 MS = 1_000_000

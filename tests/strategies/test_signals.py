@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quoteforge.model import Side
-from quoteforge.signals import (
+from quoteforge.strategies.signals import (
     EwmaFairValue,
     FillIntensityEstimator,
     OUFairValue,

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from quoteforge.exchanges.replica_faults import (
+from quoteforge.exchanges.testing.faults import (
     OrderRejectedError,
     ReplicaAccount,
     ReplicaMarket,

@@ -37,8 +37,8 @@ from quoteforge.model import (
 from quoteforge.ratelimit import BinanceRateGovernor, RateLimitError
 
 if TYPE_CHECKING:
-    from quoteforge.book.binance import BinanceSpotBookSource
     from quoteforge.book.source import BookSource
+    from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 
 __all__ = [
     "BinanceParams",
@@ -297,7 +297,7 @@ class BinanceSpot(CcxtSpotAdapter):
 
     # -- streams -----------------------------------------------------------------------------
     async def _start_streams(self) -> None:
-        from quoteforge.book.binance import BinanceSpotBookSource
+        from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 
         stale = self.params.book_stale_after_s
         for symbol, instrument in self.instruments.items():

@@ -23,7 +23,11 @@ from quoteforge.exchange import CancelOrder, ExchangeAdapter, PlaceOrder
 from quoteforge.gate import OrderGate
 from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
 from quoteforge.model import Instrument, Order, OrderStatus, OrderUpdate, Side, TimeInForce
-from quoteforge.record import RecordError, build_market_data_venues, load_market_data_manifest
+from quoteforge.plugins.record import (
+    RecordError,
+    build_market_data_venues,
+    load_market_data_manifest,
+)
 from quoteforge.registry import PluginRegistry, load_registry
 from quoteforge.risk import RiskChain, RiskView
 from quoteforge.strategy import Market
@@ -147,8 +151,8 @@ class Endpoints:
 
 def venue_endpoints(venue: ExchangeAdapter) -> Endpoints:
     """The endpoints the adapter itself would use (testnet, replica or live URLs)."""
-    from quoteforge.exchanges.binance import BinanceSpot
-    from quoteforge.exchanges.kraken import LIVE_WS, KrakenSpot
+    from quoteforge.exchanges.binance.adapter import BinanceSpot
+    from quoteforge.exchanges.kraken.adapter import LIVE_WS, KrakenSpot
 
     if isinstance(venue, BinanceSpot):
         symbols = venue.ctx.symbols

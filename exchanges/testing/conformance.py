@@ -1,7 +1,7 @@
 """Conformance kit for exchange adapters: a pytest plugin with fixtures and the scenarios
 every live adapter must pass against its local replica venue.
 
-Use it with ``pytest -p quoteforge.exchanges.conformance`` (or import ``venue_harness``
+Use it with ``pytest -p quoteforge.exchanges.testing.conformance`` (or import ``venue_harness``
 into a conftest), define a ``conformance_kit`` fixture returning a ``VenueKit``, and run::
 
     @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
@@ -37,7 +37,7 @@ from quoteforge.exchange import (
     ReplaceOrder,
     VenueContext,
 )
-from quoteforge.exchanges.replica_faults import ReplicaServer
+from quoteforge.exchanges.testing.faults import ReplicaServer
 from quoteforge.model import (
     Fill,
     Instrument,
@@ -261,7 +261,8 @@ class Harness:
 def conformance_kit() -> VenueKit:
     """Override in your conftest: the ``VenueKit`` of the adapter under test."""
     raise pytest.UsageError(
-        "define a 'conformance_kit' fixture returning quoteforge.exchanges.conformance.VenueKit"
+        "define a 'conformance_kit' fixture returning "
+        "quoteforge.exchanges.testing.conformance.VenueKit"
     )
 
 

@@ -44,8 +44,8 @@ from quoteforge.ratelimit import (
 )
 
 if TYPE_CHECKING:
-    from quoteforge.book.kraken import KrakenBookSource
     from quoteforge.book.source import BookSource
+    from quoteforge.exchanges.kraken.book import KrakenBookSource
 
 __all__ = ["KrakenParams", "KrakenSpot", "create_kraken", "quoteforge_register_exchanges"]
 
@@ -249,7 +249,7 @@ class KrakenSpot(CcxtSpotAdapter):
 
     # -- public socket: books and trades ---------------------------------------------------
     async def _start_streams(self) -> None:
-        from quoteforge.book.kraken import KrakenBookSource
+        from quoteforge.exchanges.kraken.book import KrakenBookSource
 
         stale = self.params.book_stale_after_s
         for symbol, instrument in self.instruments.items():

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from quoteforge.exchanges.ccxt_base import dumps_exact
-from quoteforge.exchanges.replica_faults import (
+from quoteforge.exchanges.testing.faults import (
     OrderRejectedError,
     ReplicaAccount,
     ReplicaMarket,

@@ -59,9 +59,7 @@ from quoteforge.model import (
     TimeInForce,
 )
 from quoteforge.orders import OrderManager, fill_to_dict
-from quoteforge.portfolio import Portfolio
-from quoteforge.registry import PluginRegistry
-from quoteforge.remote import (
+from quoteforge.plugins.distributed.remote import (
     LOCKSTEP_RETRY_S,
     IntentError,
     LockstepClock,
@@ -79,9 +77,7 @@ from quoteforge.remote import (
     update_payload,
     update_to_wire,
 )
-from quoteforge.risk import RiskChain, RiskRefusal, RiskView
-from quoteforge.strategy import Market
-from quoteforge.topics import (
+from quoteforge.plugins.distributed.topics import (
     ParsedTopic,
     TopicError,
     TopicKind,
@@ -89,6 +85,10 @@ from quoteforge.topics import (
     decode_symbol,
     parse_topic,
 )
+from quoteforge.portfolio import Portfolio
+from quoteforge.registry import PluginRegistry
+from quoteforge.risk import RiskChain, RiskRefusal, RiskView
+from quoteforge.strategy import Market
 
 __all__ = [
     "ROLES",

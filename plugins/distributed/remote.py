@@ -40,7 +40,7 @@ from quoteforge.model import (
     Side,
 )
 from quoteforge.orders import fill_from_dict, fill_to_dict, order_from_dict, order_to_dict
-from quoteforge.topics import TopicScheme
+from quoteforge.plugins.distributed.topics import TopicScheme
 
 __all__ = [
     "IntentError",

@@ -1,0 +1,1 @@
+"""Reports and the live dashboard of a run (extras ``report`` and ``dashboard``)."""
