@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from quoteforge.model import Fill, Order, OrderUpdate
-    from quoteforge.registry import Register
+    from quoteforge.registry import Register, RegisterCommand
 
 hookspec = pluggy.HookspecMarker("quoteforge")
 
@@ -43,6 +43,7 @@ __all__ = [
     "quoteforge_report_written",
     "quoteforge_run_started",
     "quoteforge_run_stopped",
+    "quoteforge_write_report",
 ]
 
 
@@ -83,6 +84,10 @@ def quoteforge_register_venue_wrappers(register: Register) -> None:
         ``factory(adapter, params, context)`` returns the wrapping ``ExchangeAdapter``.
         The engine looks a wrapper up by name (``paper`` for ``run.mode: paper``); it
         never imports a venue module.
+
+    Called once per plugin at load time. All results are used.
+
+    .. versionadded:: 0.2
     """
 
 
@@ -337,12 +342,43 @@ def quoteforge_alert(run: Any, alert: Any) -> None:
 
 
 @hookspec
-def quoteforge_register_commands(register: Any) -> None:
+def quoteforge_register_commands(register: RegisterCommand) -> None:
     """Register ``quoteforge`` subcommands (``report``, ``sweep``, ``record``, ...).
 
-    :param register: call ``register(name, main, help="one line")`` once per command.
-        ``main(argv: list[str]) -> int`` receives the arguments after the command name
-        and returns the exit code; it parses them itself (``argparse`` with
-        ``prog="quoteforge NAME"``). The kernel keeps ``run``, ``validate``,
-        ``plugins``, ``manifest``, ``kill`` and ``reset``; a plugin cannot replace them.
+    :param register: call ``register(name, main, help="one line", requires=(...))`` once
+        per command. ``main(argv: list[str]) -> int`` receives the arguments after the
+        command name and returns the exit code; it parses them itself (``argparse`` with
+        ``prog="quoteforge NAME"``) and imports its heavy modules inside, so that loading
+        the plugin stays cheap. ``requires`` lists modules the command needs; while one
+        is missing, ``quoteforge plugins`` shows the pip command that installs it.
+
+    The kernel keeps ``run``, ``validate``, ``plugins``, ``manifest``, ``kill`` and
+    ``reset``; a plugin cannot replace them, and a name another plugin registered first
+    is refused (the plugin fails to load, naming both plugins). Built-in plugins load
+    first, so a third-party plugin never takes a built-in command's name.
+
+    Called once per plugin when the plugin manager loads. All results are used. Must
+    return quickly; ``quoteforge --help`` lists the commands with their ``help``.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec(firstresult=True)
+def quoteforge_write_report(run_dir: Path, html: bool, png: bool) -> list[Path] | None:
+    """Write the report of a finished run into its folder (``report.html``, charts).
+
+    :param run_dir: the run folder, with its ``summary.csv``, ``trace.jsonl`` and
+        journal already written.
+    :param html: the manifest's ``report.html``: write the HTML report.
+    :param png: the manifest's ``report.png``: write one PNG chart per market.
+
+    Called once by ``quoteforge run`` after a single-process run has stopped, when
+    ``html`` or ``png`` is true, before the summary table is printed. firstresult: the
+    first implementation that returns a list (the files written, empty when it could
+    not write them and said why in the log) ends the call; return None to leave the run
+    to another plugin. An exception is logged and the run folder stays intact. With no
+    implementation the run logs how to install the report plugin.
+
+    .. versionadded:: 0.2
     """

@@ -62,15 +62,25 @@ _REGISTRATION_HOOKS = {
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "KERNEL_COMMANDS",
     "KINDS",
+    "Command",
+    "CommandMain",
     "NoParams",
     "PluginError",
     "PluginRecord",
     "PluginRegistry",
     "Register",
+    "RegisterCommand",
     "Registration",
     "load_registry",
 ]
+
+#: Subcommands the kernel's command line implements itself; no plugin may register them.
+KERNEL_COMMANDS = ("run", "validate", "plugins", "manifest", "kill", "reset")
+
+#: What a command runs: the arguments after the command name in, an exit code out.
+CommandMain = Callable[[list[str]], int]
 
 
 class NoParams(BaseModel):
@@ -96,6 +106,31 @@ class Register(Protocol):
         requires: tuple[str, ...] = (),
         aliases: tuple[str, ...] = (),
     ) -> None: ...
+
+
+class RegisterCommand(Protocol):
+    """The callback ``quoteforge_register_commands`` receives."""
+
+    def __call__(
+        self, name: str, main: CommandMain, *, help: str = "", requires: tuple[str, ...] = ()
+    ) -> None: ...
+
+
+@dataclass
+class Command:
+    """One ``quoteforge NAME`` subcommand a plugin registered."""
+
+    name: str
+    main: CommandMain
+    help: str
+    plugin: str
+    requires: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    install_hint: str = ""
+
+    @property
+    def loadable(self) -> bool:
+        return not self.missing
 
 
 @dataclass
@@ -193,6 +228,8 @@ class PluginRegistry:
         self.records: list[PluginRecord] = []
         self._types: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
         self._aliases: dict[str, dict[str, str]] = {k: {} for k in KINDS}
+        #: ``quoteforge NAME`` subcommands registered by plugins, by name.
+        self.commands: dict[str, Command] = {}
         if os.environ.get("QUOTEFORGE_TRACE_HOOKS"):
             self.pm.trace.root.setwriter(lambda msg: logger.debug("hook: {}", msg.rstrip()))
             self.pm.enable_tracing()
@@ -268,11 +305,19 @@ class PluginRegistry:
                 for impl in impls:
                     if impl.plugin is module:
                         impl.function(register=self._registrar(kind, name, dist, record))
+            # Commands are kept aside until the plugin has registered everything, so a
+            # plugin refused halfway leaves no command behind.
+            commands: dict[str, Command] = {}
+            for impl in self.pm.hook.quoteforge_register_commands.get_hookimpls():
+                if impl.plugin is module:
+                    impl.function(register=self._command_registrar(name, dist, commands))
         except Exception as exc:
             record.error = f"registration failed: {type(exc).__name__}: {exc}"
             logger.warning("plugin {} failed while registering: {}", name, exc)
             self.pm.unregister(module)
             return record
+        self.commands.update(commands)
+        record.provides += [("command", command) for command in commands]
         record.loaded = True
         return record
 
@@ -314,6 +359,44 @@ class PluginRegistry:
             for alias in aliases:
                 self._aliases[kind][alias] = name
             record.provides.append((kind, name))
+
+        return register
+
+    def _command_registrar(
+        self, plugin: str, dist: str, staged: dict[str, Command]
+    ) -> RegisterCommand:
+        def register(
+            name: str, main: CommandMain, *, help: str = "", requires: tuple[str, ...] = ()
+        ) -> None:
+            if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
+                raise PluginError(
+                    f"command name {name!r} from plugin {plugin!r} must be lower-case "
+                    "letters, digits and dashes"
+                )
+            if not callable(main):
+                raise PluginError(f"command {name!r} from plugin {plugin!r}: main is not callable")
+            if name in KERNEL_COMMANDS:
+                raise PluginError(
+                    f"command {name!r} from plugin {plugin!r} collides with the kernel's own "
+                    f"{name!r} command, which no plugin can replace"
+                )
+            existing = self.commands.get(name) or staged.get(name)
+            if existing is not None:
+                raise PluginError(
+                    f"command {name!r} from plugin {plugin!r} is already registered by "
+                    f"plugin {existing.plugin!r}"
+                )
+            missing = _missing_modules(tuple(requires))
+            doc = help or (getattr(main, "__doc__", None) or "").strip()
+            staged[name] = Command(
+                name=name,
+                main=main,
+                help=doc.splitlines()[0] if doc else "",
+                plugin=plugin,
+                requires=tuple(requires),
+                missing=missing,
+                install_hint=install_hint(dist, missing, prefer=plugin) if missing else "",
+            )
 
         return register
 
