@@ -18,8 +18,8 @@ from loguru import logger
 import quoteforge
 from quoteforge.engine import Alert, Run
 from quoteforge.manifest import ManifestError, load_manifest
-from quoteforge.plugins import alerts_webhook
-from quoteforge.plugins.alerts_webhook import WebhookChannel, WebhookParams
+from quoteforge.plugins import alert_webhook
+from quoteforge.plugins.alert_webhook import WebhookChannel, WebhookParams
 from quoteforge.registry import PluginRegistry
 from quoteforge.strategies.pure_market_making import PureMarketMaking
 from quoteforge.strategy import Market
@@ -85,8 +85,8 @@ class _TestStrategies:
 
 
 def use_plugins(registry: PluginRegistry) -> None:
-    if not registry.pm.is_registered(alerts_webhook):
-        registry.register_module(alerts_webhook, "alerts_webhook")
+    if not registry.pm.is_registered(alert_webhook):
+        registry.register_module(alert_webhook, "alert_webhook")
     if "explodes_later_for_alerts" not in registry.types("strategy"):
         registry.register_module(_TestStrategies, "alerts_test_strategies")
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from quoteforge.bus import Bus, InProcessBus, InProcessParams
-from quoteforge.plugins import inprocess_bus
+from quoteforge.plugins import bus_inprocess
 from quoteforge.plugins.distributed.topics import TopicScheme
 from quoteforge.registry import PluginRegistry
 
@@ -16,7 +16,7 @@ from quoteforge.registry import PluginRegistry
 @pytest.fixture
 async def bus() -> Bus:
     registry = PluginRegistry()
-    record = registry.register_module(inprocess_bus, name="inprocess_bus")
+    record = registry.register_module(bus_inprocess, name="bus_inprocess")
     assert record.loaded, record.error
     reg = registry.get("bus", "inprocess")
     instance = reg.factory(reg.params(), "run1")
@@ -26,7 +26,7 @@ async def bus() -> Bus:
 
 def test_registered_with_a_closed_schema() -> None:
     registry = PluginRegistry()
-    registry.register_module(inprocess_bus, name="inprocess_bus")
+    registry.register_module(bus_inprocess, name="bus_inprocess")
     reg = registry.get("bus", "inprocess")
     assert reg.params is InProcessParams
     assert reg.requires == ()

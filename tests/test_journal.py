@@ -587,7 +587,7 @@ async def test_postgres_unreachable_server_is_reported() -> None:
 
 def test_sqlite_plugin_registers_and_builds_in_the_run_folder(tmp_path: Path) -> None:
     registry = PluginRegistry()
-    registry.register_module(journal_sqlite, name="sqlite_journal")
+    registry.register_module(journal_sqlite, name="journal_sqlite")
     registration = registry.get("journal", "sqlite")
     params = registration.params.model_validate({})
     journal = registration.factory(params, tmp_path)
@@ -601,7 +601,7 @@ def test_sqlite_plugin_registers_and_builds_in_the_run_folder(tmp_path: Path) ->
 
 def test_postgres_plugin_registers_with_its_requirement() -> None:
     registry = PluginRegistry()
-    registry.register_module(journal_postgres, name="postgres_journal")
+    registry.register_module(journal_postgres, name="journal_postgres")
     registration = registry.get("journal", "postgres")
     assert registration.requires == ("psycopg",)
     assert registration.loadable

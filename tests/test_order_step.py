@@ -19,7 +19,7 @@ from quoteforge.model import (
     Side,
 )
 from quoteforge.orders import OrderManager
-from quoteforge.plugins.minimal_diff import MinimalDiff
+from quoteforge.plugins.execution_minimal_diff import MinimalDiff
 from quoteforge.strategy import Market
 
 # Binance BTCUSDT: quantities reported at 8 decimals, orders in steps of 0.00001.

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from quoteforge import hookimpl
 from quoteforge.cli import main, plugin_rows
-from quoteforge.registry import PluginError, PluginRegistry
+from quoteforge.registry import PluginError, PluginRegistry, Register
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -250,3 +252,60 @@ def test_install_hints_name_the_plugins_own_extra() -> None:
     assert install_hint("quoteforge", ("prometheus_client",), prefer="metrics_prometheus") == (
         'pip install "quoteforge[metrics]"'
     )
+
+
+def naming_problems(registry: PluginRegistry) -> list[str]:
+    """Where a built-in plugin breaks the naming rules of the README's "Plugin names"."""
+    problems = []
+    for record in registry.records:
+        if record.dist != "quoteforge":
+            continue
+        parts = record.module.split(":")[0].split(".")
+        # A package's registering module goes by the package's name.
+        own = parts[-2] if parts[-1] in ("adapter", "plugin") else parts[-1]
+        if record.name != own:
+            problems.append(f"entry point {record.name!r} names module {record.module!r}")
+        if not record.loaded or not record.provides:
+            continue  # hooks and commands only: named after the feature
+        kinds = {kind for kind, _ in record.provides}
+        types = {name for _, name in record.provides}
+        if parts[1] in ("exchanges", "strategies"):
+            if record.name not in types:
+                problems.append(f"{record.name!r} registers {sorted(types)}, not its own name")
+        elif len(kinds) != 1:
+            problems.append(f"{record.name!r} registers several kinds: {sorted(kinds)}")
+        else:
+            (kind,) = kinds
+            if len(types) == 1:
+                wanted = f"{kind}_{next(iter(types))}"
+                if record.name != wanted:
+                    problems.append(f"{record.name!r} registers one {kind}: name it {wanted!r}")
+            elif record.name != f"{kind}s" and not record.name.startswith(f"{kind}_"):
+                problems.append(f"{record.name!r} registers {kind}s: name it {kind}s/{kind}_*")
+    return problems
+
+
+def test_builtin_plugins_follow_the_naming_rules(registry: PluginRegistry) -> None:
+    """One name per thing (README, "Plugin names"): module, entry point and type agree."""
+    problems = naming_problems(registry)
+    assert not problems, "\n".join(problems)
+
+
+def test_naming_rules_catch_a_plugin_named_apart_from_its_type() -> None:
+    """The check itself: a journal module whose entry point and type disagree is caught,
+    so the rule cannot pass by inspecting nothing."""
+    reg = PluginRegistry()
+    plugin = SimpleNamespace(quoteforge_register_journal_backends=_register_sqlite)
+    record = reg.register_module(plugin, name="sqlite_journal")
+    assert record.loaded and record.provides == [("journal", "sqlite")]
+    record.dist = "quoteforge"
+    record.module = "quoteforge.plugins.journal_sqlite"
+    assert naming_problems(reg) == [
+        "entry point 'sqlite_journal' names module 'quoteforge.plugins.journal_sqlite'",
+        "'sqlite_journal' registers one journal: name it 'journal_sqlite'",
+    ]
+
+
+@hookimpl
+def _register_sqlite(register: Register) -> None:
+    register("sqlite", object)

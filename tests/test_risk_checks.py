@@ -18,7 +18,7 @@ from quoteforge.book import BookState, L2Book
 from quoteforge.execution import Plan
 from quoteforge.model import Instrument, Order, OrderStatus, Quote, Side
 from quoteforge.plugins import risk_checks
-from quoteforge.plugins.minimal_diff import MinimalDiff
+from quoteforge.plugins.execution_minimal_diff import MinimalDiff
 from quoteforge.plugins.risk_checks import (
     EwmaGridCovariance,
     EwmaGridVariance,

@@ -21,7 +21,7 @@ from loguru import logger
 
 import quoteforge
 from quoteforge.cli import main
-from quoteforge.plugins import alerts_webhook
+from quoteforge.plugins import alert_webhook
 from quoteforge.registry import load_registry
 
 
@@ -41,8 +41,8 @@ class Careless:
 
 
 registry = load_registry()
-if not registry.pm.is_registered(alerts_webhook):
-    registry.register_module(alerts_webhook, "alerts_webhook")
+if not registry.pm.is_registered(alert_webhook):
+    registry.register_module(alert_webhook, "alert_webhook")
 registry.register_module(Careless, "careless")
 sys.exit(main(sys.argv[1:]))
 '''
