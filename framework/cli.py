@@ -1,4 +1,9 @@
-"""The ``quoteforge`` command line."""
+"""The ``quoteforge`` command line.
+
+The kernel implements ``run``, ``validate``, ``plugins``, ``manifest``, ``kill`` and
+``reset``. Every other subcommand (``report``, ``sweep``, ``node``, ...) comes from a plugin
+through ``quoteforge_register_commands``; this module never imports a plugin.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +12,27 @@ import asyncio
 import inspect
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from quoteforge import hookspecs
 from quoteforge.manifest import Manifest, ManifestError, load_manifest
-from quoteforge.registry import KINDS, PluginRegistry, load_registry
+from quoteforge.registry import (
+    KERNEL_COMMANDS,
+    KINDS,
+    Command,
+    PluginRegistry,
+    load_registry,
+)
 
 __all__ = ["hooks_reference", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
-#: Subcommands implemented by their own module: name -> (module, function, help).
-FORWARDED: dict[str, tuple[str, str, str]] = {
-    "sweep": (
-        "quoteforge.plugins.sweep",
-        "sweep_main",
-        "run a parameter grid in parallel processes into one summary table",
-    ),
-    "dashboard": (
-        "quoteforge.plugins.report.dashboard",
-        "dashboard_main",
-        "live web dashboard of a run folder (or its journal) as it grows",
-    ),
-    "report": (
-        "quoteforge.plugins.report.render",
-        "report_main",
-        "(re)write the HTML and PNG report of a run folder",
-    ),
-    "record": (
-        "quoteforge.plugins.record",
-        "record_main",
-        "record the venues' market data of a manifest into a replayable file",
-    ),
-    "latency": (
-        "quoteforge.plugins.latency_probe",
-        "latency_main",
-        "measure REST, websocket and order-ack latency (p50/p99) to each venue",
-    ),
-    "data": (
-        "quoteforge.plugins.data_import",
-        "data_main",
-        "market-data files: 'data import' converts hftbacktest or Tardis.dev recordings",
-    ),
-}
 
-
-def _parser() -> argparse.ArgumentParser:
+def _parser(commands: Iterable[Command] = ()) -> argparse.ArgumentParser:
+    """The kernel's commands, plus ``commands`` (plugins') listed by name and help."""
     p = argparse.ArgumentParser(
         prog="quoteforge",
         description="Market-making and execution bots from YAML manifests and plugins.",
@@ -86,9 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run folder (default: <run.out_dir>/<name>-<time>)")
     run.add_argument(
         "--node",
-        choices=("all", "marketdata", "strategy", "execution", "monitor"),
         default="all",
-        help="run one role of a split run over the bus (default: everything in one process)",
+        metavar="ROLE",
+        help="run one role of a split run over the bus (default: all, everything in one "
+        "process); the roles come with the distributed plugin: quoteforge node --help",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     run.add_argument(
@@ -124,20 +104,16 @@ def _parser() -> argparse.ArgumentParser:
         "--breaker", default="all", help="all, run, a breaker kind (pnl_floor...) or a market"
     )
 
-    for name, (_, _, text) in FORWARDED.items():
-        sub.add_parser(name, help=text, add_help=False)
+    for command in sorted(commands, key=lambda c: c.name):
+        sub.add_parser(command.name, help=command.help, add_help=False)
 
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in FORWARDED:
-        # These subcommands parse their own arguments (and their own --help).
-        import importlib
-
-        module, function, _ = FORWARDED[argv[0]]
-        return int(getattr(importlib.import_module(module), function)(argv[1:]))
+    if not argv or argv[0] not in KERNEL_COMMANDS:
+        return _plugin_command(argv)
     args = _parser().parse_args(argv)
     handler = {
         "run": _cmd_run,
@@ -151,6 +127,54 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+
+
+# -- plugin commands -------------------------------------------------------------------------
+
+
+def _command_registry() -> PluginRegistry:
+    """The registry, loaded without printing: a plugin command configures its own logging,
+    and a plugin that failed to load is named when a command is not found."""
+    from loguru import logger
+
+    logger.disable("quoteforge.registry")
+    try:
+        return load_registry()
+    finally:
+        logger.enable("quoteforge.registry")
+
+
+def _plugin_command(argv: list[str]) -> int:
+    """Run the plugin command ``argv[0]`` with the rest of ``argv``; with no command (or
+    ``--help``) argparse prints the usage of every command, kernel and plugins'."""
+    registry = _command_registry()
+    if not argv or argv[0].startswith("-"):
+        _parser(registry.commands.values()).parse_args(argv)  # exits: help or usage error
+        return EXIT_USAGE
+    command = registry.commands.get(argv[0])
+    if command is None:
+        _parser(registry.commands.values()).error(_unknown_command(registry, argv[0]))
+    try:
+        return int(command.main(argv[1:]))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _unknown_command(registry: PluginRegistry, name: str) -> str:
+    """Why ``name`` is not a command: the commands there are, and the plugins that failed
+    to load (one of them may be the one that provides it)."""
+    names = ", ".join([*KERNEL_COMMANDS, *sorted(registry.commands)])
+    message = f"unknown command {name!r} (choose from {names})"
+    failed = [
+        f"{r.name} ({r.install_hint or r.error})" for r in registry.failed_plugins() if r.error
+    ]
+    if failed:
+        message += (
+            f"; {len(failed)} plugin(s) failed to load and may provide it: "
+            + "; ".join(failed)
+            + " (see quoteforge plugins)"
+        )
+    return message
 
 
 # -- run / validate ------------------------------------------------------------------------
@@ -206,25 +230,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif args.continue_finished:
         print("quoteforge run: --continue goes with --resume RUN_DIR", file=sys.stderr)
         return EXIT_USAGE
-    if args.node != "all" and args.resume is not None:
-        print(
-            "--resume is not supported with --node (resume the single-process run)", file=sys.stderr
-        )
-        return EXIT_USAGE
+    if args.node != "all":
+        if args.resume is not None:
+            print(
+                "--resume is not supported with --node (resume the single-process run)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        return _run_node(args, registry)
     loaded = _load(args, registry)
     if loaded is None:
         return EXIT_USAGE
     m = loaded.manifest
-    run_dir = args.out or new_run_dir(
-        Path(m.run.out_dir), m.run.name if args.node == "all" else f"{m.run.name}-{args.node}"
-    )
-    if args.node != "all":
-        from quoteforge.plugins.distributed.nodes import run_node
-
-        configure_logging(args.log_level, run_id=run_dir.name, secrets=loaded.secrets)
-        return asyncio.run(
-            run_node(loaded, registry, args.node, run_dir, args.manifest, settings=m.nodes)
-        )
+    run_dir = args.out or new_run_dir(Path(m.run.out_dir), m.run.name)
     configure_logging(
         args.log_level,
         json_path=run_dir / "log.jsonl" if args.json_log else None,
@@ -251,32 +269,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         logger.opt(exception=exc).error("run failed: {}", exc)
         return EXIT_ERROR
-    _write_report(run_dir, m.report.html, m.report.png)
+    _write_report(registry, run_dir, m.report.html, m.report.png)
     if not args.quiet:
         print(format_summary(run.summary_rows()))
         print(f"\nrun folder: {run_dir}  ({run.stop_reason})")
     return EXIT_OK
 
 
-def _write_report(run_dir: Path, html: bool, png: bool) -> None:
+def _run_node(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    """``run MANIFEST --node ROLE``: the ``node`` command of the distributed plugin runs
+    it (``quoteforge node ROLE MANIFEST``), with the same manifest, overrides, run folder
+    and log level. ``--json-log`` and ``--quiet`` do not apply to a node."""
+    command = registry.commands.get("node")
+    if command is None:
+        failed = next((r for r in registry.failed_plugins() if r.name == "distributed"), None)
+        why = f" (it failed to load: {failed.install_hint or failed.error})" if failed else ""
+        print(
+            f"quoteforge run --node {args.node}: no plugin provides the 'node' command; the "
+            f"split-run roles come with the distributed plugin "
+            f"(quoteforge.plugins.distributed){why}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    argv = [args.node, str(args.manifest), "--log-level", args.log_level]
+    for override in args.overrides:
+        argv += ["--set", override]
+    if args.out is not None:
+        argv += ["--out", str(args.out)]
+    return int(command.main(argv))
+
+
+def _write_report(registry: PluginRegistry, run_dir: Path, html: bool, png: bool) -> None:
+    """The end-of-run report, by whichever plugin implements ``quoteforge_write_report``
+    (the report plugin, behind its extra)."""
     if not (html or png):
         return
     from loguru import logger
 
-    try:
-        from quoteforge.plugins.report.render import write_report
-    except ImportError as exc:
+    hook = registry.pm.hook.quoteforge_write_report
+    if not hook.get_hookimpls():
         logger.warning(
-            'report not written ({}); install it with: pip install "quoteforge[report]"', exc
+            "report not written (no plugin implements quoteforge_write_report); "
+            'install it with: pip install "quoteforge[report]"'
         )
         return
     try:
-        write_report(run_dir, html=html, png=png)
-    except ModuleNotFoundError as exc:
-        logger.warning(
-            'report not written (missing {}); install it with: pip install "quoteforge[report]"',
-            exc.name,
-        )
+        hook(run_dir=run_dir, html=html, png=png)
     except Exception as exc:  # a report failure never loses the run's data
         logger.opt(exception=exc).error("report failed: {}; the run folder is intact", exc)
 
@@ -334,7 +372,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def plugin_rows(registry: PluginRegistry) -> list[dict[str, str]]:
-    """One row per registered type, plus one per plugin that failed to load."""
+    """One row per registered type and per plugin command, one per plugin that only
+    observes (by the hooks it implements), and one per plugin that failed to load."""
     by_plugin = {r.name: r for r in registry.records}
     rows = []
     for kind in KINDS:
@@ -352,6 +391,19 @@ def plugin_rows(registry: PluginRegistry) -> list[dict[str, str]]:
                     "description": reg.description,
                 }
             )
+    for name, command in sorted(registry.commands.items()):
+        record = by_plugin.get(command.plugin)
+        rows.append(
+            {
+                "name": name,
+                "kind": "command",
+                "plugin": command.plugin,
+                "dist": record.dist if record else "",
+                "version": record.version if record else "",
+                "status": "ok" if command.loadable else f"needs: {command.install_hint}",
+                "description": command.help,
+            }
+        )
     for record in registry.records:
         if not record.loaded or record.provides:
             continue

@@ -42,8 +42,10 @@ from typing import IO, Any, cast
 
 import orjson
 
+from quoteforge import hookimpl
 from quoteforge.progress import Progress
 from quoteforge.recording import Record
+from quoteforge.registry import RegisterCommand
 
 __all__ = [
     "FORMATS",
@@ -775,3 +777,12 @@ def data_main(argv: list[str]) -> int:
         return 1
     print(report.summary())
     return 0
+
+
+@hookimpl
+def quoteforge_register_commands(register: RegisterCommand) -> None:
+    register(
+        "data",
+        data_main,
+        help="market-data files: 'data import' converts hftbacktest or Tardis.dev recordings",
+    )

@@ -671,3 +671,17 @@ def latency_main(argv: list[str] | None = None) -> int:
             print(f"--json {args.json}: {exc}", file=sys.stderr)
             return EXIT_ERROR
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+# The command registration is appended here, apart from the probe, with its own imports.
+from quoteforge import hookimpl  # noqa: E402
+from quoteforge.registry import RegisterCommand  # noqa: E402
+
+
+@hookimpl
+def quoteforge_register_commands(register: RegisterCommand) -> None:
+    register(
+        "latency",
+        latency_main,
+        help="measure REST, websocket and order-ack latency (p50/p99) to each venue",
+    )

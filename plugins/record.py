@@ -17,6 +17,7 @@ from typing import Any, Protocol, cast
 
 import yaml
 
+from quoteforge import hookimpl
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import ExchangeAdapter, VenueContext
 from quoteforge.manifest import (
@@ -28,7 +29,7 @@ from quoteforge.manifest import (
 )
 from quoteforge.model import OrderUpdate
 from quoteforge.recording import RecordingWriter
-from quoteforge.registry import PluginError, PluginRegistry, load_registry
+from quoteforge.registry import PluginError, PluginRegistry, RegisterCommand, load_registry
 
 __all__ = [
     "RecordError",
@@ -454,3 +455,12 @@ def record_main(argv: list[str] | None = None) -> int:
     )
     print(summary.table())
     return EXIT_OK
+
+
+@hookimpl
+def quoteforge_register_commands(register: RegisterCommand) -> None:
+    register(
+        "record",
+        record_main,
+        help="record the venues' market data of a manifest into a replayable file",
+    )

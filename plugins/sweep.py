@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from quoteforge import hookimpl
 from quoteforge.manifest import ManifestError, load_manifest
 from quoteforge.progress import Progress
-from quoteforge.registry import PluginRegistry, load_registry
+from quoteforge.registry import PluginRegistry, RegisterCommand, load_registry
 
 __all__ = ["GridAxis", "SweepError", "expand_grid", "parse_grid", "run_sweep", "sweep_main"]
 
@@ -391,6 +392,15 @@ def sweep_main(argv: list[str] | None = None) -> int:
         runs = len({r["run"] for r in rows if r["kind"] in ("run", "error")})
         print(f"\n{runs} runs in {time.perf_counter() - started:.1f}s; table: {path}")
     return 1 if any(r["kind"] == "error" for r in rows) else 0
+
+
+@hookimpl
+def quoteforge_register_commands(register: RegisterCommand) -> None:
+    register(
+        "sweep",
+        sweep_main,
+        help="run a parameter grid in parallel processes into one summary table",
+    )
 
 
 if __name__ == "__main__":
