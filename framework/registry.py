@@ -395,7 +395,7 @@ class PluginRegistry:
                 plugin=plugin,
                 requires=tuple(requires),
                 missing=missing,
-                install_hint=install_hint(dist, missing, prefer=plugin) if missing else "",
+                install_hint=install_hint(dist, missing, prefer=name) if missing else "",
             )
 
         return register
