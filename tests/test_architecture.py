@@ -1,0 +1,165 @@
+"""The shape of the code base (issue #15, "A small kernel"): file sizes, the kernel's
+size, the import direction and what ``import quoteforge`` costs.
+
+Each check prints the offending files or modules, so a failure says what to split,
+move or list instead of only that a limit was crossed.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import quoteforge
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORK = ROOT / "framework"
+
+MAX_FILE_LINES = 800
+MAX_KERNEL_PYTHON_LINES = 10_000
+
+#: Files the line limit does not apply to: the tests, C sources (a parser reads best as
+#: one file), and data: recordings, images, exported dashboards, benchmark results.
+EXEMPT_DIRS = ("tests/",)
+EXEMPT_SUFFIXES = (".c", ".h", ".gz", ".jsonl", ".json", ".csv", ".png", ".svg", ".lock")
+
+#: Directories never walked when git cannot list the tracked files.
+_SKIP_DIRS = {".git", "build", "dist", "runs", "venv", "wheel-venv", "__pycache__"}
+
+#: The kernel's layer in the import contract (setup.cfg, checked by lint-imports).
+CONTRACT = "importlinter:contract:kernel-below-plugins"
+PLUGIN_PACKAGES = ("exchanges", "plugins", "strategies")
+
+
+def source_files() -> list[Path]:
+    """The repository's files (tracked or new, not ignored), relative to the root."""
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        names = [n for n in out.split("\0") if n]
+    except (OSError, subprocess.CalledProcessError):
+        names = []
+        for top, dirs, files in os.walk(ROOT):
+            dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")]
+            names += [str(Path(top, f).relative_to(ROOT)) for f in files]
+    return sorted(Path(n) for n in names if (ROOT / n).is_file())
+
+
+def line_count(path: Path) -> int:
+    with open(ROOT / path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def kernel_modules_on_disk() -> set[str]:
+    """Children of the ``quoteforge`` package that live in framework/: its modules and
+    subpackages (quoteforge.book). Compiled extensions have no Python to check."""
+    modules = {p.stem for p in FRAMEWORK.glob("*.py") if p.stem != "__init__"}
+    modules |= {p.parent.name for p in FRAMEWORK.glob("*/__init__.py")}
+    return modules
+
+
+def kernel_layer_in_contract() -> set[str]:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    layers = [line.strip() for line in config[CONTRACT]["layers"].splitlines() if line.strip()]
+    top = {m.strip() for m in layers[0].split(":")}
+    assert top == set(PLUGIN_PACKAGES), f"the top layer is {layers[0]!r}"
+    assert len(layers) == 2, "the contract has two layers: plugin packages over the kernel"
+    return {m.strip().strip("()") for m in layers[1].split(":")}
+
+
+def test_no_file_over_800_lines_outside_tests_and_c() -> None:
+    too_long = []
+    for path in source_files():
+        name = path.as_posix()
+        if name.startswith(EXEMPT_DIRS) or name.endswith(EXEMPT_SUFFIXES):
+            continue
+        lines = line_count(path)
+        if lines > MAX_FILE_LINES:
+            too_long.append(f"{lines:6d}  {name}")
+    assert not too_long, f"files over {MAX_FILE_LINES} lines (split them):\n" + "\n".join(
+        sorted(too_long, reverse=True)
+    )
+
+
+def test_kernel_is_at_most_10k_lines_of_python() -> None:
+    counts = {
+        p.relative_to(ROOT).as_posix(): line_count(p.relative_to(ROOT))
+        for p in FRAMEWORK.rglob("*.py")
+    }
+    total = sum(counts.values())
+    biggest = sorted(counts.items(), key=lambda kv: -kv[1])[:15]
+    listing = "\n".join(f"{n:6d}  {name}" for name, n in biggest)
+    assert total <= MAX_KERNEL_PYTHON_LINES, (
+        f"framework/ holds {total} lines of Python (limit {MAX_KERNEL_PYTHON_LINES}); "
+        f"the largest files:\n{listing}"
+    )
+
+
+def test_every_kernel_module_is_in_the_import_contract() -> None:
+    """The layers contract is exhaustive, so lint-imports fails on an unlisted module;
+    this names it (and a stale entry) without running the linter."""
+    on_disk = kernel_modules_on_disk()
+    listed = kernel_layer_in_contract()
+    missing = sorted(on_disk - listed)
+    stale = sorted(listed - on_disk)
+    assert not missing, f"add to the kernel layer of [{CONTRACT}] in setup.cfg: {missing}"
+    assert not stale, f"remove from the kernel layer of [{CONTRACT}] in setup.cfg: {stale}"
+    assert not on_disk & set(PLUGIN_PACKAGES)
+
+
+@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter not installed")
+def test_import_contracts_are_kept() -> None:
+    """The kernel imports no exchange, plugin or strategy (not even inside a function);
+    strategies never import exchanges; plugins never import strategies."""
+    lint = shutil.which("lint-imports")
+    assert lint is not None
+    result = subprocess.run(
+        [lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_plugin_author_names_are_exported() -> None:
+    """Everything a plugin author types comes from ``quoteforge``; the lazily loaded
+    names resolve, and only from kernel modules."""
+    for name in quoteforge.__all__:
+        assert getattr(quoteforge, name) is not None, name
+    for name in ("Register", "BookState", "L2Book", "ExchangeAdapter", "VenueContext"):
+        assert name in quoteforge.__all__
+    for name in ("VenueSink", "RiskCheck", "RiskView", "ExecutionPolicy", "Journal", "Bus"):
+        assert name in quoteforge.__all__
+    for name in ("PluginError", "NoParams", "hookimpl", "INTERFACE_VERSION"):
+        assert name in quoteforge.__all__
+    lazy: dict[str, str] = vars(quoteforge)["_LAZY"]
+    assert set(lazy) <= set(quoteforge.__all__)
+    for name, module in lazy.items():
+        assert not module.startswith(tuple(f"quoteforge.{p}" for p in PLUGIN_PACKAGES)), name
+        assert getattr(sys.modules[module], name) is getattr(quoteforge, name)
+    from quoteforge.registry import Register
+
+    assert quoteforge.Register is Register
+
+
+def test_import_quoteforge_stays_cheap() -> None:
+    """``import quoteforge`` loads the model and the strategy API, not the registry,
+    the book, logging, asyncio or any plugin: those load when a name from them is used."""
+    code = "import json, sys, quoteforge; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = set(json.loads(out))
+    heavy = {"asyncio", "loguru", "numpy", "yaml", "quoteforge.registry", "quoteforge.book"}
+    heavy |= {f"quoteforge.{p}" for p in PLUGIN_PACKAGES}
+    assert not loaded & heavy, sorted(loaded & heavy)
