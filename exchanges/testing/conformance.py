@@ -37,7 +37,7 @@ from quoteforge.exchange import (
     ReplaceOrder,
     VenueContext,
 )
-from quoteforge.exchanges.testing.faults import ReplicaServer
+from quoteforge.exchanges.testing.replica import ReplicaServer
 from quoteforge.model import (
     Fill,
     Instrument,

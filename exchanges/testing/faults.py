@@ -1,24 +1,23 @@
-"""Shared machinery of the local replica venues: the HTTP/websocket server on 127.0.0.1,
-the fault-injection controls every replica offers, and the minimal matcher behind them.
+"""The fault plan and the minimal matcher behind every local replica venue.
 
-Tests drive a replica through its async control API (``await replica.drop_connections()``,
-``await replica.fail_http(429, retry_after=1)`` ...) while an adapter talks to it over
-real sockets, so an adapter is exercised exactly as it would be against the venue.
+``FaultPlan`` holds the faults a test armed through a replica's control API
+(``await replica.fail_http(429, retry_after=1)`` ...) until the server or the venue code
+consumes them; ``ReplicaMarket`` keeps one symbol's book and our orders and matches
+them. The server that ties both to sockets is ``ReplicaServer`` in
+``quoteforge.exchanges.testing.replica`` (also importable from here, where it lived first).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+if TYPE_CHECKING:
+    from quoteforge.exchanges.testing.replica import ReplicaServer
 
 __all__ = [
     "FaultPlan",
@@ -76,6 +75,16 @@ class FaultPlan:
     def is_silent(self) -> bool:
         return time.monotonic() < self.silent_until
 
+    def arm_http(
+        self, status: int, count: int, retry_after: float | None, path: str | None, body: str
+    ) -> None:
+        self.http.append(_HttpFault(status, count, retry_after, path, body))
+
+    def arm_timeout(
+        self, count: int, after_processing: bool, delay: float, path: str | None
+    ) -> None:
+        self.timeouts.append(_Timeout(count, after_processing, delay, path))
+
     def take_http(self, path: str) -> _HttpFault | None:
         for fault in self.http:
             if fault.path is None or path.startswith(fault.path):
@@ -111,243 +120,6 @@ class FaultPlan:
 
     def take_partial(self) -> Decimal | None:
         return self.partial_fills.pop(0) if self.partial_fills else None
-
-
-# ---------------------------------------------------------------------------------------
-# Server
-# ---------------------------------------------------------------------------------------
-
-
-class ReplicaServer(ABC):
-    """An aiohttp server on 127.0.0.1 (a free port unless one is given) with the fault
-    controls shared by all replica venues. Subclasses add routes in ``_add_routes``."""
-
-    venue = "replica"
-
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ping_interval: float = 20.0):
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(f"a replica listens on loopback only, got host {host!r}")
-        self.host = host
-        self.port = port
-        self.ping_interval = ping_interval
-        self.faults = FaultPlan()
-        self.request_log: list[tuple[str, str]] = []
-        self._runner: web.AppRunner | None = None
-        self._sockets: set[web.WebSocketResponse] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._ping_task: asyncio.Task[None] | None = None
-        self.connections_opened = 0
-
-    # -- lifecycle ------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        """Base URL of the REST API (``http://127.0.0.1:<port>``)."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application(middlewares=[self._fault_middleware])
-        self._add_routes(app)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            self.port = int(self._runner.addresses[0][1])
-        self._ping_task = asyncio.create_task(self._ping_loop())
-
-    async def stop(self) -> None:
-        if self._ping_task is not None:
-            self._ping_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ping_task
-        for task in list(self._tasks):
-            task.cancel()
-        for ws in list(self._sockets):
-            with contextlib.suppress(Exception):
-                await ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> ReplicaServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @abstractmethod
-    def _add_routes(self, app: web.Application) -> None:
-        """Add the venue's REST and websocket routes."""
-
-    def spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def now_ms(self) -> int:
-        """The replica's own clock, offset by ``skew_clock`` to test clock-skew handling."""
-        return time.time_ns() // 1_000_000 + self.faults.clock_offset_ms
-
-    # -- fault controls -------------------------------------------------------------------
-    async def drop_connections(self) -> int:
-        """Cut every open websocket without a close frame; returns how many were cut."""
-        sockets = list(self._sockets)
-        for ws in sockets:
-            self._abort(ws)
-        return len(sockets)
-
-    async def go_silent(self, seconds: float) -> None:
-        """Send nothing (no data, no pings, no heartbeats) on open sockets for a while."""
-        self.faults.silent_until = time.monotonic() + seconds
-
-    async def resume(self) -> None:
-        """End a silence or an outage early."""
-        self.faults.silent_until = 0.0
-        self.faults.down_until = 0.0
-
-    async def down_for(self, seconds: float) -> None:
-        """Be unreachable: cut sockets now and reset every connection for ``seconds``."""
-        self.faults.down_until = time.monotonic() + seconds
-        await self.drop_connections()
-
-    async def fail_http(
-        self,
-        status: int,
-        *,
-        count: int = 1,
-        retry_after: float | None = None,
-        path: str | None = None,
-        body: str = "",
-    ) -> None:
-        """Answer the next ``count`` REST requests (on ``path`` prefix) with ``status``;
-        429 and 418 carry ``Retry-After`` when given."""
-        if not 400 <= status <= 599:
-            raise ValueError(f"status must be an HTTP error (400-599), got {status}")
-        self.faults.http.append(_HttpFault(status, count, retry_after, path, body))
-
-    async def time_out(
-        self,
-        *,
-        count: int = 1,
-        after_processing: bool = False,
-        delay: float = 3.0,
-        path: str | None = None,
-    ) -> None:
-        """Hold the next ``count`` REST requests for ``delay`` seconds. With
-        ``after_processing`` the request takes effect first (the client cannot know)."""
-        self.faults.timeouts.append(_Timeout(count, after_processing, delay, path))
-
-    async def skip_sequence(self, count: int = 1) -> None:
-        """Apply the next ``count`` book changes without publishing them (a gap)."""
-        self.faults.skip_sequence += count
-
-    async def corrupt_checksum(self, count: int = 1) -> None:
-        """Publish the next ``count`` book messages with a wrong checksum."""
-        self.faults.corrupt_checksum += count
-
-    async def reject_next_order(self, reason: str = "", count: int = 1) -> None:
-        """Refuse the next ``count`` new orders with the venue's rejection (``reason``
-        overrides the message)."""
-        self.faults.reject_orders.extend([reason] * count)
-
-    async def partial_fill_next(self, fraction: Decimal | str = "0.5") -> None:
-        """Fill the next resting order partly (``fraction`` of its size) on arrival."""
-        value = Decimal(fraction)
-        if not ZERO < value < 1:
-            raise ValueError(f"fraction must be between 0 and 1 (exclusive), got {fraction}")
-        self.faults.partial_fills.append(value)
-
-    async def skew_clock(self, offset_ms: int) -> None:
-        """Run the venue clock ``offset_ms`` ahead of (or behind) local time."""
-        self.faults.clock_offset_ms = offset_ms
-
-    # -- websocket plumbing ---------------------------------------------------------------
-    def _abort(self, ws: web.WebSocketResponse) -> None:
-        self._sockets.discard(ws)
-        req = getattr(ws, "_req", None)
-        transport = req.transport if req is not None else None
-        if transport is not None:
-            transport.abort()
-
-    async def open_socket(self, request: web.Request) -> web.WebSocketResponse:
-        # Pings are ours (not aiohttp's) so that a silence fault stops them too.
-        ws = web.WebSocketResponse(autoping=True, heartbeat=None, max_msg_size=1 << 22)
-        await ws.prepare(request)
-        self._sockets.add(ws)
-        self.connections_opened += 1
-        return ws
-
-    async def read_loop(
-        self, ws: web.WebSocketResponse, on_text: Callable[[str], Awaitable[None]]
-    ) -> None:
-        try:
-            async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
-                    await on_text(msg.data)
-                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
-                    break
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self._sockets.discard(ws)
-
-    async def send_text(self, ws: web.WebSocketResponse, text: str) -> None:
-        if ws.closed or self.faults.is_silent() or ws not in self._sockets:
-            return
-        try:
-            await ws.send_str(text)
-        except (ConnectionResetError, RuntimeError):
-            self._sockets.discard(ws)
-
-    async def _ping_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.ping_interval)
-            if self.faults.is_silent():
-                continue
-            for ws in list(self._sockets):
-                with contextlib.suppress(Exception):
-                    await self.on_ping_tick(ws)
-
-    async def on_ping_tick(self, ws: web.WebSocketResponse) -> None:
-        """Keep-alive per socket: a ping frame by default (Kraken sends heartbeats)."""
-        await ws.ping()
-
-    # -- REST faults ------------------------------------------------------------------------
-    @web.middleware
-    async def _fault_middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        self.request_log.append((request.method, request.path))
-        faults = self.faults
-        if faults.is_down():
-            if request.transport is not None:
-                request.transport.abort()
-            raise web.HTTPServiceUnavailable()
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await handler(request)
-        fault = faults.take_http(request.path)
-        if fault is not None:
-            headers = {}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = str(int(fault.retry_after + 0.999))
-            return self.error_response(fault.status, fault.body, headers)
-        timeout = faults.take_timeout(request.path)
-        if timeout is not None and not timeout.after_processing:
-            await asyncio.sleep(timeout.delay)
-            raise web.HTTPGatewayTimeout()
-        response = await handler(request)
-        if timeout is not None:
-            await asyncio.sleep(timeout.delay)
-        return response
-
-    def error_response(self, status: int, body: str, headers: dict[str, str]) -> web.Response:
-        """The venue's body for an injected HTTP error."""
-        return web.Response(status=status, text=body or "", headers=headers)
 
 
 # ---------------------------------------------------------------------------------------
@@ -699,3 +471,13 @@ class ReplicaMarket:
 
     def open_orders(self) -> list[ReplicaOrder]:
         return [o for o in self.orders.values() if o.is_open]
+
+
+def __getattr__(name: str) -> Any:
+    # ``ReplicaServer`` moved to ``replica.py``, which imports this module: resolve the
+    # old import path lazily instead of importing in a cycle.
+    if name == "ReplicaServer":
+        from quoteforge.exchanges.testing.replica import ReplicaServer
+
+        return ReplicaServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

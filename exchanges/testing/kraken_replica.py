@@ -11,108 +11,51 @@ Kraken's wire formats, on 127.0.0.1.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
-import random
 import secrets
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from quoteforge.exchanges.ccxt_base import dumps_exact
 from quoteforge.exchanges.testing.faults import (
     OrderRejectedError,
-    ReplicaAccount,
     ReplicaMarket,
     ReplicaOrder,
-    ReplicaServer,
     ReplicaTrade,
+)
+from quoteforge.exchanges.testing.kraken_replica_rest import (
+    DEFAULT_PAIRS,
+    REJECT,
+    KrakenPair,
+    KrakenRest,
+    iso,
+    kraken_sign,
 )
 
 __all__ = ["KrakenPair", "KrakenReplica", "kraken_sign"]
-
-_REJECT = {
-    "insufficient_funds": "EOrder:Insufficient funds",
-    "post_only": "EOrder:Post only order",
-    "duplicate": "EOrder:Duplicate order",
-    "lot_size": "EGeneral:Invalid arguments:volume",
-    "tick_size": "EGeneral:Invalid arguments:price",
-    "missing_price": "EGeneral:Invalid arguments:limit_price",
-    "unknown_order": "EOrder:Unknown order",
-    "amend_size": "EOrder:Invalid order",
-    "notional": "EOrder:Cost minimum not met",
-    "minimum": "EOrder:Order minimum not met",
-}
-
-
-@dataclass(frozen=True)
-class KrakenPair:
-    """A replica pair: REST names, websocket v2 symbol, grid and opening book."""
-
-    altname: str
-    wsname: str
-    symbol: str  # websocket v2 name, e.g. "BTC/USD"
-    base: str
-    quote: str
-    pair_decimals: int
-    lot_decimals: int
-    ordermin: str
-    costmin: str
-    mid: str
-    levels: int = 30
-
-    @property
-    def tick(self) -> Decimal:
-        return Decimal(1).scaleb(-self.pair_decimals)
-
-    @property
-    def lot(self) -> Decimal:
-        return Decimal(1).scaleb(-self.lot_decimals)
-
-
-DEFAULT_PAIRS = {
-    "XXBTZUSD": KrakenPair(
-        "XBTUSD", "XBT/USD", "BTC/USD", "XXBT", "ZUSD", 1, 8, "0.0001", "0.5", "50000.0"
-    ),
-    "XETHZUSD": KrakenPair(
-        "ETHUSD", "ETH/USD", "ETH/USD", "XETH", "ZUSD", 2, 8, "0.002", "0.5", "3000.00"
-    ),
-}
-
-
-def kraken_sign(secret_b64: str, path: str, nonce: str, body: str) -> str:
-    """Kraken REST signature: HMAC-SHA512(base64-decoded secret, path + SHA256(nonce + body))."""
-    digest = hashlib.sha256((nonce + body).encode()).digest()
-    mac = hmac.new(base64.b64decode(secret_b64), path.encode() + digest, hashlib.sha512)
-    return base64.b64encode(mac.digest()).decode()
 
 
 def _digits(text: str) -> str:
     return text.replace(".", "").lstrip("0")
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class KrakenReplica(ReplicaServer):
+class KrakenReplica(KrakenRest):
     """Kraken spot on 127.0.0.1 with a real book per pair and our orders matched.
 
-    Control API (``async``): ``set_level``, ``churn``, ``fill_order`` and the fault
-    commands of ``ReplicaServer``. ``order_path`` ("add_order") aims ``fail_http`` and
-    ``time_out`` at websocket order entry: an HTTP 429/418 becomes
+    Control API (``async``): ``set_level``, ``set_book``, ``churn``, ``fill_order`` and
+    the fault commands of ``ReplicaServer``. ``order_path`` ("add_order") aims
+    ``fail_http`` and ``time_out`` at websocket order entry: an HTTP 429/418 becomes
     ``EOrder:Rate limit exceeded``, a 5xx ``EService:Unavailable``, a time-out no answer.
+    The REST API is ``KrakenRest`` (kraken_replica_rest.py); this class adds websocket
+    v2 and the order engine.
     """
 
-    venue = "kraken"
-    order_path = "add_order"
+    churn_ticks = 12
+    churn_lots = (10_000, 3_000_000)
 
     def __init__(
         self,
@@ -125,20 +68,16 @@ class KrakenReplica(ReplicaServer):
         ping_interval: float = 1.0,
         port: int = 0,
     ) -> None:
-        super().__init__(port=port, ping_interval=ping_interval)
+        super().__init__(
+            port=port,
+            ping_interval=ping_interval,
+            balances=balances or {"ZUSD": "1000000", "XXBT": "100", "XETH": "1000"},
+            seed=seed,
+        )
         self.api_key = api_key or secrets.token_urlsafe(40)
         self.api_secret = api_secret or base64.b64encode(secrets.token_bytes(64)).decode()
         self.pairs = dict(pairs or DEFAULT_PAIRS)
-        self.account = ReplicaAccount(
-            free={
-                k: Decimal(v)
-                for k, v in (balances or {"ZUSD": "1000000", "XXBT": "100", "XETH": "1000"}).items()
-            }
-        )
-        self._rng = random.Random(seed)
-        self.markets: dict[str, ReplicaMarket] = {}
         self._by_symbol: dict[str, str] = {}
-        self.accepted: list[ReplicaOrder] = []
         self._txids: dict[str, ReplicaOrder] = {}
         self._last_nonce = 0
         self.tokens: set[str] = set()
@@ -163,16 +102,14 @@ class KrakenReplica(ReplicaServer):
                 taker_fee=Decimal("0.004"),
                 fee_in_received_asset=False,
             )
-            mid = Decimal(pair.mid)
-            for i in range(1, pair.levels + 1):
-                for side, sign in (("buy", -1), ("sell", 1)):
-                    market.set_level(
-                        side,
-                        mid + sign * pair.tick * i * 3,
-                        pair.lot * self._rng.randint(10_000, 5_000_000),
-                    )
-            market.changed.clear()
-            self.markets[pair.symbol] = market
+            self.add_market(
+                pair.symbol,
+                market,
+                mid=Decimal(pair.mid),
+                levels=pair.levels,
+                spacing=3,
+                lots=(10_000, 5_000_000),
+            )
             self._by_symbol[pair.symbol] = name
 
     @property
@@ -183,340 +120,18 @@ class KrakenReplica(ReplicaServer):
     def private_ws_url(self) -> str:
         return f"{self.ws_url}/auth/v2"
 
-    def _market(self, symbol: str) -> ReplicaMarket:
-        try:
-            return self.markets[symbol]
-        except KeyError:
-            raise KeyError(
-                f"unknown symbol {symbol!r}; replica has {sorted(self.markets)}"
-            ) from None
-
-    def _pair(self, symbol: str) -> KrakenPair:
-        return self.pairs[self._by_symbol[symbol]]
-
-    def _price_text(self, symbol: str, price: Decimal) -> str:
-        return f"{price:.{self._pair(symbol).pair_decimals}f}"
-
-    def _qty_text(self, symbol: str, qty: Decimal) -> str:
-        return f"{qty:.{self._pair(symbol).lot_decimals}f}"
-
-    # -- control API ------------------------------------------------------------------------
-    def book(
-        self, symbol: str, depth: int | None = None
-    ) -> dict[str, list[tuple[Decimal, Decimal]]]:
-        market = self._market(symbol)
-        return {"bids": market.depth("buy", depth), "asks": market.depth("sell", depth)}
-
-    def orders(self, symbol: str | None = None, *, open_only: bool = True) -> list[ReplicaOrder]:
-        markets = [self._market(symbol)] if symbol else list(self.markets.values())
-        return [o for m in markets for o in m.orders.values() if o.is_open or not open_only]
-
-    async def set_level(
-        self, symbol: str, side: str, price: str | Decimal, qty: str | Decimal
-    ) -> None:
-        market = self._market(symbol)
-        market.set_level(side, Decimal(price), Decimal(qty))
-        await self._publish_book(market)
-
-    async def churn(self, symbol: str, events: int = 10, seed: int | None = None) -> None:
-        rng = random.Random(seed) if seed is not None else self._rng
-        market = self._market(symbol)
-        for _ in range(events):
-            side = rng.choice(("buy", "sell"))
-            levels = market.depth(side, 10)
-            if not levels:
-                continue
-            sign = -1 if side == "buy" else 1
-            price = levels[0][0] + sign * market.tick * rng.randint(0, 12)
-            qty = market.lot * rng.choice((0, rng.randint(10_000, 3_000_000)))
-            if price > 0:
-                market.set_level(side, price, qty)
-                await self._publish_book(market)
-
-    async def fill_order(self, client_id: str, qty: str | Decimal | None = None) -> None:
-        for market in self.markets.values():
-            order = market.orders.get(client_id)
-            if order is not None and order.is_open:
-                trade = market.fill_resting(
-                    client_id, None if qty is None else Decimal(qty), self.now_ms()
-                )
-                await self._report_trade(trade)
-                await self._publish_trade(
-                    market, trade, taker_side=("sell" if order.side == "buy" else "buy")
-                )
-                await self._publish_book(market)
-                return
-        raise KeyError(f"no open replica order with client id {client_id!r}")
-
     # -- routes -----------------------------------------------------------------------------
     def _add_routes(self, app: web.Application) -> None:
         r = app.router
-        r.add_get("/0/public/AssetPairs", self._asset_pairs)
-        r.add_get("/0/public/Depth", self._depth)
-        r.add_get("/0/public/Time", self._time)
-        for name in (
-            "Balance",
-            "GetWebSocketsToken",
-            "OpenOrders",
-            "ClosedOrders",
-            "AddOrder",
-            "CancelOrder",
-            "TradesHistory",
-        ):
-            r.add_post(f"/0/private/{name}", self._private)
+        self._add_rest_routes(r)
         r.add_get("/v2", self._ws_public)
         r.add_get("/auth/v2", self._ws_private)
 
-    def _ok(self, result: Any) -> web.Response:
-        return web.Response(
-            text=dumps_exact({"error": [], "result": result}), content_type="application/json"
-        )
-
-    def _fail(self, *errors: str) -> web.Response:
-        return web.json_response({"error": list(errors)})
-
-    def error_response(self, status: int, body: str, headers: dict[str, str]) -> web.Response:
-        if not body:
-            text = (
-                "EAPI:Rate limit exceeded"
-                if status in (418, 429)
-                else "EService:Unavailable"
-                if status >= 500
-                else "EGeneral:Invalid arguments"
-            )
-            body = json.dumps({"error": [text]})
-        return web.Response(
-            status=status, text=body, headers=headers, content_type="application/json"
-        )
-
-    # -- public REST ------------------------------------------------------------------------
-    async def _time(self, request: web.Request) -> web.Response:
-        now = self.now_ms()
-        return self._ok({"unixtime": now // 1000, "rfc1123": _iso(now)})
-
-    def _pair_info(self, pair: KrakenPair) -> dict[str, Any]:
-        return {
-            "altname": pair.altname,
-            "wsname": pair.wsname,
-            "aclass_base": "currency",
-            "base": pair.base,
-            "aclass_quote": "currency",
-            "quote": pair.quote,
-            "lot": "unit",
-            "cost_decimals": 5,
-            "pair_decimals": pair.pair_decimals,
-            "lot_decimals": pair.lot_decimals,
-            "lot_multiplier": 1,
-            "leverage_buy": [2, 3, 4, 5],
-            "leverage_sell": [2, 3, 4, 5],
-            "fees": [[0, 0.4], [10000, 0.35], [50000, 0.24]],
-            "fees_maker": [[0, 0.25], [10000, 0.2], [50000, 0.14]],
-            "fee_volume_currency": "ZUSD",
-            "margin_call": 80,
-            "margin_stop": 40,
-            "ordermin": pair.ordermin,
-            "costmin": pair.costmin,
-            "tick_size": format(pair.tick, "f"),
-            "status": "online",
-            "long_position_limit": 270,
-            "short_position_limit": 180,
-        }
-
-    def _find_pair(self, text: str) -> str | None:
-        for name, pair in self.pairs.items():
-            if text in (name, pair.altname, pair.wsname, pair.symbol):
-                return name
-        return None
-
-    async def _asset_pairs(self, request: web.Request) -> web.Response:
-        names = list(self.pairs)
-        if "pair" in request.query:
-            names = []
-            for text in request.query["pair"].split(","):
-                found = self._find_pair(text)
-                if found is None:
-                    return self._fail("EQuery:Unknown asset pair")
-                names.append(found)
-        return self._ok({n: self._pair_info(self.pairs[n]) for n in names})
-
-    async def _depth(self, request: web.Request) -> web.Response:
-        name = self._find_pair(request.query.get("pair", ""))
-        if name is None:
-            return self._fail("EQuery:Unknown asset pair")
-        count = int(request.query.get("count", "100"))
-        pair = self.pairs[name]
-        market = self.markets[pair.symbol]
-        ts = self.now_ms() // 1000
-        return self._ok(
-            {
-                name: {
-                    side: [
-                        [self._price_text(pair.symbol, p), self._qty_text(pair.symbol, q), ts]
-                        for p, q in market.depth(book_side, count)
-                    ]
-                    for side, book_side in (("asks", "sell"), ("bids", "buy"))
-                }
-            }
-        )
-
-    # -- private REST -----------------------------------------------------------------------
-    async def _private(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        if request.headers.get("API-Key") != self.api_key:
-            return self._fail("EAPI:Invalid key")
-        params = dict(parse_qsl(body, keep_blank_values=True))
-        nonce = params.get("nonce", "")
-        try:
-            expected = kraken_sign(self.api_secret, request.path, nonce, body)
-        except (ValueError, TypeError):
-            return self._fail("EAPI:Invalid signature")
-        if not hmac.compare_digest(expected, request.headers.get("API-Sign", "")):
-            return self._fail("EAPI:Invalid signature")
-        if not nonce.isdigit() or int(nonce) <= self._last_nonce:
-            return self._fail("EAPI:Invalid nonce")
-        self._last_nonce = int(nonce)
-        name = request.path.rsplit("/", 1)[1]
-        if name == "Balance":
-            acct = self.account
-            return self._ok(
-                {
-                    a: format(acct.free.get(a, Decimal(0)) + acct.locked.get(a, Decimal(0)), ".10f")
-                    for a in acct.assets()
-                }
-            )
-        if name == "GetWebSocketsToken":
-            token = secrets.token_urlsafe(24)
-            self.tokens.add(token)
-            return self._ok({"token": token, "expires": 900})
-        if name in ("OpenOrders", "ClosedOrders"):
-            wanted = params.get("cl_ord_id")
-            open_ = name == "OpenOrders"
-            rows = {
-                o.venue_id: self._order_info(o)
-                for o in self._all_orders()
-                if o.is_open == open_ and (wanted is None or o.client_id == wanted)
-            }
-            if open_:
-                return self._ok({"open": rows})
-            return self._ok({"closed": rows, "count": len(rows)})
-        if name == "TradesHistory":
-            start = float(params.get("start", "0"))
-            rows = {}
-            for market in self.markets.values():
-                for t in market.trades:
-                    if t.ts_ms / 1000 >= start:
-                        rows[f"T{t.trade_id:05d}-REPLI-CA"] = self._trade_info(t)
-            return self._ok({"trades": rows, "count": len(rows)})
-        if name == "AddOrder":
-            return await self._rest_add_order(params)
-        if name == "CancelOrder":
-            order = self._txids.get(params.get("txid", "")) or self._by_client(
-                params.get("cl_ord_id", "")
-            )
-            if order is None or not order.is_open:
-                return self._fail("EOrder:Unknown order")
-            await self._do_cancel(order)
-            return self._ok({"count": 1})
-        return self._fail("EGeneral:Unknown method")
-
-    def _all_orders(self) -> list[ReplicaOrder]:
-        return [o for m in self.markets.values() for o in m.orders.values()]
-
-    def _by_client(self, client_id: str) -> ReplicaOrder | None:
-        for market in self.markets.values():
-            if client_id in market.orders:
-                return market.orders[client_id]
-        return None
-
-    def _order_info(self, o: ReplicaOrder) -> dict[str, Any]:
-        pair = self._pair(o.symbol)
-        price = self._price_text(o.symbol, o.price) if o.price is not None else "0"
-        status = {
-            "new": "open",
-            "partially_filled": "open",
-            "filled": "closed",
-            "canceled": "canceled",
-            "expired": "expired",
-        }[o.status]
-        return {
-            "refid": None,
-            "userref": 0,
-            "cl_ord_id": o.client_id,
-            "status": status,
-            "opentm": o.created_ms / 1000,
-            "starttm": 0,
-            "expiretm": 0,
-            "descr": {
-                "pair": pair.altname,
-                "type": o.side,
-                "ordertype": o.kind,
-                "price": price,
-                "price2": "0",
-                "leverage": "none",
-                "order": f"{o.side} {self._qty_text(o.symbol, o.qty)} {pair.altname} @ "
-                f"{o.kind} {price}",
-                "close": "",
-            },
-            "vol": self._qty_text(o.symbol, o.qty),
-            "vol_exec": self._qty_text(o.symbol, o.filled),
-            "cost": format(o.quote_filled, "f"),
-            "fee": "0.00000",
-            "price": price,
-            "stopprice": "0.00000",
-            "limitprice": "0.00000",
-            "misc": "",
-            "oflags": "post,fciq" if o.tif == "post_only" else "fciq",
-            **({"closetm": o.updated_ms / 1000} if not o.is_open else {}),
-        }
-
-    def _trade_info(self, t: ReplicaTrade) -> dict[str, Any]:
-        o = t.order
-        return {
-            "ordertxid": o.venue_id,
-            "postxid": "TKH2SE-M7IF5-CFI7LT",
-            "pair": self._pair(o.symbol).altname,
-            "time": t.ts_ms / 1000,
-            "type": o.side,
-            "ordertype": o.kind,
-            "price": self._price_text(o.symbol, t.price),
-            "cost": format(t.price * t.qty, "f"),
-            "fee": format(t.fee, "f"),
-            "vol": self._qty_text(o.symbol, t.qty),
-            "margin": "0.00000",
-            "misc": "",
-            "trade_id": t.trade_id,
-            "maker": t.maker,
-            "cl_ord_id": o.client_id,
-        }
-
-    async def _rest_add_order(self, params: dict[str, str]) -> web.Response:
-        name = self._find_pair(params.get("pair", ""))
-        if name is None:
-            return self._fail("EQuery:Unknown asset pair")
-        pair = self.pairs[name]
-        flags = params.get("oflags", "")
-        spec = {
-            "symbol": pair.symbol,
-            "side": params.get("type", ""),
-            "order_type": params.get("ordertype", ""),
-            "order_qty": params.get("volume", "0"),
-            "limit_price": params.get("price"),
-            "cl_ord_id": params.get("cl_ord_id"),
-            "post_only": "post" in flags,
-            "time_in_force": params.get("timeinforce", "GTC").lower(),
-        }
-        try:
-            order = await self._add(spec)
-        except OrderRejectedError as exc:
-            return self._fail(str(exc) if exc.code == "forced" else _REJECT.get(exc.code, str(exc)))
-        return self._ok(
-            {
-                "descr": {
-                    "order": f"{order.side} {params.get('volume')} {pair.altname} @ {order.kind}"
-                },
-                "txid": [order.venue_id],
-            }
-        )
+    def forget_socket(self, ws: web.WebSocketResponse) -> None:
+        self._book_subs.pop(ws, None)
+        self._views.pop(ws, None)
+        self._trade_subs.pop(ws, None)
+        self._exec_subs.discard(ws)
 
     # -- order engine -----------------------------------------------------------------------
     def _validate(self, spec: dict[str, Any]) -> None:
@@ -586,27 +201,7 @@ class KrakenReplica(ReplicaServer):
             f"{secrets.token_hex(3).upper()}"
         )
         order.venue_id = txid
-        trades = market.submit(order, now)
-        self.accepted.append(order)
-        self._txids[txid] = order
-        await self._report(order, "pending_new", "pending_new")
-        await self._report(order, "new", "new")
-        for trade in trades:
-            await self._report_trade(trade)
-            await self._publish_trade(market, trade, taker_side=side)
-        if order.status == "expired":
-            await self._report(order, "expired", "expired")
-        partial = self.faults.take_partial() if order.is_open else None
-        if partial is not None:
-            amount = order.remaining * partial
-            amount -= amount % market.lot
-            if amount > 0:
-                trade = market.fill_resting(client_id, amount, self.now_ms())
-                await self._report_trade(trade)
-                await self._publish_trade(
-                    market, trade, taker_side=("sell" if side == "buy" else "buy")
-                )
-        await self._publish_book(market)
+        await self._execute(market, order)
         return order
 
     async def _do_cancel(self, order: ReplicaOrder) -> None:
@@ -621,7 +216,7 @@ class KrakenReplica(ReplicaServer):
             await self.send_text(ws, '{"channel":"heartbeat"}')
 
     def _ack(self, method: str, req_id: Any, result: Any = None, error: str | None = None) -> str:
-        now = _iso(self.now_ms())
+        now = iso(self.now_ms())
         msg: dict[str, Any] = {"method": method}
         if error is not None:
             msg.update(error=error, success=False)
@@ -656,9 +251,6 @@ class KrakenReplica(ReplicaServer):
             await self._public_request(ws, text)
 
         await self.read_loop(ws, on_text)
-        self._book_subs.pop(ws, None)
-        self._views.pop(ws, None)
-        self._trade_subs.pop(ws, None)
         return ws
 
     async def _public_request(self, ws: web.WebSocketResponse, text: str) -> None:
@@ -671,7 +263,7 @@ class KrakenReplica(ReplicaServer):
         req_id = msg.get("req_id")
         params = msg.get("params") or {}
         if method == "ping":
-            now = _iso(self.now_ms())
+            now = iso(self.now_ms())
             await self.send_text(
                 ws,
                 json.dumps({"method": "pong", "req_id": req_id, "time_in": now, "time_out": now}),
@@ -770,7 +362,7 @@ class KrakenReplica(ReplicaServer):
                             ),
                             "asks": self._levels_json(symbol, sorted(view["sell"].items())),
                             "checksum": self._checksum(symbol, view),
-                            "timestamp": _iso(self.now_ms()),
+                            "timestamp": iso(self.now_ms()),
                         }
                     ],
                 }
@@ -813,7 +405,7 @@ class KrakenReplica(ReplicaServer):
                                 "bids": self._levels_json(symbol, changes["buy"]),
                                 "asks": self._levels_json(symbol, changes["sell"]),
                                 "checksum": self._checksum(symbol, new),
-                                "timestamp": _iso(self.now_ms()),
+                                "timestamp": iso(self.now_ms()),
                             }
                         ],
                     }
@@ -837,7 +429,7 @@ class KrakenReplica(ReplicaServer):
                         "qty": trade.qty.quantize(pair.lot),
                         "ord_type": "limit",
                         "trade_id": trade.trade_id,
-                        "timestamp": _iso(trade.ts_ms),
+                        "timestamp": iso(trade.ts_ms),
                     }
                 ],
             }
@@ -854,7 +446,6 @@ class KrakenReplica(ReplicaServer):
             await self._private_request(ws, text)
 
         await self.read_loop(ws, on_text)
-        self._exec_subs.discard(ws)
         return ws
 
     async def _private_request(self, ws: web.WebSocketResponse, text: str) -> None:
@@ -932,7 +523,9 @@ class KrakenReplica(ReplicaServer):
             if method == "cancel_order":
                 ids = params.get("cl_ord_id") or []
                 txids = params.get("order_id") or []
-                targets = [self._by_client(c) for c in ids] + [self._txids.get(t) for t in txids]
+                targets = [self._order_by_client(c) for c in ids] + [
+                    self._txids.get(t) for t in txids
+                ]
                 if not targets or any(o is None or not o.is_open for o in targets):
                     raise OrderRejectedError("unknown_order", "unknown")
                 for target in targets:
@@ -950,9 +543,9 @@ class KrakenReplica(ReplicaServer):
                     count += 1
                 return self._ack(method, req_id, {"count": count})
             if method == "amend_order":
-                amended = self._by_client(str(params.get("cl_ord_id", ""))) or self._txids.get(
-                    str(params.get("order_id", ""))
-                )
+                amended = self._order_by_client(
+                    str(params.get("cl_ord_id", ""))
+                ) or self._txids.get(str(params.get("order_id", "")))
                 if amended is None:
                     raise OrderRejectedError("unknown_order", "unknown")
                 market = self.markets[amended.symbol]
@@ -979,7 +572,7 @@ class KrakenReplica(ReplicaServer):
             text = (
                 str(exc)
                 if exc.code in ("forced", "args", "unknown_pair")
-                else _REJECT.get(exc.code, str(exc))
+                else REJECT.get(exc.code, str(exc))
             )
             return self._ack(method, req_id, error=text)
         return self._ack(method, req_id, error="EGeneral:Invalid arguments:method")
@@ -1002,7 +595,7 @@ class KrakenReplica(ReplicaServer):
             "cum_cost": o.quote_filled,
             "time_in_force": "IOC" if o.tif == "ioc" else "GTC",
             "post_only": o.tif == "post_only",
-            "timestamp": _iso(o.updated_ms),
+            "timestamp": iso(o.updated_ms),
         }
         if o.price is not None:
             event["limit_price"] = o.price.quantize(pair.tick)
@@ -1042,7 +635,7 @@ class KrakenReplica(ReplicaServer):
             last_price=t.price.quantize(pair.tick),
             trade_id=t.trade_id,
             liquidity_ind="m" if t.maker else "t",
-            timestamp=_iso(t.ts_ms),
+            timestamp=iso(t.ts_ms),
             cost=t.price * t.qty,
             fees=[
                 {
@@ -1074,3 +667,17 @@ class KrakenReplica(ReplicaServer):
             )[-50:]
             events.extend(self._trade_event(t) for t in trades)
         await self._send_exec(events, "snapshot", ws)
+
+    # -- order flow hooks -------------------------------------------------------------------
+    def _accepted(self, order: ReplicaOrder) -> None:
+        self._txids[order.venue_id] = order
+
+    async def _report_accepted(self, order: ReplicaOrder) -> None:
+        await self._report(order, "pending_new", "pending_new")
+        await self._report(order, "new", "new")
+
+    async def _report_fill(self, trade: ReplicaTrade) -> None:
+        await self._report_trade(trade)
+
+    async def _report_expired(self, order: ReplicaOrder) -> None:
+        await self._report(order, "expired", "expired")
