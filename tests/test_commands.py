@@ -4,6 +4,8 @@ collisions, help, unknown commands, ``run --node`` through the distributed plugi
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import SecureBroker
 from loguru import logger
 
 import quoteforge
@@ -20,6 +23,7 @@ from quoteforge.registry import KERNEL_COMMANDS, PluginRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+SPLIT_EXAMPLE = ROOT / "examples" / "distributed" / "sim_nodes.yaml"
 
 
 def fresh_registry(monkeypatch: pytest.MonkeyPatch, *, block: str = "") -> PluginRegistry:
@@ -222,6 +226,51 @@ def test_run_node_without_the_distributed_plugin_names_it(
     err = capsys.readouterr().err
     assert "no plugin provides the 'node' command" in err
     assert "distributed plugin (quoteforge.plugins.distributed)" in err
+
+
+@pytest.mark.slow
+def test_run_node_runs_a_node_of_the_documented_example(tmp_path: Path) -> None:
+    """``quoteforge run MANIFEST --node ROLE`` as the README and examples/distributed show
+    it, in its own process against a broker with passwords, TLS and the shipped ACL."""
+    broker = SecureBroker(tmp_path / "broker")
+    broker.start()
+    out = tmp_path / "monitor"
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quoteforge.cli",
+                "run",
+                str(SPLIT_EXAMPLE),
+                "--node",
+                "monitor",
+                "--set",
+                f"bus.params.port={broker.port}",
+                "--set",
+                "run.duration=2s",
+                "--set",
+                "nodes.clock=wall",
+                "--set",
+                "run.name=cli-node",
+                "--out",
+                str(out),
+            ],
+            env={**os.environ, **broker.env("monitor")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        broker.kill()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "monitor node stopped: duration reached" in done.stderr
+    info = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert (info["role"], info["name"], info["stop_reason"]) == (
+        "monitor",
+        "cli-node",
+        "duration reached",
+    )
 
 
 def test_node_command_refuses_an_unknown_role_and_a_bad_manifest(
