@@ -151,6 +151,10 @@ class Instrument:
     maker_fee: Decimal = Decimal(0)
     taker_fee: Decimal = Decimal(0)
     qty_step: Decimal = Decimal(0)  # 0: the same as lot_size
+    # The grids as floats, for ticks_to_float / lots_to_float on strategies' hot paths
+    # (float(Decimal) on every call costs more than the multiplication).
+    _tick_float: float = field(default=0.0, init=False, repr=False, compare=False)
+    _lot_float: float = field(default=0.0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.tick_size.is_finite() or self.tick_size <= 0:
@@ -168,6 +172,8 @@ class Instrument:
             )
         if self.kind is InstrumentKind.BINARY and (1 / self.tick_size) % 1 != 0:
             raise ValueError(f"{self.key}: a binary contract's tick_size must divide 1")
+        object.__setattr__(self, "_tick_float", float(self.tick_size))
+        object.__setattr__(self, "_lot_float", float(self.lot_size))
 
     @property
     def key(self) -> str:
@@ -215,7 +221,8 @@ class Instrument:
         return ticks
 
     def ticks_to_float(self, ticks: int) -> float:
-        return ticks * float(self.tick_size)
+        """``ticks`` as a float price, for analytics and signal maths (not exact)."""
+        return ticks * self._tick_float
 
     # -- quantity grid ----------------------------------------------------------------
     def qty_to_lots(self, qty: Decimal | str | int | float) -> int:
@@ -247,7 +254,8 @@ class Instrument:
         return lots if step == 1 else lots - lots % step
 
     def lots_to_float(self, lots: int) -> float:
-        return lots * float(self.lot_size)
+        """``lots`` as a float quantity, for analytics and signal maths (not exact)."""
+        return lots * self._lot_float
 
     def notional(self, price_ticks: int, lots: int) -> Decimal:
         return self.ticks_to_price(price_ticks) * self.lots_to_qty(lots)

@@ -4,14 +4,24 @@ A strategy says which quotes it wants; the kernel's risk chain and execution pol
 decide what is sent. Handlers have safe defaults, accept ``**kwargs`` so new keyword
 arguments never break an existing strategy, and an exception inside one is caught at
 the boundary: the strategy's quotes are pulled and it is halted, the run goes on.
+
+Units (interface 2): everything the engine hands a strategy and takes back is in integer
+**ticks** (multiples of the tick size) and **lots** (multiples of the lot size): quotes,
+``ctx.take``, ``ctx.execute``, fills, offers, public trades and ``Market.position_lots``.
+They are exact and what the venues use. ``Market`` converts explicitly: ``ticks(price,
+side)`` and ``lots(qty)`` round onto the grids, ``price(ticks)`` and ``qty(lots)`` give
+exact ``Decimal`` values; floats for signal maths stay inside a strategy.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from math import ceil as _ceil
+from math import floor as _floor
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,12 +30,44 @@ from quoteforge.model import Fill, Instrument, Offer, OrderUpdate, Quote, Side
 if TYPE_CHECKING:
     from quoteforge.book import L2Book
 
-__all__ = ["Market", "Quotes", "Strategy", "StrategyContext", "StrategyParams"]
+__all__ = [
+    "INTERFACE_VERSION",
+    "BookInterest",
+    "Market",
+    "Quotes",
+    "Speed",
+    "Strategy",
+    "StrategyContext",
+    "StrategyParams",
+    "book_interest",
+    "check_interface",
+]
+
+#: The strategy API's major version. A strategy class may declare the version it was
+#: written for (``interface_version = 2``); one built for another version is refused
+#: at registration (``check_interface``) instead of misreading its units at run time.
+#: 1: ``Market.bid/ask`` took float prices and quantities, ``Market.position`` was a
+#: float and ``top_of_book_only``/``book_levels``/``reads_best_sizes`` sat on Strategy.
+#: 2: integer ticks and lots throughout, explicit conversions, ``Strategy.speed``.
+INTERFACE_VERSION = 2
 
 Quotes = list[Quote]
 _BUY = Side.BUY
 _SELL = Side.SELL
 _QUOTE_CACHE = 4096  # quotes kept per side and market
+_ROUNDING = {_BUY: ROUND_FLOOR, _SELL: ROUND_CEILING, None: ROUND_HALF_EVEN}
+_warned: set[str] = set()
+
+
+def _deprecated(old: str, new: str) -> None:
+    """Warn once per process that ``old`` (interface 1) is deprecated for ``new``."""
+    if old not in _warned:
+        _warned.add(old)
+        warnings.warn(
+            f"{old} is deprecated (strategy interface 1); use {new}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
 
 class StrategyParams(BaseModel):
@@ -83,64 +125,101 @@ class Market:
 
     @property
     def position_lots(self) -> int:
-        """Our signed position in lots (positive long)."""
+        """Our signed position in lots (positive long); ``qty()`` gives base units."""
         return self._position()
 
     @property
     def position(self) -> float:
-        """Our signed position in base units, as a float for analytics."""
+        """Deprecated (interface 1): the position in base units as a float.
+
+        Use ``position_lots`` (``qty(position_lots)`` for exact base units); warns once.
+        """
+        _deprecated("Market.position", "Market.position_lots (and Market.qty for base units)")
         return self._position() * self._lot
 
-    def _lots(self, qty: float) -> int:
-        # The small epsilon keeps 0.3 / 0.1 (= 2.9999999999999996) from losing a step.
-        lots = int(qty / self._step + 1e-9) * self._step_lots if qty > 0 else 0
-        return lots if lots >= self._min_lots else 0
+    # -- conversions --------------------------------------------------------------------
+    def price(self, ticks: int) -> Decimal:
+        """The exact price of ``ticks``."""
+        return self.instrument.ticks_to_price(ticks)
 
-    def _too_small(self, ticks: int, lots: int) -> bool:
-        """Below the venue's minimum notional: the venue would reject it."""
-        return bool(self._min_notional) and ticks * self._tick * lots * self._lot < (
-            self._min_notional * (1 - 1e-9)
-        )
+    def qty(self, lots: int) -> Decimal:
+        """The exact quantity of ``lots``, in base units."""
+        return self.instrument.lots_to_qty(lots)
 
-    def _clamp(self, ticks: int) -> int:
-        if ticks < 1:
-            return 1
-        top = self._max_ticks
-        return top if top is not None and ticks > top else ticks
+    def ticks(self, price: float | Decimal, side: Side | None = None) -> int:
+        """``price`` in ticks, rounded passively for a quote on ``side``: a BUY rounds
+        down, a SELL rounds up (never a better price for the other side than asked);
+        without a side, to the nearest tick (halves to even).
 
-    def bid(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
-        """A bid at ``price`` rounded down to the tick grid, ``qty`` rounded down to
-        lots; None when the size rounds to zero or below the venue's minimums."""
-        return self._quote(
-            self._bids, _BUY, math.floor(price / self._tick + 1e-9), qty, level, post_only
-        )
+        A float is divided by the tick as a float, with one billionth of a tick of
+        tolerance so float noise (100.00000000001) does not move it a tick; a Decimal
+        is divided exactly. Not clamped: ``bid``/``ask`` keep prices in range.
+        """
+        if price.__class__ is float:
+            raw = price / self._tick
+            if side is _BUY:
+                return _floor(raw + 1e-9)
+            if side is _SELL:
+                return _ceil(raw - 1e-9)
+            return round(raw)
+        exact = Decimal(price) / self.instrument.tick_size
+        return int(exact.to_integral_value(rounding=_ROUNDING[side]))
 
-    def ask(self, price: float, qty: float, level: int = 0, post_only: bool = True) -> Quote | None:
-        """An ask at ``price`` rounded up to the tick grid; None when the size is zero or
-        below the venue's minimums."""
-        return self._quote(
-            self._asks, _SELL, math.ceil(price / self._tick - 1e-9), qty, level, post_only
-        )
+    def lots(self, qty: float | Decimal) -> int:
+        """``qty`` base units in lots, rounded down to whole order steps (never more
+        than asked; 0 for ``qty`` <= 0). A float gets the same billionth-of-a-step
+        tolerance as ``ticks`` (0.3 / 0.1 = 2.9999999999999996 is 3 steps). The venue's
+        minimums are not applied here: ``bid``/``ask`` return None below them."""
+        if qty.__class__ is float:
+            return int(qty / self._step + 1e-9) * self._step_lots if qty > 0 else 0
+        if qty <= 0:
+            return 0
+        steps = (Decimal(qty) / self.instrument.qty_step).to_integral_value(rounding=ROUND_FLOOR)
+        return int(steps) * self._step_lots
+
+    # -- quotes -------------------------------------------------------------------------
+    def bid(
+        self, price_ticks: int, qty_lots: int, level: int = 0, post_only: bool = True
+    ) -> Quote | None:
+        """A bid for ``qty_lots`` at ``price_ticks``: the price kept in the valid range,
+        the quantity rounded down to whole order steps; None when that is zero or below
+        the venue's minimum quantity or notional (the venue would refuse it)."""
+        return self._quote(self._bids, _BUY, price_ticks, qty_lots, level, post_only)
+
+    def ask(
+        self, price_ticks: int, qty_lots: int, level: int = 0, post_only: bool = True
+    ) -> Quote | None:
+        """An ask for ``qty_lots`` at ``price_ticks``; as ``bid``."""
+        return self._quote(self._asks, _SELL, price_ticks, qty_lots, level, post_only)
 
     def _quote(
         self,
         made: dict[tuple[int, int, int, bool], Quote],
         side: Side,
         ticks: int,
-        qty: float,
+        lots: int,
         level: int,
         post_only: bool,
     ) -> Quote | None:
-        # _lots, _clamp and _too_small written out: this runs for every quote wanted.
-        lot = self._lot
-        lots = int(qty / self._step + 1e-9) * self._step_lots if qty > 0 else 0
+        # Runs for every quote wanted: class checks instead of isinstance, no helpers.
+        if ticks.__class__ is not int or lots.__class__ is not int:
+            raise TypeError(
+                f"{self.key}: Market.{'bid' if side is _BUY else 'ask'} takes integer ticks and "
+                f"lots (strategy interface {INTERFACE_VERSION}), got {ticks!r}, {lots!r}; "
+                "convert with market.ticks(price, side) and market.lots(qty)"
+            )
+        step = self._step_lots
+        if step != 1:
+            lots -= lots % step
         if lots <= 0 or lots < self._min_lots:
             return None
         if ticks < 1:
             ticks = 1
         elif self._max_ticks is not None and ticks > self._max_ticks:
             ticks = self._max_ticks
-        if self._min_notional and ticks * self._tick * lots * lot < self._min_notional * (1 - 1e-9):
+        if self._min_notional and ticks * self._tick * lots * self._lot < self._min_notional * (
+            1 - 1e-9
+        ):
             return None
         key = (ticks, lots, level, post_only)
         quote = made.get(key)
@@ -277,24 +356,19 @@ class Strategy:
     """
 
     Params: ClassVar[type[BaseModel]] = StrategyParams
-    #: Call ``on_book`` only when one of the top 5 levels changed (most quoting logic
-    #: reads only the top of the book). Set False to see every update.
-    top_of_book_only: ClassVar[bool] = True
-    #: With ``top_of_book_only``: 1 means only a change of the best bid or ask (price
-    #: or size) matters, as for mid/microprice quoting; 5 (default) watches five levels.
-    book_levels: ClassVar[int] = 5
+    #: The strategy interface this class was written for (see ``INTERFACE_VERSION``).
+    interface_version: ClassVar[int] = INTERFACE_VERSION
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
         self.ctx = ctx
         self.params = params
 
     @property
-    def reads_best_sizes(self) -> bool:
-        """With ``book_levels`` 1: False when only the best bid and ask *prices* matter,
-        so a change of their sizes alone does not call ``on_book`` (quoting around the
-        mid). Override it (it may depend on the parameters); the engine reads it at
-        start and after new parameters were applied."""
-        return True
+    def speed(self) -> Speed:
+        """Advanced: which book changes the engine may skip for this strategy (see
+        ``Speed``). Override with ``speed = Speed(...)`` or a property when it depends
+        on the parameters; the engine reads it at start and after new parameters."""
+        return _DEFAULT_SPEED
 
     @property
     def name(self) -> str:
@@ -329,6 +403,38 @@ class Strategy:
         """Called once when the run stops, after quotes are pulled."""
 
 
+BookChanges = Literal["every_change", "top_levels", "best_levels", "best_prices"]
+_BOOK_CHANGES: tuple[str, ...] = get_args(BookChanges)
+
+
+@dataclass(frozen=True, slots=True)
+class Speed:
+    """Advanced: what the engine may skip for a strategy. Leaving it alone is always
+    correct; it only saves calls whose answer the strategy would not change.
+
+    ``on_book`` says which book changes call ``on_book``:
+
+    - ``"top_levels"`` (default): a change in the top 5 levels of either side (most
+      quoting logic reads only the top of the book);
+    - ``"every_change"``: every update, at any depth (e.g. depth-weighted signals);
+    - ``"best_levels"``: only a change of the best bid or ask, price or size (quoting
+      from the microprice or the touch sizes);
+    - ``"best_prices"``: only a change of the best bid or ask price (quoting from the
+      mid); a change of their sizes alone is skipped.
+    """
+
+    on_book: BookChanges = "top_levels"
+
+    def __post_init__(self) -> None:
+        if self.on_book not in _BOOK_CHANGES:
+            raise ValueError(
+                f"Speed(on_book={self.on_book!r}): expected one of {', '.join(_BOOK_CHANGES)}"
+            )
+
+
+_DEFAULT_SPEED = Speed()
+
+
 @dataclass(frozen=True, slots=True)
 class BookInterest:
     """Which book changes reach a strategy's ``on_book`` and whether public trades reach
@@ -340,14 +446,54 @@ class BookInterest:
     hears_trades: bool = True
 
 
+def _legacy_speed(strategy: Strategy) -> Speed | None:
+    """The interface-1 switches (``top_of_book_only``, ``book_levels``,
+    ``reads_best_sizes`` on the strategy) as a ``Speed``, with a one-time warning; None
+    when the strategy sets none of them."""
+    cls = type(strategy)
+    names = [n for n in ("top_of_book_only", "book_levels", "reads_best_sizes") if hasattr(cls, n)]
+    if not names:
+        return None
+    _deprecated(f"Strategy.{'/'.join(names)}", "speed = Speed(on_book=...) (docs/strategies.md)")
+    if not getattr(strategy, "top_of_book_only", True):
+        return Speed("every_change")
+    if getattr(strategy, "book_levels", 5) > 1:
+        return Speed("top_levels")
+    return Speed("best_levels" if getattr(strategy, "reads_best_sizes", True) else "best_prices")
+
+
 def book_interest(strategy: Strategy) -> BookInterest:
-    """What ``strategy`` reads of the book, as it declares it."""
-    best_only = getattr(strategy, "book_levels", 5) <= 1
+    """What ``strategy`` reads of the book, from its ``speed`` hint."""
+    watch = (_legacy_speed(strategy) or strategy.speed).on_book
     return BookInterest(
-        top_only=bool(getattr(strategy, "top_of_book_only", True)),
-        best_only=best_only,
-        prices_only=best_only and not getattr(strategy, "reads_best_sizes", True),
+        top_only=watch != "every_change",
+        best_only=watch in ("best_levels", "best_prices"),
+        prices_only=watch == "best_prices",
         # not when on_trade is the base class's no-op
         hears_trades="on_trade" in vars(strategy)
         or type(strategy).on_trade is not Strategy.on_trade,
     )
+
+
+def check_interface(strategy_cls: type) -> str | None:
+    """Why ``strategy_cls`` cannot run on this strategy interface, or None when it can.
+
+    A factory that declares no ``interface_version`` is taken to be written for this one.
+
+    A class built for another major version would misread the units the engine hands
+    over (interface 1 passed float prices to ``Market.bid``), so the registry refuses it
+    up front with this message instead of letting it quote wrong prices.
+    """
+    declared = getattr(strategy_cls, "interface_version", INTERFACE_VERSION)
+    name = getattr(strategy_cls, "__qualname__", None) or repr(strategy_cls)
+    name = f"{getattr(strategy_cls, '__module__', None) or '?'}.{name}"
+    if isinstance(declared, bool) or not isinstance(declared, int):
+        return f"strategy {name}: interface_version must be an int, got {declared!r}"
+    if declared != INTERFACE_VERSION:
+        return (
+            f"strategy {name} was written for strategy interface {declared}, this quoteforge "
+            f"provides interface {INTERFACE_VERSION}; update the strategy (docs/strategies.md, "
+            f"'Strategy interface versions') or install a quoteforge that provides "
+            f"interface {declared}"
+        )
+    return None

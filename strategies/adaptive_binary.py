@@ -137,6 +137,7 @@ class AdaptiveBinary(Strategy):
     """Market making on binary contracts with a mid learned from order flow."""
 
     Params = AdaptiveBinaryParams
+    interface_version = 2
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
         if not isinstance(params, AdaptiveBinaryParams):
@@ -226,7 +227,7 @@ class AdaptiveBinary(Strategy):
         p = self.p
         inst = market.instrument
         tick = float(inst.tick_size)
-        position = market.position
+        position = inst.lots_to_float(market.position_lots)  # base units, for the maths
         u = max(-1.0, min(1.0, position / p.inventory_limit))
         defensive = abs(u) >= p.recenter_threshold
         if defensive:

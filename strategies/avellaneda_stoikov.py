@@ -234,6 +234,7 @@ class AvellanedaStoikov(Strategy):
     """Avellaneda-Stoikov market making with online volatility and fill intensity."""
 
     Params = AvellanedaStoikovParams
+    interface_version = 2
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
         if not isinstance(params, AvellanedaStoikovParams):
@@ -279,7 +280,7 @@ class AvellanedaStoikov(Strategy):
     # -- model inputs -------------------------------------------------------------------
     def inventory(self, market: Market) -> float:
         """q in the unit the formulas use (``inventory_unit``)."""
-        position = market.position
+        position = market.instrument.lots_to_float(market.position_lots)
         if self.p.inventory_unit == "order_size":
             return position / self.p.order_size
         return position

@@ -127,6 +127,7 @@ class CrossVenueTaker(Strategy):
     """Takes crossed prices between venues and keeps the net position flat."""
 
     Params = CrossVenueTakerParams
+    interface_version = 2
     params: CrossVenueTakerParams
 
     def __init__(self, ctx: quoteforge.StrategyContext, params: CrossVenueTakerParams) -> None:

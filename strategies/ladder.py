@@ -111,6 +111,7 @@ class Ladder(Strategy):
     """A volatility-scaled ladder of quotes on both sides of the book."""
 
     Params = LadderParams
+    interface_version = 2
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
         if not isinstance(params, LadderParams):
@@ -179,7 +180,7 @@ class Ladder(Strategy):
         spacing = self.spacing_ticks(market)
         # Wider spacing (higher volatility) slows size growth in the same proportion.
         growth = p.size_growth * p.min_spacing_ticks / spacing
-        position = market.position
+        position = inst.lots_to_float(market.position_lots)  # base units, as max_position
         quotes: list[Quote] = []
         for side, touch in ((Side.BUY, best_bid), (Side.SELL, best_ask)):
             if p.max_position is not None and int(side) * position >= p.max_position:

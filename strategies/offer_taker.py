@@ -262,6 +262,7 @@ class OfferTaker(Strategy):
     """
 
     Params = OfferTakerParams
+    interface_version = 2
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
         if not isinstance(params, OfferTakerParams):

@@ -9,6 +9,12 @@ moved by more than ``refresh_tolerance_bps``, so the venue is not spammed with
 replacements that change nothing. Optional timers requote and replace aged orders,
 a moving band and a minimum spread bound the prices, hanging orders keep the unfilled
 side of a pair working, and the reference can be another market's book.
+
+Read top to bottom: parameters, market resolution, the timers, pricing
+(``wanted_quotes``: the quotes wanted now, computed in floats and handed to
+``market.bid``/``market.ask`` as integer ticks and lots), then the events. What only
+makes it fast (remembering quotes, skipping updates that cannot change them) lives in
+``_pmm_cache.py`` and changes no decision.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import quoteforge
 from quoteforge.book import BookState
 from quoteforge.model import Fill, Quote, Side
 from quoteforge.registry import Register
-from quoteforge.strategy import Market, Quotes, Strategy, StrategyParams
+from quoteforge.strategies._pmm_cache import QuoteCache
+from quoteforge.strategy import Market, Quotes, Speed, Strategy, StrategyParams
 
 __all__ = ["PureMarketMaking", "PureMarketMakingParams"]
 
@@ -202,15 +209,16 @@ class PureMarketMaking(Strategy):
 
     Params = PureMarketMakingParams
     params: PureMarketMakingParams
-    book_levels = 1  # quotes from the mid or microprice: only the best levels matter
+    interface_version = 2
 
     @property
-    def reads_best_sizes(self) -> bool:
+    def speed(self) -> Speed:
         """Quotes from the mid depend on the best prices only. The microprice reads
         the sizes; the band's EWMA and the expiry of hanging orders move on every call,
         so with those every change of the best levels is seen."""
         p = self.params
-        return p.reference == "microprice" or p.price_band_bps is not None or p.hanging_orders
+        sizes = p.reference == "microprice" or p.price_band_bps is not None or p.hanging_orders
+        return Speed(on_book="best_levels" if sizes else "best_prices")
 
     def __init__(self, ctx: quoteforge.StrategyContext, params: PureMarketMakingParams) -> None:
         super().__init__(ctx, params)
@@ -221,20 +229,7 @@ class PureMarketMaking(Strategy):
         self._hangs: dict[str, dict[tuple[Side, int], _Hang]] = {}
         self._cash: dict[str, float] = {}
         self._ewma: dict[str, tuple[float, float]] = {}
-        # market key -> (params, reference, inventory ratio, the quotes they gave)
-        self._memo: dict[str, tuple[PureMarketMakingParams, float, float, tuple[Quote, ...]]] = {}
-        # The memo entry the last wanted_quotes result came from (None: not memoised),
-        # and per market the (working quotes, memo entry) last found within tolerance.
-        self._source: tuple[Any, ...] | None = None
-        self._kept: dict[str, tuple[list[Quote], tuple[Any, ...]]] = {}
-        # Per market, for the working quotes last recorded by a book refresh: (those
-        # quotes, params, inventory ratio, centre, slack). While the ratio is the same and
-        # the centre is within ``slack`` of that one, every wanted price is provably
-        # within refresh_tolerance_bps of the working one (see ``_anchor``), so a refresh
-        # can keep the quotes without pricing them again.
-        self._anchors: dict[str, tuple[list[Quote], Any, float, float, float]] = {}
-        # (centre, ratio, shortcut allowed) of the last wanted_quotes call.
-        self._basis: tuple[float, float, bool] = (0.0, 0.0, False)
+        self._cache = QuoteCache()  # speed only: see _pmm_cache.py
         self._timer: Any = None
         self._reference_key, self._quoted = self._resolve_markets(params)
 
@@ -379,7 +374,7 @@ class PureMarketMaking(Strategy):
             price = self.reference_price(market)
         if not price:
             return p.inventory_target
-        base = p.base_balance + market.position
+        base = p.base_balance + market.instrument.lots_to_float(market.position_lots)
         value = base * price + p.quote_balance + self._cash.get(market.key, 0.0)
         return pct * value / price - p.base_balance
 
@@ -394,7 +389,8 @@ class PureMarketMaking(Strategy):
             if p.inventory_target_base_pct is None
             else self.target_position(market, price)
         )
-        ratio = (market.position - target) / limit
+        position = market.instrument.lots_to_float(market.position_lots)  # base units
+        ratio = (position - target) / limit
         return -1.0 if ratio < -1.0 else 1.0 if ratio > 1.0 else ratio
 
     def reference_price(self, market: Market) -> float | None:
@@ -456,18 +452,16 @@ class PureMarketMaking(Strategy):
         )
         hangs = self._expire_hangs(market.key, self.ctx.now())
         ratio = self.inventory_ratio(market, ref)
-        # Without a band or hanging orders the quotes depend on the reference price and
-        # the inventory ratio only: the same two give the same quotes as last time.
-        memo_ok = p.price_band_bps is None and not hangs
-        self._source = None
+        # Both sides quote around the reference shifted against the inventory.
         center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)
-        # Without limits that cut quotes by price, the quotes move with the centre only.
-        self._basis = (center, ratio, memo_ok and bid_top is None and ask_bottom is None)
-        if memo_ok:
-            memo = self._memo.get(market.key)
-            if memo is not None and memo[0] is p and memo[1] == ref and memo[2] == ratio:
-                self._source = memo
-                return list(memo[3])
+        # Without a band or hanging orders the quotes depend on the reference price and
+        # the inventory ratio only (memoised); without price limits as well, on the
+        # centre only (anchored).
+        memo_ok = p.price_band_bps is None and not hangs
+        cache = self._cache
+        cache.begin(center, ratio, memo_ok and bid_top is None and ask_bottom is None)
+        if memo_ok and (known := cache.recall(market.key, p, ref, ratio)) is not None:
+            return known
         quotes: list[Quote] = []
         for level in range(p.levels):
             distance = (p.spread_bps + level * p.level_spacing_bps) / 1e4
@@ -481,19 +475,21 @@ class PureMarketMaking(Strategy):
             if hang is not None:
                 quotes.append(hang.quote)
             elif ratio < 1 and (bid_top is None or bid_price <= bid_top):
-                bid = market.bid(bid_price, bid_size, level, p.post_only)
+                # Passive rounding onto the grids: bids down, sizes down to order steps.
+                ticks = market.ticks(bid_price, Side.BUY)
+                bid = market.bid(ticks, market.lots(bid_size), level, p.post_only)
                 if bid is not None:
                     quotes.append(bid)
             hang = hangs.get((Side.SELL, level))
             if hang is not None:
                 quotes.append(hang.quote)
             elif ratio > -1 and (ask_bottom is None or ask_price >= ask_bottom):
-                ask = market.ask(ask_price, ask_size, level, p.post_only)
+                ticks = market.ticks(ask_price, Side.SELL)
+                ask = market.ask(ticks, market.lots(ask_size), level, p.post_only)
                 if ask is not None:
                     quotes.append(ask)
         if memo_ok:
-            memo = self._memo[market.key] = (p, ref, ratio, tuple(quotes))
-            self._source = memo
+            cache.remember(market.key, p, ref, ratio, quotes)
         return quotes
 
     # -- events -------------------------------------------------------------------------
@@ -513,70 +509,26 @@ class PureMarketMaking(Strategy):
         return self._refresh(market)
 
     def _refresh(self, market: Market) -> list[Quote] | None:
+        """The quotes to send after a book change, or None to keep the working ones."""
         key = market.key
         last = self._last.get(key)
-        anchor = self._anchors.get(key)
-        if anchor is not None and anchor[0] is last and anchor[1] is self.params:
-            ref = self.reference_price(market)
-            if ref is not None:
-                ratio = self.inventory_ratio(market, ref)
-                if ratio == anchor[2]:
-                    center = ref * (1 - ratio * self.params.inventory_skew_bps / 1e4)
-                    if abs(center - anchor[3]) < anchor[4]:
-                        return None  # provably within tolerance: keep the quotes
+        cache = self._cache
+        p = self.params
+        if last is not None and (ref := self.reference_price(market)) is not None:
+            ratio = self.inventory_ratio(market, ref)
+            center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)  # as in wanted_quotes
+            if cache.holds(key, last, p, ratio, center):
+                return None  # provably within tolerance: keep the quotes
         quotes = self.wanted_quotes(market)
-        source = self._source
         if last is not None:
-            kept = self._kept.get(key)
-            if source is not None and kept is not None and kept[0] is last and kept[1] is source:
-                return None  # the very quotes already found within tolerance of these
+            if cache.already_kept(key, last):
+                return None
             if self._within_tolerance(market, last, quotes):
-                if source is not None:
-                    self._kept[key] = (last, source)
+                cache.keep(key, last)
                 return None
         self._record(key, quotes, self.ctx.now())
-        self._anchor(market, quotes)
+        cache.set_anchor(market, quotes, self.params)
         return quotes
-
-    def _anchor(self, market: Market, quotes: list[Quote]) -> None:
-        """Work out how far the centre may move before some wanted price could leave
-        refresh_tolerance_bps of ``quotes`` (just priced from ``self._basis``).
-
-        A quote at distance d prices at floor or ceil(centre * (1 -/+ d) / tick); a
-        centre move of D changes it by at most ceil(D * (1 + d) / tick) ticks. With K
-        the largest tick move every quote tolerates (one tick kept back for float
-        rounding), |D| < K * tick / (1 + d_max) keeps each within tolerance. The same
-        inventory ratio gives the same sizes and sides; quotes near the venue's minimum
-        notional or the price grid's ends, and a missing slot, disable the shortcut.
-        """
-        key = market.key
-        self._anchors.pop(key, None)
-        center, ratio, allowed = self._basis
-        p = self.params
-        slots = p.levels * ((ratio < 1) + (ratio > -1))
-        if not allowed or not quotes or len(quotes) != slots:
-            return
-        inst = market.instrument
-        tick = float(inst.tick_size)
-        lot = float(inst.lot_size)
-        min_notional = float(inst.min_notional)
-        top = inst.max_price_ticks
-        tolerance = p.refresh_tolerance_bps / 1e4
-        room = math.inf
-        for q in quotes:
-            a = q.price_ticks
-            k = math.ceil(tolerance * a * (1 - 1e-9)) - 2  # strictly inside, one tick spare
-            if min_notional:
-                k = min(k, math.floor(a - min_notional / (q.qty_lots * lot * tick)) - 2)
-            k = min(k, a - 2)
-            if top is not None:
-                k = min(k, top - a - 1)
-            room = min(room, k)
-        if room < 1:
-            return
-        widest = (p.spread_bps + (p.levels - 1) * p.level_spacing_bps) / 1e4
-        slack = room * tick / (1 + widest) * (1 - 1e-9)
-        self._anchors[key] = (quotes, p, ratio, center, slack)
 
     def on_fill(self, market: Market, fill: Fill, **kwargs: Any) -> None:
         if self.params.inventory_target_base_pct is not None:
@@ -587,11 +539,10 @@ class PureMarketMaking(Strategy):
         self._last.pop(market.key, None)
 
     def _track_cash(self, market: Market, fill: Fill) -> None:
-        inst = market.instrument
-        price = float(fill.price_ticks * inst.tick_size)
-        qty = float(fill.qty_lots * inst.lot_size)
+        price = float(market.price(fill.price_ticks))
+        qty = float(market.qty(fill.qty_lots))
         cash = self._cash.get(market.key, 0.0) - int(fill.side) * price * qty
-        if fill.fee_asset == inst.quote:
+        if fill.fee_asset == market.instrument.quote:
             cash -= float(fill.fee)
         self._cash[market.key] = cash
 

@@ -268,6 +268,7 @@ class VolatilityGuarded(Strategy):
     unwind the position; publishes the denylist on ``state/denylist``."""
 
     Params = VolatilityGuardedParams
+    interface_version = 2
 
     def __init__(
         self,

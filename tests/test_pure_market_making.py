@@ -19,7 +19,7 @@ from quoteforge.manifest import load_manifest
 from quoteforge.model import Fill, Instrument, Liquidity, OrderStatus, Side
 from quoteforge.registry import PluginRegistry
 from quoteforge.strategies.pure_market_making import PureMarketMaking, PureMarketMakingParams
-from quoteforge.strategy import Market, StrategyContext
+from quoteforge.strategy import Market, Speed, StrategyContext
 
 INST = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
 
@@ -445,18 +445,18 @@ def test_without_max_order_age_the_same_orders_keep_resting(
 
 
 def test_only_the_best_prices_matter_when_quoting_from_the_mid() -> None:
-    assert make()[0].reads_best_sizes is False
-    assert make(reference="microprice")[0].reads_best_sizes is True
-    assert make(price_band_bps=10)[0].reads_best_sizes is True
-    assert make(hanging_orders=True)[0].reads_best_sizes is True
+    assert make()[0].speed == Speed(on_book="best_prices")
+    assert make(reference="microprice")[0].speed == Speed(on_book="best_levels")
+    assert make(price_band_bps=10)[0].speed == Speed(on_book="best_levels")
+    assert make(hanging_orders=True)[0].speed == Speed(on_book="best_levels")
 
 
 class _PmmSeeingSizes(PureMarketMaking):
     """The same strategy, called on every change of the best levels' sizes too."""
 
     @property
-    def reads_best_sizes(self) -> bool:
-        return True
+    def speed(self) -> Speed:
+        return Speed(on_book="best_levels")
 
 
 class _SizesPlugin:

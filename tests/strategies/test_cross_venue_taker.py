@@ -244,4 +244,4 @@ def test_example_manifest_takes_and_stays_hedged(
     # Every trade bought on one market and sold on the other: net flat, legs bounded.
     assert abs(strategy.net_position()) < Decimal("0.05")
     for market in strategy.legs.values():
-        assert abs(market.position) <= 0.5 + 1e-9
+        assert abs(market.qty(market.position_lots)) <= Decimal("0.5")

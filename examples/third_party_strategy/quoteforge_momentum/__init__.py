@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 import quoteforge
-from quoteforge import Market, Strategy, StrategyParams
+from quoteforge import Market, Side, Strategy, StrategyParams
 
 
 class MomentumParams(StrategyParams):
@@ -32,6 +32,7 @@ class MomentumQuoter(Strategy):
 
     Params = MomentumParams
     params: MomentumParams
+    interface_version = 2  # ticks and lots at the surface; refused by another major version
 
     def __init__(self, ctx: quoteforge.StrategyContext, params: MomentumParams) -> None:
         super().__init__(ctx, params)
@@ -62,9 +63,11 @@ class MomentumQuoter(Strategy):
         fast, slow = averages
         fair = fast + self.params.lean * (fast - slow)
         half = fair * self.params.half_spread_bps / 1e4
+        # Prices onto the tick grid, passively (bids down, asks up); size in lots.
+        lots = market.lots(self.params.order_size)
         quotes = [
-            market.bid(fair - half, self.params.order_size),
-            market.ask(fair + half, self.params.order_size),
+            market.bid(market.ticks(fair - half, Side.BUY), lots),
+            market.ask(market.ticks(fair + half, Side.SELL), lots),
         ]
         return [q for q in quotes if q is not None]
 
