@@ -8,11 +8,12 @@ order actions through ``submit``, which never blocks: results come back as
 
 from __future__ import annotations
 
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from quoteforge.model import Fill, Instrument, Offer, Order, OrderUpdate, Side
 
@@ -29,6 +30,7 @@ __all__ = [
     "ReplaceOrder",
     "VenueContext",
     "VenueSink",
+    "makes_simulated_venue",
 ]
 
 
@@ -103,6 +105,11 @@ class ExchangeAdapter(ABC):
     """One venue. Subclasses: ``quoteforge.exchanges.sim.SimExchange`` and the live
     adapters. Required methods are abstract; the rest have working defaults."""
 
+    #: True when the venue's matching engine runs inside the adapter (a simulation):
+    #: its orders must reach the process that makes its market data, so a split run
+    #: hosts it whole on the execution node, and can run it in virtual time.
+    simulated: ClassVar[bool] = False
+
     name: str
     instruments: dict[str, Instrument]
     books: dict[str, L2Book]
@@ -140,3 +147,18 @@ class ExchangeAdapter(ABC):
         """Our fills at or after ``since_ns`` as the venue reports them, or None when
         the adapter cannot ask (the default)."""
         return None
+
+
+def makes_simulated_venue(factory: Any) -> bool:
+    """Whether a registered exchange factory makes a simulated venue (see
+    ``ExchangeAdapter.simulated``) without building one: the factory is the adapter
+    class, or carries a ``simulated`` attribute, or is a function annotated to return
+    the adapter class."""
+    flag = getattr(factory, "simulated", None)
+    if isinstance(flag, bool):
+        return flag
+    try:
+        made = typing.get_type_hints(factory).get("return")
+    except Exception:  # annotations that do not resolve: nothing to go by
+        return False
+    return isinstance(made, type) and bool(getattr(made, "simulated", False))

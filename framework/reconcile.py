@@ -1,0 +1,190 @@
+"""Reconciliation: a run's orders, fills and balances checked against the venues.
+
+The venues (their REST answers) are the truth. The engine reconciles when it resumes, at
+a fresh live start, periodically while trading live and once more before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from quoteforge.assembly import MarketRuntime
+from quoteforge.clock import NS, Clock
+from quoteforge.exchange import CancelOrder, ExchangeAdapter
+from quoteforge.journal import Journal, JournalRecord
+from quoteforge.model import OrderStatus, OrderUpdate
+from quoteforge.orders import OrderManager
+from quoteforge.portfolio import Portfolio
+
+RECONCILE_GRACE_NS = 5 * NS  # younger orders may not show in a venue snapshot yet
+
+
+class Reconciler:
+    """Compares one run's state with its venues; keeps what it learnt across checks
+    (the balances the run started from, what a venue cannot report)."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        mode: str,
+        venues: dict[str, ExchangeAdapter],
+        orders: OrderManager,
+        portfolio: Portfolio,
+        markets: dict[str, MarketRuntime],
+        journal: Journal,
+        clock: Clock,
+        log: Any,
+        trace_event: Callable[[str | None, str, str], None],
+    ) -> None:
+        self.run_id = run_id
+        self.mode = mode
+        self.venues = venues
+        self.orders = orders
+        self.portfolio = portfolio
+        self.markets = markets
+        self.journal = journal
+        self.clock = clock
+        self.log = log
+        self.trace_event = trace_event
+        # (venue, asset) -> balance the run started from, net of the position then held
+        self._balance_start: dict[tuple[str, str], Decimal] = {}
+        # (venue, what) a venue cannot report, already logged once
+        self._unreconcilable: set[tuple[str, str]] = set()
+
+    async def reconcile(self, since_ns: int = 0, *, periodic: bool = False) -> dict[str, int]:
+        """See ``quoteforge.engine.Run.reconcile``."""
+        counts = {"missed_fills": 0, "closed": 0, "orphans_cancelled": 0, "adopted": 0}
+        om = self.orders
+        ours = f"{om.id_prefix}-"
+        now = self.clock.now_ns()
+        young = now - RECONCILE_GRACE_NS
+        for name, venue in self.venues.items():
+            fills = await venue.fetch_fills(max(0, since_ns - 60 * NS))
+            if fills is None:
+                self._cannot(name, "fills", "missed fills are not looked for")
+            for fill in fills or ():
+                orphans = len(om.orphan_fills)
+                order = om.apply_fill(fill)
+                if order is not None or len(om.orphan_fills) > orphans:
+                    self.portfolio.apply_fill(fill)
+                    counts["missed_fills"] += 1
+            reported = await venue.fetch_open_orders()
+            if reported is None:
+                self._cannot(
+                    name, "open orders", "its working orders are not compared (left alone)"
+                )
+                continue
+            open_now = {u.client_id: u for u in reported}
+            for order in [o for o in om.all_working() if o.venue == name]:
+                update = open_now.pop(order.client_id, None)
+                if update is not None:
+                    om.apply_update(update)
+                    counts["adopted"] += 1
+                    continue
+                if order.created_ns >= now:
+                    continue  # made while the venues were being asked (quoting goes on)
+                if periodic and (
+                    order.status is OrderStatus.PENDING_NEW or order.created_ns > young
+                ):
+                    continue
+                status = OrderStatus.FILLED if order.remaining_lots <= 0 else OrderStatus.CANCELLED
+                om.apply_update(
+                    OrderUpdate(
+                        name,
+                        order.client_id,
+                        status,
+                        self.clock.now_ns(),
+                        reason="not open at the venue on reconciliation",
+                    )
+                )
+                counts["closed"] += 1
+            for client_id, update in open_now.items():
+                if not client_id.startswith(ours):
+                    self.log.info("{}: order {} is not ours: left alone", name, client_id)
+                    continue
+                self.log.warning(
+                    "{}: order {} is open at the venue but unknown here: cancelling it",
+                    name,
+                    client_id,
+                )
+                venue.submit([CancelOrder(client_id, name, update.symbol)])
+                counts["orphans_cancelled"] += 1
+        if self.mode == "live":
+            await self._check_balances()
+        self.journal.append(
+            JournalRecord(
+                f"reconcile-{self.run_id}-{self.clock.now_ns()}",
+                "reconcile",
+                self.clock.now_ns(),
+                "",
+                dict(counts),
+            )
+        )
+        if not periodic:
+            self.log.info("reconciled with the venues: {}", counts)
+        return counts
+
+    def _cannot(self, venue: str, what: str, consequence: str) -> None:
+        if (venue, what) not in self._unreconcilable:
+            self._unreconcilable.add((venue, what))
+            self.log.warning(
+                "{}: the venue adapter cannot report its {}: {}", venue, what, consequence
+            )
+
+    async def _check_balances(self) -> None:
+        """Compare each venue's base-asset balances with what our fills explain: the
+        balance change since the first check should equal our position change. A drift
+        (fills we never saw, transfers, another bot on the account) is logged; the venue
+        stays the truth."""
+        for name, venue in self.venues.items():
+            try:
+                balances = await venue.fetch_balances()
+            except Exception as exc:
+                self.log.warning("{}: balances unavailable: {}", name, exc)
+                continue
+            if balances is None:
+                self._cannot(name, "balances", "balance drift is not checked")
+                continue
+            if not balances:
+                continue
+            by_base: dict[str, list[str]] = {}
+            for key, mr in self.markets.items():
+                if mr.instrument.venue == name:
+                    by_base.setdefault(mr.instrument.base, []).append(key)
+            for asset, keys in by_base.items():
+                held = balances.get(asset)
+                if held is None or len(keys) != 1:
+                    continue  # an asset traded on several markets cannot be attributed
+                position = self.portfolio.position(keys[0])
+                start = self._balance_start.setdefault((name, asset), held - position)
+                drift = held - position - start
+                lot = self.markets[keys[0]].instrument.lot_size
+                if abs(drift) >= lot:
+                    self.log.warning(
+                        "{}: {} balance {} differs from start {} + our position {} by {}",
+                        name,
+                        asset,
+                        held,
+                        start,
+                        position,
+                        drift,
+                    )
+                    self.trace_event(keys[0], "balance_drift", f"{asset} {drift}")
+
+    async def every(self, interval_s: float) -> None:
+        """Live runs check their copy against the venues' REST truth periodically."""
+        while True:
+            await asyncio.sleep(interval_s)
+            since = self.clock.now_ns() - int(2 * interval_s * NS)
+            try:
+                counts = await self.reconcile(since_ns=since, periodic=True)
+            except Exception as exc:
+                self.log.warning("periodic reconciliation failed: {}; retrying later", exc)
+                continue
+            repaired = {k: v for k, v in counts.items() if k != "adopted" and v}
+            if repaired:
+                self.log.warning("periodic reconciliation repaired: {}", repaired)

@@ -1,0 +1,120 @@
+"""The market-data node of a split run: hosts the market-data side of every live venue
+and publishes its books and trades on the bus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from quoteforge.assembly import (
+    build_venue,
+    symbols_by_venue,
+    venue_context,
+)
+from quoteforge.book import L2Book
+from quoteforge.exchange import (
+    ExchangeAdapter,
+)
+from quoteforge.model import (
+    Fill,
+    Offer,
+    OrderUpdate,
+    Side,
+)
+from quoteforge.plugins.distributed.node_base import Node, is_simulated
+from quoteforge.plugins.distributed.remote import (
+    MarketDataPublisher,
+)
+
+
+class PublishingSink:
+    """The sink of a venue hosted by the market-data node: market data goes on the bus;
+    an adapter in the market-data role has no orders, so order events are ignored."""
+
+    def __init__(self, publisher: MarketDataPublisher) -> None:
+        self.publisher = publisher
+
+    def on_book(self, book: L2Book) -> None:
+        self.publisher.on_book(book)
+
+    def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
+        self.publisher.on_book_state(book, old, new, reason)
+
+    def on_trade(
+        self, venue: str, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side, ts_ns: int
+    ) -> None:
+        self.publisher.on_trade(venue, symbol, price_ticks, qty_lots, aggressor, ts_ns)
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        return None
+
+    def on_fill(self, fill: Fill) -> None:
+        return None
+
+    def on_offer(self, offer: Offer) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Market-data node
+# ---------------------------------------------------------------------------------------
+
+
+class MarketDataNode(Node):
+    """Hosts the market-data side of every live venue and publishes its books and trades.
+
+    Simulated venues are market data and matching engine at once: the execution node
+    hosts and publishes them.
+    """
+
+    role = "marketdata"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.publisher = MarketDataPublisher(
+            self.bus,
+            self.scheme,
+            depth=self.settings.book_depth,
+            snapshot_interval_s=float(self.settings.snapshot_interval),
+        )
+        self.venues: dict[str, ExchangeAdapter] = {}
+
+    async def start(self) -> None:
+        m = self.manifest
+        sink = PublishingSink(self.publisher)
+        symbols = symbols_by_venue(m)
+        for name, spec in m.exchanges.items():
+            if is_simulated(self.registry, spec):
+                continue
+            # This node never trades: no keys, and a paper run's wrapper is not needed.
+            ctx = venue_context(
+                self.loaded,
+                name,
+                clock=self.clock,
+                run_dir=self.run_dir,
+                symbols=symbols[name],
+                manifest_path=self.manifest_path,
+                role="marketdata",
+                secrets=False,
+            )
+            adapter = build_venue(self.loaded, self.registry, name, ctx, trades=False)
+            await adapter.connect(sink)
+            self.venues[name] = adapter
+            self.publisher.publish_instruments(name, adapter.instruments)
+            for book in adapter.books.values():
+                self.publisher.on_book_state(book, book.state.value, book.state.value, "start")
+        self.publisher.start()
+        if not self.venues:
+            self.log.info(
+                "every venue of this manifest is simulated: the execution node hosts and "
+                "publishes them; this node only keeps its heartbeat"
+            )
+        self.info["venues"] = sorted(self.venues)
+
+    async def stop(self) -> None:
+        await self.publisher.stop()
+        for venue in self.venues.values():
+            with contextlib.suppress(Exception):
+                await venue.close()
+        self.info["books_published"] = self.publisher.books_published

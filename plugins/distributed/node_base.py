@@ -1,0 +1,317 @@
+"""What every node of a split run shares: roles, the node bus, peer sessions and the
+lifecycle of a node (run.json, the kill switch, stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from loguru import logger
+
+from quoteforge.assembly import (
+    build_bus,
+)
+from quoteforge.bus import Bus
+from quoteforge.clock import LiveClock, SimClock
+from quoteforge.exchange import (
+    makes_simulated_venue,
+)
+from quoteforge.manifest import (
+    LoadedManifest,
+    NodeSettings,
+    PluginSpec,
+)
+from quoteforge.plugins.distributed.topics import (
+    TopicScheme,
+)
+from quoteforge.registry import PluginRegistry
+from quoteforge.runfiles import (
+    finish_run_info,
+    freeze_startup_objects,
+    watch_run_files,
+    write_run_info,
+)
+
+ROLES = ("marketdata", "strategy", "execution", "monitor", "all")
+SPLIT_ROLES = ("marketdata", "strategy", "execution", "monitor")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class NodeError(RuntimeError):
+    """A split run that cannot start as configured."""
+
+
+def is_simulated(registry: PluginRegistry, spec: PluginSpec) -> bool:
+    """Whether a venue's matching engine runs inside its adapter (the adapter contract's
+    ``simulated``): its orders must reach the process that also makes its market data,
+    so the execution node hosts it whole."""
+    return makes_simulated_venue(registry.get("exchange", spec.type).factory)
+
+
+def is_lockstep(loaded: LoadedManifest, registry: PluginRegistry) -> bool:
+    """Whether a split run runs in virtual time, in lock step: a ``sim`` run whose
+    venues are all simulated (hosted whole by the execution node, on its SimClock),
+    unless ``nodes.clock`` is ``wall``."""
+    m = loaded.manifest
+    return (
+        m.nodes.clock == "auto"
+        and m.run.mode == "sim"
+        and all(is_simulated(registry, s) for s in m.exchanges.values())
+    )
+
+
+def market_data_host(registry: PluginRegistry, spec: PluginSpec) -> str:
+    return "execution" if is_simulated(registry, spec) else "marketdata"
+
+
+def node_bus(
+    loaded: LoadedManifest,
+    registry: PluginRegistry,
+    role: str,
+    settings: NodeSettings,
+    *,
+    heartbeats: bool = True,
+    user: str | None = None,
+) -> Bus:
+    """The bus of one node: heartbeats on ``heartbeat/<role>`` at the node interval, and
+    a client id of its own (a manifest's fixed ``client_id`` gets ``-<role>`` appended).
+    ``heartbeats=False`` for a node's second connection (``<role>`` names it then, and
+    ``user`` is the node's role, whose broker user it logs in as)."""
+    params = loaded.params_of("bus")
+    fields = type(params).model_fields
+    updates: dict[str, Any] = {}
+    if "node" in fields:
+        updates["node"] = role
+    if "heartbeat_interval_s" in fields:
+        updates["heartbeat_interval_s"] = float(settings.heartbeat) if heartbeats else 0.0
+    if "client_id" in fields and getattr(params, "client_id", None):
+        updates["client_id"] = f"{getattr(params, 'client_id', '')}-{role}"
+    # One manifest for every node, one broker user per role (the ACL's): "{role}" in the
+    # user name is this node's role.
+    username = getattr(params, "username", None)
+    if isinstance(username, str) and "{role}" in username:
+        updates["username"] = username.replace("{role}", user or role)
+    return build_bus(loaded, registry, params.model_copy(update=updates))
+
+
+# ---------------------------------------------------------------------------------------
+# Peer sessions: notice reconnects so QoS 1 streams can be replayed
+# ---------------------------------------------------------------------------------------
+
+
+class Sessions:
+    """Announces this node's connection count (retained ``state/node-<role>``) and calls
+    ``on_peer_reconnect(role)`` when a peer that was connected before connects again."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        scheme: TopicScheme,
+        role: str,
+        on_peer_reconnect: Callable[[str], None],
+    ) -> None:
+        self.bus = bus
+        self.scheme = scheme
+        self.role = role
+        self.instance = secrets.token_hex(6)
+        self._on_peer_reconnect = on_peer_reconnect
+        self._peers: dict[str, tuple[str, int]] = {}
+        self._announced = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        for peer in SPLIT_ROLES:
+            if peer != self.role:
+                self.bus.subscribe(self.scheme.node_session(peer), self._on_peer)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _connects(self) -> int:
+        stats = getattr(self.bus, "stats", None)
+        return int(getattr(stats, "connects", 1))
+
+    async def _watch(self) -> None:
+        while True:
+            connects = self._connects()
+            if connects != self._announced and getattr(self.bus, "connected", True):
+                self._announced = connects
+                try:
+                    self.bus.publish(
+                        self.scheme.node_session(self.role),
+                        {"role": self.role, "instance": self.instance, "connects": connects},
+                        qos=1,
+                        retain=True,
+                    )
+                except RuntimeError:
+                    return  # the bus closed under us: the node is stopping
+            await asyncio.sleep(0.05)
+
+    def _on_peer(self, topic: str, payload: dict[str, Any]) -> None:
+        role = str(payload.get("role", ""))
+        instance = str(payload.get("instance", ""))
+        connects = int(payload.get("connects", 0))
+        known = self._peers.get(role)
+        self._peers[role] = (instance, connects)
+        # A new instance is a new process: replaying to it would resend stale intents.
+        if known is not None and known[0] == instance and connects > known[1]:
+            self._on_peer_reconnect(role)
+
+
+# ---------------------------------------------------------------------------------------
+# Common node machinery
+# ---------------------------------------------------------------------------------------
+
+
+class Node:
+    """Lifecycle shared by the nodes that do not run the strategy engine."""
+
+    role: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        loaded: LoadedManifest,
+        registry: PluginRegistry,
+        run_dir: Path,
+        settings: NodeSettings,
+        manifest_path: Path | None,
+    ) -> None:
+        self.loaded = loaded
+        self.manifest = loaded.manifest
+        self.registry = registry
+        self.run_dir = run_dir
+        self.settings = settings
+        self.manifest_path = manifest_path
+        self.scheme = TopicScheme(self.manifest.run.name)
+        self.clock: LiveClock | SimClock = LiveClock()
+        self.bus = node_bus(loaded, registry, self.role, settings)
+        self.sessions = Sessions(self.bus, self.scheme, self.role, self.on_peer_reconnect)
+        self.log = logger.bind(component=f"node:{self.role}", run=self.manifest.run.name)
+        self.stop_reason = ""
+        self.killed = False
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        #: What the node adds to its run.json when it stops.
+        self.info: dict[str, Any] = {}
+        self._execution_seen = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> str:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_info(
+            self.run_dir,
+            {
+                "run_id": self.run_dir.name,
+                "name": self.manifest.run.name,
+                "role": self.role,
+                "mode": self.manifest.run.mode,
+                "seed": self.manifest.run.seed,
+                "manifest": str(self.manifest_path) if self.manifest_path else None,
+            },
+            resume=False,
+            manifest_text=self.loaded.text,
+        )
+        await self.bus.start()
+        self.bus.subscribe(self.scheme.kill(), self._on_kill_message)
+        self.bus.subscribe(self.scheme.breaker(), self._on_breaker_message)
+        try:
+            await self.start()
+            freeze_startup_objects()
+            self.sessions.start()
+            loop = asyncio.get_running_loop()
+            self._tasks.append(loop.create_task(watch_run_files(self.run_dir, self.kill)))
+            await self.wait()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.sessions.stop()
+            try:
+                await self.stop()
+            finally:
+                await self.bus.close()
+                finish_run_info(self.run_dir, **self.info, stop_reason=self.stop_reason)
+        return self.stop_reason
+
+    async def start(self) -> None:
+        """Connect what the node hosts and subscribe what it needs."""
+
+    async def stop(self) -> None:
+        """Release what the node hosts; the bus is still open."""
+
+    async def wait(self) -> None:
+        if self.role != "execution" and is_lockstep(self.loaded, self.registry):
+            # run.duration is virtual time, which the execution node keeps: this node
+            # lasts until the execution node has finished the run (or a stop).
+            self.bus.subscribe(self.scheme.heartbeat("execution"), self._on_execution_heartbeat)
+            await self._stop.wait()
+            return
+        duration = self.manifest.run.duration
+        try:
+            await asyncio.wait_for(self._stop.wait(), None if duration is None else float(duration))
+        except TimeoutError:
+            self.stop_reason = self.stop_reason or "duration reached"
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    async def wait_stopped(self) -> None:
+        """Return once a stop is requested (a signal, the kill switch, the duration...)."""
+        await self._stop.wait()
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self.log.info("stopping: {}", reason)
+            self._stop.set()
+
+    def kill(self, source: str) -> None:
+        """The kill switch, pulled here: tell every node, then act on it locally."""
+        if not self.killed:
+            self.bus.publish(self.scheme.kill(), {"reason": source, "node": self.role}, qos=1)
+        self.on_kill(source)
+
+    def on_kill(self, source: str) -> None:
+        if self.killed:
+            return
+        self.killed = True
+        self.log.warning("kill switch ({}): stopping", source)
+        self.request_stop(f"kill switch: {source}")
+
+    def on_breaker(self, payload: dict[str, Any]) -> None:
+        if payload.get("node") == self.role:
+            return
+        self.log.warning(
+            "breaker from {} node: {} [{}]",
+            payload.get("node", "?"),
+            payload.get("message", ""),
+            payload.get("kind", "breaker"),
+        )
+
+    def on_peer_reconnect(self, role: str) -> None:
+        """A peer reconnected; nodes with QoS 1 streams replay them here."""
+
+    def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
+        status = payload.get("status")
+        if status == "online":
+            self._execution_seen = True
+        elif self._execution_seen and payload.get("reason") == "closed":
+            self.request_stop("the execution node finished the lock-step run")
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _on_kill_message(self, topic: str, payload: dict[str, Any]) -> None:
+        self.on_kill(f"bus: {payload.get('reason', 'kill')} (from {payload.get('node', '?')})")
+
+    def _on_breaker_message(self, topic: str, payload: dict[str, Any]) -> None:
+        self.on_breaker(payload)

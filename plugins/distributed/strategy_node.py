@@ -1,0 +1,205 @@
+"""The strategy node of a split run: the engine (``quoteforge.engine.Run``) with remote
+venues, composed through its extension points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from pydantic import BaseModel
+
+from quoteforge.assembly import (
+    sim_epoch_ns,
+)
+from quoteforge.clock import LiveClock
+from quoteforge.engine import Run
+from quoteforge.exchange import (
+    ExchangeAdapter,
+    VenueContext,
+)
+from quoteforge.manifest import (
+    LoadedManifest,
+    NodeSettings,
+    PluginSpec,
+)
+from quoteforge.plugins.distributed.node_base import (
+    Sessions,
+    is_lockstep,
+    market_data_host,
+    node_bus,
+)
+from quoteforge.plugins.distributed.remote import (
+    LockstepClock,
+    LockstepFollower,
+    RemoteVenue,
+    ReplayBuffer,
+)
+from quoteforge.plugins.distributed.topics import (
+    TopicScheme,
+)
+from quoteforge.registry import PluginRegistry
+
+
+class LockstepRunDriver:
+    """Ends and winds down the strategy node's engine in lock step (a ``RunDriver``):
+    the execution node's clock decides when the run ends, and it runs the venues until
+    the engine's cancels are settled."""
+
+    def __init__(self, follower: LockstepFollower) -> None:
+        self.follower = follower
+
+    async def drive(self, run: Run) -> None:
+        follower = self.follower
+        stopped = asyncio.ensure_future(run.wait_stopped())
+        ended = asyncio.ensure_future(follower.ended.wait())
+        try:
+            await asyncio.wait({stopped, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not follower.ended.is_set():
+                # Stopped here (signal, kill switch): the run ends at the driver's time.
+                follower.request_end(run.stop_reason)
+                await ended
+        finally:
+            stopped.cancel()
+            ended.cancel()
+        run.stop_reason = run.stop_reason or follower.end_reason
+
+    async def cancel_everything(self, run: Run) -> None:
+        # As in one process: pull every quote now; the driver runs the venues until no
+        # order is working (or the cancel timeout passed) and says when it is done.
+        run.pull_quotes()
+        self.follower.answer_end()
+        await self.follower.done.wait()
+        left = run.orders.all_working()
+        if left:
+            run.log.warning(
+                "{} orders still unconfirmed after cancel: {}",
+                len(left),
+                ", ".join(o.client_id for o in left[:10]),
+            )
+
+
+class StrategyNode:
+    """Runs the manifest's strategies (the normal engine, ``Run``) with venues reached
+    over the bus, this node's bus, and a kill switch that is pulled for every node."""
+
+    role = "strategy"
+
+    def __init__(
+        self,
+        loaded: LoadedManifest,
+        registry: PluginRegistry,
+        run_dir: Path,
+        settings: NodeSettings,
+        manifest_path: Path | None,
+    ) -> None:
+        m = loaded.manifest
+        self.settings = settings
+        self.scheme = TopicScheme(m.run.name)
+        self.bus = node_bus(loaded, registry, self.role, settings)
+        self.replay = ReplayBuffer(lambda: self.bus, window_s=float(settings.replay_window))
+        self.sessions = Sessions(self.bus, self.scheme, self.role, self.on_peer_reconnect)
+        self.remote: dict[str, RemoteVenue] = {}
+        clock: LiveClock | LockstepClock = LiveClock()
+        self.lockstep: LockstepFollower | None = None
+        if is_lockstep(loaded, registry):
+            # Virtual time from the execution node, starting where a one-process run does.
+            clock = LockstepClock(sim_epoch_ns())
+            # The steps have a connection of their own (see remote.clock_topics).
+            clock_bus = node_bus(
+                loaded, registry, f"{self.role}-clock", settings, heartbeats=False, user=self.role
+            )
+            self.lockstep = LockstepFollower(
+                lambda: self.bus,
+                self.scheme,
+                clock,
+                clock_bus=clock_bus,
+                silence_s=float(settings.connect_timeout),
+            )
+
+        def venue_factory(
+            name: str, spec: PluginSpec, params: BaseModel, ctx: VenueContext
+        ) -> ExchangeAdapter:
+            strategies = [n for n, s in m.strategies.items() if s.exchange == name]
+            venue = RemoteVenue(
+                ctx,
+                lambda: self.bus,
+                self.scheme,
+                strategies,
+                host_role=market_data_host(registry, spec),
+                stale_after_s=float(settings.stale_after),
+                connect_timeout_s=float(settings.connect_timeout),
+                replay=self.replay,
+                lockstep=self.lockstep,
+            )
+            self.remote[name] = venue
+            return venue
+
+        # Node topics live under the manifest's run name; the bus must be this node's.
+        self.run_obj = Run(
+            loaded,
+            registry,
+            run_dir=run_dir,
+            clock=clock,
+            manifest_path=manifest_path,
+            venue_factory=venue_factory,
+            bus=self.bus,
+            run_info={"role": "strategy"},
+            driver=LockstepRunDriver(self.lockstep) if self.lockstep is not None else None,
+            on_started=self._started,
+            on_kill=self._announce_kill,
+        )
+        if self.lockstep is not None:
+            run = self.run_obj
+            self.lockstep.working = lambda: len(run.orders.all_working())
+            self.lockstep.on_end = run.request_stop
+
+    def _started(self, run: Run) -> None:
+        self.bus.subscribe(self.scheme.breaker(), lambda topic, payload: self.on_breaker(payload))
+        self.sessions.start()
+        if self.lockstep is not None:
+            self.lockstep.started()
+
+    def _announce_kill(self, source: str) -> None:
+        """The kill switch pulled here (not heard from the bus): tell every node."""
+        if not source.startswith("bus:"):
+            self.bus.publish(self.scheme.kill(), {"reason": source, "node": "strategy"}, qos=1)
+
+    def on_breaker(self, payload: dict[str, Any]) -> None:
+        """Another node's breaker: alert, and on ``halt`` halt the strategies it names."""
+        if payload.get("node") == "strategy":
+            return
+        run = self.run_obj
+        message = f"{payload.get('node', '?')} node: {payload.get('message', '')}"
+        severity = str(payload.get("severity", "warning"))
+        run.alert("breaker", message, severity=severity)
+        if payload.get("action") != "halt":
+            return
+        names = payload.get("strategies") or list(run.strategies)
+        for name in names:
+            srt = run.strategies.get(str(name))
+            if srt is None or srt.halted:
+                continue
+            srt.halted = True
+            run.pull_quotes(srt.name)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        self.run_obj.request_stop(reason)
+
+    def kill(self, source: str) -> None:
+        self.run_obj.kill(source)
+
+    def on_peer_reconnect(self, role: str) -> None:
+        if role == "execution":
+            sent = self.replay.replay()
+            logger.info("execution node reconnected: {} intent(s) republished", sent)
+
+    async def run(self) -> str:
+        try:
+            return await self.run_obj.run()
+        finally:
+            if self.lockstep is not None:
+                await self.lockstep.close()
+            await self.sessions.stop()
