@@ -56,7 +56,19 @@ class Reconciler:
         self._unreconcilable: set[tuple[str, str]] = set()
 
     async def reconcile(self, since_ns: int = 0, *, periodic: bool = False) -> dict[str, int]:
-        """See ``quoteforge.engine.Run.reconcile``."""
+        """Make local state match the venues (REST is the truth): book fills the journal
+        missed, adopt orders both sides know, close orders the venue no longer has, and
+        cancel orders of ours (our client-id prefix) the venue has that the journal does
+        not know; other orders on the account are left alone. The diff is journaled.
+
+        ``periodic``: a check while trading, so orders in flight (not yet acknowledged,
+        or younger than a few seconds) are not judged by a snapshot that predates them.
+        Orders made after the check began (the engine quotes while it awaits the venues'
+        answers, at a live start too) are never judged by it.
+
+        A venue whose adapter cannot report open orders (or fills) is not compared: its
+        working orders are left alone, and that is logged once per run.
+        """
         counts = {"missed_fills": 0, "closed": 0, "orphans_cancelled": 0, "adopted": 0}
         om = self.orders
         ours = f"{om.id_prefix}-"

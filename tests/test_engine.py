@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 import quoteforge
+from quoteforge.assembly import build_bus
+from quoteforge.clock import NS, SimClock
 from quoteforge.engine import Run, run_manifest
 from quoteforge.manifest import load_manifest
 from quoteforge.registry import PluginRegistry
@@ -337,6 +339,56 @@ def test_kill_from_the_bus(registry: PluginRegistry, tmp_path: Path) -> None:
     assert run.stop_reason == "kill switch: bus: risk desk"
     assert run.orders.all_working() == []
     assert any(a.kind == "kill" for a in run.alerts)
+
+
+def test_a_run_is_composed_through_its_extension_points(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    """What a split run's strategy node uses instead of subclassing Run: a bus of its
+    own, extra run.json fields, a driver that ends and winds down the run, and callbacks
+    when the run has started and when its kill switch is pulled."""
+    path = tmp_path / "x.yaml"
+    path.write_text(manifest_text(duration="1h"))
+    loaded = load_manifest(path, registry)
+    bus = build_bus(loaded, registry)
+    seen: list[str] = []
+    working_at_kill: list[int] = []
+
+    class Driver:
+        async def drive(self, run: Run) -> None:
+            assert isinstance(run.clock, SimClock)
+            run.clock.run_until(run.clock.now_ns() + 5 * NS)
+            working_at_kill.append(len(run.orders.all_working()))
+            run.kill("probe")
+            assert run.stop_requested
+            await run.wait_stopped()
+
+        async def cancel_everything(self, run: Run) -> None:
+            seen.append("cancel")
+            run.pull_quotes()
+            assert isinstance(run.clock, SimClock)
+            run.clock.run_until(run.clock.now_ns() + NS)
+
+    run = Run(
+        loaded,
+        registry,
+        run_dir=tmp_path / "x",
+        manifest_path=path,
+        bus=bus,
+        run_info={"role": "probe"},
+        driver=Driver(),
+        on_started=lambda r: seen.append(f"started {r.run_id}"),
+        on_kill=lambda source: seen.append(f"kill {source}"),
+    )
+    asyncio.run(run.run())
+    assert run.bus is bus
+    assert seen == ["started x", "kill probe", "cancel"]
+    assert working_at_kill[0] > 0
+    assert run.orders.all_working() == []
+    assert run.stop_reason == "kill switch: probe"
+    info = json.loads((tmp_path / "x" / "run.json").read_text())
+    assert info["role"] == "probe"
+    assert info["stop_reason"] == "kill switch: probe"
 
 
 def test_breaker_halts_latches_and_resets(registry: PluginRegistry, tmp_path: Path) -> None:
