@@ -261,7 +261,13 @@ def test_kill_closes_the_gate_for_every_path(
         ctx = probe(run).ctx
         lots = m.instrument.round_qty(0.05)
         seen.append(ctx.take(m, Side.BUY, take_price(m, Side.BUY), lots))
-        ctx.set_quotes(m, [m.bid(29000.0, 0.01), m.ask(31000.0, 0.01)])
+        ctx.set_quotes(
+            m,
+            [
+                m.bid(m.ticks(29000.0, Side.BUY), m.lots(0.01)),
+                m.ask(m.ticks(31000.0, Side.SELL), m.lots(0.01)),
+            ],
+        )
         seen.append(len(watch.sent))
 
     run.clock.call_at(start + 3 * NS, run.kill, "test")
@@ -329,8 +335,8 @@ def perform(run: Run, action: tuple[Any, ...]) -> None:
         quotes = []
         for level in range(levels):
             for q in (
-                m.bid(mid - step * (level + 1), size, level),
-                m.ask(mid + step * (level + 1), size, level),
+                m.bid(m.ticks(mid - step * (level + 1), Side.BUY), m.lots(size), level),
+                m.ask(m.ticks(mid + step * (level + 1), Side.SELL), m.lots(size), level),
             ):
                 if q is not None:
                     quotes.append(q)
