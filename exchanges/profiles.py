@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from quoteforge.clock import NS
 from quoteforge.exchange import CancelAll, CancelOrder, OrderAction, PlaceOrder, ReplaceOrder
-from quoteforge.ratelimit import KRAKEN_TIERS, kraken_cancel_cost
+from quoteforge.exchanges.kraken.ratelimit import KRAKEN_TIERS, kraken_cancel_cost
 
 __all__ = [
     "NO_PROFILE",

@@ -20,6 +20,7 @@ from typing import Any
 
 from quoteforge.book import L2Book
 from quoteforge.exchange import CancelOrder, ExchangeAdapter, PlaceOrder
+from quoteforge.exchanges.ccxt_base import LatencyEndpoints
 from quoteforge.gate import OrderGate
 from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
 from quoteforge.model import Instrument, Order, OrderStatus, OrderUpdate, Side, TimeInForce
@@ -33,7 +34,6 @@ from quoteforge.risk import RiskChain, RiskView
 from quoteforge.strategy import Market
 
 __all__ = [
-    "Endpoints",
     "LatencyError",
     "LatencyReport",
     "Measure",
@@ -141,34 +141,32 @@ class LatencyReport:
 # -- endpoints -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Endpoints:
-    """Where a venue is measured: a cheap public REST call and its public websocket."""
-
-    rest_url: str
-    ws_url: str
-
-
-def venue_endpoints(venue: ExchangeAdapter) -> Endpoints:
-    """The endpoints the adapter itself would use (testnet, replica or live URLs)."""
-    from quoteforge.exchanges.binance.adapter import BinanceSpot
-    from quoteforge.exchanges.kraken.adapter import LIVE_WS, KrakenSpot
-
-    if isinstance(venue, BinanceSpot):
-        symbols = venue.ctx.symbols
-        if not symbols:
-            raise LatencyError(f"exchange {venue.name!r}: give it a symbol to open a stream of")
-        native = symbols[0].replace("/", "").replace("-", "").replace("_", "").lower()
-        # A trade stream is quiet enough that pongs do not queue behind data frames.
-        return Endpoints(
-            f"{venue.rest_base}/api/v3/time", f"{venue.streams_base}/ws/{native}@trade"
+def venue_endpoints(venue: ExchangeAdapter) -> LatencyEndpoints:
+    """The endpoints the adapter itself would use (testnet, replica or live URLs), as its
+    ``latency_endpoints()`` names them: the probe asks the venue, whatever its type."""
+    ask = getattr(venue, "latency_endpoints", None)
+    if ask is None:
+        raise LatencyError(
+            f"exchange {venue.name!r} ({type(venue).__name__}): no latency probe for this "
+            "venue type: its adapter does not name endpoints (latency_endpoints())"
         )
-    if isinstance(venue, KrakenSpot):
-        return Endpoints(f"{venue.rest_base}/0/public/Time", venue.params.ws_url or LIVE_WS)
-    raise LatencyError(
-        f"exchange {venue.name!r} ({type(venue).__name__}): no latency probe for this venue "
-        "type; binance and kraken are supported"
-    )
+    try:
+        endpoints = ask()
+    except NotImplementedError as exc:
+        raise LatencyError(
+            f"exchange {venue.name!r} ({type(venue).__name__}): no latency probe for this "
+            f"venue type: {exc}"
+        ) from None
+    except ValueError as exc:
+        raise LatencyError(str(exc)) from None
+    try:
+        rest_url, ws_url = endpoints
+    except (TypeError, ValueError):
+        raise LatencyError(
+            f"exchange {venue.name!r}: latency_endpoints() returned {endpoints!r}, not "
+            "(rest_url, ws_url)"
+        ) from None
+    return LatencyEndpoints(str(rest_url), str(ws_url))
 
 
 # -- REST and websocket probes -------------------------------------------------------------------
@@ -315,16 +313,10 @@ def _finished(update: OrderUpdate) -> bool:
 
 def _rate_room_s(venue: ExchangeAdapter, instrument: Instrument) -> float:
     """How long until the adapter's rate governor lets a place + cancel through without
-    waiting: that wait is ours, not the venue's, so it stays outside the timing."""
-    from quoteforge.ratelimit import BinanceRateGovernor, KrakenRateGovernor, kraken_cancel_cost
-
-    governor = getattr(venue, "governor", None)
-    if isinstance(governor, KrakenRateGovernor):
-        pair = f"{instrument.base}/{instrument.quote}"
-        return governor.delay_for(pair, governor.ADD_COST + kraken_cancel_cost(0))
-    if isinstance(governor, BinanceRateGovernor):
-        return governor.delay_for(2, orders=1)
-    return 0.0
+    waiting: that wait is ours, not the venue's, so it stays outside the timing. Asked
+    of the adapter (``latency_order_wait_s``); 0 for one that does not pace itself."""
+    wait = getattr(venue, "latency_order_wait_s", None)
+    return float(wait(instrument.symbol)) if wait is not None else 0.0
 
 
 def _probe_order(

@@ -3,7 +3,8 @@
 ``quoteforge.book.fast`` must be indistinguishable from the interpreted code: the same
 books, the same top-of-book signals, the same merged consumer levels, and for anything
 unusual it must hand over to the interpreted path, which accepts the rare valid forms
-and raises the clear error for the rest. The compiled depthUpdate text reader is held
+and raises the clear error for the rest. The compiled depthUpdate text reader
+(``quoteforge.exchanges.binance.fast``, which applies with the book's code) is held
 to the whole source's behaviour: outcomes, errors, stats, states, notifications and
 update ids, on random streams spelled every way a venue (or a broken one) may.
 """
@@ -27,6 +28,7 @@ from quoteforge.book.l2 import L2Book
 from quoteforge.book.source import SourceStats
 from quoteforge.clock import SimClock
 from quoteforge.exchanges.binance import book as binance
+from quoteforge.exchanges.binance import fast as binance_fast
 from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
 from quoteforge.model import Instrument, Side
 
@@ -38,12 +40,19 @@ def test_ci_builds_the_extension() -> None:
     # The README's install command compiles it; CI must exercise the compiled path.
     if os.environ.get("CI", "").lower() == "true":
         assert fast.COMPILED, "quoteforge.book._fastbook was not built by the install"
+        assert binance_fast.COMPILED, (
+            "quoteforge.exchanges.binance._fastparse was not built by the install"
+        )
 
 
 @pytest.fixture(autouse=True)
 def _needs_the_extension(request: pytest.FixtureRequest) -> None:
-    if not fast.COMPILED and request.node.name != "test_ci_builds_the_extension":
+    if request.node.name == "test_ci_builds_the_extension":
+        return
+    if not fast.COMPILED:
         pytest.skip("the C extension quoteforge.book._fastbook is not built here")
+    if not binance_fast.COMPILED:
+        pytest.skip("the C extension quoteforge.exchanges.binance._fastparse is not built here")
 
 
 def _instrument(venue: str = "binance", tick: Decimal = TICK, lot: Decimal = LOT) -> Instrument:
@@ -523,7 +532,7 @@ _SNAPSHOT = {"lastUpdateId": 10, "bids": [["999.99", "1"]], "asks": [["1000.02",
 def _read(source: BinanceSpotBookSource, raw: Any, last: int) -> Any:
     """The compiled reader called as the live spot source calls it."""
     book = source.book
-    read = fast.apply_depth_text
+    read = binance_fast.apply_depth_text
     assert read is not None
     return read(
         raw,
@@ -616,7 +625,7 @@ def test_the_compiled_reader_keeps_update_ids_within_the_bounds() -> None:
     source = _source()
     source.on_snapshot(dict(_SNAPSHOT))
     book = source.book
-    read = fast.apply_depth_text
+    read = binance_fast.apply_depth_text
     assert read is not None
 
     def call(raw: str, last: int, jump: int, per_second: int, elapsed: int) -> Any:
@@ -658,7 +667,7 @@ def test_a_book_that_is_not_live_never_reaches_the_compiled_reader(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[Any] = []
-    read = fast.apply_depth_text
+    read = binance_fast.apply_depth_text
     assert read is not None
 
     def counting(*args: Any) -> Any:

@@ -17,12 +17,15 @@ from pydantic import Field
 
 from quoteforge import hookimpl
 from quoteforge.exchange import VenueContext
+from quoteforge.exchanges.binance.ratelimit import BinanceRateGovernor
 from quoteforge.exchanges.ccxt_base import (
     CcxtSpotAdapter,
     CcxtSpotParams,
+    LatencyEndpoints,
     ManagedSocket,
     TrackedOrder,
     VenueCallError,
+    book_source_factory,
 )
 from quoteforge.model import (
     Fill,
@@ -34,7 +37,7 @@ from quoteforge.model import (
     Side,
     TimeInForce,
 )
-from quoteforge.ratelimit import BinanceRateGovernor, RateLimitError
+from quoteforge.ratelimit import RateLimitError
 
 if TYPE_CHECKING:
     from quoteforge.book.source import BookSource
@@ -103,6 +106,12 @@ class BinanceParams(CcxtSpotParams):
         le=315_360_000,
         description="Binance pings every 20 s; a socket silent this long is down.",
     )
+    book_source: str = Field(
+        "binance_spot",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="The registered book source (plugin kind book_source) that keeps each "
+        "book; a plugin's source with the interface of binance_spot replaces it by name.",
+    )
 
 
 def create_binance(spec_params: Any, ctx: VenueContext) -> BinanceSpot:
@@ -167,6 +176,8 @@ class BinanceSpot(CcxtSpotAdapter):
     def __init__(self, params: BinanceParams, ctx: VenueContext) -> None:
         super().__init__(params, ctx)
         self.governor = BinanceRateGovernor(ctx.clock, headroom=params.rate_headroom)
+        # Looked up now, so a manifest naming an unknown source fails before connecting.
+        self._make_source = book_source_factory(ctx, params.book_source)
         self._native: dict[str, str] = {}  # our symbol -> BTCUSDT
         self._by_native: dict[str, str] = {}
         self._sources: dict[str, BinanceSpotBookSource] = {}
@@ -188,6 +199,20 @@ class BinanceSpot(CcxtSpotAdapter):
     def streams_base(self) -> str:
         p = self.params
         return (p.ws_url or (TEST_STREAMS if p.testnet else LIVE_STREAMS)).rstrip("/")
+
+    def latency_endpoints(self) -> LatencyEndpoints:
+        symbols = self.ctx.symbols
+        if not symbols:
+            raise ValueError(f"exchange {self.name!r}: give it a symbol to open a stream of")
+        native = symbols[0].replace("/", "").replace("-", "").replace("_", "").lower()
+        # A trade stream is quiet enough that pongs do not queue behind data frames.
+        return LatencyEndpoints(
+            f"{self.rest_base}/api/v3/time", f"{self.streams_base}/ws/{native}@trade"
+        )
+
+    def latency_order_wait_s(self, symbol: str) -> float:
+        # A new order weighs 1 (one order count), its cancel 1.
+        return self.governor.delay_for(2, orders=1)
 
     @property
     def ws_api_url(self) -> str:
@@ -297,11 +322,9 @@ class BinanceSpot(CcxtSpotAdapter):
 
     # -- streams -----------------------------------------------------------------------------
     async def _start_streams(self) -> None:
-        from quoteforge.exchanges.binance.book import BinanceSpotBookSource
-
         stale = self.params.book_stale_after_s
         for symbol, instrument in self.instruments.items():
-            source = BinanceSpotBookSource(
+            source: BinanceSpotBookSource = self._make_source(
                 instrument,
                 clock=self.clock,
                 stale_after_ms=None if stale is None else stale * 1000,

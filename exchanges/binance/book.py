@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from quoteforge.book.fast import apply_depth_text as _apply_depth_text
 from quoteforge.book.l2 import BookState, L2Book
 from quoteforge.book.source import BookMessageError, BookSource, BookSourceParams, Outcome
 from quoteforge.book.wire import MAX_INTEGER_DIGITS
+from quoteforge.exchanges.binance.fast import apply_depth_text as _apply_depth_text
 
 _LIVE = BookState.LIVE
 _APPLIED = Outcome.APPLIED
@@ -427,7 +427,7 @@ class BinanceSpotBookSource(BookSource):
     def _convert(self, msg: dict[str, Any]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Wire levels -> (bid (ticks, lots), ask (-ticks, lots)), all or nothing.
 
-        The interpreted path: the compiled one (``quoteforge.book.fast``) hands every
+        The interpreted path: the compiled one (``quoteforge.exchanges.binance.fast``) hands every
         message it does not read itself to this one, and without the extension it is
         the only one.
         """

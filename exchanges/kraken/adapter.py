@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -20,28 +19,39 @@ from quoteforge.exchange import OrderAction, PlaceOrder, VenueContext
 from quoteforge.exchanges.ccxt_base import (
     CcxtSpotAdapter,
     CcxtSpotParams,
+    LatencyEndpoints,
     ManagedSocket,
     TrackedOrder,
     VenueCallError,
+    book_source_factory,
     dumps_exact,
+)
+from quoteforge.exchanges.kraken.ratelimit import (
+    KRAKEN_TIERS,
+    KrakenRateGovernor,
+    kraken_amend_cost,
+    kraken_cancel_cost,
+)
+from quoteforge.exchanges.kraken.wire import (
+    ORDER_STATUS,
+    alt_pair,
+    classify_error,
+    order_params,
+    parse_timestamp_ns,
+    public_stream,
+    rest_asset,
+    rest_update,
+    v2_asset,
 )
 from quoteforge.model import (
     Fill,
     Instrument,
     Liquidity,
     OrderStatus,
-    OrderType,
     OrderUpdate,
     Side,
-    TimeInForce,
 )
-from quoteforge.ratelimit import (
-    KRAKEN_TIERS,
-    KrakenRateGovernor,
-    RateLimitError,
-    kraken_amend_cost,
-    kraken_cancel_cost,
-)
+from quoteforge.ratelimit import RateLimitError
 
 if TYPE_CHECKING:
     from quoteforge.book.source import BookSource
@@ -52,44 +62,6 @@ __all__ = ["KrakenParams", "KrakenSpot", "create_kraken", "quoteforge_register_e
 LIVE_REST = "https://api.kraken.com"
 LIVE_WS = "wss://ws.kraken.com/v2"
 LIVE_WS_AUTH = "wss://ws-auth.kraken.com/v2"
-
-_STATUS = {
-    "pending_new": OrderStatus.PENDING_NEW,
-    "new": OrderStatus.OPEN,
-    "partially_filled": OrderStatus.PARTIALLY_FILLED,
-    "filled": OrderStatus.FILLED,
-    "canceled": OrderStatus.CANCELLED,
-    "expired": OrderStatus.EXPIRED,
-}
-_REST_STATUS = {
-    "pending": OrderStatus.PENDING_NEW,
-    "open": OrderStatus.OPEN,
-    "closed": OrderStatus.FILLED,
-    "canceled": OrderStatus.CANCELLED,
-    "expired": OrderStatus.EXPIRED,
-}
-# Old Kraken asset codes as websocket v2 spells them.
-_ASSET_ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
-_METHOD = re.compile(r'"method"\s*:\s*"([^"]*)"')
-_CHANNEL = re.compile(r'"channel"\s*:\s*"([^"]*)"')
-# Errors after which an order may or may not exist at the venue.
-_UNKNOWN_ERRORS = (
-    "EService:Unavailable",
-    "EService:Busy",
-    "EGeneral:Internal error",
-    "EService:Deadline elapsed",
-)
-
-
-def _v2_name(code: str) -> str:
-    return _ASSET_ALIASES.get(code, code)
-
-
-def _public_stream(raw: str) -> str:
-    """A public message's method (subscribe, pong) or channel (book, trade, heartbeat),
-    to name it in a recording; the replay venue reads the message itself."""
-    found = _METHOD.search(raw) or _CHANNEL.search(raw)
-    return found.group(1) if found else "public"
 
 
 class KrakenParams(CcxtSpotParams):
@@ -112,6 +84,12 @@ class KrakenParams(CcxtSpotParams):
     )
     batch_orders: bool = Field(
         True, description="Send 2-15 new orders of one pair in one submit as a batch_add."
+    )
+    book_source: str = Field(
+        "kraken_v2",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="The registered book source (plugin kind book_source) that keeps each "
+        "book; a plugin's source with the interface of kraken_v2 replaces it by name.",
     )
 
     @model_validator(mode="after")
@@ -161,6 +139,8 @@ class KrakenSpot(CcxtSpotAdapter):
         self.governor = KrakenRateGovernor(
             ctx.clock, tier=params.tier, headroom=params.rate_headroom
         )
+        # Looked up now, so a manifest naming an unknown source fails before connecting.
+        self._make_source = book_source_factory(ctx, params.book_source)
         self._wire: dict[str, str] = {}  # our symbol -> "BTC/USD"
         self._by_wire: dict[str, str] = {}
         self._rest_pair: dict[str, str] = {}  # our symbol -> "XXBTZUSD"
@@ -181,6 +161,14 @@ class KrakenSpot(CcxtSpotAdapter):
     def rest_base(self) -> str:
         return (self.params.rest_url or LIVE_REST).rstrip("/")
 
+    def latency_endpoints(self) -> LatencyEndpoints:
+        return LatencyEndpoints(f"{self.rest_base}/0/public/Time", self.params.ws_url or LIVE_WS)
+
+    def latency_order_wait_s(self, symbol: str) -> float:
+        # Adding costs 1 and cancelling a just-placed order the most (its age is ~0).
+        cost = KrakenRateGovernor.ADD_COST + kraken_cancel_cost(0)
+        return self.governor.delay_for(self._wire[symbol], cost)
+
     def _client_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"options": {"adjustForTimeDifference": False}}
         if self.params.rest_url:
@@ -193,18 +181,7 @@ class KrakenSpot(CcxtSpotAdapter):
         except (ValueError, AttributeError):
             errors = []
         text = "; ".join(errors) or f"HTTP {status}: {body[:200]}"
-        return self._classify_error(text, status)
-
-    def _classify_error(self, text: str, status: int = 200) -> VenueCallError:
-        if status >= 500 or any(text.startswith(e) for e in _UNKNOWN_ERRORS):
-            return VenueCallError("unknown", text)
-        if "Rate limit exceeded" in text:
-            return VenueCallError("rate_limited", text, retry_after_s=1.0)
-        if text.startswith(("EOrder:Unknown order", "EOrder:Invalid order")):
-            return VenueCallError("not_found", text)
-        if text.startswith(("EAPI:Invalid key", "EAPI:Invalid signature", "EAccount:")):
-            return VenueCallError("auth", text)
-        return VenueCallError("rejected", text)
+        return classify_error(text, status)
 
     async def _load_instruments(self) -> dict[str, Instrument]:
         data = await self._rest("public_get_assetpairs")
@@ -215,7 +192,7 @@ class KrakenSpot(CcxtSpotAdapter):
             if "/" not in wsname:
                 continue
             base, quote = wsname.split("/")
-            v2 = f"{_v2_name(base)}/{_v2_name(quote)}"
+            v2 = f"{v2_asset(base)}/{v2_asset(quote)}"
             for alias in (v2, wsname, info.get("altname", ""), name):
                 by_v2[alias] = (v2, info)
                 by_v2.setdefault(f"{alias}|rest", (name, info))
@@ -249,11 +226,9 @@ class KrakenSpot(CcxtSpotAdapter):
 
     # -- public socket: books and trades ---------------------------------------------------
     async def _start_streams(self) -> None:
-        from quoteforge.exchanges.kraken.book import KrakenBookSource
-
         stale = self.params.book_stale_after_s
         for symbol, instrument in self.instruments.items():
-            source = KrakenBookSource(
+            source: KrakenBookSource = self._make_source(
                 instrument,
                 clock=self.clock,
                 stale_after_ms=None if stale is None else stale * 1000,
@@ -378,7 +353,7 @@ class KrakenSpot(CcxtSpotAdapter):
 
     def _on_public_text(self, raw: str, recv_ns: int) -> None:
         if self.tap is not None:
-            self._tap_raw(_public_stream(raw), raw, recv_ns)
+            self._tap_raw(public_stream(raw), raw, recv_ns)
         if '"channel":"book"' in raw:
             start = raw.find('"symbol":"')
             if start < 0:
@@ -412,7 +387,7 @@ class KrakenSpot(CcxtSpotAdapter):
             logger.warning("{}: bad trade ({}): {!r}", self.name, exc, row)
             return
         aggressor = Side.parse(row.get("side", "buy"))
-        self._emit_trade(symbol, price, qty, aggressor, _ts_ns(row.get("timestamp")))
+        self._emit_trade(symbol, price, qty, aggressor, parse_timestamp_ns(row.get("timestamp")))
 
     # -- private socket: executions and trading --------------------------------------------
     async def _on_private_open(self, sock: ManagedSocket) -> None:
@@ -491,7 +466,7 @@ class KrakenSpot(CcxtSpotAdapter):
             self._pending.pop(req_id, None)
         if reply.get("success"):
             return reply.get("result")
-        error = self._classify_error(str(reply.get("error", "")))
+        error = classify_error(str(reply.get("error", "")))
         if error.kind == "rate_limited":
             pair = str(params.get("symbol", ""))
             self.governor.on_limit_exceeded(pair)
@@ -508,26 +483,10 @@ class KrakenSpot(CcxtSpotAdapter):
                 "rate_limited", str(exc), retry_after_s=exc.retry_after_s
             ) from None
 
-    def _order_spec(self, tracked: TrackedOrder) -> dict[str, Any]:
-        order = tracked.order
-        spec: dict[str, Any] = {
-            "order_type": "market" if order.order_type is OrderType.MARKET else "limit",
-            "side": "buy" if order.side is Side.BUY else "sell",
-            "order_qty": tracked.instrument.lots_to_qty(order.qty_lots),
-            "cl_ord_id": order.client_id,
-        }
-        if order.order_type is OrderType.LIMIT:
-            spec["limit_price"] = tracked.instrument.ticks_to_price(order.price_ticks or 0)
-            if order.tif is TimeInForce.POST_ONLY:
-                spec["post_only"] = True
-            elif order.tif is TimeInForce.IOC:
-                spec["time_in_force"] = "ioc"
-        return spec
-
     async def _place(self, order: TrackedOrder) -> None:
         await self._charge(order.symbol, KrakenRateGovernor.ADD_COST)
         result = await self._ws_call(
-            "add_order", {**self._order_spec(order), "symbol": self._wire[order.symbol]}
+            "add_order", {**order_params(order), "symbol": self._wire[order.symbol]}
         )
         self._acknowledged(order, str(result.get("order_id", "")))
 
@@ -664,7 +623,7 @@ class KrakenSpot(CcxtSpotAdapter):
         await self._charge(symbol, KrakenRateGovernor.ADD_COST * len(tracked))
         result = await self._ws_call(
             "batch_add",
-            {"symbol": self._wire[symbol], "orders": [self._order_spec(t) for t in tracked]},
+            {"symbol": self._wire[symbol], "orders": [order_params(t) for t in tracked]},
         )
         ids = {str(r.get("cl_ord_id")): str(r.get("order_id", "")) for r in result or []}
         for t in tracked:
@@ -683,8 +642,8 @@ class KrakenSpot(CcxtSpotAdapter):
         if ev.get("order_id"):
             self._by_order_id[str(ev["order_id"])] = client_id
         exec_type = ev.get("exec_type", "")
-        status = _STATUS.get(ev.get("order_status", ""), OrderStatus.OPEN)
-        ts_ns = _ts_ns(ev.get("timestamp"))
+        status = ORDER_STATUS.get(ev.get("order_status", ""), OrderStatus.OPEN)
+        ts_ns = parse_timestamp_ns(ev.get("timestamp"))
         if exec_type == "amended":
             # A new size or price: a report the dedupe must not swallow as a repeat.
             self._last_update.pop(client_id, None)
@@ -724,24 +683,6 @@ class KrakenSpot(CcxtSpotAdapter):
             )
 
     # -- REST lookups and reconciliation ---------------------------------------------------------
-    def _rest_update(self, client_id: str, info: dict[str, Any], symbol: str) -> OrderUpdate:
-        inst = self.instruments[symbol]
-        price = Decimal(str(info.get("descr", {}).get("price") or "0"))
-        status = _REST_STATUS.get(info.get("status", ""), OrderStatus.OPEN)
-        filled = inst.qty_to_lots(str(info.get("vol_exec", "0")))
-        if status is OrderStatus.OPEN and filled:
-            status = OrderStatus.PARTIALLY_FILLED
-        return OrderUpdate(
-            self.name,
-            client_id,
-            status,
-            self.clock.now_ns(),
-            filled_lots=filled,
-            price_ticks=inst.price_to_ticks(price) if price else None,
-            qty_lots=inst.qty_to_lots(str(info.get("vol", "0"))),
-            symbol=symbol,
-        )
-
     async def _lookup(self, order: TrackedOrder) -> OrderUpdate | None:
         for method, key in (
             ("private_post_openorders", "open"),
@@ -753,7 +694,13 @@ class KrakenSpot(CcxtSpotAdapter):
                 if info.get("cl_ord_id") == order.client_id:
                     order.exchange_id = txid
                     self._by_order_id[txid] = order.client_id
-                    update = self._rest_update(order.client_id, info, order.symbol)
+                    update = rest_update(
+                        self.name,
+                        order.client_id,
+                        info,
+                        self.instruments[order.symbol],
+                        self.clock.now_ns(),
+                    )
                     return OrderUpdate(
                         update.venue,
                         update.client_id,
@@ -776,11 +723,19 @@ class KrakenSpot(CcxtSpotAdapter):
                 pair_alt,
                 symbol.replace("/", ""),
                 self._wire[symbol].replace("/", ""),
-                _alt_of(pair_alt),
+                alt_pair(pair_alt),
             ):
                 continue
             if info.get("cl_ord_id"):
-                out.append(self._rest_update(info["cl_ord_id"], info, symbol))
+                out.append(
+                    rest_update(
+                        self.name,
+                        info["cl_ord_id"],
+                        info,
+                        self.instruments[symbol],
+                        self.clock.now_ns(),
+                    )
+                )
         return out
 
     async def _reconcile(self) -> None:
@@ -800,7 +755,7 @@ class KrakenSpot(CcxtSpotAdapter):
         for asset, amount in data.get("result", {}).items():
             value = Decimal(str(amount))
             if value:
-                out[_rest_asset(asset)] = value
+                out[rest_asset(asset)] = value
         return out
 
     async def fetch_fills(self, since_ns: int) -> list[Fill]:
@@ -808,7 +763,11 @@ class KrakenSpot(CcxtSpotAdapter):
         fills = []
         for row in data.get("result", {}).get("trades", {}).values():
             symbol = next(
-                (s for s, alt in self._rest_pair.items() if row.get("pair") in (alt, _alt_of(alt))),
+                (
+                    s
+                    for s, alt in self._rest_pair.items()
+                    if row.get("pair") in (alt, alt_pair(alt))
+                ),
                 None,
             )
             if symbol is None:
@@ -831,28 +790,3 @@ class KrakenSpot(CcxtSpotAdapter):
                 )
             )
         return fills
-
-
-def _alt_of(rest_name: str) -> str:
-    """XXBTZUSD -> XBTUSD (Kraken's altname for the classic four-letter pairs)."""
-    if len(rest_name) == 8 and rest_name[0] in "XZ" and rest_name[4] in "XZ":
-        return rest_name[1:4] + rest_name[5:]
-    return rest_name
-
-
-def _rest_asset(code: str) -> str:
-    if len(code) == 4 and code[0] in "XZ":
-        code = code[1:]
-    return _v2_name(code)
-
-
-def _ts_ns(text: Any) -> int:
-    if not isinstance(text, str):
-        return time.time_ns()
-    from datetime import datetime
-
-    try:
-        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return time.time_ns()
-    return int(stamp.timestamp() * 1_000_000) * 1000

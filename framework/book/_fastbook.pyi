@@ -1,4 +1,4 @@
-# Types of the compiled hot loop (framework/book/_fastbook.c); see quoteforge.book.fast.
+# Types of the compiled book hot loops (framework/book/_fastbook.c); see quoteforge.book.fast.
 from typing import Any
 
 MAX_DECIMALS: int
@@ -30,23 +30,3 @@ def consumer_top(
     cache: list[Any],
     /,
 ) -> Any: ...
-def apply_depth_text(
-    raw: Any,
-    symbol: str,
-    last: Any,
-    futures: bool,
-    chained: bool,
-    bid_keys: list[int],
-    bid_qty: dict[int, int],
-    ask_keys: list[int],
-    ask_qty: dict[int, int],
-    price_table: bytes,
-    qty_table: bytes,
-    max_jump: int,
-    per_second: int,
-    elapsed_ns: int,
-    /,
-) -> tuple[int, int, int | None] | None: ...
-def binance_trade_text(
-    raw: Any, price_table: bytes, qty_table: bytes, /
-) -> tuple[int, int, bool] | None: ...

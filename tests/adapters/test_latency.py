@@ -11,9 +11,22 @@ from typing import Any
 
 import pytest
 
+from quoteforge.clock import SimClock
+from quoteforge.exchange import ExchangeAdapter, VenueContext
+from quoteforge.exchanges.binance.adapter import BinanceParams, BinanceSpot
+from quoteforge.exchanges.ccxt_base import LatencyEndpoints
+from quoteforge.exchanges.kraken.adapter import KrakenParams, KrakenSpot
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
-from quoteforge.plugins.latency_probe import Measure, latency_main, percentile
+from quoteforge.model import Instrument
+from quoteforge.plugins.latency_probe import (
+    LatencyError,
+    Measure,
+    _rate_room_s,
+    latency_main,
+    percentile,
+    venue_endpoints,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SAMPLES = 4
@@ -162,3 +175,73 @@ async def test_probe_orders_pass_the_manifests_risk_checks(
     err = capsys.readouterr().err
     assert "tiny refused BUY on binance:BTCUSDT" in err
     assert "cannot send a probe order (refused by risk" in err
+
+
+# -- the probe asks the adapter, never its class ---------------------------------------------
+
+
+class _Venue(ExchangeAdapter):
+    """An adapter of no built-in type, for what the probe asks of any venue."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.instruments = {}
+        self.books = {}
+
+    async def connect(self, sink: Any) -> None:
+        pass
+
+    def submit(self, actions: Any) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class _ProbedVenue(_Venue):
+    def latency_endpoints(self) -> tuple[str, str]:
+        return ("http://127.0.0.1:9/time", "ws://127.0.0.1:9/ws")
+
+    def latency_order_wait_s(self, symbol: str) -> float:
+        return 1.5 if symbol == "XY" else 0.0
+
+
+def _ctx(name: str, symbols: list[str]) -> VenueContext:
+    return VenueContext(name, SimClock(), 1, "live", symbols)
+
+
+def test_the_probe_asks_the_adapter_for_its_endpoints() -> None:
+    binance = BinanceSpot(
+        BinanceParams(rest_url="http://127.0.0.1:1/", ws_url="ws://127.0.0.1:2"),
+        _ctx("binance", ["BTC/USDT"]),
+    )
+    assert venue_endpoints(binance) == LatencyEndpoints(
+        "http://127.0.0.1:1/api/v3/time", "ws://127.0.0.1:2/ws/btcusdt@trade"
+    )
+    kraken = KrakenSpot(KrakenParams(rest_url="http://127.0.0.1:3"), _ctx("kraken", ["BTC/USD"]))
+    assert venue_endpoints(kraken) == LatencyEndpoints(
+        "http://127.0.0.1:3/0/public/Time", "wss://ws.kraken.com/v2"
+    )
+    # Any adapter that names its endpoints is measured, whatever its class.
+    assert venue_endpoints(_ProbedVenue("mine")) == LatencyEndpoints(
+        "http://127.0.0.1:9/time", "ws://127.0.0.1:9/ws"
+    )
+
+
+def test_a_venue_without_endpoints_is_named_clearly() -> None:
+    with pytest.raises(LatencyError, match=r"exchange 'other' \(_Venue\): no latency probe"):
+        venue_endpoints(_Venue("other"))
+    nameless = BinanceSpot(BinanceParams(), _ctx("binance", []))
+    with pytest.raises(LatencyError, match="give it a symbol to open a stream of"):
+        venue_endpoints(nameless)
+
+
+def test_the_wait_for_the_rate_governor_is_asked_of_the_adapter() -> None:
+    instrument = Instrument("binance", "BTCUSDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
+    binance = BinanceSpot(BinanceParams(), _ctx("binance", ["BTCUSDT"]))
+    assert _rate_room_s(binance, instrument) == 0.0
+    binance.governor.on_retry_after(3.0)
+    assert _rate_room_s(binance, instrument) == pytest.approx(3.0)
+    mine = Instrument("mine", "XY", "X", "Y", Decimal("0.01"), Decimal("0.001"))
+    assert _rate_room_s(_ProbedVenue("mine"), mine) == 1.5
+    assert _rate_room_s(_Venue("other"), mine) == 0.0

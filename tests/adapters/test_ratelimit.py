@@ -7,13 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quoteforge.clock import NS, SimClock
-from quoteforge.ratelimit import (
-    BinanceRateGovernor,
+from quoteforge.exchanges.binance.ratelimit import BinanceRateGovernor
+from quoteforge.exchanges.kraken.ratelimit import (
     KrakenRateGovernor,
-    RateLimitError,
     kraken_amend_cost,
     kraken_cancel_cost,
 )
+from quoteforge.ratelimit import RateLimitError
 
 
 def test_binance_window_fills_then_waits_for_the_next_minute() -> None:

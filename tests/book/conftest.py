@@ -1,8 +1,8 @@
 """Instruments shared by the order-book tests, and the two book implementations.
 
-Every test in this folder runs twice: on the compiled hot loop (``quoteforge.book.fast``,
-when the C extension is built) and on the interpreted path, so both are held to the
-same expectations.
+Every test in this folder runs twice: on the compiled hot loops (``quoteforge.book.fast``
+and the Binance text reader ``quoteforge.exchanges.binance.fast``, when the C extensions
+are built) and on the interpreted path, so both are held to the same expectations.
 """
 
 from __future__ import annotations

@@ -1,0 +1,519 @@
+"""Order tracking of a live adapter: order actions sequenced per client id without
+blocking, one report per transition, de-duplicated fills, and the recovery of orders
+whose status a failed call left unknown (look up by client id before any resend).
+
+``OrderTracking`` is the half of ``quoteforge.exchanges.ccxt_base.CcxtSpotAdapter`` that
+knows orders but not connections: it asks the venue only through the order methods a
+venue implements (``_place``, ``_cancel``, ``_lookup``, ``_cancel_symbol``, optionally
+``_replace``) and reports through the run's sink. ``VenueCallError`` is how those
+methods say what happened, so the recovery here can decide what to do next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from abc import abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from quoteforge.exchange import (
+    CancelAll,
+    CancelOrder,
+    ExchangeAdapter,
+    OrderAction,
+    PlaceOrder,
+    ReplaceOrder,
+    VenueSink,
+)
+from quoteforge.model import (
+    Fill,
+    Instrument,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Side,
+    TimeInForce,
+)
+
+if TYPE_CHECKING:
+    from quoteforge.clock import Clock
+    from quoteforge.exchanges.ccxt_base import CcxtSpotParams
+
+__all__ = ["OrderTracking", "TrackedOrder", "VenueCallError"]
+
+
+@dataclass
+class VenueCallError(Exception):
+    """A REST or websocket call that failed, classified for what to do next.
+
+    ``kind``: ``rejected`` (venue refused; do not retry), ``unknown`` (may or may not
+    have happened: look it up), ``rate_limited`` (not done; retry after
+    ``retry_after_s``), ``not_found``, ``clock`` (timestamp outside the venue's window:
+    resync time, retry) or ``auth``.
+    """
+
+    kind: str
+    message: str
+    code: str = ""
+    retry_after_s: float = 0.0
+    payload: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}" + (f" (code {self.code})" if self.code else "")
+
+
+_RANK = {
+    OrderStatus.PENDING_NEW: 0,
+    OrderStatus.OPEN: 1,
+    OrderStatus.PENDING_CANCEL: 1,
+    OrderStatus.PENDING_REPLACE: 1,
+    OrderStatus.PARTIALLY_FILLED: 2,
+}
+
+
+@dataclass
+class TrackedOrder:
+    """What the adapter remembers of one order to sequence actions and recover."""
+
+    order: Order
+    instrument: Instrument
+    status: OrderStatus = OrderStatus.PENDING_NEW
+    filled_lots: int = 0
+    exchange_id: str | None = None
+    placed_ns: int = 0
+    resends: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client_id(self) -> str:
+        return self.order.client_id
+
+    @property
+    def symbol(self) -> str:
+        return self.order.symbol
+
+    def price_text(self) -> str:
+        if self.order.price_ticks is None:
+            raise ValueError(f"order {self.client_id} has no price")
+        return format(self.instrument.ticks_to_price(self.order.price_ticks), "f")
+
+    def qty_text(self) -> str:
+        return format(self.instrument.lots_to_qty(self.order.qty_lots), "f")
+
+
+class OrderTracking(ExchangeAdapter):
+    """Order actions, reports and recovery shared by the live adapters (see the module
+    docstring). The adapter provides the attributes declared here, the task runner
+    ``_spawn`` and ``has_credentials``; a venue provides the abstract order methods."""
+
+    MAX_TRACKED = 20_000
+
+    # Provided by the adapter (``CcxtSpotAdapter.__init__``).
+    clock: Clock
+    params: CcxtSpotParams
+    sink: VenueSink | None
+    secret_keys: tuple[str, str]
+    counters: dict[str, int]
+
+    def __init__(self) -> None:
+        self._chains: dict[str, asyncio.Task[Any]] = {}
+        self._orders: dict[str, TrackedOrder] = {}
+        self._seen_fills: set[str] = set()
+        self._last_update: dict[str, tuple[int, int, OrderStatus]] = {}
+
+    @property
+    @abstractmethod
+    def has_credentials(self) -> bool:
+        """Whether the adapter can trade (API key and secret given)."""
+
+    @abstractmethod
+    def _spawn(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the adapter owns (cancelled by ``close``)."""
+
+    # -- required venue methods ------------------------------------------------------------
+    @abstractmethod
+    async def _place(self, order: TrackedOrder) -> None:
+        """Send one new order; report what the venue answered; raise ``VenueCallError``."""
+
+    @abstractmethod
+    async def _cancel(self, order: TrackedOrder) -> None:
+        """Cancel one order by client id; raise ``VenueCallError``."""
+
+    @abstractmethod
+    async def _lookup(self, order: TrackedOrder) -> OrderUpdate | None:
+        """The venue's view of an order by client id; None when the venue has no such order."""
+
+    @abstractmethod
+    async def _cancel_symbol(self, symbol: str) -> None:
+        """Cancel every open order of ours on ``symbol``."""
+
+    # -- optional venue methods --------------------------------------------------------------
+    async def _replace(self, old: TrackedOrder, new: TrackedOrder) -> None:
+        """Cancel ``old`` then place ``new`` (venues with an atomic call override this)."""
+        await self._cancel_checked(old)
+        await self._place_checked(new)
+
+    async def _reconcile(self) -> None:
+        """After the private stream was down: recover what it may have missed."""
+        self.counters["reconciliations"] += 1
+        for tracked in list(self._orders.values()):
+            if tracked.status.is_terminal:
+                continue
+            try:
+                update = await self._lookup(tracked)
+            except VenueCallError as exc:
+                logger.warning(
+                    "{}: reconcile lookup of {} failed: {}", self.name, tracked.client_id, exc
+                )
+                continue
+            if update is not None:
+                self._emit_update(update)
+
+    async def _sync_time(self) -> None:
+        """Measure the venue clock offset (venues with signed timestamps override)."""
+
+    # -- submit: sequenced per client id, never blocking ----------------------------------------
+    def submit(self, actions: Sequence[OrderAction]) -> None:
+        for action in actions:
+            if isinstance(action, PlaceOrder):
+                keys = [action.order.client_id]
+            elif isinstance(action, CancelOrder):
+                keys = [action.client_id]
+            elif isinstance(action, ReplaceOrder):
+                keys = [action.old_client_id, action.new.client_id]
+            elif isinstance(action, CancelAll):
+                keys = []
+            else:
+                raise TypeError(f"unknown order action {action!r}")
+            waits = [self._chains[k] for k in keys if k in self._chains]
+            if isinstance(action, CancelAll):
+                waits = list(self._chains.values())
+            task = self._spawn(self._run_action(action, waits), f"{self.name}/action")
+            for key in keys:
+                self._chains[key] = task
+            task.add_done_callback(functools.partial(self._unchain, tuple(keys)))
+
+    def _unchain(self, keys: Iterable[str], task: asyncio.Task[Any]) -> None:
+        for key in keys:
+            if self._chains.get(key) is task:
+                del self._chains[key]
+
+    async def _run_action(self, action: OrderAction, waits: list[asyncio.Task[Any]]) -> None:
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
+        try:
+            if isinstance(action, PlaceOrder):
+                tracked = self._track(action.order)
+                if tracked is not None:
+                    await self._place_checked(tracked)
+            elif isinstance(action, CancelOrder):
+                tracked = self._orders.get(action.client_id) or self._adopt(
+                    action.client_id, action.symbol
+                )
+                if tracked is not None:
+                    await self._cancel_checked(tracked)
+            elif isinstance(action, ReplaceOrder):
+                old = self._orders.get(action.old_client_id)
+                new = self._track(action.new)
+                if new is None:
+                    return
+                if old is None or old.status.is_terminal:
+                    await self._place_checked(new)
+                else:
+                    await self._replace(old, new)
+            elif isinstance(action, CancelAll):
+                symbols = [action.symbol] if action.symbol else list(self.instruments)
+                for symbol in symbols:
+                    await self._with_rate_retry(functools.partial(self._cancel_symbol, symbol))
+        except VenueCallError as exc:
+            logger.warning("{}: {} failed: {}", self.name, type(action).__name__, exc)
+        except Exception:
+            logger.exception("{}: {} failed unexpectedly", self.name, type(action).__name__)
+
+    def _track(self, order: Order) -> TrackedOrder | None:
+        instrument = self.instruments.get(order.symbol)
+        reason = ""
+        if instrument is None:
+            reason = (
+                f"unknown symbol {order.symbol!r}; connected symbols: {sorted(self.instruments)}"
+            )
+        elif not self.has_credentials:
+            reason = (
+                f"{self.name}: no API credentials; give secrets "
+                f"{self.secret_keys[0]!r} and {self.secret_keys[1]!r}"
+            )
+        elif order.order_type is OrderType.LIMIT and order.price_ticks is None:
+            reason = "a limit order needs price_ticks"
+        else:
+            reason = (
+                instrument.check_order(
+                    order.price_ticks if order.order_type is OrderType.LIMIT else None,
+                    order.qty_lots,
+                )
+                or ""
+            )
+        if order.client_id in self._orders and not self._orders[order.client_id].status.is_terminal:
+            reason = f"client id {order.client_id!r} is already working; ids must be unique"
+        if reason:
+            self._emit(
+                OrderUpdate(
+                    self.name,
+                    order.client_id,
+                    OrderStatus.REJECTED,
+                    self.clock.now_ns(),
+                    reason=reason,
+                )
+            )
+            return None
+        assert instrument is not None
+        if len(self._orders) >= self.MAX_TRACKED:
+            self._forget_finished()
+        tracked = TrackedOrder(order, instrument, placed_ns=self.clock.now_ns())
+        self._orders[order.client_id] = tracked
+        return tracked
+
+    def _forget_finished(self) -> None:
+        """Drop finished orders so a long run's memory stays flat; their fills stay
+        de-duplicated through ``_seen_fills``."""
+        for client_id in [c for c, t in self._orders.items() if t.status.is_terminal]:
+            del self._orders[client_id]
+            self._last_update.pop(client_id, None)
+
+    def _adopt(self, client_id: str, symbol: str) -> TrackedOrder | None:
+        """Track an order sent before this adapter started (known from reconciliation)
+        so it can be cancelled by client id."""
+        instrument = self.instruments.get(symbol)
+        if instrument is None:
+            self._emit(
+                OrderUpdate(
+                    self.name,
+                    client_id,
+                    OrderStatus.REJECTED,
+                    self.clock.now_ns(),
+                    reason=f"unknown symbol {symbol!r}",
+                )
+            )
+            return None
+        order = Order(client_id, self.name, symbol, Side.BUY, 0, None)
+        tracked = TrackedOrder(order, instrument, status=OrderStatus.OPEN)
+        self._orders[client_id] = tracked
+        return tracked
+
+    async def _with_rate_retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Retry a call refused by a rate limit (it did not happen) after Retry-After."""
+        waited = 0.0
+        while True:
+            try:
+                return await call()
+            except VenueCallError as exc:
+                if exc.kind == "clock":
+                    await self._sync_time()
+                    return await call()
+                if exc.kind != "rate_limited":
+                    raise
+                self.counters["rate_limited"] += 1
+                wait = max(exc.retry_after_s, 0.05)
+                if waited + wait > self.params.max_rate_wait_s:
+                    raise
+                waited += wait
+                await asyncio.sleep(wait)
+
+    async def _place_checked(self, tracked: TrackedOrder) -> None:
+        try:
+            await self._with_rate_retry(lambda: self._place(tracked))
+        except VenueCallError as exc:
+            if exc.kind == "unknown":
+                self.counters["unknown"] += 1
+                await self._resolve_unknown(tracked, str(exc))
+            else:
+                self.counters["rejected"] += 1
+                self._emit(
+                    OrderUpdate(
+                        self.name,
+                        tracked.client_id,
+                        OrderStatus.REJECTED,
+                        self.clock.now_ns(),
+                        reason=str(exc),
+                    )
+                )
+
+    async def _cancel_checked(self, tracked: TrackedOrder) -> None:
+        if tracked.status.is_terminal:
+            return
+        for attempt in range(3):
+            try:
+                await self._with_rate_retry(lambda: self._cancel(tracked))
+                return
+            except VenueCallError as exc:
+                if exc.kind == "not_found":
+                    update = await self._lookup_quietly(tracked)
+                    self._emit(
+                        update
+                        or OrderUpdate(
+                            self.name,
+                            tracked.client_id,
+                            OrderStatus.CANCELLED,
+                            self.clock.now_ns(),
+                            reason="the venue does not know this order",
+                        )
+                    )
+                    return
+                if exc.kind != "unknown":
+                    self._emit(
+                        OrderUpdate(
+                            self.name,
+                            tracked.client_id,
+                            tracked.status,
+                            self.clock.now_ns(),
+                            reason=f"cancel refused: {exc}",
+                        )
+                    )
+                    return
+                # Cancels are idempotent: retry after a pause, then ask the venue.
+                await asyncio.sleep(self.params.lookup_interval_s * (2**attempt))
+        update = await self._lookup_quietly(tracked)
+        if update is not None:
+            self._emit(update)
+
+    async def _lookup_quietly(self, tracked: TrackedOrder) -> OrderUpdate | None:
+        try:
+            return await self._with_rate_retry(lambda: self._lookup(tracked))
+        except VenueCallError:
+            return None
+
+    async def _resolve_unknown(self, tracked: TrackedOrder, why: str) -> None:
+        """The venue may or may not have the order: ask by client id before any resend.
+
+        Two "not found" answers a pause apart mean it was never placed; only then is it
+        sent again, with the same client id, so a late original is refused as a duplicate
+        rather than doubling the position.
+        """
+        logger.warning(
+            "{}: order {} status unknown ({}); looking it up", self.name, tracked.client_id, why
+        )
+        delay = self.params.lookup_interval_s
+        not_found = 0
+        for _ in range(self.params.order_lookups):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.params.reconnect_max_s)
+            if tracked.status is not OrderStatus.PENDING_NEW:
+                return  # the private stream has told us already
+            self.counters["lookups"] += 1
+            try:
+                update = await self._with_rate_retry(lambda: self._lookup(tracked))
+            except VenueCallError as exc:
+                logger.info("{}: lookup of {} failed: {}", self.name, tracked.client_id, exc)
+                continue
+            if update is not None:
+                self._emit(update)
+                return
+            not_found += 1
+            if not_found < 2:
+                continue
+            if tracked.resends >= 1:
+                break
+            tracked.resends += 1
+            self.counters["resends"] += 1
+            logger.warning(
+                "{}: order {} was not placed; sending it again", self.name, tracked.client_id
+            )
+            try:
+                await self._with_rate_retry(lambda: self._place(tracked))
+                return
+            except VenueCallError as exc:
+                if exc.kind != "unknown":
+                    self._emit(
+                        OrderUpdate(
+                            self.name,
+                            tracked.client_id,
+                            OrderStatus.REJECTED,
+                            self.clock.now_ns(),
+                            reason=str(exc),
+                        )
+                    )
+                    return
+                not_found = 0
+        if tracked.status is OrderStatus.PENDING_NEW:
+            self._emit(
+                OrderUpdate(
+                    self.name,
+                    tracked.client_id,
+                    OrderStatus.REJECTED,
+                    self.clock.now_ns(),
+                    reason=f"status unknown after {self.params.order_lookups} lookups ({why}); "
+                    "reconciliation will pick it up if it exists",
+                )
+            )
+
+    # -- events to the run ---------------------------------------------------------------------
+    def _emit(self, update: OrderUpdate) -> None:
+        self._emit_update(update)
+
+    def _emit_update(self, update: OrderUpdate) -> None:
+        """Forward an order report unless it repeats or goes back on one already sent
+        (REST answers and stream events describe the same transitions)."""
+        filled = update.filled_lots if update.filled_lots is not None else -1
+        rank = 3 if update.status.is_terminal else _RANK.get(update.status, 1)
+        last = self._last_update.get(update.client_id)
+        tracked = self._orders.get(update.client_id)
+        if last is not None:
+            last_rank, last_filled, last_status = last
+            if last_status.is_terminal:
+                if filled <= last_filled:
+                    return
+                update = OrderUpdate(
+                    update.venue,
+                    update.client_id,
+                    last_status,
+                    update.ts_ns,
+                    update.exchange_id,
+                    update.filled_lots,
+                    update.price_ticks,
+                    update.qty_lots,
+                    update.reason,
+                )
+                rank = 3
+            elif rank < last_rank or (
+                rank == last_rank and filled <= last_filled and update.status is last_status
+            ):
+                return
+        self._last_update[update.client_id] = (
+            rank,
+            max(filled, last[1] if last else -1),
+            update.status,
+        )
+        if tracked is not None:
+            tracked.status = update.status
+            if update.filled_lots is not None:
+                tracked.filled_lots = max(tracked.filled_lots, update.filled_lots)
+            if update.exchange_id:
+                tracked.exchange_id = update.exchange_id
+        if self.sink is not None:
+            try:
+                self.sink.on_order_update(update)
+            except Exception:
+                logger.exception("{}: sink.on_order_update failed", self.name)
+
+    def _emit_fill(self, fill: Fill) -> None:
+        if fill.fill_id in self._seen_fills:
+            self.counters["duplicate_fills"] += 1
+            return
+        self._seen_fills.add(fill.fill_id)
+        if self.sink is not None:
+            try:
+                self.sink.on_fill(fill)
+            except Exception:
+                logger.exception("{}: sink.on_fill failed", self.name)
+
+    # -- helpers for venues ----------------------------------------------------------------------
+    def tracked(self, client_id: str) -> TrackedOrder | None:
+        return self._orders.get(client_id)
+
+    @staticmethod
+    def tif_of(order: Order) -> TimeInForce:
+        return order.tif
