@@ -1,4 +1,8 @@
-"""Built-in order-book sources: the Binance and Kraken integrity rules."""
+"""Built-in order-book sources: the Binance and Kraken integrity rules.
+
+The live adapters look their book source up by these names (their ``book_source``
+param, default ``binance_spot`` and ``kraken_v2``), so a plugin that registers its own
+source under another name replaces one of these by being named in a manifest."""
 
 from __future__ import annotations
 
