@@ -30,6 +30,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict
 
 from quoteforge import hookspecs
+from quoteforge.strategy import check_interface
 
 ENTRY_POINT_GROUP = "quoteforge"
 DIST_NAME = "quoteforge"
@@ -341,6 +342,13 @@ class PluginRegistry:
                     f"{kind} {name!r} from plugin {plugin!r} is already registered by "
                     f"plugin {existing.plugin!r}"
                 )
+            if kind == "strategy":
+                # A strategy written for another interface version would misread the
+                # units it is handed: refuse it here, naming the type, so a manifest that
+                # uses it gets this reason instead of "unknown strategy".
+                problem = check_interface(factory)
+                if problem:
+                    raise PluginError(f"strategy {name!r} refused: {problem}")
             schema = params or getattr(factory, "Params", None) or NoParams
             missing = _missing_modules(tuple(requires))
             doc = description or (getattr(factory, "__doc__", None) or "").strip()
@@ -432,7 +440,8 @@ class PluginRegistry:
     def _hint_for_unknown(self, kind: str, name: str) -> str:
         installed = ", ".join(sorted(self._types[kind])) or "none"
         for record in self.failed_plugins():
-            if record.name == name or name in record.module:
+            refused = f"{kind} {name!r} refused:" in record.error
+            if record.name == name or name in record.module or refused:
                 fix = f"; {record.install_hint}" if record.install_hint else ""
                 return (
                     f"{kind} {name!r} comes from plugin {record.name!r} ({record.dist}), "

@@ -15,7 +15,7 @@ import pytest
 
 from quoteforge import hookimpl
 from quoteforge.cli import main, plugin_rows
-from quoteforge.registry import PluginError, PluginRegistry, Register
+from quoteforge.registry import KINDS, PluginError, PluginRegistry, Register
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -265,10 +265,11 @@ def naming_problems(registry: PluginRegistry) -> list[str]:
         own = parts[-2] if parts[-1] in ("adapter", "plugin") else parts[-1]
         if record.name != own:
             problems.append(f"entry point {record.name!r} names module {record.module!r}")
-        if not record.loaded or not record.provides:
+        provides = [(kind, name) for kind, name in record.provides if kind in KINDS]
+        if not record.loaded or not provides:
             continue  # hooks and commands only: named after the feature
-        kinds = {kind for kind, _ in record.provides}
-        types = {name for _, name in record.provides}
+        kinds = {kind for kind, _ in provides}
+        types = {name for _, name in provides}
         if parts[1] in ("exchanges", "strategies"):
             if record.name not in types:
                 problems.append(f"{record.name!r} registers {sorted(types)}, not its own name")
@@ -309,3 +310,31 @@ def test_naming_rules_catch_a_plugin_named_apart_from_its_type() -> None:
 @hookimpl
 def _register_sqlite(register: Register) -> None:
     register("sqlite", object)
+
+
+def test_strategy_for_another_interface_version_is_refused(site: Path) -> None:
+    """A strategy class declaring an older interface is refused at registration, and a
+    manifest naming its type is told why (not "unknown strategy")."""
+    make_dist(
+        site,
+        "qf-old",
+        "qf_old",
+        "qf_old_mod",
+        """
+        import quoteforge
+
+        class OldQuoter(quoteforge.Strategy):
+            interface_version = quoteforge.INTERFACE_VERSION - 1
+
+        @quoteforge.hookimpl
+        def quoteforge_register_strategies(register):
+            register("old_quoter", OldQuoter)
+        """,
+    )
+    reg = fresh()
+    record = next(r for r in reg.failed_plugins() if r.name == "qf_old")
+    assert "strategy 'old_quoter' refused" in record.error
+    assert "written for strategy interface" in record.error
+    with pytest.raises(PluginError, match=r"comes from plugin 'qf_old'.*old_quoter' refused"):
+        reg.get("strategy", "old_quoter")
+    assert "pure_market_making" in reg.types("strategy")  # the others still load
