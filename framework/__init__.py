@@ -49,7 +49,6 @@ if TYPE_CHECKING:
         ConsumerBook,
         L2Book,
         Outcome,
-        TraderBook,
     )
     from quoteforge.book.source import BookSourceParams
     from quoteforge.bus import Bus, Handler
@@ -88,7 +87,6 @@ _LAZY = {
             "ConsumerBook",
             "L2Book",
             "Outcome",
-            "TraderBook",
         ),
         "quoteforge.book",
     ),
@@ -181,7 +179,6 @@ __all__ = [
     "StrategyParams",
     "TimeInForce",
     "TimerHandle",
-    "TraderBook",
     "VenueContext",
     "VenueSink",
     "__version__",

@@ -18,10 +18,10 @@ from pydantic import Field, model_validator
 import quoteforge
 from quoteforge.book import BookState
 from quoteforge.book.consumer import ConsumerBook
-from quoteforge.book.trader import TraderBook
 from quoteforge.model import Fill, OrderUpdate, Side
+from quoteforge.plugins.routing import SmartOrderRouter
 from quoteforge.registry import Register
-from quoteforge.routing import SmartOrderRouter
+from quoteforge.strategies.trader_book import TraderBook
 from quoteforge.strategy import Market, Quotes, Strategy, StrategyParams
 
 __all__ = ["CrossVenueTaker", "CrossVenueTakerParams", "Opportunity"]

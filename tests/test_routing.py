@@ -11,7 +11,7 @@ from venues import two_venue_consumer, venue_book
 
 from quoteforge.book import BookState, ConsumerBook, L2Book
 from quoteforge.model import Instrument, Side
-from quoteforge.routing import SmartOrderRouter
+from quoteforge.plugins.routing import SmartOrderRouter
 
 D = Decimal
 Levels = list[tuple[str, str]]

@@ -4,7 +4,6 @@ from quoteforge.book.consumer import Allocation, ConsumerBook, ConsumerLevel, Ma
 from quoteforge.book.l2 import TOP_LEVELS, BookState, L2Book, TakeCost
 from quoteforge.book.source import BookSource, Outcome, SourceStats
 from quoteforge.book.state import BookStateMachine
-from quoteforge.book.trader import OwnOrder, TraderBook
 from quoteforge.book.wire import BookMessageError, WireDecimalParser
 
 __all__ = [
@@ -19,9 +18,7 @@ __all__ = [
     "L2Book",
     "MarketCross",
     "Outcome",
-    "OwnOrder",
     "SourceStats",
     "TakeCost",
-    "TraderBook",
     "WireDecimalParser",
 ]

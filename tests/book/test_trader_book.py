@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from quoteforge.book import L2Book, TraderBook
+from quoteforge.book import L2Book
 from quoteforge.model import Instrument, Side
+from quoteforge.strategies.trader_book import TraderBook
 
 
 @pytest.fixture
