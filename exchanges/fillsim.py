@@ -3,8 +3,6 @@ recording or a live feed): the matching behind the ``replay`` and paper venues."
 
 from __future__ import annotations
 
-import itertools
-import zlib
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Literal
@@ -15,13 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from quoteforge.book import BookState, L2Book
 from quoteforge.clock import Clock
 from quoteforge.exchange import (
-    CancelAll,
-    CancelOrder,
     OrderAction,
-    PlaceOrder,
-    ReplaceOrder,
     VenueSink,
 )
+from quoteforge.exchanges.sim.base import BPS, ActionDispatch, OrderReports
+from quoteforge.exchanges.sim.flow import market_rng
 from quoteforge.model import (
     Fill,
     Instrument,
@@ -50,7 +46,6 @@ _SELL = Side.SELL
 _LIVE = BookState.LIVE
 _MAKER = Liquidity.MAKER
 _TAKER = Liquidity.TAKER
-_BPS = Decimal("0.0001")
 # numpy's hypergeometric sampler needs ngood + nbad below 10**9.
 _HYPERGEOMETRIC_LIMIT = 10**9
 
@@ -175,12 +170,7 @@ class _Market:
         self.taken: dict[tuple[Side, int], tuple[int, int]] = {}
 
 
-def _rng(seed: int, venue: str, symbol: str, purpose: str) -> np.random.Generator:
-    key = zlib.crc32(f"{venue}|{symbol}|{purpose}".encode())
-    return np.random.default_rng([seed & 0xFFFFFFFF, key])
-
-
-class FillSimulator:
+class FillSimulator(ActionDispatch):
     """Our orders on one venue, filled against external books we only observe.
 
     Rules (``docs/backtest.md`` explains them):
@@ -227,28 +217,28 @@ class FillSimulator:
         self._arrive_ns = int((lat.order_ms + lag) * 1_000_000)
         self._report_ns = max(0, int((lat.order_ms - lag) * 1_000_000))
         self._jitter_ns = lat.jitter_ms * 1_000_000
-        self._latency_rng = _rng(seed, venue, "*", "latency")
+        self._latency_rng = market_rng(seed, venue, "*", "latency")
         self._out_last = 0
         self._back_last = 0
         self._seed = seed
         self._model = params.cancel_position
-        self.sink: VenueSink | None = None
         self.markets: dict[str, _Market] = {}
-        self._fill_seq = itertools.count(1)
-        self.fills: list[Fill] = []
+        #: Our reports and fills on their way to the sink; ``fills`` is their record.
+        self.reports = OrderReports(venue, clock)
+        self.fills: list[Fill] = self.reports.fills
 
     # -- set-up ----------------------------------------------------------------------------
     def attach(self, sink: VenueSink | None) -> None:
         """Where order reports and fills go (None: nowhere, e.g. after close)."""
-        self.sink = sink
+        self.reports.sink = sink
 
     def add_market(self, instrument: Instrument, book: L2Book) -> None:
         """Fill orders on ``instrument`` against ``book`` (which the caller keeps fresh
         and reports through ``on_book``)."""
         p = self.params
-        maker = instrument.maker_fee if p.maker_fee_bps is None else p.maker_fee_bps * _BPS
-        taker = instrument.taker_fee if p.taker_fee_bps is None else p.taker_fee_bps * _BPS
-        rng = _rng(self._seed, self.venue, instrument.symbol, "queue")
+        maker = instrument.maker_fee if p.maker_fee_bps is None else p.maker_fee_bps * BPS
+        taker = instrument.taker_fee if p.taker_fee_bps is None else p.taker_fee_bps * BPS
+        rng = market_rng(self._seed, self.venue, instrument.symbol, "queue")
         self.markets[instrument.symbol] = _Market(instrument, book, maker, taker, rng)
 
     def has_market(self, symbol: str) -> bool:
@@ -259,7 +249,7 @@ class FillSimulator:
         """Send actions to the simulated matching; outcomes arrive through the sink."""
         clock = self.clock
         for action in actions:
-            clock.call_at(self._stream_time(True), self._arrive, action)
+            clock.call_at(self._stream_time(True), self._carry_out, action)
 
     def queue_ahead(self, client_id: str) -> int | None:
         """External lots still ahead of a resting order of ours (None: not resting)."""
@@ -270,25 +260,14 @@ class FillSimulator:
         return None
 
     def open_orders(self) -> list[OrderUpdate]:
+        """Our resting orders as the venue would list them (the reconcile answer)."""
         now = self.clock.now_ns()
-        out = []
-        for market in self.markets.values():
-            for w in market.orders.values():
-                order = w.order
-                status = OrderStatus.PARTIALLY_FILLED if w.filled else OrderStatus.OPEN
-                out.append(
-                    OrderUpdate(
-                        self.venue,
-                        order.client_id,
-                        status,
-                        now,
-                        exchange_id=order.client_id,
-                        filled_lots=w.filled,
-                        price_ticks=order.price_ticks,
-                        qty_lots=order.qty_lots,
-                    )
-                )
-        return out
+        working = self.reports.working
+        return [
+            working(w.order.client_id, w.filled, w.order.price_ticks, w.order.qty_lots, now)
+            for market in self.markets.values()
+            for w in market.orders.values()
+        ]
 
     # -- market data ---------------------------------------------------------------------------
     def on_book(self, symbol: str) -> None:
@@ -390,19 +369,11 @@ class FillSimulator:
                 self._fill_level(market, level)
 
     # -- arrival at the venue ------------------------------------------------------------------
-    def _arrive(self, action: OrderAction) -> None:
-        if isinstance(action, PlaceOrder):
-            self._place(action.order)
-        elif isinstance(action, CancelOrder):
-            self._cancel(action.client_id, action.symbol)
-        elif isinstance(action, ReplaceOrder):
-            self._cancel(action.old_client_id, action.new.symbol)
-            self._place(action.new)
-        elif isinstance(action, CancelAll):
-            for symbol, market in self.markets.items():
-                if action.symbol in (None, symbol):
-                    for client_id in list(market.orders):
-                        self._cancel(client_id, symbol)
+    def _cancel_all(self, symbol: str | None) -> None:
+        for name, market in self.markets.items():
+            if symbol in (None, name):
+                for client_id in list(market.orders):
+                    self._cancel(client_id, name)
 
     def _place(self, order: Order) -> None:
         market = self.markets.get(order.symbol)
@@ -625,22 +596,9 @@ class FillSimulator:
     ) -> None:
         inst = market.instrument
         rate = market.maker_rate if liquidity is _MAKER else market.taker_rate
-        fill = Fill(
-            venue=self.venue,
-            symbol=inst.symbol,
-            fill_id=f"{inst.symbol}-{next(self._fill_seq)}",
-            client_id=order.client_id,
-            side=order.side,
-            price_ticks=price,
-            qty_lots=lots,
-            fee=inst.notional(price, lots) * rate,
-            fee_asset=inst.quote,
-            liquidity=liquidity,
-            ts_ns=self.clock.now_ns(),
-            strategy=order.strategy,
-        )
-        self.fills.append(fill)
-        self.clock.call_at(self._stream_time(False), self._deliver_fill, fill)
+        fee = inst.notional(price, lots) * rate
+        now = self.clock.now_ns()
+        self.reports.fill(inst, order, price, lots, fee, liquidity, now, self._stream_time(False))
 
     def _report(
         self,
@@ -652,26 +610,8 @@ class FillSimulator:
         price_ticks: int | None = None,
         qty_lots: int | None = None,
     ) -> None:
-        update = OrderUpdate(
-            self.venue,
-            client_id,
-            status,
-            self.clock.now_ns(),
-            exchange_id=client_id,
-            filled_lots=filled,
-            price_ticks=price_ticks,
-            qty_lots=qty_lots,
-            reason=reason,
-        )
-        self.clock.call_at(self._stream_time(False), self._deliver_update, update)
-
-    def _deliver_fill(self, fill: Fill) -> None:
-        if self.sink is not None:
-            self.sink.on_fill(fill)
-
-    def _deliver_update(self, update: OrderUpdate) -> None:
-        if self.sink is not None:
-            self.sink.on_order_update(update)
+        when = self._stream_time(False)
+        self.reports.update(client_id, status, filled, reason, when, price_ticks, qty_lots)
 
     def _stream_time(self, outbound: bool) -> int:
         """Delivery time on the order path (out) or the report path (back): jittered

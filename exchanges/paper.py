@@ -104,7 +104,7 @@ class PaperExchange(ExchangeAdapter):
         return {}
 
     async def fetch_fills(self, since_ns: int) -> list[Fill]:
-        return [f for f in self.fills.fills if f.ts_ns >= since_ns]
+        return self.fills.reports.since(since_ns)
 
     def _track(self, book: L2Book) -> None:
         instrument = self.inner.instruments.get(book.symbol, book.instrument)

@@ -15,14 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 import quoteforge
 from quoteforge.book import BookMessageError, BookSource, BookState, L2Book, WireDecimalParser
-from quoteforge.book.fast import binance_trade_text as _trade_text
-from quoteforge.clock import Clock, TimerHandle
-from quoteforge.exchange import ExchangeAdapter, OrderAction, VenueContext, VenueSink
+from quoteforge.clock import TimerHandle
+from quoteforge.exchange import OrderAction, VenueContext, VenueSink
 from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
+from quoteforge.exchanges.binance.fast import binance_trade_text as _trade_text
 from quoteforge.exchanges.fillsim import FillSimParams, FillSimulator
 from quoteforge.exchanges.kraken.book import KRAKEN_DEPTHS, KrakenBookSource
 from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
-from quoteforge.model import Fill, Instrument, OrderStatus, OrderUpdate, Side
+from quoteforge.exchanges.sim.base import BPS, SimulatedVenue
+from quoteforge.model import Instrument, OrderUpdate, Side
 from quoteforge.recording import RecordingError, RecordTuple, record_batches
 from quoteforge.registry import Register
 
@@ -43,7 +44,6 @@ _SOURCES: dict[str, type[BookSource]] = {
     "kraken_v2": KrakenBookSource,
 }
 _LIVE = BookState.LIVE
-_BPS = Decimal("0.0001")
 _WARN_LIMIT = 20
 
 
@@ -271,32 +271,31 @@ def _resolve_paths(data: str | list[str] | None, ctx: VenueContext) -> list[Path
     return paths
 
 
-class ReplayExchange(ExchangeAdapter):
+class ReplayExchange(SimulatedVenue[ReplayParams]):
     """Replays a recording: each message reaches its book source at its recorded
     receive time (shifted onto the run's clock, plus ``extra_latency_ms``); public
     trades and book changes drive the fill simulator before the run sees them."""
 
     Params: ClassVar[type[ReplayParams]] = ReplayParams
+    simulated = True  # its matching engine runs inside the adapter
 
     def __init__(self, params: ReplayParams, ctx: VenueContext) -> None:
-        self.params = params
-        self.ctx = ctx
-        self.name = ctx.name
-        self.clock: Clock = ctx.clock
-        self.paths = _resolve_paths(params.data, ctx)
-        self.sink: VenueSink | None = None
-        self.instruments: dict[str, Instrument] = {}
-        self.books: dict[str, L2Book] = {}
-        self._markets: dict[str, _ReplayMarket] = {}
-        self._by_wire: dict[str, _ReplayMarket] = {}
         extra_ms = params.extra_latency_ms
-        self.fills = FillSimulator(
-            self.name,
-            self.clock,
+        fills = FillSimulator(
+            ctx.name,
+            ctx.clock,
             params,
             ctx.seed,
             view_lag_ms=params.latency.market_data_ms + extra_ms,
         )
+        # Our orders are the fill simulator's: its reports are the venue's.
+        super().__init__(params, ctx, fills.reports)
+        self.fills = fills
+        self.paths = _resolve_paths(params.data, ctx)
+        self.instruments: dict[str, Instrument] = {}
+        self.books: dict[str, L2Book] = {}
+        self._markets: dict[str, _ReplayMarket] = {}
+        self._by_wire: dict[str, _ReplayMarket] = {}
         self._extra_ns = int(extra_ms * 1_000_000)
         self._notify = params.notify
         self._binance = params.protocol != "kraken_v2"
@@ -335,8 +334,8 @@ class ReplayExchange(ExchangeAdapter):
             qty_step=mp.step,
             min_qty=mp.min_qty,
             min_notional=mp.min_notional,
-            maker_fee=(p.maker_fee_bps or Decimal(0)) * _BPS,
-            taker_fee=(p.taker_fee_bps or Decimal(0)) * _BPS,
+            maker_fee=(p.maker_fee_bps or Decimal(0)) * BPS,
+            taker_fee=(p.taker_fee_bps or Decimal(0)) * BPS,
         )
         kwargs: dict[str, Any] = {
             "clock": self.clock,
@@ -358,8 +357,7 @@ class ReplayExchange(ExchangeAdapter):
 
     # -- adapter contract --------------------------------------------------------------------
     async def connect(self, sink: VenueSink) -> None:
-        self.sink = sink
-        self.fills.attach(sink)
+        self._attach(sink)
         batches = record_batches(self.paths, self.params.venue)
         self._batches = batches
         self._batch = next(batches, [])
@@ -388,14 +386,10 @@ class ReplayExchange(ExchangeAdapter):
         self._batches = None
         self._batch = []
         self._stop_watchdogs()
-        self.fills.attach(None)
-        self.sink = None
+        self._attach(None)
 
     async def fetch_open_orders(self) -> list[OrderUpdate]:
         return self.fills.open_orders()
-
-    async def fetch_fills(self, since_ns: int) -> list[Fill]:
-        return [f for f in self.fills.fills if f.ts_ns >= since_ns]
 
     @property
     def replay_time_ns(self) -> int:
@@ -674,7 +668,6 @@ class ReplayExchange(ExchangeAdapter):
         for fill in fills[self._fills_seen :]:
             limits.filled(fill.client_id, now)
         self._fills_seen = len(fills)
-        back = now + int(2 * self.params.latency.order_ms * 1_000_000)
         passed: list[OrderAction] = []
         for action in actions:
             left, refusals = screen(limits, action, now, self._markets, self._resting)
@@ -682,29 +675,17 @@ class ReplayExchange(ExchangeAdapter):
                 passed.append(left)
             for refusal in refusals:
                 working = self._resting(refusal.symbol).get(refusal.client_id)
-                filled = working.filled if working is not None else 0
-                status = OrderStatus.REJECTED
-                if refusal.live:
-                    status = OrderStatus.PARTIALLY_FILLED if filled else OrderStatus.OPEN
-                update = OrderUpdate(
-                    self.name,
-                    refusal.client_id,
-                    status,
-                    now,
-                    exchange_id=refusal.client_id,
-                    filled_lots=filled,
-                    reason=refusal.reason,
-                )
-                self.clock.call_at(back, self._refusal_reported, update)
+                self._refused(refusal, working.filled if working is not None else 0)
         return passed
+
+    def _report_at(self, market: object) -> int:
+        # Only refusals are reported here (the fill simulator reports the rest): the
+        # venue's answer, one order round trip after the request was sent.
+        return self.clock.now_ns() + int(2 * self.params.latency.order_ms * 1_000_000)
 
     def _resting(self, symbol: str) -> dict[str, Any]:
         market = self.fills.markets.get(symbol)
         return {} if market is None else market.orders
-
-    def _refusal_reported(self, update: OrderUpdate) -> None:
-        if self.sink is not None:
-            self.sink.on_order_update(update)
 
 
 @quoteforge.hookimpl

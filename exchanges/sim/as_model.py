@@ -3,45 +3,35 @@ Brownian mid and one-unit fills with probability A·exp(−kδ)·dt per step —
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
 
 import numpy as np
-from loguru import logger
 from pydantic import ConfigDict, Field, model_validator
 
 import quoteforge
 from quoteforge.book import BookState, L2Book
-from quoteforge.clock import NS, Clock
-from quoteforge.exchange import (
-    CancelAll,
-    CancelOrder,
-    ExchangeAdapter,
-    OrderAction,
-    PlaceOrder,
-    ReplaceOrder,
-    VenueContext,
-    VenueSink,
-)
-from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
+from quoteforge.clock import NS
+from quoteforge.exchange import OrderAction, VenueContext, VenueSink
+from quoteforge.exchanges.profiles import ProfileParams, limits_for, screen
+from quoteforge.exchanges.sim.base import ActionDispatch, SimulatedVenue
 from quoteforge.exchanges.sim.flow import market_rng
 from quoteforge.manifest import Duration
 from quoteforge.model import (
-    Fill,
     Instrument,
     Liquidity,
     Order,
     OrderStatus,
-    OrderUpdate,
     Side,
     TimeInForce,
 )
 from quoteforge.registry import Register
 
 __all__ = ["AsModelExchange", "AsModelParams"]
+
+_NO_FEE = Decimal(0)  # the model charges no fees
 
 
 class AsModelParams(ProfileParams):
@@ -94,18 +84,15 @@ class AsModelParams(ProfileParams):
         return [f"{base}-{i:0{width}d}/{quote}" for i in range(1, self.paths + 1)]
 
 
-class AsModelExchange(ExchangeAdapter):
+class AsModelExchange(SimulatedVenue[AsModelParams], ActionDispatch):
     """Each step: resting quotes fill with probability A·exp(−kδ)·dt (δ measured from
     the mid they were quoted against), then the mid moves. No latency, no fees."""
 
     Params = AsModelParams
+    simulated = True  # its matching engine runs inside the adapter
 
     def __init__(self, params: AsModelParams, ctx: VenueContext) -> None:
-        self.params = params
-        self.ctx = ctx
-        self.name = ctx.name
-        self.clock: Clock = ctx.clock
-        self.sink: VenueSink | None = None
+        super().__init__(params, ctx)
         symbols = params.symbols()
         base_quote = [s.split("/") for s in symbols]
         self.instruments = {
@@ -129,10 +116,7 @@ class AsModelExchange(ExchangeAdapter):
         self._path = {s: i for i, s in enumerate(symbols)}
         self._tick = float(params.tick_size)
         self._steps_left = round(float(params.horizon) / float(params.dt))
-        self._fill_seq = itertools.count(1)
-        self._fills: list[Fill] = []
         self.steps = 0
-        #: The venue profile's limits (None: the model's idealised venue).
         self.limits = limits_for(params, lambda symbol: len(self._resting(symbol)))
 
     @classmethod
@@ -141,20 +125,12 @@ class AsModelExchange(ExchangeAdapter):
 
     # -- adapter contract ----------------------------------------------------------------
     async def connect(self, sink: VenueSink) -> None:
-        self.sink = sink
-        now = self.clock.now_ns()
-        logger.info(describe_limits(self.name, self.params))
+        self._start(sink)
+        now = self.start_ns
         for i, book in enumerate(self.books.values()):
             self._show(i, book, now)
-            old = book.state
-            book.state = BookState.LIVE
-            sink.on_book_state(book, old.value, BookState.LIVE.value, "model start")
+            self._set_state(book, BookState.LIVE, "model start")
         self.clock.call_later(int(float(self.params.dt) * NS), self._step)
-
-    async def close(self) -> None:
-        self.sink = None
-        if self.limits is not None:
-            logger.info(self.limits.summary(self.name))
 
     def submit(self, actions: Sequence[OrderAction]) -> None:
         # The model has no latency: actions apply at once, reports follow in order.
@@ -165,28 +141,20 @@ class AsModelExchange(ExchangeAdapter):
                     limits, action, self.clock.now_ns(), self.symbols, self._resting
                 )
                 for refusal in refusals:
-                    self._refused(refusal.client_id, refusal.symbol, refusal.live, refusal.reason)
+                    i = self._path.get(refusal.symbol)
+                    order = None if i is None else self._working[i].get(refusal.client_id)
+                    self._refused(refusal, None if order is None else order.filled_lots)
                 if left is None:
                     continue
                 action = left
-            self._arrive(action)
+            self._carry_out(action)
 
     def _resting(self, symbol: str) -> list[str]:
         i = self._path.get(symbol)
         return [] if i is None else list(self._working[i])
 
-    def _refused(self, client_id: str, symbol: str, live: bool, reason: str) -> None:
-        if not live:
-            self._report(client_id, OrderStatus.REJECTED, 0, reason)
-            return
-        i = self._path.get(symbol)
-        order = None if i is None else self._working[i].get(client_id)
-        if order is not None:  # else gone already: its own report settles the cancel
-            status = OrderStatus.PARTIALLY_FILLED if order.filled_lots else OrderStatus.OPEN
-            self._report(client_id, status, order.filled_lots, reason)
-
-    async def fetch_fills(self, since_ns: int) -> list[Fill]:
-        return [f for f in self._fills if f.ts_ns >= since_ns]
+    def _report_at(self, market: object) -> int:
+        return self.clock.now_ns()
 
     # -- the model -------------------------------------------------------------------------
     def _show(self, i: int, book: L2Book, ts_ns: int) -> None:
@@ -242,21 +210,6 @@ class AsModelExchange(ExchangeAdapter):
         assert order.price_ticks is not None, "only limit orders rest in the model"
         lots = min(order.qty_lots, max(1, int(1 / float(self.params.lot_size))))
         inst = self.instruments[order.symbol]
-        fill = Fill(
-            venue=self.name,
-            symbol=order.symbol,
-            fill_id=f"{order.symbol}-{next(self._fill_seq)}",
-            client_id=order.client_id,
-            side=order.side,
-            price_ticks=order.price_ticks,
-            qty_lots=lots,
-            fee=Decimal(0),
-            fee_asset=inst.quote,
-            liquidity=Liquidity.MAKER,
-            ts_ns=now,
-            strategy=order.strategy,
-        )
-        self._fills.append(fill)
         order.filled_lots += lots
         done = order.filled_lots >= order.qty_lots
         if self.limits is not None:
@@ -265,25 +218,17 @@ class AsModelExchange(ExchangeAdapter):
                 self.limits.closed(order.client_id)
         if done:
             del self._working[i][order.client_id]
-        self.clock.call_at(now, self._send_fill, fill)
+        self.reports.fill(inst, order, order.price_ticks, lots, _NO_FEE, Liquidity.MAKER, now, now)
         if done:
             self._report(order.client_id, OrderStatus.FILLED, order.filled_lots)
 
     # -- orders ------------------------------------------------------------------------------
-    def _arrive(self, action: OrderAction) -> None:
-        if isinstance(action, PlaceOrder):
-            self._place(action.order)
-        elif isinstance(action, CancelOrder):
-            self._cancel(action.client_id, action.symbol)
-        elif isinstance(action, ReplaceOrder):
-            self._cancel(action.old_client_id, action.new.symbol)
-            self._place(action.new)
-        elif isinstance(action, CancelAll):
-            for i, working in enumerate(self._working):
-                if action.symbol not in (None, self.symbols[i]):
-                    continue
-                for client_id in list(working):
-                    self._cancel(client_id, self.symbols[i])
+    def _cancel_all(self, symbol: str | None) -> None:
+        for i, working in enumerate(self._working):
+            if symbol not in (None, self.symbols[i]):
+                continue
+            for client_id in list(working):
+                self._cancel(client_id, self.symbols[i])
 
     def _place(self, order: Order) -> None:
         i = self._path.get(order.symbol)
@@ -296,8 +241,7 @@ class AsModelExchange(ExchangeAdapter):
         if order.tif is TimeInForce.IOC:
             problem = "as_model has no liquidity to take: quote limit orders"
         if problem is not None:
-            if self.limits is not None:
-                self.limits.rejected(order.client_id, self.clock.now_ns())
+            self._rejected(order.client_id)
             self._report(order.client_id, OrderStatus.REJECTED, 0, problem)
             return
         # The venue keeps its own copy: the order manager owns the run's Order objects.
@@ -321,27 +265,6 @@ class AsModelExchange(ExchangeAdapter):
         if order is None:
             return  # already filled: its FILLED report settles the pending cancel
         self._report(client_id, OrderStatus.CANCELLED, order.filled_lots)
-
-    def _report(self, client_id: str, status: OrderStatus, filled: int, reason: str = "") -> None:
-        now = self.clock.now_ns()
-        update = OrderUpdate(
-            self.name,
-            client_id,
-            status,
-            now,
-            exchange_id=client_id,
-            filled_lots=filled,
-            reason=reason,
-        )
-        self.clock.call_at(now, self._send_update, update)
-
-    def _send_update(self, update: OrderUpdate) -> None:
-        if self.sink is not None:
-            self.sink.on_order_update(update)
-
-    def _send_fill(self, fill: Fill) -> None:
-        if self.sink is not None:
-            self.sink.on_fill(fill)
 
 
 def _build(params: AsModelParams, ctx: VenueContext) -> AsModelExchange:

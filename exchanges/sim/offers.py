@@ -17,30 +17,25 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import quoteforge
-from quoteforge.book import BookState, L2Book
-from quoteforge.book.l2 import TakeCost
-from quoteforge.clock import NS, Clock
+from quoteforge.book import BookState
+from quoteforge.clock import NS
 from quoteforge.exchange import (
-    CancelAll,
-    CancelOrder,
-    ExchangeAdapter,
     OrderAction,
     PlaceOrder,
-    ReplaceOrder,
     VenueContext,
     VenueSink,
 )
-from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
+from quoteforge.exchanges.profiles import ProfileParams, limits_for, screen
+from quoteforge.exchanges.sim.base import BPS, ActionDispatch, SimulatedVenue
 from quoteforge.exchanges.sim.flow import market_rng
+from quoteforge.exchanges.sim.midbook import LazyMidBook, MidFeed
 from quoteforge.manifest import Duration
 from quoteforge.model import (
-    Fill,
     Instrument,
     Liquidity,
     Offer,
     Order,
     OrderStatus,
-    OrderUpdate,
     Side,
 )
 from quoteforge.registry import Register
@@ -51,8 +46,6 @@ __all__ = [
     "OfferSimParams",
     "ticker_names",
 ]
-
-_LIVE = BookState.LIVE
 
 # Outcome reasons a strategy can match on: the race is lost, or the offer ran out.
 TAKEN = "offer already taken"
@@ -262,176 +255,21 @@ def ticker_names(count: int) -> list[str]:
     return out
 
 
-class _MidFeed:
-    """The latent mids of every ticker, stepped together on a timer."""
-
-    __slots__ = ("mids", "step", "tick", "ts_ns")
-
-    def __init__(self, mids: np.ndarray, tick: float, ts_ns: int) -> None:
-        self.mids = mids
-        self.tick = tick
-        self.step = 0
-        self.ts_ns = ts_ns
-
-
-class LazyMidBook(L2Book):
-    """A reference book that shows the ticker's current mid ± one tick.
-
-    It is refreshed when read, not when the mid moves: with thousands of tickers and a
-    handful read per second, eager updates would be almost all wasted work. Reading the
-    mid (``mid``, ``mid_ticks``, ``mid_and_time``) refreshes only the mid and the book's
-    time; the two levels are rebuilt when something reads the levels.
-    """
-
-    __slots__ = (
-        "_centre",
-        "_depth",
-        "_feed",
-        "_index",
-        "_levels_seen",
-        "_mid",
-        "_mid_ticks",
-        "_ref",
-        "_seen",
-    )
-
-    def __init__(self, instrument: Instrument, feed: _MidFeed, index: int, depth: int) -> None:
-        super().__init__(instrument)
-        self._feed = feed
-        self._index = index
-        self._depth = depth
-        self._seen = -1  # the feed step the mid was read at
-        self._levels_seen = -1  # the feed step the levels were built at
-        self._centre = 0
-        self._mid: float | None = None
-        self._mid_ticks: float | None = None
-        self._ref: tuple[float, int] | None = None
-
-    def _sync_mid(self) -> None:
-        feed = self._feed
-        self._seen = feed.step
-        centre = max(2, round(float(feed.mids[self._index]) / feed.tick))
-        self._centre = centre
-        self._mid_ticks = float(centre)
-        mid = self._mid = centre * feed.tick
-        ts = self.ts_ns = feed.ts_ns
-        self._ref = (mid, ts)
-        # What the book shows has changed, even before its levels are rebuilt.
-        self.version += 1
-        self.top_version += 1
-
-    def _sync(self) -> None:
-        if self._seen != self._feed.step:
-            self._sync_mid()
-        self._levels_seen = self._seen
-        centre = self._centre
-        self.apply_snapshot(((centre - 1, self._depth),), ((centre + 1, self._depth),), self.ts_ns)
-
-    def mid(self) -> float | None:
-        if self._seen != self._feed.step:
-            self._sync_mid()
-        return self._mid
-
-    def mid_ticks(self) -> float | None:
-        if self._seen != self._feed.step:
-            self._sync_mid()
-        return self._mid_ticks
-
-    def mid_and_time(self) -> tuple[float, int] | None:
-        """``(mid, ts_ns)`` while the book is LIVE, else None: what the book price
-        source reads. The same tuple object until the mid is refreshed, so a reader can
-        tell "unchanged" by identity."""
-        if self.state is not _LIVE:
-            return None
-        if self._seen != self._feed.step:
-            self._sync_mid()
-        return self._ref
-
-    def side_top_version(self, side: Side) -> int:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().side_top_version(side)
-
-    def best_bid(self) -> tuple[int, int] | None:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().best_bid()
-
-    def best_ask(self) -> tuple[int, int] | None:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().best_ask()
-
-    def best_bid_ticks(self) -> int | None:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().best_bid_ticks()
-
-    def best_ask_ticks(self) -> int | None:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().best_ask_ticks()
-
-    def top(self, side: Side, n: int) -> list[tuple[int, int]]:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().top(side, n)
-
-    def levels(self, side: Side) -> Any:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().levels(side)
-
-    def lots_at(self, side: Side, price_ticks: int) -> int:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().lots_at(side, price_ticks)
-
-    def depth(self, side: Side) -> int:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().depth(side)
-
-    def depth_within_bps(self, side: Side, bps: int | float | Decimal | str) -> int:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().depth_within_bps(side, bps)
-
-    def cost_to_take(self, side: Side, lots: int) -> TakeCost:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().cost_to_take(side, lots)
-
-    def imbalance(self, n: int = 5) -> float | None:
-        if self._levels_seen != self._feed.step:
-            self._sync()
-        return super().imbalance(n)
-
-    def refresh(self) -> None:
-        """Bring the book up to the latest mid now (e.g. before a report is written)."""
-        if self._levels_seen != self._feed.step:
-            self._sync()
-
-
 _NEVER = 2**62  # the competitor time of an offer no competing taker goes for
 _UNIFORM_BLOCK = 1024
 _BUY = Side.BUY
 _SELL = Side.SELL
 
 
-class OfferSimExchange(ExchangeAdapter):
+class OfferSimExchange(SimulatedVenue[OfferSimParams], ActionDispatch):
     """The ``offer_sim`` venue: an offer stream over many tickers, filled by taking."""
 
     Params = OfferSimParams
+    simulated = True  # its matching engine runs inside the adapter
 
     def __init__(self, params: OfferSimParams, ctx: VenueContext) -> None:
-        self.params = params
-        self.ctx = ctx
-        self.name = ctx.name
-        self.clock: Clock = ctx.clock
-        self.sink: VenueSink | None = None
-        self.start_ns = 0
-        self.taker_rate = params.taker_fee_bps * Decimal("0.0001")
+        super().__init__(params, ctx)
+        self.taker_rate = params.taker_fee_bps * BPS
         self.tickers = params.ticker_list()
         self._index = {t: i for i, t in enumerate(self.tickers)}
         self.instruments = {
@@ -476,7 +314,7 @@ class OfferSimExchange(ExchangeAdapter):
         self.sigmas = sigmas
         self.volatile = [self.tickers[i] for i in np.flatnonzero(volatile)]
         self._step_s = float(mp.step)
-        self.feed = _MidFeed(mids, float(params.tick_size), 0)
+        self.feed = MidFeed(mids, float(params.tick_size), 0)
         depth = max(1, int(Decimal(str(params.book_depth)) / params.lot_size))
         self.books = {}
         for t, i in self._index.items():
@@ -486,8 +324,6 @@ class OfferSimExchange(ExchangeAdapter):
         self._offers: dict[str, tuple[Offer, int]] = {}
         self._expiry_queue: deque[tuple[int, str]] = deque()
         self._offer_seq = itertools.count(1)
-        self._fill_seq = itertools.count(1)
-        self._fills: list[Fill] = []
         self._last_private = 0
         self._last_md = 0
         self._running = False
@@ -505,15 +341,11 @@ class OfferSimExchange(ExchangeAdapter):
 
     # -- adapter contract ----------------------------------------------------------------
     async def connect(self, sink: VenueSink) -> None:
-        self.sink = sink
-        self.start_ns = self.clock.now_ns()
+        self._start(sink)
         self.feed.ts_ns = self.start_ns
-        logger.info(describe_limits(self.name, self.params))
         self._running = True
         for book in self.books.values():
-            old = book.state
-            book.state = BookState.LIVE
-            sink.on_book_state(book, old.value, BookState.LIVE.value, "reference prices")
+            self._set_state(book, BookState.LIVE, "reference prices")
         self.clock.call_later(int(self._step_s * NS), self._step)
         self.clock.call_later(int(float(self.params.offers.batch) * NS), self._offer_batch)
         if self.params.http.enabled:
@@ -521,9 +353,7 @@ class OfferSimExchange(ExchangeAdapter):
 
     async def close(self) -> None:
         self._running = False
-        self.sink = None
-        if self.limits is not None:
-            logger.info(self.limits.summary(self.name))
+        await super().close()
         if self._http_runner is not None:
             runner, self._http_runner = self._http_runner, None
             await runner.cleanup()
@@ -532,9 +362,6 @@ class OfferSimExchange(ExchangeAdapter):
         for action in actions:
             when = self._stream_time("private_out")
             self.clock.call_at(when, self._arrive, action)
-
-    async def fetch_fills(self, since_ns: int) -> list[Fill]:
-        return [f for f in self._fills if f.ts_ns >= since_ns]
 
     # -- reference prices ----------------------------------------------------------------
     def mid(self, ticker: str) -> float:
@@ -683,33 +510,41 @@ class OfferSimExchange(ExchangeAdapter):
             self._last_private = when
         return when
 
+    def _report_at(self, market: object) -> int:
+        return self._stream_time("private")
+
     def _arrive(self, action: OrderAction) -> None:
         limits = self.limits
         if limits is not None:
             left, refusals = screen(limits, action, self.clock.now_ns(), (), lambda _: ())
             for refusal in refusals:
-                status = OrderStatus.OPEN if refusal.live else OrderStatus.REJECTED
-                self._report(refusal.client_id, status, 0, refusal.reason)
+                self._refused(refusal, 0)  # nothing rests: a refused cancel leaves no fill
             if left is None:
                 return
             action = left
         if isinstance(action, PlaceOrder):
-            fills = len(self._fills)
+            fills = self.reports.fills
+            before = len(fills)
             self._take(action.order)
             if limits is not None:
                 # A take is done on arrival, filled (a first fill gives a Binance order
                 # back to the unfilled count) or not.
-                if len(self._fills) > fills:
+                if len(fills) > before:
                     limits.filled(action.order.client_id, self.clock.now_ns())
                 limits.closed(action.order.client_id)
-        elif isinstance(action, ReplaceOrder):
-            self._report(action.old_client_id, OrderStatus.CANCELLED, 0, "not working")
-            self._take(action.new)
-        elif isinstance(action, CancelOrder):
-            # Take orders are immediate-or-cancel: nothing ever rests to be cancelled.
-            self._report(action.client_id, OrderStatus.CANCELLED, 0, "not working")
-        elif isinstance(action, CancelAll):
-            return
+        else:
+            self._carry_out(action)
+
+    def _place(self, order: Order) -> None:
+        # The new order of a replace: every order here is a take.
+        self._take(order)
+
+    def _cancel(self, client_id: str, symbol: str) -> None:
+        # Take orders are immediate-or-cancel: nothing ever rests to be cancelled.
+        self._report(client_id, OrderStatus.CANCELLED, 0, "not working")
+
+    def _cancel_all(self, symbol: str | None) -> None:
+        """Nothing rests, so there is nothing to cancel and nothing to report."""
 
     def _take(self, order: Order) -> None:
         instrument = self.instruments.get(order.symbol)
@@ -762,47 +597,14 @@ class OfferSimExchange(ExchangeAdapter):
         del self._offers[offer.offer_id]
         self.taken_by_us += 1
         lots = min(order.qty_lots, offer.qty_lots)
-        fee = instrument.notional(offer.price_ticks, lots) * self.taker_rate
-        fill = Fill(
-            venue=self.name,
-            symbol=order.symbol,
-            fill_id=f"{order.symbol}-{next(self._fill_seq)}",
-            client_id=order.client_id,
-            side=order.side,
-            price_ticks=offer.price_ticks,
-            qty_lots=lots,
-            fee=fee,
-            fee_asset=instrument.quote,
-            liquidity=Liquidity.TAKER,
-            ts_ns=now,
-            strategy=order.strategy,
-        )
-        self._fills.append(fill)
-        self.clock.call_at(self._stream_time("private"), self._send_fill, fill)
+        price = offer.price_ticks
+        fee = instrument.notional(price, lots) * self.taker_rate
+        when = self._stream_time("private")
+        self.reports.fill(instrument, order, price, lots, fee, Liquidity.TAKER, now, when)
         if lots < order.qty_lots:
             self._report(order.client_id, OrderStatus.EXPIRED, lots, "offer smaller than order")
         else:
             self._report(order.client_id, OrderStatus.FILLED, lots)
-
-    def _report(self, client_id: str, status: OrderStatus, filled: int, reason: str = "") -> None:
-        update = OrderUpdate(
-            self.name,
-            client_id,
-            status,
-            self.clock.now_ns(),
-            exchange_id=client_id,
-            filled_lots=filled,
-            reason=reason,
-        )
-        self.clock.call_at(self._stream_time("private"), self._send_update, update)
-
-    def _send_update(self, update: OrderUpdate) -> None:
-        if self.sink is not None:
-            self.sink.on_order_update(update)
-
-    def _send_fill(self, fill: Fill) -> None:
-        if self.sink is not None:
-            self.sink.on_fill(fill)
 
     # -- HTTP price service ------------------------------------------------------------------
     async def _start_http(self) -> None:

@@ -13,21 +13,19 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
 
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quoteforge.book import BookState, L2Book
-from quoteforge.clock import Clock
 from quoteforge.exchange import (
     CancelOrder,
-    ExchangeAdapter,
     OrderAction,
     PlaceOrder,
     ReplaceOrder,
     VenueContext,
     VenueSink,
 )
-from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
+from quoteforge.exchanges.profiles import ProfileParams, limits_for, screen
+from quoteforge.exchanges.sim.base import BPS, ActionDispatch, SimulatedVenue
 from quoteforge.exchanges.sim.flow import (
     FlowParams,
     LiquidityParams,
@@ -38,7 +36,6 @@ from quoteforge.exchanges.sim.flow import (
 from quoteforge.exchanges.sim.matching import MatchingEngine, SimOrder, SubmitResult, Trade
 from quoteforge.manifest import Duration
 from quoteforge.model import (
-    Fill,
     Instrument,
     InstrumentKind,
     Liquidity,
@@ -289,21 +286,16 @@ class _SimMarket:
         self.schedule_taker()
 
 
-class SimExchange(ExchangeAdapter):
+class SimExchange(SimulatedVenue[SimParams], ActionDispatch):
     """The ``sim`` venue: a matching engine per market fed by synthetic order flow."""
 
     Params = SimParams
+    simulated = True  # its matching engine runs inside the adapter
 
     def __init__(self, params: SimParams, ctx: VenueContext) -> None:
-        self.params = params
-        self.ctx = ctx
-        self.name = ctx.name
-        self.clock: Clock = ctx.clock
-        self.start_ns = 0
-        self.sink: VenueSink | None = None
-        fee_unit = Decimal("0.0001")
-        self.maker_rate = params.maker_fee_bps * fee_unit
-        self.taker_rate = params.taker_fee_bps * fee_unit
+        super().__init__(params, ctx)
+        self.maker_rate = params.maker_fee_bps * BPS
+        self.taker_rate = params.taker_fee_bps * BPS
         self.instruments = {}
         self.markets: dict[str, _SimMarket] = {}
         for symbol, mp in params.markets.items():
@@ -323,10 +315,8 @@ class SimExchange(ExchangeAdapter):
             )
             self.instruments[symbol] = inst
         self.books = {}
+        # Our working orders by client id, with their market.
         self._our_orders: dict[str, tuple[_SimMarket, Order]] = {}
-        self._trade_seq = itertools.count(1)
-        self._fills: list[Fill] = []  # what the venue's trade history endpoint would list
-        #: The venue profile's limits as this venue enforces them (None: an idealised venue).
         self.limits = limits_for(params)
 
     @classmethod
@@ -335,9 +325,7 @@ class SimExchange(ExchangeAdapter):
 
     # -- adapter contract --------------------------------------------------------------
     async def connect(self, sink: VenueSink) -> None:
-        self.sink = sink
-        self.start_ns = self.clock.now_ns()
-        logger.info(describe_limits(self.name, self.params))
+        self._start(sink)
         wanted = self.ctx.symbols or list(self.params.markets)
         for symbol in wanted:
             market = _SimMarket(self, self.instruments[symbol], self.params.markets[symbol])
@@ -348,18 +336,13 @@ class SimExchange(ExchangeAdapter):
             bids = market.engine.levels(Side.BUY, 10_000)
             asks = market.engine.levels(Side.SELL, 10_000)
             market.book.apply_snapshot(bids, asks, self.start_ns)
-            self._set_state(market, BookState.LIVE, "snapshot")
+            self._set_state(market.book, BookState.LIVE, "snapshot")
             self.clock.call_later(int(market.path.dt * 1e9), market.step)
             market.schedule_taker()
             for outage in market.params.outages:
                 start = self.start_ns + int(float(outage.at) * 1e9)
                 self.clock.call_at(start, self._outage_begin, market)
                 self.clock.call_at(start + int(float(outage.duration) * 1e9), self._resync, market)
-
-    async def close(self) -> None:
-        self.sink = None
-        if self.limits is not None:
-            logger.info(self.limits.summary(self.name))
 
     def submit(self, actions: Sequence[OrderAction]) -> None:
         for action in actions:
@@ -369,29 +352,22 @@ class SimExchange(ExchangeAdapter):
 
     async def fetch_open_orders(self) -> list[OrderUpdate]:
         now = self.clock.now_ns()
+        working = self.reports.working
         out = []
         for market, order in self._our_orders.values():
             sim = market.engine.get(order.client_id)
-            if sim is None:
-                continue
-            status = OrderStatus.PARTIALLY_FILLED if sim.filled_lots else OrderStatus.OPEN
-            out.append(
-                OrderUpdate(
-                    self.name,
-                    order.client_id,
-                    status,
-                    now,
-                    exchange_id=order.client_id,
-                    filled_lots=sim.filled_lots,
-                    price_ticks=sim.price_ticks,
-                    qty_lots=sim.qty_lots,
-                    symbol=order.symbol,
+            if sim is not None:
+                out.append(
+                    working(
+                        order.client_id,
+                        sim.filled_lots,
+                        sim.price_ticks,
+                        sim.qty_lots,
+                        now,
+                        order.symbol,
+                    )
                 )
-            )
         return out
-
-    async def fetch_fills(self, since_ns: int) -> list[Fill]:
-        return [f for f in self._fills if f.ts_ns >= since_ns]
 
     # -- internals ---------------------------------------------------------------------
     def _market_of(self, action: OrderAction) -> _SimMarket | None:
@@ -423,13 +399,8 @@ class SimExchange(ExchangeAdapter):
         market.stream_last[stream] = when
         return when
 
-    def _set_state(self, market: _SimMarket, state: BookState, reason: str) -> None:
-        old = market.book.state
-        if old is state:
-            return
-        market.book.state = state
-        if self.sink is not None:
-            self.sink.on_book_state(market.book, old.value, state.value, reason)
+    def _report_at(self, market: _SimMarket) -> int:
+        return self._stream_time(market, "private")
 
     def _publish(self, market: _SimMarket) -> None:
         changes = market.engine.drain_level_changes()
@@ -450,16 +421,16 @@ class SimExchange(ExchangeAdapter):
 
     def _outage_begin(self, market: _SimMarket) -> None:
         market.down = True
-        self._set_state(market, BookState.STALE, "market-data feed down")
+        self._set_state(market.book, BookState.STALE, "market-data feed down")
 
     def _resync(self, market: _SimMarket) -> None:
         market.down = False
-        self._set_state(market, BookState.RESYNCING, "feed back, fetching snapshot")
+        self._set_state(market.book, BookState.RESYNCING, "feed back, fetching snapshot")
         market.engine.drain_level_changes()
         bids = market.engine.levels(Side.BUY, 10_000)
         asks = market.engine.levels(Side.SELL, 10_000)
         market.book.apply_snapshot(bids, asks, self.clock.now_ns())
-        self._set_state(market, BookState.LIVE, "resynced from snapshot")
+        self._set_state(market.book, BookState.LIVE, "resynced from snapshot")
         if self.sink is not None:
             self.sink.on_book(market.book)
 
@@ -470,25 +441,19 @@ class SimExchange(ExchangeAdapter):
             if left is None:
                 return
             action = left
-        if isinstance(action, PlaceOrder):
-            self._place(action.order)
-        elif isinstance(action, CancelOrder):
-            self._cancel(action.client_id, action.symbol)
-        elif isinstance(action, ReplaceOrder):
-            self._cancel(action.old_client_id, action.new.symbol)
-            self._place(action.new)
-        else:
-            for symbol, market in self.markets.items():
-                if action.symbol in (None, symbol):
-                    for sim in market.engine.cancel_all(US):
-                        self._closed(sim.order_id)
-                        self._report(market, sim.order_id, OrderStatus.CANCELLED, sim.filled_lots)
-                    self._publish(market)
+        self._carry_out(action)
+
+    def _cancel_all(self, symbol: str | None) -> None:
+        for name, market in self.markets.items():
+            if symbol in (None, name):
+                for sim in market.engine.cancel_all(US):
+                    self._closed(sim.order_id)
+                    self._report(sim.order_id, OrderStatus.CANCELLED, sim.filled_lots, "", market)
+                self._publish(market)
 
     def _within_limits(self, action: OrderAction) -> OrderAction | None:
         """Charge ``action`` to the venue profile's limits and report what they refuse as
-        the venue would: a new order REJECTED, a refused cancel answered with the order
-        still live. Returns what is left to carry out."""
+        the venue would. Returns what is left to carry out."""
         assert self.limits is not None
         left, refusals = screen(
             self.limits,
@@ -499,60 +464,23 @@ class SimExchange(ExchangeAdapter):
         )
         for refusal in refusals:
             market = self.markets.get(refusal.symbol)
-            if market is None:
-                continue
-            if not refusal.live:
-                self._report(market, refusal.client_id, OrderStatus.REJECTED, 0, refusal.reason)
-                continue
-            sim = market.engine.get(refusal.client_id)
-            if sim is None:
-                continue  # gone already: its own report settles the cancel
-            status = OrderStatus.PARTIALLY_FILLED if sim.filled_lots else OrderStatus.OPEN
-            self._report(market, refusal.client_id, status, sim.filled_lots, refusal.reason)
+            if market is not None:
+                sim = market.engine.get(refusal.client_id)
+                self._refused(refusal, None if sim is None else sim.filled_lots, market)
         return left
-
-    def _closed(self, client_id: str) -> None:
-        if self.limits is not None:
-            self.limits.closed(client_id)
-
-    def _rejected(self, client_id: str) -> None:
-        if self.limits is not None:
-            self.limits.rejected(client_id, self.clock.now_ns())
-
-    def _report(
-        self, market: _SimMarket, client_id: str, status: OrderStatus, filled: int, reason: str = ""
-    ) -> None:
-        now = self.clock.now_ns()
-        update = OrderUpdate(
-            self.name,
-            client_id,
-            status,
-            now,
-            exchange_id=client_id,
-            filled_lots=filled,
-            reason=reason,
-        )
-        self.clock.call_at(self._stream_time(market, "private"), self._send_update, update)
-
-    def _send_update(self, update: OrderUpdate) -> None:
-        if self.sink is not None:
-            self.sink.on_order_update(update)
-
-    def _send_fill(self, fill: Fill) -> None:
-        if self.sink is not None:
-            self.sink.on_fill(fill)
 
     def _place(self, order: Order) -> None:
         market = self.markets.get(order.symbol)
         if market is None:
             return
+        client_id = order.client_id
         problem = market.instrument.check_order(order.price_ticks, order.qty_lots)
         if problem is not None:
-            self._rejected(order.client_id)
-            self._report(market, order.client_id, OrderStatus.REJECTED, 0, problem)
+            self._rejected(client_id)
+            self._report(client_id, OrderStatus.REJECTED, 0, problem, market)
             return
         sim = SimOrder(
-            order_id=order.client_id,
+            order_id=client_id,
             owner=US,
             side=order.side,
             order_type=order.order_type,
@@ -563,30 +491,31 @@ class SimExchange(ExchangeAdapter):
         )
         result: SubmitResult = market.engine.submit(sim)
         if not result.accepted:
-            self._rejected(order.client_id)
-            self._report(market, order.client_id, OrderStatus.REJECTED, 0, result.reason)
+            self._rejected(client_id)
+            self._report(client_id, OrderStatus.REJECTED, 0, result.reason, market)
             return
-        self._our_orders[order.client_id] = (market, order)
+        self._our_orders[client_id] = (market, order)
         if self.limits is not None and result.resting:
-            self.limits.opened(order.client_id, order.symbol)
-        self._report(market, order.client_id, OrderStatus.OPEN, 0)
+            self.limits.opened(client_id, order.symbol)
+        self._report(client_id, OrderStatus.OPEN, 0, "", market)
         self._report_trades(market, result.trades)
         for cancelled in result.stp_cancelled:
             if cancelled.owner == US:
                 self._closed(cancelled.order_id)
                 self._report(
-                    market,
                     cancelled.order_id,
                     OrderStatus.CANCELLED,
                     cancelled.filled_lots,
                     "self-trade prevention",
+                    market,
                 )
         if not result.resting:
-            filled = order.qty_lots - result.cancelled_remainder_lots
-            if result.cancelled_remainder_lots:
-                self._report(market, order.client_id, OrderStatus.EXPIRED, filled, "IOC remainder")
-            self._our_orders.pop(order.client_id, None)
-            self._closed(order.client_id)
+            left = result.cancelled_remainder_lots
+            if left:
+                filled = order.qty_lots - left
+                self._report(client_id, OrderStatus.EXPIRED, filled, "IOC remainder", market)
+            self._our_orders.pop(client_id, None)
+            self._closed(client_id)
         self._publish(market)
 
     def _cancel(self, client_id: str, symbol: str) -> None:
@@ -599,7 +528,7 @@ class SimExchange(ExchangeAdapter):
             return
         self._our_orders.pop(client_id, None)
         self._closed(client_id)
-        self._report(market, client_id, OrderStatus.CANCELLED, sim.filled_lots)
+        self._report(client_id, OrderStatus.CANCELLED, sim.filled_lots, "", market)
         self._publish(market)
 
     def _report_trades(self, market: _SimMarket, trades: list[Trade]) -> None:
@@ -607,6 +536,7 @@ class SimExchange(ExchangeAdapter):
             return
         now = self.clock.now_ns()
         inst = market.instrument
+        fill = self.reports.fill
         for trade in trades:
             if self.sink is not None:
                 self.clock.call_at(
@@ -640,27 +570,13 @@ class SimExchange(ExchangeAdapter):
                     continue
                 order = entry[1]
                 rate = self.maker_rate if liquidity is Liquidity.MAKER else self.taker_rate
-                fee = inst.notional(trade.price_ticks, trade.qty_lots) * rate
-                fill = Fill(
-                    venue=self.name,
-                    symbol=inst.symbol,
-                    fill_id=f"{inst.symbol}-{next(self._trade_seq)}",
-                    client_id=order_id,
-                    side=order.side,
-                    price_ticks=trade.price_ticks,
-                    qty_lots=trade.qty_lots,
-                    fee=fee,
-                    fee_asset=inst.quote,
-                    liquidity=liquidity,
-                    ts_ns=now,
-                    strategy=order.strategy,
-                )
-                self._fills.append(fill)
-                self.clock.call_at(self._stream_time(market, "private"), self._send_fill, fill)
+                price, lots = trade.price_ticks, trade.qty_lots
+                fee = inst.notional(price, lots) * rate
+                when = self._stream_time(market, "private")
+                fill(inst, order, price, lots, fee, liquidity, now, when)
                 if self.limits is not None:
                     self.limits.filled(order_id, now)
                 if remaining == 0:
                     self._our_orders.pop(order_id, None)
                     self._closed(order_id)
-                    filled = order.qty_lots
-                    self._report(market, order_id, OrderStatus.FILLED, filled)
+                    self._report(order_id, OrderStatus.FILLED, order.qty_lots, "", market)
