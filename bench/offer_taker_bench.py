@@ -28,7 +28,7 @@ from quoteforge.clock import NS, SimClock
 from quoteforge.engine import run_manifest
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.sim import as_model, offers
-from quoteforge.exchanges.sim.offers import OfferSimExchange, OfferSimParams
+from quoteforge.exchanges.sim.offer_sim import OfferSimExchange, OfferSimParams
 from quoteforge.logs import configure_logging
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Offer, OrderStatus, OrderUpdate, Side

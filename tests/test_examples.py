@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from quoteforge.engine import run_manifest
-from quoteforge.exchanges.sim import as_model, offers
+from quoteforge.exchanges.sim import as_model, offer_sim
 from quoteforge.manifest import load_manifest, parse_duration
 from quoteforge.registry import PluginRegistry
 from quoteforge.strategies import offer_taker
@@ -25,7 +25,7 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @pytest.fixture(scope="module")
 def examples_registry(registry: PluginRegistry) -> PluginRegistry:
-    for module in (offers, as_model, offer_taker):
+    for module in (offer_sim, as_model, offer_taker):
         registry.register_module(module)  # a no-op once the entry points provide them
     return registry
 

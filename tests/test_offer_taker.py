@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from quoteforge.book import BookState, L2Book
 from quoteforge.engine import run_manifest
-from quoteforge.exchanges.sim import offers as offers_module
+from quoteforge.exchanges.sim import offer_sim as offers_module
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Fill, Instrument, Liquidity, Offer, OrderStatus, OrderUpdate, Side
 from quoteforge.registry import PluginRegistry

@@ -16,7 +16,7 @@ from aiohttp import web
 from quoteforge.book import BookState, L2Book
 from quoteforge.clock import LiveClock, SimClock
 from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.sim.offers import OfferSimExchange, OfferSimParams
+from quoteforge.exchanges.sim.offer_sim import OfferSimExchange, OfferSimParams
 from quoteforge.model import Instrument, Offer, Side
 from quoteforge.strategies.offer_taker import OfferTaker, OfferTakerParams
 from quoteforge.strategies.pricesource import BookPriceSource, HttpPriceSource, HttpSourceParams
