@@ -3,7 +3,7 @@
 ``quoteforge.book._fastbook`` speeds up book updates and reads (any venue),
 ``quoteforge.exchanges.binance._fastparse`` reads Binance depth and trade messages
 straight from their JSON text (it applies levels with the book's own code, the header
-``framework/book/_fastbook_apply.h`` both include) and ``quoteforge._fastrec`` speeds up
+``framework/book/_fastbook_apply.h`` both include) and ``quoteforge.exchanges._fastrec`` speeds up
 the reading of recordings. All are optional: when they cannot be compiled (no C
 compiler) the install goes on and the same work runs interpreted.
 """
@@ -26,8 +26,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "quoteforge._fastrec",
-            sources=["framework/_fastrec.c"],
+            "quoteforge.exchanges._fastrec",
+            sources=["exchanges/_fastrec.c"],
             optional=True,
         ),
     ]

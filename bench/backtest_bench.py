@@ -55,11 +55,11 @@ from quoteforge.engine import Run, run_manifest
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges import replay
 from quoteforge.exchanges.binance.book import BinanceSpotBookSource
+from quoteforge.exchanges.recording import RecordingWriter
 from quoteforge.exchanges.replay import ReplayExchange, ReplayParams
 from quoteforge.logs import configure_logging
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Side
-from quoteforge.recording import RecordingWriter
 from quoteforge.registry import PluginRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -13,8 +13,8 @@ from pathlib import Path
 from quoteforge.book import BookSource, ConsumerBook, ConsumerLevel
 from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 from quoteforge.exchanges.kraken.book import KrakenBookSource
+from quoteforge.exchanges.recording import merge_recordings
 from quoteforge.model import Instrument, Side
-from quoteforge.recording import merge_recordings
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 RECORDINGS = [

@@ -22,9 +22,9 @@ from quoteforge.exchanges.binance.fast import binance_trade_text as _trade_text
 from quoteforge.exchanges.fillsim import FillSimParams, FillSimulator
 from quoteforge.exchanges.kraken.book import KRAKEN_DEPTHS, KrakenBookSource
 from quoteforge.exchanges.profiles import ProfileParams, describe_limits, limits_for, screen
+from quoteforge.exchanges.recording import RecordingError, RecordTuple, record_batches
 from quoteforge.exchanges.sim.base import BPS, SimulatedVenue
 from quoteforge.model import Instrument, OrderUpdate, Side
-from quoteforge.recording import RecordingError, RecordTuple, record_batches
 from quoteforge.registry import Register
 
 __all__ = ["PROTOCOL_QTY_DECIMALS", "ReplayExchange", "ReplayMarketParams", "ReplayParams"]

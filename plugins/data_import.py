@@ -1,5 +1,5 @@
 """``quoteforge data import``: third-party market-data recordings converted into the
-project's recording format (``quoteforge.recording``), so a backtest replays them.
+project's recording format (``quoteforge.exchanges.recording``), so a backtest replays them.
 
 Two formats, for Binance spot and USDⓈ-M futures:
 
@@ -43,8 +43,8 @@ from typing import IO, Any, cast
 import orjson
 
 from quoteforge import hookimpl
+from quoteforge.exchanges.recording import Record
 from quoteforge.progress import Progress
-from quoteforge.recording import Record
 from quoteforge.registry import RegisterCommand
 
 __all__ = [

@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 import quoteforge
 from quoteforge.book.consumer import ConsumerBook
 from quoteforge.model import Fill, Order, OrderUpdate, Side
+from quoteforge.plugins.routing import Route, SmartOrderRouter
 from quoteforge.plugins.twap import TwapExecutor, TwapParams
 from quoteforge.registry import Register
-from quoteforge.plugins.routing import Route, SmartOrderRouter
 from quoteforge.strategy import Market, StrategyContext
 
 __all__ = ["SorAlgo", "SorParams", "TwapAlgo"]

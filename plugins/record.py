@@ -20,6 +20,7 @@ import yaml
 from quoteforge import hookimpl
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import ExchangeAdapter, VenueContext
+from quoteforge.exchanges.recording import RecordingWriter
 from quoteforge.manifest import (
     LoadedManifest,
     ManifestError,
@@ -28,7 +29,6 @@ from quoteforge.manifest import (
     parse_duration,
 )
 from quoteforge.model import OrderUpdate
-from quoteforge.recording import RecordingWriter
 from quoteforge.registry import PluginError, PluginRegistry, RegisterCommand, load_registry
 
 __all__ = [

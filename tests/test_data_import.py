@@ -21,11 +21,11 @@ from quoteforge.book.l2 import L2Book
 from quoteforge.cli import main
 from quoteforge.engine import Run, run_manifest
 from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
+from quoteforge.exchanges.recording import read_recording
 from quoteforge.exchanges.replay import ReplayExchange
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Instrument
 from quoteforge.plugins.data_import import DataImportError, import_recording, read_hftbacktest
-from quoteforge.recording import read_recording
 from quoteforge.registry import PluginRegistry
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

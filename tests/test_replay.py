@@ -16,10 +16,10 @@ from quoteforge.clock import SimClock
 from quoteforge.engine import Run, run_manifest
 from quoteforge.exchange import PlaceOrder, VenueContext
 from quoteforge.exchanges import replay
+from quoteforge.exchanges.recording import RecordingWriter
 from quoteforge.exchanges.replay import ReplayExchange, ReplayParams
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Fill, Liquidity, Order, OrderStatus, OrderUpdate, Side, TimeInForce
-from quoteforge.recording import RecordingWriter
 from quoteforge.registry import PluginRegistry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-from quoteforge.recording import Record, RecordingWriter
+from quoteforge.exchanges.recording import Record, RecordingWriter
 
 OUT = Path(__file__).resolve().parent / "ethusdt_binance.jsonl"
 START_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z

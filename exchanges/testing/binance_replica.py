@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from quoteforge.exchanges.recording import Record, read_recording
 from quoteforge.exchanges.testing.binance_replica_rest import (
     _STATUS,
     DEFAULT_SYMBOLS,
@@ -41,7 +42,6 @@ from quoteforge.exchanges.testing.faults import (
     ReplicaOrder,
     ReplicaTrade,
 )
-from quoteforge.recording import Record, read_recording
 
 __all__ = ["BinanceReplica", "BinanceSymbol", "sign_query"]
 

@@ -26,6 +26,7 @@ from typing import Any, Self
 
 from aiohttp import WSMsgType, web
 
+from quoteforge.exchanges.recording import Record
 from quoteforge.exchanges.testing.faults import (
     ZERO,
     FaultPlan,
@@ -34,7 +35,6 @@ from quoteforge.exchanges.testing.faults import (
     ReplicaOrder,
     ReplicaTrade,
 )
-from quoteforge.recording import Record
 
 __all__ = ["ReplicaServer"]
 

@@ -18,13 +18,13 @@ import pytest
 from quoteforge.book import L2Book
 from quoteforge.clock import SimClock
 from quoteforge.exchange import VenueContext
+from quoteforge.exchanges.recording import read_recording
 from quoteforge.exchanges.replay import ReplayExchange
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Side
 from quoteforge.plugins.record import record_main
-from quoteforge.recording import read_recording
 from quoteforge.registry import PluginRegistry
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -17,6 +17,7 @@ from adapter_helpers import BINANCE_KIT, running
 from quoteforge.book import BookState
 from quoteforge.exchange import CancelOrder, PlaceOrder
 from quoteforge.exchanges.binance.book import BinanceSpotBookSource
+from quoteforge.exchanges.recording import read_recording
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.conformance import (
     RECORDED_SCENARIOS,
@@ -26,7 +27,6 @@ from quoteforge.exchanges.testing.conformance import (
 )
 from quoteforge.model import Instrument, Liquidity, Order, Side, TimeInForce
 from quoteforge.plugins.data_import import read_hftbacktest
-from quoteforge.recording import read_recording
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REAL = ROOT / "examples" / "data" / "btcusdt_binance_20240808.jsonl.gz"

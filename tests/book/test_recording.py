@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quoteforge.clock import SimClock
-from quoteforge.recording import (
+from quoteforge.exchanges.recording import (
     Record,
     RecordingError,
     RecordingWriter,
@@ -121,7 +121,7 @@ def test_batches_check_order_and_shape_across_reads(
 ) -> None:
     """Reads of a few lines each: common-shape reads, a read with a line of another
     shape, and time going back across two reads, all read as ``read_recording`` does."""
-    import quoteforge.recording as recording
+    import quoteforge.exchanges.recording as recording
 
     monkeypatch.setattr(recording, "_BATCH_CHARS", 120)
     path = tmp_path / "r.jsonl"
@@ -146,7 +146,7 @@ def test_batches_check_order_and_shape_across_reads(
 def _read_both(path: Path) -> list[object]:
     """What record_batches gives (records, then the error text if any) with the
     compiled line reader and with the interpreted one."""
-    import quoteforge.recording as recording
+    import quoteforge.exchanges.recording as recording
 
     results = []
     for reader in (recording._parse_lines, None):
@@ -170,7 +170,7 @@ def _read_all(path: Path) -> list[object]:
 def test_compiled_line_reader_is_built_under_ci() -> None:
     import os
 
-    import quoteforge.recording as recording
+    import quoteforge.exchanges.recording as recording
 
     if os.environ.get("CI") and not os.environ.get("QUOTEFORGE_PURE_PYTHON"):
         assert recording._parse_lines is not None, "the _fastrec extension was not built"

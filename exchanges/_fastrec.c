@@ -1,4 +1,4 @@
-/* Compiled reader of recording lines: quoteforge._fastrec.
+/* Compiled reader of recording lines: quoteforge.exchanges._fastrec.
  *
  * A recording line as RecordingWriter writes it is
  *

@@ -146,7 +146,7 @@ _BATCH_CHARS = 1 << 20  # about a megabyte of lines per read
 _parse_lines: Callable[[list[str], int | None], list[RecordTuple] | None] | None = None
 if os.environ.get("QUOTEFORGE_PURE_PYTHON", "").strip().lower() not in ("1", "true", "yes"):
     try:  # the compiled reader of the common line shape (optional, see setup.py)
-        from quoteforge._fastrec import parse_lines as _parse_lines
+        from quoteforge.exchanges._fastrec import parse_lines as _parse_lines
     except ImportError:  # built without a C compiler: the interpreted reader serves
         _parse_lines = None
 
