@@ -172,6 +172,12 @@ def build_venue(
     fills, so no order reaches the venue."""
     spec = loaded.manifest.exchanges[name]
     params = loaded.params_of("exchanges", name)
+    # A venue builds its books with the book source registered under the name its
+    # params give, so a plugin's source can stand in for the built-in one.
+    ctx.extra.setdefault(
+        "book_sources",
+        {n: r.factory for n, r in registry.types("book_source").items() if r.loadable},
+    )
     if factory is not None:
         venue = factory(name, spec, params, ctx)
     else:

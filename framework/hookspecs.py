@@ -98,7 +98,10 @@ def quoteforge_register_book_sources(register: Register) -> None:
     :param register: call ``register(name, factory, description=...)``; ``factory``
         builds an object that turns a venue's snapshot and diff messages into book
         updates and says when the book must be resynchronised (sequence gap, checksum
-        mismatch).
+        mismatch). A live adapter builds its books with the source its
+        ``book_source`` param names (``binance_spot``, ``kraken_v2``, ...), looked up
+        here, so a plugin's source registered under a new name can replace the
+        built-in one.
 
     Called once per plugin at load time. All results are used.
 
