@@ -1,28 +1,29 @@
 """The one shape of a live spot adapter over ccxt: REST through ccxt's implicit API,
 websockets, reconnects, order-action sequencing and unknown-status recovery done here.
 
-A venue subclasses ``CcxtSpotAdapter`` and fills in the methods marked *required* below;
-``docs/adapters.md`` is the guide. ccxt is imported only when an adapter connects, so
-listing the plugin never needs it. The base is three modules: this one (connection,
-REST, sockets, market-data events), ``ccxt_orders`` (order actions, reports and
-recovery: ``OrderTracking``, ``TrackedOrder``, ``VenueCallError``) and ``ccxt_sockets``
-(``ManagedSocket``, ``Backoff``); every name is importable from here.
+A venue subclasses ``CcxtSpotAdapter`` and implements the public extension points marked
+*required* below (they are the venue's side of the contract, called by this base, not by
+the run); ``docs/adapters.md`` is the guide. ccxt is imported only when an adapter
+connects, so listing the plugin never needs it. The base is three modules: this one
+(connection, REST, sockets, market-data events), ``ccxt_orders`` (order actions, reports
+and recovery: ``OrderTracking``, ``TrackedOrder``, ``VenueCallError``) and
+``ccxt_sockets`` (``ManagedSocket``, ``Backoff``); every name is importable from here.
 
 Required venue methods::
 
-    _client_config() -> dict                 ccxt constructor config (urls, options)
-    _load_instruments() -> dict[str, Instrument]
-    _start_streams() -> None                 start ManagedSocket tasks (market + private)
-    _place(order: TrackedOrder) -> None      send one new order; raise VenueCallError
-    _cancel(order: TrackedOrder) -> None
-    _lookup(order: TrackedOrder) -> OrderUpdate | None   by client id; None = not found
-    _cancel_symbol(symbol: str) -> None      cancel every order of ours on a symbol
-    _classify(status, body) -> VenueCallError
+    client_config() -> dict                  ccxt constructor config (urls, options)
+    load_instruments() -> dict[str, Instrument]
+    start_streams() -> None                  start ManagedSocket tasks (market + private)
+    send_place(order: TrackedOrder) -> None  send one new order; raise VenueCallError
+    send_cancel(order: TrackedOrder) -> None
+    lookup_order(order: TrackedOrder) -> OrderUpdate | None   by client id; None = not found
+    send_cancel_all(symbol: str) -> None     cancel every order of ours on a symbol
+    classify_http_error(status, body) -> VenueCallError
 
-Optional (working defaults here): ``_replace`` (cancel then place), ``_reconcile``,
-``_sync_time``, ``fetch_open_orders``, ``fetch_balances``, ``fetch_fills``, and for
-``quoteforge latency``: ``latency_endpoints`` (required by the probe) and
-``latency_order_wait_s``.
+Optional (working defaults here): ``send_replace`` (cancel then place),
+``reconcile_orders``, ``sync_time``, ``observe_response``, ``fetch_open_orders``,
+``fetch_balances``, ``fetch_fills``, and for ``quoteforge latency``:
+``latency_endpoints`` (required by the probe) and ``latency_order_wait_s``.
 """
 
 from __future__ import annotations
@@ -246,30 +247,34 @@ class CcxtSpotAdapter(OrderTracking):
     def has_credentials(self) -> bool:
         return bool(self._api_key and self._api_secret)
 
-    # -- required venue methods ------------------------------------------------------------
+    # -- required venue methods: every venue subclass implements these --------------------
     @abstractmethod
-    def _client_config(self) -> dict[str, Any]:
-        """ccxt constructor config: ``urls`` overrides and ``options``."""
+    def client_config(self) -> dict[str, Any]:
+        """ccxt constructor config: ``urls`` overrides and ``options``. Venues implement
+        it; ``connect`` builds the client from it."""
 
     @abstractmethod
-    async def _load_instruments(self) -> dict[str, Instrument]:
-        """Instruments for ``ctx.symbols`` from the venue's market list (exact grid)."""
+    async def load_instruments(self) -> dict[str, Instrument]:
+        """Instruments for ``ctx.symbols`` from the venue's market list (exact grid).
+        Venues implement it; ``connect`` calls it once, after ``sync_time``."""
 
     @abstractmethod
-    async def _start_streams(self) -> None:
-        """Start the market-data and private sockets (``self._spawn_socket``)."""
+    async def start_streams(self) -> None:
+        """Start the market-data and private sockets (``self._spawn_socket``). Venues
+        implement it; ``connect`` calls it last, with the instruments loaded."""
 
     @abstractmethod
-    def _classify(self, status: int, body: str) -> VenueCallError:
-        """Turn an HTTP error answer into a ``VenueCallError``."""
+    def classify_http_error(self, status: int, body: str) -> VenueCallError:
+        """Turn an HTTP error answer into a ``VenueCallError``. Venues implement it; the
+        REST helper calls it for every failed call that is not a rate limit."""
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def connect(self, sink: VenueSink) -> None:
         self.sink = sink
         self._client = self._make_client()
-        await self._sync_time()
-        self.instruments = await self._load_instruments()
-        await self._start_streams()
+        await self.sync_time()
+        self.instruments = await self.load_instruments()
+        await self.start_streams()
 
     def _make_client(self) -> Any:
         ccxt_async = require_ccxt()
@@ -277,7 +282,7 @@ class CcxtSpotAdapter(OrderTracking):
         config = {
             "enableRateLimit": False,  # our governor paces requests from the venue's own counts
             "timeout": int(self.params.request_timeout_s * 1000),
-            **self._client_config(),
+            **self.client_config(),
         }
         if self.has_credentials:
             config["apiKey"] = self._api_key
@@ -302,14 +307,16 @@ class CcxtSpotAdapter(OrderTracking):
             status = int(code) if code is not None else 0
             hdrs = dict(headers or {})
             _last_response.set((status, hdrs, body or ""))
-            self._observe_response(status, hdrs)
+            self.observe_response(status, hdrs)
             return original(code, reason, url, method, headers, body, request_headers, request_body)
 
         client.on_rest_response = on_rest_response
         return client
 
-    def _observe_response(self, status: int, headers: dict[str, str]) -> None:
-        """Hook for the rate-limit governor (every REST response passes here)."""
+    def observe_response(self, status: int, headers: dict[str, str]) -> None:
+        """Every REST response passes here (status and headers). Venues with a rate-limit
+        governor override it to feed the venue's own usage counts; the default does
+        nothing."""
 
     def _get_session(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -334,7 +341,9 @@ class CcxtSpotAdapter(OrderTracking):
         if self._session is not None:
             await self._session.close()
 
-    def _spawn(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
+    def spawn_task(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
+        """Run ``coro`` as a task this adapter owns: ``close`` cancels it, and a failure
+        is logged rather than lost. Venues use it for their background loops."""
         task = asyncio.ensure_future(coro)
         if name:
             task.set_name(name)
@@ -372,7 +381,7 @@ class CcxtSpotAdapter(OrderTracking):
             max_age_s=p.max_connection_age_s,
         )
         self.sockets.append(sock)
-        self._spawn(sock.run(), f"{self.name}/{name}")
+        self.spawn_task(sock.run(), f"{self.name}/{name}")
         return sock
 
     # -- raw tap -----------------------------------------------------------------------------
@@ -414,7 +423,7 @@ class CcxtSpotAdapter(OrderTracking):
                 except ValueError:
                     wait = 1.0
                 raise VenueCallError("rate_limited", f"HTTP {status}", str(status), wait) from None
-            error = self._classify(status, body)
+            error = self.classify_http_error(status, body)
             raise error from None
         except (TimeoutError, OSError) as exc:
             raise VenueCallError("unknown", f"no answer: {type(exc).__name__}") from None

@@ -3,9 +3,10 @@ blocking, one report per transition, de-duplicated fills, and the recovery of or
 whose status a failed call left unknown (look up by client id before any resend).
 
 ``OrderTracking`` is the half of ``quoteforge.exchanges.ccxt_base.CcxtSpotAdapter`` that
-knows orders but not connections: it asks the venue only through the order methods a
-venue implements (``_place``, ``_cancel``, ``_lookup``, ``_cancel_symbol``, optionally
-``_replace``) and reports through the run's sink. ``VenueCallError`` is how those
+knows orders but not connections: it asks the venue only through the public order
+methods a venue implements (``send_place``, ``send_cancel``, ``lookup_order``,
+``send_cancel_all``, optionally ``send_replace``, ``reconcile_orders`` and ``sync_time``)
+and reports through the run's sink. ``VenueCallError`` is how those
 methods say what happened, so the recovery here can decide what to do next.
 """
 
@@ -109,7 +110,10 @@ class TrackedOrder:
 class OrderTracking(ExchangeAdapter):
     """Order actions, reports and recovery shared by the live adapters (see the module
     docstring). The adapter provides the attributes declared here, the task runner
-    ``_spawn`` and ``has_credentials``; a venue provides the abstract order methods."""
+    ``spawn_task`` and ``has_credentials``; a venue subclass implements the abstract
+    order methods (``send_*``, ``lookup_order``) and may override the optional ones.
+    The run never calls them: it calls ``submit``, and this class sequences, retries and
+    recovers around them."""
 
     MAX_TRACKED = 20_000
 
@@ -132,40 +136,48 @@ class OrderTracking(ExchangeAdapter):
         """Whether the adapter can trade (API key and secret given)."""
 
     @abstractmethod
-    def _spawn(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the adapter owns (cancelled by ``close``)."""
+    def spawn_task(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the adapter owns (cancelled by ``close``); the adapter
+        base implements it."""
 
-    # -- required venue methods ------------------------------------------------------------
+    # -- required venue methods: every venue implements these ------------------------------
+    # Called from the per-order action chains (with rate-limit retry and unknown-status
+    # recovery around them), never directly by the run.
     @abstractmethod
-    async def _place(self, order: TrackedOrder) -> None:
-        """Send one new order; report what the venue answered; raise ``VenueCallError``."""
-
-    @abstractmethod
-    async def _cancel(self, order: TrackedOrder) -> None:
-        """Cancel one order by client id; raise ``VenueCallError``."""
-
-    @abstractmethod
-    async def _lookup(self, order: TrackedOrder) -> OrderUpdate | None:
-        """The venue's view of an order by client id; None when the venue has no such order."""
+    async def send_place(self, order: TrackedOrder) -> None:
+        """Send one new order; report what the venue answered; raise ``VenueCallError``.
+        Venues implement it."""
 
     @abstractmethod
-    async def _cancel_symbol(self, symbol: str) -> None:
-        """Cancel every open order of ours on ``symbol``."""
+    async def send_cancel(self, order: TrackedOrder) -> None:
+        """Cancel one order by client id; raise ``VenueCallError``. Venues implement it."""
 
-    # -- optional venue methods --------------------------------------------------------------
-    async def _replace(self, old: TrackedOrder, new: TrackedOrder) -> None:
+    @abstractmethod
+    async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:
+        """The venue's view of an order by client id; None when the venue has no such
+        order. Venues implement it; recovery and reconciliation call it."""
+
+    @abstractmethod
+    async def send_cancel_all(self, symbol: str) -> None:
+        """Cancel every open order of ours on ``symbol`` (one ``CancelAll`` action runs it
+        per symbol). Venues implement it."""
+
+    # -- optional venue methods: working defaults, venues override ---------------------------
+    async def send_replace(self, old: TrackedOrder, new: TrackedOrder) -> None:
         """Cancel ``old`` then place ``new`` (venues with an atomic call override this)."""
         await self._cancel_checked(old)
         await self._place_checked(new)
 
-    async def _reconcile(self) -> None:
-        """After the private stream was down: recover what it may have missed."""
+    async def reconcile_orders(self) -> None:
+        """After the private stream was down: recover what it may have missed. The
+        default looks up every working order; venues call it when their private stream
+        reconnects and may override it (calling this one) to recover more."""
         self.counters["reconciliations"] += 1
         for tracked in list(self._orders.values()):
             if tracked.status.is_terminal:
                 continue
             try:
-                update = await self._lookup(tracked)
+                update = await self.lookup_order(tracked)
             except VenueCallError as exc:
                 logger.warning(
                     "{}: reconcile lookup of {} failed: {}", self.name, tracked.client_id, exc
@@ -174,8 +186,10 @@ class OrderTracking(ExchangeAdapter):
             if update is not None:
                 self._emit_update(update)
 
-    async def _sync_time(self) -> None:
-        """Measure the venue clock offset (venues with signed timestamps override)."""
+    async def sync_time(self) -> None:
+        """Measure the venue clock offset: ``connect`` calls it first, and again when the
+        venue says a timestamp was outside its window. The default does nothing; venues
+        with signed timestamps override it."""
 
     # -- submit: sequenced per client id, never blocking ----------------------------------------
     def submit(self, actions: Sequence[OrderAction]) -> None:
@@ -193,7 +207,7 @@ class OrderTracking(ExchangeAdapter):
             waits = [self._chains[k] for k in keys if k in self._chains]
             if isinstance(action, CancelAll):
                 waits = list(self._chains.values())
-            task = self._spawn(self._run_action(action, waits), f"{self.name}/action")
+            task = self.spawn_task(self._run_action(action, waits), f"{self.name}/action")
             for key in keys:
                 self._chains[key] = task
             task.add_done_callback(functools.partial(self._unchain, tuple(keys)))
@@ -225,11 +239,11 @@ class OrderTracking(ExchangeAdapter):
                 if old is None or old.status.is_terminal:
                     await self._place_checked(new)
                 else:
-                    await self._replace(old, new)
+                    await self.send_replace(old, new)
             elif isinstance(action, CancelAll):
                 symbols = [action.symbol] if action.symbol else list(self.instruments)
                 for symbol in symbols:
-                    await self._with_rate_retry(functools.partial(self._cancel_symbol, symbol))
+                    await self._with_rate_retry(functools.partial(self.send_cancel_all, symbol))
         except VenueCallError as exc:
             logger.warning("{}: {} failed: {}", self.name, type(action).__name__, exc)
         except Exception:
@@ -312,7 +326,7 @@ class OrderTracking(ExchangeAdapter):
                 return await call()
             except VenueCallError as exc:
                 if exc.kind == "clock":
-                    await self._sync_time()
+                    await self.sync_time()
                     return await call()
                 if exc.kind != "rate_limited":
                     raise
@@ -325,7 +339,7 @@ class OrderTracking(ExchangeAdapter):
 
     async def _place_checked(self, tracked: TrackedOrder) -> None:
         try:
-            await self._with_rate_retry(lambda: self._place(tracked))
+            await self._with_rate_retry(lambda: self.send_place(tracked))
         except VenueCallError as exc:
             if exc.kind == "unknown":
                 self.counters["unknown"] += 1
@@ -347,7 +361,7 @@ class OrderTracking(ExchangeAdapter):
             return
         for attempt in range(3):
             try:
-                await self._with_rate_retry(lambda: self._cancel(tracked))
+                await self._with_rate_retry(lambda: self.send_cancel(tracked))
                 return
             except VenueCallError as exc:
                 if exc.kind == "not_found":
@@ -382,7 +396,7 @@ class OrderTracking(ExchangeAdapter):
 
     async def _lookup_quietly(self, tracked: TrackedOrder) -> OrderUpdate | None:
         try:
-            return await self._with_rate_retry(lambda: self._lookup(tracked))
+            return await self._with_rate_retry(lambda: self.lookup_order(tracked))
         except VenueCallError:
             return None
 
@@ -405,7 +419,7 @@ class OrderTracking(ExchangeAdapter):
                 return  # the private stream has told us already
             self.counters["lookups"] += 1
             try:
-                update = await self._with_rate_retry(lambda: self._lookup(tracked))
+                update = await self._with_rate_retry(lambda: self.lookup_order(tracked))
             except VenueCallError as exc:
                 logger.info("{}: lookup of {} failed: {}", self.name, tracked.client_id, exc)
                 continue
@@ -423,7 +437,7 @@ class OrderTracking(ExchangeAdapter):
                 "{}: order {} was not placed; sending it again", self.name, tracked.client_id
             )
             try:
-                await self._with_rate_retry(lambda: self._place(tracked))
+                await self._with_rate_retry(lambda: self.send_place(tracked))
                 return
             except VenueCallError as exc:
                 if exc.kind != "unknown":

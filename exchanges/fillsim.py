@@ -369,13 +369,13 @@ class FillSimulator(ActionDispatch):
                 self._fill_level(market, level)
 
     # -- arrival at the venue ------------------------------------------------------------------
-    def _cancel_all(self, symbol: str | None) -> None:
+    def execute_cancel_all(self, symbol: str | None) -> None:
         for name, market in self.markets.items():
             if symbol in (None, name):
                 for client_id in list(market.orders):
-                    self._cancel(client_id, name)
+                    self.execute_cancel(client_id, name)
 
-    def _place(self, order: Order) -> None:
+    def execute_place(self, order: Order) -> None:
         market = self.markets.get(order.symbol)
         if market is None:
             known = ", ".join(sorted(self.markets)) or "none"
@@ -489,7 +489,7 @@ class FillSimulator(ActionDispatch):
             self._emit_fill(market, order, price, lots, _TAKER)
         return filled
 
-    def _cancel(self, client_id: str, symbol: str) -> None:
+    def execute_cancel(self, client_id: str, symbol: str) -> None:
         market = self.markets.get(symbol)
         if market is None:
             return

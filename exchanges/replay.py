@@ -678,7 +678,7 @@ class ReplayExchange(SimulatedVenue[ReplayParams]):
                 self._refused(refusal, working.filled if working is not None else 0)
         return passed
 
-    def _report_at(self, market: object) -> int:
+    def report_at(self, market: object) -> int:
         # Only refusals are reported here (the fill simulator reports the rest): the
         # venue's answer, one order round trip after the request was sent.
         return self.clock.now_ns() + int(2 * self.params.latency.order_ms * 1_000_000)

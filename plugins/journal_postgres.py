@@ -95,7 +95,7 @@ class PostgresJournal(ThreadedJournal["psycopg.Connection[Any]"]):
                 f"{str(exc).strip()}; check that the server runs and the dsn is right"
             ) from exc
 
-    def _prepare(self) -> None:
+    def prepare_storage(self) -> None:
         from psycopg import sql
 
         table = sql.Identifier(self.table)
@@ -121,7 +121,7 @@ class PostgresJournal(ThreadedJournal["psycopg.Connection[Any]"]):
                 )
             )
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def connect_writer(self) -> psycopg.Connection[Any]:
         from psycopg import sql
 
         conn = self._open_connection()
@@ -137,7 +137,7 @@ class PostgresJournal(ThreadedJournal["psycopg.Connection[Any]"]):
         ).format(sql.Identifier(self.table))
         return conn
 
-    def _write(self, conn: psycopg.Connection[Any], rows: Sequence[str]) -> None:
+    def write_batch(self, conn: psycopg.Connection[Any], rows: Sequence[str]) -> None:
         # Rows are encode_row texts (ThreadedJournal's encoder): the writer thread only
         # joins strings, so it holds the GIL for microseconds, not for adapting
         # thousands of parameters.
@@ -146,7 +146,7 @@ class PostgresJournal(ThreadedJournal["psycopg.Connection[Any]"]):
                 chunk = rows[start : start + _ROWS_PER_STATEMENT]
                 conn.execute(self._insert, (self.run_id, json_array(chunk)))
 
-    def _disconnect(self, conn: psycopg.Connection[Any]) -> None:
+    def disconnect_writer(self, conn: psycopg.Connection[Any]) -> None:
         conn.close()
 
     def read(self, kinds: tuple[str, ...] | None = None) -> Iterator[JournalRecord]:

@@ -132,6 +132,11 @@ class ThreadedJournal(Journal, Generic[ConnT]):
     (PostgreSQL; SQLite with ``insert="json"``). A backend may set ``_encoder`` to
     another encoding in its ``__init__``.
 
+    A backend (``SqliteJournal``, ``PostgresJournal``) subclasses this and implements the
+    storage hooks ``connect_writer``, ``write_batch``, ``disconnect_writer`` and
+    ``count``, and may override ``prepare_storage``; this class calls them, the run
+    calls the ``Journal`` API.
+
     A write that fails is retried with backoff on a fresh connection for ``retry_for_s``
     seconds (rows are idempotent by ``event_id``, so a retried batch is never doubled);
     after that the journal is failed: ``append`` and ``flush`` raise ``JournalError``.
@@ -146,28 +151,34 @@ class ThreadedJournal(Journal, Generic[ConnT]):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closed = False
-        # What ``append`` queues for one record and ``_write`` receives. Serialising on
-        # the appending thread captures the payload as it is now and keeps the writer
+        # What ``append`` queues for one record and ``write_batch`` receives. Serialising
+        # on the appending thread captures the payload as it is now and keeps the writer
         # thread's hold on the GIL short.
         self._encoder: Callable[[JournalRecord], Any] = encode_row
         self.appended = 0
         self.written = 0  # rows handed to the database (duplicates included)
         self.batches = 0
 
-    # -- backend hooks, all called on the writer thread except _prepare -------------------
-    def _prepare(self) -> None:
-        """Runs once in a worker thread before the writer starts (create files, schema)."""
+    # -- backend hooks, all called on the writer thread except prepare_storage ----------
+    def prepare_storage(self) -> None:
+        """Runs once in a worker thread before the writer starts (create files, schema).
+        Backends override it; the default prepares nothing."""
 
     @abstractmethod
-    def _connect(self) -> ConnT: ...
+    def connect_writer(self) -> ConnT:
+        """The writer thread's connection: opened when the writer starts and again
+        after a failed write. Backends implement it."""
 
     @abstractmethod
-    def _write(self, conn: ConnT, rows: Sequence[Any]) -> None:
+    def write_batch(self, conn: ConnT, rows: Sequence[Any]) -> None:
         """Insert ``rows`` (what ``self._encoder`` made) in order, ignoring known event
-        ids, and commit durably."""
+        ids, and commit durably; raise to have the batch retried on a fresh connection.
+        Backends implement it."""
 
     @abstractmethod
-    def _disconnect(self, conn: ConnT) -> None: ...
+    def disconnect_writer(self, conn: ConnT) -> None:
+        """Close a connection ``connect_writer`` opened (at close, or after a failed
+        write). Backends implement it."""
 
     @abstractmethod
     def count(self) -> int:
@@ -182,7 +193,7 @@ class ThreadedJournal(Journal, Generic[ConnT]):
         if self._thread is not None:
             return
         try:
-            await asyncio.to_thread(self._prepare)
+            await asyncio.to_thread(self.prepare_storage)
         except Exception as exc:
             self._error = exc
             raise JournalError(f"{self.name} cannot open: {exc}") from exc
@@ -235,7 +246,7 @@ class ThreadedJournal(Journal, Generic[ConnT]):
     # -- the writer thread ----------------------------------------------------------------
     def _run(self, ready: _Flush) -> None:
         try:
-            conn = self._connect()
+            conn = self.connect_writer()
         except BaseException as exc:
             self._error = exc
             ready.resolve(exc, f"{self.name} cannot connect")
@@ -277,23 +288,23 @@ class ThreadedJournal(Journal, Generic[ConnT]):
             self._drain_failed()
         finally:
             with contextlib.suppress(Exception):
-                self._disconnect(conn)
+                self.disconnect_writer(conn)
 
     def _write_with_retry(self, conn: ConnT, rows: list[Any]) -> ConnT:
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.05
         while True:
             try:
-                self._write(conn, rows)
+                self.write_batch(conn, rows)
             except Exception:
                 if time.monotonic() + delay > deadline:
                     raise
                 with contextlib.suppress(Exception):
-                    self._disconnect(conn)
+                    self.disconnect_writer(conn)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 with contextlib.suppress(Exception):
-                    conn = self._connect()
+                    conn = self.connect_writer()
                 continue
             self.written += len(rows)
             self.batches += 1
@@ -421,7 +432,7 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
     def name(self) -> str:
         return f"sqlite journal {self.path}"
 
-    def _prepare(self) -> None:
+    def prepare_storage(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = _sqlite_connect(self.path)
         try:
@@ -435,12 +446,12 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
         finally:
             conn.close()
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect_writer(self) -> sqlite3.Connection:
         conn = _sqlite_connect(self.path)
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         return conn
 
-    def _write(self, conn: sqlite3.Connection, rows: Sequence[Any]) -> None:
+    def write_batch(self, conn: sqlite3.Connection, rows: Sequence[Any]) -> None:
         if self.insert == "json":
             # One statement in autocommit mode is one transaction: all rows or none,
             # committed (and fsynced, with synchronous=full) before execute returns.
@@ -454,7 +465,7 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
             raise
         conn.execute("COMMIT")
 
-    def _disconnect(self, conn: sqlite3.Connection) -> None:
+    def disconnect_writer(self, conn: sqlite3.Connection) -> None:
         conn.close()
 
     def read(self, kinds: tuple[str, ...] | None = None) -> Iterator[JournalRecord]:

@@ -8,8 +8,11 @@ move or list instead of only that a limit was crossed.
 from __future__ import annotations
 
 import configparser
+import importlib
+import inspect
 import json
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -163,3 +166,58 @@ def test_import_quoteforge_stays_cheap() -> None:
     heavy = {"asyncio", "loguru", "numpy", "yaml", "quoteforge.registry", "quoteforge.book"}
     heavy |= {f"quoteforge.{p}" for p in PLUGIN_PACKAGES}
     assert not loaded & heavy, sorted(loaded & heavy)
+
+
+def private_overrides() -> list[str]:
+    """Every one-underscore method (not a dunder, not ``_abc_impl``, an ABC internal every
+    subclass gets) that a class of the ``quoteforge`` package defines over a base class
+    from another quoteforge module, as ``module.Class.name overrides module.Base``.
+    Modules whose optional extra is not installed are skipped."""
+    names = ["quoteforge"]
+    names += [m.name for m in pkgutil.walk_packages(quoteforge.__path__, "quoteforge.")]
+    offenders = []
+    seen: set[type] = set()
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for cls in vars(module).values():
+            if not inspect.isclass(cls) or cls.__module__ != name or cls in seen:
+                continue
+            seen.add(cls)
+            for attr in vars(cls):
+                if not attr.startswith("_") or attr.startswith("__") or attr == "_abc_impl":
+                    continue
+                for base in cls.__mro__[1:]:
+                    if (
+                        attr in vars(base)
+                        and base.__module__ != name
+                        and base.__module__.split(".")[0] == "quoteforge"
+                    ):
+                        where = f"{base.__module__}.{base.__qualname__}"
+                        offenders.append(f"{name}.{cls.__qualname__}.{attr} overrides {where}")
+                        break
+    return sorted(offenders)
+
+
+def test_no_class_overrides_another_modules_private_methods() -> None:
+    """A hook a base class expects subclasses in other modules to override is public and
+    documented on the base (``send_place``, ``reset_stream``, ``write_batch`` ...): a
+    one-underscore name overridden across modules is an extension point in disguise.
+    Overrides within one module stay private to it.
+
+    The check imports every module, so it runs in a fresh interpreter: this process's
+    ``sys.modules`` stays as the other tests expect it."""
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "import test_architecture; print(json.dumps(test_architecture.private_overrides()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    offenders = json.loads(out.strip().splitlines()[-1])
+    assert not offenders, (
+        "make these hooks public on the base (a name that says what they do, a docstring "
+        "saying subclasses implement or override them):\n" + "\n".join(offenders)
+    )

@@ -516,10 +516,10 @@ class FlakySqliteJournal(SqliteJournal):
 
     failures = 0
 
-    def _write(self, conn: sqlite3.Connection, rows: Any) -> None:
+    def write_batch(self, conn: sqlite3.Connection, rows: Any) -> None:
         if self.failures < 0:
             raise sqlite3.OperationalError("disk I/O error (injected)")
-        super()._write(conn, rows)
+        super().write_batch(conn, rows)
         if self.failures > 0:
             self.failures -= 1
             raise sqlite3.OperationalError("disk I/O error (injected after the commit)")

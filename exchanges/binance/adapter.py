@@ -223,7 +223,7 @@ class BinanceSpot(CcxtSpotAdapter):
             return p.ws_url.rstrip("/") + "/ws-api/v3"
         return TEST_WS_API if p.testnet else LIVE_WS_API
 
-    def _client_config(self) -> dict[str, Any]:
+    def client_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "options": {
                 "defaultType": "spot",
@@ -243,7 +243,7 @@ class BinanceSpot(CcxtSpotAdapter):
         return config
 
     # -- REST --------------------------------------------------------------------------------
-    def _observe_response(self, status: int, headers: dict[str, str]) -> None:
+    def observe_response(self, status: int, headers: dict[str, str]) -> None:
         self.governor.observe(status, headers)
 
     async def _call(
@@ -257,7 +257,7 @@ class BinanceSpot(CcxtSpotAdapter):
             ) from None
         return await self._rest(method, params)
 
-    def _classify(self, status: int, body: str) -> VenueCallError:
+    def classify_http_error(self, status: int, body: str) -> VenueCallError:
         try:
             data = json.loads(body)
             code = int(data.get("code"))
@@ -275,7 +275,7 @@ class BinanceSpot(CcxtSpotAdapter):
             return VenueCallError("auth", text, str(code or status), payload=data)
         return VenueCallError("rejected", text, str(code or status), payload=data)
 
-    async def _sync_time(self) -> None:
+    async def sync_time(self) -> None:
         t0 = time.time_ns()
         data = await self._call("public_get_time", weight=1)
         t1 = time.time_ns()
@@ -295,11 +295,11 @@ class BinanceSpot(CcxtSpotAdapter):
         while not self._closed:
             await asyncio.sleep(self.params.time_sync_interval_s)
             try:
-                await self._sync_time()
+                await self.sync_time()
             except VenueCallError as exc:
                 logger.warning("{}: time sync failed: {}", self.name, exc)
 
-    async def _load_instruments(self) -> dict[str, Instrument]:
+    async def load_instruments(self) -> dict[str, Instrument]:
         wanted: dict[str, str] = {}
         for symbol in self.ctx.symbols:
             native = symbol.replace("/", "").replace("-", "").replace("_", "").upper()
@@ -321,7 +321,7 @@ class BinanceSpot(CcxtSpotAdapter):
         return out
 
     # -- streams -----------------------------------------------------------------------------
-    async def _start_streams(self) -> None:
+    async def start_streams(self) -> None:
         stale = self.params.book_stale_after_s
         for symbol, instrument in self.instruments.items():
             source: BinanceSpotBookSource = self._make_source(
@@ -358,7 +358,7 @@ class BinanceSpot(CcxtSpotAdapter):
                     self.name,
                     self.params.start_timeout_s,
                 )
-        self._spawn(self._time_sync_loop(), f"{self.name}/time-sync")
+        self.spawn_task(self._time_sync_loop(), f"{self.name}/time-sync")
 
     def _market_url(self) -> str:
         speed = "@100ms" if self.params.depth_interval_ms == 100 else ""
@@ -420,7 +420,7 @@ class BinanceSpot(CcxtSpotAdapter):
         symbol = source.book.symbol
         task = self._snapshot_tasks.get(symbol)
         if task is None or task.done():
-            self._snapshot_tasks[symbol] = self._spawn(
+            self._snapshot_tasks[symbol] = self.spawn_task(
                 self._snapshot_loop(symbol), f"{self.name}/snapshot/{symbol}"
             )
 
@@ -475,11 +475,11 @@ class BinanceSpot(CcxtSpotAdapter):
         if reply.get("status") != 200:
             error = reply.get("error", {})
             if error.get("code") == -1021:
-                await self._sync_time()
+                await self.sync_time()
             raise ConnectionError(f"user stream subscription refused: {error}")
         self._user_subscriptions += 1
         if self._user_subscriptions > 1:
-            self._spawn(self._reconcile(), f"{self.name}/reconcile")
+            self.spawn_task(self.reconcile_orders(), f"{self.name}/reconcile")
         self._user_ready.set()
 
     def _on_user_down(self, reason: str) -> None:
@@ -538,12 +538,12 @@ class BinanceSpot(CcxtSpotAdapter):
                 )
             )
 
-    async def _reconcile(self) -> None:
+    async def reconcile_orders(self) -> None:
         """The user stream was down: ask for every working order and for our trades
         since then, so no report and no fill is lost."""
         since = self._user_down_since_ms
         self._user_down_since_ms = None
-        await super()._reconcile()
+        await super().reconcile_orders()
         symbols = {t.symbol for t in self._orders.values()}
         start = (since or 0) - 5_000
         for symbol in symbols:
@@ -624,21 +624,21 @@ class BinanceSpot(CcxtSpotAdapter):
             symbol=symbol,
         )
 
-    async def _place(self, order: TrackedOrder) -> None:
+    async def send_place(self, order: TrackedOrder) -> None:
         params = self._order_params(order)
         params.update(newClientOrderId=order.client_id, newOrderRespType="RESULT")
         data = await self._call("private_post_order", params, weight=1, orders=1)
         order.exchange_id = str(data["orderId"])
         self._emit_update(self._update_from_order(data, order.client_id))
 
-    async def _cancel(self, order: TrackedOrder) -> None:
+    async def send_cancel(self, order: TrackedOrder) -> None:
         data = await self._call(
             "private_delete_order",
             {"symbol": self._native[order.symbol], "origClientOrderId": order.client_id},
         )
         self._emit_update(self._update_from_order(data, order.client_id))
 
-    async def _lookup(self, order: TrackedOrder) -> OrderUpdate | None:
+    async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:
         try:
             data = await self._call(
                 "private_get_order",
@@ -651,7 +651,7 @@ class BinanceSpot(CcxtSpotAdapter):
             raise
         return self._update_from_order(data, order.client_id)
 
-    async def _cancel_symbol(self, symbol: str) -> None:
+    async def send_cancel_all(self, symbol: str) -> None:
         try:
             rows = await self._call("private_delete_openorders", {"symbol": self._native[symbol]})
         except VenueCallError as exc:
@@ -661,11 +661,11 @@ class BinanceSpot(CcxtSpotAdapter):
         for row in rows:
             self._emit_update(self._update_from_order(row))
 
-    async def _replace(self, old: TrackedOrder, new: TrackedOrder) -> None:
+    async def send_replace(self, old: TrackedOrder, new: TrackedOrder) -> None:
         """``POST /api/v3/order/cancelReplace`` (STOP_ON_FAILURE): one call, and the new
         order is not placed when the cancel fails."""
         if old.symbol != new.symbol or old.order.side is not new.order.side:
-            await super()._replace(old, new)
+            await super().send_replace(old, new)
             return
         params = self._order_params(new)
         params.update(

@@ -420,7 +420,7 @@ class BinanceSpotBookSource(BookSource):
         self._request_first_snapshot()
         return Outcome.BUFFERED
 
-    def _reset_stream(self) -> None:
+    def reset_stream(self) -> None:
         self._buffer = []
         self.last_update_id = None
 

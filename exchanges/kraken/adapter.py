@@ -169,13 +169,13 @@ class KrakenSpot(CcxtSpotAdapter):
         cost = KrakenRateGovernor.ADD_COST + kraken_cancel_cost(0)
         return self.governor.delay_for(self._wire[symbol], cost)
 
-    def _client_config(self) -> dict[str, Any]:
+    def client_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"options": {"adjustForTimeDifference": False}}
         if self.params.rest_url:
             config["urls"] = {"api": {"public": self.rest_base, "private": self.rest_base}}
         return config
 
-    def _classify(self, status: int, body: str) -> VenueCallError:
+    def classify_http_error(self, status: int, body: str) -> VenueCallError:
         try:
             errors = json.loads(body).get("error") or []
         except (ValueError, AttributeError):
@@ -183,7 +183,7 @@ class KrakenSpot(CcxtSpotAdapter):
         text = "; ".join(errors) or f"HTTP {status}: {body[:200]}"
         return classify_error(text, status)
 
-    async def _load_instruments(self) -> dict[str, Instrument]:
+    async def load_instruments(self) -> dict[str, Instrument]:
         data = await self._rest("public_get_assetpairs")
         pairs: dict[str, dict[str, Any]] = data.get("result", {})
         by_v2: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -225,7 +225,7 @@ class KrakenSpot(CcxtSpotAdapter):
         return out
 
     # -- public socket: books and trades ---------------------------------------------------
-    async def _start_streams(self) -> None:
+    async def start_streams(self) -> None:
         stale = self.params.book_stale_after_s
         for symbol, instrument in self.instruments.items():
             source: KrakenBookSource = self._make_source(
@@ -240,7 +240,7 @@ class KrakenSpot(CcxtSpotAdapter):
             source.add_observer(self._emit_book_state)
             self._sources[symbol] = source
             self.books[symbol] = source.book
-        self._spawn(self._snapshot_watchdog(), f"{self.name}/snapshot-watchdog")
+        self.spawn_task(self._snapshot_watchdog(), f"{self.name}/snapshot-watchdog")
         self._public = self._spawn_socket(
             "public",
             lambda: self.params.ws_url or LIVE_WS,
@@ -349,7 +349,7 @@ class KrakenSpot(CcxtSpotAdapter):
                     "{}: resubscribe {} failed ({}); reconnect will resync", self.name, symbol, exc
                 )
 
-        self._spawn(resubscribe(), f"{self.name}/resubscribe/{symbol}")
+        self.spawn_task(resubscribe(), f"{self.name}/resubscribe/{symbol}")
 
     def _on_public_text(self, raw: str, recv_ns: int) -> None:
         if self.tap is not None:
@@ -414,7 +414,7 @@ class KrakenSpot(CcxtSpotAdapter):
             raise ConnectionError(f"executions subscription refused: {reply.get('error')}")
         self._private_subscriptions += 1
         if self._private_subscriptions > 1:
-            self._spawn(self._reconcile(), f"{self.name}/reconcile")
+            self.spawn_task(self.reconcile_orders(), f"{self.name}/reconcile")
         self._private_ready.set()
 
     def _on_private_down(self, reason: str) -> None:
@@ -483,7 +483,7 @@ class KrakenSpot(CcxtSpotAdapter):
                 "rate_limited", str(exc), retry_after_s=exc.retry_after_s
             ) from None
 
-    async def _place(self, order: TrackedOrder) -> None:
+    async def send_place(self, order: TrackedOrder) -> None:
         await self._charge(order.symbol, KrakenRateGovernor.ADD_COST)
         result = await self._ws_call(
             "add_order", {**order_params(order), "symbol": self._wire[order.symbol]}
@@ -510,7 +510,7 @@ class KrakenSpot(CcxtSpotAdapter):
     def _age_s(self, order: TrackedOrder) -> float:
         return max(0.0, (self.clock.now_ns() - order.placed_ns) / 1e9)
 
-    async def _cancel(self, order: TrackedOrder) -> None:
+    async def send_cancel(self, order: TrackedOrder) -> None:
         await self._charge(order.symbol, kraken_cancel_cost(self._age_s(order)))
         await self._ws_call("cancel_order", {"cl_ord_id": [order.client_id]})
         self._emit_update(
@@ -524,7 +524,7 @@ class KrakenSpot(CcxtSpotAdapter):
             )
         )
 
-    async def _cancel_symbol(self, symbol: str) -> None:
+    async def send_cancel_all(self, symbol: str) -> None:
         # cancel_all covers every pair; cancel per order keeps other pairs' quotes alive.
         for tracked in list(self._orders.values()):
             if tracked.symbol == symbol and not tracked.status.is_terminal:
@@ -582,7 +582,7 @@ class KrakenSpot(CcxtSpotAdapter):
                 if len(chunk) < 2:
                     rest.extend(chunk)
                     continue
-                task = self._spawn(
+                task = self.spawn_task(
                     self._run_batch(symbol, [p.order for p in chunk]), f"{self.name}/batch"
                 )
                 for place in chunk:
@@ -683,7 +683,7 @@ class KrakenSpot(CcxtSpotAdapter):
             )
 
     # -- REST lookups and reconciliation ---------------------------------------------------------
-    async def _lookup(self, order: TrackedOrder) -> OrderUpdate | None:
+    async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:
         for method, key in (
             ("private_post_openorders", "open"),
             ("private_post_closedorders", "closed"),
@@ -738,10 +738,10 @@ class KrakenSpot(CcxtSpotAdapter):
                 )
         return out
 
-    async def _reconcile(self) -> None:
+    async def reconcile_orders(self) -> None:
         # The executions snapshot (open orders and recent fills) already replayed what
         # was missed; lookups settle orders that closed while we were away.
-        await super()._reconcile()
+        await super().reconcile_orders()
 
     async def fetch_open_orders(self) -> list[OrderUpdate]:
         out: list[OrderUpdate] = []

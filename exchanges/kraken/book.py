@@ -142,7 +142,7 @@ class KrakenBookSource(BookSource):
         return zlib.crc32("".join(parts).encode("ascii"))
 
     # -- internals -----------------------------------------------------------------------
-    def _reset_stream(self) -> None:
+    def reset_stream(self) -> None:
         self._bid_text.clear()
         self._ask_text.clear()
 

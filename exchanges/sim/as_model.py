@@ -153,7 +153,7 @@ class AsModelExchange(SimulatedVenue[AsModelParams], ActionDispatch):
         i = self._path.get(symbol)
         return [] if i is None else list(self._working[i])
 
-    def _report_at(self, market: object) -> int:
+    def report_at(self, market: object) -> int:
         return self.clock.now_ns()
 
     # -- the model -------------------------------------------------------------------------
@@ -223,14 +223,14 @@ class AsModelExchange(SimulatedVenue[AsModelParams], ActionDispatch):
             self._report(order.client_id, OrderStatus.FILLED, order.filled_lots)
 
     # -- orders ------------------------------------------------------------------------------
-    def _cancel_all(self, symbol: str | None) -> None:
+    def execute_cancel_all(self, symbol: str | None) -> None:
         for i, working in enumerate(self._working):
             if symbol not in (None, self.symbols[i]):
                 continue
             for client_id in list(working):
-                self._cancel(client_id, self.symbols[i])
+                self.execute_cancel(client_id, self.symbols[i])
 
-    def _place(self, order: Order) -> None:
+    def execute_place(self, order: Order) -> None:
         i = self._path.get(order.symbol)
         if i is None:
             self._report(order.client_id, OrderStatus.REJECTED, 0, f"no market {order.symbol}")
@@ -257,7 +257,7 @@ class AsModelExchange(SimulatedVenue[AsModelParams], ActionDispatch):
         self._working[i][order.client_id] = resting
         self._report(order.client_id, OrderStatus.OPEN, 0)
 
-    def _cancel(self, client_id: str, symbol: str) -> None:
+    def execute_cancel(self, client_id: str, symbol: str) -> None:
         i = self._path.get(symbol)
         if i is None:
             return

@@ -163,31 +163,36 @@ class OrderReports:
 
 class ActionDispatch(ABC):
     """Carries out an order action that reached the matching: a replace is a cancel
-    followed by a place, as the simulated venues match it."""
+    followed by a place, as the simulated venues match it.
+
+    Each venue that matches orders itself implements the three ``execute_*`` methods;
+    ``_carry_out`` calls them once an action has reached the venue (after its entry
+    latency and the venue profile's limits); the run calls ``submit``, never these."""
 
     @abstractmethod
-    def _place(self, order: Order) -> None:
-        """A new order reaches the matching."""
+    def execute_place(self, order: Order) -> None:
+        """A new order reaches the matching. Venues implement it."""
 
     @abstractmethod
-    def _cancel(self, client_id: str, symbol: str) -> None:
+    def execute_cancel(self, client_id: str, symbol: str) -> None:
         """A cancel reaches the matching (a no-op when the order is gone already: its
-        own report settles the pending cancel)."""
+        own report settles the pending cancel). Venues implement it."""
 
     @abstractmethod
-    def _cancel_all(self, symbol: str | None) -> None:
-        """A cancel-all for ``symbol`` (None: every market) reaches the matching."""
+    def execute_cancel_all(self, symbol: str | None) -> None:
+        """A cancel-all for ``symbol`` (None: every market) reaches the matching. Venues
+        implement it."""
 
     def _carry_out(self, action: OrderAction) -> None:
         if isinstance(action, PlaceOrder):
-            self._place(action.order)
+            self.execute_place(action.order)
         elif isinstance(action, CancelOrder):
-            self._cancel(action.client_id, action.symbol)
+            self.execute_cancel(action.client_id, action.symbol)
         elif isinstance(action, ReplaceOrder):
-            self._cancel(action.old_client_id, action.new.symbol)
-            self._place(action.new)
+            self.execute_cancel(action.old_client_id, action.new.symbol)
+            self.execute_place(action.new)
         elif isinstance(action, CancelAll):
-            self._cancel_all(action.symbol)
+            self.execute_cancel_all(action.symbol)
 
 
 class SimulatedVenue(ExchangeAdapter, Generic[P]):
@@ -243,9 +248,10 @@ class SimulatedVenue(ExchangeAdapter, Generic[P]):
             self.sink.on_book_state(book, old.value, state.value, reason)
 
     @abstractmethod
-    def _report_at(self, market: Any) -> int:
+    def report_at(self, market: Any) -> int:
         """When a report about an order on ``market`` (the venue's own market object,
-        or None) reaches the run: the venue's latency model."""
+        or None) reaches the run: the venue's latency model. Every venue implements it;
+        ``_report`` and ``_refused`` stamp their reports with it."""
 
     def _report(
         self,
@@ -255,7 +261,7 @@ class SimulatedVenue(ExchangeAdapter, Generic[P]):
         reason: str = "",
         market: Any = None,
     ) -> None:
-        self.reports.update(client_id, status, filled, reason, self._report_at(market))
+        self.reports.update(client_id, status, filled, reason, self.report_at(market))
 
     def _refused(self, refusal: Refusal, filled: int | None, market: Any = None) -> None:
         """Report a request the venue profile's limits refused, as the venue would: a new

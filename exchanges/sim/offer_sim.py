@@ -510,7 +510,7 @@ class OfferSimExchange(SimulatedVenue[OfferSimParams], ActionDispatch):
             self._last_private = when
         return when
 
-    def _report_at(self, market: object) -> int:
+    def report_at(self, market: object) -> int:
         return self._stream_time("private")
 
     def _arrive(self, action: OrderAction) -> None:
@@ -535,15 +535,15 @@ class OfferSimExchange(SimulatedVenue[OfferSimParams], ActionDispatch):
         else:
             self._carry_out(action)
 
-    def _place(self, order: Order) -> None:
+    def execute_place(self, order: Order) -> None:
         # The new order of a replace: every order here is a take.
         self._take(order)
 
-    def _cancel(self, client_id: str, symbol: str) -> None:
+    def execute_cancel(self, client_id: str, symbol: str) -> None:
         # Take orders are immediate-or-cancel: nothing ever rests to be cancelled.
         self._report(client_id, OrderStatus.CANCELLED, 0, "not working")
 
-    def _cancel_all(self, symbol: str | None) -> None:
+    def execute_cancel_all(self, symbol: str | None) -> None:
         """Nothing rests, so there is nothing to cancel and nothing to report."""
 
     def _take(self, order: Order) -> None:

@@ -399,7 +399,7 @@ class SimExchange(SimulatedVenue[SimParams], ActionDispatch):
         market.stream_last[stream] = when
         return when
 
-    def _report_at(self, market: _SimMarket) -> int:
+    def report_at(self, market: _SimMarket) -> int:
         return self._stream_time(market, "private")
 
     def _publish(self, market: _SimMarket) -> None:
@@ -443,7 +443,7 @@ class SimExchange(SimulatedVenue[SimParams], ActionDispatch):
             action = left
         self._carry_out(action)
 
-    def _cancel_all(self, symbol: str | None) -> None:
+    def execute_cancel_all(self, symbol: str | None) -> None:
         for name, market in self.markets.items():
             if symbol in (None, name):
                 for sim in market.engine.cancel_all(US):
@@ -469,7 +469,7 @@ class SimExchange(SimulatedVenue[SimParams], ActionDispatch):
                 self._refused(refusal, None if sim is None else sim.filled_lots, market)
         return left
 
-    def _place(self, order: Order) -> None:
+    def execute_place(self, order: Order) -> None:
         market = self.markets.get(order.symbol)
         if market is None:
             return
@@ -518,7 +518,7 @@ class SimExchange(SimulatedVenue[SimParams], ActionDispatch):
             self._closed(client_id)
         self._publish(market)
 
-    def _cancel(self, client_id: str, symbol: str) -> None:
+    def execute_cancel(self, client_id: str, symbol: str) -> None:
         market = self.markets.get(symbol)
         if market is None:
             return

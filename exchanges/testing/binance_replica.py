@@ -126,7 +126,7 @@ class BinanceReplica(BinanceRest):
                 lots=(100, 50_000),
             )
 
-    def _market_key(self, symbol: str) -> str:
+    def normalize_symbol(self, symbol: str) -> str:
         return symbol.upper()
 
     # -- recording mode -----------------------------------------------------------------
@@ -149,7 +149,7 @@ class BinanceReplica(BinanceRest):
             return read_hftbacktest(path)
         return read_recording(path)
 
-    async def _play_record(self, record: Record) -> None:
+    async def play_record(self, record: Record) -> None:
         stream, raw = record.stream, record.raw
         if stream.startswith("rest:"):
             if "depth" in stream:
@@ -273,9 +273,9 @@ class BinanceReplica(BinanceRest):
             market.changed.clear()  # our depth is not on the recorded streams
             left -= take
             self.recorded_fills += 1
-            await self._report_fill(trade)
+            await self.report_fill(trade)
 
-    async def _recorded_depth(self, symbol: str, market: ReplicaMarket, limit: int) -> web.Response:
+    async def recorded_depth(self, symbol: str, market: ReplicaMarket, limit: int) -> web.Response:
         """The recorded book: the recording's snapshot text itself while nothing has
         changed it, else the book the recorded events built from it. A request before
         the recording's first snapshot waits for it (the venue's book is unknown)."""
@@ -305,7 +305,7 @@ class BinanceReplica(BinanceRest):
         )
 
     # -- routes -------------------------------------------------------------------------
-    def _add_routes(self, app: web.Application) -> None:
+    def add_routes(self, app: web.Application) -> None:
         r = app.router
         self._add_rest_routes(r)
         r.add_get("/ws/{streams:.*}", self._ws_streams)
@@ -361,7 +361,7 @@ class BinanceReplica(BinanceRest):
             else:
                 await self.send_text(ws, raw)
 
-    async def _publish_book(self, market: ReplicaMarket) -> None:
+    async def publish_book(self, market: ReplicaMarket) -> None:
         changes = market.take_changes()
         if not changes or self.recording is not None:
             # Serving a recording, the recorded events are the depth stream.
@@ -382,7 +382,7 @@ class BinanceReplica(BinanceRest):
         }
         await self._broadcast(f"{market.symbol.lower()}@depth", payload)
 
-    async def _publish_trade(
+    async def publish_trade(
         self, market: ReplicaMarket, trade: ReplicaTrade, *, taker_side: str
     ) -> None:
         buyer_maker = taker_side == "sell"  # a seller took the bid
@@ -479,7 +479,7 @@ class BinanceReplica(BinanceRest):
             }
         return None
 
-    async def _report(
+    async def report_execution(
         self,
         o: ReplicaOrder,
         exec_type: str,
@@ -559,11 +559,11 @@ class BinanceReplica(BinanceRest):
             )
 
     # -- order flow hooks -----------------------------------------------------------------
-    async def _report_accepted(self, order: ReplicaOrder) -> None:
-        await self._report(order, "NEW", None)
+    async def report_accepted(self, order: ReplicaOrder) -> None:
+        await self.report_execution(order, "NEW", None)
 
-    async def _report_fill(self, trade: ReplicaTrade) -> None:
-        await self._report(trade.order, "TRADE", trade)
+    async def report_fill(self, trade: ReplicaTrade) -> None:
+        await self.report_execution(trade.order, "TRADE", trade)
 
-    async def _report_expired(self, order: ReplicaOrder) -> None:
-        await self._report(order, "EXPIRED", None)
+    async def report_expired(self, order: ReplicaOrder) -> None:
+        await self.report_execution(order, "EXPIRED", None)

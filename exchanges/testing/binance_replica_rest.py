@@ -105,7 +105,8 @@ class BinanceRest(ReplicaServer):
     """The REST half of ``BinanceReplica``: routes under ``/api/v3`` and their answers.
 
     The state it reads is set up by ``BinanceReplica.__init__``; the private stream
-    report (``_report``) and the recorded book (``_recorded_depth``) come from there too.
+    report (``report_execution``) and the recorded book (``recorded_depth``) are
+    implemented there too (the abstract methods below).
     """
 
     venue = "binance"
@@ -125,7 +126,7 @@ class BinanceRest(ReplicaServer):
     _orders_1d: _Window
 
     @abstractmethod
-    async def _report(
+    async def report_execution(
         self,
         o: ReplicaOrder,
         exec_type: str,
@@ -133,11 +134,13 @@ class BinanceRest(ReplicaServer):
         *,
         cancel_client_id: str = "",
     ) -> None:
-        """An ``executionReport`` on the user data stream."""
+        """Put an ``executionReport`` on the user data stream. ``BinanceReplica``
+        implements it; the REST cancel answers call it."""
 
     @abstractmethod
-    async def _recorded_depth(self, symbol: str, market: ReplicaMarket, limit: int) -> web.Response:
-        """``GET /api/v3/depth`` while serving a recording."""
+    async def recorded_depth(self, symbol: str, market: ReplicaMarket, limit: int) -> web.Response:
+        """The answer to ``GET /api/v3/depth`` while serving a recording.
+        ``BinanceReplica`` implements it."""
 
     def _add_rest_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/api/v3/time", self._time)
@@ -370,7 +373,7 @@ class BinanceRest(ReplicaServer):
             return self._error(-1121, "Invalid symbol.")
         market = self.markets[symbol]
         if self.recording is not None:
-            return await self._recorded_depth(symbol, market, limit)
+            return await self.recorded_depth(symbol, market, limit)
         return self._json(
             {
                 "lastUpdateId": self.update_id[symbol],
@@ -522,8 +525,8 @@ class BinanceRest(ReplicaServer):
     async def _cancel(self, order: ReplicaOrder, cancel_cid: str) -> None:
         market = self.markets[order.symbol]
         market.cancel(order.client_id, self.now_ms())
-        await self._report(order, "CANCELED", None, cancel_client_id=cancel_cid)
-        await self._publish_book(market)
+        await self.report_execution(order, "CANCELED", None, cancel_client_id=cancel_cid)
+        await self.publish_book(market)
 
     def _cancel_json(self, o: ReplicaOrder, cancel_cid: str) -> dict[str, Any]:
         body = self._order_json(o)

@@ -121,7 +121,7 @@ class KrakenReplica(KrakenRest):
         return f"{self.ws_url}/auth/v2"
 
     # -- routes -----------------------------------------------------------------------------
-    def _add_routes(self, app: web.Application) -> None:
+    def add_routes(self, app: web.Application) -> None:
         r = app.router
         self._add_rest_routes(r)
         r.add_get("/v2", self._ws_public)
@@ -154,7 +154,7 @@ class KrakenReplica(KrakenRest):
             if other and (price >= other[0][0] if side == "buy" else price <= other[0][0]):
                 raise OrderRejectedError("post_only", "post only")
 
-    async def _add(self, spec: dict[str, Any]) -> ReplicaOrder:
+    async def add_order(self, spec: dict[str, Any]) -> ReplicaOrder:
         symbol = str(spec.get("symbol", ""))
         if symbol not in self.markets:
             raise OrderRejectedError("unknown_pair", "EQuery:Unknown asset pair")
@@ -204,11 +204,11 @@ class KrakenReplica(KrakenRest):
         await self._execute(market, order)
         return order
 
-    async def _do_cancel(self, order: ReplicaOrder) -> None:
+    async def cancel_order(self, order: ReplicaOrder) -> None:
         market = self.markets[order.symbol]
         market.cancel(order.client_id, self.now_ms())
         await self._report(order, "canceled", "canceled", reason="User requested")
-        await self._publish_book(market)
+        await self.publish_book(market)
 
     # -- websocket: public --------------------------------------------------------------------
     async def on_ping_tick(self, ws: web.WebSocketResponse) -> None:
@@ -369,7 +369,7 @@ class KrakenReplica(KrakenRest):
             ),
         )
 
-    async def _publish_book(self, market: ReplicaMarket) -> None:
+    async def publish_book(self, market: ReplicaMarket) -> None:
         market.take_changes()
         symbol = market.symbol
         skip = self.faults.take_skip()
@@ -412,7 +412,7 @@ class KrakenReplica(KrakenRest):
                 ),
             )
 
-    async def _publish_trade(
+    async def publish_trade(
         self, market: ReplicaMarket, trade: ReplicaTrade, *, taker_side: str
     ) -> None:
         symbol = market.symbol
@@ -504,7 +504,7 @@ class KrakenReplica(KrakenRest):
     async def _trading(self, method: str, params: dict[str, Any], req_id: Any) -> str:
         try:
             if method == "add_order":
-                order = await self._add(params)
+                order = await self.add_order(params)
                 return self._ack(
                     method, req_id, {"order_id": order.venue_id, "cl_ord_id": order.client_id}
                 )
@@ -517,7 +517,7 @@ class KrakenReplica(KrakenRest):
                     self._validate({**spec, "symbol": symbol})
                 results = []
                 for spec in orders:
-                    order = await self._add({**spec, "symbol": symbol})
+                    order = await self.add_order({**spec, "symbol": symbol})
                     results.append({"order_id": order.venue_id, "cl_ord_id": order.client_id})
                 return self._ack(method, req_id, results)
             if method == "cancel_order":
@@ -530,7 +530,7 @@ class KrakenReplica(KrakenRest):
                     raise OrderRejectedError("unknown_order", "unknown")
                 for target in targets:
                     assert target is not None
-                    await self._do_cancel(target)
+                    await self.cancel_order(target)
                 last = targets[-1]
                 assert last is not None
                 return self._ack(
@@ -539,7 +539,7 @@ class KrakenReplica(KrakenRest):
             if method == "cancel_all":
                 count = 0
                 for resting in self.orders():
-                    await self._do_cancel(resting)
+                    await self.cancel_order(resting)
                     count += 1
                 return self._ack(method, req_id, {"count": count})
             if method == "amend_order":
@@ -558,7 +558,7 @@ class KrakenReplica(KrakenRest):
                     self.now_ms(),
                 )
                 await self._report(amended, "amended", amended.status, reason="User requested")
-                await self._publish_book(market)
+                await self.publish_book(market)
                 return self._ack(
                     method,
                     req_id,
@@ -669,15 +669,15 @@ class KrakenReplica(KrakenRest):
         await self._send_exec(events, "snapshot", ws)
 
     # -- order flow hooks -------------------------------------------------------------------
-    def _accepted(self, order: ReplicaOrder) -> None:
+    def on_accepted(self, order: ReplicaOrder) -> None:
         self._txids[order.venue_id] = order
 
-    async def _report_accepted(self, order: ReplicaOrder) -> None:
+    async def report_accepted(self, order: ReplicaOrder) -> None:
         await self._report(order, "pending_new", "pending_new")
         await self._report(order, "new", "new")
 
-    async def _report_fill(self, trade: ReplicaTrade) -> None:
+    async def report_fill(self, trade: ReplicaTrade) -> None:
         await self._report_trade(trade)
 
-    async def _report_expired(self, order: ReplicaOrder) -> None:
+    async def report_expired(self, order: ReplicaOrder) -> None:
         await self._report(order, "expired", "expired")

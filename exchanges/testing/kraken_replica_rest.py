@@ -95,8 +95,8 @@ class KrakenRest(ReplicaServer):
     """The REST half of ``KrakenReplica``: ``/0/public`` and ``/0/private``.
 
     ``KrakenReplica.__init__`` sets up the state it reads; placing and cancelling
-    (``_add``, ``_do_cancel``) are the order engine there, shared with websocket order
-    entry.
+    (``add_order``, ``cancel_order``, abstract here) are implemented there, the order
+    engine shared with websocket order entry.
     """
 
     venue = "kraken"
@@ -111,12 +111,14 @@ class KrakenRest(ReplicaServer):
     _last_nonce: int
 
     @abstractmethod
-    async def _add(self, spec: dict[str, Any]) -> ReplicaOrder:
-        """Validate, place and report one order (a websocket ``add_order`` spec)."""
+    async def add_order(self, spec: dict[str, Any]) -> ReplicaOrder:
+        """Validate, place and report one order (a websocket ``add_order`` spec).
+        ``KrakenReplica`` implements it; REST ``AddOrder`` calls it too."""
 
     @abstractmethod
-    async def _do_cancel(self, order: ReplicaOrder) -> None:
-        """Cancel one of our open orders and report it."""
+    async def cancel_order(self, order: ReplicaOrder) -> None:
+        """Cancel one of our open orders and report it. ``KrakenReplica`` implements
+        it; REST ``CancelOrder`` calls it too."""
 
     def _add_rest_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/0/public/AssetPairs", self._asset_pairs)
@@ -290,7 +292,7 @@ class KrakenRest(ReplicaServer):
             )
             if order is None or not order.is_open:
                 return self._fail("EOrder:Unknown order")
-            await self._do_cancel(order)
+            await self.cancel_order(order)
             return self._ok({"count": 1})
         return self._fail("EGeneral:Unknown method")
 
@@ -375,7 +377,7 @@ class KrakenRest(ReplicaServer):
             "time_in_force": params.get("timeinforce", "GTC").lower(),
         }
         try:
-            order = await self._add(spec)
+            order = await self.add_order(spec)
         except OrderRejectedError as exc:
             return self._fail(str(exc) if exc.code == "forced" else REJECT.get(exc.code, str(exc)))
         return self._ok(

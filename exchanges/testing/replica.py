@@ -49,11 +49,14 @@ class ReplicaServer(ABC):
     the fault controls, the markets with our orders in them and the control API every
     replica offers, and the order flow (accept, match, report, publish) in one place.
 
-    A venue subclass speaks the wire format only: it adds its routes (``_add_routes``),
+    A venue subclass speaks the wire format only: it adds its routes (``add_routes``),
     registers its markets (``add_market``) and implements the hooks that put an event on
-    the wire (``_report_accepted``, ``_report_fill``, ``_report_expired``,
-    ``_publish_trade``, ``_publish_book``). The conformance kit drives any replica
-    through this class's methods, so a new venue's replica gets them by subclassing.
+    the wire (``report_accepted``, ``report_fill``, ``report_expired``,
+    ``publish_trade``, ``publish_book``, ``forget_socket``); it may override
+    ``normalize_symbol``, ``on_accepted``, ``play_record`` and ``on_ping_tick``. These
+    are the subclass's extension points, called by this class's order flow and server,
+    not by tests. The conformance kit drives any replica through this class's methods,
+    so a new venue's replica gets them by subclassing.
     """
 
     venue = "replica"
@@ -106,7 +109,7 @@ class ReplicaServer(ABC):
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._fault_middleware])
-        self._add_routes(app)
+        self.add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -137,8 +140,9 @@ class ReplicaServer(ABC):
         await self.stop()
 
     @abstractmethod
-    def _add_routes(self, app: web.Application) -> None:
-        """Add the venue's REST and websocket routes."""
+    def add_routes(self, app: web.Application) -> None:
+        """Add the venue's REST and websocket routes. Venue replicas implement it;
+        ``start`` calls it once before the server listens."""
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -247,13 +251,15 @@ class ReplicaServer(ABC):
         market.changed.clear()
         self.markets[key] = market
 
-    def _market_key(self, symbol: str) -> str:
-        """How the control API spells a market's key (Binance accepts any case)."""
+    def normalize_symbol(self, symbol: str) -> str:
+        """The key in ``markets`` of the control API's ``symbol``. The default takes it
+        as given; a venue replica whose venue accepts other spellings overrides it
+        (Binance accepts any case)."""
         return symbol
 
     def _market(self, symbol: str) -> ReplicaMarket:
         try:
-            return self.markets[self._market_key(symbol)]
+            return self.markets[self.normalize_symbol(symbol)]
         except KeyError:
             raise KeyError(
                 f"unknown symbol {symbol!r}; replica has {sorted(self.markets)}"
@@ -284,7 +290,7 @@ class ReplicaServer(ABC):
         """Other participants' absolute quantity at a level; published as a book change."""
         market = self._market(symbol)
         market.set_level(side, Decimal(price), Decimal(qty))
-        await self._publish_book(market)
+        await self.publish_book(market)
 
     async def set_book(
         self, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]]
@@ -298,7 +304,7 @@ class ReplicaServer(ABC):
             market.set_level("buy", Decimal(bid_price), Decimal(bid_qty))
         for ask_price, ask_qty in asks:
             market.set_level("sell", Decimal(ask_price), Decimal(ask_qty))
-        await self._publish_book(market)
+        await self.publish_book(market)
 
     async def churn(self, symbol: str, events: int = 10, seed: int | None = None) -> None:
         """Random level changes near the top of the book, each published on its own."""
@@ -314,7 +320,7 @@ class ReplicaServer(ABC):
             qty = market.lot * rng.choice((0, rng.randint(*self.churn_lots)))
             if price > 0:
                 market.set_level(side, price, qty)
-                await self._publish_book(market)
+                await self.publish_book(market)
 
     async def fill_order(self, client_id: str, qty: str | Decimal | None = None) -> None:
         """Someone trades against our resting order (all of it, or ``qty``)."""
@@ -323,9 +329,9 @@ class ReplicaServer(ABC):
             if order is not None and order.is_open:
                 amount = None if qty is None else Decimal(qty)
                 trade = market.fill_resting(client_id, amount, self.now_ms())
-                await self._report_fill(trade)
-                await self._publish_trade(market, trade, taker_side=other_side(order.side))
-                await self._publish_book(market)
+                await self.report_fill(trade)
+                await self.publish_trade(market, trade, taker_side=other_side(order.side))
+                await self.publish_book(market)
                 return
         raise KeyError(f"no open replica order with client id {client_id!r}")
 
@@ -337,13 +343,13 @@ class ReplicaServer(ABC):
         accepted, nothing sent) when the matcher refuses it."""
         trades = market.submit(order, self.now_ms())
         self.accepted.append(order)
-        self._accepted(order)
-        await self._report_accepted(order)
+        self.on_accepted(order)
+        await self.report_accepted(order)
         for trade in trades:
-            await self._report_fill(trade)
-            await self._publish_trade(market, trade, taker_side=order.side)
+            await self.report_fill(trade)
+            await self.publish_trade(market, trade, taker_side=order.side)
         if order.status == "expired":
-            await self._report_expired(order)
+            await self.report_expired(order)
         partial = self.faults.take_partial() if order.is_open else None
         if partial is not None:
             amount = order.remaining * partial
@@ -351,41 +357,42 @@ class ReplicaServer(ABC):
             if amount > 0:
                 trade = market.fill_resting(order.client_id, amount, self.now_ms())
                 trades.append(trade)
-                await self._report_fill(trade)
-                await self._publish_trade(market, trade, taker_side=other_side(order.side))
-        await self._publish_book(market)
+                await self.report_fill(trade)
+                await self.publish_trade(market, trade, taker_side=other_side(order.side))
+        await self.publish_book(market)
         return trades
 
-    def _accepted(self, order: ReplicaOrder) -> None:  # noqa: B027 - optional hook
-        """The matcher took ``order``: a venue that looks orders up by its own id
-        (Kraken's txid) indexes it here, before any report about it goes out."""
+    def on_accepted(self, order: ReplicaOrder) -> None:  # noqa: B027 - optional hook
+        """The matcher took ``order``: a venue replica that looks orders up by its own id
+        (Kraken's txid) overrides this to index it, before any report about it goes out.
+        The default does nothing."""
 
-    # -- venue hooks: what goes on the wire ----------------------------------------------
+    # -- venue hooks: what goes on the wire (every venue replica implements these) ------
     @abstractmethod
-    async def _report_accepted(self, order: ReplicaOrder) -> None:
+    async def report_accepted(self, order: ReplicaOrder) -> None:
         """Tell the private stream the order is accepted."""
 
     @abstractmethod
-    async def _report_fill(self, trade: ReplicaTrade) -> None:
+    async def report_fill(self, trade: ReplicaTrade) -> None:
         """Tell the private stream about one fill of our order."""
 
     @abstractmethod
-    async def _report_expired(self, order: ReplicaOrder) -> None:
+    async def report_expired(self, order: ReplicaOrder) -> None:
         """Tell the private stream the order expired (IOC or market remainder)."""
 
     @abstractmethod
-    async def _publish_trade(
+    async def publish_trade(
         self, market: ReplicaMarket, trade: ReplicaTrade, *, taker_side: str
     ) -> None:
         """Put a trade on the public trade stream; ``taker_side`` is the aggressor."""
 
     @abstractmethod
-    async def _publish_book(self, market: ReplicaMarket) -> None:
+    async def publish_book(self, market: ReplicaMarket) -> None:
         """Publish the market's changed levels (``market.take_changes()``)."""
 
     # -- recording playback -------------------------------------------------------------
     async def _play_paced(self, records: Iterable[Record], speed: float) -> None:
-        """Hand each record to ``_play_record`` at its recorded pace, ``speed`` times
+        """Hand each record to ``play_record`` at its recorded pace, ``speed`` times
         faster; ``played`` counts them and ``playback_done`` is set at the end (or on
         an error, so a waiting test does not hang)."""
         loop = asyncio.get_running_loop()
@@ -399,13 +406,14 @@ class ReplicaServer(ABC):
                 delay = due - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await self._play_record(record)
+                await self.play_record(record)
                 self.played += 1
         finally:
             self.playback_done.set()
 
-    async def _play_record(self, record: Record) -> None:
-        """Serve one recorded message (a venue that can serve recordings overrides)."""
+    async def play_record(self, record: Record) -> None:
+        """Serve one recorded message. A venue replica that can serve recordings
+        overrides it; the default refuses."""
         raise NotImplementedError(f"the {self.venue} replica does not serve recordings")
 
     # -- websocket plumbing ---------------------------------------------------------------

@@ -80,7 +80,8 @@ class BookSourceParams(BaseModel):
 
 
 class BookSource(ABC):
-    """Base of the venue book sources. Subclasses implement ``on_message``.
+    """Base of the venue book sources. Subclasses implement ``on_message`` and
+    ``reset_stream``.
 
     Construct with an ``Instrument`` (a new ``L2Book`` is made) or an existing book.
     ``on_resync`` is called whenever the source needs a fresh snapshot, including
@@ -151,7 +152,7 @@ class BookSource(ABC):
 
     def reconnected(self, reason: str = "reconnected") -> None:
         """A new connection is up: nothing seen before it can be trusted to chain."""
-        self._reset_stream()
+        self.reset_stream()
         self._request_resync(reason)
 
     def check_stale(self, now_ns: int | None = None) -> bool:
@@ -165,8 +166,10 @@ class BookSource(ABC):
         return self.clock.now_ns() if self.clock is not None else 0
 
     @abstractmethod
-    def _reset_stream(self) -> None:
-        """Forget what chained messages of the previous connection together."""
+    def reset_stream(self) -> None:
+        """Forget what chained messages of the previous connection together (sequence
+        ids, buffered updates). Venue sources implement it; ``reconnected`` calls it
+        before asking for a new snapshot, and callers use ``reconnected``."""
 
     def _request_resync(self, reason: str, *, count: bool = True) -> None:
         if count:
