@@ -79,9 +79,10 @@ def uninterrupted(
     return manifest, rows
 
 
-def kill_during_run(manifest: Path, run_dir: Path, after_rows: int | None, delay: float) -> None:
+def kill_during_run(manifest: Path, run_dir: Path, after_rows: int | None, delay: float) -> int:
     """Start the manifest and SIGKILL it, either once its journal holds ``after_rows``
-    rows or after ``delay`` seconds (whichever is asked)."""
+    rows or after ``delay`` seconds (whichever is asked). Returns the exit code: -9 when
+    the kill landed, 0 when the run ended first."""
     proc = cli("run", str(manifest), "--out", str(run_dir), "--quiet")
     deadline = time.monotonic() + 120
     started = time.monotonic()
@@ -99,6 +100,7 @@ def kill_during_run(manifest: Path, run_dir: Path, after_rows: int | None, delay
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
+    return proc.returncode
 
 
 def test_killed_sim_runs_resume_to_the_uninterrupted_journal(
@@ -152,8 +154,12 @@ def test_a_replay_that_differs_is_refused_and_changes_nothing(
     uninterrupted: tuple[Path, list[tuple[object, ...]]], tmp_path: Path
 ) -> None:
     manifest, _ = uninterrupted
+    # Ten times as long, so the run cannot end on its own before the kill lands (a 90 s
+    # simulation takes well under a second on a quiet machine).
+    long_run = tmp_path / "long.yaml"
+    long_run.write_text(manifest.read_text().replace("duration: 90s", "duration: 900s"))
     run_dir = tmp_path / "run"
-    kill_during_run(manifest, run_dir, after_rows=150, delay=0)
+    assert kill_during_run(long_run, run_dir, after_rows=150, delay=0) == -signal.SIGKILL
     before = journal(run_dir)
     trace = (run_dir / "trace.jsonl").read_bytes()
     info = (run_dir / "run.json").read_text()
