@@ -27,7 +27,7 @@ from typing import Any
 from quoteforge.clock import NS, SimClock
 from quoteforge.engine import run_manifest
 from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.sim import as_model, offers
+from quoteforge.exchanges.sim import as_model, offer_sim
 from quoteforge.exchanges.sim.offer_sim import OfferSimExchange, OfferSimParams
 from quoteforge.logs import configure_logging
 from quoteforge.manifest import load_manifest
@@ -150,7 +150,7 @@ async def decision_rates(total: int) -> dict[str, Any]:
 
 async def engine_rate(seconds: float) -> dict[str, Any]:
     registry = load_registry()
-    for module in (offers, as_model, offer_taker):
+    for module in (offer_sim, as_model, offer_taker):
         registry.register_module(module)
     path = ROOT / "examples" / "offer_taker.yaml"
     loaded = load_manifest(

@@ -4,8 +4,12 @@ resolves, and the hook reference in docs/ matches the hook specifications."""
 from __future__ import annotations
 
 import configparser
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
+
+import pytest
 
 from quoteforge import hookspecs
 from quoteforge.cli import hooks_reference
@@ -77,3 +81,16 @@ def test_hook_reference_is_complete_and_current() -> None:
     )
     specs = {n for n in dir(hookspecs) if n.startswith("quoteforge_")}
     assert specs == set(hookspecs.__all__), "every hookspec must be in hookspecs.__all__"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*_bench.py")))
+def test_every_benchmark_imports_what_it_measures(script: str) -> None:
+    """A module that moves must not leave a benchmark behind: each one imports its
+    subjects at the top, so ``--help`` fails the moment an import is stale."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
