@@ -39,7 +39,15 @@ from quoteforge.model import (
     Side,
     TimeInForce,
 )
-from quoteforge.strategy import Market, Quotes, Strategy, StrategyContext, StrategyParams
+from quoteforge.strategy import (
+    Market,
+    Quotes,
+    Speed,
+    Strategy,
+    StrategyContext,
+    StrategyParams,
+    check_interface,
+)
 
 if TYPE_CHECKING:
     from quoteforge.book import (
@@ -174,6 +182,7 @@ __all__ = [
     "RiskCheck",
     "RiskView",
     "Side",
+    "Speed",
     "Strategy",
     "StrategyContext",
     "StrategyParams",
@@ -182,5 +191,6 @@ __all__ = [
     "VenueContext",
     "VenueSink",
     "__version__",
+    "check_interface",
     "hookimpl",
 ]
