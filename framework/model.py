@@ -139,18 +139,30 @@ class Instrument:
     send, and must be a whole number of lots.
     """
 
+    #: The exchange's name in the manifest.
     venue: str
+    #: The venue's symbol (``BTC/USDT``).
     symbol: str
+    #: The base asset (``BTC``): quantities are in it.
     base: str
+    #: The quote asset (``USDT``): prices, PnL and fees are in it.
     quote: str
+    #: The price grid: a price is a whole number of ticks of this size.
     tick_size: Decimal
+    #: The quantity grid the venue reports in: a quantity is a whole number of lots.
     lot_size: Decimal
+    #: The smallest order quantity the venue takes, base units (0: none).
     min_qty: Decimal = Decimal(0)
+    #: The smallest order value (price times quantity) the venue takes (0: none).
     min_notional: Decimal = Decimal(0)
+    #: ``SPOT``, or ``BINARY`` for event contracts priced in (0, 1).
     kind: InstrumentKind = InstrumentKind.SPOT
+    #: Fee rate of a resting (maker) fill; negative is a rebate.
     maker_fee: Decimal = Decimal(0)
+    #: Fee rate of a taking (taker) fill.
     taker_fee: Decimal = Decimal(0)
-    qty_step: Decimal = Decimal(0)  # 0: the same as lot_size
+    #: The step of order quantities (a whole number of lots; 0 given: ``lot_size``).
+    qty_step: Decimal = Decimal(0)
     # The grids as floats, for ticks_to_float / lots_to_float on strategies' hot paths
     # (float(Decimal) on every call costs more than the multiplication).
     _tick_float: float = field(default=0.0, init=False, repr=False, compare=False)
@@ -177,11 +189,13 @@ class Instrument:
 
     @property
     def key(self) -> str:
+        """``venue:symbol``, the market's one spelling everywhere."""
         return market_key(self.venue, self.symbol)
 
     # -- price grid -------------------------------------------------------------------
     @property
     def min_price_ticks(self) -> int:
+        """Lowest valid price in ticks (one tick)."""
         return 1
 
     @property
@@ -202,6 +216,7 @@ class Instrument:
         return int(ticks)
 
     def ticks_to_price(self, ticks: int) -> Decimal:
+        """The exact price of ``ticks``."""
         return _plain(self.tick_size * ticks)
 
     def round_price(self, price: float, side: Side) -> int:
@@ -214,6 +229,8 @@ class Instrument:
         return self.clamp_ticks(ticks)
 
     def clamp_ticks(self, ticks: int) -> int:
+        """``ticks`` kept inside the valid price range (``min_price_ticks`` to
+        ``max_price_ticks``)."""
         ticks = max(ticks, self.min_price_ticks)
         top = self.max_price_ticks
         if top is not None:
@@ -226,6 +243,7 @@ class Instrument:
 
     # -- quantity grid ----------------------------------------------------------------
     def qty_to_lots(self, qty: Decimal | str | int | float) -> int:
+        """Exact conversion; a quantity off the lot grid is an error, never rounded."""
         value = _as_decimal(qty, "quantity")
         lots, rest = divmod(value, self.lot_size)
         if rest != 0:
@@ -235,6 +253,7 @@ class Instrument:
         return int(lots)
 
     def lots_to_qty(self, lots: int) -> Decimal:
+        """The exact quantity of ``lots``, in base units."""
         return _plain(self.lot_size * lots)
 
     @property
@@ -258,6 +277,7 @@ class Instrument:
         return lots * self._lot_float
 
     def notional(self, price_ticks: int, lots: int) -> Decimal:
+        """The exact value of ``lots`` at ``price_ticks``, in the quote asset."""
         return self.ticks_to_price(price_ticks) * self.lots_to_qty(lots)
 
     def check_order(self, price_ticks: int | None, lots: int) -> str | None:

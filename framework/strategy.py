@@ -77,7 +77,8 @@ class StrategyParams(BaseModel):
 
 
 class Market:
-    """One market as a strategy sees it: instrument, live book and our position."""
+    """One market as a strategy sees it: instrument, live book and our position; it
+    builds quotes (``bid``/``ask``) and converts to and from ticks and lots."""
 
     __slots__ = (
         "_asks",
@@ -98,10 +99,16 @@ class Market:
     )
 
     def __init__(self, instrument: Instrument, book: L2Book, position: Callable[[], int]) -> None:
+        #: The market's grids, limits and fees (tick and lot sizes, minimums).
         self.instrument = instrument
+        #: The live order book in ticks and lots (``best_bid()`` is ``(ticks, lots)`` or
+        #: None); ``mid()``/``microprice()`` are floats for signal maths.
         self.book = book
+        #: The exchange's name in the manifest (``sim``, ``binance``...).
         self.venue = instrument.venue
+        #: The venue's symbol (``BTC/USDT``).
         self.symbol = instrument.symbol
+        #: ``venue:symbol``, the market's one spelling in logs, the trace and the journal.
         self.key = instrument.key
         self._position = position
         # Floats for rounding on the hot path; the results are integer ticks and lots.
@@ -234,7 +241,8 @@ class Market:
 
 
 class StrategyContext:
-    """Services the kernel offers a strategy instance."""
+    """Services the kernel offers a strategy instance (``self.ctx``): clock, timers,
+    quotes outside ``on_book``, immediate orders, execution algorithms and the bus."""
 
     def __init__(
         self,
@@ -247,7 +255,9 @@ class StrategyContext:
         publish: Callable[[str, Any], None] | None = None,
         take: Callable[[Market, Side, int, int, str | None], Any] | None = None,
     ) -> None:
+        #: The strategy's name in the manifest (the key under ``strategies:``).
         self.name = name
+        #: The strategy's markets by key (``venue:symbol``).
         self.markets = markets
         self._now_ns = now_ns
         #: Nanoseconds since the epoch (virtual in simulations): the clock's own
@@ -257,6 +267,8 @@ class StrategyContext:
         self._schedule = schedule
         self._publish = publish
         self._take = take
+        #: The run's seed (``run.seed``): seed a strategy's own random numbers with it so
+        #: the same seed gives the same run.
         self.seed = seed
         #: Execution algorithms started with ``execute`` that have not finished yet.
         self.algos: list[Any] = []
@@ -355,12 +367,16 @@ class Strategy:
     to keep the current wanted quotes.
     """
 
+    #: The parameter schema (a ``StrategyParams`` subclass): a manifest's ``params:``
+    #: are validated against it before the strategy is built.
     Params: ClassVar[type[BaseModel]] = StrategyParams
     #: The strategy interface this class was written for (see ``INTERFACE_VERSION``).
     interface_version: ClassVar[int] = INTERFACE_VERSION
 
     def __init__(self, ctx: StrategyContext, params: BaseModel) -> None:
+        #: The services of the run (clock, timers, orders, markets).
         self.ctx = ctx
+        #: The validated parameters, an instance of ``Params``; replaced by ``on_params``.
         self.params = params
 
     @property
@@ -372,28 +388,34 @@ class Strategy:
 
     @property
     def name(self) -> str:
+        """The strategy's name in the manifest (``self.ctx.name``)."""
         return self.ctx.name
 
     def on_start(self, **kwargs: Any) -> None:
-        """Called once before the first market data event."""
+        """Called once after every strategy is built and before the first ``on_book``."""
 
     def on_book(self, market: Market, **kwargs: Any) -> Quotes | None:
-        """The book of ``market`` changed and is LIVE. Return the wanted quotes."""
+        """The book of ``market`` changed and is LIVE (see ``speed``), or a fill or a
+        finished order asks for a requote. Return the complete list of quotes wanted on
+        ``market`` (``[]`` pulls them all), or None to keep the wanted quotes unchanged
+        (after a fill they are placed again)."""
         return None
 
     def on_trade(
         self, market: Market, price_ticks: int, qty_lots: int, aggressor: Side, **kwargs: Any
     ) -> None:
-        """A public trade printed on ``market``."""
+        """A public trade printed on ``market`` (``aggressor``: the taker's side); called
+        only when a strategy overrides it."""
 
     def on_fill(self, market: Market, fill: Fill, **kwargs: Any) -> None:
-        """One of our orders on ``market`` traded (already journaled and in the position)."""
+        """One of our orders on ``market`` traded (already journaled and in the position);
+        ``on_book`` follows."""
 
     def on_offer(self, market: Market, offer: Offer, **kwargs: Any) -> None:
         """A counterparty offer on ``market``; take it with ``self.ctx.take(...)``."""
 
     def on_order_update(self, market: Market, update: OrderUpdate, **kwargs: Any) -> None:
-        """One of our orders changed state."""
+        """One of our orders changed state (acknowledged, cancelled, rejected...)."""
 
     def on_params(self, params: BaseModel, **kwargs: Any) -> None:
         """New parameters arrived from the watched manifest (already validated)."""

@@ -74,4 +74,11 @@ class MomentumQuoter(Strategy):
 
 @quoteforge.hookimpl
 def quoteforge_register_strategies(register: Any) -> None:
-    register("momentum_quoter", MomentumQuoter)
+    # "momentum_quoter" is the type manifests write (`type: momentum_quoter`); the
+    # description is the one line `quoteforge plugins` shows for it (without one, the
+    # first line of the class docstring is used).
+    register(
+        "momentum_quoter",
+        MomentumQuoter,
+        description="Two-sided quotes around a fast average, leaning with momentum.",
+    )
