@@ -11,13 +11,15 @@ import argparse
 import asyncio
 import inspect
 import json
+import platform
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from quoteforge import hookspecs
-from quoteforge.manifest import Manifest, ManifestError, load_manifest
+from quoteforge.manifest import ManifestError, load_manifest, manifest_schema
 from quoteforge.registry import (
     KERNEL_COMMANDS,
     KINDS,
@@ -29,6 +31,19 @@ from quoteforge.registry import (
 __all__ = ["hooks_reference", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+SUMMARY_ROWS = 20  # a run with more markets prints the totals and the top rows only
+
+
+def version_text() -> str:
+    from quoteforge import __version__
+
+    return f"quoteforge {__version__} (Python {platform.python_version()})"
+
+
+def _seconds(text: str) -> float:
+    if not text.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 (0: never), got {text!r}")
+    return float(text)
 
 
 def _parser(commands: Iterable[Command] = ()) -> argparse.ArgumentParser:
@@ -37,6 +52,7 @@ def _parser(commands: Iterable[Command] = ()) -> argparse.ArgumentParser:
         prog="quoteforge",
         description="Market-making and execution bots from YAML manifests and plugins.",
     )
+    p.add_argument("-V", "--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a manifest (sim, backtest, paper or live)")
@@ -74,7 +90,19 @@ def _parser(commands: Iterable[Command] = ()) -> argparse.ArgumentParser:
     run.add_argument(
         "--json-log", action="store_true", help="also write log.jsonl in the run folder"
     )
-    run.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (bar or lines) and no summary table; the run folder is still printed",
+    )
+    run.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="without a terminal (CI, nohup, systemd), log a progress line this often "
+        "(default 10; 0: never)",
+    )
 
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest", type=Path)
@@ -112,6 +140,9 @@ def _parser(commands: Iterable[Command] = ()) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-V"], ["--version"]):  # without loading a plugin
+        print(version_text())
+        return EXIT_OK
     if not argv or argv[0] not in KERNEL_COMMANDS:
         return _plugin_command(argv)
     args = _parser().parse_args(argv)
@@ -243,6 +274,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     m = loaded.manifest
     run_dir = args.out or new_run_dir(Path(m.run.out_dir), m.run.name)
+    resumed = " (resuming)" if args.resume is not None else ""
+    print(f"run folder: {run_dir}{resumed}", file=sys.stderr, flush=True)
     configure_logging(
         args.log_level,
         json_path=run_dir / "log.jsonl" if args.json_log else None,
@@ -257,6 +290,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 run_dir=run_dir,
                 manifest_path=args.manifest,
                 resume=args.resume is not None,
+                progress_every=None if args.quiet else args.progress_every or None,
+                progress_bar=not args.quiet,
             )
         )
     except Exception as exc:
@@ -269,9 +304,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         logger.opt(exception=exc).error("run failed: {}", exc)
         return EXIT_ERROR
+    if not args.quiet:  # the results first: the report takes a second or more
+        rows = run.summary_rows()
+        print(format_summary(rows, SUMMARY_ROWS, more=run_dir / "summary.csv"), flush=True)
     _write_report(registry, run_dir, m.report.html, m.report.png)
     if not args.quiet:
-        print(format_summary(run.summary_rows()))
         print(f"\nrun folder: {run_dir}  ({run.stop_reason})")
     return EXIT_OK
 
@@ -313,15 +350,33 @@ def _write_report(registry: PluginRegistry, run_dir: Path, html: bool, png: bool
             'install it with: pip install "quoteforge[report]"'
         )
         return
+    logger.info("writing the report…")
+    start = time.monotonic()
     try:
-        hook(run_dir=run_dir, html=html, png=png)
+        written = hook(run_dir=run_dir, html=html, png=png)
     except Exception as exc:  # a report failure never loses the run's data
         logger.opt(exception=exc).error("report failed: {}; the run folder is intact", exc)
+        return
+    if written:
+        logger.info("report written in {:.1f} s ({} files)", time.monotonic() - start, len(written))
 
 
-def format_summary(rows: list[dict[str, Any]]) -> str:
-    """The per-market table printed at the end of a run."""
+def format_summary(rows: list[dict[str, Any]], limit: int = 0, more: Path | None = None) -> str:
+    """The per-market table printed at the end of a run. With more than ``limit`` rows
+    (0: no limit), the ``limit`` markets with the largest |pnl| (then fills), a totals line
+    and how many more markets ``more`` (summary.csv) holds."""
     cols = ["market", "mid", "spread", "inventory", "pnl", "fill_count", "notional", "max_drawdown"]
+    tail: list[str] = []
+    if limit and len(rows) > limit:
+        pnl, fills = (sum(r.get(c) or 0 for r in rows) for c in ("pnl", "fill_count"))
+        traded = sum(1 for r in rows if r.get("fill_count"))
+        where = f" in {more}" if more is not None else ""
+        tail = [f"… and {len(rows) - limit:,} more markets{where}"]
+        tail += [
+            f"{len(rows):,} markets ({traded:,} traded): {fills:,} fills, pnl {pnl:,.6g} (sum)"
+        ]
+        rows = sorted(rows, key=lambda r: (-abs(r.get("pnl") or 0), -(r.get("fill_count") or 0)))
+        rows = rows[:limit]
 
     def cell(v: Any) -> str:
         if v is None:
@@ -330,7 +385,7 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
             return f"{v:,.6g}" if abs(v) < 1e6 else f"{v:,.0f}"
         return str(v)
 
-    table = [cols] + [[cell(r[c]) for c in cols] for r in rows]
+    table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     lines = []
     for n, row in enumerate(table):
@@ -342,7 +397,7 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
         )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(lines + tail)
 
 
 # -- plugins --------------------------------------------------------------------------------
@@ -463,14 +518,7 @@ def hooks_reference() -> str:
 
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
-    registry = load_registry()
-    schema = Manifest.model_json_schema()
-    plugin_schemas: dict[str, Any] = {}
-    for kind in KINDS:
-        for name, reg in registry.types(kind).items():
-            plugin_schemas[f"{kind}:{name}"] = reg.params.model_json_schema()
-    schema["x-quoteforge-plugin-params"] = plugin_schemas
-    print(json.dumps(schema, indent=2, default=str))
+    print(json.dumps(manifest_schema(load_registry()), indent=2, default=str))
     return EXIT_OK
 
 

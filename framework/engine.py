@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,6 +113,8 @@ class Run(QuotingEngine):
     - ``on_started(run)``: called once the run is started and quoting.
     - ``on_kill(source)``: called when the kill switch is pulled here, before the run
       acts on it (a node tells its peers).
+    - ``progress_every``: without a terminal, log progress every so many seconds;
+      ``progress_bar=False``: no bar on a terminal either (see ``quoteforge.progress``).
     """
 
     def __init__(
@@ -128,8 +132,12 @@ class Run(QuotingEngine):
         driver: RunDriver | None = None,
         on_started: Callable[[Run], None] | None = None,
         on_kill: Callable[[str], None] | None = None,
+        progress_every: float | None = None,
+        progress_bar: bool = True,
     ) -> None:
         self.resume = resume
+        self.progress_every = progress_every
+        self.progress_bar = progress_bar
         # A simulated run resumes by replaying its first life (see quoteforge.resume).
         self.replaying = resume and replays_on_resume(loaded.manifest.run.mode)
         #: Why a replaying resume was refused (the replay differed from the journal).
@@ -372,8 +380,8 @@ class Run(QuotingEngine):
         duration = self.manifest.run.duration
         end = self.started_ns + int(float(duration) * NS) if duration is not None else None
         far = end if end is not None else 2**62
-        total = float(duration) if duration is not None else 0.0
-        with Progress(total, desc=self.manifest.run.name, unit="s") as progress:
+        total = float(duration) if duration is not None else None
+        with self._progress(total) as progress:
             shown = 0.0
             while not self._stop.is_set():
                 # Without a duration the run ends when the events do (e.g. the end of a
@@ -381,10 +389,9 @@ class Run(QuotingEngine):
                 # slices keep signals, file watching and a metrics scrape responsive.
                 ran = clock.run_until(far, max_events=2_000, advance=end is not None)
                 self.events_processed += ran
-                if total:
-                    done = min(total, (clock.now_ns() - self.started_ns) / NS)
-                    progress.update(done - shown)
-                    shown = done
+                done = min(total or math.inf, (clock.now_ns() - self.started_ns) / NS)
+                progress.update(done - shown)
+                shown = done
                 if clock.now_ns() >= far or clock.next_time() is None:
                     self.stop_reason = self.stop_reason or "duration reached"
                     break
@@ -392,11 +399,29 @@ class Run(QuotingEngine):
 
     async def _drive_live(self) -> None:
         duration = self.manifest.run.duration
-        timeout = float(duration) if duration is not None else None
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=timeout)
-        except TimeoutError:
-            self.stop_reason = self.stop_reason or "duration reached"
+        end = time.monotonic() + float(duration) if duration is not None else None
+        with self._progress(float(duration) if duration else None, bar=False) as progress:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    self.stop_reason = self.stop_reason or "duration reached"
+                    break
+                waits = [w for w in (progress.log_every, end and end - now) if w]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), min(waits, default=None))
+                progress.update(time.monotonic() - now)
+
+    def _progress(self, total: float | None, bar: bool = True) -> Progress:
+        name, every, bar = self.manifest.run.name, self.progress_every, bar and self.progress_bar
+        return Progress(total, name, "s", bar=bar, log_every=every, status=self._progress_status)
+
+    def _progress_status(self) -> str:
+        fills = sum(self.portfolio.fill_count(key) for key in self.markets)
+        text = f"{fills:,} fills, {len(self.orders.all_working()):,} orders working"
+        if not self.clock.is_virtual:
+            return text
+        sim = timedelta(seconds=(self.clock.now_ns() - self.started_ns) // NS)
+        return f"sim time {sim}, {self.events_processed:,} events, {text}"
 
     @property
     def reconnects(self) -> int:
@@ -446,8 +471,8 @@ class Run(QuotingEngine):
                 self.log.error("final reconciliation failed: {}; run --resume to repair", exc)
         for srt in self.strategies.values():
             self._guard(srt, srt.strategy.on_stop)
-        summary = self.summary_rows()
         self._sample_now()
+        summary = self.summary_rows()  # after the last sample: the spreads' means count it
         self.journal.append(
             JournalRecord(
                 f"run-stop-{self.run_id}",
@@ -631,9 +656,13 @@ async def run_manifest(
     manifest_path: Path | None = None,
     install_signals: bool = True,
     resume: bool = False,
+    **options: Any,
 ) -> Run:
-    """Run a validated manifest to the end; SIGINT/SIGTERM stop it cleanly."""
-    run = Run(loaded, registry, run_dir=run_dir, manifest_path=manifest_path, resume=resume)
+    """Run a validated manifest to the end; SIGINT/SIGTERM stop it cleanly. ``options``
+    are more of ``Run``'s keyword arguments (``progress_every``...)."""
+    run = Run(
+        loaded, registry, run_dir=run_dir, manifest_path=manifest_path, resume=resume, **options
+    )
     with stop_signals(run.request_stop, run.kill, enabled=install_signals):
         await run.run()
     return run

@@ -377,7 +377,7 @@ def quoteforge_write_report(run_dir: Path, html: bool, png: bool) -> list[Path] 
     :param png: the manifest's ``report.png``: write one PNG chart per market.
 
     Called once by ``quoteforge run`` after a single-process run has stopped, when
-    ``html`` or ``png`` is true, before the summary table is printed. firstresult: the
+    ``html`` or ``png`` is true, after the summary table is printed. firstresult: the
     first implementation that returns a list (the files written, empty when it could
     not write them and said why in the log) ends the call; return None to leave the run
     to another plugin. An exception is logged and the run folder stays intact. With no

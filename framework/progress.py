@@ -1,5 +1,6 @@
-"""Progress bars for long simulations, backtests and sweeps: drawn on stderr when it is a
-terminal, silent otherwise (logs, CI, pipes stay clean)."""
+"""Progress for long simulations, backtests and sweeps: a bar drawn on stderr when it is a
+terminal; otherwise (CI, nohup, systemd) a plain log line every ``log_every`` seconds
+when asked for one, else silence (pipes stay clean)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TextIO
+
+from loguru import logger
 
 __all__ = ["Progress"]
 
@@ -24,6 +28,10 @@ class Progress:
     ``total`` may be None when the end is unknown (a count and a rate are shown). The bar
     redraws at most every ``min_interval`` seconds, so ``update`` costs a comparison on
     most calls and can sit in a hot loop.
+
+    Without a terminal (or with ``bar=False``) and with ``log_every``, the same state and
+    ``status()`` (e.g. ``"412 fills"``) are logged (INFO) every ``log_every`` seconds and
+    once at the end. ``QUOTEFORGE_PROGRESS=0`` silences both.
     """
 
     def __init__(
@@ -34,21 +42,31 @@ class Progress:
         *,
         stream: TextIO | None = None,
         min_interval: float = 0.1,
+        bar: bool = True,
+        log_every: float | None = None,
+        status: Callable[[], str] | None = None,
     ) -> None:
         if total is not None and (not math.isfinite(total) or total < 0):
             raise ValueError(f"Progress total must be a finite number >= 0 or None, got {total!r}")
         if min_interval < 0:
             raise ValueError(f"Progress min_interval must be >= 0, got {min_interval!r}")
+        if log_every is not None and not (math.isfinite(log_every) and log_every > 0):
+            raise ValueError(f"Progress log_every must be seconds > 0 or None, got {log_every!r}")
         self.total = total
         self.desc = desc
         self.unit = unit
         self.n: float = 0
         self.stream = stream if stream is not None else sys.stderr
         # QUOTEFORGE_PROGRESS=0 silences bars (e.g. in sweep workers sharing a terminal).
-        self.enabled = _is_tty(self.stream) and os.environ.get("QUOTEFORGE_PROGRESS") != "0"
+        shown = os.environ.get("QUOTEFORGE_PROGRESS") != "0"
+        self.enabled = bar and shown and _is_tty(self.stream)
+        #: Seconds between progress log lines; None when the bar is drawn or nothing is.
+        self.log_every = log_every if shown and not self.enabled else None
+        self.status = status
         self.min_interval = min_interval
         self._start = time.monotonic()
         self._next_draw = 0.0
+        self._next_log = math.inf
         self._width = 0
         self._closed = False
 
@@ -56,6 +74,8 @@ class Progress:
         self._start = time.monotonic()
         if self.enabled:
             self._draw(self._start)
+        if self.log_every is not None:
+            self._next_log = self._start + self.log_every
         return self
 
     def __exit__(
@@ -69,11 +89,10 @@ class Progress:
     def update(self, n: float = 1) -> None:
         """Advance by ``n`` units."""
         self.n += n
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now >= self._next_draw:
-            self._draw(now)
+        if self.enabled and time.monotonic() >= self._next_draw:
+            self._draw(time.monotonic())
+        elif self.log_every is not None and time.monotonic() >= self._next_log:
+            self._log(time.monotonic())
 
     def close(self) -> None:
         """Draw the final state and end the line; idempotent."""
@@ -84,8 +103,16 @@ class Progress:
             self._draw(time.monotonic())
             self.stream.write("\n")
             self.stream.flush()
+        elif self.log_every is not None:
+            self._log(time.monotonic())
 
-    def render(self, width: int, now: float | None = None) -> str:
+    def line(self, now: float | None = None) -> str:
+        """The log line: the bar's text without the bar, then ``status()``."""
+        text = self.render(sys.maxsize, now, bar=False)
+        extra = self.status() if self.status is not None else ""
+        return f"{text}, {extra}" if extra else text
+
+    def render(self, width: int, now: float | None = None, *, bar: bool = True) -> str:
         """The bar as one line of at most ``width`` characters."""
         elapsed = max((now if now is not None else time.monotonic()) - self._start, 0.0)
         rate = self.n / elapsed if elapsed > 0 else 0.0
@@ -103,9 +130,14 @@ class Progress:
         )
         head += f"{frac * 100:3.0f}%|"
         room = width - len(head) - len(tail) - 1
-        if room < 4:
+        if room < 4 or not bar:
             return (head.rstrip("|") + tail)[:width]
         return f"{head}{_bar(frac, room)}|{tail}"
+
+    def _log(self, now: float) -> None:
+        assert self.log_every is not None
+        self._next_log = now + self.log_every
+        logger.bind(component="progress").info("{}", self.line(now))
 
     def _draw(self, now: float) -> None:
         self._next_draw = now + self.min_interval
