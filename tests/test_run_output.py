@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from loguru import logger
@@ -132,7 +133,7 @@ def test_version(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert (proc.returncode, proc.stdout) == (0, expected + "\n")
 
 
-def _row(market: str, pnl: float, fills: int) -> dict[str, object]:
+def _row(market: str, pnl: float, fills: int) -> dict[str, Any]:
     return {
         "market": market,
         "mid": 10.0,
@@ -155,8 +156,8 @@ def test_many_markets_print_the_top_rows_and_totals() -> None:
     assert markets[:2] == ["x:BIGLOSS", "x:BIGWIN"]  # by |pnl|, losses too
     assert len(markets) == 20 and all(m.startswith("x:") for m in markets)
     assert lines[22] == "… and 80 more markets in runs/r/summary.csv"
-    pnl = sum(float(r["pnl"]) for r in rows)  # type: ignore[arg-type]
-    fills = sum(int(r["fill_count"]) for r in rows)  # type: ignore[call-overload]
+    pnl = sum(r["pnl"] for r in rows)
+    fills = sum(r["fill_count"] for r in rows)
     traded = sum(1 for r in rows if r["fill_count"])
     assert lines[23] == f"100 markets ({traded} traded): {fills:,} fills, pnl {pnl:,.6g} (sum)"
     assert len(lines) == 24
