@@ -72,6 +72,11 @@ class MarketRuntime:
     peak_pnl: float = 0.0
     max_drawdown: float = 0.0
     last_pnl: float = 0.0
+    # Sums of the sampled spreads (market's, ours when both sides are out) for summary.csv.
+    spread_sum: float = 0.0
+    spread_samples: int = 0
+    quoted_spread_sum: float = 0.0
+    quoted_spread_samples: int = 0
     quote_updates: int = 0
     seen_top: int = -1  # the book's top_version when the strategy last saw it
     seen_best: Any = None  # (best bid, best ask) when the strategy last saw it

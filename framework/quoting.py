@@ -32,7 +32,7 @@ from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
 from quoteforge.registry import PluginRegistry
 from quoteforge.risk import RiskRefusal
-from quoteforge.runfiles import TraceWriter
+from quoteforge.runfiles import TraceWriter, on_grid
 from quoteforge.strategy import Market
 
 
@@ -331,8 +331,8 @@ class QuotingEngine:
                     "market": fill.market,
                     "fill_id": fill.fill_id,
                     "side": "buy" if fill.side is Side.BUY else "sell",
-                    "price": inst.ticks_to_float(fill.price_ticks),
-                    "qty": inst.lots_to_float(fill.qty_lots),
+                    "price": on_grid(fill.price_ticks, inst.tick_size),
+                    "qty": on_grid(fill.qty_lots, inst.lot_size),
                     "fee": float(fill.fee),
                     "liquidity": fill.liquidity.value,
                     "client_id": fill.client_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import gc
 import json
 import os
@@ -35,8 +36,10 @@ SUMMARY_COLUMNS = (
     "market",
     "mid",
     "spread",
+    "quoted_spread",
     "inventory",
     "pnl",
+    "fees",
     "fill_count",
     "notional",
     "max_drawdown",
@@ -99,6 +102,19 @@ class TraceWriter:
         self._fh.close()
 
 
+@functools.cache
+def _decimals(step: Decimal) -> int:
+    """Digits after the point of a grid step: 0.01 -> 2, 0.5 -> 1, 10 -> 0."""
+    exponent = step.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def on_grid(units: int, step: Decimal) -> float:
+    """``units`` steps of a price or quantity grid as the float nearest that exact
+    decimal (``2000.1``, never ``2000.1000000000001``), for trace.jsonl."""
+    return round(units * float(step), _decimals(step))
+
+
 def _mark(mr: MarketRuntime) -> Decimal | None:
     mid = mr.book.mid_ticks()
     if mid is None:
@@ -140,43 +156,61 @@ def sample_markets(
             elif order.side is Side.SELL and (our_ask is None or order.price_ticks < our_ask):
                 our_ask = order.price_ticks
         spread = book.spread_ticks()
+        tick = inst.tick_size
+        if spread is not None:
+            mr.spread_sum += spread * inst.ticks_to_float(1)
+            mr.spread_samples += 1
+        if our_bid is not None and our_ask is not None:
+            mr.quoted_spread_sum += (our_ask - our_bid) * inst.ticks_to_float(1)
+            mr.quoted_spread_samples += 1
         trace.write(
             {
                 "type": "tick",
                 "t": now,
                 "market": key,
                 "mid": float(mark) if mark is not None else None,
-                "bid": inst.ticks_to_float(bid) if bid is not None else None,
-                "ask": inst.ticks_to_float(ask) if ask is not None else None,
-                "our_bid": inst.ticks_to_float(our_bid) if our_bid is not None else None,
-                "our_ask": inst.ticks_to_float(our_ask) if our_ask is not None else None,
+                "bid": on_grid(bid, tick) if bid is not None else None,
+                "ask": on_grid(ask, tick) if ask is not None else None,
+                "our_bid": on_grid(our_bid, tick) if our_bid is not None else None,
+                "our_ask": on_grid(our_ask, tick) if our_ask is not None else None,
                 "inventory": float(pf.position(key)),
                 "pnl": pnl,
                 "realized": float(realized),
                 "unrealized": float(unrealized),
                 "fees": float(fees),
-                "spread": inst.ticks_to_float(spread) if spread is not None else None,
+                "spread": on_grid(spread, tick) if spread is not None else None,
                 "state": book.state.value,
             }
         )
     return pnl_by_market
 
 
+def _mean(total: float, count: int, step: Decimal) -> float | None:
+    # One digit finer than the grid: a mean falls between ticks.
+    return round(total / count, _decimals(step) + 1) if count else None
+
+
 def summary_rows(markets: dict[str, MarketRuntime], portfolio: Portfolio) -> list[dict[str, Any]]:
-    """One summary row per market (the columns of ``SUMMARY_COLUMNS``)."""
+    """One summary row per market (the columns of ``SUMMARY_COLUMNS``). ``spread`` and
+    ``quoted_spread`` are means over the tick samples (taken every sample interval, so
+    time-weighted): the market's best ask minus best bid whenever both sides had orders,
+    ours whenever both our bid and our ask were out; ``fees`` is their effect on PnL
+    (negative paid, positive rebates earned)."""
     rows = []
     pf = portfolio
     for key, mr in markets.items():
         mark = _mark(mr)
         pnl = pf.pnl(key, mark) if mark is not None else pf.realized(key) - pf.fees(key)
-        spread = mr.book.spread_ticks()
+        tick = mr.instrument.tick_size
         rows.append(
             {
                 "market": key,
                 "mid": float(mark) if mark is not None else None,
-                "spread": mr.instrument.ticks_to_float(spread) if spread is not None else None,
+                "spread": _mean(mr.spread_sum, mr.spread_samples, tick),
+                "quoted_spread": _mean(mr.quoted_spread_sum, mr.quoted_spread_samples, tick),
                 "inventory": float(pf.position(key)),
                 "pnl": float(pnl),
+                "fees": float(-pf.fees(key)) + 0.0,
                 "fill_count": pf.fill_count(key),
                 "notional": float(pf.notional(key)),
                 "max_drawdown": max(mr.max_drawdown, mr.peak_pnl - float(pnl)),

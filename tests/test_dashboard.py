@@ -484,3 +484,51 @@ def test_progress_without_a_total_counts_and_refuses_bad_totals() -> None:
         Progress(total=-1)
     with pytest.raises(ValueError, match="total must be a finite number"):
         Progress(total=float("nan"))
+
+
+def many_fills_run(run_dir: Path, n_fills: int) -> Path:
+    """A trace of one market with ``n_fills`` fills spread over the run and a few ticks."""
+    run_dir.mkdir()
+    with (run_dir / "trace.jsonl").open("w") as fh:
+        for i in range(n_fills):
+            side = "buy" if i % 2 else "sell"
+            record = {"type": "fill", "t": i * 10**9, "market": "v:A/B", "side": side}
+            fh.write(json.dumps({**record, "price": 100.0 + i % 7, "qty": 1.0}) + "\n")
+        for s in range(0, n_fills, max(1, n_fills // 20)):
+            tick = {"type": "tick", "t": s * 10**9, "market": "v:A/B", "pnl": 0.0, "mid": 100.0}
+            fh.write(json.dumps({**tick, "inventory": 0.0, "state": "LIVE"}) + "\n")
+    return run_dir
+
+
+def test_fills_are_thinned_over_the_whole_run_not_cut_to_the_last(tmp_path: Path) -> None:
+    tail = RunFolderTail(many_fills_run(tmp_path / "r", 8000))
+    tail.poll()
+    market = tail.snapshot(max_points=100)["markets"][0]
+    fills = market["fills"]
+    assert market["values"]["fills"] == 8000  # the count is every fill, shown or not
+    assert 50 <= len(fills) <= 101
+    # Evenly over the run: the first and the last fill, and the early part is not lost.
+    assert fills[0][0] == 0 and fills[-1][0] == 7999 * 10**9
+    times = [f[0] for f in fills]
+    assert sum(t < 4000 * 10**9 for t in times) >= len(fills) // 2 - 1
+    # Few enough fills are all shown.
+    assert len(tail.snapshot(max_points=10_000)["markets"][0]["fills"]) == 8000
+
+
+async def test_dashboard_says_when_fills_are_thinned(tmp_path: Path) -> None:
+    thinned = many_fills_run(tmp_path / "many", 4000)
+    runner, url = await serve(create_app(thinned, poll_interval=0.5))
+    try:
+        dom = await browse(url, tmp_path, "--dump-dom")
+    finally:
+        await runner.cleanup()
+    note = re.fullmatch(
+        r"fills thinned over the whole run: (\d+) of 4000 shown", cell(dom, "fn-v-A-B")
+    )
+    assert note and 700 <= int(note.group(1)) <= 1501  # the page asks for 1500 points
+    runner, url = await serve(create_app(many_fills_run(tmp_path / "few", 300), poll_interval=0.5))
+    try:
+        dom = await browse(url, tmp_path, "--dump-dom")
+    finally:
+        await runner.cleanup()
+    assert cell(dom, "fn-v-A-B") == ""

@@ -526,8 +526,10 @@ def test_html_has_a_section_per_market_and_the_summary(
     ]
     with (run_dir / "summary.csv").open() as fh:
         for row in csv.DictReader(fh):
-            for column in ("pnl", "max_drawdown", "notional", "fill_count"):
-                assert f"<td>{float(row[column]):.10g}</td>" in page, (row["market"], column)
+            for column in ("pnl", "max_drawdown", "notional"):
+                # Amounts in quote currency to the cent, thousands separated.
+                assert f"<td>{float(row[column]):,.2f}</td>" in page, (row["market"], column)
+            assert f"<td>{int(row['fill_count']):,}</td>" in page
     # Self-contained and private: no external scripts, no absolute local paths.
     assert "<script src" not in page
     assert str(run_dir.parent) not in page
@@ -678,10 +680,176 @@ def test_report_renders_in_headless_chromium(
         a = stats[market]
         assert f"<td>{a.fill_count} ({a.buy_count} / {a.sell_count}," in chunk
         assert a.final_pnl is not None
-        assert f"<td>{a.final_pnl:.6g}</td>" in chunk
+        assert f"<td>{a.final_pnl:,.2f}</td>" in chunk
     # Fill markers were drawn for the markets that traded (plotly draws one path per point).
     btc = chunks[0]
     assert btc.count('class="point"') >= stats["sim:BTC/USDT"].fill_count
     summary = dom.split('<section id="summary">')[1].split("</section>")[0]
     for row in run.summary.values():
-        assert f"<td>{row.pnl:.10g}</td>" in summary
+        assert f"<td>{row.pnl:,.2f}</td>" in summary
+
+
+# ---------------------------------------------------------------------------------------
+# What a real run shows: summary columns, trace on the grid, units, signs, totals
+# ---------------------------------------------------------------------------------------
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(
+    registry: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[dict[str, Any]]]:
+    """The quickstart (two USDT markets with a maker rebate, one USD binary), 90 s."""
+    import asyncio
+
+    from quoteforge.engine import run_manifest
+    from quoteforge.manifest import load_manifest
+
+    loaded = load_manifest(QUICKSTART, registry, overrides=["run.duration=90s"])
+    run_dir = tmp_path_factory.mktemp("quickstart") / "run"
+    run = asyncio.run(run_manifest(loaded, registry, run_dir=run_dir, install_signals=False))
+    return run_dir, run.summary_rows()
+
+
+def trace_records(run_dir: Path) -> list[dict[str, Any]]:
+    with (run_dir / "trace.jsonl").open() as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_summary_spreads_are_means_over_the_run_not_the_book_at_shutdown(
+    quickstart_run: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    run_dir, printed = quickstart_run
+    with (run_dir / "summary.csv").open() as fh:
+        rows = {r["market"]: r for r in csv.DictReader(fh)}
+    ticks = [r for r in trace_records(run_dir) if r["type"] == "tick"]
+    assert set(rows) == {"sim:BTC/USDT", "sim:ETH/USDT", "sim:RAIN-NYC/USD"}
+    for market, row in rows.items():
+        mine = [t for t in ticks if t["market"] == market]
+        spreads = [t["spread"] for t in mine if t["spread"] is not None]
+        quoted = [
+            t["our_ask"] - t["our_bid"]
+            for t in mine
+            if t["our_ask"] is not None and t["our_bid"] is not None
+        ]
+        assert len(spreads) > 80 and len(quoted) > 5
+        # The samples are evenly spaced, so their mean is the time-weighted mean.
+        # Written one digit finer than the 0.01 grid.
+        assert float(row["spread"]) == pytest.approx(np.mean(spreads), abs=0.00051)
+        assert float(row["quoted_spread"]) == pytest.approx(np.mean(quoted), abs=0.00051)
+        # Not the book left at shutdown, after our quotes were pulled (the last sample).
+        assert float(row["spread"]) != pytest.approx(mine[-1]["spread"], abs=0.0005)
+        # The fees' effect on PnL: the quickstart's makers earn rebates, so it is > 0.
+        fills = [f for f in trace_records(run_dir) if f["type"] == "fill"]
+        fees = -sum(f["fee"] for f in fills if f["market"] == market)
+        assert float(row["fees"]) == pytest.approx(fees, abs=1e-6) and fees > 0
+        assert float(row["fees"]) == pytest.approx(-mine[-1]["fees"], abs=1e-6)
+    # The table printed at the end shows the same numbers as the CSV.
+    for row in printed:
+        assert float(rows[row["market"]]["spread"]) == pytest.approx(row["spread"])
+
+
+def decimals_written(value: float) -> int:
+    text = repr(value)
+    assert "e" not in text, text
+    return len(text.split(".")[1].rstrip("0")) if "." in text else 0
+
+
+def test_trace_prices_and_quantities_are_written_at_the_instruments_grid(
+    quickstart_run: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    run_dir, _ = quickstart_run
+    lot_decimals = {"sim:BTC/USDT": 4, "sim:ETH/USDT": 3, "sim:RAIN-NYC/USD": 0}
+    seen = 0
+    for r in trace_records(run_dir):
+        if r["type"] == "tick":
+            for name in ("bid", "ask", "our_bid", "our_ask", "spread"):
+                if r[name] is not None:
+                    assert decimals_written(r[name]) <= 2, (name, r)  # tick size 0.01
+                    seen += 1
+            if r["mid"] is not None:
+                assert decimals_written(r["mid"]) <= 3, r  # a mid may fall on a half tick
+        elif r["type"] == "fill":
+            assert decimals_written(r["price"]) <= 2, r
+            assert decimals_written(r["qty"]) <= lot_decimals[r["market"]], r
+            seen += 1
+    assert seen > 1000
+
+
+def test_numbers_are_written_without_exponents_or_float_noise() -> None:
+    from quoteforge.plugins.report.charts import fmt, fmt_fixed, fmt_money, grid_decimals
+
+    assert fmt(1357210.45) == "1,357,210"
+    assert fmt(474.5069661) == "474.507"
+    assert fmt(0.0008215) == "0.0008215"
+    assert fmt(-0.0) == "0" and fmt(None) == "n/a" and fmt(math.nan) == "n/a"
+    assert fmt(12345) == "12,345"
+    assert fmt_money(1357210.456) == "1,357,210.46"
+    assert fmt_money(-0.000123456) == "-0.0001235"
+    assert fmt_fixed(2000.1000000000001, 2) == "2,000.10"
+    assert fmt_fixed(-0.0001, 2) == "0.00"
+    assert grid_decimals(np.array([2000.1000000000001, 1998.62, np.nan])) == 2
+    assert grid_decimals(np.array([3.0, 40.0])) == 0
+    assert grid_decimals(np.array([math.pi])) is None
+
+
+def test_report_tables_total_each_quote_currency_with_units(
+    quickstart_run: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    run_dir, _ = quickstart_run
+    write_report(run_dir, png=False)
+    page = (run_dir / "report.html").read_text()
+    summary = page[page.index('<table class="summary">') : page.index("</table>")]
+    with (run_dir / "summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert "<th>fees (− paid, + rebate)</th>" in summary
+    assert "<th>quoted spread</th>" in summary
+    usdt = [r for r in rows if r["market"].endswith("/USDT")]
+    pnl = sum(float(r["pnl"]) for r in usdt)
+    fills = sum(int(r["fill_count"]) for r in usdt)
+    assert (
+        f"<tr><td>total USDT (2 markets)</td><td></td><td></td><td></td><td></td>"
+        f"<td>{pnl:,.2f}</td>"
+    ) in summary
+    assert f"<td>{fills:,}</td>" in summary
+    assert "<td>total USD (1 market)</td>" in summary
+    assert not re.search(r"\d\.\d{7,}|\de[+-]\d", summary)  # no float noise, no exponents
+    assert "<td>Final inventory (BTC)</td>" in page
+    assert "<td>Rebates earned (USDT)</td>" in page
+
+
+def test_chart_axes_carry_units_and_fees_read_as_income(
+    quickstart_run: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    from quoteforge.plugins.report.page import _figure
+
+    run_dir, _ = quickstart_run
+    run = load_run(run_dir)
+    fig = _figure(run, "sim:ETH/USDT")
+    titles = [fig.layout[f"yaxis{i if i > 1 else ''}"].title.text for i in range(1, 6)]
+    assert titles == [
+        "price (USDT)",
+        "inventory (ETH)",
+        "PnL (USDT)",
+        "spread (USDT)",
+        "drawdown (USDT)",
+    ]
+    # The legend sits below the charts, clear of plotly's toolbar at the top right.
+    assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
+    fees = next(t for t in fig.data if t.name == "fees (− paid, + rebate)")
+    assert fees.y[-1] == pytest.approx(-run.ticks["sim:ETH/USDT"].fees[-1]) and fees.y[-1] > 0
+    price = next(t for t in fig.data if t.name == "mid")
+    assert price.hovertemplate == "%{y:,.2f}"
+
+
+def test_an_older_summary_without_the_new_columns_still_reads(tmp_path: Path) -> None:
+    run_dir = write_trace(tmp_path / "old", [tick(0, 100.0)])
+    (run_dir / "summary.csv").write_text(
+        "market,mid,spread,inventory,pnl,fill_count,notional,max_drawdown\n"
+        "sim:BTC/USDT,100,0.5,0,1.5,2,200,0.1\n"
+    )
+    row = load_run(run_dir).summary["sim:BTC/USDT"]
+    assert row.pnl == 1.5 and math.isnan(row.fees) and math.isnan(row.quoted_spread)
+    write_report(run_dir, png=False)
+    assert "<td>n/a</td>" in (run_dir / "report.html").read_text()

@@ -18,17 +18,25 @@ from quoteforge.plugins.report.rundata import EMPTY_F, NS, FloatArray, RunData, 
 
 __all__ = [
     "COLORS",
+    "FEES_LINE",
     "PANEL_HEIGHTS",
     "PANEL_TITLES",
     "X_TITLE",
+    "Formats",
     "Line",
     "Marks",
     "Panels",
+    "axis_titles",
     "chart_note",
     "fill_marks",
     "fmt",
+    "fmt_fixed",
+    "fmt_money",
+    "formats",
+    "grid_decimals",
     "lines",
     "panels",
+    "units",
 ]
 
 # Past this many outage spans a chart is mostly shading; neighbours are merged instead.
@@ -43,6 +51,8 @@ PANEL_TITLES = (
 )
 PANEL_HEIGHTS = (0.32, 0.17, 0.19, 0.16, 0.16)
 X_TITLE = "seconds since run start"
+# The fees line is their effect on PnL: a rebate is income, so it plots above zero.
+FEES_LINE = "fees (− paid, + rebate)"
 COLORS = {
     "mid": "#1f4e79",
     "market": "#a0a0a0",
@@ -150,7 +160,7 @@ def lines(p: Panels) -> list[Line]:
         Line(2, "PnL", tk.pnl, COLORS["pnl"], 1.2),
         Line(2, "realized", tk.realized, COLORS["realized"], 1.2),
         Line(2, "unrealized", tk.unrealized, COLORS["unrealized"], 1.2),
-        Line(2, "fees", tk.fees, COLORS["fees"], 1.2),
+        Line(2, FEES_LINE, 0.0 - tk.fees, COLORS["fees"], 1.2),
         Line(3, "market spread", tk.spread, COLORS["spread"], 1),
         Line(3, "our spread", tk.our_ask - tk.our_bid, COLORS["our_spread"], 1),
         Line(4, "drawdown", p.drawdown, COLORS["drawdown"], 1, fill=True),
@@ -175,16 +185,117 @@ def chart_note(p: Panels) -> str:
     return ""
 
 
+def _bad(value: float | int | None) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def fmt_fixed(value: float | int | None, decimals: int) -> str:
+    """``value`` with thousands separators and exactly ``decimals`` decimals (an
+    instrument's grid), ``n/a`` if unknown; never in exponent notation."""
+    if value is None or _bad(value):
+        return "n/a"
+    text = f"{value:,.{max(0, decimals)}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
+
+
 def fmt(value: float | int | None, digits: int = 6) -> str:
-    """A figure as the report spells it: ``digits`` significant digits, ``n/a`` if unknown."""
-    if value is None:
+    """A figure as the report spells it: ``digits`` significant digits but every digit
+    of the integer part (``1,357,210``, never ``1.35721e+06``), thousands separated,
+    ``n/a`` if unknown."""
+    if value is None or _bad(value):
         return "n/a"
     if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
+        return f"{value:,}"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    text = fmt_fixed(value, min(12, max(0, digits - 1 - magnitude)))
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def fmt_money(value: float | int | None) -> str:
+    """An amount in quote currency: cents from 1 up, four significant digits below."""
+    if value is None or _bad(value):
         return "n/a"
-    text = f"{value:.{digits}g}"
-    return "0" if text == "-0" else text
+    if value == 0 or abs(value) >= 1:
+        return fmt_fixed(value, 2)
+    return fmt(value, 4)
+
+
+def grid_decimals(values: FloatArray) -> int | None:
+    """The fewest decimals (0-8) that write every finite value of ``values`` (prices or
+    quantities on an instrument's grid); None when there is none or they are off-grid."""
+    v = values[np.isfinite(values)]
+    if not len(v):
+        return None
+    v = v[:: max(1, len(v) // 5000)]
+    tolerance = 1e-9 * np.maximum(1.0, np.abs(v))
+    for decimals in range(9):
+        if np.all(np.abs(np.round(v, decimals) - v) <= tolerance):
+            return decimals
+    return None
+
+
+@dataclass(frozen=True)
+class Formats:
+    """How one market's figures are written: its price and quantity grids' decimals
+    (found in the trace) and its currencies (from the symbol, ``BASE/QUOTE``)."""
+
+    price_decimals: int
+    qty_decimals: int
+    base: str
+    quote: str
+
+    def price(self, value: float | None) -> str:
+        return fmt_fixed(value, self.price_decimals)
+
+    def qty(self, value: float | None) -> str:
+        return fmt_fixed(value, self.qty_decimals)
+
+    @property
+    def price_d3(self) -> str:
+        """The d3 (plotly) format of a price."""
+        return f",.{self.price_decimals}f"
+
+    @property
+    def qty_d3(self) -> str:
+        return f",.{self.qty_decimals}f"
+
+
+def units(market: str) -> tuple[str, str]:
+    """(base, quote) of ``venue:BASE/QUOTE``; generic words for a symbol without ``/``."""
+    symbol = market.split(":", 1)[-1]
+    if "/" in symbol:
+        base, quote = symbol.split("/", 1)
+        return base, quote.split(":", 1)[0]
+    return "base units", "quote currency"
+
+
+def formats(run: RunData, market: str) -> Formats:
+    ticks = run.ticks.get(market)
+    fills = run.fills.get(market, [])
+    prices = [np.array([f.price for f in fills], dtype=np.float64)]
+    qtys = [np.array([f.qty for f in fills], dtype=np.float64)]
+    if ticks is not None:
+        prices += [ticks.bid, ticks.ask, ticks.our_bid, ticks.our_ask]
+        qtys.append(ticks.inventory)
+    price_d = grid_decimals(np.concatenate(prices))
+    qty_d = grid_decimals(np.concatenate(qtys))
+    base, quote = units(market)
+    return Formats(2 if price_d is None else price_d, 4 if qty_d is None else qty_d, base, quote)
+
+
+def axis_titles(f: Formats) -> tuple[str, ...]:
+    """The y-axis title of each panel, with its unit."""
+    return (
+        f"price ({f.quote})",
+        f"inventory ({f.base})",
+        f"PnL ({f.quote})",
+        f"spread ({f.quote})",
+        f"drawdown ({f.quote})",
+    )
 
 
 def _spans(x: FloatArray, mask: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:

@@ -70,7 +70,7 @@ class MarketView:
         default_factory=lambda: {name: [] for name in ("t", "state", *_TICK_FIELDS)}
     )
     last: dict[str, Any] = field(default_factory=dict)
-    fills: deque[tuple[int, str, float, float]] = field(default_factory=lambda: deque(maxlen=5000))
+    fills: list[tuple[int, str, float, float]] = field(default_factory=list)  # all, like ticks
     fill_count: int = 0
     volume: float = 0.0
     notional: float = 0.0
@@ -298,13 +298,11 @@ class RunFolderTail:
             # Journal only (no trace): prices in ticks and sizes in lots, as journaled.
             view = self._market(market)
             lots = int(fill.get("qty_lots", 0))
-            sign = 1 if fill.get("side") == "buy" else -1
-            view.inventory_lots += sign * lots
+            side, price = str(fill.get("side")), float(fill.get("price_ticks", 0))
+            view.inventory_lots += (1 if side == "buy" else -1) * lots
             view.fill_count += 1
             view.volume += lots
-            view.fills.append(
-                (ts_ns, str(fill.get("side")), float(fill.get("price_ticks", 0)), lots)
-            )
+            view.fills.append((ts_ns, side, price, lots))
             view.ticks["t"].append(ts_ns)
             view.ticks["inventory"].append(view.inventory_lots)
             self.latest_t = max(self.latest_t, ts_ns)
@@ -336,6 +334,7 @@ class RunFolderTail:
             kinds = {"pnl": "money", "realized": "money", "fees": "money", "notional": "money"}
             kinds |= dict.fromkeys(("fills", "open_orders", "orders", "resyncs"), "count")
             shown = {name: display(kinds.get(name, "number"), v) for name, v in values.items()}
+            picks = _thin({"t": list(range(len(view.fills)))}, max_points)["t"]  # whole run
             markets.append(
                 {
                     "market": key,
@@ -346,7 +345,7 @@ class RunFolderTail:
                     "breaker": view.breaker,
                     "halted": view.halted,
                     "series": _thin(view.ticks, max_points),
-                    "fills": [list(f) for f in list(view.fills)[-max_points:]],
+                    "fills": [list(view.fills[i]) for i in picks],
                     "stale": _stale_spans(view.ticks["t"], view.ticks["state"]),
                 }
             )
@@ -708,7 +707,7 @@ function section(m) {
   const s = el("section", {class: "market", id: "market-" + m.slug});
   const h = el("h2", {}, m.market);
   h.append(el("span", {class: "badge", id: "state-" + m.slug}),
-           el("span", {class: "badge", id: "breaker-" + m.slug}));
+           el("span", {class: "badge", id: "breaker-" + m.slug}), el("small", {id: "fn-"+m.slug}));
   const table = el("table", {class: "stats"});
   const head = el("tr"), row = el("tr");
   for (const [key, label] of COLUMNS) {
@@ -772,6 +771,8 @@ function render(state) {
     const f = figure(m);
     Plotly.react("chart-" + m.slug, f.traces, f.layout, {displaylogo: false,
       responsive: true});
+    document.getElementById("fn-" + m.slug).textContent = m.fills.length < m.values.fills
+      ? `fills thinned over the whole run: ${m.fills.length} of ${m.values.fills} shown` : "";
   }
   const body = document.querySelector("#events tbody");
   body.textContent = "";

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,9 +22,14 @@ from quoteforge.plugins.report.charts import (
     PANEL_HEIGHTS,
     PANEL_TITLES,
     X_TITLE,
+    Formats,
+    axis_titles,
     chart_note,
     fill_marks,
     fmt,
+    fmt_fixed,
+    fmt_money,
+    formats,
     lines,
     panels,
 )
@@ -35,6 +41,7 @@ from quoteforge.plugins.report.rundata import (
     TRACE_FILE,
     FloatArray,
     RunData,
+    SummaryRow,
     TraceEvent,
 )
 
@@ -72,6 +79,9 @@ def _figure(run: RunData, market: str) -> Any:
     from plotly.subplots import make_subplots
 
     p = panels(run, market)
+    f = formats(run, market)
+    # Hover values at the instrument's grid (prices, quantities) or to the cent.
+    hover = (f.price_d3, f.qty_d3, ",.2f", f",.{f.price_decimals + 1}f", ",.2f")
     fig = make_subplots(
         rows=5,
         cols=1,
@@ -96,6 +106,7 @@ def _figure(run: RunData, market: str) -> Any:
                 name=line.name,
                 mode="lines",
                 line={"color": line.color, "width": 1.4},
+                hovertemplate=f"%{{y:{hover[line.panel]}}}",
                 **style,
             ),
             row=line.panel + 1,
@@ -113,6 +124,7 @@ def _figure(run: RunData, market: str) -> Any:
                     "color": marks.color,
                     "size": 8,
                 },
+                hovertemplate=f"%{{y:{f.price_d3}}}",
             ),
             row=1,
             col=1,
@@ -134,11 +146,15 @@ def _figure(run: RunData, market: str) -> Any:
             text=note, xref="x domain", yref="y domain", x=0.5, y=0.5, showarrow=False
         )
     fig.update_xaxes(title_text=X_TITLE, row=5, col=1)
+    for row, title in enumerate(axis_titles(f), start=1):
+        # Plain numbers with thousands separators (plotly's default writes 1.2M, 30k).
+        fig.update_yaxes(title_text=title, tickformat=",~r", row=row, col=1)
     fig.update_layout(
         template="plotly_white",
-        height=1150,
-        margin={"l": 70, "r": 30, "t": 90, "b": 50},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.035, "x": 0},
+        height=1200,
+        margin={"l": 90, "r": 30, "t": 40, "b": 130},
+        # Below the x axis: at the top the legend sat under plotly's toolbar.
+        legend={"orientation": "h", "yanchor": "top", "y": -0.06, "x": 0},
         hovermode="x unified",
     )
     return fig
@@ -152,30 +168,31 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}%"
 
 
-def _analytics_rows(a: MarketAnalytics) -> list[tuple[str, str]]:
+def _analytics_rows(a: MarketAnalytics, f: Formats) -> list[tuple[str, str]]:
+    q, b = f.quote, f.base
     rows = [
-        ("Final PnL (sampled)", fmt(a.final_pnl)),
-        ("Max drawdown (sampled)", fmt(a.max_drawdown)),
-        ("Final inventory", fmt(a.final_inventory)),
+        (f"Final PnL (sampled, {q})", fmt_money(a.final_pnl)),
+        (f"Max drawdown (sampled, {q})", fmt_money(a.max_drawdown)),
+        (f"Final inventory ({b})", f.qty(a.final_inventory)),
         (
             "Fills (buy / sell, maker)",
-            f"{a.fill_count} ({a.buy_count} / {a.sell_count}, {a.maker_count} maker)",
+            f"{a.fill_count:,} ({a.buy_count:,} / {a.sell_count:,}, {a.maker_count:,} maker)",
         ),
-        ("Volume / notional", f"{fmt(a.volume)} / {fmt(a.notional)}"),
+        (f"Volume ({b}) / notional ({q})", f"{f.qty(a.volume)} / {fmt_money(a.notional)}"),
     ]
     for m in a.markouts:
         rows.append(
             (
-                f"Markout {m.horizon_s:g} s (n={m.count})",
+                f"Markout {m.horizon_s:g} s (n={m.count:,}, {q})",
                 _with_bps(m.mean, m.mean_bps),
             )
         )
     rows += [
         (
-            "Spread capture per fill",
+            f"Spread capture per fill ({q})",
             _with_bps(a.spread_capture, a.spread_capture_bps),
         ),
-        ("Spread capture total", fmt(a.spread_capture_total)),
+        (f"Spread capture total ({q})", fmt_money(a.spread_capture_total)),
         ("Adverse selection (5 s markout < 0)", _pct(a.adverse_selection_share)),
         ("Fills per quoted minute", fmt(a.fills_per_quoted_minute, 4)),
         ("Quoted time", f"{a.quoted_seconds:.0f} s"),
@@ -185,8 +202,9 @@ def _analytics_rows(a: MarketAnalytics) -> list[tuple[str, str]]:
             if a.quote_uptime is not None
             else f"n/a (book never LIVE in {a.tick_count} ticks)",
         ),
-        ("Fees paid", fmt(a.fees_paid)),
-        ("Rebates earned", fmt(a.rebates_earned)),
+        (f"Fees paid ({q})", fmt_money(a.fees_paid)),
+        (f"Rebates earned ({q})", fmt_money(a.rebates_earned)),
+        (f"Fees (− paid, + rebate; {q})", fmt_money(a.rebates_earned - a.fees_paid)),
     ]
     if a.event_counts:
         rows.append(("Events", ", ".join(f"{k}: {n}" for k, n in sorted(a.event_counts.items()))))
@@ -213,6 +231,60 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[str]], cls: str) -> str:
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
     return f'<table class="{cls}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
+
+
+# The summary table's header: summary.csv's columns, money columns with their meaning.
+_SUMMARY_HEAD = tuple(
+    "fees (− paid, + rebate)" if c == "fees" else c.replace("_", " ") for c in SUMMARY_COLUMNS
+)
+
+
+def _summary_rows(run: RunData) -> list[tuple[str, ...]]:
+    """summary.csv's rows, each figure at its market's grid (prices, quantities) or to the
+    cent (amounts), then a total row per quote currency (one when all markets share it):
+    PnL, fees, fills and notional add up; prices, inventories and drawdowns do not."""
+    rows: list[tuple[str, ...]] = []
+    by_quote: dict[str, list[SummaryRow]] = {}
+    for r in run.summary.values():
+        f = formats(run, r.market)
+        by_quote.setdefault(f.quote, []).append(r)
+        mean = f.price_decimals + 1  # mids and mean spreads fall between ticks
+        rows.append(
+            (
+                r.market,
+                fmt_fixed(r.mid, mean),
+                fmt_fixed(r.spread, mean),
+                fmt_fixed(r.quoted_spread, mean),
+                f.qty(r.inventory),
+                fmt_money(r.pnl),
+                fmt_money(r.fees),
+                f"{r.fill_count:,}",
+                fmt_money(r.notional),
+                fmt_money(r.max_drawdown),
+            )
+        )
+    if len(rows) < 2:
+        return rows
+    for quote, group in sorted(by_quote.items()):
+        if len(by_quote) == 1:
+            label = f"total ({len(group)} markets, {quote})"
+        else:
+            label = f"total {quote} ({len(group)} market{'s' if len(group) > 1 else ''})"
+        rows.append(
+            (
+                label,
+                "",
+                "",
+                "",
+                "",
+                fmt_money(math.fsum(r.pnl for r in group)),
+                fmt_money(math.fsum(r.fees for r in group)),
+                f"{sum(r.fill_count for r in group):,}",
+                fmt_money(math.fsum(r.notional for r in group)),
+                "",
+            )
+        )
+    return rows
 
 
 def _time_label(run: RunData, t: int) -> str:
@@ -254,19 +326,7 @@ def render_html(run: RunData, stats: dict[str, MarketAnalytics], slugs: dict[str
         kinds = ", ".join(f"{k} ({n})" for k, n in sorted(run.unknown_records.items()))
         notes.append(f"Record types this report does not read: {kinds}.")
 
-    summary_rows = [
-        (
-            r.market,
-            fmt(r.mid, 10),
-            fmt(r.spread, 10),
-            fmt(r.inventory, 10),
-            fmt(r.pnl, 10),
-            str(r.fill_count),
-            fmt(r.notional, 10),
-            fmt(r.max_drawdown, 10),
-        )
-        for r in run.summary.values()
-    ]
+    summary_rows = _summary_rows(run)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -282,7 +342,7 @@ def render_html(run: RunData, stats: dict[str, MarketAnalytics], slugs: dict[str
         + "".join(f'<a href="#market-{slugs[m]}">{html.escape(m)}</a>' for m in markets)
         + "</nav>",
         '<section id="summary"><h2>Summary</h2>',
-        _table(SUMMARY_COLUMNS, summary_rows, "summary")
+        _table(_SUMMARY_HEAD, summary_rows, "summary")
         if summary_rows
         else f'<p class="note">No {SUMMARY_FILE} rows.</p>',
         _events_table(run, [e for e in run.events if e.market is None]),
@@ -301,7 +361,7 @@ def render_html(run: RunData, stats: dict[str, MarketAnalytics], slugs: dict[str
         parts += [
             f'<section class="market" id="market-{slug}" data-market="{html.escape(market)}">',
             f"<h2>{html.escape(market)}</h2>",
-            _table(("metric", "value"), _analytics_rows(a), "analytics"),
+            _table(("metric", "value"), _analytics_rows(a, formats(run, market)), "analytics"),
             '<p class="meta">Time in seconds since run start; shaded spans: book not LIVE.</p>',
             f'<div class="chart">{chart}</div>',
             _events_table(run, [e for e in run.events if e.market == market]),

@@ -17,9 +17,11 @@ from quoteforge.plugins.report.charts import (
     PANEL_HEIGHTS,
     PANEL_TITLES,
     X_TITLE,
+    axis_titles,
     chart_note,
     fill_marks,
-    fmt,
+    fmt_money,
+    formats,
     lines,
     panels,
 )
@@ -36,15 +38,21 @@ def render_png(run: RunData, market: str, stats: MarketAnalytics) -> bytes:
     """The PNG bytes of one market's chart, titled with its fill count and final PnL."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     p = panels(run, market)
     fig = Figure(figsize=(12, 14), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(5, 1, sharex=True, gridspec_kw={"height_ratios": list(PANEL_HEIGHTS)})
-    pnl_text = "n/a" if stats.final_pnl is None else fmt(stats.final_pnl)
-    fig.suptitle(f"{market}: {stats.fill_count} fills, final PnL {pnl_text}", fontsize=14)
-    for ax, title in zip(axes, PANEL_TITLES, strict=True):
+    f = formats(run, market)
+    pnl_text = "n/a" if stats.final_pnl is None else f"{fmt_money(stats.final_pnl)} {f.quote}"
+    fig.suptitle(f"{market}: {stats.fill_count:,} fills, final PnL {pnl_text}", fontsize=14)
+    # Plain numbers with thousands separators: no "1e6" or "+2.0004e3" offset labels.
+    plain = FuncFormatter(lambda v, _pos: f"{v:,.10g}")
+    for ax, title, ytitle in zip(axes, PANEL_TITLES, axis_titles(f), strict=True):
         ax.set_title(title, loc="left", fontsize=10)
+        ax.set_ylabel(ytitle, fontsize=9)
+        ax.yaxis.set_major_formatter(plain)
         ax.grid(True, alpha=0.3)
         for i, (x0, x1) in enumerate(p.not_live):
             label = "book not LIVE" if i == 0 and ax is axes[0] else None

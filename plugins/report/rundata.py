@@ -30,6 +30,7 @@ __all__ = [
     "LIVE",
     "MANIFEST_FILE",
     "NS",
+    "OPTIONAL_SUMMARY_COLUMNS",
     "SUMMARY_COLUMNS",
     "SUMMARY_FILE",
     "TRACE_FILE",
@@ -54,12 +55,16 @@ SUMMARY_COLUMNS = (
     "market",
     "mid",
     "spread",
+    "quoted_spread",
     "inventory",
     "pnl",
+    "fees",
     "fill_count",
     "notional",
     "max_drawdown",
 )
+# Columns a summary.csv written before they existed lacks: read as missing (NaN).
+OPTIONAL_SUMMARY_COLUMNS = ("quoted_spread", "fees")
 LIVE = "LIVE"
 EVENT_KINDS = ("book_state", "breaker", "reconnect", "risk_refusal", "kill")
 
@@ -100,7 +105,8 @@ class RunFormatError(ReportError, ValueError):
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """One row of ``summary.csv``: the engine's end-of-run figures for one market."""
+    """One row of ``summary.csv``: the engine's end-of-run figures for one market
+    (README "Run folder" and docs/report.md say what each column means)."""
 
     market: str
     mid: float
@@ -110,6 +116,8 @@ class SummaryRow:
     fill_count: int
     notional: float
     max_drawdown: float
+    quoted_spread: float = math.nan
+    fees: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -259,7 +267,9 @@ def _read_summary(path: Path) -> dict[str, SummaryRow]:
         if header is None:
             return rows
         header = [h.strip() for h in header]
-        missing = [c for c in SUMMARY_COLUMNS if c not in header]
+        missing = [
+            c for c in SUMMARY_COLUMNS if c not in header and c not in OPTIONAL_SUMMARY_COLUMNS
+        ]
         if missing:
             raise RunFormatError(
                 path,
@@ -267,7 +277,7 @@ def _read_summary(path: Path) -> dict[str, SummaryRow]:
                 f"header lacks column(s) {', '.join(missing)}; expected "
                 f"{','.join(SUMMARY_COLUMNS)}",
             )
-        index = {name: header.index(name) for name in SUMMARY_COLUMNS}
+        index = {name: header.index(name) for name in SUMMARY_COLUMNS if name in header}
         for row in reader:
             line = reader.line_num
             if not row or all(not cell.strip() for cell in row):
@@ -282,7 +292,7 @@ def _read_summary(path: Path) -> dict[str, SummaryRow]:
                 raise RunFormatError(path, line, f"market {market!r} appears twice")
             values = {
                 name: _csv_float(path, line, name, cells[name])
-                for name in SUMMARY_COLUMNS
+                for name in index
                 if name not in ("market", "fill_count")
             }
             fill_count = _csv_float(path, line, "fill_count", cells["fill_count"])
