@@ -23,12 +23,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic.json_schema import models_json_schema
 
 from quoteforge.breakers import BreakerParams
-from quoteforge.manifest_checks import resolve_plugins, split_market
+from quoteforge.manifest_checks import PLUGIN_SECTIONS, resolve_plugins, split_market, without
 from quoteforge.manifest_read import (
     ENV_ONLY,
     MAX_ALIAS_VALUES,
@@ -38,16 +39,15 @@ from quoteforge.manifest_read import (
     ManifestError,
     ManifestProblem,
     UnreadableError,
-    allowed_keys,
     apply_overrides,
-    describe_error,
+    explain,
     key_lines,
     parse_yaml,
     read_text,
     substitute_env,
     unrepresentable,
 )
-from quoteforge.registry import PluginRegistry
+from quoteforge.registry import KINDS, PluginRegistry
 
 __all__ = [
     "MAX_ALIAS_VALUES",
@@ -62,6 +62,7 @@ __all__ = [
     "StrategySpec",
     "apply_overrides",
     "load_manifest",
+    "manifest_schema",
     "parse_duration",
     "split_market",
 ]
@@ -113,7 +114,7 @@ class Duration(float):
         return core_schema.no_info_plain_validator_function(
             lambda v: cls(parse_duration(v)),
             json_schema_input_schema=core_schema.union_schema(
-                [core_schema.float_schema(), core_schema.str_schema()]
+                [core_schema.float_schema(), core_schema.str_schema(pattern=_DURATION.pattern)]
             ),
         )
 
@@ -187,9 +188,12 @@ class ExchangeSpec(PluginSpec):
     )
 
 
+_ONE_OR_MANY = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+
 class StrategySpec(PluginSpec):
     exchange: str = Field(description="Name of an entry under `exchanges`.")
-    symbols: list[str] = Field(
+    symbols: Annotated[list[str], WithJsonSchema(_ONE_OR_MANY)] = Field(
         description="Symbols this strategy trades on that exchange; ['*'] for all of them; "
         "'other_exchange:SYMBOL' adds a market of another exchange (cross-venue strategies)."
     )
@@ -302,6 +306,13 @@ class Manifest(_Closed):
     )
 
 
+class _Rest(Manifest):
+    """What is left of a manifest with errors: the checks that can still run, run on it."""
+
+    exchanges: dict[str, ExchangeSpec] = Field(default_factory=dict)
+    strategies: dict[str, StrategySpec] = Field(default_factory=dict)
+
+
 @dataclass
 class LoadedManifest:
     """A validated manifest with what was resolved from it."""
@@ -400,52 +411,76 @@ def load_manifest(
             return ManifestProblem(None, ".".join(loc) + " (default)", message)
         return ManifestProblem(line_of(loc), ".".join(loc), message)
 
-    problems = [problem(p, m) for p, m in env_problems]
-    if unusable:
-        # Values nothing can run with are refused before any schema sees them.
-        raise ManifestError(label, problems + [problem(p, m) for p, m in unusable])
+    problems = [problem(p, m) for p, m in env_problems + unusable]
+    # Every problem in one pass: values nothing can run with are taken out before any
+    # schema sees them, and a manifest with errors in its sections is still checked
+    # plugin by plugin without the values that failed (what is said about those is not).
+    dropped: list[tuple[str, ...]] = []
+    base = without(data, [p for p, _ in unusable], dropped)
     try:
-        manifest = Manifest.model_validate(data)
+        manifest = Manifest.model_validate(base)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(str(p) for p in err["loc"])
-            message = describe_error(err)
-            if err["type"] == "extra_forbidden":
-                parent = _model_at(loc[:-1])
-                if parent is not None:
-                    message += f"; expected one of: {allowed_keys(parent)}"
-            problems.append(problem(loc, message))
-        raise ManifestError(label, problems) from None
-    if problems:
-        raise ManifestError(label, problems)
+        locs = [tuple(str(p) for p in err["loc"]) for err in exc.errors()]
+        for loc, err in zip(locs, exc.errors(), strict=True):
+            if not any(loc[: len(cut)] == cut for cut in dropped):
+                problems.append(problem(loc, explain(err, Manifest)))
+        for _ in range(8):  # take out what failed, then what that leaves missing
+            base = without(base, locs, dropped)
+            try:
+                manifest = _Rest.model_validate(base)
+                break
+            except ValidationError as again:
+                locs = [tuple(str(p) for p in err["loc"]) for err in again.errors()]
+        else:
+            raise ManifestError(label, problems) from None
+    dropped += [p for p, _ in env_problems]
 
     loaded = LoadedManifest(path, text, manifest, data, secrets=secrets, overrides=overrides)
-    resolve_plugins(loaded, registry, problems, problem)
+    hidden: list[ManifestProblem] = []
+
+    def checked(loc: tuple[str, ...], message: str) -> ManifestProblem:
+        found = problem(loc, message)
+        if any(loc[: len(cut)] == cut for cut in dropped):
+            hidden.append(found)
+        return found
+
+    resolve_plugins(loaded, registry, problems, checked)
+    problems = [p for p in problems if not any(p is h for h in hidden)]
     if problems:
         raise ManifestError(label, problems)
     return loaded
 
 
-def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
-    if not loc:
-        return Manifest
-    models: dict[str, type[BaseModel]] = {
-        "run": RunSpec,
-        "execution": PluginSpec,
-        "bus": PluginSpec,
-        "journal": PluginSpec,
-        "report": ReportSpec,
-        "metrics": MetricsSpec,
-        "alerting": AlertSettings,
-        "breakers": BreakerParams,
-        "nodes": NodeSettings,
+def manifest_schema(registry: PluginRegistry) -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a manifest for this registry: each plugin section's
+    ``type`` is an installed type (or alias) and selects that type's params schema, so an
+    editor flags a misspelled param; ``x-quoteforge-plugin-params`` indexes the params
+    schemas of every registered type by ``kind:name``."""
+    regs = {f"{k}:{n}": r for k in KINDS for n, r in registry.types(k).items()}
+    models: list[type[BaseModel]] = [Manifest]
+    models += sorted(
+        {r.params for r in regs.values()}, key=lambda m: f"{m.__module__}.{m.__name__}"
+    )
+    refs, top = models_json_schema([(m, "validation") for m in models])
+    ref = {model: found for (model, _), found in refs.items()}  # {"$ref": "#/$defs/Name"}
+    defs = top["$defs"]
+    root: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    root |= defs.pop(ref[Manifest]["$ref"].removeprefix("#/$defs/"))
+    for section, kind in PLUGIN_SECTIONS.items():
+        names = {n: n for n in registry.types(kind)} | registry.aliases(kind)
+        prop, named = root["properties"][section], section not in ("execution", "bus", "journal")
+        spec = prop.pop("additionalProperties") if named else {"$ref": prop.pop("$ref")}
+        chosen = [spec, {"properties": {"type": {"enum": sorted(names)}}}]
+        for alias, name in sorted(names.items()):
+            params = {"properties": {"params": ref[regs[f"{kind}:{name}"].params]}}
+            pick = {"properties": {"type": {"const": alias}}, "required": ["type"]}
+            chosen.append({"if": pick, "then": params})
+        prop.update({"additionalProperties": {"allOf": chosen}} if named else {"allOf": chosen})
+    if "venue_wrapper:paper" in regs:
+        root["properties"]["paper"]["allOf"] = [ref[regs["venue_wrapper:paper"].params]]
+        del root["properties"]["paper"]["additionalProperties"], root["properties"]["paper"]["type"]
+    root["$defs"] = defs
+    root["x-quoteforge-plugin-params"] = {
+        key: defs[ref[r.params]["$ref"].removeprefix("#/$defs/")] for key, r in regs.items()
     }
-    if len(loc) == 1:
-        return models.get(loc[0])
-    if len(loc) == 2 and loc[0] == "exchanges":
-        return ExchangeSpec
-    if len(loc) == 2 and loc[0] in ("risk", "alerts"):
-        return PluginSpec
-    if len(loc) == 2 and loc[0] == "strategies":
-        return StrategySpec
-    return None
+    return root

@@ -10,17 +10,29 @@ validated; the public names are importable from there.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from quoteforge.manifest_read import ManifestProblem, allowed_keys, describe_error
+from quoteforge.manifest_read import ManifestProblem, close_match, explain
 from quoteforge.registry import PluginError, PluginRegistry
 
 if TYPE_CHECKING:
     from quoteforge.manifest import LoadedManifest, PluginSpec
 
-__all__ = ["resolve_plugins", "split_market"]
+__all__ = ["PLUGIN_SECTIONS", "resolve_plugins", "split_market", "without"]
+
+#: The manifest's sections that hold plugins, and the kind of those plugins.
+PLUGIN_SECTIONS = {
+    "exchanges": "exchange",
+    "strategies": "strategy",
+    "risk": "risk",
+    "alerts": "alert",
+    "execution": "execution",
+    "bus": "bus",
+    "journal": "journal",
+}
 
 
 def split_market(home: str, entry: str) -> tuple[str, str]:
@@ -44,11 +56,44 @@ def _validate_params(
     except ValidationError as exc:
         for err in exc.errors():
             sub = tuple(str(p) for p in err["loc"])
-            message = describe_error(err)
-            if err["type"] == "extra_forbidden":
-                message += f"; {reg.name} takes: {allowed_keys(reg.params) or 'no params'}"
-            problems.append(problem((*loc, *sub), message))
+            problems.append(problem((*loc, *sub), explain(err, reg.params, f"{reg.name} takes")))
         return None
+
+
+def _unknown_type(registry: PluginRegistry, kind: str, name: str, exc: PluginError) -> str:
+    """The registry's message, with the nearest installed type when ``name`` is a typo."""
+    head, sep, tail = str(exc).partition("; installed:")
+    hint = close_match(name, [*registry.types(kind), *registry.aliases(kind)]) if sep else ""
+    return f"{head}{hint}{sep}{tail}"
+
+
+def without(
+    data: dict[str, Any], locs: list[tuple[str, ...]], dropped: list[tuple[str, ...]]
+) -> dict[str, Any]:
+    """A copy of ``data`` without the values at ``locs`` (the deepest mapping key each
+    reaches, a list as a whole) nor the strategies on an exchange taken out; each path
+    taken out is added to ``dropped``."""
+    data, locs = copy.deepcopy(data), list(locs)
+    for loc in locs:  # grows while it runs: the strategies on a dropped exchange
+        if any(len(cut) < len(loc) and loc[: len(cut)] == cut for cut in dropped):
+            continue  # inside what is already out
+        node, depth = data, 0
+        while depth < len(loc) - 1 and isinstance(node.get(loc[depth]), dict):
+            if loc[depth + 1] not in node[loc[depth]]:
+                break
+            node, depth = node[loc[depth]], depth + 1
+        if not loc or loc[depth] not in node:
+            continue  # a section left out: its default stands in
+        del node[loc[depth]]
+        dropped.append(loc[: depth + 1])
+        strategies = data.get("strategies")
+        if depth == 1 and loc[0] == "exchanges" and isinstance(strategies, dict):
+            locs += [
+                ("strategies", str(n))
+                for n, spec in strategies.items()
+                if isinstance(spec, dict) and spec.get("exchange") == loc[1]
+            ]
+    return data
 
 
 def _validate_wrapped(
@@ -68,7 +113,7 @@ def _validate_wrapped(
         try:
             reg = registry.get(kind, type_name)
         except PluginError as exc:
-            problems.append(problem((*loc, kind), str(exc)))
+            problems.append(problem((*loc, kind), _unknown_type(registry, kind, type_name, exc)))
             continue
         inner = _validate_params(reg, raw, (*loc, *sub), problems, problem)
         if inner is not None:
@@ -83,18 +128,17 @@ def resolve_plugins(
 ) -> None:
     m = loaded.manifest
     entries: list[tuple[str, tuple[str, ...], PluginSpec]] = []
-    entries += [("exchange", ("exchanges", n), s) for n, s in m.exchanges.items()]
-    entries += [("strategy", ("strategies", n), s) for n, s in m.strategies.items()]
-    entries += [("risk", ("risk", n), s) for n, s in m.risk.items()]
-    entries += [("alert", ("alerts", n), s) for n, s in m.alerts.items()]
-    entries.append(("execution", ("execution",), m.execution))
-    entries.append(("bus", ("bus",), m.bus))
-    entries.append(("journal", ("journal",), m.journal))
+    for section, kind in PLUGIN_SECTIONS.items():
+        held = getattr(m, section)
+        if isinstance(held, dict):
+            entries += [(kind, (section, n), s) for n, s in held.items()]
+        else:
+            entries.append((kind, (section,), held))
     for kind, loc, spec in entries:
         try:
             reg = registry.get(kind, spec.type)
         except PluginError as exc:
-            problems.append(problem((*loc, "type"), str(exc)))
+            problems.append(problem((*loc, "type"), _unknown_type(registry, kind, spec.type, exc)))
             continue
         params = _validate_params(reg, spec.params, (*loc, "params"), problems, problem)
         if params is None:
@@ -118,7 +162,7 @@ def resolve_plugins(
             except ValidationError as exc:
                 for err in exc.errors():
                     sub = tuple(str(p) for p in err["loc"])
-                    problems.append(problem(("paper", *sub), describe_error(err)))
+                    problems.append(problem(("paper", *sub), explain(err, paper.params)))
 
     claimed: dict[str, str] = {}
     for name, strat in m.strategies.items():

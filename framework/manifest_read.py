@@ -9,9 +9,12 @@ names are importable from ``quoteforge.manifest``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,9 @@ __all__ = [
     "UnreadableError",
     "allowed_keys",
     "apply_overrides",
+    "close_match",
     "describe_error",
+    "explain",
     "key_lines",
     "parse_yaml",
     "read_text",
@@ -349,3 +354,41 @@ def describe_error(err: Any) -> str:
 
 def allowed_keys(model: type[BaseModel]) -> str:
     return ", ".join(sorted(model.model_fields))
+
+
+def close_match(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the choice nearest ``word``, or ""."""
+    guess = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return f" (did you mean {guess[0]!r}?)" if guess else ""
+
+
+def explain(err: Any, model: type[BaseModel], lead: str = "expected one of") -> str:
+    """``describe_error``, and for a key the model at that place does not take, the
+    nearest one it takes and all of them (after ``lead`` at the top level)."""
+    loc = tuple(str(p) for p in err["loc"])
+    owner = _model_at(model, loc[:-1]) if err["type"] == "extra_forbidden" else None
+    if owner is None:
+        return describe_error(err)
+    lead = lead if len(loc) == 1 else "expected one of"
+    hint = close_match(loc[-1], owner.model_fields)
+    return f"unknown key{hint}; {lead}: {allowed_keys(owner) or 'no params'}"
+
+
+def _model_at(model: type[BaseModel], path: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model that validates the mapping at ``path`` below ``model`` (through fields,
+    optional values, and the keys and items of dicts and lists), or None."""
+    ann: Any = model
+    steps = list(path)
+    while ann is not None:
+        inner = [a for a in typing.get_args(ann) if a is not type(None)]
+        if typing.get_origin(ann) in (typing.Union, types.UnionType):
+            ann = inner[0] if len(inner) == 1 else None
+        elif typing.get_origin(ann) in (dict, list) and steps:
+            ann, _ = inner[-1], steps.pop(0)
+        elif not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        elif not steps:
+            return ann
+        else:
+            ann = getattr(ann.model_fields.get(steps.pop(0)), "annotation", None)
+    return None

@@ -416,6 +416,10 @@ class PluginRegistry:
     def types(self, kind: str) -> dict[str, Registration]:
         return self._types[kind]
 
+    def aliases(self, kind: str) -> dict[str, str]:
+        """The other names a manifest may give types of ``kind``: alias -> type name."""
+        return dict(self._aliases[kind])
+
     def all_registrations(self) -> Iterator[Registration]:
         for kind in KINDS:
             yield from self._types[kind].values()

@@ -55,21 +55,24 @@ def test_good_manifest_resolves_params(registry: PluginRegistry) -> None:
 def test_unknown_plugin_type_lists_installed(registry: PluginRegistry) -> None:
     text = GOOD.replace("type: pure_market_making", "type: pure_market_makin")
     msg = refused(text, registry)
-    assert "m.yaml:14: strategies.mm.type: unknown strategy type 'pure_market_makin'" in msg
-    assert "installed: " in msg and "pure_market_making" in msg
+    assert (
+        "m.yaml:14: strategies.mm.type: unknown strategy type 'pure_market_makin' "
+        "(did you mean 'pure_market_making'?); installed: " in msg
+    )
 
 
 def test_unknown_key_names_allowed_keys(registry: PluginRegistry) -> None:
     text = GOOD.replace("      spread_bps: 10", "      spred_bps: 10")
     msg = refused(text, registry)
-    assert "m.yaml:19: strategies.mm.params.spred_bps: unknown key" in msg
-    assert "pure_market_making takes:" in msg and "spread_bps" in msg
+    assert (
+        "m.yaml:19: strategies.mm.params.spred_bps: unknown key (did you mean 'spread_bps'?); "
+        "pure_market_making takes:" in msg
+    )
 
 
 def test_unknown_top_level_key(registry: PluginRegistry) -> None:
     msg = refused(GOOD + "risks: {}\n", registry)
-    assert "m.yaml:20: risks: unknown key; expected one of:" in msg
-    assert "risk" in msg
+    assert "m.yaml:20: risks: unknown key (did you mean 'risk'?); expected one of:" in msg
 
 
 def test_wrong_type_names_value(registry: PluginRegistry) -> None:
@@ -421,7 +424,10 @@ def test_a_wrapped_strategys_params_are_checked_at_validate_time(
     )
     msg = refused(wrapped, registry)
     assert "m.yaml:22: strategies.mm.params.params.spread_bps: Input should be greater" in msg
-    assert "m.yaml:23: strategies.mm.params.params.spred: unknown key; pure_market_making" in msg
+    assert (
+        "m.yaml:23: strategies.mm.params.params.spred: unknown key "
+        "(did you mean 'spread_bps'?); pure_market_making takes:" in msg
+    )
     msg = refused(wrapped.replace("strategy: pure_market_making", "strategy: nope"), registry)
     assert "strategies.mm.params.strategy: unknown strategy type 'nope'" in msg
     fixed = wrapped.replace("spread_bps: -10", "spread_bps: 10").replace("        spred: 1\n", "")
@@ -453,3 +459,109 @@ def test_overrides_are_bounded_like_the_file(registry: PluginRegistry) -> None:
     assert "nested more than 64 levels deep" in msg and "(3000 characters)" in msg
     msg = refused(GOOD, registry, overrides=["run.duration=.inf"])
     assert "run.duration (from --set): inf is not a finite number" in msg
+
+
+def test_every_problem_is_reported_in_one_pass_with_suggestions(registry: PluginRegistry) -> None:
+    text = (
+        GOOD.replace("duration: 2m", "duration: 2 minutes").replace(
+            "spread_bps: 10", "spred_bps: 10"
+        )
+        + "risk:\n  pos:\n    type: max_positon\n    params: {max_position: 1}\n"
+    )
+    lines = refused(text, registry).splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("m.yaml:3: run.duration: Value error, expected a duration like")
+    assert lines[1].startswith(
+        "m.yaml:19: strategies.mm.params.spred_bps: unknown key (did you mean 'spread_bps'?); "
+        "pure_market_making takes: "
+    )
+    assert lines[2].startswith(
+        "m.yaml:22: risk.pos.type: unknown risk type 'max_positon' "
+        "(did you mean 'max_position'?); installed: "
+    )
+
+
+def test_near_miss_keys_are_suggested_in_sections_and_nested_params(
+    registry: PluginRegistry,
+) -> None:
+    text = GOOD.replace("  seed: 3\n", "  sed: 3\n").replace(
+        "initial_price: 100", "initial_pric: 100"
+    )
+    lines = refused(text, registry).splitlines()
+    assert lines[0].startswith(
+        "m.yaml:4: run.sed: unknown key (did you mean 'seed'?); expected one of: "
+    )
+    assert lines[1] == (
+        "m.yaml:10: exchanges.sim.params.markets.BTC/USDT.initial_price: required value is missing"
+    )
+    assert lines[2].startswith(
+        "m.yaml:11: exchanges.sim.params.markets.BTC/USDT.initial_pric: unknown key "
+        "(did you mean 'initial_price'?); expected one of: "
+    )
+    assert len(lines) == 3, lines
+    # A key far from every known one is not given a guess.
+    msg = refused(GOOD.replace("  seed: 3\n", "  zzzzqq: 3\n"), registry)
+    assert "run.zzzzqq: unknown key; expected one of: " in msg
+
+
+def test_a_value_taken_out_reports_once_without_follow_on_errors(
+    registry: PluginRegistry,
+) -> None:
+    # The exchange's type is unusable: the strategy on it is not also told the exchange
+    # is missing, and the strategy param typo of another section is still found.
+    text = GOOD.replace("    type: sim\n", "    type: [sim]\n").replace(
+        "  seed: 3\n", "  seed: -3\n"
+    )
+    lines = refused(text, registry).splitlines()
+    assert lines == [
+        "m.yaml:4: run.seed: Input should be greater than or equal to 0; got -3",
+        "m.yaml:7: exchanges.sim.type: Input should be a valid string",
+    ]
+    # ... and the sections that are fine are still checked.
+    text = text.replace("symbols: BTC/USDT", "symbols: {BTC: USDT}") + (
+        "risk:\n  pos: {type: max_positon}\n"
+    )
+    lines = refused(text, registry).splitlines()
+    assert len(lines) == 4, lines
+    assert lines[2] == "m.yaml:16: strategies.mm.symbols: Input should be a valid list"
+    assert lines[3].startswith("m.yaml:21: risk.pos.type: unknown risk type 'max_positon' (did")
+    # A strategy without its exchange is reported once, not as a strategy on no market.
+    text = GOOD.replace("    exchange: sim\n", "")
+    lines = refused(text, registry).splitlines()
+    assert lines == ["m.yaml:13: strategies.mm.exchange: required value is missing"]
+    # NaN anywhere is refused and the rest of the manifest is still checked.
+    text = GOOD.replace("order_size: 0.1", "order_size: .nan").replace(
+        "type: pure_market_making", "type: pure_market_makin"
+    )
+    lines = refused(text, registry).splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("m.yaml:18: strategies.mm.params.order_size: nan is not a finite")
+    assert lines[1].startswith("m.yaml:14: strategies.mm.type: unknown strategy type")
+
+
+def test_validate_prints_every_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quoteforge.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        GOOD.replace("duration: 2m", "duration: 2 minutes").replace("spread_bps", "spred_bps")
+        + "risk:\n  pos: {type: max_positon}\n"
+    )
+    assert main(["validate", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert f"{bad}:3: run.duration: " in err
+    assert f"{bad}:19: strategies.mm.params.spred_bps: unknown key (did you mean" in err
+    assert f"{bad}:21: risk.pos.type: unknown risk type 'max_positon' (did you mean" in err
+
+
+def test_a_manifest_without_exchanges_still_has_its_other_sections_checked(
+    registry: PluginRegistry,
+) -> None:
+    text = "run: {name: t}\nrisk:\n  pos: {type: max_positon}\n"
+    lines = refused(text, registry).splitlines()
+    assert lines[0] == "m.yaml: exchanges (default): required value is missing"
+    assert lines[1] == "m.yaml: strategies (default): required value is missing"
+    assert lines[2].startswith("m.yaml:3: risk.pos.type: unknown risk type 'max_positon' (did")
+    assert len(lines) == 3, lines
