@@ -42,12 +42,13 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
-from quoteforge.book import BookState, ConsumerBook, fast, l2
-from quoteforge.book import consumer as consumer_module
+from quoteforge.book import BookState, fast, l2
 from quoteforge.book.wire import WireDecimalParser
 from quoteforge.exchanges.binance import book as binance
 from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 from quoteforge.model import Instrument, Side
+from quoteforge.plugins import consumer_book as consumer_module
+from quoteforge.plugins.consumer_book import ConsumerBook
 
 try:
     import orjson

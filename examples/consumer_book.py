@@ -10,11 +10,12 @@ import argparse
 from decimal import Decimal
 from pathlib import Path
 
-from quoteforge.book import BookSource, ConsumerBook, ConsumerLevel
+from quoteforge.book import BookSource
 from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 from quoteforge.exchanges.kraken.book import KrakenBookSource
 from quoteforge.exchanges.recording import merge_recordings
 from quoteforge.model import Instrument, Side
+from quoteforge.plugins.consumer_book import ConsumerBook, ConsumerLevel
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 RECORDINGS = [

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
         BookMessageError,
         BookSource,
         BookState,
-        ConsumerBook,
         L2Book,
         Outcome,
     )
@@ -92,7 +91,6 @@ _LAZY = {
             "BookMessageError",
             "BookSource",
             "BookState",
-            "ConsumerBook",
             "L2Book",
             "Outcome",
         ),
@@ -150,7 +148,6 @@ __all__ = [
     "CancelAll",
     "CancelOrder",
     "Clock",
-    "ConsumerBook",
     "Duration",
     "ExchangeAdapter",
     "ExecutionPolicy",

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import quoteforge
-from quoteforge.book.consumer import ConsumerBook
 from quoteforge.model import Fill, Order, OrderUpdate, Side
+from quoteforge.plugins.consumer_book import ConsumerBook
 from quoteforge.plugins.routing import Route, SmartOrderRouter
 from quoteforge.plugins.twap import TwapExecutor, TwapParams
 from quoteforge.registry import Register

@@ -8,9 +8,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from quoteforge.book.consumer import ConsumerBook, VenueFill
 from quoteforge.book.l2 import BookState, L2Book
 from quoteforge.model import Instrument, Side
+from quoteforge.plugins.consumer_book import ConsumerBook, VenueFill
 
 __all__ = ["ChildOrder", "Route", "SmartOrderRouter"]
 

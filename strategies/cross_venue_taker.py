@@ -17,8 +17,8 @@ from pydantic import Field, model_validator
 
 import quoteforge
 from quoteforge.book import BookState
-from quoteforge.book.consumer import ConsumerBook
 from quoteforge.model import Fill, OrderUpdate, Side
+from quoteforge.plugins.consumer_book import ConsumerBook
 from quoteforge.plugins.routing import SmartOrderRouter
 from quoteforge.registry import Register
 from quoteforge.strategies.trader_book import TraderBook

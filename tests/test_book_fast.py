@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quoteforge.book import BookMessageError, BookState, ConsumerBook, Outcome, fast, l2
+from quoteforge.book import BookMessageError, BookState, Outcome, fast, l2
 from quoteforge.book.l2 import L2Book
 from quoteforge.book.source import SourceStats
 from quoteforge.clock import SimClock
@@ -31,6 +31,7 @@ from quoteforge.exchanges.binance import book as binance
 from quoteforge.exchanges.binance import fast as binance_fast
 from quoteforge.exchanges.binance.book import BinanceFuturesBookSource, BinanceSpotBookSource
 from quoteforge.model import Instrument, Side
+from quoteforge.plugins.consumer_book import ConsumerBook
 
 TICK = Decimal("0.01")
 LOT = Decimal("0.00001")

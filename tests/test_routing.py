@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from venues import two_venue_consumer, venue_book
 
-from quoteforge.book import BookState, ConsumerBook, L2Book
+from quoteforge.book import BookState, L2Book
 from quoteforge.model import Instrument, Side
+from quoteforge.plugins.consumer_book import ConsumerBook
 from quoteforge.plugins.routing import SmartOrderRouter
 
 D = Decimal

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from quoteforge.book import BookState, ConsumerBook, L2Book
+from quoteforge.book import BookState, L2Book
 from quoteforge.model import Instrument
+from quoteforge.plugins.consumer_book import ConsumerBook
 
 Levels = list[tuple[str, str]]
 

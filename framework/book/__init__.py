@@ -1,6 +1,5 @@
 """Order books: exact L2 books, their states, and the book-source contract venues implement."""
 
-from quoteforge.book.consumer import Allocation, ConsumerBook, ConsumerLevel, MarketCross
 from quoteforge.book.l2 import TOP_LEVELS, BookState, L2Book, TakeCost
 from quoteforge.book.source import BookSource, Outcome, SourceStats
 from quoteforge.book.state import BookStateMachine
@@ -8,15 +7,11 @@ from quoteforge.book.wire import BookMessageError, WireDecimalParser
 
 __all__ = [
     "TOP_LEVELS",
-    "Allocation",
     "BookMessageError",
     "BookSource",
     "BookState",
     "BookStateMachine",
-    "ConsumerBook",
-    "ConsumerLevel",
     "L2Book",
-    "MarketCross",
     "Outcome",
     "SourceStats",
     "TakeCost",

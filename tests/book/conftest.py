@@ -11,9 +11,10 @@ from decimal import Decimal
 
 import pytest
 
-from quoteforge.book import consumer, fast, l2
+from quoteforge.book import fast, l2
 from quoteforge.exchanges.binance import book as binance
 from quoteforge.model import Instrument
+from quoteforge.plugins import consumer_book as consumer
 
 
 @pytest.fixture(autouse=True, params=["compiled", "interpreted"])

@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from venues import two_venue_consumer
 
-from quoteforge.book import BookState, ConsumerBook
-from quoteforge.book.consumer import common_step
+from quoteforge.book import BookState
 from quoteforge.model import Side
+from quoteforge.plugins.consumer_book import ConsumerBook, common_step
 
 D = Decimal
 
