@@ -15,6 +15,10 @@ thread. Each unit of this phase runs a fixed piece of Python work and appends on
 turning the event loop every ``--busy-yield`` units (as the engine does between events);
 the phase's duration is compared with the same loop that builds the records and
 journals nothing, alternating the journals and the reference within each round.
+
+Order manager: ``--orders`` order lives through the real ``OrderManager`` into SQLite
+(five records each, the record format of docs/journal.md): records/s until durable, the
+appending side's µs per record and the file's bytes per record.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+from quoteforge.clock import SimClock
 from quoteforge.journal import JournalRecord
+from quoteforge.model import Fill, Liquidity, OrderStatus, OrderUpdate, Side
+from quoteforge.orders import OrderManager
 from quoteforge.plugins.journal_postgres import PostgresJournal
 from quoteforge.plugins.journal_sqlite import SqliteJournal, ThreadedJournal, sqlite_json_batches
 
@@ -63,9 +70,50 @@ def make_record(i: int) -> JournalRecord:
                 "liquidity": "maker",
                 "ts_ns": 1_700_000_000_000_000_000 + i,
             },
-            "order": {"status": "partially_filled", "filled_lots": i % 7},
+            # What changed in the order (record format 2, docs/journal.md).
+            "order": {
+                "client_id": f"qf-lz3k9a1b-{i:x}",
+                "status": "partially_filled",
+                "filled_lots": i % 7,
+                "updated_ns": 1_700_000_000_000_000_000 + i,
+            },
         },
     )
+
+
+async def bench_order_manager(
+    directory: Path, orders: int, synchronous: Literal["full", "normal"]
+) -> dict[str, Any]:
+    """The order manager's real records into SQLite: each order placed, acknowledged,
+    partly filled, cancelled and confirmed (five records; docs/journal.md, format 2).
+    Returns records/s until durable, µs per record on the appending side (the manager's
+    bookkeeping and the payload's encoding) and bytes per record in the file."""
+    path = directory / "orders.sqlite"
+    journal = SqliteJournal(path, synchronous=synchronous)
+    await journal.open()
+    om = OrderManager(journal, SimClock(1_700_000_000_000_000_000), "qf")
+    started = time.perf_counter()
+    for i in range(orders):
+        side = Side.BUY if i % 2 else Side.SELL
+        order = om.new_order("sim", "BTCUSDT", side, 10, 10_000_000 + i % 50, strategy="mm")
+        om.apply_update(OrderUpdate("sim", order.client_id, OrderStatus.OPEN, i, str(i)))
+        fill = Fill("sim", "BTCUSDT", f"f{i}", order.client_id, side, 10_000_000, 3,
+                    Decimal("-0.0001"), "USDT", Liquidity.MAKER, i, "mm")  # fmt: skip
+        om.apply_fill(fill)
+        om.request_cancel(order.client_id)
+        om.apply_update(OrderUpdate("sim", order.client_id, OrderStatus.CANCELLED, i))
+        if i % 20 == 19:
+            await asyncio.sleep(0)
+    appended = time.perf_counter() - started
+    await journal.close()
+    elapsed = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in directory.glob("orders.sqlite*"))
+    return {
+        "records": journal.appended,
+        "records_per_s": round(journal.appended / elapsed),
+        "append_us_per_record": round(appended / journal.appended * 1e6, 2),
+        "bytes_per_record": round(size / journal.appended),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -300,6 +348,9 @@ async def main(argv: list[str]) -> int:
         "--busy-yield", type=int, default=4, help="busy units between event-loop turns"
     )
     parser.add_argument("--busy-rounds", type=int, default=5)
+    parser.add_argument(
+        "--orders", type=int, default=20_000, help="order lives (5 records each), SQLite"
+    )
     args = parser.parse_args(argv)
 
     rows: list[dict[str, Any]] = []
@@ -337,6 +388,7 @@ async def main(argv: list[str]) -> int:
         busy = await bench_busy(
             builds, args.busy_units, args.busy_work, args.busy_yield, args.busy_rounds
         )
+        order_manager = await bench_order_manager(Path(tmp), args.orders, args.synchronous)
     for run_id in run_ids:
         PostgresJournal(args.dsn, run_id=run_id, table=table).drop_run()
 
@@ -405,6 +457,14 @@ async def main(argv: list[str]) -> int:
         "the process's CPU time, i.e. the writer thread's)"
     )
 
+    om = order_manager
+    print(
+        f"\norder manager -> sqlite: {om['records']} records ({args.orders} orders: placed, "
+        f"acknowledged, partly filled, cancelled, confirmed): {om['records_per_s']} records/s "
+        f"until durable, {om['append_us_per_record']} µs/record to journal, "
+        f"{om['bytes_per_record']} bytes/record on disk"
+    )
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -419,6 +479,7 @@ async def main(argv: list[str]) -> int:
                 "results": rows,
                 "verdicts": verdicts,
                 "busy_thread": busy,
+                "order_manager": order_manager,
             },
             indent=2,
         )

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from quoteforge.clock import Clock
-from quoteforge.journal import Journal, JournalRecord
+from quoteforge.journal import ORDER_RECORD_FORMAT, Journal, JournalRecord, OrderStates
 from quoteforge.model import (
     Fill,
     Liquidity,
@@ -170,7 +170,7 @@ def fill_from_dict(data: dict[str, Any]) -> Fill:
 class _Meta:
     """Bookkeeping the state machine needs besides the Order itself."""
 
-    __slots__ = ("event_keys", "prior")
+    __slots__ = ("event_keys", "journaled", "journaled_prior", "prior")
 
     def __init__(self) -> None:
         # The live state to return to when a pending cancel/replace is rejected.
@@ -178,12 +178,9 @@ class _Meta:
         # How often each (status, filled) event key was used, so that a state revisited
         # (OPEN again after a cancel reject) gets a distinct, still deterministic id.
         self.event_keys: dict[str, int] = {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "prior": None if self.prior is None else self.prior._value_,
-            "event_keys": dict(self.event_keys),
-        }
+        # The order and prior as last journaled: the next record holds what changed.
+        self.journaled: dict[str, Any] | None = None
+        self.journaled_prior: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> _Meta:
@@ -191,6 +188,7 @@ class _Meta:
         if data:
             prior = data.get("prior")
             meta.prior = None if prior is None else OrderStatus(prior)
+            meta.journaled_prior = None if prior is None else str(prior)
             meta.event_keys = {str(k): int(v) for k, v in (data.get("event_keys") or {}).items()}
         return meta
 
@@ -222,8 +220,9 @@ class OrderManager:
     becomes REJECTED). A live report without a reason is a late acknowledgement of the
     order itself: it only records the exchange id and the cancel stays pending.
 
-    Every accepted change appends a ``JournalRecord`` whose payload holds the order as
-    it is afterwards, so :meth:`restore` rebuilds the exact same state from a journal.
+    Every accepted change appends a ``JournalRecord``: the order's first record holds the
+    whole order, later ones what changed, so :meth:`restore` rebuilds the exact same
+    state from a journal (``quoteforge.journal.OrderStates`` rebuilds it for readers).
     """
 
     def __init__(
@@ -593,11 +592,7 @@ class OrderManager:
                 kind="fill",
                 ts_ns=fill.ts_ns,
                 market=fill.market,
-                payload={
-                    "fill": fill_to_dict(fill),
-                    "order": order_to_dict(order),
-                    "meta": self._meta[order.client_id].to_dict(),
-                },
+                payload=self._order_payload(order, {"fill": fill_to_dict(fill)}),
             )
         )
         if order.status.is_terminal:
@@ -661,24 +656,23 @@ class OrderManager:
 
     # -- crash recovery ---------------------------------------------------------------------
     def restore(self, records: Iterable[JournalRecord]) -> int:
-        """Rebuild state from journal records (in append order); returns how many were
-        used. Call on a fresh manager before any new order; nothing is re-journaled."""
+        """Rebuild state from journal records (in append order; kinds ``order``,
+        ``order_update`` and ``fill`` together, of either record format: see
+        ``quoteforge.journal.OrderStates``); returns how many were used. Call on a fresh
+        manager before any new order; nothing is re-journaled."""
         used = 0
+        states = OrderStates()
         for record in records:
-            if record.kind in ("order", "order_update"):
-                data = record.payload.get("order")
-                if data is None:
-                    continue
-                self._restore_order(data, record.payload.get("meta"))
-                used += 1
-            elif record.kind == "fill":
+            if record.kind == "fill":
                 fill = fill_from_dict(record.payload["fill"])
                 self._fill_ids.add((fill.venue, fill.fill_id))
-                data = record.payload.get("order")
-                if data is None:
+                if record.payload.get("order") is None:
                     self.orphan_fills.append(fill)
-                else:
-                    self._restore_order(data, record.payload.get("meta"))
+                    used += 1
+                    continue
+            data = states.apply(record)
+            if data is not None:
+                self._restore_order(data, states.meta[data["client_id"]])
                 used += 1
         return used
 
@@ -692,7 +686,8 @@ class OrderManager:
             # Keep the object identity callers may hold; copy the recorded state in.
             for spec in fields(Order):
                 setattr(order, spec.name, getattr(snapshot, spec.name))
-        self._meta[order.client_id] = _Meta.from_dict(meta_data)
+        self._meta[order.client_id] = meta = _Meta.from_dict(meta_data)
+        meta.journaled = order_to_dict(order)
         market = order.market
         if order.status.is_terminal:
             self._retire(order)
@@ -757,18 +752,41 @@ class OrderManager:
             event_id += f"#{seen}"
         if self.journal is None:
             return
-        payload: dict[str, Any] = {"order": order_to_dict(order), "meta": meta.to_dict()}
-        if update is not None:
-            payload["update"] = update_to_dict(update)
-        self.journal.append(
-            JournalRecord(
-                event_id=event_id,
-                kind=kind,
-                ts_ns=order.updated_ns,
-                market=order.market,
-                payload=payload,
-            )
-        )
+        payload = self._order_payload(order, {})
+        if update is not None:  # the venue report, less the record's venue, id and blanks
+            data = {"status": update.status._value_, "ts_ns": update.ts_ns}
+            for name in ("exchange_id", "filled_lots", "price_ticks", "qty_lots", "reason"):
+                if (value := getattr(update, name)) is not None and value != "":
+                    data[name] = value
+            payload["update"] = data
+        self.journal.append(JournalRecord(event_id, kind, order.updated_ns, order.market, payload))
+
+    def _order_payload(self, order: Order, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` plus the order: whole in its first record, then what changed (with
+        ``client_id`` and ``status``) and ``prior`` when that changed (format 2)."""
+        meta = self._meta[order.client_id]
+        last = meta.journaled
+        if last is None:
+            payload["order"] = order_to_dict(order)
+            meta.journaled = dict(payload["order"])  # the payload is the journal's now
+            payload["format"] = ORDER_RECORD_FORMAT
+        else:  # the fields a registered order can still change (its market, side... not)
+            status = last["status"] = order.status._value_
+            patch: dict[str, Any] = {"client_id": order.client_id, "status": status}
+            payload["order"] = patch
+            for key, value in (
+                ("qty_lots", order.qty_lots), ("price_ticks", order.price_ticks),
+                ("strategy", order.strategy), ("level", order.level),
+                ("filled_lots", order.filled_lots), ("exchange_id", order.exchange_id),
+                ("updated_ns", order.updated_ns), ("reason", order.reason),
+                ("extra", dict(order.extra) if order.extra else {}),
+            ):  # fmt: skip
+                if value != last[key]:
+                    patch[key] = last[key] = value
+        prior = None if meta.prior is None else meta.prior._value_
+        if prior != meta.journaled_prior:
+            payload["prior"] = meta.journaled_prior = prior
+        return payload
 
     def _append(self, record: JournalRecord) -> None:
         if self.journal is not None:

@@ -27,7 +27,7 @@ import pydantic
 import pytest
 
 from quoteforge.clock import SimClock
-from quoteforge.journal import Journal, JournalRecord
+from quoteforge.journal import Journal, JournalRecord, OrderStates, order_states
 from quoteforge.model import Fill, Liquidity, OrderStatus, OrderUpdate, Side
 from quoteforge.orders import OrderManager, order_to_dict
 from quoteforge.plugins import journal_postgres, journal_sqlite
@@ -384,6 +384,91 @@ async def test_order_manager_restores_from_the_journal(backend: Backend) -> None
     ]
     assert [o.client_id for o in restored.all_working()] == [a.client_id]
     assert restored.open_lots("sim:BTCUSDT", Side.BUY) == 6
+
+
+# Format 1 (before #19): every order record held the whole order and the manager's meta.
+_V1_ORDER = {
+    "client_id": "qf-old-1", "venue": "sim", "symbol": "BTCUSDT", "side": "buy",
+    "qty_lots": 10, "price_ticks": 100, "order_type": "limit", "tif": "gtc",
+    "strategy": "mm", "level": 0, "status": "pending_new", "filled_lots": 0,
+    "exchange_id": None, "created_ns": 5, "updated_ns": 5, "reason": "", "extra": {},
+}  # fmt: skip
+_V1_FILL = {
+    "venue": "sim", "symbol": "BTCUSDT", "fill_id": "t1", "client_id": "qf-old-1",
+    "side": "buy", "price_ticks": 100, "qty_lots": 4, "fee": "0.01", "fee_asset": "USDT",
+    "liquidity": "maker", "ts_ns": 7, "strategy": "mm",
+}  # fmt: skip
+
+
+def _v1_journal() -> list[JournalRecord]:
+    opened = {**_V1_ORDER, "status": "open", "exchange_id": "X", "updated_ns": 6}
+    filled = {**opened, "status": "partially_filled", "filled_lots": 4, "updated_ns": 7}
+    pending = {**filled, "status": "pending_cancel", "updated_ns": 8}
+    keys = {"pending_new:0": 1, "open:0": 1}
+    return [
+        JournalRecord("sim:qf-old-1:pending_new:0", "order", 5, "sim:BTCUSDT", {
+            "order": _V1_ORDER, "meta": {"prior": None, "event_keys": {"pending_new:0": 1}}}),
+        JournalRecord("sim:qf-old-1:open:0", "order_update", 6, "sim:BTCUSDT", {
+            "order": opened, "meta": {"prior": None, "event_keys": keys},
+            "update": {"venue": "sim", "client_id": "qf-old-1", "status": "open", "ts_ns": 6,
+                       "exchange_id": "X", "filled_lots": None, "price_ticks": None,
+                       "qty_lots": None, "reason": ""}}),
+        JournalRecord("sim:fill:t1", "fill", 7, "sim:BTCUSDT", {
+            "fill": _V1_FILL, "order": filled, "meta": {"prior": None, "event_keys": keys}}),
+        JournalRecord("sim:qf-old-1:pending_cancel:4", "order_update", 8, "sim:BTCUSDT", {
+            "order": pending, "meta": {"prior": "partially_filled",
+                                       "event_keys": {**keys, "pending_cancel:4": 1}}}),
+    ]  # fmt: skip
+
+
+def test_a_format_1_journal_restores_and_continues_in_format_2() -> None:
+    old = _v1_journal()
+    om = OrderManager(None, SimClock(10), "qf")
+    assert om.restore(old) == 4
+    order = om.get("qf-old-1")
+    assert order is not None and order_to_dict(order) == old[-1].payload["order"]
+    assert om.prior_status("qf-old-1") is OrderStatus.PARTIALLY_FILLED
+    assert om.has_fill("sim", "t1")
+    # The venue rejects the cancel: the restored manager writes a format-2 change with
+    # the event id the old bookkeeping leads to, and readers rebuild the mixed journal.
+    new: list[JournalRecord] = []
+    om.journal = _ListJournal(new)
+    om.reject_cancel("qf-old-1", "too late", ts_ns=9)
+    assert [r.event_id for r in new] == ["sim:qf-old-1:partially_filled:4"]
+    assert set(new[0].payload["order"]) == {"client_id", "status", "updated_ns", "reason"}
+    assert new[0].payload["prior"] is None
+    assert order_states(old + new) == {"qf-old-1": order_to_dict(order)}
+
+
+class _ListJournal(Journal):
+    def __init__(self, records: list[JournalRecord]) -> None:
+        self.records = records
+
+    async def open(self) -> None:
+        return None
+
+    def append(self, record: JournalRecord) -> None:
+        self.records.append(record)
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def read(self, kinds: tuple[str, ...] | None = None) -> Iterator[JournalRecord]:
+        return iter(self.records)
+
+
+def test_order_records_that_cannot_be_read_are_refused_clearly() -> None:
+    newer = JournalRecord("sim:qf-1:pending_new:0", "order", 1, "sim:BTCUSDT", {
+        "order": {**_V1_ORDER, "client_id": "qf-1"}, "format": 3})  # fmt: skip
+    with pytest.raises(ValueError, match="order record format 3; this quoteforge reads formats 1-"):
+        OrderStates().apply(newer)
+    change = JournalRecord("sim:qf-1:open:0", "order_update", 2, "sim:BTCUSDT", {
+        "order": {"client_id": "qf-1", "status": "open"}})  # fmt: skip
+    with pytest.raises(ValueError, match="read the kinds order, order_update and fill together"):
+        OrderManager(None, SimClock(10), "qf").restore([change])
 
 
 # ---------------------------------------------------------------------------------------

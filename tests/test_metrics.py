@@ -147,8 +147,8 @@ def journal(run_dir: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
     for kind, payload in rows:
         data = json.loads(payload)
         order = data.get("order")
-        if order:
-            created.setdefault(order["client_id"], order["created_ns"])
+        if order and kind == "order":  # an order's first record holds the whole order
+            created[order["client_id"]] = order["created_ns"]
         if kind == "fill":
             fills.append(data["fill"])
     return created, fills

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 )
 
 from quoteforge.clock import LiveClock, SimClock
-from quoteforge.journal import Journal, JournalRecord
+from quoteforge.journal import Journal, JournalRecord, order_states
 from quoteforge.model import (
     Fill,
     Liquidity,
@@ -634,3 +634,92 @@ def test_a_built_order_given_to_replace_is_journaled_once_with_its_link() -> Non
     assert records[0].payload["order"]["extra"] == {"replaces": old.client_id}
     assert om.get(new.client_id) is new and new.status is S.PENDING_NEW
     assert old.status is S.PENDING_REPLACE
+
+
+# ---------------------------------------------------------------------------------------
+# Journal records hold what changed; restore and readers rebuild the whole order
+# ---------------------------------------------------------------------------------------
+
+
+def _life(om: OrderManager, restored: bool = False) -> list[Callable[[], object]]:
+    """Three orders (or, ``restored``, the three a restored manager holds), then one step
+    per list item: acks, partial and late fills, a rejected and a confirmed cancel, a
+    rejected replace, an unknown status."""
+    if restored:
+        a, b, c = om.all_orders()[:3]  # in the order of their first records
+    else:
+        a = om.new_order(VENUE, SYMBOL, Side.BUY, 10, 100, strategy="mm")
+        b = om.new_order(VENUE, SYMBOL, Side.SELL, 10, 110, strategy="mm", level=1)
+        c = om.new_order(VENUE, SYMBOL, Side.BUY, 5, 99)
+    r = om.get("qf-repl-1") or Order("qf-repl-1", VENUE, SYMBOL, Side.SELL, 10, 111)
+    return [
+        lambda: om.apply_update(report(a, S.OPEN, exchange_id="XA")),
+        lambda: om.apply_update(report(b, S.OPEN, exchange_id="XB")),
+        lambda: om.apply_fill(fill_for(a, 3, "life-1")),
+        lambda: om.request_cancel(a.client_id),
+        lambda: om.reject_cancel(a.client_id, "too late"),
+        lambda: om.request_replace(b.client_id, r),
+        lambda: om.reject_cancel(b.client_id, "would cross"),
+        lambda: om.mark_unknown(c.client_id, "place timed out"),
+        lambda: om.apply_update(report(c, S.OPEN, exchange_id="XC")),
+        lambda: om.request_cancel(a.client_id),
+        lambda: om.apply_update(report(a, S.CANCELLED)),
+        lambda: om.apply_fill(fill_for(a, 2, "life-2")),
+        lambda: om.apply_fill(fill_for(b, 10, "life-3")),
+        lambda: om.request_cancel(c.client_id),
+        lambda: om.apply_update(report(c, S.OPEN, reason="cancel rejected")),
+    ]
+
+
+def test_records_after_the_first_hold_only_what_changed() -> None:
+    journal = MemoryJournal()
+    om = make_manager(journal)
+    for step in _life(om):
+        step()
+    orders = [r for r in journal.records if r.payload.get("order")]
+    firsts = [r for r in orders if r.kind == "order"]
+    assert len(firsts) == 4 and all(r.payload["format"] == 2 for r in firsts)
+    assert len(firsts[0].payload["order"]) == len(order_to_dict(om.all_orders()[0]))
+    # A record keeps what it said when it was written.
+    assert [r.payload["order"]["status"] for r in firsts] == ["pending_new"] * 4
+    ack = journal.records[3]
+    assert ack.payload["order"] == {
+        "client_id": ack.payload["order"]["client_id"],
+        "status": "open",
+        "exchange_id": "XA",
+        "updated_ns": 1,
+    }
+    assert ack.payload["update"] == {
+        "status": "open",
+        "ts_ns": 1,
+        "exchange_id": "XA",
+    }
+    cancel = next(r for r in orders if r.payload["order"]["status"] == "pending_cancel")
+    assert cancel.payload["prior"] == "partially_filled"
+    later = [r for r in orders if r.kind != "order"]
+    assert all("client_id" in r.payload["order"] and "meta" not in r.payload for r in later)
+    assert all(len(r.payload["order"]) <= 5 for r in later)
+
+
+@pytest.mark.parametrize("cut", range(16))
+def test_a_manager_restored_mid_life_journals_what_an_uninterrupted_one_does(cut: int) -> None:
+    whole = MemoryJournal()
+    om = make_manager(whole)
+    for step in _life(om):
+        step()
+
+    first = MemoryJournal()
+    crashed = make_manager(first)
+    for step in _life(crashed)[:cut]:
+        step()
+    second = MemoryJournal()
+    resumed = make_manager(second)
+    used = resumed.restore(first.read(kinds=("order", "order_update", "fill")))
+    assert used == len(first.records)
+    assert state(resumed) == state(crashed)
+    # The rest of the life on the restored orders: the same records, field for field.
+    for step in _life(resumed, restored=True)[cut:]:
+        step()
+    assert first.records + second.records == whole.records
+    assert state(resumed) == state(om)
+    assert order_states(whole.records) == {o.client_id: order_to_dict(o) for o in om.all_orders()}

@@ -17,6 +17,10 @@ from pathlib import Path
 import pytest
 
 from quoteforge.cli import main
+from quoteforge.clock import SimClock
+from quoteforge.journal import order_states
+from quoteforge.orders import OrderManager, order_to_dict
+from quoteforge.plugins.journal_sqlite import SqliteJournal
 from quoteforge.resume import ResumeRefusedError, check_resumable
 
 MANIFEST = """\
@@ -135,6 +139,42 @@ def test_killed_sim_runs_resume_to_the_uninterrupted_journal(
                 assert journal(run_dir) == before, context
             outcomes.append("refused")
     assert "resumed" in outcomes, f"random seed {seed}: no kill left a resumable run"
+
+
+# The journal's byte budget per order event. A format-2 record (#19) holds the whole
+# order once (17 fields, about 380 bytes of JSON with a 20-character client id) and then
+# only what changed: client id, status and the changed fields, plus the venue report's
+# non-empty fields (about 230 bytes); a fill adds its 12 fields (about 400 bytes). With
+# this run's mix (1 order : 3 changes : 0.25 fills) that is about 265 bytes of payload a
+# record, and SQLite adds the row (event id, kind, times, market) and the event-id index,
+# about 150 bytes. Format 1 held the whole order and meta every time: about 580 bytes of
+# payload and 730 on disk a record.
+PAYLOAD_BUDGET = {"order": 420, "order_update": 300, "fill": 440}
+MEAN_PAYLOAD_BUDGET = 300
+MEAN_DISK_BUDGET = 480
+
+
+def test_the_journal_stays_within_its_byte_budget_and_rebuilds_every_order(
+    uninterrupted: tuple[Path, list[tuple[object, ...]]],
+) -> None:
+    manifest, rows = uninterrupted
+    run_dir = manifest.parent / "run"
+    events = [r for r in rows if r[1] in PAYLOAD_BUDGET]
+    for event_id, kind, _ts, _market, payload in events:
+        assert len(str(payload)) <= PAYLOAD_BUDGET[str(kind)], (event_id, payload)
+    payload_bytes = sum(len(str(r[4])) for r in events)
+    assert payload_bytes / len(events) <= MEAN_PAYLOAD_BUDGET
+    disk = sum(p.stat().st_size for p in run_dir.glob("journal.sqlite*"))
+    assert disk / len(rows) <= MEAN_DISK_BUDGET, (disk, len(rows))
+    # Fidelity: the order manager rebuilt from the journal holds what the one reader,
+    # OrderStates, makes of it, and every order ended as its last venue report says.
+    records = list(SqliteJournal(run_dir / "journal.sqlite").read())
+    om = OrderManager(None, SimClock(0), "qf")
+    assert om.restore(records) == len(events)
+    states = order_states(records)
+    assert {o.client_id: order_to_dict(o) for o in om.all_orders()} == states
+    assert len(states) == sum(1 for r in events if r[1] == "order")
+    assert om.all_working() == []
 
 
 def test_a_finished_sim_run_is_refused_and_left_alone(
