@@ -24,7 +24,7 @@ from quoteforge.plugins.journal_sqlite import SqliteJournal
 from quoteforge.resume import ResumeRefusedError, check_resumable
 
 MANIFEST = """\
-run: {name: resumable, mode: sim, duration: 90s, seed: 11, sample_interval: 1s}
+run: {name: resumable, mode: sim, duration: 300s, seed: 11, sample_interval: 1s}
 exchanges:
   sim:
     type: sim
@@ -118,7 +118,9 @@ def test_killed_sim_runs_resume_to_the_uninterrupted_journal(
         run_dir = tmp_path / f"try{attempt}" / "run"
         run_dir.parent.mkdir()
         # Kill after a random share of the reference journal was written (or, once in a
-        # while, before the run folder even exists).
+        # while, before the run folder even exists). The run is 300 simulated seconds so
+        # that it lasts long enough on a quiet machine for the kill to land inside it:
+        # the journal's writer commits in batches, so rows show up a little late.
         share = rng.random()
         kill_during_run(manifest, run_dir, after_rows=max(1, int(share * len(whole))), delay=0)
         before = journal(run_dir) if (run_dir / "journal.sqlite").exists() else []
@@ -194,10 +196,9 @@ def test_a_replay_that_differs_is_refused_and_changes_nothing(
     uninterrupted: tuple[Path, list[tuple[object, ...]]], tmp_path: Path
 ) -> None:
     manifest, _ = uninterrupted
-    # Ten times as long, so the run cannot end on its own before the kill lands (a 90 s
-    # simulation takes well under a second on a quiet machine).
+    # Ten times as long, so the run cannot end on its own before the kill lands.
     long_run = tmp_path / "long.yaml"
-    long_run.write_text(manifest.read_text().replace("duration: 90s", "duration: 900s"))
+    long_run.write_text(manifest.read_text().replace("duration: 300s", "duration: 3000s"))
     run_dir = tmp_path / "run"
     assert kill_during_run(long_run, run_dir, after_rows=150, delay=0) == -signal.SIGKILL
     before = journal(run_dir)
