@@ -25,19 +25,13 @@ from quoteforge import hookimpl
 from quoteforge.manifest import ManifestError, load_manifest
 from quoteforge.progress import Progress
 from quoteforge.registry import PluginRegistry, RegisterCommand, load_registry
+from quoteforge.runfiles import SUMMARY_COLUMNS as RUN_SUMMARY_COLUMNS
 
 __all__ = ["GridAxis", "SweepError", "expand_grid", "parse_grid", "run_sweep", "sweep_main"]
 
-SUMMARY_COLUMNS = (
-    "mid",
-    "spread",
-    "inventory",
-    "pnl",
-    "fill_count",
-    "notional",
-    "max_drawdown",
-)
-_NUMERIC = ("inventory", "pnl", "fill_count", "notional", "max_drawdown")
+#: The run summary's columns after "market" (quoteforge.runfiles writes summary.csv).
+SUMMARY_COLUMNS = tuple(c for c in RUN_SUMMARY_COLUMNS if c != "market")
+_NUMERIC = ("inventory", "pnl", "fees", "fill_count", "notional", "max_drawdown")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 
 

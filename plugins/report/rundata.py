@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from quoteforge.clock import NS
 from quoteforge.model import Side
+from quoteforge.runfiles import SUMMARY_COLUMNS
 
 __all__ = [
     "EMPTY_F",
@@ -51,18 +52,6 @@ MANIFEST_FILE = "manifest.yaml"
 SUMMARY_FILE = "summary.csv"
 TRACE_FILE = "trace.jsonl"
 
-SUMMARY_COLUMNS = (
-    "market",
-    "mid",
-    "spread",
-    "quoted_spread",
-    "inventory",
-    "pnl",
-    "fees",
-    "fill_count",
-    "notional",
-    "max_drawdown",
-)
 # Columns a summary.csv written before they existed lacks: read as missing (NaN).
 OPTIONAL_SUMMARY_COLUMNS = ("quoted_spread", "fees")
 LIVE = "LIVE"
