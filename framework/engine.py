@@ -601,6 +601,27 @@ class Run(QuotingEngine):
         self.alert("kill", f"kill switch ({source}): every order cancelled", severity="critical")
         self.request_stop(f"kill switch: {source}")
 
+    def pause_strategy(self, name: str, who: str) -> None:
+        """Halt strategy ``name`` by hand (KeyError if unknown): the halted flag the order
+        gate reads is set and its quotes are pulled, as after an error, until resumed."""
+        srt = self.strategies[name]
+        srt.halted = True
+        self.pull_quotes(name)
+        self.log.warning("strategy {!r} paused by {}", name, who)
+        self._trace_event(None, "strategy_paused", f"{name} by {who}")
+
+    def resume_strategy(self, name: str, who: str) -> None:
+        """Clear strategy ``name``'s halted flag and let it quote again; refused (ValueError)
+        once the run is killed or stopping."""
+        srt = self.strategies[name]
+        if self.gate.closed:
+            raise ValueError(f"cannot resume {name!r}: {self.gate.closed}")
+        srt.halted = False
+        self.log.warning("strategy {!r} resumed by {}", name, who)
+        self._trace_event(None, "strategy_resumed", f"{name} by {who}")
+        for mr in srt.markets.values():
+            self._requote(mr, refill=True)
+
     def reload_params(self) -> list[str]:
         """Re-read the manifest and apply changed strategy params; returns what changed.
 
