@@ -39,10 +39,10 @@ from quoteforge import hookimpl
 from quoteforge.journal import JournalRecord
 from quoteforge.manifest import ManifestError, load_manifest
 from quoteforge.plugins.report.dashboard import (
-    _host_name,
-    _is_loopback,
-    _origin_host,
-    _served_names,
+    host_name,
+    is_loopback,
+    origin_host,
+    served_names,
 )
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> ControlSettings 
     expose = env.get(ENV_EXPOSE, "")
     if expose not in ("", "0", "1"):
         raise ControlSettingsError(f"{ENV_EXPOSE} must be 1 (or unset), got {expose!r}")
-    if not _is_loopback(host) and expose != "1":
+    if not is_loopback(host) and expose != "1":
         raise ControlSettingsError(
             f"{ENV_ADDR}={host}:{port} is not a loopback address: anyone who can reach it "
             f"may try the token. Set {ENV_EXPOSE}=1 to bind it anyway (behind a firewall "
@@ -141,7 +141,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> ControlSettings 
         )
     allow = tuple(h for h in env.get(ENV_ALLOW_HOSTS, "").split(",") if h.strip())
     try:
-        _served_names(allow)
+        served_names(allow)
     except ValueError as exc:
         raise ControlSettingsError(f"{ENV_ALLOW_HOSTS}: {exc}") from None
     who = env.get(ENV_WHO, "").strip() or "api"
@@ -345,9 +345,9 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
     from aiohttp import web
 
     names = list(settings.allow_hosts)
-    if not _is_loopback(settings.host) and settings.host not in ("0.0.0.0", "::"):
+    if not is_loopback(settings.host) and settings.host not in ("0.0.0.0", "::"):
         names.append(settings.host)
-    served = _served_names(names)
+    served = served_names(names)
     listed = ", ".join(sorted(served))
     expected = f"Bearer {settings.token}".encode()
     who = settings.who
@@ -358,7 +358,7 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        host = _host_name(request.headers.get("Host", ""))
+        host = host_name(request.headers.get("Host", ""))
         if host is None or host not in served:
             return error(
                 403,
@@ -366,7 +366,7 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
                 f"{listed} (add a name with {ENV_ALLOW_HOSTS})",
             )
         origin = request.headers.get("Origin")
-        if origin is not None and _origin_host(origin) not in served:
+        if origin is not None and origin_host(origin) not in served:
             return error(403, f"cross-origin request from {origin!r} refused")
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
@@ -678,7 +678,7 @@ def quoteforge_run_started(run: Any) -> None:
     try:
         exposed = not ipaddress.ip_address(settings.host).is_loopback
     except ValueError:
-        exposed = not _is_loopback(settings.host)
+        exposed = not is_loopback(settings.host)
     if exposed:
         logger.warning(
             "control API listening on {} beyond loopback ({}=1): anyone who reaches it may "

@@ -414,7 +414,7 @@ def _plotly_js() -> bytes:
         return str(get_plotlyjs()).encode("utf-8")
 
 
-def _host_name(value: str) -> str | None:
+def host_name(value: str) -> str | None:
     """The host of a ``Host`` header (``name``, ``name:port``, ``[v6]:port``), lowered;
     None when it is not one."""
     value = value.strip().lower()
@@ -431,7 +431,7 @@ def _host_name(value: str) -> str | None:
     return name.rstrip(".") or None
 
 
-def _origin_host(origin: str) -> str | None:
+def origin_host(origin: str) -> str | None:
     """The host of an ``Origin`` header of our own scheme; None for anything else."""
     from urllib.parse import urlsplit
 
@@ -446,13 +446,13 @@ def _origin_host(origin: str) -> str | None:
     return host.rstrip(".")
 
 
-def _served_names(extra: Iterable[str]) -> frozenset[str]:
+def served_names(extra: Iterable[str]) -> frozenset[str]:
     names = set(LOOPBACK_NAMES)
     for name in extra:
         try:
             host: str | None = str(ipaddress.ip_address(name.strip().strip("[]")))
         except ValueError:
-            host = _host_name(name)
+            host = host_name(name)
         if host is None:
             raise ValueError(f"not a host name or address: {name!r}")
         names.add(host)
@@ -475,19 +475,19 @@ def create_app(
 
     if poll_interval <= 0:
         raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
-    served = _served_names(allowed_hosts)
+    served = served_names(allowed_hosts)
     listed = ", ".join(sorted(served))
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        host = _host_name(request.headers.get("Host", ""))
+        host = host_name(request.headers.get("Host", ""))
         if host is None or host not in served:
             raise web.HTTPForbidden(
                 text=f"this dashboard does not answer to host {request.host!r}; it serves "
                 f"{listed} (start it with --allow-host NAME to add a name)\n"
             )
         origin = request.headers.get("Origin")
-        if origin is not None and _origin_host(origin) not in served:
+        if origin is not None and origin_host(origin) not in served:
             raise web.HTTPForbidden(text=f"cross-origin request from {origin!r} refused\n")
         site = request.headers.get("Sec-Fetch-Site", "same-origin")
         navigation = request.headers.get("Sec-Fetch-Mode") == "navigate"
@@ -546,7 +546,7 @@ def _html_escape(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host.strip().lower() == "localhost":
         return True
     try:
@@ -593,7 +593,7 @@ def dashboard_main(argv: list[str] | None = None) -> int:
     if args.poll <= 0:
         print(f"--poll must be a positive number of seconds, got {args.poll}", file=sys.stderr)
         return 2
-    if not _is_loopback(args.host) and not args.expose:
+    if not is_loopback(args.host) and not args.expose:
         print(
             f"--host {args.host} is not a loopback address: the dashboard shows positions "
             "and PnL to anyone who reaches it. Add --expose to listen there anyway, or keep "
@@ -602,10 +602,10 @@ def dashboard_main(argv: list[str] | None = None) -> int:
         )
         return 2
     allowed = list(args.allow_host)
-    if not _is_loopback(args.host) and args.host not in ("0.0.0.0", "::", ""):
+    if not is_loopback(args.host) and args.host not in ("0.0.0.0", "::", ""):
         allowed.append(args.host)  # requests to the address we listen on are ours
     try:
-        _served_names(allowed)
+        served_names(allowed)
     except ValueError as exc:
         print(f"--allow-host: {exc}", file=sys.stderr)
         return 2
