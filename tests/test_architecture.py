@@ -122,12 +122,15 @@ def test_every_kernel_module_is_in_the_import_contract() -> None:
     assert not on_disk & set(PLUGIN_PACKAGES)
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter not installed")
 def test_import_contracts_are_kept() -> None:
     """The kernel imports no exchange, plugin or strategy (not even inside a function);
     strategies never import exchanges; plugins never import strategies."""
     lint = shutil.which("lint-imports")
-    assert lint is not None
+    if lint is None:
+        message = 'import-linter is not installed: pip install -e ".[dev]"'
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     result = subprocess.run(
         [lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
     )
