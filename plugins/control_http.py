@@ -38,7 +38,7 @@ from loguru import logger
 from quoteforge import hookimpl
 from quoteforge.journal import JournalRecord
 from quoteforge.manifest import ManifestError, load_manifest
-from quoteforge.plugins.report.dashboard import (
+from quoteforge.plugins.report.dashboard_guard import (
     host_name,
     is_loopback,
     origin_host,
