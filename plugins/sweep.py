@@ -1,5 +1,7 @@
 """Parameter sweeps: run a manifest over a cartesian grid of ``--set`` overrides in
-parallel processes and collect every run's summary into one table (``sweep.csv``)."""
+parallel processes, or on a Dask cluster (``--backend dask``, see
+:mod:`quoteforge.plugins.sweep_dask`), and collect every run's summary into one table
+(``sweep.csv``)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ __all__ = ["GridAxis", "SweepError", "expand_grid", "parse_grid", "run_sweep", "
 #: The run summary's columns after "market" (quoteforge.runfiles writes summary.csv).
 SUMMARY_COLUMNS = tuple(c for c in RUN_SUMMARY_COLUMNS if c != "market")
 _NUMERIC = ("inventory", "pnl", "fees", "fill_count", "notional", "max_drawdown")
+BACKENDS = ("local", "dask")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 
 
@@ -111,7 +114,8 @@ def _import_plugins(modules: list[str], registry: PluginRegistry) -> None:
 _worker_registry: PluginRegistry | None = None
 
 
-def _worker_init(plugins: list[str], in_child: bool = True) -> None:
+def init_worker(plugins: list[str], in_child: bool = True) -> None:
+    """Prepare a process that runs sweep jobs: quiet logs, no per-run bars, plugins."""
     global _worker_registry
     from quoteforge.logs import configure_logging
 
@@ -122,7 +126,8 @@ def _worker_init(plugins: list[str], in_child: bool = True) -> None:
     _import_plugins(plugins, _worker_registry)
 
 
-def _run_job(manifest: str, text: str, job: _Job) -> _Result:
+def run_job(manifest: str, text: str, job: _Job) -> _Result:
+    """One run of the sweep; a failure is reported in the result, never raised."""
     from quoteforge.engine import run_manifest
 
     registry = _worker_registry if _worker_registry is not None else load_registry()
@@ -156,9 +161,13 @@ def run_sweep(
     plugins: list[str] | None = None,
     over: list[str] | None = None,
     registry: PluginRegistry | None = None,
+    backend: str = "local",
+    scheduler: str | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Validate every combination, run them, write ``sweep.csv``; returns (path, rows).
 
+    ``backend`` is ``local`` (``jobs`` processes) or ``dask`` (the cluster at
+    ``scheduler``, else a LocalCluster of ``jobs`` workers); both give the same table.
     ``over`` names the axes aggregated over (default: ``run.seed`` when swept, else
     every ``a..b`` range axis): mean and sd rows are added per combination of the others.
     """
@@ -166,6 +175,10 @@ def run_sweep(
         raise SweepError("give at least one --grid KEY=v1,v2,...")
     if jobs < 1:
         raise SweepError(f"--jobs must be >= 1, got {jobs}")
+    if backend not in BACKENDS:
+        raise SweepError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if scheduler is not None and backend != "dask":
+        raise SweepError("--scheduler is the address of a Dask cluster: add --backend dask")
     fixed = list(fixed or [])
     plugins = list(plugins or [])
     registry = registry if registry is not None else load_registry()
@@ -202,6 +215,8 @@ def run_sweep(
         base = load_manifest(manifest, registry, overrides=fixed, text=text).manifest.run.out_dir
         out = Path(base) / f"sweep-{name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
+    if backend == "dask":
+        out = out.resolve()  # workers may run elsewhere: no path relative to here
     width = len(str(len(combos)))
     job_list = [
         _Job(
@@ -214,13 +229,29 @@ def run_sweep(
     ]
     results: list[_Result] = []
     with Progress(len(job_list), desc="sweep", unit="run") as progress:
-        if jobs == 1:
-            _worker_init(plugins, in_child=False)
+        if backend == "dask":
+            from quoteforge.plugins.sweep_dask import run_on_dask
+
+            def done(result: _Result) -> None:
+                results.append(result)
+                progress.update(1)
+
+            run_on_dask(
+                str(manifest),
+                text,
+                job_list,
+                plugins,
+                scheduler=scheduler,
+                workers=jobs,
+                done=done,
+            )
+        elif jobs == 1:
+            init_worker(plugins, in_child=False)
             saved = os.environ.get("QUOTEFORGE_PROGRESS")
             os.environ["QUOTEFORGE_PROGRESS"] = "0"
             try:
                 for job in job_list:
-                    results.append(_run_job(str(manifest), text, job))
+                    results.append(run_job(str(manifest), text, job))
                     progress.update(1)
             finally:
                 if saved is None:
@@ -230,9 +261,9 @@ def run_sweep(
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(
-                max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(plugins,)
+                max_workers=jobs, mp_context=ctx, initializer=init_worker, initargs=(plugins,)
             ) as pool:
-                futures = [pool.submit(_run_job, str(manifest), text, job) for job in job_list]
+                futures = [pool.submit(run_job, str(manifest), text, job) for job in job_list]
                 for future in as_completed(futures):
                     results.append(future.result())
                     progress.update(1)
@@ -322,7 +353,8 @@ def format_table(rows: list[dict[str, Any]], keys: list[str], limit: int = 60) -
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quoteforge sweep",
-        description="Run a manifest over a grid of parameter values in parallel processes.",
+        description="Run a manifest over a grid of parameter values in parallel processes "
+        "or on a Dask cluster.",
     )
     p.add_argument("manifest", type=Path)
     p.add_argument(
@@ -340,7 +372,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an override applied to every run",
     )
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="parallel processes or local Dask workers (1)"
+    )
+    p.add_argument(
+        "--backend",
+        default="local",
+        choices=BACKENDS,
+        help="local: a pool of processes (default); dask: a Dask distributed cluster",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="with --backend dask: the cluster's scheduler (default: a LocalCluster)",
+    )
     p.add_argument("--out", type=Path, help="sweep folder (default <run.out_dir>/sweep-...)")
     p.add_argument(
         "--over",
@@ -377,6 +422,8 @@ def sweep_main(argv: list[str] | None = None) -> int:
             fixed=args.fixed,
             plugins=args.plugin,
             over=args.over,
+            backend=args.backend,
+            scheduler=args.scheduler,
         )
     except SweepError as exc:
         print(f"sweep refused: {exc}", file=sys.stderr)

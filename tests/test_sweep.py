@@ -169,3 +169,66 @@ def test_sweep_main_prints_the_table(
     text = capsys.readouterr().out
     assert "sim:BTC/USDT" in text and "mean" in text and "2 runs" in text
     assert (tmp_path / "o" / "sweep.csv").exists()
+
+
+def test_dask_cluster_gives_the_same_table_as_local_processes(
+    manifest: Path, tmp_path: Path, registry: PluginRegistry
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    axes = [parse_grid("strategies.mm.params.spread_bps=4,8"), parse_grid("run.seed=1..2")]
+    local_path, local_rows = run_sweep(
+        manifest, axes, jobs=2, out=tmp_path / "local", registry=registry
+    )
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        dask_path, dask_rows = run_sweep(
+            manifest,
+            axes,
+            out=tmp_path / "dask",
+            registry=registry,
+            backend="dask",
+            scheduler=cluster.scheduler_address,
+        )
+    assert len([r for r in dask_rows if r["kind"] == "run"]) == 4
+    assert dask_rows == local_rows  # same seeds, same runs, same table
+    assert dask_path.read_text() == local_path.read_text()
+    folders = sorted(p.name for p in (tmp_path / "dask").iterdir() if p.is_dir())
+    assert folders == sorted(p.name for p in (tmp_path / "local").iterdir() if p.is_dir())
+
+
+def test_sweep_main_starts_a_local_dask_cluster(
+    manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("distributed")
+    args = [str(manifest), "--grid", "run.seed=1..2", "--set", "run.duration=5s"]
+    assert sweep_main([*args, "--out", str(tmp_path / "l")]) == 0
+    capsys.readouterr()
+    code = sweep_main([*args, "--backend", "dask", "--jobs", "2", "--out", str(tmp_path / "d")])
+    assert code == 0
+    assert "2 runs" in capsys.readouterr().out
+    assert (tmp_path / "d" / "sweep.csv").read_text() == (tmp_path / "l" / "sweep.csv").read_text()
+
+
+def test_dask_backend_usage_errors(
+    manifest: Path, tmp_path: Path, registry: PluginRegistry
+) -> None:
+    axes = [parse_grid("run.seed=1..2")]
+    with pytest.raises(SweepError, match="--scheduler is the address of a Dask cluster"):
+        run_sweep(manifest, axes, out=tmp_path / "x", registry=registry, scheduler="tcp://h:1")
+    with pytest.raises(SweepError, match="--backend 'ray': choose one of local, dask"):
+        run_sweep(manifest, axes, out=tmp_path / "x", registry=registry, backend="ray")
+    pytest.importorskip("distributed")
+    with pytest.raises(SweepError, match="expected an address like tcp://"):
+        run_sweep(
+            manifest,
+            axes,
+            out=tmp_path / "x",
+            registry=registry,
+            backend="dask",
+            scheduler="localhost",
+        )
