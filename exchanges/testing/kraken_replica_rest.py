@@ -124,6 +124,7 @@ class KrakenRest(ReplicaServer):
         r.add_get("/0/public/AssetPairs", self._asset_pairs)
         r.add_get("/0/public/Depth", self._depth)
         r.add_get("/0/public/Time", self._time)
+        r.add_get("/0/public/Assets", self._assets)
         for name in (
             "Balance",
             "GetWebSocketsToken",
@@ -132,6 +133,8 @@ class KrakenRest(ReplicaServer):
             "AddOrder",
             "CancelOrder",
             "TradesHistory",
+            "BalanceEx",
+            "CancelAll",
         ):
             r.add_post(f"/0/private/{name}", self._private)
 
@@ -205,6 +208,25 @@ class KrakenRest(ReplicaServer):
                 return name
         return None
 
+    async def _assets(self, request: web.Request) -> web.Response:
+        """``GET /0/public/Assets``: the assets of the replica's pairs (ccxt's
+        ``load_markets`` reads it for currency codes)."""
+        names = sorted(
+            {p.base for p in self.pairs.values()} | {p.quote for p in self.pairs.values()}
+        )
+        return self._ok(
+            {
+                name: {
+                    "aclass": "currency",
+                    "altname": name[1:] if len(name) == 4 and name[0] in "XZ" else name,
+                    "decimals": 10 if name.startswith("X") else 4,
+                    "display_decimals": 5 if name.startswith("X") else 2,
+                    "status": "enabled",
+                }
+                for name in names
+            }
+        )
+
     async def _asset_pairs(self, request: web.Request) -> web.Response:
         names = list(self.pairs)
         if "pair" in request.query:
@@ -261,6 +283,24 @@ class KrakenRest(ReplicaServer):
                     for a in acct.assets()
                 }
             )
+        if name == "BalanceEx":
+            acct = self.account
+            return self._ok(
+                {
+                    a: {
+                        "balance": format(
+                            acct.free.get(a, Decimal(0)) + acct.locked.get(a, Decimal(0)), ".10f"
+                        ),
+                        "hold_trade": format(acct.locked.get(a, Decimal(0)), ".10f"),
+                    }
+                    for a in acct.assets()
+                }
+            )
+        if name == "CancelAll":
+            open_orders = [o for o in self._all_orders() if o.is_open]
+            for resting in open_orders:
+                await self.cancel_order(resting)
+            return self._ok({"count": len(open_orders)})
         if name == "GetWebSocketsToken":
             token = secrets.token_urlsafe(24)
             self.tokens.add(token)

@@ -1,0 +1,131 @@
+"""``type: ccxt`` without the conformance kit: ccxt markets mapped to exact
+instruments in each precision mode, the ccxt id checks (did you mean, unchecked ids
+warn), parameter errors, and reconciliation calls against the replicas."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from adapter_helpers import running
+from loguru import logger
+from test_ccxt_conformance import CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT
+
+from quoteforge.clock import LiveClock
+from quoteforge.exchange import VenueContext
+from quoteforge.exchanges.ccxt_generic.adapter import CcxtParams, CcxtVenue
+from quoteforge.exchanges.ccxt_generic.venues import (
+    DECIMAL_PLACES,
+    SIGNIFICANT_DIGITS,
+    TICK_SIZE,
+    MarketGridError,
+    instrument_from_market,
+)
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS
+from quoteforge.model import Side
+
+
+def market(price: Any, amount: Any, base: Any = None) -> dict[str, Any]:
+    precision = {"price": price, "amount": amount}
+    if base is not None:
+        precision["base"] = base
+    return {
+        "symbol": "BTC/USDT",
+        "base": "BTC",
+        "quote": "USDT",
+        "precision": precision,
+        "limits": {"amount": {"min": 1e-05}, "cost": {"min": 5.0}},
+    }
+
+
+def test_tick_size_market_is_exact_and_counts_at_the_base_precision() -> None:
+    inst = instrument_from_market("v", "BTCUSDT", market(0.01, 1e-05, 1e-08), TICK_SIZE)
+    assert inst.tick_size == Decimal("0.01")
+    assert inst.qty_step == Decimal("0.00001")
+    assert inst.lot_size == Decimal("1E-8")
+    assert inst.min_qty == Decimal("0.00001") and inst.min_notional == Decimal(5)
+    assert inst.symbol == "BTCUSDT" and inst.base == "BTC" and inst.quote == "USDT"
+
+
+def test_decimal_places_market_is_exact() -> None:
+    inst = instrument_from_market("v", "BTC/USDT", market(1, 8), DECIMAL_PLACES)
+    assert inst.tick_size == Decimal("0.1") and inst.lot_size == Decimal("1E-8")
+
+
+def test_significant_digits_market_is_refused_with_the_way_out() -> None:
+    with pytest.raises(MarketGridError, match=r"significant digits.*dedicated adapter"):
+        instrument_from_market("v", "BTC/USDT", market(5, 8), SIGNIFICANT_DIGITS)
+
+
+def test_unknown_ccxt_id_gets_did_you_mean() -> None:
+    with pytest.raises(ValueError, match="ccxt has no exchange 'krakken'; did you mean 'kraken'"):
+        CcxtParams(exchange="krakken")
+
+
+def test_native_url_params_are_refused_with_the_ccxt_way() -> None:
+    with pytest.raises(ValueError, match="type ccxt takes no rest_url: give urls instead"):
+        CcxtParams(exchange="binance", rest_url="http://127.0.0.1:1")
+
+
+def test_an_unchecked_ccxt_id_warns_and_builds() -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        ctx = VenueContext("bybit", LiveClock(), 1, "live", ["BTC/USDT"])
+        venue = CcxtVenue(CcxtParams(exchange="bybit"), ctx)
+    finally:
+        logger.remove(sink)
+    assert venue.profile is None
+    assert any("'bybit' has not been checked by quoteforge" in line for line in lines)
+
+
+async def test_testnet_where_ccxt_has_none_is_refused() -> None:
+    ctx = VenueContext("kraken", LiveClock(), 1, "live", ["BTC/USD"])
+    venue = CcxtVenue(CcxtParams(exchange="kraken", testnet=True), ctx)
+    with pytest.raises(ValueError, match="ccxt has no test network for 'kraken'"):
+        venue.make_client(private=False)
+
+
+async def test_unknown_market_gets_did_you_mean() -> None:
+    replica = CCXT_BINANCE_KIT.make_replica()
+    await replica.start()
+    try:
+        ctx = VenueContext("binance", LiveClock(), 1, "live", ["BTC/USDC"], secrets={})
+        venue = CCXT_BINANCE_KIT.make_adapter(replica, dict(FAST_PARAMS), ctx)
+        try:
+            with pytest.raises(ValueError, match="no market 'BTC/USDC'; did you mean 'BTC/USDT'"):
+                await venue.connect(_NullSink())
+        finally:
+            await venue.close()
+    finally:
+        await replica.stop()
+
+
+class _NullSink:
+    def on_book(self, book: Any) -> None: ...
+    def on_book_state(self, book: Any, old: str, new: str, reason: str) -> None: ...
+    def on_trade(self, *args: Any) -> None: ...
+    def on_order_update(self, update: Any) -> None: ...
+    def on_fill(self, fill: Any) -> None: ...
+    def on_offer(self, offer: Any) -> None: ...
+
+
+@pytest.mark.parametrize("kit", [CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT], ids=lambda k: k.venue)
+async def test_reconciliation_reads_orders_balances_and_fills(kit: Any) -> None:
+    async with running(kit) as h:
+        order = h.order(Side.BUY)
+        await h.place(order)
+        await h.replica.fill_order(order.client_id, h.instrument.lots_to_qty(order.qty_lots))
+        await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "fill")
+        resting = h.order(Side.SELL)
+        await h.place(resting)
+        open_orders = await h.adapter.fetch_open_orders()
+        assert open_orders is not None
+        assert [u.client_id for u in open_orders] == [resting.client_id]
+        assert open_orders[0].symbol == kit.symbol
+        balances = await h.adapter.fetch_balances()
+        assert balances is not None and balances[h.instrument.quote] > 0
+        fills = await h.adapter.fetch_fills(0)
+        assert fills is not None
+        assert [f.fill_id for f in fills] == [f.fill_id for f in h.sink.fills_of(order.client_id)]
