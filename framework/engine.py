@@ -40,7 +40,7 @@ from quoteforge.book import BookState
 from quoteforge.breakers import Breakers
 from quoteforge.bus import Bus
 from quoteforge.clock import NS, Clock, SimClock
-from quoteforge.exchange import ExchangeAdapter
+from quoteforge.exchange import CancelOrder, ExchangeAdapter
 from quoteforge.execution import ExecutionPolicy
 from quoteforge.gate import OrderGate
 from quoteforge.journal import JournalRecord
@@ -609,6 +609,22 @@ class Run(QuotingEngine):
         self.pull_quotes(name)
         self.log.warning("strategy {!r} paused by {}", name, who)
         self._trace_event(None, "strategy_paused", f"{name} by {who}")
+
+    def cancel_order(self, client_id: str, who: str) -> str:
+        """Cancel one working order by client id, as the execution policy cancels a quote:
+        the order manager records the request, then the venue gets it; returns its market.
+        KeyError if unknown; ValueError if it is no longer working or a cancel is already
+        in flight. Its strategy may quote again at its next decision (pause it first)."""
+        order = self.orders.get(client_id)
+        if order is None:
+            raise KeyError(client_id)
+        if self.orders.request_cancel(client_id) is None:
+            raise ValueError(f"order {client_id!r} is {order.status.value}: nothing to cancel")
+        venue = self.venues[order.venue]
+        venue.submit([CancelOrder(client_id, order.venue, order.symbol)])
+        self.log.warning("order {} on {} cancelled by {}", client_id, order.market, who)
+        self._trace_event(order.market, "order_cancelled", f"{client_id} by {who}")
+        return order.market
 
     def resume_strategy(self, name: str, who: str) -> None:
         """Clear strategy ``name``'s halted flag and let it quote again; refused (ValueError)

@@ -16,7 +16,9 @@ result; never the token. Actions go through the run's own methods, so the order 
 kill and halt logic applies to them exactly as to everything else.
 
 Handlers run in the run's event loop between two turns of the run, never concurrently
-with it. Only single-process runs: a split run's nodes do not relay these actions.
+with it. In a split run the strategy node (the engine) serves the API: its cancels go to
+the execution node as signed intents and its kill switch as the bus's kill message. The
+dashboard's buttons call it through ``quoteforge.plugins.report.dashboard_control``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from loguru import logger
 from quoteforge import hookimpl
 from quoteforge.journal import JournalRecord
 from quoteforge.manifest import ManifestError, load_manifest
+from quoteforge.plugins.report.dashboard_control import CONTROL_FILE
 from quoteforge.plugins.report.dashboard_guard import (
     host_name,
     is_loopback,
@@ -70,7 +73,6 @@ ENV_ADDR = "QUOTEFORGE_CONTROL_ADDR"
 ENV_EXPOSE = "QUOTEFORGE_CONTROL_EXPOSE"
 ENV_WHO = "QUOTEFORGE_CONTROL_WHO"
 ENV_ALLOW_HOSTS = "QUOTEFORGE_CONTROL_ALLOW_HOSTS"
-CONTROL_FILE = "control.json"
 MIN_TOKEN_LENGTH = 16
 INSTALL_HINT = 'pip install "quoteforge[dashboard]"'
 
@@ -236,6 +238,23 @@ def openapi_document() -> dict[str, Any]:
                 },
             )
         },
+        "/orders/{client_id}/cancel": {
+            "post": _op(
+                "Cancel one working order by its client id, through the order manager as "
+                "the execution policy cancels a quote; its strategy may quote again at its "
+                "next decision (pause it to keep it out).",
+                empty,
+                parameters=[
+                    {
+                        "name": "client_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "the order's client id (GET /state lists the working ones)",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            )
+        },
         "/strategies/{name}/pause": {
             "post": _op(
                 "Halt a strategy: its quotes are pulled and the order gate refuses its new "
@@ -261,6 +280,9 @@ def openapi_document() -> dict[str, Any]:
         if path.startswith("/strategies/"):
             item["post"]["responses"]["404"] = not_found
     paths["/pull-quotes"]["post"]["responses"]["404"] = not_found
+    cancel = paths["/orders/{client_id}/cancel"]["post"]["responses"]
+    cancel["404"] = {**_ERROR, "description": "no order with that client id"}
+    cancel["409"] = {**_ERROR, "description": "the order is no longer working; nothing sent"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -284,8 +306,18 @@ def _decimal_str(value: Any) -> str:
 def run_state(run: Any) -> dict[str, Any]:
     """What ``GET /state`` answers: the run, its strategies, markets and breakers."""
     working: dict[str, int] = {}
+    orders = []
     for order in run.orders.all_working():
         working[order.market] = working.get(order.market, 0) + 1
+        orders.append(
+            {
+                "client_id": order.client_id,
+                "market": order.market,
+                "strategy": order.strategy,
+                "side": order.side.name.lower(),
+                "status": order.status.value,
+            }
+        )
     markets = {}
     for key, mr in run.markets.items():
         inst = mr.instrument
@@ -316,6 +348,7 @@ def run_state(run: Any) -> dict[str, Any]:
             for name, srt in run.strategies.items()
         },
         "markets": markets,
+        "orders": orders,
         "breakers": None
         if breakers is None
         else {
@@ -479,6 +512,18 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
             "" if run.breakers is not None else " (this run has no breakers)"
         )
 
+    def cancel(request: web.Request, body: dict[str, Any]) -> str:
+        cid = request.match_info["client_id"]
+        try:
+            market = run.cancel_order(cid, f"control API ({who})")
+        except KeyError:
+            raise _RefusedError(
+                404, f"no order {cid!r} in this run; GET /state lists the working orders"
+            ) from None
+        except ValueError as exc:
+            raise _RefusedError(409, str(exc)) from None
+        return f"order {cid!r} on {market}: cancel sent"
+
     def pause(request: web.Request, body: dict[str, Any]) -> str:
         name = strategy_of(request)
         run.pause_strategy(name, f"control API ({who})")
@@ -508,6 +553,9 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
     app.router.add_post("/kill", action("kill", set(), kill))
     app.router.add_post("/pull-quotes", action("pull-quotes", {"strategy"}, pull))
     app.router.add_post("/breakers/reset", action("breakers/reset", {"target"}, reset))
+    app.router.add_post(
+        "/orders/{client_id}/cancel", action("orders/{client_id}/cancel", set(), cancel)
+    )
     app.router.add_post("/strategies/{name}/pause", action("strategies/{name}/pause", set(), pause))
     app.router.add_post(
         "/strategies/{name}/resume", action("strategies/{name}/resume", set(), resume)
@@ -611,6 +659,14 @@ class ControlServer:
             "pid": os.getpid(),
             "openapi": f"{self.url}/openapi.json",
             "token_env": ENV_TOKEN,
+            # The grid of each market, so the dashboard shows journaled ticks as prices.
+            "markets": {
+                key: {
+                    "tick_size": _decimal_str(mr.instrument.tick_size),
+                    "lot_size": _decimal_str(mr.instrument.lot_size),
+                }
+                for key, mr in self.run.markets.items()
+            },
         }
         fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)

@@ -347,6 +347,53 @@ def test_pull_quotes_and_breaker_reset(
     asyncio.run(scenario())
 
 
+def test_cancel_one_order_by_client_id(
+    registry: PluginRegistry, tmp_path: Path, control_env: None
+) -> None:
+    # Quotes far from the flow, kept unless the price moves 50 bps: they stay in place
+    # while a request travels, however far the sim runs meanwhile.
+    path = tmp_path / "control.yaml"
+    path.write_text(MANIFEST)
+    steady = ["strategies.mm.params.spread_bps=30", "strategies.mm.params.refresh_tolerance_bps=50"]
+    loaded = load_manifest(path, registry, overrides=steady)
+    run = Run(loaded, registry, run_dir=tmp_path / "run", manifest_path=path)
+    picked: list[str] = []
+
+    async def scenario() -> None:
+        async with running(run) as (_, call):
+            await sim_time_passes(run, 5)
+            status, state = await call("GET", "/state")
+            assert state["orders"] and all(run.orders.get(o["client_id"]) for o in state["orders"])
+            assert {o["strategy"] for o in state["orders"]} == {"mm", "mm_eth"}
+            cid = working_of(run, "mm")[0].client_id
+            status, answer = await call("POST", f"/orders/{cid}/cancel")
+            assert status == 200 and "cancel sent" in answer["result"], answer
+            picked.append(cid)
+            others = {o.client_id for o in run.orders.all_working()} - {cid}
+            order = run.orders.get(cid)
+            assert order is not None and order.status.value in ("pending_cancel", "cancelled")
+            await sim_time_passes(run, 0.5)
+            assert order.status.value == "cancelled"
+            assert cid not in {o.client_id for o in run.orders.all_working()}
+            status, answer = await call("POST", f"/orders/{cid}/cancel")
+            assert status == 409 and "nothing to cancel" in answer["error"]
+            status, answer = await call("POST", "/orders/no-such-order/cancel")
+            assert status == 404 and "GET /state" in answer["error"]
+            assert others, "other orders were working"
+            assert not run.killed and not run.strategies["mm"].halted
+
+    asyncio.run(scenario())
+    control = journal(run.run_dir, "control")
+    assert [(p["who"], p["what"], p["status"]) for _, p in control] == [
+        ("desk-bot", f"orders/{picked[0]}/cancel", 200),
+        ("desk-bot", f"orders/{picked[0]}/cancel", 409),
+        ("desk-bot", "orders/no-such-order/cancel", 404),
+    ]
+    with (run.run_dir / "trace.jsonl").open() as fh:
+        events = [json.loads(line) for line in fh if '"order_cancelled"' in line]
+    assert [e["detail"] for e in events] == [f"{picked[0]} by control API (desk-bot)"]
+
+
 def test_openapi_describes_every_endpoint(
     registry: PluginRegistry, tmp_path: Path, control_env: None
 ) -> None:

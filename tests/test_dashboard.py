@@ -532,3 +532,73 @@ async def test_dashboard_says_when_fills_are_thinned(tmp_path: Path) -> None:
     finally:
         await runner.cleanup()
     assert cell(dom, "fn-v-A-B") == ""
+
+
+def test_snapshot_totals_venues_and_recent_fills(finished_run: Path) -> None:
+    tail = RunFolderTail(finished_run)
+    tail.poll()
+    snap = tail.snapshot()
+    rows = summary(finished_run)
+    # One total per quote currency (USDT, USD): PnL, fees and fills add up within each.
+    totals = {t["quote"]: t for t in snap["totals"]}
+    assert set(totals) == {"USDT", "USD"}
+    for quote, market in (("USDT", "sim:BTC/USDT"), ("USD", "sim:YES/USD")):
+        assert totals[quote]["markets"] == 1
+        assert totals[quote]["values"]["pnl"] == pytest.approx(float(rows[market]["pnl"]))
+        assert totals[quote]["values"]["fills"] == int(rows[market]["fill_count"])
+        assert totals[quote]["values"]["open_orders"] == 0
+    assert snap["venues"] == [
+        {
+            "venue": "sim",
+            "books": {"BTC/USDT": "LIVE", "YES/USD": "LIVE"},
+            "resyncs": 1,
+            "open_orders": 0,
+            "state": "live",
+        }
+    ]
+    fills = [r for r in trace(finished_run) if r["type"] == "fill"]
+    recent = snap["recent_fills"]
+    assert len(recent) == min(50, len(fills))
+    assert [f["client_id"] for f in recent] == [f["client_id"] for f in fills[::-1][:50]]
+    assert all(m["orders"] == [] for m in snap["markets"])  # all cancelled at the end
+
+
+def test_open_orders_follow_the_journal_through_order_states(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    """Mid-run (stopped by a cut journal), the dashboard's open orders are the orders the
+    kernel's OrderStates leaves working, at the market's grid once a fill showed it."""
+    from quoteforge.journal import JournalRecord, order_states
+
+    run = build_run(registry, tmp_path, "30s")
+    asyncio.run(run.run())
+    journal = run.run_dir / "journal.sqlite"
+    conn = sqlite3.connect(journal)
+    try:
+        cut = conn.execute("SELECT max(seq) FROM journal").fetchone()[0] // 2
+        conn.execute("DELETE FROM journal WHERE seq > ?", (cut,))
+        conn.commit()
+        rows = conn.execute(
+            "SELECT event_id, kind, ts_ns, market, payload FROM journal "
+            "WHERE kind IN ('order', 'order_update', 'fill') ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    states = order_states(JournalRecord(e, k, t, m, json.loads(p)) for e, k, t, m, p in rows)
+    working = {
+        cid
+        for cid, o in states.items()
+        if o["status"] not in ("filled", "cancelled", "rejected", "expired")
+    }
+    assert working, "orders were working at the cut"
+    tail = RunFolderTail(run.run_dir)
+    tail.poll()
+    shown = {o["client_id"]: o for m in tail.snapshot()["markets"] for o in m["orders"]}
+    assert set(shown) == working
+    for cid, row in shown.items():
+        state = states[cid]
+        assert row["side"] == state["side"] and row["strategy"] == state["strategy"]
+        view = tail.markets[row["market"]]
+        assert view.tick is not None and view.lot is not None  # learned from a fill
+        assert row["price"] == format(view.tick * state["price_ticks"], "f")
+        assert row["qty"] == format(view.lot * state["qty_lots"], "f")

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quoteforge.plugins.report.dashboard_control import ControlRefusedError, forward
 from quoteforge.plugins.report.dashboard_guard import (
     LOOPBACK_NAMES,
     host_name,
@@ -74,7 +75,9 @@ def create_app(
     poll_interval: float = 1.0,
     allowed_hosts: Iterable[str] = (),
 ) -> web.Application:
-    """The dashboard app: ``/`` (the page), ``/api/state`` (JSON), ``/plotly.min.js``.
+    """The dashboard app: ``/`` (the page), ``/api/state`` (JSON), ``/plotly.min.js`` and
+    ``/api/control/...`` (the page's buttons, passed on with the operator's token to the
+    run's control API; see ``dashboard_control``).
 
     Requests are answered only when their ``Host`` is a loopback name or one of
     ``allowed_hosts``, and, when the browser says where they come from (``Origin``,
@@ -142,9 +145,27 @@ def create_app(
             headers={"Cache-Control": "max-age=86400"},
         )
 
-    app = web.Application(middlewares=[guard])
+    async def control(request: web.Request) -> web.Response:
+        # The still-encoded path after /api/control/, so a client id or name round-trips.
+        path = request.raw_path.split("?", 1)[0][len("/api/control/") :]
+        body = await request.read() if request.method == "POST" else b""
+        try:
+            status, answer = await forward(
+                tail.run_dir,
+                request.method,
+                path,
+                request.headers.get("Authorization", ""),
+                body,
+            )
+        except ControlRefusedError as refused:
+            status, answer = refused.status, {"error": str(refused)}
+        return web.json_response(answer, status=status)
+
+    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app.router.add_get("/", index)
     app.router.add_get("/api/state", state)
+    app.router.add_get("/api/control/{path:.+}", control)
+    app.router.add_post("/api/control/{path:.+}", control)
     app.router.add_get("/plotly.min.js", script)
     return app
 

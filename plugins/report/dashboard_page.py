@@ -27,12 +27,50 @@ PAGE = """<!doctype html>
  #events td,#events th{border-bottom:1px solid #eceef2;padding:3px 8px;text-align:left;
   font-size:13px} #events tr.alert td{color:#c92a2a;font-weight:600}
  .empty{color:#7a8190}
+ section.panel{background:#fff;border:1px solid #dde1e8;border-radius:6px;margin:0 0 14px;
+  padding:10px 12px} section.panel h2{font-size:16px;margin:0 0 6px}
+ table.list{border-collapse:collapse;margin:4px 0} .list th,.list td{padding:2px 10px;
+  text-align:left;white-space:nowrap;font-size:13px;border-bottom:1px solid #eceef2}
+ .list th{font-weight:600;color:#5a6272;font-size:12px} td.num{text-align:right}
+ button{font:inherit;padding:2px 10px;border-radius:4px;border:1px solid #aab1bf;
+  background:#f1f3f6;cursor:pointer} button:disabled{opacity:.45;cursor:not-allowed}
+ button.danger{background:#e03131;border-color:#c92a2a;color:#fff;font-weight:600}
+ .controls{display:flex;gap:10px;flex-wrap:wrap;align-items:center;margin:4px 0}
+ #control-status.refused{color:#c92a2a;font-weight:600} #action-result.error{color:#c92a2a}
+ input.params{width:22em;font-family:ui-monospace,monospace}
 </style>
 <script src="/plotly.min.js"></script>
 </head><body>
 <header><h1 id="run-id">__TITLE__</h1><span class="meta" id="run-meta">loading…</span>
 <span class="meta" id="run-clock"></span></header>
-<main><div id="markets"><p class="empty">Waiting for the first samples…</p></div>
+<main>
+<section class="panel" id="control"><h2>Control</h2>
+<form class="controls" id="token-form" autocomplete="off">
+ <label>control token <input type="password" id="token" autocomplete="off"
+  placeholder="QUOTEFORGE_CONTROL_TOKEN"></label>
+ <button type="submit" id="token-use">use token</button>
+ <button type="button" id="token-forget">forget token</button>
+ <span id="control-status" class="refused">no token: every action is refused; enter the
+ run's control token (QUOTEFORGE_CONTROL_TOKEN)</span></form>
+<div class="controls">
+ <button type="button" id="pull-all" class="action">pull all quotes</button>
+ <button type="button" id="reset-breakers" class="action">reset breakers</button>
+ <button type="button" id="kill" class="action danger">kill switch</button>
+ <span id="action-result"></span></div>
+<table class="list" id="strategies"><thead><tr><th>strategy</th><th>type</th><th>markets</th>
+<th>state</th><th></th><th>params (JSON, applied like a manifest edit)</th></tr></thead>
+<tbody></tbody></table></section>
+<section class="panel"><h2>Venues</h2><table class="list" id="venues"><thead><tr>
+<th>venue</th><th>connection</th><th>books</th><th>resyncs</th><th>open orders</th></tr>
+</thead><tbody></tbody></table>
+<h2>Totals across markets</h2><table class="list" id="totals"><thead><tr><th>quote</th>
+<th>markets</th><th>PnL</th><th>fees</th><th>fills</th><th>notional</th><th>open orders</th>
+</tr></thead><tbody></tbody></table></section>
+<div id="markets"><p class="empty">Waiting for the first samples…</p></div>
+<section class="panel"><h2>Recent fills</h2><table class="list" id="fills"><thead><tr>
+<th>time</th><th>market</th><th>strategy</th><th>side</th><th>price</th><th>qty</th>
+<th>fee</th><th>liquidity</th><th>client id</th></tr></thead><tbody></tbody></table>
+</section>
 <h2>Alerts and events <span class="meta" id="event-count"></span></h2>
 <table id="events"><thead><tr><th>time</th><th>market</th><th>event</th><th>detail</th></tr>
 </thead><tbody></tbody></table></main>
@@ -62,7 +100,13 @@ function section(m) {
     row.append(el("td", {id: key + "-" + m.slug, class: "value-" + key}));
   }
   table.append(head, row);
-  s.append(h, table, el("div", {class: "chart", id: "chart-" + m.slug}));
+  const orders = el("table", {class: "list orders", id: "open-orders-" + m.slug});
+  const oh = el("tr");
+  for (const label of ["open order", "strategy", "side", "price", "qty", "filled", "status",
+                       ""]) oh.append(el("th", {}, label));
+  orders.append(el("thead"), el("tbody"));
+  orders.tHead.append(oh);
+  s.append(h, table, orders, el("div", {class: "chart", id: "chart-" + m.slug}));
   return s;
 }
 function figure(m) {
@@ -131,12 +175,155 @@ function render(state) {
   }
   document.getElementById("event-count").textContent =
     state.event_count + " events, " + state.alert_count + " alerts";
+  renderTables(state);
   document.body.dataset.updated = String(state.latest_t);
 }
+const slug = text => String(text).replace(/[^A-Za-z0-9]/g, "-");
+function td(text, cls) {
+  return el("td", cls ? {class: cls} : {}, text === null || text === undefined ? "-"
+    : String(text));
+}
+function fillRows(tbody, items, cells) {
+  tbody.textContent = "";
+  for (const item of items) { const tr = el("tr"); tr.append(...cells(item)); tbody.append(tr); }
+}
+function actionButton(label, action, attrs) {
+  const b = el("button", {type: "button", class: "action", "data-action": action,
+    ...(attrs || {})}, label);
+  return b;
+}
+function renderTables(state) {
+  for (const m of state.markets) {
+    const table = document.getElementById("open-orders-" + m.slug);
+    fillRows(table.tBodies[0], m.orders, o => [td(o.client_id), td(o.strategy), td(o.side),
+      td(o.price, "num"), td(o.qty, "num"), td(o.filled, "num"), td(o.status),
+      (() => { const c = el("td"); c.append(actionButton("cancel", "cancel",
+        {id: "cancel-" + o.client_id, "data-id": o.client_id})); return c; })()]);
+    table.style.display = m.orders.length ? "" : "none";
+  }
+  fillRows(document.querySelector("#venues tbody"), state.venues, v => [td(v.venue),
+    td(v.state), td(Object.entries(v.books).map(([s, b]) => s + " " + b).join(", ")),
+    td(v.resyncs, "num"), td(v.open_orders, "num")]);
+  fillRows(document.querySelector("#totals tbody"), state.totals, t => [td(t.quote),
+    td(t.markets, "num"), td(t.display.pnl, "num"), td(t.display.fees, "num"),
+    td(t.display.fills, "num"), td(t.display.notional, "num"),
+    td(t.display.open_orders, "num")]);
+  fillRows(document.querySelector("#fills tbody"), state.recent_fills, f => [
+    td(iso(f.t).slice(11, 23)), td(f.market), td(f.strategy), td(f.side), td(f.price, "num"),
+    td(f.qty, "num"), td(f.fee, "num"), td(f.liquidity), td(f.client_id)]);
+}
+
+// -- control: the token stays in this tab (sessionStorage), sent only as a header ----------
+const TOKEN_KEY = "quoteforge-control-token";
+const NO_TOKEN = "no token: every action is refused; enter the run's control token " +
+  "(QUOTEFORGE_CONTROL_TOKEN)";
+let token = sessionStorage.getItem(TOKEN_KEY) || "";
+function controlStatus(text, refused) {
+  const s = document.getElementById("control-status");
+  s.textContent = text; s.className = refused ? "refused" : "";
+}
+function showResult(text, error, where) {
+  for (const id of ["action-result", where].filter(Boolean)) {
+    const r = document.getElementById(id);
+    if (r) { r.textContent = text; r.className = error ? "error" : ""; }
+  }
+}
+async function control(method, path, body) {
+  if (!token) {
+    controlStatus(NO_TOKEN, true);
+    return {ok: false, error: "refused: no token entered; nothing was sent"};
+  }
+  const init = {method, headers: {"Authorization": "Bearer " + token}};
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body);
+  }
+  try {
+    const resp = await fetch("/api/control/" + path, init);
+    const data = await resp.json();
+    if (resp.status === 401) controlStatus("token refused: " + data.error, true);
+    return resp.ok ? {ok: true, ...data} : {ok: false, error: data.error || resp.statusText};
+  } catch (err) {
+    return {ok: false, error: "dashboard unreachable: " + err};
+  }
+}
+function strategyRow(name) {
+  const id = slug(name);
+  const tr = el("tr", {id: "strategy-" + id});
+  const input = el("input", {class: "params", id: "params-" + id,
+    placeholder: '{"spread_bps": 8}', "aria-label": "params of " + name});
+  const form = el("td");
+  form.append(input, " ", actionButton("apply", "params", {id: "apply-" + id,
+    "data-id": name}), " ", el("span", {id: "params-msg-" + id}));
+  const pause = el("td");
+  pause.append(actionButton("pause", "pause", {id: "pause-" + id, "data-id": name}), " ",
+               actionButton("resume", "resume", {id: "resume-" + id, "data-id": name}));
+  tr.append(td(name), el("td", {id: "stype-" + id}), el("td", {id: "smarkets-" + id}),
+            el("td", {id: "sstate-" + id}), pause, form);
+  return tr;
+}
+async function refreshControl() {
+  if (!token) { controlStatus(NO_TOKEN, true); return; }
+  const answer = await control("GET", "state");
+  if (!answer.ok) { controlStatus(answer.error, true); return; }
+  controlStatus("control API: token accepted" + (answer.killed ? " · run KILLED" : "") +
+                (answer.stopping ? " · stopping (" + answer.stop_reason + ")" : ""), false);
+  const body = document.querySelector("#strategies tbody");
+  for (const [name, st] of Object.entries(answer.strategies)) {
+    const id = slug(name);
+    if (!document.getElementById("strategy-" + id)) body.append(strategyRow(name));
+    document.getElementById("stype-" + id).textContent = st.type;
+    document.getElementById("smarkets-" + id).textContent = st.markets.join(", ");
+    document.getElementById("sstate-" + id).textContent = st.halted ? "paused" : "quoting";
+  }
+}
+const ACTIONS = {
+  kill: () => confirm("Pull the kill switch? Every order is cancelled and the run stops.")
+    ? ["kill"] : null,
+  "pull-all": () => ["pull-quotes"],
+  "reset-breakers": () => ["breakers/reset", {target: "all"}],
+  pause: name => ["strategies/" + encodeURIComponent(name) + "/pause"],
+  resume: name => ["strategies/" + encodeURIComponent(name) + "/resume"],
+  cancel: cid => ["orders/" + encodeURIComponent(cid) + "/cancel"],
+  params: name => {
+    const text = document.getElementById("params-" + slug(name)).value.trim();
+    let body;
+    try { body = JSON.parse(text || "null"); } catch (err) { body = undefined; }
+    if (!body || typeof body !== "object" || Array.isArray(body)) {
+      showResult('params: write a JSON object, e.g. {"spread_bps": 8}', true,
+                 "params-msg-" + slug(name));
+      return null;
+    }
+    return ["strategies/" + encodeURIComponent(name) + "/params", body];
+  },
+};
+document.addEventListener("click", async event => {
+  const button = event.target.closest("button.action");
+  if (!button) return;
+  const kind = button.dataset.action || button.id;
+  const ask = ACTIONS[kind](button.dataset.id);
+  if (!ask) return;
+  const where = kind === "params" ? "params-msg-" + slug(button.dataset.id) : null;
+  const answer = await control("POST", ask[0], ask[1]);
+  showResult(answer.ok ? answer.result : answer.error, !answer.ok, where);
+  refreshControl();
+});
+document.getElementById("token-form").addEventListener("submit", event => {
+  event.preventDefault();
+  const input = document.getElementById("token");
+  token = input.value.trim(); input.value = "";
+  if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+  refreshControl();
+});
+document.getElementById("token-forget").addEventListener("click", () => {
+  token = ""; sessionStorage.removeItem(TOKEN_KEY);
+  document.querySelector("#strategies tbody").textContent = "";
+  controlStatus(NO_TOKEN, true);
+});
 async function poll() {
   try {
     const resp = await fetch("/api/state");
     if (resp.ok) render(await resp.json());
+    if (token) await refreshControl();
   } catch (err) {
     document.getElementById("run-meta").textContent = "dashboard unreachable: " + err;
   }

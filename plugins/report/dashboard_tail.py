@@ -7,15 +7,22 @@ import json
 import math
 import sqlite3
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+
+from quoteforge.journal import JournalRecord, OrderStates
+from quoteforge.plugins.report.dashboard_control import CONTROL_FILE
 
 __all__ = ["JOURNAL_FILE", "TRACE_FILE", "DashboardError", "MarketView", "RunFolderTail", "display"]
 
 TRACE_FILE = "trace.jsonl"
 JOURNAL_FILE = "journal.sqlite"
 _TERMINAL = {"filled", "cancelled", "rejected", "expired"}
+_ORDER_KINDS = ("order", "order_update", "fill")
+RECENT_FILLS = 50
 _TICK_FIELDS = ("mid", "bid", "ask", "our_bid", "our_ask", "inventory", "pnl")
 
 
@@ -53,7 +60,21 @@ class MarketView:
     breaker: str = "ok"
     halted: bool = False
     orders_placed: int = 0
-    open_orders: set[str] = field(default_factory=set)
+    #: Working orders by client id, each the order's whole state (OrderStates) when last seen.
+    open_orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Price of one tick and size of one lot, learned from the first fill seen both in the
+    #: trace (prices) and the journal (ticks, lots); None until then.
+    tick: Decimal | None = None
+    lot: Decimal | None = None
+
+    @property
+    def venue(self) -> str:
+        return self.key.split(":", 1)[0]
+
+    @property
+    def quote(self) -> str:
+        symbol = self.key.split(":", 1)[-1]
+        return symbol.split("/", 1)[1].split(":", 1)[0] if "/" in symbol else "quote currency"
 
 
 class RunFolderTail:
@@ -102,7 +123,10 @@ class RunFolderTail:
         self.bad_lines = 0
         self._offset = 0
         self._journal_seq = 0
-        self._order_market: dict[str, str] = {}
+        self._order_states = OrderStates()
+        self._grid_known = False
+        self._trace_fills: dict[str, tuple[float, float]] = {}  # fill id -> trace price, qty
+        self.recent_fills: deque[dict[str, Any]] = deque(maxlen=RECENT_FILLS)
 
     # -- reading ---------------------------------------------------------------------------
     def poll(self) -> bool:
@@ -115,7 +139,26 @@ class RunFolderTail:
     def has_trace(self) -> bool:
         return self.trace_path.exists()
 
+    def _read_grid(self) -> None:
+        """Each market's tick and lot from the control API's control.json (written while
+        a run serves it), so journaled ticks and lots show as prices and sizes."""
+        try:
+            info = json.loads((self.run_dir / CONTROL_FILE).read_text(encoding="utf-8"))
+            grids = dict(info.get("markets") or {})
+        except (OSError, ValueError, TypeError, AttributeError):
+            return
+        for key, grid in grids.items():
+            view = self._market(str(key))
+            try:
+                view.tick = Decimal(str(grid["tick_size"]))
+                view.lot = Decimal(str(grid["lot_size"]))
+            except (InvalidOperation, KeyError, TypeError):
+                continue
+            self._grid_known = True
+
     def _read_run_info(self) -> bool:
+        if not self._grid_known:
+            self._read_grid()
         path = self.run_dir / "run.json"
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
@@ -161,6 +204,8 @@ class RunFolderTail:
         self.latest_t = 0
         self.first_t = None
         self._offset = 0
+        self.recent_fills.clear()
+        self._trace_fills.clear()
 
     def _market(self, key: str) -> MarketView:
         view = self.markets.get(key)
@@ -194,6 +239,21 @@ class RunFolderTail:
             view.fill_count += 1
             view.volume += qty
             view.notional += price * qty
+            if view.tick is None:
+                self._trace_fills[f"{market}|{record.get('fill_id')}"] = (price, qty)
+            self.recent_fills.append(
+                {
+                    "t": t,
+                    "market": market,
+                    "side": side,
+                    "price": display("number", price),
+                    "qty": display("number", qty),
+                    "fee": display("money", record.get("fee")),
+                    "liquidity": record.get("liquidity"),
+                    "client_id": record.get("client_id"),
+                    "strategy": record.get("strategy"),
+                }
+            )
         elif kind == "event":
             self._apply_event(t, market, str(record.get("event")), str(record.get("detail", "")))
 
@@ -233,20 +293,23 @@ class RunFolderTail:
         try:
             while True:
                 rows = conn.execute(
-                    "SELECT seq, kind, ts_ns, market, payload FROM journal WHERE seq > ? "
+                    "SELECT seq, event_id, kind, ts_ns, market, payload FROM journal "
+                    "WHERE seq > ? "
                     "ORDER BY seq LIMIT 20000",
                     (self._journal_seq,),
                 ).fetchall()
                 if not rows:
                     break
                 fresh = True
-                for seq, kind, ts_ns, market, payload in rows:
+                for seq, event_id, kind, ts_ns, market, payload in rows:
                     self._journal_seq = seq
                     try:
                         data = json.loads(payload)
                     except ValueError:
                         self.bad_lines += 1
                         continue
+                    if kind in _ORDER_KINDS:
+                        self._apply_order(JournalRecord(event_id, kind, int(ts_ns), market, data))
                     self._apply_journal(kind, int(ts_ns), market, data)
         except sqlite3.Error:
             pass  # no table yet, or the writer holds a lock: the next poll goes on
@@ -254,18 +317,34 @@ class RunFolderTail:
             conn.close()
         return fresh
 
+    def _apply_order(self, record: JournalRecord) -> None:
+        """Follow each order's whole state through the journal's order records (the
+        kernel's materializer: later records hold only what changed)."""
+        try:
+            state = self._order_states.apply(record)
+        except (ValueError, KeyError, TypeError):
+            self.bad_lines += 1
+            return
+        if state is None or not record.market:
+            return
+        view = self._market(record.market)
+        cid = str(state["client_id"])
+        if record.kind == "order":
+            view.orders_placed += 1
+        if str(state.get("status")) in _TERMINAL:
+            view.open_orders.pop(cid, None)
+        else:
+            view.open_orders[cid] = dict(state)
+        fill = record.payload.get("fill")
+        if view.tick is None and isinstance(fill, dict):
+            seen = self._trace_fills.pop(f"{record.market}|{fill.get('fill_id')}", None)
+            if seen is not None:
+                view.tick, view.lot = (
+                    _unit(seen[0], fill.get("price_ticks")),
+                    _unit(seen[1], fill.get("qty_lots")),
+                )
+
     def _apply_journal(self, kind: str, ts_ns: int, market: str, data: dict[str, Any]) -> None:
-        order = data.get("order")
-        if isinstance(order, dict) and market:
-            view = self._market(market)
-            cid = str(order.get("client_id"))
-            if cid not in self._order_market:
-                self._order_market[cid] = market
-                view.orders_placed += 1
-            if str(order.get("status")) in _TERMINAL:
-                view.open_orders.discard(cid)
-            else:
-                view.open_orders.add(cid)
         fill = data.get("fill")
         if kind == "fill" and isinstance(fill, dict) and market and not self.has_trace:
             # Journal only (no trace): prices in ticks and sizes in lots, as journaled.
@@ -276,6 +355,19 @@ class RunFolderTail:
             view.fill_count += 1
             view.volume += lots
             view.fills.append((ts_ns, side, price, lots))
+            self.recent_fills.append(
+                {
+                    "t": ts_ns,
+                    "market": market,
+                    "side": side,
+                    "price": f"{int(price):,} ticks",
+                    "qty": f"{lots:,} lots",
+                    "fee": str(fill.get("fee", "-")),
+                    "liquidity": fill.get("liquidity"),
+                    "client_id": fill.get("client_id"),
+                    "strategy": fill.get("strategy"),
+                }
+            )
             view.ticks["t"].append(ts_ns)
             view.ticks["inventory"].append(view.inventory_lots)
             self.latest_t = max(self.latest_t, ts_ns)
@@ -320,6 +412,7 @@ class RunFolderTail:
                     "series": _thin(view.ticks, max_points),
                     "fills": [list(view.fills[i]) for i in picks],
                     "stale": _stale_spans(view.ticks["t"], view.ticks["state"]),
+                    "orders": [_order_row(view, o) for o in _by_price(view.open_orders)],
                 }
             )
         info = self.info
@@ -335,11 +428,108 @@ class RunFolderTail:
             "first_t": self.first_t,
             "latest_t": self.latest_t,
             "markets": markets,
+            "venues": self._venues(),
+            "totals": self._totals(),
+            "recent_fills": list(self.recent_fills)[::-1],
             "events": list(self.events)[-200:][::-1],
             "event_count": self.event_count,
             "alert_count": self.alert_count,
             "bad_lines": self.bad_lines,
         }
+
+    def _venues(self) -> list[dict[str, Any]]:
+        """Per venue: its books' states (the connection as the run sees it: a venue whose
+        books are all LIVE is connected and in sync), resyncs and working orders."""
+        venues: dict[str, dict[str, Any]] = {}
+        for key in sorted(self.markets):
+            view = self.markets[key]
+            v = venues.setdefault(
+                view.venue,
+                {"venue": view.venue, "books": {}, "resyncs": 0, "open_orders": 0},
+            )
+            v["books"][key.split(":", 1)[-1]] = view.book_state
+            v["resyncs"] += view.resyncs
+            v["open_orders"] += len(view.open_orders)
+        for v in venues.values():
+            states = set(v["books"].values())
+            v["state"] = (
+                "live"
+                if states == {"LIVE"}
+                else "unknown"
+                if states <= {"-"}
+                else "degraded: "
+                + ", ".join(f"{s} {st}" for s, st in v["books"].items() if st != "LIVE")
+            )
+        return list(venues.values())
+
+    def _totals(self) -> list[dict[str, Any]]:
+        """PnL, fees, fills, notional and working orders added up per quote currency (the
+        only figures that add up across markets)."""
+        groups: dict[str, list[MarketView]] = {}
+        for view in self.markets.values():
+            groups.setdefault(view.quote if self.has_trace else "ticks and lots", []).append(view)
+        rows = []
+        for quote, views in sorted(groups.items()):
+            values = {
+                "pnl": _sum(v.last.get("pnl") for v in views),
+                "fees": _sum(v.last.get("fees") for v in views),
+                "fills": sum(v.fill_count for v in views),
+                "notional": _sum(v.notional for v in views) if self.has_trace else None,
+                "open_orders": sum(len(v.open_orders) for v in views),
+            }
+            kinds = {"fills": "count", "open_orders": "count"}
+            rows.append(
+                {
+                    "quote": quote,
+                    "markets": len(views),
+                    "values": values,
+                    "display": {k: display(kinds.get(k, "money"), x) for k, x in values.items()},
+                }
+            )
+        return rows
+
+
+def _sum(values: Iterable[Any]) -> float | None:
+    present = [float(v) for v in values if isinstance(v, int | float)]
+    return math.fsum(present) if present else None
+
+
+def _unit(value: float, units: Any) -> Decimal | None:
+    """One tick (lot) from a trace value and the same value in ticks (lots)."""
+    try:
+        n = int(units)
+        return (Decimal(repr(value)) / n).normalize() if n else None
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+
+
+def _by_price(orders: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Asks from the highest down, then bids from the highest down (a book's layout)."""
+    return sorted(
+        orders.values(),
+        key=lambda o: (o.get("side") != "sell", -(o.get("price_ticks") or 0), o["client_id"]),
+    )
+
+
+def _order_row(view: MarketView, order: dict[str, Any]) -> dict[str, Any]:
+    ticks, lots = order.get("price_ticks"), order.get("qty_lots") or 0
+    filled = order.get("filled_lots") or 0
+    if view.tick is not None and view.lot is not None and ticks is not None:
+        price = format(view.tick * ticks, "f")
+        qty, done = format(view.lot * lots, "f"), format(view.lot * filled, "f")
+    else:  # no fill yet to learn the grid from: as journaled
+        price = "-" if ticks is None else f"{ticks:,} ticks"
+        qty, done = f"{lots:,} lots", f"{filled:,} lots"
+    return {
+        "client_id": order["client_id"],
+        "market": view.key,
+        "strategy": order.get("strategy"),
+        "side": order.get("side"),
+        "price": price,
+        "qty": qty,
+        "filled": done,
+        "status": order.get("status"),
+    }
 
 
 def _slug(key: str) -> str:
