@@ -98,7 +98,8 @@ def _optuna() -> Any:
         import optuna
     except ImportError:
         raise OptimizeError(f"optimize needs Optuna; install it with: {_INSTALL}") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Failed trials are reported in the table and at the end, not as tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
@@ -189,19 +190,25 @@ def _trial_runner(
             return None
 
         probe = Probe(on_step)
-        loaded = load_manifest(settings.manifest, registry, overrides=overrides, text=settings.text)
-        run = asyncio.run(
-            run_manifest(
-                loaded,
-                registry,
-                run_dir=run_dir,
-                install_signals=False,
-                on_started=probe.attach,
-                progress_bar=False,
-            )
-        )
-        measures = probe.finish(run)
         trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            loaded = load_manifest(
+                settings.manifest, registry, overrides=overrides, text=settings.text
+            )
+            run = asyncio.run(
+                run_manifest(
+                    loaded,
+                    registry,
+                    run_dir=run_dir,
+                    install_signals=False,
+                    on_started=probe.attach,
+                    progress_bar=False,
+                )
+            )
+        except Exception as exc:  # the trial fails, the study goes on
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            raise
+        measures = probe.finish(run)
         trial.set_user_attr("stop_reason", run.stop_reason)
         for key, value in measures.as_dict(settings.penalty).items():
             trial.set_user_attr(key, value)
@@ -302,8 +309,7 @@ def _table(study: Any, optuna: Any, settings: Settings) -> tuple[list[dict[str, 
             row["note"] = t.user_attrs.get("stop_reason", "")
         if t.state.name == "FAIL":
             failed += 1
-            error = t.system_attrs.get("fail_reason", "") or "the run raised an exception"
-            row["note"] = error.strip().splitlines()[-1] if error.strip() else ""
+            row["note"] = t.user_attrs.get("error", "") or "the trial raised an exception"
             first_error = first_error or row["note"]
         row.update({p.key: t.params.get(p.key) for p in settings.space})
         row.update({k: t.user_attrs.get(k) for k in (*MEASURE_COLUMNS, "run_dir")})
@@ -699,6 +705,13 @@ def optimize_main(argv: list[str] | None = None) -> int:
     except OptimizeError as exc:
         print(f"optimize refused: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\noptimize interrupted: finished trials are kept in the study's storage; the "
+            "same command continues it",
+            file=sys.stderr,
+        )
+        return 130
     keys = list(outcome.rows[0].keys()) if outcome.rows else []
     params = [k for k in keys if "." in k]
     print(format_rows(outcome.rows, ["trial", "state", "value", *params, "fill_count"]))

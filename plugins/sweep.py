@@ -440,7 +440,7 @@ def quoteforge_register_commands(register: RegisterCommand) -> None:
     register(
         "sweep",
         sweep_main,
-        help="run a parameter grid in parallel processes into one summary table",
+        help="run a parameter grid in parallel processes or on a Dask cluster into one table",
     )
 
 

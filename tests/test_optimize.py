@@ -454,3 +454,27 @@ def test_futures_windows_continue_the_recorded_book(
         window = runs[f"w{i}"]
         assert len(window) >= 110  # LIVE from its first sample to the end
         assert all(mid == runs["whole"][k + offset] for k, mid in window.items())
+
+
+def test_a_failing_trial_is_reported_and_the_study_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    space = _space(
+        tmp_path,
+        "params:\n  run.data: {type: categorical, choices: "
+        "[examples/data/ethusdt_binance.jsonl, missing/nothing.jsonl]}\n",
+    )
+    out = tmp_path / "failing"
+    args = ["examples/backtest.yaml", "--space", str(space), "--trials", "6", "--out", str(out)]
+    assert optimize_main([*args, "--no-report", "--set", "report.html=false"]) == 1
+    captured = capsys.readouterr()
+    assert "trial(s) failed, e.g.: ValueError: replay exchange 'binance'" in captured.err
+    assert "Traceback" not in captured.err
+    rows = _csv(out / "backtest-pnl.csv")
+    failed = [r for r in rows if r["state"] == "fail"]
+    complete = [r for r in rows if r["state"] == "complete"]
+    assert failed and complete and len(rows) == 6
+    assert all("missing/nothing.jsonl" in r["run.data"] for r in failed)
+    assert all("not found" in r["note"] for r in failed)
+    assert rows[: len(complete)] == complete  # completed trials first
