@@ -280,7 +280,9 @@ async def _connected(
         seed=1,
         mode="live",
         symbols=[kit.symbol],
-        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
+        # A replica whose venue needs more than a key and a secret names them all.
+        secrets=getattr(replica, "secrets", None)
+        or {"api_key": replica.api_key, "api_secret": replica.api_secret},
     )
     adapter = kit.make_adapter(replica, {**FAST_PARAMS, **kit.params}, ctx)
     try:

@@ -1,0 +1,271 @@
+"""Polymarket CLOB ``market`` channel for one outcome token: ``book`` snapshots,
+``price_change`` levels checked against the best bid and ask each change carries, and
+REST ``/book`` snapshots verified by the venue's hash and compared with the local book."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from quoteforge.book.l2 import BookState
+from quoteforge.book.source import BookSource, BookSourceParams, Outcome
+from quoteforge.model import Side
+
+__all__ = ["PolymarketBookParams", "PolymarketBookSource", "book_hash"]
+
+_BUY = Side.BUY
+_SELL = Side.SELL
+
+
+class PolymarketBookParams(BookSourceParams):
+    verify_hash: bool = Field(
+        True, description="Check the hash of every REST /book snapshot before using it."
+    )
+
+
+def book_hash(summary: dict[str, Any]) -> str:
+    """The hash the venue puts on a REST ``/book`` summary: SHA-1 over the compact JSON
+    of its fields in the server's order with ``hash`` empty (as the official client
+    computes it)."""
+    payload = {
+        "market": summary.get("market"),
+        "asset_id": summary.get("asset_id"),
+        "timestamp": summary.get("timestamp"),
+        "hash": "",
+        "bids": [{"price": o["price"], "size": o["size"]} for o in summary.get("bids") or []],
+        "asks": [{"price": o["price"], "size": o["size"]} for o in summary.get("asks") or []],
+        "min_order_size": summary.get("min_order_size"),
+        "tick_size": summary.get("tick_size"),
+        "neg_risk": summary.get("neg_risk"),
+        "last_trade_price": summary.get("last_trade_price"),
+    }
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class PolymarketBookSource(BookSource):
+    """The book of one outcome token.
+
+    A ``book`` event (sent on subscribing and after trades) replaces the book. A
+    ``price_change`` entry for our token sets one level's absolute size (0 removes);
+    the ``best_bid``/``best_ask`` it carries must then equal the local book's, and the
+    book must not be crossed, or the book resyncs (``on_resync``: the adapter
+    subscribes again, which brings a fresh ``book``). The websocket ``book`` hash cannot
+    be recomputed (the event lacks fields the hash covers); REST snapshots carry all of
+    them, and ``compare_snapshot`` checks the local book against one.
+    """
+
+    protocol: ClassVar[str] = "polymarket_clob"
+    Params: ClassVar[type[PolymarketBookParams]] = PolymarketBookParams
+    wire_decimals: ClassVar[int | None] = 6
+
+    def __init__(
+        self,
+        *args: Any,
+        asset_id: str | None = None,
+        verify_hash: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.asset_id = asset_id or self.book.symbol
+        self.verify_hash = verify_hash
+        self.last_timestamp = ""
+        """The venue timestamp (ms, as sent) of the last event applied."""
+        self.halted = ""
+        """Why the book cannot be kept on its grid any more (a finer tick), or empty."""
+
+    # -- wire ----------------------------------------------------------------------------
+    def on_message(self, raw: str | bytes, recv_ns: int | None = None) -> Outcome:
+        """One market-channel frame (an event object or a list of them)."""
+        self.stats.messages += 1
+        try:
+            msg = json.loads(raw)
+        except ValueError as exc:
+            raise self._unreadable(
+                self._malformed(f"not JSON ({exc})", raw), raw, "book message"
+            ) from None
+        events = msg if isinstance(msg, list) else [msg]
+        outcome = Outcome.IGNORED
+        for event in events:
+            result = self.on_event(event, recv_ns)
+            if result is not Outcome.IGNORED:
+                outcome = result
+        return outcome
+
+    def on_event(self, event: Any, recv_ns: int | None = None) -> Outcome:
+        """One decoded market-channel event; the adapter routes each to its token."""
+        try:
+            outcome = self._read(event, recv_ns)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise self._unreadable(exc, event, "book event") from None
+        if outcome is Outcome.APPLIED and self.on_update is not None:
+            self.on_update(self.book)
+        return outcome
+
+    def on_snapshot(self, raw: str | bytes, recv_ns: int | None = None) -> Outcome:
+        """A REST ``/book`` answer (its hash checked) applied as a snapshot."""
+        summary = json.loads(raw)
+        if self.verify_hash and summary.get("hash") and book_hash(summary) != summary["hash"]:
+            self.stats.checksum_failures += 1
+            self._request_resync("REST /book hash mismatch: the snapshot was damaged")
+            return Outcome.RESYNC
+        return self.on_event({**summary, "event_type": "book"}, recv_ns)
+
+    def compare_snapshot(self, summary: dict[str, Any]) -> bool | None:
+        """Check the local book against a REST ``/book`` summary taken at the same venue
+        timestamp: True equal, False differs (the book resyncs), None not comparable
+        (another timestamp, a damaged snapshot or a book that is not LIVE)."""
+        if self.book.state is not BookState.LIVE or not self.last_timestamp:
+            return None
+        if str(summary.get("timestamp", "")) != self.last_timestamp:
+            return None
+        if self.verify_hash and summary.get("hash") and book_hash(summary) != summary["hash"]:
+            return None
+        bids = self._levels(summary.get("bids"), "bids")
+        asks = self._levels(summary.get("asks"), "asks")
+        want_bids = sorted(((p, q) for p, q in bids if q), reverse=True)
+        want_asks = sorted((p, q) for p, q in asks if q)
+        book = self.book
+        same = (
+            book.top(_BUY, len(want_bids) + 1) == want_bids
+            and book.top(_SELL, len(want_asks) + 1) == want_asks
+        )
+        if not same:
+            self.stats.gaps += 1
+            self._request_resync("the book differs from the venue's REST snapshot at its timestamp")
+        return same
+
+    # -- internals -----------------------------------------------------------------------
+    def reset_stream(self) -> None:
+        self.last_timestamp = ""
+
+    def halt(self, reason: str) -> None:
+        """Stop keeping the book (its quotes are pulled) until the run restarts."""
+        self.halted = reason
+        self._request_resync(reason)
+
+    def _read(self, event: Any, recv_ns: int | None) -> Outcome:
+        if type(event) is not dict:
+            raise self._malformed("market events must be JSON objects", event)
+        kind = event.get("event_type")
+        if self.halted:
+            self.stats.dropped += 1
+            return Outcome.DROPPED
+        if kind == "book":
+            if event.get("asset_id") != self.asset_id:
+                return self._ignored()
+            return self._snapshot(event, self._now(recv_ns))
+        if kind == "price_change":
+            return self._changes(event, self._now(recv_ns))
+        return self._ignored()
+
+    def _ignored(self) -> Outcome:
+        self.stats.ignored += 1
+        return Outcome.IGNORED
+
+    def _levels(self, levels: Any, name: str) -> list[tuple[int, int]]:
+        if levels is None:
+            return []
+        if type(levels) is not list:
+            raise self._malformed(f"book '{name}' must be a list", levels)
+        pc, qc = self._price, self._qty
+        try:
+            return [(pc(_text(lv["price"])), qc(_text(lv["size"]))) for lv in levels]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._malformed(
+                f"bad level in '{name}' ({exc}); levels are {{'price': .., 'size': ..}}", levels
+            ) from None
+
+    def _snapshot(self, event: dict[str, Any], now: int) -> Outcome:
+        bids = self._levels(event.get("bids"), "bids")
+        asks = self._levels(event.get("asks"), "asks")
+        self.stats.snapshots += 1
+        self.book.apply_snapshot(bids, asks, now)
+        self.last_timestamp = str(event.get("timestamp", ""))
+        if self._crossed():
+            return Outcome.RESYNC
+        self._mark_live("book snapshot applied")
+        self.states.last_message_ns = now
+        self.stats.applied += 1
+        return Outcome.APPLIED
+
+    def _changes(self, event: dict[str, Any], now: int) -> Outcome:
+        changes = event.get("price_changes")
+        if type(changes) is not list:
+            raise self._malformed("price_change needs a 'price_changes' list", event)
+        ours = [c for c in changes if type(c) is dict and c.get("asset_id") == self.asset_id]
+        if not ours:
+            return self._ignored()
+        if self._needs_snapshot:
+            self.stats.dropped += 1
+            return Outcome.DROPPED
+        bids: list[tuple[int, int]] = []
+        asks: list[tuple[int, int]] = []
+        pc, qc = self._price, self._qty
+        try:
+            for change in ours:
+                level = (pc(_text(change["price"])), qc(_text(change["size"])))
+                side = str(change["side"]).upper()
+                if side == "BUY":
+                    bids.append(level)
+                elif side == "SELL":
+                    asks.append(level)
+                else:
+                    raise ValueError(f"side {side!r} is not BUY or SELL")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._malformed(f"bad price_change entry ({exc})", ours) from None
+        self.book.apply_deltas(bids, asks, now)
+        self.last_timestamp = str(event.get("timestamp", ""))
+        self.states.last_message_ns = now
+        if self._crossed() or not self._best_agrees(ours[-1]):
+            return Outcome.RESYNC
+        self.stats.applied += 1
+        if self.book.state is not BookState.LIVE:
+            self._mark_live("price changes resumed")
+        return Outcome.APPLIED
+
+    def _best_agrees(self, change: dict[str, Any]) -> bool:
+        """The venue's best bid and ask after the change equal ours (a price of 0, or 1
+        and above, means that side is empty)."""
+        book = self.book
+        top = self.instrument.max_price_ticks
+        for name, ours in (
+            ("best_bid", book.best_bid_ticks()),
+            ("best_ask", book.best_ask_ticks()),
+        ):
+            text = change.get(name)
+            if text is None:
+                continue
+            ticks: int | None = self._price(_text(text))
+            if ticks is not None and (ticks <= 0 or (top is not None and ticks > top)):
+                ticks = None
+            if ticks != ours:
+                self.stats.gaps += 1
+                shown = "none" if ours is None else self.instrument.ticks_to_price(ours)
+                self._request_resync(
+                    f"{name} mismatch: the venue says {text}, the local book has {shown}"
+                )
+                return False
+        return True
+
+    def _crossed(self) -> bool:
+        book = self.book
+        bid, ask = book.best_bid_ticks(), book.best_ask_ticks()
+        if bid is None or ask is None or bid < ask:
+            return False
+        self.stats.crossed += 1
+        self._request_resync(
+            f"book crossed: best bid {self.instrument.ticks_to_price(bid)} >= best ask "
+            f"{self.instrument.ticks_to_price(ask)}"
+        )
+        return True
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return "0" + text if text.startswith(".") else text

@@ -1,0 +1,332 @@
+"""The Polymarket adapter against its replica: signing and authentication, YES and NO as
+one book seen from two sides, batches, tick size changes, resolution booked in PnL, and
+the book source's own checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from quoteforge.book import BookState
+from quoteforge.clock import LiveClock
+from quoteforge.exchange import PlaceOrder, VenueContext
+from quoteforge.exchanges.polymarket import (
+    PolymarketBookSource,
+    PolymarketClob,
+    PolymarketParams,
+    book_hash,
+)
+from quoteforge.exchanges.polymarket.ratelimit import PolymarketRateGovernor
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
+from quoteforge.exchanges.testing.polymarket_replica import PolymarketReplica
+from quoteforge.model import (
+    Instrument,
+    InstrumentKind,
+    Order,
+    OrderStatus,
+    Side,
+    TimeInForce,
+)
+from quoteforge.portfolio import Portfolio
+
+YES, NO = "rain-nyc/YES", "rain-nyc/NO"
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    replica: PolymarketReplica | None = None,
+    secrets: dict[str, str] | None = None,
+    **params: Any,
+) -> AsyncIterator[tuple[PolymarketReplica, PolymarketClob, RecordingSink]]:
+    replica = replica or PolymarketReplica(ping_interval=0.1)
+    await replica.start()
+    sink = RecordingSink()
+    ctx = VenueContext(
+        "polymarket", LiveClock(), 1, "live", [YES, NO], secrets=secrets or replica.secrets
+    )
+    adapter = PolymarketClob(
+        PolymarketParams(
+            rest_url=replica.url,
+            ws_url=replica.market_ws_url,
+            private_ws_url=replica.user_ws_url,
+            markets={"rain-nyc": replica.condition_id("rain-nyc")},
+            **{**FAST_PARAMS, "resolution_poll_s": None, **params},
+        ),
+        ctx,
+    )
+    replica.label_orders(adapter.client_id_of)
+    try:
+        await adapter.connect(sink)
+        await wait_for(lambda: all(b.state is BookState.LIVE for b in adapter.books.values()))
+        yield replica, adapter, sink
+    finally:
+        await adapter.close()
+        await replica.stop()
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+def order(
+    adapter: PolymarketClob, symbol: str, side: Side, price: str, qty: str = "10", **kw: Any
+) -> Order:
+    inst = adapter.instruments[symbol]
+    return Order(
+        f"qf-{symbol[-2:]}-{time.monotonic_ns()}",
+        "polymarket",
+        symbol,
+        side,
+        inst.qty_to_lots(qty),
+        inst.price_to_ticks(price),
+        **kw,
+    )
+
+
+async def placed(adapter: PolymarketClob, sink: RecordingSink, o: Order) -> OrderStatus:
+    adapter.submit([PlaceOrder(o)])
+    await wait_for(
+        lambda: (
+            (u := sink.last(o.client_id)) is not None and u.status is not OrderStatus.PENDING_NEW
+        )
+    )
+    last = sink.last(o.client_id)
+    assert last is not None
+    return last.status
+
+
+async def test_tokens_load_from_the_market_endpoint_on_the_venue_grid() -> None:
+    async with connected() as (replica, adapter, _):
+        yes, no = adapter.instruments[YES], adapter.instruments[NO]
+        assert yes.kind is InstrumentKind.BINARY and yes.tick_size == Decimal("0.01")
+        assert (yes.complement, no.complement) == (NO, YES)
+        assert yes.min_qty == Decimal(5) and yes.qty_step == Decimal("0.01")
+        cond = replica.conditions["rain-nyc"]
+        assert adapter.tokens[YES].token_id == cond.yes and adapter.tokens[NO].token_id == cond.no
+        # The NO book is the YES book seen from the other side.
+        assert adapter.books[NO].best_bid_ticks() == 100 - adapter.books[YES].best_ask_ticks()
+
+
+async def test_a_wrong_key_is_refused_by_the_venue() -> None:
+    replica = PolymarketReplica(ping_interval=0.1)
+    wrong = {**replica.secrets, "private_key": "0x" + "11" * 32}
+    async with connected(replica, secrets=wrong) as (_, adapter, sink):
+        o = order(adapter, YES, Side.BUY, "0.40")
+        assert await placed(adapter, sink, o) is OrderStatus.REJECTED
+        # The headers carry the wrong key's address, which does not own the API key.
+        last = sink.last(o.client_id)
+        assert last is not None and "address does not own the key" in last.reason
+        assert replica.orders(YES) == []
+    replica = PolymarketReplica(ping_interval=0.1)
+    bad_secret = {**replica.secrets, "api_secret": replica.secrets["passphrase"] + "AAAA"}
+    async with connected(replica, secrets=bad_secret) as (_, adapter, sink):
+        o = order(adapter, YES, Side.BUY, "0.40")
+        assert await placed(adapter, sink, o) is OrderStatus.REJECTED
+        last = sink.last(o.client_id)
+        assert last is not None and "HMAC" in last.reason
+
+
+async def test_buying_no_trades_against_a_yes_bid() -> None:
+    async with connected() as (replica, adapter, sink):
+        best_yes_bid = replica.book(YES)["bids"][0]
+        # Buying NO at 1 - (best YES bid) takes it: the same book from the other side.
+        price = format(1 - best_yes_bid[0], "f")
+        o = order(adapter, NO, Side.BUY, price, tif=TimeInForce.IOC)
+        adapter.submit([PlaceOrder(o)])
+        await wait_for(lambda: bool(sink.fills_of(o.client_id)))
+        fill = sink.fills_of(o.client_id)[0]
+        assert fill.symbol == NO and fill.side is Side.BUY
+        assert adapter.instruments[NO].ticks_to_price(fill.price_ticks) == Decimal(price)
+        await wait_for(lambda: replica.book(YES)["bids"][0] != best_yes_bid)
+
+
+async def test_new_orders_go_out_in_one_batch() -> None:
+    async with connected() as (replica, adapter, sink):
+        orders = [order(adapter, YES, Side.BUY, p) for p in ("0.40", "0.41", "0.42")]
+        orders.append(order(adapter, NO, Side.BUY, "0.40"))
+        adapter.submit([PlaceOrder(o) for o in orders])
+        for o in orders:
+            await wait_for(
+                lambda o=o: (
+                    (u := sink.last(o.client_id)) is not None and u.status is OrderStatus.OPEN
+                )
+            )
+        assert [p for m, p in replica.request_log if m == "POST"] == ["/orders"]
+        assert len(replica.orders(YES)) == 3 and len(replica.orders(NO)) == 1
+
+
+async def test_a_coarser_tick_refuses_orders_off_it_and_a_finer_one_pulls_the_book() -> None:
+    async with connected() as (replica, adapter, sink):
+        await replica.change_tick("rain-nyc", "0.1")
+        await wait_for(lambda: adapter.venue_tick[YES] == Decimal("0.1"))
+        off = order(adapter, YES, Side.BUY, "0.41")
+        assert await placed(adapter, sink, off) is OrderStatus.REJECTED
+        assert "tick" in (sink.last(off.client_id) or off).reason  # type: ignore[union-attr]
+        assert await placed(adapter, sink, order(adapter, YES, Side.BUY, "0.40")) is (
+            OrderStatus.OPEN
+        )
+        await replica.change_tick("rain-nyc", "0.001")
+        await wait_for(lambda: adapter.books[YES].state is BookState.RESYNCING)
+        assert any("finer" in reason for *_, reason in sink.states)
+
+
+async def test_a_resolved_market_pays_out_and_closes_the_position_in_pnl() -> None:
+    async with connected() as (replica, adapter, sink):
+        portfolio = Portfolio(adapter.instruments)
+        buys = [
+            order(adapter, YES, Side.BUY, "0.51", tif=TimeInForce.IOC),  # takes the best ask
+            order(adapter, NO, Side.BUY, "0.51", tif=TimeInForce.IOC),  # takes the best YES bid
+        ]
+        for o in buys:
+            adapter.submit([PlaceOrder(o)])
+            await wait_for(lambda o=o: sum(f.qty_lots for f in sink.fills_of(o.client_id)) > 0)
+        for fill in sink.fills:
+            portfolio.apply_fill(fill)
+        yes_key, no_key = f"polymarket:{YES}", f"polymarket:{NO}"
+        held_yes, held_no = portfolio.position(yes_key), portfolio.position(no_key)
+        assert held_yes == Decimal(10) and held_no == Decimal(10)
+        assert portfolio.combined_position(yes_key) == 0  # a YES and a NO make 1 USDC
+        cost = -(
+            portfolio.pnl(yes_key, Decimal(0)) + portfolio.pnl(no_key, Decimal(0))
+        )  # what the tokens cost
+        await replica.resolve("rain-nyc", "YES")
+        await adapter.check_resolution()
+        settled = [f for f in sink.fills if f.fill_id.startswith("resolution:")]
+        assert {(f.symbol, f.side, f.qty_lots) for f in settled} == {
+            (YES, Side.SELL, adapter.instruments[YES].qty_to_lots(10)),
+            (NO, Side.SELL, adapter.instruments[NO].qty_to_lots(10)),
+        }
+        for fill in settled:
+            portfolio.apply_fill(fill)
+        # Flat on both tokens; YES paid 1 a share, NO paid 0: PnL is 10 USDC minus the cost.
+        assert portfolio.position(yes_key) == 0 and portfolio.position(no_key) == 0
+        assert portfolio.realized(yes_key) + portfolio.realized(no_key) == Decimal(10) - cost
+        assert portfolio.realized(no_key) < 0 < portfolio.realized(yes_key)
+        assert adapter.resolved == {YES: "won", NO: "lost"}
+        assert adapter.books[YES].state is not BookState.LIVE  # quotes pulled
+        again = len(sink.fills)
+        await adapter.check_resolution()
+        assert len(sink.fills) == again  # booked once
+
+
+async def test_secrets_never_show_in_reprs() -> None:
+    replica = PolymarketReplica()
+    ctx = VenueContext("polymarket", LiveClock(), 1, "live", [YES], secrets=replica.secrets)
+    adapter = PolymarketClob(PolymarketParams(), ctx)
+    text = repr(adapter) + repr(adapter.params) + repr(ctx)
+    for value in replica.secrets.values():
+        assert value not in text
+
+
+# -- the book source on its own -----------------------------------------------------------
+
+
+def instrument() -> Instrument:
+    return Instrument(
+        "polymarket",
+        YES,
+        YES,
+        "USDC",
+        Decimal("0.01"),
+        Decimal("0.000001"),
+        kind=InstrumentKind.BINARY,
+        qty_step=Decimal("0.01"),
+    )
+
+
+def book_event(bids: list[tuple[str, str]], asks: list[tuple[str, str]], ts: str = "1") -> str:
+    return json.dumps(
+        {
+            "event_type": "book",
+            "asset_id": "t1",
+            "market": "0xm",
+            "bids": [{"price": p, "size": s} for p, s in bids],
+            "asks": [{"price": p, "size": s} for p, s in asks],
+            "timestamp": ts,
+            "hash": "0x0",
+        }
+    )
+
+
+def change(price: str, size: str, side: str, best_bid: str, best_ask: str, ts: str = "2") -> str:
+    return json.dumps(
+        {
+            "event_type": "price_change",
+            "market": "0xm",
+            "timestamp": ts,
+            "price_changes": [
+                {"asset_id": "other", "price": "0.5", "size": "1", "side": "BUY"},
+                {
+                    "asset_id": "t1",
+                    "price": price,
+                    "size": size,
+                    "side": side,
+                    "best_bid": best_bid,
+                    "best_ask": best_ask,
+                },
+            ],
+        }
+    )
+
+
+def test_book_source_applies_snapshots_and_changes_and_checks_the_best_prices() -> None:
+    resyncs: list[str] = []
+    source = PolymarketBookSource(
+        instrument(), asset_id="t1", on_resync=lambda s, why: resyncs.append(why)
+    )
+    # The docs write prices without the leading zero.
+    source.on_message(book_event([(".48", "30"), (".49", "20.5")], [(".52", "25")]))
+    assert source.state is BookState.LIVE
+    assert source.book.best_bid() == (49, 20_500_000)
+    source.on_message(change("0.50", "15", "BUY", "0.5", "0.52"))
+    assert source.book.best_bid() == (50, 15_000_000) and not resyncs[1:]
+    # A change the venue made and we missed shows in the best prices it reports.
+    outcome = source.on_message(change("0.51", "5", "SELL", "0.5", "0.50", ts="3"))
+    assert outcome.value == "resync" and "best_ask mismatch" in resyncs[-1]
+    assert source.state is BookState.RESYNCING
+
+
+def test_rest_snapshots_are_checked_by_the_venues_hash_and_compared() -> None:
+    source = PolymarketBookSource(instrument(), asset_id="t1")
+    summary: dict[str, Any] = {
+        "market": "0xm",
+        "asset_id": "t1",
+        "timestamp": "7",
+        "hash": "",
+        "bids": [{"price": "0.4", "size": "10"}],
+        "asks": [{"price": "0.6", "size": "12"}],
+        "min_order_size": "5",
+        "tick_size": "0.01",
+        "neg_risk": False,
+        "last_trade_price": "0.5",
+    }
+    summary["hash"] = book_hash(summary)
+    assert source.on_snapshot(json.dumps(summary)).value == "applied"
+    assert source.compare_snapshot(summary) is True
+    assert source.compare_snapshot({**summary, "timestamp": "8"}) is None  # another moment
+    damaged = {**summary, "bids": [{"price": "0.41", "size": "10"}]}
+    assert source.on_snapshot(json.dumps(damaged)).value == "resync"  # hash no longer fits
+    assert source.stats.checksum_failures == 1
+
+
+def test_the_governor_keeps_to_the_documented_windows() -> None:
+    from quoteforge.clock import SimClock
+
+    clock = SimClock(start_ns=0)
+    governor = PolymarketRateGovernor(clock, headroom=1.0)
+    burst = governor.windows["POST /order"][0]
+    for _ in range(3_500):
+        assert governor.delay_for("POST /order") == 0
+        burst.take(clock.now_ns())
+    assert governor.delay_for("POST /order") == pytest.approx(10.0)
