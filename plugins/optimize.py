@@ -42,6 +42,7 @@ __all__ = ["OptimizeError", "StudyOutcome", "optimize_main", "run_optimize", "ru
 
 _INSTALL = 'pip install "quoteforge[optimize]"'
 PRUNERS = ("median", "none")
+SAMPLERS = ("tpe", "random")
 #: The measures every trial records beside its objective value.
 MEASURE_COLUMNS = (
     "pnl",
@@ -71,6 +72,7 @@ class Settings:
     fixed: list[str] = field(default_factory=list)
     penalty: float = 1.0
     pruner: str = "median"
+    sampler: str = "tpe"
     prune_startup: int = 5
     prune_warmup: int = 30
     prune_every: int = 10
@@ -132,7 +134,9 @@ def _open_study(optuna: Any, settings: Settings, name: str, url: str) -> Any:
         pruner = optuna.pruners.MedianPruner(
             n_startup_trials=settings.prune_startup, n_warmup_steps=settings.prune_warmup
         )
-    sampler = optuna.samplers.TPESampler(seed=settings.seed)
+    sampler: Any = optuna.samplers.TPESampler(seed=settings.seed)
+    if settings.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=settings.seed)
     storage = None
     for attempt in range(3):
         try:
@@ -388,6 +392,8 @@ def _prepare(
         raise OptimizeError(f"--trials must be >= 1, got {trials}")
     if options.get("pruner", "median") not in PRUNERS:
         raise OptimizeError(f"--pruner must be one of {', '.join(PRUNERS)}")
+    if options.get("sampler", "tpe") not in SAMPLERS:
+        raise OptimizeError(f"--sampler must be one of {', '.join(SAMPLERS)}")
     for name in ("prune_startup", "prune_warmup"):
         if options.get(name, 0) < 0:
             raise OptimizeError(f"--{name.replace('_', '-')} must be >= 0")
@@ -416,6 +422,7 @@ def _prepare(
         fixed=list(fixed),
         penalty=penalty,
         pruner=options.get("pruner", "median"),
+        sampler=options.get("sampler", "tpe"),
         prune_startup=options.get("prune_startup", 5),
         prune_warmup=options.get("prune_warmup", 30),
         prune_every=options.get("prune_every", 10),
@@ -447,7 +454,8 @@ def run_optimize(
 ) -> StudyOutcome:
     """Optimise ``manifest`` over the space file; returns the study's outcome.
 
-    ``options``: ``storage`` (URL), ``seed`` (TPE's; default the manifest's run.seed),
+    ``options``: ``storage`` (URL), ``sampler`` (tpe|random), ``seed`` (the sampler's;
+    default the manifest's run.seed),
     ``pruner`` (median|none), ``prune_startup``, ``prune_warmup`` and ``prune_every``
     (in samples), ``penalty`` (of ``pnl_dd``).
     """
@@ -624,7 +632,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an override applied to every trial",
     )
-    p.add_argument("--seed", type=int, help="TPE sampler seed (default run.seed)")
+    p.add_argument(
+        "--sampler",
+        default="tpe",
+        choices=SAMPLERS,
+        help="tpe: Optuna's tree-structured Parzen estimator (default); random: a baseline",
+    )
+    p.add_argument("--seed", type=int, help="the sampler's seed (default run.seed)")
     p.add_argument(
         "--pruner",
         default="median",
@@ -680,6 +694,7 @@ def optimize_main(argv: list[str] | None = None) -> int:
         "storage": args.storage,
         "seed": args.seed,
         "pruner": args.pruner,
+        "sampler": args.sampler,
         "prune_startup": args.prune_startup,
         "prune_warmup": args.prune_warmup,
         "prune_every": args.prune_every,

@@ -144,6 +144,11 @@ def test_usage_errors_exit_2(
     assert "--trials must be >= 1" in capsys.readouterr().err
     with pytest.raises(OptimizeError, match="expected a database URL"):
         storage_url("study.db", tmp_path)
+    with pytest.raises(OptimizeError, match="--sampler must be one of tpe, random"):
+        run_optimize(manifest, Path(space), out=tmp_path / "never", sampler="grid")
+    with pytest.raises(OptimizeError, match="--prune-every must be >= 1"):
+        run_optimize(manifest, Path(space), out=tmp_path / "never", prune_every=0)
+    assert not (tmp_path / "never").exists()
 
 
 # -- objectives --------------------------------------------------------------------------
