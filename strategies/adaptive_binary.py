@@ -1,5 +1,11 @@
 """Adaptive market making for binary (prediction-market) contracts priced in (0, 1):
-a mid learned from order flow, spreads that widen with flow imbalance and inventory."""
+a mid learned from order flow, spreads that widen with flow imbalance and inventory.
+
+A venue that sells an event as two tokens (Polymarket's YES and NO, whose instruments
+name each other as ``complement``) is quoted as one two-sided market when the strategy
+has both: buying NO at p is selling YES at 1 - p, the position is the combined one
+(YES held minus NO held), and each side is quoted on the token that does not cross the
+other: a held token is sold to reduce, otherwise the opposite token is bought."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 import quoteforge
-from quoteforge.model import InstrumentKind, Quote, Side
+from quoteforge.model import InstrumentKind, Quote, Side, market_key
 from quoteforge.strategies.signals import TradeFlowImbalance
 from quoteforge.strategy import Market, Quotes, Strategy, StrategyContext, StrategyParams
 
@@ -210,9 +216,23 @@ class AdaptiveBinary(Strategy):
         return self._state(market).flow.value
 
     # -- handlers -----------------------------------------------------------------------
+    def pair(self, market: Market) -> tuple[Market, Market] | None:
+        """The two tokens of ``market``'s event as (primary, complement) when this
+        strategy quotes both, else None. The primary's prices are the pair's."""
+        other = market.instrument.complement
+        twin = self.ctx.markets.get(market_key(market.venue, other)) if other else None
+        if twin is None:
+            return None
+        return (market, twin) if market.symbol < twin.symbol else (twin, market)
+
     def on_trade(
         self, market: Market, price_ticks: int, qty_lots: int, aggressor: Side, **kwargs: Any
     ) -> None:
+        pair = self.pair(market)
+        if pair is not None and market is pair[1]:
+            # A trade of the complement at p is a trade of the primary at 1 - p.
+            top = round(1 / market.instrument.tick_size)
+            market, price_ticks, aggressor = pair[0], top - price_ticks, aggressor.opposite
         state = self._state(market)
         now = self.ctx.now_ns()
         self._revert(state, now)
@@ -222,12 +242,44 @@ class AdaptiveBinary(Strategy):
         state.flow.update(now, inst.lots_to_float(qty_lots), aggressor)
 
     def on_book(self, market: Market, **kwargs: Any) -> Quotes | None:
+        pair = self.pair(market)
+        if pair is None:
+            return self._quotes(market, market.position_lots)
+        primary, twin = pair
+        net = primary.position_lots - twin.position_lots
+        wanted = self._quotes(primary, net)
+        top = round(1 / primary.instrument.tick_size)
+        mine: list[Quote] = []
+        theirs: list[Quote] = []
+        for quote in wanted:
+            # The side that grows the primary's exposure sells the complement we hold,
+            # else buys the primary; the other side sells the primary we hold, else buys
+            # the complement. Never two tokens on one side: the pair cannot cross itself.
+            buys_exposure = quote.side is Side.BUY
+            held = twin.position_lots if buys_exposure else primary.position_lots
+            token = twin if buys_exposure else primary
+            lots = primary.instrument.floor_to_step(min(quote.qty_lots, held))
+            if held > 0 and lots > 0:
+                price = top - quote.price_ticks if token is twin else quote.price_ticks
+                placed = Quote(Side.SELL, price, lots, quote.level, quote.post_only)
+            elif buys_exposure:
+                token, placed = primary, quote
+            else:
+                token = twin
+                placed = Quote(
+                    Side.BUY, top - quote.price_ticks, quote.qty_lots, quote.level, quote.post_only
+                )
+            (mine if token is market else theirs).append(placed)
+        self.ctx.set_quotes(twin if market is primary else primary, theirs)
+        return mine
+
+    def _quotes(self, market: Market, position_lots: int) -> list[Quote]:
         state = self._state(market)
         self._revert(state, self.ctx.now_ns())
         p = self.p
         inst = market.instrument
         tick = float(inst.tick_size)
-        position = inst.lots_to_float(market.position_lots)  # base units, for the maths
+        position = inst.lots_to_float(position_lots)  # base units, for the maths
         u = max(-1.0, min(1.0, position / p.inventory_limit))
         defensive = abs(u) >= p.recenter_threshold
         if defensive:

@@ -287,6 +287,33 @@ def _summary_rows(run: RunData) -> list[tuple[str, ...]]:
     return rows
 
 
+def _binary_pairs(run: RunData) -> list[tuple[str, ...]]:
+    """Events traded as two outcome tokens (``<event>/<OUTCOME>`` on one venue, prices in
+    (0, 1): Polymarket's YES and NO): each token's inventory and the combined position,
+    the first outcome's minus the other's (YES first), since holding NO is being short YES."""
+    groups: dict[str, list[SummaryRow]] = {}
+    for r in run.summary.values():
+        event, sep, _ = r.market.rpartition("/")
+        if sep and event and (math.isnan(r.mid) or 0 < r.mid < 1):
+            groups.setdefault(event, []).append(r)
+    rows = []
+    for event, pair in sorted(groups.items()):
+        if len(pair) != 2:
+            continue
+        pair.sort(key=lambda r: (not r.market.upper().endswith("/YES"), r.market))
+        first, second = pair
+        f = formats(run, first.market)
+        rows.append(
+            (
+                event,
+                f"{first.market.rpartition('/')[2]} {f.qty(first.inventory)}",
+                f"{second.market.rpartition('/')[2]} {f.qty(second.inventory)}",
+                f.qty(first.inventory - second.inventory),
+            )
+        )
+    return rows
+
+
 def _time_label(run: RunData, t: int) -> str:
     t0 = run.t0 or 0
     return f"{(t - t0) / NS:.3f}"
@@ -327,6 +354,7 @@ def render_html(run: RunData, stats: dict[str, MarketAnalytics], slugs: dict[str
         notes.append(f"Record types this report does not read: {kinds}.")
 
     summary_rows = _summary_rows(run)
+    pairs = _binary_pairs(run)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -345,6 +373,9 @@ def render_html(run: RunData, stats: dict[str, MarketAnalytics], slugs: dict[str
         _table(_SUMMARY_HEAD, summary_rows, "summary")
         if summary_rows
         else f'<p class="note">No {SUMMARY_FILE} rows.</p>',
+        _table(("event", "outcome", "other outcome", "combined position"), pairs, "summary")
+        if pairs
+        else "",
         _events_table(run, [e for e in run.events if e.market is None]),
         "</section>",
     ]
