@@ -35,6 +35,7 @@ from quoteforge.exchanges.ccxt_generic.venues import (
     CHECKED_VENUES,
     CheckedVenue,
     MarketGridError,
+    ccxt_venues_main,
     grid_units,
     instrument_from_market,
     resolve_exchange_id,
@@ -49,7 +50,13 @@ from quoteforge.model import (
     TimeInForce,
 )
 
-__all__ = ["CcxtParams", "CcxtVenue", "create_ccxt", "quoteforge_register_exchanges"]
+__all__ = [
+    "CcxtParams",
+    "CcxtVenue",
+    "create_ccxt",
+    "quoteforge_register_commands",
+    "quoteforge_register_exchanges",
+]
 
 _response: contextvars.ContextVar[tuple[int, dict[str, str]] | None] = contextvars.ContextVar(
     "quoteforge_ccxt_response", default=None
@@ -124,6 +131,15 @@ def quoteforge_register_exchanges(register: Any) -> None:
         description="Any ccxt venue through its unified API and ccxt.pro websockets; checked "
         f"against replicas: {', '.join(sorted(CHECKED_VENUES))} (docs/venues/ccxt.md).",
         requires=("ccxt",),
+    )
+
+
+@hookimpl
+def quoteforge_register_commands(register: Any) -> None:
+    register(
+        "ccxt-venues",
+        ccxt_venues_main,
+        help="list the ccxt exchanges type: ccxt has been checked against, and how",
     )
 
 

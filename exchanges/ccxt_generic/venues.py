@@ -16,6 +16,7 @@ __all__ = [
     "CHECKED_VENUES",
     "CheckedVenue",
     "MarketGridError",
+    "ccxt_venues_main",
     "grid_units",
     "instrument_from_market",
     "known_exchange_ids",
@@ -221,3 +222,30 @@ def replica_urls(exchange: str, replica: Any) -> dict[str, Any]:
             }
         }
     raise ValueError(f"no replica URLs for ccxt exchange {exchange!r}; replicas: binance, kraken")
+
+
+def ccxt_venues_main(argv: list[str]) -> int:
+    """``quoteforge ccxt-venues [--json]``: the ccxt ids ``type: ccxt`` has been checked
+    against, how, and what ccxt checks of their books; any other id runs with a warning."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="quoteforge ccxt-venues",
+        description="The ccxt exchanges type: ccxt has been checked against, and how.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    known = known_exchange_ids()
+    rows = [
+        {"exchange": v.ccxt_id, "checked": v.checked, "book_integrity": v.integrity}
+        for v in CHECKED_VENUES.values()
+    ]
+    if args.json:
+        print(json.dumps({"checked": rows, "other_ccxt_ids": len(known) - len(rows)}, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['exchange']}\n  checked: {row['checked']}\n  book: {row['book_integrity']}")
+    others = f"{len(known) - len(rows)} other ccxt ids" if known else "other ccxt ids"
+    print(f"{others} run with a warning (not checked); docs/venues/ccxt.md says how to try one")
+    return 0

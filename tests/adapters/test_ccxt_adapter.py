@@ -129,3 +129,20 @@ async def test_reconciliation_reads_orders_balances_and_fills(kit: Any) -> None:
         fills = await h.adapter.fetch_fills(0)
         assert fills is not None
         assert [f.fill_id for f in fills] == [f.fill_id for f in h.sink.fills_of(order.client_id)]
+
+
+def test_plugins_and_the_ccxt_venues_command_name_the_checked_venues(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from quoteforge.cli import plugin_rows
+    from quoteforge.exchanges.ccxt_generic.venues import ccxt_venues_main
+    from quoteforge.registry import load_registry
+
+    rows = {(r["name"], r["kind"]): r for r in plugin_rows(load_registry())}
+    assert "checked against replicas: binance, kraken" in rows[("ccxt", "exchange")]["description"]
+    assert ("ccxt-venues", "command") in rows
+    assert ccxt_venues_main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("binance\n  checked: spot, against the Binance replica")
+    assert "\nkraken\n  checked: spot, against the Kraken replica" in out
+    assert "other ccxt ids run with a warning (not checked)" in out
