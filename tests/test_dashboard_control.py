@@ -308,6 +308,11 @@ async def test_a_cancel_click_cancels_that_order_only(live: Live) -> None:
     async with chromium_page() as page:
         await page.goto(live.dashboard)
         await enter_token(page)
+        # With the token the venue's connection and book state come from the run itself.
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#venues td')].map(c => c.textContent).join('|')"
+            " === 'binance|live|BTCUSDT LIVE|0|4'"
+        )
         await page.click("#pause-mm")
         assert "paused" in await result_text(page, "action-result", "paused")
         await wait_for(lambda: live.open_orders() == [], "the paused strategy's quotes pulled")
@@ -355,3 +360,18 @@ async def test_the_dashboard_passes_on_only_control_endpoints(live: Live) -> Non
         ) as r:
             assert r.status == 403
     assert not live.run.killed and len(live.open_orders()) == 4
+
+
+def test_control_url_from_the_run_folder(tmp_path: Path) -> None:
+    from quoteforge.plugins.report.dashboard_control import ControlRefusedError, control_url
+
+    with pytest.raises(ControlRefusedError, match="serves no control API") as refused:
+        control_url(tmp_path)
+    assert refused.value.status == 503 and ENV_TOKEN in str(refused.value)
+    (tmp_path / CONTROL_FILE).write_text(json.dumps({"url": "http://0.0.0.0:8766"}))
+    assert control_url(tmp_path) == "http://127.0.0.1:8766"  # bound to all: reach loopback
+    (tmp_path / CONTROL_FILE).write_text(json.dumps({"url": "http://[::]:8766/"}))
+    assert control_url(tmp_path) == "http://[::1]:8766"
+    (tmp_path / CONTROL_FILE).write_text(json.dumps({"url": "file:///etc/passwd"}))
+    with pytest.raises(ControlRefusedError, match="not an http URL"):
+        control_url(tmp_path)

@@ -56,6 +56,9 @@ def control_url(run_dir: Path) -> str:
         ) from None
     if not url.startswith("http://"):
         raise ControlRefusedError(502, f"{run_dir / CONTROL_FILE}: not an http URL: {url!r}")
+    # An API bound to every interface is reached, and answers, on loopback.
+    for wildcard, loopback in (("//0.0.0.0:", "//127.0.0.1:"), ("//[::]:", "//[::1]:")):
+        url = url.replace(wildcard, loopback, 1)
     return url.rstrip("/")
 
 

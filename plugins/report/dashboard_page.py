@@ -192,6 +192,18 @@ function actionButton(label, action, attrs) {
     ...(attrs || {})}, label);
   return b;
 }
+// The trace is written in blocks; with the token, the run's own book states are fresher.
+function liveBooks(v) {
+  if (!controlState) return v;
+  const books = {...v.books};
+  for (const s of Object.keys(books)) {
+    const m = controlState.markets[v.venue + ":" + s];
+    if (m) books[s] = m.book_state;
+  }
+  const bad = Object.entries(books).filter(([, b]) => b !== "LIVE");
+  return {...v, books, state: bad.length ? "degraded: " + bad.map(([s, b]) => s + " " + b)
+    .join(", ") : "live"};
+}
 function renderTables(state) {
   for (const m of state.markets) {
     const table = document.getElementById("open-orders-" + m.slug);
@@ -201,9 +213,9 @@ function renderTables(state) {
         {id: "cancel-" + o.client_id, "data-id": o.client_id})); return c; })()]);
     table.style.display = m.orders.length ? "" : "none";
   }
-  fillRows(document.querySelector("#venues tbody"), state.venues, v => [td(v.venue),
-    td(v.state), td(Object.entries(v.books).map(([s, b]) => s + " " + b).join(", ")),
-    td(v.resyncs, "num"), td(v.open_orders, "num")]);
+  fillRows(document.querySelector("#venues tbody"), state.venues.map(liveBooks), v => [
+    td(v.venue), td(v.state), td(Object.entries(v.books).map(([s, b]) => s + " " + b)
+    .join(", ")), td(v.resyncs, "num"), td(v.open_orders, "num")]);
   fillRows(document.querySelector("#totals tbody"), state.totals, t => [td(t.quote),
     td(t.markets, "num"), td(t.display.pnl, "num"), td(t.display.fees, "num"),
     td(t.display.fills, "num"), td(t.display.notional, "num"),
@@ -218,6 +230,7 @@ const TOKEN_KEY = "quoteforge-control-token";
 const NO_TOKEN = "no token: every action is refused; enter the run's control token " +
   "(QUOTEFORGE_CONTROL_TOKEN)";
 let token = sessionStorage.getItem(TOKEN_KEY) || "";
+let controlState = null;
 function controlStatus(text, refused) {
   const s = document.getElementById("control-status");
   s.textContent = text; s.className = refused ? "refused" : "";
@@ -264,7 +277,8 @@ function strategyRow(name) {
 async function refreshControl() {
   if (!token) { controlStatus(NO_TOKEN, true); return; }
   const answer = await control("GET", "state");
-  if (!answer.ok) { controlStatus(answer.error, true); return; }
+  if (!answer.ok) { controlState = null; controlStatus(answer.error, true); return; }
+  controlState = answer;
   controlStatus("control API: token accepted" + (answer.killed ? " · run KILLED" : "") +
                 (answer.stopping ? " · stopping (" + answer.stop_reason + ")" : ""), false);
   const body = document.querySelector("#strategies tbody");
@@ -315,7 +329,7 @@ document.getElementById("token-form").addEventListener("submit", event => {
   refreshControl();
 });
 document.getElementById("token-forget").addEventListener("click", () => {
-  token = ""; sessionStorage.removeItem(TOKEN_KEY);
+  token = ""; controlState = null; sessionStorage.removeItem(TOKEN_KEY);
   document.querySelector("#strategies tbody").textContent = "";
   controlStatus(NO_TOKEN, true);
 });
