@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -101,3 +102,69 @@ def test_polymarket_example_against_the_replica(
             data = path.read_bytes()
             for value in replica.secrets.values():
                 assert value.encode() not in data, f"a secret reached {path.name}"
+
+
+def test_a_market_resolving_during_a_run_is_booked_and_closes_the_position(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example trading, then its market resolves (YES wins): every token held is
+    settled at 1 (YES) or 0 (NO) through the run's fill path, so both positions end flat,
+    the settlements are journaled, and the PnL is exactly the cash the run paid and got."""
+
+    async def scenario() -> PolymarketReplica:
+        replica = PolymarketReplica(ping_interval=0.1, markets={"event": "0.50"})
+        await replica.start()
+        try:
+            for name, value in replica.secrets.items():
+                monkeypatch.setenv(f"POLYMARKET_{name.upper()}", value)
+            params = {
+                **FAST_PARAMS,
+                "rest_url": replica.url,
+                "ws_url": replica.market_ws_url,
+                "private_ws_url": replica.user_ws_url,
+                "markets.event": f"'{replica.condition_id('event')}'",
+                "resolution_poll_s": 0.5,
+            }
+            sets = [f"exchanges.polymarket.params.{k}={v}" for k, v in params.items()]
+            sets += ["run.duration=6s", "run.cancel_timeout=10s", "report.png=false"]
+            loaded = load_manifest(EXAMPLE, registry, overrides=sets)
+            task = asyncio.create_task(
+                run_manifest(loaded, registry, run_dir=tmp_path / "run", install_signals=False)
+            )
+            filled: set[str] = set()
+            while not task.done():
+                await asyncio.sleep(0.3)
+                for symbol in (YES, NO):
+                    for order in replica.orders(symbol):
+                        if symbol not in filled:
+                            await replica.fill_order(order.client_id)
+                            filled.add(symbol)
+                if filled == {YES, NO} and not replica.conditions["event"].closed:
+                    await asyncio.sleep(0.5)
+                    await replica.resolve("event", "YES")
+            await task
+            return replica
+        finally:
+            await replica.stop()
+
+    replica = asyncio.run(scenario())
+    assert replica.conditions["event"].closed
+    with (tmp_path / "run" / "summary.csv").open() as fh:
+        rows = {r["market"]: r for r in csv.DictReader(fh)}
+    assert float(rows[f"polymarket:{YES}"]["inventory"]) == 0
+    assert float(rows[f"polymarket:{NO}"]["inventory"]) == 0
+    events = [json.loads(line) for line in (tmp_path / "run" / "trace.jsonl").open()]
+    fills = [e for e in events if e.get("type") == "fill"]
+    settled = {e["market"]: e["price"] for e in fills if e["fill_id"].startswith("resolution:")}
+    assert settled == {f"polymarket:{YES}": 1, f"polymarket:{NO}": 0}
+    cash = sum((1 if e["side"] == "sell" else -1) * e["price"] * e["qty"] for e in fills)
+    pnl = sum(float(r["pnl"]) for r in rows.values())
+    assert pnl == pytest.approx(cash, abs=1e-9)
+    conn = sqlite3.connect(tmp_path / "run" / "journal.sqlite")
+    try:
+        journaled = conn.execute(
+            "SELECT count(*) FROM journal WHERE kind='fill' AND payload LIKE '%resolution:%'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    assert journaled == 2
