@@ -236,6 +236,7 @@ async def test_a_param_edit_in_the_page_shows_up_in_the_next_quotes(
         await page.fill("#params-mm", '{"spread_bps": -3}')
         await page.click("#apply-mm")
         refused = await result_text(page, "params-msg-mm", "spread_bps")
+        assert live.run.manifest_path is not None
         with pytest.raises(ManifestError) as manifest_says:
             load_manifest(
                 live.run.manifest_path, registry, overrides=["strategies.mm.params.spread_bps=-3"]
@@ -265,7 +266,7 @@ async def test_a_param_edit_in_the_page_shows_up_in_the_next_quotes(
             ".some(c => c.textContent === p)",
             arg=wanted,
         )
-    assert live.run.loaded.plugin_params["strategies.mm"].spread_bps == 40
+    assert live.run.strategies["mm"].strategy.params.spread_bps == 40
 
 
 async def test_without_the_token_nothing_changes(live: Live) -> None:
