@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import time
@@ -338,6 +339,16 @@ class PolymarketClob(PolymarketEvents, PolymarketReports, CcxtSpotAdapter):
                         f"{self.name}: {symbol!r} names no outcome of {alias!r}; it has "
                         f"{sorted(by_symbol)}"
                     )
+                # The token's current tick and neg-risk flag, as the official client
+                # resolves them before signing (the market listing can lag a change).
+                query = {"token_id": token.token_id}
+                tick = await self.call("GET", "/tick-size", query=query)
+                neg = await self.call("GET", "/neg-risk", query=query)
+                token = dataclasses.replace(
+                    token,
+                    tick_size=Decimal(str(tick["minimum_tick_size"])).normalize(),
+                    neg_risk=bool(neg["neg_risk"]),
+                )
                 self.tokens[symbol] = token
                 self._by_asset[token.token_id] = symbol
                 self.venue_tick[symbol] = token.tick_size

@@ -296,7 +296,7 @@ def _binary_pairs(run: RunData) -> list[tuple[str, ...]]:
         event, sep, _ = r.market.rpartition("/")
         if sep and event and (math.isnan(r.mid) or 0 < r.mid < 1):
             groups.setdefault(event, []).append(r)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for event, pair in sorted(groups.items()):
         if len(pair) != 2:
             continue

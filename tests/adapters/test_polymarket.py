@@ -330,3 +330,13 @@ def test_the_governor_keeps_to_the_documented_windows() -> None:
         assert governor.delay_for("POST /order") == 0
         burst.take(clock.now_ns())
     assert governor.delay_for("POST /order") == pytest.approx(10.0)
+
+
+async def test_some_but_not_all_secrets_refuse_to_start_naming_the_missing() -> None:
+    replica = PolymarketReplica()
+    secrets = {k: v for k, v in replica.secrets.items() if k != "passphrase"}
+    ctx = VenueContext("polymarket", LiveClock(), 1, "live", [YES], secrets=secrets)
+    adapter = PolymarketClob(PolymarketParams(rest_url="http://127.0.0.1:9"), ctx)
+    with pytest.raises(ValueError, match=r"missing \['passphrase'\]"):
+        await adapter.connect(RecordingSink())
+    await adapter.close()
