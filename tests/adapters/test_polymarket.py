@@ -340,3 +340,31 @@ async def test_some_but_not_all_secrets_refuse_to_start_naming_the_missing() -> 
     with pytest.raises(ValueError, match=r"missing \['passphrase'\]"):
         await adapter.connect(RecordingSink())
     await adapter.close()
+
+
+async def test_gtd_fok_and_cancel_all() -> None:
+    async with connected(gtd_seconds=3600) as (replica, adapter, sink):
+        rest = order(adapter, YES, Side.BUY, "0.30")
+        assert await placed(adapter, sink, rest) is OrderStatus.OPEN
+        row = replica.order_row(replica.orders(YES)[0])
+        assert row["order_type"] == "GTD" and int(row["expiration"]) > time.time() + 3000
+        # Fill or kill: more than the best ask holds is refused whole, nothing trades.
+        ask_qty = replica.book(YES)["asks"][0][1]
+        fok = order(
+            adapter, YES, Side.BUY, "0.51", format(ask_qty + 1, "f"),
+            tif=TimeInForce.IOC, extra={"time_in_force": "FOK"},
+        )  # fmt: skip
+        assert await placed(adapter, sink, fok) is OrderStatus.REJECTED
+        assert "FOK" in (sink.last(fok.client_id) or fok).reason  # type: ignore[union-attr]
+        assert not sink.fills and replica.book(YES)["asks"][0][1] == ask_qty
+        other = order(adapter, NO, Side.BUY, "0.30")
+        assert await placed(adapter, sink, other) is OrderStatus.OPEN
+        await adapter.cancel_all()
+        assert ("DELETE", "/cancel-all") in replica.request_log
+        for o in (rest, other):
+            await wait_for(
+                lambda o=o: (
+                    (u := sink.last(o.client_id)) is not None and u.status is OrderStatus.CANCELLED
+                )
+            )
+        assert replica.orders("rain-nyc") == []
