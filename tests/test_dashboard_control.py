@@ -305,7 +305,7 @@ async def test_without_the_token_nothing_changes(live: Live) -> None:
     assert control_records(live.run.run_dir) == []
 
 
-async def test_a_cancel_click_cancels_that_order_only(live: Live) -> None:
+async def test_buttons_pull_reset_pause_resume_and_cancel_one_order(live: Live) -> None:
     async with chromium_page() as page:
         await page.goto(live.dashboard)
         await enter_token(page)
@@ -313,6 +313,12 @@ async def test_a_cancel_click_cancels_that_order_only(live: Live) -> None:
         await page.wait_for_function(
             "[...document.querySelectorAll('#venues td')].map(c => c.textContent).join('|')"
             " === 'binance|live|BTCUSDT LIVE|0|4'"
+        )
+        await page.click("#reset-breakers")
+        assert "breaker trip(s) reset" in await result_text(page, "action-result", "reset")
+        await page.click("#pull-all")
+        assert await result_text(page, "action-result", "pulled") == (
+            "quotes of every strategy pulled"
         )
         await page.click("#pause-mm")
         assert "paused" in await result_text(page, "action-result", "paused")
@@ -340,7 +346,12 @@ async def test_a_cancel_click_cancels_that_order_only(live: Live) -> None:
     records = control_records(live.run.run_dir)
     cancels = [r for r in records if r["what"] == f"orders/{victim}/cancel"]
     assert [r["status"] for r in cancels] == [200, 409]
-    assert [r["what"] for r in records][:2] == ["strategies/mm/pause", "strategies/mm/resume"]
+    assert [r["what"] for r in records][:4] == [
+        "breakers/reset",
+        "pull-quotes",
+        "strategies/mm/pause",
+        "strategies/mm/resume",
+    ]
 
 
 async def test_the_dashboard_passes_on_only_control_endpoints(live: Live) -> None:
