@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import random
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -182,6 +183,7 @@ class CcxtVenue(CcxtSpotAdapter):
         self.ccxt_symbol: dict[str, str] = {}  # our symbol -> ccxt unified symbol
         self.our_symbol: dict[str, str] = {}  # ccxt unified symbol -> our symbol
         self.by_exchange_id: dict[str, str] = {}  # venue order id -> client id
+        self.from_venue_client_id: dict[str, str] = {}  # as sent -> ours (venue_client_id)
         self.has: dict[str, Any] = {}
         self.filled_by_fills: dict[str, int] = {}  # client id -> lots of its fills seen
         self.streams = CcxtStreams(self)
@@ -199,6 +201,8 @@ class CcxtVenue(CcxtSpotAdapter):
         }
         if self.params.urls:
             config["urls"] = self.params.urls
+        if self.profile and self.profile.has:
+            config["has"] = dict(self.profile.has)
         if self.params.rate_limit_ms is not None:
             config["rateLimit"] = self.params.rate_limit_ms
         return config
@@ -362,7 +366,7 @@ class CcxtVenue(CcxtSpotAdapter):
 
     # -- orders --------------------------------------------------------------------------------
     def order_params(self, tracked: TrackedOrder, client_id: str) -> dict[str, Any]:
-        params: dict[str, Any] = {"clientOrderId": client_id}
+        params: dict[str, Any] = {"clientOrderId": self.venue_client_id(client_id)}
         tif = tracked.order.tif
         if tif is TimeInForce.POST_ONLY:
             params["postOnly"] = True
@@ -399,7 +403,10 @@ class CcxtVenue(CcxtSpotAdapter):
             result = await self.call(self.trade_client.cancel_order, order.exchange_id, symbol)
         else:
             result = await self.call(
-                self.trade_client.cancel_order, "", symbol, {"clientOrderId": order.client_id}
+                self.trade_client.cancel_order,
+                "",
+                symbol,
+                {"clientOrderId": self.venue_client_id(order.client_id)},
             )
         if isinstance(result, dict) and result.get("status") is not None:
             self.report_order(order, result)
@@ -506,6 +513,17 @@ class CcxtVenue(CcxtSpotAdapter):
             symbol=symbol,
         )
 
+    def venue_client_id(self, client_id: str) -> str:
+        """Our client id as the venue takes it: unchanged, or (a venue that takes only
+        letters and digits, OKX) without other characters and cut to its length; the
+        reports map back."""
+        pattern = self.profile.client_id_pattern if self.profile else None
+        if pattern is None or re.fullmatch(pattern[0], client_id):
+            return client_id
+        venue_id = re.sub(pattern[1], "", client_id)[-pattern[2] :]
+        self.from_venue_client_id[venue_id] = client_id
+        return venue_id
+
     def client_id_for(self, item: dict[str, Any], order_id_key: str = "id") -> str | None:
         """Our client id for a ccxt order (``order_id_key="id"``) or trade (``"order"``):
         by the venue's order id we were given, else the client id the venue echoes."""
@@ -513,6 +531,8 @@ class CcxtVenue(CcxtSpotAdapter):
         if venue_id is not None and str(venue_id) in self.by_exchange_id:
             return self.by_exchange_id[str(venue_id)]
         cid = client_id_of(item)
+        if cid is not None:
+            cid = self.from_venue_client_id.get(cid, cid)
         if cid and venue_id is not None:
             self.by_exchange_id[str(venue_id)] = cid
         return cid
@@ -527,7 +547,9 @@ class CcxtVenue(CcxtSpotAdapter):
                     client.fetch_order,
                     order.exchange_id or "",
                     symbol,
-                    {} if order.exchange_id else {"clientOrderId": order.client_id},
+                    {}
+                    if order.exchange_id
+                    else {"clientOrderId": self.venue_client_id(order.client_id)},
                 )
             except VenueCallError as exc:
                 if exc.kind == "not_found":
@@ -547,7 +569,7 @@ class CcxtVenue(CcxtSpotAdapter):
     def match_order(self, order: TrackedOrder, candidates: list[Any]) -> dict[str, Any] | None:
         for cand in candidates or []:
             if (order.exchange_id and str(cand.get("id")) == order.exchange_id) or (
-                client_id_of(cand) == order.client_id
+                client_id_of(cand) == self.venue_client_id(order.client_id)
             ):
                 return dict(cand)
         return None

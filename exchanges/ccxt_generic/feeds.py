@@ -74,6 +74,7 @@ def fill_from_trade(
     instrument: Instrument,
     trade: Mapping[str, Any],
     client_id: str,
+    fee_sign: int = 1,
 ) -> Fill:
     """One of our trades (``watch_my_trades`` / ``fetch_my_trades``) as a ``Fill``.
 
@@ -86,6 +87,8 @@ def fill_from_trade(
     trade_id = str(raw_id if raw_id is not None else trade.get("id"))
     fee = trade.get("fee") or {}
     cost = fee.get("cost")
+    if cost is not None and fee_sign < 0:
+        cost = -cost
     taker_or_maker = trade.get("takerOrMaker")
     ts = trade.get("timestamp")
     return Fill(

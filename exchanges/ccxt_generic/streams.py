@@ -288,13 +288,16 @@ class CcxtStreams:
                 continue
             backoff.reset()
             for trade in trades:
-                fill = self.fill_of(trade)
+                fill = self.fill_of(trade, stream=watch)
                 if fill is not None:
                     v.emit_fill(fill)
                     since = max(since, fill.ts_ns // 1_000_000 - 60_000)
 
-    def fill_of(self, trade: dict[str, Any]) -> Fill | None:
+    def fill_of(self, trade: dict[str, Any], *, stream: bool = False) -> Fill | None:
+        """Our trade as a fill (None: not ours, or unreadable); ``stream``: it came from
+        ``watch_my_trades`` (whose fee sign some ccxt parsers leave as the venue's)."""
         v = self.venue
+        fee_sign = v.profile.stream_fee_sign if stream and v.profile else 1
         symbol = v.our_symbol.get(str(trade.get("symbol")))
         if symbol is None:
             return None
@@ -303,7 +306,9 @@ class CcxtStreams:
             logger.debug("{}: trade {} of an order not ours", v.name, trade.get("id"))
             return None
         try:
-            return fill_from_trade(v.name, symbol, v.instruments[symbol], trade, client_id)
+            return fill_from_trade(
+                v.name, symbol, v.instruments[symbol], trade, client_id, fee_sign
+            )
         except (MarketGridError, KeyError, TypeError) as exc:
             logger.warning("{}: fill {} unreadable: {}", v.name, trade.get("id"), exc)
             return None

@@ -43,7 +43,12 @@ class CheckedVenue:
     order's client id (used for ``ReplaceOrder``); otherwise replace is cancel then place.
     ``edit_old_client_id_param``: the ``edit_order`` param that names the order to
     replace by its client id (else ccxt names it by the venue's order id).
-    ``options``: ccxt options the adapter sets for this venue (the user's win).
+    ``stream_fee_sign``: -1 where ccxt's websocket trades give a charged fee as a
+    negative cost (OKX ``fillFee``; its REST parser negates it, the stream's does not).
+    ``client_id_pattern``: (what the venue accepts, what to drop, longest length) for a
+    venue whose client ids are narrower than the run's (OKX: letters and digits, 32).
+    ``options``: ccxt options the adapter sets for this venue (the user's win);
+    ``has``: capabilities to switch off (a call the adapter does not need).
     """
 
     ccxt_id: str
@@ -52,7 +57,10 @@ class CheckedVenue:
     lookup: str = "open_closed"
     edit_replaces: bool = False
     edit_old_client_id_param: str = ""
+    stream_fee_sign: int = 1
+    client_id_pattern: tuple[str, str, int] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    has: dict[str, Any] = field(default_factory=dict)
 
 
 CHECKED_VENUES: dict[str, CheckedVenue] = {
@@ -82,6 +90,25 @@ CHECKED_VENUES: dict[str, CheckedVenue] = {
         "(options.watchOrderBook.checksum) because it keeps levels as floats, so a missed "
         "update is not detected; quoteforge still checks for a crossed book",
         lookup="open_closed",
+    ),
+    "okx": CheckedVenue(
+        "okx",
+        checked="spot, against the OKX v5 replica (exchanges/testing/okx_replica.py: REST "
+        "trade/account endpoints, books/trades and login/orders websockets, written from "
+        "OKX's v5 documentation): the conformance scenarios ccxt can see",
+        integrity="books seqId/prevSeqId continuity: a break raises InvalidNonce and the "
+        "next watch_order_book subscribes afresh (snapshot); the CRC32 checksum is not "
+        "checked",
+        lookup="fetch_order",
+        stream_fee_sign=-1,
+        client_id_pattern=(r"[A-Za-z0-9]{1,32}", r"[^A-Za-z0-9]", 32),
+        options={
+            "fetchMarkets": {"types": ["spot"]},
+            # One order per request (not batch-orders): its answer is the order's own.
+            "createOrder": "privatePostTradeOrder",
+        },
+        # fetchCurrencies needs the funding account's permission and is not needed.
+        has={"fetchCurrencies": False},
     ),
 }
 """The ccxt ids checked against a replica; any other id runs with a warning."""
@@ -221,7 +248,11 @@ def replica_urls(exchange: str, replica: Any) -> dict[str, Any]:
                 "ws": {"publicV2": replica.public_ws_url, "privateV2": replica.private_ws_url},
             }
         }
-    raise ValueError(f"no replica URLs for ccxt exchange {exchange!r}; replicas: binance, kraken")
+    if exchange == "okx":
+        return {"api": {"rest": base, "ws": f"{ws}/ws/v5"}}
+    raise ValueError(
+        f"no replica URLs for ccxt exchange {exchange!r}; replicas: binance, kraken, okx"
+    )
 
 
 def ccxt_venues_main(argv: list[str]) -> int:

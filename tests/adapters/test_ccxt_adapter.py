@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from adapter_helpers import running
 from loguru import logger
-from test_ccxt_conformance import CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT
+from test_ccxt_conformance import CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT, CCXT_OKX_KIT
 
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import VenueContext
@@ -23,7 +23,7 @@ from quoteforge.exchanges.ccxt_generic.venues import (
     instrument_from_market,
 )
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS
-from quoteforge.model import Side
+from quoteforge.model import OrderStatus, Side
 
 
 def market(price: Any, amount: Any, base: Any = None) -> dict[str, Any]:
@@ -111,7 +111,9 @@ class _NullSink:
     def on_offer(self, offer: Any) -> None: ...
 
 
-@pytest.mark.parametrize("kit", [CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT], ids=lambda k: k.venue)
+@pytest.mark.parametrize(
+    "kit", [CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT, CCXT_OKX_KIT], ids=lambda k: k.venue
+)
 async def test_reconciliation_reads_orders_balances_and_fills(kit: Any) -> None:
     async with running(kit) as h:
         order = h.order(Side.BUY)
@@ -128,7 +130,12 @@ async def test_reconciliation_reads_orders_balances_and_fills(kit: Any) -> None:
         assert balances is not None and balances[h.instrument.quote] > 0
         fills = await h.adapter.fetch_fills(0)
         assert fills is not None
-        assert [f.fill_id for f in fills] == [f.fill_id for f in h.sink.fills_of(order.client_id)]
+        streamed = h.sink.fills_of(order.client_id)
+        # The same fill over REST as on the stream: id, size and fee (paid: positive).
+        assert [(f.fill_id, f.qty_lots, f.fee) for f in fills] == [
+            (f.fill_id, f.qty_lots, f.fee) for f in streamed
+        ]
+        assert streamed[0].fee > 0
 
 
 def test_plugins_and_the_ccxt_venues_command_name_the_checked_venues(
@@ -139,10 +146,29 @@ def test_plugins_and_the_ccxt_venues_command_name_the_checked_venues(
     from quoteforge.registry import load_registry
 
     rows = {(r["name"], r["kind"]): r for r in plugin_rows(load_registry())}
-    assert "checked against replicas: binance, kraken" in rows[("ccxt", "exchange")]["description"]
+    assert (
+        "checked against replicas: binance, kraken, okx"
+        in rows[("ccxt", "exchange")]["description"]
+    )
     assert ("ccxt-venues", "command") in rows
     assert ccxt_venues_main([]) == 0
     out = capsys.readouterr().out
     assert out.startswith("binance\n  checked: spot, against the Binance replica")
     assert "\nkraken\n  checked: spot, against the Kraken replica" in out
+    assert "\nokx\n  checked: spot, against the OKX v5 replica" in out
     assert "other ccxt ids run with a warning (not checked)" in out
+
+
+async def test_okx_gets_client_ids_it_accepts_and_reports_come_back_under_ours() -> None:
+    from quoteforge.exchange import CancelOrder
+
+    async with running(CCXT_OKX_KIT) as h:
+        order = h.order(Side.BUY, client_id="mm-run0042-17")
+        update = await h.place(order)
+        assert update.status is OrderStatus.OPEN, update
+        assert [o.client_id for o in h.replica.orders(h.symbol)] == ["mmrun004217"]
+        await h.replica.fill_order("mmrun004217", h.instrument.lots_to_qty(order.qty_lots // 2))
+        await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "fill under our id")
+        h.adapter.submit([CancelOrder(order.client_id, h.adapter.name, h.symbol)])
+        await h.wait_for(h.status_is(order.client_id, OrderStatus.CANCELLED), "cancelled")
+        assert not h.replica.orders(h.symbol)
