@@ -80,7 +80,10 @@ class CcxtParams(CcxtSpotParams):
         default_factory=dict, description="ccxt options for the exchange (deep-merged)."
     )
     book_depth: int | None = Field(
-        None, ge=1, description="Levels per side to subscribe to and keep (None: ccxt's default)."
+        100,
+        ge=1,
+        description="Levels per side to subscribe to and keep (None: ccxt's default, e.g. "
+        "1000 on Binance); each update costs a compare of every kept level.",
     )
     public_trades: bool = Field(True, description="Watch the venue's public trades.")
     rate_limit_ms: float | None = Field(

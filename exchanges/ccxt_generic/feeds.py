@@ -131,41 +131,44 @@ class BookFeed:
         self.machine.add_observer(observer)
         self._tick = float(instrument.tick_size)
         self._lot = float(instrument.lot_size)
-        self._bids: dict[int, int] = {}
-        self._asks: dict[int, int] = {}
+        self._bids: dict[float, float] = {}  # the last book as ccxt held it
+        self._asks: dict[float, float] = {}
         self.waiting_since = time.monotonic()
 
     @property
     def state(self) -> BookState:
         return self.book.state
 
-    def _side(self, levels: Any) -> dict[int, int]:
-        out: dict[int, int] = {}
-        rows = levels if self.depth is None else levels[: self.depth]
-        for row in rows:
-            ticks = grid_units(row[0], self._tick, "book price")
-            lots = grid_units(row[1], self._lot, "book quantity")
-            if lots > 0:
-                out[ticks] = lots
-        return out
-
-    @staticmethod
-    def _changes(old: dict[int, int], new: dict[int, int]) -> list[tuple[int, int]]:
-        changes = [(p, q) for p, q in new.items() if old.get(p) != q]
-        changes += [(p, 0) for p in old if p not in new]
-        return changes
+    def _changes(
+        self, old: dict[float, float], rows: Any
+    ) -> tuple[dict[float, float], list[tuple[int, int]]]:
+        """The side as ccxt holds it (price -> size, floats) and the levels that differ
+        from ``old``, converted to ticks and lots (0 lots: removed). Only changed levels
+        are converted, so an update costs a dict build and compare, not a conversion of
+        every level."""
+        rows = rows if self.depth is None else rows[: self.depth]
+        new = {row[0]: row[1] for row in rows if row[1]}
+        tick, lot = self._tick, self._lot
+        changes = [
+            (grid_units(p, tick, "book price"), grid_units(q, lot, "book quantity"))
+            for p, q in new.items()
+            if old.get(p) != q
+        ]
+        changes += [(grid_units(p, tick, "book price"), 0) for p in old if p not in new]
+        return new, changes
 
     def apply(self, ccxt_book: Mapping[str, Any], now_ns: int) -> str | None:
         """Apply a ccxt book; None when applied, else why it must be resynchronised."""
+        bid_rows = ccxt_book.get("bids") or []
+        ask_rows = ccxt_book.get("asks") or []
+        # ccxt keeps each side sorted best first.
+        if bid_rows and ask_rows and bid_rows[0][0] >= ask_rows[0][0]:
+            return f"crossed book from ccxt: bid {bid_rows[0][0]} >= ask {ask_rows[0][0]}"
         try:
-            bids = self._side(ccxt_book.get("bids") or [])
-            asks = self._side(ccxt_book.get("asks") or [])
+            bids, bid_changes = self._changes(self._bids, bid_rows)
+            asks, ask_changes = self._changes(self._asks, ask_rows)
         except MarketGridError as exc:
             return f"ccxt book off the venue's grid: {exc}"
-        if bids and asks and max(bids) >= min(asks):
-            return f"crossed book from ccxt: bid {max(bids)} >= ask {min(asks)} ticks"
-        bid_changes = self._changes(self._bids, bids)
-        ask_changes = self._changes(self._asks, asks)
         self._bids, self._asks = bids, asks
         if bid_changes or ask_changes or self.book.state is not BookState.LIVE:
             self.book.apply_deltas(bid_changes, ask_changes, now_ns)

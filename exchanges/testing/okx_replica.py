@@ -5,7 +5,8 @@ websockets, in OKX's documented wire formats (docs-v5), on 127.0.0.1.
     async with OkxReplica() as venue:
         urls = {"api": {"rest": venue.url, "ws": f"{venue.ws_url}/ws/v5"}}
 
-What it follows from the documentation: every REST answer is ``{"code", "msg",
+What it follows, from OKX's v5 documentation as ccxt and other clients implement it (no
+live OKX traffic has been compared): every REST answer is ``{"code", "msg",
 "data"}`` with HTTP 200 for business errors (an order error carries ``sCode``/``sMsg``
 per order); private REST calls are signed (``OK-ACCESS-SIGN`` = base64 HMAC-SHA256 of
 timestamp + method + path and query + body) with a passphrase; client order ids are
