@@ -172,3 +172,31 @@ async def test_okx_gets_client_ids_it_accepts_and_reports_come_back_under_ours()
         h.adapter.submit([CancelOrder(order.client_id, h.adapter.name, h.symbol)])
         await h.wait_for(h.status_is(order.client_id, OrderStatus.CANCELLED), "cancelled")
         assert not h.replica.orders(h.symbol)
+
+
+async def test_rest_polling_stands_in_for_missing_websockets() -> None:
+    """A venue whose ccxt has no watch_* at all: the book is polled with
+    fetch_order_book, orders are looked up and our trades fetched over REST."""
+    import dataclasses
+
+    from quoteforge.exchanges.ccxt_generic.venues import CHECKED_VENUES
+
+    no_ws = dict.fromkeys(("watchOrderBook", "watchTrades", "watchOrders", "watchMyTrades"), False)
+
+    def make(replica: Any, params: dict[str, Any], ctx: VenueContext) -> CcxtVenue:
+        venue = CCXT_BINANCE_KIT.make_adapter(replica, {**params, "poll_interval_s": 0.1}, ctx)
+        profile = CHECKED_VENUES["binance"]
+        venue.profile = dataclasses.replace(profile, has={**profile.has, **no_ws})
+        return venue
+
+    kit = dataclasses.replace(CCXT_BINANCE_KIT, make_adapter=make)
+    async with running(kit) as h:
+        assert not h.adapter.market_client.has["watchOrderBook"]
+        await h.replica.churn(h.symbol, 10, seed=4)
+        await h.wait_book_matches()
+        order = h.order(Side.BUY)
+        assert (await h.place(order)).status is OrderStatus.OPEN
+        await h.replica.fill_order(order.client_id)
+        await h.wait_for(h.status_is(order.client_id, OrderStatus.FILLED), "filled, by look-up")
+        await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "fill, by fetch")
+        assert [f.qty_lots for f in h.sink.fills_of(order.client_id)] == [order.qty_lots]
