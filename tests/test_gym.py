@@ -6,6 +6,7 @@ use and the errors a bad manifest or action gets."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,22 @@ def test_made_through_gymnasium_and_vectorised_sync_and_async() -> None:
         finally:
             vec.close()
     np.testing.assert_array_equal(results[0], results[1])  # same seeds, same paths
+
+
+async def test_stepped_from_inside_a_running_event_loop() -> None:
+    """A notebook cell runs inside an event loop: the environment runs its own loop on a
+    helper thread then, with the same results as outside."""
+    env = MarketMakingEnv(SIM, episode_steps=4)
+    try:
+        inside = rollout(env, 9, [env.spread_action()] * 4)
+    finally:
+        env.close()
+    outside = MarketMakingEnv(SIM, episode_steps=4)
+    try:  # a thread of its own has no running loop
+        steps = [outside.spread_action()] * 4
+        assert inside == await asyncio.to_thread(rollout, outside, 9, steps)
+    finally:
+        outside.close()
 
 
 def test_bad_actions_are_refused_by_name(sim_env: MarketMakingEnv) -> None:

@@ -436,7 +436,7 @@ class MarketMakingEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._end_episode("environment closed")
         self._closed = True
         if self._loop is not None:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._call(self._loop.shutdown_asyncgens())
             self._loop.close()
             self._loop = None
         if self._made_root:
