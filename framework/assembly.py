@@ -273,6 +273,7 @@ def build_risk_view(
         now_ns=clock.now_ns,
         markets=markets,
         own_best_ticks=own_best_ticks,
+        venue_position=portfolio.venue_position,
     )
 
 

@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from quoteforge.model import Fill, Instrument, Offer, Order, OrderUpdate, Side
+from quoteforge.model import (
+    Fill,
+    Funding,
+    Instrument,
+    Offer,
+    Order,
+    OrderUpdate,
+    Side,
+    VenuePosition,
+)
 
 if TYPE_CHECKING:
     from quoteforge.book import L2Book
@@ -24,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CancelAll",
     "CancelOrder",
+    "DerivativesSink",
     "ExchangeAdapter",
     "OrderAction",
     "PlaceOrder",
@@ -86,6 +96,21 @@ class VenueSink(Protocol):
     def on_offer(self, offer: Offer) -> None:
         """A counterparty offer arrived (offer-stream venues only). To take it, the run
         places an IOC order at the offer's price with ``extra["offer_id"]`` set."""
+
+
+class DerivativesSink(VenueSink, Protocol):
+    """A sink that also hears what only derivatives venues report. The run's engine is
+    one; an adapter calls these only on a sink that has them (``getattr``), so sinks
+    of spot-only tools need not implement them."""
+
+    def on_funding(self, funding: Funding) -> None:
+        """A funding payment on a perpetual position (derivatives venues only): booked
+        in the portfolio's PnL and journaled (kind ``funding``) once per id."""
+
+    def on_position(self, position: VenuePosition) -> None:
+        """The venue's view of a position changed (derivatives venues only): kept for
+        risk checks (liquidation distance) and the report; our fills stay the truth
+        of the position itself."""
 
 
 @dataclass

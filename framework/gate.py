@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from quoteforge.model import Order, Quote, Side, TimeInForce
+from quoteforge.model import REDUCE_ONLY, InstrumentKind, Order, Quote, Side, TimeInForce
 
 if TYPE_CHECKING:
     from quoteforge.breakers import Breakers
@@ -136,9 +136,23 @@ class OrderGate:
         price_ticks: int,
         qty_lots: int,
         offer_id: str | None = None,
+        *,
+        reduce_only: bool = False,
     ) -> Order | None:
         """An immediate-or-cancel order through every stage; the registered order, or
-        None when a stage refused it (``last_refusal`` says which and why)."""
+        None when a stage refused it (``last_refusal`` says which and why). A
+        ``reduce_only`` take must shrink a perpetual's position without flipping it."""
+        if reduce_only:
+            position = self.position_lots(market.key)
+            if market.instrument.kind is not InstrumentKind.PERPETUAL:
+                why = f"{market.key} is not a perpetual: reduce-only orders need a position"
+            elif position * int(side) >= 0 or qty_lots > abs(position):
+                why = f"{side.name} {qty_lots} lots would not reduce {position} lots"
+            else:
+                why = ""
+            if why:
+                self._refuse("instrument", f"reduce-only refused: {why}")
+                return None
         why = self.check(market, strategy, side, price_ticks, qty_lots, level=-1, post_only=False)
         if why:
             return None
@@ -159,6 +173,7 @@ class OrderGate:
             tif=_IOC,
             strategy=strategy,
             level=-1,
+            extra={REDUCE_ONLY: True} if reduce_only else None,
         )
         if offer_id is not None:
             order.extra["offer_id"] = offer_id

@@ -27,7 +27,18 @@ from quoteforge.gate import OrderGate
 from quoteforge.journal import Journal, JournalRecord
 from quoteforge.latency import LatencyHistogram
 from quoteforge.manifest import Manifest
-from quoteforge.model import Fill, Offer, Order, OrderStatus, OrderUpdate, Quote, Side, TimeInForce
+from quoteforge.model import (
+    Fill,
+    Funding,
+    Offer,
+    Order,
+    OrderStatus,
+    OrderUpdate,
+    Quote,
+    Side,
+    TimeInForce,
+    VenuePosition,
+)
 from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
 from quoteforge.registry import PluginRegistry
@@ -355,6 +366,46 @@ class QuotingEngine:
             self._halt(srt, exc, "on_fill")
             return
         self._requote(mr, refill=True)
+
+    def on_funding(self, funding: Funding) -> None:
+        """A funding payment (perpetuals): journaled, then booked in the PnL, once."""
+        portfolio: Portfolio | None = getattr(self, "portfolio", None)
+        if portfolio is None or funding.market not in portfolio.markets:
+            return  # reports while the venues connect come again on reconciliation
+        self.journal.append(
+            JournalRecord(
+                f"funding:{funding.venue}:{funding.funding_id}",
+                "funding",
+                funding.ts_ns,
+                funding.market,
+                {"amount": str(funding.amount), "asset": funding.asset, "id": funding.funding_id},
+            )
+        )
+        if portfolio.apply_funding(funding):
+            self._trace_event(funding.market, "funding", f"{funding.amount} {funding.asset}")
+
+    def on_position(self, position: VenuePosition) -> None:
+        """The venue's view of a position, for risk (liquidation price) and the report;
+        journaled at most once a second per market."""
+        portfolio: Portfolio | None = getattr(self, "portfolio", None)
+        if portfolio is None:
+            return  # while the venues connect; the venue reports positions again
+        portfolio.set_venue_position(position)
+        liq = position.liquidation_price
+        self.journal.append(
+            JournalRecord(
+                f"position:{position.market}:{position.ts_ns // NS}",
+                "position",
+                position.ts_ns,
+                position.market,
+                {
+                    "qty_lots": position.qty_lots,
+                    "entry_price": str(position.entry_price),
+                    "unrealized_pnl": str(position.unrealized_pnl),
+                    "liquidation_price": None if liq is None else str(liq),
+                },
+            )
+        )
 
     # -- failure handling -------------------------------------------------------------
     def _guard(self, srt: StrategyRuntime, fn: Callable[..., Any], *args: Any) -> Any:

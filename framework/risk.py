@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from quoteforge.model import Quote
+from quoteforge.model import Quote, VenuePosition
 from quoteforge.registry import NoParams
 from quoteforge.strategy import Market
 
@@ -43,8 +43,12 @@ class RiskView:
         now_ns: Callable[[], int] = lambda: 0,
         markets: dict[str, Market] | None = None,
         own_best_ticks: Callable[[str, int], int | None] = lambda key, sign: None,
+        venue_position: Callable[[str], VenuePosition | None] = lambda key: None,
     ) -> None:
         self._own_best_ticks = own_best_ticks
+        #: venue_position(market): the venue's latest report of the position (derivatives
+        #: venues: entry, mark and liquidation price), or None.
+        self.venue_position = venue_position
         self.position_lots = position_lots
         self.now_ns = now_ns
         # Every market of the run, for portfolio-wide checks (value at risk, correlation).

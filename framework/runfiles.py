@@ -140,7 +140,8 @@ def sample_markets(
         realized = pf.realized(key)
         fees = pf.fees(key)
         unrealized = pf.unrealized(key, mark) if mark is not None else Decimal(0)
-        exact_pnl = realized + unrealized - fees
+        funding = pf.funding(key)  # perpetuals: received minus paid
+        exact_pnl = realized + unrealized - fees + funding
         pnl_by_market[key] = exact_pnl
         pnl = float(exact_pnl)
         mr.last_pnl = pnl
@@ -178,6 +179,7 @@ def sample_markets(
                 "realized": float(realized),
                 "unrealized": float(unrealized),
                 "fees": float(fees),
+                "funding": float(funding),
                 "spread": on_grid(spread, tick) if spread is not None else None,
                 "state": book.state.value,
             }
@@ -200,7 +202,11 @@ def summary_rows(markets: dict[str, MarketRuntime], portfolio: Portfolio) -> lis
     pf = portfolio
     for key, mr in markets.items():
         mark = _mark(mr)
-        pnl = pf.pnl(key, mark) if mark is not None else pf.realized(key) - pf.fees(key)
+        pnl = (
+            pf.pnl(key, mark)
+            if mark is not None
+            else pf.realized(key) - pf.fees(key) + pf.funding(key)
+        )
         tick = mr.instrument.tick_size
         rows.append(
             {

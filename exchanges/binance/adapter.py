@@ -10,22 +10,21 @@ import json
 import re
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from loguru import logger
 from pydantic import Field
 
 from quoteforge import hookimpl
 from quoteforge.exchange import VenueContext
+from quoteforge.exchanges.binance.family import CLIENT_ID, STATUS, BinanceFamilyAdapter
 from quoteforge.exchanges.binance.ratelimit import BinanceRateGovernor
 from quoteforge.exchanges.ccxt_base import (
-    CcxtSpotAdapter,
     CcxtSpotParams,
     LatencyEndpoints,
     ManagedSocket,
     TrackedOrder,
     VenueCallError,
-    book_source_factory,
 )
 from quoteforge.model import (
     Fill,
@@ -37,11 +36,6 @@ from quoteforge.model import (
     Side,
     TimeInForce,
 )
-from quoteforge.ratelimit import RateLimitError
-
-if TYPE_CHECKING:
-    from quoteforge.book.source import BookSource
-    from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 
 __all__ = [
     "BinanceParams",
@@ -58,22 +52,8 @@ TEST_REST = "https://testnet.binance.vision"
 TEST_STREAMS = "wss://stream.testnet.binance.vision"
 TEST_WS_API = "wss://ws-api.testnet.binance.vision/ws-api/v3"
 
-_STATUS = {
-    "NEW": OrderStatus.OPEN,
-    "PENDING_NEW": OrderStatus.PENDING_NEW,
-    "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
-    "FILLED": OrderStatus.FILLED,
-    "CANCELED": OrderStatus.CANCELLED,
-    "PENDING_CANCEL": OrderStatus.PENDING_CANCEL,
-    "REJECTED": OrderStatus.REJECTED,
-    "EXPIRED": OrderStatus.EXPIRED,
-    "EXPIRED_IN_MATCH": OrderStatus.EXPIRED,
-}
-_CLIENT_ID = re.compile(r"^[a-zA-Z0-9_-]{1,36}$")
-# Codes after which the order may or may not exist (Binance: "execution status unknown").
-_UNKNOWN_CODES = {-1000, -1001, -1006, -1007, -1008}
-_AUTH_CODES = {-1002, -1022, -2014, -2015}
-_DEPTH_WEIGHT = ((100, 5), (500, 25), (1000, 50), (5000, 250))
+_STATUS = STATUS
+_CLIENT_ID = re.compile(CLIENT_ID)
 
 
 class BinanceParams(CcxtSpotParams):
@@ -165,28 +145,25 @@ def instrument_from_exchange_info(
     )
 
 
-class BinanceSpot(CcxtSpotAdapter):
+class BinanceSpot(BinanceFamilyAdapter):
     """Binance spot. One socket carries every symbol's diff depth and trades; one
     websocket-API socket carries the user data stream."""
 
     venue_id = "binance"
     ccxt_id = "binance"
+    time_method = "public_get_time"
+    depth_method = "public_get_depth"
+    trades_method, trades_weight = "private_get_mytrades", 20
+    exchange_info_method, exchange_info_weight = "public_get_exchangeinfo", 20
+    open_orders_method, open_orders_weight = "private_get_openorders", 6
+    depth_weights = ((100, 5), (500, 25), (1000, 50), (5000, 250))  # by snapshot limit
     params: BinanceParams
 
     def __init__(self, params: BinanceParams, ctx: VenueContext) -> None:
-        super().__init__(params, ctx)
-        self.governor = BinanceRateGovernor(ctx.clock, headroom=params.rate_headroom)
-        # Looked up now, so a manifest naming an unknown source fails before connecting.
-        self._make_source = book_source_factory(ctx, params.book_source)
-        self._native: dict[str, str] = {}  # our symbol -> BTCUSDT
-        self._by_native: dict[str, str] = {}
-        self._sources: dict[str, BinanceSpotBookSource] = {}
-        self._snapshot_tasks: dict[str, asyncio.Task[Any]] = {}
-        self._market_socket: ManagedSocket | None = None
+        super().__init__(params, ctx, BinanceRateGovernor(ctx.clock, headroom=params.rate_headroom))
         self._user_socket: ManagedSocket | None = None
         self._user_ready = asyncio.Event()
         self._user_subscriptions = 0
-        self._user_down_since_ms: int | None = None
         self._request_ids = iter(range(1, 1 << 62))
 
     # -- URLs ------------------------------------------------------------------------------
@@ -242,106 +219,12 @@ class BinanceSpot(CcxtSpotAdapter):
             }
         return config
 
-    # -- REST --------------------------------------------------------------------------------
-    def observe_response(self, status: int, headers: dict[str, str]) -> None:
-        self.governor.observe(status, headers)
-
-    async def _call(
-        self, method: str, params: dict[str, Any] | None = None, *, weight: int = 1, orders: int = 0
-    ) -> Any:
-        try:
-            await self.governor.acquire(weight, orders, max_wait=self.params.max_rate_wait_s)
-        except RateLimitError as exc:
-            raise VenueCallError(
-                "rate_limited", str(exc), retry_after_s=exc.retry_after_s
-            ) from None
-        return await self._rest(method, params)
-
-    def classify_http_error(self, status: int, body: str) -> VenueCallError:
-        try:
-            data = json.loads(body)
-            code = int(data.get("code"))
-            msg = str(data.get("msg", ""))
-        except (ValueError, TypeError, AttributeError):
-            data, code, msg = None, None, body[:200]
-        text = f"HTTP {status}: {msg}"
-        if status >= 500 or code in _UNKNOWN_CODES:
-            return VenueCallError("unknown", text, str(code or status), payload=data)
-        if code == -1021:
-            return VenueCallError("clock", text, str(code), payload=data)
-        if code in (-2011, -2013):
-            return VenueCallError("not_found", text, str(code), payload=data)
-        if code in _AUTH_CODES or status in (401, 403):
-            return VenueCallError("auth", text, str(code or status), payload=data)
-        return VenueCallError("rejected", text, str(code or status), payload=data)
-
-    async def sync_time(self) -> None:
-        t0 = time.time_ns()
-        data = await self._call("public_get_time", weight=1)
-        t1 = time.time_ns()
-        local_ms = (t0 + t1) // 2 // 1_000_000
-        self.time_offset_ms = int(data["serverTime"]) - local_ms
-        # ccxt signs with timestamp = local ms - timeDifference.
-        self._client.options["timeDifference"] = -self.time_offset_ms
-        self.counters["time_syncs"] += 1
-        if abs(self.time_offset_ms) > 1000:
-            logger.warning(
-                "{}: venue clock differs from ours by {} ms; compensating",
-                self.name,
-                self.time_offset_ms,
-            )
-
-    async def _time_sync_loop(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(self.params.time_sync_interval_s)
-            try:
-                await self.sync_time()
-            except VenueCallError as exc:
-                logger.warning("{}: time sync failed: {}", self.name, exc)
-
-    async def load_instruments(self) -> dict[str, Instrument]:
-        wanted: dict[str, str] = {}
-        for symbol in self.ctx.symbols:
-            native = symbol.replace("/", "").replace("-", "").replace("_", "").upper()
-            wanted[symbol] = native
-        data = await self._call("public_get_exchangeinfo", weight=20)
-        self.governor.configure(data.get("rateLimits", []))
-        by_name = {s["symbol"]: s for s in data.get("symbols", [])}
-        missing = [s for s, n in wanted.items() if n not in by_name]
-        if missing:
-            raise ValueError(
-                f"{self.name}: unknown symbol(s) {missing}; the venue lists e.g. "
-                f"{sorted(by_name)[:10]} (write BTCUSDT or BTC/USDT)"
-            )
-        out: dict[str, Instrument] = {}
-        for symbol, native in wanted.items():
-            out[symbol] = instrument_from_exchange_info(self.name, symbol, by_name[native])
-            self._native[symbol] = native
-            self._by_native[native] = symbol
-        return out
+    def instrument_of(self, symbol: str, info: dict[str, Any]) -> Instrument:
+        return instrument_from_exchange_info(self.name, symbol, info)
 
     # -- streams -----------------------------------------------------------------------------
     async def start_streams(self) -> None:
-        stale = self.params.book_stale_after_s
-        for symbol, instrument in self.instruments.items():
-            source: BinanceSpotBookSource = self._make_source(
-                instrument,
-                clock=self.clock,
-                stale_after_ms=None if stale is None else stale * 1000,
-                on_resync=self._on_resync,
-                on_update=self._emit_book,
-                wire_symbol=self._native[symbol],
-            )
-            source.add_observer(self._emit_book_state)
-            self._sources[symbol] = source
-            self.books[symbol] = source.book
-        self._market_socket = self._spawn_socket(
-            "market",
-            self._market_url,
-            self._on_market_open,
-            self._on_market_text,
-            self._on_market_down,
-        )
+        self.start_market_data()
         if self.has_credentials:
             self._user_socket = self._spawn_socket(
                 "user",
@@ -360,7 +243,7 @@ class BinanceSpot(CcxtSpotAdapter):
                 )
         self.spawn_task(self._time_sync_loop(), f"{self.name}/time-sync")
 
-    def _market_url(self) -> str:
+    def market_url(self) -> str:
         speed = "@100ms" if self.params.depth_interval_ms == 100 else ""
         names = []
         for native in self._native.values():
@@ -369,88 +252,6 @@ class BinanceSpot(CcxtSpotAdapter):
             if self.params.public_trades:
                 names.append(f"{lower}@trade")
         return f"{self.streams_base}/stream?streams={'/'.join(names)}"
-
-    async def _on_market_open(self, sock: ManagedSocket) -> None:
-        reason = "connected" if sock.connects == 1 else f"reconnected after: {sock.last_reason}"
-        for source in self._sources.values():
-            # Nothing from the previous connection chains with this one: new snapshot.
-            source.reconnected(reason)
-
-    def _on_market_down(self, reason: str) -> None:
-        for source in self._sources.values():
-            source.feed_down(f"market data socket down: {reason}")
-
-    def _on_market_text(self, raw: str, recv_ns: int) -> None:
-        start = raw.find('"stream":"')
-        if start < 0:
-            if self.tap is not None:
-                self._tap_raw("market", raw, recv_ns)
-            return  # subscription acks and other control answers
-        start += 10
-        stream = raw[start : raw.find('"', start)]
-        if self.tap is not None:
-            self._tap_raw(stream, raw, recv_ns)
-        native, _, kind = stream.partition("@")
-        symbol = self._by_native.get(native.upper())
-        if symbol is None:
-            return
-        if kind.startswith("depth"):
-            from quoteforge.book.wire import BookMessageError
-
-            try:
-                self._sources[symbol].on_message(raw, self.clock.now_ns())
-            except BookMessageError as exc:
-                logger.warning("{}: dropped malformed depth message: {}", self.name, exc)
-        elif kind == "trade":
-            self._on_public_trade(symbol, json.loads(raw)["data"])
-
-    def _on_public_trade(self, symbol: str, data: dict[str, Any]) -> None:
-        instrument = self.instruments[symbol]
-        try:
-            price = instrument.price_to_ticks(data["p"])
-            qty = instrument.qty_to_lots(data["q"])
-        except (KeyError, ValueError) as exc:
-            logger.warning("{}: bad trade message ({}): {!r}", self.name, exc, data)
-            return
-        # "m": the buyer was the maker, so the seller hit the bid.
-        aggressor = Side.SELL if data.get("m") else Side.BUY
-        self._emit_trade(symbol, price, qty, aggressor, int(data.get("T", 0)) * 1_000_000)
-
-    def _on_resync(self, source: BookSource, reason: str) -> None:
-        symbol = source.book.symbol
-        task = self._snapshot_tasks.get(symbol)
-        if task is None or task.done():
-            self._snapshot_tasks[symbol] = self.spawn_task(
-                self._snapshot_loop(symbol), f"{self.name}/snapshot/{symbol}"
-            )
-
-    async def _snapshot_loop(self, symbol: str) -> None:
-        from quoteforge.book.wire import BookMessageError
-
-        source = self._sources[symbol]
-        limit = self.params.depth_snapshot_limit
-        weight = next(w for top, w in _DEPTH_WEIGHT if limit <= top)
-        delay = 0.05
-        while source.needs_snapshot and not self._closed:
-            sock = self._market_socket
-            if sock is None or not sock.is_up:
-                return  # reconnecting: the new connection asks for a snapshot again
-            try:
-                snap = await self._call(
-                    "public_get_depth",
-                    {"symbol": self._native[symbol], "limit": limit},
-                    weight=weight,
-                )
-                if self.tap is not None:
-                    # Stream name and body as the replay venue reads them back.
-                    body = self._last_rest_body() or json.dumps(snap, separators=(",", ":"))
-                    self._tap_raw(f"rest:depth?symbol={self._native[symbol]}", body, time.time_ns())
-                source.on_snapshot(snap, self.clock.now_ns())
-            except (VenueCallError, BookMessageError) as exc:
-                logger.warning("{}: depth snapshot for {} failed: {}", self.name, symbol, exc)
-            if source.needs_snapshot:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.params.reconnect_max_s)
 
     # -- user data stream (websocket API) -------------------------------------------------------
     def _ws_signature(self, params: dict[str, Any]) -> str:
@@ -538,50 +339,6 @@ class BinanceSpot(CcxtSpotAdapter):
                 )
             )
 
-    async def reconcile_orders(self) -> None:
-        """The user stream was down: ask for every working order and for our trades
-        since then, so no report and no fill is lost."""
-        since = self._user_down_since_ms
-        self._user_down_since_ms = None
-        await super().reconcile_orders()
-        symbols = {t.symbol for t in self._orders.values()}
-        start = (since or 0) - 5_000
-        for symbol in symbols:
-            try:
-                for fill in await self._my_trades(symbol, start):
-                    self._emit_fill(fill)
-            except VenueCallError as exc:
-                logger.warning("{}: trade recovery for {} failed: {}", self.name, symbol, exc)
-
-    async def _my_trades(self, symbol: str, start_ms: int) -> list[Fill]:
-        instrument = self.instruments[symbol]
-        rows = await self._call(
-            "private_get_mytrades",
-            {"symbol": self._native[symbol], "startTime": max(0, start_ms), "limit": 1000},
-            weight=20,
-        )
-        by_exchange_id = {t.exchange_id: t for t in self._orders.values() if t.exchange_id}
-        fills = []
-        for row in rows:
-            tracked = by_exchange_id.get(str(row["orderId"]))
-            fills.append(
-                Fill(
-                    venue=self.name,
-                    symbol=symbol,
-                    fill_id=f"{row['symbol']}:{row['id']}",
-                    client_id=tracked.client_id if tracked else f"order:{row['orderId']}",
-                    side=Side.BUY if row["isBuyer"] else Side.SELL,
-                    price_ticks=instrument.price_to_ticks(row["price"]),
-                    qty_lots=instrument.qty_to_lots(row["qty"]),
-                    fee=Decimal(row["commission"]),
-                    fee_asset=row["commissionAsset"],
-                    liquidity=Liquidity.MAKER if row["isMaker"] else Liquidity.TAKER,
-                    ts_ns=int(row["time"]) * 1_000_000,
-                    strategy=tracked.order.strategy if tracked else "",
-                )
-            )
-        return fills
-
     # -- orders ------------------------------------------------------------------------------
     def _order_params(self, tracked: TrackedOrder) -> dict[str, Any]:
         order = tracked.order
@@ -607,7 +364,7 @@ class BinanceSpot(CcxtSpotAdapter):
             )
         return params
 
-    def _update_from_order(self, data: dict[str, Any], client_id: str | None = None) -> OrderUpdate:
+    def order_report(self, data: dict[str, Any], client_id: str | None = None) -> OrderUpdate:
         symbol = self._by_native[data["symbol"]]
         instrument = self.instruments[symbol]
         price = Decimal(data.get("price") or "0")
@@ -629,14 +386,14 @@ class BinanceSpot(CcxtSpotAdapter):
         params.update(newClientOrderId=order.client_id, newOrderRespType="RESULT")
         data = await self._call("private_post_order", params, weight=1, orders=1)
         order.exchange_id = str(data["orderId"])
-        self._emit_update(self._update_from_order(data, order.client_id))
+        self._emit_update(self.order_report(data, order.client_id))
 
     async def send_cancel(self, order: TrackedOrder) -> None:
         data = await self._call(
             "private_delete_order",
             {"symbol": self._native[order.symbol], "origClientOrderId": order.client_id},
         )
-        self._emit_update(self._update_from_order(data, order.client_id))
+        self._emit_update(self.order_report(data, order.client_id))
 
     async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:
         try:
@@ -649,7 +406,7 @@ class BinanceSpot(CcxtSpotAdapter):
             if exc.kind == "not_found":
                 return None
             raise
-        return self._update_from_order(data, order.client_id)
+        return self.order_report(data, order.client_id)
 
     async def send_cancel_all(self, symbol: str) -> None:
         try:
@@ -659,7 +416,7 @@ class BinanceSpot(CcxtSpotAdapter):
                 return  # nothing was open
             raise
         for row in rows:
-            self._emit_update(self._update_from_order(row))
+            self._emit_update(self.order_report(row))
 
     async def send_replace(self, old: TrackedOrder, new: TrackedOrder) -> None:
         """``POST /api/v3/order/cancelReplace`` (STOP_ON_FAILURE): one call, and the new
@@ -699,7 +456,7 @@ class BinanceSpot(CcxtSpotAdapter):
                 return
             cancel = detail.get("cancelResponse") or {}
             if detail.get("cancelResult") == "SUCCESS" and "orderId" in cancel:
-                self._emit_update(self._update_from_order(cancel, old.client_id))
+                self._emit_update(self.order_report(cancel, old.client_id))
             else:
                 update = await self._lookup_quietly(old)
                 if update is not None:
@@ -715,19 +472,12 @@ class BinanceSpot(CcxtSpotAdapter):
                 )
             )
             return
-        self._emit_update(self._update_from_order(data["cancelResponse"], old.client_id))
+        self._emit_update(self.order_report(data["cancelResponse"], old.client_id))
         new_data = data["newOrderResponse"]
         new.exchange_id = str(new_data["orderId"])
-        self._emit_update(self._update_from_order(new_data, new.client_id))
+        self._emit_update(self.order_report(new_data, new.client_id))
 
     # -- reconciliation truth ----------------------------------------------------------------
-    async def fetch_open_orders(self) -> list[OrderUpdate]:
-        out: list[OrderUpdate] = []
-        for native in self._native.values():
-            rows = await self._call("private_get_openorders", {"symbol": native}, weight=6)
-            out.extend(self._update_from_order(row) for row in rows)
-        return out
-
     async def fetch_balances(self) -> dict[str, Decimal]:
         """Total (free + locked) per asset with a non-zero balance."""
         data = await self._call("private_get_account", weight=20)
@@ -737,9 +487,3 @@ class BinanceSpot(CcxtSpotAdapter):
             if total:
                 out[row["asset"]] = total
         return out
-
-    async def fetch_fills(self, since_ns: int) -> list[Fill]:
-        fills: list[Fill] = []
-        for symbol in self._native:
-            fills.extend(await self._my_trades(symbol, since_ns // 1_000_000))
-        return fills

@@ -1,0 +1,356 @@
+"""What the Binance spot and USDⓈ-M futures adapters share: signed REST through ccxt
+paced by the venue's rate governor, error classification, the venue clock, and the
+market-data socket whose diff-depth books are seeded by a REST snapshot.
+
+``BinanceSpot`` (adapter.py) and ``BinanceUsdm`` (``quoteforge.exchanges.binance_usdm``)
+subclass ``BinanceFamilyAdapter`` and give the venue's own endpoints (class attributes
+``time_method``, ``depth_method``, ``depth_weights``), the market stream URL
+(``market_url``) and anything their market stream carries beyond depth and trades
+(``on_market_message``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from loguru import logger
+
+from quoteforge.exchange import VenueContext
+from quoteforge.exchanges.ccxt_base import (
+    CcxtSpotAdapter,
+    ManagedSocket,
+    VenueCallError,
+    book_source_factory,
+)
+from quoteforge.model import Fill, Instrument, Liquidity, OrderStatus, OrderUpdate, Side
+from quoteforge.ratelimit import RateLimitError
+
+if TYPE_CHECKING:
+    from quoteforge.book.source import BookSource
+    from quoteforge.exchanges.binance.ratelimit import BinanceRateGovernor
+
+__all__ = ["AUTH_CODES", "CLIENT_ID", "STATUS", "UNKNOWN_CODES", "BinanceFamilyAdapter"]
+
+STATUS = {
+    "NEW": OrderStatus.OPEN,
+    "PENDING_NEW": OrderStatus.PENDING_NEW,
+    "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
+    "FILLED": OrderStatus.FILLED,
+    "CANCELED": OrderStatus.CANCELLED,
+    "PENDING_CANCEL": OrderStatus.PENDING_CANCEL,
+    "REJECTED": OrderStatus.REJECTED,
+    "EXPIRED": OrderStatus.EXPIRED,
+    "EXPIRED_IN_MATCH": OrderStatus.EXPIRED,
+}
+"""Binance's order status names (spot and futures) as ours."""
+CLIENT_ID = r"^[a-zA-Z0-9_-]{1,36}$"
+# Codes after which the order may or may not exist (Binance: "execution status unknown").
+UNKNOWN_CODES = frozenset({-1000, -1001, -1006, -1007, -1008})
+AUTH_CODES = frozenset({-1002, -1022, -2014, -2015})
+
+
+class BinanceFamilyAdapter(CcxtSpotAdapter):
+    """The shared half of the Binance adapters (see the module docstring)."""
+
+    time_method: ClassVar[str]
+    """ccxt's method for the venue clock (``public_get_time``, ``fapipublic_get_time``)."""
+    depth_method: ClassVar[str]
+    """ccxt's method for the REST depth snapshot."""
+    depth_weights: ClassVar[tuple[tuple[int, int], ...]]
+    """(largest limit, request weight) of the depth snapshot, ascending."""
+    not_found_codes: ClassVar[frozenset[int]] = frozenset({-2011, -2013})
+    """Codes that mean "no such order" (or, on futures, "no such listen key")."""
+    trades_method: ClassVar[str]
+    """ccxt's method for our trades (``private_get_mytrades``, ...) and its weight."""
+    trades_weight: ClassVar[int]
+    open_orders_method: ClassVar[str]
+    """ccxt's method for the open orders of a symbol and its weight."""
+    open_orders_weight: ClassVar[int]
+    exchange_info_method: ClassVar[str]
+    """ccxt's method for the venue's market list (``exchangeInfo``) and its weight."""
+    exchange_info_weight: ClassVar[int]
+
+    params: Any
+
+    def __init__(self, params: Any, ctx: VenueContext, governor: BinanceRateGovernor) -> None:
+        super().__init__(params, ctx)
+        self.governor = governor
+        # Looked up now, so a manifest naming an unknown source fails before connecting.
+        self._make_source = book_source_factory(ctx, params.book_source)
+        self._native: dict[str, str] = {}  # our symbol -> BTCUSDT
+        self._by_native: dict[str, str] = {}
+        self._sources: dict[str, Any] = {}
+        self._snapshot_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._market_socket: ManagedSocket | None = None
+        self._user_down_since_ms: int | None = None
+
+    # -- REST --------------------------------------------------------------------------------
+    def observe_response(self, status: int, headers: dict[str, str]) -> None:
+        self.governor.observe(status, headers)
+
+    async def _call(
+        self, method: str, params: dict[str, Any] | None = None, *, weight: int = 1, orders: int = 0
+    ) -> Any:
+        try:
+            await self.governor.acquire(weight, orders, max_wait=self.params.max_rate_wait_s)
+        except RateLimitError as exc:
+            raise VenueCallError(
+                "rate_limited", str(exc), retry_after_s=exc.retry_after_s
+            ) from None
+        return await self._rest(method, params)
+
+    def classify_http_error(self, status: int, body: str) -> VenueCallError:
+        try:
+            data = json.loads(body)
+            code = int(data.get("code"))
+            msg = str(data.get("msg", ""))
+        except (ValueError, TypeError, AttributeError):
+            data, code, msg = None, None, body[:200]
+        text = f"HTTP {status}: {msg}"
+        if status >= 500 or code in UNKNOWN_CODES:
+            return VenueCallError("unknown", text, str(code or status), payload=data)
+        if code == -1021:
+            return VenueCallError("clock", text, str(code), payload=data)
+        if code in self.not_found_codes:
+            return VenueCallError("not_found", text, str(code), payload=data)
+        if code in AUTH_CODES or status in (401, 403):
+            return VenueCallError("auth", text, str(code or status), payload=data)
+        return VenueCallError("rejected", text, str(code or status), payload=data)
+
+    async def sync_time(self) -> None:
+        t0 = time.time_ns()
+        data = await self._call(self.time_method, weight=1)
+        t1 = time.time_ns()
+        local_ms = (t0 + t1) // 2 // 1_000_000
+        self.time_offset_ms = int(data["serverTime"]) - local_ms
+        # ccxt signs with timestamp = local ms - timeDifference.
+        self._client.options["timeDifference"] = -self.time_offset_ms
+        self.counters["time_syncs"] += 1
+        if abs(self.time_offset_ms) > 1000:
+            logger.warning(
+                "{}: venue clock differs from ours by {} ms; compensating",
+                self.name,
+                self.time_offset_ms,
+            )
+
+    async def _time_sync_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.params.time_sync_interval_s)
+            try:
+                await self.sync_time()
+            except VenueCallError as exc:
+                logger.warning("{}: time sync failed: {}", self.name, exc)
+
+    # -- instruments -------------------------------------------------------------------------
+    def instrument_of(self, symbol: str, info: dict[str, Any]) -> Instrument:
+        """The instrument of one ``exchangeInfo`` symbol entry. Venues implement it."""
+        raise NotImplementedError
+
+    async def load_instruments(self) -> dict[str, Instrument]:
+        # BTC/USDT, btc-usdt, BTCUSDT (and a futures settle suffix, ETH/USDT:USDT) alike.
+        wanted = {
+            s: s.split(":")[0].replace("/", "").replace("-", "").replace("_", "").upper()
+            for s in self.ctx.symbols
+        }
+        data = await self._call(self.exchange_info_method, weight=self.exchange_info_weight)
+        self.governor.configure(data.get("rateLimits", []))
+        by_name = {s["symbol"]: s for s in data.get("symbols", [])}
+        missing = [s for s, n in wanted.items() if n not in by_name]
+        if missing:
+            raise ValueError(
+                f"{self.name}: unknown symbol(s) {missing}; the venue lists e.g. "
+                f"{sorted(by_name)[:10]} (write BTCUSDT or BTC/USDT)"
+            )
+        out: dict[str, Instrument] = {}
+        for symbol, native in wanted.items():
+            out[symbol] = self.instrument_of(symbol, by_name[native])
+            self._native[symbol], self._by_native[native] = native, symbol
+        return out
+
+    # -- market data -------------------------------------------------------------------------
+    def market_url(self) -> str:
+        """The combined-stream URL of every symbol's market data. Venues implement it."""
+        raise NotImplementedError
+
+    def start_market_data(self) -> None:
+        """A book source and book per symbol, and the market socket that feeds them."""
+        stale = self.params.book_stale_after_s
+        for symbol, instrument in self.instruments.items():
+            source = self._make_source(
+                instrument,
+                clock=self.clock,
+                stale_after_ms=None if stale is None else stale * 1000,
+                on_resync=self._on_resync,
+                on_update=self._emit_book,
+                wire_symbol=self._native[symbol],
+            )
+            source.add_observer(self._emit_book_state)
+            self._sources[symbol] = source
+            self.books[symbol] = source.book
+        self._market_socket = self._spawn_socket(
+            "market",
+            self.market_url,
+            self._on_market_open,
+            self._on_market_text,
+            self._on_market_down,
+        )
+
+    async def _on_market_open(self, sock: ManagedSocket) -> None:
+        reason = "connected" if sock.connects == 1 else f"reconnected after: {sock.last_reason}"
+        for source in self._sources.values():
+            # Nothing from the previous connection chains with this one: new snapshot.
+            source.reconnected(reason)
+
+    def _on_market_down(self, reason: str) -> None:
+        for source in self._sources.values():
+            source.feed_down(f"market data socket down: {reason}")
+
+    def _on_market_text(self, raw: str, recv_ns: int) -> None:
+        start = raw.find('"stream":"')
+        if start < 0:
+            if self.tap is not None:
+                self._tap_raw("market", raw, recv_ns)
+            return  # subscription acks and other control answers
+        start += 10
+        stream = raw[start : raw.find('"', start)]
+        if self.tap is not None:
+            self._tap_raw(stream, raw, recv_ns)
+        native, _, kind = stream.partition("@")
+        symbol = self._by_native.get(native.upper())
+        if symbol is None:
+            return
+        if kind.startswith("depth"):
+            from quoteforge.book.wire import BookMessageError
+
+            try:
+                self._sources[symbol].on_message(raw, self.clock.now_ns())
+            except BookMessageError as exc:
+                logger.warning("{}: dropped malformed depth message: {}", self.name, exc)
+        else:
+            self.on_market_message(symbol, kind, json.loads(raw)["data"])
+
+    def on_market_message(self, symbol: str, kind: str, data: dict[str, Any]) -> None:
+        """A market stream message other than depth (``kind`` after the ``@``): trades
+        here; venues with more streams override it and call this one."""
+        if kind != "trade":
+            return
+        instrument = self.instruments[symbol]
+        try:
+            price = instrument.price_to_ticks(data["p"])
+            qty = instrument.qty_to_lots(data["q"])
+        except (KeyError, ValueError) as exc:
+            logger.warning("{}: bad trade message ({}): {!r}", self.name, exc, data)
+            return
+        # "m": the buyer was the maker, so the seller hit the bid.
+        aggressor = Side.SELL if data.get("m") else Side.BUY
+        self._emit_trade(symbol, price, qty, aggressor, int(data.get("T", 0)) * 1_000_000)
+
+    def _on_resync(self, source: BookSource, reason: str) -> None:
+        symbol = source.book.symbol
+        task = self._snapshot_tasks.get(symbol)
+        if task is None or task.done():
+            self._snapshot_tasks[symbol] = self.spawn_task(
+                self._snapshot_loop(symbol), f"{self.name}/snapshot/{symbol}"
+            )
+
+    async def _snapshot_loop(self, symbol: str) -> None:
+        from quoteforge.book.wire import BookMessageError
+
+        source = self._sources[symbol]
+        limit = self.params.depth_snapshot_limit
+        weight = next(w for top, w in self.depth_weights if limit <= top)
+        delay = 0.05
+        while source.needs_snapshot and not self._closed:
+            sock = self._market_socket
+            if sock is None or not sock.is_up:
+                return  # reconnecting: the new connection asks for a snapshot again
+            try:
+                snap = await self._call(
+                    self.depth_method,
+                    {"symbol": self._native[symbol], "limit": limit},
+                    weight=weight,
+                )
+                if self.tap is not None:
+                    # Stream name and body as the replay venue reads them back.
+                    body = self._last_rest_body() or json.dumps(snap, separators=(",", ":"))
+                    self._tap_raw(f"rest:depth?symbol={self._native[symbol]}", body, time.time_ns())
+                source.on_snapshot(snap, self.clock.now_ns())
+            except (VenueCallError, BookMessageError) as exc:
+                logger.warning("{}: depth snapshot for {} failed: {}", self.name, symbol, exc)
+            if source.needs_snapshot:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.params.reconnect_max_s)
+
+    # -- reconciliation ------------------------------------------------------------------------
+    def order_report(self, data: dict[str, Any], client_id: str | None = None) -> OrderUpdate:
+        """Our report of one order as the venue's REST API describes it. Venues
+        implement it."""
+        raise NotImplementedError
+
+    async def reconcile_orders(self) -> None:
+        """The user stream was down: ask for every working order and for our trades
+        since then, so no report and no fill is lost."""
+        since = self._user_down_since_ms
+        self._user_down_since_ms = None
+        await super().reconcile_orders()
+        symbols = {t.symbol for t in self._orders.values()}
+        start = (since or 0) - 5_000
+        for symbol in symbols:
+            try:
+                for fill in await self.recent_fills(symbol, start):
+                    self._emit_fill(fill)
+            except VenueCallError as exc:
+                logger.warning("{}: trade recovery for {} failed: {}", self.name, symbol, exc)
+
+    async def recent_fills(self, symbol: str, start_ms: int) -> list[Fill]:
+        """Our trades on ``symbol`` since ``start_ms`` (venue time) as fills."""
+        instrument = self.instruments[symbol]
+        rows = await self._call(
+            self.trades_method,
+            {"symbol": self._native[symbol], "startTime": max(0, start_ms), "limit": 1000},
+            weight=self.trades_weight,
+        )
+        by_exchange_id = {t.exchange_id: t for t in self._orders.values() if t.exchange_id}
+        fills = []
+        for row in rows:
+            tracked = by_exchange_id.get(str(row["orderId"]))
+            buyer, maker = (
+                row.get("isBuyer", row.get("buyer")),
+                row.get("isMaker", row.get("maker")),
+            )
+            fills.append(
+                Fill(
+                    venue=self.name,
+                    symbol=symbol,
+                    fill_id=f"{row['symbol']}:{row['id']}",
+                    client_id=tracked.client_id if tracked else f"order:{row['orderId']}",
+                    side=Side.BUY if buyer else Side.SELL,
+                    price_ticks=instrument.price_to_ticks(row["price"]),
+                    qty_lots=instrument.qty_to_lots(row["qty"]),
+                    fee=Decimal(row["commission"]),
+                    fee_asset=row["commissionAsset"],
+                    liquidity=Liquidity.MAKER if maker else Liquidity.TAKER,
+                    ts_ns=int(row["time"]) * 1_000_000,
+                    strategy=tracked.order.strategy if tracked else "",
+                )
+            )
+        return fills
+
+    async def fetch_open_orders(self) -> list[OrderUpdate]:
+        out: list[OrderUpdate] = []
+        for native in self._native.values():
+            rows = await self._call(
+                self.open_orders_method, {"symbol": native}, weight=self.open_orders_weight
+            )
+            out.extend(self.order_report(row) for row in rows)
+        return out
+
+    async def fetch_fills(self, since_ns: int) -> list[Fill]:
+        fills: list[Fill] = []
+        for symbol in self._native:
+            fills.extend(await self.recent_fills(symbol, since_ns // 1_000_000))
+        return fills
