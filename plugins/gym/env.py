@@ -385,14 +385,15 @@ class MarketMakingEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         )
 
     def spread_action(
-        self, half_spread_bps: float | None = None, skew_bps: float = 0.0
+        self, half_spread_bps: float | None = None, skew_bps: float | None = None
     ) -> np.ndarray:
-        """The ``spread_skew`` action that quotes ``half_spread_bps`` (default: the
-        agent's ``half_spread_bps``, the plain run's fixed spread) and ``skew_bps``."""
+        """The ``spread_skew`` action that quotes ``half_spread_bps`` and ``skew_bps``
+        (default: the agent's own, the plain run's fixed plan)."""
         if self.action_mode != "spread_skew":
             raise ValueError("spread_action: the environment's action_mode is not spread_skew")
         p = self.agent_params
         half = p.half_spread_bps if half_spread_bps is None else float(half_spread_bps)
+        skew_bps = p.skew_bps if skew_bps is None else float(skew_bps)
         low, high = p.min_half_spread_bps, p.max_half_spread_bps
         if not low <= half <= high or abs(skew_bps) > p.max_skew_bps:
             raise ValueError(
