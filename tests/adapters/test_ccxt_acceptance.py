@@ -143,3 +143,53 @@ def test_ccxt_and_dedicated_binance_make_the_same_fills(
     assert generic == dedicated
     assert generic_trades == dedicated_trades
     assert all(qty == Decimal("0.002") for _, _, qty in dedicated_trades)
+
+
+def test_a_ccxt_sequence_gap_pulls_the_quotes_until_the_book_is_back(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gap in Binance's diff stream, seen by ccxt (ChecksumError): the book leaves
+    LIVE, the run cancels its quotes at the venue, and quotes again once ccxt has
+    rebuilt the book."""
+
+    async def scenario() -> list[str]:
+        replica = BinanceReplica(ping_interval=0.1, seed=7)
+        await replica.start()
+        try:
+            monkeypatch.setenv("BINANCE_API_KEY", replica.api_key)
+            monkeypatch.setenv("BINANCE_API_SECRET", replica.api_secret)
+            venue = {
+                "type": "ccxt",
+                "params": {
+                    **FAST_PARAMS,
+                    "exchange": "binance",
+                    "urls": replica_urls("binance", replica),
+                },
+            }
+            loaded = load_manifest("gap.yaml", registry, text=manifest(venue))
+            run = Run(loaded, registry, run_dir=tmp_path / "gap")
+            task = asyncio.create_task(run.run())
+            seen: list[str] = []
+
+            async def until(cond: Any, what: str) -> None:
+                for _ in range(200):
+                    if cond():
+                        seen.append(what)
+                        return
+                    await asyncio.sleep(0.02)
+                raise AssertionError(f"timed out waiting for {what}; saw {seen}")
+
+            await until(lambda: len(replica.orders("BTCUSDT")) == 4, "quoting")
+            await replica.skip_sequence()
+            await replica.churn("BTCUSDT", 3, seed=21)
+            await until(lambda: not replica.orders("BTCUSDT"), "quotes pulled")
+            await until(lambda: len(replica.orders("BTCUSDT")) == 4, "quoting again")
+            await task
+            return seen
+        finally:
+            await replica.stop()
+
+    assert asyncio.run(scenario()) == ["quoting", "quotes pulled", "quoting again"]
+    trace = (tmp_path / "gap" / "trace.jsonl").read_text(encoding="utf-8")
+    assert "LIVE->RESYNCING: ccxt ChecksumError (checksum check failed)" in trace
+    assert "RESYNCING->LIVE: ccxt book received" in trace
