@@ -266,9 +266,11 @@ class CcxtVenue(CcxtSpotAdapter):
         self.market_client = self.make_client(private=False)
         self._client = self.trade_client  # closed by the base's close()
         self.has = dict(self.trade_client.has)
-        for needed in ("fetchMarkets",):
-            if not self.has.get(needed):
-                raise ValueError(f"{self.name}: ccxt's {self.ccxt_id} cannot {needed}")
+        if not self.has.get("fetchMarkets"):
+            raise ValueError(
+                f"{self.name}: ccxt's {self.ccxt_id} cannot fetchMarkets, so quoteforge "
+                "cannot learn its tick and step sizes; this venue needs a dedicated adapter"
+            )
         self.instruments = await self.load_instruments()
         self.market_client.set_markets(self.trade_client.markets, self.trade_client.currencies)
         await self.start_streams()
