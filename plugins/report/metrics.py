@@ -93,6 +93,8 @@ class MarketAnalytics:
     final_pnl: float | None
     final_inventory: float | None
     event_counts: dict[str, int]
+    #: Funding received minus paid at the end (perpetuals; 0 on spot).
+    funding: float = 0.0
 
     @property
     def net_fees(self) -> float:
@@ -174,6 +176,7 @@ def _market_analytics(
     max_dd: float | None = None
     final_pnl: float | None = None
     final_inv: float | None = None
+    funding = 0.0
     if ticks is not None and len(ticks):
         tick_count = len(ticks)
         any_quote = ~np.isnan(ticks.our_bid) | ~np.isnan(ticks.our_ask)
@@ -188,6 +191,7 @@ def _market_analytics(
             max_dd = float(np.nanmax(drawdown))
         final_pnl = float(ticks.pnl[-1])
         final_inv = float(ticks.inventory[-1])
+        funding = float(ticks.funding[-1])
 
     return MarketAnalytics(
         market=market,
@@ -213,6 +217,7 @@ def _market_analytics(
         final_pnl=final_pnl,
         final_inventory=final_inv,
         event_counts=event_counts,
+        funding=funding,
     )
 
 

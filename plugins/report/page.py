@@ -206,6 +206,8 @@ def _analytics_rows(a: MarketAnalytics, f: Formats) -> list[tuple[str, str]]:
         (f"Rebates earned ({q})", fmt_money(a.rebates_earned)),
         (f"Fees (− paid, + rebate; {q})", fmt_money(a.rebates_earned - a.fees_paid)),
     ]
+    if a.funding:  # perpetuals: the inventory above is the signed position
+        rows.append((f"Funding (+ received, − paid; {q})", fmt_money(a.funding)))
     if a.event_counts:
         rows.append(("Events", ", ".join(f"{k}: {n}" for k, n in sorted(a.event_counts.items()))))
     return rows

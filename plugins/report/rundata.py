@@ -155,6 +155,8 @@ class TickSeries:
     fees: FloatArray
     spread: FloatArray
     state: tuple[str, ...]
+    #: Funding received minus paid (perpetuals); zeros in traces without it.
+    funding: FloatArray
 
     def __len__(self) -> int:
         return len(self.t)
@@ -309,7 +311,7 @@ _TICK_VALUE_FIELDS = ("inventory", "pnl", "realized", "unrealized", "fees")
 
 
 class _TickColumns:
-    __slots__ = ("columns", "state", "t")
+    __slots__ = ("columns", "funding", "state", "t")
 
     def __init__(self) -> None:
         self.t: list[int] = []
@@ -317,6 +319,7 @@ class _TickColumns:
             name: [] for name in (*_TICK_PRICE_FIELDS, *_TICK_VALUE_FIELDS)
         }
         self.state: list[str] = []
+        self.funding: list[float] = []
 
     def to_series(self, market: str) -> TickSeries:
         t = np.asarray(self.t, dtype=np.int64)
@@ -324,7 +327,11 @@ class _TickColumns:
         order = np.argsort(t, kind="stable")
         cols = {name: np.asarray(v, dtype=np.float64)[order] for name, v in self.columns.items()}
         return TickSeries(
-            market=market, t=t[order], state=tuple(self.state[i] for i in order), **cols
+            market=market,
+            t=t[order],
+            state=tuple(self.state[i] for i in order),
+            funding=np.asarray(self.funding, dtype=np.float64)[order],
+            **cols,
         )
 
 
@@ -443,6 +450,8 @@ def _add_tick(
     ):
         cols.columns[name].append(value)
     cols.state.append(state)
+    # Perpetuals' funding; traces of spot runs (and older ones) have none.
+    cols.funding.append(_number(record, "funding", path, line) if "funding" in record else 0.0)
 
 
 def _parse_fill(record: dict[str, Any], path: Path, line: int) -> TraceFill:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from quoteforge.engine import Run
 from quoteforge.exchanges.binance_usdm.flatten import FlattenError, flatten, flatten_main
@@ -137,6 +138,13 @@ def test_pure_market_making_on_usdm_then_kill_then_flatten(
     assert flattens[-1]["after_kill"] is True and flattens[-1]["after"] == {"usdm:ETHUSDT": 0}
     events = [json.loads(line) for line in (run_dir / "trace.jsonl").open()]
     assert any(e.get("event") == "funding" for e in events)
+    # The report: the position as the final inventory, and the funding.
+    from quoteforge.plugins.report.metrics import analytics
+    from quoteforge.plugins.report.rundata import load_run
+
+    market = analytics(load_run(run_dir))["usdm:ETHUSDT"]
+    assert market.funding == pytest.approx(float(paid))
+    assert market.final_inventory == pytest.approx(float(held))
     # The command itself refuses what it cannot do, with the reason.
     assert flatten_main([str(tmp_path / "nothing")]) == 1
 
@@ -174,3 +182,94 @@ def test_paper_example_over_the_real_usdm_recording(
     assert all(s.startswith("SYNCING->LIVE") for s in states), states
     ticks = [e for e in events if e.get("type") == "tick" and e.get("our_bid") is not None]
     assert ticks, "the strategy quoted on the real book"
+
+
+STRATEGY_PARAMS = {
+    "avellaneda_stoikov": {
+        "order_size": 0.01,
+        "gamma": 0.05,
+        "horizon": "infinite",
+        "k": 0.3,
+        "a": 0.5,
+        "estimate_intensity": False,
+        "vol_window_s": 5,
+        "vol_min_samples": 2,
+        "max_inventory": 10,
+    },
+    "ladder": {
+        "levels": 3,
+        "min_spacing_ticks": 2,
+        "spacing_vol_factor": 0.5,
+        "vol_horizon_s": 2,
+        "size_growth": 0.6,
+        "participation": 0.2,
+        "min_total_size": 0.03,
+        "max_total_size": 0.1,
+        "max_position": 1,
+    },
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_PARAMS))
+def test_inventory_strategies_run_unchanged_on_the_position(
+    strategy: str, registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Avellaneda-Stoikov and the ladder quote on USDⓈ-M as on spot: a fill of a bid
+    makes the run's position (signed base quantity) long, which they read where spot
+    strategies read inventory, and they go on quoting without halting."""
+
+    async def scenario() -> tuple[Run, Decimal]:
+        replica = BinanceUsdmReplica(ping_interval=0.1)
+        await replica.start()
+        monkeypatch.setenv("USDM_KEY", replica.api_key)
+        monkeypatch.setenv("USDM_SECRET", replica.api_secret)
+        try:
+            manifest = {
+                "run": {"name": f"usdm-{strategy}", "mode": "live", "duration": "6s"},
+                "exchanges": {
+                    "usdm": {
+                        "type": "binance_usdm",
+                        "params": {
+                            **FAST_PARAMS,
+                            "rest_url": replica.url,
+                            "ws_url": replica.ws_url,
+                        },
+                        "secrets": {"api_key": "${USDM_KEY}", "api_secret": "${USDM_SECRET}"},
+                    }
+                },
+                "strategies": {
+                    "s": {
+                        "type": strategy,
+                        "exchange": "usdm",
+                        "symbols": "ETHUSDT",
+                        "params": STRATEGY_PARAMS[strategy],
+                    }
+                },
+                "report": {"html": False, "png": False},
+            }
+            path = tmp_path / f"{strategy}.yaml"
+            path.write_text(yaml.safe_dump(manifest), encoding="utf-8")
+            loaded = load_manifest(path, registry)
+            run = Run(loaded, registry, run_dir=tmp_path / strategy)
+            task = asyncio.create_task(run.run())
+
+            async def churn() -> None:  # a moving book: the models estimate volatility
+                while not task.done():
+                    await replica.churn("ETHUSDT", 3)
+                    await asyncio.sleep(0.1)
+
+            churner = asyncio.create_task(churn())
+            held = await fill_a_bid(replica)
+            lots = int(held * 1000)
+            await wait_for(lambda: run.portfolio.position_lots("usdm:ETHUSDT") == lots, "long")
+            await wait_for(lambda: bool(replica.orders("ETHUSDT")), "quotes still working", 5)
+            await task
+            await churner
+            return run, held
+        finally:
+            await replica.stop()
+
+    run, held = asyncio.run(scenario())
+    assert not any(srt.halted for srt in run.strategies.values())
+    with (tmp_path / strategy / "summary.csv").open() as fh:
+        assert Decimal(next(csv.DictReader(fh))["inventory"]) == held
