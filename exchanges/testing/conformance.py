@@ -120,7 +120,8 @@ class VenueKit:
     ``make_adapter(replica, params, ctx)`` builds the adapter pointed at the replica
     with ``params`` (``FAST_PARAMS`` plus overrides); ``features`` names optional
     behaviour the scenarios check: ``sequence`` (gap detection), ``checksum``,
-    ``replace`` (one-call cancel/replace), ``amend``.
+    ``replace`` (one-call cancel/replace), ``amend``, ``listen_key`` (a private stream
+    on an expiring key: the replica offers ``expire_listen_key(notify=...)``).
 
     ``make_recording_replica(recording, speed)`` builds a replica that serves a real
     recording of the venue (``recording``) as its market data, ``speed`` times faster
@@ -545,6 +546,26 @@ async def fills_missed_while_private_stream_down_are_recovered(h: Harness) -> No
     assert len({f.fill_id for f in h.sink.fills}) == len(h.sink.fills)
 
 
+async def expired_user_stream_key_is_renewed(h: Harness) -> None:
+    """The private stream's key expires (``replica.expire_listen_key``), first with the
+    venue's event, then silently (the stream goes quiet, pings too): a fill after each
+    still reaches the adapter, through a renewed key or reconciliation."""
+    for notify in (True, False):
+        await h.replica.expire_listen_key(notify=notify)
+        if not notify:
+            await h.replica.go_silent(1.0)
+            await asyncio.sleep(1.2)
+        order = h.order(Side.BUY)
+        await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=10)
+        await h.replica.fill_order(order.client_id)
+        await h.wait_for(
+            lambda o=order: bool(h.sink.fills_of(o.client_id)),  # type: ignore[misc]
+            "the fill after the key expired",
+            timeout=10,
+        )
+    assert len({f.fill_id for f in h.sink.fills}) == len(h.sink.fills)
+
+
 SCENARIOS: list[Callable[[Harness], Awaitable[None]]] = [
     book_tracks_replica,
     order_round_trip,
@@ -566,9 +587,10 @@ SCENARIOS: list[Callable[[Harness], Awaitable[None]]] = [
     timeout_before_processing_placed_once,
     venue_down_then_back,
     fills_missed_while_private_stream_down_are_recovered,
+    expired_user_stream_key_is_renewed,
 ]
-"""Every scenario; a kit without a feature (``sequence``/``checksum``) skips the
-scenario that needs it through ``needs``."""
+"""Every scenario; a kit without a feature (``sequence``/``checksum``/``listen_key``)
+skips the scenario that needs it through ``needs``."""
 
 # ---------------------------------------------------------------------------------------
 # Scenarios over a real recording
@@ -646,6 +668,7 @@ RECORDED_SCENARIOS: list[Callable[[Harness], Awaitable[None]]] = [
 _NEEDS: dict[Callable[[Harness], Awaitable[None]], str] = {
     sequence_gap_resyncs: "sequence",
     corrupt_checksum_resyncs: "checksum",
+    expired_user_stream_key_is_renewed: "listen_key",
 }
 
 

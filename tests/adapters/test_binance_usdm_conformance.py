@@ -47,7 +47,7 @@ USDM_KIT = VenueKit(
     symbol="ETHUSDT",
     make_replica=lambda: BinanceUsdmReplica(ping_interval=0.1),
     make_adapter=usdm_adapter,
-    features=frozenset({"sequence"}),
+    features=frozenset({"sequence", "listen_key"}),
     params={"user_silence_timeout_s": 0.6, "leverage": 10, "margin_type": "CROSSED"},
     make_recording_replica=lambda path, speed: BinanceUsdmReplica(
         ping_interval=0.1, recording=path, speed=speed
