@@ -33,6 +33,7 @@ from quoteforge.exchange import (
 from quoteforge.model import (
     Fill,
     Instrument,
+    InstrumentKind,
     Order,
     OrderStatus,
     OrderType,
@@ -263,6 +264,8 @@ class OrderTracking(ExchangeAdapter):
             )
         elif order.order_type is OrderType.LIMIT and order.price_ticks is None:
             reason = "a limit order needs price_ticks"
+        elif order.reduce_only and instrument.kind is not InstrumentKind.PERPETUAL:
+            reason = f"{order.symbol} is a spot market: reduce-only orders need a position"
         else:
             reason = (
                 instrument.check_order(

@@ -305,13 +305,21 @@ class BinanceUsdm(UsdmAccountVenue):
             logger.warning("{}: position/funding recovery failed: {}", self.name, exc)
 
     async def fetch_balances(self) -> dict[str, Decimal]:
-        """Wallet balance per margin asset (``GET /fapi/v2/account``)."""
+        """Wallet balance per margin asset (``GET /fapi/v2/account``), and per base asset
+        the net position of its symbol, so the run's balance-drift check compares the
+        venue's positions with what our fills explain."""
         data = await self._call("fapiprivatev2_get_account", weight=5)
-        return {
+        out = {
             row["asset"]: Decimal(row["walletBalance"])
             for row in data.get("assets", [])
             if Decimal(row["walletBalance"])
         }
+        for row in data.get("positions", []):
+            symbol = self._by_native.get(row.get("symbol", ""))
+            if symbol is not None:
+                base = self.instruments[symbol].base
+                out[base] = out.get(base, Decimal(0)) + Decimal(row["positionAmt"])
+        return out
 
 
 @hookimpl

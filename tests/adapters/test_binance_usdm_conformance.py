@@ -262,3 +262,36 @@ async def test_hedge_mode_sends_position_sides() -> None:
 def test_kit_replaces_the_recording_path() -> None:
     kit = dataclasses.replace(USDM_KIT, recording=RECORDING)
     assert kit.recording is not None and kit.recording.is_file()
+
+
+async def test_a_spot_venue_refuses_a_reduce_only_order_clearly() -> None:
+    from quoteforge.exchanges.binance.adapter import BinanceParams, BinanceSpot
+    from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.start()
+    ctx = VenueContext(
+        name="binance",
+        clock=LiveClock(),
+        seed=1,
+        mode="live",
+        symbols=["BTCUSDT"],
+        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
+    )
+    adapter = BinanceSpot(
+        BinanceParams(rest_url=replica.url, ws_url=replica.ws_url, **FAST_PARAMS), ctx
+    )
+    try:
+        sink = RecordingSink()
+        await adapter.connect(sink)
+        h = Harness(USDM_KIT, replica, adapter, sink)
+        h.symbol = "BTCUSDT"
+        order = h.order(Side.SELL, price=adapter.instruments["BTCUSDT"].price_to_ticks("60000"))
+        order.extra[REDUCE_ONLY] = True
+        refused = await h.place(order)
+        assert refused.status is OrderStatus.REJECTED
+        assert "spot market: reduce-only orders need a position" in refused.reason
+        assert replica.accepted == []
+    finally:
+        await adapter.close()
+        await replica.stop()
