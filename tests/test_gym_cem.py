@@ -26,10 +26,12 @@ def example() -> ModuleType:
 def test_the_trained_policy_beats_the_fixed_spread_on_held_out_seeds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # 4 iterations x 8 candidates x 2 training seeds of 30 one-second steps, then 5
-    # held-out seeds each for the trained policy and the baseline.
+    # 4 iterations x 8 candidates x 2 training seeds of 40 one-second steps, then 5
+    # held-out seeds each for the trained policy and the baseline: about 30 s of one core.
+    # (Means over 5 held-out seeds; with the method's seeds 0, 1 and 2 the trained policy
+    # led by 12.9, 15.7 and 9.4 in return.)
     argv = ["--iterations", "4", "--population", "8", "--seeds-per-iteration", "2"]
-    argv += ["--episode-steps", "30", "--held-out", "5"]
+    argv += ["--episode-steps", "40", "--held-out", "5"]
     out = example().main(argv)
     trained, baseline = out["trained"], out["baseline"]
     assert len(trained) == len(baseline) == 5
