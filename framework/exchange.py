@@ -15,20 +15,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from quoteforge.model import (
-    Fill,
-    Funding,
-    Instrument,
-    Offer,
-    Order,
-    OrderUpdate,
-    Side,
-    VenuePosition,
-)
+from quoteforge.model import Fill, Instrument, Offer, Order, OrderUpdate, Side
 
 if TYPE_CHECKING:
     from quoteforge.book import L2Book
     from quoteforge.clock import Clock
+    from quoteforge.model import Funding, VenuePosition
 
 __all__ = [
     "CancelAll",

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quoteforge.assembly import MarketRuntime, StrategyRuntime
 from quoteforge.book import BookState, L2Book
@@ -27,24 +27,16 @@ from quoteforge.gate import OrderGate
 from quoteforge.journal import Journal, JournalRecord
 from quoteforge.latency import LatencyHistogram
 from quoteforge.manifest import Manifest
-from quoteforge.model import (
-    Fill,
-    Funding,
-    Offer,
-    Order,
-    OrderStatus,
-    OrderUpdate,
-    Quote,
-    Side,
-    TimeInForce,
-    VenuePosition,
-)
+from quoteforge.model import Fill, Offer, Order, OrderStatus, OrderUpdate, Quote, Side, TimeInForce
 from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
 from quoteforge.registry import PluginRegistry
 from quoteforge.risk import RiskRefusal
 from quoteforge.runfiles import TraceWriter, on_grid
 from quoteforge.strategy import Market
+
+if TYPE_CHECKING:
+    from quoteforge.model import Funding, VenuePosition
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,20 +384,11 @@ class QuotingEngine:
             return  # while the venues connect; the venue reports positions again
         portfolio.set_venue_position(position)
         liq = position.liquidation_price
-        self.journal.append(
-            JournalRecord(
-                f"position:{position.market}:{position.ts_ns // NS}",
-                "position",
-                position.ts_ns,
-                position.market,
-                {
-                    "qty_lots": position.qty_lots,
-                    "entry_price": str(position.entry_price),
-                    "unrealized_pnl": str(position.unrealized_pnl),
-                    "liquidation_price": None if liq is None else str(liq),
-                },
-            )
-        )
+        at, key = position.ts_ns, position.market
+        payload = {"qty_lots": position.qty_lots, "entry_price": str(position.entry_price)}
+        payload["liquidation_price"] = None if liq is None else str(liq)
+        record = JournalRecord(f"position:{key}:{at // NS}", "position", at, key, payload)
+        self.journal.append(record)
 
     # -- failure handling -------------------------------------------------------------
     def _guard(self, srt: StrategyRuntime, fn: Callable[..., Any], *args: Any) -> Any:
