@@ -64,6 +64,36 @@ bisect_left(PyObject *keys, long long key, int *error)
     return lo;
 }
 
+/* Insert key (a new reference is taken) at index at: the tail moves with one memmove.
+ * PyList_Insert moves it one pointer at a time, which on a deep futures book (thousands
+ * of levels, inserts all through it) was an eighth of the whole apply. */
+static inline int
+list_insert_at(PyObject *keys, Py_ssize_t at, PyObject *key)
+{
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    if (PyList_Append(keys, key) < 0) { /* grows the list, key at the end for now */
+        return -1;
+    }
+    if (at < n) {
+        PyObject **items = ((PyListObject *)keys)->ob_item;
+        memmove(items + at + 1, items + at, (size_t)(n - at) * sizeof(PyObject *));
+        items[at] = key;
+    }
+    return 0;
+}
+
+/* Remove the key at index at (which exists): one memmove, without the slice machinery. */
+static inline void
+list_delete_at(PyObject *keys, Py_ssize_t at)
+{
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    PyObject **items = ((PyListObject *)keys)->ob_item;
+    PyObject *gone = items[at];
+    memmove(items + at, items + at + 1, (size_t)(n - at - 1) * sizeof(PyObject *));
+    Py_SET_SIZE(keys, n - 1);
+    Py_DECREF(gone); /* an int: no code runs, and the list is whole again */
+}
+
 /* Apply converted levels to one side. Returns 0 nothing changed, 1 changed below the top
  * levels only, 2 the top levels changed, -1 on a Python error. */
 static inline int
@@ -97,7 +127,7 @@ apply_side(PyObject *keys, PyObject *qty, const level_t *levels, Py_ssize_t n)
         if (q > 0) {
             if (old == NULL) {
                 Py_ssize_t at = bisect_left(keys, k, &error);
-                if (error || PyList_Insert(keys, at, key) < 0) {
+                if (error || list_insert_at(keys, at, key) < 0) {
                     Py_DECREF(key);
                     return -1;
                 }
@@ -128,10 +158,16 @@ apply_side(PyObject *keys, PyObject *qty, const level_t *levels, Py_ssize_t n)
                 return -1;
             }
             Py_ssize_t at = bisect_left(keys, k, &error);
-            if (error || PyList_SetSlice(keys, at, at + 1, NULL) < 0) {
+            if (error) {
                 Py_DECREF(key);
                 return -1;
             }
+            if (at >= PyList_GET_SIZE(keys)) { /* the dict had it, so the list must */
+                Py_DECREF(key);
+                PyErr_SetString(PyExc_RuntimeError, "book side keys and sizes disagree");
+                return -1;
+            }
+            list_delete_at(keys, at);
         }
         Py_DECREF(key);
         if (changed == 2) {
