@@ -4,7 +4,7 @@ order reports and our fills, mapped onto the kernel's contracts.
 
 The order half (sequencing per client id, rate-limit retry, look-up by client id before
 any resend) is the shared ``OrderTracking`` of the dedicated adapters; the streams are in
-``quoteforge.exchanges.ccxt_generic.streams``. ``docs/venues/ccxt.md`` says what is
+``quoteforge.exchanges.ccxt.streams``. ``docs/venues/ccxt.md`` says what is
 checked for which venue, and when a dedicated adapter is the better choice.
 """
 
@@ -30,9 +30,9 @@ from quoteforge.exchanges.ccxt_base import (
     VenueCallError,
     require_ccxt,
 )
-from quoteforge.exchanges.ccxt_generic.feeds import client_id_of, order_status_of
-from quoteforge.exchanges.ccxt_generic.streams import CcxtStreams
-from quoteforge.exchanges.ccxt_generic.venues import (
+from quoteforge.exchanges.ccxt.feeds import client_id_of, order_status_of
+from quoteforge.exchanges.ccxt.streams import CcxtStreams
+from quoteforge.exchanges.ccxt.venues import (
     CHECKED_VENUES,
     CheckedVenue,
     MarketGridError,

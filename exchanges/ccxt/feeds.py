@@ -12,7 +12,7 @@ from typing import Any
 from quoteforge.book import BookState, L2Book
 from quoteforge.book.state import BookStateMachine
 from quoteforge.clock import Clock
-from quoteforge.exchanges.ccxt_generic.venues import MarketGridError, grid_units
+from quoteforge.exchanges.ccxt.venues import MarketGridError, grid_units
 from quoteforge.model import Fill, Instrument, Liquidity, OrderStatus, Side
 
 __all__ = ["CCXT_STATUS", "BookFeed", "client_id_of", "fill_from_trade", "order_status_of"]

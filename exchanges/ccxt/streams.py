@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from quoteforge.exchanges.ccxt_base import Backoff, VenueCallError, require_ccxt
-from quoteforge.exchanges.ccxt_generic.feeds import BookFeed, fill_from_trade
-from quoteforge.exchanges.ccxt_generic.venues import MarketGridError, grid_units
+from quoteforge.exchanges.ccxt.feeds import BookFeed, fill_from_trade
+from quoteforge.exchanges.ccxt.venues import MarketGridError, grid_units
 from quoteforge.model import Fill, OrderStatus, Side
 
 if TYPE_CHECKING:
-    from quoteforge.exchanges.ccxt_generic.adapter import CcxtVenue
+    from quoteforge.exchanges.ccxt.adapter import CcxtVenue
 
 __all__ = ["CcxtStreams"]
 

@@ -14,8 +14,8 @@ from test_ccxt_conformance import CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT, CCXT_OKX_KI
 
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.ccxt_generic.adapter import CcxtParams, CcxtVenue
-from quoteforge.exchanges.ccxt_generic.venues import (
+from quoteforge.exchanges.ccxt.adapter import CcxtParams, CcxtVenue
+from quoteforge.exchanges.ccxt.venues import (
     DECIMAL_PLACES,
     SIGNIFICANT_DIGITS,
     TICK_SIZE,
@@ -142,7 +142,7 @@ def test_plugins_and_the_ccxt_venues_command_name_the_checked_venues(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from quoteforge.cli import plugin_rows
-    from quoteforge.exchanges.ccxt_generic.venues import ccxt_venues_main
+    from quoteforge.exchanges.ccxt.venues import ccxt_venues_main
     from quoteforge.registry import load_registry
 
     rows = {(r["name"], r["kind"]): r for r in plugin_rows(load_registry())}
@@ -179,7 +179,7 @@ async def test_rest_polling_stands_in_for_missing_websockets() -> None:
     fetch_order_book, orders are looked up and our trades fetched over REST."""
     import dataclasses
 
-    from quoteforge.exchanges.ccxt_generic.venues import CHECKED_VENUES
+    from quoteforge.exchanges.ccxt.venues import CHECKED_VENUES
 
     no_ws = dict.fromkeys(("watchOrderBook", "watchTrades", "watchOrders", "watchMyTrades"), False)
 

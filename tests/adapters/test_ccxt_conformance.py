@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.ccxt_generic.adapter import CcxtParams, CcxtVenue
-from quoteforge.exchanges.ccxt_generic.venues import replica_urls
+from quoteforge.exchanges.ccxt.adapter import CcxtParams, CcxtVenue
+from quoteforge.exchanges.ccxt.venues import replica_urls
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.conformance import SCENARIOS, Harness, VenueKit, needs
 from quoteforge.exchanges.testing.kraken_replica import KrakenReplica

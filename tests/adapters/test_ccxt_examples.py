@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from quoteforge.engine import Run
-from quoteforge.exchanges.ccxt_generic.venues import replica_urls
+from quoteforge.exchanges.ccxt.venues import replica_urls
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS
 from quoteforge.manifest import load_manifest
