@@ -45,7 +45,7 @@ from quoteforge.execution import ExecutionPolicy
 from quoteforge.gate import OrderGate
 from quoteforge.journal import JournalRecord
 from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
-from quoteforge.model import Fill
+from quoteforge.model import Fill, Funding
 from quoteforge.orders import fill_from_dict
 from quoteforge.progress import Progress
 from quoteforge.quoting import Alert, QuotingEngine
@@ -256,6 +256,7 @@ class Run(QuotingEngine):
         await self.bus.start()
         self.started_ns = self.clock.now_ns()
         journaled_fills: list[Fill] = []
+        journaled_funding: list[JournalRecord] = []  # perpetuals' funding payments
         if isinstance(self.journal, ReplayJournal):
             self.log.info(
                 "resuming {} by replaying it: {} journal records to produce again",
@@ -268,6 +269,7 @@ class Run(QuotingEngine):
             journaled_fills = [
                 fill_from_dict(r.payload["fill"]) for r in records if r.kind == "fill"
             ]
+            journaled_funding = [r for r in records if r.kind == "funding"]
             self.log.info(
                 "resuming {}: {} journal records, {} fills, {} orders working",
                 self.run_id,
@@ -298,6 +300,10 @@ class Run(QuotingEngine):
         self._attach_markets()
         for fill in journaled_fills:
             self.portfolio.apply_fill(fill)
+        for r in journaled_funding:
+            where, _, symbol = r.market.partition(":")
+            amount, asset, fid = Decimal(r.payload["amount"]), r.payload["asset"], r.payload["id"]
+            self.portfolio.apply_funding(Funding(where, symbol, fid, amount, asset, r.ts_ns))
         if self.resume and not self.replaying:
             await self.reconcile(since_ns=max((f.ts_ns for f in journaled_fills), default=0))
         elif self.mode == "live":

@@ -273,3 +273,50 @@ def test_inventory_strategies_run_unchanged_on_the_position(
     assert not any(srt.halted for srt in run.strategies.values())
     with (tmp_path / strategy / "summary.csv").open() as fh:
         assert Decimal(next(csv.DictReader(fh))["inventory"]) == held
+
+
+def test_funding_is_back_in_the_pnl_after_a_resume(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Funding booked before a restart comes back from the journal on ``--resume``
+    (once: the venue's income history reports it again, under the same id)."""
+    run_dir = tmp_path / "resumed"
+
+    async def scenario() -> tuple[Decimal, Decimal, Decimal]:
+        replica = BinanceUsdmReplica(ping_interval=0.1)
+        await replica.start()
+        try:
+            monkeypatch.setenv("BINANCE_USDM_API_KEY", replica.api_key)
+            monkeypatch.setenv("BINANCE_USDM_API_SECRET", replica.api_secret)
+            manifest = EXAMPLES / "binance_usdm_testnet.yaml"
+            first = Run(
+                load_manifest(manifest, registry, overrides=overrides(replica)),
+                registry,
+                run_dir=run_dir,
+            )
+            task = asyncio.create_task(first.run())
+            await fill_a_bid(replica)
+            paid = await replica.pay_funding("ETHUSDT", "0.0001")
+            await wait_for(lambda: first.portfolio.funding("usdm:ETHUSDT") == paid, "funding")
+            first.kill("restart")
+            await asyncio.wait_for(task, 30)
+            again = Run(
+                load_manifest(manifest, registry, overrides=overrides(replica)),
+                registry,
+                run_dir=run_dir,
+                resume=True,
+            )
+            task = asyncio.create_task(again.run())
+            await wait_for(lambda: hasattr(again, "portfolio"), "the resumed run started")
+            await asyncio.sleep(1.0)  # reconciliation asks the income history again
+            booked = again.portfolio.funding("usdm:ETHUSDT")
+            pnl = again.portfolio.pnl("usdm:ETHUSDT", Decimal("2600"))
+            again.kill("done")
+            await asyncio.wait_for(task, 30)
+            return paid, booked, pnl
+        finally:
+            await replica.stop()
+
+    paid, booked, pnl = asyncio.run(scenario())
+    assert paid < 0 and booked == paid
+    assert pnl != 0
