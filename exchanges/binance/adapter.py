@@ -27,9 +27,7 @@ from quoteforge.exchanges.ccxt_base import (
     VenueCallError,
 )
 from quoteforge.model import (
-    Fill,
     Instrument,
-    Liquidity,
     OrderStatus,
     OrderType,
     OrderUpdate,
@@ -302,42 +300,10 @@ class BinanceSpot(BinanceFamilyAdapter):
         symbol = self._by_native.get(ev["s"])
         if symbol is None:
             return
-        instrument = self.instruments[symbol]
-        exec_type = ev["x"]
-        client_id = ev["C"] if exec_type == "CANCELED" and ev.get("C") else ev["c"]
-        price = Decimal(ev["p"])
-        ts_ns = int(ev.get("E", 0)) * 1_000_000
-        self._emit_update(
-            OrderUpdate(
-                self.name,
-                client_id,
-                _STATUS.get(ev["X"], OrderStatus.OPEN),
-                ts_ns,
-                exchange_id=str(ev["i"]),
-                filled_lots=instrument.qty_to_lots(ev["z"]),
-                price_ticks=instrument.price_to_ticks(price) if price else None,
-                qty_lots=instrument.qty_to_lots(ev["q"]),
-                reason="" if ev.get("r") in (None, "NONE") else str(ev["r"]),
-            )
-        )
-        if exec_type == "TRADE":
-            tracked = self.tracked(client_id)
-            self._emit_fill(
-                Fill(
-                    venue=self.name,
-                    symbol=symbol,
-                    fill_id=f"{ev['s']}:{ev['t']}",
-                    client_id=client_id,
-                    side=Side.parse(ev["S"]),
-                    price_ticks=instrument.price_to_ticks(ev["L"]),
-                    qty_lots=instrument.qty_to_lots(ev["l"]),
-                    fee=Decimal(ev.get("n") or "0"),
-                    fee_asset=ev.get("N") or "",
-                    liquidity=Liquidity.MAKER if ev.get("m") else Liquidity.TAKER,
-                    ts_ns=int(ev.get("T", 0)) * 1_000_000,
-                    strategy=tracked.order.strategy if tracked else "",
-                )
-            )
+        # A cancel reports the cancel request's id in "c" and the order's in "C".
+        client_id = ev["C"] if ev["x"] == "CANCELED" and ev.get("C") else ev["c"]
+        reason = "" if ev.get("r") in (None, "NONE") else str(ev["r"])
+        self.on_execution(symbol, ev, client_id, int(ev.get("E", 0)) * 1_000_000, reason=reason)
 
     # -- orders ------------------------------------------------------------------------------
     def _order_params(self, tracked: TrackedOrder) -> dict[str, Any]:

@@ -285,6 +285,48 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.params.reconnect_max_s)
 
+    # -- private stream ----------------------------------------------------------------------
+    def on_execution(
+        self, symbol: str, ev: dict[str, Any], client_id: str, ts_ns: int, *, reason: str = ""
+    ) -> None:
+        """One execution event: spot's ``executionReport`` or futures'
+        ``ORDER_TRADE_UPDATE`` order (the same letters): the order's report, and its fill
+        when it traded."""
+        instrument = self.instruments[symbol]
+        price = Decimal(ev["p"])
+        self._emit_update(
+            OrderUpdate(
+                self.name,
+                client_id,
+                STATUS.get(ev["X"], OrderStatus.OPEN),
+                ts_ns,
+                exchange_id=str(ev["i"]),
+                filled_lots=instrument.qty_to_lots(ev["z"]),
+                price_ticks=instrument.price_to_ticks(price) if price else None,
+                qty_lots=instrument.qty_to_lots(ev["q"]),
+                reason=reason,
+            )
+        )
+        if ev["x"] != "TRADE":
+            return
+        tracked = self.tracked(client_id)
+        self._emit_fill(
+            Fill(
+                venue=self.name,
+                symbol=symbol,
+                fill_id=f"{ev['s']}:{ev['t']}",
+                client_id=client_id,
+                side=Side.parse(ev["S"]),
+                price_ticks=instrument.price_to_ticks(ev["L"]),
+                qty_lots=instrument.qty_to_lots(ev["l"]),
+                fee=Decimal(ev.get("n") or "0"),
+                fee_asset=ev.get("N") or "",
+                liquidity=Liquidity.MAKER if ev.get("m") else Liquidity.TAKER,
+                ts_ns=int(ev.get("T", 0)) * 1_000_000 or ts_ns,
+                strategy=tracked.order.strategy if tracked else "",
+            )
+        )
+
     # -- reconciliation ------------------------------------------------------------------------
     def order_report(self, data: dict[str, Any], client_id: str | None = None) -> OrderUpdate:
         """Our report of one order as the venue's REST API describes it. Venues

@@ -18,18 +18,13 @@ from loguru import logger
 from pydantic import Field
 
 from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.binance.family import STATUS, BinanceFamilyAdapter
+from quoteforge.exchanges.binance.family import BinanceFamilyAdapter
 from quoteforge.exchanges.binance_usdm.ratelimit import BinanceUsdmRateGovernor
 from quoteforge.exchanges.ccxt_base import CcxtSpotParams, ManagedSocket, VenueCallError
 from quoteforge.model import (
-    Fill,
     Funding,
     Instrument,
     InstrumentKind,
-    Liquidity,
-    OrderStatus,
-    OrderUpdate,
-    Side,
     VenuePosition,
 )
 
@@ -329,40 +324,8 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
 
     def _on_order_event(self, o: dict[str, Any], event_ms: int) -> None:
         symbol = self._by_native.get(o["s"])
-        if symbol is None:
-            return
-        inst = self.instruments[symbol]
-        client_id, price = o["c"], Decimal(o["p"])
-        self._emit_update(
-            OrderUpdate(
-                self.name,
-                client_id,
-                STATUS.get(o["X"], OrderStatus.OPEN),
-                event_ms * 1_000_000,
-                exchange_id=str(o["i"]),
-                filled_lots=inst.qty_to_lots(o["z"]),
-                price_ticks=inst.price_to_ticks(price) if price else None,
-                qty_lots=inst.qty_to_lots(o["q"]),
-            )
-        )
-        if o["x"] == "TRADE":
-            tracked = self.tracked(client_id)
-            self._emit_fill(
-                Fill(
-                    venue=self.name,
-                    symbol=symbol,
-                    fill_id=f"{o['s']}:{o['t']}",
-                    client_id=client_id,
-                    side=Side.parse(o["S"]),
-                    price_ticks=inst.price_to_ticks(o["L"]),
-                    qty_lots=inst.qty_to_lots(o["l"]),
-                    fee=Decimal(o.get("n") or "0"),
-                    fee_asset=o.get("N") or inst.quote,
-                    liquidity=Liquidity.MAKER if o.get("m") else Liquidity.TAKER,
-                    ts_ns=int(o.get("T", event_ms)) * 1_000_000,
-                    strategy=tracked.order.strategy if tracked else "",
-                )
-            )
+        if symbol is not None:
+            self.on_execution(symbol, o, o["c"], event_ms * 1_000_000)
 
     async def _on_account_event(self, msg: dict[str, Any]) -> None:
         update = msg["a"]
