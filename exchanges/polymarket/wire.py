@@ -5,6 +5,7 @@ reports, and the venue's error texts classified for recovery."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -130,6 +131,22 @@ class ApiCredentials:
         return "ApiCredentials(<redacted>)"
 
 
+def import_eth_account() -> None:
+    """Import eth-account without its import-time side effect on the whole process.
+
+    eth-account imports py_ecc, which raises the interpreter's recursion limit to
+    100,000 when it is imported. With that limit a deeply nested JSON message from any
+    venue overflows the C stack (the process dies) instead of raising RecursionError,
+    which the book sources turn into a resync. Every import of eth-account or
+    py-clob-client in quoteforge goes through here first, so the limit stays as it was.
+    ``ModuleNotFoundError`` when eth-account is not installed."""
+    limit = sys.getrecursionlimit()
+    try:
+        import eth_account  # noqa: F401
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 class OrderSigner:
     """Builds and signs orders and request headers with the official client
     (py-clob-client), and checks that the signed amounts are exactly the Decimal price
@@ -145,6 +162,7 @@ class OrderSigner:
         funder: str | None = None,
     ) -> None:
         try:
+            import_eth_account()
             from py_clob_client.clob_types import ApiCreds
             from py_clob_client.order_builder.builder import OrderBuilder
             from py_clob_client.signer import Signer
@@ -222,6 +240,7 @@ class OrderSigner:
 
 def order_hash(order: Any, chain_id: int, neg_risk: bool) -> str:
     """The EIP-712 hash of a signed order: the id the venue gives it."""
+    import_eth_account()
     from eth_utils import keccak
     from py_clob_client.config import get_contract_config
     from py_order_utils.builders.base_builder import BaseBuilder

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from quoteforge.exchanges.polymarket.wire import import_eth_account
 from quoteforge.exchanges.testing.faults import ReplicaMarket, ReplicaOrder
 from quoteforge.exchanges.testing.replica import ReplicaServer
 
@@ -31,6 +32,7 @@ SCALE = Decimal(1_000_000)
 
 def new_credentials() -> dict[str, str]:
     """A fresh wallet key and API key triple for a replica account."""
+    import_eth_account()
     from eth_account import Account
 
     account = Account.create()
@@ -65,6 +67,7 @@ class PolyCondition:
 
 
 def _hash_struct(order: dict[str, Any], chain_id: int, neg_risk: bool) -> tuple[bytes, bytes]:
+    import_eth_account()
     from py_clob_client.config import get_contract_config
     from py_order_utils.builders.base_builder import BaseBuilder
     from py_order_utils.model.order import Order
@@ -99,6 +102,7 @@ def order_id_of(order: dict[str, Any], chain_id: int, neg_risk: bool) -> str:
 
 def recover_signer(order: dict[str, Any], chain_id: int, neg_risk: bool) -> str:
     """The address that signed ``order`` (eth-account's recovery of the EIP-712 hash)."""
+    import_eth_account()
     from eth_account import Account
     from eth_account.messages import SignableMessage
 

@@ -368,3 +368,30 @@ async def test_gtd_fok_and_cancel_all() -> None:
                 )
             )
         assert replica.orders("rain-nyc") == []
+
+
+def test_signing_libraries_leave_the_recursion_limit_alone() -> None:
+    """eth-account's py_ecc raises the recursion limit to 100,000 on import; with that, a
+    deeply nested venue message would overflow the C stack and kill a live process. After
+    signing and hashing an order the limit is what it was, and such a message is an
+    ordinary RecursionError."""
+    import sys
+
+    from quoteforge.exchanges.polymarket.wire import ApiCredentials, OrderSigner
+    from quoteforge.exchanges.testing.polymarket_replica_rest import new_credentials
+
+    limit = sys.getrecursionlimit()
+    account = new_credentials()
+    signer = OrderSigner(account["private_key"], ApiCredentials("k", "c2VjcmV0", "p"))
+    _, order_id = signer.sign(
+        token_id="1",
+        side=Side.BUY,
+        price=Decimal("0.42"),
+        size=Decimal("10"),
+        tick_size=Decimal("0.01"),
+        neg_risk=False,
+    )
+    assert order_id.startswith("0x")
+    assert sys.getrecursionlimit() == limit
+    with pytest.raises(RecursionError):
+        json.loads("[" * 200_000 + "]" * 200_000)
