@@ -495,9 +495,9 @@ class EwmaGridCovariance:
         n = len(self.keys)
         self.interval_ns = int(interval_s * NS)
         self._lam = _decay(half_life_s, interval_s)
-        self._last = np.full(n, np.nan)
-        self._acc = np.zeros((n, n))
-        self.cov = np.zeros((n, n))
+        self._last: np.ndarray = np.full(n, np.nan)
+        self._acc: np.ndarray = np.zeros((n, n))
+        self.cov: np.ndarray = np.zeros((n, n))
         self.updates = 0
         self.samples = np.zeros(n, dtype=np.int64)
         self._next: int | None = None

@@ -23,13 +23,6 @@ from pydantic import Field, field_validator, model_validator
 from quoteforge import hookimpl
 from quoteforge.book import BookState, L2Book
 from quoteforge.exchange import VenueContext, VenueSink
-from quoteforge.exchanges.ccxt_base import (
-    CcxtSpotAdapter,
-    CcxtSpotParams,
-    TrackedOrder,
-    VenueCallError,
-    require_ccxt,
-)
 from quoteforge.exchanges.ccxt.feeds import client_id_of, order_status_of
 from quoteforge.exchanges.ccxt.streams import CcxtStreams
 from quoteforge.exchanges.ccxt.venues import (
@@ -40,6 +33,13 @@ from quoteforge.exchanges.ccxt.venues import (
     grid_units,
     instrument_from_market,
     resolve_exchange_id,
+)
+from quoteforge.exchanges.ccxt_base import (
+    CcxtSpotAdapter,
+    CcxtSpotParams,
+    TrackedOrder,
+    VenueCallError,
+    require_ccxt,
 )
 from quoteforge.model import (
     Fill,

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from quoteforge.exchanges.ccxt_base import Backoff, VenueCallError, require_ccxt
 from quoteforge.exchanges.ccxt.feeds import BookFeed, fill_from_trade
 from quoteforge.exchanges.ccxt.venues import MarketGridError, grid_units
+from quoteforge.exchanges.ccxt_base import Backoff, VenueCallError, require_ccxt
 from quoteforge.model import Fill, OrderStatus, Side
 
 if TYPE_CHECKING:

@@ -158,7 +158,7 @@ class MidPath:
         n = self.CHUNK
         sd = p.sigma * math.sqrt(self.dt)
         shocks = self.rng.standard_normal(n) * sd
-        jumps = np.zeros(n)
+        jumps: np.ndarray = np.zeros(n)
         if p.model == "jump" and p.jump_intensity > 0:
             count = self.rng.poisson(p.jump_intensity * self.dt, n)
             jumps = count * self.rng.standard_normal(n) * p.jump_size
