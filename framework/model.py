@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 __all__ = [
+    "REDUCE_ONLY",
     "Fill",
+    "Funding",
     "Instrument",
     "InstrumentKind",
     "Liquidity",
@@ -30,6 +32,7 @@ __all__ = [
     "Quote",
     "Side",
     "TimeInForce",
+    "VenuePosition",
     "market_key",
 ]
 
@@ -100,14 +103,19 @@ class OrderStatus(enum.Enum):
         return self not in _TERMINAL
 
 
-_TERMINAL = frozenset(
-    {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
-)
+# A tuple: ``in`` compares members by identity, a set would hash them in Python (is_terminal
+# runs several times per order).
+_TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED)
+
+
+#: ``Order.extra`` key of the reduce-only flag (``Order.reduce_only``).
+REDUCE_ONLY = "reduce_only"
 
 
 class InstrumentKind(enum.Enum):
     SPOT = "spot"
     BINARY = "binary"  # event contract priced in [0, 1]
+    PERPETUAL = "perpetual"  # a perpetual future: a signed position, funding, reduce-only
 
 
 def _as_decimal(value: Decimal | str | int | float, what: str) -> Decimal:
@@ -163,6 +171,10 @@ class Instrument:
     taker_fee: Decimal = Decimal(0)
     #: The step of order quantities (a whole number of lots; 0 given: ``lot_size``).
     qty_step: Decimal = Decimal(0)
+    #: Binary contracts sold as two tokens of one event (Polymarket's YES and NO): the
+    #: symbol of the other outcome on the same venue, which pays 1 exactly when this one
+    #: pays 0, so buying it at p is selling this one at 1 - p. Empty: none.
+    complement: str = ""
     # The grids as floats, for ticks_to_float / lots_to_float on strategies' hot paths
     # (float(Decimal) on every call costs more than the multiplication).
     _tick_float: float = field(default=0.0, init=False, repr=False, compare=False)
@@ -343,6 +355,12 @@ class Order:
         return self.qty_lots - self.filled_lots
 
     @property
+    def reduce_only(self) -> bool:
+        """Whether the order may only shrink the position (``extra[REDUCE_ONLY]``, so
+        the journal keeps it); venues without positions refuse such orders."""
+        return bool(self.extra.get(REDUCE_ONLY))
+
+    @property
     def market(self) -> str:
         return market_key(self.venue, self.symbol)
 
@@ -383,6 +401,44 @@ class Fill:
     liquidity: Liquidity
     ts_ns: int
     strategy: str = ""
+
+    @property
+    def market(self) -> str:
+        return market_key(self.venue, self.symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class Funding:
+    """A funding payment on a perpetual position: ``amount`` in ``asset``, positive
+    received, negative paid. ``funding_id`` is unique per venue."""
+
+    venue: str
+    symbol: str
+    funding_id: str
+    amount: Decimal
+    asset: str
+    ts_ns: int
+
+    @property
+    def market(self) -> str:
+        return market_key(self.venue, self.symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class VenuePosition:
+    """A position as the venue reports it (derivatives): signed ``qty_lots``, entry and
+    mark price, unrealized PnL and the liquidation price (None: no position or none
+    reported). The run keeps the latest per market for risk checks and the report."""
+
+    venue: str
+    symbol: str
+    qty_lots: int
+    entry_price: Decimal
+    mark_price: Decimal | None
+    unrealized_pnl: Decimal
+    liquidation_price: Decimal | None
+    ts_ns: int
+    funding_rate: Decimal | None = None
 
     @property
     def market(self) -> str:

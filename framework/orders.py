@@ -43,9 +43,10 @@ MAX_CLIENT_ID_LEN = 36
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_]{1,12}")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
-_PENDING_REQUEST = frozenset({OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE})
-_LIVE_REPORT = frozenset({OrderStatus.PENDING_NEW, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
-_CLOSING_REPORT = frozenset({OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.FILLED})
+# Tuples: ``in`` compares enum members by identity; a set hashes them in Python.
+_PENDING_REQUEST = (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE)
+_LIVE_REPORT = (OrderStatus.PENDING_NEW, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED)
+_CLOSING_REPORT = (OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.FILLED)
 _UNKNOWN_FLAG = "status_unknown"
 
 
@@ -285,6 +286,7 @@ class OrderManager:
         tif: TimeInForce = TimeInForce.GTC,
         strategy: str = "",
         level: int = 0,
+        extra: dict[str, object] | None = None,
     ) -> Order:
         """A new order in PENDING_NEW with a fresh client id, journaled as kind "order"."""
         order = self.build_order(
@@ -298,6 +300,7 @@ class OrderManager:
             strategy=strategy,
             level=level,
         )
+        order.extra.update(extra or {})  # journaled with it (the reduce-only flag)
         self._validate_new(order)
         self._register(order)
         return order
@@ -779,10 +782,10 @@ class OrderManager:
                 ("strategy", order.strategy), ("level", order.level),
                 ("filled_lots", order.filled_lots), ("exchange_id", order.exchange_id),
                 ("updated_ns", order.updated_ns), ("reason", order.reason),
-                ("extra", dict(order.extra) if order.extra else {}),
+                ("extra", order.extra or {}),
             ):  # fmt: skip
-                if value != last[key]:
-                    patch[key] = last[key] = value
+                if value != last[key]:  # extra is copied only when it changed
+                    patch[key] = last[key] = dict(order.extra) if key == "extra" else value
         prior = None if meta.prior is None else meta.prior._value_
         if prior != meta.journaled_prior:
             payload["prior"] = meta.journaled_prior = prior

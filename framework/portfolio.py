@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from decimal import Context, Decimal
 
-from quoteforge.model import Fill, Instrument
+from quoteforge.model import Fill, Funding, Instrument, VenuePosition
 
 __all__ = ["AVERAGE_COST_DIGITS", "Portfolio"]
 
@@ -41,7 +41,17 @@ def _div_round(num: int, den: int) -> int:
 class _Position:
     """One market's running totals, as integers of (tick size x lot size)."""
 
-    __slots__ = ("cash", "cost", "fees", "fills", "instrument", "lots", "notional", "realized")
+    __slots__ = (
+        "cash",
+        "cost",
+        "fees",
+        "fills",
+        "funding",
+        "instrument",
+        "lots",
+        "notional",
+        "realized",
+    )
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
@@ -50,6 +60,7 @@ class _Position:
         self.realized = 0  # scaled by _SCALE
         self.cash = 0  # sells minus buys, tick-lots
         self.fees = Decimal(0)  # quote asset
+        self.funding = Decimal(0)  # quote asset, received minus paid (perpetuals)
         self.notional = 0  # tick-lots traded
         self.fills = 0
 
@@ -97,7 +108,8 @@ class Portfolio:
     and keeps the average cost of what remains (shorts mirror this). A fill that goes
     through zero closes the whole position at its price and opens the rest at the same
     price. Every figure is in the market's quote asset; fees are positive when paid and
-    negative for rebates; ``pnl = realized + unrealized - fees``.
+    negative for rebates; funding (perpetuals) is positive when received;
+    ``pnl = realized + unrealized - fees + funding``.
 
     *Exactness.* Positions, traded notional, fees and ``pnl``/``total_pnl`` are exact:
     ``pnl`` always equals cash received minus cash paid plus the position at the mark,
@@ -124,6 +136,8 @@ class Portfolio:
     ) -> None:
         items = instruments.values() if isinstance(instruments, dict) else instruments
         self._positions: dict[str, _Position] = {}
+        self._venue_positions: dict[str, VenuePosition] = {}
+        self._funding_ids: set[str] = set()
         self.quote_rates = quote_rates
         for instrument in items:
             self.add_instrument(instrument)
@@ -165,6 +179,30 @@ class Portfolio:
         position.fees = _EXACT.add(position.fees, fee)
         position.notional += fill.price_ticks * fill.qty_lots
         position.fills += 1
+
+    def apply_funding(self, funding: Funding) -> bool:
+        """Book one funding payment into the market's PnL; False for an id already
+        booked. The amount must be in the market's quote asset (USDⓈ-M: USDT)."""
+        key = f"{funding.venue}:{funding.funding_id}"
+        if key in self._funding_ids:
+            return False
+        position = self._get(funding.market)
+        if funding.asset.upper() != position.instrument.quote.upper():
+            raise ValueError(
+                f"{funding.market}: funding {funding.funding_id!r} is in {funding.asset}; "
+                f"the portfolio books funding in the quote asset {position.instrument.quote}"
+            )
+        self._funding_ids.add(key)
+        position.funding = _EXACT.add(position.funding, funding.amount)
+        return True
+
+    def set_venue_position(self, position: VenuePosition) -> None:
+        """Keep the venue's latest report of a position (liquidation price for risk)."""
+        self._venue_positions[position.market] = position
+
+    def venue_position(self, market_key: str) -> VenuePosition | None:
+        """The venue's latest report of the position on ``market_key``, if any."""
+        return self._venue_positions.get(market_key)
 
     def _fee_in_quote(self, position: _Position, fill: Fill) -> Decimal:
         instrument = position.instrument
@@ -211,6 +249,15 @@ class Portfolio:
         position = self._get(market_key)
         return position.instrument.lots_to_qty(position.lots)
 
+    def combined_position(self, market_key: str) -> Decimal:
+        """A binary contract's position net of its complement (``Instrument.complement``,
+        the other token of the same event): holding the complement is the opposite
+        exposure, so YES 30 and NO 10 is 20. The plain position without one."""
+        inst = self._get(market_key).instrument
+        twin = self._positions.get(f"{inst.venue}:{inst.complement}") if inst.complement else None
+        own = self.position(market_key)
+        return own if twin is None else own - twin.instrument.lots_to_qty(twin.lots)
+
     def average_price(self, market_key: str) -> Decimal | None:
         """Average cost of the open position, or None when flat."""
         position = self._get(market_key)
@@ -231,13 +278,18 @@ class Portfolio:
         """Fees in the quote asset: positive paid, negative rebates received."""
         return self._get(market_key).fees
 
+    def funding(self, market_key: str) -> Decimal:
+        """Funding in the quote asset: positive received, negative paid."""
+        return self._get(market_key).funding
+
     def pnl(self, market_key: str, mark_price: Decimal | None) -> Decimal:
-        """``realized + unrealized - fees``; the mark may be None while flat."""
+        """``realized + unrealized - fees + funding``; the mark may be None while flat."""
         return _tidy(self._pnl(market_key, mark_price))
 
     def _pnl(self, market_key: str, mark_price: Decimal | None) -> Decimal:
         position = self._get(market_key)
         total = _EXACT.subtract(position.scaled(position.realized), position.fees)
+        total = _EXACT.add(total, position.funding)
         if position.lots:
             if mark_price is None:
                 raise ValueError(
@@ -260,7 +312,7 @@ class Portfolio:
         quoting in another asset convert through ``quote_rates``."""
         total = Decimal(0)
         for key, position in self._positions.items():
-            if position.fills == 0:
+            if position.fills == 0 and not position.funding:
                 continue
             value = self._pnl(key, marks.get(key))
             quote = position.instrument.quote.upper()

@@ -87,10 +87,13 @@ def test_builtin_commands_come_from_their_plugins(monkeypatch: pytest.MonkeyPatc
     registry = fresh_registry(monkeypatch)
     plugins = {name: command.plugin for name, command in registry.commands.items()}
     assert plugins == {
+        "ccxt-venues": "ccxt",
         "dashboard": "report",
         "data": "data_import",
+        "flatten": "binance_usdm",
         "latency": "latency_probe",
         "node": "distributed",
+        "optimize": "optimize",
         "record": "record",
         "report": "report",
         "sweep": "sweep",
