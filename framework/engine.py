@@ -257,6 +257,7 @@ class Run(QuotingEngine):
         self.started_ns = self.clock.now_ns()
         journaled_fills: list[Fill] = []
         journaled_funding: list[JournalRecord] = []  # perpetuals' funding payments
+        openings: list[JournalRecord] = []  # positions the venues held at the run's start
         if isinstance(self.journal, ReplayJournal):
             self.log.info(
                 "resuming {} by replaying it: {} journal records to produce again",
@@ -270,6 +271,7 @@ class Run(QuotingEngine):
                 fill_from_dict(r.payload["fill"]) for r in records if r.kind == "fill"
             ]
             journaled_funding = [r for r in records if r.kind == "funding"]
+            openings = [r for r in records if r.kind == "opening"]
             self.log.info(
                 "resuming {}: {} journal records, {} fills, {} orders working",
                 self.run_id,
@@ -298,12 +300,16 @@ class Run(QuotingEngine):
         for venue in self.venues.values():
             await venue.connect(self)
         self._attach_markets()
+        for r in openings:  # the first life's record, not the venue's position now
+            self.portfolio.open_position(r.market, **r.payload)
         for fill in journaled_fills:
             self.portfolio.apply_fill(fill)
         for r in journaled_funding:
             where, _, symbol = r.market.partition(":")
             amount, asset, fid = Decimal(r.payload["amount"]), r.payload["asset"], r.payload["id"]
             self.portfolio.apply_funding(Funding(where, symbol, fid, amount, asset, r.ts_ns))
+        if not self.replaying:
+            await self._start_positions()
         if self.resume and not self.replaying:
             await self.reconcile(since_ns=max((f.ts_ns for f in journaled_fills), default=0))
         elif self.mode == "live":
@@ -338,6 +344,20 @@ class Run(QuotingEngine):
             freeze_startup_objects()
         if self._on_started is not None:
             self._on_started(self)
+
+    async def _start_positions(self) -> None:
+        """What venues with ``start_positions`` (docs/adapters.md) held before the run: booked
+        as opening positions and journaled (kind ``opening``); none on a resume."""
+        for name, venue in self.venues.items():
+            if (hook := getattr(venue, "start_positions", None)) is None:
+                continue
+            orders = [o for o in self.orders.all_orders() if o.venue == name]
+            for p in await hook(self.portfolio.position_lots, orders, resumed=self.resume):
+                payload = {"qty_lots": p.qty_lots, "entry_price": str(p.entry_price)}
+                r = JournalRecord(f"opening:{p.market}", "opening", p.ts_ns, p.market, payload)
+                self.journal.append(r)
+                self.portfolio.open_position(p.market, **payload)
+                self.log.warning("{}: opening position {} lots at {}", p.market, *payload.values())
 
     async def reconcile(self, since_ns: int = 0, *, periodic: bool = False) -> dict[str, int]:
         """Make local state match the venues (REST is the truth); returns the counts

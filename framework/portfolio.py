@@ -180,6 +180,16 @@ class Portfolio:
         position.notional += fill.price_ticks * fill.qty_lots
         position.fills += 1
 
+    def open_position(self, market_key: str, qty_lots: int, entry_price: Decimal | str) -> None:
+        """A position held before the run, booked at the venue's entry price: position, average
+        price and unrealized PnL agree with the venue; realized PnL starts at zero."""
+        position = self._get(market_key)
+        if position.lots or position.fills:
+            raise ValueError(f"{market_key}: an opening position comes before any fill")
+        cost = _EXACT.multiply(Decimal(entry_price), _SCALE * abs(qty_lots))
+        position.lots = qty_lots
+        position.cost = int(_EXACT.divide(cost, position.instrument.tick_size).to_integral_value())
+
     def apply_funding(self, funding: Funding) -> bool:
         """Book one funding payment into the market's PnL; False for an id already
         booked. The amount must be in the market's quote asset (USDⓈ-M: USDT)."""
@@ -312,7 +322,7 @@ class Portfolio:
         quoting in another asset convert through ``quote_rates``."""
         total = Decimal(0)
         for key, position in self._positions.items():
-            if position.fills == 0 and not position.funding:
+            if position.fills == 0 and not position.funding and not position.lots:
                 continue
             value = self._pnl(key, marks.get(key))
             quote = position.instrument.quote.upper()

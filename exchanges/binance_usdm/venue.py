@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from quoteforge.model import (
     Funding,
     Instrument,
     InstrumentKind,
+    Order,
     VenuePosition,
 )
 
@@ -50,6 +52,12 @@ class BinanceUsdmParams(CcxtSpotParams):
     )
     margin_type: Literal["CROSSED", "ISOLATED"] | None = Field(
         None, description="Margin type set per symbol at start (None: leave it)."
+    )
+    start_position: Literal["require_flat", "adopt"] = Field(
+        "require_flat",
+        description="A position the account holds when a run starts: require_flat refuses "
+        "to start; adopt books it (positionRisk quantity and entry price) as the market's "
+        "opening position. A resumed run keeps the opening position its journal holds.",
     )
     depth_snapshot_limit: Literal[5, 10, 20, 50, 100, 500, 1000] = Field(
         1000, description="Levels in the REST snapshot that seeds each book."
@@ -418,6 +426,30 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
         now = self.clock.now_ns()
         for symbol, (qty, entry, upnl, liq) in net.items():
             self._set_position(symbol, str(qty), entry, str(upnl), liq or "0", now)
+
+    async def start_positions(
+        self, position_lots: Callable[[str], int], orders: list[Order], *, resumed: bool
+    ) -> list[VenuePosition]:
+        """The positions the account holds as the run starts (positionRisk), for the run
+        to book as opening positions; a refusal (``ValueError``) under ``require_flat``.
+        A resumed run's opening positions are in its journal: nothing to report then."""
+        if resumed or not self.has_credentials:
+            return []
+        await self.refresh_positions()
+        held = [p for p in self.positions.values() if p.qty_lots]
+        if held and self.params.start_position == "require_flat":
+            what = ", ".join(
+                f"{self.instruments[p.symbol].lots_to_qty(p.qty_lots)} {p.symbol} "
+                f"(entry {p.entry_price})"
+                for p in held
+            )
+            await self.close()  # a refused start leaves nothing running
+            raise ValueError(
+                f"{self.name}: the account holds {what} as the run starts, and "
+                "params.start_position is require_flat: close the position first, or set "
+                "start_position: adopt to book it as the opening position and quote around it"
+            )
+        return held
 
     async def recover_funding(self) -> None:
         """Funding payments since the last one seen (``GET /fapi/v1/income``), each booked

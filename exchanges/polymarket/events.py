@@ -30,6 +30,7 @@ class PolymarketEvents(OrderTracking):
     instruments: dict[str, Instrument]
     tokens: dict[str, OutcomeToken]
     held: dict[str, int]
+    held_lots: Callable[[str], int]
     resolved: dict[str, str]
     venue_tick: dict[str, Decimal]
     _by_asset: dict[str, str]
@@ -154,7 +155,7 @@ class PolymarketEvents(OrderTracking):
             won = winners.get(symbol, False)
             self.resolved[symbol] = "won" if won else "lost"
             inst = self.instruments[symbol]
-            held = self.held.get(symbol, 0)
+            held = self.held_lots(symbol)
             if held > 0:
                 self.deliver_fill(
                     Fill(

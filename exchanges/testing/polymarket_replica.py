@@ -66,6 +66,7 @@ class PolymarketReplica(PolymarketRest):
         self.conditions: dict[str, PolyCondition] = {}
         self._tokens: dict[str, tuple[PolyCondition, bool]] = {}
         self.trade_log: list[dict[str, Any]] = []
+        self.holdings = {}
         self._market_ws: dict[web.WebSocketResponse, set[str]] = {}
         self._user_ws: dict[web.WebSocketResponse, set[str]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
@@ -132,6 +133,11 @@ class PolymarketReplica(PolymarketRest):
         """Name orders by what ``name(order_id)`` returns (an adapter's client id) in the
         control API (``orders``, ``fill_order``, ``accepted``); the wire is unchanged."""
         self._label = name
+
+    def hold(self, symbol: str, size: str | Decimal, avg_price: str | Decimal) -> None:
+        """Our account holds ``size`` tokens of ``symbol`` (``rain-nyc/NO``, a token id),
+        bought at ``avg_price`` on average: from before a run started."""
+        self.holdings[self._token_of(symbol)] = [Decimal(size), Decimal(avg_price)]
 
     def condition_id(self, alias: str) -> str:
         return self.conditions[alias].condition_id
@@ -426,9 +432,17 @@ class PolymarketReplica(PolymarketRest):
                 trader_side="TAKER",
             )
         cond.last_trade = trade.price
+        self._hold_more(meta["asset_id"], trade.qty if meta["side"] == "BUY" else -trade.qty, price)
         self.trade_log.append({k: v for k, v in row.items() if k not in ("event_type", "type")})
         await self._user_send(cond, row)
         await self._order_event(order, "UPDATE")
+
+    def _hold_more(self, token_id: str, qty: Decimal, price: Decimal) -> None:
+        size, avg = self.holdings.get(token_id, [Decimal(0), Decimal(0)])
+        if qty > 0:  # a buy moves the average; a sell keeps it
+            avg = (size * avg + qty * price) / (size + qty)
+        size += qty
+        self.holdings[token_id] = [size, avg if size else Decimal(0)]
 
     async def _order_event(self, order: ReplicaOrder, kind: str) -> None:
         row = self.order_row(order)

@@ -121,6 +121,8 @@ class PolymarketRest(ReplicaServer):
     conditions: dict[str, PolyCondition]
     creds: dict[str, str]
     trade_log: list[dict[str, Any]]
+    #: Our outcome tokens: token id -> [size, average price] (``hold`` seeds it).
+    holdings: dict[str, list[Decimal]]
 
     # -- provided by the websocket half -------------------------------------------------
     @abstractmethod
@@ -154,6 +156,7 @@ class PolymarketRest(ReplicaServer):
         r.add_get("/tick-size", self._tick_size)
         r.add_get("/neg-risk", self._neg_risk)
         r.add_get("/balance-allowance", self._authed(self._balance))
+        r.add_get("/positions", self._data_positions)  # the data API's, public
         r.add_post("/order", self._authed(self._post_order))
         r.add_post("/orders", self._authed(self._post_orders))
         r.add_delete("/order", self._authed(self._delete_order))
@@ -299,11 +302,30 @@ class PolymarketRest(ReplicaServer):
 
     # -- authenticated ------------------------------------------------------------------
     async def _balance(self, request: web.Request, body: str) -> web.Response:
-        asset = "USDC"
         if request.query.get("asset_type") == "CONDITIONAL":
-            asset = request.query.get("token_id", "")
-        free = self.account.free.get(asset, Decimal(0)) + self.account.locked.get(asset, Decimal(0))
+            free = self.holdings.get(request.query.get("token_id", ""), [Decimal(0)])[0]
+        else:
+            free = self.account.free.get("USDC", Decimal(0)) + self.account.locked.get(
+                "USDC", Decimal(0)
+            )
         return self._json({"balance": str(int(free * SCALE)), "allowance": str(10**18)})
+
+    async def _data_positions(self, request: web.Request) -> web.Response:
+        """The data API's ``GET /positions?user=&market=``: our tokens with their size and
+        average price (JSON numbers, as the data API sends them)."""
+        if request.query.get("user", "").lower() != self.creds["address"].lower():
+            return self._json([])
+        wanted = set(filter(None, request.query.get("market", "").split(",")))
+        rows = []
+        for token_id, (size, avg) in self.holdings.items():
+            cond, _ = self.token(token_id)
+            if size and (not wanted or cond.condition_id in wanted):
+                rows.append(
+                    f'{{"proxyWallet": "{self.creds["address"]}", "asset": "{token_id}", '
+                    f'"conditionId": "{cond.condition_id}", "size": {_t(size)}, '
+                    f'"avgPrice": {_t(avg)}, "outcome": "{cond.outcome(token_id)}"}}'
+                )
+        return web.Response(text="[" + ", ".join(rows) + "]", content_type="application/json")
 
     async def _post_order(self, request: web.Request, body: str) -> web.Response:
         status, answer = await self.place(json.loads(body))
