@@ -8,6 +8,7 @@ connects, so listing the plugin never needs it. The base is three modules: this 
 (connection, REST, sockets, market-data events), ``ccxt_orders`` (order actions, reports
 and recovery: ``OrderTracking``, ``TrackedOrder``, ``VenueCallError``) and
 ``ccxt_sockets`` (``ManagedSocket``, ``Backoff``); every name is importable from here.
+Each adapter registers a ``VenueFactory(Params, Adapter)`` as its exchange type.
 
 Required venue methods::
 
@@ -37,7 +38,7 @@ import random
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,7 +47,7 @@ from quoteforge.exchange import VenueContext, VenueSink
 from quoteforge.exchanges.ccxt_orders import OrderTracking, TrackedOrder, VenueCallError
 from quoteforge.exchanges.ccxt_sockets import Backoff, ManagedSocket
 from quoteforge.model import Instrument, Side
-from quoteforge.registry import PluginError, load_registry
+from quoteforge.registry import PluginError, Register, load_registry
 
 if TYPE_CHECKING:
     import aiohttp
@@ -62,12 +63,17 @@ __all__ = [
     "OrderTracking",
     "TrackedOrder",
     "VenueCallError",
+    "VenueFactory",
     "book_source_factory",
     "dumps_exact",
     "require_ccxt",
+    "watch_ccxt_client",
 ]
 
 NS = 1_000_000_000
+
+P = TypeVar("P", bound=BaseModel)
+V = TypeVar("V")
 
 
 def require_ccxt() -> Any:
@@ -172,6 +178,66 @@ class LatencyEndpoints(NamedTuple):
 
     rest_url: str
     ws_url: str
+
+
+class VenueFactory(Generic[P, V]):
+    """What a live adapter registers as its ``exchange`` type: builds the venue from the
+    manifest's params and the run context.
+
+    ``VenueFactory(BinanceParams, BinanceSpot)`` is called by the registry as
+    ``factory(spec_params, ctx)``: params already validated (an instance of the params
+    model) pass as they are, a mapping (or ``None``: every default) is validated by the
+    model first, so a bad manifest value raises pydantic's ``ValidationError`` naming the
+    field. ``register`` is the body of the adapter's ``quoteforge_register_exchanges``.
+    """
+
+    def __init__(self, params: type[P], venue: Callable[[P, VenueContext], V]) -> None:
+        self.params = params
+        self.venue = venue
+
+    def __call__(self, spec_params: Any, ctx: VenueContext) -> V:
+        params = (
+            spec_params
+            if isinstance(spec_params, self.params)
+            else self.params.model_validate(spec_params or {})
+        )
+        return self.venue(params, ctx)
+
+    def register(
+        self, register: Register, name: str, *, description: str, requires: tuple[str, ...]
+    ) -> None:
+        """Register this factory as exchange type ``name`` with its params model;
+        ``requires`` lists the modules the venue imports when it connects (a missing one
+        is reported with its pip command)."""
+        register(name, self, params=self.params, description=description, requires=requires)
+
+
+def watch_ccxt_client(
+    client: Any, logger_name: str, on_response: Callable[[int, dict[str, str], str], None]
+) -> None:
+    """Make a ccxt client safe to log and observable: its own logger (ccxt logs request
+    headers, the API key among them, at DEBUG through stdlib logging) is the disabled
+    ``logger_name``, and every REST response's status, headers and body go to
+    ``on_response`` before ccxt reads the response."""
+    quiet = logging.getLogger(logger_name)
+    quiet.disabled = True
+    client.logger = quiet
+    original = client.on_rest_response
+
+    def on_rest_response(
+        code: Any,
+        reason: Any,
+        url: Any,
+        method: Any,
+        headers: Any,
+        body: Any,
+        request_headers: Any,
+        request_body: Any,
+    ) -> Any:
+        on_response(int(code) if code is not None else 0, dict(headers or {}), body or "")
+        return original(code, reason, url, method, headers, body, request_headers, request_body)
+
+    client.on_rest_response = on_rest_response
 
 
 def book_source_factory(ctx: VenueContext, kind: str) -> Callable[..., Any]:
@@ -288,29 +354,12 @@ class CcxtSpotAdapter(OrderTracking):
             config["apiKey"] = self._api_key
             config["secret"] = self._api_secret
         client = cls(config)
-        # ccxt logs request headers (the API key) at DEBUG through stdlib logging.
-        quiet = logging.getLogger(f"quoteforge.exchanges.{self.venue_id}.ccxt")
-        quiet.disabled = True
-        client.logger = quiet
-        original = client.on_rest_response
 
-        def on_rest_response(
-            code: Any,
-            reason: Any,
-            url: Any,
-            method: Any,
-            headers: Any,
-            body: Any,
-            request_headers: Any,
-            request_body: Any,
-        ) -> Any:
-            status = int(code) if code is not None else 0
-            hdrs = dict(headers or {})
-            _last_response.set((status, hdrs, body or ""))
-            self.observe_response(status, hdrs)
-            return original(code, reason, url, method, headers, body, request_headers, request_body)
+        def on_response(status: int, headers: dict[str, str], body: str) -> None:
+            _last_response.set((status, headers, body))
+            self.observe_response(status, headers)
 
-        client.on_rest_response = on_rest_response
+        watch_ccxt_client(client, f"quoteforge.exchanges.{self.venue_id}.ccxt", on_response)
         return client
 
     def observe_response(self, status: int, headers: dict[str, str]) -> None:

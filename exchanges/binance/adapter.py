@@ -25,6 +25,7 @@ from quoteforge.exchanges.ccxt_base import (
     ManagedSocket,
     TrackedOrder,
     VenueCallError,
+    VenueFactory,
 )
 from quoteforge.model import (
     Instrument,
@@ -89,27 +90,6 @@ class BinanceParams(CcxtSpotParams):
         pattern=r"^[a-z][a-z0-9_]*$",
         description="The registered book source (plugin kind book_source) that keeps each "
         "book; a plugin's source with the interface of binance_spot replaces it by name.",
-    )
-
-
-def create_binance(spec_params: Any, ctx: VenueContext) -> BinanceSpot:
-    """Factory the registry calls with the manifest's params and the run context."""
-    params = (
-        spec_params
-        if isinstance(spec_params, BinanceParams)
-        else BinanceParams.model_validate(spec_params or {})
-    )
-    return BinanceSpot(params, ctx)
-
-
-@hookimpl
-def quoteforge_register_exchanges(register: Any) -> None:
-    register(
-        "binance",
-        create_binance,
-        params=BinanceParams,
-        description="Binance spot (REST over ccxt, diff-depth books, websocket user stream).",
-        requires=("ccxt",),
     )
 
 
@@ -453,3 +433,17 @@ class BinanceSpot(BinanceFamilyAdapter):
             if total:
                 out[row["asset"]] = total
         return out
+
+
+create_binance = VenueFactory(BinanceParams, BinanceSpot)
+"""Factory the registry calls with the manifest's params and the run context."""
+
+
+@hookimpl
+def quoteforge_register_exchanges(register: Any) -> None:
+    create_binance.register(
+        register,
+        "binance",
+        description="Binance spot (REST over ccxt, diff-depth books, websocket user stream).",
+        requires=("ccxt",),
+    )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from quoteforge import hookimpl
-from quoteforge.exchange import OrderAction, PlaceOrder, VenueContext
+from quoteforge.exchange import OrderAction, PlaceOrder
 from quoteforge.exchanges.binance.adapter import _CLIENT_ID
 from quoteforge.exchanges.binance.family import STATUS
 from quoteforge.exchanges.binance_usdm.venue import BinanceUsdmParams, UsdmAccountVenue
@@ -22,6 +22,7 @@ from quoteforge.exchanges.ccxt_base import (
     LatencyEndpoints,
     TrackedOrder,
     VenueCallError,
+    VenueFactory,
 )
 from quoteforge.model import (
     OrderStatus,
@@ -42,28 +43,6 @@ __all__ = [
 ]
 
 BATCH_MAX = 5  # POST /fapi/v1/batchOrders takes at most 5 orders
-
-
-def create_binance_usdm(spec_params: Any, ctx: VenueContext) -> BinanceUsdm:
-    """Factory the registry calls with the manifest's params and the run context."""
-    params = (
-        spec_params
-        if isinstance(spec_params, BinanceUsdmParams)
-        else BinanceUsdmParams.model_validate(spec_params or {})
-    )
-    return BinanceUsdm(params, ctx)
-
-
-@hookimpl
-def quoteforge_register_exchanges(register: Any) -> None:
-    register(
-        "binance_usdm",
-        create_binance_usdm,
-        params=BinanceUsdmParams,
-        description="Binance USDⓈ-M perpetual futures (positions, funding, reduce-only, "
-        "listen-key user stream).",
-        requires=("ccxt",),
-    )
 
 
 class BinanceUsdm(UsdmAccountVenue):
@@ -330,5 +309,20 @@ def quoteforge_register_commands(register: Any) -> None:
         "flatten",
         flatten_main,
         help="close a finished or killed run's futures positions with reduce-only orders",
+        requires=("ccxt",),
+    )
+
+
+create_binance_usdm = VenueFactory(BinanceUsdmParams, BinanceUsdm)
+"""Factory the registry calls with the manifest's params and the run context."""
+
+
+@hookimpl
+def quoteforge_register_exchanges(register: Any) -> None:
+    create_binance_usdm.register(
+        register,
+        "binance_usdm",
+        description="Binance USDⓈ-M perpetual futures (positions, funding, reduce-only, "
+        "listen-key user stream).",
         requires=("ccxt",),
     )

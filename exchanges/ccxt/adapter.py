@@ -11,7 +11,6 @@ checked for which venue, and when a dedicated adapter is the better choice.
 from __future__ import annotations
 
 import contextvars
-import logging
 import random
 import re
 from decimal import Decimal
@@ -39,7 +38,9 @@ from quoteforge.exchanges.ccxt_base import (
     CcxtSpotParams,
     TrackedOrder,
     VenueCallError,
+    VenueFactory,
     require_ccxt,
+    watch_ccxt_client,
 )
 from quoteforge.model import (
     Fill,
@@ -114,28 +115,6 @@ class CcxtParams(CcxtSpotParams):
                 "ccxt's own (e.g. urls: {api: {public: http://127.0.0.1:8080/api/v3}})"
             )
         return self
-
-
-def create_ccxt(spec_params: Any, ctx: VenueContext) -> CcxtVenue:
-    """Factory the registry calls with the manifest's params and the run context."""
-    params = (
-        spec_params
-        if isinstance(spec_params, CcxtParams)
-        else CcxtParams.model_validate(spec_params or {})
-    )
-    return CcxtVenue(params, ctx)
-
-
-@hookimpl
-def quoteforge_register_exchanges(register: Any) -> None:
-    register(
-        "ccxt",
-        create_ccxt,
-        params=CcxtParams,
-        description="Any ccxt venue through its unified API and ccxt.pro websockets; checked "
-        f"against replicas: {', '.join(sorted(CHECKED_VENUES))} (docs/venues/ccxt.md).",
-        requires=("ccxt",),
-    )
 
 
 @hookimpl
@@ -238,26 +217,11 @@ class CcxtVenue(CcxtSpotAdapter):
                     f"{self.name}: ccxt has no test network for {self.ccxt_id!r}; set "
                     "testnet: false (and point urls at a replica for offline runs)"
                 ) from None
-        # ccxt logs request headers (the API key) at DEBUG through stdlib logging.
-        quiet = logging.getLogger(f"quoteforge.exchanges.ccxt.{self.ccxt_id}")
-        quiet.disabled = True
-        client.logger = quiet
-        original = client.on_rest_response
 
-        def on_rest_response(
-            code: Any,
-            reason: Any,
-            url: Any,
-            method: Any,
-            headers: Any,
-            body: Any,
-            request_headers: Any,
-            request_body: Any,
-        ) -> Any:
-            _response.set((int(code) if code is not None else 0, dict(headers or {})))
-            return original(code, reason, url, method, headers, body, request_headers, request_body)
+        def on_response(status: int, headers: dict[str, str], body: str) -> None:
+            _response.set((status, headers))
 
-        client.on_rest_response = on_rest_response
+        watch_ccxt_client(client, f"quoteforge.exchanges.ccxt.{self.ccxt_id}", on_response)
         return client
 
     async def connect(self, sink: VenueSink) -> None:
@@ -672,3 +636,18 @@ class CcxtVenue(CcxtSpotAdapter):
                 filled_lots=max(total, tracked.filled_lots),
             )
         )
+
+
+create_ccxt = VenueFactory(CcxtParams, CcxtVenue)
+"""Factory the registry calls with the manifest's params and the run context."""
+
+
+@hookimpl
+def quoteforge_register_exchanges(register: Any) -> None:
+    create_ccxt.register(
+        register,
+        "ccxt",
+        description="Any ccxt venue through its unified API and ccxt.pro websockets; checked "
+        f"against replicas: {', '.join(sorted(CHECKED_VENUES))} (docs/venues/ccxt.md).",
+        requires=("ccxt",),
+    )

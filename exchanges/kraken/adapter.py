@@ -23,6 +23,7 @@ from quoteforge.exchanges.ccxt_base import (
     ManagedSocket,
     TrackedOrder,
     VenueCallError,
+    VenueFactory,
     book_source_factory,
     dumps_exact,
 )
@@ -100,27 +101,6 @@ class KrakenParams(CcxtSpotParams):
                 "ws_url and private_ws_url at a KrakenReplica for offline runs"
             )
         return self
-
-
-def create_kraken(spec_params: Any, ctx: VenueContext) -> KrakenSpot:
-    """Factory the registry calls with the manifest's params and the run context."""
-    params = (
-        spec_params
-        if isinstance(spec_params, KrakenParams)
-        else KrakenParams.model_validate(spec_params or {})
-    )
-    return KrakenSpot(params, ctx)
-
-
-@hookimpl
-def quoteforge_register_exchanges(register: Any) -> None:
-    register(
-        "kraken",
-        create_kraken,
-        params=KrakenParams,
-        description="Kraken spot (REST over ccxt, websocket v2 checksummed books and trading).",
-        requires=("ccxt",),
-    )
 
 
 class KrakenSpot(CcxtSpotAdapter):
@@ -790,3 +770,17 @@ class KrakenSpot(CcxtSpotAdapter):
                 )
             )
         return fills
+
+
+create_kraken = VenueFactory(KrakenParams, KrakenSpot)
+"""Factory the registry calls with the manifest's params and the run context."""
+
+
+@hookimpl
+def quoteforge_register_exchanges(register: Any) -> None:
+    create_kraken.register(
+        register,
+        "kraken",
+        description="Kraken spot (REST over ccxt, websocket v2 checksummed books and trading).",
+        requires=("ccxt",),
+    )

@@ -31,7 +31,6 @@ from quoteforge.exchanges.ccxt_base import (
 )
 from quoteforge.exchanges.polymarket.book import PolymarketBookSource
 from quoteforge.exchanges.polymarket.events import PolymarketEvents
-from quoteforge.exchanges.polymarket.positions import PolymarketPositions
 from quoteforge.exchanges.polymarket.ratelimit import PolymarketRateGovernor
 from quoteforge.exchanges.polymarket.reports import PolymarketReports
 from quoteforge.exchanges.polymarket.wire import (
@@ -71,7 +70,6 @@ __all__ = [
 LIVE_REST = "https://clob.polymarket.com"
 LIVE_WS = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
 LIVE_WS_USER = "wss://ws-subscriptions-clob.polymarket.com/ws/user"
-DATA_API = "https://data-api.polymarket.com"
 BATCH_MAX = 15
 SECRET_NAMES = ("private_key", "api_key", "api_secret", "passphrase")
 
@@ -95,12 +93,6 @@ class PolymarketParams(CcxtSpotParams):
     funder: str | None = Field(
         None, description="Address holding the funds (proxy wallets, types 1 and 2)."
     )
-    start_position: Literal["require_flat", "adopt"] = Field(
-        "require_flat",
-        description="Outcome tokens held when a run starts: require_flat refuses to start; "
-        "adopt books them (balance, data API average price) as the opening position.",
-    )
-    data_url: str = Field(DATA_API, description="The data API (average prices at start).")
     gtd_seconds: float | None = Field(
         None,
         gt=60,
@@ -178,7 +170,7 @@ def quoteforge_register_book_sources(register: Register) -> None:
     )
 
 
-class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, CcxtSpotAdapter):
+class PolymarketClob(PolymarketEvents, PolymarketReports, CcxtSpotAdapter):
     """Polymarket's CLOB: one market socket for every token's book and trades, one user
     socket for our orders and trades, REST for everything else. Not a ccxt venue: this
     adapter uses the shared base for sockets, tasks and order tracking only."""
@@ -270,7 +262,6 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
         auth: bool = False,
         limit: str | None = None,
         raw_text: bool = False,
-        base: str | None = None,
     ) -> Any:
         """One REST call; the decoded JSON answer (its text with ``raw_text``), or a
         classified ``VenueCallError``. ``limit`` names the rate-limit window to wait for
@@ -293,7 +284,7 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
         try:
             async with self._get_session().request(
                 method,
-                (base or self.rest_base).rstrip("/") + path,
+                self.rest_base + path,
                 params=query,
                 data=text,
                 headers=headers,
