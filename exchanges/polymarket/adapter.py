@@ -27,10 +27,12 @@ from quoteforge.exchanges.ccxt_base import (
     ManagedSocket,
     TrackedOrder,
     VenueCallError,
+    VenueFactory,
     book_source_factory,
 )
 from quoteforge.exchanges.polymarket.book import PolymarketBookSource
 from quoteforge.exchanges.polymarket.events import PolymarketEvents
+from quoteforge.exchanges.polymarket.positions import PolymarketPositions
 from quoteforge.exchanges.polymarket.ratelimit import PolymarketRateGovernor
 from quoteforge.exchanges.polymarket.reports import PolymarketReports
 from quoteforge.exchanges.polymarket.wire import (
@@ -70,6 +72,7 @@ __all__ = [
 LIVE_REST = "https://clob.polymarket.com"
 LIVE_WS = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
 LIVE_WS_USER = "wss://ws-subscriptions-clob.polymarket.com/ws/user"
+DATA_API = "https://data-api.polymarket.com"
 BATCH_MAX = 15
 SECRET_NAMES = ("private_key", "api_key", "api_secret", "passphrase")
 
@@ -93,6 +96,12 @@ class PolymarketParams(CcxtSpotParams):
     funder: str | None = Field(
         None, description="Address holding the funds (proxy wallets, types 1 and 2)."
     )
+    start_position: Literal["require_flat", "adopt"] = Field(
+        "require_flat",
+        description="Outcome tokens held when a run starts: require_flat refuses to start; "
+        "adopt books them (balance, data API average price) as the opening position.",
+    )
+    data_url: str = Field(DATA_API, description="The data API (average prices at start).")
     gtd_seconds: float | None = Field(
         None,
         gt=60,
@@ -139,27 +148,6 @@ class PolymarketParams(CcxtSpotParams):
         return self
 
 
-def create_polymarket(spec_params: Any, ctx: VenueContext) -> PolymarketClob:
-    """Factory the registry calls with the manifest's params and the run context."""
-    params = (
-        spec_params
-        if isinstance(spec_params, PolymarketParams)
-        else PolymarketParams.model_validate(spec_params or {})
-    )
-    return PolymarketClob(params, ctx)
-
-
-@hookimpl
-def quoteforge_register_exchanges(register: Any) -> None:
-    register(
-        "polymarket",
-        create_polymarket,
-        params=PolymarketParams,
-        description="Polymarket CLOB binary outcome tokens (REST, market and user channels).",
-        requires=("py_clob_client", "aiohttp"),
-    )
-
-
 @hookimpl
 def quoteforge_register_book_sources(register: Register) -> None:
     register(
@@ -170,7 +158,7 @@ def quoteforge_register_book_sources(register: Register) -> None:
     )
 
 
-class PolymarketClob(PolymarketEvents, PolymarketReports, CcxtSpotAdapter):
+class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, CcxtSpotAdapter):
     """Polymarket's CLOB: one market socket for every token's book and trades, one user
     socket for our orders and trades, REST for everything else. Not a ccxt venue: this
     adapter uses the shared base for sockets, tasks and order tracking only."""
@@ -262,6 +250,7 @@ class PolymarketClob(PolymarketEvents, PolymarketReports, CcxtSpotAdapter):
         auth: bool = False,
         limit: str | None = None,
         raw_text: bool = False,
+        base: str | None = None,
     ) -> Any:
         """One REST call; the decoded JSON answer (its text with ``raw_text``), or a
         classified ``VenueCallError``. ``limit`` names the rate-limit window to wait for
@@ -284,7 +273,7 @@ class PolymarketClob(PolymarketEvents, PolymarketReports, CcxtSpotAdapter):
         try:
             async with self._get_session().request(
                 method,
-                self.rest_base + path,
+                (base or self.rest_base).rstrip("/") + path,
                 params=query,
                 data=text,
                 headers=headers,
@@ -782,3 +771,17 @@ class PolymarketClob(PolymarketEvents, PolymarketReports, CcxtSpotAdapter):
         fills = await self.fetch_fills(max(0, self._last_fill_s - 60) * 1_000_000_000)
         for fill in fills:
             self.deliver_fill(fill)
+
+
+create_polymarket = VenueFactory(PolymarketParams, PolymarketClob)
+"""Factory the registry calls with the manifest's params and the run context."""
+
+
+@hookimpl
+def quoteforge_register_exchanges(register: Any) -> None:
+    create_polymarket.register(
+        register,
+        "polymarket",
+        description="Polymarket CLOB binary outcome tokens (REST, market and user channels).",
+        requires=("py_clob_client", "aiohttp"),
+    )
