@@ -29,11 +29,12 @@ from aiohttp import web
 
 from quoteforge.exchanges.recording import Record, read_recording
 from quoteforge.exchanges.testing.binance_replica_rest import (
-    _STATUS,
     DEFAULT_SYMBOLS,
+    ORDER_STATUS,
     BinanceRest,
     BinanceSymbol,
-    _Window,
+    OrderCountWindow,
+    RateWindow,
     f8,
     sign_query,
 )
@@ -97,9 +98,15 @@ class BinanceReplica(BinanceRest):
         self.symbols = dict(symbols or DEFAULT_SYMBOLS)
         self._order_ids = iter(range(1000, 1 << 62))
         self.update_id: dict[str, int] = {}
-        self._weight = _Window(60_000)
-        self._orders_10s = _Window(10_000)
-        self._orders_1d = _Window(86_400_000)
+        self._weight = RateWindow(60_000)
+        self._orders_10s = RateWindow(10_000)
+        self._orders_1d = RateWindow(86_400_000)
+        self.order_windows = [
+            OrderCountWindow(self._orders_1d, None, "1 DAY", "X-MBX-ORDER-COUNT-1D"),
+            OrderCountWindow(
+                self._orders_10s, order_limit_10s, "10 SECOND", "X-MBX-ORDER-COUNT-10S"
+            ),
+        ]
         self._depth_subs: dict[Any, set[str]] = {}
         self._combined: set[Any] = set()
         self._user_subs: dict[Any, int] = {}
@@ -293,14 +300,14 @@ class BinanceReplica(BinanceRest):
                 return web.Response(text=raw, content_type="application/json")
             snap = json.loads(raw)
             snap["bids"], snap["asks"] = snap["bids"][:limit], snap["asks"][:limit]
-            return self._json(snap)
+            return self.json_answer(snap)
 
         def side(name: str) -> list[list[str]]:
             book = market.levels[name]
             prices = sorted(book, reverse=name == "buy")[:limit]
             return [[f8(p), f8(book[p])] for p in prices]
 
-        return self._json(
+        return self.json_answer(
             {"lastUpdateId": self.update_id[symbol], "bids": side("buy"), "asks": side("sell")}
         )
 
@@ -491,7 +498,7 @@ class BinanceReplica(BinanceRest):
         kind = (
             "MARKET" if o.kind == "market" else "LIMIT_MAKER" if o.tif == "post_only" else "LIMIT"
         )
-        status = _STATUS[o.status] if exec_type != "NEW" else "NEW"
+        status = ORDER_STATUS[o.status] if exec_type != "NEW" else "NEW"
         if exec_type == "TRADE":
             # A report describes the order as of this trade, not as of later ones.
             assert trade is not None

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -28,9 +28,18 @@ from quoteforge.exchanges.testing.faults import (
 )
 from quoteforge.exchanges.testing.replica import ReplicaServer
 
-__all__ = ["DEFAULT_SYMBOLS", "BinanceRest", "BinanceSymbol", "sign_query"]
+__all__ = [
+    "DEFAULT_SYMBOLS",
+    "ORDER_STATUS",
+    "BinanceRest",
+    "BinanceSymbol",
+    "OrderCountWindow",
+    "RateWindow",
+    "exchange_rate_limit",
+    "sign_query",
+]
 
-_STATUS = {
+ORDER_STATUS = {  # the replica's order states as Binance writes them
     "new": "NEW",
     "partially_filled": "PARTIALLY_FILLED",
     "filled": "FILLED",
@@ -77,7 +86,7 @@ DEFAULT_SYMBOLS = {
 }
 
 
-class _Window:
+class RateWindow:
     """A fixed window counter (Binance counts weight per minute, orders per 10 s)."""
 
     def __init__(self, length_ms: int) -> None:
@@ -94,6 +103,22 @@ class _Window:
 
     def retry_after_s(self, now_ms: int) -> int:
         return max(1, (self.start + self.length_ms - now_ms + 999) // 1000)
+
+
+class OrderCountWindow(NamedTuple):
+    """One of the venue's new-order counters: its window, its limit (``None``: counted
+    and reported, never refused), the period the -1015 message names and the usage header
+    that reports it."""
+
+    window: RateWindow
+    limit: int | None
+    label: str
+    header: str
+
+
+def exchange_rate_limit(kind: str, interval: str, num: int, limit: int) -> dict[str, Any]:
+    """One ``rateLimits`` entry of ``exchangeInfo`` (spot and futures write them alike)."""
+    return {"rateLimitType": kind, "interval": interval, "intervalNum": num, "limit": limit}
 
 
 def sign_query(secret: str, query: str) -> str:
@@ -121,9 +146,11 @@ class BinanceRest(ReplicaServer):
     weight_limit: int
     order_limit_10s: int
     _order_ids: Iterator[int]
-    _weight: _Window
-    _orders_10s: _Window
-    _orders_1d: _Window
+    _weight: RateWindow
+    _orders_10s: RateWindow
+    _orders_1d: RateWindow
+    order_windows: list[OrderCountWindow]
+    """Every new-order counter, in the order the venue counts them (spot: 1 day, 10 s)."""
 
     @abstractmethod
     async def report_execution(
@@ -180,22 +207,30 @@ class BinanceRest(ReplicaServer):
         headers = {**headers, "Content-Type": "application/json"}
         return web.Response(status=status, text=body, headers=headers)
 
-    def _json(self, payload: Any, status: int = 200, *, orders: bool = False) -> web.Response:
+    def usage_headers(self, *, orders: bool = False) -> dict[str, str]:
+        """``X-MBX-USED-WEIGHT-1M`` and, for order entry, every order counter's
+        ``X-MBX-ORDER-COUNT-*`` (what the adapters' rate governors read)."""
         now = self.now_ms()
         headers = {"X-MBX-USED-WEIGHT-1M": str(self._weight.add(now, 0))}
         if orders:
-            headers["X-MBX-ORDER-COUNT-10S"] = str(self._orders_10s.add(now, 0))
-            headers["X-MBX-ORDER-COUNT-1D"] = str(self._orders_1d.add(now, 0))
-        return web.json_response(payload, status=status, headers=headers)
+            for counter in self.order_windows:
+                headers[counter.header] = str(counter.window.add(now, 0))
+        return headers
+
+    def json_answer(self, payload: Any, status: int = 200, *, orders: bool = False) -> web.Response:
+        """A JSON answer with the usage headers (``orders``: an order-entry answer)."""
+        return web.json_response(payload, status=status, headers=self.usage_headers(orders=orders))
 
     def _error(self, code: int, msg: str, status: int = 400, **extra: Any) -> web.Response:
-        return self._json({"code": code, "msg": msg, **extra}, status)
+        return self.json_answer({"code": code, "msg": msg, **extra}, status)
 
     def _reject(self, exc: OrderRejectedError) -> web.Response:
         code, msg = _REJECT_MESSAGES.get(exc.code, (-2010, str(exc)))
         return self._error(code, msg)
 
-    def _charge(self, weight: int) -> web.Response | None:
+    def charge_weight(self, weight: int) -> web.Response | None:
+        """Charge ``weight`` to the request-weight minute; the venue's -1003 answer (429
+        with ``Retry-After``) past the limit, else ``None``."""
         now = self.now_ms()
         used = self._weight.add(now, weight)
         if used > self.weight_limit:
@@ -213,9 +248,13 @@ class BinanceRest(ReplicaServer):
             )
         return None
 
-    async def _signed(self, request: web.Request, weight: int) -> dict[str, str] | web.Response:
-        """Check key, signature and timestamp; returns the parameters or the error."""
-        limited = self._charge(weight)
+    async def signed_params(
+        self, request: web.Request, weight: int
+    ) -> dict[str, str] | web.Response:
+        """Check a SIGNED request's API key, HMAC-SHA256 signature and timestamp (within
+        ``recvWindow``) after charging ``weight``; returns its parameters or the venue's
+        error answer."""
+        limited = self.charge_weight(weight)
         if limited is not None:
             return limited
         if request.headers.get("X-MBX-APIKEY") != self.api_key:
@@ -244,13 +283,13 @@ class BinanceRest(ReplicaServer):
 
     # -- public REST --------------------------------------------------------------------
     async def _time(self, request: web.Request) -> web.Response:
-        return self._charge(1) or self._json({"serverTime": self.now_ms()})
+        return self.charge_weight(1) or self.json_answer({"serverTime": self.now_ms()})
 
     async def _ping(self, request: web.Request) -> web.Response:
-        return self._charge(1) or self._json({})
+        return self.charge_weight(1) or self.json_answer({})
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
-        limited = self._charge(20)
+        limited = self.charge_weight(20)
         if limited is not None:
             return limited
         wanted: list[str] = list(self.symbols)
@@ -261,35 +300,15 @@ class BinanceRest(ReplicaServer):
         missing = [s for s in wanted if s not in self.symbols]
         if missing:
             return self._error(-1121, "Invalid symbol.")
-        return self._json(
+        return self.json_answer(
             {
                 "timezone": "UTC",
                 "serverTime": self.now_ms(),
                 "rateLimits": [
-                    {
-                        "rateLimitType": "REQUEST_WEIGHT",
-                        "interval": "MINUTE",
-                        "intervalNum": 1,
-                        "limit": self.weight_limit,
-                    },
-                    {
-                        "rateLimitType": "ORDERS",
-                        "interval": "SECOND",
-                        "intervalNum": 10,
-                        "limit": self.order_limit_10s,
-                    },
-                    {
-                        "rateLimitType": "ORDERS",
-                        "interval": "DAY",
-                        "intervalNum": 1,
-                        "limit": 200000,
-                    },
-                    {
-                        "rateLimitType": "RAW_REQUESTS",
-                        "interval": "MINUTE",
-                        "intervalNum": 5,
-                        "limit": 61000,
-                    },
+                    exchange_rate_limit("REQUEST_WEIGHT", "MINUTE", 1, self.weight_limit),
+                    exchange_rate_limit("ORDERS", "SECOND", 10, self.order_limit_10s),
+                    exchange_rate_limit("ORDERS", "DAY", 1, 200000),
+                    exchange_rate_limit("RAW_REQUESTS", "MINUTE", 5, 61000),
                 ],
                 "exchangeFilters": [],
                 "symbols": [self._symbol_info(s) for s in wanted],
@@ -365,7 +384,7 @@ class BinanceRest(ReplicaServer):
     async def _depth(self, request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", "100"))
         weight = 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
-        limited = self._charge(weight)
+        limited = self.charge_weight(weight)
         if limited is not None:
             return limited
         symbol = request.query.get("symbol", "")
@@ -374,7 +393,7 @@ class BinanceRest(ReplicaServer):
         market = self.markets[symbol]
         if self.recording is not None:
             return await self.recorded_depth(symbol, market, limit)
-        return self._json(
+        return self.json_answer(
             {
                 "lastUpdateId": self.update_id[symbol],
                 "bids": [[f8(p), f8(q)] for p, q in market.depth("buy", limit)],
@@ -396,7 +415,7 @@ class BinanceRest(ReplicaServer):
             "origQty": f8(o.qty),
             "executedQty": f8(o.filled),
             "cummulativeQuoteQty": f8(o.quote_filled),
-            "status": _STATUS[o.status],
+            "status": ORDER_STATUS[o.status],
             "timeInForce": "IOC" if o.tif == "ioc" else "GTC",
             "type": kind,
             "side": o.side.upper(),
@@ -430,7 +449,10 @@ class BinanceRest(ReplicaServer):
             )
         return out
 
-    def _parse_order(self, p: dict[str, str], market: ReplicaMarket) -> ReplicaOrder:
+    def parse_order(self, p: dict[str, str], market: ReplicaMarket) -> ReplicaOrder:
+        """The order a spot ``POST /api/v3/order`` describes (MARKET, LIMIT_MAKER, LIMIT
+        GTC/IOC); ``OrderRejectedError`` with the matcher's code when the venue refuses it.
+        The futures replica parses through it too."""
         kind = p.get("type", "")
         side = p.get("side", "").lower()
         if side not in ("buy", "sell"):
@@ -469,34 +491,38 @@ class BinanceRest(ReplicaServer):
             updated_ms=now,
         )
 
-    def _count_order(self) -> web.Response | None:
+    def count_new_orders(self, n: int = 1) -> web.Response | None:
+        """Count ``n`` new orders in every order counter; the venue's -1015 answer (429
+        with ``Retry-After``) at the first counter past its limit (later ones are not
+        counted), else ``None``."""
         now = self.now_ms()
-        self._orders_1d.add(now, 1)
-        if self._orders_10s.add(now, 1) > self.order_limit_10s:
-            return web.json_response(
-                {
-                    "code": -1015,
-                    "msg": f"Too many new orders; current limit is "
-                    f"{self.order_limit_10s} orders per 10 SECOND.",
-                },
-                status=429,
-                headers={"Retry-After": str(self._orders_10s.retry_after_s(now))},
-            )
+        for counter in self.order_windows:
+            used = counter.window.add(now, n)
+            if counter.limit is not None and used > counter.limit:
+                return web.json_response(
+                    {
+                        "code": -1015,
+                        "msg": f"Too many new orders; current limit is {counter.limit} "
+                        f"orders per {counter.label}.",
+                    },
+                    status=429,
+                    headers={"Retry-After": str(counter.window.retry_after_s(now))},
+                )
         return None
 
     async def _place(self, p: dict[str, str]) -> tuple[ReplicaOrder, list[ReplicaTrade]]:
         market = self._market(p.get("symbol", ""))
-        order = self._parse_order(p, market)
+        order = self.parse_order(p, market)
         forced = self.faults.take_reject()
         if forced is not None:
             raise OrderRejectedError("forced", forced or "Order rejected by the venue.")
         return order, await self._execute(market, order)
 
     async def _new_order(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
-        limited = self._count_order()
+        limited = self.count_new_orders()
         if limited is not None:
             return limited
         try:
@@ -507,9 +533,11 @@ class BinanceRest(ReplicaServer):
             return self._reject(exc)
         except KeyError as exc:
             return self._error(-1121, f"Invalid symbol. ({exc})")
-        return self._json(self._order_json(order, full=True), orders=True)
+        return self.json_answer(self._order_json(order, full=True), orders=True)
 
-    def _find(self, p: dict[str, str]) -> ReplicaOrder | None:
+    def find_order(self, p: dict[str, str]) -> ReplicaOrder | None:
+        """The order a request names by ``origClientOrderId`` or ``orderId`` on its
+        ``symbol``, or ``None``."""
         market = self.markets.get(p.get("symbol", ""))
         if market is None:
             return None
@@ -522,7 +550,8 @@ class BinanceRest(ReplicaServer):
                 return o
         return None
 
-    async def _cancel(self, order: ReplicaOrder, cancel_cid: str) -> None:
+    async def cancel_resting(self, order: ReplicaOrder, cancel_cid: str) -> None:
+        """Cancel a resting order: report it on the user stream and publish the book."""
         market = self.markets[order.symbol]
         market.cancel(order.client_id, self.now_ms())
         await self.report_execution(order, "CANCELED", None, cancel_client_id=cancel_cid)
@@ -546,34 +575,34 @@ class BinanceRest(ReplicaServer):
         return body
 
     async def _cancel_order(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
-        order = self._find(p)
+        order = self.find_order(p)
         if order is None or not order.is_open:
             return self._error(-2011, "Unknown order sent.")
         cancel_cid = p.get("newClientOrderId") or f"cancel-{secrets.token_hex(6)}"
-        await self._cancel(order, cancel_cid)
-        return self._json(self._cancel_json(order, cancel_cid))
+        await self.cancel_resting(order, cancel_cid)
+        return self.json_answer(self._cancel_json(order, cancel_cid))
 
     async def _query_order(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 4)
+        p = await self.signed_params(request, 4)
         if isinstance(p, web.Response):
             return p
-        order = self._find(p)
+        order = self.find_order(p)
         if order is None:
             return self._error(-2013, "Order does not exist.")
-        return self._json(self._order_json(order))
+        return self.json_answer(self._order_json(order))
 
     async def _open_orders(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 6 if "symbol" in request.query else 80)
+        p = await self.signed_params(request, 6 if "symbol" in request.query else 80)
         if isinstance(p, web.Response):
             return p
         symbol = p.get("symbol")
-        return self._json([self._order_json(o) for o in self.orders(symbol)])
+        return self.json_answer([self._order_json(o) for o in self.orders(symbol)])
 
     async def _cancel_all(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
         symbol = p.get("symbol", "")
@@ -582,18 +611,18 @@ class BinanceRest(ReplicaServer):
         out = []
         for order in self.orders(symbol):
             cid = f"cancel-{secrets.token_hex(6)}"
-            await self._cancel(order, cid)
+            await self.cancel_resting(order, cid)
             out.append(self._cancel_json(order, cid))
         if not out:
             return self._error(-2011, "Unknown order sent.")
-        return self._json(out)
+        return self.json_answer(out)
 
     async def _account(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 20)
+        p = await self.signed_params(request, 20)
         if isinstance(p, web.Response):
             return p
         acct = self.account
-        return self._json(
+        return self.json_answer(
             {
                 "makerCommission": 10,
                 "takerCommission": 10,
@@ -621,7 +650,7 @@ class BinanceRest(ReplicaServer):
         )
 
     async def _my_trades(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 20)
+        p = await self.signed_params(request, 20)
         if isinstance(p, web.Response):
             return p
         market = self.markets.get(p.get("symbol", ""))
@@ -631,7 +660,7 @@ class BinanceRest(ReplicaServer):
         from_id = int(p.get("fromId", "0"))
         limit = int(p.get("limit", "500"))
         rows = [t for t in market.trades if t.ts_ms >= start and t.trade_id >= from_id][:limit]
-        return self._json(
+        return self.json_answer(
             [
                 {
                     "symbol": market.symbol,
@@ -653,14 +682,14 @@ class BinanceRest(ReplicaServer):
         )
 
     async def _cancel_replace(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
-        limited = self._count_order()
+        limited = self.count_new_orders()
         if limited is not None:
             return limited
         mode = p.get("cancelReplaceMode", "STOP_ON_FAILURE")
-        old = self._find(
+        old = self.find_order(
             {
                 "symbol": p.get("symbol", ""),
                 "origClientOrderId": p.get("cancelOrigClientOrderId", ""),
@@ -684,7 +713,7 @@ class BinanceRest(ReplicaServer):
                 )
             cancel_ok = False
         else:
-            await self._cancel(old, cancel_cid)
+            await self.cancel_resting(old, cancel_cid)
             cancel_resp = self._cancel_json(old, cancel_cid)
             cancel_ok = True
         try:
@@ -704,7 +733,7 @@ class BinanceRest(ReplicaServer):
                     "newOrderResponse": {"code": code, "msg": msg},
                 },
             )
-        return self._json(
+        return self.json_answer(
             {
                 "cancelResult": "SUCCESS" if cancel_ok else "FAILURE",
                 "newOrderResult": "SUCCESS",

@@ -30,7 +30,11 @@ from aiohttp import web
 
 from quoteforge.exchanges.recording import Record
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
-from quoteforge.exchanges.testing.binance_replica_rest import BinanceSymbol, _Window
+from quoteforge.exchanges.testing.binance_replica_rest import (
+    BinanceSymbol,
+    OrderCountWindow,
+    RateWindow,
+)
 from quoteforge.exchanges.testing.binance_usdm_replica_rest import UsdmRest
 from quoteforge.exchanges.testing.faults import (
     OrderRejectedError,
@@ -103,7 +107,14 @@ class BinanceUsdmReplica(UsdmRest, BinanceReplica):
             raise ValueError(f"position_mode must be one_way or hedge, got {position_mode!r}")
         self.dual_side = position_mode == "hedge"
         self.order_limit_1m = order_limit_1m
-        self._orders_1m = _Window(60_000)
+        self.order_windows = [
+            OrderCountWindow(
+                self._orders_10s, order_limit_10s, "10 SECOND", "X-MBX-ORDER-COUNT-10S"
+            ),
+            OrderCountWindow(
+                RateWindow(60_000), order_limit_1m, "1 MINUTE", "X-MBX-ORDER-COUNT-1M"
+            ),
+        ]
         self.leverage = dict.fromkeys(chosen, leverage)
         self.margin_type = dict.fromkeys(chosen, "CROSSED")
         self.maintenance_rate = Decimal(maintenance_rate)
@@ -445,7 +456,7 @@ class BinanceUsdmReplica(UsdmRest, BinanceReplica):
             first = json.loads(record.raw)["U"]
             for waiter, limit in waiters:
                 if not waiter.done():
-                    waiter.set_result(self.fapi_json(self.depth_body(market, limit, first)))
+                    waiter.set_result(self.json_answer(self.depth_body(market, limit, first)))
         await super().play_record(record)
 
     # -- routes -------------------------------------------------------------------------

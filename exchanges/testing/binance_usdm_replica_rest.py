@@ -14,7 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from quoteforge.exchanges.testing.binance_replica_rest import _STATUS, BinanceRest
+from quoteforge.exchanges.testing.binance_replica_rest import (
+    ORDER_STATUS,
+    BinanceRest,
+    exchange_rate_limit,
+)
 from quoteforge.exchanges.testing.faults import (
     OrderRejectedError,
     ReplicaMarket,
@@ -53,7 +57,6 @@ class UsdmRest(BinanceRest):
 
     dual_side: bool
     order_limit_1m: int
-    _orders_1m: Any
     leverage: dict[str, int]
     margin_type: dict[str, str]
     positions: dict[tuple[str, str], list[Decimal]]
@@ -108,7 +111,7 @@ class UsdmRest(BinanceRest):
 
     @staticmethod
     def status_text(o: ReplicaOrder) -> str:
-        return _STATUS[o.status]
+        return ORDER_STATUS[o.status]
 
     def order_body(self, o: ReplicaOrder) -> dict[str, Any]:
         market = self.markets[o.symbol]
@@ -145,35 +148,9 @@ class UsdmRest(BinanceRest):
     def fapi_error(self, code: int, msg: str, status: int = 400) -> web.Response:
         return web.json_response({"code": code, "msg": msg}, status=status)
 
-    def fapi_json(self, payload: Any, *, orders: bool = False) -> web.Response:
-        now = self.now_ms()
-        headers = {"X-MBX-USED-WEIGHT-1M": str(self._weight.add(now, 0))}
-        if orders:
-            headers["X-MBX-ORDER-COUNT-10S"] = str(self._orders_10s.add(now, 0))
-            headers["X-MBX-ORDER-COUNT-1M"] = str(self._orders_1m.add(now, 0))
-        return web.json_response(payload, headers=headers)
-
-    def count_orders(self, n: int = 1) -> web.Response | None:
-        """The 10 s and 1 min order windows; 429 with Retry-After past either."""
-        now = self.now_ms()
-        for window, limit, label in (
-            (self._orders_10s, self.order_limit_10s, "10 SECOND"),
-            (self._orders_1m, self.order_limit_1m, "1 MINUTE"),
-        ):
-            if window.add(now, n) > limit:
-                return web.json_response(
-                    {
-                        "code": -1015,
-                        "msg": f"Too many new orders; current limit is {limit} orders per {label}.",
-                    },
-                    status=429,
-                    headers={"Retry-After": str(window.retry_after_s(now))},
-                )
-        return None
-
     async def keyed(self, request: web.Request) -> web.Response | None:
         """USER_STREAM endpoints: the API key only, no signature."""
-        limited = self._charge(1)
+        limited = self.charge_weight(1)
         if limited is not None:
             return limited
         if request.headers.get("X-MBX-APIKEY") != self.api_key:
@@ -206,7 +183,7 @@ class UsdmRest(BinanceRest):
 
     # -- public ---------------------------------------------------------------------------
     async def fapi_exchange_info(self, request: web.Request) -> web.Response:
-        limited = self._charge(1)
+        limited = self.charge_weight(1)
         if limited is not None:
             return limited
         symbols = []
@@ -266,29 +243,14 @@ class UsdmRest(BinanceRest):
                     "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
                 }
             )
-        return self.fapi_json(
+        return self.json_answer(
             {
                 "timezone": "UTC",
                 "serverTime": self.now_ms(),
                 "rateLimits": [
-                    {
-                        "rateLimitType": "REQUEST_WEIGHT",
-                        "interval": "MINUTE",
-                        "intervalNum": 1,
-                        "limit": self.weight_limit,
-                    },
-                    {
-                        "rateLimitType": "ORDERS",
-                        "interval": "MINUTE",
-                        "intervalNum": 1,
-                        "limit": self.order_limit_1m,
-                    },
-                    {
-                        "rateLimitType": "ORDERS",
-                        "interval": "SECOND",
-                        "intervalNum": 10,
-                        "limit": self.order_limit_10s,
-                    },
+                    exchange_rate_limit("REQUEST_WEIGHT", "MINUTE", 1, self.weight_limit),
+                    exchange_rate_limit("ORDERS", "MINUTE", 1, self.order_limit_1m),
+                    exchange_rate_limit("ORDERS", "SECOND", 10, self.order_limit_10s),
                 ],
                 "exchangeFilters": [],
                 "assets": [{"asset": "USDT", "marginAvailable": True}],
@@ -299,7 +261,7 @@ class UsdmRest(BinanceRest):
     async def fapi_depth(self, request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", "500"))
         weight = 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
-        limited = self._charge(weight)
+        limited = self.charge_weight(weight)
         if limited is not None:
             return limited
         symbol = request.query.get("symbol", "")
@@ -308,7 +270,7 @@ class UsdmRest(BinanceRest):
         market = self.markets[symbol]
         if self.recording is not None:
             return await self.recorded_depth(symbol, market, limit)
-        return self.fapi_json(self.depth_body(market, limit, self.update_id[symbol]))
+        return self.json_answer(self.depth_body(market, limit, self.update_id[symbol]))
 
     def depth_body(self, market: ReplicaMarket, limit: int, last_id: int) -> dict[str, Any]:
         """A ``GET /fapi/v1/depth`` answer: the book's ``limit`` best levels a side."""
@@ -328,7 +290,7 @@ class UsdmRest(BinanceRest):
         }
 
     async def fapi_premium_index(self, request: web.Request) -> web.Response:
-        limited = self._charge(1)
+        limited = self.charge_weight(1)
         if limited is not None:
             return limited
         symbol = request.query.get("symbol", "")
@@ -336,7 +298,7 @@ class UsdmRest(BinanceRest):
             return self.fapi_error(-1121, "Invalid symbol.")
         mark = self.fmt_price(self.markets[symbol], self.mark_price(symbol))
         now = self.now_ms()
-        return self.fapi_json(
+        return self.json_answer(
             {
                 "symbol": symbol,
                 "markPrice": mark,
@@ -364,7 +326,7 @@ class UsdmRest(BinanceRest):
         if (side_key == "BOTH") == self.dual_side:
             raise OrderRejectedError("position_side", "position side does not match the mode")
         reduce_only = p.get("reduceOnly", "false").lower() == "true"
-        order = self._parse_order(spot, market)
+        order = self.parse_order(spot, market)
         self.check_reduce_only(order, reduce_only, side_key)
         self.order_meta[order.client_id] = {
             "reduceOnly": reduce_only,
@@ -392,17 +354,17 @@ class UsdmRest(BinanceRest):
         return self.order_body(order)
 
     async def fapi_new_order(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 0)
+        p = await self.signed_params(request, 0)
         if isinstance(p, web.Response):
             return p
-        limited = self.count_orders()
+        limited = self.count_new_orders()
         if limited is not None:
             return limited
         answer = await self.place_fapi(p)
-        return answer if isinstance(answer, web.Response) else self.fapi_json(answer, orders=True)
+        return answer if isinstance(answer, web.Response) else self.json_answer(answer, orders=True)
 
     async def fapi_batch(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 5)
+        p = await self.signed_params(request, 5)
         if isinstance(p, web.Response):
             return p
         try:
@@ -411,7 +373,7 @@ class UsdmRest(BinanceRest):
             return self.fapi_error(-1130, "Data sent for parameter 'batchOrders' is not valid.")
         if not isinstance(batch, list) or not 1 <= len(batch) <= 5:
             return self.fapi_error(-1130, "Data sent for parameter 'batchOrders' is not valid.")
-        limited = self.count_orders(len(batch))
+        limited = self.count_new_orders(len(batch))
         if limited is not None:
             return limited
         out: list[Any] = []
@@ -420,16 +382,16 @@ class UsdmRest(BinanceRest):
             out.append(
                 json.loads(answer.text or "{}") if isinstance(answer, web.Response) else answer
             )
-        return self.fapi_json(out, orders=True)
+        return self.json_answer(out, orders=True)
 
     async def fapi_modify(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 0)
+        p = await self.signed_params(request, 0)
         if isinstance(p, web.Response):
             return p
-        limited = self.count_orders()
+        limited = self.count_new_orders()
         if limited is not None:
             return limited
-        order = self._find(p)
+        order = self.find_order(p)
         if order is None or not order.is_open:
             return self.fapi_error(-2013, "Order does not exist.")
         market = self.markets[order.symbol]
@@ -444,48 +406,48 @@ class UsdmRest(BinanceRest):
         market.orders[order.client_id] = market.orders.pop(order.client_id)
         await self.order_event(order, "AMENDMENT")
         await self.publish_book(market)
-        return self.fapi_json(self.order_body(order), orders=True)
+        return self.json_answer(self.order_body(order), orders=True)
 
     async def fapi_cancel(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
-        order = self._find(p)
+        order = self.find_order(p)
         if order is None or not order.is_open:
             return self.fapi_error(-2011, "Unknown order sent.")
-        await self._cancel(order, "")
-        return self.fapi_json(self.order_body(order))
+        await self.cancel_resting(order, "")
+        return self.json_answer(self.order_body(order))
 
     async def fapi_query(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
-        order = self._find(p)
+        order = self.find_order(p)
         if order is None:
             return self.fapi_error(-2013, "Order does not exist.")
-        return self.fapi_json(self.order_body(order))
+        return self.json_answer(self.order_body(order))
 
     async def fapi_open_orders(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1 if "symbol" in request.query else 40)
+        p = await self.signed_params(request, 1 if "symbol" in request.query else 40)
         if isinstance(p, web.Response):
             return p
-        return self.fapi_json([self.order_body(o) for o in self.orders(p.get("symbol"))])
+        return self.json_answer([self.order_body(o) for o in self.orders(p.get("symbol"))])
 
     async def fapi_cancel_all(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
         if p.get("symbol", "") not in self.markets:
             return self.fapi_error(-1121, "Invalid symbol.")
         for order in self.orders(p["symbol"]):
-            await self._cancel(order, "")
-        return self.fapi_json(
+            await self.cancel_resting(order, "")
+        return self.json_answer(
             {"code": 200, "msg": "The operation of cancel all open order is done."}
         )
 
     # -- account ----------------------------------------------------------------------------
     async def fapi_user_trades(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 5)
+        p = await self.signed_params(request, 5)
         if isinstance(p, web.Response):
             return p
         market = self.markets.get(p.get("symbol", ""))
@@ -493,7 +455,7 @@ class UsdmRest(BinanceRest):
             return self.fapi_error(-1121, "Invalid symbol.")
         start, limit = int(p.get("startTime", "0")), int(p.get("limit", "500"))
         rows = [t for t in market.trades if t.ts_ms >= start][:limit]
-        return self.fapi_json(
+        return self.json_answer(
             [
                 {
                     "symbol": market.symbol,
@@ -518,7 +480,7 @@ class UsdmRest(BinanceRest):
         )
 
     async def fapi_income(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 30)
+        p = await self.signed_params(request, 30)
         if isinstance(p, web.Response):
             return p
         start = int(p.get("startTime", "0"))
@@ -529,7 +491,7 @@ class UsdmRest(BinanceRest):
             and p.get("incomeType", r["incomeType"]) == r["incomeType"]
             and p.get("symbol", r["symbol"]) == r["symbol"]
         ]
-        return self.fapi_json(rows[: int(p.get("limit", "100"))])
+        return self.json_answer(rows[: int(p.get("limit", "100"))])
 
     def position_rows(self) -> list[dict[str, Any]]:
         sides = ("LONG", "SHORT") if self.dual_side else ("BOTH",)
@@ -563,20 +525,20 @@ class UsdmRest(BinanceRest):
         return rows
 
     async def fapi_position_risk(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 5)
+        p = await self.signed_params(request, 5)
         if isinstance(p, web.Response):
             return p
         rows = self.position_rows()
         if "symbol" in p:
             rows = [r for r in rows if r["symbol"] == p["symbol"]]
-        return self.fapi_json(rows)
+        return self.json_answer(rows)
 
     async def fapi_account(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 5)
+        p = await self.signed_params(request, 5)
         if isinstance(p, web.Response):
             return p
         wallet = format(self.wallet, "f")
-        return self.fapi_json(
+        return self.json_answer(
             {
                 "totalWalletBalance": wallet,
                 "assets": [
@@ -592,13 +554,13 @@ class UsdmRest(BinanceRest):
         )
 
     async def fapi_dual(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 30)
+        p = await self.signed_params(request, 30)
         if isinstance(p, web.Response):
             return p
-        return self.fapi_json({"dualSidePosition": self.dual_side})
+        return self.json_answer({"dualSidePosition": self.dual_side})
 
     async def fapi_leverage(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
         symbol, value = p.get("symbol", ""), int(p.get("leverage", "0"))
@@ -607,10 +569,12 @@ class UsdmRest(BinanceRest):
         if not 1 <= value <= 125:
             return self.fapi_error(-4028, "Leverage is not valid.")
         self.leverage[symbol] = value
-        return self.fapi_json({"leverage": value, "maxNotionalValue": "1000000", "symbol": symbol})
+        return self.json_answer(
+            {"leverage": value, "maxNotionalValue": "1000000", "symbol": symbol}
+        )
 
     async def fapi_margin_type(self, request: web.Request) -> web.Response:
-        p = await self._signed(request, 1)
+        p = await self.signed_params(request, 1)
         if isinstance(p, web.Response):
             return p
         symbol, kind = p.get("symbol", ""), p.get("marginType", "")
@@ -619,14 +583,14 @@ class UsdmRest(BinanceRest):
         if self.margin_type[symbol] == kind:
             return self.fapi_error(-4046, "No need to change margin type.")
         self.margin_type[symbol] = kind
-        return self.fapi_json({"code": 200, "msg": "success"})
+        return self.json_answer({"code": 200, "msg": "success"})
 
     async def fapi_listen_key(self, request: web.Request) -> web.Response:
         refused = await self.keyed(request)
         if refused is not None:
             return refused
         if request.method == "POST":
-            return self.fapi_json({"listenKey": self.new_listen_key()})
+            return self.json_answer({"listenKey": self.new_listen_key()})
         body = await request.text() if request.can_read_body else ""
         params = dict(request.query)
         for part in body.split("&"):
@@ -638,4 +602,4 @@ class UsdmRest(BinanceRest):
             return self.fapi_error(-1125, "This listenKey does not exist.")
         if request.method == "DELETE":
             self.listen_keys[key] = False
-        return self.fapi_json({})
+        return self.json_answer({})
