@@ -277,15 +277,7 @@ class OrderTracking(ExchangeAdapter):
         if order.client_id in self._orders and not self._orders[order.client_id].status.is_terminal:
             reason = f"client id {order.client_id!r} is already working; ids must be unique"
         if reason:
-            self._emit(
-                OrderUpdate(
-                    self.name,
-                    order.client_id,
-                    OrderStatus.REJECTED,
-                    self.clock.now_ns(),
-                    reason=reason,
-                )
-            )
+            self.report_rejected(order.client_id, reason)
             return None
         assert instrument is not None
         if len(self._orders) >= self.MAX_TRACKED:
@@ -306,15 +298,7 @@ class OrderTracking(ExchangeAdapter):
         so it can be cancelled by client id."""
         instrument = self.instruments.get(symbol)
         if instrument is None:
-            self._emit(
-                OrderUpdate(
-                    self.name,
-                    client_id,
-                    OrderStatus.REJECTED,
-                    self.clock.now_ns(),
-                    reason=f"unknown symbol {symbol!r}",
-                )
-            )
+            self.report_rejected(client_id, f"unknown symbol {symbol!r}")
             return None
         order = Order(client_id, self.name, symbol, Side.BUY, 0, None)
         tracked = TrackedOrder(order, instrument, status=OrderStatus.OPEN)
@@ -349,15 +333,7 @@ class OrderTracking(ExchangeAdapter):
                 await self._resolve_unknown(tracked, str(exc))
             else:
                 self.counters["rejected"] += 1
-                self._emit(
-                    OrderUpdate(
-                        self.name,
-                        tracked.client_id,
-                        OrderStatus.REJECTED,
-                        self.clock.now_ns(),
-                        reason=str(exc),
-                    )
-                )
+                self.report_rejected(tracked.client_id, str(exc))
 
     async def _cancel_checked(self, tracked: TrackedOrder) -> None:
         if tracked.status.is_terminal:
@@ -444,32 +420,28 @@ class OrderTracking(ExchangeAdapter):
                 return
             except VenueCallError as exc:
                 if exc.kind != "unknown":
-                    self._emit(
-                        OrderUpdate(
-                            self.name,
-                            tracked.client_id,
-                            OrderStatus.REJECTED,
-                            self.clock.now_ns(),
-                            reason=str(exc),
-                        )
-                    )
+                    self.report_rejected(tracked.client_id, str(exc))
                     return
                 not_found = 0
         if tracked.status is OrderStatus.PENDING_NEW:
-            self._emit(
-                OrderUpdate(
-                    self.name,
-                    tracked.client_id,
-                    OrderStatus.REJECTED,
-                    self.clock.now_ns(),
-                    reason=f"status unknown after {self.params.order_lookups} lookups ({why}); "
-                    "reconciliation will pick it up if it exists",
-                )
+            self.report_rejected(
+                tracked.client_id,
+                f"status unknown after {self.params.order_lookups} lookups ({why}); "
+                "reconciliation will pick it up if it exists",
             )
 
     # -- events to the run ---------------------------------------------------------------------
     def _emit(self, update: OrderUpdate) -> None:
         self._emit_update(update)
+
+    def report_rejected(self, client_id: str, reason: str) -> None:
+        """Report an order as ``REJECTED`` now, with the reason (refused locally, by the
+        venue, or given up after its status stayed unknown)."""
+        self._emit_update(
+            OrderUpdate(
+                self.name, client_id, OrderStatus.REJECTED, self.clock.now_ns(), reason=reason
+            )
+        )
 
     def _emit_update(self, update: OrderUpdate) -> None:
         """Forward an order report unless it repeats or goes back on one already sent

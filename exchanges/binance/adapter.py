@@ -385,15 +385,7 @@ class BinanceSpot(BinanceFamilyAdapter):
             detail = (exc.payload or {}).get("data") if isinstance(exc.payload, dict) else None
             if exc.kind == "unknown" or not isinstance(detail, dict):
                 if exc.kind != "unknown":
-                    self._emit_update(
-                        OrderUpdate(
-                            self.name,
-                            new.client_id,
-                            OrderStatus.REJECTED,
-                            self.clock.now_ns(),
-                            reason=str(exc),
-                        )
-                    )
+                    self.report_rejected(new.client_id, str(exc))
                     return
                 update = await self._lookup_quietly(old)
                 if update is not None:
@@ -408,14 +400,8 @@ class BinanceSpot(BinanceFamilyAdapter):
                 if update is not None:
                     self._emit_update(update)
             new_resp = detail.get("newOrderResponse") or {}
-            self._emit_update(
-                OrderUpdate(
-                    self.name,
-                    new.client_id,
-                    OrderStatus.REJECTED,
-                    self.clock.now_ns(),
-                    reason=f"cancel-replace: {new_resp.get('msg') or exc.message}",
-                )
+            self.report_rejected(
+                new.client_id, f"cancel-replace: {new_resp.get('msg') or exc.message}"
             )
             return
         self._emit_update(self.order_report(data["cancelResponse"], old.client_id))

@@ -587,15 +587,7 @@ class KrakenSpot(CcxtSpotAdapter):
                     await self._resolve_unknown(t, str(exc))
                 return
             for t in tracked:
-                self._emit_update(
-                    OrderUpdate(
-                        self.name,
-                        t.client_id,
-                        OrderStatus.REJECTED,
-                        self.clock.now_ns(),
-                        reason=f"batch: {exc}",
-                    )
-                )
+                self.report_rejected(t.client_id, f"batch: {exc}")
         except Exception:
             logger.exception("{}: batch on {} failed unexpectedly", self.name, symbol)
 
