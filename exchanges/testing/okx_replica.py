@@ -591,14 +591,8 @@ class OkxReplica(ReplicaServer):
         self._trade_subs[ws] = set()
 
         async def on_text(text: str) -> None:
-            if text == "ping":
-                await self.send_text(ws, "pong")
-                return
-            msg = self._request(text)
+            msg = await self._ws_request(ws, text)
             if msg is None:
-                await self.send_text(
-                    ws, json.dumps({"event": "error", "code": "60012", "msg": "Invalid request"})
-                )
                 return
             for arg in msg.get("args", []):
                 channel, inst_id = arg.get("channel"), arg.get("instId")
@@ -636,6 +630,19 @@ class OkxReplica(ReplicaServer):
         except ValueError:
             return None
         return msg if isinstance(msg, dict) and "op" in msg else None
+
+    async def _ws_request(self, ws: web.WebSocketResponse, text: str) -> dict[str, Any] | None:
+        """A websocket request to act on, or ``None`` once answered here: a text ``ping``
+        gets ``pong``, anything but a JSON object with an ``op`` gets error 60012."""
+        if text == "ping":
+            await self.send_text(ws, "pong")
+            return None
+        msg = self._request(text)
+        if msg is None:
+            await self.send_text(
+                ws, json.dumps({"event": "error", "code": "60012", "msg": "Invalid request"})
+            )
+        return msg
 
     async def _send_snapshot(self, ws: web.WebSocketResponse, inst_id: str) -> None:
         bids = self._levels(inst_id, "buy", 400)
@@ -724,14 +731,8 @@ class OkxReplica(ReplicaServer):
         ws = await self.open_socket(request)
 
         async def on_text(text: str) -> None:
-            if text == "ping":
-                await self.send_text(ws, "pong")
-                return
-            msg = self._request(text)
+            msg = await self._ws_request(ws, text)
             if msg is None:
-                await self.send_text(
-                    ws, json.dumps({"event": "error", "code": "60012", "msg": "Invalid request"})
-                )
                 return
             if msg["op"] == "login":
                 arg = (msg.get("args") or [{}])[0]
