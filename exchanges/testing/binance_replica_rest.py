@@ -491,6 +491,17 @@ class BinanceRest(ReplicaServer):
             updated_ms=now,
         )
 
+    async def signed_order_entry(
+        self, request: web.Request, weight: int
+    ) -> dict[str, str] | web.Response:
+        """A signed request that places one order (``signed_params``, then one new order
+        counted by ``count_new_orders``): its parameters, or the venue's error answer."""
+        p = await self.signed_params(request, weight)
+        if isinstance(p, web.Response):
+            return p
+        limited = self.count_new_orders()
+        return p if limited is None else limited
+
     def count_new_orders(self, n: int = 1) -> web.Response | None:
         """Count ``n`` new orders in every order counter; the venue's -1015 answer (429
         with ``Retry-After``) at the first counter past its limit (later ones are not
@@ -519,12 +530,9 @@ class BinanceRest(ReplicaServer):
         return order, await self._execute(market, order)
 
     async def _new_order(self, request: web.Request) -> web.Response:
-        p = await self.signed_params(request, 1)
+        p = await self.signed_order_entry(request, 1)
         if isinstance(p, web.Response):
             return p
-        limited = self.count_new_orders()
-        if limited is not None:
-            return limited
         try:
             order, _ = await self._place(p)
         except OrderRejectedError as exc:
@@ -682,12 +690,9 @@ class BinanceRest(ReplicaServer):
         )
 
     async def _cancel_replace(self, request: web.Request) -> web.Response:
-        p = await self.signed_params(request, 1)
+        p = await self.signed_order_entry(request, 1)
         if isinstance(p, web.Response):
             return p
-        limited = self.count_new_orders()
-        if limited is not None:
-            return limited
         mode = p.get("cancelReplaceMode", "STOP_ON_FAILURE")
         old = self.find_order(
             {

@@ -354,12 +354,9 @@ class UsdmRest(BinanceRest):
         return self.order_body(order)
 
     async def fapi_new_order(self, request: web.Request) -> web.Response:
-        p = await self.signed_params(request, 0)
+        p = await self.signed_order_entry(request, 0)
         if isinstance(p, web.Response):
             return p
-        limited = self.count_new_orders()
-        if limited is not None:
-            return limited
         answer = await self.place_fapi(p)
         return answer if isinstance(answer, web.Response) else self.json_answer(answer, orders=True)
 
@@ -385,12 +382,9 @@ class UsdmRest(BinanceRest):
         return self.json_answer(out, orders=True)
 
     async def fapi_modify(self, request: web.Request) -> web.Response:
-        p = await self.signed_params(request, 0)
+        p = await self.signed_order_entry(request, 0)
         if isinstance(p, web.Response):
             return p
-        limited = self.count_new_orders()
-        if limited is not None:
-            return limited
         order = self.find_order(p)
         if order is None or not order.is_open:
             return self.fapi_error(-2013, "Order does not exist.")
