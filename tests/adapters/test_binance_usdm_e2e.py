@@ -167,7 +167,7 @@ def test_paper_example_over_the_real_usdm_recording(
         replica = BinanceUsdmReplica(ping_interval=0.1, recording=recording, speed=4.0)
         await replica.start()
         try:
-            sets = [*overrides(replica, "8s"), "strategies.mm.params.spread_bps=0.5"]
+            sets = [*overrides(replica, "8s"), "strategies.mm.params.spread_bps=3"]
             loaded = load_manifest(EXAMPLES / "binance_usdm_paper.yaml", registry, overrides=sets)
             await Run(loaded, registry, run_dir=tmp_path / "paper").run()
             return replica
