@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from abc import abstractmethod
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -146,6 +147,7 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
                 logger.warning("{}: time sync failed: {}", self.name, exc)
 
     # -- instruments -------------------------------------------------------------------------
+    @abstractmethod
     def instrument_of(self, symbol: str, info: dict[str, Any]) -> Instrument:
         """The instrument of one ``exchangeInfo`` symbol entry. Venues implement it."""
         raise NotImplementedError
@@ -172,6 +174,7 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         return out
 
     # -- market data -------------------------------------------------------------------------
+    @abstractmethod
     def market_url(self) -> str:
         """The combined-stream URL of every symbol's market data. Venues implement it."""
         raise NotImplementedError
@@ -328,6 +331,7 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         )
 
     # -- reconciliation ------------------------------------------------------------------------
+    @abstractmethod
     def order_report(self, data: dict[str, Any], client_id: str | None = None) -> OrderUpdate:
         """Our report of one order as the venue's REST API describes it. Venues
         implement it."""
