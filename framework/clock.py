@@ -95,7 +95,6 @@ class SimClock(Clock):
         self._now = start_ns
         self._queue: list[tuple[int, int, TimerHandle, Callable[..., Any], tuple[Any, ...]]] = []
         self._seq = itertools.count()
-        self.events_run = 0
         # Inside run_until: its bound and how many more events it may run (run_inline).
         self._until = -1
         self._left = 0
@@ -153,11 +152,9 @@ class SimClock(Clock):
                 fn(*args)
                 ran = limit - self._left
                 if ran >= limit:
-                    self.events_run += ran
                     return ran
         finally:
             self._until, self._left = outer
         if advance and (not queue or queue[0][0] > end_ns):
             self._now = max(self._now, end_ns)
-        self.events_run += ran
         return ran

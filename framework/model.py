@@ -16,6 +16,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 __all__ = [
     "REDUCE_ONLY",
@@ -175,10 +176,15 @@ class Instrument:
     #: symbol of the other outcome on the same venue, which pays 1 exactly when this one
     #: pays 0, so buying it at p is selling this one at 1 - p. Empty: none.
     complement: str = ""
-    # The grids as floats, for ticks_to_float / lots_to_float on strategies' hot paths
-    # (float(Decimal) on every call costs more than the multiplication).
+    # Derived once, for the hot paths (Decimal maths per call cost more than the use): the
+    # grids as floats, min_qty in lots and min_notional in tick x lot units, rounded up.
     _tick_float: float = field(default=0.0, init=False, repr=False, compare=False)
     _lot_float: float = field(default=0.0, init=False, repr=False, compare=False)
+    _step_float: float = field(default=0.0, init=False, repr=False, compare=False)
+    _step_lots: int = field(default=1, init=False, repr=False, compare=False)
+    _max_ticks: int | None = field(default=None, init=False, repr=False, compare=False)
+    _min_lots: int = field(default=0, init=False, repr=False, compare=False)
+    _min_units: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.tick_size.is_finite() or self.tick_size <= 0:
@@ -196,8 +202,16 @@ class Instrument:
             )
         if self.kind is InstrumentKind.BINARY and (1 / self.tick_size) % 1 != 0:
             raise ValueError(f"{self.key}: a binary contract's tick_size must divide 1")
-        object.__setattr__(self, "_tick_float", float(self.tick_size))
-        object.__setattr__(self, "_lot_float", float(self.lot_size))
+        tick, lot, kind = Fraction(self.tick_size), Fraction(self.lot_size), self.kind
+        for name, value in (
+            ("_tick_float", float(self.tick_size)), ("_lot_float", float(self.lot_size)),
+            ("_step_float", float(self.qty_step)),
+            ("_step_lots", int(self.qty_step / self.lot_size)),
+            ("_max_ticks", int(1 / self.tick_size) - 1 if kind is InstrumentKind.BINARY else None),
+            ("_min_lots", -(-Fraction(self.min_qty) // lot)),
+            ("_min_units", -(-Fraction(self.min_notional) // (tick * lot))),
+        ):  # fmt: skip
+            object.__setattr__(self, name, value)
 
     @property
     def key(self) -> str:
@@ -213,9 +227,7 @@ class Instrument:
     @property
     def max_price_ticks(self) -> int | None:
         """Highest valid price in ticks; binary contracts stop one tick below 1."""
-        if self.kind is InstrumentKind.BINARY:
-            return int(1 / self.tick_size) - 1
-        return None
+        return self._max_ticks
 
     def price_to_ticks(self, price: Decimal | str | int | float) -> int:
         """Exact conversion; a price off the tick grid is an error, never rounded."""
@@ -234,20 +246,14 @@ class Instrument:
     def round_price(self, price: float, side: Side) -> int:
         """Ticks for a quote at ``price``, rounded passively (bids down, asks up) and
         clamped to the instrument's valid range."""
-        raw = price / float(self.tick_size)
-        # Round to 9 digits first so 100.00000000001 does not become an extra tick.
-        raw = round(raw, 9)
-        ticks = math.floor(raw) if side is Side.BUY else math.ceil(raw)
-        return self.clamp_ticks(ticks)
+        # Round to 9 digits first: a float error far below a tick is not an extra tick.
+        raw = round(price / self._tick_float, 9)
+        return self.clamp_ticks(math.floor(raw) if side is Side.BUY else math.ceil(raw))
 
     def clamp_ticks(self, ticks: int) -> int:
-        """``ticks`` kept inside the valid price range (``min_price_ticks`` to
-        ``max_price_ticks``)."""
-        ticks = max(ticks, self.min_price_ticks)
-        top = self.max_price_ticks
-        if top is not None:
-            ticks = min(ticks, top)
-        return ticks
+        """``ticks`` kept inside the valid range (``min_price_ticks``..``max_price_ticks``)."""
+        top = self._max_ticks
+        return max(ticks, 1) if top is None else min(max(ticks, 1), top)
 
     def ticks_to_float(self, ticks: int) -> float:
         """``ticks`` as a float price, for analytics and signal maths (not exact)."""
@@ -271,17 +277,16 @@ class Instrument:
     @property
     def step_lots(self) -> int:
         """Lots in one order step: an order's quantity is a multiple of this."""
-        return int(self.qty_step / self.lot_size)
+        return self._step_lots
 
     def round_qty(self, qty: float) -> int:
         """Lots for an order of ``qty``, rounded down to the order step (never quote
         more than asked)."""
-        steps = max(0, math.floor(round(qty / float(self.qty_step), 9)))
-        return steps * self.step_lots
+        return max(0, math.floor(round(qty / self._step_float, 9))) * self._step_lots
 
     def floor_to_step(self, lots: int) -> int:
         """``lots`` rounded down to the order step (a remainder we may send)."""
-        step = self.step_lots
+        step = self._step_lots
         return lots if step == 1 else lots - lots % step
 
     def lots_to_float(self, lots: int) -> float:
@@ -296,21 +301,21 @@ class Instrument:
         """Why the venue would refuse this order size/price, or None when it is valid."""
         if lots <= 0:
             return "quantity must be positive"
-        step = self.step_lots
+        step = self._step_lots
         if step != 1 and lots % step:
             return (
                 f"quantity {self.lots_to_qty(lots)} is not a multiple of the order step "
                 f"{_plain(self.qty_step)}"
             )
-        if self.lots_to_qty(lots) < self.min_qty:
+        if lots < self._min_lots:
             return f"quantity {self.lots_to_qty(lots)} below minimum {self.min_qty}"
         if price_ticks is not None:
-            if price_ticks < self.min_price_ticks:
+            if price_ticks < 1:
                 return f"price {self.ticks_to_price(price_ticks)} below minimum"
-            top = self.max_price_ticks
+            top = self._max_ticks
             if top is not None and price_ticks > top:
                 return f"price {self.ticks_to_price(price_ticks)} above maximum"
-            if self.min_notional and self.notional(price_ticks, lots) < self.min_notional:
+            if price_ticks * lots < self._min_units:
                 return (
                     f"notional {self.notional(price_ticks, lots)} below minimum {self.min_notional}"
                 )

@@ -174,10 +174,6 @@ class WireDecimalParser:
             pairs += (mul, div)
         return struct.pack(f"={len(pairs)}q", *pairs)
 
-    def to_text(self, count: int) -> str:
-        """Plain decimal text of ``count`` steps (for fixtures and recordings)."""
-        return format(self.step * count, "f")
-
 
 def strip_checksum_digits(text: str) -> str:
     """A price or quantity as Kraken's checksum spells it: point removed, leading
