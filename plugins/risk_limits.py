@@ -7,6 +7,7 @@ integer operations per quote on the hot path.
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,9 +78,20 @@ class MaxOrderNotional(RiskCheck):
     Params = MaxOrderNotionalParams
     params: MaxOrderNotionalParams
 
+    def __init__(self, name: str, params: MaxOrderNotionalParams) -> None:
+        super().__init__(name, params)
+        # market key -> max_notional in tick x lot units, rounded down: price_ticks x lots
+        # above it is above max_notional, exactly, with no Decimal maths per quote.
+        self._limit_units: dict[str, int] = {}
+
     def check(self, market: Market, quote: Quote, view: RiskView) -> str | None:
-        notional = market.instrument.notional(quote.price_ticks, quote.qty_lots)
-        if notional > self.params.max_notional:
+        limit = self._limit_units.get(market.key)
+        if limit is None:
+            inst = market.instrument
+            unit = Fraction(inst.tick_size) * Fraction(inst.lot_size)
+            limit = self._limit_units[market.key] = int(Fraction(self.params.max_notional) // unit)
+        if quote.price_ticks * quote.qty_lots > limit:
+            notional = market.instrument.notional(quote.price_ticks, quote.qty_lots)
             return f"order notional {notional} > max_notional {self.params.max_notional}"
         return None
 

@@ -179,6 +179,34 @@ def test_price_band_matches_exact_rational_band(
     assert refused == expected
 
 
+# -- max_order_notional ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", ["500", "500.0049", "0.0001", "123456789.123456789"])
+def test_max_order_notional_is_exact_at_the_limit(limit: str) -> None:
+    """The check compares price_ticks x lots with the limit in tick x lot units: an
+    order worth exactly max_notional passes, one worth one unit (0.01 x 0.01) more is
+    refused, whatever the limit's digits."""
+    desk = Desk()
+    market = desk.market()  # tick 0.01, lot 0.01: one unit is 0.0001
+    check = MaxOrderNotional("size", MaxOrderNotional.Params(max_notional=Decimal(limit)))
+    units = int(Decimal(limit) / Decimal("0.0001"))  # the largest whole count within it
+    for price_ticks in (1, 7, 10_000):
+        lots = units // price_ticks
+        if lots == 0:
+            continue
+        at = bid(price_ticks, lots, 0)
+        assert check.check(market, at, desk.view()) is None
+        over = bid(price_ticks, lots + 1, 0)  # more than one unit over when price_ticks > 1
+        reason = check.check(market, over, desk.view())
+        expected = market.instrument.notional(price_ticks, lots + 1)
+        assert expected > Decimal(limit)
+        assert reason == f"order notional {expected} > max_notional {Decimal(limit)}"
+    one_over = units + 1  # exactly one unit above the largest allowed count
+    assert check.check(market, bid(1, one_over, 0), desk.view()) is not None
+    assert check.check(market, bid(1, units, 0), desk.view()) is None
+
+
 # -- max_open_orders -------------------------------------------------------------------
 
 
