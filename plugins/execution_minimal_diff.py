@@ -202,7 +202,13 @@ class MinimalDiff(ExecutionPolicy):
         out = Plan()
         deferred = 0
         # Stale quotes nearest the touch are the ones that get picked off: they go first.
-        for order in sorted(plan.cancels, key=lambda o: _distance(o.side, o.price_ticks, mid2)):
+        # (Most plans change one or two orders: a list of one is not sorted.)
+        cancels_first = plan.cancels
+        if len(cancels_first) > 1:
+            cancels_first = sorted(
+                cancels_first, key=lambda o: _distance(o.side, o.price_ticks, mid2)
+            )
+        for order in cancels_first:
             if cancels is None or (pull_all and not self.params.limit_pull_all):
                 if cancels is not None:
                     cancels.spend(now_ns)
@@ -211,7 +217,10 @@ class MinimalDiff(ExecutionPolicy):
                 out.cancels.append(order)
             else:
                 deferred += 1
-        for old, quote in sorted(plan.replaces, key=lambda pair: _priority(pair[1], mid2)):
+        replaces = plan.replaces
+        if len(replaces) > 1:
+            replaces = sorted(replaces, key=lambda pair: _priority(pair[1], mid2))
+        for old, quote in replaces:
             order_ok = orders is None or orders.available(now_ns)
             cancel_ok = cancels is None or cancels.available(now_ns)
             if order_ok and cancel_ok:
@@ -228,7 +237,10 @@ class MinimalDiff(ExecutionPolicy):
                 deferred += 1
             else:
                 deferred += 1
-        for quote in sorted(plan.places, key=lambda q: _priority(q, mid2)):
+        places = plan.places
+        if len(places) > 1:
+            places = sorted(places, key=lambda q: _priority(q, mid2))
+        for quote in places:
             if orders is None or orders.take(now_ns):
                 out.places.append(quote)
             else:
