@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import re
 import time
 from decimal import Decimal
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from pydantic import Field
 
 from quoteforge import hookimpl
 from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.binance.family import CLIENT_ID, STATUS, BinanceFamilyAdapter
+from quoteforge.exchanges.binance.family import STATUS, BinanceFamilyAdapter, check_client_id
 from quoteforge.exchanges.binance.ratelimit import BinanceRateGovernor
 from quoteforge.exchanges.ccxt_base import (
     CcxtSpotParams,
@@ -52,7 +51,6 @@ TEST_STREAMS = "wss://stream.testnet.binance.vision"
 TEST_WS_API = "wss://ws-api.testnet.binance.vision/ws-api/v3"
 
 _STATUS = STATUS
-_CLIENT_ID = re.compile(CLIENT_ID)
 
 
 class BinanceParams(CcxtSpotParams):
@@ -288,11 +286,7 @@ class BinanceSpot(BinanceFamilyAdapter):
     # -- orders ------------------------------------------------------------------------------
     def _order_params(self, tracked: TrackedOrder) -> dict[str, Any]:
         order = tracked.order
-        if not _CLIENT_ID.match(order.client_id):
-            raise VenueCallError(
-                "rejected",
-                f"client id {order.client_id!r} must match [a-zA-Z0-9_-]{{1,36}} on Binance",
-            )
+        check_client_id(order.client_id)
         params: dict[str, Any] = {
             "symbol": self._native[order.symbol],
             "side": "BUY" if order.side is Side.BUY else "SELL",

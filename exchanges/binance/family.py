@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from abc import abstractmethod
 from decimal import Decimal
@@ -34,7 +35,14 @@ if TYPE_CHECKING:
     from quoteforge.book.source import BookSource
     from quoteforge.exchanges.binance.ratelimit import BinanceRateGovernor
 
-__all__ = ["AUTH_CODES", "CLIENT_ID", "STATUS", "UNKNOWN_CODES", "BinanceFamilyAdapter"]
+__all__ = [
+    "AUTH_CODES",
+    "CLIENT_ID",
+    "STATUS",
+    "UNKNOWN_CODES",
+    "BinanceFamilyAdapter",
+    "check_client_id",
+]
 
 STATUS = {
     "NEW": OrderStatus.OPEN,
@@ -49,6 +57,17 @@ STATUS = {
 }
 """Binance's order status names (spot and futures) as ours."""
 CLIENT_ID = r"^[a-zA-Z0-9_-]{1,36}$"
+_CLIENT_ID = re.compile(CLIENT_ID)
+
+
+def check_client_id(client_id: str) -> None:
+    """Refuse, before anything is sent, a client id Binance (spot or futures) would."""
+    if not _CLIENT_ID.match(client_id):
+        raise VenueCallError(
+            "rejected", f"client id {client_id!r} must match [a-zA-Z0-9_-]{{1,36}} on Binance"
+        )
+
+
 # Codes after which the order may or may not exist (Binance: "execution status unknown").
 UNKNOWN_CODES = frozenset({-1000, -1001, -1006, -1007, -1008})
 AUTH_CODES = frozenset({-1002, -1022, -2014, -2015})

@@ -15,8 +15,7 @@ from loguru import logger
 
 from quoteforge import hookimpl
 from quoteforge.exchange import OrderAction, PlaceOrder
-from quoteforge.exchanges.binance.adapter import _CLIENT_ID
-from quoteforge.exchanges.binance.family import STATUS
+from quoteforge.exchanges.binance.family import STATUS, check_client_id
 from quoteforge.exchanges.binance_usdm.venue import BinanceUsdmParams, UsdmAccountVenue
 from quoteforge.exchanges.ccxt_base import (
     LatencyEndpoints,
@@ -98,10 +97,7 @@ class BinanceUsdm(UsdmAccountVenue):
         """The fapi parameters of one new order: GTX for post-only, ``reduceOnly`` in
         one-way mode, ``positionSide`` in hedge mode (a reduce-only BUY closes SHORT)."""
         order = tracked.order
-        if not _CLIENT_ID.match(order.client_id):
-            raise VenueCallError(
-                "rejected", f"client id {order.client_id!r} must match [a-zA-Z0-9_-]{{1,36}}"
-            )
+        check_client_id(order.client_id)
         params: dict[str, Any] = {
             "symbol": self._native[order.symbol],
             "side": "BUY" if order.side is Side.BUY else "SELL",

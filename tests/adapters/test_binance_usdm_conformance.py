@@ -295,3 +295,24 @@ async def test_a_spot_venue_refuses_a_reduce_only_order_clearly() -> None:
     finally:
         await adapter.close()
         await replica.stop()
+
+
+async def test_both_binance_venues_refuse_a_client_id_binance_would_refuse() -> None:
+    """One rule, kept in the family base: an id Binance rejects is refused before
+    anything is sent, with the rule in the reason, on futures as on spot."""
+    h = await futures_harness(BinanceUsdmReplica(ping_interval=0.1))
+    try:
+        order = h.order(Side.BUY, price=100_000)
+        order.client_id = "has space"
+        refused = await h.place(order)
+        assert refused.status is OrderStatus.REJECTED
+        assert refused.reason.endswith("must match [a-zA-Z0-9_-]{1,36} on Binance")
+        assert h.replica.accepted == []
+    finally:
+        await close(h)
+    from quoteforge.exchanges.binance.family import check_client_id
+    from quoteforge.exchanges.ccxt_base import VenueCallError
+
+    check_client_id("qf-" + "a" * 33)  # 36 characters: the longest Binance takes
+    with pytest.raises(VenueCallError, match="must match"):
+        check_client_id("x" * 37)
