@@ -549,6 +549,8 @@ def run_walk_forward(
             settings, registry, out / f"fold{i}", f"{name}-wf{i}", extra=train_set
         )
         outcomes.append(outcome)
+        if report:  # each fold's own trials and importances, linked from the top page
+            _write_report(out / f"fold{i}", outcome, settings)
         row: dict[str, Any] = {
             "fold": i,
             "train": train.label,

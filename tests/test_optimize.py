@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -280,9 +281,17 @@ def test_walk_forward_windows_continue_the_recorded_book(
         fixed=fixed,
         registry=registry,
         pruner="none",
-        report=False,
+        report=importlib.util.find_spec("plotly") is not None,
     )
     assert [f["fold"] for f in folds] == [0, 1] and path.exists()
+    if importlib.util.find_spec("plotly") is not None:
+        # The top page holds the folds' table and links each fold's own study report.
+        page = (tmp_path / "wf" / "optimize.html").read_text()
+        assert "<h2>Walk-forward</h2>" in page and "115s..231s" in page
+        for i in (0, 1):
+            assert f'href="fold{i}/optimize.html"' in page
+            fold_page = (tmp_path / "wf" / f"fold{i}" / "optimize.html").read_text()
+            assert f"-wf{i}: maximise pnl" in fold_page and "Trials (best first)" in fold_page
     for fold in folds:
         assert fold["train_value"] is not None and math.isfinite(fold["test_value"])
         summary = _csv(Path(fold["run_dir"]) / "summary.csv")

@@ -141,6 +141,12 @@ def write_study_report(
             '<p class="note">Each fold optimises on its train window and runs the best '
             "parameters on the next (test) window; trials below are the last fold's.</p>",
             _table(cols, walk_forward),
+            '<p class="note">Each fold\'s study: '
+            + ", ".join(
+                f'<a href="fold{int(row["fold"])}/optimize.html">fold {int(row["fold"])}</a>'
+                for row in walk_forward
+            )
+            + ".</p>",
         ]
     parts.append("<h2>Parameter importance</h2>")
     if importances:
