@@ -420,6 +420,24 @@ def test_restore_reproduces_live_state() -> None:
     assert b_restored.status is S.PENDING_NEW
 
 
+def test_a_venue_id_reported_before_the_acknowledgement_is_journaled_and_restored() -> None:
+    """Venues that name an order themselves (Polymarket: the signed order's hash) report
+    the id as soon as it is known, before sending: still PENDING_NEW, the id is
+    journaled, and a manager restored from the journal knows the order by it."""
+    journal = MemoryJournal()
+    om = make_manager(journal)
+    order = om.new_order(VENUE, SYMBOL, Side.BUY, 5, 100)
+    assert om.apply_update(report(order, S.PENDING_NEW, exchange_id="0xabc")) is order
+    assert order.status is S.PENDING_NEW and order.exchange_id == "0xabc"
+    assert journal.records[-1].payload["order"]["exchange_id"] == "0xabc"
+    assert om.apply_update(report(order, S.PENDING_NEW, exchange_id="0xabc")) is None
+    restored = make_manager()
+    restored.restore(journal.read())
+    again = restored.get(order.client_id)
+    assert again is not None and again.exchange_id == "0xabc"
+    assert again.status is S.PENDING_NEW
+
+
 # ---------------------------------------------------------------------------------------
 # Property-based: random venue behaviour against a reference model
 # ---------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ LIVE_WS = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
 LIVE_WS_USER = "wss://ws-subscriptions-clob.polymarket.com/ws/user"
 DATA_API = "https://data-api.polymarket.com"
 BATCH_MAX = 15
+_NEW = OrderStatus.PENDING_NEW
 SECRET_NAMES = ("private_key", "api_key", "api_secret", "passphrase")
 
 
@@ -542,6 +543,10 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
         tracked.extra["body"] = body
         tracked.exchange_id = order_id
         self.remember(order_id, tracked.client_id)
+        # The hash goes to the run (so to its journal) before the order is sent: a process
+        # that dies before the venue answers leaves an order its resume knows as ours.
+        now = self.clock.now_ns()
+        self._emit_update(OrderUpdate(self.name, order.client_id, _NEW, now, exchange_id=order_id))
         return body
 
     async def send_place(self, order: TrackedOrder) -> None:

@@ -20,12 +20,12 @@ from test_polymarket import NO, YES, order, placed, wait_for
 from quoteforge.book import BookState
 from quoteforge.clock import LiveClock
 from quoteforge.engine import Run
-from quoteforge.exchange import VenueContext
+from quoteforge.exchange import PlaceOrder, VenueContext
 from quoteforge.exchanges.polymarket import PolymarketClob, PolymarketParams
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
 from quoteforge.exchanges.testing.polymarket_replica import PolymarketReplica
 from quoteforge.manifest import load_manifest
-from quoteforge.model import Order, Side
+from quoteforge.model import Order, OrderStatus, Side
 from quoteforge.registry import PluginRegistry
 
 EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "polymarket.yaml"
@@ -208,6 +208,43 @@ async def test_orders_of_an_earlier_process_are_ours_by_their_hash() -> None:
             ]
             recovered = await second.fetch_fills(0)
             assert {f.client_id for f in recovered} == {resting.client_id}
+        finally:
+            await second.close()
+    finally:
+        await replica.stop()
+
+
+async def test_an_orders_hash_reaches_the_run_before_the_venue_says_anything() -> None:
+    """The process may die after sending an order and before any answer. The adapter
+    reports the signed order's hash when it signs it, so the run journals it first; here
+    the venue takes the order but holds its answer and its sockets stay silent, and a
+    next process told that hash knows the order as ours."""
+    replica = PolymarketReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        first, first_sink = await adapter_on(replica)
+        await replica.go_silent(30)
+        await replica.time_out(after_processing=True, delay=30, path="/order")
+        resting = order(first, YES, Side.BUY, "0.40")
+        first.submit([PlaceOrder(resting)])
+        await wait_for(lambda: bool(replica.orders(YES)))
+        (at_venue,) = replica.orders(YES)
+        venue_id = replica.order_row(at_venue)["id"]
+        reports = [u for u in first_sink.updates if u.client_id == resting.client_id]
+        assert [(u.status, u.exchange_id) for u in reports] == [
+            (OrderStatus.PENDING_NEW, venue_id)
+        ], "the hash is the only thing reported: the venue has said nothing"
+        await first.close()  # the process dies before the answer
+        await replica.resume()
+        journaled = Order(
+            resting.client_id, "polymarket", YES, Side.BUY, resting.qty_lots,
+            resting.price_ticks, exchange_id=reports[0].exchange_id,
+        )  # fmt: skip
+        second, _ = await adapter_on(replica)
+        try:
+            assert await second.start_positions(lambda s: 0, [journaled], resumed=True) == []
+            opened = await second.fetch_open_orders()
+            assert [(o.client_id, o.exchange_id) for o in opened] == [(resting.client_id, venue_id)]
         finally:
             await second.close()
     finally:
