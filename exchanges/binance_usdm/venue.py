@@ -156,6 +156,9 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
         self.listen_keys_created = 0
         self.listen_key_expiries = 0
         self.positions: dict[str, VenuePosition] = {}
+        # symbol -> position side (BOTH; hedge mode: LONG, SHORT) -> its venue row's
+        # (amount, entry, unrealized PnL, liquidation price): the run's position is their net.
+        self.sides: dict[str, dict[str, tuple[Decimal, Decimal, Decimal, str | None]]] = {}
         self.marks: dict[str, tuple[Decimal, Decimal | None]] = {}  # symbol -> mark, rate
         self._funding_since_ms = 0
         self.counters.update(listen_key_renewals=0, funding_payments=0)
@@ -338,14 +341,52 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
     async def _on_account_event(self, msg: dict[str, Any]) -> None:
         update = msg["a"]
         ts_ns = int(msg.get("E", 0)) * 1_000_000
+        changed = []
         for row in update.get("P", []):
             symbol = self._by_native.get(row["s"])
             if symbol is not None:
-                self._set_position(symbol, row["pa"], row["ep"], row["up"], None, ts_ns)
+                self._set_side(symbol, row.get("ps", "BOTH"), row["pa"], row["ep"], row["up"])
+                changed.append(symbol)
+        for symbol in dict.fromkeys(changed):
+            self._set_position(symbol, *self._net(symbol), None, ts_ns)
         if update.get("m") == "FUNDING_FEE":
             # A crossed position's funding comes without its symbol: the income history
             # names it (and gives each payment its id).
             await self.recover_funding()
+
+    def _set_side(
+        self, symbol: str, side: str, qty: str, entry: str, upnl: str, liq: str | None = None
+    ) -> None:
+        """One venue row: a position side's amount (signed), entry, unrealized PnL and
+        liquidation price (None: not in the row; the side's last known one stays)."""
+        sides = self.sides.setdefault(symbol, {})
+        known = sides.get(side)
+        if liq is None and known is not None and known[0] == Decimal(qty):
+            liq = known[3]
+        sides[side] = (Decimal(qty), Decimal(entry or "0"), Decimal(upnl or "0"), liq)
+
+    def _net(self, symbol: str) -> tuple[str, str, str]:
+        """(quantity, entry, unrealized PnL) of the run's one position per market, the
+        net of the venue's sides. In hedge mode with LONG and SHORT open, the entry is
+        their cost-weighted mean, (long x entry - short x entry) / net: at any mark the
+        net position's unrealized PnL is then the sum of the sides'. One side open: its
+        own entry, as the venue sends it."""
+        open_sides = [v for v in self.sides.get(symbol, {}).values() if v[0]]
+        qty = sum((v[0] for v in open_sides), Decimal(0))
+        upnl = sum((v[2] for v in open_sides), Decimal(0))
+        if len(open_sides) == 1:
+            entry = open_sides[0][1]
+        else:
+            entry = sum((v[0] * v[1] for v in open_sides), Decimal(0)) / qty if qty else Decimal(0)
+        return str(qty), str(entry), str(upnl)
+
+    def _net_liquidation(self, symbol: str) -> str | None:
+        """The liquidation price of the largest open side (hedge mode: the one that
+        carries the net's direction when one side dominates)."""
+        open_sides = [v for v in self.sides.get(symbol, {}).values() if v[0]]
+        if not open_sides:
+            return None
+        return max(open_sides, key=lambda v: abs(v[0]))[3]
 
     def _set_position(
         self, symbol: str, qty: str, entry: str, upnl: str, liq: str | None, ts_ns: int
@@ -408,7 +449,7 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
         """``GET /fapi/v2/positionRisk``: position, entry, mark, unrealized PnL and the
         liquidation price of every symbol of ours (hedge mode: LONG plus SHORT)."""
         rows = await self._call("fapiprivatev2_get_positionrisk", weight=5)
-        net: dict[str, list[Any]] = {}
+        seen = []
         for row in rows:
             symbol = self._by_native.get(row.get("symbol", ""))
             if symbol is None:
@@ -418,14 +459,16 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
                     Decimal(row["markPrice"]),
                     self.marks.get(symbol, (0, None))[1],
                 )
-            acc = net.setdefault(symbol, [Decimal(0), row["entryPrice"], Decimal(0), None])
-            acc[0] += Decimal(row["positionAmt"])
-            acc[2] += Decimal(row["unRealizedProfit"])
-            if Decimal(row["positionAmt"]):
-                acc[1], acc[3] = row["entryPrice"], row.get("liquidationPrice")
+            side = row.get("positionSide") or "BOTH"
+            liq = row.get("liquidationPrice") or "0"
+            self._set_side(
+                symbol, side, row["positionAmt"], row["entryPrice"], row["unRealizedProfit"], liq
+            )
+            seen.append(symbol)
         now = self.clock.now_ns()
-        for symbol, (qty, entry, upnl, liq) in net.items():
-            self._set_position(symbol, str(qty), entry, str(upnl), liq or "0", now)
+        for symbol in dict.fromkeys(seen):
+            liq = self._net_liquidation(symbol) or "0"
+            self._set_position(symbol, *self._net(symbol), liq, now)
 
     async def start_positions(
         self, position_lots: Callable[[str], int], orders: list[Order], *, resumed: bool
@@ -436,6 +479,20 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
         if resumed or not self.has_credentials:
             return []
         await self.refresh_positions()
+        both = [
+            f"LONG {sides['LONG'][0]} (entry {sides['LONG'][1]}) and SHORT "
+            f"{-sides['SHORT'][0]} (entry {sides['SHORT'][1]}) of {symbol}"
+            for symbol, sides in self.sides.items()
+            if sides.get("LONG", (0,))[0] and sides.get("SHORT", (0,))[0]
+        ]
+        if both:
+            await self.close()
+            raise ValueError(
+                f"{self.name}: the account holds {'; '.join(both)} in hedge mode as the run "
+                "starts: a run keeps one net position per market and cannot take over two "
+                "opposite sides (closing one of them is not a reduce-only order on the net); "
+                "close one side, or both, first"
+            )
         held = [p for p in self.positions.values() if p.qty_lots]
         if held and self.params.start_position == "require_flat":
             what = ", ".join(

@@ -316,3 +316,73 @@ async def test_both_binance_venues_refuse_a_client_id_binance_would_refuse() -> 
     check_client_id("qf-" + "a" * 33)  # 36 characters: the longest Binance takes
     with pytest.raises(VenueCallError, match="must match"):
         check_client_id("x" * 37)
+
+
+async def test_hedge_mode_reports_the_net_of_long_and_short() -> None:
+    """In hedge mode a buy opens LONG and a sell opens SHORT, each with its own entry; the
+    venue reports them as separate rows (stream and REST). The run's position is their
+    net, at the cost-weighted entry that makes its unrealized PnL the sum of the sides'
+    at any mark; the stream and positionRisk agree."""
+    h = await futures_harness(
+        BinanceUsdmReplica(ping_interval=0.1, position_mode="hedge"), position_mode="hedge"
+    )
+    try:
+        await buy_position(h, 20)  # LONG 0.020
+        selling = h.order(Side.SELL, lots=5, kind=OrderType.MARKET)  # opens SHORT 0.005
+        await h.place(selling, until=lambda u: u.status is OrderStatus.FILLED)
+        long_qty, long_entry = h.replica.positions[("ETHUSDT", "LONG")]
+        short_qty, short_entry = h.replica.positions[("ETHUSDT", "SHORT")]
+        assert (long_qty, short_qty) == (Decimal("0.020"), Decimal("-0.005"))
+        entry = (long_qty * long_entry + short_qty * short_entry) / (long_qty + short_qty)
+        adapter = h.adapter
+        assert isinstance(adapter, BinanceUsdm)
+
+        def reported() -> bool:
+            p = adapter.positions.get("ETHUSDT")
+            return p is not None and p.qty_lots == 15 and p.entry_price == entry
+
+        await h.wait_for(reported, "the net from the stream")
+        streamed = adapter.positions["ETHUSDT"]
+        await adapter.refresh_positions()
+        polled = adapter.positions["ETHUSDT"]
+        assert (polled.qty_lots, polled.entry_price) == (15, entry)
+        mark = polled.mark_price
+        assert mark is not None
+        # The venue rounds each side's unrealized PnL to 8 decimals; the net entry makes the
+        # net position's PnL the sides' sum at any mark (to Decimal's 28 digits).
+        sides = (long_qty * (mark - long_entry)) + (short_qty * (mark - short_entry))
+        assert abs(polled.unrealized_pnl - sides) <= Decimal("0.00000002")
+        assert abs(Decimal("0.015") * (mark - entry) - sides) < Decimal("1e-20")
+        assert streamed.qty_lots == polled.qty_lots
+    finally:
+        await close(h)
+
+
+@pytest.mark.parametrize("start_position", ["require_flat", "adopt"])
+async def test_opposite_hedge_sides_at_start_are_refused_naming_both(start_position: str) -> None:
+    replica = BinanceUsdmReplica(ping_interval=0.1, position_mode="hedge")
+    replica.positions[("ETHUSDT", "LONG")] = [Decimal("0.3"), Decimal("2500")]
+    replica.positions[("ETHUSDT", "SHORT")] = [Decimal("-0.1"), Decimal("2550")]
+    h = await futures_harness(replica, position_mode="hedge", start_position=start_position)
+    try:
+        with pytest.raises(ValueError, match="in hedge mode as the run starts") as refused:
+            await h.adapter.start_positions(lambda s: 0, [], resumed=False)
+        message = str(refused.value)
+        assert "LONG 0.300 (entry 2500) and SHORT 0.100 (entry 2550) of ETHUSDT" in message
+        assert "close one side, or both, first" in message
+        assert replica.accepted == []
+    finally:
+        await close(h)
+
+
+async def test_one_hedge_side_at_start_is_adopted_at_its_own_entry() -> None:
+    replica = BinanceUsdmReplica(ping_interval=0.1, position_mode="hedge")
+    replica.positions[("ETHUSDT", "SHORT")] = [Decimal("-0.1"), Decimal("2550.25")]
+    h = await futures_harness(replica, position_mode="hedge", start_position="adopt")
+    try:
+        held = await h.adapter.start_positions(lambda s: 0, [], resumed=False)
+        assert [(p.symbol, p.qty_lots, p.entry_price) for p in held] == [
+            ("ETHUSDT", -100, Decimal("2550.25"))
+        ]
+    finally:
+        await close(h)
