@@ -36,6 +36,7 @@ from quoteforge.assembly import (
 from quoteforge.book import BookState
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import ExchangeAdapter, PlaceOrder
+from quoteforge.exchanges.binance_usdm.venue import UsdmAccountVenue
 from quoteforge.gate import OrderGate
 from quoteforge.journal import JournalRecord
 from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest
@@ -62,10 +63,13 @@ class FlattenResult:
     after: dict[str, int] = field(default_factory=dict)
     orders: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    #: Hedge mode: LONG and SHORT left open that net to zero (no reduce-only order on the
+    #: net closes them), one line per market.
+    hedged: list[str] = field(default_factory=list)
 
     @property
     def flat(self) -> bool:
-        return not any(self.after.values())
+        return not any(self.after.values()) and not self.hedged
 
 
 class _FlattenSink:
@@ -221,6 +225,17 @@ async def flatten(
             while any(not o.status.is_terminal for o in sent) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         result.after = {k: position(k) for k in markets}
+        for name, venue in venues.items():
+            if isinstance(venue, UsdmAccountVenue) and venue.params.position_mode == "hedge":
+                await venue.refresh_positions()
+                for symbol, sides in venue.sides.items():
+                    held_long, held_short = sides.get("LONG", (0,))[0], sides.get("SHORT", (0,))[0]
+                    if held_long and held_short:
+                        result.hedged.append(
+                            f"{name}:{symbol}: LONG {held_long} and SHORT {-held_short} remain "
+                            "open (hedge mode): the run's position is their net, which no "
+                            "reduce-only order closes further; close them on the venue"
+                        )
         journal.append(
             JournalRecord(
                 f"flatten-done:{clock.now_ns()}",
@@ -234,6 +249,7 @@ async def flatten(
                     "after": result.after,
                     "orders": result.orders,
                     "refused": result.refused,
+                    "hedged": result.hedged,
                 },
             )
         )
@@ -316,4 +332,7 @@ def flatten_main(argv: list[str] | None = None) -> int:
     for why in result.refused:
         logger.warning("refused: {}", why)
         print(f"refused: {why}", file=sys.stderr)
+    for left in result.hedged:
+        logger.warning("not flat: {}", left)
+        print(f"not flat: {left}", file=sys.stderr)
     return EXIT_OK if result.flat else EXIT_ERROR

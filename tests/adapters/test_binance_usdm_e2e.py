@@ -320,3 +320,47 @@ def test_funding_is_back_in_the_pnl_after_a_resume(
     paid, booked, pnl = asyncio.run(scenario())
     assert paid < 0 and booked == paid
     assert pnl != 0
+
+
+def test_flatten_in_hedge_mode_says_which_offsetting_sides_remain(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In hedge mode the run's bid opens LONG and its ask opens SHORT. The run's position
+    is their net; flatten closes the net with reduce-only orders, and the sides that then
+    offset each other stay open: the result is not flat and names them."""
+    run_dir = tmp_path / "hedged"
+
+    async def scenario() -> tuple[Any, dict[tuple[str, str], list[Decimal]]]:
+        replica = BinanceUsdmReplica(ping_interval=0.1, position_mode="hedge")
+        await replica.start()
+        try:
+            monkeypatch.setenv("BINANCE_USDM_API_KEY", replica.api_key)
+            monkeypatch.setenv("BINANCE_USDM_API_SECRET", replica.api_secret)
+            sets = [*overrides(replica), "exchanges.usdm.params.position_mode=hedge"]
+            loaded = load_manifest(EXAMPLES / "binance_usdm_testnet.yaml", registry, overrides=sets)
+            run = Run(loaded, registry, run_dir=run_dir)
+            task = asyncio.create_task(run.run())
+            await fill_a_bid(replica)
+            await wait_for(
+                lambda: any(o.side == "sell" for o in replica.orders("ETHUSDT")), "an ask"
+            )
+            ask = next(o for o in replica.orders("ETHUSDT") if o.side == "sell")
+            await replica.fill_order(ask.client_id)
+            key = ("ETHUSDT", "SHORT")
+            await wait_for(lambda: replica.positions.get(key, [0])[0] < 0, "a short side")
+            run.kill("test")
+            await asyncio.wait_for(task, 30)
+            result = await flatten(run_dir, loaded, registry, timeout_s=10)
+            return result, {k: list(v) for k, v in replica.positions.items()}
+        finally:
+            await replica.stop()
+
+    result, sides = asyncio.run(scenario())
+    held_long, held_short = sides[("ETHUSDT", "LONG")][0], sides[("ETHUSDT", "SHORT")][0]
+    assert held_long == -held_short > 0, "the net was closed; equal opposite sides are left"
+    assert result.after == {"usdm:ETHUSDT": 0} and not result.flat
+    assert result.hedged == [
+        f"usdm:ETHUSDT: LONG {held_long} and SHORT {-held_short} remain open (hedge mode): "
+        "the run's position is their net, which no reduce-only order closes further; "
+        "close them on the venue"
+    ]
