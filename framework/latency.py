@@ -37,18 +37,6 @@ class LatencyHistogram:
         """Largest latency that falls in bucket ``index``."""
         return (1 << index) * 1000 - 1 if index else 999
 
-    def quantile(self, q: float) -> int:
-        """Upper bound (ns) of the bucket holding the q-quantile; 0 when empty."""
-        if not self.count:
-            return 0
-        target = q * self.count
-        seen = 0
-        for index, n in enumerate(self.counts):
-            seen += n
-            if seen >= target and n:
-                return min(self.upper_bound_ns(index), self.max_ns)
-        return self.max_ns
-
     def buckets_seconds(self) -> list[tuple[float, int]]:
         """Cumulative (upper bound in seconds, count) pairs, Prometheus style."""
         out = []

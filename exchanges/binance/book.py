@@ -372,15 +372,7 @@ class BinanceSpotBookSource(BookSource):
     def _crossed_book(self, final: int) -> Outcome:
         """The event just applied left the book crossed or locked: a desync. The event
         is not kept for replay (a snapshot after it replaces the book)."""
-        book = self.book
-        bid, ask = book.best_bid_ticks(), book.best_ask_ticks()
-        assert bid is not None and ask is not None
-        self.stats.crossed += 1
-        self._request_resync(
-            f"book crossed after update u={final}: best bid "
-            f"{self.instrument.ticks_to_price(bid)} >= best ask "
-            f"{self.instrument.ticks_to_price(ask)}"
-        )
+        self._resync_if_crossed(f"book crossed after update u={final}")
         self._buffer = []
         return Outcome.RESYNC
 

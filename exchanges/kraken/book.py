@@ -198,7 +198,7 @@ class KrakenBookSource(BookSource):
         self._bid_text = {p: t for p, q, t in bids if q > 0}
         self._ask_text = {p: t for p, q, t in asks if q > 0}
         self._cut()
-        if not self._verify(expected) or self._crossed():
+        if not self._verify(expected) or self._resync_if_crossed():
             return Outcome.RESYNC
         self._mark_live("snapshot applied")
         self.states.last_message_ns = now
@@ -222,7 +222,7 @@ class KrakenBookSource(BookSource):
                 else:
                     text.pop(p, None)
         self._cut()
-        if not self._verify(expected) or self._crossed():
+        if not self._verify(expected) or self._resync_if_crossed():
             return Outcome.RESYNC
         self.states.last_message_ns = now
         self.stats.applied += 1
@@ -236,20 +236,6 @@ class KrakenBookSource(BookSource):
             del self._bid_text[p]
         for p in removed_asks:
             del self._ask_text[p]
-
-    def _crossed(self) -> bool:
-        """A crossed or locked book is a desync even when the checksum agrees (it only
-        covers what both sides computed); O(1): the best level of each side."""
-        book = self.book
-        bid, ask = book.best_bid_ticks(), book.best_ask_ticks()
-        if bid is None or ask is None or bid < ask:
-            return False
-        self.stats.crossed += 1
-        self._request_resync(
-            f"book crossed: best bid {self.instrument.ticks_to_price(bid)} >= best ask "
-            f"{self.instrument.ticks_to_price(ask)}; resubscribing"
-        )
-        return True
 
     def _verify(self, expected: int | None) -> bool:
         if not self.verify_checksum or expected is None:

@@ -187,7 +187,7 @@ class PolymarketBookSource(BookSource):
         self.stats.snapshots += 1
         self.book.apply_snapshot(bids, asks, now)
         self.last_timestamp = str(event.get("timestamp", ""))
-        if self._crossed():
+        if self._resync_if_crossed():
             return Outcome.RESYNC
         self._mark_live("book snapshot applied")
         self.states.last_message_ns = now
@@ -222,7 +222,7 @@ class PolymarketBookSource(BookSource):
         self.book.apply_deltas(bids, asks, now)
         self.last_timestamp = str(event.get("timestamp", ""))
         self.states.last_message_ns = now
-        if self._crossed() or not self._best_agrees(ours[-1]):
+        if self._resync_if_crossed() or not self._best_agrees(ours[-1]):
             return Outcome.RESYNC
         self.stats.applied += 1
         if self.book.state is not BookState.LIVE:
@@ -251,18 +251,6 @@ class PolymarketBookSource(BookSource):
                     f"{name} mismatch: the venue says {text}, the local book has {shown}"
                 )
                 return False
-        return True
-
-    def _crossed(self) -> bool:
-        book = self.book
-        bid, ask = book.best_bid_ticks(), book.best_ask_ticks()
-        if bid is None or ask is None or bid < ask:
-            return False
-        self.stats.crossed += 1
-        self._request_resync(
-            f"book crossed: best bid {self.instrument.ticks_to_price(bid)} >= best ask "
-            f"{self.instrument.ticks_to_price(ask)}"
-        )
         return True
 
 

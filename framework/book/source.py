@@ -181,6 +181,17 @@ class BookSource(ABC):
         if self.on_resync is not None:
             self.on_resync(self, reason)
 
+    def _resync_if_crossed(self, what: str = "book crossed") -> bool:
+        """A crossed or locked book is a desync whatever the venue's own checks said (a
+        checksum covers only what both sides computed): counted, resync asked. O(1)."""
+        bid, ask = self.book.best_bid_ticks(), self.book.best_ask_ticks()
+        if bid is None or ask is None or bid < ask:
+            return False
+        self.stats.crossed += 1
+        price = self.instrument.ticks_to_price
+        self._request_resync(f"{what}: best bid {price(bid)} >= best ask {price(ask)}")
+        return True
+
     def _request_first_snapshot(self) -> None:
         if not self._snapshot_requested:
             self._snapshot_requested = True
