@@ -132,6 +132,8 @@ class BinanceSpot(BinanceFamilyAdapter):
     trades_method, trades_weight = "private_get_mytrades", 20
     exchange_info_method, exchange_info_weight = "public_get_exchangeinfo", 20
     open_orders_method, open_orders_weight = "private_get_openorders", 6
+    cancel_method = "private_delete_order"
+    query_method, query_weight = "private_get_order", 4
     depth_weights = ((100, 5), (500, 25), (1000, 50), (5000, 250))  # by snapshot limit
     params: BinanceParams
 
@@ -327,26 +329,6 @@ class BinanceSpot(BinanceFamilyAdapter):
         data = await self._call("private_post_order", params, weight=1, orders=1)
         order.exchange_id = str(data["orderId"])
         self._emit_update(self.order_report(data, order.client_id))
-
-    async def send_cancel(self, order: TrackedOrder) -> None:
-        data = await self._call(
-            "private_delete_order",
-            {"symbol": self._native[order.symbol], "origClientOrderId": order.client_id},
-        )
-        self._emit_update(self.order_report(data, order.client_id))
-
-    async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:
-        try:
-            data = await self._call(
-                "private_get_order",
-                {"symbol": self._native[order.symbol], "origClientOrderId": order.client_id},
-                weight=4,
-            )
-        except VenueCallError as exc:
-            if exc.kind == "not_found":
-                return None
-            raise
-        return self.order_report(data, order.client_id)
 
     async def send_cancel_all(self, symbol: str) -> None:
         try:

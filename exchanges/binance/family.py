@@ -25,6 +25,7 @@ from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.ccxt_base import (
     CcxtSpotAdapter,
     ManagedSocket,
+    TrackedOrder,
     VenueCallError,
     book_source_factory,
 )
@@ -93,6 +94,11 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
     exchange_info_method: ClassVar[str]
     """ccxt's method for the venue's market list (``exchangeInfo``) and its weight."""
     exchange_info_weight: ClassVar[int]
+    cancel_method: ClassVar[str]
+    """ccxt's method to cancel one order by client id."""
+    query_method: ClassVar[str]
+    """ccxt's method to look one order up by client id, and its weight."""
+    query_weight: ClassVar[int]
 
     params: Any
 
@@ -111,6 +117,26 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
     # -- REST --------------------------------------------------------------------------------
     def observe_response(self, status: int, headers: dict[str, str]) -> None:
         self.governor.observe(status, headers)
+
+    async def send_cancel(self, order: TrackedOrder) -> None:
+        data = await self._call(
+            self.cancel_method,
+            {"symbol": self._native[order.symbol], "origClientOrderId": order.client_id},
+        )
+        self._emit_update(self.order_report(data, order.client_id))
+
+    async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:
+        try:
+            data = await self._call(
+                self.query_method,
+                {"symbol": self._native[order.symbol], "origClientOrderId": order.client_id},
+                weight=self.query_weight,
+            )
+        except VenueCallError as exc:
+            if exc.kind == "not_found":
+                return None
+            raise
+        return self.order_report(data, order.client_id)
 
     async def _call(
         self, method: str, params: dict[str, Any] | None = None, *, weight: int = 1, orders: int = 0

@@ -140,25 +140,6 @@ class BinanceUsdm(UsdmAccountVenue):
         order.exchange_id = str(data["orderId"])
         self._emit_update(self.order_report(data, order.client_id))
 
-    async def send_cancel(self, order: TrackedOrder) -> None:
-        data = await self._call(
-            "fapiprivate_delete_order",
-            {"symbol": self._native[order.symbol], "origClientOrderId": order.client_id},
-        )
-        self._emit_update(self.order_report(data, order.client_id))
-
-    async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:
-        try:
-            data = await self._call(
-                "fapiprivate_get_order",
-                {"symbol": self._native[order.symbol], "origClientOrderId": order.client_id},
-            )
-        except VenueCallError as exc:
-            if exc.kind == "not_found":
-                return None
-            raise
-        return self.order_report(data, order.client_id)
-
     async def send_cancel_all(self, symbol: str) -> None:
         """``DELETE /fapi/v1/allOpenOrders`` answers only "done": each order's end comes
         on the user stream, and is asked for here too so a quiet stream loses none."""

@@ -140,6 +140,8 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
     trades_method, trades_weight = "fapiprivate_get_usertrades", 5
     exchange_info_method, exchange_info_weight = "fapipublic_get_exchangeinfo", 1
     open_orders_method, open_orders_weight = "fapiprivate_get_openorders", 1
+    cancel_method = "fapiprivate_delete_order"
+    query_method, query_weight = "fapiprivate_get_order", 1
     # -1125: "This listenKey does not exist."
     not_found_codes = frozenset({-2011, -2013, -1125})
     params: BinanceUsdmParams
