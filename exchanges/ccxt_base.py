@@ -478,6 +478,31 @@ class CcxtSpotAdapter(OrderTracking):
             raise VenueCallError("unknown", f"no answer: {type(exc).__name__}") from None
 
     # -- market data to the run -------------------------------------------------------------
+    def _open_book_sources(
+        self,
+        make: Callable[..., Any],
+        on_resync: Callable[[Any, str], None],
+        venue_args: Callable[[str], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """A book source (``make``: the venue's ``book_source_factory``) and book per
+        symbol, wired to the run (book updates and state changes) and to ``on_resync``;
+        ``venue_args(symbol)`` gives the venue's own arguments (wire symbol, depth...)."""
+        stale = self.params.book_stale_after_s
+        sources = {}
+        for symbol, instrument in self.instruments.items():
+            source = make(
+                instrument,
+                clock=self.clock,
+                stale_after_ms=None if stale is None else stale * 1000,
+                on_resync=on_resync,
+                on_update=self._emit_book,
+                **venue_args(symbol),
+            )
+            source.add_observer(self._emit_book_state)
+            sources[symbol] = source
+            self.books[symbol] = source.book
+        return sources
+
     def _emit_book(self, book: L2Book) -> None:
         if self.sink is not None:
             try:

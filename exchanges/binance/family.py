@@ -226,19 +226,11 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
 
     def start_market_data(self) -> None:
         """A book source and book per symbol, and the market socket that feeds them."""
-        stale = self.params.book_stale_after_s
-        for symbol, instrument in self.instruments.items():
-            source = self._make_source(
-                instrument,
-                clock=self.clock,
-                stale_after_ms=None if stale is None else stale * 1000,
-                on_resync=self._on_resync,
-                on_update=self._emit_book,
-                wire_symbol=self._native[symbol],
+        self._sources.update(
+            self._open_book_sources(
+                self._make_source, self._on_resync, lambda s: {"wire_symbol": self._native[s]}
             )
-            source.add_observer(self._emit_book_state)
-            self._sources[symbol] = source
-            self.books[symbol] = source.book
+        )
         self._market_socket = self._spawn_socket(
             "market",
             self.market_url,

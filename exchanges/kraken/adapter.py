@@ -206,20 +206,14 @@ class KrakenSpot(CcxtSpotAdapter):
 
     # -- public socket: books and trades ---------------------------------------------------
     async def start_streams(self) -> None:
-        stale = self.params.book_stale_after_s
-        for symbol, instrument in self.instruments.items():
-            source: KrakenBookSource = self._make_source(
-                instrument,
-                clock=self.clock,
-                stale_after_ms=None if stale is None else stale * 1000,
-                on_resync=self._on_resync,
-                on_update=self._emit_book,
-                depth=self.params.book_depth,
-                wire_symbol=self._wire[symbol],
+        depth = self.params.book_depth
+        self._sources.update(
+            self._open_book_sources(
+                self._make_source,
+                self._on_resync,
+                lambda s: {"depth": depth, "wire_symbol": self._wire[s]},
             )
-            source.add_observer(self._emit_book_state)
-            self._sources[symbol] = source
-            self.books[symbol] = source.book
+        )
         self.spawn_task(self._snapshot_watchdog(), f"{self.name}/snapshot-watchdog")
         self._public = self._spawn_socket(
             "public",

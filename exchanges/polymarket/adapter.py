@@ -360,19 +360,13 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
 
     # -- market channel --------------------------------------------------------------------
     async def start_streams(self) -> None:
-        stale = self.params.book_stale_after_s
-        for symbol, instrument in self.instruments.items():
-            source: PolymarketBookSource = self._make_source(
-                instrument,
-                clock=self.clock,
-                stale_after_ms=None if stale is None else stale * 1000,
-                on_resync=self._on_resync,
-                on_update=self._emit_book,
-                asset_id=self.tokens[symbol].token_id,
+        self._sources.update(
+            self._open_book_sources(
+                self._make_source,
+                self._on_resync,
+                lambda s: {"asset_id": self.tokens[s].token_id},
             )
-            source.add_observer(self._emit_book_state)
-            self._sources[symbol] = source
-            self.books[symbol] = source.book
+        )
         self._market_ws = self._spawn_socket(
             "market",
             lambda: self.params.ws_url or LIVE_WS,
