@@ -443,6 +443,20 @@ class OrderTracking(ExchangeAdapter):
             )
         )
 
+    def report_cancelled(self, tracked: TrackedOrder) -> None:
+        """Report a tracked order as ``CANCELLED`` now, with what it had filled (a venue
+        whose cancel answer is the confirmation)."""
+        self._emit_update(
+            OrderUpdate(
+                self.name,
+                tracked.client_id,
+                OrderStatus.CANCELLED,
+                self.clock.now_ns(),
+                exchange_id=tracked.exchange_id,
+                filled_lots=tracked.filled_lots,
+            )
+        )
+
     def _emit_update(self, update: OrderUpdate) -> None:
         """Forward an order report unless it repeats or goes back on one already sent
         (REST answers and stream events describe the same transitions)."""

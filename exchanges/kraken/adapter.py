@@ -487,16 +487,7 @@ class KrakenSpot(CcxtSpotAdapter):
     async def send_cancel(self, order: TrackedOrder) -> None:
         await self._charge(order.symbol, kraken_cancel_cost(self._age_s(order)))
         await self._ws_call("cancel_order", {"cl_ord_id": [order.client_id]})
-        self._emit_update(
-            OrderUpdate(
-                self.name,
-                order.client_id,
-                OrderStatus.CANCELLED,
-                self.clock.now_ns(),
-                exchange_id=order.exchange_id,
-                filled_lots=order.filled_lots,
-            )
-        )
+        self.report_cancelled(order)
 
     async def send_cancel_all(self, symbol: str) -> None:
         # cancel_all covers every pair; cancel per order keeps other pairs' quotes alive.

@@ -600,16 +600,7 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
         if order.exchange_id not in canceled:
             why = ((answer or {}).get("not_canceled") or {}).get(order.exchange_id, "not cancelled")
             raise VenueCallError("not_found", str(why))
-        self._emit_update(
-            OrderUpdate(
-                self.name,
-                order.client_id,
-                OrderStatus.CANCELLED,
-                self.clock.now_ns(),
-                exchange_id=order.exchange_id,
-                filled_lots=order.filled_lots,
-            )
-        )
+        self.report_cancelled(order)
 
     async def send_cancel_all(self, symbol: str) -> None:
         token = self.tokens[symbol]
@@ -631,19 +622,9 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
         self._cancelled(set((answer or {}).get("canceled") or []))
 
     def _cancelled(self, ids: set[str]) -> None:
-        now = self.clock.now_ns()
         for tracked in list(self._orders.values()):
             if tracked.exchange_id in ids and not tracked.status.is_terminal:
-                self._emit_update(
-                    OrderUpdate(
-                        self.name,
-                        tracked.client_id,
-                        OrderStatus.CANCELLED,
-                        now,
-                        exchange_id=tracked.exchange_id,
-                        filled_lots=tracked.filled_lots,
-                    )
-                )
+                self.report_cancelled(tracked)
 
     # -- batches ---------------------------------------------------------------------------
     def submit(self, actions: Sequence[OrderAction]) -> None:
