@@ -52,6 +52,7 @@ __all__ = ["SimExchange", "SimMarketParams", "SimParams"]
 US = "us"
 BACKGROUND = "bg"
 TAKER = "taker"
+_BUY, _SELL = Side.BUY, Side.SELL
 
 
 class _Closed(BaseModel):
@@ -200,32 +201,44 @@ class _SimMarket:
         return self.path.at(self.t())
 
     def size_lots(self, mean: float) -> int:
+        return self.sizes_lots(mean, 1)[0]
+
+    def sizes_lots(self, mean: float, count: int) -> list[int]:
+        """``count`` order sizes around ``mean`` (lognormal noise, one draw each, in one
+        call: the same numbers, in the same order, as ``count`` single draws)."""
         noise = self.params.flow.size_noise
-        size = mean * float(self.rng_flow.lognormal(-0.5 * noise * noise, noise)) if noise else mean
-        return max(1, self.instrument.round_qty(size))
+        round_qty = self.instrument.round_qty
+        if not noise:
+            return [max(1, round_qty(mean))] * count
+        draws = self.rng_flow.lognormal(-0.5 * noise * noise, noise, size=count).tolist()
+        return [max(1, round_qty(mean * draw)) for draw in draws]
 
     # -- background liquidity ----------------------------------------------------------
     def refresh_background(self) -> None:
         """Other makers keep levels around the mid; only changed levels are touched."""
-        inst = self.instrument
+        round_price = self.instrument.round_price
         mid = self.mid()
         liq = self.params.liquidity
         wanted: dict[tuple[Side, int], int] = {}
+        distance, spacing = self.bg_distance, self.bg_spacing
         for i in range(liq.levels):
-            offset = self.bg_distance + i * self.bg_spacing
-            for side, price in ((Side.BUY, mid - offset), (Side.SELL, mid + offset)):
-                ticks = inst.round_price(price, side)
-                if (side, ticks) not in wanted:
-                    wanted[(side, ticks)] = 0
+            offset = distance + i * spacing
+            wanted.setdefault((_BUY, round_price(mid - offset, _BUY)), 0)
+            wanted.setdefault((_SELL, round_price(mid + offset, _SELL)), 0)
         engine = self.engine
-        for key in list(self.bg_orders):
-            if key not in wanted:
-                engine.cancel(self.bg_orders.pop(key))
+        placed = self.bg_orders
+        for key in [k for k in placed if k not in wanted]:
+            engine.cancel(placed.pop(key))
+        # Background levels never cross each other (bids below the mid, asks above), so
+        # which levels need an order is known before any is placed: their sizes are
+        # drawn in one call.
+        get = engine.get
+        todo = [k for k in wanted if (known := placed.get(k)) is None or get(known) is None]
+        if not todo:
+            return
         now = self.venue.clock.now_ns()
-        for key in wanted:
-            if key in self.bg_orders and engine.get(self.bg_orders[key]) is not None:
-                continue
-            side, ticks = key
+        report = self.venue._report_trades
+        for (side, ticks), lots in zip(todo, self.sizes_lots(liq.size, len(todo)), strict=True):
             order_id = f"bg{next(self.ids)}"
             order = SimOrder(
                 order_id=order_id,
@@ -234,13 +247,13 @@ class _SimMarket:
                 order_type=OrderType.LIMIT,
                 tif=TimeInForce.GTC,
                 price_ticks=ticks,
-                qty_lots=self.size_lots(liq.size),
+                qty_lots=lots,
                 ts_ns=now,
             )
             result = engine.submit(order)
             if result.resting:
-                self.bg_orders[key] = order_id
-            self.venue._report_trades(self, result.trades)
+                placed[(side, ticks)] = order_id
+            report(self, result.trades)
 
     def step(self) -> None:
         self.refresh_background()
