@@ -477,6 +477,19 @@ class CcxtSpotAdapter(OrderTracking):
         except (TimeoutError, OSError) as exc:
             raise VenueCallError("unknown", f"no answer: {type(exc).__name__}") from None
 
+    async def _await_ready(self, ready: asyncio.Event, what: str) -> None:
+        """Wait up to ``start_timeout_s`` for a private stream to come up; past that the
+        start goes on with a warning (the socket keeps retrying)."""
+        try:
+            await asyncio.wait_for(ready.wait(), self.params.start_timeout_s)
+        except TimeoutError:
+            logger.warning(
+                "{}: {} not ready after {:.0f}s; it keeps retrying",
+                self.name,
+                what,
+                self.params.start_timeout_s,
+            )
+
     # -- market data to the run -------------------------------------------------------------
     def _open_book_sources(
         self,

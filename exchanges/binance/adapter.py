@@ -211,14 +211,7 @@ class BinanceSpot(BinanceFamilyAdapter):
                 self._on_user_text,
                 self._on_user_down,
             )
-            try:
-                await asyncio.wait_for(self._user_ready.wait(), self.params.start_timeout_s)
-            except TimeoutError:
-                logger.warning(
-                    "{}: user data stream not ready after {:.0f}s; continuing, it keeps retrying",
-                    self.name,
-                    self.params.start_timeout_s,
-                )
+            await self._await_ready(self._user_ready, "user data stream")
         self.spawn_task(self._time_sync_loop(), f"{self.name}/time-sync")
 
     def market_url(self) -> str:

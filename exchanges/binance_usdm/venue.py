@@ -257,10 +257,7 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
             silence_timeout_s=self.params.user_silence_timeout_s,
         )
         self.spawn_task(self._keepalive_loop(), f"{self.name}/listen-key")
-        try:
-            await asyncio.wait_for(self._user_ready.wait(), self.params.start_timeout_s)
-        except TimeoutError:
-            logger.warning("{}: user data stream not ready; it keeps retrying", self.name)
+        await self._await_ready(self._user_ready, "user data stream")
 
     async def _keep_key_alive(self) -> bool:
         """PUT the key; on "does not exist" take a new one. True when it changed."""

@@ -230,14 +230,7 @@ class KrakenSpot(CcxtSpotAdapter):
                 self._on_private_text,
                 self._on_private_down,
             )
-            try:
-                await asyncio.wait_for(self._private_ready.wait(), self.params.start_timeout_s)
-            except TimeoutError:
-                logger.warning(
-                    "{}: private socket not ready after {:.0f}s; it keeps retrying",
-                    self.name,
-                    self.params.start_timeout_s,
-                )
+            await self._await_ready(self._private_ready, "private socket")
 
     async def _snapshot_watchdog(self) -> None:
         """A subscription whose snapshot never came (lost reply, refused request) is sent

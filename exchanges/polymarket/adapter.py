@@ -388,10 +388,7 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
                 self._on_user_text,
                 self._on_user_down,
             )
-            try:
-                await asyncio.wait_for(self._user_ready.wait(), self.params.start_timeout_s)
-            except TimeoutError:
-                logger.warning("{}: user channel not ready yet; it keeps retrying", self.name)
+            await self._await_ready(self._user_ready, "user channel")
 
     def _subscription(self, symbols: list[str], operation: str | None) -> str:
         ids = [self.tokens[s].token_id for s in symbols]
