@@ -6,6 +6,7 @@ import asyncio
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,8 +17,9 @@ import quoteforge
 from quoteforge.book import BookState, L2Book
 from quoteforge.engine import Run, run_manifest
 from quoteforge.manifest import load_manifest
-from quoteforge.model import Fill, Instrument, Liquidity, OrderStatus, Side
+from quoteforge.model import Fill, Instrument, Liquidity, OrderStatus, Quote, Side
 from quoteforge.registry import PluginRegistry
+from quoteforge.strategies._pmm_cache import QuoteCache
 from quoteforge.strategies.pure_market_making import PureMarketMaking, PureMarketMakingParams
 from quoteforge.strategy import Market, Speed, StrategyContext
 
@@ -509,11 +511,84 @@ def test_skipping_size_only_changes_leaves_the_backtest_unchanged(
     assert 0 < mid_only.tick_to_orders.count < seeing_sizes.tick_to_orders.count
 
 
-class _PmmAlwaysPricing(PureMarketMaking):
-    """The same strategy without the refresh shortcut: every refresh prices its quotes."""
+class _NoShortcuts(QuoteCache):
+    """A quote cache that never answers: no anchor holds, nothing is remembered."""
 
-    def _anchor(self, market: Market, quotes: list) -> None:  # type: ignore[type-arg]
+    def recall(self, key: str, params: Any, ref: float, ratio: float) -> None:
         return None
+
+    def already_kept(self, key: str, working: list[Quote]) -> bool:
+        return False
+
+    def holds(
+        self, key: str, working: list[Quote], params: Any, ratio: float, center: float
+    ) -> bool:
+        return False
+
+
+class _CountingCache(QuoteCache):
+    """The strategy's own cache, counting the answers each shortcut gave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered = {"anchor": 0, "memo": 0, "kept": 0}
+
+    def recall(self, key: str, params: Any, ref: float, ratio: float) -> list[Quote] | None:
+        known = super().recall(key, params, ref, ratio)
+        self.answered["memo"] += known is not None
+        return known
+
+    def already_kept(self, key: str, working: list[Quote]) -> bool:
+        kept = super().already_kept(key, working)
+        self.answered["kept"] += kept
+        return kept
+
+    def holds(
+        self, key: str, working: list[Quote], params: Any, ratio: float, center: float
+    ) -> bool:
+        held = super().holds(key, working, params, ratio, center)
+        self.answered["anchor"] += held
+        return held
+
+
+def _decisions_with_and_without_caches(
+    params: PureMarketMakingParams, min_notional: str, steps: list[tuple[int, int, int]]
+) -> dict[str, int]:
+    """Drive the strategy and a copy of it without speed caches through the same book
+    moves and fills; assert they decide alike at every step; return how often each
+    shortcut answered for the cached one."""
+    inst = Instrument(
+        "sim",
+        "BTC/USDT",
+        "BTC",
+        "USDT",
+        Decimal("0.01"),
+        Decimal("0.001"),
+        min_notional=Decimal(min_notional),
+    )
+    book = L2Book(inst)
+    pos = Position()
+    market = Market(inst, book, pos)
+    makers = []
+    for cache in (_CountingCache(), _NoShortcuts()):
+        ctx = StrategyContext(
+            "mm", {market.key: market}, lambda: 0, lambda k, q: None, lambda d, f: None, 0
+        )
+        maker = PureMarketMaking(ctx, params)
+        maker._cache = cache
+        makers.append(maker)
+    bid = 10_000
+    for i, (move, width, fill_lots) in enumerate(steps):
+        bid += move
+        book.apply_snapshot([(bid, 1000)], [(bid + width, 1000)])
+        book.state = BookState.LIVE
+        if fill_lots:
+            pos.lots += fill_lots
+            for strategy in makers:
+                strategy.on_fill(market, None)  # type: ignore[arg-type]
+        fast, slow = (strategy.on_book(market) for strategy in makers)
+        assert fast == slow, f"step {i}: {fast} != {slow}"
+    return makers[0]._cache.answered  # type: ignore[attr-defined]
 
 
 @settings(max_examples=150, deadline=None)
@@ -539,18 +614,9 @@ def test_refresh_shortcut_changes_no_decision(
     min_notional: str,
     steps: list[tuple[int, int, int]],
 ) -> None:
-    """Keeping quotes without pricing them (centre within the worked-out slack) gives
-    exactly the decisions of pricing them on every refresh, through random mids,
-    spreads, position changes and fills."""
-    inst = Instrument(
-        "sim",
-        "BTC/USDT",
-        "BTC",
-        "USDT",
-        Decimal("0.01"),
-        Decimal("0.001"),
-        min_notional=Decimal(min_notional),
-    )
+    """Keeping quotes without pricing them (centre within the worked-out slack) and the
+    remembered pricings give exactly the decisions of pricing and comparing on every
+    refresh, through random mids, spreads, position changes and fills."""
     params = PureMarketMakingParams(
         order_size=1.0,
         levels=levels,
@@ -560,23 +626,27 @@ def test_refresh_shortcut_changes_no_decision(
         inventory_limit=3.0,
         inventory_skew_bps=skew,
     )
-    book = L2Book(inst)
-    pos = Position()
-    market = Market(inst, book, pos)
-    makers = []
-    for kind in (PureMarketMaking, _PmmAlwaysPricing):
-        ctx = StrategyContext(
-            "mm", {market.key: market}, lambda: 0, lambda k, q: None, lambda d, f: None, 0
+    _decisions_with_and_without_caches(params, min_notional, steps)
+
+
+def test_each_refresh_shortcut_is_taken_and_decides_alike() -> None:
+    """Markets wandering within and out of the tolerance, with a fill: the anchor (wide
+    tolerance), the memo and the kept mark (two ticks of tolerance, too narrow for an
+    anchor) each answer some refreshes, and every decision is the one full pricing
+    makes (the property test above would pass vacuously otherwise)."""
+    wander = [(1, 2, 0), (-1, 2, 0), (2, 2, 0), (-2, 2, 0), (1, 2, 0), (0, 2, 0), (-1, 2, 0)]
+    steps = wander + [(12, 2, 0), (-12, 2, 0)] + wander + [(0, 2, 400)] + wander * 2
+    answered: dict[str, int] = {}
+    for tolerance in (8.0, 2.0):
+        params = PureMarketMakingParams(
+            order_size=1.0,
+            levels=2,
+            spread_bps=3.0,
+            level_spacing_bps=1.0,
+            refresh_tolerance_bps=tolerance,
+            inventory_limit=3.0,
+            inventory_skew_bps=5.0,
         )
-        makers.append(kind(ctx, params))
-    bid = 10_000
-    for move, width, fill_lots in steps:
-        bid += move
-        book.apply_snapshot([(bid, 1000)], [(bid + width, 1000)])
-        book.state = BookState.LIVE
-        if fill_lots:
-            pos.lots += fill_lots
-            for strategy in makers:
-                strategy.on_fill(market, None)  # type: ignore[arg-type]
-        fast, slow = (strategy.on_book(market) for strategy in makers)
-        assert fast == slow
+        for name, count in _decisions_with_and_without_caches(params, "0", steps).items():
+            answered[name] = answered.get(name, 0) + count
+    assert min(answered.values()) > 0, answered
