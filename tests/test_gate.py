@@ -21,7 +21,7 @@ import quoteforge
 from quoteforge.engine import Run
 from quoteforge.exchange import CancelAll, CancelOrder, PlaceOrder, ReplaceOrder
 from quoteforge.manifest import load_manifest
-from quoteforge.model import Order, Side
+from quoteforge.model import Fill, Liquidity, Order, Side
 from quoteforge.registry import PluginRegistry
 from quoteforge.strategy import Market, Strategy
 
@@ -296,6 +296,67 @@ def test_off_step_take_is_refused_with_the_rule(
     assert out[0] is None
     assert "quantity must be positive" in out[1]
     assert watch.violations == []
+
+
+def test_breaker_refusals_are_counted_per_order_and_name_the_mode(
+    probe_registry: PluginRegistry, tmp_path: Path
+) -> None:
+    """Under REDUCE, of a long position's quotes only the sells pass, each refused bid is
+    counted once and the reason names the mode; a single order (a take, a remote intent)
+    is told REDUCE's rule or HALT's."""
+    run, _ = build(probe_registry, tmp_path, duration="5s")
+    start = run.clock.now_ns()
+    out: dict[str, Any] = {}
+
+    def under_breakers() -> None:
+        assert run.breakers is not None
+        m = market(run)
+        # Long 0.1 BTC, booked as any fill is.
+        run.portfolio.apply_fill(
+            Fill(
+                "sim",
+                "BTC/USDT",
+                "f1",
+                "c1",
+                Side.BUY,
+                m.ticks(30_000.0),
+                m.lots(0.1),
+                Decimal(0),
+                "USDT",
+                Liquidity.TAKER,
+                run.clock.now_ns(),
+            )
+        )
+        run.breakers.on_sample(run.clock.now_ns(), {}, Decimal("-1e12"))  # pnl_floor: REDUCE
+        bids = [m.bid(m.ticks(29_000.0 - i, Side.BUY), m.lots(0.01), i) for i in range(3)]
+        asks = [m.ask(m.ticks(31_000.0 + i, Side.SELL), m.lots(0.01), i) for i in range(2)]
+        quiet = run.gate.last_refusal
+        out["asks_only"] = run.gate.admit(m, "probe", asks)  # type: ignore[arg-type]
+        out["asks_only_quiet"] = run.gate.last_refusal == quiet
+        before = run.gate.refusals["breaker"]
+        out["admitted"] = run.gate.admit(m, "probe", [*bids, *asks])  # type: ignore[list-item]
+        out["counted"] = run.gate.refusals["breaker"] - before
+        out["quotes_why"] = run.gate.last_refusal
+        out["reduce_why"] = run.gate.check(m, "probe", Side.BUY, m.ticks(29_000.0), m.lots(0.01))
+        out["selling_passes"] = run.gate.check(
+            m, "probe", Side.SELL, m.ticks(31_000.0), m.lots(0.01)
+        )
+        # market_pnl_floor trips HALT on the market: nothing new passes.
+        run.breakers.on_sample(run.clock.now_ns(), {m.key: Decimal("-1e12")}, Decimal("-1e12"))
+        out["halt_why"] = run.gate.check(m, "probe", Side.SELL, m.ticks(31_000.0), m.lots(0.01))
+
+    run.clock.call_at(start + 2 * NS, under_breakers)
+    asyncio.run(run.run())
+    key = "sim:BTC/USDT"
+    assert [q.side for q in out["admitted"]] == [Side.SELL, Side.SELL]
+    assert out["counted"] == 3
+    assert len(out["asks_only"]) == 2 and out["asks_only_quiet"]  # nothing refused, nothing said
+    assert out["quotes_why"] == f"breaker REDUCE on {key}"
+    assert out["reduce_why"] == (
+        f"breaker REDUCE on {key}: BUY 100 lots would not reduce the position"
+    )
+    assert out["selling_passes"] == ""
+    assert out["halt_why"] == f"breaker HALT on {key}"
 
 
 # -- everything, interleaved -------------------------------------------------------------
