@@ -34,6 +34,7 @@ from quoteforge.plugins.distributed.topics import (
     SignatureError,
     TopicKind,
     TopicScheme,
+    strip_signature,
 )
 from quoteforge.registry import PluginRegistry
 
@@ -126,6 +127,54 @@ def test_frames_out_of_order_pass_once_and_old_ones_are_refused() -> None:
     # Retained values come back on every subscription: their signature is still checked.
     assert verifier.open("t", late, retained=True) == FRAME
     assert refusal(verifier, "t2", late, retained=True) == "bad_signature"
+
+
+def test_the_limits_of_age_window_and_senders_are_inclusive() -> None:
+    """A frame exactly max_age_s old passes, a nanosecond older is stale; a counter
+    exactly ``window`` behind the highest is still tracked (passes once); ``senders``
+    senders are all remembered, and the least recently heard one is forgotten only
+    when one more sender appears."""
+    t = 1_700_000_000 * 10**9
+    age = 30 * 10**9
+    signer = FrameSigner(KEY, "k1", "s.1")
+    verifier = FrameVerifier({"k1": KEY}, max_age_s=30, window=8, senders=2)
+    first = signer.sign("t", FRAME, now_ns=t)
+    assert verifier.open("t", first, now_ns=t + age) == FRAME
+    old = signer.sign("t", FRAME, now_ns=t)
+    assert refusal(verifier, "t", old, now_ns=t + age + 1) == "stale"
+    ahead = signer.sign("t", FRAME, now_ns=t + age)
+    assert verifier.open("t", ahead, now_ns=t) == FRAME  # 30 s ahead: a clock in step enough
+
+    frames = [signer.sign("t", FRAME, now_ns=t) for _ in range(9)]  # counters 4 to 12
+    verifier.open("t", frames[8], now_ns=t)  # counter 12
+    assert verifier.open("t", frames[0], now_ns=t) == FRAME  # counter 4: 8 behind
+    assert refusal(verifier, "t", frames[0], now_ns=t) == "replayed"
+
+    second = FrameSigner(KEY, "k1", "s.2").sign("t", FRAME, now_ns=t)
+    verifier.open("t", second, now_ns=t)
+    assert refusal(verifier, "t", frames[8], now_ns=t) == "replayed"  # s.1 still known
+    assert refusal(verifier, "t", second, now_ns=t) == "replayed"
+    third = FrameSigner(KEY, "k1", "s.3").sign("t", FRAME, now_ns=t)
+    verifier.open("t", third, now_ns=t)  # s.1, heard least recently, is forgotten
+    assert verifier.open("t", frames[8], now_ns=t) == FRAME  # ... and pushes out s.2
+    assert refusal(verifier, "t", third, now_ns=t) == "replayed"
+    assert refusal(verifier, "t", frames[8], now_ns=t) == "replayed"
+
+
+def test_keys_of_exactly_the_minimum_length_sign_and_a_keyless_bus_strips() -> None:
+    """A key of MIN_KEY_BYTES is enough (one byte less is refused); a bus without a
+    key reads the frame inside a signed one, and leaves anything else as it is."""
+    key = b"k" * 16
+    signed = FrameSigner(key, "k1", "s.1").sign("t", FRAME)
+    assert FrameVerifier({"k1": key}).open("t", signed) == FRAME
+    with pytest.raises(ValueError, match="at least 16"):
+        FrameSigner(key[:-1], "k1", "s.1")
+    with pytest.raises(ValueError, match="at least 16"):
+        FrameVerifier({"k1": key[:-1]})
+    assert strip_signature(signed) == FRAME
+    assert strip_signature(bytearray(signed)) == FRAME
+    assert strip_signature(FRAME) == FRAME
+    assert strip_signature(b"QFS1 k1 s.1 1 2 ab") == b"QFS1 k1 s.1 1 2 ab"  # no frame in it
 
 
 def test_a_last_will_passes_once_whatever_its_age() -> None:

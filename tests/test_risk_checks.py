@@ -29,7 +29,7 @@ from quoteforge.plugins.risk_checks import (
     SelfTrade,
     VolScaledPosition,
 )
-from quoteforge.plugins.risk_limits import MaxOrderNotional
+from quoteforge.plugins.risk_limits import MaxOrderNotional, MaxPosition
 from quoteforge.registry import PluginRegistry
 from quoteforge.risk import RiskChain, RiskCheck, RiskRefusal, RiskView
 from quoteforge.strategy import Market
@@ -177,6 +177,46 @@ def test_price_band_matches_exact_rational_band(
     expected = price > mid * (1 + x) if side is Side.BUY else price < mid * (1 - x)
     refused = check.check(market, Quote(side, price, 1), desk.view()) is not None
     assert refused == expected
+
+
+# -- max_position -------------------------------------------------------------------------
+
+
+def test_max_position_limit_is_inclusive_and_counts_the_side_that_grows() -> None:
+    """Position plus this quote plus the batch already approved on its side, in lots:
+    reaching exactly max_position passes, one lot beyond is refused (with the numbers);
+    the side that shrinks a long passes however far the long is over the limit."""
+    desk = Desk()
+    market = desk.market()  # lot 0.01: max_position 1 is 100 lots
+    check = MaxPosition("pos", MaxPosition.Params(max_position=Decimal(1)))
+    key = market.key
+    desk.positions[key] = 60
+    view = desk.view()
+    assert check.check(market, bid(9_999, 40), view) is None  # 60 + 40 = the limit
+    assert check.check(market, bid(9_999, 41), view) == (
+        "position would reach 1.01 > max_position 1 (position 0.6, bids 0.41)"
+    )
+    assert check.check(market, ask(10_001, 160), view) is None  # to -1: the limit, short
+    assert check.check(market, ask(10_001, 161), view) is not None
+    desk.positions[key] = 150  # over the limit (a fill, a lowered limit)
+    assert check.check(market, ask(10_001, 50), desk.view()) is None  # shrinks it
+    assert check.check(market, ask(10_001, 300), desk.view()) is None  # flips to -1.5: no larger
+    assert check.check(market, ask(10_001, 301), desk.view()) is not None
+    assert check.check(market, bid(9_999, 1), desk.view()) is not None  # grows it
+
+
+def test_max_position_counts_the_quotes_approved_before_in_the_same_set() -> None:
+    desk = Desk()
+    market = desk.market()
+    check = MaxPosition("pos", MaxPosition.Params(max_position=Decimal(1)))
+    risk, refusals = chain(check)
+    levels = [bid(9_999 - i, 30, i) for i in range(4)] + [ask(10_001 + i, 30, i) for i in range(4)]
+    approved = risk.filter(market, levels, desk.view())
+    # Three 0.3 bids make 0.9; a fourth would make 1.2. The same for the asks.
+    assert [(q.side, q.level) for q in approved] == [
+        (side, level) for side in (Side.BUY, Side.SELL) for level in range(3)
+    ]
+    assert [(r.quote.side, r.quote.level) for r in refusals] == [(Side.BUY, 3), (Side.SELL, 3)]
 
 
 # -- max_order_notional ----------------------------------------------------------------
