@@ -81,6 +81,47 @@ def test_market_breakers_trip_only_their_market() -> None:
     assert breakers.state(BTC) == "normal" and breakers.state(ETH) == "halt"
 
 
+def test_floors_and_drawdowns_trip_strictly_beyond_their_limit() -> None:
+    """As docs/risk.md says: PnL < floor and drawdown > limit. Exactly at a limit
+    nothing trips; a cent beyond it does, for the run and for a market."""
+    breakers, tripped = make(
+        pnl_floor="-100", max_drawdown="50", market_pnl_floor="-20", market_max_drawdown="30"
+    )
+    breakers.on_sample(T0, {BTC: d(0), ETH: d(30)}, d(50))  # the peaks: run 50, ETH 30
+    breakers.on_sample(T0 + NS, {BTC: d(-20), ETH: d(0)}, d(0))  # every one exactly at its limit
+    assert tripped == [] and breakers.state() == "normal"
+    breakers.on_sample(
+        T0 + 2 * NS, {BTC: d("-20.01"), ETH: d("-0.01")}, d("-0.01")
+    )  # a cent beyond
+    assert sorted((t.kind, t.market or "run") for t in tripped) == [
+        ("drawdown", "run"),
+        ("market_drawdown", ETH),
+        ("market_pnl_floor", BTC),
+    ]
+    breakers, tripped = make(pnl_floor="-100")
+    breakers.on_sample(T0, {}, d(-100))
+    assert tripped == []
+    breakers.on_sample(T0 + NS, {}, d("-100.01"))
+    assert [t.kind for t in tripped] == ["pnl_floor"]
+
+
+def test_resetting_a_trip_rebases_only_its_own_peak() -> None:
+    """Resetting a market's drawdown measures that market from its PnL now; the run's
+    drawdown still counts from the run's peak (and the other way round)."""
+    breakers, tripped = make(max_drawdown="50", market_max_drawdown="30")
+    breakers.on_sample(T0, {BTC: d(40)}, d(40))
+    breakers.on_sample(T0 + NS, {BTC: d(5)}, d(5))  # BTC 35 down; the run 35 down
+    assert [t.kind for t in tripped] == ["market_drawdown"]
+    breakers.reset(BTC)
+    breakers.on_sample(T0 + 2 * NS, {BTC: d(-20)}, d(-20))  # BTC 25 below 5; run 60 below 40
+    assert [t.kind for t in tripped] == ["market_drawdown", "drawdown"]
+    assert breakers.state(BTC) == "halt"
+    breakers.reset("drawdown")
+    breakers.on_sample(T0 + 3 * NS, {BTC: d(-26)}, d(-26))  # BTC 31 below 5: trips again
+    assert [t.kind for t in tripped][-1] == "market_drawdown"
+    assert [t.kind for t in breakers.trips] == ["market_drawdown"]
+
+
 def test_consecutive_errors_trip_and_an_accepted_order_resets_the_count() -> None:
     breakers, tripped = make(max_consecutive_errors=3)
     breakers.on_order_error(BTC, "insufficient balance", T0)
@@ -99,11 +140,24 @@ def test_consecutive_errors_trip_and_an_accepted_order_resets_the_count() -> Non
             T0 + NS,
         )
     ]
-    breakers.on_order_ok(BTC)  # latched: an accepted order does not clear it
+    breakers.on_order_error(BTC, "timeout")  # a fourth: the count goes on
     assert breakers.state(BTC) == "halt" and breakers.state(ETH) == "normal"
     breakers.reset("consecutive_errors")
     breakers.on_order_error(BTC, "timeout")
     assert breakers.state(BTC) == "normal"  # the count restarted at the reset
+    breakers.on_order_error(BTC, "timeout")
+    breakers.on_order_error(BTC, "timeout")
+    breakers.on_order_ok(BTC)  # latched: an accepted order does not clear it
+    assert breakers.state(BTC) == "halt"
+
+
+def test_unlatched_consecutive_errors_clear_with_the_next_accepted_order() -> None:
+    breakers, tripped = make(max_consecutive_errors=2, latch=False)
+    breakers.on_order_error(BTC, "timeout", T0)
+    breakers.on_order_error(BTC, "timeout", T0)
+    assert breakers.state(BTC) == "halt" and len(tripped) == 1
+    breakers.on_order_ok(BTC)
+    assert breakers.state(BTC) == "normal" and breakers.trips == []
 
 
 def test_stale_data_trips_after_the_delay_and_unlatched_clears_itself() -> None:

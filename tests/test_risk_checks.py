@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from quoteforge.book import BookState, L2Book
 from quoteforge.execution import Plan
-from quoteforge.model import Instrument, Order, OrderStatus, Quote, Side
+from quoteforge.model import Instrument, Order, OrderStatus, Quote, Side, TimeInForce
 from quoteforge.plugins import risk_checks
-from quoteforge.plugins.execution_minimal_diff import MinimalDiff
+from quoteforge.plugins.execution_minimal_diff import MinimalDiff, TokenBucket
 from quoteforge.plugins.risk_checks import (
     EwmaGridCovariance,
     EwmaGridVariance,
@@ -627,6 +627,133 @@ def test_cancel_rate_pulls_stale_quotes_nearest_the_mid_first() -> None:
     strict = MinimalDiff(MinimalDiff.Params(max_cancels_per_second=2, limit_pull_all=True))
     venue.step(strict, market, ladder(10_000, 3), T0 + 30 * NS)
     assert len(strict.plan(market, [], list(venue.working), T0 + 30 * NS).cancels) == 2
+
+
+def test_rate_limited_changes_go_nearest_the_touch_first_whatever_the_input_order() -> None:
+    """Cancels nearest the mid first, then replaces and places by level and nearness,
+    however the working orders and the wanted quotes happen to be listed."""
+    desk = Desk()
+    market = desk.market(bid=9_999, ask=10_001)
+    policy = MinimalDiff(MinimalDiff.Params(max_cancels_per_second=2, max_orders_per_second=2))
+    venue = Venue()
+    venue.working = [venue.order(q) for q in reversed(ladder(10_000, 3))]  # far ones first
+    plan = venue.step(policy, market, [bid(9_997, 1, 2)], T0)
+    assert [o.price_ticks for o in plan.cancels] in ([9_999, 10_001], [10_001, 9_999])
+    plan = venue.step(policy, market, [bid(9_997, 1, 2)], T0 + NS)
+    assert sorted(o.price_ticks for o in plan.cancels) == [9_998, 10_002]
+    # Replaces: every level moves one tick; two tokens go to level 0.
+    fresh = MinimalDiff(MinimalDiff.Params(max_cancels_per_second=2, max_orders_per_second=2))
+    venue.working = [venue.order(q) for q in reversed(ladder(10_000, 3))]
+    plan = venue.step(fresh, market, list(reversed(ladder(10_001, 3))), T0)
+    assert {(q.side, q.level) for _, q in plan.replaces} == {(Side.BUY, 0), (Side.SELL, 0)}
+    # Places: the same with nothing working.
+    fresh = MinimalDiff(MinimalDiff.Params(max_orders_per_second=2))
+    venue.working = []
+    plan = venue.step(fresh, market, list(reversed(ladder(10_000, 3))), T0)
+    assert {(q.side, q.level) for q in plan.places} == {(Side.BUY, 0), (Side.SELL, 0)}
+
+
+def test_without_a_mid_rate_limited_places_still_go_level_by_level() -> None:
+    desk = Desk()
+    market = desk.market()
+    market.book.apply_snapshot([(9_999, 5)], [], T0)  # no asks: no mid
+    policy = MinimalDiff(MinimalDiff.Params(max_orders_per_second=1))
+    plan = policy.plan(market, list(reversed(ladder(10_000, 3))), [], T0)
+    assert [q.level for q in plan.places] == [0]
+
+
+def test_pulling_everything_spends_the_cancel_budget() -> None:
+    """Pulling every quote is never held back, but it uses the cancel tokens: a stale
+    quote right after waits for the bucket to refill."""
+    desk = Desk()
+    market = desk.market()
+    policy = MinimalDiff(MinimalDiff.Params(max_cancels_per_second=2))
+    venue = Venue()
+    venue.step(policy, market, ladder(10_000, 3), T0)
+    assert len(venue.step(policy, market, [], T0 + 10 * NS).cancels) == 6
+    venue.step(policy, market, ladder(10_000, 1), T0 + 10 * NS)
+    plan = venue.step(policy, market, [bid(9_999, 1, 0)], T0 + 10 * NS)
+    assert plan.cancels == [] and policy.deferred(market.key) == 1
+    plan = venue.step(policy, market, [bid(9_999, 1, 0)], T0 + 10 * NS + NS // 2)
+    assert [o.price_ticks for o in plan.cancels] == [10_001]
+
+
+def test_the_quote_diff_leaves_working_takes_alone() -> None:
+    """An immediate-or-cancel order at work (a take) is not a quote: no wanted set
+    cancels or replaces it."""
+    desk = Desk()
+    market = desk.market()
+    policy = MinimalDiff(MinimalDiff.Params())
+    take_order = Order(
+        "t1",
+        "sim",
+        "BTCUSDT",
+        Side.BUY,
+        5,
+        10_001,
+        tif=TimeInForce.IOC,
+        level=-1,
+        status=OrderStatus.OPEN,
+    )
+    quote_order = Venue().order(bid(9_990, 1, 0))
+    plan = policy.plan(market, [], [take_order, quote_order], T0)
+    assert plan.cancels == [quote_order] and not plan.replaces
+    plan = policy.plan(market, [bid(9_995, 1, -1)], [take_order], T0)
+    assert plan.replaces == [] and plan.cancels == [] and len(plan.places) == 1
+
+
+def test_a_partly_filled_quote_at_its_price_keeps_its_place_in_the_queue() -> None:
+    """keep_partial (the default) leaves a partly filled order at the wanted price alone
+    rather than topping it up; an order that is merely smaller (nothing filled), one
+    whose rest is off the order step, or keep_partial off: replaced to the wanted size."""
+    inst = Instrument(
+        "sim", "BTCUSDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"), qty_step=Decimal("0.01")
+    )
+    book = L2Book(inst)
+    book.apply_snapshot([(9_999, 500)], [(10_001, 500)], T0)
+    book.state = BookState.LIVE
+    market = Market(inst, book, lambda: 0)
+    wanted = [bid(9_990, 30, 0)]  # 0.03: three steps of 10 lots
+
+    def working(qty: int, filled: int) -> Order:
+        return Order(
+            "w1",
+            "sim",
+            "BTCUSDT",
+            Side.BUY,
+            qty,
+            9_990,
+            level=0,
+            status=OrderStatus.OPEN,
+            filled_lots=filled,
+        )
+
+    keep = MinimalDiff(MinimalDiff.Params())
+    top_up = MinimalDiff(MinimalDiff.Params(keep_partial=False))
+    assert not keep.plan(market, wanted, [working(30, 10)], T0)  # 20 left, on the step
+    assert not keep.plan(market, wanted, [working(30, 0)], T0)  # untouched, right size
+    for policy, order in (
+        (top_up, working(30, 10)),
+        (keep, working(20, 0)),  # smaller, nothing filled
+        (keep, working(30, 3)),  # 27 left: off the step of 10
+        (keep, working(40, 0)),  # larger
+    ):
+        plan = policy.plan(market, wanted, [order], T0)
+        assert [(old.client_id, q.qty_lots) for old, q in plan.replaces] == [("w1", 30)], order
+
+
+def test_the_retry_time_counts_the_fraction_of_a_token_already_there() -> None:
+    bucket = TokenBucket(2.0, 1.0, T0)
+    assert bucket.take(T0)
+    assert bucket.ready_at(T0) == T0 + NS // 2
+    assert bucket.ready_at(T0 + NS // 4) == T0 + NS // 2  # half a token back: 0.25 s to go
+    assert bucket.ready_at(T0 + NS) == T0 + NS
+
+
+@pytest.mark.parametrize(("rate", "capacity"), [(0, 1), (-1, 1), (1, 0), (1, -0.5)])
+def test_a_token_bucket_needs_a_positive_rate_and_capacity(rate: float, capacity: float) -> None:
+    with pytest.raises(ValueError, match="rate > 0 and capacity > 0"):
+        TokenBucket(rate, capacity)
 
 
 def test_replace_without_order_budget_pulls_the_stale_price() -> None:
