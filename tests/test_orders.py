@@ -263,6 +263,69 @@ def test_unknown_client_ids_are_kept_for_reconciliation() -> None:
     assert om.open_lots(MARKET, Side.BUY) == 3
 
 
+def test_pruning_forgets_only_terminal_orders_strictly_older_than_the_cut() -> None:
+    clock = SimClock(1_700_000_000_000_000_000)
+    om = OrderManager(None, clock, "qf")
+    done = om.new_order(VENUE, SYMBOL, Side.BUY, 2, 100)
+    om.apply_fill(fill_for(done, 2))
+    working = om.new_order(VENUE, SYMBOL, Side.SELL, 2, 110)  # as old, never terminal
+    assert om.prune(before_ns=done.updated_ns) == 0  # exactly at the cut: kept
+    assert om.prune(before_ns=done.updated_ns + 10**9) == 1
+    assert om.get(done.client_id) is None and om.get(working.client_id) is working
+
+
+def _valid(**changes: object) -> Order:
+    order = Order("qf-x-1", VENUE, SYMBOL, Side.BUY, 5, 100, status=S.OPEN)
+    for name, value in changes.items():
+        setattr(order, name, value)
+    return order
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"venue": ""}, "venue and symbol must not be empty"),
+        ({"symbol": ""}, "venue and symbol must not be empty"),
+        ({"qty_lots": True}, "qty_lots must be an int number of lots"),
+        ({"qty_lots": 1.5}, "qty_lots must be an int number of lots"),
+        ({"qty_lots": 0}, "qty_lots must be positive, got 0"),
+        ({"price_ticks": None}, "a limit order needs price_ticks"),
+        ({"price_ticks": 0}, "price_ticks must be a positive int, got 0"),
+        ({"price_ticks": True}, "price_ticks must be a positive int, got True"),
+        ({"price_ticks": 100.0}, "price_ticks must be a positive int, got 100.0"),
+        ({"client_id": ""}, f"client id must be 1-{MAX_CLIENT_ID_LEN} characters"),
+        ({"client_id": "c" * 37}, f"client id must be 1-{MAX_CLIENT_ID_LEN} characters"),
+    ],
+)
+def test_an_adopted_order_is_checked_like_a_new_one(
+    changes: dict[str, object], message: str
+) -> None:
+    """Orders taken over (reconciliation, a remote strategy node's intents) are refused
+    with the field that is wrong; nothing is registered or journaled."""
+    journal = MemoryJournal()
+    om = make_manager(journal)
+    order = _valid(**changes)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        om.adopt(order)
+    assert om.get(order.client_id) is None and journal.records == []
+    om.adopt(_valid(client_id="c" * MAX_CLIENT_ID_LEN))  # the longest id is fine
+
+
+def test_an_adopted_order_keeps_its_creation_time() -> None:
+    om = make_manager()
+    made = om.adopt(_valid(client_id="a1", created_ns=5))
+    fresh = om.adopt(_valid(client_id="a2"))
+    assert made.created_ns == 5
+    assert fresh.created_ns == om.clock.now_ns()
+
+
+@pytest.mark.parametrize("session", ["", "has-dash", "x" * 13, "ü"])
+def test_an_order_id_session_must_be_1_to_12_letters_or_digits(session: str) -> None:
+    with pytest.raises(ValueError, match="order id session"):
+        OrderManager(None, SimClock(0), "qf", session=session)
+    assert OrderManager(None, SimClock(0), "qf", session="Ab3" * 4).session == "Ab3" * 4
+
+
 def test_cancel_reject_returns_to_the_prior_live_state() -> None:
     om = make_manager()
     order = om.new_order(VENUE, SYMBOL, Side.BUY, 10, 100)
