@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
 from itertools import count
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quoteforge.model import Fill, Instrument, Liquidity, Side
-from quoteforge.portfolio import Portfolio
+from quoteforge.portfolio import Portfolio, _div_round
 
 D = Decimal
 BTC = Instrument("sim", "BTCUSDT", "BTC", "USDT", D("0.01"), D("0.001"))
@@ -177,6 +178,38 @@ def test_mixed_quote_assets_convert_into_the_currency() -> None:
     unconverted.apply_fill(fill(BTC, Side.BUY, "100", "1"))
     with pytest.raises(ValueError, match="different assets"):
         unconverted.total_pnl({K: D("100"), XBT.key: D("100")})
+
+
+def test_bad_fills_rates_and_totals_are_refused_with_the_reason() -> None:
+    p = book(fill(BTC, Side.BUY, "100", "1"))
+    with pytest.raises(ValueError, match="qty_lots=0; a fill must trade a positive number"):
+        p.apply_fill(replace(fill(BTC, Side.BUY, "100", "1"), qty_lots=0))
+    with pytest.raises(ValueError, match="an opening position comes before any fill"):
+        p.open_position(K, 5, "100")  # BTC has traded
+    held = Portfolio([BTC, ETH])
+    held.open_position(ETH.key, 10_000, "2000")  # 1 ETH held before the run
+    with pytest.raises(ValueError, match="an opening position comes before any fill"):
+        held.open_position(ETH.key, 10_000, "2000")
+    # A position held from the start counts in the total even without a fill.
+    assert held.total_pnl({ETH.key: D("2010")}) == D("10")
+    zero = Portfolio([BTC, XBT], {"USD": D(0), "USDT": D(1)}.get, currency="USDT")
+    zero.apply_fill(fill(XBT, Side.BUY, "100", "1"))
+    with pytest.raises(ValueError, match=r"quote_rates\('USD'\) returned 0; must be > 0"):
+        zero.total_pnl({XBT.key: D("100")})
+    mixed = Portfolio([BTC, XBT])
+    mixed.apply_fill(fill(BTC, Side.BUY, "100", "1", fee="0.1"))
+    mixed.apply_fill(fill(XBT, Side.BUY, "100", "1", fee="0.1"))
+    with pytest.raises(ValueError, match="markets quote in different assets"):
+        mixed.total_fees()
+
+
+@settings(max_examples=300, deadline=None)
+@given(num=st.integers(-(10**30), 10**30), den=st.integers(1, 10**15))
+def test_average_cost_division_rounds_half_to_even(num: int, den: int) -> None:
+    """The basis taken off a partly closed position is cost x closed / held rounded
+    half-even (Fraction's round), ties included."""
+    assert _div_round(num, den) == round(Fraction(num, den))
+    assert _div_round(2 * num + 1, 2) == round(Fraction(2 * num + 1, 2))  # every one a tie
 
 
 side_st = st.sampled_from([Side.BUY, Side.SELL])
