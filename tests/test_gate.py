@@ -336,6 +336,13 @@ def test_breaker_refusals_are_counted_per_order_and_name_the_mode(
         before = run.gate.refusals["breaker"]
         out["admitted"] = run.gate.admit(m, "probe", [*bids, *asks])  # type: ignore[list-item]
         out["counted"] = run.gate.refusals["breaker"] - before
+        # What the breaker lets through still goes through risk: 0.1 BTC at 100,000 is
+        # over max_order_notional.
+        out["risk_after_breaker"] = run.gate.admit(
+            m,
+            "probe",
+            [m.ask(m.ticks(100_000.0, Side.SELL), m.lots(0.1))],  # type: ignore[list-item]
+        )
         out["quotes_why"] = run.gate.last_refusal
         out["reduce_why"] = run.gate.check(m, "probe", Side.BUY, m.ticks(29_000.0), m.lots(0.01))
         out["selling_passes"] = run.gate.check(
@@ -350,6 +357,7 @@ def test_breaker_refusals_are_counted_per_order_and_name_the_mode(
     key = "sim:BTC/USDT"
     assert [q.side for q in out["admitted"]] == [Side.SELL, Side.SELL]
     assert out["counted"] == 3
+    assert out["risk_after_breaker"] == []
     assert len(out["asks_only"]) == 2 and out["asks_only_quiet"]  # nothing refused, nothing said
     assert out["quotes_why"] == f"breaker REDUCE on {key}"
     assert out["reduce_why"] == (
