@@ -344,6 +344,16 @@ def test_crossing_gtc_takes_then_rests_at_its_limit() -> None:
     h.trade(10_002, 6, SELL)
     assert h.sink.filled(order.client_id) == 46
     assert [f.liquidity for f in h.sink.fills] == [Liquidity.TAKER, Liquidity.MAKER]
+    h.trade(10_002, 20, SELL)  # more than the 4 lots left resting
+    assert h.sink.filled(order.client_id) == 50
+    assert h.sink.statuses(order.client_id)[-1] is OrderStatus.FILLED
+
+
+def test_a_sell_takes_down_to_its_limit_inclusive() -> None:
+    h = Harness()  # bids 50 at 10_000, 80 at 9_999
+    order = h.place(SELL, 9_999, 100, tif=TimeInForce.IOC)
+    assert [(f.price_ticks, f.qty_lots) for f in h.sink.fills] == [(10_000, 50), (9_999, 50)]
+    assert h.sink.statuses(order.client_id)[-1] is OrderStatus.FILLED
 
 
 def test_post_only_that_would_cross_is_rejected() -> None:
