@@ -7,6 +7,7 @@ import asyncio
 import json
 import sqlite3
 import stat
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -76,6 +77,12 @@ report: {html: false, png: false}
 
 Call = Callable[..., Awaitable[tuple[int, Any]]]
 
+# Bounds on the waits below, in wall-clock seconds: a broken server or a stalled run
+# fails the test instead of hanging it. Far above what a loaded CI machine needs.
+STARTUP_S = 30.0
+STALL_S = 30.0
+STOP_S = 30.0
+
 
 @pytest.fixture
 def control_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,8 +105,13 @@ async def running(run: Run) -> AsyncIterator[tuple[asyncio.Task[str], Call]]:
     """Run ``run`` in the background; yield its task and ``call(method, path, ...)``."""
     task = asyncio.create_task(run.run())
     info_path = run.run_dir / CONTROL_FILE
+    deadline = time.monotonic() + STARTUP_S
     while not info_path.exists() or not run.markets:
         assert not task.done(), "the run ended before its control API came up"
+        if time.monotonic() > deadline:
+            run.request_stop("control API never came up")
+            await asyncio.wait_for(task, STOP_S)
+            raise AssertionError(f"no {CONTROL_FILE} within {STARTUP_S} s of the run's start")
         await asyncio.sleep(0.01)
     url = json.loads(info_path.read_text())["url"]
     async with aiohttp.ClientSession() as session:
@@ -119,12 +131,16 @@ async def running(run: Run) -> AsyncIterator[tuple[asyncio.Task[str], Call]]:
         finally:
             if not task.done():
                 run.request_stop("test done")
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, STOP_S)
 
 
 async def sim_time_passes(run: Run, seconds: float) -> None:
+    """Wait until ``seconds`` of simulated time have passed (or the run stops); fail when
+    the simulation stalls instead of waiting forever."""
     until = run.clock.now_ns() + int(seconds * NS)
+    deadline = time.monotonic() + STALL_S
     while run.clock.now_ns() < until and not run.stop_requested:
+        assert time.monotonic() < deadline, f"{seconds} s of sim time took over {STALL_S} s"
         await asyncio.sleep(0.005)
 
 
@@ -201,7 +217,7 @@ def test_kill_cancels_every_order_and_stops_the_run(
             status, answer = await call("POST", "/kill")
             assert status == 200, answer
             assert run.killed
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, STOP_S)
             venue_open = await run.venues["sim"].fetch_open_orders()
             seen["venue_open"] = venue_open
 
