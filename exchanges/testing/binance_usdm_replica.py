@@ -277,7 +277,11 @@ class BinanceUsdmReplica(UsdmRest, BinanceReplica):
     # -- user data stream ------------------------------------------------------------------
     async def send_user(self, event: dict[str, Any]) -> None:
         """One event to every user-stream socket whose listen key is still valid."""
-        raw = json.dumps(event, separators=(",", ":"))
+        await self.send_user_text(json.dumps(event, separators=(",", ":")))
+
+    async def send_user_text(self, raw: str) -> None:
+        """One user-stream message exactly as given (recorded bytes from the venue, say)
+        to every user-stream socket whose listen key is still valid."""
         for ws, key in list(self._user_sockets.items()):
             if self.listen_keys.get(key):
                 await self.send_text(ws, raw)
