@@ -58,6 +58,7 @@ __all__ = [
     "ENV_EXPOSE",
     "ENV_TOKEN",
     "ENV_WHO",
+    "MIN_TOKEN_LENGTH",
     "ControlServer",
     "ControlSettings",
     "control_server_of",

@@ -26,6 +26,7 @@ from quoteforge.plugins.control_http import (
     ENV_EXPOSE,
     ENV_TOKEN,
     ENV_WHO,
+    MIN_TOKEN_LENGTH,
     ControlSettingsError,
     control_server_of,
     create_control_app,
@@ -426,6 +427,13 @@ def test_openapi_describes_every_endpoint(
     described = {(method, path) for path, item in doc["paths"].items() for method in item}
     assert doc["openapi"].startswith("3.1")
     assert described == served
+    # Every POST reads a JSON object (an empty one at least) and documents the 400 and
+    # 422 answers for a bad one; a GET has no body.
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            reads_body = method == "post"
+            assert ("requestBody" in op) is reads_body, (method, path)
+            assert ("422" in op["responses"]) is reads_body, (method, path)
     assert TOKEN not in json.dumps(doc)
 
     async def scenario() -> None:
@@ -456,6 +464,14 @@ def test_settings_from_the_environment() -> None:
     assert exposed is not None and exposed.host == "0.0.0.0"
     six = settings_from_env({ENV_TOKEN: TOKEN, ENV_ADDR: "[::1]:0"})
     assert six is not None and six.host == "::1"
+    # The limits are inclusive: the highest port, a token of exactly the minimum length.
+    top = settings_from_env({ENV_TOKEN: TOKEN, ENV_ADDR: "127.0.0.1:65535"})
+    assert top is not None and top.port == 65535
+    with pytest.raises(ControlSettingsError, match="is not HOST:PORT"):
+        settings_from_env({ENV_TOKEN: TOKEN, ENV_ADDR: "127.0.0.1:65536"})
+    assert settings_from_env({ENV_TOKEN: "x" * MIN_TOKEN_LENGTH}) is not None
+    with pytest.raises(ControlSettingsError, match="at least 16"):
+        settings_from_env({ENV_TOKEN: "x" * (MIN_TOKEN_LENGTH - 1)})
 
 
 def test_no_token_no_server(
