@@ -336,6 +336,15 @@ def test_market_order_takes_without_a_limit() -> None:
     assert h.sink.statuses(order.client_id)[-1] is OrderStatus.FILLED
 
 
+def test_a_market_order_ignores_a_price_it_carries() -> None:
+    h = Harness()  # asks 40 at 10_002, 60 at 10_003
+    order = h.order(BUY, 9_000, 70, order_type=OrderType.MARKET)  # a stale reference price
+    h.sim.submit([PlaceOrder(order)])
+    h.settle()
+    assert [(f.price_ticks, f.qty_lots) for f in h.sink.fills] == [(10_002, 40), (10_003, 30)]
+    assert h.sink.statuses(order.client_id)[-1] is OrderStatus.FILLED
+
+
 def test_crossing_gtc_takes_then_rests_at_its_limit() -> None:
     h = Harness()
     order = h.place(BUY, 10_002, 50)
