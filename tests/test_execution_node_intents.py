@@ -59,6 +59,12 @@ class Harness:
         payload, _ = intent_payload(action, strategy, self.seq)
         self.node.apply_intent(payload, "test")
 
+    def publish(self, action: OrderAction, strategy: str) -> None:
+        """The intent over the broker, as the strategy node sends it."""
+        self.seq += 1
+        payload, msg_id = intent_payload(action, strategy, self.seq)
+        self.node.bus.publish(self.node.scheme.intent(strategy), payload, qos=1, msg_id=msg_id)
+
     def order(
         self,
         client_id: str,
@@ -362,3 +368,21 @@ async def test_a_market_order_is_checked_at_the_touch_it_would_take(ex: Harness)
     ex.send(PlaceOrder(market("t3", Side.BUY, 1_000)), "mm_eth")
     await ex.until(lambda: ex.status("t3") is OrderStatus.FILLED, "t3 filled")
     assert ex.node.portfolio.position_lots("sim:ETH/USDT") == 1_000
+
+
+async def test_intents_off_the_broker_take_the_strategy_of_their_topic(ex: Harness) -> None:
+    unnamed = ex.order("w1", symbol=ETH, strategy="")
+    ex.publish(PlaceOrder(unnamed), "mm_eth")
+    await ex.until(lambda: ex.status("w1") is OrderStatus.OPEN, "w1 open off the broker")
+    order = ex.node.orders.get("w1")
+    assert order is not None and order.strategy == "mm_eth"
+    named = ex.order("w2", symbol=ETH, strategy="mm_eth")
+    ex.publish(PlaceOrder(named), "mm_eth")
+    await ex.until(lambda: ex.status("w2") is OrderStatus.OPEN, "w2 open off the broker")
+    # The strategy's cancel-all takes both: w1 counts as mm_eth's.
+    ex.publish(CancelAll("sim", ETH), "mm_eth")
+    await ex.until(
+        lambda: ex.status("w1") is ex.status("w2") is OrderStatus.CANCELLED, "both cancelled"
+    )
+    await ex.settle()
+    assert await ex.venue_open() == set()
