@@ -10,6 +10,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,11 @@ def test_kill_cancels_every_order_and_stops_the_run(
             await sim_time_passes(run, 5)
             status, state = await call("GET", "/state")
             assert status == 200
-            assert state["markets"]["sim:BTC/USDT"]["working_orders"] > 0
+            btc = state["markets"]["sim:BTC/USDT"]
+            assert btc["working_orders"] > 0
+            # The touch as exact decimal text on the market's tick.
+            bid, ask = Decimal(btc["best_bid"]), Decimal(btc["best_ask"])
+            assert 0 < bid < ask and bid % Decimal("0.01") == 0
             assert state["strategies"]["mm"]["halted"] is False
             status, answer = await call("POST", "/kill")
             assert status == 200, answer
@@ -472,6 +477,32 @@ def test_settings_from_the_environment() -> None:
     assert settings_from_env({ENV_TOKEN: "x" * MIN_TOKEN_LENGTH}) is not None
     with pytest.raises(ControlSettingsError, match="at least 16"):
         settings_from_env({ENV_TOKEN: "x" * (MIN_TOKEN_LENGTH - 1)})
+
+
+def test_an_exposed_server_answers_its_own_address_and_no_other_host(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    """Bound to a named address (QUOTEFORGE_CONTROL_EXPOSE=1), the server answers a Host
+    of that address (and loopback names); any other Host is refused before the token is
+    looked at. Served here on 127.0.0.1, with the Host header a client would send."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    settings = settings_from_env({ENV_TOKEN: TOKEN, ENV_ADDR: "10.1.2.3:8766", ENV_EXPOSE: "1"})
+    assert settings is not None and settings.host == "10.1.2.3"
+    app = create_control_app(make_run(registry, tmp_path), settings)
+
+    async def scenario() -> None:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            for host, expected in (
+                ("10.1.2.3:8766", 200),
+                ("localhost", 200),
+                ("10.1.2.4:8766", 403),
+                ("evil.test", 403),
+            ):
+                resp = await client.get("/openapi.json", headers={**AUTH, "Host": host})
+                assert resp.status == expected, host
+
+    asyncio.run(scenario())
 
 
 def test_no_token_no_server(
