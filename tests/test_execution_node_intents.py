@@ -379,10 +379,15 @@ async def test_intents_off_the_broker_take_the_strategy_of_their_topic(ex: Harne
     named = ex.order("w2", symbol=ETH, strategy="mm_eth")
     ex.publish(PlaceOrder(named), "mm_eth")
     await ex.until(lambda: ex.status("w2") is OrderStatus.OPEN, "w2 open off the broker")
-    # The strategy's cancel-all takes both: w1 counts as mm_eth's.
+    moved = ex.order("w3", symbol=ETH, strategy="", ticks_from_touch=4_000)
+    ex.publish(ReplaceOrder("w2", moved), "mm_eth")
+    await ex.until(lambda: ex.status("w3") is OrderStatus.OPEN, "w3 open off the broker")
+    replacement = ex.node.orders.get("w3")
+    assert replacement is not None and replacement.strategy == "mm_eth"
+    # The strategy's cancel-all takes both: w1 and w3 count as mm_eth's.
     ex.publish(CancelAll("sim", ETH), "mm_eth")
     await ex.until(
-        lambda: ex.status("w1") is ex.status("w2") is OrderStatus.CANCELLED, "both cancelled"
+        lambda: ex.status("w1") is ex.status("w3") is OrderStatus.CANCELLED, "both cancelled"
     )
     await ex.settle()
     assert await ex.venue_open() == set()
