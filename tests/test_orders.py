@@ -717,6 +717,35 @@ def test_a_built_order_given_to_replace_is_journaled_once_with_its_link() -> Non
     assert old.status is S.PENDING_REPLACE
 
 
+def test_a_replacement_from_elsewhere_is_checked_like_a_new_order_before_anything_changes() -> None:
+    journal = MemoryJournal()
+    om = make_manager(journal)
+    old = om.new_order(VENUE, SYMBOL, Side.BUY, 10, 100)
+    om.apply_update(report(old, S.OPEN))
+    before = len(journal.records)
+    for bad, problem in (
+        (Order("qf-r-1", VENUE, SYMBOL, Side.BUY, 0, 101), "qty_lots must be positive"),
+        (Order("qf-r-2", VENUE, SYMBOL, Side.BUY, 10, None), "needs price_ticks"),
+        (Order("x" * (MAX_CLIENT_ID_LEN + 1), VENUE, SYMBOL, Side.BUY, 10, 101), "client id"),
+        (Order("qf-r-3", VENUE, "ETHUSDT", Side.BUY, 10, 101), "stays on the same market"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            om.request_replace(old.client_id, bad)
+        assert om.get(bad.client_id) is None
+    assert old.status is S.OPEN and "replaced_by" not in old.extra
+    assert len(journal.records) == before
+    # A valid one keeps the creation time it was made with (a strategy node's, say);
+    # one without gets the manager's clock.
+    made = Order("qf-r-4", VENUE, SYMBOL, Side.BUY, 10, 101, created_ns=123, updated_ns=123)
+    om.request_replace(old.client_id, made)
+    assert (made.created_ns, made.updated_ns) == (123, 123)
+    om.apply_update(report(old, S.CANCELLED))
+    om.apply_update(report(made, S.OPEN))
+    fresh = Order("qf-r-5", VENUE, SYMBOL, Side.BUY, 10, 102)
+    om.request_replace(made.client_id, fresh)
+    assert fresh.created_ns == fresh.updated_ns == om.clock.now_ns()
+
+
 # ---------------------------------------------------------------------------------------
 # Journal records hold what changed; restore and readers rebuild the whole order
 # ---------------------------------------------------------------------------------------
