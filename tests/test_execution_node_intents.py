@@ -303,6 +303,10 @@ async def test_a_replace_moves_the_order_and_a_refused_one_pulls_the_old(ex: Har
     await ex.until(lambda: ex.status("p2") is OrderStatus.OPEN, "p2 open")
     await ex.settle()
     assert ex.status("p1") is OrderStatus.CANCELLED
+    # The order manager linked the two, as it does in one process.
+    p1, p2 = ex.node.orders.get("p1"), ex.node.orders.get("p2")
+    assert p1 is not None and p2 is not None
+    assert (p1.extra["replaced_by"], p2.extra["replaces"]) == ("p2", "p1")
     assert await ex.venue_open() == {"p2"}
     assert (await ex.venue_orders())["p2"].price_ticks == moved.price_ticks
     too_big = ex.order("p3", symbol=ETH, strategy="mm_eth", lots=6_000)
@@ -391,3 +395,16 @@ async def test_intents_off_the_broker_take_the_strategy_of_their_topic(ex: Harne
     )
     await ex.settle()
     assert await ex.venue_open() == set()
+
+
+async def test_a_replace_of_an_order_unknown_here_sends_the_new_one_and_the_venue_decides(
+    ex: Harness,
+) -> None:
+    new = ex.order("u2")
+    ex.send(ReplaceOrder("u1", new))  # u1 never reached this node
+    await ex.until(lambda: ex.status("u2") is OrderStatus.OPEN, "u2 open")
+    u2 = ex.node.orders.get("u2")
+    assert u2 is not None and "replaces" not in u2.extra  # nothing here to link it to
+    await ex.settle()
+    assert await ex.venue_open() == {"u2"}
+    assert ex.errors == []
