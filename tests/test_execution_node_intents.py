@@ -329,6 +329,8 @@ async def test_cancel_all_takes_only_that_strategys_orders_on_that_venue_and_sym
     ids = ("a1", "a2", "a3", "a4", "a5")
     await ex.until(lambda: all(ex.status(i) is OrderStatus.OPEN for i in ids), "all open")
     ex.send(CancelAll("sim", BTC))
+    # Requested through the order manager, as in one process: pending until the venue says.
+    assert ex.status("a1") is ex.status("a2") is OrderStatus.PENDING_CANCEL
     await ex.until(lambda: ex.status("a2") is OrderStatus.CANCELLED, "a2 cancelled")
     await ex.settle()
     assert await ex.venue_open() == {"a3", "a4", "a5"}
@@ -407,4 +409,23 @@ async def test_a_replace_of_an_order_unknown_here_sends_the_new_one_and_the_venu
     assert u2 is not None and "replaces" not in u2.extra  # nothing here to link it to
     await ex.settle()
     assert await ex.venue_open() == {"u2"}
+    assert ex.errors == []
+
+
+async def test_a_replace_racing_a_cancel_of_its_old_order_still_sends_the_new_one(
+    ex: Harness,
+) -> None:
+    ex.send(PlaceOrder(ex.order("q1")))
+    await ex.until(lambda: ex.status("q1") is OrderStatus.OPEN, "q1 open")
+    ex.send(CancelOrder("q1", "sim", BTC))
+    ex.send(ReplaceOrder("q1", ex.order("q2", ticks_from_touch=4_000)))
+    # The old order's cancel is in flight, so the replace cannot be linked to it: the
+    # new order is registered on its own and sent; the venue settles the old one.
+    assert ex.status("q1") is OrderStatus.PENDING_CANCEL
+    q2 = ex.node.orders.get("q2")
+    assert q2 is not None and "replaces" not in q2.extra
+    await ex.until(lambda: ex.status("q2") is OrderStatus.OPEN, "q2 open")
+    await ex.until(lambda: ex.status("q1") is OrderStatus.CANCELLED, "q1 cancelled")
+    await ex.settle()
+    assert await ex.venue_open() == {"q2"}
     assert ex.errors == []
