@@ -241,7 +241,7 @@ class Run(QuotingEngine):
             venues=self.venues,
             orders=self.orders,
             portfolio=self.portfolio,
-            markets=self.markets,
+            instruments={key: mr.instrument for key, mr in self.markets.items()},
             journal=self.journal,
             clock=self.clock,
             log=self.log,

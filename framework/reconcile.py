@@ -7,15 +7,14 @@ a fresh live start, periodically while trading live and once more before it clos
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from quoteforge.assembly import MarketRuntime
 from quoteforge.clock import NS, Clock
 from quoteforge.exchange import CancelOrder, ExchangeAdapter
 from quoteforge.journal import Journal, JournalRecord
-from quoteforge.model import OrderStatus, OrderUpdate
+from quoteforge.model import Instrument, OrderStatus, OrderUpdate
 from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
 
@@ -34,7 +33,7 @@ class Reconciler:
         venues: dict[str, ExchangeAdapter],
         orders: OrderManager,
         portfolio: Portfolio,
-        markets: dict[str, MarketRuntime],
+        instruments: Mapping[str, Instrument],
         journal: Journal,
         clock: Clock,
         log: Any,
@@ -45,7 +44,7 @@ class Reconciler:
         self.venues = venues
         self.orders = orders
         self.portfolio = portfolio
-        self.markets = markets
+        self.instruments = instruments  # market key -> its instrument
         self.journal = journal
         self.clock = clock
         self.log = log
@@ -164,9 +163,9 @@ class Reconciler:
             if not balances:
                 continue
             by_base: dict[str, list[str]] = {}
-            for key, mr in self.markets.items():
-                if mr.instrument.venue == name:
-                    by_base.setdefault(mr.instrument.base, []).append(key)
+            for key, inst in self.instruments.items():
+                if inst.venue == name:
+                    by_base.setdefault(inst.base, []).append(key)
             for asset, keys in by_base.items():
                 held = balances.get(asset)
                 if held is None or len(keys) != 1:
@@ -174,7 +173,7 @@ class Reconciler:
                 position = self.portfolio.position(keys[0])
                 start = self._balance_start.setdefault((name, asset), held - position)
                 drift = held - position - start
-                lot = self.markets[keys[0]].instrument.lot_size
+                lot = self.instruments[keys[0]].lot_size
                 if abs(drift) >= lot:
                     self.log.warning(
                         "{}: {} balance {} differs from start {} + our position {} by {}",
