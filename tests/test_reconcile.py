@@ -293,14 +293,17 @@ def test_every_check_is_journaled_with_its_counts(periodic: bool) -> None:
 def test_live_balance_drift_beyond_a_lot_is_reported_and_the_venue_stays_the_truth() -> None:
     venue = Venue()
     c = Check(venue, mode="live")
-    venue.balances = {"BTC": Decimal("1.000"), "USDT": Decimal("5000")}
-    c.run()  # the first check takes the start: 1 BTC held, no position
-    assert c.traced == [] and c.warnings == []
-    # We bought 0.004 BTC and the balance shows it: no drift.
-    mine = c.order(lots=4)
+    mine = c.order(lots=6)
     c.ack(mine)
-    c.orders.apply_fill(fill(mine.client_id, 4, "b1"))
-    c.portfolio.apply_fill(fill(mine.client_id, 4, "b1"))
+    c.orders.apply_fill(fill(mine.client_id, 2, "b1"))
+    c.portfolio.apply_fill(fill(mine.client_id, 2, "b1"))
+    venue.open = [venue_report(mine, OrderStatus.PARTIALLY_FILLED)]
+    venue.balances = {"BTC": Decimal("1.002"), "USDT": Decimal("5000")}
+    c.run()  # the first check takes the start: 1.002 held less our position 0.002
+    assert c.traced == [] and c.warnings == []
+    # We bought 0.002 BTC more and the balance shows it: no drift.
+    c.orders.apply_fill(fill(mine.client_id, 2, "b2"))
+    c.portfolio.apply_fill(fill(mine.client_id, 2, "b2"))
     venue.balances = {"BTC": Decimal("1.004")}
     c.run()
     assert c.traced == []
@@ -344,3 +347,60 @@ def test_balances_that_cannot_be_attributed_or_read_are_not_judged() -> None:
     c3 = Check(venue)
     c3.run()
     assert not [w for w in c3.warnings if "balances" in w]
+
+
+def test_periodic_checks_report_repairs_and_survive_a_failing_venue() -> None:
+    venue = Venue()
+    c = Check(venue)
+    gone = c.order()
+    c.ack(gone)
+    c.later(60)
+    calls = 0
+    original = venue.fetch_open_orders
+
+    async def flaky() -> list[OrderUpdate] | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("REST 503")
+        return await original()
+
+    venue.fetch_open_orders = flaky  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        checks = asyncio.create_task(c.reconciler.every(0.02))
+        while calls < 4:
+            await asyncio.sleep(0.01)
+        checks.cancel()
+
+    sink = logger.add(c.warnings.append, level="WARNING", format="{message}")
+    infos: list[str] = []
+    info_sink = logger.add(infos.append, level="INFO", format="{message}")
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.remove(sink)
+        logger.remove(info_sink)
+    warned = [w.strip() for w in c.warnings if "periodic reconciliation" in w]
+    assert warned[0] == "periodic reconciliation failed: REST 503; retrying later"
+    # The repair is said once; later checks that only adopt say nothing.
+    assert warned[1:] == ["periodic reconciliation repaired: {'closed': 1}"]
+    assert gone.status is OrderStatus.CANCELLED
+    # Each check looks for fills from two intervals (and a minute) back.
+    assert venue.fills_since[0] == c.clock.now_ns() - int(0.04 * NS) - 60 * NS
+    assert not any(i.startswith("reconciled with the venues") for i in infos)
+    assert len([r for r in c.journal.records if r.kind == "reconcile"]) >= 3
+
+
+def test_a_check_at_a_start_or_resume_says_what_it_did() -> None:
+    c = Check(Venue())
+    infos: list[str] = []
+    sink = logger.add(infos.append, level="INFO", format="{message}")
+    try:
+        asyncio.run(c.reconciler.reconcile())
+    finally:
+        logger.remove(sink)
+    assert [i.strip() for i in infos if i.startswith("reconciled")] == [
+        "reconciled with the venues: "
+        "{'missed_fills': 0, 'closed': 0, 'orphans_cancelled': 0, 'adopted': 0}"
+    ]
