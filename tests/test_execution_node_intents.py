@@ -292,6 +292,8 @@ async def test_a_cancel_that_overtakes_its_place_keeps_the_order_from_the_venue(
     assert await ex.venue_open() == set()
     # A cancel of an order already done is not sent again, and is no error.
     ex.send(CancelOrder("c2", "sim", BTC))
+    # Nor is a cancel for a venue this node does not host.
+    ex.send(CancelOrder("c9", "elsewhere", BTC))
     assert ex.errors == []
 
 
@@ -374,6 +376,17 @@ async def test_a_market_order_is_checked_at_the_touch_it_would_take(ex: Harness)
     ex.send(PlaceOrder(market("t3", Side.BUY, 1_000)), "mm_eth")
     await ex.until(lambda: ex.status("t3") is OrderStatus.FILLED, "t3 filled")
     assert ex.node.portfolio.position_lots("sim:ETH/USDT") == 1_000
+    # The most ETH whose notional at the bid is within 10000 is over it at the ask: a
+    # market buy (it would pay the ask) is refused, a market sell (the bid) is not.
+    book = ex.node.markets["sim:ETH/USDT"].book
+    bid, ask = book.best_bid_ticks(), book.best_ask_ticks()
+    assert bid is not None and ask is not None
+    lots = 10_000 * 100 * 1_000 // bid  # ticks of 0.01, lots of 0.001
+    assert ask * lots > 10_000 * 100 * 1_000 >= bid * lots
+    ex.send(PlaceOrder(market("t4", Side.BUY, lots)), "mm_eth")
+    ex.send(PlaceOrder(market("t5", Side.SELL, lots)), "mm_eth")
+    assert ex.status("t4") is OrderStatus.REJECTED
+    assert ex.status("t5") is not OrderStatus.REJECTED
 
 
 async def test_intents_off_the_broker_take_the_strategy_of_their_topic(ex: Harness) -> None:
