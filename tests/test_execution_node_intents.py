@@ -442,3 +442,31 @@ async def test_a_replace_racing_a_cancel_of_its_old_order_still_sends_the_new_on
     await ex.settle()
     assert await ex.venue_open() == {"q2"}
     assert ex.errors == []
+
+
+async def test_a_strategy_node_that_says_goodbye_has_its_orders_cancelled_without_a_breaker(
+    ex: Harness,
+) -> None:
+    bus, topic = ex.node.bus, ex.node.scheme.heartbeat("strategy")
+    # A goodbye from a node never heard online is not its goodbye.
+    bus.publish(topic, {"status": "offline", "reason": "closed", "node": "strategy"}, qos=1)
+    ex.send(PlaceOrder(ex.order("d1")))
+    ex.send(PlaceOrder(ex.order("d2", Side.SELL)))
+    await ex.until(lambda: ex.status("d2") is OrderStatus.OPEN, "d2 open")
+    await ex.until(lambda: ex.status("d1") is OrderStatus.OPEN, "d1 open")
+    assert not ex.node.watch.departed
+    bus.publish(topic, {"status": "online", "node": "strategy"}, qos=1)
+    await ex.until(lambda: ex.node.watch.online, "the strategy heartbeat")
+    # Offline without a goodbye (its last will, say): the grace decides, nothing yet.
+    bus.publish(topic, {"status": "offline", "reason": "lost", "node": "strategy"}, qos=1)
+    await ex.until(lambda: not ex.node.watch.online, "offline")
+    assert not ex.node.watch.departed and ex.status("d1") is OrderStatus.OPEN
+    bus.publish(topic, {"status": "offline", "reason": "closed", "node": "strategy"}, qos=1)
+    await ex.until(lambda: ex.node.watch.departed, "the goodbye")
+    await ex.until(
+        lambda: ex.status("d1") is ex.status("d2") is OrderStatus.CANCELLED, "both cancelled"
+    )
+    # Its silence after a goodbye is no loss: no breaker, even past the grace.
+    await asyncio.sleep(float(ex.node.settings.strategy_grace) + 0.5)
+    assert not ex.node.watch.tripped and ex.node.watch.blocked == {}
+    assert [p for p in await ex.journal("breaker") if p.get("kind") == "strategy_lost"] == []
