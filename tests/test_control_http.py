@@ -322,6 +322,18 @@ def test_params_edit_reaches_the_next_quotes_and_a_bad_one_is_refused_like_a_man
             assert status == 400 and "JSON object" in answer["error"]
             assert run.strategies["mm"].strategy.params.spread_bps == 40  # kept
             assert not run.strategies["mm"].halted
+            for odd in ("", "spread_bps=9", " spread_bps"):
+                status, answer = await call("POST", "/strategies/mm/params", json={odd: 9})
+                assert status == 422 and "not a param name" in answer["error"], odd
+
+            # The same params again change nothing and say so; a later edit of a key
+            # replaces the earlier one, so the run's overrides name each key once.
+            status, answer = await call("POST", "/strategies/mm/params", json={"spread_bps": 40})
+            assert status == 200 and "already runs with these params" in answer["result"]
+            status, answer = await call("POST", "/strategies/mm/params", json={"spread_bps": 30})
+            assert status == 200 and "now runs with" in answer["result"]
+            spread_edits = [o for o in run.loaded.overrides if "spread_bps" in o]
+            assert spread_edits == ["strategies.mm.params.spread_bps=30"]
 
     asyncio.run(scenario())
     control = [(p["what"], p["status"]) for _, p in journal(run.run_dir, "control")]
@@ -331,6 +343,11 @@ def test_params_edit_reaches_the_next_quotes_and_a_bad_one_is_refused_like_a_man
         ("strategies/mm/params", 422),
         ("strategies/mm/params", 422),
         ("strategies/mm/params", 400),
+        ("strategies/mm/params", 422),
+        ("strategies/mm/params", 422),
+        ("strategies/mm/params", 422),
+        ("strategies/mm/params", 200),
+        ("strategies/mm/params", 200),
     ]
 
 
