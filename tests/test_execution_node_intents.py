@@ -254,11 +254,14 @@ async def test_a_silent_strategy_node_trips_the_breaker_and_its_return_clears_it
     topic = ex.node.scheme.heartbeat("strategy")
     bus.publish(topic, {"status": "online", "node": "strategy"}, qos=1)
     await ex.until(lambda: ex.node.watch.online, "the strategy heartbeat")
+    heard = time.monotonic()
     ex.send(PlaceOrder(ex.order("s1")))
     await ex.until(lambda: ex.status("s1") is OrderStatus.OPEN, "s1 open")
-    # No heartbeat for longer than the grace (5 s in the example manifest).
+    # No heartbeat for longer than the grace (5 s in the example manifest): the breaker
+    # trips then, not before.
     grace = float(ex.node.settings.strategy_grace)
     await ex.until(lambda: ex.node.watch.tripped, "the breaker", timeout=grace + 5)
+    assert time.monotonic() - heard > grace
     await ex.until(lambda: ex.status("s1") is OrderStatus.CANCELLED, "s1 cancelled")
     ex.send(PlaceOrder(ex.order("s2")))
     assert ex.status("s2") is OrderStatus.REJECTED
