@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -744,6 +745,49 @@ def test_a_replacement_from_elsewhere_is_checked_like_a_new_order_before_anythin
     fresh = Order("qf-r-5", VENUE, SYMBOL, Side.BUY, 10, 102)
     om.request_replace(made.client_id, fresh)
     assert fresh.created_ns == fresh.updated_ns == om.clock.now_ns()
+
+
+def test_reports_without_a_time_or_a_reason_get_the_managers_clock_and_a_plain_reason() -> None:
+    clock = SimClock(1_700_000_000_000_000_000)
+    om = OrderManager(None, clock, "qf")
+    now = clock.now_ns()
+    timed = om.new_order(VENUE, SYMBOL, Side.BUY, 5, 100)
+    om.apply_update(OrderUpdate(VENUE, timed.client_id, S.OPEN, 42))
+    assert timed.updated_ns == 42  # the venue's time when it gives one
+    untimed = om.new_order(VENUE, SYMBOL, Side.BUY, 5, 99)
+    clock.run_until(now + 7)
+    om.apply_update(OrderUpdate(VENUE, untimed.client_id, S.OPEN, 0))
+    assert untimed.updated_ns == now + 7
+    om.apply_fill(dataclasses.replace(fill_for(untimed, 1), ts_ns=0))
+    assert untimed.updated_ns == now + 7
+    om.apply_fill(fill_for(timed, 1))  # fill_for's trade time is 1
+    assert timed.updated_ns == 1
+
+    refused = om.new_order(VENUE, SYMBOL, Side.BUY, 5, 98)
+    om.apply_update(OrderUpdate(VENUE, refused.client_id, S.REJECTED, 0))
+    assert (refused.status, refused.reason) == (S.REJECTED, "rejected")
+
+    # A cancel the venue refuses without saying why, as a REJECTED report or through
+    # reject_cancel: the order is live again with a plain reason, at the manager's time.
+    om.request_cancel(timed.client_id)
+    om.apply_update(OrderUpdate(VENUE, timed.client_id, S.REJECTED, 0))
+    assert (timed.status, timed.reason) == (S.PARTIALLY_FILLED, "cancel rejected")
+    om.request_cancel(timed.client_id)
+    clock.run_until(now + 9)
+    om.reject_cancel(timed.client_id, "")
+    assert (timed.status, timed.reason, timed.updated_ns) == (
+        S.PARTIALLY_FILLED,
+        "cancel rejected",
+        now + 9,
+    )
+    om.request_cancel(timed.client_id)
+    om.reject_cancel(timed.client_id, "too late", ts_ns=55)
+    assert (timed.reason, timed.updated_ns) == ("too late", 55)
+    assert om.reject_cancel("nope", "x") is None
+
+    lost = om.new_order(VENUE, SYMBOL, Side.BUY, 5, 97)
+    om.mark_unknown(lost.client_id, "")
+    assert lost.extra["status_unknown"] == "status unknown"
 
 
 # ---------------------------------------------------------------------------------------
