@@ -175,6 +175,24 @@ def test_trades_at_our_price_consume_the_queue_then_fill_us_partially_with_maker
     assert h.sim.queue_ahead(order.client_id) is None
 
 
+def test_a_print_fills_our_orders_at_one_level_in_queue_order_with_others_between() -> None:
+    h = Harness()  # bids 50 at 10_000
+    first = h.place(BUY, 10_000, 10)  # 50 ahead
+    h.depth(BUY, 10_000, 80)  # 30 more joined behind it
+    second = h.place(BUY, 10_000, 10)  # 80 ahead
+    h.trade(10_000, 100, SELL)  # 50 external, 10 ours, 30 external, then 10 of ours
+    assert h.sink.filled(first.client_id) == 10
+    assert h.sink.filled(second.client_id) == 10
+    h2 = Harness()
+    first = h2.place(BUY, 10_000, 10)
+    h2.depth(BUY, 10_000, 80)
+    second = h2.place(BUY, 10_000, 10)
+    h2.trade(10_000, 95, SELL)  # 5 short of the second order's whole size
+    assert h2.sink.filled(first.client_id) == 10
+    assert h2.sink.filled(second.client_id) == 5
+    assert h2.sim.queue_ahead(second.client_id) == 0
+
+
 def test_buy_aggressor_trades_do_not_touch_our_bid() -> None:
     h = Harness()
     order = h.place(BUY, 10_000, 10)
@@ -373,6 +391,39 @@ def test_post_only_that_would_cross_is_rejected() -> None:
     assert h.sink.fills == []
 
 
+def test_post_only_that_does_not_cross_rests_and_one_at_the_touch_is_refused() -> None:
+    h = Harness()  # bids 50 at 10_000; asks 40 at 10_002
+    inside = h.place(BUY, 10_001, 5, tif=TimeInForce.POST_ONLY)
+    assert h.sink.statuses(inside.client_id) == [OrderStatus.OPEN]
+    assert h.sim.queue_ahead(inside.client_id) == 0
+    at_bid = h.place(SELL, 10_000, 5, tif=TimeInForce.POST_ONLY)  # would take the bid
+    assert h.sink.statuses(at_bid.client_id) == [OrderStatus.REJECTED]
+    assert h.sink.fills == []
+
+
+def test_a_sell_limit_at_the_best_bid_takes_it() -> None:
+    h = Harness()  # bids 50 at 10_000, 80 at 9_999
+    order = h.place(SELL, 10_000, 70)
+    assert [(f.price_ticks, f.qty_lots, f.liquidity) for f in h.sink.fills] == [
+        (10_000, 50, Liquidity.TAKER)
+    ]
+    assert h.sim.queue_ahead(order.client_id) == 0  # the rest leads the new ask level
+
+
+def test_a_one_sided_book_and_trades_of_other_markets_fill_nothing_and_raise_nothing() -> None:
+    h = Harness()
+    bid = h.place(BUY, 9_999, 10)
+    ask = h.place(SELL, 10_003, 10)
+    for price in (10_002, 10_003):
+        h.depth(SELL, price, 0)  # the asks are gone
+    for price in (10_000, 9_999):
+        h.depth(BUY, price, 0)  # and the bids
+    h.sim.on_trade("ETH/USDT", 9_000, 100, SELL)  # a market this venue does not simulate
+    h.settle()
+    assert h.sink.fills == []
+    assert h.sink.statuses(bid.client_id) == h.sink.statuses(ask.client_id) == [OrderStatus.OPEN]
+
+
 def test_invalid_orders_are_rejected_with_the_reason() -> None:
     h = Harness(min_notional="5")
     small = h.place(BUY, 10_000, 10)  # 100.00 x 0.010 = 1 < 5
@@ -419,6 +470,27 @@ def test_order_and_report_latency_follow_the_view_lag() -> None:
     assert h.sim.queue_ahead(order.client_id) == 50
     h.settle()
     assert h.sink.updates[0][0] == 20_000_000  # back after order_ms - market_data_ms
+
+
+def test_with_jitter_orders_and_reports_keep_their_order_as_on_one_connection() -> None:
+    h = Harness(latency={"market_data_ms": 0, "order_ms": 10, "jitter_ms": 9}, seed=3)
+    orders = [h.order(BUY, 9_990 - i, 1) for i in range(40)]
+    for order in orders:  # one at a time, all at the same moment
+        h.sim.submit([PlaceOrder(order)])
+    arrived: list[str] = []
+    while len(arrived) < len(orders):  # watch them reach the venue, one tick at a time
+        h.clock.run_until(h.clock.now_ns() + 100_000)
+        arrived += [
+            o.client_id
+            for o in orders
+            if o.client_id not in arrived and h.sim.queue_ahead(o.client_id) is not None
+        ]
+    assert arrived == [o.client_id for o in orders]
+    h.settle()
+    reported = [u.client_id for _, u in h.sink.updates]
+    times = [t for t, _ in h.sink.updates]
+    assert reported == [o.client_id for o in orders]
+    assert times == sorted(times) and len(set(times)) > 5  # jittered, never overtaking
 
 
 def test_fill_ids_are_unique_across_markets_of_the_venue() -> None:
