@@ -162,6 +162,9 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
         # (amount, entry, unrealized PnL, liquidation price): the run's position is their net.
         self.sides: dict[str, dict[str, tuple[Decimal, Decimal, Decimal, str | None]]] = {}
         self.marks: dict[str, tuple[Decimal, Decimal | None]] = {}  # symbol -> mark, rate
+        # symbol -> leverage, as set at start (params.leverage) or last reported by the
+        # venue (ACCOUNT_CONFIG_UPDATE); absent: not known here
+        self.leverage: dict[str, int] = {}
         self._funding_since_ms = 0
         self.counters.update(listen_key_renewals=0, funding_payments=0)
 
@@ -231,6 +234,7 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
                 await self._call(
                     "fapiprivate_post_leverage", {"symbol": native, "leverage": p.leverage}
                 )
+                self.leverage[self._by_native[native]] = p.leverage
 
     # -- user data stream (listen key) ---------------------------------------------------------
     async def new_listen_key(self) -> str:
@@ -322,6 +326,8 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
                 self._on_order_event(msg["o"], int(msg.get("E", 0)))
             elif kind == "ACCOUNT_UPDATE":
                 await self._on_account_event(msg)
+            elif kind == "ACCOUNT_CONFIG_UPDATE":
+                self._on_config_event(msg)
             elif kind == "listenKeyExpired":
                 self.listen_key_expiries += 1
                 if msg.get("listenKey") in (None, self.listen_key):
@@ -331,6 +337,39 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
                     await self._reconnect_user("listenKeyExpired")
         except (KeyError, ValueError, TypeError) as exc:
             logger.warning("{}: bad {} event ({}): {!r}", self.name, kind, exc, msg)
+
+    def _on_config_event(self, msg: dict[str, Any]) -> None:
+        """A setting changed on the account while the run trades (by hand, or another
+        program): a symbol's leverage (``ac``) moves its liquidation price, so it is
+        said and the position is asked for again; multi-assets mode (``ai``) is said."""
+        if "ac" in msg:
+            native = str(msg["ac"]["s"])
+            leverage = int(msg["ac"]["l"])
+            symbol = self._by_native.get(native)
+            if symbol is None:
+                return  # a symbol this run does not trade
+            before = self.leverage.get(symbol)
+            self.leverage[symbol] = leverage
+            if before is not None and before != leverage:
+                logger.warning(
+                    "{}: leverage of {} changed at the venue from {} to {} while the run "
+                    "trades (not by this run); the liquidation price moves with it",
+                    self.name,
+                    native,
+                    before,
+                    leverage,
+                )
+            else:
+                logger.info("{}: leverage of {} is {} at the venue", self.name, native, leverage)
+            position = self.positions.get(symbol)
+            if self.has_credentials and position is not None and position.qty_lots:
+                self.spawn_task(self.refresh_positions(), f"{self.name}/positions")
+        if "ai" in msg:
+            logger.warning(
+                "{}: the account's multi-assets mode is now {} (changed while the run trades)",
+                self.name,
+                "on" if msg["ai"].get("j") else "off",
+            )
 
     def _on_order_event(self, o: dict[str, Any], event_ms: int) -> None:
         symbol = self._by_native.get(o["s"])

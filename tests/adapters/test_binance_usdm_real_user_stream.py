@@ -38,6 +38,7 @@ SYMBOLS = {
     "SANDUSDT": BinanceSymbol("SAND", "USDT", "0.00001", "1", "5", "0.63400"),
     "DOTUSDT": BinanceSymbol("DOT", "USDT", "0.001", "0.1", "5", "23.000"),
     "GRTUSDT": BinanceSymbol("GRT", "USDT", "0.00001", "1", "5", "0.76800"),
+    "BTCUSDT": BinanceSymbol("BTC", "USDT", "0.10", "0.001", "100", "59000.00"),
 }
 
 
@@ -71,7 +72,9 @@ class Account:
 
 
 @asynccontextmanager
-async def account(symbols: list[str], position_mode: str) -> AsyncIterator[Account]:
+async def account(
+    symbols: list[str], position_mode: str, **overrides: Any
+) -> AsyncIterator[Account]:
     replica = BinanceUsdmReplica(
         {s: SYMBOLS[s] for s in symbols}, ping_interval=0.1, position_mode=position_mode
     )
@@ -88,7 +91,7 @@ async def account(symbols: list[str], position_mode: str) -> AsyncIterator[Accou
         rest_url=replica.url,
         ws_url=replica.ws_url,
         position_mode=position_mode,
-        **FAST_PARAMS,
+        **{**FAST_PARAMS, **overrides},
     )
     adapter = BinanceUsdm(params, ctx)
     sink = Sink()
@@ -166,6 +169,30 @@ async def test_a_real_hedge_mode_account_update_is_the_net_of_its_sides() -> Non
         assert order.exchange_id == "315803079"
         assert (order.price_ticks, order.qty_lots) == (63_428, 1_000)  # "0.63428", "1000"
         await asyncio.sleep(0.1)
+        assert not [w for w in a.warnings if "bad" in w]
+
+
+async def test_a_real_leverage_change_on_the_account_is_said_and_kept() -> None:
+    async with account(["BTCUSDT"], "one_way", leverage=10) as a:
+        assert a.adapter.leverage == {"BTCUSDT": 10}  # set at start, as the manifest asks
+        await a.push(CONFIG)  # BTCUSDT to 19, by hand or another program
+        await a.until(lambda: a.adapter.leverage["BTCUSDT"] == 19, "the new leverage")
+        [said] = [w for w in a.warnings if "leverage of BTCUSDT" in w]
+        assert "changed at the venue from 10 to 19 while the run trades" in said
+        # With a position open, the new leverage moves its liquidation price: the
+        # adapter asks the venue for it again.
+        a.replica.positions[("BTCUSDT", "BOTH")] = [Decimal("0.002"), Decimal("59000")]
+        await a.adapter.refresh_positions()
+        asked = a.replica.request_log.count(("GET", "/fapi/v2/positionRisk"))
+        await a.push(CONFIG.replace('"l":19', '"l":20'))
+        await a.until(
+            lambda: a.replica.request_log.count(("GET", "/fapi/v2/positionRisk")) > asked,
+            "positionRisk asked again",
+        )
+        assert a.adapter.leverage["BTCUSDT"] == 20
+        # Multi-assets mode (written from Binance's documentation: no real capture).
+        await a.push('{"e":"ACCOUNT_CONFIG_UPDATE","T":1,"E":2,"ai":{"j":true}}')
+        await a.until(lambda: any("multi-assets" in w for w in a.warnings), "the mode")
         assert not [w for w in a.warnings if "bad" in w]
 
 
