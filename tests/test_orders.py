@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -19,9 +19,10 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from memory_journal import MemoryJournal
 
 from quoteforge.clock import LiveClock, SimClock
-from quoteforge.journal import Journal, JournalRecord, order_states
+from quoteforge.journal import Journal, order_states
 from quoteforge.model import (
     Fill,
     Liquidity,
@@ -36,34 +37,6 @@ from quoteforge.orders import MAX_CLIENT_ID_LEN, OrderManager, order_to_dict
 S = OrderStatus
 VENUE, SYMBOL = "sim", "BTCUSDT"
 MARKET = f"{VENUE}:{SYMBOL}"
-
-
-class MemoryJournal(Journal):
-    """An in-memory journal with the contract's idempotency, for inspecting records."""
-
-    def __init__(self) -> None:
-        self.records: list[JournalRecord] = []
-        self.ids: set[str] = set()
-        self.duplicates: list[str] = []
-
-    async def open(self) -> None:
-        return None
-
-    def append(self, record: JournalRecord) -> None:
-        if record.event_id in self.ids:
-            self.duplicates.append(record.event_id)
-            return
-        self.ids.add(record.event_id)
-        self.records.append(record)
-
-    async def flush(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def read(self, kinds: tuple[str, ...] | None = None) -> Iterator[JournalRecord]:
-        return iter([r for r in self.records if kinds is None or r.kind in kinds])
 
 
 def make_manager(journal: Journal | None = None) -> OrderManager:

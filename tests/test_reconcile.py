@@ -6,16 +6,16 @@ and tests/test_split_reconcile.py; these pin each rule of a check."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from loguru import logger
+from memory_journal import MemoryJournal
 
 from quoteforge.clock import NS, SimClock
 from quoteforge.exchange import CancelOrder, ExchangeAdapter, OrderAction, VenueSink
-from quoteforge.journal import Journal, JournalRecord
 from quoteforge.model import Fill, Instrument, Liquidity, Order, OrderStatus, OrderUpdate, Side
 from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
@@ -59,26 +59,6 @@ class Venue(ExchangeAdapter):
         return None if self.balances is None else dict(self.balances)
 
 
-class Records(Journal):
-    def __init__(self) -> None:
-        self.records: list[JournalRecord] = []
-
-    async def open(self) -> None:
-        return None
-
-    def append(self, record: JournalRecord) -> None:
-        self.records.append(record)
-
-    async def flush(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def read(self, kinds: tuple[str, ...] | None = None) -> Iterator[JournalRecord]:
-        return iter([r for r in self.records if kinds is None or r.kind in kinds])
-
-
 def instrument(symbol: str = SYMBOL, base: str = "BTC", venue: str = VENUE) -> Instrument:
     return Instrument(venue, symbol, base, "USDT", Decimal("0.01"), Decimal("0.001"))
 
@@ -86,7 +66,7 @@ def instrument(symbol: str = SYMBOL, base: str = "BTC", venue: str = VENUE) -> I
 class Check:
     def __init__(self, *venues: Venue, mode: str = "sim", extra: Sequence[Instrument] = ()) -> None:
         self.clock = SimClock(START)
-        self.journal = Records()
+        self.journal = MemoryJournal()
         self.orders = OrderManager(self.journal, self.clock, "qf", session="s1")
         instruments = [instrument(), *extra]
         self.portfolio = Portfolio(instruments)
@@ -361,11 +341,13 @@ def test_periodic_checks_report_repairs_and_survive_a_failing_venue() -> None:
     async def flaky() -> list[OrderUpdate] | None:
         nonlocal calls
         calls += 1
+        c.later(1)  # each check at its own time, so each is its own journal event
         if calls == 1:
             raise ConnectionError("REST 503")
         return await original()
 
     venue.fetch_open_orders = flaky  # type: ignore[method-assign]
+    first_check_at = c.clock.now_ns()
 
     async def scenario() -> None:
         checks = asyncio.create_task(c.reconciler.every(0.02))
@@ -387,7 +369,7 @@ def test_periodic_checks_report_repairs_and_survive_a_failing_venue() -> None:
     assert warned[1:] == ["periodic reconciliation repaired: {'closed': 1}"]
     assert gone.status is OrderStatus.CANCELLED
     # Each check looks for fills from two intervals (and a minute) back.
-    assert venue.fills_since[0] == c.clock.now_ns() - int(0.04 * NS) - 60 * NS
+    assert venue.fills_since[0] == first_check_at - int(0.04 * NS) - 60 * NS
     assert not any(i.startswith("reconciled with the venues") for i in infos)
     assert len([r for r in c.journal.records if r.kind == "reconcile"]) >= 3
 
