@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 
 import pydantic
 import pytest
+from memory_journal import MemoryJournal
 
 from quoteforge.clock import SimClock
 from quoteforge.journal import Journal, JournalRecord, OrderStates, order_states
@@ -431,33 +432,14 @@ def test_a_format_1_journal_restores_and_continues_in_format_2() -> None:
     assert om.has_fill("sim", "t1")
     # The venue rejects the cancel: the restored manager writes a format-2 change with
     # the event id the old bookkeeping leads to, and readers rebuild the mixed journal.
-    new: list[JournalRecord] = []
-    om.journal = _ListJournal(new)
+    journal = MemoryJournal()
+    om.journal = journal
     om.reject_cancel("qf-old-1", "too late", ts_ns=9)
+    new = journal.records
     assert [r.event_id for r in new] == ["sim:qf-old-1:partially_filled:4"]
     assert set(new[0].payload["order"]) == {"client_id", "status", "updated_ns", "reason"}
     assert new[0].payload["prior"] is None
     assert order_states(old + new) == {"qf-old-1": order_to_dict(order)}
-
-
-class _ListJournal(Journal):
-    def __init__(self, records: list[JournalRecord]) -> None:
-        self.records = records
-
-    async def open(self) -> None:
-        return None
-
-    def append(self, record: JournalRecord) -> None:
-        self.records.append(record)
-
-    async def flush(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def read(self, kinds: tuple[str, ...] | None = None) -> Iterator[JournalRecord]:
-        return iter(self.records)
 
 
 def test_order_records_that_cannot_be_read_are_refused_clearly() -> None:
