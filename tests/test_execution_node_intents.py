@@ -473,3 +473,22 @@ async def test_a_strategy_node_that_says_goodbye_has_its_orders_cancelled_withou
     await asyncio.sleep(float(ex.node.settings.strategy_grace) + 0.5)
     assert not ex.node.watch.tripped and ex.node.watch.blocked == {}
     assert [p for p in await ex.journal("breaker") if p.get("kind") == "strategy_lost"] == []
+
+
+async def test_an_order_under_a_strategy_this_run_does_not_define_is_rejected_unsent(
+    ex: Harness,
+) -> None:
+    ex.send(PlaceOrder(ex.order("n1", strategy="mm_btc2")), "mm_btc2")
+    ex.send(PlaceOrder(ex.order("n2", strategy="")), "")
+    ex.send(PlaceOrder(ex.order("n3", strategy="ghost")), "mm_btc")  # the order's own claim
+    ex.send(PlaceOrder(ex.order("n4")))
+    ex.send(ReplaceOrder("n4", ex.order("n5", strategy="ghost", ticks_from_touch=4_000)))
+    await ex.until(lambda: ex.status("n4") is OrderStatus.CANCELLED, "n4 pulled")
+    for client_id, name in (("n1", "mm_btc2"), ("n2", ""), ("n3", "ghost"), ("n5", "ghost")):
+        assert ex.status(client_id) is OrderStatus.REJECTED, client_id
+        assert ex.reason(client_id) == (
+            f"strategy {name!r} is not in this run's manifest (it has mm_btc, mm_eth); "
+            "do the nodes run the same manifest?"
+        )
+    await ex.settle()
+    assert await ex.venue_open() == set()

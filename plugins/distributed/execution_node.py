@@ -443,6 +443,13 @@ class ExecutionNode(Node):
         """Why a new order must not reach the venue, or None: the kernel's order gate
         (kill and stop, halted strategies, risk, the instrument's rules) with this
         node's positions and working orders."""
+        if order.strategy not in self.strategies:
+            # Halts, breakers and cancel-alls go by strategy name: an order under a name
+            # this run does not know would slip past them.
+            return (
+                f"strategy {order.strategy!r} is not in this run's manifest (it has "
+                f"{', '.join(sorted(self.strategies))}); do the nodes run the same manifest?"
+            )
         if order.venue not in self.venues:
             return f"venue {order.venue!r} is not hosted by this execution node"
         market = self.markets.get(order.market)
