@@ -144,6 +144,10 @@ def test_price_band_max_distance_refuses_far_quotes_either_side() -> None:
     assert reason == "bid 97.99 is 201.0 bps below mid 100 > max_distance_bps 200"
     reason = check.check(market, ask(10_250), view)
     assert reason is not None and "250.0 bps above" in reason and "max_distance_bps 200" in reason
+    # Inclusive on the ask side too: exactly 200 bps above passes, a tick more does not.
+    assert check.check(market, ask(10_200), view) is None
+    reason = check.check(market, ask(10_201), view)
+    assert reason == "ask 102.01 is 201.0 bps above mid 100 > max_distance_bps 200"
 
 
 def test_price_band_without_mid_refuses_unless_allowed() -> None:
@@ -299,6 +303,38 @@ def test_max_total_notional_sums_positions_and_orders_over_markets() -> None:
     )
 
 
+def test_max_total_notional_values_each_market_whole_and_a_take_with_its_working_orders() -> None:
+    desk = Desk()
+    btc = desk.market("BTCUSDT", 9_999, 10_001, lot="0.01")  # mid 100, 1 lot = 1.00
+    eth = desk.market("ETHUSDT", 4_999, 5_001, lot="0.1")  # mid 50, 1 lot = 5.00
+    desk.positions[btc.key] = 100  # 100.00
+    desk.open[(btc.key, 1)], desk.open[(btc.key, -1)] = 50, 30  # working: 80.00
+    desk.positions[eth.key] = -40  # 200.00
+    desk.open[(eth.key, 1)], desk.open[(eth.key, -1)] = 10, 10  # working: 100.00
+    view = desk.view()
+
+    def checked(cap: int, quote: Quote) -> str | None:
+        check = MaxTotalNotional("gross", MaxTotalNotional.Params(max_notional=Decimal(cap)))
+        return check.check(btc, quote, view)
+
+    # A quote replaces the market's working orders: 100.00 held + 9.99 for this bid,
+    # with 300.00 on the other market (position and orders on both sides).
+    assert checked(410, bid(9_990, 10)) is None
+    assert checked(409, bid(9_990, 10)) == (
+        "total notional would reach 409.99 > max_notional 409 "
+        "(sim:BTCUSDT 109.99 incl. this bid 0.1 @ 99.9, other markets 300.00)"
+    )
+    # A take adds to them: 100.00 held + 80.00 working + 10.00 taken.
+    assert checked(490, take(Side.BUY, 10_000, 10)) is None
+    assert checked(489, take(Side.BUY, 10_000, 10)) == (
+        "total notional would reach 490.00 > max_notional 489 "
+        "(sim:BTCUSDT 190.00 incl. this bid 0.1 @ 100, other markets 300.00)"
+    )
+    # A post-only order at the take level rests: it is valued as a quote.
+    resting = Quote(Side.BUY, 10_000, 10, level=-1, post_only=True)
+    assert checked(410, resting) is None
+
+
 def test_max_total_notional_lets_unwinds_through_and_counts_the_quote_set() -> None:
     desk = Desk()
     btc = desk.market()
@@ -349,6 +385,16 @@ def test_self_trade_refuses_crossing_our_working_order() -> None:
     assert lenient.check(market, bid(10_005), view) is None
     reason = lenient.check(market, take(Side.BUY, 10_010, 3), view)
     assert reason == "bid 100.1 would cross our working ask at 100.05"
+    # The same on the other side: an ask may lock our bid, never go through it.
+    desk.own_best[(market.key, 1)] = 9_995
+    assert check.check(market, ask(9_996), view) is None
+    assert check.check(market, ask(9_995), view) == (
+        "ask 99.95 would cross our working bid at 99.95"
+    )
+    assert lenient.check(market, ask(9_995), view) is None
+    assert lenient.check(market, ask(9_994), view) == (
+        "ask 99.94 would cross our working bid at 99.95"
+    )
 
 
 def test_self_trade_refuses_crossing_within_one_quote_set() -> None:
@@ -409,6 +455,40 @@ def test_ewma_grid_covariance_is_symmetric_psd_and_matches_weights(
     weights = np.array([(1 - lam) * lam ** (n - 1 - k) for k in range(n)]) / (1 - lam**n)
     r = np.array(returns)
     assert np.allclose(cov, (r * weights[:, None]).T @ r, atol=1e-12)
+
+
+@pytest.mark.parametrize(("interval", "half_life"), [(0.0, 10.0), (1.0, 0.0), (-1.0, 5.0)])
+def test_estimators_need_a_positive_interval_and_half_life(
+    interval: float, half_life: float
+) -> None:
+    for make in (
+        lambda: EwmaGridVariance(interval, half_life),
+        lambda: EwmaGridCovariance(["a"], interval, half_life),
+    ):
+        with pytest.raises(ValueError, match="interval_s and half_life_s must be > 0"):
+            make()
+
+
+def test_estimators_skip_missing_and_non_positive_mids() -> None:
+    var = EwmaGridVariance(interval_s=1.0, half_life_s=10.0)
+    var.update(T0, 100.0)
+    for bad in (None, 0.0, -5.0):
+        var.update(T0 + NS, bad)  # a book without a mid (or a broken one): no sample
+    assert var.samples == 0
+    var.update(T0 + NS, 101.0)
+    assert var.samples == 1 and var.variance > 0
+
+    cov = EwmaGridCovariance(["a", "b"], interval_s=1.0, half_life_s=10.0)
+    cov.update(T0, [100.0, 50.0])
+    cov.update(T0 + NS, [101.0, 0.0])  # b's mid is not a price: b has no return
+    assert cov.cov[1, 1] == 0.0 and cov.cov[0, 1] == 0.0
+    assert cov.cov[0, 0] == pytest.approx(math.log(1.01) ** 2)
+    # A gap of four intervals counts as one return spread over the four.
+    cov.update(T0 + 5 * NS, [103.0, 50.0])
+    lam = 0.5**0.1
+    r = math.log(103.0 / 101.0) / 2  # / sqrt(4)
+    acc = lam * (1 - lam) * math.log(1.01) ** 2 + (1 - lam) * r * r
+    assert cov.cov[0, 0] == pytest.approx(acc / (1 - lam**2))
 
 
 # -- portfolio_var ---------------------------------------------------------------------
