@@ -122,13 +122,17 @@ def test_reduce_only_take_must_shrink_without_flipping() -> None:
     assert order_from_dict(order_to_dict(order)).reduce_only
 
 
-def liquidation_check(position: int, reported: VenuePosition | None) -> tuple[Any, Market, Any]:
+def liquidation_check(
+    position: int, reported: VenuePosition | None, **params: Any
+) -> tuple[Any, Market, Any]:
     from quoteforge.plugins.risk_liquidation import LiquidationDistance
 
     check = LiquidationDistance(
-        "liq", LiquidationDistance.Params.model_validate({"min_distance_pct": 10})
+        "liq", LiquidationDistance.Params.model_validate({"min_distance_pct": 10, **params})
     )
-    market = Market(PERP, L2Book(PERP), lambda: position)
+    book = L2Book(PERP)
+    book.apply_snapshot([(259_900, 1000)], [(260_100, 1000)])  # mid 2600
+    market = Market(PERP, book, lambda: position)
     view = RiskView(
         lambda k: position, lambda k, s: 0, lambda k: 0, venue_position=lambda k: reported
     )
@@ -152,3 +156,45 @@ def test_liquidation_distance_refuses_only_what_grows_the_position_too_close() -
     assert check.check(market, grow, view) is None  # 50% away: 45% after
     check, market, view = liquidation_check(0, None)
     assert check.check(market, grow, view) is None  # flat: nothing reported yet
+
+
+def _reported(qty: int, liquidation: str | None, mark: str | None = "2600") -> VenuePosition:
+    return VenuePosition(
+        "usdm",
+        "ETHUSDT",
+        qty,
+        Decimal("2600"),
+        None if mark is None else Decimal(mark),
+        Decimal(0),
+        None if liquidation is None else Decimal(liquidation),
+        1,
+    )
+
+
+def test_liquidation_distance_on_a_short_grows_with_sells_and_is_inclusive() -> None:
+    # Short 1 ETH, liquidation 10% above the mark: sells grow it, buys shrink it.
+    check, market, view = liquidation_check(-1000, _reported(-1000, "2860"))
+    reason = check.check(market, Quote(Side.SELL, 261_000, 100), view)
+    assert reason is not None and reason.startswith("SELL 100 lots would bring the position")
+    assert "9.09% from its liquidation price 2860 (mark 2600; min_distance_pct 10.0)" in reason
+    assert check.check(market, Quote(Side.BUY, 259_000, 500), view) is None
+    # 11% away now, 10% exactly after the quote: at the limit, allowed.
+    check, market, view = liquidation_check(1000, _reported(1000, "2314"))
+    assert check.check(market, Quote(Side.BUY, 259_000, 100), view) is None
+    assert check.check(market, Quote(Side.BUY, 259_000, 101), view) is not None
+
+
+def test_liquidation_distance_without_a_mark_uses_the_mid_and_unknown_is_a_choice() -> None:
+    # No mark in the report: the book's mid (2600) stands in for it.
+    check, market, view = liquidation_check(1000, _reported(1000, "2340", mark=None))
+    reason = check.check(market, Quote(Side.BUY, 259_000, 100), view)
+    assert reason is not None and "9.09%" in reason and "(mark 2600.000;" in reason
+    # No liquidation price reported (or a mark of 0): let through, unless told to refuse.
+    for unknown in (_reported(1000, None), _reported(1000, "2340", mark="0")):
+        check, market, view = liquidation_check(1000, unknown)
+        assert check.check(market, Quote(Side.BUY, 259_000, 100), view) is None
+        check, market, view = liquidation_check(1000, unknown, refuse_unknown=True)
+        assert check.check(market, Quote(Side.BUY, 259_000, 100), view) == (
+            "no liquidation price reported for the open position on usdm:ETHUSDT"
+        )
+        assert check.check(market, Quote(Side.SELL, 261_000, 100), view) is None  # shrinks
