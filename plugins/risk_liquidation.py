@@ -72,7 +72,7 @@ class LiquidationDistance(RiskCheck):
             return (
                 f"{quote.side.name} {quote.qty_lots} lots would bring the position "
                 f"{after:.2f}% from its liquidation price {liquidation} "
-                f"(mark {mark}; min_distance_pct {limit})"
+                f"(mark {mark.normalize():f}; min_distance_pct {limit.normalize():f})"
             )
         return None
 
