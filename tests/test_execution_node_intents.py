@@ -261,7 +261,7 @@ async def test_a_silent_strategy_node_trips_the_breaker_and_its_return_clears_it
     # trips then, not before.
     grace = float(ex.node.settings.strategy_grace)
     await ex.until(lambda: ex.node.watch.tripped, "the breaker", timeout=grace + 5)
-    assert time.monotonic() - heard > grace
+    assert time.monotonic() - heard > grace - 0.1  # heard a moment after the node did
     await ex.until(lambda: ex.status("s1") is OrderStatus.CANCELLED, "s1 cancelled")
     ex.send(PlaceOrder(ex.order("s2")))
     assert ex.status("s2") is OrderStatus.REJECTED
