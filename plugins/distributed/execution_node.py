@@ -440,9 +440,10 @@ class ExecutionNode(Node):
         return len(orders)
 
     def _gate(self, order: Order) -> str | None:
-        """Why a new order must not reach the venue, or None: the kernel's order gate
-        (kill and stop, halted strategies, risk, the instrument's rules) with this
-        node's positions and working orders."""
+        """Why a new order must not reach the venue, or None: a strategy, venue and
+        market of this run and node, then the kernel's order gate (kill and stop, halted
+        strategies, risk, the instrument's rules) with this node's positions and working
+        orders."""
         if order.strategy not in self.strategies:
             # Halts, breakers and cancel-alls go by strategy name: an order under a name
             # this run does not know would slip past them.
