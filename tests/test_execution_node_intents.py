@@ -5,7 +5,8 @@ test broker, with intents handed to ``apply_intent`` as they arrive off the bus.
 The split-run tests (test_nodes.py, test_bus_security.py) show the intents travelling
 between processes; these pin what the node does with each one: every new order passes
 the kernel's gate here too, whoever sent it, and a cancel, replace or cancel-all touches
-only what it names."""
+only what it names. The last test puts the strategy node's side, its RemoteVenue, in
+front of the same node."""
 
 from __future__ import annotations
 
@@ -21,10 +22,22 @@ import yaml
 from brokers import require_shared_broker
 from loguru import logger
 
-from quoteforge.exchange import CancelAll, CancelOrder, OrderAction, PlaceOrder, ReplaceOrder
+from quoteforge.clock import LiveClock
+from quoteforge.exchange import (
+    CancelAll,
+    CancelOrder,
+    OrderAction,
+    PlaceOrder,
+    ReplaceOrder,
+    VenueContext,
+)
+from quoteforge.exchanges.testing.conformance import RecordingSink
 from quoteforge.model import Order, OrderStatus, OrderType, OrderUpdate, Side, TimeInForce
+from quoteforge.orders import fill_to_dict
+from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
 from quoteforge.plugins.distributed.execution_node import ExecutionNode
 from quoteforge.plugins.distributed.nodes import load_node_manifest
+from quoteforge.plugins.distributed.remote import RemoteVenue
 from quoteforge.plugins.distributed.wire import intent_payload
 from quoteforge.registry import PluginRegistry
 
@@ -492,3 +505,62 @@ async def test_an_order_under_a_strategy_this_run_does_not_define_is_rejected_un
         )
     await ex.settle()
     assert await ex.venue_open() == set()
+
+
+# ---------------------------------------------------------------------------------------
+# The strategy node's side: its RemoteVenue against this execution node
+# ---------------------------------------------------------------------------------------
+
+
+async def test_the_strategy_sides_remote_venue_trades_through_the_node_exactly(
+    ex: Harness,
+) -> None:
+    """What a strategy node's engine sees: orders sent as intents, the venue's reports and
+    fills back as the venue made them, books mirrored, and a cancel-all sent once per
+    strategy of the node."""
+    strategy_bus = MqttBus(
+        MqttParams(port=require_shared_broker(), heartbeat_interval_s=0, close_timeout_s=1),
+        ex.node.scheme.run,
+    )
+    await strategy_bus.start()
+    ctx = VenueContext("sim", LiveClock(), 1, "live", [BTC, ETH], secrets={"k": "v"})
+    remote = RemoteVenue(
+        ctx, lambda: strategy_bus, ex.node.scheme, ["mm_btc", "mm_eth"], host_role="execution"
+    )
+    sink = RecordingSink()
+    try:
+        await remote.connect(sink)
+        assert ctx.secrets == {}  # the strategy side never holds keys
+        assert set(remote.instruments) == {BTC, ETH}
+        assert remote.instruments[BTC] == ex.node.venues["sim"].instruments[BTC]
+        await ex.until(lambda: remote.books[BTC].best_bid_ticks() is not None, "a mirrored book")
+
+        resting = ex.order("r1")
+        taking = ex.order("r2", symbol=ETH, strategy="mm_eth", lots=1_000)
+        taking.order_type, taking.tif, taking.price_ticks = OrderType.MARKET, TimeInForce.IOC, None
+        unnamed = ex.order("r3", Side.SELL, strategy="")  # filed under the first strategy
+        remote.submit([PlaceOrder(resting), PlaceOrder(taking), PlaceOrder(unnamed)])
+        await ex.until(lambda: sink.last("r1") is not None, "r1's report back")
+        await ex.until(lambda: sink.fills_of("r2") != [], "r2's fill back")
+        await ex.until(lambda: sink.last("r3") is not None, "r3's report back")
+        assert sink.last("r1").status is OrderStatus.OPEN  # type: ignore[union-attr]
+        node_r3 = ex.node.orders.get("r3")
+        assert node_r3 is not None and node_r3.strategy == "mm_btc"
+        [fill] = sink.fills_of("r2")
+        journaled = [r["fill"] for r in await ex.journal("fill") if r["fill"]["client_id"] == "r2"]
+        assert journaled == [fill_to_dict(fill)]  # exactly as the venue made it
+        assert remote.intents_sent == 3
+
+        remote.submit([CancelAll("sim", BTC)])  # one intent per strategy of the node
+        assert remote.intents_sent == 5
+        await ex.until(
+            lambda: ex.status("r1") is ex.status("r3") is OrderStatus.CANCELLED, "cancelled"
+        )
+        await ex.until(
+            lambda: sink.last("r1").status is OrderStatus.CANCELLED,  # type: ignore[union-attr]
+            "r1's cancel back",
+        )
+    finally:
+        await remote.close()
+        await strategy_bus.close()
+    assert remote.sink is None
