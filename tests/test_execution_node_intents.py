@@ -551,8 +551,18 @@ async def test_the_strategy_sides_remote_venue_trades_through_the_node_exactly(
         assert journaled == [fill_to_dict(fill)]  # exactly as the venue made it
         assert remote.intents_sent == 3
 
-        remote.submit([CancelAll("sim", BTC)])  # one intent per strategy of the node
+        # A replace whose new order names no strategy goes under the old order's.
+        remote.submit([PlaceOrder(ex.order("r4", symbol=ETH, strategy="mm_eth"))])
+        await ex.until(lambda: ex.status("r4") is OrderStatus.OPEN, "r4 open")
+        moved = ex.order("r5", symbol=ETH, strategy="", ticks_from_touch=4_000)
+        remote.submit([ReplaceOrder("r4", moved)])
+        await ex.until(lambda: ex.status("r5") is OrderStatus.OPEN, "r5 open")
+        node_r5 = ex.node.orders.get("r5")
+        assert node_r5 is not None and node_r5.strategy == "mm_eth"
         assert remote.intents_sent == 5
+
+        remote.submit([CancelAll("sim", BTC)])  # one intent per strategy of the node
+        assert remote.intents_sent == 7
         await ex.until(
             lambda: ex.status("r1") is ex.status("r3") is OrderStatus.CANCELLED, "cancelled"
         )
