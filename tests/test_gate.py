@@ -21,7 +21,7 @@ import quoteforge
 from quoteforge.engine import Run
 from quoteforge.exchange import CancelAll, CancelOrder, PlaceOrder, ReplaceOrder
 from quoteforge.manifest import load_manifest
-from quoteforge.model import Fill, Liquidity, Order, Side
+from quoteforge.model import Fill, Liquidity, Order, Quote, Side
 from quoteforge.registry import PluginRegistry
 from quoteforge.strategy import Market, Strategy
 
@@ -169,10 +169,11 @@ def build(
     seed: int = 1,
     duration: str = "30s",
     notional: Decimal = MAX_NOTIONAL,
+    manifest: str = MANIFEST,
 ) -> tuple[Run, Watch]:
     path = tmp_path / "gate.yaml"
     path.write_text(
-        MANIFEST.format(duration=duration, seed=seed, notional=notional, position=MAX_POSITION)
+        manifest.format(duration=duration, seed=seed, notional=notional, position=MAX_POSITION)
     )
     watch = Watch()
     run = Run(
@@ -247,6 +248,49 @@ def test_halt_breaker_stops_takes_twap_and_router(
     assert results["halted_sor"].orders == [] and results["halted_sor"].refused
     assert results["after_sor"].orders and not results["after_sor"].refused
     assert results["halted_twap"].orders == [] and results["after_twap"].orders
+
+
+def test_self_trade_checks_against_our_best_working_order_on_the_other_side(
+    probe_registry: PluginRegistry, tmp_path: Path
+) -> None:
+    """The engine tells the self_trade check our best working price per side: with two
+    bids working, an ask between them crosses the higher one and never reaches the venue;
+    once the bids are gone the same ask goes out."""
+    with_stp = MANIFEST.replace("risk:\n", "risk:\n  stp: {{type: self_trade}}\n")
+    run, watch = build(probe_registry, tmp_path, manifest=with_stp)
+    start = run.clock.now_ns()
+    seen: dict[str, Any] = {}
+
+    def bids() -> None:
+        m = market(run)
+        best = m.book.best_bid_ticks()
+        assert best is not None
+        lots = m.instrument.round_qty(0.001)
+        seen["high"], seen["low"], seen["lots"] = best - 100, best - 300, lots
+        probe(run).ctx.set_quotes(
+            m, [Quote(Side.BUY, best - 300, lots, 0), Quote(Side.BUY, best - 100, lots, 1)]
+        )
+
+    def ask_between(tag: str) -> None:
+        m = market(run)
+        working = sorted(o.price_ticks or 0 for o in run.orders.working("sim", "BTC/USDT"))
+        seen[f"{tag}_working"] = working
+        before = len(watch.sent)
+        probe(run).ctx.set_quotes(m, [Quote(Side.SELL, seen["low"] + 100, seen["lots"], 0)])
+        seen[f"{tag}_asks"] = [
+            o for _, o in watch.sent[before:] if o.side is Side.SELL and o.market == m.key
+        ]
+
+    run.clock.call_at(start + 2 * NS, bids)
+    run.clock.call_at(start + 4 * NS, ask_between, "crossing")
+    run.clock.call_at(start + 8 * NS, ask_between, "alone")
+    asyncio.run(run.run())
+
+    assert watch.violations == []
+    assert seen["crossing_working"] == [seen["low"], seen["high"]]
+    assert seen["crossing_asks"] == []  # would have crossed the bid at "high"
+    assert seen["alone_working"] == []  # the set without bids pulled them
+    assert [o.price_ticks for o in seen["alone_asks"]] == [seen["low"] + 100]
 
 
 def test_kill_closes_the_gate_for_every_path(
