@@ -106,10 +106,7 @@ class QuotingEngine:
             return
         if owner.top_only:
             if owner.best_only:
-                if owner.prices_only:
-                    best: Any = (book.best_bid_ticks(), book.best_ask_ticks())
-                else:
-                    best = (book.best_bid(), book.best_ask())
+                best = _best_seen(book, owner.prices_only)
                 if best == mr.seen_best:
                     return
                 mr.seen_best = best
@@ -270,6 +267,9 @@ class QuotingEngine:
             if timer is not None:
                 timer.cancel()
             self.log.info("{} book LIVE again ({}): quoting resumes", book.key, reason)
+            # Shown this book now: the next book event asks again only if what it reads moved.
+            mr.seen_top = book.top_version
+            mr.seen_best = _best_seen(book, mr.owner.prices_only)
             self._requote(mr, refill=True)
 
     def on_trade(
@@ -562,3 +562,10 @@ class QuotingEngine:
                     "detail": detail,
                 }
             )
+
+
+def _best_seen(book: L2Book, prices_only: bool) -> Any:
+    """What a strategy that reads only the best levels (or their prices) reads of ``book``."""
+    if prices_only:
+        return book.best_bid_ticks(), book.best_ask_ticks()
+    return book.best_bid(), book.best_ask()

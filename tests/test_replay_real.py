@@ -11,12 +11,16 @@ from typing import Any
 
 import pytest
 
+import quoteforge
+from quoteforge import Market, Quote, Strategy, StrategyContext, StrategyParams
 from quoteforge.engine import Run, run_manifest
 from quoteforge.exchanges import replay
 from quoteforge.exchanges.replay import ReplayExchange
 from quoteforge.manifest import load_manifest
+from quoteforge.model import Side
 from quoteforge.plugins.data_import import import_recording
 from quoteforge.registry import PluginRegistry
+from quoteforge.strategy import Speed
 
 ROOT = Path(__file__).resolve().parent.parent
 # Two minutes of real BTCUSDT traffic (the corpus of tests/fixtures/real/binance/).
@@ -128,3 +132,82 @@ def test_the_same_data_read_at_the_step_breaks_the_book(
     assert venue.malformed >= 1
     states = [e["detail"] for e in trace(tmp_path / "run") if e.get("event") == "book_state"]
     assert any("RESYNCING" in s for s in states)
+
+
+class WatchParams(StrategyParams):
+    watch: str = "top_levels"
+
+
+class Watcher(Strategy):
+    """Quotes nothing; records the top five levels of each book it is shown. Its speed
+    hint comes from its ``watch`` parameter."""
+
+    Params = WatchParams
+    params: WatchParams
+
+    def __init__(self, ctx: StrategyContext, params: WatchParams) -> None:
+        super().__init__(ctx, params)
+        self.seen: list[tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = []
+
+    @property
+    def speed(self) -> Speed:
+        return Speed(on_book=self.params.watch)  # type: ignore[arg-type]
+
+    def on_book(self, market: Market, **kwargs: Any) -> list[Quote] | None:
+        book = market.book
+        self.seen.append((tuple(book.top(Side.BUY, 5)), tuple(book.top(Side.SELL, 5))))
+        return []
+
+
+class _WatcherPlugin:
+    @staticmethod
+    @quoteforge.hookimpl
+    def quoteforge_register_strategies(register: Any) -> None:
+        register("book_watcher_probe", Watcher)
+
+
+def _changes(seen: list[Any], key: Any) -> list[Any]:
+    """``seen`` less each entry whose ``key`` equals the one before it."""
+    out: list[Any] = []
+    for entry in seen:
+        if not out or key(entry) != key(out[-1]):
+            out.append(entry)
+    return out
+
+
+def test_a_strategy_is_shown_exactly_the_book_changes_its_speed_hint_asks_for(
+    registry: PluginRegistry, recording: Path, tmp_path: Path
+) -> None:
+    """On real traffic, with the replay telling the run of every applied diff: the
+    strategy that watches every change sees every book; the others see that sequence
+    less the books that did not change what they read (the top five levels, the best
+    levels, the best prices). No orders of ours, so every run sees the same market."""
+    if "book_watcher_probe" not in registry.types("strategy"):
+        registry.register_module(_WatcherPlugin, "book_watcher_probe")
+    text = MANIFEST.replace("type: pure_market_making", "type: book_watcher_probe")
+    text = text.replace("protocol: binance_spot", "protocol: binance_spot\n      notify: every")
+    start = text.index("    params:\n      spread_bps")
+    end = text.index("execution:")
+    seen: dict[str, list[Any]] = {}
+    for watch in ("every_change", "top_levels", "best_levels", "best_prices"):
+        run_dir = tmp_path / watch
+        manifest = tmp_path / f"{watch}.yaml"
+        body = text[:start] + f"    params: {{{{watch: {watch}}}}}\n" + text[end:]
+        manifest.write_text(
+            body.format(data=recording, market='{tick_size: "0.01", qty_step: "0.00001"}')
+        )
+        loaded = load_manifest(manifest, registry, overrides=["run.watch_manifest=false"])
+        run = asyncio.run(run_manifest(loaded, registry, run_dir=run_dir, install_signals=False))
+        assert run.stop_reason == "binance: end of recorded data"
+        strategy = run.strategies["mm"].strategy
+        assert isinstance(strategy, Watcher)
+        seen[watch] = strategy.seen
+    every = seen["every_change"]
+    top = _changes(every, lambda e: e)
+    best_levels = _changes(every, lambda e: (e[0][:1], e[1][:1]))
+    best_prices = _changes(every, lambda e: (e[0][0][0], e[1][0][0]))
+    assert seen["top_levels"] == top
+    assert seen["best_levels"] == best_levels
+    assert seen["best_prices"] == best_prices
+    # Each narrower hint is shown fewer books on this traffic: every filter bites.
+    assert len(every) > len(top) > len(best_levels) > len(best_prices) > 10
