@@ -1,0 +1,154 @@
+"""The quoting engine's answers to a venue that refuses orders and to an execution policy
+that holds changes back: a refused quote is not resent in a loop, and quotes held back
+are planned again when the policy can send them.
+
+Runs on the simulated venue through the shipped ``run_strategy`` fixture; the strategy
+in the test quotes a post-only bid through the ask, which the venue refuses ("post-only
+order would cross"), and records when each refusal reached it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from quoteforge import Market, Quote, Strategy, StrategyContext, StrategyParams
+from quoteforge.model import OrderStatus, OrderUpdate
+from quoteforge.plugins.strategy_testing import RunStrategy
+
+
+class CrossParams(StrategyParams):
+    #: From this time (run seconds) on, quote a bid the venue accepts.
+    behave_after: float = 1e9
+    #: And from this time on, cross again.
+    cross_again_after: float = 1e9
+
+
+class CrossingBid(Strategy):
+    """Quotes one post-only bid five ticks through the best ask (refused by the venue)
+    or, between ``behave_after`` and ``cross_again_after``, ten ticks under the best bid
+    (accepted); records every order report with its run time."""
+
+    Params = CrossParams
+    params: CrossParams
+
+    def __init__(self, ctx: StrategyContext, params: CrossParams) -> None:
+        super().__init__(ctx, params)
+        self.reports: list[tuple[float, OrderStatus, str]] = []
+        self.t0: float | None = None
+
+    def _elapsed(self) -> float:
+        now = self.ctx.now()
+        if self.t0 is None:
+            self.t0 = now
+        return now - self.t0
+
+    def on_book(self, market: Market, **kwargs: Any) -> list[Quote] | None:
+        bid, ask = market.book.best_bid_ticks(), market.book.best_ask_ticks()
+        if bid is None or ask is None:
+            return []
+        t = self._elapsed()
+        behave = self.params.behave_after <= t < self.params.cross_again_after
+        price = bid - 10 if behave else ask + 5
+        quote = market.bid(price, market.lots(0.01))
+        return [] if quote is None else [quote]
+
+    def on_order_update(self, market: Market, update: OrderUpdate, **kwargs: Any) -> None:
+        self.reports.append((self._elapsed(), update.status, update.reason or ""))
+
+
+def _refusals(strategy: Strategy) -> list[float]:
+    assert isinstance(strategy, CrossingBid)
+    return [t for t, status, _ in strategy.reports if status is OrderStatus.REJECTED]
+
+
+def test_a_refused_quote_is_resent_at_once_twice_then_after_a_doubling_pause(
+    run_strategy: RunStrategy,
+) -> None:
+    result = run_strategy(CrossingBid, {}, duration="90s", seed=3)
+    assert not result.halted
+    assert isinstance(result.strategy, CrossingBid)
+    reasons = {reason for _, status, reason in result.strategy.reports if status.is_terminal}
+    assert reasons and all(r.startswith("post-only order would cross at ") for r in reasons)
+    times = _refusals(result.strategy)
+    # A post-only order refused because the market moved through it is routine: the
+    # first two are quoted again at once (the venue's answer takes its latency, no pause).
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
+    assert gaps[0] < 0.1 and gaps[1] < 0.1, gaps
+    # From the third in a row the engine pauses 0.1 s doubling per refusal (0.4, 0.8,
+    # ... 25.6 s, then 30 s at most); each gap is the pause plus the venue's latency.
+    pauses = [min(30.0, 0.1 * 2 ** (k - 1)) for k in range(3, 11)]
+    for gap, pause in zip(gaps[2:], pauses, strict=False):
+        assert pause <= gap < pause + 0.1, (gaps, pauses)
+    # 90 s hold the two quick refusals, then the pauses up to 25.6 s (51 s together),
+    # then one of 30 s: 11 orders, not one per book change.
+    assert len(times) == 11, gaps
+    # The tenth in a row raises an alert, once.
+    alerts = [e for e in result.events("alert") if "rejections" in e.get("detail", "")]
+    assert len(alerts) == 1
+    assert "10 orders rejected in a row" in alerts[0]["detail"]
+
+
+def test_an_accepted_order_ends_the_streak_and_its_pause(run_strategy: RunStrategy) -> None:
+    result = run_strategy(
+        CrossingBid, {"behave_after": 5.0, "cross_again_after": 20.0}, duration="30s", seed=3
+    )
+    assert isinstance(result.strategy, CrossingBid)
+    reports = result.strategy.reports
+    opened = [t for t, status, _ in reports if status is OrderStatus.OPEN]
+    assert opened and 5.0 <= opened[0] < 7.0, reports
+    # After the accepted bid the streak starts again: the first two refusals after 20 s
+    # are quoted again at once, with no pause carried over from before.
+    later = [t for t in _refusals(result.strategy) if t >= 20.0]
+    assert len(later) >= 3
+    assert later[1] - later[0] < 0.1 and later[2] - later[1] < 0.1, later
+
+
+class Ladder(Strategy):
+    """Wants four bids, far from the touch, once; says "no change" (None) after that.
+    Records when each order was acknowledged."""
+
+    def __init__(self, ctx: StrategyContext, params: StrategyParams) -> None:
+        super().__init__(ctx, params)
+        self.asked = 0
+        self.opened: list[float] = []
+        self.t0: float | None = None
+
+    def on_book(self, market: Market, **kwargs: Any) -> list[Quote] | None:
+        if self.t0 is None:
+            self.t0 = self.ctx.now()
+        self.asked += 1
+        bid = market.book.best_bid_ticks()
+        if self.asked > 1 or bid is None:
+            return None
+        quotes = [market.bid(bid - 500 * (k + 1), market.lots(0.01), level=k) for k in range(4)]
+        return [q for q in quotes if q is not None]
+
+    def on_order_update(self, market: Market, update: OrderUpdate, **kwargs: Any) -> None:
+        if update.status is OrderStatus.OPEN and self.t0 is not None:
+            self.opened.append(self.ctx.now() - self.t0)
+
+
+def test_quotes_held_back_by_the_order_rate_go_out_when_it_allows(
+    run_strategy: RunStrategy,
+) -> None:
+    """The policy sends one order a second; the strategy asks for four once and never
+    again: the engine plans again each time the policy can send, from what the strategy
+    last wanted, until all four rest."""
+    result = run_strategy(
+        Ladder,
+        {},
+        duration="10s",
+        seed=1,
+        manifest={
+            "execution": {
+                "type": "minimal_diff",
+                "params": {"max_orders_per_second": 1, "burst_s": 1},
+            }
+        },
+    )
+    assert isinstance(result.strategy, Ladder)
+    times = result.strategy.opened
+    assert len(times) == 4, times
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.9 < gap < 1.1 for gap in gaps), gaps
