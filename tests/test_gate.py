@@ -323,6 +323,47 @@ def test_kill_closes_the_gate_for_every_path(
     assert run.gate.closed.startswith("kill switch")
 
 
+def test_no_path_trades_another_strategys_market(
+    probe_registry: PluginRegistry, tmp_path: Path
+) -> None:
+    """A strategy handed another strategy's market (a module-level cache, a shared
+    helper) cannot quote, take or run an algorithm on it: halts, breakers and
+    cancel-alls go by the owner, so such an order would slip past them."""
+    two = MANIFEST.replace(
+        'symbols: [BTC/USDT, "sim_b:BTC/USDT"]',
+        "symbols: [BTC/USDT]\n  other:\n    type: gate_probe\n    exchange: sim_b\n"
+        "    symbols: [BTC/USDT]",
+    )
+    run, watch = build(probe_registry, tmp_path, duration="5s", manifest=two)
+    start = run.clock.now_ns()
+    errors: dict[str, str] = {}
+
+    def trespass() -> None:
+        theirs = run.strategies["other"].markets["sim_b:BTC/USDT"].market
+        ctx = probe(run).ctx
+        lots = theirs.instrument.round_qty(0.05)
+        calls = {
+            "take": lambda: ctx.take(theirs, Side.BUY, take_price(theirs, Side.BUY), lots),
+            "set_quotes": lambda: ctx.set_quotes(
+                theirs, [Quote(Side.BUY, take_price(theirs, Side.SELL) - 500, lots, 0)]
+            ),
+            "execute": lambda: ctx.execute("sor", theirs, Side.SELL, lots, max_slippage_bps=50),
+        }
+        for name, call in calls.items():
+            with pytest.raises(KeyError) as caught:
+                call()
+            errors[name] = str(caught.value)
+        errors["sent"] = str(sum(1 for key, _ in watch.sent if key == theirs.key))
+
+    run.clock.call_at(start + 2 * NS, trespass)
+    asyncio.run(run.run())
+    assert errors["sent"] == "0"
+    for name in ("take", "set_quotes", "execute"):
+        assert "strategy 'probe' has no market 'sim_b:BTC/USDT'" in errors[name], errors
+    assert watch.violations == []
+    assert not run.strategies["probe"].halted  # refused calls, not a failed handler
+
+
 def test_off_step_take_is_refused_with_the_rule(
     probe_registry: PluginRegistry, tmp_path: Path
 ) -> None:
