@@ -40,6 +40,7 @@ from quoteforge.exchange import (
 from quoteforge.exchanges.testing.replica import ReplicaServer
 from quoteforge.model import (
     Fill,
+    Funding,
     Instrument,
     Offer,
     Order,
@@ -48,12 +49,14 @@ from quoteforge.model import (
     OrderUpdate,
     Side,
     TimeInForce,
+    VenuePosition,
 )
 
 __all__ = [
     "FAST_PARAMS",
     "RECORDED_SCENARIOS",
     "SCENARIOS",
+    "DerivativesRecordingSink",
     "Harness",
     "RecordingSink",
     "VenueKit",
@@ -111,6 +114,22 @@ class RecordingSink:
 
     def fills_of(self, client_id: str) -> list[Fill]:
         return [f for f in self.fills if f.client_id == client_id]
+
+
+class DerivativesRecordingSink(RecordingSink):
+    """A ``RecordingSink`` that also keeps what a derivatives venue reports
+    (``DerivativesSink``): positions and funding payments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions: list[VenuePosition] = []
+        self.funding: list[Funding] = []
+
+    def on_position(self, position: VenuePosition) -> None:
+        self.positions.append(position)
+
+    def on_funding(self, funding: Funding) -> None:
+        self.funding.append(funding)
 
 
 @dataclass

@@ -20,13 +20,14 @@ from quoteforge.exchanges.testing.conformance import (
     FAST_PARAMS,
     RECORDED_SCENARIOS,
     SCENARIOS,
+    DerivativesRecordingSink,
     Harness,
     RecordingSink,
     VenueKit,
     needs,
     recorded_venue_harness,
 )
-from quoteforge.model import REDUCE_ONLY, Funding, OrderStatus, OrderType, Side, TimeInForce
+from quoteforge.model import REDUCE_ONLY, OrderStatus, OrderType, Side, TimeInForce
 
 __all__ = ["recorded_venue_harness"]
 
@@ -54,21 +55,6 @@ USDM_KIT = VenueKit(
     ),
     recording=RECORDING,
 )
-
-
-class FuturesSink(RecordingSink):
-    """A recording sink that also hears positions and funding (``DerivativesSink``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.positions: list[Any] = []
-        self.funding: list[Funding] = []
-
-    def on_position(self, position: Any) -> None:
-        self.positions.append(position)
-
-    def on_funding(self, funding: Funding) -> None:
-        self.funding.append(funding)
 
 
 @pytest.fixture
@@ -108,7 +94,7 @@ async def futures_harness(replica: BinanceUsdmReplica, **overrides: Any) -> Harn
         secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
     )
     adapter = usdm_adapter(replica, {**FAST_PARAMS, **USDM_KIT.params, **overrides}, ctx)
-    sink = FuturesSink()
+    sink = DerivativesRecordingSink()
     await adapter.connect(sink)
     harness = Harness(USDM_KIT, replica, adapter, sink)
     await harness.wait_book_matches()
@@ -136,7 +122,7 @@ async def buy_position(h: Harness, lots: int) -> None:
 async def test_reduce_only_is_respected_and_positions_reported() -> None:
     h = await futures_harness(BinanceUsdmReplica(ping_interval=0.1))
     try:
-        sink: FuturesSink = h.sink  # type: ignore[assignment]
+        sink: DerivativesRecordingSink = h.sink  # type: ignore[assignment]
         growing = h.order(
             Side.BUY, lots=10, tif=TimeInForce.IOC, price=h.replica_levels("sell")[0][0]
         )
@@ -202,7 +188,7 @@ async def test_listen_key_expiry_is_survived_with_and_without_the_event() -> Non
 async def test_funding_reaches_the_sink_once_with_its_symbol() -> None:
     h = await futures_harness(BinanceUsdmReplica(ping_interval=0.1))
     try:
-        sink: FuturesSink = h.sink  # type: ignore[assignment]
+        sink: DerivativesRecordingSink = h.sink  # type: ignore[assignment]
         await buy_position(h, 50)
         await h.replica.publish_mark("ETHUSDT", "2600.00")
         paid = await h.replica.pay_funding("ETHUSDT", "0.0001")

@@ -24,8 +24,8 @@ from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.binance_usdm import BinanceUsdm, BinanceUsdmParams
 from quoteforge.exchanges.testing.binance_replica_rest import BinanceSymbol
 from quoteforge.exchanges.testing.binance_usdm_replica import BinanceUsdmReplica
-from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
-from quoteforge.model import Liquidity, OrderStatus, Side, VenuePosition
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS, DerivativesRecordingSink
+from quoteforge.model import Liquidity, OrderStatus, Side
 
 REAL = Path(__file__).resolve().parent.parent / "fixtures" / "real" / "binance"
 FIXTURE = REAL / "usdm_user_stream.jsonl"
@@ -42,17 +42,10 @@ SYMBOLS = {
 }
 
 
-class Sink(RecordingSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.positions: list[VenuePosition] = []
-
-    def on_position(self, position: VenuePosition) -> None:
-        self.positions.append(position)
-
-
 class Account:
-    def __init__(self, replica: BinanceUsdmReplica, adapter: BinanceUsdm, sink: Sink) -> None:
+    def __init__(
+        self, replica: BinanceUsdmReplica, adapter: BinanceUsdm, sink: DerivativesRecordingSink
+    ) -> None:
         self.replica = replica
         self.adapter = adapter
         self.sink = sink
@@ -94,7 +87,7 @@ async def account(
         **{**FAST_PARAMS, **overrides},
     )
     adapter = BinanceUsdm(params, ctx)
-    sink = Sink()
+    sink = DerivativesRecordingSink()
     acct = Account(replica, adapter, sink)
     sink_id = logger.add(acct.warnings.append, level="WARNING", format="{message}")
     try:
