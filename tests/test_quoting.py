@@ -1,20 +1,29 @@
-"""The quoting engine's answers to a venue that refuses orders and to an execution policy
-that holds changes back: a refused quote is not resent in a loop, and quotes held back
-are planned again when the policy can send them.
+"""The quoting engine (``quoteforge.quoting``): its answers to a venue that refuses
+orders and to an execution policy that holds changes back, and its latency measures.
+A refused quote is not resent in a loop; quotes held back are planned again when the
+policy can send them; tick-to-quote and tick-to-orders time book events only.
 
-Runs on the simulated venue through the shipped ``run_strategy`` fixture; the strategy
-in the test quotes a post-only bid through the ask, which the venue refuses ("post-only
-order would cross"), and records when each refusal reached it.
+Runs on the simulated venue, through the shipped ``run_strategy`` fixture or a ``Run``
+of the quickstart manifest. The backoff strategy quotes a post-only bid through the
+ask, which the venue refuses ("post-only order would cross"), and records when each
+refusal reached it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from pathlib import Path
 from typing import Any
 
 from quoteforge import Market, Quote, Strategy, StrategyContext, StrategyParams
+from quoteforge.engine import Run
+from quoteforge.manifest import load_manifest
 from quoteforge.model import OrderStatus, OrderUpdate
 from quoteforge.plugins.strategy_testing import RunStrategy
+from quoteforge.registry import PluginRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class CrossParams(StrategyParams):
@@ -152,3 +161,28 @@ def test_quotes_held_back_by_the_order_rate_go_out_when_it_allows(
     assert len(times) == 4, times
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.9 < gap < 1.1 for gap in gaps), gaps
+
+
+def test_latency_is_timed_from_book_events_only(registry: PluginRegistry, tmp_path: Path) -> None:
+    """Tick-to-orders times every book event that asked a strategy, tick-to-quote each
+    quoting decision made on one; requotes after fills and order reports are not ticks.
+    The kept samples and the histograms the metrics export agree."""
+    loaded = load_manifest(
+        ROOT / "examples" / "quickstart.yaml",
+        registry,
+        overrides=["run.duration=20s", "report.html=false", "report.png=false"],
+    )
+    run = Run(loaded, registry, run_dir=tmp_path / "run")
+    run.latency_samples = {"tick_to_quote": [], "tick_to_orders": []}
+    asyncio.run(run.run())
+    orders, quote = run.latency_samples["tick_to_orders"], run.latency_samples["tick_to_quote"]
+    assert len(orders) == run.tick_to_orders.count > 100
+    assert sum(orders) == run.tick_to_orders.sum_ns
+    assert len(quote) == run.tick_to_quote.count and sum(quote) == run.tick_to_quote.sum_ns
+    # A decision is part of its tick: at most one per tick and market, each shorter than
+    # the tick's whole path (strategy, plan, order manager, journal, venue hand-over).
+    assert 0 < len(quote) <= len(orders)
+    assert all(0 < ns < 1_000_000_000 for ns in orders + quote)
+    assert max(quote) <= max(orders) and sum(quote) < sum(orders)
+    fills = sum(run.portfolio.fill_count(key) for key in run.markets)
+    assert fills > 0  # fills and order reports requoted too, untimed
