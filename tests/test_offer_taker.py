@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import quoteforge
 from quoteforge.book import BookState, L2Book
 from quoteforge.engine import run_manifest
 from quoteforge.exchanges.sim import offer_sim as offers_module
@@ -488,3 +489,52 @@ def test_end_to_end_is_reproducible(offers_registry: PluginRegistry, tmp_path: P
     assert a.strategies["taker"].strategy.stats.as_dict() == (
         b.strategies["taker"].strategy.stats.as_dict()
     )
+
+
+class FragileTaker(OfferTaker):
+    """An offer taker whose 500th ``on_offer`` raises; counts the offers it is shown
+    and when its last order was made."""
+
+    def __init__(self, ctx: StrategyContext, params: OfferTakerParams) -> None:
+        super().__init__(ctx, params)
+        self.shown = 0
+
+    def on_offer(self, market: Market, offer: Offer, **kwargs: Any) -> None:
+        self.shown += 1
+        if self.shown == 500:
+            raise RuntimeError("taker told to fail")
+        super().on_offer(market, offer, **kwargs)
+
+
+class _FragilePlugin:
+    @staticmethod
+    @quoteforge.hookimpl
+    def quoteforge_register_strategies(register: Any) -> None:
+        register("fragile_taker", FragileTaker)
+
+
+def test_a_taker_that_raises_is_halted_and_shown_no_more_offers(
+    offers_registry: PluginRegistry, tmp_path: Path
+) -> None:
+    if "fragile_taker" not in offers_registry.types("strategy"):
+        offers_registry.register_module(_FragilePlugin, "fragile_taker")
+    path = tmp_path / "fragile.yaml"
+    path.write_text(
+        MANIFEST.format(seed=4, duration="5s").replace("type: offer_taker", "type: fragile_taker")
+    )
+    loaded = load_manifest(path, offers_registry)
+    run = asyncio.run(
+        run_manifest(loaded, offers_registry, run_dir=tmp_path / "run", install_signals=False)
+    )
+    srt = run.strategies["taker"]
+    taker = srt.strategy
+    assert isinstance(taker, FragileTaker)
+    assert srt.halted and srt.errors == 1
+    assert taker.shown == 500  # the venue kept offering (thousands more); none reached it
+    venue = run.venues["offers"]
+    assert isinstance(venue, offers_module.OfferSimExchange)
+    assert venue.offers_sent > 2_000
+    halted = [a for a in run.alerts if a.kind == "strategy_halted"]
+    assert len(halted) == 1 and "on_offer" in halted[0].message
+    # Nothing was ordered after the halt.
+    assert all(o.created_ns <= halted[0].ts_ns for o in run.orders.all_orders())
