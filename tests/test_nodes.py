@@ -486,6 +486,53 @@ async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_s
     await venue.close()
 
 
+async def test_the_book_mirror_keeps_the_newest_message_of_each_publisher() -> None:
+    """Live updates and retained snapshots reach the mirror on two topics, in any order:
+    per publisher only a newer message counts; a restarted publisher (a new id) counts
+    from its first message; a message that repeats the mirror's levels changes its time,
+    not the strategy's view; a publisher book that is not LIVE makes the mirror STALE
+    and its next LIVE message makes it LIVE again."""
+    bus = InProcessBus()
+    scheme = TopicScheme("unit")
+    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
+    MarketDataPublisher(bus, scheme, depth=2, snapshot_interval_s=0).publish_instruments(
+        "sim", {inst.symbol: inst}
+    )
+    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"])
+    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=60)
+    sink = _Sink()
+    await venue.connect(sink)
+    mirror = venue.books["BTC/USDT"]
+    live, retained = scheme.book("sim", "BTC/USDT"), scheme.book_snapshot("sim", "BTC/USDT")
+
+    def send(topic: str, pub: str, n: int, bid: int, state: str = "LIVE", ts: int = 0) -> None:
+        payload = {
+            "bids": [[bid, 5]], "asks": [[bid + 2, 4]], "state": state,
+            "ts_ns": ts or n, "pub": pub, "n": n,
+        }  # fmt: skip
+        bus.publish(topic, payload)
+
+    send(live, "a", 2, 100)
+    assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 5)
+    assert sink.states == [("SYNCING", "LIVE", "snapshot from the bus")] and sink.books == 0
+    send(retained, "a", 1, 90)  # the retained snapshot of an older moment
+    send(live, "a", 2, 91)  # the same message again
+    assert mirror.best_bid() == (100, 5) and sink.books == 0
+    send(retained, "a", 3, 101)
+    assert mirror.best_bid() == (101, 5) and mirror.ts_ns == 3 and sink.books == 1
+    send(live, "b", 1, 102)  # the publisher restarted: its count starts again
+    assert mirror.best_bid() == (102, 5) and sink.books == 2
+    send(live, "b", 2, 102, ts=77)  # the same levels: a new time, no book event
+    assert mirror.ts_ns == 77 and sink.books == 2
+    send(live, "b", 3, 103, state="RESYNCING")
+    assert mirror.state is BookState.STALE and mirror.best_bid() == (102, 5)
+    assert sink.states[-1] == ("LIVE", "STALE", "publisher book RESYNCING")
+    send(live, "b", 4, 104)
+    assert mirror.state is BookState.LIVE and mirror.best_bid() == (104, 5)
+    assert sink.states[-1] == ("STALE", "LIVE", "snapshot from the bus") and sink.books == 2
+    await venue.close()
+
+
 # ---------------------------------------------------------------------------------------
 # Lock step: the follower's clock and the book mirrors (no broker)
 # ---------------------------------------------------------------------------------------
