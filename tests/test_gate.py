@@ -250,47 +250,68 @@ def test_halt_breaker_stops_takes_twap_and_router(
     assert results["halted_twap"].orders == [] and results["after_twap"].orders
 
 
+@pytest.mark.parametrize("side", [Side.BUY, Side.SELL], ids=["bids", "asks"])
 def test_self_trade_checks_against_our_best_working_order_on_the_other_side(
-    probe_registry: PluginRegistry, tmp_path: Path
+    probe_registry: PluginRegistry, tmp_path: Path, side: Side
 ) -> None:
     """The engine tells the self_trade check our best working price per side: with two
-    bids working, an ask between them crosses the higher one and never reaches the venue;
-    once the bids are gone the same ask goes out."""
+    orders working on one side, a quote on the other side between them crosses the
+    better one and never reaches the venue; once they are gone the same quote goes out."""
     with_stp = MANIFEST.replace("risk:\n", "risk:\n  stp: {{type: self_trade}}\n")
     run, watch = build(probe_registry, tmp_path, manifest=with_stp)
     start = run.clock.now_ns()
     seen: dict[str, Any] = {}
+    sign = int(side)  # +1: bids work and an ask comes; -1: asks work and a bid comes
 
-    def bids() -> None:
+    def working_pair() -> None:
         m = market(run)
-        best = m.book.best_bid_ticks()
+        best = m.book.best_bid_ticks() if side is Side.BUY else m.book.best_ask_ticks()
         assert best is not None
         lots = m.instrument.round_qty(0.001)
-        seen["high"], seen["low"], seen["lots"] = best - 100, best - 300, lots
+        seen["better"], seen["worse"], seen["lots"] = best - 100 * sign, best - 300 * sign, lots
+        # And one order far out on the other side, which must not count as this side's.
+        seen["far"] = Quote(side.opposite, best + 100_000 * sign, lots, 5)
         probe(run).ctx.set_quotes(
-            m, [Quote(Side.BUY, best - 300, lots, 0), Quote(Side.BUY, best - 100, lots, 1)]
+            m,
+            [
+                Quote(side, seen["worse"], lots, 0),
+                Quote(side, seen["better"], lots, 1),
+                seen["far"],
+            ],
         )
 
-    def ask_between(tag: str) -> None:
+    def quote_between() -> None:
         m = market(run)
-        working = sorted(o.price_ticks or 0 for o in run.orders.working("sim", "BTC/USDT"))
-        seen[f"{tag}_working"] = working
-        before = len(watch.sent)
-        probe(run).ctx.set_quotes(m, [Quote(Side.SELL, seen["low"] + 100, seen["lots"], 0)])
-        seen[f"{tag}_asks"] = [
-            o for _, o in watch.sent[before:] if o.side is Side.SELL and o.market == m.key
-        ]
+        seen["working"] = sorted(o.price_ticks or 0 for o in run.orders.working("sim", "BTC/USDT"))
+        seen["before"] = len(watch.sent)
+        seen["between"] = seen["worse"] + 100 * sign
+        # The wanted set is the quote and the far one: our two orders are pulled, the
+        # quote refused while they work.
+        between = Quote(side.opposite, seen["between"], seen["lots"], 0)
+        probe(run).ctx.set_quotes(m, [between, seen["far"]])
+        seen["at_once"] = watch.sent[seen["before"] :]
 
-    run.clock.call_at(start + 2 * NS, bids)
-    run.clock.call_at(start + 4 * NS, ask_between, "crossing")
-    run.clock.call_at(start + 8 * NS, ask_between, "alone")
+    run.clock.call_at(start + 2 * NS, working_pair)
+    run.clock.call_at(start + 4 * NS, quote_between)
     asyncio.run(run.run())
 
     assert watch.violations == []
-    assert seen["crossing_working"] == [seen["low"], seen["high"]]
-    assert seen["crossing_asks"] == []  # would have crossed the bid at "high"
-    assert seen["alone_working"] == []  # the set without bids pulled them
-    assert [o.price_ticks for o in seen["alone_asks"]] == [seen["low"] + 100]
+    assert seen["working"] == sorted([seen["worse"], seen["better"], seen["far"].price_ticks])
+    assert seen["at_once"] == []  # would have crossed our order at "better"
+    assert run.refusals >= 1  # the self_trade check's, journaled
+    pair = [
+        o
+        for o in run.orders.all_orders()
+        if o.side is side and o.price_ticks in (seen["better"], seen["worse"])
+    ]
+    assert len(pair) >= 2 and all(o.status.is_terminal for o in pair)  # (refilled after fills)
+    gone = max(o.updated_ns for o in pair)
+    later = [
+        o
+        for _, o in watch.sent[seen["before"] :]
+        if o.side is side.opposite and o.price_ticks == seen["between"]
+    ]
+    assert later and later[0].created_ns >= gone  # out once both were cancelled
 
 
 def test_kill_closes_the_gate_for_every_path(
