@@ -3,6 +3,7 @@ position, and adaptive_binary quoting both tokens as one market without crossing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -55,7 +56,7 @@ class Desk:
         for symbol, other in ((YES, NO), (NO, YES)):
             book = L2Book(token(symbol, other))
             self.books[symbol] = book
-            market = Market(book.instrument, book, lambda s=symbol: self.positions[s])
+            market = Market(book.instrument, book, self.position_of(symbol))
             self.markets[market.key] = market
         # One book seen from two sides: YES 0.40 / 0.60, NO 0.40 / 0.60.
         self.books[YES].apply_snapshot([(40, 10_000)], [(60, 10_000)])
@@ -64,6 +65,9 @@ class Desk:
         ctx = StrategyContext("ev", self.markets, lambda: 0, self.set.__setitem__, _never, 1)
         params = AdaptiveBinaryParams(order_size=10, inventory_limit=100, base_spread=0.04)
         self.strategy = AdaptiveBinary(ctx, params)
+
+    def position_of(self, symbol: str) -> Callable[[], int]:
+        return lambda: self.positions[symbol]
 
     def quotes(self, symbol: str) -> dict[str, list[Quote]]:
         mine = self.strategy.on_book(self.markets[f"pm:{symbol}"]) or []

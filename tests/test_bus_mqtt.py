@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 import pytest
@@ -44,6 +44,8 @@ from quoteforge.plugins.distributed.topics import (
     validate_filter,
 )
 from quoteforge.registry import PluginRegistry
+
+Backend = Literal["orjson", "json"]
 
 REPO = Path(__file__).resolve().parents[1]
 ACL_FILE = REPO / "examples" / "distributed" / "mosquitto.acl"
@@ -238,7 +240,7 @@ def same(a: Any, b: Any) -> bool:
 @settings(max_examples=200)
 @given(payloads, st.sampled_from(["orjson", "json"]), st.sampled_from(["orjson", "json"]))
 def test_payload_round_trips_exactly_across_backends(
-    payload: dict[str, Any], writer: str, reader: str
+    payload: dict[str, Any], writer: Backend, reader: Backend
 ) -> None:
     data = Codec(writer).encode(payload, msg_id="m1", seq=7, source="s", sent_ns=123)
     envelope = Codec(reader).decode(data)
@@ -274,7 +276,7 @@ def test_bad_bytes_are_refused_clearly(data: bytes, message: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["orjson", "json"])
-def test_encode_refuses_what_would_not_round_trip(backend: str) -> None:
+def test_encode_refuses_what_would_not_round_trip(backend: Backend) -> None:
     codec = Codec(backend)
     with pytest.raises(EncodeError, match=r"payload\.a\[1\] is not a finite float|not JSON"):
         codec.encode({"a": [1.0, float("nan")]}, msg_id=None, seq=1)
@@ -288,9 +290,9 @@ def test_encode_refuses_what_would_not_round_trip(backend: str) -> None:
 
 @pytest.mark.parametrize("writer", ["orjson", "json"])
 @pytest.mark.parametrize("reader", ["orjson", "json"])
-def test_batch_frame_round_trips_every_envelope_in_order(writer: str, reader: str) -> None:
+def test_batch_frame_round_trips_every_envelope_in_order(writer: Backend, reader: Backend) -> None:
     w, r = Codec(writer), Codec(reader)
-    sent = [
+    sent: list[tuple[dict[str, Any], str | None, int]] = [
         ({"n": 1, "px": Decimal("65000.10")}, "f-1", 7),
         ({"n": 2, "legs": [{"qty": Decimal("0.00000001")}]}, None, 8),
         ({"n": 3}, "f-3", 9),
@@ -304,7 +306,10 @@ def test_batch_frame_round_trips_every_envelope_in_order(writer: str, reader: st
         (None, 8, 80, "exec"),
         ("f-3", 9, 90, "exec"),
     ]
-    assert all(same(p, e.payload) for (p, _, _), e in zip(sent, got, strict=True))
+    assert all(
+        isinstance(e, Envelope) and same(p, e.payload)
+        for (p, _, _), e in zip(sent, got, strict=True)
+    )
     # A single message is a frame of one, in the version 1 form older readers know.
     assert r.decode_frame(parts[0]) == [r.decode(parts[0])]
 
@@ -387,7 +392,7 @@ def test_gap_detector_keeps_streams_apart_and_bounded() -> None:
 
 def test_params_refuse_unknown_and_inconsistent_settings(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="hostname"):
-        MqttParams(hostname="x")
+        MqttParams(hostname="x")  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="password is set without username"):
         MqttParams(password=SecretStr("pw"))
     with pytest.raises(ValidationError, match="clean_session: false needs a fixed client_id"):
@@ -426,7 +431,7 @@ async def test_publish_refuses_bad_topics_and_closed_bus() -> None:
     with pytest.raises(TopicError, match="a book topic is"):
         bus.publish("quoteforge/r/book/x", {})
     with pytest.raises(EncodeError, match="payload must be a dict"):
-        bus.publish("a/b", [1, 2])
+        bus.publish("a/b", [1, 2])  # type: ignore[arg-type]
     await bus.close()
     with pytest.raises(RuntimeError, match="the bus is closed"):
         bus.publish("a/b", {})

@@ -484,7 +484,7 @@ async def test_messages_without_the_key_neither_trade_nor_stop_and_replays_are_r
         captured: bytes | None = None
         async with asyncio.timeout(10):
             async for message in spy.messages:
-                data = bytes(message.payload)  # type: ignore[arg-type]
+                data = bytes(message.payload)
                 if b"signed-1" in data:
                     captured = data
                     break

@@ -35,6 +35,7 @@ from quoteforge.plugins.control_http import (
     settings_from_env,
 )
 from quoteforge.registry import PluginRegistry
+from quoteforge.strategies.pure_market_making import PureMarketMakingParams
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -92,6 +93,13 @@ def control_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(ENV_TOKEN, TOKEN)
     monkeypatch.setenv(ENV_WHO, "desk-bot")
+
+
+def spread_bps(run: Run) -> float:
+    """The running params of the pure_market_making strategy "mm"."""
+    params = run.strategies["mm"].strategy.params
+    assert isinstance(params, PureMarketMakingParams)
+    return params.spread_bps
 
 
 def make_run(registry: PluginRegistry, tmp_path: Path) -> Run:
@@ -190,7 +198,7 @@ def test_without_the_token_nothing_changes(
             assert status == 403
             assert not run.killed and not run.stop_requested
             assert not any(srt.halted for srt in run.strategies.values())
-            assert run.strategies["mm"].strategy.params.spread_bps == 4
+            assert spread_bps(run) == 4
             assert working_of(run, "mm")
             assert not task.done()
 
@@ -259,7 +267,7 @@ def test_pause_stops_new_orders_of_that_strategy_until_resume(
             assert state["markets"]["sim:BTC/USDT"]["working_orders"] == 0
             status, answer = await call("POST", "/strategies/mm/params", json={"spread_bps": 9})
             assert status == 409 and "resume it" in answer["error"]
-            assert run.strategies["mm"].strategy.params.spread_bps == 4
+            assert spread_bps(run) == 4
             status, answer = await call("POST", "/strategies/nope/pause")
             assert status == 404 and "mm_eth" in answer["error"]
             status, answer = await call("POST", "/strategies/mm/resume")
@@ -308,7 +316,7 @@ def test_params_edit_reaches_the_next_quotes_and_a_bad_one_is_refused_like_a_man
             assert quoted_spread() < 40  # 4 bps of 30,000 is 12
             status, answer = await call("POST", "/strategies/mm/params", json={"spread_bps": 40})
             assert status == 200, answer
-            assert run.strategies["mm"].strategy.params.spread_bps == 40
+            assert spread_bps(run) == 40
             await sim_time_passes(run, 10)
             assert quoted_spread() > 100  # 40 bps of 30,000 is 120
 
@@ -320,7 +328,7 @@ def test_params_edit_reaches_the_next_quotes_and_a_bad_one_is_refused_like_a_man
             assert status == 422 and "sprad_bps" in answer["error"]
             status, answer = await call("POST", "/strategies/mm/params", data="[1]")
             assert status == 400 and "JSON object" in answer["error"]
-            assert run.strategies["mm"].strategy.params.spread_bps == 40  # kept
+            assert spread_bps(run) == 40  # kept
             assert not run.strategies["mm"].halted
             for odd in ("", "spread_bps=9", " spread_bps"):
                 status, answer = await call("POST", "/strategies/mm/params", json={odd: 9})

@@ -27,6 +27,7 @@ from quoteforge.manifest import ManifestError, load_manifest
 from quoteforge.plugins.control_http import CONTROL_FILE, ENV_TOKEN, ENV_WHO
 from quoteforge.plugins.report.dashboard import create_app
 from quoteforge.registry import PluginRegistry
+from quoteforge.strategies.pure_market_making import PureMarketMakingParams
 
 TOKEN = "dashboard-control-token-0123456789"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "binance_testnet.yaml"
@@ -85,6 +86,13 @@ class Live:
 
     def open_orders(self) -> list[Any]:
         return self.replica.orders(SYMBOL)
+
+
+def spread_bps(run: Run) -> float:
+    """The running params of the pure_market_making strategy "mm"."""
+    params = run.strategies["mm"].strategy.params
+    assert isinstance(params, PureMarketMakingParams)
+    return params.spread_bps
 
 
 async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
@@ -266,7 +274,7 @@ async def test_a_param_edit_in_the_page_shows_up_in_the_next_quotes(
             ".some(c => c.textContent === p)",
             arg=wanted,
         )
-    assert live.run.strategies["mm"].strategy.params.spread_bps == 40
+    assert spread_bps(live.run) == 40
 
 
 async def test_without_the_token_nothing_changes(live: Live) -> None:

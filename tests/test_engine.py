@@ -22,7 +22,7 @@ from quoteforge.clock import NS, SimClock
 from quoteforge.engine import Run, run_manifest
 from quoteforge.manifest import load_manifest
 from quoteforge.registry import PluginRegistry
-from quoteforge.strategies.pure_market_making import PureMarketMaking
+from quoteforge.strategies.pure_market_making import PureMarketMaking, PureMarketMakingParams
 from quoteforge.strategy import Market
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,6 +208,12 @@ def test_quotes_are_pulled_while_book_is_stale(registry: PluginRegistry, tmp_pat
     assert any(r["our_bid"] is not None and r["our_ask"] is not None for r in after)
 
 
+def spread_bps(run: Run) -> float:
+    params = run.strategies["mm"].strategy.params
+    assert isinstance(params, PureMarketMakingParams)
+    return params.spread_bps
+
+
 def test_live_param_change_applies_and_bad_change_is_refused(
     registry: PluginRegistry, tmp_path: Path
 ) -> None:
@@ -222,12 +228,12 @@ def test_live_param_change_applies_and_bad_change_is_refused(
         path.write_text(manifest_text(duration="1h").replace("spread_bps: 4,", "spread_bps: 9,"))
         for _ in range(100):
             await asyncio.sleep(0.05)
-            if run.strategies["mm"].strategy.params.spread_bps == 9:
+            if spread_bps(run) == 9:
                 break
-        assert run.strategies["mm"].strategy.params.spread_bps == 9
+        assert spread_bps(run) == 9
         path.write_text(manifest_text(duration="1h").replace("spread_bps: 4,", "spread_bps: -3,"))
         await asyncio.sleep(0.8)
-        assert run.strategies["mm"].strategy.params.spread_bps == 9  # refused, old kept
+        assert spread_bps(run) == 9  # refused, old kept
         run.request_stop("test done")
         await task
 
@@ -500,6 +506,7 @@ def test_execution_algorithm_gets_its_fills_from_the_engine(
         registry, manifest_text(duration="40s", strategy="twap_test_strategy"), tmp_path / "tw"
     )
     strategy = run.strategies["mm"].strategy
+    assert isinstance(strategy, Unwinder)
     assert strategy.algo is not None
     assert strategy.algo.done
     assert strategy.algo.filled_lots == 2000

@@ -91,11 +91,11 @@ class Desk:
         return order
 
     def _match(self, market: Market, order: Order) -> None:
+        limit = order.price_ticks
+        assert limit is not None  # take() prices every order
         left = order.qty_lots
         for ticks, lots in list(market.book.levels(order.side.opposite)):
-            through = (
-                ticks > order.price_ticks if order.side is Side.BUY else ticks < order.price_ticks
-            )
+            through = ticks > limit if order.side is Side.BUY else ticks < limit
             if through or left == 0:
                 break
             qty = min(lots, left)

@@ -326,13 +326,10 @@ def test_kill_closes_the_gate_for_every_path(
         ctx = probe(run).ctx
         lots = m.instrument.round_qty(0.05)
         seen.append(ctx.take(m, Side.BUY, take_price(m, Side.BUY), lots))
-        ctx.set_quotes(
-            m,
-            [
-                m.bid(m.ticks(29000.0, Side.BUY), m.lots(0.01)),
-                m.ask(m.ticks(31000.0, Side.SELL), m.lots(0.01)),
-            ],
-        )
+        bid = m.bid(m.ticks(29000.0, Side.BUY), m.lots(0.01))
+        ask = m.ask(m.ticks(31000.0, Side.SELL), m.lots(0.01))
+        assert bid is not None and ask is not None
+        ctx.set_quotes(m, [bid, ask])
         seen.append(len(watch.sent))
 
     run.clock.call_at(start + 3 * NS, run.kill, "test")

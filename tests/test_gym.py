@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 
 from quoteforge.gym import ENV_ID, OBSERVATION_NAMES, GymManifestError, MarketMakingEnv
 from quoteforge.journal import order_states
@@ -43,7 +45,7 @@ def sim_env() -> Any:
     env.close()
 
 
-def rollout(env: Any, seed: int, actions: np.ndarray) -> list[tuple[Any, ...]]:
+def rollout(env: Any, seed: int | None, actions: Iterable[np.ndarray]) -> list[tuple[Any, ...]]:
     obs, info = env.reset(seed=seed)
     steps: list[tuple[Any, ...]] = [(obs.tolist(), info)]
     for action in actions:
@@ -61,6 +63,12 @@ def test_the_environment_passes_gymnasiums_checker(path: Path) -> None:
         check_env(env.unwrapped)  # with the spec, so it tries the ansi render mode too
     finally:
         env.close()
+
+
+def rendered(env: MarketMakingEnv) -> str:
+    text = env.render()
+    assert text is not None  # render_mode="ansi"
+    return text
 
 
 def test_same_seed_same_trajectory_and_another_seed_another(sim_env: MarketMakingEnv) -> None:
@@ -82,7 +90,7 @@ def test_reset_without_a_seed_continues_the_seeded_generator() -> None:
         env = MarketMakingEnv(SIM, episode_steps=3)
         env.reset(seed=4)
         action = env.spread_action()
-        runs.append([rollout(env, s, [action] * 3) for s in (None, None)])  # type: ignore[arg-type]
+        runs.append([rollout(env, s, [action] * 3) for s in (None, None)])
         env.close()
     assert runs[0] == runs[1]
     assert runs[0][0] != runs[0][1]
@@ -144,9 +152,8 @@ def test_explicit_quotes_one_sided() -> None:
             _, _, _, _, info = env.step(np.array([-1.0, -1.0, -1.0, 1.0], dtype=np.float32))
             positions.append(info["position"])
         assert min(positions) < 0 and max(positions) <= 0
-        assert (
-            env.render().startswith("t=25s mid=") and f"position={positions[-1]:g}" in env.render()
-        )
+        assert rendered(env).startswith("t=25s mid=")
+        assert f"position={positions[-1]:g}" in rendered(env)
     finally:
         env.close()
 
@@ -155,7 +162,8 @@ def test_a_replay_episode_ends_with_the_recording() -> None:
     env = MarketMakingEnv(manifest(REPLAY), episode_steps=1000, step_seconds=60)
     try:
         env.reset(seed=1)
-        steps, done, info = 0, False, {}
+        steps, done = 0, False
+        info: dict[str, Any] = {}
         while not done:
             _, _, done, truncated, info = env.step(env.spread_action())
             assert not truncated
@@ -179,6 +187,7 @@ def test_made_through_gymnasium_and_vectorised_sync_and_async() -> None:
         vec = gymnasium.make_vec(
             ENV_ID, num_envs=2, vectorization_mode=mode, manifest=str(SIM), episode_steps=4
         )
+        assert isinstance(vec, (SyncVectorEnv, AsyncVectorEnv))
         try:
             obs, _ = vec.reset(seed=[21, 22])
             trail = [obs]

@@ -5,6 +5,7 @@ policy plays whole episodes. Skipped when stable-baselines3 is not installed."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def test_ppo_trains_on_the_environment_and_plays_an_episode() -> None:
         model.learn(total_timesteps=64)
         assert model.num_timesteps == 64
         obs, _ = env.reset(seed=3)
-        steps, done, info = 0, False, {}
+        steps, done = 0, False
+        info: dict[str, Any] = {}
         while not done:
             action, _ = model.predict(obs, deterministic=True)
             assert env.action_space.contains(action.astype(np.float32))

@@ -510,7 +510,10 @@ def test_payload_encoding() -> None:
     assert encode_payload({"p": 0.1, "d": Decimal("1.10"), "s": Side.SELL}) == (
         '{"p":0.1,"d":"1.10","s":-1}'
     )
-    assert encode_payload({"big": 2**64, 2: [0.5]}) == '{"big":18446744073709551616,"2":[0.5]}'
+    assert (
+        encode_payload({"big": 2**64, 2: [0.5]})  # type: ignore[dict-item]
+        == '{"big":18446744073709551616,"2":[0.5]}'
+    )
     assert encode_payload({"nan": float("nan")}) == '{"nan":null}'
     with pytest.raises(ValueError, match="not JSON compliant"):
         encode_payload({"big": 2**64, "nan": float("nan")})

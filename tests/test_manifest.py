@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from quoteforge.manifest import ManifestError, load_manifest, parse_duration
+from quoteforge.manifest import LoadedManifest, ManifestError, load_manifest, parse_duration
 from quoteforge.registry import PluginRegistry
+from quoteforge.strategies.pure_market_making import PureMarketMakingParams
+from quoteforge.strategies.volatility_guard import VolatilityGuardedParams
 
 GOOD = """\
 run:
@@ -35,13 +37,13 @@ strategies:
 """
 
 
-def load(text: str, registry: PluginRegistry, **kw: object) -> object:
-    return load_manifest("m.yaml", registry, text=text, **kw)  # type: ignore[arg-type]
+def load(text: str, registry: PluginRegistry, overrides: list[str] | None = None) -> LoadedManifest:
+    return load_manifest("m.yaml", registry, text=text, overrides=overrides)
 
 
-def refused(text: str, registry: PluginRegistry, **kw: object) -> str:
+def refused(text: str, registry: PluginRegistry, overrides: list[str] | None = None) -> str:
     with pytest.raises(ManifestError) as info:
-        load(text, registry, **kw)
+        load(text, registry, overrides=overrides)
     return str(info.value)
 
 
@@ -49,6 +51,7 @@ def test_good_manifest_resolves_params(registry: PluginRegistry) -> None:
     loaded = load(GOOD, registry)
     assert loaded.manifest.run.duration == 120.0
     params = loaded.params_of("strategies", "mm")
+    assert isinstance(params, PureMarketMakingParams)
     assert params.spread_bps == 10
     assert loaded.manifest.strategies["mm"].symbols == ["BTC/USDT"]
 
@@ -135,7 +138,9 @@ def test_missing_env_variable(registry: PluginRegistry, monkeypatch: pytest.Monk
 
 def test_overrides_apply_and_are_validated(registry: PluginRegistry) -> None:
     loaded = load(GOOD, registry, overrides=["strategies.mm.params.spread_bps=12", "run.seed=9"])
-    assert loaded.params_of("strategies", "mm").spread_bps == 12
+    params = loaded.params_of("strategies", "mm")
+    assert isinstance(params, PureMarketMakingParams)
+    assert params.spread_bps == 12
     assert loaded.manifest.run.seed == 9
     msg = refused(GOOD, registry, overrides=["strategies.mm.params.spread_bps=-1"])
     assert "strategies.mm.params.spread_bps (from --set):" in msg and "greater than 0" in msg
@@ -433,7 +438,9 @@ def test_a_wrapped_strategys_params_are_checked_at_validate_time(
     msg = refused(wrapped.replace("strategy: pure_market_making", "strategy: nope"), registry)
     assert "strategies.mm.params.strategy: unknown strategy type 'nope'" in msg
     fixed = wrapped.replace("spread_bps: -10", "spread_bps: 10").replace("        spred: 1\n", "")
-    assert load(fixed, registry).params_of("strategies", "mm").strategy == "pure_market_making"
+    params = load(fixed, registry).params_of("strategies", "mm")
+    assert isinstance(params, VolatilityGuardedParams)
+    assert params.strategy == "pure_market_making"
 
 
 def test_rules_that_need_the_rest_of_the_manifest_are_checked_at_validate_time(

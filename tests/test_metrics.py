@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
@@ -100,11 +101,8 @@ def frozen(clock: SimClock) -> Iterator[None]:
             return real(end_ns, **kwargs)
         return 0
 
-    clock.run_until = held
-    try:
+    with mock.patch.object(clock, "run_until", held):
         yield
-    finally:
-        del clock.run_until
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -274,13 +272,17 @@ class _VenueWithBudget:
         return {"weight_1m": 0.25, "orders_10s": 0.5}
 
 
-def test_adapter_rate_limit_usage_is_exposed(registry: PluginRegistry, tmp_path: Path) -> None:
+def test_adapter_rate_limit_usage_is_exposed(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = make_run(registry, tmp_path, "", duration="5s")
     asyncio.run(run.run())
     collector = metrics_prometheus.RunCollector(run)
     without = parse(metrics_prometheus.scrape(collector).decode())
     assert not [k for k in without if k[0] == "quoteforge_rate_limit_used"]
-    run.venues["sim"].rate_limit_usage = _VenueWithBudget.rate_limit_usage
+    monkeypatch.setattr(
+        run.venues["sim"], "rate_limit_usage", _VenueWithBudget.rate_limit_usage, raising=False
+    )
     with_budget = parse(metrics_prometheus.scrape(collector).decode())
     assert (
         with_budget[("quoteforge_rate_limit_used", (("limit", "weight_1m"), ("venue", "sim")))]

@@ -33,6 +33,7 @@ from quoteforge.engine import run_manifest
 from quoteforge.exchange import (
     CancelAll,
     CancelOrder,
+    OrderAction,
     PlaceOrder,
     ReplaceOrder,
     VenueContext,
@@ -333,12 +334,13 @@ def test_intents_carry_orders_exactly_through_the_wire(
     order: Order, new: Order, which: int
 ) -> None:
     new.venue, new.symbol = order.venue, order.symbol
-    action = [
+    actions: list[OrderAction] = [
         PlaceOrder(order),
         CancelOrder(order.client_id, order.venue, order.symbol),
         ReplaceOrder(order.client_id, new),
         CancelAll(order.venue, order.symbol),
-    ][which]
+    ]
+    action = actions[which]
     payload, msg_id = intent_payload(action, order.strategy, 7)
     wire = decode(encode(payload, msg_id=msg_id, seq=1))
     strategy, back = intent_from_payload(wire.payload)

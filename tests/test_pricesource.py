@@ -64,7 +64,9 @@ async def test_book_source_over_offer_sim_refreshes_lazily() -> None:
     assert second[1] == 1_003 * NS
     assert second[0] == pytest.approx(venue.mid("AAB"), abs=0.006)
     book = venue.books["AAB"]
-    assert book.best_ask_ticks() - book.best_bid_ticks() == 2  # mid +- one tick
+    best_ask, best_bid = book.best_ask_ticks(), book.best_bid_ticks()
+    assert best_ask is not None and best_bid is not None
+    assert best_ask - best_bid == 2  # mid +- one tick
     await venue.close()
 
 

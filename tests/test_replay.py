@@ -450,7 +450,7 @@ def test_compiled_trade_reader_reads_exactly_as_the_interpreted_one(
     """Every trade text, plain or not, gives the same trade or the same clear error with
     the compiled reader as without it."""
     data = str(_sample_lines(tmp_path, [(0, "rest:/api/v3/depth?symbol=BTCUSDT", SNAPSHOT)]))
-    outcomes = []
+    outcomes: list[tuple[str, object]] = []
     for reader in (replay._trade_text, None):
         monkeypatch.setattr(replay, "_trade_text", reader)
         venue, _clock, sink = make_venue({"protocol": "binance_spot", "markets": BTC, "data": data})
@@ -498,7 +498,10 @@ def test_kraken_trades_that_are_not_json_or_not_objects_are_skipped_and_counted(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "k.jsonl"
-    good = {"channel": "trade", "data": [{"symbol": "BTC/USD", "price": 100.1, "qty": 0.5}]}
+    good: dict[str, Any] = {
+        "channel": "trade",
+        "data": [{"symbol": "BTC/USD", "price": 100.1, "qty": 0.5}],
+    }
     good["data"][0]["side"] = "buy"
     with RecordingWriter(path) as writer:
         writer.write("kraken", "ws", '{"channel":"trade","data":[{"symbol"', t_ns=T0)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from brokers import SecureBroker, require_shared_broker, running_secure_broker
 from loguru import logger
+from pydantic import BaseModel
 from test_nodes import (
     EXAMPLE,
     Nodes,
@@ -30,13 +31,14 @@ from test_nodes import (
     write_manifest,
 )
 
+from quoteforge.assembly import VenueFactory
 from quoteforge.bus import Bus
 from quoteforge.clock import LiveClock
 from quoteforge.engine import Run
 from quoteforge.exchange import ExchangeAdapter, VenueContext, VenueSink
-from quoteforge.exchanges.sim.venue import SimExchange
+from quoteforge.exchanges.sim.venue import SimExchange, SimParams
 from quoteforge.journal import JournalRecord
-from quoteforge.manifest import load_manifest
+from quoteforge.manifest import PluginSpec, load_manifest
 from quoteforge.model import Fill, Liquidity, OrderStatus, OrderUpdate, Side
 from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
 from quoteforge.plugins.distributed.remote import ReconcileError, ReconcileResponder, RemoteVenue
@@ -78,7 +80,7 @@ class SilentSim(SimExchange):
 class NoneOpenSim(SimExchange):
     """A venue that answers, and says no order of ours is open."""
 
-    async def fetch_open_orders(self) -> list[OrderUpdate] | None:
+    async def fetch_open_orders(self) -> list[OrderUpdate]:
         return []
 
 
@@ -88,6 +90,16 @@ def live_sim_manifest(registry: PluginRegistry) -> Any:
     data["bus"] = {"type": "inprocess"}
     data["run"].update({"mode": "live", "duration": None, "reconcile_interval": None})
     return load_manifest(EXAMPLE, registry, text=yaml.safe_dump(data))
+
+
+def sim_factory(cls: type[SimExchange]) -> VenueFactory:
+    """Makes every exchange of the manifest (all ``sim``) a ``cls``."""
+
+    def make(name: str, spec: PluginSpec, params: BaseModel, ctx: VenueContext) -> SimExchange:
+        assert isinstance(params, SimParams)
+        return cls(params, ctx)
+
+    return make
 
 
 async def reconcile_with(
@@ -101,7 +113,7 @@ async def reconcile_with(
         registry,
         run_dir=tmp_path / cls.__name__,
         clock=LiveClock(),
-        venue_factory=lambda name, spec, params, ctx: cls(params, ctx),
+        venue_factory=sim_factory(cls),
     )
     try:
         await run.start()
@@ -203,9 +215,9 @@ class CannedVenue(ExchangeAdapter):
 
 
 class Blind(CannedVenue):
-    fetch_open_orders = ExchangeAdapter.fetch_open_orders  # type: ignore[assignment]
-    fetch_fills = ExchangeAdapter.fetch_fills  # type: ignore[assignment]
-    fetch_balances = ExchangeAdapter.fetch_balances  # type: ignore[assignment]
+    fetch_open_orders = ExchangeAdapter.fetch_open_orders
+    fetch_fills = ExchangeAdapter.fetch_fills
+    fetch_balances = ExchangeAdapter.fetch_balances
 
 
 def _bus(port: int, run: str) -> MqttBus:

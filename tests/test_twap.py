@@ -219,11 +219,11 @@ class Venue:
 
     def _match(self, order: Order) -> None:
         assert self.executor is not None
+        limit = order.price_ticks
+        assert limit is not None  # take() prices every order
         left = order.qty_lots if self.max_fill is None else min(order.qty_lots, self.max_fill)
         for ticks, lots in list(self.book.levels(order.side.opposite)):
-            through = (
-                ticks > order.price_ticks if order.side is Side.BUY else ticks < order.price_ticks
-            )
+            through = ticks > limit if order.side is Side.BUY else ticks < limit
             if through or left == 0:
                 break
             qty = min(lots, left)
