@@ -9,6 +9,7 @@ from typing import Any
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.binance.adapter import BinanceParams, BinanceSpot
+from quoteforge.exchanges.ccxt_base import CcxtSpotAdapter
 from quoteforge.exchanges.kraken.adapter import KrakenParams, KrakenSpot
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS, Harness, RecordingSink, VenueKit
@@ -50,6 +51,24 @@ KRAKEN_KIT = VenueKit(
     compare_depth=10,
     features=frozenset({"sequence", "checksum"}),
 )
+
+
+def spot_of(h: Harness) -> CcxtSpotAdapter:
+    """The harness's adapter as the spot adapter both kits make (Binance and Kraken)."""
+    assert isinstance(h.adapter, CcxtSpotAdapter)
+    return h.adapter
+
+
+def binance_of(h: Harness) -> BinanceSpot:
+    """The harness's adapter as the Binance spot adapter ``BINANCE_KIT`` makes."""
+    assert isinstance(h.adapter, BinanceSpot)
+    return h.adapter
+
+
+def kraken_of(h: Harness) -> KrakenSpot:
+    """The harness's adapter as the Kraken spot adapter ``KRAKEN_KIT`` makes."""
+    assert isinstance(h.adapter, KrakenSpot)
+    return h.adapter
 
 
 @contextlib.asynccontextmanager

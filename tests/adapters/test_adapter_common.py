@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from adapter_helpers import BINANCE_KIT, KRAKEN_KIT, running
+from adapter_helpers import BINANCE_KIT, KRAKEN_KIT, running, spot_of
 from loguru import logger
 
 from quoteforge.exchanges.testing.conformance import VenueKit
@@ -29,7 +29,8 @@ async def test_secrets_never_reach_logs_or_reprs(kit: VenueKit) -> None:
             )
             await h.replica.drop_connections()
             await h.wait_book_matches()
-            texts = [repr(h.adapter), repr(h.adapter.params), repr(h.adapter.ctx), str(h.adapter)]
+            adapter = spot_of(h)
+            texts = [repr(adapter), repr(adapter.params), repr(adapter.ctx), str(adapter)]
     finally:
         logger.remove(handler)
     assert lines, "the run logged nothing: the capture is not working"
@@ -41,7 +42,7 @@ async def test_secrets_never_reach_logs_or_reprs(kit: VenueKit) -> None:
 async def test_scheduled_reconnect_before_the_connection_lifetime(kit: VenueKit) -> None:
     async with running(kit, max_connection_age_s=0.4) as h:
         await h.wait_for(
-            lambda: h.adapter.sockets[0].scheduled_reconnects >= 2, "two scheduled reconnects"
+            lambda: spot_of(h).sockets[0].scheduled_reconnects >= 2, "two scheduled reconnects"
         )
         await h.replica.churn(h.symbol, 5, seed=4)
         await h.wait_book_matches()

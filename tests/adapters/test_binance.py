@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import BINANCE_KIT, running
+from adapter_helpers import BINANCE_KIT, binance_of, running
 
 from quoteforge.exchange import PlaceOrder
 from quoteforge.exchanges.binance.adapter import BinanceParams, quoteforge_register_exchanges
@@ -41,7 +41,7 @@ async def test_a_fill_finer_than_the_order_step_is_read_at_the_venue_precision()
         await h.replica.set_level(h.symbol, "sell", inst.ticks_to_price(ask_ticks), "0.00012345")
         await h.wait_book_matches()
         assert h.book.lots_at(Side.SELL, ask_ticks) == 12_345
-        held = (await h.adapter.fetch_balances()).get("BTC", Decimal(0))
+        held = (await binance_of(h).fetch_balances()).get("BTC", Decimal(0))
         order = h.order(Side.BUY, price=ask_ticks, lots=inst.qty_to_lots("0.001"))
         order.tif = TimeInForce.IOC
         assert inst.check_order(order.price_ticks, order.qty_lots) is None
@@ -50,9 +50,9 @@ async def test_a_fill_finer_than_the_order_step_is_read_at_the_venue_precision()
         await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "the fill")
         (fill,) = h.sink.fills_of(order.client_id)
         assert inst.lots_to_qty(fill.qty_lots) == Decimal("0.00012345")
-        rest = [f for f in await h.adapter.fetch_fills(0) if f.fill_id == fill.fill_id]
+        rest = [f for f in await binance_of(h).fetch_fills(0) if f.fill_id == fill.fill_id]
         assert [f.qty_lots for f in rest] == [12_345]
-        now = (await h.adapter.fetch_balances()).get("BTC", Decimal(0))
+        now = (await binance_of(h).fetch_balances()).get("BTC", Decimal(0))
         fee = fill.fee if fill.fee_asset == "BTC" else Decimal(0)
         assert now - held == Decimal("0.00012345") - fee
 
@@ -62,7 +62,7 @@ async def test_timeout_after_processing_is_looked_up_and_never_resent() -> None:
         await h.replica.time_out(after_processing=True, delay=2.0, path=h.replica.order_path)
         order = h.order(Side.BUY)
         await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
-        assert h.adapter.counters["resends"] == 0
+        assert binance_of(h).counters["resends"] == 0
         assert h.accepted(order.client_id) == 1
 
 
@@ -71,8 +71,8 @@ async def test_timeout_before_processing_resends_exactly_once_after_lookups() ->
         await h.replica.time_out(after_processing=False, delay=1.0, path=h.replica.order_path)
         order = h.order(Side.BUY)
         await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
-        assert h.adapter.counters["lookups"] >= 2
-        assert h.adapter.counters["resends"] == 1
+        assert binance_of(h).counters["lookups"] >= 2
+        assert binance_of(h).counters["resends"] == 1
         assert h.accepted(order.client_id) == 1
 
 
@@ -83,7 +83,7 @@ async def test_429_waits_for_retry_after_before_the_order_goes_again() -> None:
         order = h.order(Side.SELL)
         await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
         assert time.monotonic() - started >= 0.95
-        assert h.adapter.governor.limit_hits == 1
+        assert binance_of(h).governor.limit_hits == 1
         assert h.accepted(order.client_id) == 1
 
 
@@ -92,7 +92,7 @@ async def test_418_ban_blocks_every_request_until_it_ends() -> None:
         await h.replica.fail_http(418, retry_after=1, path=h.replica.order_path)
         first, second = h.order(Side.BUY), h.order(Side.SELL)
         h.adapter.submit([PlaceOrder(first)])
-        await h.wait_for(lambda: h.adapter.governor.bans == 1, "ban seen")
+        await h.wait_for(lambda: binance_of(h).governor.bans == 1, "ban seen")
         started = time.monotonic()
         await h.place(second, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
         # The second order was held back by the ban, not sent into it.
@@ -106,7 +106,7 @@ async def test_418_ban_blocks_every_request_until_it_ends() -> None:
 async def test_weight_headers_drive_the_governor() -> None:
     async with running(BINANCE_KIT) as h:
         await h.place(h.order(Side.BUY))
-        governor = h.adapter.governor
+        governor = binance_of(h).governor
         # The replica counts weight per minute as Binance does; the adapter follows it.
         assert governor.weight.used >= h.replica._weight.used > 0
         assert governor.orders_10s.used >= 1
@@ -115,7 +115,7 @@ async def test_weight_headers_drive_the_governor() -> None:
 async def test_weight_limit_from_exchange_info_is_respected() -> None:
     replica = BinanceReplica(ping_interval=0.1, weight_limit=200)
     async with running(BINANCE_KIT, replica=replica) as h:
-        governor = h.adapter.governor
+        governor = binance_of(h).governor
         assert governor.weight.limit == int(200 * 0.9)
 
 
@@ -138,7 +138,7 @@ async def test_venue_clock_ahead_is_measured_at_start() -> None:
     replica = BinanceReplica(ping_interval=0.1)
     await replica.skew_clock(7_000)
     async with running(BINANCE_KIT, replica=replica) as h:
-        assert abs(h.adapter.time_offset_ms - 7_000) < 500
+        assert abs(binance_of(h).time_offset_ms - 7_000) < 500
         assert (await h.place(h.order(Side.BUY))).status is OrderStatus.OPEN
 
 
@@ -147,7 +147,7 @@ async def test_clock_jump_during_run_is_recovered_by_a_time_resync() -> None:
         await h.replica.skew_clock(-9_000)  # venue now 9 s behind: our stamps are "future"
         order = h.order(Side.SELL)
         assert (await h.place(order, timeout=8)).status is OrderStatus.OPEN
-        assert h.adapter.counters["time_syncs"] >= 2
+        assert binance_of(h).counters["time_syncs"] >= 2
         assert h.accepted(order.client_id) == 1
 
 
@@ -199,13 +199,15 @@ async def test_execution_report_has_the_recorded_shape() -> None:
     recorded = json.loads((FIXTURES / "executionReport.json").read_text())
     async with running(BINANCE_KIT) as h:
         frames: list[dict[str, Any]] = []
-        original = h.adapter._on_user_text
+        adapter = binance_of(h)
+        original = adapter._on_user_text
 
         def keep(raw: str, recv_ns: int) -> None:
             frames.append(json.loads(raw))
             original(raw, recv_ns)
 
-        h.adapter._user_socket._on_text = keep
+        assert adapter._user_socket is not None
+        adapter._user_socket._on_text = keep
         await h.place(h.order(Side.BUY))
         await h.wait_for(lambda: bool(frames), "an executionReport")
     assert set(frames[0]) == set(recorded)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,26 @@ async def futures_harness(replica: BinanceUsdmReplica, **overrides: Any) -> Harn
     return harness
 
 
+def usdm(h: Harness) -> BinanceUsdm:
+    """The harness's adapter, a ``BinanceUsdm`` as ``usdm_adapter`` makes it."""
+    assert isinstance(h.adapter, BinanceUsdm)
+    return h.adapter
+
+
+def derivatives_sink(h: Harness) -> DerivativesRecordingSink:
+    """The sink ``futures_harness`` connects, with the positions and funding it saw."""
+    assert isinstance(h.sink, DerivativesRecordingSink)
+    return h.sink
+
+
+def new_listen_key(adapter: BinanceUsdm, old: str) -> Callable[[], bool]:
+    return lambda: adapter.listen_key != old
+
+
+def has_fill(h: Harness, client_id: str) -> Callable[[], bool]:
+    return lambda: bool(h.sink.fills_of(client_id))
+
+
 async def close(h: Harness) -> None:
     await h.adapter.close()
     await h.replica.stop()
@@ -112,8 +133,8 @@ async def buy_position(h: Harness, lots: int) -> None:
     await h.place(order, until=lambda u: u.status is OrderStatus.FILLED)
     await h.wait_for(
         lambda: (
-            h.adapter.positions.get("ETHUSDT") is not None
-            and h.adapter.positions["ETHUSDT"].qty_lots == lots
+            usdm(h).positions.get("ETHUSDT") is not None
+            and usdm(h).positions["ETHUSDT"].qty_lots == lots
         ),
         "long position",
     )
@@ -122,7 +143,7 @@ async def buy_position(h: Harness, lots: int) -> None:
 async def test_reduce_only_is_respected_and_positions_reported() -> None:
     h = await futures_harness(BinanceUsdmReplica(ping_interval=0.1))
     try:
-        sink: DerivativesRecordingSink = h.sink  # type: ignore[assignment]
+        sink = derivatives_sink(h)
         growing = h.order(
             Side.BUY, lots=10, tif=TimeInForce.IOC, price=h.replica_levels("sell")[0][0]
         )
@@ -130,14 +151,14 @@ async def test_reduce_only_is_respected_and_positions_reported() -> None:
         refused = await h.place(growing)
         assert refused.status is OrderStatus.REJECTED and "-2022" in refused.reason
         await buy_position(h, 30)
-        position = h.adapter.positions["ETHUSDT"]
+        position = usdm(h).positions["ETHUSDT"]
         assert position.liquidation_price is not None or await _liq(h)
         assert sink.positions and sink.positions[-1].qty_lots == 30
         closing = h.order(Side.SELL, lots=30, kind=OrderType.MARKET)
         closing.extra[REDUCE_ONLY] = True
         done = await h.place(closing, until=lambda u: u.status.is_terminal)
         assert done.status is OrderStatus.FILLED
-        await h.wait_for(lambda: h.adapter.positions["ETHUSDT"].qty_lots == 0, "flat")
+        await h.wait_for(lambda: usdm(h).positions["ETHUSDT"].qty_lots == 0, "flat")
         assert h.replica.order_meta[closing.client_id]["reduceOnly"] is True
     finally:
         await close(h)
@@ -145,7 +166,7 @@ async def test_reduce_only_is_respected_and_positions_reported() -> None:
 
 async def _liq(h: Harness) -> bool:
     await h.wait_for(
-        lambda: h.adapter.positions["ETHUSDT"].liquidation_price is not None,
+        lambda: usdm(h).positions["ETHUSDT"].liquidation_price is not None,
         "liquidation price from positionRisk",
     )
     return True
@@ -154,7 +175,7 @@ async def _liq(h: Harness) -> bool:
 async def test_listen_key_expiry_is_survived_with_and_without_the_event() -> None:
     h = await futures_harness(BinanceUsdmReplica(ping_interval=0.1))
     try:
-        adapter: BinanceUsdm = h.adapter  # type: ignore[assignment]
+        adapter = usdm(h)
         for notify in (True, False):
             old = adapter.listen_key
             await h.replica.expire_listen_key(notify=notify)
@@ -163,7 +184,7 @@ async def test_listen_key_expiry_is_survived_with_and_without_the_event() -> Non
             # the silence check finds it gone.
             if not notify:
                 await h.replica.go_silent(1.0)
-            await h.wait_for(lambda o=old: adapter.listen_key != o, "a new listen key", 10)
+            await h.wait_for(new_listen_key(adapter, old), "a new listen key", 10)
             await h.replica.resume()
             await h.wait_for(
                 lambda: adapter._user_socket is not None and adapter._user_socket.is_up,
@@ -174,11 +195,7 @@ async def test_listen_key_expiry_is_survived_with_and_without_the_event() -> Non
             update = await h.place(order)
             assert update.status is OrderStatus.OPEN
             await h.replica.fill_order(order.client_id)
-            await h.wait_for(
-                lambda o=order: bool(h.sink.fills_of(o.client_id)),
-                "the fill arrives on the new key",
-                10,
-            )
+            await h.wait_for(has_fill(h, order.client_id), "the fill arrives on the new key", 10)
         assert adapter.counters["listen_key_renewals"] >= 2
         assert adapter.counters["reconciliations"] >= 1
     finally:
@@ -188,7 +205,7 @@ async def test_listen_key_expiry_is_survived_with_and_without_the_event() -> Non
 async def test_funding_reaches_the_sink_once_with_its_symbol() -> None:
     h = await futures_harness(BinanceUsdmReplica(ping_interval=0.1))
     try:
-        sink: DerivativesRecordingSink = h.sink  # type: ignore[assignment]
+        sink = derivatives_sink(h)
         await buy_position(h, 50)
         await h.replica.publish_mark("ETHUSDT", "2600.00")
         paid = await h.replica.pay_funding("ETHUSDT", "0.0001")
@@ -198,7 +215,7 @@ async def test_funding_reaches_the_sink_once_with_its_symbol() -> None:
         assert [(f.symbol, f.amount, f.asset) for f in sink.funding] == [
             ("ETHUSDT", Decimal("-0.01300000"), "USDT")
         ]
-        assert h.adapter.positions["ETHUSDT"].mark_price == Decimal("2600.00")
+        assert usdm(h).positions["ETHUSDT"].mark_price == Decimal("2600.00")
     finally:
         await close(h)
 
@@ -206,7 +223,7 @@ async def test_funding_reaches_the_sink_once_with_its_symbol() -> None:
 async def test_batch_orders_and_modify() -> None:
     h = await futures_harness(BinanceUsdmReplica(ping_interval=0.1))
     try:
-        adapter: BinanceUsdm = h.adapter  # type: ignore[assignment]
+        adapter = usdm(h)
         orders = [h.order(Side.BUY, price=h.passive_price(Side.BUY, 40 + i)) for i in range(7)]
         adapter.submit([PlaceOrder(o) for o in orders])
         for o in orders:
@@ -214,6 +231,7 @@ async def test_batch_orders_and_modify() -> None:
         batch_calls = [p for m, p in h.replica.request_log if p == "/fapi/v1/batchOrders"]
         assert len(batch_calls) == 2  # 5 + 2
         first = orders[0]
+        assert first.price_ticks is not None
         new_price = first.price_ticks - 3
         await adapter.modify(first.client_id, new_price, first.qty_lots)
         held = next(o for o in h.replica.orders("ETHUSDT") if o.client_id == first.client_id)
@@ -352,7 +370,7 @@ async def test_opposite_hedge_sides_at_start_are_refused_naming_both(start_posit
     h = await futures_harness(replica, position_mode="hedge", start_position=start_position)
     try:
         with pytest.raises(ValueError, match="in hedge mode as the run starts") as refused:
-            await h.adapter.start_positions(lambda s: 0, [], resumed=False)
+            await usdm(h).start_positions(lambda s: 0, [], resumed=False)
         message = str(refused.value)
         assert "LONG 0.300 (entry 2500) and SHORT 0.100 (entry 2550) of ETHUSDT" in message
         assert "close one side, or both, first" in message
@@ -366,7 +384,7 @@ async def test_one_hedge_side_at_start_is_adopted_at_its_own_entry() -> None:
     replica.positions[("ETHUSDT", "SHORT")] = [Decimal("-0.1"), Decimal("2550.25")]
     h = await futures_harness(replica, position_mode="hedge", start_position="adopt")
     try:
-        held = await h.adapter.start_positions(lambda s: 0, [], resumed=False)
+        held = await usdm(h).start_positions(lambda s: 0, [], resumed=False)
         assert [(p.symbol, p.qty_lots, p.entry_price) for p in held] == [
             ("ETHUSDT", -100, Decimal("2550.25"))
         ]

@@ -16,7 +16,9 @@ from quoteforge.exchanges.binance.adapter import BinanceParams, BinanceSpot
 from quoteforge.exchanges.binance.book import BinanceSpotBookSource
 from quoteforge.exchanges.ccxt_base import book_source_factory
 from quoteforge.exchanges.kraken.book import KrakenBookSource
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS, Harness, RecordingSink, VenueKit
+from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
 from quoteforge.plugins import book_sources
 from quoteforge.registry import PluginRegistry, Register
 
@@ -65,6 +67,7 @@ async def test_a_registered_source_replaces_the_built_in_by_name(
 ) -> None:
     tagged.built.clear()
     replica = kit.make_replica()
+    assert isinstance(replica, (BinanceReplica, KrakenReplica))
     await replica.start()
     ctx = VenueContext(
         name=kit.venue,

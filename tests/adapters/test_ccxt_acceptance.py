@@ -19,6 +19,7 @@ from quoteforge.engine import Run
 from quoteforge.exchanges.ccxt.venues import replica_urls
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS
+from quoteforge.exchanges.testing.faults import ReplicaOrder
 from quoteforge.manifest import load_manifest
 from quoteforge.registry import PluginRegistry
 
@@ -65,6 +66,11 @@ def manifest(venue: dict[str, Any]) -> str:
     )
 
 
+def limit_price(order: ReplicaOrder) -> Decimal:
+    assert order.price is not None  # our quotes are limit orders
+    return order.price
+
+
 async def script(run: Run, replica: BinanceReplica) -> None:
     """Wait for the four quotes to rest, fill the best bid (or ask) in full, wait for
     the quotes to be back, and so on; then let the run end and cancel."""
@@ -77,9 +83,7 @@ async def script(run: Run, replica: BinanceReplica) -> None:
             continue
         side = "buy" if filled % 2 == 0 else "sell"
         ours = [o for o in resting if o.side == side]
-        best = (
-            max(ours, key=lambda o: o.price) if side == "buy" else min(ours, key=lambda o: o.price)
-        )
+        best = max(ours, key=limit_price) if side == "buy" else min(ours, key=limit_price)
         await replica.fill_order(best.client_id)
         filled += 1
         # The quotes come back (the filled level requoted) before the next fill.

@@ -185,12 +185,14 @@ async def test_rest_polling_stands_in_for_missing_websockets() -> None:
 
     def make(replica: Any, params: dict[str, Any], ctx: VenueContext) -> CcxtVenue:
         venue = CCXT_BINANCE_KIT.make_adapter(replica, {**params, "poll_interval_s": 0.1}, ctx)
+        assert isinstance(venue, CcxtVenue)
         profile = CHECKED_VENUES["binance"]
         venue.profile = dataclasses.replace(profile, has={**profile.has, **no_ws})
         return venue
 
     kit = dataclasses.replace(CCXT_BINANCE_KIT, make_adapter=make)
     async with running(kit) as h:
+        assert isinstance(h.adapter, CcxtVenue)
         assert not h.adapter.market_client.has["watchOrderBook"]
         await h.replica.churn(h.symbol, 10, seed=4)
         await h.wait_book_matches()

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from adapter_helpers import KRAKEN_KIT, running
+from adapter_helpers import KRAKEN_KIT, kraken_of, running
 
 from quoteforge.exchange import CancelOrder, PlaceOrder
 from quoteforge.exchanges.ccxt_base import VenueCallError
@@ -39,16 +39,16 @@ async def test_a_fill_at_the_full_wire_precision_is_read_exactly() -> None:
         await h.replica.set_level(h.symbol, "sell", inst.ticks_to_price(ask_ticks), "0.00012345")
         await h.wait_book_matches()
         assert h.book.lots_at(Side.SELL, ask_ticks) == 12_345
-        held = (await h.adapter.fetch_balances()).get("BTC", Decimal(0))
+        held = (await kraken_of(h).fetch_balances()).get("BTC", Decimal(0))
         order = h.order(Side.BUY, price=ask_ticks, lots=inst.qty_to_lots("0.001"))
         order.tif = TimeInForce.IOC
         await h.place(order, until=lambda u: u.status.is_terminal)
         await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "the fill")
         (fill,) = h.sink.fills_of(order.client_id)
         assert inst.lots_to_qty(fill.qty_lots) == Decimal("0.00012345")
-        rest = [f for f in await h.adapter.fetch_fills(0) if f.fill_id == fill.fill_id]
+        rest = [f for f in await kraken_of(h).fetch_fills(0) if f.fill_id == fill.fill_id]
         assert [f.qty_lots for f in rest] == [12_345]
-        now = (await h.adapter.fetch_balances()).get("BTC", Decimal(0))
+        now = (await kraken_of(h).fetch_balances()).get("BTC", Decimal(0))
         fee = fill.fee if fill.fee_asset == "BTC" else Decimal(0)
         assert now - held == Decimal("0.00012345") - fee
 
@@ -119,7 +119,7 @@ async def test_amend_keeps_the_order_and_changes_its_size() -> None:
         order = h.order(Side.SELL)
         await h.place(order)
         venue_id = h.replica.orders(h.symbol)[0].venue_id
-        await h.adapter.amend_order(order.client_id, qty_lots=order.qty_lots * 2)
+        await kraken_of(h).amend_order(order.client_id, qty_lots=order.qty_lots * 2)
         await h.wait_for(
             lambda: (
                 (u := h.sink.last(order.client_id)) is not None and u.qty_lots == order.qty_lots * 2
@@ -137,7 +137,7 @@ async def test_rate_limit_error_fills_the_pair_counter_and_the_order_goes_once()
         await h.replica.fail_http(429, path=h.replica.order_path)
         order = h.order(Side.BUY)
         await h.place(order, until=lambda u: u.status is OrderStatus.OPEN, timeout=8)
-        assert h.adapter.governor.limit_hits == 1
+        assert kraken_of(h).governor.limit_hits == 1
         assert h.accepted(order.client_id) == 1
 
 
@@ -145,7 +145,7 @@ async def test_cancelling_a_young_order_costs_the_penalty() -> None:
     async with running(KRAKEN_KIT) as h:
         order = h.order(Side.BUY)
         await h.place(order)
-        governor = h.adapter.governor
+        governor = kraken_of(h).governor
         before = governor.counter("BTC/USD")
         h.adapter.submit([CancelOrder(order.client_id, "kraken", h.symbol)])
         await h.wait_for(h.status_is(order.client_id, OrderStatus.CANCELLED), "cancelled")
@@ -173,10 +173,10 @@ async def test_balances_and_open_orders_from_rest() -> None:
     async with running(KRAKEN_KIT) as h:
         order = h.order(Side.BUY)
         await h.place(order)
-        balances = await h.adapter.fetch_balances()
+        balances = await kraken_of(h).fetch_balances()
         assert balances["USD"] == Decimal("1000000")
         assert balances["BTC"] == Decimal("100")
-        [open_order] = await h.adapter.fetch_open_orders()
+        [open_order] = await kraken_of(h).fetch_open_orders()
         assert (open_order.client_id, open_order.status) == (order.client_id, OrderStatus.OPEN)
         assert open_order.price_ticks == order.price_ticks
 
@@ -205,17 +205,20 @@ async def test_replica_rest_speaks_the_recorded_shapes() -> None:
     assert _shape(served) == _shape(recorded)
 
 
-async def test_execution_trade_event_has_the_recorded_shape() -> None:
+async def test_execution_trade_event_has_the_recorded_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     recorded = json.loads((FIXTURES / "executions_trade.json").read_text())["data"][0]
     async with running(KRAKEN_KIT) as h:
         seen: list[dict[str, Any]] = []
-        original = h.adapter._on_execution
+        adapter = kraken_of(h)
+        original = adapter._on_execution
 
         def keep(ev: dict[str, Any]) -> None:
             seen.append(ev)
             original(ev)
 
-        h.adapter._on_execution = keep
+        monkeypatch.setattr(adapter, "_on_execution", keep)
         order = h.order(Side.BUY)
         await h.place(order)
         await h.replica.fill_order(order.client_id)

@@ -79,6 +79,16 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def reported(sink: RecordingSink, client_id: str, status: OrderStatus) -> Callable[[], bool]:
+    """Whether the last report of the order has ``status``."""
+    return lambda: (u := sink.last(client_id)) is not None and u.status is status
+
+
+def filled(sink: RecordingSink, client_id: str) -> Callable[[], bool]:
+    """Whether the order has a fill of more than nothing."""
+    return lambda: sum(f.qty_lots for f in sink.fills_of(client_id)) > 0
+
+
 def order(
     adapter: PolymarketClob, symbol: str, side: Side, price: str, qty: str = "10", **kw: Any
 ) -> Order:
@@ -115,7 +125,9 @@ async def test_tokens_load_from_the_market_endpoint_on_the_venue_grid() -> None:
         cond = replica.conditions["rain-nyc"]
         assert adapter.tokens[YES].token_id == cond.yes and adapter.tokens[NO].token_id == cond.no
         # The NO book is the YES book seen from the other side.
-        assert adapter.books[NO].best_bid_ticks() == 100 - adapter.books[YES].best_ask_ticks()
+        yes_ask = adapter.books[YES].best_ask_ticks()
+        assert yes_ask is not None
+        assert adapter.books[NO].best_bid_ticks() == 100 - yes_ask
 
 
 async def test_a_wrong_key_is_refused_by_the_venue() -> None:
@@ -157,11 +169,7 @@ async def test_new_orders_go_out_in_one_batch() -> None:
         orders.append(order(adapter, NO, Side.BUY, "0.40"))
         adapter.submit([PlaceOrder(o) for o in orders])
         for o in orders:
-            await wait_for(
-                lambda o=o: (
-                    (u := sink.last(o.client_id)) is not None and u.status is OrderStatus.OPEN
-                )
-            )
+            await wait_for(reported(sink, o.client_id, OrderStatus.OPEN))
         assert [p for m, p in replica.request_log if m == "POST"] == ["/orders"]
         assert len(replica.orders(YES)) == 3 and len(replica.orders(NO)) == 1
 
@@ -172,7 +180,7 @@ async def test_a_coarser_tick_refuses_orders_off_it_and_a_finer_one_pulls_the_bo
         await wait_for(lambda: adapter.venue_tick[YES] == Decimal("0.1"))
         off = order(adapter, YES, Side.BUY, "0.41")
         assert await placed(adapter, sink, off) is OrderStatus.REJECTED
-        assert "tick" in (sink.last(off.client_id) or off).reason  # type: ignore[union-attr]
+        assert "tick" in (sink.last(off.client_id) or off).reason
         assert await placed(adapter, sink, order(adapter, YES, Side.BUY, "0.40")) is (
             OrderStatus.OPEN
         )
@@ -190,7 +198,7 @@ async def test_a_resolved_market_pays_out_and_closes_the_position_in_pnl() -> No
         ]
         for o in buys:
             adapter.submit([PlaceOrder(o)])
-            await wait_for(lambda o=o: sum(f.qty_lots for f in sink.fills_of(o.client_id)) > 0)
+            await wait_for(filled(sink, o.client_id))
         for fill in sink.fills:
             portfolio.apply_fill(fill)
         yes_key, no_key = f"polymarket:{YES}", f"polymarket:{NO}"
@@ -355,18 +363,14 @@ async def test_gtd_fok_and_cancel_all() -> None:
             tif=TimeInForce.IOC, extra={"time_in_force": "FOK"},
         )  # fmt: skip
         assert await placed(adapter, sink, fok) is OrderStatus.REJECTED
-        assert "FOK" in (sink.last(fok.client_id) or fok).reason  # type: ignore[union-attr]
+        assert "FOK" in (sink.last(fok.client_id) or fok).reason
         assert not sink.fills and replica.book(YES)["asks"][0][1] == ask_qty
         other = order(adapter, NO, Side.BUY, "0.30")
         assert await placed(adapter, sink, other) is OrderStatus.OPEN
         await adapter.cancel_all()
         assert ("DELETE", "/cancel-all") in replica.request_log
         for o in (rest, other):
-            await wait_for(
-                lambda o=o: (
-                    (u := sink.last(o.client_id)) is not None and u.status is OrderStatus.CANCELLED
-                )
-            )
+            await wait_for(reported(sink, o.client_id, OrderStatus.CANCELLED))
         assert replica.orders("rain-nyc") == []
 
 

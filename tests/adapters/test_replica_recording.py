@@ -117,6 +117,11 @@ async def test_depth_after_recorded_diffs_is_the_book_they_built() -> None:
     assert any(len(q.rstrip("0").partition(".")[2]) > 5 for _, q in snap["bids"] + snap["asks"])
 
 
+def limit_ticks(order: Order) -> int:
+    assert order.price_ticks is not None  # our bids are limit orders
+    return order.price_ticks
+
+
 async def test_a_recorded_trade_that_reaches_our_bid_fills_it_and_no_other() -> None:
     """The replica fills our resting buy from a recorded sell at or below its price
     (queue-blind, at our price, as maker) and leaves a bid no trade reaches alone."""
@@ -141,7 +146,7 @@ async def test_a_recorded_trade_that_reaches_our_bid_fills_it_and_no_other() -> 
             assert best is not None
             open_ids = {o.client_id for o in replica.orders("BTCUSDT")}
             resting = [o for cid, o in placed.items() if cid in open_ids]
-            if not resting or resting[-1].price_ticks < best[0]:
+            if not resting or limit_ticks(resting[-1]) < best[0]:
                 for old in resting:
                     h.adapter.submit([CancelOrder(old.client_id, "binance", "BTCUSDT")])
                 near = Order(

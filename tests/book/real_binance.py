@@ -161,9 +161,9 @@ def replay(path: Path, source: BinanceSpotBookSource) -> Replay:
                 (inst.price_to_ticks(data["b"]), inst.qty_to_lots(data["B"])),
                 (inst.price_to_ticks(data["a"]), inst.qty_to_lots(data["A"])),
             )
-            seen = tops.get(data["u"])
-            if seen is not None:
-                compare(data["u"], seen, sent)
+            known = tops.get(data["u"])
+            if known is not None:
+                compare(data["u"], known, sent)
             else:
                 if len(tickers) > 4096:
                     tickers.clear()

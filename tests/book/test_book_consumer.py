@@ -38,8 +38,10 @@ def test_levels_merge_with_origins(consumer: ConsumerBook) -> None:
         (D("100.25"), D("4")),
     ]
     assert asks[2].origins == (("a", D("3")), ("b", D("1")))
-    assert consumer.best_bid().price == D("100.05")
-    assert consumer.best_ask().venues == ("b",)
+    best_bid, best_ask = consumer.best_bid(), consumer.best_ask()
+    assert best_bid is not None and best_ask is not None
+    assert best_bid.price == D("100.05")
+    assert best_ask.venues == ("b",)
 
 
 def test_reading_twice_reuses_the_merge_until_a_top_level_changes(consumer: ConsumerBook) -> None:

@@ -406,7 +406,7 @@ def drive(seed: Seed, start: int, length: int, rate: float, rnd: random.Random) 
         nonlocal applied_at
         try:
             if is_snapshot and seed.venue != "kraken":
-                outcome = source.on_snapshot(raw, now)  # type: ignore[attr-defined]
+                outcome = source.on_snapshot(raw, now)
             else:
                 outcome = source.on_message(raw, now)
         except BookMessageError:
@@ -502,7 +502,7 @@ def _fuzz_test(name: str) -> Any:
     # Hypothesis draws where the stream is joined, how long and how mutated it is, and
     # the seed of the generator that picks each mutation (one draw per stream keeps
     # 10k streams within CI time; a failure prints the four values that replay it).
-    @settings(max_examples=EXAMPLES[name], **_SETTINGS)  # type: ignore[arg-type]
+    @settings(max_examples=EXAMPLES[name], **_SETTINGS)
     @given(
         start=st.integers(0, 10**6),
         length=st.integers(1, 24),

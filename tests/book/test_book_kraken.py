@@ -72,8 +72,9 @@ def test_update_stream_keeps_every_checksum_and_the_final_book(
     assert source.stats.checksum_failures == 0
     final = json.loads(fixture_text("kraken", "book_final.json"))
     inst = source.book.instrument
-    for side, name in ((Side.BUY, "bids"), (Side.SELL, "asks")):
-        got = [(inst.ticks_to_price(p), inst.lots_to_qty(q)) for p, q in source.book.levels(side)]
+    for book_side, name in ((Side.BUY, "bids"), (Side.SELL, "asks")):
+        levels = source.book.levels(book_side)
+        got = [(inst.ticks_to_price(p), inst.lots_to_qty(q)) for p, q in levels]
         assert got == [(Decimal(p), Decimal(q)) for p, q in final[name]]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import pytest
@@ -257,7 +258,7 @@ def test_fill_depths_feed_the_intensity_estimate(desk: Desk) -> None:
                 near.side,
                 near.price_ticks,
                 1,
-                0,
+                Decimal(0),
                 "USDT",
                 Liquidity.MAKER,
                 0,
@@ -275,7 +276,7 @@ def test_params_are_validated_with_clear_errors() -> None:
     with pytest.raises(ValidationError, match="variant"):
         AvellanedaStoikov.Params(order_size=1.0, variant="skewed")
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
-        AvellanedaStoikov.Params(order_size=1.0, gama=0.1)
+        AvellanedaStoikov.Params(order_size=1.0, gama=0.1)  # type: ignore[call-arg]
 
 
 def test_registered_through_the_plugin_hook() -> None:

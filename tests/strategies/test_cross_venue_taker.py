@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,14 @@ class Venues:
         for book in self.books.values():
             book.state = BookState.LIVE
         self.markets = {
-            i.key: Market(i, self.books[i.key], lambda k=i.key: self.positions[k]) for i in (a, b)
+            i.key: Market(i, self.books[i.key], self.position_of(i.key)) for i in (a, b)
         }
         self.taken: list[Order] = []
         self.refuse = False
         self.t = 100.0
+
+    def position_of(self, key: str) -> Callable[[], int]:
+        return lambda: self.positions[key]
 
     def take(self, market: Market, side: Side, price: int, lots: int, offer: Any) -> Order | None:
         if self.refuse:

@@ -155,6 +155,6 @@ def test_spacing_rule() -> None:
 
 def test_params_are_validated() -> None:
     with pytest.raises(ValidationError, match="max_total_size"):
-        Ladder.Params()
+        Ladder.Params()  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="levels"):
         Ladder.Params(max_total_size=1, levels=0)

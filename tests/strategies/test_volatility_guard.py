@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pytest
 from pydantic import ValidationError
@@ -27,7 +27,23 @@ if TYPE_CHECKING:
     from quoteforge.strategy import Market
 
 NS = 1_000_000_000
-GUARD = {"threshold": 0.05, "release_threshold": 0.02, "window_s": 60.0, "min_samples": 5}
+
+
+class GuardSettingsDict(TypedDict):
+    """The guard's settings as keyword arguments (``VolatilityGuard(**GUARD)``)."""
+
+    threshold: float
+    release_threshold: float
+    window_s: float
+    min_samples: int
+
+
+GUARD: GuardSettingsDict = {
+    "threshold": 0.05,
+    "release_threshold": 0.02,
+    "window_s": 60.0,
+    "min_samples": 5,
+}
 AS_PARAMS: dict[str, Any] = {
     "order_size": 1.0,
     "gamma": 0.1,
