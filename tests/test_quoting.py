@@ -27,16 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class CrossParams(StrategyParams):
-    #: From this time (run seconds) on, quote a bid the venue accepts.
+    #: From this time (run seconds) on, also rest a bid the venue accepts.
     behave_after: float = 1e9
-    #: And from this time on, cross again.
+    #: Between behave_after and this time, quote only the resting bid.
     cross_again_after: float = 1e9
 
 
 class CrossingBid(Strategy):
-    """Quotes one post-only bid five ticks through the best ask (refused by the venue)
-    or, between ``behave_after`` and ``cross_again_after``, ten ticks under the best bid
-    (accepted); records every order report with its run time."""
+    """Quotes a post-only bid five ticks through the best ask, which the venue refuses;
+    from ``behave_after`` on also a bid ten dollars under the best bid at that moment
+    (level 0, accepted, never moved), and between ``behave_after`` and
+    ``cross_again_after`` only that one. Records every order report with its run time."""
 
     Params = CrossParams
     params: CrossParams
@@ -45,6 +46,7 @@ class CrossingBid(Strategy):
         super().__init__(ctx, params)
         self.reports: list[tuple[float, OrderStatus, str]] = []
         self.t0: float | None = None
+        self.resting: int | None = None
 
     def _elapsed(self) -> float:
         now = self.ctx.now()
@@ -57,10 +59,15 @@ class CrossingBid(Strategy):
         if bid is None or ask is None:
             return []
         t = self._elapsed()
-        behave = self.params.behave_after <= t < self.params.cross_again_after
-        price = bid - 10 if behave else ask + 5
-        quote = market.bid(price, market.lots(0.01))
-        return [] if quote is None else [quote]
+        lots = market.lots(0.01)
+        wanted = []
+        if t >= self.params.behave_after:
+            if self.resting is None:
+                self.resting = bid - 1000
+            wanted.append(market.bid(self.resting, lots, level=0))
+        if not self.params.behave_after <= t < self.params.cross_again_after:
+            wanted.append(market.bid(ask + 5, lots, level=len(wanted)))
+        return [q for q in wanted if q is not None]
 
     def on_order_update(self, market: Market, update: OrderUpdate, **kwargs: Any) -> None:
         self.reports.append((self._elapsed(), update.status, update.reason or ""))
@@ -99,18 +106,25 @@ def test_a_refused_quote_is_resent_at_once_twice_then_after_a_doubling_pause(
 
 
 def test_an_accepted_order_ends_the_streak_and_its_pause(run_strategy: RunStrategy) -> None:
+    """Refusals from the start build a long streak; the resting bid accepted after 5 s
+    ends it. From 20 s the crossing bid comes back beside the resting one (which is never
+    moved or cancelled): its first two refusals are quoted again at once, as a new
+    streak's are, with no pause carried over."""
     result = run_strategy(
         CrossingBid, {"behave_after": 5.0, "cross_again_after": 20.0}, duration="30s", seed=3
     )
     assert isinstance(result.strategy, CrossingBid)
     reports = result.strategy.reports
-    opened = [t for t, status, _ in reports if status is OrderStatus.OPEN]
-    assert opened and 5.0 <= opened[0] < 7.0, reports
-    # After the accepted bid the streak starts again: the first two refusals after 20 s
-    # are quoted again at once, with no pause carried over from before.
+    early = [t for t in _refusals(result.strategy) if t < 5.0]
+    assert len(early) >= 6  # paused 0.4, 0.8, 1.6 s... by then
+    before = [(t, status) for t, status, _ in reports if t < 20.0]
+    opened = [t for t, status in before if status is OrderStatus.OPEN]
+    assert len(opened) == 1 and 5.0 <= opened[0] < 12.0, reports
+    assert {status for _, status in before} == {OrderStatus.REJECTED, OrderStatus.OPEN}
     later = [t for t in _refusals(result.strategy) if t >= 20.0]
     assert len(later) >= 3
     assert later[1] - later[0] < 0.1 and later[2] - later[1] < 0.1, later
+    assert later[3] - later[2] >= 0.4  # the third in a row pauses again
 
 
 class Ladder(Strategy):
