@@ -424,7 +424,15 @@ class CcxtVenue(CcxtSpotAdapter):
 
     async def send_cancel_all(self, symbol: str) -> None:
         if self.has.get("cancelAllOrders"):
-            await self.call(self.trade_client.cancel_all_orders, self.ccxt_symbol[symbol])
+            result = await self.call(self.trade_client.cancel_all_orders, self.ccxt_symbol[symbol])
+            # Venues that answer with the cancelled orders (Binance) confirm them now, as a
+            # single cancel's answer does; the private stream's reports come again after.
+            for row in result if isinstance(result, list) else ():
+                if not isinstance(row, dict) or row.get("status") is None:
+                    continue
+                tracked = self._orders.get(self.client_id_for(row) or "")
+                if tracked is not None and tracked.symbol == symbol:
+                    self.report_order(tracked, row)
             return
         for tracked in list(self._orders.values()):
             if tracked.symbol == symbol and not tracked.status.is_terminal:

@@ -202,3 +202,25 @@ async def test_rest_polling_stands_in_for_missing_websockets() -> None:
         await h.wait_for(h.status_is(order.client_id, OrderStatus.FILLED), "filled, by look-up")
         await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "fill, by fetch")
         assert [f.qty_lots for f in h.sink.fills_of(order.client_id)] == [order.qty_lots]
+
+
+async def test_a_cancel_all_is_confirmed_by_the_venues_answer() -> None:
+    """Binance answers a cancel-all with the orders it cancelled: they are reported
+    CANCELLED at once, as a single cancel's answer is, even while the private stream
+    is silent and its reports are lost."""
+    from quoteforge.exchange import CancelAll
+
+    async with running(CCXT_BINANCE_KIT) as h:
+        orders = [h.order(Side.BUY), h.order(Side.SELL)]
+        for order in orders:
+            await h.place(order)
+        await h.replica.go_silent(5.0)
+        h.adapter.submit([CancelAll(h.adapter.name, h.symbol)])
+        for order in orders:
+            await h.wait_for(
+                h.status_is(order.client_id, OrderStatus.CANCELLED),
+                f"{order.client_id} cancelled from the answer",
+                timeout=0.5,
+            )
+        assert not h.replica.orders(h.symbol)
+        await h.replica.resume()
