@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from conftest import register_strategy
 from loguru import logger
 
 import quoteforge
@@ -77,18 +78,10 @@ class ExplodesLater(PureMarketMaking):
         return super().on_book(market)
 
 
-class _TestStrategies:
-    @staticmethod
-    @quoteforge.hookimpl
-    def quoteforge_register_strategies(register: Any) -> None:
-        register("explodes_later_for_alerts", ExplodesLater)
-
-
 def use_plugins(registry: PluginRegistry) -> None:
     if not registry.pm.is_registered(alert_webhook):
         registry.register_module(alert_webhook, "alert_webhook")
-    if "explodes_later_for_alerts" not in registry.types("strategy"):
-        registry.register_module(_TestStrategies, "alerts_test_strategies")
+    register_strategy(registry, "explodes_later_for_alerts", ExplodesLater)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import register_strategy
 
 import quoteforge
 from quoteforge.assembly import build_bus
@@ -163,18 +164,10 @@ class Exploding(PureMarketMaking):
         return super().on_book(market)
 
 
-class _ExplodingPlugin:
-    @staticmethod
-    @quoteforge.hookimpl
-    def quoteforge_register_strategies(register: Any) -> None:
-        register("exploding_test_strategy", Exploding)
-
-
 def test_strategy_exception_halts_that_strategy_only(
     registry: PluginRegistry, tmp_path: Path
 ) -> None:
-    if "exploding_test_strategy" not in registry.types("strategy"):
-        registry.register_module(_ExplodingPlugin, "exploding_test")
+    register_strategy(registry, "exploding_test_strategy", Exploding)
     run = run_text(registry, manifest_text(strategy="exploding_test_strategy"), tmp_path / "x")
     assert run.strategies["mm"].halted
     assert not run.strategies["mm_yes"].halted
@@ -490,18 +483,10 @@ class Unwinder(PureMarketMaking):
         return []
 
 
-class _UnwinderPlugin:
-    @staticmethod
-    @quoteforge.hookimpl
-    def quoteforge_register_strategies(register: Any) -> None:
-        register("twap_test_strategy", Unwinder)
-
-
 def test_execution_algorithm_gets_its_fills_from_the_engine(
     registry: PluginRegistry, tmp_path: Path
 ) -> None:
-    if "twap_test_strategy" not in registry.types("strategy"):
-        registry.register_module(_UnwinderPlugin, "twap_test")
+    register_strategy(registry, "twap_test_strategy", Unwinder)
     run = run_text(
         registry, manifest_text(duration="40s", strategy="twap_test_strategy"), tmp_path / "tw"
     )

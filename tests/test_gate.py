@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import register_strategy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import quoteforge
 from quoteforge.engine import Run
 from quoteforge.exchange import CancelAll, CancelOrder, PlaceOrder, ReplaceOrder
 from quoteforge.manifest import load_manifest
@@ -83,17 +83,9 @@ class GateProbe(Strategy):
         return quotes
 
 
-class _ProbePlugin:
-    @staticmethod
-    @quoteforge.hookimpl
-    def quoteforge_register_strategies(register: Any) -> None:
-        register("gate_probe", GateProbe)
-
-
 @pytest.fixture(scope="module")
 def probe_registry(registry: PluginRegistry) -> PluginRegistry:
-    if "gate_probe" not in registry.types("strategy"):
-        registry.register_module(_ProbePlugin, "gate_probe")
+    register_strategy(registry, "gate_probe", GateProbe)
     return registry
 
 

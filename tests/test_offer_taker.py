@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import register_strategy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import quoteforge
 from quoteforge.book import BookState, L2Book
 from quoteforge.engine import run_manifest
 from quoteforge.exchanges.sim import offer_sim as offers_module
@@ -506,18 +506,10 @@ class FragileTaker(OfferTaker):
         super().on_offer(market, offer, **kwargs)
 
 
-class _FragilePlugin:
-    @staticmethod
-    @quoteforge.hookimpl
-    def quoteforge_register_strategies(register: Any) -> None:
-        register("fragile_taker", FragileTaker)
-
-
 def test_a_taker_that_raises_is_halted_and_shown_no_more_offers(
     offers_registry: PluginRegistry, tmp_path: Path
 ) -> None:
-    if "fragile_taker" not in offers_registry.types("strategy"):
-        offers_registry.register_module(_FragilePlugin, "fragile_taker")
+    register_strategy(offers_registry, "fragile_taker", FragileTaker)
     path = tmp_path / "fragile.yaml"
     path.write_text(
         MANIFEST.format(seed=4, duration="5s").replace("type: offer_taker", "type: fragile_taker")

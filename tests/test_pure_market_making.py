@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import register_strategy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import quoteforge
 from quoteforge.book import BookState, L2Book
 from quoteforge.engine import Run, run_manifest
 from quoteforge.exchanges.replay import ReplayExchange
@@ -463,13 +463,6 @@ class _PmmSeeingSizes(PureMarketMaking):
         return Speed(on_book="best_levels")
 
 
-class _SizesPlugin:
-    @staticmethod
-    @quoteforge.hookimpl
-    def quoteforge_register_strategies(register: object) -> None:
-        register("pmm_seeing_sizes", _PmmSeeingSizes)  # type: ignore[operator]
-
-
 def _replay_fills(run: Run) -> list[tuple[str, Side, int, int, int]]:
     venue = run.venues["binance"]
     assert isinstance(venue, ReplayExchange)
@@ -479,8 +472,7 @@ def _replay_fills(run: Run) -> list[tuple[str, Side, int, int, int]]:
 def test_skipping_size_only_changes_leaves_the_backtest_unchanged(
     tmp_path: Path, registry: PluginRegistry
 ) -> None:
-    if "pmm_seeing_sizes" not in registry.types("strategy"):
-        registry.register_module(_SizesPlugin, "pmm_seeing_sizes_plugin")
+    register_strategy(registry, "pmm_seeing_sizes", _PmmSeeingSizes)
     examples = Path(__file__).resolve().parent.parent / "examples"
     data = examples / "data" / "ethusdt_binance.jsonl"
     text = (examples / "backtest.yaml").read_text(encoding="utf-8")

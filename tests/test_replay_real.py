@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import register_strategy
 
-import quoteforge
 from quoteforge import Market, Quote, Strategy, StrategyContext, StrategyParams
 from quoteforge.engine import Run, run_manifest
 from quoteforge.exchanges import replay
@@ -159,13 +159,6 @@ class Watcher(Strategy):
         return []
 
 
-class _WatcherPlugin:
-    @staticmethod
-    @quoteforge.hookimpl
-    def quoteforge_register_strategies(register: Any) -> None:
-        register("book_watcher_probe", Watcher)
-
-
 def _changes(seen: list[Any], key: Any) -> list[Any]:
     """``seen`` less each entry whose ``key`` equals the one before it."""
     out: list[Any] = []
@@ -182,8 +175,7 @@ def test_a_strategy_is_shown_exactly_the_book_changes_its_speed_hint_asks_for(
     strategy that watches every change sees every book; the others see that sequence
     less the books that did not change what they read (the top five levels, the best
     levels, the best prices). No orders of ours, so every run sees the same market."""
-    if "book_watcher_probe" not in registry.types("strategy"):
-        registry.register_module(_WatcherPlugin, "book_watcher_probe")
+    register_strategy(registry, "book_watcher_probe", Watcher)
     text = MANIFEST.replace("type: pure_market_making", "type: book_watcher_probe")
     text = text.replace("protocol: binance_spot", "protocol: binance_spot\n      notify: every")
     start = text.index("    params:\n      spread_bps")
