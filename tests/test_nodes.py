@@ -514,6 +514,9 @@ async def test_the_book_mirror_keeps_the_newest_message_of_each_publisher() -> N
         }  # fmt: skip
         bus.publish(topic, payload)
 
+    # A host going offline before any data leaves the mirror SYNCING, said nowhere.
+    bus.publish(scheme.heartbeat("execution"), {"status": "offline", "reason": "lost"})
+    assert mirror.state is BookState.SYNCING and sink.states == []
     send(live, "a", 2, 100)
     assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 5)
     assert sink.states == [("SYNCING", "LIVE", "snapshot from the bus")] and sink.books == 0
@@ -527,11 +530,52 @@ async def test_the_book_mirror_keeps_the_newest_message_of_each_publisher() -> N
     send(live, "b", 2, 102, ts=77)  # the same levels: a new time, no book event
     assert mirror.ts_ns == 77 and sink.books == 2
     send(live, "b", 3, 103, state="RESYNCING")
+    send(live, "b", 4, 103, state="RESYNCING")  # still not LIVE: no second STALE
     assert mirror.state is BookState.STALE and mirror.best_bid() == (102, 5)
-    assert sink.states[-1] == ("LIVE", "STALE", "publisher book RESYNCING")
-    send(live, "b", 4, 104)
+    send(live, "b", 5, 104)
     assert mirror.state is BookState.LIVE and mirror.best_bid() == (104, 5)
-    assert sink.states[-1] == ("STALE", "LIVE", "snapshot from the bus") and sink.books == 2
+    assert sink.states == [
+        ("SYNCING", "LIVE", "snapshot from the bus"),
+        ("LIVE", "STALE", "publisher book RESYNCING"),
+        ("STALE", "LIVE", "snapshot from the bus"),
+    ]
+    assert sink.books == 2
+    await venue.close()
+
+
+async def test_a_mirror_stays_live_while_its_publisher_or_host_speaks() -> None:
+    """Within ``stale_after_s`` of a book message or of the hosting node's heartbeat the
+    mirror stays LIVE; after that long without either it goes STALE, naming the silence."""
+    bus = InProcessBus()
+    scheme = TopicScheme("unit")
+    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
+    source = L2Book(inst)
+    source.apply_snapshot([(100, 5)], [(101, 3)], 1)
+    source.state = BookState.LIVE
+    publisher = MarketDataPublisher(bus, scheme, depth=1, snapshot_interval_s=0)
+    publisher.publish_instruments("sim", {inst.symbol: inst})
+    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"])
+    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=0.3)
+    sink = _Sink()
+    await venue.connect(sink)
+    mirror = venue.books["BTC/USDT"]
+    publisher.on_book_state(source, "LIVE", "LIVE", "start")
+    assert mirror.state is BookState.LIVE
+    for _ in range(8):  # heartbeats only, each within the bound
+        await asyncio.sleep(0.1)
+        bus.publish(scheme.heartbeat("execution"), {"status": "online"})
+        assert mirror.state is BookState.LIVE
+    for k in range(8):  # book messages only
+        await asyncio.sleep(0.1)
+        source.set_level(Side.BUY, 100, 6 + k)
+        publisher.on_book(source)
+        assert mirror.state is BookState.LIVE
+    await asyncio.sleep(0)
+    last = time.monotonic()
+    await wait_until(lambda: mirror.state is BookState.STALE, 5, "mirror goes STALE")
+    assert time.monotonic() - last >= 0.3
+    assert sink.states[1:] == [("LIVE", "STALE", sink.states[-1][2])]
+    assert "no book message and no execution heartbeat for" in sink.states[-1][2]
     await venue.close()
 
 
