@@ -44,6 +44,7 @@ from quoteforge.model import (
     Fill,
     Instrument,
     InstrumentKind,
+    Liquidity,
     Offer,
     Order,
     OrderStatus,
@@ -62,6 +63,7 @@ from quoteforge.plugins.distributed.remote import (
     RemoteVenue,
     apply_book_sync,
     book_sync,
+    fill_payload,
     instrument_from_dict,
     instrument_to_dict,
     intent_from_payload,
@@ -419,17 +421,21 @@ class _Sink:
     def __init__(self) -> None:
         self.states: list[tuple[str, str, str]] = []
         self.books = 0
+        self.shown: list[L2Book] = []
         self.updates: list[OrderUpdate] = []
         self.fills: list[Fill] = []
+        self.trades: list[tuple[Any, ...]] = []
+        self.offers: list[Offer] = []
 
     def on_book(self, book: L2Book) -> None:
         self.books += 1
+        self.shown.append(book)
 
     def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
         self.states.append((old, new, reason))
 
     def on_trade(self, *args: Any) -> None:
-        return None
+        self.trades.append(args)
 
     def on_order_update(self, update: OrderUpdate) -> None:
         self.updates.append(update)
@@ -438,7 +444,7 @@ class _Sink:
         self.fills.append(fill)
 
     def on_offer(self, offer: Offer) -> None:
-        return None
+        self.offers.append(offer)
 
 
 async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_silent() -> None:
@@ -647,6 +653,54 @@ def test_a_book_sync_makes_the_mirror_equal_counters_included(
             source.ts_ns,
         )
         assert mirror.state is source.state
+
+
+async def test_a_lockstep_mirror_hands_on_each_event_exactly_as_the_venue_made_it() -> None:
+    """In a lock-step run the execution node sends the venue's events in order: book
+    syncs, book changes, state changes, trades, order reports, fills. The strategy
+    node's remote venue hands each to the run as the venue did; events of a symbol it
+    does not mirror are dropped."""
+    bus = InProcessBus()
+    scheme = TopicScheme("unit")
+    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
+    MarketDataPublisher(bus, scheme, depth=1, snapshot_interval_s=0).publish_instruments(
+        "sim", {inst.symbol: inst}
+    )
+    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"])
+    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=60)
+    sink = _Sink()
+    await venue.connect(sink)
+    source = L2Book(inst)
+    source.apply_snapshot([(100, 5)], [(101, 3)], 1)
+    source.state = BookState.LIVE
+    sync, _ = book_sync(source, None)
+    venue.lockstep_event("y", sync)
+    venue.lockstep_event("y", ["ETH/USDT", *sync[1:]])  # not mirrored: dropped
+    mirror = venue.books["BTC/USDT"]
+    assert (mirror.best_bid(), mirror.best_ask(), mirror.state) == (
+        (100, 5), (101, 3), BookState.LIVE,
+    )  # fmt: skip
+    venue.lockstep_event("b", "BTC/USDT")
+    venue.lockstep_event("b", "ETH/USDT")
+    assert sink.shown == [mirror]
+    venue.lockstep_event("s", ["BTC/USDT", "LIVE", "STALE", "gap"])
+    venue.lockstep_event("s", ["ETH/USDT", "LIVE", "STALE", "a gap elsewhere"])
+    assert sink.states == [("LIVE", "STALE", "gap")]
+    venue.lockstep_event("x", ["BTC/USDT", 101, 2, int(Side.BUY), 9])
+    assert sink.trades == [("sim", "BTC/USDT", 101, 2, Side.BUY, 9)]
+    update = OrderUpdate("sim", "mm-1-1", OrderStatus.OPEN, 7, "x1", 0, 100, 3, "", "BTC/USDT")
+    venue.lockstep_event("o", update_to_wire(update))
+    assert sink.updates == [update]
+    fill = Fill(
+        "sim", "BTC/USDT", "t-1", "mm-1-1", Side.BUY, 100, 3, Decimal("0.0003"), "USDT",
+        Liquidity.MAKER, 8, strategy="mm",
+    )  # fmt: skip
+    venue.lockstep_event("f", fill_payload(fill))
+    assert sink.fills == [fill]
+    offer = Offer("sim", "BTC/USDT", "of-1", Side.SELL, 101, 4, 5, 9)
+    venue.lockstep_event("w", offer_to_wire(offer))
+    assert sink.offers == [offer]
+    await venue.close()
 
 
 def test_order_reports_and_offers_travel_exactly_as_the_venue_made_them() -> None:
