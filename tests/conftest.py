@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import quoteforge
 from quoteforge.registry import PluginRegistry, load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,21 +17,6 @@ EXAMPLES = ROOT / "examples"
 @pytest.fixture(scope="session")
 def registry() -> PluginRegistry:
     return load_registry()
-
-
-def register_strategy(registry: PluginRegistry, name: str, cls: type[Any]) -> None:
-    """Register a test's own strategy class as strategy type ``name`` (once per registry),
-    through the same hook a strategy plugin package uses."""
-    if name in registry.types("strategy"):
-        return
-
-    class _Plugin:
-        @staticmethod
-        @quoteforge.hookimpl
-        def quoteforge_register_strategies(register: Any) -> None:
-            register(name, cls)
-
-    registry.register_module(_Plugin, f"test_strategy_{name}")
 
 
 def service_available(host: str, port: int) -> bool:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import register_strategy
 from loguru import logger
+from own_strategies import register_strategy
 
 import quoteforge
 from quoteforge.engine import Alert, Run

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import register_strategy
+from own_strategies import register_strategy
 
 import quoteforge
 from quoteforge.assembly import build_bus

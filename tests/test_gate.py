@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import register_strategy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from own_strategies import register_strategy
 
 from quoteforge.engine import Run
 from quoteforge.exchange import CancelAll, CancelOrder, PlaceOrder, ReplaceOrder

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import register_strategy
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from own_strategies import register_strategy
 from pydantic import ValidationError
 
 from quoteforge.book import BookState, L2Book

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import register_strategy
+from own_strategies import register_strategy
 
 from quoteforge import Market, Quote, Strategy, StrategyContext, StrategyParams
 from quoteforge.engine import Run, run_manifest
