@@ -15,6 +15,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -447,19 +448,45 @@ class _Sink:
         self.offers.append(offer)
 
 
-async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_silent() -> None:
+@dataclass
+class _MirrorRig:
+    """A strategy node's remote venue on an in-process bus, connected to a sink that
+    records everything, with a publisher of the execution node's books."""
+
+    bus: InProcessBus
+    scheme: TopicScheme
+    inst: Instrument
+    publisher: MarketDataPublisher
+    ctx: VenueContext
+    venue: RemoteVenue
+    sink: _Sink
+
+
+async def mirror_rig(
+    stale_after_s: float, *, depth: int = 1, secrets: dict[str, str] | None = None
+) -> _MirrorRig:
     bus = InProcessBus()
     scheme = TopicScheme("unit")
     inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
-    source = L2Book(inst)
-    source.apply_snapshot([(100, 5), (99, 7)], [(101, 3)], 1)
-    source.state = BookState.LIVE
-    publisher = MarketDataPublisher(bus, scheme, depth=1, snapshot_interval_s=0)
+    publisher = MarketDataPublisher(bus, scheme, depth=depth, snapshot_interval_s=0)
     publisher.publish_instruments("sim", {inst.symbol: inst})
-    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"], secrets={"key": "k"})
-    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=0.3)
+    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"], secrets=secrets or {})
+    venue = RemoteVenue(
+        ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=stale_after_s
+    )
     sink = _Sink()
     await venue.connect(sink)
+    return _MirrorRig(bus, scheme, inst, publisher, ctx, venue, sink)
+
+
+async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_silent() -> None:
+    rig = await mirror_rig(0.3, secrets={"key": "k"})
+    bus, scheme, publisher, ctx, venue, sink = (
+        rig.bus, rig.scheme, rig.publisher, rig.ctx, rig.venue, rig.sink,
+    )  # fmt: skip
+    source = L2Book(rig.inst)
+    source.apply_snapshot([(100, 5), (99, 7)], [(101, 3)], 1)
+    source.state = BookState.LIVE
     assert ctx.secrets == {}  # nothing secret reaches the strategy node
     mirror = venue.books["BTC/USDT"]
     assert mirror.state is BookState.SYNCING
@@ -500,16 +527,8 @@ async def test_the_book_mirror_keeps_the_newest_message_of_each_publisher() -> N
     from its first message; a message that repeats the mirror's levels changes its time,
     not the strategy's view; a publisher book that is not LIVE makes the mirror STALE
     and its next LIVE message makes it LIVE again."""
-    bus = InProcessBus()
-    scheme = TopicScheme("unit")
-    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
-    MarketDataPublisher(bus, scheme, depth=2, snapshot_interval_s=0).publish_instruments(
-        "sim", {inst.symbol: inst}
-    )
-    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"])
-    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=60)
-    sink = _Sink()
-    await venue.connect(sink)
+    rig = await mirror_rig(60, depth=2)
+    bus, scheme, venue, sink = rig.bus, rig.scheme, rig.venue, rig.sink
     mirror = venue.books["BTC/USDT"]
     live, retained = scheme.book("sim", "BTC/USDT"), scheme.book_snapshot("sim", "BTC/USDT")
 
@@ -552,18 +571,11 @@ async def test_the_book_mirror_keeps_the_newest_message_of_each_publisher() -> N
 async def test_a_mirror_stays_live_while_its_publisher_or_host_speaks() -> None:
     """Within ``stale_after_s`` of a book message or of the hosting node's heartbeat the
     mirror stays LIVE; after that long without either it goes STALE, naming the silence."""
-    bus = InProcessBus()
-    scheme = TopicScheme("unit")
-    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
-    source = L2Book(inst)
+    rig = await mirror_rig(0.3)
+    bus, scheme, publisher, venue, sink = rig.bus, rig.scheme, rig.publisher, rig.venue, rig.sink
+    source = L2Book(rig.inst)
     source.apply_snapshot([(100, 5)], [(101, 3)], 1)
     source.state = BookState.LIVE
-    publisher = MarketDataPublisher(bus, scheme, depth=1, snapshot_interval_s=0)
-    publisher.publish_instruments("sim", {inst.symbol: inst})
-    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"])
-    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=0.3)
-    sink = _Sink()
-    await venue.connect(sink)
     mirror = venue.books["BTC/USDT"]
     publisher.on_book_state(source, "LIVE", "LIVE", "start")
     assert mirror.state is BookState.LIVE
@@ -660,17 +672,9 @@ async def test_a_lockstep_mirror_hands_on_each_event_exactly_as_the_venue_made_i
     syncs, book changes, state changes, trades, order reports, fills. The strategy
     node's remote venue hands each to the run as the venue did; events of a symbol it
     does not mirror are dropped."""
-    bus = InProcessBus()
-    scheme = TopicScheme("unit")
-    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
-    MarketDataPublisher(bus, scheme, depth=1, snapshot_interval_s=0).publish_instruments(
-        "sim", {inst.symbol: inst}
-    )
-    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"])
-    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=60)
-    sink = _Sink()
-    await venue.connect(sink)
-    source = L2Book(inst)
+    rig = await mirror_rig(60)
+    venue, sink = rig.venue, rig.sink
+    source = L2Book(rig.inst)
     source.apply_snapshot([(100, 5)], [(101, 3)], 1)
     source.state = BookState.LIVE
     sync, _ = book_sync(source, None)
