@@ -58,7 +58,6 @@ from quoteforge.runfiles import (
     RESET_FILE,
     TraceWriter,
     finish_run_info,
-    freeze_startup_objects,
     new_run_dir,
     sample_markets,
     stop_signals,
@@ -78,10 +77,8 @@ __all__ = [
     "Run",
     "RunDriver",
     "StrategyRuntime",
-    "freeze_startup_objects",
     "new_run_dir",
     "run_manifest",
-    "stop_signals",
 ]
 
 
@@ -340,8 +337,6 @@ class Run(QuotingEngine):
         for mr in self.markets.values():
             if mr.book.state is BookState.LIVE:
                 self._requote(mr)
-        if not self.clock.is_virtual:
-            freeze_startup_objects()
         if self._on_started is not None:
             self._on_started(self)
 
@@ -477,6 +472,8 @@ class Run(QuotingEngine):
 
     async def stop(self) -> None:
         self._stop.set()  # from here on nothing requotes; only cancels go out
+        if self.gc_policy is not None:
+            self.gc_policy.stop()  # Python's collector as before: a stop is no hot path
         if hasattr(self, "gate"):
             self.gate.close(f"the run is stopping: {self.stop_reason or 'stop'}")
         if self.resume_refused:

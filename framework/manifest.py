@@ -163,6 +163,9 @@ class RunSpec(_Closed):
     watch_manifest: bool = Field(
         True, description="Apply changed strategy params from the manifest file during a run."
     )
+    gc: Literal["between_events", "automatic"] | None = Field(
+        None, description="Garbage collection: between_events (paper, live) or automatic."
+    )
 
     @field_validator("name")
     @classmethod

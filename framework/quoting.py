@@ -82,6 +82,7 @@ class QuotingEngine:
         self._tick_start = 0
         #: Set to {"tick_to_quote": [], "tick_to_orders": []} to keep every sample (bench).
         self.latency_samples: dict[str, list[int]] | None = None
+        self.gc_policy: Any = None  # run.gc (plugins/gc_policy.py): collects between events
         self.alerts: list[Alert] = []
         self._stale_timers: dict[str, TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -122,6 +123,8 @@ class QuotingEngine:
         self.tick_to_orders.record(end - start)
         if self.latency_samples is not None:
             self.latency_samples["tick_to_orders"].append(end - start)
+        if self.gc_policy is not None:
+            self.gc_policy.after_decision()
 
     def _requote(self, mr: MarketRuntime, refill: bool = False) -> None:
         srt = mr.owner

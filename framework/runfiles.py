@@ -281,13 +281,7 @@ async def watch_run_files(
 
 
 def freeze_startup_objects() -> None:
-    """Take everything alive after start-up (imported modules, plugins, instruments,
-    books) out of the cyclic garbage collector's reach, after one last collection.
-
-    A full collection otherwise walks those tens of thousands of objects every time and
-    pauses the event loop for 10-50 ms; frozen, later collections only scan what the run
-    itself allocates. Called once by live runs and by every split node when started.
-    """
+    """Collect, then keep what start-up made out of every later garbage collection."""
     gc.collect()
     gc.freeze()
 

@@ -11,27 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paper_sim import MARKET, SYMBOL, paper_sim_registry
 
-import quoteforge
 from quoteforge.book import L2Book
 from quoteforge.clock import SimClock
 from quoteforge.engine import run_manifest
-from quoteforge.exchange import CancelAll, ExchangeAdapter, PlaceOrder, VenueContext
+from quoteforge.exchange import CancelAll, PlaceOrder, VenueContext
 from quoteforge.exchanges.paper import PaperExchange, PaperParams, wrap_for_paper
 from quoteforge.exchanges.sim.venue import SimExchange, SimParams
 from quoteforge.manifest import load_manifest
 from quoteforge.model import Fill, Liquidity, Order, OrderStatus, OrderUpdate, Side, TimeInForce
-from quoteforge.registry import PluginRegistry, Register
-
-MARKET = {
-    "tick_size": "0.01",
-    "lot_size": "0.001",
-    "initial_price": 2000,
-    "process": {"model": "brownian", "sigma": 0.0002},
-    "flow": {"arrival_rate": 4.0, "reach": 1.0, "size": 0.5},
-    "liquidity": {"levels": 6, "distance": 0.5, "spacing": 0.2, "size": 2.0},
-}
-SYMBOL = "ETH/USDT"
 
 
 class Sink:
@@ -161,22 +150,6 @@ def test_paper_params_are_closed() -> None:
 
 
 # -- through the engine: a strategy trading on paper over the sim's market data ----------------
-class _PaperSimPlugin:
-    """Registers ``paper_sim``: the sim venue wrapped for paper trading."""
-
-    @staticmethod
-    def build(params: SimParams, ctx: VenueContext) -> ExchangeAdapter:
-        return wrap_for_paper(
-            SimExchange(params, ctx),
-            {"latency": {"market_data_ms": 1, "order_ms": 5, "jitter_ms": 1}},
-            ctx,
-        )
-
-    @quoteforge.hookimpl
-    def quoteforge_register_exchanges(self, register: Register) -> None:
-        register("paper_sim", self.build, params=SimParams, description="sim, paper-wrapped")
-
-
 MANIFEST = """\
 run: {{name: paper, duration: 60s, seed: 4, watch_manifest: false}}
 exchanges:
@@ -197,9 +170,7 @@ report: {{html: false, png: false}}
 
 
 def test_strategy_trades_on_paper_through_the_engine(tmp_path: Path) -> None:
-    registry = PluginRegistry()
-    registry.load_entry_points()
-    registry.register_module(_PaperSimPlugin(), "paper_sim")
+    registry = paper_sim_registry()
     path = tmp_path / "paper.yaml"
     path.write_text(MANIFEST.format(symbol=SYMBOL, market=json.dumps(MARKET)))
     loaded = load_manifest(path, registry)
