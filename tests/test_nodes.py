@@ -526,7 +526,8 @@ async def test_the_book_mirror_keeps_the_newest_message_of_each_publisher() -> N
     per publisher only a newer message counts; a restarted publisher (a new id) counts
     from its first message; a message that repeats the mirror's levels changes its time,
     not the strategy's view; a publisher book that is not LIVE makes the mirror STALE
-    and its next LIVE message makes it LIVE again."""
+    and its next LIVE message makes it LIVE again. Nothing counts while the host is
+    offline."""
     rig = await mirror_rig(60, depth=2)
     bus, scheme, venue, sink = rig.bus, rig.scheme, rig.venue, rig.sink
     mirror = venue.books["BTC/USDT"]
@@ -539,9 +540,12 @@ async def test_the_book_mirror_keeps_the_newest_message_of_each_publisher() -> N
         }  # fmt: skip
         bus.publish(topic, payload)
 
-    # A host going offline before any data leaves the mirror SYNCING, said nowhere.
+    # A host going offline before any data leaves the mirror SYNCING, said nowhere, and
+    # what it published before (retained) does not count until it is back.
     bus.publish(scheme.heartbeat("execution"), {"status": "offline", "reason": "lost"})
+    send(retained, "a", 2, 100)
     assert mirror.state is BookState.SYNCING and sink.states == []
+    bus.publish(scheme.heartbeat("execution"), {"status": "online"})
     send(live, "a", 2, 100)
     assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 5)
     assert sink.states == [("SYNCING", "LIVE", "snapshot from the bus")] and sink.books == 0
@@ -595,6 +599,55 @@ async def test_a_mirror_stays_live_while_its_publisher_or_host_speaks() -> None:
     assert sink.states[1:] == [("LIVE", "STALE", sink.states[-1][2])]
     assert "no book message and no execution heartbeat for" in sink.states[-1][2]
     await venue.close()
+
+
+async def test_a_strategy_node_never_quotes_on_the_last_book_of_a_host_that_is_down(
+    secure_broker: SecureBroker,
+) -> None:
+    """A host that crashed leaves, retained at the broker, its instruments, its last LIVE
+    book snapshot and its last will ("offline"). A strategy node starting then must not
+    take that book for today's: it stays unusable, without a book shown to the strategy,
+    until the host is back online and publishes again."""
+    run = f"t{uuid.uuid4().hex[:10]}"
+    scheme = TopicScheme(run)
+    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
+    source = L2Book(inst)
+    source.apply_snapshot([(100, 5)], [(101, 3)], 1)
+    source.state = BookState.LIVE
+    host = MqttBus(secure_broker.params("execution"), run)
+    await host.start()
+    publisher = MarketDataPublisher(host, scheme, depth=1, snapshot_interval_s=0)
+    publisher.publish_instruments("sim", {inst.symbol: inst})
+    publisher.on_book_state(source, "SYNCING", "LIVE", "start")  # retained snapshot
+    offline = {"status": "offline", "reason": "connection lost"}
+    host.publish(scheme.heartbeat("execution"), offline, qos=1, retain=True)  # its will
+    await host.flush(5)
+    await host.close()
+
+    bus = MqttBus(secure_broker.params("strategy"), run)
+    await bus.start()
+    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"])
+    venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=60)
+    sink = _Sink()
+    try:
+        await venue.connect(sink)
+        mirror = venue.books["BTC/USDT"]
+        await asyncio.sleep(0.5)  # the retained messages have arrived
+        assert mirror.state is BookState.SYNCING and sink.states == [] and sink.books == 0
+
+        host = MqttBus(secure_broker.params("execution"), run)  # the host is back
+        await host.start()
+        host.publish(scheme.heartbeat("execution"), {"status": "online"}, qos=1, retain=True)
+        await host.flush(5)
+        publisher = MarketDataPublisher(host, scheme, depth=1, snapshot_interval_s=0)
+        source.set_level(Side.BUY, 100, 9)
+        publisher.on_book_state(source, "SYNCING", "LIVE", "start")
+        await wait_until(lambda: mirror.state is BookState.LIVE, 5, "mirror LIVE again")
+        assert mirror.best_bid() == (100, 9)
+    finally:
+        await venue.close()
+        await bus.close()
+        await host.close()
 
 
 # ---------------------------------------------------------------------------------------

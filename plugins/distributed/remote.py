@@ -216,6 +216,9 @@ class RemoteVenue(ExchangeAdapter):
                 self.books[symbol] = L2Book(self.instruments[symbol])
             await self.lockstep.welcome(self, self.connect_timeout_s)
             return
+        # The host's heartbeat first: its retained "offline" (a crashed host's last will)
+        # then arrives before the retained book snapshots that host left behind.
+        bus.subscribe(self.scheme.heartbeat(self.host_role), self._on_host_heartbeat)
         for symbol in wanted:
             book = L2Book(self.instruments[symbol])
             self.books[symbol] = book
@@ -227,7 +230,6 @@ class RemoteVenue(ExchangeAdapter):
             bus.subscribe(self.scheme.trade(self.name, symbol), self._trade_handler(symbol))
         bus.subscribe(self.scheme.order(self.name), self._on_order)
         bus.subscribe(self.scheme.fill(self.name), self._on_fill)
-        bus.subscribe(self.scheme.heartbeat(self.host_role), self._on_host_heartbeat)
         self._host_seen_ns = time.monotonic_ns()
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
@@ -376,6 +378,8 @@ class RemoteVenue(ExchangeAdapter):
         return handle
 
     def _apply_book(self, mirror: _Mirror, payload: dict[str, Any]) -> None:
+        if not self._host_online:
+            return  # a retained snapshot of a host that is down: its last book, not today's
         pub = payload.get("pub", "")
         n = int(payload.get("n", 0))
         # Live updates and retained snapshots travel on two topics: drop the older one.
