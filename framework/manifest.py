@@ -275,6 +275,12 @@ class NodeSettings(BaseModel):
         description="Intents, order reports and fills of this recent past are published "
         "again when a peer node reconnects (receivers apply each message once).",
     )
+    intent_max_age: Duration = Field(
+        Duration(5),
+        gt=0,
+        description="The execution node refuses a new order whose intent is older (one "
+        "replayed after an outage): the strategy quotes again on the book of now.",
+    )
     clock: Literal["auto", "wall"] = Field(
         "auto",
         description="auto: a sim run whose venues are all simulated runs its nodes in "

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import csv
 import functools
-import gc
 import json
 import os
 import signal
@@ -278,12 +277,6 @@ async def watch_run_files(
         if mtime != last:
             last = mtime
             reload()
-
-
-def freeze_startup_objects() -> None:
-    """Collect, then keep what start-up made out of every later garbage collection."""
-    gc.collect()
-    gc.freeze()
 
 
 @contextlib.contextmanager

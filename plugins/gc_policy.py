@@ -30,9 +30,16 @@ from typing import Any
 
 from quoteforge import hookimpl
 from quoteforge.clock import NS, Clock
-from quoteforge.runfiles import freeze_startup_objects
 
-__all__ = ["GcPolicy"]
+__all__ = ["GcPolicy", "freeze_startup_objects"]
+
+
+def freeze_startup_objects() -> None:
+    """After one last collection, keep what start-up made (modules, plugins, instruments,
+    books) out of every later garbage collection: a full collection otherwise walks those
+    tens of thousands of objects each time. Called by real-time runs and split nodes."""
+    gc.collect()
+    gc.freeze()
 
 
 class GcPolicy:

@@ -22,7 +22,7 @@ import yaml
 from brokers import require_shared_broker
 from loguru import logger
 
-from quoteforge.clock import LiveClock
+from quoteforge.clock import NS, LiveClock
 from quoteforge.exchange import (
     CancelAll,
     CancelOrder,
@@ -334,6 +334,31 @@ async def test_a_replace_moves_the_order_and_a_refused_one_pulls_the_old(ex: Har
     await ex.until(lambda: ex.status("p2") is OrderStatus.CANCELLED, "p2 cancelled")
     await ex.settle()
     assert await ex.venue_open() == set()
+
+
+async def test_an_order_made_longer_ago_than_intent_max_age_never_reaches_the_venue(
+    ex: Harness,
+) -> None:
+    """Intents replayed after an outage were priced on a book that is gone: a place or
+    replace made more than ``nodes.intent_max_age`` (5 s here) ago is refused unsent, a
+    refused replace pulls the old order, and a fresh intent goes out as usual."""
+    now = time.time_ns()
+    ex.send(PlaceOrder(ex.order("old", created_ns=now - 6 * NS)))
+    assert ex.status("old") is OrderStatus.REJECTED
+    reason = ex.reason("old")
+    assert "made 6.0 s ago" in reason and "nodes.intent_max_age (5 s)" in reason
+    assert "clocks" in reason
+    ex.send(PlaceOrder(ex.order("fresh", created_ns=now - 4 * NS)))  # within the bound
+    await ex.until(lambda: ex.status("fresh") is OrderStatus.OPEN, "fresh open")
+    stale = ex.order("stale", ticks_from_touch=4_000, created_ns=now - 300 * NS)
+    ex.send(ReplaceOrder("fresh", stale))
+    assert ex.status("stale") is OrderStatus.REJECTED and "300.0 s ago" in ex.reason("stale")
+    await ex.until(lambda: ex.status("fresh") is OrderStatus.CANCELLED, "fresh pulled")
+    await ex.settle()
+    assert await ex.venue_open() == set()
+    updates = await ex.journal("order_update")
+    rejected = [u["order"] for u in updates if u["order"]["status"] == "rejected"]
+    assert {r["client_id"] for r in rejected} == {"old", "stale"}
 
 
 async def test_cancel_all_takes_only_that_strategys_orders_on_that_venue_and_symbol(

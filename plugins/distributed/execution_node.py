@@ -138,6 +138,7 @@ class ExecutionNode(Node):
             self.lockstep = LockstepDriver(self, sim_clock, clock_bus)
         self._early_cancels: set[str] = set()
         self.replay = ReplayBuffer(lambda: self.bus, window_s=float(self.settings.replay_window))
+        self.intent_max_age_ns = int(float(self.settings.intent_max_age) * NS)
         self.watch = StrategyWatch()
         self.stopping = False
         self.fills = 0
@@ -458,6 +459,15 @@ class ExecutionNode(Node):
             return f"market {order.market} is not hosted by this execution node"
         if self.stopping:
             self.gate.close("the execution node is stopping")
+        age_ns = self.clock.now_ns() - order.created_ns
+        if order.created_ns and age_ns > self.intent_max_age_ns:
+            # Replayed after an outage, it was priced on a book that is gone; the
+            # strategy quotes again when it hears of the refusal.
+            return (
+                f"refused at the execution node: made {age_ns / NS:.1f} s ago, longer than "
+                f"nodes.intent_max_age ({self.intent_max_age_ns / NS:g} s) allows; if every "
+                "order is refused so, the nodes' clocks disagree: synchronise them (NTP)"
+            )
         price = order.price_ticks
         if price is None:
             price = (

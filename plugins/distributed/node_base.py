@@ -29,10 +29,10 @@ from quoteforge.manifest import (
 from quoteforge.plugins.distributed.topics import (
     TopicScheme,
 )
+from quoteforge.plugins.gc_policy import freeze_startup_objects
 from quoteforge.registry import PluginRegistry
 from quoteforge.runfiles import (
     finish_run_info,
-    freeze_startup_objects,
     watch_run_files,
     write_run_info,
 )
