@@ -461,9 +461,20 @@ class _MirrorRig:
     venue: RemoteVenue
     sink: _Sink
 
+    def live_source(self, bids: list[tuple[int, int]] | None = None) -> L2Book:
+        """A LIVE book of the rig's instrument at the host, to publish from."""
+        source = L2Book(self.inst)
+        source.apply_snapshot(bids or [(100, 5)], [(101, 3)], 1)
+        source.state = BookState.LIVE
+        return source
+
 
 async def mirror_rig(
-    stale_after_s: float, *, depth: int = 1, secrets: dict[str, str] | None = None
+    stale_after_s: float,
+    *,
+    depth: int = 1,
+    secrets: dict[str, str] | None = None,
+    host_role: str = "execution",
 ) -> _MirrorRig:
     bus = InProcessBus()
     scheme = TopicScheme("unit")
@@ -472,7 +483,7 @@ async def mirror_rig(
     publisher.publish_instruments("sim", {inst.symbol: inst})
     ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"], secrets=secrets or {})
     venue = RemoteVenue(
-        ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=stale_after_s
+        ctx, lambda: bus, scheme, ["mm"], host_role=host_role, stale_after_s=stale_after_s
     )
     sink = _Sink()
     await venue.connect(sink)
@@ -484,9 +495,7 @@ async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_s
     bus, scheme, publisher, ctx, venue, sink = (
         rig.bus, rig.scheme, rig.publisher, rig.ctx, rig.venue, rig.sink,
     )  # fmt: skip
-    source = L2Book(rig.inst)
-    source.apply_snapshot([(100, 5), (99, 7)], [(101, 3)], 1)
-    source.state = BookState.LIVE
+    source = rig.live_source([(100, 5), (99, 7)])
     assert ctx.secrets == {}  # nothing secret reaches the strategy node
     mirror = venue.books["BTC/USDT"]
     assert mirror.state is BookState.SYNCING
@@ -577,9 +586,7 @@ async def test_a_mirror_stays_live_while_its_publisher_or_host_speaks() -> None:
     mirror stays LIVE; after that long without either it goes STALE, naming the silence."""
     rig = await mirror_rig(0.3)
     bus, scheme, publisher, venue, sink = rig.bus, rig.scheme, rig.publisher, rig.venue, rig.sink
-    source = L2Book(rig.inst)
-    source.apply_snapshot([(100, 5)], [(101, 3)], 1)
-    source.state = BookState.LIVE
+    source = rig.live_source()
     mirror = venue.books["BTC/USDT"]
     publisher.on_book_state(source, "LIVE", "LIVE", "start")
     assert mirror.state is BookState.LIVE
@@ -598,6 +605,36 @@ async def test_a_mirror_stays_live_while_its_publisher_or_host_speaks() -> None:
     assert time.monotonic() - last >= 0.3
     assert sink.states[1:] == [("LIVE", "STALE", sink.states[-1][2])]
     assert "no book message and no execution heartbeat for" in sink.states[-1][2]
+    await venue.close()
+
+
+async def test_without_the_execution_node_the_books_of_a_market_data_host_go_stale() -> None:
+    """A real venue's books come from the market-data node, its orders go through the
+    execution node: while that one is offline the books are STALE (the engine pulls the
+    quotes and places nothing), whatever the market-data node publishes; its return and
+    the next book message make them LIVE."""
+    rig = await mirror_rig(60, host_role="marketdata")
+    bus, scheme, publisher, venue, sink = rig.bus, rig.scheme, rig.publisher, rig.venue, rig.sink
+    source = rig.live_source()
+    mirror = venue.books["BTC/USDT"]
+    publisher.on_book_state(source, "SYNCING", "LIVE", "start")
+    assert mirror.state is BookState.LIVE
+    bus.publish(scheme.heartbeat("execution"), {"status": "offline", "reason": "closed"})
+    assert mirror.state is BookState.STALE
+    assert sink.states[-1][2] == "execution node offline (closed): no order reaches the venue"
+    for bid in (5, 6):
+        source.set_level(Side.BUY, 100, bid)
+        publisher.on_book_state(source, "LIVE", "LIVE", "update")
+        bus.publish(scheme.heartbeat("marketdata"), {"status": "online"})
+    assert mirror.state is BookState.STALE and mirror.best_bid() == (100, 5)
+    bus.publish(scheme.heartbeat("execution"), {"status": "online"})
+    assert mirror.state is BookState.STALE  # until a book message says how it is now
+    source.set_level(Side.BUY, 100, 7)
+    publisher.on_book_state(source, "LIVE", "LIVE", "update")
+    assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 7)
+    assert [state[:2] for state in sink.states] == [
+        ("SYNCING", "LIVE"), ("LIVE", "STALE"), ("STALE", "LIVE"),
+    ]  # fmt: skip
     await venue.close()
 
 
@@ -727,9 +764,7 @@ async def test_a_lockstep_mirror_hands_on_each_event_exactly_as_the_venue_made_i
     does not mirror are dropped."""
     rig = await mirror_rig(60)
     venue, sink = rig.venue, rig.sink
-    source = L2Book(rig.inst)
-    source.apply_snapshot([(100, 5)], [(101, 3)], 1)
-    source.state = BookState.LIVE
+    source = rig.live_source()
     sync, _ = book_sync(source, None)
     venue.lockstep_event("y", sync)
     venue.lockstep_event("y", ["ETH/USDT", *sync[1:]])  # not mirrored: dropped

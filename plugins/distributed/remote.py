@@ -176,6 +176,9 @@ class RemoteVenue(ExchangeAdapter):
         self._instruments_seen = asyncio.Event()
         self._host_seen_ns = 0
         self._host_online = True
+        # With a market-data host, the execution node is watched too: without it no
+        # order reaches the venue, so the books go STALE and the engine stops quoting.
+        self._execution_online = True
         self._watchdog: asyncio.Task[None] | None = None
         self._last_report_s = 0.0  # monotonic time of the last order report or fill
         self._cancel_all_seq = itertools.count(1)
@@ -219,6 +222,8 @@ class RemoteVenue(ExchangeAdapter):
         # The host's heartbeat first: its retained "offline" (a crashed host's last will)
         # then arrives before the retained book snapshots that host left behind.
         bus.subscribe(self.scheme.heartbeat(self.host_role), self._on_host_heartbeat)
+        if self.host_role != "execution":
+            bus.subscribe(self.scheme.heartbeat("execution"), self._on_execution_heartbeat)
         for symbol in wanted:
             book = L2Book(self.instruments[symbol])
             self.books[symbol] = book
@@ -378,8 +383,8 @@ class RemoteVenue(ExchangeAdapter):
         return handle
 
     def _apply_book(self, mirror: _Mirror, payload: dict[str, Any]) -> None:
-        if not self._host_online:
-            return  # a retained snapshot of a host that is down: its last book, not today's
+        if not (self._host_online and self._execution_online):
+            return  # a host that is down left this (its last book), or no order gets out
         pub = payload.get("pub", "")
         n = int(payload.get("n", 0))
         # Live updates and retained snapshots travel on two topics: drop the older one.
@@ -445,6 +450,13 @@ class RemoteVenue(ExchangeAdapter):
         reason = host_offline_reason(self.host_role, payload)
         for mirror in self._mirrors.values():
             self._set_state(mirror, BookState.STALE, reason)
+
+    def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
+        self._execution_online = payload.get("status") == "online"
+        if not self._execution_online:
+            reason = host_offline_reason("execution", payload) + ": no order reaches the venue"
+            for mirror in self._mirrors.values():
+                self._set_state(mirror, BookState.STALE, reason)
 
     # -- lock step ---------------------------------------------------------------------------
     def lockstep_event(self, code: str, data: Any) -> None:
