@@ -10,7 +10,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +21,7 @@ import pytest
 import yaml
 from aiohttp import web
 from brokers import SecureBroker, running_secure_broker
+from split_nodes import RUNNER
 
 from quoteforge.journal import JournalRecord, order_states
 from quoteforge.plugins.control_http import CONTROL_FILE, ENV_TOKEN, ENV_WHO
@@ -31,22 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "distributed" / "sim_nodes.yaml"
 TOKEN = "split-run-control-token-0123456789"
 ROLES = ("execution", "marketdata", "strategy")
-
-RUNNER = textwrap.dedent(
-    """
-    import asyncio, sys
-    from pathlib import Path
-    from quoteforge.logs import configure_logging
-    from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
-    from quoteforge.registry import load_registry
-
-    manifest, role, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    configure_logging("INFO")
-    registry = load_registry()
-    loaded, settings = load_node_manifest(manifest, registry)
-    sys.exit(asyncio.run(run_node(loaded, registry, role, out, Path(manifest), settings=settings)))
-    """
-)
 
 
 @pytest.fixture(scope="module")

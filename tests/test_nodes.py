@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,6 +24,7 @@ from brokers import SecureBroker, running_secure_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
+from split_nodes import Nodes
 
 from quoteforge.book import BookState, L2Book
 from quoteforge.bus import InProcessBus
@@ -83,23 +82,6 @@ EXAMPLE = REPO / "examples" / "distributed" / "sim_nodes.yaml"
 HEARTBEAT = 0.5
 GRACE = 2.0
 
-RUNNER = textwrap.dedent(
-    """
-    import asyncio, sys
-    from pathlib import Path
-    from quoteforge.logs import configure_logging
-    from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
-    from quoteforge.registry import load_registry
-
-    manifest, role, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    configure_logging("INFO")
-    registry = load_registry()
-    loaded, settings = load_node_manifest(manifest, registry)
-    sys.exit(asyncio.run(run_node(loaded, registry, role, out, Path(manifest), settings=settings)))
-    """
-)
-
-
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
@@ -132,59 +114,6 @@ def write_manifest(
     }
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path, name
-
-
-class Nodes:
-    """Node processes of one test, each with its run folder and log file, started with
-    the environment an operator gives that role's node on ``broker``."""
-
-    def __init__(self, tmp_path: Path, broker: SecureBroker) -> None:
-        self.tmp = tmp_path
-        self.broker = broker
-        self.runner = tmp_path / "runner.py"
-        self.runner.write_text(RUNNER, encoding="utf-8")
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def dir(self, role: str) -> Path:
-        return self.tmp / f"node-{role}"
-
-    def start(self, manifest: Path, *roles: str) -> None:
-        for role in roles:
-            log = (self.tmp / f"{role}.log").open("wb")
-            self.procs[role] = subprocess.Popen(
-                [sys.executable, str(self.runner), str(manifest), role, str(self.dir(role))],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.tmp,
-                env={**os.environ, **self.broker.env(role)},
-            )
-
-    def log(self, role: str) -> str:
-        return (self.tmp / f"{role}.log").read_text(encoding="utf-8", errors="replace")
-
-    async def wait(self, timeout: float, *roles: str) -> dict[str, int]:
-        """Exit codes of the nodes; polls so that the test's own bus keeps receiving."""
-        deadline = time.monotonic() + timeout
-        codes: dict[str, int] = {}
-        for role in roles or tuple(self.procs):
-            while (code := self.procs[role].poll()) is None:
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{role} node still running after {timeout}s; its log:\n"
-                        + self.log(role)[-3000:]
-                    )
-                await asyncio.sleep(0.05)
-            codes[role] = code
-        return codes
-
-    def info(self, role: str) -> dict[str, Any]:
-        return json.loads((self.dir(role) / "run.json").read_text(encoding="utf-8"))
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture
@@ -610,14 +539,22 @@ async def test_a_mirror_stays_live_while_its_publisher_or_host_speaks() -> None:
 
 async def test_without_the_execution_node_the_books_of_a_market_data_host_go_stale() -> None:
     """A real venue's books come from the market-data node, its orders go through the
-    execution node: while that one is offline the books are STALE (the engine pulls the
-    quotes and places nothing), whatever the market-data node publishes; its return and
-    the next book message make them LIVE."""
+    execution node: until that one has announced its session (it listens to intents
+    then), and while it is offline, the books are not LIVE (the engine places nothing),
+    whatever the market-data node publishes; its next session and the next book message
+    make them LIVE. Its last session sent again (retained, to a new subscriber) is not a
+    return."""
     rig = await mirror_rig(60, host_role="marketdata")
     bus, scheme, publisher, venue, sink = rig.bus, rig.scheme, rig.publisher, rig.venue, rig.sink
     source = rig.live_source()
     mirror = venue.books["BTC/USDT"]
+    session = scheme.node_session("execution")
     publisher.on_book_state(source, "SYNCING", "LIVE", "start")
+    bus.publish(scheme.heartbeat("execution"), {"status": "online"})  # not subscribed yet
+    publisher.on_book_state(source, "LIVE", "LIVE", "update")
+    assert mirror.state is BookState.SYNCING and sink.states == []
+    bus.publish(session, {"role": "execution", "instance": "a", "connects": 1})
+    publisher.on_book_state(source, "LIVE", "LIVE", "start")
     assert mirror.state is BookState.LIVE
     bus.publish(scheme.heartbeat("execution"), {"status": "offline", "reason": "closed"})
     assert mirror.state is BookState.STALE
@@ -627,7 +564,12 @@ async def test_without_the_execution_node_the_books_of_a_market_data_host_go_sta
         publisher.on_book_state(source, "LIVE", "LIVE", "update")
         bus.publish(scheme.heartbeat("marketdata"), {"status": "online"})
     assert mirror.state is BookState.STALE and mirror.best_bid() == (100, 5)
+    bus.publish(session, {"role": "execution", "instance": "a", "connects": 1})  # again
     bus.publish(scheme.heartbeat("execution"), {"status": "online"})
+    source.set_level(Side.BUY, 100, 7)
+    publisher.on_book_state(source, "LIVE", "LIVE", "update")
+    assert mirror.state is BookState.STALE
+    bus.publish(session, {"role": "execution", "instance": "a", "connects": 2})  # back
     assert mirror.state is BookState.STALE  # until a book message says how it is now
     source.set_level(Side.BUY, 100, 7)
     publisher.on_book_state(source, "LIVE", "LIVE", "update")

@@ -177,8 +177,11 @@ class RemoteVenue(ExchangeAdapter):
         self._host_seen_ns = 0
         self._host_online = True
         # With a market-data host, the execution node is watched too: without it no
-        # order reaches the venue, so the books go STALE and the engine stops quoting.
-        self._execution_online = True
+        # order reaches the venue. It is ready once it announced its session (it has
+        # subscribed to the intents then) and no "offline" came after that session.
+        self._execution_online = host_role == "execution"
+        self._execution_session: tuple[str, int] | None = None
+        self._execution_gone: tuple[str, int] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._last_report_s = 0.0  # monotonic time of the last order report or fill
         self._cancel_all_seq = itertools.count(1)
@@ -222,7 +225,8 @@ class RemoteVenue(ExchangeAdapter):
         # The host's heartbeat first: its retained "offline" (a crashed host's last will)
         # then arrives before the retained book snapshots that host left behind.
         bus.subscribe(self.scheme.heartbeat(self.host_role), self._on_host_heartbeat)
-        if self.host_role != "execution":
+        if self.host_role != "execution":  # the session before the heartbeat: see above
+            bus.subscribe(self.scheme.node_session("execution"), self._on_execution_session)
             bus.subscribe(self.scheme.heartbeat("execution"), self._on_execution_heartbeat)
         for symbol in wanted:
             book = L2Book(self.instruments[symbol])
@@ -451,12 +455,20 @@ class RemoteVenue(ExchangeAdapter):
         for mirror in self._mirrors.values():
             self._set_state(mirror, BookState.STALE, reason)
 
+    def _on_execution_session(self, topic: str, payload: dict[str, Any]) -> None:
+        session = (str(payload.get("instance", "")), int(payload.get("connects", 0)))
+        self._execution_session = session
+        # A retained session sent again (a new subscription) is not a return.
+        self._execution_online = session != self._execution_gone
+
     def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
-        self._execution_online = payload.get("status") == "online"
-        if not self._execution_online:
-            reason = host_offline_reason("execution", payload) + ": no order reaches the venue"
-            for mirror in self._mirrors.values():
-                self._set_state(mirror, BookState.STALE, reason)
+        if payload.get("status") == "online":
+            return  # ready only with its next session: it may not have subscribed yet
+        self._execution_online = False
+        self._execution_gone = self._execution_session
+        reason = host_offline_reason("execution", payload) + ": no order reaches the venue"
+        for mirror in self._mirrors.values():
+            self._set_state(mirror, BookState.STALE, reason)
 
     # -- lock step ---------------------------------------------------------------------------
     def lockstep_event(self, code: str, data: Any) -> None:

@@ -1,0 +1,127 @@
+"""A split run on a real venue's wire: the Binance example as three node processes (market
+data, strategy, execution) over the secured Mosquitto, against the local Binance replica.
+
+With a simulated venue the execution node hosts everything (test_nodes.py); with a real
+one the books come from the market-data node and the orders go through the execution
+node, which alone holds the credentials. Here quotes reach the venue, a fill made at the
+venue reaches the strategy node's journal, and when the execution node is stopped the
+strategy node stops quoting: no order reaches the venue without it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from brokers import SecureBroker, running_secure_broker
+from split_nodes import Nodes
+
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS
+
+REPO = Path(__file__).resolve().parents[1]
+BINANCE = REPO / "examples" / "binance_testnet.yaml"
+SPLIT = REPO / "examples" / "distributed" / "sim_nodes.yaml"
+SYMBOL = "BTCUSDT"
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    yield from running_secure_broker(tmp_path_factory)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
+    made = Nodes(tmp_path, secure_broker)
+    yield made
+    made.stop_all()
+
+
+def split_binance_manifest(path: Path, replica: BinanceReplica, port: int) -> Path:
+    """The Binance example pointed at the replica, with the split example's bus (TLS,
+    per-role users, signing key) on this test's broker and fast node timings."""
+    data = yaml.safe_load(BINANCE.read_text(encoding="utf-8"))
+    split = yaml.safe_load(SPLIT.read_text(encoding="utf-8"))
+    data["run"].update({"name": f"t{uuid.uuid4().hex[:10]}", "duration": 30, "cancel_timeout": 3})
+    data["exchanges"]["binance"]["params"].update(
+        {**FAST_PARAMS, "rest_url": replica.url, "ws_url": replica.ws_url, "testnet": False}
+    )
+    data["bus"] = split["bus"]
+    data["bus"]["params"].update(
+        {"port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "connect_timeout_s": 3}
+    )
+    data["nodes"] = {"heartbeat": 0.5, "strategy_grace": 2, "stale_after": 2}
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def journal_kinds(run_dir: Path, kind: str) -> int:
+    try:
+        conn = sqlite3.connect(run_dir / "journal.sqlite")
+    except sqlite3.Error:
+        return 0
+    try:
+        return int(conn.execute("SELECT count(*) FROM journal WHERE kind=?", (kind,)).fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0  # not created yet
+    finally:
+        conn.close()
+
+
+async def until(condition: Any, timeout: float, what: str, nodes: Nodes) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {r}\n{nodes.log(r)[-1500:]}" for r in nodes.procs)
+            raise AssertionError(f"timed out waiting for {what}\n{logs}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_three_nodes_trade_a_real_venue_and_stop_quoting_without_the_execution_node(
+    nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        manifest = split_binance_manifest(tmp_path / "m.yaml", replica, secure_broker.port)
+        keys = {"BINANCE_API_KEY": replica.api_key, "BINANCE_API_SECRET": replica.api_secret}
+        nodes.start(manifest, "execution", "marketdata", "strategy", env=keys)
+        await until(lambda: len(replica.orders(SYMBOL)) >= 2, 12, "quotes at the venue", nodes)
+        # A taker at the venue fills one of our quotes: the report reaches both journals.
+        order = replica.orders(SYMBOL)[0]
+        await replica.fill_order(order.client_id, (order.qty / 2).quantize(Decimal("1e-8")))
+        for role in ("execution", "strategy"):
+            await until(lambda r=role: journal_kinds(nodes.dir(r), "fill") >= 1, 10, "fill", nodes)
+        assert journal_kinds(nodes.dir("marketdata"), "fill") == 0  # no orders there
+
+        started = "reconciled with the venues"  # the strategy node's start is complete
+        await until(lambda: started in nodes.log("strategy"), 15, "strategy started", nodes)
+
+        # The execution node stops: it cancels its orders at the venue and says goodbye.
+        nodes.procs["execution"].terminate()
+        assert (await nodes.wait(20, "execution")) == {"execution": 0}
+        assert replica.orders(SYMBOL) == []
+        placed = len(replica.orders(SYMBOL, open_only=False))
+        await until(
+            lambda: "no order reaches the venue" in nodes.log("strategy"),
+            10,
+            "the strategy node's books STALE",
+            nodes,
+        )
+        await asyncio.sleep(1.5)  # books keep coming from the market-data node meanwhile
+        assert len(replica.orders(SYMBOL, open_only=False)) == placed
+        assert "execution node offline (closed)" in nodes.log("strategy")
+        for role in ("strategy", "marketdata"):
+            nodes.procs[role].terminate()
+        codes = await nodes.wait(30, "strategy", "marketdata")
+        assert codes == {"strategy": 0, "marketdata": 0}, nodes.log("strategy")[-3000:]
+    finally:
+        await replica.stop()
