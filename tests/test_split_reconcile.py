@@ -21,9 +21,9 @@ import yaml
 from brokers import SecureBroker, require_shared_broker, running_secure_broker
 from loguru import logger
 from pydantic import BaseModel
+from split_nodes import Nodes
 from test_nodes import (
     EXAMPLE,
-    Nodes,
     Observer,
     journal_records,
     wait_until,
