@@ -145,6 +145,7 @@ async def ex(registry: PluginRegistry, tmp_path: Path) -> AsyncIterator[Harness]
     await node.bus.start()
     try:
         await node.start()
+        node.sessions.start()  # as a node process does: its session says it listens now
         await harness.until(
             lambda: all(m.book.best_bid_ticks() is not None for m in node.markets.values()),
             "both books",
@@ -153,6 +154,7 @@ async def ex(registry: PluginRegistry, tmp_path: Path) -> AsyncIterator[Harness]
     finally:
         logger.remove(sink)
         try:
+            await node.sessions.stop()
             await node.stop()
         finally:
             await node.bus.close()

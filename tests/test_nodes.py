@@ -404,6 +404,7 @@ async def mirror_rig(
     depth: int = 1,
     secrets: dict[str, str] | None = None,
     host_role: str = "execution",
+    announce: bool = True,
 ) -> _MirrorRig:
     bus = InProcessBus()
     scheme = TopicScheme("unit")
@@ -416,6 +417,8 @@ async def mirror_rig(
     )
     sink = _Sink()
     await venue.connect(sink)
+    if announce:  # the execution node announces its session once it listens to intents
+        bus.publish(scheme.node_session("execution"), {"instance": "x", "connects": 1})
     return _MirrorRig(bus, scheme, inst, publisher, ctx, venue, sink)
 
 
@@ -484,6 +487,7 @@ async def test_the_book_mirror_keeps_the_newest_message_of_each_publisher() -> N
     send(retained, "a", 2, 100)
     assert mirror.state is BookState.SYNCING and sink.states == []
     bus.publish(scheme.heartbeat("execution"), {"status": "online"})
+    bus.publish(scheme.node_session("execution"), {"instance": "x", "connects": 2})
     send(live, "a", 2, 100)
     assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 5)
     assert sink.states == [("SYNCING", "LIVE", "snapshot from the bus")] and sink.books == 0
@@ -544,7 +548,7 @@ async def test_without_the_execution_node_the_books_of_a_market_data_host_go_sta
     whatever the market-data node publishes; its next session and the next book message
     make them LIVE. Its last session sent again (retained, to a new subscriber) is not a
     return."""
-    rig = await mirror_rig(60, host_role="marketdata")
+    rig = await mirror_rig(60, host_role="marketdata", announce=False)
     bus, scheme, publisher, venue, sink = rig.bus, rig.scheme, rig.publisher, rig.venue, rig.sink
     source = rig.live_source()
     mirror = venue.books["BTC/USDT"]
@@ -583,10 +587,10 @@ async def test_without_the_execution_node_the_books_of_a_market_data_host_go_sta
 async def test_a_strategy_node_never_quotes_on_the_last_book_of_a_host_that_is_down(
     secure_broker: SecureBroker,
 ) -> None:
-    """A host that crashed leaves, retained at the broker, its instruments, its last LIVE
-    book snapshot and its last will ("offline"). A strategy node starting then must not
-    take that book for today's: it stays unusable, without a book shown to the strategy,
-    until the host is back online and publishes again."""
+    """A host that crashed leaves, retained at the broker, its instruments, its session,
+    its last LIVE book snapshot and its last will ("offline"). A strategy node starting
+    then must not take that book for today's: it stays unusable, without a book shown to
+    the strategy, until the host is back (a new session) and publishes again."""
     run = f"t{uuid.uuid4().hex[:10]}"
     scheme = TopicScheme(run)
     inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
@@ -597,6 +601,8 @@ async def test_a_strategy_node_never_quotes_on_the_last_book_of_a_host_that_is_d
     await host.start()
     publisher = MarketDataPublisher(host, scheme, depth=1, snapshot_interval_s=0)
     publisher.publish_instruments("sim", {inst.symbol: inst})
+    session = {"role": "execution", "instance": "a", "connects": 1}
+    host.publish(scheme.node_session("execution"), session, qos=1, retain=True)
     publisher.on_book_state(source, "SYNCING", "LIVE", "start")  # retained snapshot
     offline = {"status": "offline", "reason": "connection lost"}
     host.publish(scheme.heartbeat("execution"), offline, qos=1, retain=True)  # its will
@@ -617,6 +623,8 @@ async def test_a_strategy_node_never_quotes_on_the_last_book_of_a_host_that_is_d
         host = MqttBus(secure_broker.params("execution"), run)  # the host is back
         await host.start()
         host.publish(scheme.heartbeat("execution"), {"status": "online"}, qos=1, retain=True)
+        session = {"role": "execution", "instance": "b", "connects": 1}
+        host.publish(scheme.node_session("execution"), session, qos=1, retain=True)
         await host.flush(5)
         publisher = MarketDataPublisher(host, scheme, depth=1, snapshot_interval_s=0)
         source.set_level(Side.BUY, 100, 9)

@@ -176,10 +176,10 @@ class RemoteVenue(ExchangeAdapter):
         self._instruments_seen = asyncio.Event()
         self._host_seen_ns = 0
         self._host_online = True
-        # With a market-data host, the execution node is watched too: without it no
-        # order reaches the venue. It is ready once it announced its session (it has
-        # subscribed to the intents then) and no "offline" came after that session.
-        self._execution_online = host_role == "execution"
+        # No order reaches the venue without the execution node (with a market-data
+        # host, too): it is ready once it announced its session (it listens to intents
+        # then) and no "offline" came after that session.
+        self._execution_online = False
         self._execution_session: tuple[str, int] | None = None
         self._execution_gone: tuple[str, int] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -222,11 +222,12 @@ class RemoteVenue(ExchangeAdapter):
                 self.books[symbol] = L2Book(self.instruments[symbol])
             await self.lockstep.welcome(self, self.connect_timeout_s)
             return
-        # The host's heartbeat first: its retained "offline" (a crashed host's last will)
-        # then arrives before the retained book snapshots that host left behind.
+        # The execution node's session, then the heartbeats, then the books: a crashed
+        # node's retained session, then its retained last will ("offline"), then the
+        # retained book snapshots it left behind, each judged by what came before.
+        bus.subscribe(self.scheme.node_session("execution"), self._on_execution_session)
         bus.subscribe(self.scheme.heartbeat(self.host_role), self._on_host_heartbeat)
-        if self.host_role != "execution":  # the session before the heartbeat: see above
-            bus.subscribe(self.scheme.node_session("execution"), self._on_execution_session)
+        if self.host_role != "execution":
             bus.subscribe(self.scheme.heartbeat("execution"), self._on_execution_heartbeat)
         for symbol in wanted:
             book = L2Book(self.instruments[symbol])
@@ -451,6 +452,9 @@ class RemoteVenue(ExchangeAdapter):
         if online:
             self._host_seen_ns = time.monotonic_ns()
             return
+        if self.host_role == "execution":
+            self._execution_online = False
+            self._execution_gone = self._execution_session
         reason = host_offline_reason(self.host_role, payload)
         for mirror in self._mirrors.values():
             self._set_state(mirror, BookState.STALE, reason)
