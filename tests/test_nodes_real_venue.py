@@ -4,8 +4,9 @@ data, strategy, execution) over the secured Mosquitto, against the local Binance
 With a simulated venue the execution node hosts everything (test_nodes.py); with a real
 one the books come from the market-data node and the orders go through the execution
 node, which alone holds the credentials. Here quotes reach the venue, a fill made at the
-venue reaches the strategy node's journal, and when the execution node is stopped the
-strategy node stops quoting: no order reaches the venue without it."""
+venue reaches the strategy node's journal, when the execution node is stopped the
+strategy node stops quoting (no order reaches the venue without it), and a new
+execution node process brings the quotes back."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ async def until(condition: Any, timeout: float, what: str, nodes: Nodes) -> None
 
 
 @pytest.mark.slow
-async def test_three_nodes_trade_a_real_venue_and_stop_quoting_without_the_execution_node(
+async def test_three_nodes_trade_a_real_venue_and_quote_only_with_an_execution_node(
     nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
 ) -> None:
     replica = BinanceReplica(ping_interval=0.1)
@@ -119,9 +120,21 @@ async def test_three_nodes_trade_a_real_venue_and_stop_quoting_without_the_execu
         await asyncio.sleep(1.5)  # books keep coming from the market-data node meanwhile
         assert len(replica.orders(SYMBOL, open_only=False)) == placed
         assert "execution node offline (closed)" in nodes.log("strategy")
-        for role in ("strategy", "marketdata"):
+
+        # A new execution node process: the strategy quotes again once it listens.
+        nodes.dir("execution").rename(tmp_path / "node-execution-first")
+        (tmp_path / "execution.log").rename(tmp_path / "execution-first.log")
+        nodes.start(manifest, "execution", env=keys)
+        await until(lambda: len(replica.orders(SYMBOL)) >= 2, 20, "quotes again", nodes)
+        assert len(replica.orders(SYMBOL, open_only=False)) > placed
+        # Stopped as an operator would: the strategy node first (it pulls its quotes and
+        # reconciles with the execution node), then the other two.
+        nodes.procs["strategy"].terminate()
+        assert (await nodes.wait(30, "strategy")) == {"strategy": 0}, nodes.log("strategy")
+        assert replica.orders(SYMBOL) == []
+        assert "ERROR" not in nodes.log("strategy")
+        for role in ("execution", "marketdata"):
             nodes.procs[role].terminate()
-        codes = await nodes.wait(30, "strategy", "marketdata")
-        assert codes == {"strategy": 0, "marketdata": 0}, nodes.log("strategy")[-3000:]
+        assert (await nodes.wait(30)) == {"execution": 0, "strategy": 0, "marketdata": 0}
     finally:
         await replica.stop()
