@@ -19,6 +19,7 @@ from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
 
 RECONCILE_GRACE_NS = 5 * NS  # younger orders may not show in a venue snapshot yet
+UNANSWERED_NS = 60 * NS  # an order no report answered this long: its request was lost
 
 
 class Reconciler:
@@ -61,7 +62,9 @@ class Reconciler:
         not know; other orders on the account are left alone. The diff is journaled.
 
         ``periodic``: a check while trading, so orders in flight (not yet acknowledged,
-        or younger than a few seconds) are not judged by a snapshot that predates them.
+        or younger than a few seconds) are not judged by a snapshot that predates them;
+        one still unacknowledged after ``UNANSWERED_NS`` is (its request or report was
+        lost: left pending, it would hold its quote's place forever).
         Orders made after the check began (the engine quotes while it awaits the venues'
         answers, at a live start too) are never judged by it.
 
@@ -72,7 +75,7 @@ class Reconciler:
         om = self.orders
         ours = f"{om.id_prefix}-"
         now = self.clock.now_ns()
-        young = now - RECONCILE_GRACE_NS
+        young, unanswered = now - RECONCILE_GRACE_NS, now - UNANSWERED_NS
         for name, venue in self.venues.items():
             fills = await venue.fetch_fills(max(0, since_ns - 60 * NS))
             if fills is None:
@@ -99,7 +102,8 @@ class Reconciler:
                 if order.created_ns >= now:
                     continue  # made while the venues were being asked (quoting goes on)
                 if periodic and (
-                    order.status is OrderStatus.PENDING_NEW or order.created_ns > young
+                    (order.status is OrderStatus.PENDING_NEW and order.created_ns > unanswered)
+                    or order.created_ns > young
                 ):
                     continue
                 status = OrderStatus.FILLED if order.remaining_lots <= 0 else OrderStatus.CANCELLED

@@ -19,7 +19,7 @@ from quoteforge.exchange import CancelOrder, ExchangeAdapter, OrderAction, Venue
 from quoteforge.model import Fill, Instrument, Liquidity, Order, OrderStatus, OrderUpdate, Side
 from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
-from quoteforge.reconcile import RECONCILE_GRACE_NS, Reconciler
+from quoteforge.reconcile import RECONCILE_GRACE_NS, UNANSWERED_NS, Reconciler
 
 VENUE, SYMBOL = "ex", "BTCUSDT"
 MARKET = f"{VENUE}:{SYMBOL}"
@@ -199,6 +199,21 @@ def test_while_trading_orders_in_flight_or_younger_than_the_grace_are_not_judged
     # At a start or a resume (not periodic) the venue's snapshot decides for all.
     assert c.run()["closed"] == 2
     assert unacked.status is young.status is OrderStatus.CANCELLED
+
+
+def test_an_order_no_report_answered_for_a_minute_is_judged_while_trading() -> None:
+    """Its request or its acknowledgement was lost (a split run's intent sent to nobody):
+    left pending, the execution policy would never replace it and its quote's place
+    would stay empty for the rest of the run."""
+    venue = Venue()
+    c = Check(venue)
+    lost = c.order()
+    c.later(UNANSWERED_NS / NS - 1)
+    assert c.run(periodic=True)["closed"] == 0 and lost.status is OrderStatus.PENDING_NEW
+    c.later(1)
+    assert c.run(periodic=True)["closed"] == 1
+    assert lost.status is OrderStatus.CANCELLED
+    assert lost.reason == "not open at the venue on reconciliation"
 
 
 def test_an_order_exactly_at_the_grace_is_judged() -> None:
