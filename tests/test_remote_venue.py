@@ -204,6 +204,24 @@ async def test_each_intent_travels_under_the_strategy_that_owns_its_order() -> N
     await venue.close()
 
 
+async def test_a_venue_no_strategy_trades_files_its_intents_under_unassigned() -> None:
+    """A place and a cancel-all alike: the execution node then refuses the order under a
+    strategy the run does not define, and the cancel-all reaches it too."""
+    bus, scheme = InProcessBus(), TopicScheme("unit")
+    hosting(bus, scheme, BTC)
+    ctx = VenueContext("sim", LiveClock(), 0, "sim", [BTC])
+    venue = RemoteVenue(ctx, lambda: bus, scheme, [], host_role="execution")
+    await venue.connect(_Sink())
+    sent: list[tuple[str, str]] = []
+    bus.subscribe(scheme.all_of(TopicKind.INTENT), lambda t, p: sent.append((t, p["action"])))
+    order = Order("x-1", "sim", BTC, Side.BUY, 3, 100)
+    venue.submit([PlaceOrder(order), CancelAll("sim", BTC)])
+    topic = scheme.intent("unassigned")
+    assert sent == [(topic, "place"), (topic, "cancel_all")]
+    assert venue.intents_sent == 2
+    await venue.close()
+
+
 # ---------------------------------------------------------------------------------------
 # close: drain the order and fill streams, then let go of the sink
 # ---------------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ class RemoteVenue(ExchangeAdapter):
         lockstep = self.lockstep
         for action in actions:
             if isinstance(action, CancelAll):
-                for strategy in self.strategies:
+                for strategy in self.strategies or [self._default_strategy]:
                     seq = next(self._cancel_all_seq)
                     payload, msg_id = intent_payload(action, strategy, seq)
                     if lockstep is not None:
