@@ -85,6 +85,32 @@ async def until(condition: Any, timeout: float, what: str, nodes: Nodes) -> None
         await asyncio.sleep(0.1)
 
 
+def credentials(replica: BinanceReplica) -> dict[str, str]:
+    """The environment the execution node reads the replica account's keys from."""
+    return {"BINANCE_API_KEY": replica.api_key, "BINANCE_API_SECRET": replica.api_secret}
+
+
+async def start_split(nodes: Nodes, replica: BinanceReplica, manifest: Path) -> None:
+    """The three nodes, until the strategy quotes at the venue and has finished starting
+    (its first reconciliation with the execution node)."""
+    nodes.start(manifest, "execution", "marketdata", "strategy", env=credentials(replica))
+    await until(lambda: len(replica.orders(SYMBOL)) >= 2, 15, "quotes at the venue", nodes)
+    started = "reconciled with the venues"
+    await until(lambda: started in nodes.log("strategy"), 15, "strategy started", nodes)
+
+
+async def stop_as_an_operator(nodes: Nodes, replica: BinanceReplica) -> None:
+    """The strategy node first (it pulls its quotes through the execution node and
+    reconciles with it): nothing is left open at the venue; then the other two."""
+    nodes.procs["strategy"].terminate()
+    assert (await nodes.wait(30, "strategy")) == {"strategy": 0}, nodes.log("strategy")
+    assert replica.orders(SYMBOL) == []
+    assert "ERROR" not in nodes.log("strategy")
+    for role in ("execution", "marketdata"):
+        nodes.procs[role].terminate()
+    assert (await nodes.wait(30)) == {"execution": 0, "strategy": 0, "marketdata": 0}
+
+
 @pytest.mark.slow
 async def test_three_nodes_trade_a_real_venue_and_quote_only_with_an_execution_node(
     nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
@@ -93,18 +119,13 @@ async def test_three_nodes_trade_a_real_venue_and_quote_only_with_an_execution_n
     await replica.start()
     try:
         manifest = split_binance_manifest(tmp_path / "m.yaml", replica, secure_broker.port)
-        keys = {"BINANCE_API_KEY": replica.api_key, "BINANCE_API_SECRET": replica.api_secret}
-        nodes.start(manifest, "execution", "marketdata", "strategy", env=keys)
-        await until(lambda: len(replica.orders(SYMBOL)) >= 2, 12, "quotes at the venue", nodes)
+        await start_split(nodes, replica, manifest)
         # A taker at the venue fills one of our quotes: the report reaches both journals.
         order = replica.orders(SYMBOL)[0]
         await replica.fill_order(order.client_id, (order.qty / 2).quantize(Decimal("1e-8")))
         for role in ("execution", "strategy"):
             await until(lambda r=role: journal_kinds(nodes.dir(r), "fill") >= 1, 10, "fill", nodes)
         assert journal_kinds(nodes.dir("marketdata"), "fill") == 0  # no orders there
-
-        started = "reconciled with the venues"  # the strategy node's start is complete
-        await until(lambda: started in nodes.log("strategy"), 15, "strategy started", nodes)
 
         # The execution node stops: it cancels its orders at the venue and says goodbye.
         nodes.procs["execution"].terminate()
@@ -124,17 +145,55 @@ async def test_three_nodes_trade_a_real_venue_and_quote_only_with_an_execution_n
         # A new execution node process: the strategy quotes again once it listens.
         nodes.dir("execution").rename(tmp_path / "node-execution-first")
         (tmp_path / "execution.log").rename(tmp_path / "execution-first.log")
-        nodes.start(manifest, "execution", env=keys)
+        nodes.start(manifest, "execution", env=credentials(replica))
         await until(lambda: len(replica.orders(SYMBOL)) >= 2, 20, "quotes again", nodes)
         assert len(replica.orders(SYMBOL, open_only=False)) > placed
-        # Stopped as an operator would: the strategy node first (it pulls its quotes and
-        # reconciles with the execution node), then the other two.
-        nodes.procs["strategy"].terminate()
-        assert (await nodes.wait(30, "strategy")) == {"strategy": 0}, nodes.log("strategy")
-        assert replica.orders(SYMBOL) == []
-        assert "ERROR" not in nodes.log("strategy")
-        for role in ("execution", "marketdata"):
-            nodes.procs[role].terminate()
-        assert (await nodes.wait(30)) == {"execution": 0, "strategy": 0, "marketdata": 0}
+        await stop_as_an_operator(nodes, replica)
     finally:
+        await replica.stop()
+
+
+@pytest.mark.slow
+async def test_a_broker_restart_in_a_real_venue_split_loses_and_doubles_nothing(
+    tmp_path: Path,
+) -> None:
+    """The broker dies for a second and comes back without its retained values: every
+    node reconnects, what the strategy node sent meanwhile is replayed to the execution
+    node, and trading goes on. A fill after the restart reaches both journals, no order
+    reaches the venue twice, and the operator's stop leaves nothing open."""
+    broker = SecureBroker(tmp_path / "broker")
+    broker.start()
+    nodes = Nodes(tmp_path, broker)
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        await start_split(
+            nodes, replica, split_binance_manifest(tmp_path / "m.yaml", replica, broker.port)
+        )
+
+        broker.kill()
+        await asyncio.sleep(1.0)
+        broker.start()
+        for role in ("execution", "marketdata", "strategy"):
+            await until(
+                lambda r=role: "reconnected to MQTT broker" in nodes.log(r), 15, "reconnects", nodes
+            )
+        placed = len(replica.orders(SYMBOL, open_only=False))
+        order = replica.orders(SYMBOL)[0]
+        await replica.fill_order(order.client_id)  # the position moves: the strategy requotes
+        for role in ("execution", "strategy"):
+            await until(lambda r=role: journal_kinds(nodes.dir(r), "fill") >= 1, 15, "fill", nodes)
+        await until(
+            lambda: len(replica.orders(SYMBOL, open_only=False)) > placed, 15, "requotes", nodes
+        )
+
+        await stop_as_an_operator(nodes, replica)
+        ids = [o.client_id for o in replica.orders(SYMBOL, open_only=False)]
+        assert len(ids) == len(set(ids))
+        assert journal_kinds(nodes.dir("strategy"), "fill") == journal_kinds(
+            nodes.dir("execution"), "fill"
+        )
+    finally:
+        nodes.stop_all()
+        broker.kill()
         await replica.stop()
