@@ -190,9 +190,9 @@ async def test_a_broker_restart_in_a_real_venue_split_loses_and_doubles_nothing(
         await stop_as_an_operator(nodes, replica)
         ids = [o.client_id for o in replica.orders(SYMBOL, open_only=False)]
         assert len(ids) == len(set(ids))
-        assert journal_kinds(nodes.dir("strategy"), "fill") == journal_kinds(
-            nodes.dir("execution"), "fill"
-        )
+        # The one fill the venue made, booked once on each side despite the replays.
+        assert journal_kinds(nodes.dir("strategy"), "fill") == 1
+        assert journal_kinds(nodes.dir("execution"), "fill") == 1
     finally:
         nodes.stop_all()
         broker.kill()
