@@ -37,7 +37,11 @@ __all__ = ["GcPolicy", "freeze_startup_objects"]
 def freeze_startup_objects() -> None:
     """After one last collection, keep what start-up made (modules, plugins, instruments,
     books) out of every later garbage collection: a full collection otherwise walks those
-    tens of thousands of objects each time. Called by real-time runs and split nodes."""
+    tens of thousands of objects each time. Called by real-time runs and split nodes;
+    once is enough (a strategy node's run has frozen the heap before the node asks): the
+    full collection before a freeze is not repeated."""
+    if gc.get_freeze_count():
+        return
     gc.collect()
     gc.freeze()
 

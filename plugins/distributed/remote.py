@@ -453,11 +453,8 @@ class RemoteVenue(ExchangeAdapter):
             self._host_seen_ns = time.monotonic_ns()
             return
         if self.host_role == "execution":
-            self._execution_online = False
-            self._execution_gone = self._execution_session
-        reason = host_offline_reason(self.host_role, payload)
-        for mirror in self._mirrors.values():
-            self._set_state(mirror, BookState.STALE, reason)
+            self._execution_left()
+        self._all_stale(host_offline_reason(self.host_role, payload))
 
     def _on_execution_session(self, topic: str, payload: dict[str, Any]) -> None:
         session = (str(payload.get("instance", "")), int(payload.get("connects", 0)))
@@ -468,9 +465,15 @@ class RemoteVenue(ExchangeAdapter):
     def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
         if payload.get("status") == "online":
             return  # ready only with its next session: it may not have subscribed yet
+        self._execution_left()
+        self._all_stale(host_offline_reason("execution", payload) + ": no order reaches the venue")
+
+    def _execution_left(self) -> None:
+        """No order reaches the venue until the execution node's next session."""
         self._execution_online = False
         self._execution_gone = self._execution_session
-        reason = host_offline_reason("execution", payload) + ": no order reaches the venue"
+
+    def _all_stale(self, reason: str) -> None:
         for mirror in self._mirrors.values():
             self._set_state(mirror, BookState.STALE, reason)
 
