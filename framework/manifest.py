@@ -245,7 +245,7 @@ class NodeSettings(BaseModel):
         Duration(3),
         gt=0,
         description="A strategy node marks a book STALE after this long without a book "
-        "message or a heartbeat of the node publishing it.",
+        "message or heartbeat of its publisher, or (real venues) an execution heartbeat.",
     )
     book_depth: int = Field(
         10, ge=1, le=1000, description="Levels per side in every published book message."

@@ -347,6 +347,42 @@ async def test_split_roles_refuse_the_in_process_bus(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"), [("stale_after", 1.0), ("strategy_grace", 0.8), ("stale_after", 0.2)]
+)
+async def test_split_roles_refuse_silence_limits_within_two_heartbeats(
+    registry: PluginRegistry,
+    tmp_path: Path,
+    secure_broker: SecureBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    value: float,
+) -> None:
+    """A silence judged against a limit of two heartbeats or less ends in false alarms:
+    books STALE, or the strategy's orders cancelled, between two heartbeats. Refused at
+    start, naming the setting, the heartbeat and the way out."""
+    path, _ = write_manifest(tmp_path / "m.yaml", port=secure_broker.port, duration=5)
+    data = yaml.safe_load(path.read_text())
+    data["nodes"][setting] = value  # the heartbeat is HEARTBEAT (0.5 s)
+    path.write_text(yaml.safe_dump(data))
+    for name, text in secure_broker.env("execution").items():
+        monkeypatch.setenv(name, text)
+    loaded, _ = load_node_manifest(path, registry)
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="ERROR", format="{message}")
+    try:
+        code = await run_node(loaded, registry, "execution", tmp_path / "run", path)
+    finally:
+        logger.remove(sink)
+    assert code == 2
+    assert messages[0].rstrip("\n") == (
+        f"nodes.{setting} ({value:g}s) must be longer than two heartbeats (nodes.heartbeat "
+        f"0.5s): a silence is judged against it, so one late heartbeat would look like a lost "
+        f"node; raise nodes.{setting} above 1s or send heartbeats more often"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 class _Sink:
     def __init__(self) -> None:
         self.states: list[tuple[str, str, str]] = []
@@ -578,6 +614,55 @@ async def test_without_the_execution_node_the_books_of_a_market_data_host_go_sta
     source.set_level(Side.BUY, 100, 7)
     publisher.on_book_state(source, "LIVE", "LIVE", "update")
     assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 7)
+    assert [state[:2] for state in sink.states] == [
+        ("SYNCING", "LIVE"), ("LIVE", "STALE"), ("STALE", "LIVE"),
+    ]  # fmt: skip
+    await venue.close()
+
+
+async def test_a_silent_execution_node_makes_the_books_of_a_market_data_host_stale() -> None:
+    """An execution node that froze (a paused host, a dead link the broker has not
+    noticed yet) stays "online" at the broker until its last will, up to 1.5x the MQTT
+    keepalive later. Its heartbeats stop, though: after ``stale_after_s`` without one
+    the books go STALE, naming the silence, and no book message counts meanwhile; its
+    next heartbeat (the same session: the process only paused) and the next book message
+    make them LIVE again."""
+    rig = await mirror_rig(0.3, host_role="marketdata")
+    bus, scheme, publisher, venue, sink = rig.bus, rig.scheme, rig.publisher, rig.venue, rig.sink
+    source = rig.live_source()
+    mirror = venue.books["BTC/USDT"]
+    publisher.on_book_state(source, "SYNCING", "LIVE", "start")
+    assert mirror.state is BookState.LIVE
+    for k in range(6):  # the execution node beats; the market-data node publishes
+        await asyncio.sleep(0.1)
+        bus.publish(scheme.heartbeat("execution"), {"status": "online"})
+        source.set_level(Side.BUY, 100, 6 + k)
+        publisher.on_book(source)
+        await asyncio.sleep(0)
+        assert mirror.state is BookState.LIVE
+    last_beat = time.monotonic()
+    for k in range(8):  # book messages only: the execution node went quiet
+        await asyncio.sleep(0.1)
+        source.set_level(Side.BUY, 100, 20 + k)
+        publisher.on_book(source)
+        await asyncio.sleep(0)
+        if mirror.state is BookState.STALE:
+            break
+    assert mirror.state is BookState.STALE
+    assert time.monotonic() - last_beat >= 0.3
+    assert sink.states[-1][2].startswith("no execution heartbeat for ")
+    assert sink.states[-1][2].endswith("(limit 300 ms): no order reaches the venue")
+    stale_bid = mirror.best_bid()
+    source.set_level(Side.BUY, 100, 40)
+    publisher.on_book(source)
+    await asyncio.sleep(0)
+    assert mirror.state is BookState.STALE and mirror.best_bid() == stale_bid
+    bus.publish(scheme.heartbeat("execution"), {"status": "online"})  # it woke up
+    assert mirror.state is BookState.STALE  # until a book message says how it is now
+    source.set_level(Side.BUY, 100, 41)
+    publisher.on_book(source)
+    await asyncio.sleep(0)
+    assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 41)
     assert [state[:2] for state in sink.states] == [
         ("SYNCING", "LIVE"), ("LIVE", "STALE"), ("STALE", "LIVE"),
     ]  # fmt: skip

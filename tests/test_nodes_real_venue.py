@@ -6,11 +6,14 @@ one the books come from the market-data node and the orders go through the execu
 node, which alone holds the credentials. Here quotes reach the venue, a fill made at the
 venue reaches the strategy node's journal, when the execution node is stopped the
 strategy node stops quoting (no order reaches the venue without it), and a new
-execution node process brings the quotes back."""
+execution node process brings the quotes back. An execution node whose host pauses sends
+no order priced on the book of before the pause."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import time
 import uuid
@@ -196,4 +199,92 @@ async def test_a_broker_restart_in_a_real_venue_split_loses_and_doubles_nothing(
     finally:
         nodes.stop_all()
         broker.kill()
+        await replica.stop()
+
+
+def shifted(levels: list[tuple[Decimal, Decimal]], by: Decimal) -> list[tuple[str, str]]:
+    return [(str(price + by), str(qty)) for price, qty in levels]
+
+
+SPREAD = Decimal("0.05")  # quotes 5% from the mid: a 2% move crosses none of them
+
+
+def quoted_at(orders: list[Any], mid: Decimal) -> list[Any]:
+    """The orders quoted on a book whose mid was ``mid`` (within 0.5%)."""
+    found = []
+    for o in orders:
+        implied = o.price / (1 - SPREAD) if o.side == "buy" else o.price / (1 + SPREAD)
+        if abs(implied - mid) <= mid * Decimal("0.005"):
+            found.append(o)
+    return found
+
+
+@pytest.mark.slow
+async def test_a_paused_execution_node_sends_no_order_priced_on_the_book_of_before(
+    nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    """The execution node's host pauses (SIGSTOP): its broker connection stays open, so
+    the broker sends no last will for up to 1.5x the keepalive, and the intents the
+    strategy node makes as the market moves wait for it. After ``stale_after`` without
+    its heartbeat the strategy node marks its books STALE and pulls its quotes. When the
+    host resumes, the waiting places and replaces are older than ``intent_max_age``:
+    refused unsent, their old orders pulled. The quotes come back at the price of now;
+    no order ever reached the venue at the price of the pause, and the execution node
+    does not take its own pause for the strategy node's silence."""
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        manifest = split_binance_manifest(tmp_path / "m.yaml", replica, secure_broker.port)
+        data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+        data["nodes"]["intent_max_age"] = 1
+        data["strategies"]["mm"]["params"]["spread_bps"] = float(SPREAD * 10_000)
+        manifest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        await start_split(nodes, replica, manifest)
+        book = replica.book(SYMBOL)
+        bid, ask = book["bids"][0][0], book["asks"][0][0]
+        mid = (bid + ask) / 2
+        step = (mid * Decimal("0.02")).quantize(bid)  # 2% on the price grid
+        assert len(quoted_at(replica.orders(SYMBOL), mid)) >= 2
+
+        os.kill(nodes.procs["execution"].pid, signal.SIGSTOP)
+        paused = time.monotonic()
+        try:
+            # The market moves 2% up: the strategy node requotes, for nobody.
+            await replica.set_book(SYMBOL, shifted(book["bids"], step), shifted(book["asks"], step))
+            await until(
+                lambda: "no execution heartbeat for" in nodes.log("strategy"),
+                10,
+                "the strategy node's books STALE",
+                nodes,
+            )
+            assert time.monotonic() - paused >= 2  # nodes.stale_after
+            # 4% up by the time it wakes: only this price may be quoted.
+            await replica.set_book(
+                SYMBOL, shifted(book["bids"], 2 * step), shifted(book["asks"], 2 * step)
+            )
+            await asyncio.sleep(max(0.0, paused + 3.5 - time.monotonic()))
+        finally:
+            os.kill(nodes.procs["execution"].pid, signal.SIGCONT)
+
+        now = mid + 2 * step
+        await until(
+            lambda: len(quoted_at(replica.orders(SYMBOL), now)) >= 2,
+            30,
+            "quotes at the price of now",
+            nodes,
+        )
+        log = nodes.log("strategy")  # the refusals come back as rejections
+        assert "refused at the execution node: made " in log
+        assert "longer than nodes.intent_max_age (1 s) allows" in log
+        assert "execution node heard again" in log
+        # The execution node knows it was paused: the strategy node's heartbeats of that
+        # time are read before its silence is judged (no false strategy_lost breaker).
+        assert "this node did not run for 3." in nodes.log("execution")
+        assert "strategy_lost" not in nodes.log("execution")
+        ever = replica.orders(SYMBOL, open_only=False)
+        assert quoted_at(ever, mid + step) == []  # nothing of the pause's book
+        assert len(quoted_at(ever, mid)) + len(quoted_at(ever, now)) == len(ever)
+        assert quoted_at(replica.orders(SYMBOL), now) == replica.orders(SYMBOL)
+        await stop_as_an_operator(nodes, replica)
+    finally:
         await replica.stop()

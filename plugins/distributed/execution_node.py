@@ -543,7 +543,19 @@ class ExecutionNode(Node):
         grace = float(self.settings.strategy_grace)
         period = max(0.05, min(0.25, grace / 4))
         while True:
+            slept = time.monotonic()
             await asyncio.sleep(period)
+            late = time.monotonic() - slept - period
+            if late > max(period, 0.1):
+                # This node did not run (its host paused, its loop blocked): heartbeats
+                # of that time wait unread, so the silence is judged after they are read.
+                self.log.warning(
+                    "this node did not run for {:.1f} s (a paused host or a blocked event "
+                    "loop); the strategy node's heartbeat is judged again once its "
+                    "messages of that time are read",
+                    late + period,
+                )
+                continue
             w = self.watch
             silent = time.monotonic() - w.last_online
             if w.seen and not (w.tripped or w.departed) and silent > grace:

@@ -81,6 +81,9 @@ def _check_split(loaded: LoadedManifest, role: str) -> str | None:
             f"--node {role}: a backtest replays recorded data in virtual time and runs in "
             "one process; use --node all"
         )
+    timing = _timing_problem(m.nodes)
+    if timing:
+        return timing
     params = loaded.params_of("bus")
     for name, variable in (("signing_key", "QUOTEFORGE_BUS_KEY"), ("password", "QF_MQTT_PASSWORD")):
         secret = getattr(params, name, None)
@@ -98,6 +101,22 @@ def _check_split(loaded: LoadedManifest, role: str) -> str | None:
             + ". See docs/security.md; for a throwaway test broker only, set "
             "bus.params.insecure: true"
         )
+    return None
+
+
+def _timing_problem(nodes: NodeSettings) -> str | None:
+    """Silences judged in less time than a heartbeat takes would end in a false alarm
+    between two heartbeats: every book STALE, every strategy's orders cancelled."""
+    beat = float(nodes.heartbeat)
+    limits = (("stale_after", nodes.stale_after), ("strategy_grace", nodes.strategy_grace))
+    for name, limit in limits:
+        if float(limit) <= 2 * beat:
+            return (
+                f"nodes.{name} ({float(limit):g}s) must be longer than two heartbeats "
+                f"(nodes.heartbeat {beat:g}s): a silence is judged against it, so one late "
+                f"heartbeat would look like a lost node; raise nodes.{name} above "
+                f"{2 * beat:g}s or send heartbeats more often"
+            )
     return None
 
 

@@ -129,6 +129,8 @@ class RemoteVenue(ExchangeAdapter):
     replaces the book. A book goes STALE when neither a book message nor a heartbeat of
     the hosting node arrived within ``stale_after_s`` (or when that node says it is
     offline, or its own book is not LIVE), and LIVE again with the next LIVE snapshot.
+    With a market-data host, the books also go STALE when the execution node is offline
+    or silent for ``stale_after_s`` (no order would reach the venue).
     ``submit`` publishes each action as an intent on ``intent/<strategy>`` (QoS 1, one
     message id per action); order reports and fills come back from ``order/<venue>`` and
     ``fill/<venue>``. Reconciliation (``fetch_open_orders``, ``fetch_fills``,
@@ -182,6 +184,11 @@ class RemoteVenue(ExchangeAdapter):
         self._execution_online = False
         self._execution_session: tuple[str, int] | None = None
         self._execution_gone: tuple[str, int] | None = None
+        # With a market-data host, the execution node's silence is watched too: a node
+        # that froze (a paused host, a dead link the broker has not noticed yet) keeps
+        # its "online" until its last will, up to 1.5x the MQTT keepalive later.
+        self._execution_heard_ns = 0
+        self._execution_silent = False
         self._watchdog: asyncio.Task[None] | None = None
         self._last_report_s = 0.0  # monotonic time of the last order report or fill
         self._cancel_all_seq = itertools.count(1)
@@ -388,7 +395,7 @@ class RemoteVenue(ExchangeAdapter):
         return handle
 
     def _apply_book(self, mirror: _Mirror, payload: dict[str, Any]) -> None:
-        if not (self._host_online and self._execution_online):
+        if not (self._host_online and self._execution_online) or self._execution_silent:
             return  # a host that is down left this (its last book), or no order gets out
         pub = payload.get("pub", "")
         n = int(payload.get("n", 0))
@@ -461,10 +468,16 @@ class RemoteVenue(ExchangeAdapter):
         self._execution_session = session
         # A retained session sent again (a new subscription) is not a return.
         self._execution_online = session != self._execution_gone
+        if self._execution_online:
+            self._execution_heard()
 
     def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
         if payload.get("status") == "online":
-            return  # ready only with its next session: it may not have subscribed yet
+            # Ready only with its next session (it may not have subscribed yet); the
+            # same session heard again after a silence is back at once.
+            if self._execution_online:
+                self._execution_heard()
+            return
         self._execution_left()
         self._all_stale(host_offline_reason("execution", payload) + ": no order reaches the venue")
 
@@ -472,6 +485,15 @@ class RemoteVenue(ExchangeAdapter):
         """No order reaches the venue until the execution node's next session."""
         self._execution_online = False
         self._execution_gone = self._execution_session
+
+    def _execution_heard(self) -> None:
+        self._execution_heard_ns = time.monotonic_ns()
+        if self._execution_silent:
+            self._execution_silent = False
+            logger.info(
+                "venue {}: execution node heard again: books LIVE with the next book message",
+                self.name,
+            )
 
     def _all_stale(self, reason: str) -> None:
         for mirror in self._mirrors.values():
@@ -514,8 +536,17 @@ class RemoteVenue(ExchangeAdapter):
             self.check_stale()
 
     def check_stale(self) -> None:
-        """Mark LIVE books STALE when the hosting node has been silent too long."""
+        """Mark LIVE books STALE when the hosting node, or with a market-data host the
+        execution node, has been silent too long."""
         now = time.monotonic_ns()
+        if self.host_role != "execution" and self._execution_online and not self._execution_silent:
+            silent = now - self._execution_heard_ns
+            if silent > self.stale_after_ns:
+                self._execution_silent = True
+                self._all_stale(
+                    f"no execution heartbeat for {silent / 1e6:.0f} ms (limit "
+                    f"{self.stale_after_ns / 1e6:.0f} ms): no order reaches the venue"
+                )
         for mirror in self._mirrors.values():
             if mirror.book.state is not BookState.LIVE:
                 continue
