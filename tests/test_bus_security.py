@@ -20,8 +20,9 @@ import pytest
 import yaml
 from brokers import SecureBroker, require_shared_broker, running_secure_broker
 from loguru import logger
+from node_rigs import journal_records, wait_until, write_manifest
 from pydantic import SecretStr, ValidationError
-from test_nodes import Nodes, journal_records, wait_until, write_manifest
+from split_nodes import Nodes
 
 from quoteforge.exchange import PlaceOrder
 from quoteforge.model import Order, OrderType, Side, TimeInForce

@@ -12,8 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,20 @@ from brokers import SecureBroker, running_secure_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
+from node_rigs import (
+    GRACE,
+    HEARTBEAT,
+    MirrorSink,
+    Observer,
+    journal_records,
+    mirror_rig,
+    wait_until,
+    working_after,
+    write_manifest,
+)
 from split_nodes import Nodes
 
 from quoteforge.book import BookState, L2Book
-from quoteforge.bus import InProcessBus
 from quoteforge.clock import LiveClock
 from quoteforge.engine import run_manifest
 from quoteforge.exchange import (
@@ -53,7 +62,6 @@ from quoteforge.model import (
     Side,
     TimeInForce,
 )
-from quoteforge.orders import OrderManager
 from quoteforge.plugins.bus_mqtt import MqttBus
 from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
 from quoteforge.plugins.distributed.remote import (
@@ -74,13 +82,7 @@ from quoteforge.plugins.distributed.remote import (
     update_to_wire,
 )
 from quoteforge.plugins.distributed.topics import TopicScheme, decode, encode
-from quoteforge.plugins.journal_sqlite import SqliteJournal
 from quoteforge.registry import PluginRegistry
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "distributed" / "sim_nodes.yaml"
-HEARTBEAT = 0.5
-GRACE = 2.0
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -93,38 +95,11 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     yield from running_secure_broker(tmp_path_factory)
 
 
-def write_manifest(
-    path: Path, *, port: int, duration: float, run_name: str | None = None, **nodes: Any
-) -> tuple[Path, str]:
-    """The example manifest with a unique run name, this test's broker and fast timings.
-    The bus settings stay the example's (TLS, credentials and key from the environment)."""
-    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    name = run_name or f"t{uuid.uuid4().hex[:10]}"
-    data["run"].update({"name": name, "duration": duration, "cancel_timeout": 3})
-    data["bus"]["params"].update(
-        {"port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "connect_timeout_s": 3}
-    )
-    data["nodes"] = {
-        "heartbeat": HEARTBEAT,
-        "strategy_grace": GRACE,
-        "stale_after": 2,
-        "connect_timeout": 15,
-        "monitor_interval": 1,
-        **nodes,
-    }
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path, name
-
-
 @pytest.fixture
 def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
     made = Nodes(tmp_path, secure_broker)
     yield made
     made.stop_all()
-
-
-def journal_records(run_dir: Path, *kinds: str) -> list[JournalRecord]:
-    return list(SqliteJournal(run_dir / "journal.sqlite").read(kinds or None))
 
 
 def has_fills(run_dir: Path) -> bool:
@@ -133,12 +108,6 @@ def has_fills(run_dir: Path) -> bool:
         return bool(journal_records(run_dir, "fill"))
     except sqlite3.OperationalError:
         return False
-
-
-def working_after(records: list[JournalRecord]) -> list[Order]:
-    om = OrderManager(None, LiveClock(), id_prefix="check")
-    om.restore(records)
-    return om.all_working()
 
 
 def fill_keys(records: list[JournalRecord]) -> collections.Counter[tuple[str, int, int]]:
@@ -189,47 +158,6 @@ async def run_in_one_process(manifest: Path, registry: PluginRegistry, out: Path
     loaded, _ = load_node_manifest(path, registry)
     await run_manifest(loaded, registry, run_dir=out, install_signals=False)
     return out
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
-
-
-class Observer:
-    """A test-side bus client that follows a run's orders and control messages, with the
-    monitor's credentials and the run's key."""
-
-    def __init__(self, broker: SecureBroker, run: str) -> None:
-        self.bus = MqttBus(broker.params("monitor"), run)
-        self.scheme = TopicScheme(run)
-        self.working: dict[str, str] = {}
-        self.ever_open: set[str] = set()
-        self.cancelled: set[str] = set()
-        self.breakers: list[tuple[float, dict[str, Any]]] = []
-
-    async def start(self) -> None:
-        await self.bus.start()
-        self.bus.subscribe(self.scheme.order("sim"), self._on_order)
-        self.bus.subscribe(self.scheme.breaker(), self._on_breaker)
-        await self.bus.flush(5)
-
-    def _on_order(self, topic: str, payload: dict[str, Any]) -> None:
-        status = OrderStatus(payload["status"])
-        client_id = payload["client_id"]
-        if status.is_terminal:
-            self.working.pop(client_id, None)
-            if status is OrderStatus.CANCELLED:
-                self.cancelled.add(client_id)
-        elif status is OrderStatus.OPEN:
-            self.working[client_id] = payload["symbol"]
-            self.ever_open.add(client_id)
-
-    def _on_breaker(self, topic: str, payload: dict[str, Any]) -> None:
-        self.breakers.append((time.monotonic(), payload))
 
 
 @pytest.fixture
@@ -381,81 +309,6 @@ async def test_split_roles_refuse_silence_limits_within_two_heartbeats(
         f"node; raise nodes.{setting} above 1s or send heartbeats more often"
     )
     assert not (tmp_path / "run").exists()
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.states: list[tuple[str, str, str]] = []
-        self.books = 0
-        self.shown: list[L2Book] = []
-        self.updates: list[OrderUpdate] = []
-        self.fills: list[Fill] = []
-        self.trades: list[tuple[Any, ...]] = []
-        self.offers: list[Offer] = []
-
-    def on_book(self, book: L2Book) -> None:
-        self.books += 1
-        self.shown.append(book)
-
-    def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
-        self.states.append((old, new, reason))
-
-    def on_trade(self, *args: Any) -> None:
-        self.trades.append(args)
-
-    def on_order_update(self, update: OrderUpdate) -> None:
-        self.updates.append(update)
-
-    def on_fill(self, fill: Fill) -> None:
-        self.fills.append(fill)
-
-    def on_offer(self, offer: Offer) -> None:
-        self.offers.append(offer)
-
-
-@dataclass
-class _MirrorRig:
-    """A strategy node's remote venue on an in-process bus, connected to a sink that
-    records everything, with a publisher of the execution node's books."""
-
-    bus: InProcessBus
-    scheme: TopicScheme
-    inst: Instrument
-    publisher: MarketDataPublisher
-    ctx: VenueContext
-    venue: RemoteVenue
-    sink: _Sink
-
-    def live_source(self, bids: list[tuple[int, int]] | None = None) -> L2Book:
-        """A LIVE book of the rig's instrument at the host, to publish from."""
-        source = L2Book(self.inst)
-        source.apply_snapshot(bids or [(100, 5)], [(101, 3)], 1)
-        source.state = BookState.LIVE
-        return source
-
-
-async def mirror_rig(
-    stale_after_s: float,
-    *,
-    depth: int = 1,
-    secrets: dict[str, str] | None = None,
-    host_role: str = "execution",
-    announce: bool = True,
-) -> _MirrorRig:
-    bus = InProcessBus()
-    scheme = TopicScheme("unit")
-    inst = Instrument("sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"))
-    publisher = MarketDataPublisher(bus, scheme, depth=depth, snapshot_interval_s=0)
-    publisher.publish_instruments("sim", {inst.symbol: inst})
-    ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"], secrets=secrets or {})
-    venue = RemoteVenue(
-        ctx, lambda: bus, scheme, ["mm"], host_role=host_role, stale_after_s=stale_after_s
-    )
-    sink = _Sink()
-    await venue.connect(sink)
-    if announce:  # the execution node announces its session once it listens to intents
-        bus.publish(scheme.node_session("execution"), {"instance": "x", "connects": 1})
-    return _MirrorRig(bus, scheme, inst, publisher, ctx, venue, sink)
 
 
 async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_silent() -> None:
@@ -698,7 +551,7 @@ async def test_a_strategy_node_never_quotes_on_the_last_book_of_a_host_that_is_d
     await bus.start()
     ctx = VenueContext("sim", LiveClock(), 0, "sim", ["BTC/USDT"])
     venue = RemoteVenue(ctx, lambda: bus, scheme, ["mm"], host_role="execution", stale_after_s=60)
-    sink = _Sink()
+    sink = MirrorSink()
     try:
         await venue.connect(sink)
         mirror = venue.books["BTC/USDT"]

@@ -12,9 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from canned_venue import BALANCES, FILLS, UPDATES, CannedVenue
 from loguru import logger
-from test_nodes import _Sink, mirror_rig, wait_until
-from test_split_reconcile import BALANCES, FILLS, UPDATES, CannedVenue
+from node_rigs import MirrorSink, mirror_rig, wait_until
 
 from quoteforge.book import BookState, L2Book
 from quoteforge.bus import InProcessBus
@@ -74,7 +74,7 @@ def fill_of(fill_id: str) -> Fill:
 async def test_connect_without_a_hosting_node_says_which_node_to_start_and_closes_cleanly() -> None:
     bus, scheme = InProcessBus(), TopicScheme("unit")
     venue = venue_on(bus, scheme, [BTC], connect_timeout_s=0.2)
-    sink = _Sink()
+    sink = MirrorSink()
     where = re.escape(repr(scheme.instruments("sim")))
     with pytest.raises(
         RuntimeError,
@@ -93,7 +93,7 @@ async def test_connect_refuses_markets_the_hosting_node_does_not_list() -> None:
     with pytest.raises(
         RuntimeError, match=r"the execution node does not host ETH/USDT; it lists: BTC/USDT"
     ):
-        await venue.connect(_Sink())
+        await venue.connect(MirrorSink())
     assert venue.books == {}
 
 
@@ -106,7 +106,7 @@ async def test_connect_mirrors_the_markets_named_or_else_every_one_listed(
     bus, scheme = InProcessBus(), TopicScheme("unit")
     hosting(bus, scheme, BTC, ETH)
     venue = venue_on(bus, scheme, asked, connect_timeout_s=1)
-    await venue.connect(_Sink())
+    await venue.connect(MirrorSink())
     try:
         assert set(venue.instruments) == {BTC, ETH}
         assert set(venue.books) == mirrored
@@ -119,7 +119,7 @@ async def test_public_trades_reach_the_run_for_the_mirrored_markets_only() -> No
     bus, scheme = InProcessBus(), TopicScheme("unit")
     publisher = hosting(bus, scheme, BTC, ETH)
     venue = venue_on(bus, scheme, [ETH], connect_timeout_s=1)
-    sink = _Sink()
+    sink = MirrorSink()
     await venue.connect(sink)
     publisher.on_trade("sim", BTC, 101, 2, Side.BUY, 9)
     publisher.on_trade("sim", ETH, 55, 4, Side.SELL, 10)
@@ -159,7 +159,7 @@ async def test_each_intent_travels_under_the_strategy_that_owns_its_order() -> N
     bus, scheme = InProcessBus(), TopicScheme("unit")
     hosting(bus, scheme, BTC)
     venue = venue_on(bus, scheme, [BTC], ["a", "b"], connect_timeout_s=1)
-    await venue.connect(_Sink())
+    await venue.connect(MirrorSink())
     sent: list[tuple[str, str, str]] = []
 
     def record(topic: str, payload: dict[str, Any]) -> None:
@@ -211,7 +211,7 @@ async def test_a_venue_no_strategy_trades_files_its_intents_under_unassigned() -
     hosting(bus, scheme, BTC)
     ctx = VenueContext("sim", LiveClock(), 0, "sim", [BTC])
     venue = RemoteVenue(ctx, lambda: bus, scheme, [], host_role="execution")
-    await venue.connect(_Sink())
+    await venue.connect(MirrorSink())
     sent: list[tuple[str, str]] = []
     bus.subscribe(scheme.all_of(TopicKind.INTENT), lambda t, p: sent.append((t, p["action"])))
     order = Order("x-1", "sim", BTC, Side.BUY, 3, 100)
@@ -276,7 +276,7 @@ async def test_in_lock_step_books_come_from_the_first_step_and_intents_go_with_t
     source.apply_snapshot([(100, 5)], [(101, 3)], 1)
     source.state = BookState.LIVE
     sync, _ = book_sync(source, None)
-    sink = _Sink()
+    sink = MirrorSink()
     connecting = asyncio.ensure_future(venue.connect(sink))
     try:
         await wait_until(lambda: bool(hellos), 2, "the follower listens for steps")
@@ -349,3 +349,4 @@ async def test_an_answer_delivered_twice_or_meant_for_another_node_is_ignored() 
     assert await venue.fetch_balances() == {"BTC": Decimal("1.5")}
     assert [q["what"] for q in questions] == ["balances", "balances"]
     assert questions[0]["id"] != questions[1]["id"]
+

@@ -12,34 +12,27 @@ import sys
 import textwrap
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from brokers import SecureBroker, require_shared_broker, running_secure_broker
+from canned_venue import BALANCES, FILLS, UPDATES, CannedVenue
 from loguru import logger
+from node_rigs import EXAMPLE, Observer, journal_records, wait_until, working_after, write_manifest
 from pydantic import BaseModel
 from split_nodes import Nodes
-from test_nodes import (
-    EXAMPLE,
-    Observer,
-    journal_records,
-    wait_until,
-    working_after,
-    write_manifest,
-)
 
 from quoteforge.assembly import VenueFactory
 from quoteforge.bus import Bus
 from quoteforge.clock import LiveClock
 from quoteforge.engine import Run
-from quoteforge.exchange import ExchangeAdapter, VenueContext, VenueSink
+from quoteforge.exchange import ExchangeAdapter, VenueContext
 from quoteforge.exchanges.sim.venue import SimExchange, SimParams
 from quoteforge.journal import JournalRecord
 from quoteforge.manifest import PluginSpec, load_manifest
-from quoteforge.model import Fill, Liquidity, OrderStatus, OrderUpdate, Side
+from quoteforge.model import OrderUpdate
 from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
 from quoteforge.plugins.distributed.remote import ReconcileError, ReconcileResponder, RemoteVenue
 from quoteforge.plugins.distributed.topics import TopicScheme
@@ -151,67 +144,6 @@ async def test_reconcile_leaves_alone_the_orders_of_an_adapter_that_cannot_repor
 # ---------------------------------------------------------------------------------------
 # Questions to the execution node over the broker
 # ---------------------------------------------------------------------------------------
-
-UPDATES = [
-    OrderUpdate(
-        "sim",
-        "mm-abc-1",
-        OrderStatus.PARTIALLY_FILLED,
-        1_700_000_000_123_456_789,
-        exchange_id="x1",
-        filled_lots=3,
-        price_ticks=3_000_012,
-        qty_lots=500,
-        symbol="BTC/USDT",
-    ),
-    OrderUpdate("sim", "other-7", OrderStatus.OPEN, 5, price_ticks=1, qty_lots=2**53 + 1),
-]
-FILLS = [
-    Fill(
-        "sim",
-        "BTC/USDT",
-        "mm-abc-1",
-        "f-9",
-        Side.BUY,
-        3_000_012,
-        3,
-        Decimal("-0.0000045"),
-        "USDT",
-        Liquidity.MAKER,
-        1_700_000_000_000_000_001,
-    )
-]
-BALANCES = {"BTC": Decimal("0.12345678"), "USDT": Decimal("1000.000000001")}
-
-
-class CannedVenue(ExchangeAdapter):
-    """The execution node's adapter, reduced to its reconciliation answers."""
-
-    def __init__(self, name: str, *, fail: bool = False) -> None:
-        self.name = name
-        self.fail = fail
-        self.since: list[int] = []
-
-    async def connect(self, sink: VenueSink) -> None:
-        return None
-
-    def submit(self, actions: Any) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def fetch_open_orders(self) -> list[OrderUpdate] | None:
-        if self.fail:
-            raise ConnectionError("REST 503")
-        return list(UPDATES)
-
-    async def fetch_fills(self, since_ns: int) -> list[Fill] | None:
-        self.since.append(since_ns)
-        return list(FILLS)
-
-    async def fetch_balances(self) -> dict[str, Decimal] | None:
-        return dict(BALANCES)
 
 
 class Blind(CannedVenue):

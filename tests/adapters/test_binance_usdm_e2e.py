@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from binance_usdm_runs import EXAMPLES, long_qty, overrides, wait_for
 
 from quoteforge.engine import Run
 from quoteforge.exchanges.binance_usdm.flatten import FlattenError, flatten, flatten_main
@@ -23,32 +24,6 @@ from quoteforge.exchanges.testing.binance_usdm_replica import BinanceUsdmReplica
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS
 from quoteforge.manifest import load_manifest
 from quoteforge.registry import PluginRegistry
-
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
-
-
-def overrides(replica: BinanceUsdmReplica, duration: str = "30s") -> list[str]:
-    params = {**FAST_PARAMS, "rest_url": replica.url, "ws_url": replica.ws_url}
-    return [
-        *(f"exchanges.usdm.params.{k}={v}" for k, v in params.items()),
-        "exchanges.usdm.params.testnet=false",
-        f"run.duration={duration}",
-        "run.cancel_timeout=20s",
-        "report.html=false",
-        "report.png=false",
-    ]
-
-
-async def wait_for(cond: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.05)
-
-
-def long_qty(replica: BinanceUsdmReplica) -> Decimal:
-    return replica.positions.get(("ETHUSDT", "BOTH"), [Decimal(0)])[0]
 
 
 async def fill_a_bid(replica: BinanceUsdmReplica) -> Decimal:

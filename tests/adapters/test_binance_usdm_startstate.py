@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from test_binance_usdm_e2e import EXAMPLES, long_qty, overrides, wait_for
+from binance_usdm_runs import EXAMPLES, long_qty, overrides, wait_for
 
 from quoteforge.engine import Run
 from quoteforge.exchanges.testing.binance_usdm_replica import BinanceUsdmReplica

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from adapter_helpers import running
+from ccxt_kits import CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT, CCXT_OKX_KIT
 from loguru import logger
-from test_ccxt_conformance import CCXT_BINANCE_KIT, CCXT_KRAKEN_KIT, CCXT_OKX_KIT
 
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import VenueContext

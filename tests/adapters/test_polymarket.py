@@ -4,7 +4,6 @@ the book source's own checks."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -13,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from polymarket_orders import NO, YES, order, placed, wait_for
 
 from quoteforge.book import BookState
 from quoteforge.clock import LiveClock
@@ -29,14 +29,11 @@ from quoteforge.exchanges.testing.polymarket_replica import PolymarketReplica
 from quoteforge.model import (
     Instrument,
     InstrumentKind,
-    Order,
     OrderStatus,
     Side,
     TimeInForce,
 )
 from quoteforge.portfolio import Portfolio
-
-YES, NO = "rain-nyc/YES", "rain-nyc/NO"
 
 
 @contextlib.asynccontextmanager
@@ -71,14 +68,6 @@ async def connected(
         await replica.stop()
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)
-
-
 def reported(sink: RecordingSink, client_id: str, status: OrderStatus) -> Callable[[], bool]:
     """Whether the last report of the order has ``status``."""
     return lambda: (u := sink.last(client_id)) is not None and u.status is status
@@ -87,33 +76,6 @@ def reported(sink: RecordingSink, client_id: str, status: OrderStatus) -> Callab
 def filled(sink: RecordingSink, client_id: str) -> Callable[[], bool]:
     """Whether the order has a fill of more than nothing."""
     return lambda: sum(f.qty_lots for f in sink.fills_of(client_id)) > 0
-
-
-def order(
-    adapter: PolymarketClob, symbol: str, side: Side, price: str, qty: str = "10", **kw: Any
-) -> Order:
-    inst = adapter.instruments[symbol]
-    return Order(
-        f"qf-{symbol[-2:]}-{time.monotonic_ns()}",
-        "polymarket",
-        symbol,
-        side,
-        inst.qty_to_lots(qty),
-        inst.price_to_ticks(price),
-        **kw,
-    )
-
-
-async def placed(adapter: PolymarketClob, sink: RecordingSink, o: Order) -> OrderStatus:
-    adapter.submit([PlaceOrder(o)])
-    await wait_for(
-        lambda: (
-            (u := sink.last(o.client_id)) is not None and u.status is not OrderStatus.PENDING_NEW
-        )
-    )
-    last = sink.last(o.client_id)
-    assert last is not None
-    return last.status
 
 
 async def test_tokens_load_from_the_market_endpoint_on_the_venue_grid() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_polymarket import NO, YES, order, placed, wait_for
+from polymarket_orders import NO, YES, order, placed, wait_for
 
 from quoteforge.book import BookState
 from quoteforge.clock import LiveClock

@@ -1,0 +1,52 @@
+"""Orders on the Polymarket replica, for the Polymarket adapter tests (test_polymarket.py,
+test_polymarket_startstate.py): the market's YES and NO tokens, an order on the adapter's
+grid, placing it and waiting for the venue's first answer, and waiting for a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from quoteforge.exchange import PlaceOrder
+from quoteforge.exchanges.polymarket import PolymarketClob
+from quoteforge.exchanges.testing.conformance import RecordingSink
+from quoteforge.model import Order, OrderStatus, Side
+
+YES, NO = "rain-nyc/YES", "rain-nyc/NO"
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+def order(
+    adapter: PolymarketClob, symbol: str, side: Side, price: str, qty: str = "10", **kw: Any
+) -> Order:
+    inst = adapter.instruments[symbol]
+    return Order(
+        f"qf-{symbol[-2:]}-{time.monotonic_ns()}",
+        "polymarket",
+        symbol,
+        side,
+        inst.qty_to_lots(qty),
+        inst.price_to_ticks(price),
+        **kw,
+    )
+
+
+async def placed(adapter: PolymarketClob, sink: RecordingSink, o: Order) -> OrderStatus:
+    adapter.submit([PlaceOrder(o)])
+    await wait_for(
+        lambda: (
+            (u := sink.last(o.client_id)) is not None and u.status is not OrderStatus.PENDING_NEW
+        )
+    )
+    last = sink.last(o.client_id)
+    assert last is not None
+    return last.status
