@@ -259,7 +259,7 @@ class NodeSettings(BaseModel):
         Duration(30),
         gt=0,
         description="How long a strategy node waits for the instruments of a venue hosted "
-        "by another node before it gives up.",
+        "by another node, and for the execution node at start, before it gives up.",
     )
     monitor_interval: Duration = Field(
         Duration(5), ge=0.1, description="How often the monitor node prints its table (>= 0.1s)."

@@ -25,6 +25,7 @@ from quoteforge.plugins.distributed.remote import (
     LockstepClock,
     LockstepFollower,
     MarketDataPublisher,
+    ReconcileError,
     ReconcileResponder,
     RemoteVenue,
     book_sync,
@@ -350,3 +351,50 @@ async def test_an_answer_delivered_twice_or_meant_for_another_node_is_ignored() 
     assert [q["what"] for q in questions] == ["balances", "balances"]
     assert questions[0]["id"] != questions[1]["id"]
 
+
+async def test_the_first_question_waits_for_the_execution_node_to_announce_itself() -> None:
+    """The nodes of a split run may start in any order: a live run's start-up
+    reconciliation (the first question) waits up to ``connect_timeout_s`` for the
+    execution node's session, longer than the answer's own timeout. An execution node
+    that said offline is awaited in its next session, not its last one sent again; the
+    node answers once it listens, as the real one announces its session then."""
+    rig = await mirror_rig(60, announce=False)
+    bus, scheme, venue = rig.bus, rig.scheme, rig.venue
+    venue.reconcile_timeout_s, venue.connect_timeout_s = 0.2, 5
+    session = scheme.node_session("execution")
+    bus.publish(session, {"instance": "a", "connects": 1})  # an earlier life
+    bus.publish(scheme.heartbeat("execution"), {"status": "offline", "reason": "lost"})
+    asking = asyncio.ensure_future(venue.fetch_open_orders())
+    await asyncio.sleep(0.5)  # twice the answer's timeout
+    bus.publish(session, {"instance": "a", "connects": 1})  # the same session again
+    await asyncio.sleep(0.3)
+    assert not asking.done()
+    responder = ReconcileResponder(lambda: bus, scheme, {"sim": CannedVenue("sim")})
+    responder.start()
+    bus.publish(session, {"instance": "b", "connects": 1})
+    try:
+        assert await asyncio.wait_for(asking, 2) == UPDATES
+        assert await venue.fetch_balances() == BALANCES  # later questions do not wait
+    finally:
+        await responder.close()
+        await venue.close()
+
+
+async def test_an_execution_node_that_never_comes_is_named_after_the_connect_timeout() -> None:
+    rig = await mirror_rig(60, announce=False)
+    venue = rig.venue
+    venue.connect_timeout_s = 0.3
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="INFO", format="{message}")
+    try:
+        with pytest.raises(ReconcileError) as caught:
+            await venue.fetch_open_orders()
+    finally:
+        logger.remove(sink)
+        await venue.close()
+    assert str(caught.value) == (
+        "venue 'sim': cannot ask the execution node for open_orders: it has not announced a "
+        "session on 'quoteforge/unit/state/node-execution' within 0.3s (nodes.connect_timeout); "
+        "start the execution node of run 'unit' (same manifest, same bus)"
+    )
+    assert any("waiting up to 0.3s for the execution node" in m for m in messages)

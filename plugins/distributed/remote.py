@@ -189,6 +189,8 @@ class RemoteVenue(ExchangeAdapter):
         # its "online" until its last will, up to 1.5x the MQTT keepalive later.
         self._execution_heard_ns = 0
         self._execution_silent = False
+        self._execution_ready = asyncio.Event()  # set while _execution_online
+        self._asked = False  # the first reconciliation question waits for the node
         self._watchdog: asyncio.Task[None] | None = None
         self._last_report_s = 0.0  # monotonic time of the last order report or fill
         self._cancel_all_seq = itertools.count(1)
@@ -310,7 +312,13 @@ class RemoteVenue(ExchangeAdapter):
     async def _ask(self, what: str, since_ns: int = 0) -> dict[str, Any]:
         """One question to the execution node, asked again every ``RECONCILE_RETRY_S``
         (a lost question or answer, a subscription not yet active) until answered or
-        ``reconcile_timeout_s`` passed."""
+        ``reconcile_timeout_s`` passed. The first question (a live run's start-up
+        reconciliation) of a connected venue first waits up to ``connect_timeout_s`` for
+        the execution node to announce its session: the nodes of a split run may start
+        in any order."""
+        if not self._asked and self._watchdog is not None:  # connected: sessions watched
+            self._asked = True
+            await self._await_execution_node(what)
         bus = self._bus()
         ask, answers = reconcile_topics(self.scheme, self.name)
         if not self._answers_subscribed:
@@ -344,6 +352,28 @@ class RemoteVenue(ExchangeAdapter):
                 f"venue {self.name!r}: the execution node could not read {what}: {answer['error']}"
             )
         return answer
+
+    async def _await_execution_node(self, what: str) -> None:
+        if self._execution_online:
+            return
+        topic = self.scheme.node_session("execution")
+        logger.info(
+            "venue {}: waiting up to {:g}s for the execution node (its session on {}) to "
+            "ask it for {}",
+            self.name,
+            self.connect_timeout_s,
+            topic,
+            what,
+        )
+        try:
+            await asyncio.wait_for(self._execution_ready.wait(), self.connect_timeout_s)
+        except TimeoutError:
+            raise ReconcileError(
+                f"venue {self.name!r}: cannot ask the execution node for {what}: it has not "
+                f"announced a session on {topic!r} within {self.connect_timeout_s:g}s "
+                f"(nodes.connect_timeout); start the execution node of run "
+                f"{self.scheme.run!r} (same manifest, same bus)"
+            ) from None
 
     def _on_answer(self, topic: str, payload: dict[str, Any]) -> None:
         future = self._questions.get(str(payload.get("id", "")))
@@ -469,6 +499,7 @@ class RemoteVenue(ExchangeAdapter):
         # A retained session sent again (a new subscription) is not a return.
         self._execution_online = session != self._execution_gone
         if self._execution_online:
+            self._execution_ready.set()
             self._execution_heard()
 
     def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
@@ -485,6 +516,7 @@ class RemoteVenue(ExchangeAdapter):
         """No order reaches the venue until the execution node's next session."""
         self._execution_online = False
         self._execution_gone = self._execution_session
+        self._execution_ready.clear()
 
     def _execution_heard(self) -> None:
         self._execution_heard_ns = time.monotonic_ns()
