@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import signal
 import sqlite3
@@ -906,3 +907,32 @@ async def test_kill_switch_from_any_node_stops_every_node(
     table = json.loads((nodes.dir("monitor") / "monitor.json").read_text())
     assert {"execution", "strategy", "marketdata"} <= set(table["nodes"])
     assert table["markets"]["sim:BTC/USDT"]["mid"] is not None
+
+
+async def test_a_strategy_node_that_did_not_run_reads_before_it_judges_a_silence() -> None:
+    """A paused host or a blocked event loop: when the mirror's watch wakes that late,
+    the heartbeats of that time still wait unread (here: handed on right after it). The
+    silence is judged only after they are read, so the books stay LIVE."""
+    rig = await mirror_rig(0.3, host_role="marketdata")
+    bus, scheme, publisher, venue, sink = rig.bus, rig.scheme, rig.publisher, rig.venue, rig.sink
+    source = rig.live_source()
+    mirror = venue.books["BTC/USDT"]
+    publisher.on_book_state(source, "SYNCING", "LIVE", "start")
+    assert mirror.state is BookState.LIVE
+    messages: list[str] = []
+    log = logger.add(messages.append, level="WARNING", format="{message}")
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.sleep(0.01)  # the watch sleeps
+        for role in ("marketdata", "execution"):
+            # Handed on a loop pass after the watch wakes, as what a socket read is.
+            beat = functools.partial(bus.publish, scheme.heartbeat(role), {"status": "online"})
+            loop.call_later(0.5, loop.call_soon, beat)
+        time.sleep(0.8)  # the node does not run, for longer than stale_after
+        await asyncio.sleep(0.05)
+        assert mirror.state is BookState.LIVE, sink.states
+        assert any("this node did not run for 0." in m for m in messages), messages
+        await wait_until(lambda: mirror.state is BookState.STALE, 5, "a real silence")
+    finally:
+        logger.remove(log)
+        await venue.close()

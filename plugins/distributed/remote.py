@@ -564,7 +564,19 @@ class RemoteVenue(ExchangeAdapter):
     async def _watch(self) -> None:
         period = max(0.05, self.stale_after_ns / NS / 4)
         while True:
+            slept = time.monotonic()
             await asyncio.sleep(period)
+            late = time.monotonic() - slept - period
+            if late > max(period, 0.1):
+                # This node did not run (its host paused, its loop blocked): the messages
+                # of that time wait unread, so silences are judged after they are read.
+                logger.warning(
+                    "venue {}: this node did not run for {:.1f} s (a paused host or a blocked "
+                    "event loop); silences are judged again once its messages are read",
+                    self.name,
+                    late + period,
+                )
+                continue
             self.check_stale()
 
     def check_stale(self) -> None:
