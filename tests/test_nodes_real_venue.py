@@ -7,7 +7,7 @@ node, which alone holds the credentials. Here quotes reach the venue, a fill mad
 venue reaches the strategy node's journal, when the execution node is stopped the
 strategy node stops quoting (no order reaches the venue without it), and a new
 execution node process brings the quotes back. An execution node whose host pauses sends
-no order priced on the book of before the pause."""
+no order priced on the book of before the pause, and the nodes may start in any order."""
 
 from __future__ import annotations
 
@@ -285,6 +285,35 @@ async def test_a_paused_execution_node_sends_no_order_priced_on_the_book_of_befo
         assert quoted_at(ever, mid + step) == []  # nothing of the pause's book
         assert len(quoted_at(ever, mid)) + len(quoted_at(ever, now)) == len(ever)
         assert quoted_at(replica.orders(SYMBOL), now) == replica.orders(SYMBOL)
+        await stop_as_an_operator(nodes, replica)
+    finally:
+        await replica.stop()
+
+
+@pytest.mark.slow
+async def test_the_nodes_may_start_in_any_order(
+    nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    """The strategy node of a live run reconciles with the execution node before it
+    quotes. Started first, it waits for that node's session (up to connect_timeout),
+    longer than a reconciliation question's own 10 s, and quotes once it is there."""
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        manifest = split_binance_manifest(tmp_path / "m.yaml", replica, secure_broker.port)
+        nodes.start(manifest, "marketdata", "strategy", env=credentials(replica))
+        await until(
+            lambda: "waiting up to 30s for the execution node" in nodes.log("strategy"),
+            15,
+            "the strategy node waiting",
+            nodes,
+        )
+        await asyncio.sleep(11)
+        assert replica.orders(SYMBOL, open_only=False) == []
+        assert nodes.procs["strategy"].poll() is None
+        nodes.start(manifest, "execution", env=credentials(replica))
+        await until(lambda: len(replica.orders(SYMBOL)) >= 2, 20, "quotes at the venue", nodes)
+        assert "reconciled with the venues" in nodes.log("strategy")
         await stop_as_an_operator(nodes, replica)
     finally:
         await replica.stop()
