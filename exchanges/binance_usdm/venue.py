@@ -75,6 +75,15 @@ class BinanceUsdmParams(CcxtSpotParams):
         le=3000,
         description="Keep-alive (PUT /fapi/v1/listenKey) interval; a key lives 60 min.",
     )
+    auto_cancel_after_s: float | None = Field(
+        None,
+        ge=1,
+        le=86_400,
+        description="The venue's dead man's switch (POST /fapi/v1/countdownCancelAll): "
+        "Binance cancels every open order of a traded symbol when the adapter has not "
+        "renewed the countdown for this long (it renews every quarter of it), e.g. when "
+        "the bot's host froze; stopped when the run stops. None: off.",
+    )
     user_silence_timeout_s: float = Field(
         240.0,
         gt=0,
@@ -166,6 +175,7 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
         # venue (ACCOUNT_CONFIG_UPDATE); absent: not known here
         self.leverage: dict[str, int] = {}
         self._funding_since_ms = 0
+        self.countdown_ms = 0  # the auto-cancel countdown last armed (0: none)
         self.counters.update(listen_key_renewals=0, funding_payments=0)
 
     # -- URLs --------------------------------------------------------------------------------

@@ -128,6 +128,11 @@ class BinanceUsdmReplica(UsdmRest, BinanceReplica):
         """Every listen key handed out -> whether it is still valid."""
         self.order_meta: dict[str, dict[str, Any]] = {}
         """client id -> reduceOnly, positionSide and the time in force as sent."""
+        self.countdowns: dict[str, int] = {}
+        """symbol -> the replica's ms at which every open order of that symbol is cancelled
+        (``POST /fapi/v1/countdownCancelAll``, armed and not refreshed)."""
+        self.countdowns_fired: list[str] = []
+        """The symbols whose countdown ran out, in order."""
         self.last_published: dict[str, int] = {}
         self._depth_waiters: dict[str, list[tuple[asyncio.Future[web.Response], int]]] = {}
         self._user_sockets: dict[Any, str] = {}

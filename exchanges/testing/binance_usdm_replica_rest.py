@@ -7,6 +7,7 @@ keys, with request-weight and 10 s / 1 min order-count windows. ``BinanceUsdmRep
 
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import abstractmethod
 from decimal import Decimal
@@ -63,6 +64,8 @@ class UsdmRest(BinanceRest):
     income: list[dict[str, Any]]
     listen_keys: dict[str, bool]
     order_meta: dict[str, dict[str, Any]]
+    countdowns: dict[str, int]
+    countdowns_fired: list[str]
     wallet: Decimal
 
     last_published: dict[str, int]
@@ -170,6 +173,7 @@ class UsdmRest(BinanceRest):
         r.add_post("/fapi/v1/batchOrders", self.fapi_batch)
         r.add_get("/fapi/v1/openOrders", self.fapi_open_orders)
         r.add_delete("/fapi/v1/allOpenOrders", self.fapi_cancel_all)
+        r.add_post("/fapi/v1/countdownCancelAll", self.fapi_countdown_cancel_all)
         r.add_get("/fapi/v1/userTrades", self.fapi_user_trades)
         r.add_get("/fapi/v1/income", self.fapi_income)
         r.add_get("/fapi/v2/positionRisk", self.fapi_position_risk)
@@ -438,6 +442,40 @@ class UsdmRest(BinanceRest):
         return self.json_answer(
             {"code": 200, "msg": "The operation of cancel all open order is done."}
         )
+
+    async def fapi_countdown_cancel_all(self, request: web.Request) -> web.Response:
+        """Arm (or with 0 stop) the symbol's countdown: unless armed again in time, every
+        open order of the symbol is cancelled when it runs out (checked every 10 ms)."""
+        p = await self.signed_params(request, 10)
+        if isinstance(p, web.Response):
+            return p
+        symbol = p.get("symbol", "")
+        if symbol not in self.markets:
+            return self.fapi_error(-1121, "Invalid symbol.")
+        try:
+            countdown = int(p.get("countdownTime", ""))
+        except ValueError:
+            countdown = -1
+        if countdown < 0:
+            return self.fapi_error(-1102, "Mandatory parameter 'countdownTime' was not sent.")
+        if countdown == 0:
+            self.countdowns.pop(symbol, None)
+        else:
+            if not self.countdowns:
+                self.spawn(self._countdown_loop())
+            self.countdowns[symbol] = self.now_ms() + countdown
+        return self.json_answer({"symbol": symbol, "countdownTime": str(countdown)})
+
+    async def _countdown_loop(self) -> None:
+        while self.countdowns:
+            await asyncio.sleep(0.01)
+            now = self.now_ms()
+            for symbol, deadline in list(self.countdowns.items()):
+                if now >= deadline and self.countdowns.get(symbol) == deadline:
+                    del self.countdowns[symbol]
+                    self.countdowns_fired.append(symbol)
+                    for order in self.orders(symbol):
+                        await self.cancel_resting(order, "")
 
     # -- account ----------------------------------------------------------------------------
     async def fapi_user_trades(self, request: web.Request) -> web.Response:
