@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from quoteforge.book import BookState, L2Book
 
 __all__ = [
+    "AutoCancelParams",
     "Backoff",
     "CcxtSpotAdapter",
     "CcxtSpotParams",
@@ -162,6 +163,19 @@ class CcxtSpotParams(BaseModel):
         gt=0,
         le=315_360_000,
         description="How long connect() waits for the private stream to be ready.",
+    )
+
+
+class AutoCancelParams(BaseModel):
+    """The venue's dead man's switch, for the adapters of venues that have one."""
+
+    auto_cancel_after_s: float | None = Field(
+        None,
+        ge=1,
+        le=86_400,
+        description="The venue's dead man's switch: the venue cancels our open orders when "
+        "the adapter has not renewed it for this long (it renews every quarter of it), e.g. "
+        "when the bot's host froze; stopped when the run stops. None: off.",
     )
 
 
@@ -288,6 +302,7 @@ class CcxtSpotAdapter(OrderTracking):
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.auto_cancel_s = 0.0  # the dead man's switch's countdown as last set (0: off)
         self.sockets: list[ManagedSocket] = []
         self.time_offset_ms = 0
         self.tap: Callable[[str, str, int], None] | None = None
@@ -374,7 +389,41 @@ class CcxtSpotAdapter(OrderTracking):
             self._session = aiohttp.ClientSession()
         return self._session
 
+    # -- the venue's dead man's switch ----------------------------------------------------------
+    async def set_auto_cancel(self, seconds: float) -> None:
+        """Arm or renew the venue's dead man's switch for ``seconds`` (0: stop it).
+        Adapters of venues that have one implement it (``AutoCancelParams``)."""
+        raise NotImplementedError(f"{self.name}: this venue has no dead man's switch")
+
+    async def start_auto_cancel(self, after_s: float) -> None:
+        """Arm the switch, then renew it every quarter of ``after_s`` until ``close``."""
+        await self.set_auto_cancel(after_s)
+        self.auto_cancel_s = after_s
+        self.spawn_task(self._auto_cancel_loop(after_s), f"{self.name}/auto-cancel")
+
+    async def _auto_cancel_loop(self, after_s: float) -> None:
+        while not self._closed:
+            await asyncio.sleep(after_s / 4)
+            try:
+                await self.set_auto_cancel(after_s)
+            except VenueCallError as exc:
+                logger.warning(
+                    "{}: renewing the auto-cancel countdown failed ({}); the venue cancels "
+                    "our orders {:g}s after the last renewal",
+                    self.name,
+                    exc,
+                    after_s,
+                )
+
     async def close(self) -> None:
+        if self.auto_cancel_s and not self._closed:
+            # After the run cancelled its orders: a countdown left running would cancel
+            # the orders of the next run on this account.
+            try:
+                await self.set_auto_cancel(0)
+                self.auto_cancel_s = 0.0
+            except VenueCallError as exc:
+                logger.warning("{}: could not stop the auto-cancel countdown: {}", self.name, exc)
         self._closed = True
         for sock in self.sockets:
             await sock.close()

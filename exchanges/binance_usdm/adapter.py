@@ -5,7 +5,6 @@ positions, funding and order reports from the listen-key user stream (venue.py).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 from collections.abc import Sequence
@@ -70,47 +69,18 @@ class BinanceUsdm(UsdmAccountVenue):
             await self.refresh_positions()
             await self.start_user_stream()
             if self.params.auto_cancel_after_s is not None:
-                await self._countdown(int(self.params.auto_cancel_after_s * 1000))
-                self.spawn_task(self._countdown_loop(), f"{self.name}/auto-cancel")
+                await self.start_auto_cancel(self.params.auto_cancel_after_s)
         self.spawn_task(self._time_sync_loop(), f"{self.name}/time-sync")
 
-    # -- the venue's dead man's switch ----------------------------------------------------------
-    async def _countdown(self, ms: int) -> None:
-        """Arm (renew) or, with 0, stop the countdown of every traded symbol."""
+    async def set_auto_cancel(self, seconds: float) -> None:
+        """``POST /fapi/v1/countdownCancelAll`` for every traded symbol (weight 10 each)."""
         for native in self._native.values():
-            params = {"symbol": native, "countdownTime": ms}
+            params = {"symbol": native, "countdownTime": int(seconds * 1000)}
             await self._with_rate_retry(
                 functools.partial(
                     self._call, "fapiprivate_post_countdowncancelall", params, weight=10
                 )
             )
-        self.countdown_ms = ms
-
-    async def _countdown_loop(self) -> None:
-        after = self.params.auto_cancel_after_s
-        assert after is not None
-        while not self._closed:
-            await asyncio.sleep(after / 4)
-            try:
-                await self._countdown(int(after * 1000))
-            except VenueCallError as exc:
-                logger.warning(
-                    "{}: renewing the auto-cancel countdown failed ({}); the venue cancels "
-                    "our orders {:g}s after the last renewal",
-                    self.name,
-                    exc,
-                    after,
-                )
-
-    async def close(self) -> None:
-        # After the run cancelled its orders: a countdown left running would cancel the
-        # orders of the next run on this account.
-        if self.countdown_ms and not self._closed:
-            try:
-                await self._countdown(0)
-            except VenueCallError as exc:
-                logger.warning("{}: could not stop the auto-cancel countdown: {}", self.name, exc)
-        await super().close()
 
     def market_url(self) -> str:
         interval = self.params.depth_interval_ms

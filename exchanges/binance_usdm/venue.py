@@ -21,7 +21,12 @@ from pydantic import Field
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.binance.family import BinanceFamilyAdapter
 from quoteforge.exchanges.binance_usdm.ratelimit import BinanceUsdmRateGovernor
-from quoteforge.exchanges.ccxt_base import CcxtSpotParams, ManagedSocket, VenueCallError
+from quoteforge.exchanges.ccxt_base import (
+    AutoCancelParams,
+    CcxtSpotParams,
+    ManagedSocket,
+    VenueCallError,
+)
 from quoteforge.model import (
     Funding,
     Instrument,
@@ -38,7 +43,7 @@ TEST_REST = "https://testnet.binancefuture.com"
 TEST_STREAMS = "wss://fstream.binancefuture.com"
 
 
-class BinanceUsdmParams(CcxtSpotParams):
+class BinanceUsdmParams(CcxtSpotParams, AutoCancelParams):
     """Binance USDⓈ-M futures adapter parameters. Secrets ``api_key`` and ``api_secret``
     come from the run's secrets (environment variables), never from here."""
 
@@ -74,15 +79,6 @@ class BinanceUsdmParams(CcxtSpotParams):
         gt=0,
         le=3000,
         description="Keep-alive (PUT /fapi/v1/listenKey) interval; a key lives 60 min.",
-    )
-    auto_cancel_after_s: float | None = Field(
-        None,
-        ge=1,
-        le=86_400,
-        description="The venue's dead man's switch (POST /fapi/v1/countdownCancelAll): "
-        "Binance cancels every open order of a traded symbol when the adapter has not "
-        "renewed the countdown for this long (it renews every quarter of it), e.g. when "
-        "the bot's host froze; stopped when the run stops. None: off.",
     )
     user_silence_timeout_s: float = Field(
         240.0,
@@ -175,7 +171,6 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
         # venue (ACCOUNT_CONFIG_UPDATE); absent: not known here
         self.leverage: dict[str, int] = {}
         self._funding_since_ms = 0
-        self.countdown_ms = 0  # the auto-cancel countdown last armed (0: none)
         self.counters.update(listen_key_renewals=0, funding_payments=0)
 
     # -- URLs --------------------------------------------------------------------------------

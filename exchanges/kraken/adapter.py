@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -17,6 +18,7 @@ from pydantic import Field, model_validator
 from quoteforge import hookimpl
 from quoteforge.exchange import OrderAction, PlaceOrder, VenueContext
 from quoteforge.exchanges.ccxt_base import (
+    AutoCancelParams,
     CcxtSpotAdapter,
     CcxtSpotParams,
     LatencyEndpoints,
@@ -65,7 +67,7 @@ LIVE_WS = "wss://ws.kraken.com/v2"
 LIVE_WS_AUTH = "wss://ws-auth.kraken.com/v2"
 
 
-class KrakenParams(CcxtSpotParams):
+class KrakenParams(CcxtSpotParams, AutoCancelParams):
     """Kraken spot adapter parameters. Secrets ``api_key`` and ``api_secret`` (base64)
     come from the run's secrets (environment variables), never from here."""
 
@@ -231,6 +233,12 @@ class KrakenSpot(CcxtSpotAdapter):
                 self._on_private_down,
             )
             await self._await_ready(self._private_ready, "private socket")
+            if self.params.auto_cancel_after_s is not None:
+                await self.start_auto_cancel(self.params.auto_cancel_after_s)
+
+    async def set_auto_cancel(self, seconds: float) -> None:
+        """``CancelAllOrdersAfter`` (whole seconds; it cancels every order of the account)."""
+        await self._rest("private_post_cancelallordersafter", {"timeout": math.ceil(seconds)})
 
     async def _snapshot_watchdog(self) -> None:
         """A subscription whose snapshot never came (lost reply, refused request) is sent

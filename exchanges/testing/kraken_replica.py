@@ -81,6 +81,11 @@ class KrakenReplica(KrakenRest):
         self._txids: dict[str, ReplicaOrder] = {}
         self._last_nonce = 0
         self.tokens: set[str] = set()
+        self.cancel_after_ms = 0
+        """The replica's ms at which every open order is cancelled (``CancelAllOrdersAfter``,
+        armed and not renewed); 0: off."""
+        self.cancel_after_fired = 0
+        """How often the countdown ran out."""
         self._book_subs: dict[Any, dict[str, int]] = {}
         self._views: dict[Any, dict[str, dict[str, dict[Decimal, Decimal]]]] = {}
         self._trade_subs: dict[Any, set[str]] = {}

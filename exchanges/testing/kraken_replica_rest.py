@@ -6,6 +6,7 @@ and closed orders, trades history, add and cancel order). ``KrakenReplica``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -106,6 +107,8 @@ class KrakenRest(ReplicaServer):
     api_key: str
     api_secret: str
     tokens: set[str]
+    cancel_after_ms: int
+    cancel_after_fired: int
     _by_symbol: dict[str, str]
     _txids: dict[str, ReplicaOrder]
     _last_nonce: int
@@ -135,6 +138,7 @@ class KrakenRest(ReplicaServer):
             "TradesHistory",
             "BalanceEx",
             "CancelAll",
+            "CancelAllOrdersAfter",
         ):
             r.add_post(f"/0/private/{name}", self._private)
 
@@ -259,6 +263,31 @@ class KrakenRest(ReplicaServer):
         )
 
     # -- private REST -----------------------------------------------------------------------
+    def _cancel_all_after(self, timeout: str) -> web.Response:
+        """The dead man's switch: every open order is cancelled ``timeout`` seconds from
+        now unless armed again (checked every 10 ms); 0 stops it. Once it has fired it
+        stays off until armed again."""
+        if not timeout.isdigit():
+            return self._fail("EGeneral:Invalid arguments:timeout")
+        now = self.now_ms()
+        if int(timeout) == 0:
+            self.cancel_after_ms = 0
+        else:
+            if not self.cancel_after_ms:
+                self.spawn(self._cancel_after_loop())
+            self.cancel_after_ms = now + int(timeout) * 1000
+        trigger = iso(self.cancel_after_ms) if self.cancel_after_ms else "0"
+        return self._ok({"currentTime": iso(now), "triggerTime": trigger})
+
+    async def _cancel_after_loop(self) -> None:
+        while self.cancel_after_ms:
+            await asyncio.sleep(0.01)
+            if self.cancel_after_ms and self.now_ms() >= self.cancel_after_ms:
+                self.cancel_after_ms = 0
+                self.cancel_after_fired += 1
+                for resting in [o for o in self._all_orders() if o.is_open]:
+                    await self.cancel_order(resting)
+
     async def _private(self, request: web.Request) -> web.Response:
         body = await request.text()
         if request.headers.get("API-Key") != self.api_key:
@@ -301,6 +330,8 @@ class KrakenRest(ReplicaServer):
             for resting in open_orders:
                 await self.cancel_order(resting)
             return self._ok({"count": len(open_orders)})
+        if name == "CancelAllOrdersAfter":
+            return self._cancel_all_after(params.get("timeout", ""))
         if name == "GetWebSocketsToken":
             token = secrets.token_urlsafe(24)
             self.tokens.add(token)
