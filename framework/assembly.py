@@ -43,7 +43,7 @@ class StrategyRuntime:
     strategy: Strategy
     type: str
     markets: dict[str, MarketRuntime] = field(default_factory=dict)
-    halted: bool = False
+    halted: bool = True  # until the run has reconciled with the venues and started it
     errors: int = 0
     top_only: bool = True
     best_only: bool = False

@@ -200,11 +200,7 @@ class Breakers:
         """The kill switch: HALT the run (or one market) now, latched whatever ``latch``."""
         if now_ns is not None:
             self._now = now_ns
-        key = ("kill", market)
-        trip = self._active.get(key)
-        if trip is None:
-            trip = self._fire("kill", market, reason, "halt")
-        return trip
+        return self._active.get(("kill", market)) or self._fire("kill", market, reason, "halt")
 
     # -- reading -----------------------------------------------------------------------
     def state(self, market: str | None = None) -> State:

@@ -331,6 +331,7 @@ class Run(QuotingEngine):
         )
         self._call_observers(self.registry.pm.hook.quoteforge_run_started, run=self)
         for srt in self.strategies.values():
+            srt.halted = bool(self.gate.closed)  # held until now; not after a kill
             self._guard(srt, srt.strategy.on_start)
         interval = int(float(self.manifest.run.sample_interval) * NS)
         self._timers.append(self.clock.call_later(interval, self._sample, interval))

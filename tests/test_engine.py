@@ -12,7 +12,7 @@ import sys
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from own_strategies import register_strategy
@@ -496,3 +496,69 @@ def test_execution_algorithm_gets_its_fills_from_the_engine(
     assert strategy.algo.done
     assert strategy.algo.filled_lots == 2000
     assert run.portfolio.position("sim:BTC/USDT") == Decimal("0.2")
+
+
+class _HeldSim:
+    """A simulated venue whose open-order list, asked by the start-up reconciliation of
+    a live run, is answered only when the test says so; meanwhile its books move."""
+
+    released: ClassVar[asyncio.Event] = asyncio.Event()
+    submitted_while_held: ClassVar[list[object]] = []
+
+    @staticmethod
+    def build(params: Any, ctx: Any) -> Any:
+        from quoteforge.exchanges.sim.venue import SimExchange
+
+        class Held(SimExchange):
+            async def fetch_open_orders(self) -> Any:
+                await _HeldSim.released.wait()
+                return await super().fetch_open_orders()
+
+            def submit(self, actions: Any) -> None:
+                if not _HeldSim.released.is_set():
+                    _HeldSim.submitted_while_held.extend(actions)
+                super().submit(actions)
+
+        return Held(params, ctx)
+
+    @quoteforge.hookimpl
+    def quoteforge_register_exchanges(self, register: Any) -> None:
+        from quoteforge.exchanges.sim.venue import SimParams
+
+        register("held_sim", self.build, params=SimParams, description="sim, reconciled late")
+
+
+def test_no_strategy_hears_or_quotes_before_the_start_up_reconciliation(
+    tmp_path: Path,
+) -> None:
+    """A live run reconciles with its venues before its strategies start (orders an
+    earlier life left open are cancelled first). Books that go on moving meanwhile reach
+    no strategy and cause no order; once reconciled, the strategies start and quote."""
+    registry = PluginRegistry()
+    registry.load_entry_points()
+    registry.register_module(_HeldSim(), "held_sim")
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        BASE.format(duration="3s", seed=3, outages="[]", strategy="pure_market_making")
+        .replace("type: sim", "type: held_sim")
+        .replace("name: e2e", "name: e2e\n  mode: live"),
+        encoding="utf-8",
+    )
+    loaded = load_manifest(path, registry, overrides=["report.html=false", "report.png=false"])
+    run = Run(loaded, registry, run_dir=tmp_path / "run")
+    _HeldSim.released = asyncio.Event()
+    _HeldSim.submitted_while_held = []
+
+    async def scenario() -> None:
+        task = asyncio.create_task(run.run())
+        await asyncio.sleep(1.0)  # the books move; the reconciliation waits
+        moved = run.venues["sim"].books["BTC/USDT"].ts_ns
+        await asyncio.sleep(0.5)
+        assert run.venues["sim"].books["BTC/USDT"].ts_ns != moved
+        assert _HeldSim.submitted_while_held == []
+        assert run.orders.all_orders() == []
+        _HeldSim.released.set()
+        await task
+
+    asyncio.run(scenario())
+    assert run.orders.all_orders(), "once reconciled, the strategy quoted"
