@@ -78,7 +78,7 @@ class PolymarketEvents(OrderTracking):
         elif kind == "tick_size_change":
             self._on_tick_size_change(event)
         elif kind == "market_resolved":
-            self.spawn_task(self.check_resolution(), f"{self.name}/resolution-check")
+            self.spawn_task(self._confirm_resolution(), f"{self.name}/resolution-check")
 
     def _on_last_trade(self, event: dict[str, Any]) -> None:
         symbol = self._by_asset.get(str(event.get("asset_id")))
@@ -125,11 +125,23 @@ class PolymarketEvents(OrderTracking):
             await asyncio.sleep(self.params.resolution_poll_s or 60.0)
             await self.check_resolution()
 
-    async def check_resolution(self) -> None:
+    async def _confirm_resolution(self, attempts: int = 6, first_wait_s: float = 0.5) -> None:
+        """A ``market_resolved`` event: the market endpoint is asked who won, again (0.5,
+        1, 2 ... s later) while it cannot be read, so a transient failure does not leave
+        the settlement to the next poll (a minute away, or never without polls)."""
+        wait = first_wait_s
+        for _ in range(attempts):
+            if not await self.check_resolution():
+                return
+            await asyncio.sleep(wait)
+            wait *= 2
+
+    async def check_resolution(self) -> int:
         """Ask the market endpoint whether each market resolved; a resolved market pays 1
         per winning token and 0 per losing one: every token we hold is closed by a
         settlement fill at that price (``fill_id`` ``resolution:<condition>:<token>``),
-        and its book stops (quotes pulled)."""
+        and its book stops (quotes pulled). Returns how many markets could not be read."""
+        failed = 0
         done: set[str] = set()
         for symbol, token in list(self.tokens.items()):
             cid = token.condition_id
@@ -140,11 +152,13 @@ class PolymarketEvents(OrderTracking):
                 data = await self.call("GET", f"/markets/{cid}")
             except VenueCallError as exc:
                 logger.info("{}: resolution check of {} failed: {}", self.name, cid, exc)
+                failed += 1
                 continue
             alias = symbol.rpartition("/")[0]
             _, closed, winners = parse_market(alias, data or {})
             if closed and any(winners.values()):
                 self.settle(cid, winners)
+        return failed
 
     def settle(self, condition_id: str, winners: dict[str, bool]) -> None:
         """Book the resolution of ``condition_id`` (``winners``: symbol -> paid 1)."""

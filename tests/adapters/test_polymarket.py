@@ -4,6 +4,7 @@ the book source's own checks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -188,6 +189,32 @@ async def test_a_resolved_market_pays_out_and_closes_the_position_in_pnl() -> No
         again = len(sink.fills)
         await adapter.check_resolution()
         assert len(sink.fills) == again  # booked once
+
+
+async def test_a_resolution_event_is_confirmed_again_when_the_market_cannot_be_read() -> None:
+    """``market_resolved`` makes the adapter ask the market endpoint who won. That
+    answer failing (here twice: a 503, then a time-out) does not leave the settlement to
+    the next poll (off here, as it may be in a run): it is asked again, 0.5 then 1 s
+    later, and the tokens are settled once."""
+    async with connected() as (replica, adapter, sink):
+        buy = order(adapter, YES, Side.BUY, "0.51", tif=TimeInForce.IOC)
+        adapter.submit([PlaceOrder(buy)])
+        await wait_for(filled(sink, buy.client_id))
+        cid = replica.condition_id("rain-nyc")
+        await replica.fail_http(503, path=f"/markets/{cid}")
+        await replica.time_out(path=f"/markets/{cid}", delay=1.0)
+        asked = time.monotonic()
+        await replica.resolve("rain-nyc", "YES")
+
+        def settled() -> list[Any]:
+            return [f for f in sink.fills if f.fill_id.startswith("resolution:")]
+
+        await wait_for(lambda: bool(settled()), 10)
+        assert time.monotonic() - asked >= 1.5  # after the two failed answers
+        assert [(f.symbol, f.side) for f in settled()] == [(YES, Side.SELL)]
+        assert adapter.resolved == {YES: "won", NO: "lost"}
+        await asyncio.sleep(1.0)
+        assert len(settled()) == 1
 
 
 async def test_secrets_never_show_in_reprs() -> None:
