@@ -1,12 +1,16 @@
-"""Shared fixtures: the plugin registry and small manifests."""
+"""Shared fixtures: the plugin registry, small manifests, and the secured broker and
+node processes of the split-run tests."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from brokers import SecureBroker, running_secure_broker
+from split_nodes import Nodes
 
 from quoteforge.registry import PluginRegistry, load_registry
 
@@ -17,6 +21,20 @@ EXAMPLES = ROOT / "examples"
 @pytest.fixture(scope="session")
 def registry() -> PluginRegistry:
     return load_registry()
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A Mosquitto of the module's own with passwords, TLS and the shipped ACL."""
+    yield from running_secure_broker(tmp_path_factory)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
+    """Node processes of one test on ``secure_broker``, killed at its end if still up."""
+    made = Nodes(tmp_path, secure_broker)
+    yield made
+    made.stop_all()
 
 
 def service_available(host: str, port: int) -> bool:

@@ -11,14 +11,14 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 import yaml
-from brokers import SecureBroker, require_shared_broker, running_secure_broker
+from brokers import SecureBroker, require_shared_broker
 from loguru import logger
 from node_rigs import journal_records, wait_until, write_manifest
 from pydantic import SecretStr, ValidationError
@@ -42,11 +42,6 @@ from quoteforge.registry import PluginRegistry
 KEY = b"0123456789abcdef0123456789abcdef"
 FRAME = b'{"v":1,"id":"a:1","src":"a","seq":1,"ts":1,"p":{"x":1}}'
 T = TopicScheme("run1")
-
-
-@pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    yield from running_secure_broker(tmp_path_factory)
 
 
 @pytest.fixture
@@ -387,13 +382,6 @@ class Watcher:
 
     def refused(self, reason: str) -> int:
         return int(self.beat.get("refused_by", {}).get(reason, 0))
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
-    made = Nodes(tmp_path, secure_broker)
-    yield made
-    made.stop_all()
 
 
 def taker_buy(client_id: str) -> tuple[dict[str, Any], str]:

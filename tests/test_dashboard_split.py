@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from brokers import SecureBroker, running_secure_broker
+from brokers import SecureBroker
 from split_nodes import RUNNER
 
 from quoteforge.journal import JournalRecord, order_states
@@ -31,11 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "distributed" / "sim_nodes.yaml"
 TOKEN = "split-run-control-token-0123456789"
 ROLES = ("execution", "marketdata", "strategy")
-
-
-@pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    yield from running_secure_broker(tmp_path_factory)
 
 
 def write_manifest(path: Path, port: int) -> Path:

@@ -13,14 +13,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from brokers import SecureBroker, running_secure_broker
+from brokers import SecureBroker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -88,19 +88,6 @@ from quoteforge.registry import PluginRegistry
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    """One broker with passwords, TLS and the shipped ACL for the split runs here."""
-    yield from running_secure_broker(tmp_path_factory)
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
-    made = Nodes(tmp_path, secure_broker)
-    yield made
-    made.stop_all()
 
 
 def has_fills(run_dir: Path) -> bool:

@@ -17,14 +17,13 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from brokers import SecureBroker, running_secure_broker
+from brokers import SecureBroker
 from split_nodes import Nodes
 
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
@@ -34,18 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 BINANCE = REPO / "examples" / "binance_testnet.yaml"
 SPLIT = REPO / "examples" / "distributed" / "sim_nodes.yaml"
 SYMBOL = "BTCUSDT"
-
-
-@pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    yield from running_secure_broker(tmp_path_factory)
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
-    made = Nodes(tmp_path, secure_broker)
-    yield made
-    made.stop_all()
 
 
 def split_binance_manifest(path: Path, replica: BinanceReplica, port: int) -> Path:

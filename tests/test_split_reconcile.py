@@ -11,13 +11,13 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from brokers import SecureBroker, require_shared_broker, running_secure_broker
+from brokers import require_shared_broker
 from canned_venue import BALANCES, FILLS, UPDATES, CannedVenue
 from loguru import logger
 from node_rigs import EXAMPLE, Observer, journal_records, wait_until, working_after, write_manifest
@@ -39,12 +39,6 @@ from quoteforge.plugins.distributed.topics import TopicScheme
 from quoteforge.registry import PluginRegistry
 
 CLOSED_BY_RECONCILE = "not open at the venue on reconciliation"
-
-
-@pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    """One broker with passwords, TLS and the shipped ACL for the split runs here."""
-    yield from running_secure_broker(tmp_path_factory)
 
 
 def closed_by_reconciliation(records: list[JournalRecord]) -> set[str]:
@@ -330,13 +324,6 @@ async def observers() -> AsyncIterator[list[Observer]]:
     yield made
     for obs in made:
         await obs.bus.close()
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, secure_broker: SecureBroker) -> Iterator[Nodes]:
-    made = Nodes(tmp_path, secure_broker)
-    yield made
-    made.stop_all()
 
 
 @pytest.mark.slow
