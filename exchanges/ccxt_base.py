@@ -302,7 +302,7 @@ class CcxtSpotAdapter(OrderTracking):
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self.auto_cancel_s = 0.0  # the dead man's switch's countdown as last set (0: off)
+        self._auto_cancel: Callable[[float], Awaitable[None]] | None = None  # the switch
         self.sockets: list[ManagedSocket] = []
         self.time_offset_ms = 0
         self.tap: Callable[[str, str, int], None] | None = None
@@ -390,22 +390,21 @@ class CcxtSpotAdapter(OrderTracking):
         return self._session
 
     # -- the venue's dead man's switch ----------------------------------------------------------
-    async def set_auto_cancel(self, seconds: float) -> None:
-        """Arm or renew the venue's dead man's switch for ``seconds`` (0: stop it).
-        Adapters of venues that have one implement it (``AutoCancelParams``)."""
-        raise NotImplementedError(f"{self.name}: this venue has no dead man's switch")
-
-    async def start_auto_cancel(self, after_s: float) -> None:
-        """Arm the switch, then renew it every quarter of ``after_s`` until ``close``."""
-        await self.set_auto_cancel(after_s)
-        self.auto_cancel_s = after_s
+    async def start_auto_cancel(
+        self, after_s: float, set_countdown: Callable[[float], Awaitable[None]]
+    ) -> None:
+        """Arm the venue's dead man's switch with ``set_countdown(after_s)`` (the venue's
+        own call, ``AutoCancelParams``), renew it every quarter of ``after_s``, and stop
+        it with ``set_countdown(0)`` in ``close``."""
+        await set_countdown(after_s)
+        self._auto_cancel = set_countdown
         self.spawn_task(self._auto_cancel_loop(after_s), f"{self.name}/auto-cancel")
 
     async def _auto_cancel_loop(self, after_s: float) -> None:
-        while not self._closed:
+        while not self._closed and self._auto_cancel is not None:
             await asyncio.sleep(after_s / 4)
             try:
-                await self.set_auto_cancel(after_s)
+                await self._auto_cancel(after_s)
             except VenueCallError as exc:
                 logger.warning(
                     "{}: renewing the auto-cancel countdown failed ({}); the venue cancels "
@@ -416,12 +415,11 @@ class CcxtSpotAdapter(OrderTracking):
                 )
 
     async def close(self) -> None:
-        if self.auto_cancel_s and not self._closed:
+        if self._auto_cancel is not None and not self._closed:
             # After the run cancelled its orders: a countdown left running would cancel
             # the orders of the next run on this account.
             try:
-                await self.set_auto_cancel(0)
-                self.auto_cancel_s = 0.0
+                await self._auto_cancel(0)
             except VenueCallError as exc:
                 logger.warning("{}: could not stop the auto-cancel countdown: {}", self.name, exc)
         self._closed = True

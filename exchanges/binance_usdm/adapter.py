@@ -69,10 +69,10 @@ class BinanceUsdm(UsdmAccountVenue):
             await self.refresh_positions()
             await self.start_user_stream()
             if self.params.auto_cancel_after_s is not None:
-                await self.start_auto_cancel(self.params.auto_cancel_after_s)
+                await self.start_auto_cancel(self.params.auto_cancel_after_s, self._countdown)
         self.spawn_task(self._time_sync_loop(), f"{self.name}/time-sync")
 
-    async def set_auto_cancel(self, seconds: float) -> None:
+    async def _countdown(self, seconds: float) -> None:
         """``POST /fapi/v1/countdownCancelAll`` for every traded symbol (weight 10 each)."""
         for native in self._native.values():
             params = {"symbol": native, "countdownTime": int(seconds * 1000)}

@@ -234,9 +234,9 @@ class KrakenSpot(CcxtSpotAdapter):
             )
             await self._await_ready(self._private_ready, "private socket")
             if self.params.auto_cancel_after_s is not None:
-                await self.start_auto_cancel(self.params.auto_cancel_after_s)
+                await self.start_auto_cancel(self.params.auto_cancel_after_s, self._cancel_after)
 
-    async def set_auto_cancel(self, seconds: float) -> None:
+    async def _cancel_after(self, seconds: float) -> None:
         """``CancelAllOrdersAfter`` (whole seconds; it cancels every order of the account)."""
         await self._rest("private_post_cancelallordersafter", {"timeout": math.ceil(seconds)})
 
