@@ -75,6 +75,7 @@ NS = 1_000_000_000
 
 P = TypeVar("P", bound=BaseModel)
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 def require_ccxt() -> Any:
@@ -353,9 +354,25 @@ class CcxtSpotAdapter(OrderTracking):
     async def connect(self, sink: VenueSink) -> None:
         self.sink = sink
         self._client = self._make_client()
-        await self.sync_time()
-        self.instruments = await self.load_instruments()
+        await self._read_at_start(self.sync_time, "the venue's clock")
+        self.instruments = await self._read_at_start(self.load_instruments, "the instruments")
         await self.start_streams()
+
+    async def _read_at_start(self, read: Callable[[], Awaitable[T]], what: str) -> T:
+        """A read the start needs (idempotent), asked again 0.5 then 1 s later when the
+        venue gave no answer (a time-out, a dropped connection): one slow answer does not
+        stop a run from starting. Any other failure, and a third silence, is raised."""
+        wait = 0.5
+        for _ in range(2):
+            try:
+                return await read()
+            except VenueCallError as exc:
+                if exc.kind != "unknown":
+                    raise
+                logger.warning("{}: reading {} failed ({}); asking again", self.name, what, exc)
+            await asyncio.sleep(wait)
+            wait *= 2
+        return await read()
 
     def _make_client(self) -> Any:
         ccxt_async = require_ccxt()

@@ -101,3 +101,22 @@ async def test_connect_without_ccxt_names_the_pip_command(module: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert 'pip install "quoteforge[' in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("kit", KITS)
+async def test_a_start_outlives_two_unanswered_reads(kit: VenueKit) -> None:
+    """The venue's clock and instruments are read at the start; a read the venue leaves
+    unanswered (the adapter's request time-out is 0.5 s) is asked again 0.5, then 1 s
+    later, so two slow answers in a row do not stop a run from starting."""
+    replica = kit.make_replica()
+    await replica.time_out(count=2, delay=1.0)  # armed before running() starts it
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        async with running(kit, replica=replica) as h:
+            assert h.adapter.instruments
+    finally:
+        logger.remove(handler)
+    asked_again = [line for line in lines if "failed (unknown: no answer" in line]
+    assert len(asked_again) == 2, lines
+    assert all(line.endswith("); asking again\n") for line in asked_again)
