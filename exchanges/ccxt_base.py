@@ -408,18 +408,22 @@ class CcxtSpotAdapter(OrderTracking):
 
     # -- the venue's dead man's switch ----------------------------------------------------------
     async def start_auto_cancel(
-        self, after_s: float, set_countdown: Callable[[float], Awaitable[None]]
+        self,
+        after_s: float,
+        set_countdown: Callable[[float], Awaitable[None]],
+        every_s: float | None = None,
     ) -> None:
         """Arm the venue's dead man's switch with ``set_countdown(after_s)`` (the venue's
-        own call, ``AutoCancelParams``), renew it every quarter of ``after_s``, and stop
-        it with ``set_countdown(0)`` in ``close``."""
+        own call, ``AutoCancelParams``), renew it every ``every_s`` (default: a quarter
+        of ``after_s``), and stop it with ``set_countdown(0)`` in ``close``."""
         await set_countdown(after_s)
         self._auto_cancel = set_countdown
-        self.spawn_task(self._auto_cancel_loop(after_s), f"{self.name}/auto-cancel")
+        every = after_s / 4 if every_s is None else every_s
+        self.spawn_task(self._auto_cancel_loop(after_s, every), f"{self.name}/auto-cancel")
 
-    async def _auto_cancel_loop(self, after_s: float) -> None:
+    async def _auto_cancel_loop(self, after_s: float, every_s: float) -> None:
         while not self._closed and self._auto_cancel is not None:
-            await asyncio.sleep(after_s / 4)
+            await asyncio.sleep(every_s)
             try:
                 await self._auto_cancel(after_s)
             except VenueCallError as exc:

@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 LIVE_REST = "https://clob.polymarket.com"
+HEARTBEAT_PATH = "/v1/heartbeats"  # the official py-clob-client's path
+HEARTBEAT_TIMEOUT_S = 10.0  # the venue's: fixed, not ours to set
 LIVE_WS = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
 LIVE_WS_USER = "wss://ws-subscriptions-clob.polymarket.com/ws/user"
 DATA_API = "https://data-api.polymarket.com"
@@ -133,6 +135,15 @@ class PolymarketParams(CcxtSpotParams):
     )
     rate_headroom: float = Field(0.8, gt=0, le=1, description="Share of each limit to use.")
     batch_orders: bool = Field(True, description="Send 2-15 new orders in one POST /orders.")
+    heartbeat_interval_s: float | None = Field(
+        None,
+        gt=0,
+        le=5,
+        description="The venue's dead man's switch: send a heartbeat (POST /v1/heartbeats) "
+        "this often from connect on. Once they have started, Polymarket cancels every open "
+        "order of the account when none came for 10 s (a frozen host, a lost link). "
+        "None: off.",
+    )
     book_source: str = Field(
         "polymarket_clob",
         pattern=r"^[a-z][a-z0-9_]*$",
@@ -189,6 +200,7 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
         self._subscribed_at: dict[str, float] = {}
         self._last_fill_s = 0
         self._opening = False
+        self._heartbeat_id: str | None = None  # the id the next heartbeat carries
 
     def __repr__(self) -> str:
         creds = "with credentials" if self.has_credentials else "public only"
@@ -239,6 +251,57 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
             )
         self.instruments = await self.load_instruments()
         await self.start_streams()
+        if self.signer is not None and self.params.heartbeat_interval_s is not None:
+            try:
+                await self.start_auto_cancel(
+                    HEARTBEAT_TIMEOUT_S, self._heartbeat, every_s=self.params.heartbeat_interval_s
+                )
+            except VenueCallError as exc:
+                raise ValueError(
+                    f"exchange {self.name!r}: the first heartbeat (POST {HEARTBEAT_PATH}) "
+                    f"failed: {exc}. Without it the venue's dead man's switch is off; set "
+                    "heartbeat_interval_s: null to run without it"
+                ) from None
+
+    async def _heartbeat(self, seconds: float) -> None:
+        """One heartbeat, carrying the id of the last answer (``null`` starts a chain).
+        The venue refuses any other id, naming the one it expects: a chain of an earlier
+        run still live, or ``null`` once ours lapsed (it cancelled our orders after a
+        silence); the heartbeat is sent again with that id. ``seconds`` 0 is the run's
+        stop: the venue has no call to end the heartbeats, so none is sent and its
+        timeout cancels nothing of ours, the run's own cancels having gone first."""
+        if not seconds:
+            self._heartbeat_id = None
+            return
+        try:
+            answer = await self.call(
+                "POST", HEARTBEAT_PATH, body={"heartbeat_id": self._heartbeat_id}, auth=True
+            )
+        except VenueCallError as exc:
+            payload = exc.payload if isinstance(exc.payload, dict) else {}
+            expected = payload.get("heartbeat_id", ...)
+            if (
+                exc.kind != "rejected"
+                or "HEARTBEAT" not in exc.message.upper()
+                or not (expected is None or isinstance(expected, str))
+                or expected == self._heartbeat_id
+            ):
+                raise
+            logger.warning(
+                "{}: the venue expects heartbeat id {}, not {} (an earlier run's chain, or "
+                "ours lapsed and the venue cancelled our orders); resynchronising",
+                self.name,
+                expected,
+                self._heartbeat_id,
+            )
+            self._heartbeat_id = expected
+            answer = await self.call(
+                "POST", HEARTBEAT_PATH, body={"heartbeat_id": expected}, auth=True
+            )
+        beat = answer.get("heartbeat_id") if isinstance(answer, dict) else None
+        if not isinstance(beat, str) or not beat:
+            raise VenueCallError("unknown", f"heartbeat answer without a heartbeat_id: {answer!r}")
+        self._heartbeat_id = beat
 
     # -- REST ------------------------------------------------------------------------------
     async def call(

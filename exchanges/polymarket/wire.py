@@ -251,11 +251,13 @@ def order_hash(order: Any, chain_id: int, neg_risk: bool) -> str:
 
 
 def classify_error(status: int, body: str) -> VenueCallError:
-    """A failed answer as a ``VenueCallError``: what to do next depends on it."""
+    """A failed answer as a ``VenueCallError``: what to do next depends on it. Its
+    ``payload`` is the decoded answer (None when it was not JSON)."""
+    data: Any = None
     try:
         data = json.loads(body)
         text = (
-            str(data.get("error") or data.get("errorMsg") or body)
+            str(data.get("error") or data.get("error_msg") or data.get("errorMsg") or body)
             if isinstance(data, dict)
             else body
         )
@@ -264,15 +266,15 @@ def classify_error(status: int, body: str) -> VenueCallError:
     text = text[:300] or f"HTTP {status}"
     upper = text.upper()
     if status in (401, 403) or "UNAUTHORIZED" in upper or "INVALID API KEY" in upper:
-        return VenueCallError("auth", text, str(status))
+        return VenueCallError("auth", text, str(status), payload=data)
     if status == 404 or "NOT FOUND" in upper:
-        return VenueCallError("not_found", text, str(status))
+        return VenueCallError("not_found", text, str(status), payload=data)
     if status >= 500 or status == 0:
-        return VenueCallError("unknown", text, str(status))
+        return VenueCallError("unknown", text, str(status), payload=data)
     if "DUPLICATED" in upper:
         # The venue has this order (a resend of one it took): look it up, never resend.
-        return VenueCallError("unknown", text, "duplicate")
-    return VenueCallError("rejected", text, str(status))
+        return VenueCallError("unknown", text, "duplicate", payload=data)
+    return VenueCallError("rejected", text, str(status), payload=data)
 
 
 def liquidity_of(trader_side: str, ours_is_taker: bool) -> Liquidity:

@@ -3,16 +3,20 @@ venue's hash), tick size, neg-risk, time, balances, and the authenticated order 
 cancels, open orders and trades. Every authenticated call checks the L2 headers (API
 key, passphrase, address, HMAC-SHA256 over timestamp, method, path and body) and every
 order's EIP-712 signature (the signer recovered with eth-account), so a wrong key is
-refused as the venue refuses it. ``PolymarketReplica`` (polymarket_replica.py) adds the
-websocket channels and the order engine behind both."""
+refused as the venue refuses it. Heartbeats (``POST /v1/heartbeats``) are the venue's dead
+man's switch: once started, every open order is cancelled when none came for
+``heartbeat_timeout_s``. ``PolymarketReplica`` (polymarket_replica.py) adds the websocket
+channels and the order engine behind both."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import secrets
+import uuid
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -123,6 +127,14 @@ class PolymarketRest(ReplicaServer):
     trade_log: list[dict[str, Any]]
     #: Our outcome tokens: token id -> [size, average price] (``hold`` seeds it).
     holdings: dict[str, list[Decimal]]
+    #: How long the venue waits for the next heartbeat before it cancels every open order
+    #: (10 s at Polymarket; tests shorten it).
+    heartbeat_timeout_s: float = 10.0
+    #: The id the next heartbeat must carry (None: heartbeats not started), the replica's
+    #: ms by which it must come, and how often the timeout ran out.
+    heartbeat_id: str | None = None
+    heartbeat_deadline_ms: int = 0
+    heartbeats_lapsed: int = 0
 
     # -- provided by the websocket half -------------------------------------------------
     @abstractmethod
@@ -163,6 +175,7 @@ class PolymarketRest(ReplicaServer):
         r.add_delete("/orders", self._authed(self._delete_orders))
         r.add_delete("/cancel-all", self._authed(self._cancel_all))
         r.add_delete("/cancel-market-orders", self._authed(self._cancel_market))
+        r.add_post("/v1/heartbeats", self._authed(self._heartbeat))
         r.add_get("/data/order/{id}", self._authed(self._get_order))
         r.add_get("/data/orders", self._authed(self._get_orders))
         r.add_get("/data/trades", self._authed(self._get_trades))
@@ -357,6 +370,39 @@ class PolymarketRest(ReplicaServer):
             if (not asset or row["asset_id"] == asset) and (not market or row["market"] == market):
                 ids.append(order.venue_id)
         return self._json(await self.cancel_ids(ids))
+
+    async def _heartbeat(self, request: web.Request, body: str) -> web.Response:
+        """The first heartbeat carries ``heartbeat_id: null`` and starts the switch; each
+        later one must carry the id of the last answer, within ``heartbeat_timeout_s``.
+        Any other id is refused with the id expected (null once the chain has lapsed),
+        from which a client resynchronises, as at the venue."""
+        try:
+            spec = json.loads(body or "{}")
+            sent = spec["heartbeat_id"] if isinstance(spec, dict) else ...
+        except (ValueError, KeyError):
+            sent = ...
+        if sent is ... or (sent is not None and not isinstance(sent, str)):
+            return self._json({"error": "Invalid payload: heartbeat_id is required"}, 400)
+        if sent != self.heartbeat_id:
+            return self._json(
+                {"error_msg": "Invalid Heartbeat ID", "heartbeat_id": self.heartbeat_id}, 400
+            )
+        if self.heartbeat_id is None:
+            self.spawn(self._heartbeat_watch())
+        self.heartbeat_id = str(uuid.uuid4())
+        self.heartbeat_deadline_ms = self.now_ms() + int(self.heartbeat_timeout_s * 1000)
+        return self._json({"status": "ok", "heartbeat_id": self.heartbeat_id})
+
+    async def _heartbeat_watch(self) -> None:
+        """Checked every 10 ms: a heartbeat overdue cancels every open order and ends
+        the chain (the next one starts a new one with ``heartbeat_id: null``)."""
+        while self.heartbeat_id is not None:
+            await asyncio.sleep(0.01)
+            if self.now_ms() >= self.heartbeat_deadline_ms:
+                self.heartbeat_id = None
+                self.heartbeat_deadline_ms = 0
+                self.heartbeats_lapsed += 1
+                await self.cancel_ids([o.venue_id for o in self.orders()])
 
     def _find(self, order_id: str) -> ReplicaOrder | None:
         for market in self.markets.values():

@@ -1,6 +1,7 @@
 """Orders on the Polymarket replica, for the Polymarket adapter tests (test_polymarket.py,
-test_polymarket_startstate.py): the market's YES and NO tokens, an order on the adapter's
-grid, placing it and waiting for the venue's first answer, and waiting for a condition."""
+test_polymarket_startstate.py, test_auto_cancel.py): the market's YES and NO tokens, an
+order on the adapter's grid, placing it and waiting for the venue's first answer, waiting
+for a condition, and the parameters that point examples/polymarket.yaml at a replica."""
 
 from __future__ import annotations
 
@@ -11,10 +12,25 @@ from typing import Any
 
 from quoteforge.exchange import PlaceOrder
 from quoteforge.exchanges.polymarket import PolymarketClob
-from quoteforge.exchanges.testing.conformance import RecordingSink
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
+from quoteforge.exchanges.testing.polymarket_replica import PolymarketReplica
 from quoteforge.model import Order, OrderStatus, Side
 
 YES, NO = "rain-nyc/YES", "rain-nyc/NO"
+
+
+def example_params(replica: PolymarketReplica) -> dict[str, Any]:
+    """``exchanges.polymarket.params`` of examples/polymarket.yaml for ``replica``: its
+    URLs, its ``event`` market, fast timeouts and no resolution polls."""
+    return {
+        **FAST_PARAMS,
+        "rest_url": replica.url,
+        "data_url": replica.url,
+        "ws_url": replica.market_ws_url,
+        "private_ws_url": replica.user_ws_url,
+        "markets.event": f"'{replica.condition_id('event')}'",
+        "resolution_poll_s": "null",
+    }
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:

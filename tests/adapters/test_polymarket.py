@@ -112,6 +112,64 @@ async def test_a_wrong_key_is_refused_by_the_venue() -> None:
         assert last is not None and "HMAC" in last.reason
 
 
+def heartbeating(replica: PolymarketReplica, interval_s: float) -> PolymarketClob:
+    ctx = VenueContext("polymarket", LiveClock(), 1, "live", [YES, NO], secrets=replica.secrets)
+    return PolymarketClob(
+        PolymarketParams(
+            rest_url=replica.url,
+            ws_url=replica.market_ws_url,
+            private_ws_url=replica.user_ws_url,
+            markets={"rain-nyc": replica.condition_id("rain-nyc")},
+            heartbeat_interval_s=interval_s,
+            **{**FAST_PARAMS, "resolution_poll_s": None},
+        ),
+        ctx,
+    )
+
+
+async def test_heartbeats_chain_ids_and_a_refused_first_one_stops_the_start() -> None:
+    replica = PolymarketReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        first = heartbeating(replica, 0.1)
+        await first.connect(RecordingSink())
+        started = replica.heartbeat_id
+        assert started is not None  # started at connect
+        # Each heartbeat carries the id of the last answer; a server error is only logged.
+        await replica.fail_http(503, path="/v1/heartbeats")
+        await wait_for(lambda: replica.heartbeat_id != started)
+        beats = sum(1 for _, path in replica.request_log if path == "/v1/heartbeats")
+        await asyncio.sleep(0.35)
+        assert sum(1 for _, path in replica.request_log if path == "/v1/heartbeats") >= beats + 2
+        await first.close()
+        # A run started while the last one's chain is live: the venue refuses its null,
+        # naming the id it expects, and the new run carries that chain on.
+        second = heartbeating(replica, 0.1)
+        await second.connect(RecordingSink())
+        try:
+            live = replica.heartbeat_id
+            await wait_for(lambda: replica.heartbeat_id != live)
+            assert replica.heartbeats_lapsed == 0
+        finally:
+            await second.close()
+    finally:
+        await replica.stop()
+    # A venue that refuses the first heartbeat: the run must not trade believing the
+    # switch is on.
+    replica = PolymarketReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        await replica.fail_http(404, path="/v1/heartbeats", body='{"error":"not found"}')
+        adapter = heartbeating(replica, 1)
+        with pytest.raises(ValueError, match=r"first heartbeat .*heartbeat_interval_s: null"):
+            await adapter.connect(RecordingSink())
+        await adapter.close()
+    finally:
+        await replica.stop()
+    with pytest.raises(ValueError, match="heartbeat_interval_s"):
+        PolymarketParams(heartbeat_interval_s=10)  # the venue's whole window
+
+
 async def test_buying_no_trades_against_a_yes_bid() -> None:
     async with connected() as (replica, adapter, sink):
         best_yes_bid = replica.book(YES)["bids"][0]

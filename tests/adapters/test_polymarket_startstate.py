@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polymarket_orders import NO, YES, order, placed, wait_for
+from polymarket_orders import NO, YES, example_params, order, placed, wait_for
 
 from quoteforge.book import BookState
 from quoteforge.clock import LiveClock
@@ -33,16 +33,7 @@ EYES, ENO = "polymarket:event/YES", "polymarket:event/NO"
 
 
 def overrides(replica: PolymarketReplica, *more: str) -> list[str]:
-    params = {
-        **FAST_PARAMS,
-        "rest_url": replica.url,
-        "data_url": replica.url,
-        "ws_url": replica.market_ws_url,
-        "private_ws_url": replica.user_ws_url,
-        "markets.event": f"'{replica.condition_id('event')}'",
-        "resolution_poll_s": "null",
-    }
-    sets = [f"exchanges.polymarket.params.{k}={v}" for k, v in params.items()]
+    sets = [f"exchanges.polymarket.params.{k}={v}" for k, v in example_params(replica).items()]
     return [*sets, *more, "run.duration=60s", "run.cancel_timeout=10s", "report.png=false"]
 
 
