@@ -426,11 +426,12 @@ class CcxtSpotAdapter(OrderTracking):
             await asyncio.sleep(every_s)
             try:
                 await self._auto_cancel(after_s)
-            except VenueCallError as exc:
+            except Exception as exc:  # one failed renewal must not end the switch
                 logger.warning(
-                    "{}: renewing the auto-cancel countdown failed ({}); the venue cancels "
-                    "our orders {:g}s after the last renewal",
+                    "{}: renewing the auto-cancel countdown failed ({}: {}); the venue "
+                    "cancels our orders {:g}s after the last renewal",
                     self.name,
+                    type(exc).__name__,
                     exc,
                     after_s,
                 )

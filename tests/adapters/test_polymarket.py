@@ -138,6 +138,18 @@ async def test_heartbeats_chain_ids_and_a_refused_first_one_stops_the_start() ->
         # Each heartbeat carries the id of the last answer; a server error is only logged.
         await replica.fail_http(503, path="/v1/heartbeats")
         await wait_for(lambda: replica.heartbeat_id != started)
+        # So is an answer that is not JSON (a proxy's page): the heartbeats go on.
+        call = first.call
+        garbled = [0]
+
+        async def garbling(method: str, path: str, **kw: Any) -> Any:
+            if path == "/v1/heartbeats" and not garbled[0]:
+                garbled[0] += 1
+                return json.loads("<html>502 Bad Gateway</html>")
+            return await call(method, path, **kw)
+
+        first.call = garbling  # type: ignore[method-assign]
+        await wait_for(lambda: garbled[0] == 1)
         beats = sum(1 for _, path in replica.request_log if path == "/v1/heartbeats")
         await asyncio.sleep(0.35)
         assert sum(1 for _, path in replica.request_log if path == "/v1/heartbeats") >= beats + 2
