@@ -8,7 +8,8 @@ call), and an order intent from a remote strategy node (the execution node's che
 1. kill and halt: after the kill switch, while the run stops, or while the strategy is
    halted, nothing new goes out;
 2. breakers: HALT stops new orders on the market, REDUCE lets through only orders that
-   shrink the position without flipping it;
+   shrink the position without flipping it, counted together (a set of quotes; one
+   order with our working orders on its side);
 3. the risk chain, in manifest order (the first refusal wins, and is journaled);
 4. the instrument's own rules (order step, minimums) for sizes a caller chose itself;
 5. the execution policy: for quotes, the fewest changes against the order manager's
@@ -102,10 +103,11 @@ class OrderGate:
             return []
         breakers = self.breakers
         if breakers is not None and breakers.state(market.key) != "normal":
-            position = self.position_lots(market.key)
-            allowed = [
-                q for q in quotes if breakers.allows(market.key, int(q.side), position, q.qty_lots)
-            ]
+            position, allowed, reducing = self.position_lots(market.key), [], 0
+            for q in quotes:  # the set replaces our working quotes: its sum must not flip
+                if breakers.allows(market.key, int(q.side), position, reducing + q.qty_lots):
+                    allowed.append(q)
+                    reducing += q.qty_lots
             if len(allowed) < len(quotes):
                 self._refuse(
                     "breaker",
@@ -197,14 +199,17 @@ class OrderGate:
         if why:
             self._refuse("kill" if self.closed else "halt", why)
             return why
-        breakers = self.breakers
-        key = market.key
+        breakers, key, working = self.breakers, market.key, 0
+        if breakers is not None and breakers.state(key) == "reduce" and self.orders is not None:
+            inst = market.instrument  # working orders on its side fill before or with it
+            orders = self.orders.working(inst.venue, inst.symbol)
+            working = sum(o.remaining_lots for o in orders if o.side is side)
         if breakers is not None and not breakers.allows(
-            key, int(side), self.position_lots(key), qty_lots
+            key, int(side), self.position_lots(key), qty_lots + working
         ):
             why = (
-                f"breaker {breakers.state(key).upper()} on {key}: "
-                f"{side.name} {qty_lots} lots would not reduce the position"
+                f"breaker {breakers.state(key).upper()} on {key}: {side.name} {qty_lots} lots "
+                f"(with {working} working) would not reduce the position"
                 if breakers.state(key) == "reduce"
                 else f"breaker HALT on {key}"
             )

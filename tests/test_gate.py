@@ -443,6 +443,14 @@ def test_breaker_refusals_are_counted_per_order_and_name_the_mode(
         out["selling_passes"] = run.gate.check(
             m, "probe", Side.SELL, m.ticks(31_000.0), m.lots(0.01)
         )
+        # Together, the orders must not flip the position either: of three asks of 0.04
+        # against a long 0.1, two pass; a take beside working asks counts them.
+        big = [m.ask(m.ticks(31_000.0 + i, Side.SELL), m.lots(0.04), i) for i in range(3)]
+        out["big_admitted"] = run.gate.admit(m, "probe", big)  # type: ignore[arg-type]
+        for q in out["big_admitted"]:
+            run.orders.new_order("sim", "BTC/USDT", q.side, q.qty_lots, q.price_ticks, level=q.level)
+        out["take_over"] = run.gate.check(m, "probe", Side.SELL, m.ticks(31_000.0), m.lots(0.03))
+        out["take_within"] = run.gate.check(m, "probe", Side.SELL, m.ticks(31_000.0), m.lots(0.02))
         # market_pnl_floor trips HALT on the market: nothing new passes.
         run.breakers.on_sample(run.clock.now_ns(), {m.key: Decimal("-1e12")}, Decimal("-1e12"))
         out["halt_why"] = run.gate.check(m, "probe", Side.SELL, m.ticks(31_000.0), m.lots(0.01))
@@ -456,8 +464,13 @@ def test_breaker_refusals_are_counted_per_order_and_name_the_mode(
     assert len(out["asks_only"]) == 2 and out["asks_only_quiet"]  # nothing refused, nothing said
     assert out["quotes_why"] == f"breaker REDUCE on {key}"
     assert out["reduce_why"] == (
-        f"breaker REDUCE on {key}: BUY 100 lots would not reduce the position"
+        f"breaker REDUCE on {key}: BUY 100 lots (with 0 working) would not reduce the position"
     )
+    assert [q.qty_lots for q in out["big_admitted"]] == [400, 400]
+    assert out["take_over"] == (
+        f"breaker REDUCE on {key}: SELL 300 lots (with 800 working) would not reduce the position"
+    )
+    assert out["take_within"] == ""
     assert out["selling_passes"] == ""
     assert out["halt_why"] == f"breaker HALT on {key}"
 
