@@ -491,6 +491,8 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
 
     def pull(request: web.Request, body: dict[str, Any]) -> str:
         strategy = body.get("strategy")
+        if strategy is not None and not isinstance(strategy, str):
+            raise _RefusedError(422, "strategy must be a string: one strategy's name, or left out")
         if strategy is not None and strategy not in run.strategies:
             raise _RefusedError(
                 404,

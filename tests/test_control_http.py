@@ -388,6 +388,8 @@ def test_pull_quotes_and_breaker_reset(
             assert status == 404
             status, answer = await call("POST", "/pull-quotes", json={"strat": "mm"})
             assert status == 422 and "strategy" in answer["error"]
+            status, answer = await call("POST", "/pull-quotes", json={"strategy": ["mm"]})
+            assert status == 422 and "must be a string" in answer["error"]
             status, answer = await call("POST", "/breakers/reset", json={"target": "all"})
             assert status == 200 and "no breakers" in answer["result"]
 

@@ -116,9 +116,14 @@ def _run_state(run_dir: Path) -> dict[str, Any]:
     pid = info.get("pid")
     if not info.get("finished_at") and isinstance(pid, int) and pid != os.getpid():
         try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
+            os.kill(pid, 0)  # PermissionError: it runs, as another user (a service account)
+        except ProcessLookupError:
             pass
+        except PermissionError:
+            raise FlattenError(
+                f"run {info.get('run_id')} is still going (pid {pid}, another user's): stop "
+                f"it first (quoteforge kill {run_dir}), then flatten"
+            ) from None
         else:
             raise FlattenError(
                 f"run {info.get('run_id')} is still going (pid {pid}): stop it first "

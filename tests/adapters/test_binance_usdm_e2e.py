@@ -339,3 +339,22 @@ def test_flatten_in_hedge_mode_says_which_offsetting_sides_remain(
         "the run's position is their net, which no reduce-only order closes further; "
         "close them on the venue"
     ]
+
+
+def test_flatten_refuses_while_the_run_goes_on_as_another_user(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started by another user (a service account) answers ``kill(pid, 0)`` with
+    EPERM: it is alive, and flatten must not trade beside it."""
+    monkeypatch.setenv("BINANCE_USDM_API_KEY", "k")
+    monkeypatch.setenv("BINANCE_USDM_API_SECRET", "s")
+    loaded = load_manifest(EXAMPLES / "binance_usdm_testnet.yaml", registry)
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "r1", "pid": 4_000_000}))
+
+    def not_ours(pid: int, sig: int) -> None:
+        assert (pid, sig) == (4_000_000, 0)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("os.kill", not_ours)
+    with pytest.raises(FlattenError, match=r"still going \(pid 4000000, another user's\)"):
+        asyncio.run(flatten(tmp_path, loaded, registry))
