@@ -448,7 +448,9 @@ def test_breaker_refusals_are_counted_per_order_and_name_the_mode(
         big = [m.ask(m.ticks(31_000.0 + i, Side.SELL), m.lots(0.04), i) for i in range(3)]
         out["big_admitted"] = run.gate.admit(m, "probe", big)  # type: ignore[arg-type]
         for q in out["big_admitted"]:
-            run.orders.new_order("sim", "BTC/USDT", q.side, q.qty_lots, q.price_ticks, level=q.level)
+            run.orders.new_order(
+                "sim", "BTC/USDT", q.side, q.qty_lots, q.price_ticks, level=q.level
+            )
         out["take_over"] = run.gate.check(m, "probe", Side.SELL, m.ticks(31_000.0), m.lots(0.03))
         out["take_within"] = run.gate.check(m, "probe", Side.SELL, m.ticks(31_000.0), m.lots(0.02))
         # market_pnl_floor trips HALT on the market: nothing new passes.

@@ -32,6 +32,7 @@ from quoteforge.exchanges.ccxt_base import (
 )
 from quoteforge.exchanges.polymarket.book import PolymarketBookSource
 from quoteforge.exchanges.polymarket.events import PolymarketEvents
+from quoteforge.exchanges.polymarket.heartbeats import PolymarketHeartbeats
 from quoteforge.exchanges.polymarket.positions import PolymarketPositions
 from quoteforge.exchanges.polymarket.ratelimit import PolymarketRateGovernor
 from quoteforge.exchanges.polymarket.reports import PolymarketReports
@@ -70,8 +71,6 @@ __all__ = [
 ]
 
 LIVE_REST = "https://clob.polymarket.com"
-HEARTBEAT_PATH = "/v1/heartbeats"  # the official py-clob-client's path
-HEARTBEAT_TIMEOUT_S = 10.0  # the venue's: fixed, not ours to set
 LIVE_WS = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
 LIVE_WS_USER = "wss://ws-subscriptions-clob.polymarket.com/ws/user"
 DATA_API = "https://data-api.polymarket.com"
@@ -170,7 +169,13 @@ def quoteforge_register_book_sources(register: Register) -> None:
     )
 
 
-class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, CcxtSpotAdapter):
+class PolymarketClob(
+    PolymarketEvents,
+    PolymarketHeartbeats,
+    PolymarketPositions,
+    PolymarketReports,
+    CcxtSpotAdapter,
+):
     """Polymarket's CLOB: one market socket for every token's book and trades, one user
     socket for our orders and trades, REST for everything else. Not a ccxt venue: this
     adapter uses the shared base for sockets, tasks and order tracking only."""
@@ -200,7 +205,7 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
         self._subscribed_at: dict[str, float] = {}
         self._last_fill_s = 0
         self._opening = False
-        self._heartbeat_id: str | None = None  # the id the next heartbeat carries
+        self._heartbeat_id: str | None = None  # heartbeats.PolymarketHeartbeats
 
     def __repr__(self) -> str:
         creds = "with credentials" if self.has_credentials else "public only"
@@ -252,56 +257,7 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
         self.instruments = await self.load_instruments()
         await self.start_streams()
         if self.signer is not None and self.params.heartbeat_interval_s is not None:
-            try:
-                await self.start_auto_cancel(
-                    HEARTBEAT_TIMEOUT_S, self._heartbeat, every_s=self.params.heartbeat_interval_s
-                )
-            except VenueCallError as exc:
-                raise ValueError(
-                    f"exchange {self.name!r}: the first heartbeat (POST {HEARTBEAT_PATH}) "
-                    f"failed: {exc}. Without it the venue's dead man's switch is off; set "
-                    "heartbeat_interval_s: null to run without it"
-                ) from None
-
-    async def _heartbeat(self, seconds: float) -> None:
-        """One heartbeat, carrying the id of the last answer (``null`` starts a chain).
-        The venue refuses any other id, naming the one it expects: a chain of an earlier
-        run still live, or ``null`` once ours lapsed (it cancelled our orders after a
-        silence); the heartbeat is sent again with that id. ``seconds`` 0 is the run's
-        stop: the venue has no call to end the heartbeats, so none is sent and its
-        timeout cancels nothing of ours, the run's own cancels having gone first."""
-        if not seconds:
-            self._heartbeat_id = None
-            return
-        try:
-            answer = await self.call(
-                "POST", HEARTBEAT_PATH, body={"heartbeat_id": self._heartbeat_id}, auth=True
-            )
-        except VenueCallError as exc:
-            payload = exc.payload if isinstance(exc.payload, dict) else {}
-            expected = payload.get("heartbeat_id", ...)
-            if (
-                exc.kind != "rejected"
-                or "HEARTBEAT" not in exc.message.upper()
-                or not (expected is None or isinstance(expected, str))
-                or expected == self._heartbeat_id
-            ):
-                raise
-            logger.warning(
-                "{}: the venue expects heartbeat id {}, not {} (an earlier run's chain, or "
-                "ours lapsed and the venue cancelled our orders); resynchronising",
-                self.name,
-                expected,
-                self._heartbeat_id,
-            )
-            self._heartbeat_id = expected
-            answer = await self.call(
-                "POST", HEARTBEAT_PATH, body={"heartbeat_id": expected}, auth=True
-            )
-        beat = answer.get("heartbeat_id") if isinstance(answer, dict) else None
-        if not isinstance(beat, str) or not beat:
-            raise VenueCallError("unknown", f"heartbeat answer without a heartbeat_id: {answer!r}")
-        self._heartbeat_id = beat
+            await self.start_heartbeats(self.params.heartbeat_interval_s)
 
     # -- REST ------------------------------------------------------------------------------
     async def call(
@@ -532,14 +488,21 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
                         limit="GET /book",
                         raw_text=True,
                     )
-                    summary = json.loads(text)
-                except (VenueCallError, ValueError) as exc:
+                except VenueCallError as exc:
                     logger.info("{}: snapshot check of {} failed: {}", self.name, symbol, exc)
                     continue
-                if isinstance(summary, dict):
-                    if self.tap is not None:
+                try:
+                    summary = json.loads(text)
+                    if isinstance(summary, dict) and self.tap is not None:
                         self._tap_raw("polymarket:book", text, time.time_ns())
                     source.compare_snapshot(summary)
+                except (ValueError, RecursionError) as exc:  # BookMessageError is a ValueError
+                    logger.warning(
+                        "{}: snapshot check of {} skipped, malformed REST /book answer: {}",
+                        self.name,
+                        symbol,
+                        str(exc)[:300],
+                    )
 
     # -- orders ----------------------------------------------------------------------------
     def order_body(self, tracked: TrackedOrder) -> dict[str, Any]:
@@ -785,25 +748,6 @@ class PolymarketClob(PolymarketEvents, PolymarketPositions, PolymarketReports, C
 
     def _on_user_down(self, reason: str) -> None:
         logger.info("{}: user channel down ({})", self.name, reason)
-
-    def _on_user_text(self, raw: str, recv_ns: int) -> None:
-        if raw == "PONG":
-            return
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            return
-        for event in msg if isinstance(msg, list) else [msg]:
-            if not isinstance(event, dict):
-                continue
-            try:
-                if event.get("event_type") == "order":
-                    self.on_order_event(event)
-                elif event.get("event_type") == "trade":
-                    for fill in self.fills_of_trade(event):
-                        self.deliver_fill(fill)
-            except (KeyError, ValueError) as exc:
-                logger.warning("{}: bad user event ({}): {!r}", self.name, exc, event)
 
     async def reconcile_orders(self) -> None:
         """Look every working order up, then book the trades the user channel missed."""

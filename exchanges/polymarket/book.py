@@ -76,6 +76,8 @@ class PolymarketBookSource(BookSource):
         """The venue timestamp (ms, as sent) of the last event applied."""
         self.halted = ""
         """Why the book cannot be kept on its grid any more (a finer tick), or empty."""
+        self._one = self.instrument.price_to_ticks(1)
+        """A price of 1 in ticks: a level's price is in (0, 1]."""
 
     # -- wire ----------------------------------------------------------------------------
     def on_message(self, raw: str | bytes, recv_ns: int | None = None) -> Outcome:
@@ -108,9 +110,20 @@ class PolymarketBookSource(BookSource):
         return outcome
 
     def on_snapshot(self, raw: str | bytes, recv_ns: int | None = None) -> Outcome:
-        """A REST ``/book`` answer (its hash checked) applied as a snapshot."""
-        summary = json.loads(raw)
-        if self.verify_hash and summary.get("hash") and book_hash(summary) != summary["hash"]:
+        """A REST ``/book`` answer (its hash checked) applied as a snapshot. One that
+        cannot be read raises ``BookMessageError`` and the book resyncs."""
+        try:
+            summary = json.loads(raw)
+            if type(summary) is not dict:
+                raise self._malformed("a REST /book answer must be a JSON object", raw)
+            damaged = (
+                self.verify_hash and summary.get("hash") and book_hash(summary) != summary["hash"]
+            )
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise self._unreadable(exc, raw, "REST /book answer") from None
+        if damaged:
             self.stats.checksum_failures += 1
             self._request_resync("REST /book hash mismatch: the snapshot was damaged")
             return Outcome.RESYNC
@@ -119,13 +132,23 @@ class PolymarketBookSource(BookSource):
     def compare_snapshot(self, summary: dict[str, Any]) -> bool | None:
         """Check the local book against a REST ``/book`` summary taken at the same venue
         timestamp: True equal, False differs (the book resyncs), None not comparable
-        (another timestamp, a damaged snapshot or a book that is not LIVE)."""
+        (another timestamp, a damaged snapshot or a book that is not LIVE). A summary
+        that cannot be read raises ``BookMessageError`` (the book is left as it is)."""
+        if type(summary) is not dict:
+            raise self._malformed("a REST /book answer must be a JSON object", summary)
         if self.book.state is not BookState.LIVE or not self.last_timestamp:
             return None
         if str(summary.get("timestamp", "")) != self.last_timestamp:
             return None
-        if self.verify_hash and summary.get("hash") and book_hash(summary) != summary["hash"]:
-            return None
+        try:
+            if self.verify_hash and summary.get("hash") and book_hash(summary) != summary["hash"]:
+                return None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise self._malformed(
+                f"REST /book levels could not be read ({type(exc).__name__}: {exc}); levels "
+                "are {'price': .., 'size': ..}",
+                summary,
+            ) from None
         bids = self._levels(summary.get("bids"), "bids")
         asks = self._levels(summary.get("asks"), "asks")
         want_bids = sorted(((p, q) for p, q in bids if q), reverse=True)
@@ -175,11 +198,24 @@ class PolymarketBookSource(BookSource):
             raise self._malformed(f"book '{name}' must be a list", levels)
         pc, qc = self._price, self._qty
         try:
-            return [(pc(_text(lv["price"])), qc(_text(lv["size"]))) for lv in levels]
+            out = [
+                (pc(_text(lv["price"], "price")), qc(_text(lv["size"], "size"))) for lv in levels
+            ]
+            # Tuples order by price first: the lowest and highest prices, in C.
+            if out and (min(out)[0] <= 0 or max(out)[0] > self._one):
+                self._check_prices([p for p, _ in out])
         except (KeyError, TypeError, ValueError) as exc:
             raise self._malformed(
                 f"bad level in '{name}' ({exc}); levels are {{'price': .., 'size': ..}}", levels
             ) from None
+        return out
+
+    def _check_prices(self, prices: list[int]) -> None:
+        """ValueError naming the first price outside (0, 1]."""
+        for ticks in prices:
+            if not 0 < ticks <= self._one:
+                price = self.instrument.ticks_to_price(ticks)
+                raise ValueError(f"price {format(price, 'f')} outside (0, 1]")
 
     def _snapshot(self, event: dict[str, Any], now: int) -> Outcome:
         bids = self._levels(event.get("bids"), "bids")
@@ -206,10 +242,12 @@ class PolymarketBookSource(BookSource):
             return Outcome.DROPPED
         bids: list[tuple[int, int]] = []
         asks: list[tuple[int, int]] = []
-        pc, qc = self._price, self._qty
+        pc, qc, one = self._price, self._qty, self._one
         try:
             for change in ours:
-                level = (pc(_text(change["price"])), qc(_text(change["size"])))
+                level = (pc(_text(change["price"], "price")), qc(_text(change["size"], "size")))
+                if not 0 < level[0] <= one:
+                    self._check_prices([level[0]])
                 side = str(change["side"]).upper()
                 if side == "BUY":
                     bids.append(level)
@@ -217,33 +255,39 @@ class PolymarketBookSource(BookSource):
                     asks.append(level)
                 else:
                     raise ValueError(f"side {side!r} is not BUY or SELL")
+            best = self._best_of(ours[-1])
         except (KeyError, TypeError, ValueError) as exc:
             raise self._malformed(f"bad price_change entry ({exc})", ours) from None
         self.book.apply_deltas(bids, asks, now)
         self.last_timestamp = str(event.get("timestamp", ""))
         self.states.last_message_ns = now
-        if self._resync_if_crossed() or not self._best_agrees(ours[-1]):
+        if self._resync_if_crossed() or not self._best_agrees(best):
             return Outcome.RESYNC
         self.stats.applied += 1
         if self.book.state is not BookState.LIVE:
             self._mark_live("price changes resumed")
         return Outcome.APPLIED
 
-    def _best_agrees(self, change: dict[str, Any]) -> bool:
-        """The venue's best bid and ask after the change equal ours (a price of 0, or 1
-        and above, means that side is empty)."""
-        book = self.book
+    def _best_of(self, change: dict[str, Any]) -> list[tuple[str, str, int | None]]:
+        """The ``best_bid``/``best_ask`` a change carries: name, text and ticks (a price
+        of 0, or 1 and above, means that side is empty: None)."""
         top = self.instrument.max_price_ticks
-        for name, ours in (
-            ("best_bid", book.best_bid_ticks()),
-            ("best_ask", book.best_ask_ticks()),
-        ):
+        out = []
+        for name in ("best_bid", "best_ask"):
             text = change.get(name)
             if text is None:
                 continue
-            ticks: int | None = self._price(_text(text))
+            ticks: int | None = self._price(_text(text, name))
             if ticks is not None and (ticks <= 0 or (top is not None and ticks > top)):
                 ticks = None
+            out.append((name, text, ticks))
+        return out
+
+    def _best_agrees(self, best: list[tuple[str, str, int | None]]) -> bool:
+        """The venue's best bid and ask after the change equal ours."""
+        book = self.book
+        for name, text, ticks in best:
+            ours = book.best_bid_ticks() if name == "best_bid" else book.best_ask_ticks()
             if ticks != ours:
                 self.stats.gaps += 1
                 shown = "none" if ours is None else self.instrument.ticks_to_price(ours)
@@ -254,6 +298,10 @@ class PolymarketBookSource(BookSource):
         return True
 
 
-def _text(value: Any) -> str:
-    text = value if isinstance(value, str) else str(value)
-    return "0" + text if text.startswith(".") else text
+def _text(value: Any, name: str) -> str:
+    """A wire decimal string (``.48`` as ``0.48``). The venue writes numbers as strings;
+    a JSON number was read through a binary float, so it is refused, not rounded."""
+    if type(value) is not str:
+        shown = repr(value)[:40]
+        raise TypeError(f"'{name}' must be a decimal string, not {type(value).__name__} {shown}")
+    return "0" + value if value.startswith(".") else value

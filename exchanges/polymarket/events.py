@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from quoteforge.exchanges.ccxt_orders import OrderTracking, VenueCallError
-from quoteforge.exchanges.polymarket.wire import parse_market
+from quoteforge.exchanges.polymarket.wire import VENUE_TICKS, decimal_of, parse_market, shown
 from quoteforge.model import Fill, Instrument, Liquidity, Side
 
 if TYPE_CHECKING:
@@ -55,8 +55,19 @@ class PolymarketEvents(OrderTracking):
             logger.warning("{}: market channel sent non-JSON: {!r}", self.name, raw[:200])
             return
         for event in msg if isinstance(msg, list) else [msg]:
-            if isinstance(event, dict):
+            if not isinstance(event, dict):
+                continue
+            try:
                 self._on_market_event(event)
+            except (LookupError, TypeError, AttributeError, ArithmeticError, ValueError) as exc:
+                # The backstop that keeps one unforeseen event from taking the socket down.
+                logger.warning(
+                    "{}: market event {} skipped: unreadable ({}: {})",
+                    self.name,
+                    str(event.get("event_type"))[:40],
+                    type(exc).__name__,
+                    exc,
+                )
 
     def _on_market_event(self, event: dict[str, Any]) -> None:
         from quoteforge.book.wire import BookMessageError
@@ -66,7 +77,9 @@ class PolymarketEvents(OrderTracking):
             if kind == "book":
                 assets = [event.get("asset_id")]
             else:
-                assets = [c.get("asset_id") for c in event.get("price_changes") or []]
+                changes = event.get("price_changes")
+                changes = changes if isinstance(changes, list) else []
+                assets = [c.get("asset_id") for c in changes if isinstance(c, dict)]
             for symbol in dict.fromkeys(self._by_asset.get(str(a), "") for a in assets):
                 if symbol:
                     try:
@@ -86,22 +99,37 @@ class PolymarketEvents(OrderTracking):
             return
         inst = self.instruments[symbol]
         try:
-            price = inst.price_to_ticks(_plain(event["price"]))
-            qty = inst.qty_to_lots(_plain(event["size"]))
+            price = decimal_of(event.get("price"), "price")
+            if not 0 < price < 1:
+                raise ValueError(f"price {shown(event.get('price'))} outside (0, 1)")
+            ticks = inst.price_to_ticks(price)
+            size = decimal_of(event.get("size"), "size")
+            if size <= 0:
+                raise ValueError(f"size {shown(event.get('size'))} is not > 0")
+            qty = inst.qty_to_lots(size)
             side = Side.parse(str(event.get("side", "BUY")))
-        except (KeyError, ValueError) as exc:
-            logger.warning("{}: bad last_trade_price ({}): {!r}", self.name, exc, event)
+        except (ValueError, ArithmeticError) as exc:
+            logger.warning("{}: last_trade_price skipped ({}): {}", self.name, exc, shown(event))
             return
-        self._emit_trade(symbol, price, qty, side, _ms_to_ns(event.get("timestamp")))
+        self._emit_trade(symbol, ticks, qty, side, _ms_to_ns(event.get("timestamp")))
 
     def _on_tick_size_change(self, event: dict[str, Any]) -> None:
         symbol = self._by_asset.get(str(event.get("asset_id")))
         if symbol is None:
             return
-        new = Decimal(_plain(event.get("new_tick_size", "0")))
-        grid = self.instruments[symbol].tick_size
-        if new <= 0:
+        try:
+            new = decimal_of(event.get("new_tick_size"), "new_tick_size").normalize()
+        except ValueError as exc:
+            logger.warning("{}: tick_size_change skipped: {}", self.name, exc)
             return
+        if new not in VENUE_TICKS:
+            logger.warning(
+                "{}: tick_size_change skipped: new_tick_size {} is not a tick the venue uses",
+                self.name,
+                shown(event.get("new_tick_size")),
+            )
+            return
+        grid = self.instruments[symbol].tick_size
         self.venue_tick[symbol] = new
         if new % grid == 0:
             logger.warning(
@@ -190,11 +218,6 @@ class PolymarketEvents(OrderTracking):
                 "{}: {} resolved: {} pays {}", self.name, condition_id, symbol, 1 if won else 0
             )
             self._sources[symbol].halt(f"market resolved ({'won' if won else 'lost'})")
-
-
-def _plain(text: Any) -> str:
-    value = str(text).strip()
-    return "0" + value if value.startswith(".") else value
 
 
 def _ms_to_ns(value: Any) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from quoteforge.exchanges.ccxt_orders import VenueCallError
@@ -17,13 +17,17 @@ __all__ = [
     "ORDER_STATUS",
     "QTY_STEP",
     "TOKEN_UNIT",
+    "VENUE_TICKS",
     "ApiCredentials",
     "OrderSigner",
     "OutcomeToken",
+    "ReportError",
     "classify_error",
+    "decimal_of",
     "fee_of",
     "parse_market",
     "plain",
+    "shown",
 ]
 
 TOKEN_UNIT = Decimal("0.000001")
@@ -32,6 +36,10 @@ QTY_STEP = Decimal("0.01")
 """Order sizes are whole hundredths of a share (the official client rounds sizes to 2)."""
 ONE = Decimal(1)
 _SCALE = Decimal(1_000_000)
+VENUE_TICKS = frozenset(Decimal(t) for t in ("0.1", "0.01", "0.001", "0.0001"))
+"""The tick sizes the venue uses (the official client's list)."""
+MAX_FEE_BPS = Decimal(10_000)
+"""A fee rate above 100% of the cheaper side is no fee the venue charges."""
 
 ORDER_STATUS = {
     "LIVE": OrderStatus.OPEN,
@@ -51,6 +59,38 @@ def plain(text: Any) -> str:
     ``0.48``; everything else is kept digit for digit."""
     value = str(text).strip()
     return "0" + value if value.startswith(".") else value
+
+
+class ReportError(ValueError):
+    """A user-channel event or REST row that cannot be booked; the message names the
+    field and the value, and nothing of the event was booked."""
+
+
+def shown(value: Any) -> str:
+    """``repr`` of a wire value, cut short: a log line must not carry megabytes."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def decimal_of(value: Any, name: str) -> Decimal:
+    """A wire number read exactly: the venue's decimal string (``.48`` as ``0.48``), or
+    a JSON number decoded as ``Decimal`` or ``int``. A float (read through binary), a
+    bool, text that is no number and a value that is not finite are a ``ReportError``
+    naming ``name``."""
+    kind = type(value)
+    if kind is str:
+        text: Any = plain(value)
+    elif kind is Decimal or kind is int:
+        text = value
+    else:
+        raise ReportError(f"{name} {shown(value)} is not a decimal string")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ReportError(f"{name} {shown(value)} is not a number") from None
+    if not number.is_finite():
+        raise ReportError(f"{name} {shown(value)} is not a finite number")
+    return number
 
 
 @dataclass(frozen=True)
@@ -112,8 +152,13 @@ def parse_market(
 
 def fee_of(bps: Any, price: Decimal, size: Decimal) -> Decimal:
     """The venue's fee in USDC for ``size`` shares at ``price`` with ``bps``: the rate
-    applies to the cheaper side of the contract, ``min(price, 1 - price) * size``."""
-    rate = Decimal(str(bps or 0))
+    applies to the cheaper side of the contract, ``min(price, 1 - price) * size``. A
+    rate that is no number, or outside 0 to 10,000 bps, is a ``ReportError``."""
+    if bps is None or bps == "":
+        return Decimal(0)
+    rate = decimal_of(bps, "fee_rate_bps")
+    if not 0 <= rate <= MAX_FEE_BPS:
+        raise ReportError(f"fee_rate_bps {shown(bps)} outside 0 to {MAX_FEE_BPS}")
     if not rate:
         return Decimal(0)
     return (rate / Decimal(10_000) * min(price, ONE - price) * size).quantize(TOKEN_UNIT)
@@ -212,7 +257,7 @@ class OrderSigner:
         from py_clob_client.order_builder.constants import BUY, SELL
 
         tick_text = format(tick_size.normalize(), "f")
-        if tick_text not in ("0.1", "0.01", "0.001", "0.0001"):
+        if tick_size.normalize() not in VENUE_TICKS:
             raise ValueError(f"tick size {tick_text} is not one the venue uses")
         signed = self._builder.create_order(
             OrderArgs(

@@ -1,17 +1,21 @@
-"""Orders on the Polymarket replica, for the Polymarket adapter tests (test_polymarket.py,
-test_polymarket_startstate.py, test_auto_cancel.py): the market's YES and NO tokens, an
-order on the adapter's grid, placing it and waiting for the venue's first answer, waiting
-for a condition, and the parameters that point examples/polymarket.yaml at a replica."""
+"""Orders on the Polymarket replica, for the Polymarket adapter tests (test_polymarket*.py,
+test_auto_cancel.py): the market's YES and NO tokens, an adapter connected to a replica,
+an order on the adapter's grid, placing it and waiting for the venue's first answer,
+waiting for a condition, and the parameters that point examples/polymarket.yaml at a
+replica."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from quoteforge.exchange import PlaceOrder
-from quoteforge.exchanges.polymarket import PolymarketClob
+from quoteforge.book import BookState
+from quoteforge.clock import LiveClock
+from quoteforge.exchange import PlaceOrder, VenueContext
+from quoteforge.exchanges.polymarket import PolymarketClob, PolymarketParams
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
 from quoteforge.exchanges.testing.polymarket_replica import PolymarketReplica
 from quoteforge.model import Order, OrderStatus, Side
@@ -31,6 +35,39 @@ def example_params(replica: PolymarketReplica) -> dict[str, Any]:
         "markets.event": f"'{replica.condition_id('event')}'",
         "resolution_poll_s": "null",
     }
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    replica: PolymarketReplica | None = None,
+    secrets: dict[str, str] | None = None,
+    **params: Any,
+) -> AsyncIterator[tuple[PolymarketReplica, PolymarketClob, RecordingSink]]:
+    """An adapter trading YES and NO of the replica's ``rain-nyc``, its books LIVE."""
+    replica = replica or PolymarketReplica(ping_interval=0.1)
+    await replica.start()
+    sink = RecordingSink()
+    ctx = VenueContext(
+        "polymarket", LiveClock(), 1, "live", [YES, NO], secrets=secrets or replica.secrets
+    )
+    adapter = PolymarketClob(
+        PolymarketParams(
+            rest_url=replica.url,
+            ws_url=replica.market_ws_url,
+            private_ws_url=replica.user_ws_url,
+            markets={"rain-nyc": replica.condition_id("rain-nyc")},
+            **{**FAST_PARAMS, "resolution_poll_s": None, **params},
+        ),
+        ctx,
+    )
+    replica.label_orders(adapter.client_id_of)
+    try:
+        await adapter.connect(sink)
+        await wait_for(lambda: all(b.state is BookState.LIVE for b in adapter.books.values()))
+        yield replica, adapter, sink
+    finally:
+        await adapter.close()
+        await replica.stop()
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:

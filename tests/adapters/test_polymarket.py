@@ -5,15 +5,14 @@ the book source's own checks."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from polymarket_orders import NO, YES, order, placed, wait_for
+from polymarket_orders import NO, YES, connected, order, placed, wait_for
 
 from quoteforge.book import BookState
 from quoteforge.clock import LiveClock
@@ -35,38 +34,6 @@ from quoteforge.model import (
     TimeInForce,
 )
 from quoteforge.portfolio import Portfolio
-
-
-@contextlib.asynccontextmanager
-async def connected(
-    replica: PolymarketReplica | None = None,
-    secrets: dict[str, str] | None = None,
-    **params: Any,
-) -> AsyncIterator[tuple[PolymarketReplica, PolymarketClob, RecordingSink]]:
-    replica = replica or PolymarketReplica(ping_interval=0.1)
-    await replica.start()
-    sink = RecordingSink()
-    ctx = VenueContext(
-        "polymarket", LiveClock(), 1, "live", [YES, NO], secrets=secrets or replica.secrets
-    )
-    adapter = PolymarketClob(
-        PolymarketParams(
-            rest_url=replica.url,
-            ws_url=replica.market_ws_url,
-            private_ws_url=replica.user_ws_url,
-            markets={"rain-nyc": replica.condition_id("rain-nyc")},
-            **{**FAST_PARAMS, "resolution_poll_s": None, **params},
-        ),
-        ctx,
-    )
-    replica.label_orders(adapter.client_id_of)
-    try:
-        await adapter.connect(sink)
-        await wait_for(lambda: all(b.state is BookState.LIVE for b in adapter.books.values()))
-        yield replica, adapter, sink
-    finally:
-        await adapter.close()
-        await replica.stop()
 
 
 def reported(sink: RecordingSink, client_id: str, status: OrderStatus) -> Callable[[], bool]:
