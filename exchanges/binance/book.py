@@ -479,6 +479,9 @@ class BinanceSpotBookSource(BookSource):
         pc = self._price
         qc = self._qty
         try:
+            # A two-character string or a two-key object would unpack as a "level" too.
+            if any(type(level) is not list for level in levels):
+                raise TypeError("a level is not a [price, qty] list")
             return [(pc(p), qc(q)) for p, q in levels]
         except (TypeError, ValueError) as exc:
             raise self._malformed(

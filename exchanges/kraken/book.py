@@ -166,6 +166,8 @@ class KrakenBookSource(BookSource):
     def _checksum_of(self, entry: dict[str, Any]) -> int | None:
         value = entry.get("checksum")
         if value is None:
+            if self.verify_checksum:  # Kraken sends one with every snapshot and update
+                raise self._malformed("book message without its 'checksum'", entry)
             return None
         try:
             checksum = int(value)

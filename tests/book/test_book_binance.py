@@ -243,6 +243,11 @@ def test_not_json_is_a_clear_error(btcusdt: Instrument) -> None:
         source.on_message(b'{"e":"depthUpdate",', 0)
     with pytest.raises(BookMessageError, match="lastUpdateId"):
         source.on_snapshot('{"bids":[],"asks":[]}')
+    # A level that is not a [price, qty] list would unpack all the same: "99" as 9 at 9.
+    for level in ('"99"', '{"99.00": 1, "2.0": 2}'):
+        with pytest.raises(BookMessageError, match=r"not a \[price, qty\] list"):
+            source.on_snapshot(f'{{"lastUpdateId": 100, "bids": [{level}], "asks": []}}')
+    assert source.state is not BookState.LIVE and source.book.version == 0
 
 
 # -- properties ------------------------------------------------------------------------

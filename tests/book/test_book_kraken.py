@@ -154,6 +154,8 @@ def test_control_messages_and_other_symbols_are_ignored(kraken_btcusd: Instrumen
         (lambda e: e.update(asks=[{"price": "45290.2", "qty": "1e-05"}]), "exponent"),
         (lambda e: e.update(asks="none"), "must be a list"),
         (lambda e: e.update(checksum="x"), "checksum"),
+        (lambda e: e.pop("checksum"), "without its 'checksum'"),
+        (lambda e: e.update(checksum=None), "without its 'checksum'"),
         (lambda e: e.update(timestamp="yesterday"), "RFC 3339"),
     ],
 )
