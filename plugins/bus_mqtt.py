@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -41,6 +41,7 @@ __all__ = [
     "MqttStats",
     "MqttTlsParams",
     "quoteforge_register_bus_backends",
+    "quoteforge_run_started",
 ]
 
 
@@ -165,3 +166,23 @@ def quoteforge_register_bus_backends(register: Register) -> None:
         description="MQTT broker bus (Mosquitto, EMQX) for nodes on several machines",
         requires=("aiomqtt",),
     )
+
+
+@hookimpl
+def quoteforge_run_started(run: Any) -> None:
+    """A run in one process on an MQTT bus stops, cancelling its orders, on any message on
+    its ``control/kill`` topic: say at every start who else could send one. A live run
+    gets here only with ``insecure: true`` (``MqttParams.manifest_problems`` refuses it
+    otherwise); the nodes of a split run check their bus themselves."""
+    bus = getattr(run, "bus", None)
+    if not isinstance(bus, MqttBus) or getattr(run, "run_info", {}).get("role"):
+        return
+    if bus.params.insecure:
+        prefix = "INSECURE one-process run, bus.params.insecure is set"
+    else:
+        prefix = (
+            f"one-process {run.mode} run on an unprotected bus: anyone who can publish on "
+            f"{bus.topics.kill()} stops it"
+        )
+    for problem in bus.params.security_problems():
+        logger.warning("{}: {}", prefix, problem)

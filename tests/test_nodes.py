@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from brokers import SecureBroker
+from brokers import SecureBroker, require_shared_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -38,6 +38,7 @@ from node_rigs import (
 from split_nodes import Nodes
 
 from quoteforge.book import BookState, L2Book
+from quoteforge.cli import main
 from quoteforge.clock import LiveClock
 from quoteforge.engine import run_manifest
 from quoteforge.exchange import (
@@ -49,7 +50,7 @@ from quoteforge.exchange import (
     VenueContext,
 )
 from quoteforge.journal import JournalRecord
-from quoteforge.manifest import ManifestError
+from quoteforge.manifest import ManifestError, load_manifest
 from quoteforge.model import (
     Fill,
     Instrument,
@@ -297,6 +298,134 @@ async def test_split_roles_refuse_silence_limits_within_two_heartbeats(
         f"node; raise nodes.{setting} above 1s or send heartbeats more often"
     )
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# A run in one process on a network bus: it obeys a kill on quoteforge/<run>/control/kill
+# ---------------------------------------------------------------------------------------
+
+
+def one_process_manifest(
+    path: Path, port: int, mode: str, *, duration: float = 5, **bus: Any
+) -> tuple[Path, str]:
+    """The example manifest on ``port`` in ``mode``; ``bus`` sets (None: removes) bus
+    params."""
+    path, name = write_manifest(path, port=port, duration=duration)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["run"]["mode"] = mode
+    for key, value in bus.items():
+        if value is None:
+            data["bus"]["params"].pop(key, None)
+        else:
+            data["bus"]["params"][key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path, name
+
+
+UNPROTECTED = {"tls": None, "username": None, "password": None, "signing_key": None}
+
+
+@pytest.mark.parametrize(
+    ("bus", "expected"),
+    [
+        ({"username": None, "password": None}, "connects anonymously"),
+        ({"signing_key": None}, "not signed: set signing_key"),
+        ({"tls": None, "host": "192.0.2.7"}, "192.0.2.7 is not on this machine"),
+    ],
+    ids=["anonymous", "unsigned", "plain-tcp-remote"],
+)
+def test_a_live_run_in_one_process_refuses_an_unprotected_bus(
+    bus: dict[str, Any],
+    expected: str,
+    registry: PluginRegistry,
+    secure_broker: SecureBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused when the manifest loads, so `quoteforge run` (no --node) neither makes a
+    run folder nor connects; the protected bus of the example loads in live mode too."""
+    for name, value in secure_broker.env("strategy").items():
+        monkeypatch.setenv(name, value)
+    protected, _ = one_process_manifest(tmp_path / "ok.yaml", secure_broker.port, "live")
+    assert load_manifest(protected, registry).manifest.run.mode == "live"
+    path, _ = one_process_manifest(tmp_path / "m.yaml", secure_broker.port, "live", **bus)
+    refusal = r"bus\.params: a live run refuses to trade over an unprotected bus: .*insecure: true"
+    with pytest.raises(ManifestError, match=refusal) as refused:
+        load_manifest(path, registry)
+    assert expected in str(refused.value)
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+    for mode in ("sim", "paper"):  # no real order to stop: warned at start instead
+        load_manifest(path, registry, overrides=[f"run.mode={mode}"])
+    load_manifest(path, registry, overrides=["bus.params.insecure=true"])
+
+
+async def test_run_node_holds_a_live_run_in_one_process_to_the_bus_checks(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    """``run_node(..., "all")`` checks the bus itself too, whatever made the loaded
+    params (a network backend without a check of its own when the manifest loads)."""
+    port = require_shared_broker()
+    path, _ = one_process_manifest(
+        tmp_path / "m.yaml", port, "live", duration=1, insecure=True, **UNPROTECTED
+    )
+    loaded, _ = load_node_manifest(path, registry)
+    loaded.plugin_params["bus"] = loaded.params_of("bus").model_copy(update={"insecure": False})
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="ERROR", format="{message}")
+    try:
+        code = await run_node(
+            loaded, registry, "all", tmp_path / "run", path, install_signals=False
+        )
+    finally:
+        logger.remove(sink)
+    assert code == 2
+    assert messages[0].startswith("a live run refuses to trade over an unprotected bus: ")
+    assert "anonymously" in messages[0] and "not signed" in messages[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "insecure", "prefix"),
+    [
+        ("live", True, "INSECURE one-process run, bus.params.insecure is set: "),
+        (
+            "sim",
+            False,
+            "one-process sim run on an unprotected bus: anyone who can publish on "
+            "quoteforge/{name}/control/kill stops it: ",
+        ),
+    ],
+    ids=["live-insecure", "sim"],
+)
+async def test_a_run_in_one_process_on_an_unprotected_bus_warns_at_every_start(
+    mode: str,
+    insecure: bool,
+    prefix: str,
+    registry: PluginRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = require_shared_broker()  # the anonymous test broker
+    monkeypatch.delenv("QF_MQTT_CA", raising=False)
+    bus = {**UNPROTECTED, "insecure": insecure or None}
+    path, name = one_process_manifest(tmp_path / "m.yaml", port, mode, duration=1, **bus)
+    loaded, _ = load_node_manifest(path, registry)
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING", format="{message}")
+    try:
+        for start in range(2):
+            run_dir = tmp_path / f"run{start}"
+            code = await asyncio.wait_for(
+                run_node(loaded, registry, "all", run_dir, path, install_signals=False), 60
+            )
+            assert code == 0
+    finally:
+        logger.remove(sink)
+    said = [w for w in warnings if w.startswith(prefix.format(name=name))]
+    assert len(said) == 4, warnings  # anonymous and unsigned, at each of two starts
+    assert sum("anonymously" in w for w in said) == 2
+    assert sum("not signed" in w for w in said) == 2
 
 
 async def test_remote_venue_mirrors_books_and_goes_stale_when_the_publisher_is_silent() -> None:

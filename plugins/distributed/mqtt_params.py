@@ -1,17 +1,30 @@
 """Parameters of the ``mqtt`` bus backend: broker address, credentials, TLS, session,
 reconnect, batching, heartbeat and the signing key of a signed bus, with the checks a
-split run makes before it trusts a connection (``MqttParams.security_problems``)."""
+run makes before it trusts a connection (``MqttParams.security_problems``, and the live
+run's refusal in ``MqttParams.manifest_problems``)."""
 
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from quoteforge.plugins.distributed.signing import MIN_KEY_BYTES, TOKEN_PATTERN
 
-__all__ = ["MqttParams", "MqttTlsParams"]
+__all__ = ["MqttParams", "MqttTlsParams", "unprotected_bus_refusal"]
+
+
+def unprotected_bus_refusal(who: str, problems: list[str]) -> str:
+    """The refusal of a run (``who``: "--node strategy", "a live run") to trade over a
+    bus with ``problems``, and the one way out."""
+    return (
+        f"{who} refuses to trade over an unprotected bus: "
+        + "; ".join(problems)
+        + ". See docs/security.md; for a throwaway test broker only, set "
+        "bus.params.insecure: true"
+    )
 
 
 class MqttTlsParams(BaseModel):
@@ -181,9 +194,9 @@ class MqttParams(BaseModel):
     )
     insecure: bool = Field(
         default=False,
-        description="let a split run connect anonymously, over plain TCP to another "
-        "machine, or without signing_key; for throwaway test brokers only (warned at "
-        "every start)",
+        description="let a split run, or a live run in one process, connect anonymously, "
+        "over plain TCP to another machine, or without signing_key; for throwaway test "
+        "brokers only (warned at every start)",
     )
 
     @field_validator("client_id", "node")
@@ -206,7 +219,7 @@ class MqttParams(BaseModel):
         return value
 
     def security_problems(self) -> list[str]:
-        """What makes this connection unfit for a split run that trades: anonymous
+        """What makes this connection unfit for a run that trades over it: anonymous
         access, plain TCP to another machine, or unsigned messages. Empty when sound."""
         problems: list[str] = []
         if self.username is None and (self.tls is None or self.tls.cert_file is None):
@@ -226,6 +239,20 @@ class MqttParams(BaseModel):
                 "export the same random key on every node (openssl rand -hex 32)"
             )
         return problems
+
+    def manifest_problems(self, manifest: Any, spec: Any) -> list[tuple[tuple[str, ...], str]]:
+        """A live run refuses a bus anyone on the broker could write to (checked when the
+        manifest is loaded, so before anything connects): even in one process, the
+        engine stops the run and cancels its orders on any message on
+        ``quoteforge/<run>/control/kill``. Other modes are warned at start instead
+        (``bus_mqtt.quoteforge_run_started``); split nodes refuse in every mode
+        (``nodes.run_node``)."""
+        if manifest.run.mode != "live" or self.insecure:
+            return []
+        problems = self.security_problems()
+        if not problems:
+            return []
+        return [(("params",), unprotected_bus_refusal("a live run", problems))]
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttParams:

@@ -1,7 +1,8 @@
-"""The receiving side of the MQTT bus: each PUBLISH paho reads is checked (signature),
-decoded (single or batch frame), filtered (duplicates, QoS 0 gaps) and handed to the
-matching handlers right on the event loop, without a queue or a task; failures are
-counted and logged at a bounded rate."""
+"""The receiving side of the MQTT bus: each PUBLISH paho reads is checked (signature,
+and a retained value only where the topic's policy retains), decoded (single or batch
+frame), filtered (duplicates, QoS 0 gaps) and handed to the matching handlers right on
+the event loop, without a queue or a task; failures are counted and logged at a
+bounded rate."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from quoteforge.plugins.distributed.topics import (
     DecodeError,
     Envelope,
     SignatureError,
+    retained_by_policy,
     strip_signature,
 )
 
@@ -24,6 +26,12 @@ if TYPE_CHECKING:
     import paho.mqtt.client as paho
 
 __all__: list[str] = []
+
+
+_NOT_RETAINED = (
+    "arrived retained on a topic whose messages are never retained (only heartbeat/ and "
+    "state/ are): a copy put back at the broker"
+)
 
 
 class _MqttReceiver(_MqttCore):
@@ -47,6 +55,12 @@ class _MqttReceiver(_MqttCore):
                 return
         elif data[:4] == b"QFS1":
             data = strip_signature(data)
+        if retained and not retained_by_policy(topic):
+            # Retained frames skip the age, counter and duplicate checks (they are old
+            # by nature); where nothing is ever retained, one is a copy someone put back.
+            self.stats.refused["replayed"] += 1
+            self._refused(topic, SignatureError("replayed", _NOT_RETAINED))
+            return
         try:
             items = self._codec.decode_frame(data)
         except DecodeError as exc:

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from quoteforge.plugins.distributed.mqtt_state import _MqttCore, _Outgoing
-from quoteforge.plugins.distributed.topics import ROOT, Delivery, parse_topic, validate_topic
+from quoteforge.plugins.distributed.topics import (
+    ROOT,
+    Delivery,
+    parse_topic,
+    retained_by_policy,
+    validate_topic,
+)
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -37,9 +43,11 @@ class _MqttSender(_MqttCore):
     ) -> None:
         """Queue ``payload`` for ``topic``; never blocks.
 
-        Topics of the quoteforge scheme get at least their kind's QoS and retain flag.
-        QoS 0 messages are dropped while the broker is away; QoS 1 messages are kept
-        (up to ``max_queued``) and sent after the reconnect. A QoS 1 message without a
+        Topics of the quoteforge scheme get at least their kind's QoS and retain flag;
+        ``retain=True`` on one of the project's topics that are never retained is a
+        ValueError (every receiver would refuse it as a replay). QoS 0 messages are
+        dropped while the broker is away; QoS 1 messages are kept (up to
+        ``max_queued``) and sent after the reconnect. A QoS 1 message without a
         ``msg_id`` gets one, so a redelivery is still applied once.
         """
         if self._closed:
@@ -51,6 +59,11 @@ class _MqttSender(_MqttCore):
             qos = delivery.qos
         elif qos not in (0, 1, 2):
             raise ValueError(f"qos {qos!r} on {topic!r}: MQTT QoS is 0, 1 or 2")
+        if retain and not delivery.retain and not retained_by_policy(topic):
+            raise ValueError(
+                f"retain=True on {topic!r}: of quoteforge's topics only heartbeat/ and state/ "
+                "are retained; receivers refuse a retained message on any other as a replay"
+            )
         retain = retain or delivery.retain
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq

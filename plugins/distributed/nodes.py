@@ -17,6 +17,7 @@ from quoteforge.manifest import LoadedManifest, NodeSettings, load_manifest
 from quoteforge.plugins.distributed.execution_node import ExecutionNode
 from quoteforge.plugins.distributed.market_data_node import MarketDataNode
 from quoteforge.plugins.distributed.monitor_node import MonitorNode, format_monitor
+from quoteforge.plugins.distributed.mqtt_params import unprotected_bus_refusal
 from quoteforge.plugins.distributed.node_base import (
     EXIT_ERROR,
     EXIT_OK,
@@ -69,7 +70,7 @@ def _check_split(loaded: LoadedManifest, role: str) -> str | None:
     if role not in ROLES:
         return f"unknown node role {role!r}: expected one of {', '.join(ROLES)}"
     if role == "all":
-        return None
+        return _one_process_problem(loaded)
     if m.bus.type == "inprocess":
         return (
             f"--node {role} needs a network bus, but the manifest's bus is 'inprocess', "
@@ -95,12 +96,21 @@ def _check_split(loaded: LoadedManifest, role: str) -> str | None:
             )
     problems = bus_security_problems(loaded)
     if problems and not getattr(params, "insecure", False):
-        return (
-            f"--node {role} refuses to trade over an unprotected bus: "
-            + "; ".join(problems)
-            + ". See docs/security.md; for a throwaway test broker only, set "
-            "bus.params.insecure: true"
-        )
+        return unprotected_bus_refusal(f"--node {role}", problems)
+    return None
+
+
+def _one_process_problem(loaded: LoadedManifest) -> str | None:
+    """A run in one process obeys a kill on its bus, so on a network bus a live run is
+    held to the split nodes' rule; other modes are only warned at start. The MQTT
+    backend refuses the same when the manifest loads (``MqttParams.manifest_problems``):
+    this covers a network backend that does not."""
+    m = loaded.manifest
+    if m.bus.type == "inprocess" or m.run.mode != "live":
+        return None
+    problems = bus_security_problems(loaded)
+    if problems and not getattr(loaded.params_of("bus"), "insecure", False):
+        return unprotected_bus_refusal("a live run", problems)
     return None
 
 
@@ -121,7 +131,8 @@ def _timing_problem(nodes: NodeSettings) -> str | None:
 
 
 def bus_security_problems(loaded: LoadedManifest) -> list[str]:
-    """Why the manifest's bus is unfit for a split run: anonymous, unencrypted to another
+    """Why the manifest's bus is unfit for a run that trades over it (a split run, or a
+    live run in one process on a network bus): anonymous, unencrypted to another
     machine, or unsigned (the backend's ``security_problems()``). A backend that cannot
     say counts as unprotected."""
     m = loaded.manifest
@@ -146,7 +157,8 @@ async def run_node(
     switch; returns a process exit code (0 ok, 1 failed, 2 refused configuration).
 
     ``role`` is marketdata, strategy, execution, monitor, or ``all`` for the whole run in
-    this process (the in-process engine). Every other role needs a network bus.
+    this process (the in-process engine; on a network bus, a live run passes the nodes'
+    bus checks too). Every other role needs a network bus.
     """
     problem = _check_split(loaded, role)
     if problem is not None:

@@ -130,8 +130,10 @@ class FrameVerifier:
     unknown, its send time is more than ``max_age_s`` away from this machine's clock, or
     its sender's counter was already seen (or fell behind the last ``window`` counters
     of that sender). Retained values, which the broker hands out again on every
-    subscription, are checked for their signature only. ``refused`` counts refusals by
-    reason.
+    subscription, are checked for their signature only, so the caller must refuse a
+    retained frame on a topic whose values are not retained by design (the MQTT bus
+    does, see ``topics.retained_by_policy``): a copy re-published retained by someone
+    without the key would pass otherwise. ``refused`` counts refusals by reason.
     """
 
     def __init__(

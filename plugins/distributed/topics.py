@@ -68,6 +68,7 @@ __all__ = [
     "encode_batch",
     "encode_symbol",
     "parse_topic",
+    "retained_by_policy",
     "strip_signature",
     "validate_filter",
     "validate_topic",
@@ -141,6 +142,25 @@ CONTROL_NAMES = ("kill", "breaker")
 def delivery_for(kind: TopicKind) -> Delivery:
     """The QoS/retain policy of ``kind``."""
     return _POLICY[kind]
+
+
+def retained_by_policy(topic: str) -> bool:
+    """Whether a message may reach a subscriber as a retained value on ``topic``: on the
+    project's topics only where the kind's policy retains (heartbeats and state).
+
+    Nothing quoteforge sends on its other topics (intents, orders, fills, controls,
+    books, trades, and the ``quoteforge-clock/`` and ``quoteforge-reconcile/`` trees) is
+    retained, so a retained copy there was put back by someone else: a kill planted
+    retained would stop every later run of that name the moment it subscribes. Topics
+    outside the project's trees keep the retain flag their publisher chose.
+    """
+    head = topic.split("/", 1)[0]
+    if head == ROOT:
+        try:
+            return parse_topic(topic).delivery.retain
+        except TopicError:
+            return False
+    return not head.startswith(ROOT + "-")
 
 
 # Characters that cannot appear inside one topic level, or that the symbol encoding
