@@ -1,8 +1,8 @@
 """The ``quoteforge`` command line.
 
-The kernel implements ``run``, ``validate``, ``plugins``, ``manifest``, ``kill`` and
-``reset``. Every other subcommand (``report``, ``sweep``, ``node``, ...) comes from a plugin
-through ``quoteforge_register_commands``; this module never imports a plugin.
+The kernel implements ``run``, ``validate``, ``plugins`` and ``manifest``. Every other
+subcommand (``kill``, ``report``, ``sweep``, ``node``, ...) comes from a plugin through
+``quoteforge_register_commands``; this module never imports a plugin.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = ["hooks_reference", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 SUMMARY_ROWS = 20  # a run with more markets prints the totals and the top rows only
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")  # loguru's
 
 
 def version_text() -> str:
@@ -86,7 +87,7 @@ def _parser(commands: Iterable[Command] = ()) -> argparse.ArgumentParser:
         help="run one role of a split run over the bus (default: all, everything in one "
         "process); the roles come with the distributed plugin: quoteforge node --help",
     )
-    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="default: INFO")
     run.add_argument(
         "--json-log", action="store_true", help="also write log.jsonl in the run folder"
     )
@@ -120,18 +121,6 @@ def _parser(commands: Iterable[Command] = ()) -> argparse.ArgumentParser:
     man_sub = man.add_subparsers(dest="manifest_command", required=True, metavar="TOOL")
     man_sub.add_parser("schema", help="print the manifest JSON Schema (for editors)")
 
-    kill = sub.add_parser(
-        "kill", help="kill switch: cancel every order of a running run and stop it"
-    )
-    kill.add_argument("run", type=Path, help="the run folder (runs/<name>-...)")
-    kill.add_argument("--reason", default="operator", help="recorded in the journal and alerts")
-
-    reset = sub.add_parser("reset", help="reset latched circuit breakers of a running run")
-    reset.add_argument("run", type=Path, help="the run folder")
-    reset.add_argument(
-        "--breaker", default="all", help="all, run, a breaker kind (pnl_floor...) or a market"
-    )
-
     for command in sorted(commands, key=lambda c: c.name):
         sub.add_parser(command.name, help=command.help, add_help=False)
 
@@ -151,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         "validate": _cmd_validate,
         "plugins": _cmd_plugins,
         "manifest": _cmd_manifest,
-        "kill": _cmd_kill,
-        "reset": _cmd_reset,
     }[args.command]
     try:
         return handler(args)
@@ -211,6 +198,12 @@ def _unknown_command(registry: PluginRegistry, name: str) -> str:
 # -- run / validate ------------------------------------------------------------------------
 
 
+def _usage(message: str) -> int:
+    """Say on stderr why a command cannot go on; its exit code."""
+    print(message, file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _load(args: argparse.Namespace, registry: PluginRegistry) -> Any:
     try:
         return load_manifest(args.manifest, registry, overrides=args.overrides)
@@ -243,37 +236,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     registry = load_registry()
     if args.resume is not None:
         if args.manifest is not None or args.out is not None:
-            print("--resume takes the run folder only (its manifest.yaml is used)", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage("--resume takes the run folder only (its manifest.yaml is used)")
         from quoteforge.resume import ResumeRefusedError, check_resumable
 
         try:
             info = check_resumable(args.resume, continue_finished=args.continue_finished)
         except ResumeRefusedError as exc:
-            print(f"quoteforge run --resume: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage(f"quoteforge run --resume: {exc}")
         args.manifest = args.resume / "manifest.yaml"
         args.overrides = [*info.get("overrides", []), *args.overrides]
         args.out = args.resume
     elif args.manifest is None:
-        print("quoteforge run: give a MANIFEST or --resume RUN_DIR", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("quoteforge run: give a MANIFEST or --resume RUN_DIR")
     elif args.continue_finished:
-        print("quoteforge run: --continue goes with --resume RUN_DIR", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("quoteforge run: --continue goes with --resume RUN_DIR")
     if args.node != "all":
         if args.resume is not None:
-            print(
-                "--resume is not supported with --node (resume the single-process run)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+            return _usage("--resume is not supported with --node (resume the single-process run)")
         return _run_node(args, registry)
     loaded = _load(args, registry)
     if loaded is None:
         return EXIT_USAGE
     m = loaded.manifest
     run_dir = args.out or new_run_dir(Path(m.run.out_dir), m.run.name)
+    refused = _unusable_run_dir(run_dir, resuming=args.resume is not None)
+    if refused:
+        return _usage(f"quoteforge run: {refused}")
     resumed = " (resuming)" if args.resume is not None else ""
     print(f"run folder: {run_dir}{resumed}", file=sys.stderr, flush=True)
     configure_logging(
@@ -298,10 +286,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from quoteforge.resume import ResumeRefusedError
 
         if isinstance(exc, ResumeRefusedError):
-            print(f"quoteforge run --resume: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage(f"quoteforge run --resume: {exc}")
         from loguru import logger
 
+        if isinstance(exc, ValueError):  # a value the manifest could not check: say which
+            logger.opt(exception=exc).debug("run failed")
+            logger.error("run failed: {}", exc)
+            return EXIT_ERROR
         logger.opt(exception=exc).error("run failed: {}", exc)
         return EXIT_ERROR
     if not args.quiet:  # the results first: the report takes a second or more
@@ -313,6 +304,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unusable_run_dir(run_dir: Path, *, resuming: bool) -> str | None:
+    """Create the run folder, or say why not: another run is in it (one journal would
+    mix both runs), or the path cannot be a folder."""
+    try:
+        if not resuming and run_dir.is_dir() and any(run_dir.iterdir()):
+            return (
+                f"--out {run_dir} is not empty (another run's folder?): give another --out, "
+                f"or continue that run with quoteforge run --resume {run_dir}"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
+        return f"cannot create the run folder {run_dir}: {why} ({exc.filename})"
+    return None
+
+
 def _run_node(args: argparse.Namespace, registry: PluginRegistry) -> int:
     """``run MANIFEST --node ROLE``: the ``node`` command of the distributed plugin runs
     it (``quoteforge node ROLE MANIFEST``), with the same manifest, overrides, run folder
@@ -321,13 +328,11 @@ def _run_node(args: argparse.Namespace, registry: PluginRegistry) -> int:
     if command is None:
         failed = next((r for r in registry.failed_plugins() if r.name == "distributed"), None)
         why = f" (it failed to load: {failed.install_hint or failed.error})" if failed else ""
-        print(
+        return _usage(
             f"quoteforge run --node {args.node}: no plugin provides the 'node' command; the "
             f"split-run roles come with the distributed plugin "
-            f"(quoteforge.plugins.distributed){why}",
-            file=sys.stderr,
+            f"(quoteforge.plugins.distributed){why}"
         )
-        return EXIT_USAGE
     argv = [args.node, str(args.manifest), "--log-level", args.log_level]
     for override in args.overrides:
         argv += ["--set", override]
@@ -430,35 +435,22 @@ def plugin_rows(registry: PluginRegistry) -> list[dict[str, str]]:
     """One row per registered type and per plugin command, one per plugin that only
     observes (by the hooks it implements), and one per plugin that failed to load."""
     by_plugin = {r.name: r for r in registry.records}
-    rows = []
+    rows: list[dict[str, str]] = []
+    keys = ("name", "kind", "plugin", "dist", "version", "status", "description")
+
+    def add(kind: str, name: str, plugin: str, record: Any, status: str, about: str) -> None:
+        dist, version = (record.dist, record.version) if record else ("", "")
+        rows.append(
+            dict(zip(keys, (name, kind, plugin, dist, version, status, about), strict=True))
+        )
+
     for kind in KINDS:
         for name, reg in sorted(registry.types(kind).items()):
-            record = by_plugin.get(reg.plugin)
             status = "ok" if reg.loadable else f"needs: {reg.install_hint}"
-            rows.append(
-                {
-                    "name": name,
-                    "kind": kind,
-                    "plugin": reg.plugin,
-                    "dist": record.dist if record else "",
-                    "version": record.version if record else "",
-                    "status": status,
-                    "description": reg.description,
-                }
-            )
+            add(kind, name, reg.plugin, by_plugin.get(reg.plugin), status, reg.description)
     for name, command in sorted(registry.commands.items()):
-        record = by_plugin.get(command.plugin)
-        rows.append(
-            {
-                "name": name,
-                "kind": "command",
-                "plugin": command.plugin,
-                "dist": record.dist if record else "",
-                "version": record.version if record else "",
-                "status": "ok" if command.loadable else f"needs: {command.install_hint}",
-                "description": command.help,
-            }
-        )
+        status = "ok" if command.loadable else f"needs: {command.install_hint}"
+        add("command", name, command.plugin, by_plugin.get(command.plugin), status, command.help)
     for record in registry.records:
         if not record.loaded or record.provides:
             continue
@@ -468,32 +460,12 @@ def plugin_rows(registry: PluginRegistry) -> list[dict[str, str]]:
         hooks = sorted(
             caller.name for caller in registry.pm.get_hookcallers(plugin) or [] if plugin
         )
-        rows.append(
-            {
-                "name": record.name,
-                "kind": "hooks",
-                "plugin": record.name,
-                "dist": record.dist,
-                "version": record.version,
-                "status": "ok",
-                "description": ", ".join(hooks),
-            }
-        )
+        add("hooks", record.name, record.name, record, "ok", ", ".join(hooks))
     for record in registry.failed_plugins():
         status = (
             f"needs: {record.install_hint}" if record.install_hint else f"broken: {record.error}"
         )
-        rows.append(
-            {
-                "name": record.name,
-                "kind": "?",
-                "plugin": record.name,
-                "dist": record.dist,
-                "version": record.version,
-                "status": status,
-                "description": record.error,
-            }
-        )
+        add("?", record.name, record.name, record, status, record.error)
     return rows
 
 
@@ -519,47 +491,6 @@ def hooks_reference() -> str:
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
     print(json.dumps(manifest_schema(load_registry()), indent=2, default=str))
-    return EXIT_OK
-
-
-def _cmd_kill(args: argparse.Namespace) -> int:
-    import os
-    import signal
-
-    from quoteforge.engine import KILL_FILE
-
-    run_dir: Path = args.run
-    info_path = run_dir / "run.json"
-    if not info_path.exists():
-        print(f"{run_dir} is not a run folder (no run.json)", file=sys.stderr)
-        return EXIT_USAGE
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    if info.get("finished_at"):
-        print(f"run {info.get('run_id')} already finished ({info.get('stop_reason')})")
-        return EXIT_OK
-    (run_dir / KILL_FILE).write_text(args.reason + "\n", encoding="utf-8")
-    pid = info.get("pid")
-    signalled = False
-    if isinstance(pid, int):
-        try:
-            os.kill(pid, signal.SIGUSR1)
-            signalled = True
-        except (ProcessLookupError, PermissionError):
-            pass
-    how = f"signalled pid {pid} and wrote {KILL_FILE}" if signalled else f"wrote {KILL_FILE}"
-    print(f"kill switch sent to run {info.get('run_id')}: {how}")
-    return EXIT_OK
-
-
-def _cmd_reset(args: argparse.Namespace) -> int:
-    from quoteforge.engine import RESET_FILE
-
-    info_path = args.run / "run.json"
-    if not info_path.exists():
-        print(f"{args.run} is not a run folder (no run.json)", file=sys.stderr)
-        return EXIT_USAGE
-    (args.run / RESET_FILE).write_text(args.breaker + "\n", encoding="utf-8")
-    print(f"breaker reset ({args.breaker}) requested; the run applies it within a second")
     return EXIT_OK
 
 

@@ -139,6 +139,8 @@ class Run(QuotingEngine):
         self.replaying = resume and replays_on_resume(loaded.manifest.run.mode)
         #: Why a replaying resume was refused (the replay differed from the journal).
         self.resume_refused = ""
+        #: Why a strategy refused the last params change it was given, by strategy name.
+        self.params_refused: dict[str, str] = {}
         self.venue_factory = venue_factory
         self._given_bus = bus
         self.run_info = run_info or {}
@@ -665,7 +667,8 @@ class Run(QuotingEngine):
     def reload_params(self) -> list[str]:
         """Re-read the manifest and apply changed strategy params; returns what changed.
 
-        An invalid manifest is refused and logged; the run keeps the old values.
+        An invalid manifest, or params a strategy's ``on_params`` raises on, is refused and
+        logged; the run keeps the old values.
         """
         assert self.manifest_path is not None
         try:
@@ -683,7 +686,17 @@ class Run(QuotingEngine):
             old_params = self.loaded.plugin_params.get(key)
             if new_params is None or new_params == old_params:
                 continue
-            if self._guard(srt, srt.strategy.on_params, new_params) is None and srt.halted:
+            if srt.halted:  # paused or failed: it takes no params until resumed
+                continue
+            try:
+                srt.strategy.on_params(new_params)
+            except Exception as exc:  # refused: back to the running params, still quoting
+                edit = {k: v for k, v in new_params if getattr(old_params, k, None) != v}
+                why = f"strategy {name!r} refused the params change {edit}: {exc}"
+                self.params_refused[name] = why
+                self.log.opt(exception=exc).error("{}; it keeps its running params", why)
+                self._trace_event(None, "params_refused", why)
+                self._guard(srt, srt.strategy.on_params, old_params)
                 continue
             self.loaded.plugin_params[key] = new_params
             srt.read_book_interest()  # what the strategy reads may follow its params

@@ -355,10 +355,10 @@ def quoteforge_register_commands(register: RegisterCommand) -> None:
         the plugin stays cheap. ``requires`` lists modules the command needs; while one
         is missing, ``quoteforge plugins`` shows the pip command that installs it.
 
-    The kernel keeps ``run``, ``validate``, ``plugins``, ``manifest``, ``kill`` and
-    ``reset``; a plugin cannot replace them, and a name another plugin registered first
-    is refused (the plugin fails to load, naming both plugins). Built-in plugins load
-    first, so a third-party plugin never takes a built-in command's name.
+    The kernel keeps ``run``, ``validate``, ``plugins`` and ``manifest``; a plugin cannot
+    replace them, and a name another plugin registered first is refused (the plugin fails
+    to load, naming both plugins). Built-in plugins load first, so a third-party plugin
+    never takes a built-in command's name (``kill``, ``reset``, ``report``...).
 
     Called once per plugin when the plugin manager loads. All results are used. Must
     return quickly; ``quoteforge --help`` lists the commands with their ``help``.

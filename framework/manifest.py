@@ -48,6 +48,7 @@ from quoteforge.manifest_read import (
     unrepresentable,
 )
 from quoteforge.registry import KINDS, PluginRegistry
+from quoteforge.strategy import NumbersNotBooleans
 
 __all__ = [
     "MAX_ALIAS_VALUES",
@@ -100,7 +101,7 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-class _Closed(BaseModel):
+class _Closed(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -357,30 +358,16 @@ def load_manifest(
     if not isinstance(data, dict):
         got = "an empty file" if root is None else f"a {type(data).__name__}"
         line = root.start_mark.line + 1 if root is not None else 1
-        raise ManifestError(
-            label,
-            [
-                ManifestProblem(
-                    line,
-                    "",
-                    f"a manifest is a mapping with run, exchanges, strategies...; got {got}",
-                )
-            ],
-        )
+        why = f"a manifest is a mapping with run, exchanges, strategies...; got {got}"
+        raise ManifestError(label, [ManifestProblem(line, "", why)])
     marks: dict[tuple[str, ...], int] = {}
     try:
         if root is not None:
             key_lines(root, (), marks)
     except DuplicateKeyError as dup:
         where = ".".join((*dup.path, dup.key))
-        raise ManifestError(
-            label,
-            [
-                ManifestProblem(
-                    dup.line, where, f"duplicate key (first defined on line {dup.first})"
-                )
-            ],
-        ) from None
+        why = f"duplicate key (first defined on line {dup.first})"
+        raise ManifestError(label, [ManifestProblem(dup.line, where, why)]) from None
 
     def line_of(loc: tuple[str, ...]) -> int | None:
         for cut in range(len(loc), -1, -1):

@@ -348,7 +348,8 @@ def describe_error(err: Any) -> str:
         shown = repr(got)
         if len(shown) > 80:
             shown = f"{shown[:60]}... ({len(shown)} characters)"
-        return msg if msg.endswith(f"got {shown}") else f"{msg}; got {shown}"
+        said = msg.endswith(f"got {shown}") or kind == "number_from_boolean"  # says it
+        return msg if said else f"{msg}; got {shown}"
     return msg
 
 

@@ -23,7 +23,9 @@ from math import ceil as _ceil
 from math import floor as _floor
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from quoteforge.model import Fill, Instrument, Offer, OrderUpdate, Quote, Side
 
@@ -57,6 +59,7 @@ _SELL = Side.SELL
 _QUOTE_CACHE = 4096  # quotes kept per side and market
 _ROUNDING = {_BUY: ROUND_FLOOR, _SELL: ROUND_CEILING, None: ROUND_HALF_EVEN}
 _warned: set[str] = set()
+_NOT_BOOL = "expected a number, got the boolean {}; YAML reads yes/no, on/off as booleans"
 
 
 def _deprecated(old: str, new: str) -> None:
@@ -70,8 +73,28 @@ def _deprecated(old: str, new: str) -> None:
         )
 
 
-class StrategyParams(BaseModel):
-    """Base for strategy parameter schemas: closed (unknown keys are errors)."""
+def _is_number(field: FieldInfo | None) -> bool:
+    ann = field.annotation if field is not None else None
+    kinds = [k for k in get_args(ann) or (ann,) if k is not type(None)]
+    numbers = (isinstance(k, type) and issubclass(k, int | float | Decimal) for k in kinds)
+    return bool(kinds) and bool not in kinds and all(numbers)
+
+
+class NumbersNotBooleans(BaseModel):
+    """A model whose number fields refuse booleans, which pydantic takes as 1 and 0: YAML
+    reads ``on``, ``yes`` and ``true`` as True (``order_size: on``)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        if value.__class__ is bool and _is_number(cls.model_fields.get(info.field_name or "")):
+            raise PydanticCustomError("number_from_boolean", _NOT_BOOL.format(value))
+        return value
+
+
+class StrategyParams(NumbersNotBooleans):
+    """Base for strategy parameter schemas: closed (unknown keys are errors), numbers
+    never booleans."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -418,7 +441,9 @@ class Strategy:
         """One of our orders changed state (acknowledged, cancelled, rejected...)."""
 
     def on_params(self, params: BaseModel, **kwargs: Any) -> None:
-        """New parameters arrived from the watched manifest (already validated)."""
+        """New parameters arrived from the watched manifest (already validated). Raising
+        refuses them: the error is logged, ``on_params`` is called again with the running
+        params, and the strategy goes on quoting."""
         self.params = params
 
     def on_stop(self, **kwargs: Any) -> None:

@@ -606,8 +606,7 @@ def _set_params(run: Any, name: str, body: dict[str, Any]) -> str:
     changed = run.reload_params()
     if run.loaded.plugin_params.get(key) != wanted:
         run.loaded.overrides[:] = before
-        why = "it raised in on_params and is halted" if run.strategies[name].halted else ""
-        why = why or "the manifest changed meanwhile; see the log"
+        why = run.params_refused.pop(name, "") or "the manifest changed meanwhile; see the log"
         raise _RefusedError(409, f"strategy {name!r} did not take the new params: {why}")
     if name not in changed:
         return f"strategy {name!r} already runs with these params: {wanted}"

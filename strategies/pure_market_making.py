@@ -27,7 +27,8 @@ from pydantic import Field, field_validator, model_validator
 
 import quoteforge
 from quoteforge.book import BookState
-from quoteforge.model import Fill, Quote, Side
+from quoteforge.manifest import split_market
+from quoteforge.model import Fill, Quote, Side, market_key
 from quoteforge.registry import Register
 from quoteforge.strategies._pmm_cache import QuoteCache
 from quoteforge.strategy import Market, Quotes, Speed, Strategy, StrategyParams
@@ -166,6 +167,30 @@ class PureMarketMakingParams(StrategyParams):
         if value not in ("mid", "microprice", "venue"):
             raise ValueError(f"reference must be mid, microprice or venue, got {value!r}")
         return value
+
+    def manifest_problems(self, manifest: Any, spec: Any) -> list[tuple[tuple[str, ...], str]]:
+        """A reference_market or quote_symbols entry that names none of the strategy's
+        markets, or quotes the reference market (the rules of ``_resolve_markets``), found
+        before the run starts or a changed manifest reaches a running strategy."""
+        if "*" in spec.symbols:
+            return []  # the venue lists the markets once connected
+        markets = [split_market(spec.exchange, entry) for entry in spec.symbols]
+        keys = [market_key(venue, symbol) for venue, symbol in markets]
+        # A market is named by its key or by its symbol (the first market with it).
+        named = {symbol: market_key(venue, symbol) for venue, symbol in reversed(markets)}
+        named.update({key: key for key in keys})
+        fix = f"is not one of its markets ({', '.join(keys)}); add it to the strategy's symbols"
+        problems: list[tuple[tuple[str, ...], str]] = []
+        reference = named.get(self.reference_market or "")
+        if self.reference_market and reference is None:
+            problems.append((("params", "reference_market"), f"{self.reference_market!r} {fix}"))
+        for i, name in enumerate(self.quote_symbols or []):
+            loc = ("params", "quote_symbols", str(i))
+            if named.get(name) is None:
+                problems.append((loc, f"{name!r} {fix}"))
+            elif named[name] == reference:
+                problems.append((loc, f"{name!r} is the reference_market: read, never quoted"))
+        return problems
 
     @model_validator(mode="after")
     def _band(self) -> PureMarketMakingParams:

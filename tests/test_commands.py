@@ -91,11 +91,13 @@ def test_builtin_commands_come_from_their_plugins(monkeypatch: pytest.MonkeyPatc
         "dashboard": "report",
         "data": "data_import",
         "flatten": "binance_usdm",
+        "kill": "run_control_cli",
         "latency": "latency_probe",
         "node": "distributed",
         "optimize": "optimize",
         "record": "record",
         "report": "report",
+        "reset": "run_control_cli",
         "sweep": "sweep",
     }
     assert not set(registry.commands) & set(KERNEL_COMMANDS)

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from own_strategies import register_strategy
 
 from quoteforge.clock import NS
 from quoteforge.engine import Run
@@ -35,7 +36,7 @@ from quoteforge.plugins.control_http import (
     settings_from_env,
 )
 from quoteforge.registry import PluginRegistry
-from quoteforge.strategies.pure_market_making import PureMarketMakingParams
+from quoteforge.strategies.pure_market_making import PureMarketMaking, PureMarketMakingParams
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -292,6 +293,35 @@ def test_pause_stops_new_orders_of_that_strategy_until_resume(
     assert new_orders("mm", paused_at, resumed_at) == 0
     assert new_orders("mm_eth", paused_at, resumed_at) > 0
     assert new_orders("mm", resumed_at, 2**63) > 0
+
+
+class NarrowMarketMaking(PureMarketMaking):
+    """Refuses, in ``on_params``, what only the strategy knows is wrong for it."""
+
+    def on_params(self, params: Any, **kwargs: Any) -> None:
+        if params.spread_bps > 20:
+            raise ValueError("spreads over 20 bps lose this desk its rebate tier")
+        super().on_params(params, **kwargs)
+
+
+def test_params_the_strategy_refuses_are_answered_with_its_reason(
+    registry: PluginRegistry, tmp_path: Path, control_env: None
+) -> None:
+    register_strategy(registry, "narrow_mm", NarrowMarketMaking)
+    path = tmp_path / "control.yaml"
+    path.write_text(MANIFEST.replace("type: pure_market_making", "type: narrow_mm", 1))
+    run = Run(load_manifest(path, registry), registry, run_dir=tmp_path / "run", manifest_path=path)
+
+    async def scenario() -> None:
+        async with running(run) as (_, call):
+            await sim_time_passes(run, 5)
+            status, answer = await call("POST", "/strategies/mm/params", json={"spread_bps": 30})
+            assert status == 409, answer
+            assert "refused the params change {'spread_bps': 30.0}" in answer["error"]
+            assert "rebate tier" in answer["error"]
+            assert spread_bps(run) == 4 and not run.strategies["mm"].halted  # still quoting
+
+    asyncio.run(scenario())
 
 
 def test_params_edit_reaches_the_next_quotes_and_a_bad_one_is_refused_like_a_manifest_edit(
