@@ -34,11 +34,13 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import random
+import re
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from quoteforge.exchange import VenueContext, VenueSink
 from quoteforge.exchanges.ccxt_orders import OrderTracking, TrackedOrder, VenueCallError
 from quoteforge.exchanges.ccxt_sockets import Backoff, ManagedSocket
+from quoteforge.manifest_read import close_match
 from quoteforge.model import Instrument, Side
 from quoteforge.registry import PluginError, Register, load_registry
 
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
     from quoteforge.book import BookState, L2Book
 
 __all__ = [
+    "API_KEY_SECRETS",
+    "SIMULATED_MODES",
     "AutoCancelParams",
     "Backoff",
     "CcxtSpotAdapter",
@@ -68,10 +73,18 @@ __all__ = [
     "book_source_factory",
     "dumps_exact",
     "require_ccxt",
+    "simulated_mode_refusal",
     "watch_ccxt_client",
 ]
 
 NS = 1_000_000_000
+
+#: The secrets the ccxt-backed adapters read: the API key and its secret.
+API_KEY_SECRETS = ("api_key", "api_secret")
+
+#: Run modes on a virtual clock, without a live run's start-up and periodic
+#: reconciliation: a real venue's adapter would send real orders from them.
+SIMULATED_MODES = ("sim", "backtest")
 
 P = TypeVar("P", bound=BaseModel)
 V = TypeVar("V")
@@ -164,6 +177,111 @@ class CcxtSpotParams(BaseModel):
         gt=0,
         le=315_360_000,
         description="How long connect() waits for the private stream to be ready.",
+    )
+
+    #: The secrets a live run on this venue needs under ``exchanges.<name>.secrets``,
+    #: and those it may also take. None: the venue declares none, so their names are
+    #: not checked (a venue's params set them to what its adapter reads).
+    required_secrets: ClassVar[tuple[str, ...] | None] = None
+    optional_secrets: ClassVar[tuple[str, ...]] = ()
+
+    def secret_names(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """(required, optional) secrets of the venue as these params configure it, or
+        None when the venue declares none."""
+        if self.required_secrets is None:
+            return None
+        return self.required_secrets, self.optional_secrets
+
+    def manifest_problems(self, manifest: Any, spec: Any) -> list[tuple[tuple[str, ...], str]]:
+        """What the manifest around a real venue makes unsafe (checked by validate and
+        before every run): a simulated mode, secrets the adapter does not read, and in a
+        live run secrets missing or empty. Paper runs need no keys."""
+        name = next((n for n, s in manifest.exchanges.items() if s is spec), spec.type)
+        mode = manifest.run.mode
+        problems: list[tuple[tuple[str, ...], str]] = []
+        if mode in SIMULATED_MODES:
+            problems.append((("type",), simulated_mode_refusal(name, spec.type, mode)))
+        names = self.secret_names()
+        accepted = () if names is None else (*names[0], *names[1])
+        for key in spec.secrets if names is not None else ():
+            if key not in accepted:
+                problems.append(
+                    (
+                        ("secrets", key),
+                        f"exchange {name!r} (type {spec.type}) takes no secret {key!r}"
+                        f"{close_match(key, accepted)}; its secrets: {', '.join(accepted)}",
+                    )
+                )
+        if mode == "live":
+            problems += _live_secret_problems(name, spec, names)
+        return problems
+
+
+def simulated_mode_refusal(name: str, venue_type: str, mode: str) -> str:
+    """Why a real venue cannot run in ``mode`` (sim or backtest), and what to use."""
+    return (
+        f"exchange {name!r} is of type {venue_type!r}, a real venue, and run.mode is "
+        f"{mode!r}: its adapter would send real orders to the venue from a run on a "
+        "virtual clock, without a live run's reconciliations. For a simulation use type: "
+        "sim (docs/sim.md); for a backtest, type: replay on a recording of the venue "
+        "(docs/backtest.md); to try the strategy on the venue's live market data without "
+        "sending orders, run.mode: paper; run.mode: live trades for real"
+    )
+
+
+def _live_secret_problems(
+    name: str, spec: Any, names: tuple[tuple[str, ...], tuple[str, ...]] | None
+) -> list[tuple[tuple[str, ...], str]]:
+    """A live run's secrets: the block present, every required one given, none empty.
+
+    ``secrets: {}`` written out (as ``quoteforge record`` loads a manifest: market data
+    only) passes here; a live run with it stops at its start-up reconciliation, which
+    needs the keys (``CcxtSpotAdapter.require_credentials``)."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").upper() or "VENUE"
+    required = names[0] if names is not None else ()
+    where = f"exchange {name!r} (type {spec.type})"
+    if "secrets" not in spec.model_fields_set:
+        wanted = ", ".join(f"{k}: ${{{stem}_{k.upper()}}}" for k in required)
+        block = f"secrets: {{{wanted}}}" if wanted else "its secrets"
+        return [
+            (
+                ("secrets",),
+                f"run.mode live trades on {where} with its API keys, and it has no secrets: "
+                f"add {block} and export those variables; run.mode: paper trades on live "
+                "market data without keys",
+            )
+        ]
+    problems: list[tuple[tuple[str, ...], str]] = []
+    missing = [k for k in required if k not in spec.secrets]
+    if spec.secrets and missing:
+        problems.append(
+            (
+                ("secrets",),
+                f"a live run on {where} needs the secret(s) {', '.join(missing)}: add "
+                + ", ".join(f"{k}: ${{{stem}_{k.upper()}}}" for k in missing)
+                + " to its secrets and export those variables",
+            )
+        )
+    for key, value in spec.secrets.items():
+        if not value.strip():
+            problems.append((("secrets", key), f"secret {key!r} of {where} {_empty_value()}"))
+    return problems
+
+
+def _empty_value() -> str:
+    """Why a secret is empty. Secrets are written as ``${VAR}`` only and an unset
+    variable is refused by the manifest's reader, so an empty one came from a variable
+    set to an empty string: one of the environment's empty variables."""
+    empty = sorted(k for k, v in os.environ.items() if not v.strip())
+    if len(empty) == 1:
+        named = f" ({empty[0]})"
+    elif empty:
+        named = f" (one of {', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''})"
+    else:
+        named = ""
+    return (
+        f"is empty: the environment variable it names{named} is set to an empty string; "
+        "export the venue's key in it (a live run refuses every order without it)"
     )
 
 
@@ -284,9 +402,13 @@ class CcxtSpotAdapter(OrderTracking):
 
     venue_id: str = ""
     ccxt_id: str = ""
-    secret_keys: tuple[str, str] = ("api_key", "api_secret")
+    secret_keys: tuple[str, str] = API_KEY_SECRETS
 
     def __init__(self, params: CcxtSpotParams, ctx: VenueContext) -> None:
+        if ctx.mode in SIMULATED_MODES:
+            # Also refused by the manifest's check; this holds for runs built without one.
+            venue = self.venue_id or type(self).__name__
+            raise ValueError(simulated_mode_refusal(ctx.name, venue, ctx.mode))
         super().__init__()
         self.params = params
         self.ctx = ctx
@@ -328,6 +450,18 @@ class CcxtSpotAdapter(OrderTracking):
     @property
     def has_credentials(self) -> bool:
         return bool(self._api_key and self._api_secret)
+
+    def require_credentials(self, what: str) -> None:
+        """Raise ``VenueCallError("auth")`` unless the adapter holds its API keys. The
+        reconciliation reads call it: without keys the venue cannot be asked, and a live
+        run must not take that for "nothing to compare" (its start stops instead)."""
+        if not self.has_credentials:
+            raise VenueCallError(
+                "auth",
+                f"{self.name}: no API credentials, so {what} cannot be read from the venue; "
+                f"give secrets {self.secret_keys[0]!r} and {self.secret_keys[1]!r} "
+                "(run.mode: paper needs none)",
+            )
 
     # -- required venue methods: every venue subclass implements these --------------------
     @abstractmethod

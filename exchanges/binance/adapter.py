@@ -19,6 +19,7 @@ from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.binance.family import STATUS, BinanceFamilyAdapter, check_client_id
 from quoteforge.exchanges.binance.ratelimit import BinanceRateGovernor
 from quoteforge.exchanges.ccxt_base import (
+    API_KEY_SECRETS,
     CcxtSpotParams,
     LatencyEndpoints,
     ManagedSocket,
@@ -56,6 +57,8 @@ _STATUS = STATUS
 class BinanceParams(CcxtSpotParams):
     """Binance spot adapter parameters. Secrets ``api_key`` and ``api_secret`` come from
     the run's secrets (environment variables), never from here."""
+
+    required_secrets = API_KEY_SECRETS
 
     private_ws_url: str | None = Field(
         None, description="Websocket API URL for the user data stream (default by network)."
@@ -381,6 +384,7 @@ class BinanceSpot(BinanceFamilyAdapter):
     # -- reconciliation truth ----------------------------------------------------------------
     async def fetch_balances(self) -> dict[str, Decimal]:
         """Total (free + locked) per asset with a non-zero balance."""
+        self.require_credentials("balances")
         data = await self._call("private_get_account", weight=20)
         out = {}
         for row in data.get("balances", []):

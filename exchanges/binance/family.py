@@ -424,6 +424,7 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         return fills
 
     async def fetch_open_orders(self) -> list[OrderUpdate]:
+        self.require_credentials("open orders")
         out: list[OrderUpdate] = []
         for native in self._native.values():
             rows = await self._call(
@@ -433,6 +434,7 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         return out
 
     async def fetch_fills(self, since_ns: int) -> list[Fill]:
+        self.require_credentials("fills")
         fills: list[Fill] = []
         for symbol in self._native:
             fills.extend(await self.recent_fills(symbol, since_ns // 1_000_000))

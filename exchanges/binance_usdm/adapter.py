@@ -276,6 +276,7 @@ class BinanceUsdm(UsdmAccountVenue):
         """Wallet balance per margin asset (``GET /fapi/v2/account``), and per base asset
         the net position of its symbol, so the run's balance-drift check compares the
         venue's positions with what our fills explain."""
+        self.require_credentials("balances")
         data = await self._call("fapiprivatev2_get_account", weight=5)
         out = {
             row["asset"]: Decimal(row["walletBalance"])

@@ -22,6 +22,7 @@ from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.binance.family import BinanceFamilyAdapter
 from quoteforge.exchanges.binance_usdm.ratelimit import BinanceUsdmRateGovernor
 from quoteforge.exchanges.ccxt_base import (
+    API_KEY_SECRETS,
     AutoCancelParams,
     CcxtSpotParams,
     ManagedSocket,
@@ -46,6 +47,8 @@ TEST_STREAMS = "wss://fstream.binancefuture.com"
 class BinanceUsdmParams(CcxtSpotParams, AutoCancelParams):
     """Binance USDⓈ-M futures adapter parameters. Secrets ``api_key`` and ``api_secret``
     come from the run's secrets (environment variables), never from here."""
+
+    required_secrets = API_KEY_SECRETS
 
     position_mode: Literal["one_way", "hedge"] = Field(
         "one_way",

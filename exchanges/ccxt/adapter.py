@@ -34,6 +34,7 @@ from quoteforge.exchanges.ccxt.venues import (
     resolve_exchange_id,
 )
 from quoteforge.exchanges.ccxt_base import (
+    API_KEY_SECRETS,
     CcxtSpotAdapter,
     CcxtSpotParams,
     TrackedOrder,
@@ -68,6 +69,9 @@ _response: contextvars.ContextVar[tuple[int, dict[str, str]] | None] = contextva
 class CcxtParams(CcxtSpotParams):
     """Parameters of ``type: ccxt``. Secrets ``api_key`` and ``api_secret`` (and
     ``password``/``uid`` where the venue needs them) come from the run's secrets."""
+
+    required_secrets = API_KEY_SECRETS
+    optional_secrets = ("password", "uid")
 
     exchange: str = Field(
         ..., min_length=1, description="The ccxt exchange id, e.g. binance, kraken, bybit, okx."
@@ -105,6 +109,13 @@ class CcxtParams(CcxtSpotParams):
     @classmethod
     def _known_exchange(cls, value: str) -> str:
         return resolve_exchange_id(value)
+
+    def secret_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The key pair, and the secrets a checked venue also needs (OKX's password)."""
+        profile = CHECKED_VENUES.get(self.exchange)
+        more = profile.secrets if profile else ()
+        required = (*API_KEY_SECRETS, *more)
+        return required, tuple(k for k in self.optional_secrets if k not in required)
 
     @model_validator(mode="after")
     def _no_native_urls(self) -> CcxtParams:
@@ -558,7 +569,8 @@ class CcxtVenue(CcxtSpotAdapter):
 
     # -- reconciliation (REST is the truth) ------------------------------------------------------
     async def fetch_open_orders(self) -> list[OrderUpdate] | None:
-        if not self.has.get("fetchOpenOrders") or not self.has_credentials:
+        self.require_credentials("open orders")
+        if not self.has.get("fetchOpenOrders"):
             return None
         out: list[OrderUpdate] = []
         for symbol, unified in self.ccxt_symbol.items():
@@ -572,7 +584,8 @@ class CcxtVenue(CcxtSpotAdapter):
         return out
 
     async def fetch_balances(self) -> dict[str, Decimal] | None:
-        if not self.has.get("fetchBalance") or not self.has_credentials:
+        self.require_credentials("balances")
+        if not self.has.get("fetchBalance"):
             return None
         data = await self.call(self.trade_client.fetch_balance)
         out: dict[str, Decimal] = {}
@@ -582,7 +595,8 @@ class CcxtVenue(CcxtSpotAdapter):
         return out
 
     async def fetch_fills(self, since_ns: int) -> list[Fill] | None:
-        if not self.has.get("fetchMyTrades") or not self.has_credentials:
+        self.require_credentials("fills")
+        if not self.has.get("fetchMyTrades"):
             return None
         fills: list[Fill] = []
         for symbol in self.ccxt_symbol:

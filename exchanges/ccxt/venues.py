@@ -49,6 +49,8 @@ class CheckedVenue:
     venue whose client ids are narrower than the run's (OKX: letters and digits, 32).
     ``options``: ccxt options the adapter sets for this venue (the user's win);
     ``has``: capabilities to switch off (a call the adapter does not need).
+    ``secrets``: what a live run needs besides ``api_key`` and ``api_secret`` (OKX's
+    passphrase, given as ``password``).
     """
 
     ccxt_id: str
@@ -61,6 +63,7 @@ class CheckedVenue:
     client_id_pattern: tuple[str, str, int] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     has: dict[str, Any] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
 
 
 CHECKED_VENUES: dict[str, CheckedVenue] = {
@@ -109,6 +112,7 @@ CHECKED_VENUES: dict[str, CheckedVenue] = {
         },
         # fetchCurrencies needs the funding account's permission and is not needed.
         has={"fetchCurrencies": False},
+        secrets=("password",),
     ),
 }
 """The ccxt ids checked against a replica; any other id runs with a warning."""

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from quoteforge import hookimpl
 from quoteforge.exchange import OrderAction, PlaceOrder, VenueContext
 from quoteforge.exchanges.ccxt_base import (
+    API_KEY_SECRETS,
     AutoCancelParams,
     CcxtSpotAdapter,
     CcxtSpotParams,
@@ -70,6 +71,8 @@ LIVE_WS_AUTH = "wss://ws-auth.kraken.com/v2"
 class KrakenParams(CcxtSpotParams, AutoCancelParams):
     """Kraken spot adapter parameters. Secrets ``api_key`` and ``api_secret`` (base64)
     come from the run's secrets (environment variables), never from here."""
+
+    required_secrets = API_KEY_SECRETS
 
     book_depth: Literal[10, 25, 100, 500, 1000] = Field(
         10, description="Subscribed book depth (Kraken truncates to it)."
@@ -702,12 +705,14 @@ class KrakenSpot(CcxtSpotAdapter):
         await super().reconcile_orders()
 
     async def fetch_open_orders(self) -> list[OrderUpdate]:
+        self.require_credentials("open orders")
         out: list[OrderUpdate] = []
         for symbol in self.instruments:
             out.extend(await self._open_on(symbol))
         return out
 
     async def fetch_balances(self) -> dict[str, Decimal]:
+        self.require_credentials("balances")
         data = await self._rest("private_post_balance")
         out = {}
         for asset, amount in data.get("result", {}).items():
@@ -717,6 +722,7 @@ class KrakenSpot(CcxtSpotAdapter):
         return out
 
     async def fetch_fills(self, since_ns: int) -> list[Fill]:
+        self.require_credentials("fills")
         data = await self._rest("private_post_tradeshistory", {"start": since_ns / 1e9})
         fills = []
         for row in data.get("result", {}).get("trades", {}).values():

@@ -85,6 +85,8 @@ class PolymarketParams(CcxtSpotParams):
     environment), never from here. Symbols are ``<market>/<OUTCOME>``
     (``rain-nyc/YES``), ``<market>`` a key of ``markets`` or a condition id."""
 
+    required_secrets = SECRET_NAMES
+
     markets: dict[str, str] = Field(
         default_factory=dict,
         description="Short names for markets: name -> condition id (0x...), so symbols read "

@@ -5,7 +5,7 @@ heartbeat carries the id of the last answer, the first ``null``."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -24,8 +24,16 @@ class PolymarketHeartbeats:
     name: str
     params: Any
     call: Callable[..., Awaitable[Any]]  # the adapter's REST call
-    start_auto_cancel: Callable[..., Awaitable[None]]
     _heartbeat_id: str | None  # the id the next heartbeat carries
+
+    if TYPE_CHECKING:  # ccxt_base.CcxtSpotAdapter's
+
+        async def start_auto_cancel(
+            self,
+            after_s: float,
+            set_countdown: Callable[[float], Awaitable[None]],
+            every_s: float | None = None,
+        ) -> None: ...
 
     async def start_heartbeats(self, every_s: float) -> None:
         """The first heartbeat now, then one every ``every_s``; a first one that fails

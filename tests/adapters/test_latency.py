@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,18 @@ def test_orders_need_keys(
 ) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(manifest("binance", BinanceReplica()))
+    for name in [k for k, v in os.environ.items() if not v.strip()]:
+        monkeypatch.delenv(name)  # the message lists the environment's empty variables
     monkeypatch.setenv("QF_LAT_KEY", "")
     monkeypatch.setenv("QF_LAT_SECRET", "")
+    # Empty keys in a live manifest are refused with the manifest, naming the variable...
     assert latency_main([str(path), "--orders", "--samples", "1"]) == 2
+    assert "(one of QF_LAT_KEY, QF_LAT_SECRET) is set to an empty string" in (
+        capsys.readouterr().err
+    )
+    # ... and keys left out on purpose (secrets: {}) by the probe itself.
+    keyless = ["--set", "exchanges.binance.secrets={}"]
+    assert latency_main([str(path), "--orders", "--samples", "1", *keyless]) == 2
     assert "--orders places real orders and needs the venue's API keys" in capsys.readouterr().err
 
 
