@@ -11,7 +11,6 @@ import time
 from decimal import Decimal
 from typing import Any, Literal
 
-from loguru import logger
 from pydantic import Field
 
 from quoteforge import hookimpl
@@ -262,15 +261,19 @@ class BinanceSpot(BinanceFamilyAdapter):
             self._user_down_since_ms = int(time.time() * 1000) + self.time_offset_ms
 
     def _on_user_text(self, raw: str, recv_ns: int) -> None:
-        msg = json.loads(raw)
+        try:
+            msg = json.loads(raw)
+        except ValueError as exc:
+            self.unreadable_execution(raw, exc)
+            return
         event = msg.get("event") if isinstance(msg, dict) else None
         if not isinstance(event, dict):
             return
         if event.get("e") == "executionReport":
             try:
                 self._on_execution_report(event)
-            except (KeyError, ValueError) as exc:
-                logger.warning("{}: bad executionReport ({}): {!r}", self.name, exc, event)
+            except (LookupError, ValueError, TypeError, ArithmeticError) as exc:
+                self.unreadable_execution(event, exc)
 
     def _on_execution_report(self, ev: dict[str, Any]) -> None:
         symbol = self._by_native.get(ev["s"])

@@ -271,7 +271,17 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
             except BookMessageError as exc:
                 logger.warning("{}: dropped malformed depth message: {}", self.name, exc)
         else:
-            self.on_market_message(symbol, kind, json.loads(raw)["data"])
+            try:
+                data = json.loads(raw)["data"]
+            except (ValueError, LookupError, TypeError) as exc:
+                logger.warning("{}: dropped unreadable {} message ({})", self.name, kind, exc)
+                return
+            if type(data) is dict:
+                self.on_market_message(symbol, kind, data)
+            else:
+                logger.warning(
+                    "{}: dropped {} message whose data is not an object", self.name, kind
+                )
 
     def on_market_message(self, symbol: str, kind: str, data: dict[str, Any]) -> None:
         """A market stream message other than depth (``kind`` after the ``@``): trades
@@ -282,12 +292,15 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         try:
             price = instrument.price_to_ticks(data["p"])
             qty = instrument.qty_to_lots(data["q"])
-        except (KeyError, ValueError) as exc:
+            maker_bought, ts_ms = data["m"], data.get("T", 0)
+            if price <= 0 or qty <= 0 or type(maker_bought) is not bool or type(ts_ms) is not int:
+                raise ValueError("p and q must be above 0, m true or false, T an integer")
+        except (LookupError, ValueError, TypeError, ArithmeticError) as exc:
             logger.warning("{}: bad trade message ({}): {!r}", self.name, exc, data)
             return
         # "m": the buyer was the maker, so the seller hit the bid.
-        aggressor = Side.SELL if data.get("m") else Side.BUY
-        self._emit_trade(symbol, price, qty, aggressor, int(data.get("T", 0)) * 1_000_000)
+        aggressor = Side.SELL if maker_bought else Side.BUY
+        self._emit_trade(symbol, price, qty, aggressor, ts_ms * 1_000_000)
 
     def _on_resync(self, source: BookSource, reason: str) -> None:
         symbol = source.book.symbol
@@ -334,38 +347,69 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         when it traded."""
         instrument = self.instruments[symbol]
         price = Decimal(ev["p"])
-        self._emit_update(
-            OrderUpdate(
-                self.name,
-                client_id,
-                STATUS.get(ev["X"], OrderStatus.OPEN),
-                ts_ns,
-                exchange_id=str(ev["i"]),
-                filled_lots=instrument.qty_to_lots(ev["z"]),
-                price_ticks=instrument.price_to_ticks(price) if price else None,
-                qty_lots=instrument.qty_to_lots(ev["q"]),
-                reason=reason,
-            )
+        if not price.is_finite() or price < 0:
+            raise ValueError(f"order price {ev['p']!r} is not a price")
+        update = OrderUpdate(
+            self.name,
+            client_id,
+            STATUS.get(ev["X"], OrderStatus.OPEN),
+            ts_ns,
+            exchange_id=str(ev["i"]),
+            filled_lots=instrument.qty_to_lots(ev["z"]),
+            price_ticks=instrument.price_to_ticks(price) if price else None,
+            qty_lots=instrument.qty_to_lots(ev["q"]),
+            reason=reason,
         )
         if ev["x"] != "TRADE":
+            self._emit_update(update)
             return
+        # The fill is read whole before the report goes out: a report of a trade whose
+        # fill cannot be booked would leave the order filled and its fill missing.
+        fill = self._execution_fill(symbol, instrument, ev, client_id, ts_ns)
+        self._emit_update(update)
+        self._emit_fill(fill)
+
+    def _execution_fill(
+        self, symbol: str, instrument: Instrument, ev: dict[str, Any], client_id: str, ts_ns: int
+    ) -> Fill:
+        fee = Decimal(ev.get("n") or "0")
+        if not fee.is_finite() or type(ev.get("m", False)) is not bool:
+            raise ValueError(f"fee {ev.get('n')!r} is not an amount, or m not true or false")
         tracked = self.tracked(client_id)
-        self._emit_fill(
-            Fill(
-                venue=self.name,
-                symbol=symbol,
-                fill_id=f"{ev['s']}:{ev['t']}",
-                client_id=client_id,
-                side=Side.parse(ev["S"]),
-                price_ticks=instrument.price_to_ticks(ev["L"]),
-                qty_lots=instrument.qty_to_lots(ev["l"]),
-                fee=Decimal(ev.get("n") or "0"),
-                fee_asset=ev.get("N") or "",
-                liquidity=Liquidity.MAKER if ev.get("m") else Liquidity.TAKER,
-                ts_ns=int(ev.get("T", 0)) * 1_000_000 or ts_ns,
-                strategy=tracked.order.strategy if tracked else "",
-            )
+        fill = Fill(
+            venue=self.name,
+            symbol=symbol,
+            fill_id=f"{ev['s']}:{ev['t']}",
+            client_id=client_id,
+            side=Side.parse(ev["S"]),
+            price_ticks=instrument.price_to_ticks(ev["L"]),
+            qty_lots=instrument.qty_to_lots(ev["l"]),
+            fee=fee,
+            fee_asset=ev.get("N") or "",
+            liquidity=Liquidity.MAKER if ev.get("m") else Liquidity.TAKER,
+            ts_ns=int(ev.get("T", 0)) * 1_000_000 or ts_ns,
+            strategy=tracked.order.strategy if tracked else "",
         )
+        if fill.price_ticks <= 0 or fill.qty_lots <= 0:
+            raise ValueError(f"trade of {ev['l']!r} at {ev['L']!r} is not a trade")
+        return fill
+
+    def unreadable_execution(self, event: object, exc: Exception) -> None:
+        """An execution event that cannot be read is not booked; it may have carried a
+        fill, so our orders and trades of the last minute are asked for over REST
+        (fills already booked are recognised by their id)."""
+        logger.warning(
+            "{}: unreadable execution event ({}: {}); recovering our orders and trades "
+            "over REST: {}",
+            self.name,
+            type(exc).__name__,
+            exc,
+            str(event)[:300],
+        )
+        now_ms = int(time.time() * 1000) + self.time_offset_ms
+        since = self._user_down_since_ms
+        self._user_down_since_ms = min(since, now_ms - 60_000) if since else now_ms - 60_000
+        self.spawn_task(self.reconcile_orders(), f"{self.name}/reconcile")
 
     # -- reconciliation ------------------------------------------------------------------------
     @abstractmethod

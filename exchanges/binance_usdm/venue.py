@@ -325,14 +325,22 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
             logger.warning("{}: listen key check failed: {}", self.name, exc)
 
     async def _on_user_text(self, raw: str, recv_ns: int) -> None:
-        msg = json.loads(raw)
+        try:
+            msg = json.loads(raw)
+        except ValueError as exc:
+            self.unreadable_execution(raw, exc)
+            return
         if not isinstance(msg, dict):
             return
         kind = msg.get("e")
-        try:
-            if kind == "ORDER_TRADE_UPDATE":
+        if kind == "ORDER_TRADE_UPDATE":
+            try:
                 self._on_order_event(msg["o"], int(msg.get("E", 0)))
-            elif kind == "ACCOUNT_UPDATE":
+            except (LookupError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
+                self.unreadable_execution(msg, exc)
+            return
+        try:
+            if kind == "ACCOUNT_UPDATE":
                 await self._on_account_event(msg)
             elif kind == "ACCOUNT_CONFIG_UPDATE":
                 self._on_config_event(msg)
@@ -343,7 +351,7 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
                     self.counters["listen_key_renewals"] += 1
                     await self.new_listen_key()
                     await self._reconnect_user("listenKeyExpired")
-        except (KeyError, ValueError, TypeError) as exc:
+        except (LookupError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
             logger.warning("{}: bad {} event ({}): {!r}", self.name, kind, exc, msg)
 
     def _on_config_event(self, msg: dict[str, Any]) -> None:

@@ -347,9 +347,14 @@ class KrakenSpot(CcxtSpotAdapter):
             except BookMessageError as exc:
                 logger.warning("{}: dropped malformed book message: {}", self.name, exc)
         elif '"channel":"trade"' in raw:
-            msg = json.loads(raw, parse_float=Decimal)
-            for row in msg.get("data", []):
-                self._on_public_trade(row)
+            try:
+                rows = json.loads(raw, parse_float=Decimal)["data"]
+            except (ValueError, LookupError, TypeError) as exc:
+                logger.warning("{}: dropped unreadable trade message ({})", self.name, exc)
+                return
+            for row in rows if type(rows) is list else ():
+                if type(row) is dict:
+                    self._on_public_trade(row)
         elif '"success":false' in raw:
             logger.warning("{}: public request refused: {}", self.name, raw[:300])
 
@@ -361,10 +366,12 @@ class KrakenSpot(CcxtSpotAdapter):
         try:
             price = inst.price_to_ticks(row["price"])
             qty = inst.qty_to_lots(row["qty"])
-        except (KeyError, ValueError) as exc:
+            aggressor = Side.parse(row["side"])
+            if price <= 0 or qty <= 0:
+                raise ValueError("price and qty must be above 0")
+        except (LookupError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
             logger.warning("{}: bad trade ({}): {!r}", self.name, exc, row)
             return
-        aggressor = Side.parse(row.get("side", "buy"))
         self._emit_trade(symbol, price, qty, aggressor, parse_timestamp_ns(row.get("timestamp")))
 
     # -- private socket: executions and trading --------------------------------------------
@@ -402,7 +409,11 @@ class KrakenSpot(CcxtSpotAdapter):
         self._pending.clear()
 
     def _on_private_text(self, raw: str, recv_ns: int) -> None:
-        msg = json.loads(raw, parse_float=Decimal)
+        try:
+            msg = json.loads(raw, parse_float=Decimal)
+        except ValueError:
+            logger.warning("{}: private socket sent non-JSON: {!r}", self.name, raw[:300])
+            return
         if not isinstance(msg, dict):
             return
         req_id = msg.get("req_id")
@@ -415,8 +426,20 @@ class KrakenSpot(CcxtSpotAdapter):
             for event in msg.get("data", []):
                 try:
                     self._on_execution(event)
-                except (KeyError, ValueError) as exc:
-                    logger.warning("{}: bad execution event ({}): {!r}", self.name, exc, event)
+                except (LookupError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
+                    # It may have carried a fill: subscribe again, and the executions
+                    # snapshot replays our recent fills (booked ones are known by id).
+                    logger.warning(
+                        "{}: unreadable execution event ({}: {}); subscribing again for "
+                        "the executions snapshot: {!r}",
+                        self.name,
+                        type(exc).__name__,
+                        exc,
+                        event,
+                    )
+                    sock = self._private
+                    if sock is not None and sock.ws is not None and not sock.ws.closed:
+                        self.spawn_task(sock.ws.close(), f"{self.name}/resubscribe")
 
     async def _ws_call(self, method: str, params: dict[str, Any]) -> Any:
         """One private websocket request; the result, or a classified VenueCallError."""
@@ -609,39 +632,40 @@ class KrakenSpot(CcxtSpotAdapter):
             # A new size or price: a report the dedupe must not swallow as a repeat.
             self._last_update.pop(client_id, None)
         limit = ev.get("limit_price")
-        self._emit_update(
-            OrderUpdate(
-                self.name,
-                client_id,
-                status,
-                ts_ns or self.clock.now_ns(),
-                exchange_id=str(ev.get("order_id") or "") or None,
-                filled_lots=inst.qty_to_lots(ev["cum_qty"]) if "cum_qty" in ev else None,
-                price_ticks=inst.price_to_ticks(limit) if limit is not None else None,
-                qty_lots=inst.qty_to_lots(ev["order_qty"]) if "order_qty" in ev else None,
-                reason=str(ev.get("reason", "")),
-            )
+        update = OrderUpdate(
+            self.name,
+            client_id,
+            status,
+            ts_ns or self.clock.now_ns(),
+            exchange_id=str(ev.get("order_id") or "") or None,
+            filled_lots=inst.qty_to_lots(ev["cum_qty"]) if "cum_qty" in ev else None,
+            price_ticks=inst.price_to_ticks(limit) if limit is not None else None,
+            qty_lots=inst.qty_to_lots(ev["order_qty"]) if "order_qty" in ev else None,
+            reason=str(ev.get("reason", "")),
         )
-        if exec_type == "trade":
+        fill = None
+        if exec_type == "trade":  # read whole before the report goes out
             fees = ev.get("fees") or [{}]
-            self._emit_fill(
-                Fill(
-                    venue=self.name,
-                    symbol=symbol,
-                    fill_id=f"{self._wire[symbol]}:{ev.get('trade_id', ev.get('exec_id'))}",
-                    client_id=client_id,
-                    side=Side.parse(ev.get("side", "buy")),
-                    price_ticks=inst.price_to_ticks(ev["last_price"]),
-                    qty_lots=inst.qty_to_lots(ev["last_qty"]),
-                    fee=Decimal(str(fees[0].get("qty", "0"))),
-                    fee_asset=str(fees[0].get("asset", "")),
-                    liquidity=Liquidity.MAKER
-                    if ev.get("liquidity_ind") == "m"
-                    else Liquidity.TAKER,
-                    ts_ns=ts_ns,
-                    strategy=tracked.order.strategy if tracked else "",
-                )
+            fee = Decimal(str(fees[0].get("qty", "0")))
+            fill = Fill(
+                venue=self.name,
+                symbol=symbol,
+                fill_id=f"{self._wire[symbol]}:{ev.get('trade_id', ev.get('exec_id'))}",
+                client_id=client_id,
+                side=Side.parse(ev.get("side", "buy")),
+                price_ticks=inst.price_to_ticks(ev["last_price"]),
+                qty_lots=inst.qty_to_lots(ev["last_qty"]),
+                fee=fee,
+                fee_asset=str(fees[0].get("asset", "")),
+                liquidity=Liquidity.MAKER if ev.get("liquidity_ind") == "m" else Liquidity.TAKER,
+                ts_ns=ts_ns,
+                strategy=tracked.order.strategy if tracked else "",
             )
+            if fill.price_ticks <= 0 or fill.qty_lots <= 0 or not fee.is_finite():
+                raise ValueError("a trade needs a price and quantity above 0 and a finite fee")
+        self._emit_update(update)
+        if fill is not None:
+            self._emit_fill(fill)
 
     # -- REST lookups and reconciliation ---------------------------------------------------------
     async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:

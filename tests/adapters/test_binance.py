@@ -221,3 +221,57 @@ def test_registered_params_refuse_unknown_keys() -> None:
     assert params is BinanceParams
     with pytest.raises(ValueError, match="api_secret"):
         params.model_validate({"api_secret": "x"})
+
+
+@pytest.mark.parametrize(
+    ("field", "garbled"), [("n", "NaN"), ("L", "x"), ("l", "-1.0"), ("m", "false")]
+)
+async def test_a_garbled_trade_report_is_not_booked_and_the_fill_comes_over_rest(
+    field: str, garbled: str
+) -> None:
+    async with running(BINANCE_KIT) as h:
+        adapter = binance_of(h)
+        original = adapter._on_user_text
+        garbling: list[str] = []
+
+        def in_transit(raw: str, recv_ns: int) -> None:
+            msg = json.loads(raw)
+            event = msg.get("event") or {}
+            if event.get("x") == "TRADE" and not garbling:
+                garbling.append(json.dumps(event))
+                event[field] = garbled
+            original(json.dumps(msg), recv_ns)
+
+        assert adapter._user_socket is not None
+        adapter._user_socket._on_text = in_transit
+        order = h.order(Side.BUY)
+        await h.place(order)
+        await h.replica.fill_order(order.client_id)
+        await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "the fill over REST")
+        await h.wait_for(lambda: adapter.counters["reconciliations"] >= 1, "a reconciliation")
+        (fill,) = h.sink.fills_of(order.client_id)
+        assert fill.qty_lots == order.qty_lots and fill.price_ticks == order.price_ticks
+        assert fill.fee.is_finite() and garbling
+        last = h.sink.last(order.client_id)
+        assert last is not None and last.status is OrderStatus.FILLED
+
+
+async def test_a_trade_message_that_cannot_be_read_as_sent_is_dropped() -> None:
+    async with running(BINANCE_KIT) as h:
+        adapter = binance_of(h)
+        good = {"e": "trade", "s": "BTCUSDT", "p": "30000.00", "q": "0.01", "T": 1, "m": True}
+        bad = [{"m": "false"}, {"p": "-30000.00"}, {"q": "0"}, {"T": "soon"}, {"p": "Infinity"}]
+        before = len(h.sink.trades)
+        for change in bad:
+            frame = {"stream": "btcusdt@trade", "data": {**good, **change}}
+            adapter._on_market_text(compact(frame), time.time_ns())
+        adapter._on_market_text('{"stream":"btcusdt@trade","data":[1]}', time.time_ns())
+        adapter._on_market_text('{"stream":"btcusdt@trade","data":', time.time_ns())
+        assert len(h.sink.trades) == before
+        adapter._on_market_text(compact({"stream": "btcusdt@trade", "data": good}), 0)
+        assert h.sink.trades[-1][2:5] == (3_000_000, h.instrument.qty_to_lots("0.01"), Side.SELL)
+
+
+def compact(message: object) -> str:
+    """A message as the venue writes it: no spaces."""
+    return json.dumps(message, separators=(",", ":"))

@@ -225,3 +225,53 @@ async def test_execution_trade_event_has_the_recorded_shape(
         await h.wait_for(lambda: any(e.get("exec_type") == "trade" for e in seen), "trade")
     trade = next(e for e in seen if e.get("exec_type") == "trade")
     assert set(trade) == set(recorded)
+
+
+@pytest.mark.parametrize(("field", "garbled"), [("last_qty", "-0.5"), ("fees", "none")])
+async def test_a_garbled_trade_is_not_booked_and_the_executions_snapshot_brings_it(
+    field: str, garbled: str
+) -> None:
+    async with running(KRAKEN_KIT) as h:
+        adapter = kraken_of(h)
+        original = adapter._on_private_text
+        garbling: list[str] = []
+
+        def in_transit(raw: str, recv_ns: int) -> None:
+            msg = json.loads(raw)
+            for event in msg.get("data", []) if isinstance(msg, dict) else []:
+                if event.get("exec_type") == "trade" and not garbling:
+                    garbling.append(json.dumps(event))
+                    event[field] = garbled
+            original(json.dumps(msg), recv_ns)
+
+        assert adapter._private is not None
+        adapter._private._on_text = in_transit
+        order = h.order(Side.BUY)
+        await h.place(order)
+        connects = adapter._private.connects
+        await h.replica.fill_order(order.client_id)
+        await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "the fill", 10)
+        assert garbling and adapter._private.connects > connects  # subscribed again
+        (fill,) = h.sink.fills_of(order.client_id)
+        assert fill.qty_lots == order.qty_lots and fill.fee.is_finite()
+
+
+async def test_a_public_trade_that_cannot_be_read_as_sent_is_dropped() -> None:
+    async with running(KRAKEN_KIT) as h:
+        adapter = kraken_of(h)
+        good = {"symbol": "BTC/USD", "side": "buy", "price": 30000.5, "qty": 0.01}
+        bad: list[dict[str, object]] = [{"side": "up"}, {"price": -1}, {"qty": 0}, {"side": None}]
+        before = len(h.sink.trades)
+        for change in bad:
+            frame = {"channel": "trade", "type": "update", "data": [{**good, **change}]}
+            adapter._on_public_text(compact(frame), 0)
+        adapter._on_public_text('{"channel":"trade","data":', 0)
+        adapter._on_public_text('{"channel":"trade","data":"x"}', 0)
+        assert len(h.sink.trades) == before
+        adapter._on_public_text(compact({"channel": "trade", "data": [good]}), 0)
+        assert h.sink.trades[-1][4] is Side.BUY
+
+
+def compact(message: object) -> str:
+    """A message as the venue writes it: no spaces."""
+    return json.dumps(message, separators=(",", ":"))
