@@ -39,6 +39,10 @@ __all__ = [
 BINANCE_WIRE_DECIMALS = 8
 """Binance writes prices and quantities with at most 8 decimals (spot: always 8)."""
 
+#: Keys a depth message carries once (a repeated one could move the update id).
+_ONCE_TEXT = ('"U"', '"u"', '"pu"', '"E"', '"s"', '"b"', '"a"')
+_ONCE_BYTES = tuple(k.encode() for k in _ONCE_TEXT)
+
 SPOT_MAX_ID_JUMP = 200_000
 SPOT_MAX_IDS_PER_SECOND = 2_000_000
 FUTURES_MAX_ID_JUMP = 50_000_000
@@ -210,6 +214,11 @@ class BinanceSpotBookSource(BookSource):
         if symbol != self.wire_symbol and symbol is not None:
             self.stats.ignored += 1
             return Outcome.IGNORED
+        # The decoder keeps the last of a repeated key; the compiled path refuses them.
+        texts = _ONCE_TEXT if isinstance(raw, str) else _ONCE_BYTES
+        repeated = [k for k, t in zip(_ONCE_TEXT, texts, strict=True) if raw.count(t) > 1]  # type: ignore[arg-type]
+        if repeated:
+            raise self._malformed(f"depth message repeats the key {repeated[0]!r}", raw)
         return self._process(msg, now)
 
     def _unwrap(self, msg: object, raw: str | bytes) -> dict[str, Any] | None:

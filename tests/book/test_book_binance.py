@@ -365,3 +365,26 @@ def test_malformed_fields_never_change_the_book(where: str, value: object) -> No
             assert isinstance(value, str)
             assert str(value).replace(".", "", 1).isdigit()
         assert outcome is not Outcome.IGNORED
+
+
+def test_a_repeated_key_is_malformed_on_both_paths(btcusdt: Instrument) -> None:
+    """A second "u" would move the last update id far ahead: every later genuine event
+    would be dropped as already covered until the book went stale. (Run compiled and
+    interpreted, as every test here.)"""
+    source, _ = make(btcusdt)
+    raws = events()
+    source.on_snapshot(fixture_text("binance", "depth_snapshot.json"))
+    for raw in raws[5:10]:
+        assert source.on_message(raw, 0) is Outcome.APPLIED
+    last, version = source.last_update_id, source.book.version
+    assert last is not None
+    msg = json.loads(raws[10])
+    text = json.dumps(msg, separators=(",", ":"))[:-1] + f',"u":{last + 10**9}}}'
+    for sent in (text, text.encode()):
+        with pytest.raises(BookMessageError, match="repeats the key '\"u\"'"):
+            source.on_message(sent, 0)
+        assert source.last_update_id == last and source.book.version == version
+        source.on_snapshot(fixture_text("binance", "depth_snapshot.json"))
+        for good in raws[5:10]:
+            source.on_message(good, 0)
+        last, version = source.last_update_id, source.book.version
