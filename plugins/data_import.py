@@ -659,6 +659,8 @@ def import_recording(
             if keep is not None:
                 records = _kept(records, tuple(keep), report)
             _write(handle, records, report)
+        if not report.records:
+            raise DataImportError(_nothing_written(report, fmt, keep))
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -666,6 +668,23 @@ def import_recording(
     finally:
         reader.close()
     return report
+
+
+def _nothing_written(report: ImportReport, fmt: str, keep: Iterable[str] | None) -> str:
+    """Why an import found no record: an empty recording replays nothing."""
+    if not report.lines:
+        return f"the input holds no lines (an empty file); expected a {fmt} recording"
+    if report.bad_lines:
+        return (
+            f"no record: {report.bad_lines} of {report.lines} lines were bad (first: "
+            f"{report.bad_examples[0]}); check the FORMAT and the files"
+        )
+    if keep is not None and report.ignored:
+        return (
+            f"--keep {','.join(keep)} left none of the {report.ignored} messages; "
+            "name stream kinds the input has, e.g. depth,trade"
+        )
+    return f"no market data in {report.lines} lines; expected a {fmt} recording"
 
 
 def _kept(

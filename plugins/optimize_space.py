@@ -54,8 +54,16 @@ class Param:
     choices: tuple[Any, ...] = ()
 
     def ends(self) -> list[Any]:
-        """The values the manifest must accept: both ends of a range, every choice."""
-        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+        """The values the manifest must accept: both ends of a range, every choice, and
+        for a float range a drawn-like value inside it (whole-number ends alone would let
+        a float range through on an integer key, and every trial would then fail)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "float":
+            low, high = float(self.low or 0), float(self.high or 0)
+            inside = low + float(self.step) if self.step else low + (high - low) * 0.382
+            return [self.low, self.high, inside]
+        return [self.low, self.high]
 
     def suggest(self, trial: Any) -> Any:
         """Draw this parameter's value from an Optuna trial."""

@@ -392,7 +392,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--append", action="store_true", help="add to an existing recording instead of refusing"
     )
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"),
+        help="DEBUG, INFO, WARNING or ERROR",
+    )
     return p
 
 
@@ -415,6 +421,9 @@ def record_main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     if not out.name.endswith((".jsonl", ".jsonl.gz")):
         print(f"--out {out}: name the file .jsonl or .jsonl.gz (compressed)", file=sys.stderr)
+        return EXIT_USAGE
+    if out.is_dir():
+        print(f"--out {out} is a folder; name a recording file inside it", file=sys.stderr)
         return EXIT_USAGE
     if out.exists() and not args.append:
         print(

@@ -105,7 +105,12 @@ class _Result:
 
 def _import_plugins(modules: list[str], registry: PluginRegistry) -> None:
     for name in modules:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise SweepError(
+                f"--plugin {name}: cannot import it ({exc}); give an importable module name"
+            ) from None
         record = registry.register_module(module, name)
         if not record.loaded and "already registered" not in record.error:
             raise SweepError(f"--plugin {name}: {record.error}")
@@ -179,6 +184,14 @@ def run_sweep(
         raise SweepError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if scheduler is not None and backend != "dask":
         raise SweepError("--scheduler is the address of a Dask cluster: add --backend dask")
+    if scheduler is not None:
+        from quoteforge.plugins.sweep_dask import check_scheduler
+
+        check_scheduler(scheduler)
+    keys = [a.key for a in axes]
+    unknown = [k for k in over or () if k not in keys]
+    if unknown:
+        raise SweepError(f"--over {', '.join(unknown)}: not a --grid key ({', '.join(keys)})")
     fixed = list(fixed or [])
     plugins = list(plugins or [])
     registry = registry if registry is not None else load_registry()
@@ -214,7 +227,10 @@ def run_sweep(
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         base = load_manifest(manifest, registry, overrides=fixed, text=text).manifest.run.out_dir
         out = Path(base) / f"sweep-{name}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SweepError(f"--out {out}: cannot create the sweep folder ({exc})") from None
     if backend == "dask":
         out = out.resolve()  # workers may run elsewhere: no path relative to here
     width = len(str(len(combos)))
@@ -268,12 +284,8 @@ def run_sweep(
                     results.append(future.result())
                     progress.update(1)
     results.sort(key=lambda r: r.index)
-    keys = [a.key for a in axes]
     if over is None:
         over = ["run.seed"] if "run.seed" in keys else [a.key for a in axes if a.is_range]
-    unknown = [k for k in over if k not in keys]
-    if unknown:
-        raise SweepError(f"--over {', '.join(unknown)}: not a --grid key ({', '.join(keys)})")
     rows = _table(results, keys, over)
     path = out / "sweep.csv"
     columns = ["kind", "run", *keys, "market", *SUMMARY_COLUMNS, "runs", "error"]

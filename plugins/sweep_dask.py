@@ -17,9 +17,10 @@ from typing import Any
 
 from quoteforge.plugins import sweep as _sweep
 
-__all__ = ["run_on_dask"]
+__all__ = ["check_scheduler", "run_on_dask"]
 
 _INSTALL = 'pip install "quoteforge[dask]"'
+_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")  # distributed's address schemes
 _ready: list[str] = []  # the plugin list this worker process was prepared with
 
 
@@ -29,6 +30,21 @@ def _task(manifest: str, text: str, job: Any, plugins: list[str]) -> Any:
         _sweep.init_worker(plugins)
         _ready[:] = [repr(plugins)]
     return _sweep.run_job(manifest, text, job)
+
+
+def check_scheduler(scheduler: str) -> None:
+    """Refuse an address Dask cannot dial, before the sweep creates anything."""
+    scheme, sep, rest = scheduler.partition("://")
+    if not sep or not rest:
+        raise _sweep.SweepError(
+            f"--scheduler {scheduler!r}: expected an address like tcp://10.0.0.5:8786"
+        )
+    if scheme not in _SCHEMES:
+        raise _sweep.SweepError(
+            f"--scheduler {scheduler!r}: unknown scheme {scheme!r}; a Dask scheduler "
+            f"address starts with {', '.join(s + '://' for s in _SCHEMES)} "
+            "(e.g. tcp://10.0.0.5:8786)"
+        )
 
 
 def _client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
@@ -46,10 +62,7 @@ def _client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
             silence_logs=logging.ERROR,
         )
         return Client(cluster), cluster
-    if "://" not in scheduler:
-        raise _sweep.SweepError(
-            f"--scheduler {scheduler!r}: expected an address like tcp://10.0.0.5:8786"
-        )
+    check_scheduler(scheduler)
     try:
         return Client(scheduler, timeout="10s"), None
     except (OSError, TimeoutError) as exc:

@@ -98,7 +98,10 @@ def write_report(
     Returns the paths written (HTML first). Every file is written to a temporary name and
     renamed into place, so a reader never sees half a report.
     """
-    run = load_run(run_dir)
+    return _write_run(load_run(run_dir), png=png, html=html)
+
+
+def _write_run(run: RunData, *, png: bool, html: bool) -> list[Path]:
     stats = analytics(run)
     slugs = _slugs(run.markets)
     written: list[Path] = []
@@ -147,7 +150,15 @@ def report_main(argv: list[str]) -> int:
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        paths = write_report(args.run_dir, png=not args.no_png, html=not args.no_html)
+        run = load_run(args.run_dir)
+        if not run.markets and not run.events:
+            # Asked for by hand, an empty report would pass for a run that traded nothing.
+            raise NotARunFolderError(
+                f"{run.run_dir} holds no market data: {TRACE_FILE} has no records and "
+                f"{SUMMARY_FILE} no markets; the run ended before it started, or the files "
+                "were emptied. Pass a run folder that has run"
+            )
+        paths = _write_run(run, png=not args.no_png, html=not args.no_html)
     except NotARunFolderError as exc:
         print(f"quoteforge report: error: {exc}", file=sys.stderr)
         return 2

@@ -251,6 +251,21 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
 
 
 def _read_summary(path: Path) -> dict[str, SummaryRow]:
+    try:
+        return _parse_summary(path)
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise RunFormatError(
+                path, line, f"not UTF-8 text ({exc.reason}); the engine writes UTF-8 CSV"
+            ) from None
+        raise
+
+
+def _parse_summary(path: Path) -> dict[str, SummaryRow]:
     rows: dict[str, SummaryRow] = {}
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
