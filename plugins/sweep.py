@@ -36,6 +36,8 @@ SUMMARY_COLUMNS = tuple(c for c in RUN_SUMMARY_COLUMNS if c != "market")
 _NUMERIC = ("inventory", "pnl", "fees", "fill_count", "notional", "max_drawdown")
 BACKENDS = ("local", "dask")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
+#: The most runs one grid may make: each is a run folder; beyond this, search instead.
+MAX_RUNS = 100_000
 
 
 class SweepError(Exception):
@@ -64,6 +66,8 @@ def parse_grid(item: str) -> GridAxis:
         low, high = int(match.group(1)), int(match.group(2))
         if high < low:
             raise SweepError(f"--grid {item!r}: range {low}..{high} is empty (write low..high)")
+        if high - low >= MAX_RUNS:
+            raise SweepError(_too_many(high - low + 1, f"--grid {item!r}"))
         return GridAxis(key, tuple(str(v) for v in range(low, high + 1)), is_range=True)
     values = tuple(v.strip() for v in raw.split(","))
     if not raw.strip() or any(v == "" for v in values):
@@ -79,10 +83,20 @@ def expand_grid(axes: list[GridAxis]) -> list[dict[str, str]]:
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
         raise SweepError(f"--grid key given twice: {', '.join(dup)}; list all values once")
+    runs = math.prod(len(a.values) for a in axes)
+    if runs > MAX_RUNS:
+        raise SweepError(_too_many(runs, "the --grid axes together"))
     return [
         dict(zip(keys, combo, strict=True))
         for combo in itertools.product(*(a.values for a in axes))
     ]
+
+
+def _too_many(runs: int, what: str) -> str:
+    return (
+        f"{what} make {runs:,} runs, over the {MAX_RUNS:,} a sweep runs (one folder each): "
+        "narrow the grid, or search the space with quoteforge optimize"
+    )
 
 
 @dataclass

@@ -204,3 +204,22 @@ def test_report_summary_that_is_not_utf8_names_file_and_line(
     assert code == 1
     assert "summary.csv, line 2: not UTF-8 text" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "grids",
+    [
+        ["run.seed=1..100000000"],  # built up front, it exhausted the memory: killed, no word
+        ["run.seed=1..400", "strategies.mm.params.spread_bps=1..400"],
+    ],
+)
+def test_a_grid_of_too_many_runs_is_refused_before_it_is_built(
+    grids: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sweep", BACKTEST, "--out", str(tmp_path / "sweep")]
+    for grid in grids:
+        args += ["--grid", grid]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "runs, over the 100,000 a sweep runs" in err and "quoteforge optimize" in err
+    assert not (tmp_path / "sweep").exists()
