@@ -71,35 +71,74 @@ class PostgresJournal(ThreadedJournal["psycopg.Connection[Any]"]):
         batch_max: int = 5000,
         retry_for_s: float = 30.0,
         connect_timeout_s: int = 5,
+        statement_timeout_s: float = 10.0,
     ) -> None:
         super().__init__(batch_max=batch_max, retry_for_s=retry_for_s)
         self.dsn = dsn
         self.run_id = _check_run_id(run_id)
         self.table = _check_table(table)
         self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_s = statement_timeout_s
 
     @property
     def name(self) -> str:
         return f"postgres journal {self.table}/{self.run_id}"
 
-    def _open_connection(self) -> psycopg.Connection[Any]:
+    def _open_connection(self, *, bounded: bool = False) -> psycopg.Connection[Any]:
+        """A connection; ``bounded`` (schema and writer) also gives up on a statement
+        after ``statement_timeout_s`` and on a silent peer (TCP keepalives, user
+        timeout): a blocked table or a network partition then fails the write, to be
+        retried and, past ``retry_for_s``, to fail the journal, instead of hanging
+        ``flush()`` and the run's stop forever. Settings in the dsn win."""
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict
 
+        malformed: psycopg.Error | None = None
         try:
-            return psycopg.connect(
-                self.dsn, connect_timeout=self.connect_timeout_s, application_name="quoteforge"
-            )
+            given = conninfo_to_dict(self.dsn)
+        except psycopg.Error as exc:
+            malformed = exc
+        if malformed is not None:  # raised outside the handler: no chained context
+            # libpq quotes the token it choked on, which can be a piece of the password.
+            secret = "password" in self.dsn.lower() or _redact(self.dsn) != self.dsn
+            why = "details withheld: the dsn holds a password" if secret else str(malformed)
+            raise psycopg.ProgrammingError(
+                f"the PostgreSQL journal's dsn is malformed ({why}): write it as "
+                "postgresql://USER:${PASSWORD_VAR}@HOST:PORT/DATABASE or as libpq "
+                "key=value pairs (quote a value holding spaces: password='...')"
+            ) from (None if secret else malformed)
+        options: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout_s,
+            "application_name": "quoteforge",
+        }
+        timeout_ms = max(1, int(self.statement_timeout_s * 1000))
+        if bounded:
+            keepalives = {
+                "keepalives": 1,
+                "keepalives_idle": 5,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
+                "tcp_user_timeout": timeout_ms,
+            }
+            options.update((k, v) for k, v in keepalives.items() if k not in given)
+        try:
+            conn = psycopg.connect(self.dsn, **options)
         except psycopg.OperationalError as exc:
             raise psycopg.OperationalError(
                 f"cannot connect to the PostgreSQL journal ({_redact(self.dsn)}): "
                 f"{str(exc).strip()}; check that the server runs and the dsn is right"
             ) from exc
+        if bounded:
+            # Session-wide; committed so that the writer's transactions are top-level.
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(timeout_ms),))
+            conn.commit()
+        return conn
 
     def prepare_storage(self) -> None:
         from psycopg import sql
 
         table = sql.Identifier(self.table)
-        with self._open_connection() as conn:
+        with self._open_connection(bounded=True) as conn:
             # Several nodes may create the table at once: serialise on an advisory lock.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
             conn.execute(
@@ -124,7 +163,7 @@ class PostgresJournal(ThreadedJournal["psycopg.Connection[Any]"]):
     def connect_writer(self) -> psycopg.Connection[Any]:
         from psycopg import sql
 
-        conn = self._open_connection()
+        conn = self._open_connection(bounded=True)
         # One statement per chunk: a JSON array of encode_row texts in, rows out in array
         # order (WITH ORDINALITY), so the identity column follows append order; the
         # payload arrives as a JSON string holding encode_payload's text. ON CONFLICT DO
@@ -210,8 +249,9 @@ def _table_exists(conn: psycopg.Connection[Any], table: str) -> bool:
 
 def _redact(dsn: str) -> str:
     """The dsn without its password, for error messages."""
-    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    # key=value form (a quoted value may hold spaces and \' escapes) or a URI query.
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", dsn)
 
 
 # ---------------------------------------------------------------------------------------

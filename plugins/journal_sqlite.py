@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -284,7 +285,7 @@ class ThreadedJournal(Journal, Generic[ConnT]):
         except BaseException as exc:
             self._error = exc
             for flush in flushes:
-                flush.resolve(exc)
+                flush.resolve(exc, f"{self.name}: journal write failed")
             self._drain_failed()
         finally:
             with contextlib.suppress(Exception):
@@ -293,18 +294,28 @@ class ThreadedJournal(Journal, Generic[ConnT]):
     def _write_with_retry(self, conn: ConnT, rows: list[Any]) -> ConnT:
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.05
+        # Why the last reconnect failed: after one, the write fails only with "the
+        # connection is closed", which hides what is wrong (server down, bad file).
+        reconnect_error: Exception | None = None
         while True:
             try:
                 self.write_batch(conn, rows)
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() + delay > deadline:
-                    raise
+                    raise JournalError(
+                        f"{reconnect_error or exc} (retried for {self.retry_for_s:g} s); "
+                        "nothing appended after the last flush is durable: stop trading, "
+                        "fix the storage, then `quoteforge run --resume RUN_DIR`"
+                    ) from exc
                 with contextlib.suppress(Exception):
                     self.disconnect_writer(conn)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-                with contextlib.suppress(Exception):
+                try:
                     conn = self.connect_writer()
+                    reconnect_error = None
+                except Exception as error:
+                    reconnect_error = error
                 continue
             self.written += len(rows)
             self.batches += 1
@@ -317,7 +328,7 @@ class ThreadedJournal(Journal, Generic[ConnT]):
             if item is _STOP:
                 return
             if isinstance(item, _Flush):
-                item.resolve(self._error)
+                item.resolve(self._error, f"{self.name}: journal write failed")
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,6 +389,22 @@ def _encode_tuple(record: JournalRecord) -> Row:
     )
 
 
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Turns SQLite's "malformed" or "not a database" (a corrupt or truncated journal
+    file) into an error that names the file and what to do; other errors pass."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is not sqlite3.DatabaseError and "malformed" not in str(exc):
+            raise
+        raise JournalError(
+            f"journal {path} is damaged ({exc}): restore it from a backup, or save what "
+            f"is readable with `sqlite3 {path} .recover | sqlite3 recovered.sqlite` and "
+            "start a new run; a live run must then be reconciled with the venue"
+        ) from exc
+
+
 def _sqlite_connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -423,6 +450,7 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
                 f"or later with its JSON functions; this is {sqlite3.sqlite_version}"
             )
         self.path = Path(path)
+        self._writer_lock: Any = None  # the open lock file while this journal writes
         self.synchronous = synchronous
         self.insert = insert
         if insert == "executemany":
@@ -434,17 +462,63 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
 
     def prepare_storage(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_writer()
         conn = _sqlite_connect(self.path)
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise JournalError(
-                    f"{self.path}: SQLite refused WAL mode ({mode}); put the journal on a "
-                    "local file system"
-                )
-            conn.execute(_SCHEMA)
+            with _readable(self.path):
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise JournalError(
+                        f"{self.path}: SQLite refused WAL mode ({mode}); put the journal "
+                        "on a local file system"
+                    )
+                conn.execute(_SCHEMA)
         finally:
             conn.close()
+
+    def _lock_writer(self) -> None:
+        """One writer per journal file: a second run (or a run resumed while its first
+        life still runs) would mix its records into this one's, and its deterministic
+        event ids would be dropped as duplicates. The lock is the kernel's, so a process
+        that dies releases it; readers never take it."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        lock = self.path.with_name(self.path.name + ".lock").open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise JournalError(
+                f"journal {self.path} is being written by another process (pid {holder}): "
+                "stop that run first, or give this run its own run folder or journal path"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._writer_lock = lock
+
+    def _unlock_writer(self) -> None:
+        lock, self._writer_lock = self._writer_lock, None
+        if lock is not None:
+            lock.close()
+
+    async def open(self) -> None:
+        try:
+            await super().open()
+        except BaseException:
+            self._unlock_writer()
+            raise
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            self._unlock_writer()
 
     def connect_writer(self) -> sqlite3.Connection:
         conn = _sqlite_connect(self.path)
@@ -479,7 +553,8 @@ class SqliteJournal(ThreadedJournal[sqlite3.Connection]):
             return 0
         conn = _sqlite_connect(self.path)
         try:
-            return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+            with _readable(self.path):
+                return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
         finally:
             conn.close()
 
@@ -493,13 +568,14 @@ def _read_sqlite(path: Path, kinds: tuple[str, ...] | None) -> Iterator[JournalR
             sql += f" WHERE kind IN ({', '.join('?' * len(kinds))})"
             args = tuple(kinds)
         sql += " ORDER BY seq"
-        cursor = conn.execute(sql, args)
-        while True:
+        with _readable(path):
+            cursor = conn.execute(sql, args)
             rows = cursor.fetchmany(1000)
-            if not rows:
-                return
+        while rows:
             for event_id, kind, ts_ns, market, payload in rows:
                 yield JournalRecord(event_id, kind, ts_ns, market, json.loads(payload))
+            with _readable(path):
+                rows = cursor.fetchmany(1000)
     finally:
         conn.close()
 
