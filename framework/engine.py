@@ -378,6 +378,7 @@ class Run(QuotingEngine):
         interval = self.manifest.run.reconcile_interval
         if not self.clock.is_virtual and self.mode == "live" and interval:
             checker = asyncio.create_task(self.reconciler.every(float(interval)))
+        guard = None if self.clock.is_virtual else asyncio.create_task(self._journal_guard())
         try:
             if self.driver is not None:
                 await self.driver.drive(self)
@@ -386,7 +387,7 @@ class Run(QuotingEngine):
             else:
                 await self._drive_live()
         finally:
-            for task in (watcher, checker):
+            for task in (watcher, checker, guard):
                 if task is None:
                     continue
                 task.cancel()
@@ -420,6 +421,16 @@ class Run(QuotingEngine):
                     self.stop_reason = self.stop_reason or "duration reached"
                     break
                 await asyncio.sleep(0)
+
+    async def _journal_guard(self) -> None:
+        """A run on the wall clock is killed when its journal fails (flushed every
+        second): it could no longer say what it did, nor send an order it could record."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.journal.flush()
+            except Exception as exc:
+                return self.kill(f"the journal failed: {exc}")
 
     async def _drive_live(self) -> None:
         duration = self.manifest.run.duration
@@ -499,15 +510,16 @@ class Run(QuotingEngine):
             self._guard(srt, srt.strategy.on_stop)
         self._sample_now()
         summary = self.summary_rows()  # after the last sample: the spreads' means count it
-        self.journal.append(
-            JournalRecord(
-                f"run-stop-{self.run_id}",
-                "run",
-                self.clock.now_ns(),
-                "",
-                {"event": "stop", "reason": self.stop_reason},
+        with contextlib.suppress(Exception):  # a failed journal says so at close, below
+            self.journal.append(
+                JournalRecord(
+                    f"run-stop-{self.run_id}",
+                    "run",
+                    self.clock.now_ns(),
+                    "",
+                    {"event": "stop", "reason": self.stop_reason},
+                )
             )
-        )
         for venue in self.venues.values():
             with contextlib.suppress(Exception):
                 await venue.close()
@@ -553,7 +565,13 @@ class Run(QuotingEngine):
 
     async def _cancel_everything(self) -> None:
         """Pull every working order and wait (bounded) for the venues to confirm."""
-        self.pull_quotes()
+        try:
+            self.pull_quotes()
+        except Exception as exc:  # the journal failed: the venues cancel everything instead
+            self.log.error("pulling quotes failed ({}); cancelling every order", exc)
+            for venue in self.venues.values():
+                with contextlib.suppress(Exception):
+                    await venue.cancel_all()
         timeout_ns = int(float(self.manifest.run.cancel_timeout) * NS)
         deadline = self.clock.now_ns() + timeout_ns
         if isinstance(self.clock, SimClock):
@@ -612,14 +630,18 @@ class Run(QuotingEngine):
             self._on_kill(source)
         self.killed = True
         self.gate.close(f"kill switch: {source}")
-        self.journal.append(
-            JournalRecord(
-                f"kill-{self.run_id}", "breaker", self.clock.now_ns(), "", {"kill": source}
+        try:  # a journal that failed must not stop the kill: the venues cancel all the same
+            self.journal.append(
+                JournalRecord(
+                    f"kill-{self.run_id}", "breaker", self.clock.now_ns(), "", {"kill": source}
+                )
             )
-        )
+        except Exception as exc:
+            self.log.error("kill switch: not journaled ({}); cancelling all the same", exc)
         for srt in self.strategies.values():
             srt.halted = True
-        self.pull_quotes()
+        with contextlib.suppress(Exception):  # the venues' cancel_all below covers it
+            self.pull_quotes()
         for venue in self.venues.values():
             task = asyncio.get_event_loop().create_task(venue.cancel_all())
             self._tasks.add(task)

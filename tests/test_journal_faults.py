@@ -6,19 +6,29 @@ exit codes), not how the backend gets there."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import quoteforge
+from quoteforge.engine import Run
+from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS
 from quoteforge.journal import JournalRecord
+from quoteforge.manifest import load_manifest
+from quoteforge.plugins import journal_sqlite
 from quoteforge.plugins.journal_postgres import PostgresJournal
 from quoteforge.plugins.journal_sqlite import JournalError, SqliteJournal
+from quoteforge.registry import PluginRegistry
 
 PG_DSN = os.environ.get("QUOTEFORGE_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -366,3 +376,75 @@ async def test_a_truncated_sqlite_journal_is_refused_at_open(tmp_path: Path) -> 
     again = SqliteJournal(path)
     await again.open()
     await again.close()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+# -- the run when its journal fails ------------------------------------------------------
+
+
+class DiskFillsUp(journal_sqlite.SqliteJournal):
+    """The SQLite journal on a disk that fills up after ``good`` batches."""
+
+    good = 3
+
+    def write_batch(self, conn: sqlite3.Connection, rows: Any) -> None:
+        if self.batches >= self.good:
+            raise sqlite3.OperationalError("database or disk is full")
+        super().write_batch(conn, rows)
+
+
+def _disk_fills_up(params: Any, run_dir: str | Path) -> DiskFillsUp:
+    journal = DiskFillsUp(Path(run_dir) / "journal.sqlite")
+    journal.retry_for_s = 0.2
+    return journal
+
+
+class _FullDiskPlugin:
+    @staticmethod
+    @quoteforge.hookimpl
+    def quoteforge_register_journal_backends(register: Any) -> None:
+        register("full_disk", _disk_fills_up, params=journal_sqlite.SqliteJournalParams)
+
+
+@pytest.mark.parametrize("stopped_by", ["its end", "the kill switch", "the failure"])
+def test_a_failed_journal_still_lets_every_order_be_cancelled(
+    stopped_by: str, registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live run on the Binance replica whose journal's disk fills up: cancels and the
+    kill switch journal what they do, and used to raise before any cancel went out,
+    leaving the quotes resting at the venue."""
+    if "full_disk" not in registry.types("journal"):
+        registry.register_module(_FullDiskPlugin, "test_journal_full_disk")
+
+    async def scenario() -> BinanceReplica:
+        replica = BinanceReplica(ping_interval=0.1)
+        await replica.start()
+        monkeypatch.setenv("BINANCE_API_KEY", replica.api_key)
+        monkeypatch.setenv("BINANCE_API_SECRET", replica.api_secret)
+        urls = {**FAST_PARAMS, "rest_url": replica.url, "ws_url": replica.ws_url}
+        sets = [f"exchanges.binance.params.{k}={v}" for k, v in urls.items()]
+        sets += ["exchanges.binance.params.testnet=false", "journal.type=full_disk"]
+        duration = "60s" if stopped_by == "the failure" else "5s"
+        sets += [f"run.duration={duration}", "run.cancel_timeout=5s", "report.html=false"]
+        run = Run(load_manifest(EXAMPLES / "binance_testnet.yaml", registry, overrides=sets),
+                  registry, run_dir=tmp_path / "run")  # fmt: skip
+        task = asyncio.create_task(run.run())
+        try:
+            while not replica.orders("BTCUSDT") and not task.done():
+                await asyncio.sleep(0.05)
+            if stopped_by == "the kill switch":
+                await asyncio.sleep(1.5)  # the journal has failed by now
+                run.kill("operator")
+            with contextlib.suppress(JournalError):
+                await asyncio.wait_for(task, 30)  # a 60 s run stops on its own failure
+            assert replica.orders("BTCUSDT", open_only=False), "it quoted"
+            if stopped_by == "the failure":
+                assert "kill switch: the journal failed" in run.stop_reason
+        finally:
+            await replica.stop()
+        return replica
+
+    replica = asyncio.run(scenario())
+    assert replica.orders("BTCUSDT") == [], "orders left resting at the venue"
