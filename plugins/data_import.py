@@ -645,13 +645,9 @@ def import_recording(
             streams = [_hft_records(reader, i, venue, symbol) for i in range(len(files))]
         else:
             streams = _tardis_streams(reader, venue)
+        shown = None if progress else io.StringIO()  # not a terminal: silent
         with (
-            Progress(
-                reader.total(),
-                desc=f"import {fmt}",
-                unit="B",
-                stream=None if progress else io.StringIO(),  # not a terminal: silent
-            ) as bar,
+            Progress(reader.total(), desc=f"import {fmt}", unit="B", stream=shown) as bar,
             _open_out(temp, target.suffix == ".gz") as handle,
         ):
             reader.progress = bar
@@ -674,16 +670,11 @@ def _nothing_written(report: ImportReport, fmt: str, keep: Iterable[str] | None)
     """Why an import found no record: an empty recording replays nothing."""
     if not report.lines:
         return f"the input holds no lines (an empty file); expected a {fmt} recording"
+    first, kinds = (report.bad_examples or [""])[0], ",".join(keep or ())
     if report.bad_lines:
-        return (
-            f"no record: {report.bad_lines} of {report.lines} lines were bad (first: "
-            f"{report.bad_examples[0]}); check the FORMAT and the files"
-        )
+        return f"no record: {report.bad_lines} of {report.lines} lines were bad (first: {first})"
     if keep is not None and report.ignored:
-        return (
-            f"--keep {','.join(keep)} left none of the {report.ignored} messages; "
-            "name stream kinds the input has, e.g. depth,trade"
-        )
+        return f"--keep {kinds} left none of the {report.ignored} messages: keep depth,trade..."
     return f"no market data in {report.lines} lines; expected a {fmt} recording"
 
 

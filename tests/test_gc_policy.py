@@ -96,9 +96,11 @@ def test_between_events_collects_only_outside_decisions_and_fills_alike(
 ) -> None:
     automatic, in_automatic = quickstart_run(tmp_path, "automatic")
     between, in_between = quickstart_run(tmp_path, "between_events")
-    # Python's schedule: collections land inside decisions (what the mode is for).
+    # Python's schedule: collections land inside decisions (what the mode is for). How
+    # many varies with the journal's writer thread, whose allocations count too: about 5
+    # of some 300 on an idle machine, 3 under load.
     assert automatic.gc_policy is None
-    assert sum(in_automatic.began_inside) >= 5
+    assert sum(in_automatic.began_inside) >= 1
     # Between events: as many collections, none of them inside a decision.
     policy = between.gc_policy
     assert isinstance(policy, GcPolicy) and policy.between_events and not policy.running
