@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -104,3 +105,8 @@ async def running(
     finally:
         await adapter.close()
         await replica.stop()
+
+
+def compact(message: object) -> str:
+    """A message as the venue writes it: no spaces."""
+    return json.dumps(message, separators=(",", ":"))

@@ -16,6 +16,7 @@ from quoteforge.book import BookState
 from quoteforge.clock import LiveClock
 from quoteforge.exchange import PlaceOrder, VenueContext
 from quoteforge.exchanges.polymarket import PolymarketClob, PolymarketParams
+from quoteforge.exchanges.polymarket.book import book_hash
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
 from quoteforge.exchanges.testing.polymarket_replica import PolymarketReplica
 from quoteforge.model import Order, OrderStatus, Side
@@ -103,3 +104,21 @@ async def placed(adapter: PolymarketClob, sink: RecordingSink, o: Order) -> Orde
     last = sink.last(o.client_id)
     assert last is not None
     return last.status
+
+
+def rest_summary() -> dict[str, Any]:
+    """A REST ``/book`` answer for token ``t1`` at venue time 7, with its hash."""
+    summary: dict[str, Any] = {
+        "market": "0xm",
+        "asset_id": "t1",
+        "timestamp": "7",
+        "hash": "",
+        "bids": [{"price": "0.4", "size": "10"}],
+        "asks": [{"price": "0.6", "size": "12"}],
+        "min_order_size": "5",
+        "tick_size": "0.01",
+        "neg_risk": False,
+        "last_trade_price": "0.5",
+    }
+    summary["hash"] = book_hash(summary)
+    return summary

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import BINANCE_KIT, binance_of, running
+from adapter_helpers import BINANCE_KIT, binance_of, compact, running
 
 from quoteforge.exchange import PlaceOrder
 from quoteforge.exchanges.binance.adapter import BinanceParams, quoteforge_register_exchanges
@@ -270,8 +270,3 @@ async def test_a_trade_message_that_cannot_be_read_as_sent_is_dropped() -> None:
         assert len(h.sink.trades) == before
         adapter._on_market_text(compact({"stream": "btcusdt@trade", "data": good}), 0)
         assert h.sink.trades[-1][2:5] == (3_000_000, h.instrument.qty_to_lots("0.01"), Side.SELL)
-
-
-def compact(message: object) -> str:
-    """A message as the venue writes it: no spaces."""
-    return json.dumps(message, separators=(",", ":"))

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from adapter_helpers import KRAKEN_KIT, kraken_of, running
+from adapter_helpers import KRAKEN_KIT, compact, kraken_of, running
 
 from quoteforge.exchange import CancelOrder, PlaceOrder
 from quoteforge.exchanges.ccxt_base import VenueCallError
@@ -270,8 +270,3 @@ async def test_a_public_trade_that_cannot_be_read_as_sent_is_dropped() -> None:
         assert len(h.sink.trades) == before
         adapter._on_public_text(compact({"channel": "trade", "data": [good]}), 0)
         assert h.sink.trades[-1][4] is Side.BUY
-
-
-def compact(message: object) -> str:
-    """A message as the venue writes it: no spaces."""
-    return json.dumps(message, separators=(",", ":"))

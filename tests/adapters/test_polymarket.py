@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from polymarket_orders import NO, YES, connected, order, placed, wait_for
+from polymarket_orders import NO, YES, connected, order, placed, rest_summary, wait_for
 
 from quoteforge.book import BookState
 from quoteforge.clock import LiveClock
@@ -21,7 +21,6 @@ from quoteforge.exchanges.polymarket import (
     PolymarketBookSource,
     PolymarketClob,
     PolymarketParams,
-    book_hash,
 )
 from quoteforge.exchanges.polymarket.ratelimit import PolymarketRateGovernor
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
@@ -333,19 +332,7 @@ def test_book_source_applies_snapshots_and_changes_and_checks_the_best_prices() 
 
 def test_rest_snapshots_are_checked_by_the_venues_hash_and_compared() -> None:
     source = PolymarketBookSource(instrument(), asset_id="t1")
-    summary: dict[str, Any] = {
-        "market": "0xm",
-        "asset_id": "t1",
-        "timestamp": "7",
-        "hash": "",
-        "bids": [{"price": "0.4", "size": "10"}],
-        "asks": [{"price": "0.6", "size": "12"}],
-        "min_order_size": "5",
-        "tick_size": "0.01",
-        "neg_risk": False,
-        "last_trade_price": "0.5",
-    }
-    summary["hash"] = book_hash(summary)
+    summary = rest_summary()
     assert source.on_snapshot(json.dumps(summary)).value == "applied"
     assert source.compare_snapshot(summary) is True
     assert source.compare_snapshot({**summary, "timestamp": "8"}) is None  # another moment

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from loguru import logger
-from polymarket_orders import YES, connected, order, placed, wait_for
+from polymarket_orders import YES, connected, order, placed, rest_summary, wait_for
 
 from quoteforge.book import BookState
 from quoteforge.book.wire import BookMessageError
-from quoteforge.exchanges.polymarket import PolymarketBookSource, PolymarketClob, book_hash
+from quoteforge.exchanges.polymarket import PolymarketBookSource, PolymarketClob
 from quoteforge.model import Instrument, InstrumentKind, OrderStatus, Side
 
 
@@ -292,19 +292,7 @@ def test_book_prices_outside_0_1_are_refused(price: str) -> None:
 
 def test_rest_book_answers_that_cannot_be_read_raise_the_sources_error() -> None:
     src = source()
-    summary: dict[str, Any] = {
-        "market": "0xm",
-        "asset_id": "t1",
-        "timestamp": "7",
-        "hash": "",
-        "bids": [{"price": "0.4", "size": "10"}],
-        "asks": [{"price": "0.6", "size": "12"}],
-        "min_order_size": "5",
-        "tick_size": "0.01",
-        "neg_risk": False,
-        "last_trade_price": "0.5",
-    }
-    summary["hash"] = book_hash(summary)
+    summary = rest_summary()
     assert src.on_snapshot(json.dumps(summary)).value == "applied"
     for bad in (
         {**summary, "bids": [{"price": "0.4"}]},  # hashed: the hash cannot be computed
