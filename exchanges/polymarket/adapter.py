@@ -430,6 +430,8 @@ class PolymarketClob(
                     self._sources[symbol].reconnected(f"reconnected after: {sock.last_reason}")
             finally:
                 self._opening = False
+            # A market that resolved while the socket was down told nobody: ask.
+            self.spawn_task(self._confirm_resolution(), f"{self.name}/resolution")
         now = time.monotonic()
         for symbol in symbols:
             self._subscribed_at[symbol] = now

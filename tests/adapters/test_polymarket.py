@@ -412,3 +412,15 @@ def test_signing_libraries_leave_the_recursion_limit_alone() -> None:
     assert sys.getrecursionlimit() == limit
     with pytest.raises(RecursionError):
         json.loads("[" * 200_000 + "]" * 200_000)
+
+
+async def test_a_market_resolved_while_the_socket_was_down_is_settled_on_reconnect() -> None:
+    """Its ``market_resolved`` went to no socket, and polls are off: the reconnect asks."""
+    async with connected() as (replica, adapter, sink):
+        bought = order(adapter, YES, Side.BUY, "0.51", tif=TimeInForce.IOC)
+        adapter.submit([PlaceOrder(bought)])
+        await wait_for(filled(sink, bought.client_id))
+        await replica.down_for(1.0)
+        await replica.resolve("rain-nyc", "YES")
+        await wait_for(lambda: any(f.fill_id.startswith("resolution:") for f in sink.fills), 10)
+        assert adapter.resolved == {YES: "won", NO: "lost"}
