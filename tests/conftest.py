@@ -53,3 +53,27 @@ def require_service(name: str, host: str, port: int, start: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+PG_DSN = os.environ.get("QUOTEFORGE_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """The test database (QUOTEFORGE_TEST_PG_DSN), checked once: skipped locally and
+    failed under CI (``CI=true``) when the driver or the server is missing."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_DSN, connect_timeout=3):
+            return PG_DSN
+    except ImportError:
+        message = 'psycopg is not installed: pip install "quoteforge[postgres]"'
+    except psycopg.OperationalError as exc:
+        message = (
+            f"PostgreSQL is not reachable at {PG_DSN} ({str(exc).strip()}); start it: {PG_START}"
+        )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -45,34 +45,8 @@ from quoteforge.plugins.journal_sqlite import (
 from quoteforge.registry import PluginRegistry
 
 PG_DSN = os.environ.get("QUOTEFORGE_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
-PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 PG_TABLE = "quoteforge_journal_test"
 Insert = Literal["executemany", "json"]  # SqliteJournal's two ways to insert a batch
-
-
-@pytest.fixture(scope="session")
-def pg_dsn() -> str:
-    """The test database, checked once; skipped locally and failed in CI when absent."""
-    in_ci = os.environ.get("CI", "").lower() == "true"
-    try:
-        import psycopg
-    except ImportError:
-        message = 'psycopg is not installed: pip install "quoteforge[postgres]"'
-        if in_ci:
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        with psycopg.connect(PG_DSN, connect_timeout=3):
-            pass
-    except psycopg.OperationalError as exc:
-        message = (
-            f"PostgreSQL is not reachable at {PG_DSN} ({str(exc).strip()}); "
-            f"start it with: {PG_START}"
-        )
-        if in_ci:
-            pytest.fail(message)
-        pytest.skip(message)
-    return PG_DSN
 
 
 def require_sqlite_json() -> None:

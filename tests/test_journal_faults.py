@@ -30,28 +30,8 @@ from quoteforge.plugins.journal_postgres import PostgresJournal
 from quoteforge.plugins.journal_sqlite import JournalError, SqliteJournal
 from quoteforge.registry import PluginRegistry
 
-PG_DSN = os.environ.get("QUOTEFORGE_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
-PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 PG_TABLE = "quoteforge_journal_faults"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def pg_dsn() -> str:
-    """The test database; skipped locally and failed in CI when absent."""
-    message = ""
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_DSN, connect_timeout=3):
-            return PG_DSN
-    except ImportError:
-        message = 'psycopg is not installed: pip install "quoteforge[postgres]"'
-    except psycopg.OperationalError as exc:
-        message = f"PostgreSQL is not reachable at {PG_DSN} ({exc}); start it with: {PG_START}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture
