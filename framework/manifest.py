@@ -31,7 +31,6 @@ from pydantic.json_schema import models_json_schema
 from quoteforge.breakers import BreakerParams
 from quoteforge.manifest_checks import PLUGIN_SECTIONS, resolve_plugins, split_market, without
 from quoteforge.manifest_read import (
-    ENV_ONLY,
     MAX_ALIAS_VALUES,
     MAX_DEPTH,
     MAX_MANIFEST_BYTES,
@@ -42,6 +41,7 @@ from quoteforge.manifest_read import (
     apply_overrides,
     explain,
     key_lines,
+    literal_secrets,
     parse_yaml,
     read_text,
     substitute_env,
@@ -380,21 +380,7 @@ def load_manifest(
     apply_overrides(data, overrides)
 
     env_problems: list[tuple[tuple[str, ...], str]] = []
-    exchanges = data.get("exchanges")
-    if isinstance(exchanges, dict):
-        for name, spec in exchanges.items():
-            declared = spec.get("secrets") if isinstance(spec, dict) else None
-            if not isinstance(declared, dict):
-                continue
-            for key, value in declared.items():
-                if not (isinstance(value, str) and ENV_ONLY.fullmatch(value.strip())):
-                    env_problems.append(
-                        (
-                            ("exchanges", str(name), "secrets", str(key)),
-                            "a secret must come from the environment: write ${SOME_VAR} "
-                            "and export SOME_VAR, never the value itself",
-                        )
-                    )
+    literal_secrets(data, (), env_problems)
     secrets: set[str] = set()
     data = substitute_env(data, (), env_problems, secrets)
     unusable: list[tuple[tuple[str, ...], str]] = []

@@ -37,6 +37,7 @@ __all__ = [
     "describe_error",
     "explain",
     "key_lines",
+    "literal_secrets",
     "parse_yaml",
     "read_text",
     "substitute_env",
@@ -287,6 +288,38 @@ def substitute_env(
         return found
 
     return _ENV.sub(replace, value)
+
+
+#: Keys whose value is a secret wherever they appear; ``exchanges.<name>.secrets`` too.
+SECRET_KEYS = frozenset({"password", "passphrase", "signing_key"})
+#: A password inside a value: ``scheme://user:PASSWORD@host`` or libpq's ``password=...``.
+_INLINE_PASSWORD = re.compile(r"://[^:/@\s]*:([^@\s]+)@|password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&]+)")
+_FROM_ENV = "a secret must come from the environment: write ${SOME_VAR} and export SOME_VAR, "
+
+
+def literal_secrets(
+    value: Any, path: tuple[str, ...], problems: list[tuple[tuple[str, ...], str]]
+) -> None:
+    """Secrets written into the manifest or ``--set`` instead of read from ``${VAR}`` (both
+    are copied into the run folder): checked before ``${VAR}`` substitution."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            literal_secrets(v, (*path, str(k)), problems)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            literal_secrets(v, (*path, str(i)), problems)
+    elif (len(path) == 4 and path[0] == "exchanges" and path[2] == "secrets") or (
+        path[-1:] and path[-1] in SECRET_KEYS and value is not None
+    ):
+        if not (isinstance(value, str) and ENV_ONLY.fullmatch(value.strip())):
+            problems.append((path, _FROM_ENV + "never the value itself"))
+    elif isinstance(value, str):
+        for match in _INLINE_PASSWORD.finditer(value):
+            if not ENV_ONLY.fullmatch((match.group(1) or match.group(2)).strip("'")):
+                problems.append(
+                    (path, _FROM_ENV + "for the password part, never the password itself")
+                )
+                return
 
 
 def _parse_scalar(text: str) -> Any:

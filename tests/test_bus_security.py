@@ -25,6 +25,7 @@ from pydantic import SecretStr, ValidationError
 from split_nodes import Nodes
 
 from quoteforge.exchange import PlaceOrder
+from quoteforge.manifest import ManifestError, load_manifest
 from quoteforge.model import Order, OrderType, Side, TimeInForce
 from quoteforge.plugins.bus_mqtt import BusConnectError, MqttBus, MqttParams, MqttTlsParams
 from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
@@ -272,13 +273,18 @@ async def test_a_secret_written_in_the_manifest_is_refused(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Refused when the manifest is read, for a node as for `quoteforge run` and `validate`,
+    # in every mode: the manifest is copied into the run folder.
     literal = "written-into-the-file-0123456789"
     path = unprotected_manifest(tmp_path / "m.yaml", secure_broker, monkeypatch, **{name: literal})
-    code, messages = await node_errors(registry, path, tmp_path / "run")
-    assert code == 2
-    assert f"bus.params.{name} is written in the manifest" in messages[0]
-    assert "must come from the environment" in messages[0]
-    assert literal not in messages[0]
+    with pytest.raises(ManifestError) as refused:
+        load_node_manifest(path, registry)
+    message = str(refused.value)
+    assert f"bus.params.{name}: a secret must come from the environment" in message
+    assert literal not in message
+    with pytest.raises(ManifestError, match=f"bus.params.{name} \\(from --set\\): a secret"):
+        load_manifest(path, registry, overrides=[f"bus.params.{name}={literal}"])
+    assert not (tmp_path / "run").exists()
 
 
 async def test_insecure_lets_a_node_start_and_warns_at_every_start(

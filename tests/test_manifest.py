@@ -211,6 +211,66 @@ def test_secrets_must_come_from_the_environment(
     assert "k-123456789" in loaded.secrets
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://qf:hunter2hunter2@127.0.0.1/test",
+        "host=127.0.0.1 password=hunter2hunter2 dbname=test",
+        "host=127.0.0.1 password = 'hunter2 hunter2' dbname=test",
+        "postgresql://qf@127.0.0.1/test?password=hunter2hunter2",
+    ],
+    ids=["uri", "conninfo", "conninfo-quoted", "uri-query"],
+)
+def test_a_password_written_into_a_value_is_refused_in_the_file_and_in_set(
+    dsn: str, registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run folder keeps the manifest and the --set overrides (run.json): a password
+    # in either would be kept on disk beside the journal.
+    in_file = GOOD + f"journal:\n  type: postgres\n  params: {{dsn: {dsn!r}}}\n"
+    msg = refused(in_file, registry)
+    assert "m.yaml:22: journal.params.dsn: a secret must come from the environment" in msg
+    assert "hunter2" not in msg
+    msg = refused(GOOD, registry, overrides=["journal.type=postgres", f"journal.params.dsn={dsn}"])
+    assert "journal.params.dsn (from --set): a secret must come from the environment" in msg
+    assert "hunter2" not in msg
+    # From the environment, or no password at all (libpq reads PGPASSWORD): accepted.
+    monkeypatch.setenv("QF_TEST_PG_PASSWORD", "hunter2hunter2")
+    for fine in (
+        "postgresql://qf:${QF_TEST_PG_PASSWORD}@127.0.0.1/test",
+        "host=127.0.0.1 password=${QF_TEST_PG_PASSWORD} dbname=test",
+        "postgresql://qf@127.0.0.1/test",
+        "postgresql://qf:@127.0.0.1/test",
+    ):
+        overrides = ["journal.type=postgres", f"journal.params.dsn={fine}"]
+        loaded = load(GOOD, registry, overrides=overrides)
+        assert loaded.params_of("journal").dsn == fine.replace(  # type: ignore[attr-defined]
+            "${QF_TEST_PG_PASSWORD}", "hunter2hunter2"
+        )
+
+
+def test_a_password_key_anywhere_must_come_from_the_environment(
+    registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msg = refused(
+        GOOD,
+        registry,
+        overrides=["bus.type=mqtt", "bus.params.username=u", "bus.params.password=hunter2hunter2"],
+    )
+    assert "bus.params.password (from --set): a secret must come from the environment" in msg
+    assert "hunter2" not in msg
+    monkeypatch.setenv("QF_TEST_MQTT_PASSWORD", "hunter2hunter2")
+    loaded = load(
+        GOOD,
+        registry,
+        overrides=[
+            "bus.type=mqtt",
+            "bus.params.username=u",
+            "bus.params.password=${QF_TEST_MQTT_PASSWORD}",
+        ],
+    )
+    assert loaded.params_of("bus").password.get_secret_value() == "hunter2hunter2"  # type: ignore[attr-defined]
+
+
 # -- manifests that cannot hurt ----------------------------------------------------------
 
 

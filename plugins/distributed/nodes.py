@@ -86,14 +86,6 @@ def _check_split(loaded: LoadedManifest, role: str) -> str | None:
     if timing:
         return timing
     params = loaded.params_of("bus")
-    for name, variable in (("signing_key", "QUOTEFORGE_BUS_KEY"), ("password", "QF_MQTT_PASSWORD")):
-        secret = getattr(params, name, None)
-        if secret is not None and secret.get_secret_value() not in loaded.secrets:
-            return (
-                f"bus.params.{name} is written in the manifest: a secret must come from the "
-                f"environment; write {name}: ${{{variable}}} and export {variable} on every "
-                "node, never the value itself"
-            )
     problems = bus_security_problems(loaded)
     if problems and not getattr(params, "insecure", False):
         return unprotected_bus_refusal(f"--node {role}", problems)
