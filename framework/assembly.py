@@ -71,7 +71,6 @@ class MarketRuntime:
     wanted: list[Quote] = field(default_factory=list)
     peak_pnl: float = 0.0
     max_drawdown: float = 0.0
-    last_pnl: float = 0.0
     # Sums of the sampled spreads (market's, ours when both sides are out) for summary.csv.
     spread_sum: float = 0.0
     spread_samples: int = 0

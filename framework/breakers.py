@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["BreakerKind", "BreakerParams", "Breakers", "Mode", "State", "Trip"]
 
@@ -36,10 +36,10 @@ class BreakerParams(BaseModel):
     pnl_floor: Decimal | None = Field(
         None,
         description="Run-wide floor on total PnL (realised + unrealised - fees, quote units): "
-        "below it the whole run trips. E.g. -500.",
+        "below it the whole run trips. A loss limit, so 0 or less (above 0 it trips at once).",
     )
     market_pnl_floor: Decimal | None = Field(
-        None, description="Floor on one market's PnL: below it that market trips."
+        None, description="Floor on one market's PnL, 0 or less: below it that market trips."
     )
     max_drawdown: Decimal | None = Field(
         None, gt=0, description="Largest fall of total PnL from its peak before the run trips."
@@ -73,6 +73,15 @@ class BreakerParams(BaseModel):
         description="Keep a trip until reset() even when its condition clears; with false a "
         "trip clears by itself once the condition no longer holds.",
     )
+
+    @field_validator("pnl_floor", "market_pnl_floor")
+    @classmethod
+    def _loss_limit(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value > 0:
+            raise ValueError(
+                "a floor is a loss limit: 0 or less, e.g. -500 (above 0 it trips at the start)"
+            )
+        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Protocol
@@ -419,10 +419,6 @@ class PluginRegistry:
     def aliases(self, kind: str) -> dict[str, str]:
         """The other names a manifest may give types of ``kind``: alias -> type name."""
         return dict(self._aliases[kind])
-
-    def all_registrations(self) -> Iterator[Registration]:
-        for kind in KINDS:
-            yield from self._types[kind].values()
 
     def failed_plugins(self) -> list[PluginRecord]:
         return [r for r in self.records if not r.loaded]

@@ -108,11 +108,6 @@ class ReplayJournal(Journal):
         """Records the first life journaled."""
         return len(self._expected)
 
-    @property
-    def caught_up(self) -> bool:
-        """Every record of the first life has been produced again."""
-        return self.replayed >= len(self._expected)
-
     def append(self, record: JournalRecord) -> None:
         if self.mismatch:
             return

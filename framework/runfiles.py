@@ -143,7 +143,6 @@ def sample_markets(
         exact_pnl = realized + unrealized - fees + funding
         pnl_by_market[key] = exact_pnl
         pnl = float(exact_pnl)
-        mr.last_pnl = pnl
         mr.peak_pnl = max(mr.peak_pnl, pnl)
         mr.max_drawdown = max(mr.max_drawdown, mr.peak_pnl - pnl)
         bid, ask = book.best_bid_ticks(), book.best_ask_ticks()

@@ -26,6 +26,17 @@ def d(value: str | int) -> Decimal:
     return Decimal(value)
 
 
+@pytest.mark.parametrize("name", ["pnl_floor", "market_pnl_floor"])
+def test_a_floor_above_zero_is_refused_as_it_would_trip_at_the_start(name: str) -> None:
+    with pytest.raises(ValidationError, match="a floor is a loss limit: 0 or less, e.g. -500"):
+        BreakerParams.model_validate({name: "500"})
+    breakers, tripped = make(**{name: "0"})  # any loss trips: allowed, and not at the start
+    breakers.on_sample(T0, {BTC: d(0)}, d(0))
+    assert tripped == []
+    breakers.on_sample(T0 + NS, {BTC: d("-0.01")}, d("-0.01"))
+    assert [t.kind for t in tripped] == [name]
+
+
 def test_pnl_floor_trips_the_run_and_latches_until_reset() -> None:
     breakers, tripped = make(pnl_floor="-100")
     breakers.on_sample(T0, {BTC: d(-60), ETH: d(-30)}, d(-90))
