@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from loguru import logger
 from pydantic import Field, field_validator, model_validator
 
 import quoteforge
@@ -257,6 +258,7 @@ class PureMarketMaking(Strategy):
         self._cache = QuoteCache()  # speed only: see _pmm_cache.py
         self._timer: Any = None
         self._reference_key, self._quoted = self._resolve_markets(params)
+        self._warned: set[tuple[str, Side]] = set()  # full-size quotes the venue would refuse
 
     # -- markets ------------------------------------------------------------------------
     def _find(self, name: str, what: str) -> str:
@@ -303,6 +305,7 @@ class PureMarketMaking(Strategy):
         self._reference_key, self._quoted = self._resolve_markets(params)
         self.params = params
         self._last.clear()  # new params: requote now, whatever the tolerance says
+        self._warned.clear()
         if not params.hanging_orders:
             self._hangs.clear()
         if params.price_band_bps is None:
@@ -505,6 +508,8 @@ class PureMarketMaking(Strategy):
                 bid = market.bid(ticks, market.lots(bid_size), level, p.post_only)
                 if bid is not None:
                     quotes.append(bid)
+                elif ratio <= 0:  # at full size: not the inventory skew shrinking it
+                    self._unquotable(market, Side.BUY, ticks, bid_size)
             hang = hangs.get((Side.SELL, level))
             if hang is not None:
                 quotes.append(hang.quote)
@@ -513,9 +518,31 @@ class PureMarketMaking(Strategy):
                 ask = market.ask(ticks, market.lots(ask_size), level, p.post_only)
                 if ask is not None:
                     quotes.append(ask)
+                elif ratio >= 0:
+                    self._unquotable(market, Side.SELL, ticks, ask_size)
         if memo_ok:
             cache.remember(market.key, p, ref, ratio, quotes)
         return quotes
+
+    def _unquotable(self, market: Market, side: Side, ticks: int, size: float) -> None:
+        """Say once per market and side that a quote of the configured size is below the
+        venue's minimums (``market.bid``/``ask`` leave it out): such a bot never quotes."""
+        if (market.key, side) in self._warned:
+            return
+        self._warned.add((market.key, side))
+        inst = market.instrument
+        lots = market.lots(size)
+        why = (
+            f"it rounds down to 0 at the order step {inst.qty_step}"
+            if lots <= 0
+            else inst.check_order(max(1, ticks), lots) or "below the venue's minimums"
+        )
+        logger.warning(
+            "{} on {}: no {} is quoted: {} of {} at {} is refused ({}); raise order_size",
+            self.ctx.name, market.key, side.name.lower(),
+            f"{size:.12f}".rstrip("0").rstrip("."), inst.base,
+            market.price(max(1, ticks)), why,
+        )  # fmt: skip
 
     # -- events -------------------------------------------------------------------------
     def on_book(self, market: Market, **kwargs: Any) -> Quotes | None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loguru import logger
 from own_strategies import register_strategy
 from pydantic import ValidationError
 
@@ -137,6 +138,52 @@ def test_empty_book_pulls_quotes() -> None:
     strategy, market, _, book = make()
     book.clear()
     assert strategy.on_book(market) == []
+
+
+def test_a_size_the_venue_would_refuse_is_said_once_per_side() -> None:
+    # A bot whose every quote is below the venue's minimums quotes nothing: it says so,
+    # once per side, naming the venue's rule and the fix.
+    inst = Instrument(
+        "sim", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"),
+        min_notional=Decimal("5"),
+    )  # fmt: skip
+    book = L2Book(inst)
+    book.apply_snapshot([(9995, 1000)], [(10005, 1000)])  # mid 100
+    book.state = BookState.LIVE
+    pos = Position()
+    market = Market(inst, book, pos)
+    ctx = StrategyContext(
+        "mm", {market.key: market}, lambda: 0, lambda k, q: None, lambda d, f: None, 0
+    )
+    params = PureMarketMakingParams(order_size=0.04, spread_bps=10, inventory_limit=1)
+    strategy = PureMarketMaking(ctx, params)
+    said: list[str] = []
+    sink = logger.add(said.append, level="WARNING", format="{message}")
+    try:
+        assert strategy.wanted_quotes(market) == []
+        move(book, 101)
+        assert strategy.wanted_quotes(market) == []
+        assert [m.split(" is refused")[0] for m in said] == [
+            "mm on sim:BTC/USDT: no buy is quoted: 0.04 of BTC at 99.9",
+            "mm on sim:BTC/USDT: no sell is quoted: 0.04 of BTC at 100.1",
+        ]
+        assert "(notional 3.996 below minimum 5); raise order_size" in said[0]
+        # Shrunk by the inventory skew (a long position): the bid's absence is the rule.
+        said.clear()
+        strategy.on_params(
+            PureMarketMakingParams(order_size=0.06, spread_bps=10, inventory_limit=1)
+        )
+        pos.lots = 500  # 0.5 BTC long: the bid shrinks to 0.03, below the minimum
+        quotes = strategy.wanted_quotes(market)
+        assert [q.side for q in quotes] == [Side.SELL]
+        assert said == []
+        # Below the order step: it rounds to nothing.
+        pos.lots = 0
+        strategy.on_params(PureMarketMakingParams(order_size=0.0004, spread_bps=10))
+        assert strategy.wanted_quotes(market) == []
+        assert "0.0004 of BTC" in said[0] and "rounds down to 0 at the order step 0.001" in said[0]
+    finally:
+        logger.remove(sink)
 
 
 def test_bad_params_are_refused_with_reason() -> None:
