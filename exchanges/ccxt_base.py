@@ -232,11 +232,9 @@ def simulated_mode_refusal(name: str, venue_type: str, mode: str) -> str:
 def _live_secret_problems(
     name: str, spec: Any, names: tuple[tuple[str, ...], tuple[str, ...]] | None
 ) -> list[tuple[tuple[str, ...], str]]:
-    """A live run's secrets: the block present, every required one given, none empty.
-
-    ``secrets: {}`` written out (as ``quoteforge record`` loads a manifest: market data
-    only) passes here; a live run with it stops at its start-up reconciliation, which
-    needs the keys (``CcxtSpotAdapter.require_credentials``)."""
+    """A live run's secrets: the block present, every required one given, none empty
+    (``secrets: {}`` too is refused: ``quoteforge record`` reads market data as a paper
+    run, which needs no keys)."""
     stem = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").upper() or "VENUE"
     required = names[0] if names is not None else ()
     where = f"exchange {name!r} (type {spec.type})"
@@ -253,7 +251,7 @@ def _live_secret_problems(
         ]
     problems: list[tuple[tuple[str, ...], str]] = []
     missing = [k for k in required if k not in spec.secrets]
-    if spec.secrets and missing:
+    if missing:
         problems.append(
             (
                 ("secrets",),

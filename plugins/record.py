@@ -61,11 +61,12 @@ class RecordError(Exception):
 def load_market_data_manifest(
     path: str | Path, registry: PluginRegistry, overrides: Sequence[str] = ()
 ) -> LoadedManifest:
-    """Load a manifest with every exchange's ``secrets`` emptied: market data needs no
-    keys, so a recorder host never has to hold them (or export their variables)."""
+    """Load a manifest as a paper run with every exchange's ``secrets`` emptied: market
+    data needs no keys, so a recorder host never has to hold them (or export their
+    variables), and a paper run needs none (a live one refuses to go without them)."""
     names = _exchange_names(Path(path), list(overrides))
     no_secrets = [f"exchanges.{name}.secrets={{}}" for name in names]
-    return load_manifest(path, registry, overrides=[*overrides, *no_secrets])
+    return load_manifest(path, registry, overrides=[*overrides, *no_secrets, "run.mode=paper"])
 
 
 def _exchange_names(path: Path, overrides: list[str]) -> list[str]:

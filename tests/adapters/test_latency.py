@@ -122,10 +122,10 @@ def test_orders_need_keys(
     assert "(one of QF_LAT_KEY, QF_LAT_SECRET) is set to an empty string" in (
         capsys.readouterr().err
     )
-    # ... and keys left out on purpose (secrets: {}) by the probe itself.
+    # ... and so are keys left out on purpose (secrets: {}).
     keyless = ["--set", "exchanges.binance.secrets={}"]
     assert latency_main([str(path), "--orders", "--samples", "1", *keyless]) == 2
-    assert "--orders places real orders and needs the venue's API keys" in capsys.readouterr().err
+    assert "needs the secret(s) api_key, api_secret" in capsys.readouterr().err
 
 
 def test_a_simulated_venue_has_nothing_to_measure(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,8 +2,7 @@
 a real venue (binance, binance_usdm, kraken, ccxt) in a simulated mode (sim, backtest),
 and a live run without its API keys (no secrets, a misspelled name, an empty variable).
 Paper runs, which read public data only, need no keys; a live run whose keys were left
-out on purpose (``secrets: {}``) stops at its start-up reconciliation instead of trading
-blind."""
+out on purpose (``secrets: {}``) is refused too."""
 
 from __future__ import annotations
 
@@ -24,8 +23,8 @@ from quoteforge.exchanges.ccxt.adapter import create_ccxt
 from quoteforge.exchanges.ccxt_base import VenueCallError
 from quoteforge.exchanges.kraken.adapter import create_kraken
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
-from quoteforge.exchanges.testing.conformance import FAST_PARAMS
 from quoteforge.manifest import ManifestError, load_manifest
+from quoteforge.plugins.record import load_market_data_manifest
 from quoteforge.registry import PluginRegistry
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
@@ -227,30 +226,26 @@ def test_paper_examples_validate_without_any_key(
     assert code == 0, text
 
 
-def test_a_live_run_with_its_keys_left_out_stops_before_trading(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("venue_type", sorted(VENUES))
+def test_a_live_run_with_its_keys_left_out_is_refused_and_record_still_reads_it(
+    venue_type: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    registry: PluginRegistry,
 ) -> None:
-    """``secrets: {}`` written out (market data only, as ``quoteforge record`` loads a
-    manifest) validates, but a live run cannot reconcile without keys: it stops at its
-    start instead of quoting with every order refused and reconciliation skipped."""
-
-    async def scenario() -> tuple[int, int]:
-        replica = BinanceReplica(ping_interval=0.2)
-        await replica.start()
-        try:
-            urls = {**FAST_PARAMS, "rest_url": replica.url, "ws_url": replica.ws_url}
-            path = manifest(tmp_path / "m.yaml", "binance", "live", {}, {**urls, "testnet": False})
-            argv = ["run", str(path), "--quiet", "--out", str(tmp_path / "run")]
-            code = await asyncio.to_thread(main, argv)
-            return code, len(replica.orders("BTCUSDT", open_only=False))
-        finally:
-            await replica.stop()
-
-    code, orders = asyncio.run(scenario())
-    text = capsys.readouterr().err
-    assert code != 0, text
-    assert orders == 0
-    assert "venue: no API credentials, so fills cannot be read from the venue" in text
+    """``secrets: {}`` written out in a live manifest is refused like a missing block: a
+    live run cannot reconcile or trade without keys. ``quoteforge record`` still reads
+    the manifest, as a paper run with the secrets emptied (market data needs no keys)."""
+    path = manifest(tmp_path / "m.yaml", venue_type, "live", {})
+    code, text = validate(path, capsys)
+    assert code == 2, text
+    assert "exchanges.venue.secrets: a live run on exchange 'venue'" in text
+    assert "needs the secret(s) api_key" in text
+    loaded = load_market_data_manifest(path, registry)
+    assert loaded.manifest.run.mode == "paper"
+    assert loaded.manifest.exchanges["venue"].secrets == {}
+    with_keys = manifest(tmp_path / "k.yaml", venue_type, "live", keys())
+    assert load_market_data_manifest(with_keys, registry).manifest.exchanges["venue"].secrets == {}
 
 
 def test_the_ccxt_adapter_does_not_answer_cannot_tell_without_keys() -> None:
