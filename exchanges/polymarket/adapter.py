@@ -208,6 +208,7 @@ class PolymarketClob(
         self._last_fill_s = 0
         self._opening = False
         self._heartbeat_id: str | None = None  # heartbeats.PolymarketHeartbeats
+        self._heartbeat_path: str | None = None
 
     def __repr__(self) -> str:
         creds = "with credentials" if self.has_credentials else "public only"

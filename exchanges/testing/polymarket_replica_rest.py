@@ -3,10 +3,10 @@ venue's hash), tick size, neg-risk, time, balances, and the authenticated order 
 cancels, open orders and trades. Every authenticated call checks the L2 headers (API
 key, passphrase, address, HMAC-SHA256 over timestamp, method, path and body) and every
 order's EIP-712 signature (the signer recovered with eth-account), so a wrong key is
-refused as the venue refuses it. Heartbeats (``POST /v1/heartbeats``) are the venue's dead
-man's switch: once started, every open order is cancelled when none came for
-``heartbeat_timeout_s``. ``PolymarketReplica`` (polymarket_replica.py) adds the websocket
-channels and the order engine behind both."""
+refused as the venue refuses it. Heartbeats (``POST /v1/heartbeats``; see
+``heartbeat_paths``) are the venue's dead man's switch: once started, every open order
+is cancelled when none came for ``heartbeat_timeout_s``. ``PolymarketReplica``
+(polymarket_replica.py) adds the websocket channels and the order engine behind both."""
 
 from __future__ import annotations
 
@@ -135,6 +135,9 @@ class PolymarketRest(ReplicaServer):
     heartbeat_id: str | None = None
     heartbeat_deadline_ms: int = 0
     heartbeats_lapsed: int = 0
+    #: Where heartbeats are served: the official client's path; the API reference names
+    #: ``/heartbeats`` (set before ``start``).
+    heartbeat_paths: tuple[str, ...] = ("/v1/heartbeats",)
 
     # -- provided by the websocket half -------------------------------------------------
     @abstractmethod
@@ -175,7 +178,8 @@ class PolymarketRest(ReplicaServer):
         r.add_delete("/orders", self._authed(self._delete_orders))
         r.add_delete("/cancel-all", self._authed(self._cancel_all))
         r.add_delete("/cancel-market-orders", self._authed(self._cancel_market))
-        r.add_post("/v1/heartbeats", self._authed(self._heartbeat))
+        for path in self.heartbeat_paths:
+            r.add_post(path, self._authed(self._heartbeat))
         r.add_get("/data/order/{id}", self._authed(self._get_order))
         r.add_get("/data/orders", self._authed(self._get_orders))
         r.add_get("/data/trades", self._authed(self._get_trades))

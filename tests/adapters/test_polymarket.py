@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from loguru import logger
 from polymarket_orders import NO, YES, connected, order, placed, rest_summary, wait_for
 
 from quoteforge.book import BookState
@@ -146,6 +147,43 @@ async def test_heartbeats_chain_ids_and_a_refused_first_one_stops_the_start() ->
         await replica.stop()
     with pytest.raises(ValueError, match="heartbeat_interval_s"):
         PolymarketParams(heartbeat_interval_s=10)  # the venue's whole window
+
+
+async def test_heartbeats_find_the_api_references_path_when_the_clients_answers_404() -> None:
+    """The official client posts to /v1/heartbeats, the API reference names /heartbeats:
+    a venue serving only the latter gets every heartbeat there, the switch working."""
+    replica = PolymarketReplica(ping_interval=0.1)
+    replica.heartbeat_paths = ("/heartbeats",)
+    await replica.start()
+    said: list[str] = []
+    sink = logger.add(said.append, level="WARNING", format="{message}")
+    try:
+        adapter = heartbeating(replica, 0.1)
+        await adapter.connect(RecordingSink())
+        try:
+            started = replica.heartbeat_id
+            assert started is not None
+            await wait_for(lambda: replica.heartbeat_id != started)
+            paths = [path for _, path in replica.request_log if "heartbeats" in path]
+            assert paths[0] == "/v1/heartbeats" and set(paths[1:]) == {"/heartbeats"}
+            assert len(paths) >= 3 and paths.count("/v1/heartbeats") == 1
+            assert any("heartbeats go to POST /heartbeats" in m for m in said)
+        finally:
+            await adapter.close()
+    finally:
+        logger.remove(sink)
+        await replica.stop()
+    # Neither path served: the start is refused, naming both.
+    replica = PolymarketReplica(ping_interval=0.1)
+    replica.heartbeat_paths = ()
+    await replica.start()
+    try:
+        adapter = heartbeating(replica, 1)
+        with pytest.raises(ValueError, match=r"POST /v1/heartbeats or /heartbeats\) failed"):
+            await adapter.connect(RecordingSink())
+        await adapter.close()
+    finally:
+        await replica.stop()
 
 
 async def test_buying_no_trades_against_a_yes_bid() -> None:
