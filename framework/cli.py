@@ -1,7 +1,7 @@
 """The ``quoteforge`` command line.
 
-The kernel implements ``run``, ``validate``, ``plugins`` and ``manifest``. Every other
-subcommand (``kill``, ``report``, ``sweep``, ``node``, ...) comes from a plugin through
+The kernel implements ``run``, ``validate`` and ``manifest``. Every other subcommand
+(``plugins``, ``kill``, ``report``, ``sweep``, ``node``, ...) comes from a plugin through
 ``quoteforge_register_commands``; this module never imports a plugin.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import platform
 import sys
@@ -18,17 +17,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from quoteforge import hookspecs
 from quoteforge.manifest import ManifestError, load_manifest, manifest_schema
 from quoteforge.registry import (
     KERNEL_COMMANDS,
-    KINDS,
     Command,
     PluginRegistry,
     load_registry,
 )
 
-__all__ = ["hooks_reference", "main"]
+__all__ = ["main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 SUMMARY_ROWS = 20  # a run with more markets prints the totals and the top rows only
@@ -111,12 +108,6 @@ def _parser(commands: Iterable[Command] = ()) -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE"
     )
 
-    plugins = sub.add_parser("plugins", help="list discovered plugins and what they provide")
-    plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.add_argument(
-        "--hooks", action="store_true", help="print the hook reference (Markdown) instead"
-    )
-
     man = sub.add_parser("manifest", help="manifest tools")
     man_sub = man.add_subparsers(dest="manifest_command", required=True, metavar="TOOL")
     man_sub.add_parser("schema", help="print the manifest JSON Schema (for editors)")
@@ -138,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "run": _cmd_run,
         "validate": _cmd_validate,
-        "plugins": _cmd_plugins,
         "manifest": _cmd_manifest,
     }[args.command]
     try:
@@ -403,87 +393,6 @@ def format_summary(rows: list[dict[str, Any]], limit: int = 0, more: Path | None
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines + tail)
-
-
-# -- plugins --------------------------------------------------------------------------------
-
-
-def _cmd_plugins(args: argparse.Namespace) -> int:
-    if args.hooks:
-        print(hooks_reference())
-        return EXIT_OK
-    from quoteforge.logs import configure_logging
-
-    configure_logging("ERROR")
-    registry = load_registry()
-    rows = plugin_rows(registry)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    header = ("NAME", "KIND", "PLUGIN", "DISTRIBUTION", "STATUS")
-    table = [header] + [
-        (r["name"], r["kind"], r["plugin"], f"{r['dist']} {r['version']}".strip(), r["status"])
-        for r in rows
-    ]
-    widths = [max(len(t[i]) for t in table) for i in range(4)]
-    for t in table:
-        print("  ".join(v.ljust(widths[i]) for i, v in enumerate(t[:4])) + "  " + t[4])
-    return EXIT_OK
-
-
-def plugin_rows(registry: PluginRegistry) -> list[dict[str, str]]:
-    """One row per registered type and per plugin command, one per plugin that only
-    observes (by the hooks it implements), and one per plugin that failed to load."""
-    by_plugin = {r.name: r for r in registry.records}
-    rows: list[dict[str, str]] = []
-    keys = ("name", "kind", "plugin", "dist", "version", "status", "description")
-
-    def add(kind: str, name: str, plugin: str, record: Any, status: str, about: str) -> None:
-        dist, version = (record.dist, record.version) if record else ("", "")
-        rows.append(
-            dict(zip(keys, (name, kind, plugin, dist, version, status, about), strict=True))
-        )
-
-    for kind in KINDS:
-        for name, reg in sorted(registry.types(kind).items()):
-            status = "ok" if reg.loadable else f"needs: {reg.install_hint}"
-            add(kind, name, reg.plugin, by_plugin.get(reg.plugin), status, reg.description)
-    for name, command in sorted(registry.commands.items()):
-        status = "ok" if command.loadable else f"needs: {command.install_hint}"
-        add("command", name, command.plugin, by_plugin.get(command.plugin), status, command.help)
-    for record in registry.records:
-        if not record.loaded or record.provides:
-            continue
-        # A plugin that only observes (metrics, alert hooks) registers no type: list it
-        # by the hooks it implements.
-        plugin = registry.pm.get_plugin(record.name)
-        hooks = sorted(
-            caller.name for caller in registry.pm.get_hookcallers(plugin) or [] if plugin
-        )
-        add("hooks", record.name, record.name, record, "ok", ", ".join(hooks))
-    for record in registry.failed_plugins():
-        status = (
-            f"needs: {record.install_hint}" if record.install_hint else f"broken: {record.error}"
-        )
-        add("?", record.name, record.name, record, status, record.error)
-    return rows
-
-
-def hooks_reference() -> str:
-    """The hook reference in Markdown, generated from the hookspec docstrings."""
-    lines = [
-        "# Hook reference",
-        "",
-        "Generated from `quoteforge.hookspecs` by `quoteforge plugins --hooks`. Implement",
-        "these in a module named by a `quoteforge` entry point, decorated with",
-        "`@quoteforge.hookimpl`.",
-        "",
-    ]
-    for name in hookspecs.__all__:
-        fn = getattr(hookspecs, name)
-        sig = str(inspect.signature(fn)).replace("'", "")
-        lines += [f"## `{name}{sig}`", "", inspect.cleandoc(fn.__doc__ or ""), ""]
-    return "\n".join(lines)
 
 
 # -- manifest / report ------------------------------------------------------------------------

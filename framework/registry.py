@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 #: Subcommands the kernel's command line implements itself; no plugin may register them.
-KERNEL_COMMANDS = ("run", "validate", "plugins", "manifest")
+KERNEL_COMMANDS = ("run", "validate", "manifest")
 
 #: What a command runs: the arguments after the command name in, an exit code out.
 CommandMain = Callable[[list[str]], int]

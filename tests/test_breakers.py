@@ -28,7 +28,7 @@ def d(value: str | int) -> Decimal:
 
 @pytest.mark.parametrize("name", ["pnl_floor", "market_pnl_floor"])
 def test_a_floor_above_zero_is_refused_as_it_would_trip_at_the_start(name: str) -> None:
-    with pytest.raises(ValidationError, match="a floor is a loss limit: 0 or less, e.g. -500"):
+    with pytest.raises(ValidationError, match=r"a floor is a loss limit: 0 or less, e\.g\. -500"):
         BreakerParams.model_validate({name: "500"})
     breakers, tripped = make(**{name: "0"})  # any loss trips: allowed, and not at the start
     breakers.on_sample(T0, {BTC: d(0)}, d(0))

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from quoteforge.cli import main, plugin_rows
+from quoteforge.cli import main
 from quoteforge.engine import RESET_FILE, Run
 from quoteforge.manifest import load_manifest
+from quoteforge.plugins.plugins_cli import plugin_rows
 from quoteforge.registry import PluginRegistry
 
 MANIFEST = """\

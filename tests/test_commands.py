@@ -18,7 +18,8 @@ from loguru import logger
 
 import quoteforge
 from quoteforge import cli
-from quoteforge.cli import main, plugin_rows
+from quoteforge.cli import main
+from quoteforge.plugins.plugins_cli import plugin_rows
 from quoteforge.registry import KERNEL_COMMANDS, PluginRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +96,7 @@ def test_builtin_commands_come_from_their_plugins(monkeypatch: pytest.MonkeyPatc
         "latency": "latency_probe",
         "node": "distributed",
         "optimize": "optimize",
+        "plugins": "plugins_cli",
         "record": "record",
         "report": "report",
         "reset": "run_control_cli",

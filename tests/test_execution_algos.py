@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from quoteforge.book import BookState, L2Book
-from quoteforge.cli import plugin_rows
 from quoteforge.clock import SimClock
 from quoteforge.model import (
     Fill,
@@ -24,6 +23,7 @@ from quoteforge.model import (
     TimeInForce,
 )
 from quoteforge.plugins import execution_algos
+from quoteforge.plugins.plugins_cli import plugin_rows
 from quoteforge.registry import PluginError, PluginRegistry, load_registry
 from quoteforge.strategy import Market, StrategyContext
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from quoteforge import hookspecs
-from quoteforge.cli import hooks_reference
+from quoteforge.plugins.plugins_cli import hooks_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {

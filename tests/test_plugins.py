@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from quoteforge import hookimpl
-from quoteforge.cli import main, plugin_rows
+from quoteforge.cli import main
+from quoteforge.plugins.plugins_cli import plugin_rows
 from quoteforge.registry import KINDS, PluginError, PluginRegistry, Register
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -141,8 +141,8 @@ async def test_reconciliation_reads_orders_balances_and_fills(kit: Any) -> None:
 def test_plugins_and_the_ccxt_venues_command_name_the_checked_venues(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from quoteforge.cli import plugin_rows
     from quoteforge.exchanges.ccxt.venues import ccxt_venues_main
+    from quoteforge.plugins.plugins_cli import plugin_rows
     from quoteforge.registry import load_registry
 
     rows = {(r["name"], r["kind"]): r for r in plugin_rows(load_registry())}
