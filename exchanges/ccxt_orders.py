@@ -233,10 +233,14 @@ class OrderTracking(ExchangeAdapter):
                 if tracked is not None:
                     await self._cancel_checked(tracked)
             elif isinstance(action, ReplaceOrder):
-                old = self._orders.get(action.old_client_id)
                 new = self._track(action.new)
                 if new is None:
                     return
+                # An order of an earlier life (adopted by reconciliation) is not tracked
+                # here yet: adopt it too, or it would keep resting beside its replacement.
+                old = self._orders.get(action.old_client_id) or self._adopt(
+                    action.old_client_id, action.new.symbol, action.new.side
+                )
                 if old is None or old.status.is_terminal:
                     await self._place_checked(new)
                 else:
@@ -293,14 +297,14 @@ class OrderTracking(ExchangeAdapter):
             del self._orders[client_id]
             self._last_update.pop(client_id, None)
 
-    def _adopt(self, client_id: str, symbol: str) -> TrackedOrder | None:
+    def _adopt(self, client_id: str, symbol: str, side: Side = Side.BUY) -> TrackedOrder | None:
         """Track an order sent before this adapter started (known from reconciliation)
-        so it can be cancelled by client id."""
+        so it can be cancelled, or replaced, by client id."""
         instrument = self.instruments.get(symbol)
         if instrument is None:
             self.report_rejected(client_id, f"unknown symbol {symbol!r}")
             return None
-        order = Order(client_id, self.name, symbol, Side.BUY, 0, None)
+        order = Order(client_id, self.name, symbol, side, 0, None)
         tracked = TrackedOrder(order, instrument, status=OrderStatus.OPEN)
         self._orders[client_id] = tracked
         return tracked
