@@ -141,7 +141,9 @@ def venue_context(
 ) -> VenueContext:
     """What the adapter factory of exchange ``name`` is handed. ``role`` is the split-run
     role hosting it (absent in one process); ``secrets=False`` for a process that never
-    trades on the venue (a market-data node needs no keys)."""
+    trades on the venue (a market-data node needs no keys). A paper run gets no keys
+    either: it must send no signed request (a venue's dead man's switch, heartbeats or
+    countdown, acts on the whole account)."""
     m = loaded.manifest
     extra: dict[str, Any] = {
         "run_dir": run_dir,
@@ -157,7 +159,7 @@ def venue_context(
         seed=m.run.seed,
         mode=m.run.mode,
         symbols=symbols,
-        secrets=dict(m.exchanges[name].secrets) if secrets else {},
+        secrets=dict(m.exchanges[name].secrets) if secrets and m.run.mode != "paper" else {},
         extra=extra,
     )
 
