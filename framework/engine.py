@@ -139,6 +139,7 @@ class Run(QuotingEngine):
         self.replaying = resume and replays_on_resume(loaded.manifest.run.mode)
         #: Why a replaying resume was refused (the replay differed from the journal).
         self.resume_refused = ""
+        self._life = ""  # a resumed life's suffix of its run-start/run-stop record ids
         #: Why a strategy refused the last params change it was given, by strategy name.
         self.params_refused: dict[str, str] = {}
         self.venue_factory = venue_factory
@@ -257,6 +258,7 @@ class Run(QuotingEngine):
         journaled_fills: list[Fill] = []
         journaled_funding: list[JournalRecord] = []  # perpetuals' funding payments
         openings: list[JournalRecord] = []  # positions the venues held at the run's start
+        first_start = 0  # when the run's first life started (fills before it are not ours)
         if isinstance(self.journal, ReplayJournal):
             self.log.info(
                 "resuming {} by replaying it: {} journal records to produce again",
@@ -271,6 +273,8 @@ class Run(QuotingEngine):
             ]
             journaled_funding = [r for r in records if r.kind == "funding"]
             openings = [r for r in records if r.kind == "opening"]
+            starts = [r.ts_ns for r in records if r.payload.get("event") == "start"]
+            first_start = min(starts, default=0)
             self.log.info(
                 "resuming {}: {} journal records, {} fills, {} orders working",
                 self.run_id,
@@ -310,14 +314,18 @@ class Run(QuotingEngine):
         if not self.replaying:
             await self._start_positions()
         if self.resume and not self.replaying:
-            await self.reconcile(since_ns=max((f.ts_ns for f in journaled_fills), default=0))
+            await self.reconcile(
+                since_ns=max((f.ts_ns for f in journaled_fills), default=first_start)
+            )
         elif self.mode == "live":
             # A fresh live start: orders of ours left open by an earlier life that was not
             # resumed are cancelled before quoting (other bots' orders are left alone).
             await self.reconcile(since_ns=self.started_ns)
+        # A later life's start and stop are its own records (a replay's are the first's).
+        self._life = f"-{self.orders.session}" if self.resume and not self.replaying else ""
         self.journal.append(
             JournalRecord(
-                f"run-start-{self.run_id}",
+                f"run-start-{self.run_id}{self._life}",
                 "run",
                 self.started_ns,
                 "",
@@ -499,6 +507,9 @@ class Run(QuotingEngine):
             await self.driver.cancel_everything(self)
         else:
             await self._cancel_everything()
+        if self.resume_refused:  # the replay differed in its stop's cancels
+            await self._abandon_replay()
+            return
         if not self.clock.is_virtual and self.mode == "live":
             # A fill's stream report can trail the cancel answer: ask the venues (REST is
             # the truth) once more before closing so the journal misses nothing.
@@ -513,7 +524,7 @@ class Run(QuotingEngine):
         with contextlib.suppress(Exception):  # a failed journal says so at close, below
             self.journal.append(
                 JournalRecord(
-                    f"run-stop-{self.run_id}",
+                    f"run-stop-{self.run_id}{self._life}",
                     "run",
                     self.clock.now_ns(),
                     "",

@@ -321,6 +321,12 @@ class QuotingEngine:
             self._requote(mr, refill=True)
 
     def on_fill(self, fill: Fill) -> None:
+        if self.orders.get(fill.client_id) is None and not self.orders.has_fill(
+            fill.venue, fill.fill_id
+        ):
+            reconciler = getattr(self, "reconciler", None)
+            if reconciler is not None and not reconciler.owns(fill):
+                return  # another client's trade on the account: not this run's position
         orphans = len(self.orders.orphan_fills)
         order = self.orders.apply_fill(fill)
         if order is None and len(self.orders.orphan_fills) == orphans:

@@ -14,7 +14,7 @@ from typing import Any
 from quoteforge.clock import NS, Clock
 from quoteforge.exchange import CancelOrder, ExchangeAdapter
 from quoteforge.journal import Journal, JournalRecord
-from quoteforge.model import Instrument, OrderStatus, OrderUpdate
+from quoteforge.model import Fill, Instrument, OrderStatus, OrderUpdate
 from quoteforge.orders import OrderManager
 from quoteforge.portfolio import Portfolio
 
@@ -54,6 +54,32 @@ class Reconciler:
         self._balance_start: dict[tuple[str, str], Decimal] = {}
         # (venue, what) a venue cannot report, already logged once
         self._unreconcilable: set[tuple[str, str]] = set()
+        self._sessions: set[str] | None = None  # client-id sessions of the run's lives
+        self.foreign_fills = 0
+
+    def owns(self, fill: Fill) -> bool:
+        """Whether ``fill`` is this run's: of an order the order manager knows, or of one
+        whose client id carries the run's prefix and the session of one of its lives (an
+        order whose journal record a crash lost). Fills of other clients on the account,
+        and of earlier runs, are not: they never enter the run's position."""
+        om = self.orders
+        if om.get(fill.client_id) is not None:
+            return True
+        if self._sessions is None:  # the restored lives' orders are known by now
+            ids = [o.client_id.split("-") for o in om.all_orders()]
+            self._sessions = {parts[1] for parts in ids if len(parts) == 3}
+        parts = fill.client_id.split("-")
+        mine = {om.session, *self._sessions}
+        if len(parts) == 3 and parts[0] == om.id_prefix and parts[1] in mine:
+            return True
+        self.foreign_fills += 1
+        log = self.log.warning if self.foreign_fills == 1 else self.log.debug
+        log(
+            "{}: fill {} of order {} is not this run's (another client on the account, or "
+            "an earlier run): left out of its position and journal",
+            fill.venue, fill.fill_id, fill.client_id or "?",
+        )  # fmt: skip
+        return False
 
     async def reconcile(self, since_ns: int = 0, *, periodic: bool = False) -> dict[str, int]:
         """Make local state match the venues (REST is the truth): book fills the journal
@@ -72,6 +98,7 @@ class Reconciler:
         working orders are left alone, and that is logged once per run.
         """
         counts = {"missed_fills": 0, "closed": 0, "orphans_cancelled": 0, "adopted": 0}
+        foreign = self.foreign_fills
         om = self.orders
         ours = f"{om.id_prefix}-"
         now = self.clock.now_ns()
@@ -81,6 +108,8 @@ class Reconciler:
             if fills is None:
                 self._cannot(name, "fills", "missed fills are not looked for")
             for fill in fills or ():
+                if om.has_fill(fill.venue, fill.fill_id) or not self.owns(fill):
+                    continue
                 orphans = len(om.orphan_fills)
                 order = om.apply_fill(fill)
                 if order is not None or len(om.orphan_fills) > orphans:
@@ -128,6 +157,8 @@ class Reconciler:
                 )
                 venue.submit([CancelOrder(client_id, name, update.symbol)])
                 counts["orphans_cancelled"] += 1
+        if self.foreign_fills > foreign:
+            counts["foreign_fills"] = self.foreign_fills - foreign
         if self.mode == "live":
             await self._check_balances()
         self.journal.append(

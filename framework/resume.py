@@ -116,6 +116,17 @@ class ReplayJournal(Journal):
             return  # a repeated id: the journal ignores it, and so does the check
         self._seen.add(event_id)
         old = self._expected.get(event_id)
+        if old is None and self.replayed < len(self._expected):
+            # The journal holds a prefix of the first life's records: a new one before
+            # all of them were produced again means the replay took another path.
+            left = len(self._expected) - self.replayed
+            self.mismatch = (
+                f"the replay wrote {record.kind} record {event_id!r}, which the first life "
+                f"did not, before producing {left} of the first life's records again (a "
+                "changed manifest, duration or override?)"
+            )
+            self._on_mismatch(self.mismatch)
+            return
         if old is None:
             self.inner.append(record)
             return

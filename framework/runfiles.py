@@ -66,6 +66,7 @@ def write_run_info(
         info = json.loads(path.read_text(encoding="utf-8"))
         info.setdefault("resumed", []).append(datetime.now(UTC).isoformat())
         info["pid"] = os.getpid()
+        info["overrides"] = fields.get("overrides", info.get("overrides"))  # merged
         info.pop("finished_at", None)
     else:
         (run_dir / "manifest.yaml").write_text(manifest_text, encoding="utf-8")

@@ -125,7 +125,7 @@ def venue_report(order: Order, status: OrderStatus = OrderStatus.OPEN) -> OrderU
     return OrderUpdate(VENUE, order.client_id, status, START, symbol=SYMBOL)
 
 
-def test_missed_fills_are_booked_once_and_fills_of_orders_unknown_here_still_count() -> None:
+def test_missed_fills_are_booked_once_and_fills_of_our_orders_unknown_here_still_count() -> None:
     venue = Venue()
     c = Check(venue)
     mine = c.order()
@@ -136,15 +136,22 @@ def test_missed_fills_are_booked_once_and_fills_of_orders_unknown_here_still_cou
     venue.fills += [
         fill(mine.client_id, 3, "seen"),
         fill(mine.client_id, 4, "missed"),
-        fill("qf-other-1", 2, "orphan"),
+        # One of ours (the run's prefix and session) whose journal record was lost...
+        fill("qf-s1-zz", 2, "orphan"),
+        # ... and trades that are not this run's: another client on the account, an
+        # earlier run of the same name (another session), a venue that gave no id.
+        fill("other-bot-1", 5, "foreign"),
+        fill("qf-s0-1", 6, "earlier run"),
+        fill("order:12345", 7, "unnamed"),
     ]
     venue.open = [venue_report(mine, OrderStatus.PARTIALLY_FILLED)]
     c.later(120)
     counts = c.run(since_ns=START + 100 * NS)
-    assert counts["missed_fills"] == 2
+    assert counts["missed_fills"] == 2 and counts["foreign_fills"] == 3
     assert mine.filled_lots == 7
     assert c.portfolio.position_lots(MARKET) == 3 + 4 + 2
     assert venue.fills_since == [START + 40 * NS]  # a minute before the gap began
+    assert not [r for r in c.journal.records if r.kind == "fill" and "foreign" in str(r.payload)]
     # Asked again, nothing is booked twice.
     assert c.run()["missed_fills"] == 0
     assert c.portfolio.position_lots(MARKET) == 9

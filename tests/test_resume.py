@@ -22,6 +22,7 @@ from quoteforge.journal import order_states
 from quoteforge.orders import OrderManager, order_to_dict
 from quoteforge.plugins.journal_sqlite import SqliteJournal
 from quoteforge.resume import ResumeRefusedError, check_resumable
+from quoteforge.runfiles import write_run_info
 
 MANIFEST = """\
 run: {name: resumable, mode: sim, duration: 300s, seed: 11, sample_interval: 1s}
@@ -193,31 +194,58 @@ def test_a_finished_sim_run_is_refused_and_left_alone(
     assert journal(run_dir) == whole
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        # The run folder's manifest is what a resume runs: a changed spread quotes
+        # elsewhere, and the first differing record says so.
+        ("spread", "differs from the journal"),
+        # A duration shorter than the first life reached stops the replay before it has
+        # produced the first life again: its stop's cancels are records the first life
+        # did not write there. (It used to gain them, a summary and a finish, and could
+        # never be resumed again.)
+        ("duration", "which the first life did not"),
+    ],
+)
 def test_a_replay_that_differs_is_refused_and_changes_nothing(
-    uninterrupted: tuple[Path, list[tuple[object, ...]]], tmp_path: Path
+    change: str, said: str, uninterrupted: tuple[Path, list[tuple[object, ...]]], tmp_path: Path
 ) -> None:
     manifest, _ = uninterrupted
     # Ten times as long, so the run cannot end on its own before the kill lands.
     long_run = tmp_path / "long.yaml"
     long_run.write_text(manifest.read_text().replace("duration: 300s", "duration: 3000s"))
     run_dir = tmp_path / "run"
-    assert kill_during_run(long_run, run_dir, after_rows=150, delay=0) == -signal.SIGKILL
+    assert kill_during_run(long_run, run_dir, after_rows=400, delay=0) == -signal.SIGKILL
     before = journal(run_dir)
     trace = (run_dir / "trace.jsonl").read_bytes()
     info = (run_dir / "run.json").read_text()
     assert len(before) > 0
-    # The run folder's manifest is what a resume runs: a changed spread quotes elsewhere.
-    saved = run_dir / "manifest.yaml"
-    saved.write_text(saved.read_text().replace("spread_bps: 4", "spread_bps: 9"))
-    proc = cli("run", "--resume", str(run_dir), "--quiet")
+    args = ["run", "--resume", str(run_dir), "--quiet"]
+    if change == "spread":
+        saved = run_dir / "manifest.yaml"
+        saved.write_text(saved.read_text().replace("spread_bps: 4", "spread_bps: 9"))
+    else:
+        args += ["--set", "run.duration=2s"]
+    proc = cli(*args)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-2000:]
-    assert "cannot be resumed exactly" in err and "differs from the journal" in err
+    assert "cannot be resumed exactly" in err and said in err
     assert "Traceback" not in err
     assert journal(run_dir) == before
     assert (run_dir / "trace.jsonl").read_bytes() == trace
     assert (run_dir / "run.json").read_text() == info
     assert not (run_dir / "trace.jsonl.replay").exists()
+    assert not (run_dir / "summary.csv").exists()
+    check_resumable(run_dir)  # still resumable
+
+
+def test_a_resume_keeps_its_overrides_for_the_next_resume(tmp_path: Path) -> None:
+    first = ["run.duration=60s"]
+    write_run_info(tmp_path, {"overrides": first}, resume=False, manifest_text=MANIFEST)
+    merged = [*first, "strategies.mm.params.spread_bps=40"]  # as `run --resume --set` merges
+    write_run_info(tmp_path, {"overrides": merged}, resume=True, manifest_text=MANIFEST)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["overrides"] == merged and len(info["resumed"]) == 1
 
 
 def test_a_finished_live_run_needs_continue(tmp_path: Path) -> None:

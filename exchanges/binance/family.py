@@ -442,6 +442,12 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
             weight=self.trades_weight,
         )
         by_exchange_id = {t.exchange_id: t for t in self._orders.values() if t.exchange_id}
+        # A trade row names its order by the venue's id only: an order this adapter does
+        # not track (an earlier life's, or another client's) is asked for its client id,
+        # which tells the run whether the trade is its own.
+        client_ids: dict[str, str] = {}
+        for order_id in sorted({str(r["orderId"]) for r in rows} - set(by_exchange_id))[:50]:
+            client_ids[order_id] = await self._client_id_of(symbol, order_id)
         fills = []
         for row in rows:
             tracked = by_exchange_id.get(str(row["orderId"]))
@@ -454,7 +460,9 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
                     venue=self.name,
                     symbol=symbol,
                     fill_id=f"{row['symbol']}:{row['id']}",
-                    client_id=tracked.client_id if tracked else f"order:{row['orderId']}",
+                    client_id=tracked.client_id
+                    if tracked
+                    else client_ids.get(str(row["orderId"])) or f"order:{row['orderId']}",
                     side=Side.BUY if buyer else Side.SELL,
                     price_ticks=instrument.price_to_ticks(row["price"]),
                     qty_lots=instrument.qty_to_lots(row["qty"]),
@@ -466,6 +474,20 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
                 )
             )
         return fills
+
+    async def _client_id_of(self, symbol: str, order_id: str) -> str:
+        """The client id the venue holds for its order ``order_id`` ("" when it cannot say)."""
+        try:
+            data = await self._call(
+                self.query_method,
+                {"symbol": self._native[symbol], "orderId": order_id},
+                weight=self.query_weight,
+            )
+        except VenueCallError as exc:
+            logger.warning("{}: order {} could not be looked up: {}", self.name, order_id, exc)
+            return ""
+        found = data.get("clientOrderId") if isinstance(data, dict) else None
+        return found if isinstance(found, str) else ""
 
     async def fetch_open_orders(self) -> list[OrderUpdate]:
         self.require_credentials("open orders")

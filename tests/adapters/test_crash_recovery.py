@@ -235,3 +235,87 @@ def test_sigkill_at_random_points_then_resume(venue: VenueThread, tmp_path: Path
     assert Decimal(row["inventory"]) == reference.position(inst.key)
     mid = Decimal(row["mid"])
     assert float(row["pnl"]) == pytest.approx(float(reference.pnl(inst.key, mid)), abs=1e-6)
+
+
+def journal_rows(run_dir: Path, kinds: tuple[str, ...]) -> list[tuple[str, str, dict[str, Any]]]:
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        marks = ",".join("?" * len(kinds))
+        rows = conn.execute(
+            f"SELECT event_id, kind, payload FROM journal WHERE kind IN ({marks}) ORDER BY seq",
+            kinds,
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(e, k, json.loads(p)) for e, k, p in rows]
+
+
+def test_a_resumed_run_books_its_own_fills_only_and_keeps_one_set_of_quotes(
+    venue: VenueThread, tmp_path: Path
+) -> None:
+    """An earlier run of the same bot traded on the account and stopped; a new run starts,
+    quotes, is killed; while it is down the venue fills one of its orders whole and one in
+    part; it is resumed. The new run books exactly its own trades (the fills made while it
+    was down on their orders, none of the earlier run's), and after the resume the venue
+    holds one set of its quotes, not the first life's beside the second's."""
+    replica = venue.replica
+    env = dict(os.environ, BINANCE_API_KEY=replica.api_key, BINANCE_API_SECRET=replica.api_secret)
+    params = {**FAST_PARAMS, "rest_url": replica.url, "ws_url": replica.ws_url, "testnet": False}
+    flags = [f"--set=exchanges.binance.params.{k}={v}" for k, v in params.items()]
+    flags += ["--set=report.html=false", "--set=report.png=false", "--set=run.duration=60s"]
+    manifest = str(EXAMPLES / "binance_testnet.yaml")
+
+    earlier, run_dir = tmp_path / "earlier", tmp_path / "run"
+    first = bot(["run", manifest, "--out", str(earlier), *flags], env)
+    wait_for(earlier / "trace.jsonl", 30)
+    venue.takers_on.set()
+    time.sleep(2.5)
+    venue.takers_on.clear()
+    time.sleep(0.5)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(60) == 0
+    earlier_trades = {t.trade_id for t in venue.call(lambda: replica.markets[SYMBOL].trades)}
+    assert earlier_trades, "the earlier run traded"
+
+    life = bot(["run", manifest, "--out", str(run_dir), *flags], env)
+    wait_for(run_dir / "trace.jsonl", 30)
+    time.sleep(2.0)
+    life.send_signal(signal.SIGKILL)
+    life.communicate(timeout=10)
+    resting = venue.call(lambda: replica.orders(SYMBOL))
+    assert len(resting) >= 2, "the killed life left its quotes resting"
+    whole, part = resting[0], resting[1]
+    half = (part.remaining / 2).quantize(Decimal("0.00001"))
+    for order, qty in ((whole, None), (part, half)):
+        asyncio.run_coroutine_threadsafe(
+            replica.fill_order(order.client_id, qty), venue.loop
+        ).result(5)
+
+    resumed = bot(["run", "--resume", str(run_dir)], env)
+    wait_until_resumed(run_dir, resumed.pid, lives=1, seconds=60)
+    time.sleep(3.0)
+    still_open = venue.call(lambda: replica.orders(SYMBOL))
+    resumed.send_signal(signal.SIGINT)
+    _, stderr = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, stderr
+
+    # One set of quotes: as many as the first life had out, not twice as many.
+    assert len(still_open) <= len(resting), [o.client_id for o in still_open]
+    # Its own trades, each once, on their orders; none of the earlier run's.
+    trades = venue.call(lambda: list(replica.markets[SYMBOL].trades))
+    own = [t for t in trades if t.trade_id not in earlier_trades]
+    assert {t.order.client_id for t in own} == {whole.client_id, part.client_id}
+    fills = journal_fills(run_dir)
+    assert sorted(f["fill_id"] for f in fills) == sorted(f"{SYMBOL}:{t.trade_id}" for t in own)
+    assert {f["client_id"] for f in fills} == {whole.client_id, part.client_id}
+    states: dict[str, str] = {}
+    for _, _, payload in journal_rows(run_dir, ("order", "order_update", "fill")):
+        if payload.get("order"):  # a fill record carries its order's change too
+            states[payload["order"]["client_id"]] = payload["order"]["status"]
+    assert states[whole.client_id] == "filled"
+    with (run_dir / "summary.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert int(row["fill_count"]) == len(own)
+    # Each life's start and stop are journaled.
+    lives = [p["event"] for _, _, p in journal_rows(run_dir, ("run",))]
+    assert lives == ["start", "start", "stop"], lives
