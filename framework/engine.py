@@ -314,6 +314,11 @@ class Run(QuotingEngine):
         if not self.replaying:
             await self._start_positions()
         if self.resume and not self.replaying:
+            # Orders of the earlier lives, for a venue that names orders by its own ids
+            # only: their trades while the bot was down are the run's.
+            for name, venue in self.venues.items():
+                if (know := getattr(venue, "know_orders", None)) is not None:
+                    know([o for o in self.orders.all_orders() if o.venue == name])
             await self.reconcile(
                 since_ns=max((f.ts_ns for f in journaled_fills), default=first_start)
             )

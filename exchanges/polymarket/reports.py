@@ -6,7 +6,7 @@ hash of the signed order, which the adapter knows before sending it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from quoteforge.exchanges.polymarket.wire import (
     liquidity_of,
     shown,
 )
-from quoteforge.model import Fill, Instrument, OrderStatus, OrderUpdate, Side
+from quoteforge.model import Fill, Instrument, Order, OrderStatus, OrderUpdate, Side
 
 if TYPE_CHECKING:
     from quoteforge.exchanges.polymarket.wire import OrderSigner, OutcomeToken
@@ -60,6 +60,14 @@ class PolymarketReports(OrderTracking):
     def remember(self, order_id: str, client_id: str) -> None:
         """``order_id`` (the signed order's hash) is our order ``client_id``."""
         self._ids[order_id.lower()] = client_id
+
+    def know_orders(self, orders: Iterable[Order]) -> None:
+        """Orders of an earlier life of the run (its journal's, handed over at a resume):
+        the venue names an order by its hash only, so without them the trades those
+        orders made while the bot was down would not be recognised as ours."""
+        for order in orders:
+            if order.exchange_id:
+                self.remember(order.exchange_id, order.client_id)
 
     def client_id_of(self, order_id: str) -> str | None:
         """Our client id of the venue's order ``order_id``, if it is ours."""

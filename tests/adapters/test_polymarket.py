@@ -29,6 +29,7 @@ from quoteforge.exchanges.testing.polymarket_replica import PolymarketReplica
 from quoteforge.model import (
     Instrument,
     InstrumentKind,
+    Order,
     OrderStatus,
     Side,
     TimeInForce,
@@ -462,3 +463,30 @@ async def test_a_market_resolved_while_the_socket_was_down_is_settled_on_reconne
         await replica.resolve("rain-nyc", "YES")
         await wait_for(lambda: any(f.fill_id.startswith("resolution:") for f in sink.fills), 10)
         assert adapter.resolved == {YES: "won", NO: "lost"}
+
+
+async def test_a_resumed_adapter_knows_the_earlier_lifes_orders_trades() -> None:
+    """The venue names an order by its hash only: a new process (a resume) recognises
+    the trades of the first life's orders once the run hands it those orders."""
+    async with connected() as (replica, first, sink):
+        best_yes_bid = replica.book(YES)["bids"][0]
+        o = order(first, NO, Side.BUY, format(1 - best_yes_bid[0], "f"), tif=TimeInForce.IOC)
+        first.submit([PlaceOrder(o)])
+        await wait_for(lambda: bool(sink.fills_of(o.client_id)))
+        [fill] = sink.fills_of(o.client_id)
+        exchange_id = next(
+            u.exchange_id for u in sink.updates if u.client_id == o.client_id and u.exchange_id
+        )
+        secrets = replica.secrets
+        ctx = VenueContext("polymarket", LiveClock(), 1, "live", [YES, NO], secrets=secrets)
+        second = PolymarketClob(first.params, ctx)
+        await second.connect(RecordingSink())
+        try:
+            assert [f for f in await second.fetch_fills(0) if f.fill_id == fill.fill_id] == []
+            known = Order(o.client_id, "polymarket", NO, Side.BUY, o.qty_lots, o.price_ticks)
+            known.exchange_id = exchange_id
+            second.know_orders([known])
+            [again] = [f for f in await second.fetch_fills(0) if f.fill_id == fill.fill_id]
+            assert again.client_id == o.client_id and again.qty_lots == fill.qty_lots
+        finally:
+            await second.close()
