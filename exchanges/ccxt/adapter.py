@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import random
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -46,6 +47,7 @@ from quoteforge.exchanges.ccxt_base import (
 from quoteforge.model import (
     Fill,
     Instrument,
+    Order,
     OrderStatus,
     OrderType,
     OrderUpdate,
@@ -511,6 +513,13 @@ class CcxtVenue(CcxtSpotAdapter):
         venue_id = re.sub(pattern[1], "", client_id)[-pattern[2] :]
         self.from_venue_client_id[venue_id] = client_id
         return venue_id
+
+    def know_orders(self, orders: Iterable[Order]) -> None:
+        """Orders of an earlier life of the run, handed over at a resume: a venue whose
+        trades name the order by its own id only then still tells ours."""
+        for order in orders:
+            if order.exchange_id:
+                self.by_exchange_id.setdefault(order.exchange_id, order.client_id)
 
     def client_id_for(self, item: dict[str, Any], order_id_key: str = "id") -> str | None:
         """Our client id for a ccxt order (``order_id_key="id"``) or trade (``"order"``):

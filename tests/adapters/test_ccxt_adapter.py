@@ -224,3 +224,33 @@ async def test_a_cancel_all_is_confirmed_by_the_venues_answer() -> None:
             )
         assert not h.replica.orders(h.symbol)
         await h.replica.resume()
+
+
+async def test_a_resumed_adapter_tells_the_earlier_lifes_trades_by_their_order_id() -> None:
+    """Binance's trade history names the order by the venue's id only: a new process (a
+    resume) tells the first life's trades as ours once the run hands it those orders."""
+    kit = CCXT_BINANCE_KIT
+    async with running(kit) as h:
+        order = h.order(Side.BUY)
+        await h.place(order)
+        await h.replica.fill_order(order.client_id, h.instrument.lots_to_qty(order.qty_lots))
+        await h.wait_for(lambda: bool(h.sink.fills_of(order.client_id)), "fill")
+        [fill] = h.sink.fills_of(order.client_id)
+        exchange_id = next(
+            u.exchange_id
+            for u in h.sink.updates
+            if u.client_id == order.client_id and u.exchange_id
+        )
+        secrets = {"api_key": h.replica.api_key, "api_secret": h.replica.api_secret}
+        ctx = VenueContext(kit.venue, LiveClock(), 1, "live", [kit.symbol], secrets=secrets)
+        second = kit.make_adapter(h.replica, {**FAST_PARAMS, **kit.params}, ctx)
+        await second.connect(_NullSink())
+        try:
+            assert isinstance(second, CcxtVenue)
+            assert not [f for f in await second.fetch_fills(0) or [] if f.fill_id == fill.fill_id]
+            order.exchange_id = exchange_id
+            second.know_orders([order])
+            again = [f for f in await second.fetch_fills(0) or [] if f.fill_id == fill.fill_id]
+            assert [(f.client_id, f.qty_lots) for f in again] == [(order.client_id, fill.qty_lots)]
+        finally:
+            await second.close()
