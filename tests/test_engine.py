@@ -423,18 +423,32 @@ def test_breaker_halts_latches_and_resets(registry: PluginRegistry, tmp_path: Pa
 def test_reduce_breaker_only_lets_position_reducing_quotes_through(
     registry: PluginRegistry, tmp_path: Path
 ) -> None:
-    text = manifest_text(duration="60s") + "breakers: {pnl_floor: 1000000000, mode: reduce}\n"
+    # The floor trips (and latches) as soon as the run starts: a first sample below it.
+    text = manifest_text(duration="60s") + "breakers: {pnl_floor: 0, mode: reduce}\n"
     path = tmp_path / "red.yaml"
     path.write_text(text)
-    run = Run(load_manifest(path, registry), registry, run_dir=tmp_path / "red")
+
+    def below_the_floor(run: Run) -> None:
+        assert run.breakers is not None
+        run.breakers.on_sample(run.clock.now_ns(), {}, Decimal("-1"))
+
+    run = Run(
+        load_manifest(path, registry),
+        registry,
+        run_dir=tmp_path / "red",
+        on_started=below_the_floor,
+    )
     asyncio.run(run.run())
     assert run.breakers is not None
     assert run.breakers.state() == "reduce"
+    [tripped] = [r.ts_ns for r in run.journal.read(("breaker",))]
     trace = [json.loads(line) for line in (tmp_path / "red" / "trace.jsonl").open()]
-    start = trace[0]["t"]
+    assert tripped < trace[0]["t"] + 30 * NS, "it tripped early in the run"
+    checked = 0
     for r in trace:
-        if r["type"] != "tick" or r["t"] < start + 3e9:
+        if r["type"] != "tick" or r["t"] < tripped + 2 * NS:
             continue
+        checked += 1
         # Flat: nothing reduces, so nothing is quoted; long: only asks; short: only bids.
         if r["inventory"] == 0:
             assert r["our_bid"] is None and r["our_ask"] is None
@@ -442,6 +456,7 @@ def test_reduce_breaker_only_lets_position_reducing_quotes_through(
             assert r["our_bid"] is None
         else:
             assert r["our_ask"] is None
+    assert checked > 10
 
 
 def test_a_strategy_can_hold_markets_on_several_exchanges(

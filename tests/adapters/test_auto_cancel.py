@@ -190,11 +190,13 @@ async def test_a_frozen_polymarket_bot_has_its_orders_cancelled_by_its_missed_he
             timeout=20,
         )
         await wait_for(lambda: replica.heartbeat_id is not None, "beating again", 5)
+        assert replica.heartbeats_lapsed == 1  # the new chain holds while it runs
 
+        # Its stop sends no more heartbeats (the venue has no call to end them), so the
+        # venue's window may run out once more after the run's own cancels: nothing left.
         proc.send_signal(signal.SIGINT)  # the operator's Ctrl-C
         assert await asyncio.to_thread(proc.wait, 30) == 0
         assert replica.orders() == []
-        assert replica.heartbeats_lapsed == 1
         log = (tmp_path / "run.log").read_text(encoding="utf-8", errors="replace")
         assert "expects heartbeat id None" in log, log[-3000:]
         assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
