@@ -60,10 +60,12 @@ class Reconciler:
     def owns(self, fill: Fill) -> bool:
         """Whether ``fill`` is this run's: of an order the order manager knows, or of one
         whose client id carries the run's prefix and the session of one of its lives (an
-        order whose journal record a crash lost). Fills of other clients on the account,
-        and of earlier runs, are not: they never enter the run's position."""
+        order whose journal record a crash lost), or of no order at all (``client_id``
+        "": a settlement the venue books on the run's own holdings). Fills of other
+        clients on the account, and of earlier runs, are not: they never enter the run's
+        position. An adapter names a trade whose order it cannot tell ``order:<id>``."""
         om = self.orders
-        if om.get(fill.client_id) is not None:
+        if not fill.client_id or om.get(fill.client_id) is not None:
             return True
         if self._sessions is None:  # the restored lives' orders are known by now
             ids = [o.client_id.split("-") for o in om.all_orders()]

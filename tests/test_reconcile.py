@@ -143,18 +143,20 @@ def test_missed_fills_are_booked_once_and_fills_of_our_orders_unknown_here_still
         fill("other-bot-1", 5, "foreign"),
         fill("qf-s0-1", 6, "earlier run"),
         fill("order:12345", 7, "unnamed"),
+        # A settlement of the run's holdings names no order: it is the run's.
+        fill("", 1, "settlement"),
     ]
     venue.open = [venue_report(mine, OrderStatus.PARTIALLY_FILLED)]
     c.later(120)
     counts = c.run(since_ns=START + 100 * NS)
-    assert counts["missed_fills"] == 2 and counts["foreign_fills"] == 3
+    assert counts["missed_fills"] == 3 and counts["foreign_fills"] == 3
     assert mine.filled_lots == 7
-    assert c.portfolio.position_lots(MARKET) == 3 + 4 + 2
+    assert c.portfolio.position_lots(MARKET) == 3 + 4 + 2 + 1
     assert venue.fills_since == [START + 40 * NS]  # a minute before the gap began
     assert not [r for r in c.journal.records if r.kind == "fill" and "foreign" in str(r.payload)]
     # Asked again, nothing is booked twice.
     assert c.run()["missed_fills"] == 0
-    assert c.portfolio.position_lots(MARKET) == 9
+    assert c.portfolio.position_lots(MARKET) == 10
 
 
 def test_orders_the_venue_lists_are_adopted_and_the_others_closed() -> None:
