@@ -69,6 +69,7 @@ class VenueCallError(Exception):
         return f"{self.kind}: {self.message}" + (f" (code {self.code})" if self.code else "")
 
 
+_LIVE = (OrderStatus.PENDING_NEW, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED)
 _RANK = {
     OrderStatus.PENDING_NEW: 0,
     OrderStatus.OPEN: 1,
@@ -165,9 +166,12 @@ class OrderTracking(ExchangeAdapter):
 
     # -- optional venue methods: working defaults, venues override ---------------------------
     async def send_replace(self, old: TrackedOrder, new: TrackedOrder) -> None:
-        """Cancel ``old`` then place ``new`` (venues with an atomic call override this)."""
-        await self._cancel_checked(old)
-        await self._place_checked(new)
+        """Cancel ``old`` then place ``new`` (venues with an atomic call override this).
+        ``new`` is not placed when the cancel was refused: ``old`` still works."""
+        if await self._cancel_checked(old):
+            await self._place_checked(new)
+        else:
+            self.report_rejected(new.client_id, f"replace of {old.client_id}: cancel refused")
 
     async def reconcile_orders(self) -> None:
         """After the private stream was down: recover what it may have missed. The
@@ -186,6 +190,14 @@ class OrderTracking(ExchangeAdapter):
                 continue
             if update is not None:
                 self._emit_update(update)
+
+    def resend_wait_s(self, tracked: TrackedOrder) -> float:
+        """Seconds until the last place request of ``tracked``, whose answer was lost, can
+        no longer execute at the venue: ``_resolve_unknown`` resends no sooner, after one
+        more lookup. The default, 0, suits venues that refuse a client id used before
+        (there, two lookups a pause apart decide); venues with a request window override it.
+        """
+        return 0.0
 
     async def sync_time(self) -> None:
         """Measure the venue clock offset: ``connect`` calls it first, and again when the
@@ -339,13 +351,14 @@ class OrderTracking(ExchangeAdapter):
                 self.counters["rejected"] += 1
                 self.report_rejected(tracked.client_id, str(exc))
 
-    async def _cancel_checked(self, tracked: TrackedOrder) -> None:
-        if tracked.status.is_terminal:
-            return
-        for attempt in range(3):
+    async def _cancel_checked(self, tracked: TrackedOrder) -> bool:
+        """Cancel ``tracked``; False when the venue refused the cancel (the order works on
+        and the run has been told so)."""
+        attempt = 0
+        while not tracked.status.is_terminal:
             try:
                 await self._with_rate_retry(lambda: self.send_cancel(tracked))
-                return
+                return True
             except VenueCallError as exc:
                 if exc.kind == "not_found":
                     update = await self._lookup_quietly(tracked)
@@ -359,23 +372,34 @@ class OrderTracking(ExchangeAdapter):
                             reason="the venue does not know this order",
                         )
                     )
-                    return
-                if exc.kind != "unknown":
-                    self._emit(
-                        OrderUpdate(
-                            self.name,
-                            tracked.client_id,
-                            tracked.status,
-                            self.clock.now_ns(),
-                            reason=f"cancel refused: {exc}",
-                        )
+                    return True
+                if exc.kind == "rate_limited":
+                    # Not sent (a ban or a full window): the cancel still has to happen, so
+                    # it waits the limit out; the order stays PENDING_CANCEL, still ours.
+                    wait = max(exc.retry_after_s, self.params.lookup_interval_s)
+                    logger.warning(
+                        "{}: cancel of {} refused by the rate limit ({}); sending it again "
+                        "in {:.1f}s",
+                        self.name,
+                        tracked.client_id,
+                        exc,
+                        wait,
                     )
-                    return
+                    await asyncio.sleep(wait)
+                    continue
+                if exc.kind != "unknown":
+                    self.report_refused(tracked, f"cancel refused: {exc}")
+                    return False
                 # Cancels are idempotent: retry after a pause, then ask the venue.
                 await asyncio.sleep(self.params.lookup_interval_s * (2**attempt))
-        update = await self._lookup_quietly(tracked)
-        if update is not None:
-            self._emit(update)
+                attempt += 1
+                if attempt == 3:
+                    break
+        if attempt == 3:
+            update = await self._lookup_quietly(tracked)
+            if update is not None:
+                self._emit(update)
+        return True
 
     async def _lookup_quietly(self, tracked: TrackedOrder) -> OrderUpdate | None:
         try:
@@ -386,9 +410,11 @@ class OrderTracking(ExchangeAdapter):
     async def _resolve_unknown(self, tracked: TrackedOrder, why: str) -> None:
         """The venue may or may not have the order: ask by client id before any resend.
 
-        Two "not found" answers a pause apart mean it was never placed; only then is it
-        sent again, with the same client id, so a late original is refused as a duplicate
-        rather than doubling the position.
+        Two "not found" answers a pause apart, the last one asked once the lost request
+        can no longer execute (``resend_wait_s``), mean it was never placed; only then is
+        it sent again, with the same client id. A venue may refuse a duplicate client id
+        only among its open orders (Binance): a late original of an IOC order would then
+        execute beside its resend, doubling the position.
         """
         logger.warning(
             "{}: order {} status unknown ({}); looking it up", self.name, tracked.client_id, why
@@ -400,6 +426,7 @@ class OrderTracking(ExchangeAdapter):
             delay = min(delay * 2, self.params.reconnect_max_s)
             if tracked.status is not OrderStatus.PENDING_NEW:
                 return  # the private stream has told us already
+            wait_s = self.resend_wait_s(tracked)  # before the lookup, which must come after
             self.counters["lookups"] += 1
             try:
                 update = await self._with_rate_retry(lambda: self.lookup_order(tracked))
@@ -411,6 +438,17 @@ class OrderTracking(ExchangeAdapter):
                 return
             not_found += 1
             if not_found < 2:
+                continue
+            if wait_s > 0:
+                logger.info(
+                    "{}: order {} not found, but its request can still execute for {:.2f}s: "
+                    "one more lookup then",
+                    self.name,
+                    tracked.client_id,
+                    wait_s,
+                )
+                self.counters["resend_waits"] = self.counters.get("resend_waits", 0) + 1
+                delay, not_found = wait_s + 0.01, 1
                 continue
             if tracked.resends >= 1:
                 break
@@ -461,6 +499,17 @@ class OrderTracking(ExchangeAdapter):
             )
         )
 
+    def report_refused(self, tracked: TrackedOrder, reason: str) -> None:
+        """Report that the venue refused a cancel (or replace) of ``tracked``: its live
+        status again, with ``reason``, which the run reads as the refusal (the order
+        leaves PENDING_CANCEL and is managed again). It repeats the last report on
+        purpose, so it bypasses the de-duplication of ``_emit_update``."""
+        status = tracked.status if tracked.status in _LIVE else OrderStatus.OPEN
+        if status is OrderStatus.OPEN and tracked.filled_lots:
+            status = OrderStatus.PARTIALLY_FILLED
+        now = self.clock.now_ns()
+        self._forward(OrderUpdate(self.name, tracked.client_id, status, now, reason=reason))
+
     def _emit_update(self, update: OrderUpdate) -> None:
         """Forward an order report unless it repeats or goes back on one already sent
         (REST answers and stream events describe the same transitions)."""
@@ -500,6 +549,9 @@ class OrderTracking(ExchangeAdapter):
                 tracked.filled_lots = max(tracked.filled_lots, update.filled_lots)
             if update.exchange_id:
                 tracked.exchange_id = update.exchange_id
+        self._forward(update)
+
+    def _forward(self, update: OrderUpdate) -> None:
         if self.sink is not None:
             try:
                 self.sink.on_order_update(update)

@@ -13,6 +13,8 @@ from dataclasses import fields
 from decimal import Decimal
 from typing import Any
 
+from loguru import logger
+
 from quoteforge.clock import Clock
 from quoteforge.journal import ORDER_RECORD_FORMAT, Journal, JournalRecord, OrderStates
 from quoteforge.model import (
@@ -219,7 +221,8 @@ class OrderManager:
     order the venue had acknowledged, is a cancel/replace reject: the order returns to
     its prior live state (and the new order of a rejected replace that is still pending
     becomes REJECTED). A live report without a reason is a late acknowledgement of the
-    order itself: it only records the exchange id and the cancel stays pending.
+    order itself: it only records the exchange id and the cancel stays pending. A
+    rejected replacement returns the order it was to replace to its live state too.
 
     Every accepted change appends a ``JournalRecord``: the order's first record holds the
     whole order, later ones what changed, so :meth:`restore` rebuilds the exact same
@@ -445,14 +448,11 @@ class OrderManager:
         order = self._orders.get(client_id)
         if order is None:
             return None
-        update = OrderUpdate(
-            venue=order.venue,
-            client_id=client_id,
-            status=OrderStatus.OPEN,
-            ts_ns=self.clock.now_ns() if ts_ns is None else ts_ns,
-            reason=reason or "cancel rejected",
+        ts_ns = self.clock.now_ns() if ts_ns is None else ts_ns
+        reason = reason or "cancel rejected"
+        return self.apply_update(
+            OrderUpdate(order.venue, client_id, OrderStatus.OPEN, ts_ns, reason=reason)
         )
-        return self.apply_update(update)
 
     # -- reports from the venue ---------------------------------------------------------------
     def apply_update(self, update: OrderUpdate) -> Order | None:
@@ -480,7 +480,19 @@ class OrderManager:
         self._journal_order(order, "order_update", update)
         if order.status.is_terminal:
             self._retire(order)
+            if order.status is OrderStatus.REJECTED and "replaces" in order.extra:
+                self._replacement_rejected(order)
         return order
+
+    def _replacement_rejected(self, new: Order) -> None:
+        """The order ``new`` was to replace still works: back to its live state."""
+        old = self._orders.get(str(new.extra["replaces"]))
+        if old is None or old.status is not OrderStatus.PENDING_REPLACE:
+            return
+        if old.extra.get("replaced_by") == new.client_id:
+            self._revert(old, self._meta[old.client_id], f"replacement rejected: {new.reason}")
+            old.updated_ns = new.updated_ns
+            self._journal_order(old, "order_update", None)
 
     def _transition(self, order: Order, update: OrderUpdate) -> bool:
         status = order.status
@@ -567,17 +579,16 @@ class OrderManager:
         self._fill_ids.add(key)
         if order is None:
             self.orphan_fills.append(fill)
-            self._append(
-                JournalRecord(
-                    event_id=_fill_event_id(fill),
-                    kind="fill",
-                    ts_ns=fill.ts_ns,
-                    market=fill.market,
-                    payload={"fill": fill_to_dict(fill), "order": None},
-                )
-            )
+            self._journal_fill(fill, {"fill": fill_to_dict(fill), "order": None})
             return None
         order.filled_lots += fill.qty_lots
+        if order.filled_lots > order.qty_lots:  # the venue traded it: it counts, loudly
+            logger.error(
+                "order {} on {} is filled {} lots beyond its {} lots by fill {}: the venue "
+                "executed it more than once; the position includes every fill",
+                order.client_id, order.market, order.filled_lots - order.qty_lots,
+                order.qty_lots, fill.fill_id,
+            )  # fmt: skip
         status = order.status
         if order.filled_lots >= order.qty_lots:
             order.status = OrderStatus.FILLED
@@ -589,15 +600,7 @@ class OrderManager:
         if order.client_id in self._unknown and order.status.is_terminal:
             del self._unknown[order.client_id]
             order.extra.pop(_UNKNOWN_FLAG, None)
-        self._append(
-            JournalRecord(
-                event_id=_fill_event_id(fill),
-                kind="fill",
-                ts_ns=fill.ts_ns,
-                market=fill.market,
-                payload=self._order_payload(order, {"fill": fill_to_dict(fill)}),
-            )
-        )
+        self._journal_fill(fill, self._order_payload(order, {"fill": fill_to_dict(fill)}))
         if order.status.is_terminal:
             self._retire(order)
         return order
@@ -791,10 +794,7 @@ class OrderManager:
             payload["prior"] = meta.journaled_prior = prior
         return payload
 
-    def _append(self, record: JournalRecord) -> None:
+    def _journal_fill(self, fill: Fill, payload: dict[str, Any]) -> None:
         if self.journal is not None:
-            self.journal.append(record)
-
-
-def _fill_event_id(fill: Fill) -> str:
-    return f"{fill.venue}:fill:{fill.fill_id}"
+            event_id = f"{fill.venue}:fill:{fill.fill_id}"
+            self.journal.append(JournalRecord(event_id, "fill", fill.ts_ns, fill.market, payload))

@@ -325,7 +325,7 @@ class BinanceSpot(BinanceFamilyAdapter):
     async def send_place(self, order: TrackedOrder) -> None:
         params = self._order_params(order)
         params.update(newClientOrderId=order.client_id, newOrderRespType="RESULT")
-        data = await self._call("private_post_order", params, weight=1, orders=1)
+        data = await self._call("private_post_order", params, weight=1, orders=1, places=[order])
         order.exchange_id = str(data["orderId"])
         self._emit_update(self.order_report(data, order.client_id))
 
@@ -354,7 +354,9 @@ class BinanceSpot(BinanceFamilyAdapter):
         )
         try:
             data = await self._with_rate_retry(
-                lambda: self._call("private_post_order_cancelreplace", params, weight=1, orders=1)
+                lambda: self._call(
+                    "private_post_order_cancelreplace", params, weight=1, orders=1, places=[new]
+                )
             )
         except VenueCallError as exc:
             detail = (exc.payload or {}).get("data") if isinstance(exc.payload, dict) else None

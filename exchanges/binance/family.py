@@ -16,6 +16,7 @@ import json
 import re
 import time
 from abc import abstractmethod
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -113,6 +114,7 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         self._snapshot_tasks: dict[str, asyncio.Task[Any]] = {}
         self._market_socket: ManagedSocket | None = None
         self._user_down_since_ms: int | None = None
+        self._offset_error_ms = 0  # half the round trip of the last clock measurement
 
     # -- REST --------------------------------------------------------------------------------
     def observe_response(self, status: int, headers: dict[str, str]) -> None:
@@ -139,15 +141,43 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         return self.order_report(data, order.client_id)
 
     async def _call(
-        self, method: str, params: dict[str, Any] | None = None, *, weight: int = 1, orders: int = 0
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        weight: int = 1,
+        orders: int = 0,
+        places: Sequence[TrackedOrder] = (),
     ) -> Any:
+        """One REST call, paced by the governor. A call that ``places`` orders is signed
+        with a timestamp taken here, after any wait, and kept on each order: the venue
+        may execute it until that timestamp plus recvWindow (``resend_wait_s``)."""
         try:
             await self.governor.acquire(weight, orders, max_wait=self.params.max_rate_wait_s)
         except RateLimitError as exc:
             raise VenueCallError(
                 "rate_limited", str(exc), retry_after_s=exc.retry_after_s
             ) from None
+        if places and params is not None:
+            params["timestamp"] = stamp = self.venue_time_ms()  # ccxt signs this one
+            for order in places:
+                order.extra["signed_ms"] = stamp
         return await self._rest(method, params)
+
+    def venue_time_ms(self) -> int:
+        """Now on the venue's clock, as far as the last measured offset tells."""
+        return time.time_ns() // 1_000_000 + self.time_offset_ms
+
+    def resend_wait_s(self, tracked: TrackedOrder) -> float:
+        """Binance executes a request until its timestamp plus recvWindow, venue time
+        (a -1007 answer says "execution status unknown"; the backend may still run it),
+        and refuses a duplicate client id only among open orders: no resend before then.
+        The clock offset's uncertainty and 100 ms are added."""
+        # An order not signed by _call: a request sent by now is signed by now.
+        signed = tracked.extra.setdefault("signed_ms", self.venue_time_ms())
+        window = int(self.params.recv_window_ms)
+        expires = int(signed) + window + self._offset_error_ms + 100
+        return max(0.0, (expires - self.venue_time_ms()) / 1000)
 
     def classify_http_error(self, status: int, body: str) -> VenueCallError:
         try:
@@ -173,6 +203,7 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         t1 = time.time_ns()
         local_ms = (t0 + t1) // 2 // 1_000_000
         self.time_offset_ms = int(data["serverTime"]) - local_ms
+        self._offset_error_ms = (t1 - t0) // 2_000_000 + 1
         # ccxt signs with timestamp = local ms - timeDifference.
         self._client.options["timeDifference"] = -self.time_offset_ms
         self.counters["time_syncs"] += 1

@@ -147,7 +147,7 @@ class BinanceUsdm(UsdmAccountVenue):
 
     async def send_place(self, order: TrackedOrder) -> None:
         data = await self._call(
-            "fapiprivate_post_order", self.order_params(order), weight=0, orders=1
+            "fapiprivate_post_order", self.order_params(order), weight=0, orders=1, places=[order]
         )
         order.exchange_id = str(data["orderId"])
         self._emit_update(self.order_report(data, order.client_id))
@@ -220,6 +220,7 @@ class BinanceUsdm(UsdmAccountVenue):
                 {"batchOrders": batch},
                 weight=5,
                 orders=len(batch),
+                places=tracked,
             )
         except VenueCallError as exc:
             if exc.kind in ("rejected", "auth"):

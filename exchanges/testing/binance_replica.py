@@ -39,6 +39,7 @@ from quoteforge.exchanges.testing.binance_replica_rest import (
     sign_query,
 )
 from quoteforge.exchanges.testing.faults import (
+    OrderRejectedError,
     ReplicaMarket,
     ReplicaOrder,
     ReplicaTrade,
@@ -50,10 +51,10 @@ __all__ = ["BinanceReplica", "BinanceSymbol", "sign_query"]
 class BinanceReplica(BinanceRest):
     """Binance spot on 127.0.0.1, keeping a real book and matching our orders.
 
-    Control API (all ``async``): ``set_level``, ``set_book``, ``churn``, ``fill_order``
-    and the fault commands of ``ReplicaServer`` (``drop_connections``, ``go_silent``,
-    ``skip_sequence``, ``fail_http``, ``time_out``, ``reject_next_order``,
-    ``partial_fill_next``, ``down_for``, ``skew_clock``). The REST API is
+    Control API (all ``async``): ``set_level``, ``set_book``, ``churn``, ``fill_order``,
+    ``answer_unknown_then_execute`` and the fault commands of ``ReplicaServer``
+    (``drop_connections``, ``go_silent``, ``skip_sequence``, ``fail_http``, ``time_out``,
+    ``reject_next_order``, ``partial_fill_next``, ``down_for``, ``skew_clock``). The REST API is
     ``BinanceRest`` (binance_replica_rest.py); this class adds the market data streams,
     the websocket API's user data stream and recording playback.
     """
@@ -107,6 +108,10 @@ class BinanceReplica(BinanceRest):
                 self._orders_10s, order_limit_10s, "10 SECOND", "X-MBX-ORDER-COUNT-10S"
             ),
         ]
+        self._late_after_s: list[float] = []
+        self.late_outcomes: list[tuple[str, str]] = []
+        """(client id, ``executed`` / ``expired`` / ``rejected``) of each order answered
+        -1007 by ``answer_unknown_then_execute``, once its backend got to it."""
         self._depth_subs: dict[Any, set[str]] = {}
         self._combined: set[Any] = set()
         self._user_subs: dict[Any, int] = {}
@@ -135,6 +140,42 @@ class BinanceReplica(BinanceRest):
 
     def normalize_symbol(self, symbol: str) -> str:
         return symbol.upper()
+
+    # -- late execution ------------------------------------------------------------------
+    async def answer_unknown_then_execute(self, after_s: float, *, count: int = 1) -> None:
+        """Answer the next ``count`` new orders (``POST /api/v3/order``) with -1007
+        ("Timeout waiting for response from backend server. Send status unknown; execution
+        status unknown.", HTTP 503), and let the backend execute each ``after_s`` later,
+        unless its ``timestamp`` plus ``recvWindow`` has passed by then (the venue does not
+        run an expired request). ``late_outcomes`` says what became of each."""
+        self._late_after_s.extend([after_s] * count)
+
+    async def answer_new_order(self, request: web.Request) -> web.Response:
+        if not self._late_after_s:
+            return await super().answer_new_order(request)
+        p = await self.signed_order_entry(request, 1)
+        if isinstance(p, web.Response):
+            return p
+        self.spawn(self._execute_late(p, self._late_after_s.pop(0)))
+        return self._error(
+            -1007,
+            "Timeout waiting for response from backend server. Send status unknown; "
+            "execution status unknown.",
+            503,
+        )
+
+    async def _execute_late(self, p: dict[str, str], after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        client_id = p.get("newClientOrderId", "")
+        if self.now_ms() > int(p["timestamp"]) + int(p.get("recvWindow", "5000")):
+            self.late_outcomes.append((client_id, "expired"))
+            return
+        try:
+            await self._place(p)
+        except (OrderRejectedError, KeyError):
+            self.late_outcomes.append((client_id, "rejected"))
+            return
+        self.late_outcomes.append((client_id, "executed"))
 
     # -- recording mode -----------------------------------------------------------------
     async def start(self) -> None:

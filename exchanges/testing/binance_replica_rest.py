@@ -174,7 +174,7 @@ class BinanceRest(ReplicaServer):
         r.add_get("/api/v3/ping", self._ping)
         r.add_get("/api/v3/exchangeInfo", self._exchange_info)
         r.add_get("/api/v3/depth", self._depth)
-        r.add_post("/api/v3/order", self._new_order)
+        r.add_post("/api/v3/order", self.answer_new_order)
         r.add_delete("/api/v3/order", self._cancel_order)
         r.add_get("/api/v3/order", self._query_order)
         r.add_get("/api/v3/openOrders", self._open_orders)
@@ -529,7 +529,9 @@ class BinanceRest(ReplicaServer):
             raise OrderRejectedError("forced", forced or "Order rejected by the venue.")
         return order, await self._execute(market, order)
 
-    async def _new_order(self, request: web.Request) -> web.Response:
+    async def answer_new_order(self, request: web.Request) -> web.Response:
+        """``POST /api/v3/order``: place it and answer as the venue does. A subclass may
+        override it to answer otherwise (``BinanceReplica``: -1007, executed later)."""
         p = await self.signed_order_entry(request, 1)
         if isinstance(p, web.Response):
             return p

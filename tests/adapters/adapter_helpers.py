@@ -29,6 +29,9 @@ BINANCE_KIT = VenueKit(
     make_replica=lambda: BinanceReplica(ping_interval=0.1),
     make_adapter=binance_adapter,
     features=frozenset({"sequence", "replace"}),
+    # A request whose answer was lost is resent only after its recvWindow: a short one
+    # keeps the tests that lose answers quick.
+    params={"recv_window_ms": 1000},
 )
 
 
