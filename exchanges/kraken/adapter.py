@@ -20,7 +20,6 @@ from quoteforge.exchange import OrderAction, PlaceOrder, VenueContext
 from quoteforge.exchanges.ccxt_base import (
     API_KEY_SECRETS,
     AutoCancelParams,
-    CcxtSpotAdapter,
     CcxtSpotParams,
     LatencyEndpoints,
     ManagedSocket,
@@ -36,15 +35,13 @@ from quoteforge.exchanges.kraken.ratelimit import (
     kraken_amend_cost,
     kraken_cancel_cost,
 )
+from quoteforge.exchanges.kraken.reconciliation import KrakenReconciliation
 from quoteforge.exchanges.kraken.wire import (
     ORDER_STATUS,
-    alt_pair,
     classify_error,
     order_params,
     parse_timestamp_ns,
     public_stream,
-    rest_asset,
-    rest_update,
     v2_asset,
 )
 from quoteforge.model import (
@@ -108,10 +105,11 @@ class KrakenParams(CcxtSpotParams, AutoCancelParams):
         return self
 
 
-class KrakenSpot(CcxtSpotAdapter):
+class KrakenSpot(KrakenReconciliation):
     """Kraken spot. One public socket carries every pair's book and trades; one private
     socket carries executions and order entry (add_order, batch_add, amend_order,
-    cancel_order, cancel_all)."""
+    cancel_order, cancel_all). The REST reads for reconciliation are
+    ``KrakenReconciliation``'s (reconciliation.py)."""
 
     venue_id = "kraken"
     ccxt_id = "kraken"
@@ -138,7 +136,6 @@ class KrakenSpot(CcxtSpotAdapter):
         self._req_ids = iter(range(1, 1 << 62))
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._opening_public = False
-        self._by_order_id: dict[str, str] = {}
         self._subscribed_at: dict[str, float] = {}
 
     # -- URLs and client -------------------------------------------------------------------
@@ -348,7 +345,13 @@ class KrakenSpot(CcxtSpotAdapter):
                 logger.warning("{}: dropped malformed book message: {}", self.name, exc)
         elif '"channel":"trade"' in raw:
             try:
-                rows = json.loads(raw, parse_float=Decimal)["data"]
+                msg = json.loads(raw, parse_float=Decimal)
+                if type(msg) is dict and "method" in msg:
+                    # A (un)subscribe answer: its result names the channel, it has no data.
+                    if msg.get("success") is not True:
+                        logger.warning("{}: public request refused: {}", self.name, raw[:300])
+                    return
+                rows = msg["data"]
             except (ValueError, LookupError, TypeError) as exc:
                 logger.warning("{}: dropped unreadable trade message ({})", self.name, exc)
                 return
@@ -666,118 +669,6 @@ class KrakenSpot(CcxtSpotAdapter):
         self._emit_update(update)
         if fill is not None:
             self._emit_fill(fill)
-
-    # -- REST lookups and reconciliation ---------------------------------------------------------
-    async def lookup_order(self, order: TrackedOrder) -> OrderUpdate | None:
-        for method, key in (
-            ("private_post_openorders", "open"),
-            ("private_post_closedorders", "closed"),
-        ):
-            data = await self._rest(method, {"cl_ord_id": order.client_id})
-            rows = data.get("result", {}).get(key, {})
-            for txid, info in rows.items():
-                if info.get("cl_ord_id") == order.client_id:
-                    order.exchange_id = txid
-                    self._by_order_id[txid] = order.client_id
-                    update = rest_update(
-                        self.name,
-                        order.client_id,
-                        info,
-                        self.instruments[order.symbol],
-                        self.clock.now_ns(),
-                    )
-                    return OrderUpdate(
-                        update.venue,
-                        update.client_id,
-                        update.status,
-                        update.ts_ns,
-                        txid,
-                        update.filled_lots,
-                        update.price_ticks,
-                        update.qty_lots,
-                    )
-        return None
-
-    async def _open_on(self, symbol: str) -> list[OrderUpdate]:
-        data = await self._rest("private_post_openorders")
-        pair_alt = self._rest_pair[symbol]
-        out = []
-        for info in data.get("result", {}).get("open", {}).values():
-            descr_pair = info.get("descr", {}).get("pair", "")
-            if descr_pair and descr_pair not in (
-                pair_alt,
-                symbol.replace("/", ""),
-                self._wire[symbol].replace("/", ""),
-                alt_pair(pair_alt),
-            ):
-                continue
-            if info.get("cl_ord_id"):
-                out.append(
-                    rest_update(
-                        self.name,
-                        info["cl_ord_id"],
-                        info,
-                        self.instruments[symbol],
-                        self.clock.now_ns(),
-                    )
-                )
-        return out
-
-    async def reconcile_orders(self) -> None:
-        # The executions snapshot (open orders and recent fills) already replayed what
-        # was missed; lookups settle orders that closed while we were away.
-        await super().reconcile_orders()
-
-    async def fetch_open_orders(self) -> list[OrderUpdate]:
-        self.require_credentials("open orders")
-        out: list[OrderUpdate] = []
-        for symbol in self.instruments:
-            out.extend(await self._open_on(symbol))
-        return out
-
-    async def fetch_balances(self) -> dict[str, Decimal]:
-        self.require_credentials("balances")
-        data = await self._rest("private_post_balance")
-        out = {}
-        for asset, amount in data.get("result", {}).items():
-            value = Decimal(str(amount))
-            if value:
-                out[rest_asset(asset)] = value
-        return out
-
-    async def fetch_fills(self, since_ns: int) -> list[Fill]:
-        self.require_credentials("fills")
-        data = await self._rest("private_post_tradeshistory", {"start": since_ns / 1e9})
-        fills = []
-        for row in data.get("result", {}).get("trades", {}).values():
-            symbol = next(
-                (
-                    s
-                    for s, alt in self._rest_pair.items()
-                    if row.get("pair") in (alt, alt_pair(alt))
-                ),
-                None,
-            )
-            if symbol is None:
-                continue
-            inst = self.instruments[symbol]
-            client_id = row.get("cl_ord_id") or self._by_order_id.get(row.get("ordertxid"), "")
-            fills.append(
-                Fill(
-                    venue=self.name,
-                    symbol=symbol,
-                    fill_id=f"{self._wire[symbol]}:{row.get('trade_id')}",
-                    client_id=client_id,
-                    side=Side.parse(row["type"]),
-                    price_ticks=inst.price_to_ticks(row["price"]),
-                    qty_lots=inst.qty_to_lots(row["vol"]),
-                    fee=Decimal(str(row["fee"])),
-                    fee_asset=inst.quote,
-                    liquidity=Liquidity.MAKER if row.get("maker") else Liquidity.TAKER,
-                    ts_ns=int(Decimal(str(row["time"])) * 1_000_000_000),
-                )
-            )
-        return fills
 
 
 create_kraken = VenueFactory(KrakenParams, KrakenSpot)

@@ -93,6 +93,8 @@ class KrakenReplica(KrakenRest):
         self._exec_ids = iter(range(1, 1 << 62))
         self.ws_requests: list[str] = []
         """Private websocket methods received, in order (``add_order``, ``batch_add`` ...)."""
+        self.queried_txids: list[list[str]] = []
+        """The txid list of every signed ``QueryOrders`` call, in order."""
         trade_ids = iter(range(1, 1 << 62))
         for name, pair in self.pairs.items():
             market = ReplicaMarket(

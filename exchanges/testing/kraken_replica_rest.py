@@ -1,7 +1,10 @@
 """The Kraken replica's REST API (``/0/public``, ``/0/private``) in Kraken's wire format:
-asset pairs, depth, time, and the signed private calls (balance, websocket token, open
-and closed orders, trades history, add and cancel order). ``KrakenReplica``
+asset pairs, depth, time, and the signed private calls (balance, websocket token, open,
+closed and queried orders, trades history, add and cancel order). ``KrakenReplica``
 (kraken_replica.py) adds websocket v2 and the order engine behind both.
+
+Trades history rows carry the documented trade info only: no ``cl_ord_id``, so a client
+learns a trade's client order id from the order (``QueryOrders``), as on Kraken.
 """
 
 from __future__ import annotations
@@ -29,7 +32,18 @@ from quoteforge.exchanges.testing.faults import (
 )
 from quoteforge.exchanges.testing.replica import ReplicaServer
 
-__all__ = ["DEFAULT_PAIRS", "REJECT", "KrakenPair", "KrakenRest", "iso", "kraken_sign"]
+__all__ = [
+    "DEFAULT_PAIRS",
+    "QUERY_ORDERS_MAX",
+    "REJECT",
+    "KrakenPair",
+    "KrakenRest",
+    "iso",
+    "kraken_sign",
+]
+
+QUERY_ORDERS_MAX = 50
+"""The most txids one ``QueryOrders`` call takes."""
 
 REJECT = {
     "insufficient_funds": "EOrder:Insufficient funds",
@@ -112,6 +126,7 @@ class KrakenRest(ReplicaServer):
     _by_symbol: dict[str, str]
     _txids: dict[str, ReplicaOrder]
     _last_nonce: int
+    queried_txids: list[list[str]]
 
     @abstractmethod
     async def add_order(self, spec: dict[str, Any]) -> ReplicaOrder:
@@ -133,6 +148,7 @@ class KrakenRest(ReplicaServer):
             "GetWebSocketsToken",
             "OpenOrders",
             "ClosedOrders",
+            "QueryOrders",
             "AddOrder",
             "CancelOrder",
             "TradesHistory",
@@ -347,6 +363,8 @@ class KrakenRest(ReplicaServer):
             if open_:
                 return self._ok({"open": rows})
             return self._ok({"closed": rows, "count": len(rows)})
+        if name == "QueryOrders":
+            return self._query_orders(params.get("txid", ""))
         if name == "TradesHistory":
             start = float(params.get("start", "0"))
             rows = {}
@@ -366,6 +384,19 @@ class KrakenRest(ReplicaServer):
             await self.cancel_order(order)
             return self._ok({"count": 1})
         return self._fail("EGeneral:Unknown method")
+
+    def _query_orders(self, txid: str) -> web.Response:
+        """``QueryOrders``: the order info of up to 50 orders, keyed by txid (a comma
+        separated list). The docs do not say what an unknown txid gets; the replica
+        refuses the call with ``EOrder:Invalid order``."""
+        txids = [t.strip() for t in txid.split(",") if t.strip()]
+        if not 1 <= len(txids) <= QUERY_ORDERS_MAX:
+            return self._fail("EGeneral:Invalid arguments:txid")
+        self.queried_txids.append(txids)
+        orders = [self._txids.get(t) for t in txids]
+        if any(o is None for o in orders):
+            return self._fail("EOrder:Invalid order")
+        return self._ok({t: self._order_info(o) for t, o in zip(txids, orders, strict=True) if o})
 
     def _all_orders(self) -> list[ReplicaOrder]:
         return [o for m in self.markets.values() for o in m.orders.values()]
@@ -428,7 +459,6 @@ class KrakenRest(ReplicaServer):
             "misc": "",
             "trade_id": t.trade_id,
             "maker": t.maker,
-            "cl_ord_id": o.client_id,
         }
 
     async def _rest_add_order(self, params: dict[str, str]) -> web.Response:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from adapter_helpers import KRAKEN_KIT, compact, kraken_of, running
+from loguru import logger
 
 from quoteforge.exchange import CancelOrder, PlaceOrder
 from quoteforge.exchanges.ccxt_base import VenueCallError
@@ -270,3 +271,73 @@ async def test_a_public_trade_that_cannot_be_read_as_sent_is_dropped() -> None:
         assert len(h.sink.trades) == before
         adapter._on_public_text(compact({"channel": "trade", "data": [good]}), 0)
         assert h.sink.trades[-1][4] is Side.BUY
+
+
+# Kraken's websocket v2 trade channel, as docs.kraken.com gives it (spot-websocket-v2/trade):
+# the subscribe answer names the channel in ``result`` and carries no ``data``.
+TRADE_SUBSCRIBED = {
+    "method": "subscribe",
+    "result": {"channel": "trade", "snapshot": True, "symbol": "BTC/USD"},
+    "success": True,
+    "time_in": "2023-09-25T09:04:31.742599Z",
+    "time_out": "2023-09-25T09:04:31.742648Z",
+}
+TRADE_UNSUBSCRIBED = {
+    "method": "unsubscribe",
+    "result": {"channel": "trade", "symbol": "BTC/USD"},
+    "success": True,
+    "time_in": "2023-09-25T09:04:31.742599Z",
+    "time_out": "2023-09-25T09:04:31.742648Z",
+}
+REFUSED = (
+    {  # as documented: no result, the symbol at the top
+        "error": "Currency pair not supported XBT/USD",
+        "method": "subscribe",
+        "success": False,
+        "symbol": "XBT/USD",
+        "time_in": "2023-09-25T09:04:31.742599Z",
+        "time_out": "2023-09-25T09:04:31.742648Z",
+    },
+    {**TRADE_SUBSCRIBED, "success": False, "error": "EGeneral:Invalid arguments"},
+)
+TRADE_SNAPSHOT = {
+    "channel": "trade",
+    "type": "snapshot",
+    "data": [
+        {
+            "symbol": "BTC/USD",
+            "side": "sell",
+            "price": 30000.5,
+            "qty": 0.01,
+            "ord_type": "limit",
+            "trade_id": 4665846,
+            "timestamp": "2023-09-25T07:48:36.925533Z",
+        }
+    ],
+}
+
+
+async def test_the_trade_channel_answers_are_not_taken_for_unreadable_trades() -> None:
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        async with running(KRAKEN_KIT) as h:
+            adapter = kraken_of(h)
+            for answer in (TRADE_SUBSCRIBED, TRADE_UNSUBSCRIBED):
+                adapter._on_public_text(compact(answer), 0)
+            for refused in REFUSED:
+                adapter._on_public_text(compact(refused), 0)
+            adapter._on_public_text(compact(TRADE_SNAPSHOT), 0)
+            assert h.sink.trades[-1][4] is Side.SELL
+            # The replica's own answer to the adapter's subscription, and a live trade.
+            order = h.order(Side.BUY)
+            await h.place(order)
+            before = len(h.sink.trades)
+            await h.replica.fill_order(order.client_id)
+            await h.wait_for(lambda: len(h.sink.trades) > before, "the public trade")
+    finally:
+        logger.remove(handler)
+    assert not [line for line in lines if "unreadable trade" in line]
+    assert [line.strip() for line in lines if "refused" in line] == [
+        f"kraken: public request refused: {compact(refused)}" for refused in REFUSED
+    ]

@@ -1,0 +1,117 @@
+"""Kraken fills read over REST carry the client id of their order, also in a new process.
+
+Kraken's ``TradesHistory`` rows name the order (``ordertxid``) but not its ``cl_ord_id``;
+the adapter asks ``QueryOrders`` for the orders it never saw, so the reconciliation can
+tell this run's fills from other trades on the account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+from adapter_helpers import KRAKEN_KIT, kraken_of
+from loguru import logger
+
+from quoteforge.clock import LiveClock
+from quoteforge.exchange import VenueContext
+from quoteforge.exchanges.testing.conformance import FAST_PARAMS, Harness, RecordingSink
+from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
+from quoteforge.model import Side
+
+QUERY_ORDERS = ("POST", "/0/private/QueryOrders")
+
+
+@contextlib.asynccontextmanager
+async def life(replica: KrakenReplica) -> AsyncIterator[Harness]:
+    """One process of the bot: a new adapter on a replica that outlives it."""
+    ctx = VenueContext(
+        name="kraken",
+        clock=LiveClock(),
+        seed=1,
+        mode="live",
+        symbols=[KRAKEN_KIT.symbol],
+        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
+    )
+    adapter = KRAKEN_KIT.make_adapter(replica, dict(FAST_PARAMS), ctx)
+    sink = RecordingSink()
+    try:
+        await adapter.connect(sink)
+        harness = Harness(KRAKEN_KIT, replica, adapter, sink)
+        await harness.wait_book_matches()
+        yield harness
+    finally:
+        await adapter.close()
+
+
+async def other_client_order(replica: KrakenReplica, client_id: str, price: str) -> None:
+    """An order of another program on the same account, placed and filled while no
+    adapter of ours is running."""
+    await replica.add_order(
+        {
+            "symbol": "BTC/USD",
+            "side": "sell",
+            "order_type": "limit",
+            "order_qty": "0.0002",
+            "limit_price": price,
+            "cl_ord_id": client_id,
+        }
+    )
+    await replica.fill_order(client_id)
+
+
+async def test_a_new_process_reads_the_client_ids_of_fills_made_while_it_was_down() -> None:
+    async with KrakenReplica(ping_interval=0.1) as replica:
+        async with life(replica) as first:
+            order = first.order(Side.BUY)
+            await first.place(order)
+        # The bot is down: its order fills, and another program on the account trades.
+        await replica.fill_order(order.client_id)
+        await other_client_order(replica, "desk-7", "50100.0")
+        async with life(replica) as second:
+            fills = await kraken_of(second).fetch_fills(0)
+    by_client = {f.client_id: f for f in fills}
+    assert set(by_client) == {order.client_id, "desk-7"}
+    ours = by_client[order.client_id]
+    assert (ours.side, ours.qty_lots, ours.price_ticks) == (
+        Side.BUY,
+        order.qty_lots,
+        order.price_ticks,
+    )
+    assert by_client["desk-7"].side is Side.SELL
+
+
+async def test_unknown_orders_are_asked_in_batches_of_50_and_once_each() -> None:
+    async with KrakenReplica(ping_interval=0.1) as replica:
+        for i in range(51):
+            await other_client_order(replica, f"old-{i}", f"{50100 + i}.0")
+        async with life(replica) as h:
+            adapter = kraken_of(h)
+            fills = await adapter.fetch_fills(0)
+            again = await adapter.fetch_fills(0)
+    assert sorted(len(batch) for batch in replica.queried_txids) == [1, 50]
+    assert len({t for batch in replica.queried_txids for t in batch}) == 51
+    assert {f.client_id for f in fills} == {f"old-{i}" for i in range(51)}
+    assert [f.client_id for f in again] == [f.client_id for f in fills]
+
+
+async def test_a_failed_order_lookup_leaves_the_order_unnamed_warns_and_asks_again() -> None:
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        async with KrakenReplica(ping_interval=0.1) as replica:
+            await other_client_order(replica, "desk-9", "50100.0")
+            async with life(replica) as h:
+                await replica.fail_http(503, path=QUERY_ORDERS[1])
+                [fill] = await kraken_of(h).fetch_fills(0)
+                [later] = await kraken_of(h).fetch_fills(0)
+    finally:
+        logger.remove(handler)
+    # Unnamed, not "" (which would be a settlement of the run's own holdings); the next
+    # read asks again, and the venue answers this time.
+    assert fill.client_id.startswith("order:")
+    assert later.client_id == "desk-9"
+    assert fill.qty_lots == h.instrument.qty_to_lots(Decimal("0.0002"))
+    assert replica.request_log.count(QUERY_ORDERS) == 2
+    assert any("QueryOrders" in line for line in lines)
