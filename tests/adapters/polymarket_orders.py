@@ -38,6 +38,30 @@ def example_params(replica: PolymarketReplica) -> dict[str, Any]:
     }
 
 
+def clob_for(
+    replica: PolymarketReplica,
+    market: str,
+    symbols: list[str],
+    secrets: dict[str, str] | None = None,
+    **params: Any,
+) -> PolymarketClob:
+    """A live adapter (not connected) on ``replica``'s ``market``: fast timeouts, no
+    resolution polls, the replica's keys unless ``secrets`` are given."""
+    ctx = VenueContext(
+        "polymarket", LiveClock(), 1, "live", symbols, secrets=secrets or replica.secrets
+    )
+    return PolymarketClob(
+        PolymarketParams(
+            rest_url=replica.url,
+            ws_url=replica.market_ws_url,
+            private_ws_url=replica.user_ws_url,
+            markets={market: replica.condition_id(market)},
+            **{**FAST_PARAMS, "resolution_poll_s": None, **params},
+        ),
+        ctx,
+    )
+
+
 @contextlib.asynccontextmanager
 async def connected(
     replica: PolymarketReplica | None = None,
@@ -48,19 +72,7 @@ async def connected(
     replica = replica or PolymarketReplica(ping_interval=0.1)
     await replica.start()
     sink = RecordingSink()
-    ctx = VenueContext(
-        "polymarket", LiveClock(), 1, "live", [YES, NO], secrets=secrets or replica.secrets
-    )
-    adapter = PolymarketClob(
-        PolymarketParams(
-            rest_url=replica.url,
-            ws_url=replica.market_ws_url,
-            private_ws_url=replica.user_ws_url,
-            markets={"rain-nyc": replica.condition_id("rain-nyc")},
-            **{**FAST_PARAMS, "resolution_poll_s": None, **params},
-        ),
-        ctx,
-    )
+    adapter = clob_for(replica, "rain-nyc", [YES, NO], secrets, **params)
     replica.label_orders(adapter.client_id_of)
     try:
         await adapter.connect(sink)

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polymarket_orders import clob_for, example_params
 
-from quoteforge.clock import LiveClock
 from quoteforge.engine import Run
-from quoteforge.exchange import PlaceOrder, VenueContext
-from quoteforge.exchanges.polymarket import PolymarketClob, PolymarketParams
+from quoteforge.exchange import PlaceOrder
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
 from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
@@ -46,19 +45,7 @@ async def test_polymarket_paper_sends_no_heartbeat_and_the_accounts_orders_stay(
     await replica.start()
     try:
         # An order of the account, placed by another client and left resting.
-        ctx = VenueContext(
-            "polymarket", LiveClock(), 1, "live", ["event/YES"], secrets=replica.secrets
-        )
-        other = PolymarketClob(
-            PolymarketParams(
-                rest_url=replica.url,
-                ws_url=replica.market_ws_url,
-                private_ws_url=replica.user_ws_url,
-                markets={"event": replica.condition_id("event")},
-                **{**FAST_PARAMS, "resolution_poll_s": None},
-            ),
-            ctx,
-        )
+        other = clob_for(replica, "event", ["event/YES"])
         await other.connect(RecordingSink())
         inst = other.instruments["event/YES"]
         lots, ticks = inst.qty_to_lots("10"), inst.price_to_ticks("0.30")
@@ -73,15 +60,7 @@ async def test_polymarket_paper_sends_no_heartbeat_and_the_accounts_orders_stay(
         for name, value in replica.secrets.items():
             monkeypatch.setenv(f"POLYMARKET_{name.upper()}", value)
         before = len(replica.request_log)
-        params = {
-            "rest_url": replica.url,
-            "data_url": replica.url,
-            "ws_url": replica.market_ws_url,
-            "private_ws_url": replica.user_ws_url,
-            "markets.event": f"'{replica.condition_id('event')}'",
-            "resolution_poll_s": "null",
-            "heartbeat_interval_s": "0.5",
-        }
+        params = {**example_params(replica), "heartbeat_interval_s": "0.5"}
         await paper_run(
             registry, EXAMPLES / "polymarket.yaml", "polymarket", params, tmp_path / "r"
         )

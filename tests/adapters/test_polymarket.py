@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 from loguru import logger
-from polymarket_orders import NO, YES, connected, order, placed, rest_summary, wait_for
+from polymarket_orders import (
+    NO,
+    YES,
+    clob_for,
+    connected,
+    order,
+    placed,
+    rest_summary,
+    wait_for,
+)
 
 from quoteforge.book import BookState
 from quoteforge.clock import LiveClock
@@ -24,7 +33,7 @@ from quoteforge.exchanges.polymarket import (
     PolymarketParams,
 )
 from quoteforge.exchanges.polymarket.ratelimit import PolymarketRateGovernor
-from quoteforge.exchanges.testing.conformance import FAST_PARAMS, RecordingSink
+from quoteforge.exchanges.testing.conformance import RecordingSink
 from quoteforge.exchanges.testing.polymarket_replica import PolymarketReplica
 from quoteforge.model import (
     Instrument,
@@ -81,18 +90,7 @@ async def test_a_wrong_key_is_refused_by_the_venue() -> None:
 
 
 def heartbeating(replica: PolymarketReplica, interval_s: float) -> PolymarketClob:
-    ctx = VenueContext("polymarket", LiveClock(), 1, "live", [YES, NO], secrets=replica.secrets)
-    return PolymarketClob(
-        PolymarketParams(
-            rest_url=replica.url,
-            ws_url=replica.market_ws_url,
-            private_ws_url=replica.user_ws_url,
-            markets={"rain-nyc": replica.condition_id("rain-nyc")},
-            heartbeat_interval_s=interval_s,
-            **{**FAST_PARAMS, "resolution_poll_s": None},
-        ),
-        ctx,
-    )
+    return clob_for(replica, "rain-nyc", [YES, NO], heartbeat_interval_s=interval_s)
 
 
 async def test_heartbeats_chain_ids_and_a_refused_first_one_stops_the_start() -> None:
