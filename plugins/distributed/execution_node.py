@@ -45,8 +45,19 @@ from quoteforge.model import (
     TimeInForce,
 )
 from quoteforge.orders import OrderManager, fill_to_dict
+from quoteforge.plugins.distributed.execution_instances import (
+    cancel_listed_orders,
+    live_execution_instance,
+    refusal_message,
+)
 from quoteforge.plugins.distributed.lockstep_driver import LockstepDriver
-from quoteforge.plugins.distributed.node_base import Node, is_lockstep, is_simulated, node_bus
+from quoteforge.plugins.distributed.node_base import (
+    Node,
+    NodeRefusedError,
+    is_lockstep,
+    is_simulated,
+    node_bus,
+)
 from quoteforge.plugins.distributed.remote import (
     IntentError,
     MarketDataPublisher,
@@ -165,6 +176,27 @@ class ExecutionNode(Node):
         self.markets: dict[str, Market] = {}
 
     # -- start ------------------------------------------------------------------------------
+    async def preflight(self) -> None:
+        """Refuse to start beside a live execution instance of this run (both would
+        send every order): asked on a connection of its own, see live_execution_instance."""
+        probe = node_bus(
+            self.loaded,
+            self.registry,
+            f"{self.role}-probe",
+            self.settings,
+            heartbeats=False,
+            user=self.role,
+        )
+        await probe.start()
+        try:
+            other = await live_execution_instance(
+                probe, self.scheme, float(self.settings.heartbeat)
+            )
+        finally:
+            await probe.close()
+        if other is not None:
+            raise NodeRefusedError(refusal_message(self.scheme.run, other))
+
     async def start(self) -> None:
         m = self.manifest
         reg = self.registry
@@ -190,6 +222,15 @@ class ExecutionNode(Node):
                 self.md_venues.add(name)
         for venue in self.venues.values():
             await venue.connect(self)
+        # Before intents are taken: an order of this run resting at a venue that this new
+        # process did not place was left by a node that died (its strategy node's cancels
+        # went nowhere). Its cancel report goes to the strategy node like any other.
+        await cancel_listed_orders(
+            self.venues,
+            self.orders.id_prefix,
+            lambda cid: self.orders.get(cid) is not None,
+            what="this new node did not place (left by a node that died?)",
+        )
         # Before the instruments go out: a strategy node starts asking once it has them.
         self.reconciler.start()
         self.portfolio = build_portfolio(self.venues)
@@ -706,6 +747,15 @@ class ExecutionNode(Node):
             for venue in self.venues.values():
                 with contextlib.suppress(Exception):
                     await venue.cancel_all()
+        # Whatever the venues still list under this run's client ids (placed by an
+        # instance that died, or whose report never came) is cancelled too.
+        await cancel_listed_orders(
+            self.venues,
+            self.orders.id_prefix,
+            lambda cid: False,
+            wait_s=max(0.5, deadline - time.monotonic()),
+            what="still listed at stop",
+        )
         open_left = 0
         with (self.run_dir / "venue_fills.jsonl").open("w", encoding="utf-8") as fh:
             for name, venue in self.venues.items():

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +47,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 class NodeError(RuntimeError):
     """A split run that cannot start as configured."""
+
+
+class NodeRefusedError(NodeError):
+    """A node that must not start now (another instance of its role runs): the process
+    exits with ``EXIT_USAGE`` and this one-line message."""
 
 
 def is_simulated(registry: PluginRegistry, spec: PluginSpec) -> bool:
@@ -115,8 +122,11 @@ class Sessions:
         scheme: TopicScheme,
         role: str,
         on_peer_reconnect: Callable[[str], None],
+        details: dict[str, Any] | None = None,
     ) -> None:
         self.bus = bus
+        # Where the instance runs (pid, host, run folder), for a refusal to name it.
+        self.details = dict(details or {})
         self.scheme = scheme
         self.role = role
         self.instance = secrets.token_hex(6)
@@ -149,7 +159,12 @@ class Sessions:
                 try:
                     self.bus.publish(
                         self.scheme.node_session(self.role),
-                        {"role": self.role, "instance": self.instance, "connects": connects},
+                        {
+                            **self.details,
+                            "role": self.role,
+                            "instance": self.instance,
+                            "connects": connects,
+                        },
                         qos=1,
                         retain=True,
                     )
@@ -195,7 +210,13 @@ class Node:
         self.scheme = TopicScheme(self.manifest.run.name)
         self.clock: LiveClock | SimClock = LiveClock()
         self.bus = node_bus(loaded, registry, self.role, settings)
-        self.sessions = Sessions(self.bus, self.scheme, self.role, self.on_peer_reconnect)
+        self.sessions = Sessions(
+            self.bus,
+            self.scheme,
+            self.role,
+            self.on_peer_reconnect,
+            {"pid": os.getpid(), "host": socket.gethostname(), "run_dir": str(run_dir)},
+        )
         self.log = logger.bind(component=f"node:{self.role}", run=self.manifest.run.name)
         self.stop_reason = ""
         self.killed = False
@@ -221,6 +242,12 @@ class Node:
             resume=False,
             manifest_text=self.loaded.text,
         )
+        try:
+            await self.preflight()
+        except NodeRefusedError as exc:
+            self.stop_reason = f"refused: {exc}"
+            finish_run_info(self.run_dir, **self.info, stop_reason=self.stop_reason)
+            raise
         await self.bus.start()
         self.bus.subscribe(self.scheme.kill(), self._on_kill_message)
         self.bus.subscribe(self.scheme.breaker(), self._on_breaker_message)
@@ -242,6 +269,10 @@ class Node:
                 await self.bus.close()
                 finish_run_info(self.run_dir, **self.info, stop_reason=self.stop_reason)
         return self.stop_reason
+
+    async def preflight(self) -> None:
+        """Checks before the node's bus connects (and announces it); raise ``NodeRefusedError``
+        to refuse to start."""
 
     async def start(self) -> None:
         """Connect what the node hosts and subscribe what it needs."""

@@ -26,6 +26,7 @@ from quoteforge.plugins.distributed.node_base import (
     SPLIT_ROLES,
     Node,
     NodeError,
+    NodeRefusedError,
     is_lockstep,
     is_simulated,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "MarketDataNode",
     "MonitorNode",
     "NodeError",
+    "NodeRefusedError",
     "NodeSettings",
     "StrategyNode",
     "bus_security_problems",
@@ -146,7 +148,8 @@ async def run_node(
     install_signals: bool = True,
 ) -> int:
     """Run one node of a manifest until its duration passes, a stop signal or the kill
-    switch; returns a process exit code (0 ok, 1 failed, 2 refused configuration).
+    switch; returns a process exit code (0 ok, 1 failed, 2 refused configuration, or
+    another execution node of the run is online).
 
     ``role`` is marketdata, strategy, execution, monitor, or ``all`` for the whole run in
     this process (the in-process engine; on a network bus, a live run passes the nodes'
@@ -178,6 +181,9 @@ async def run_node(
     with stop_signals(node.request_stop, node.kill, enabled=install_signals):
         try:
             reason = await node.run()
+        except NodeRefusedError as exc:
+            logger.error("{} node refused to start: {}", role, exc)
+            return EXIT_USAGE
         except Exception as exc:
             logger.opt(exception=exc).error("{} node failed: {}", role, exc)
             return EXIT_ERROR
