@@ -215,7 +215,7 @@ def test_a_replay_that_differs_is_refused_and_changes_nothing(
     long_run = tmp_path / "long.yaml"
     long_run.write_text(manifest.read_text().replace("duration: 300s", "duration: 3000s"))
     run_dir = tmp_path / "run"
-    assert kill_during_run(long_run, run_dir, after_rows=400, delay=0) == -signal.SIGKILL
+    assert kill_during_run(long_run, run_dir, after_rows=150, delay=0) == -signal.SIGKILL
     before = journal(run_dir)
     trace = (run_dir / "trace.jsonl").read_bytes()
     info = (run_dir / "run.json").read_text()

@@ -23,7 +23,7 @@ SILENT_HEARTBEATS = 2.5
 
 
 async def live_execution_instance(
-    probe: Bus, scheme: TopicScheme, heartbeat_s: float, *, settle_s: float = 0.5
+    probe: Bus, scheme: TopicScheme, heartbeat_s: float, *, settle_s: float = 0.4
 ) -> str | None:
     """Describe the execution instance of this run that is online now, or None.
 
@@ -42,9 +42,10 @@ async def live_execution_instance(
     if flush is not None:
         with contextlib.suppress(Exception):
             await flush(5)
-    # Retained values follow the subscription's acknowledgement; a live instance's
-    # heartbeat comes within an interval anyway.
-    deadline = time.monotonic() + settle_s + heartbeat_s
+    # Retained values follow the subscription's acknowledgement (``flush`` waited for
+    # it), and a live instance always has its heartbeat retained: ``settle_s`` is the
+    # broker's hand-over on loopback or a LAN, not a heartbeat interval.
+    deadline = time.monotonic() + settle_s
     while not beats and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     if not beats or beats[-1].get("status") != "online":

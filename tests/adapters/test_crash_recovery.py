@@ -269,9 +269,11 @@ def test_a_resumed_run_books_its_own_fills_only_and_keeps_one_set_of_quotes(
     first = bot(["run", manifest, "--out", str(earlier), *flags], env)
     wait_for(earlier / "trace.jsonl", 30)
     venue.takers_on.set()
-    time.sleep(2.5)
+    deadline = time.time() + 20
+    while len(venue.call(lambda: replica.markets[SYMBOL].trades)) < 2 and time.time() < deadline:
+        time.sleep(0.1)
     venue.takers_on.clear()
-    time.sleep(0.5)
+    time.sleep(0.3)
     first.send_signal(signal.SIGINT)
     assert first.wait(60) == 0
     earlier_trades = {t.trade_id for t in venue.call(lambda: replica.markets[SYMBOL].trades)}
@@ -279,7 +281,10 @@ def test_a_resumed_run_books_its_own_fills_only_and_keeps_one_set_of_quotes(
 
     life = bot(["run", manifest, "--out", str(run_dir), *flags], env)
     wait_for(run_dir / "trace.jsonl", 30)
-    time.sleep(2.0)
+    deadline = time.time() + 20
+    while len(venue.call(lambda: replica.orders(SYMBOL))) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # its journal holds the orders
     life.send_signal(signal.SIGKILL)
     life.communicate(timeout=10)
     resting = venue.call(lambda: replica.orders(SYMBOL))
@@ -293,7 +298,7 @@ def test_a_resumed_run_books_its_own_fills_only_and_keeps_one_set_of_quotes(
 
     resumed = bot(["run", "--resume", str(run_dir)], env)
     wait_until_resumed(run_dir, resumed.pid, lives=1, seconds=60)
-    time.sleep(3.0)
+    time.sleep(2.0)  # it reconciled and quotes again
     still_open = venue.call(lambda: replica.orders(SYMBOL))
     resumed.send_signal(signal.SIGINT)
     _, stderr = resumed.communicate(timeout=60)
