@@ -365,12 +365,15 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 class DiskFillsUp(journal_sqlite.SqliteJournal):
-    """The SQLite journal on a disk that fills up after ``good`` batches."""
+    """The SQLite journal on a disk that fills up after ``good`` batches, or (with
+    ``at_orders``) at the first batch that holds an order record: a quiet run may write
+    nothing more once its quotes stand, and its journal must fail while it runs."""
 
     good = 3
+    at_orders = False
 
     def write_batch(self, conn: sqlite3.Connection, rows: Any) -> None:
-        if self.batches >= self.good:
+        if self.batches >= self.good or (self.at_orders and any(r[1] == "order" for r in rows)):
             raise sqlite3.OperationalError("database or disk is full")
         super().write_batch(conn, rows)
 
@@ -397,6 +400,8 @@ def test_a_failed_journal_still_lets_every_order_be_cancelled(
     leaving the quotes resting at the venue."""
     if "full_disk" not in registry.types("journal"):
         registry.register_module(_FullDiskPlugin, "test_journal_full_disk")
+    # The failure itself must come while the run goes on, whatever its timing.
+    monkeypatch.setattr(DiskFillsUp, "at_orders", stopped_by == "the failure")
 
     async def scenario() -> BinanceReplica:
         replica = BinanceReplica(ping_interval=0.1)
