@@ -49,7 +49,12 @@ def require_service(name: str, host: str, port: int, start: str) -> None:
     """Skip locally when a service is down; under CI a missing service fails the run."""
     if service_available(host, port):
         return
-    message = f"{name} is not reachable on {host}:{port}; start it with: {start}"
+    skip_or_fail(f"{name} is not reachable on {host}:{port}; start it with: {start}")
+
+
+def skip_or_fail(message: str) -> None:
+    """A service a test needs is missing: skipped locally, a failure under CI (``CI``
+    set to 1, true or yes), so CI never passes without it."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)
     pytest.skip(message)
@@ -74,6 +79,5 @@ def pg_dsn() -> str:
         message = (
             f"PostgreSQL is not reachable at {PG_DSN} ({str(exc).strip()}); start it: {PG_START}"
         )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_or_fail(message)
+    raise AssertionError("unreachable")

@@ -28,6 +28,12 @@ EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 PAPER = ["run.mode=paper", "report.html=false", "report.png=false"]
 
 
+def export_keys(monkeypatch: pytest.MonkeyPatch, venue: str, key: str, secret: str) -> None:
+    """The keys a live example reads from the environment, as a trader exports them."""
+    monkeypatch.setenv(f"{venue}_API_KEY", key)
+    monkeypatch.setenv(f"{venue}_API_SECRET", secret)
+
+
 async def paper_run(
     registry: PluginRegistry, manifest: Path, venue: str, params: dict[str, Any], run_dir: Path
 ) -> None:
@@ -79,8 +85,7 @@ async def test_kraken_paper_never_arms_the_accounts_countdown(
     replica = KrakenReplica(ping_interval=0.1)
     await replica.start()
     try:
-        monkeypatch.setenv("KRAKEN_API_KEY", replica.api_key)
-        monkeypatch.setenv("KRAKEN_API_SECRET", replica.api_secret)
+        export_keys(monkeypatch, "KRAKEN", replica.api_key, replica.api_secret)
         params = {
             "rest_url": replica.url,
             "ws_url": replica.public_ws_url,
@@ -117,8 +122,7 @@ async def test_binance_paper_opens_no_user_stream(
     replica._check_ws_signature = spy  # type: ignore[method-assign]
     await replica.start()
     try:
-        monkeypatch.setenv("BINANCE_API_KEY", replica.api_key)
-        monkeypatch.setenv("BINANCE_API_SECRET", replica.api_secret)
+        export_keys(monkeypatch, "BINANCE", replica.api_key, replica.api_secret)
         params = {"rest_url": replica.url, "ws_url": replica.ws_url, "testnet": "false"}
         manifest = EXAMPLES / "binance_testnet.yaml"
         await paper_run(registry, manifest, "binance", params, tmp_path / "r")
