@@ -179,7 +179,9 @@ def test_without_the_token_nothing_changes(
         async with running(run) as (task, call):
             await sim_time_passes(run, 5)
             wrong = {"Authorization": "Bearer not-the-token-at-all-000000"}
-            for headers in (None, wrong, {"Authorization": TOKEN}):
+            asks = [
+                (method, path, headers)
+                for headers in (None, wrong, {"Authorization": TOKEN})
                 for method, path in (
                     ("POST", "/kill"),
                     ("POST", "/strategies/mm/pause"),
@@ -187,11 +189,20 @@ def test_without_the_token_nothing_changes(
                     ("POST", "/strategies/mm/params"),
                     ("GET", "/state"),
                     ("GET", "/openapi.json"),
-                ):
-                    body = {"spread_bps": 50} if path.endswith("params") else None
-                    status, answer = await call(method, path, headers=headers, json=body)
-                    assert status == 401, (method, path, answer)
-                    assert ENV_TOKEN in answer["error"]
+                )
+            ]
+            # All at once: the simulation shares the event loop with client and server,
+            # so one request after another would each wait out several of its slices.
+            answers = await asyncio.gather(
+                *(
+                    call(method, path, headers=headers, json=body)
+                    for method, path, headers in asks
+                    for body in [{"spread_bps": 50} if path.endswith("params") else None]
+                )
+            )
+            for (method, path, _), (status, answer) in zip(asks, answers, strict=True):
+                assert status == 401, (method, path, answer)
+                assert ENV_TOKEN in answer["error"]
             # a page elsewhere cannot reach it through DNS rebinding, even with the token
             status, answer = await call("GET", "/state", headers={**AUTH, "Host": "evil.test"})
             assert status == 403 and "evil.test" in answer["error"]
