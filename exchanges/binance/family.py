@@ -41,6 +41,7 @@ __all__ = [
     "AUTH_CODES",
     "CLIENT_ID",
     "STATUS",
+    "TRADE_PAGE",
     "UNKNOWN_CODES",
     "BinanceFamilyAdapter",
     "check_client_id",
@@ -69,6 +70,9 @@ def check_client_id(client_id: str) -> None:
             "rejected", f"client id {client_id!r} must match [a-zA-Z0-9_-]{{1,36}} on Binance"
         )
 
+
+TRADE_PAGE = 1000
+"""The most trades one ``myTrades`` / ``userTrades`` call returns (its largest ``limit``)."""
 
 # Codes after which the order may or may not exist (Binance: "execution status unknown").
 UNKNOWN_CODES = frozenset({-1000, -1001, -1006, -1007, -1008})
@@ -100,6 +104,14 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
     query_method: ClassVar[str]
     """ccxt's method to look one order up by client id, and its weight."""
     query_weight: ClassVar[int]
+    trades_span_ms: ClassVar[int | None] = None
+    """How far apart ``startTime`` and ``endTime`` of one trades call may be, where the
+    venue also bounds a call that sends neither (USDⓈ-M: 7 days, "the last 7 days' data"
+    without a time, so ``fromId`` cannot page further back): then the trades are read in
+    windows of that span. ``None`` (spot): ``startTime`` alone is unbounded and ``fromId``
+    pages on."""
+    trades_history_ms: ClassVar[int | None] = None
+    """How far back the venue serves our trades (USDⓈ-M: 6 months); ``None``: no limit."""
 
     params: Any
 
@@ -115,6 +127,8 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         self._market_socket: ManagedSocket | None = None
         self._user_down_since_ms: int | None = None
         self._offset_error_ms = 0  # half the round trip of the last clock measurement
+        self._client_of_order: dict[str, str] = {}
+        """Venue order id -> client id, of orders not tracked here that a lookup named."""
 
     # -- REST --------------------------------------------------------------------------------
     def observe_response(self, status: int, headers: dict[str, str]) -> None:
@@ -465,20 +479,16 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
                 logger.warning("{}: trade recovery for {} failed: {}", self.name, symbol, exc)
 
     async def recent_fills(self, symbol: str, start_ms: int) -> list[Fill]:
-        """Our trades on ``symbol`` since ``start_ms`` (venue time) as fills."""
+        """Our trades on ``symbol`` since ``start_ms`` (venue time) as fills, every page."""
         instrument = self.instruments[symbol]
-        rows = await self._call(
-            self.trades_method,
-            {"symbol": self._native[symbol], "startTime": max(0, start_ms), "limit": 1000},
-            weight=self.trades_weight,
-        )
+        rows = await self._trade_rows(symbol, max(0, start_ms))
         by_exchange_id = {t.exchange_id: t for t in self._orders.values() if t.exchange_id}
         # A trade row names its order by the venue's id only: an order this adapter does
         # not track (an earlier life's, or another client's) is asked for its client id,
         # which tells the run whether the trade is its own.
-        client_ids: dict[str, str] = {}
-        for order_id in sorted({str(r["orderId"]) for r in rows} - set(by_exchange_id))[:50]:
-            client_ids[order_id] = await self._client_id_of(symbol, order_id)
+        await self._learn_client_ids(
+            symbol, {str(r["orderId"]) for r in rows} - set(by_exchange_id)
+        )
         fills = []
         for row in rows:
             tracked = by_exchange_id.get(str(row["orderId"]))
@@ -493,7 +503,8 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
                     fill_id=f"{row['symbol']}:{row['id']}",
                     client_id=tracked.client_id
                     if tracked
-                    else client_ids.get(str(row["orderId"])) or f"order:{row['orderId']}",
+                    else self._client_of_order.get(str(row["orderId"]))
+                    or f"order:{row['orderId']}",
                     side=Side.BUY if buyer else Side.SELL,
                     price_ticks=instrument.price_to_ticks(row["price"]),
                     qty_lots=instrument.qty_to_lots(row["qty"]),
@@ -506,19 +517,121 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
             )
         return fills
 
-    async def _client_id_of(self, symbol: str, order_id: str) -> str:
-        """The client id the venue holds for its order ``order_id`` ("" when it cannot say)."""
-        try:
-            data = await self._call(
-                self.query_method,
-                {"symbol": self._native[symbol], "orderId": order_id},
-                weight=self.query_weight,
+    async def _trade_page(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = await self._call(self.trades_method, params, weight=self.trades_weight)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise VenueCallError(
+                "unknown", f"the trade list answer is not a list of trades: {str(rows)[:200]}"
             )
-        except VenueCallError as exc:
-            logger.warning("{}: order {} could not be looked up: {}", self.name, order_id, exc)
-            return ""
-        found = data.get("clientOrderId") if isinstance(data, dict) else None
-        return found if isinstance(found, str) else ""
+        return rows
+
+    async def _trade_rows(self, symbol: str, start_ms: int) -> list[dict[str, Any]]:
+        """Every trade row of ours on ``symbol`` from ``start_ms`` on, each once, oldest
+        first. A call returns at most ``TRADE_PAGE`` rows.
+
+        Spot: ``startTime`` alone returns the oldest trades from it ("With startTime,
+        returns oldest items from startTime up to the limit"), then ``fromId`` (trades with
+        id >= it; it cannot be sent with a time) pages on from the last id + 1 until a
+        page comes back short. Venues with ``trades_span_ms`` (USDⓈ-M) are read in
+        windows of ``startTime`` and ``endTime`` that span; a full answer is followed by
+        the windows before and after it, so it does not matter which end of the window
+        the venue keeps (the USDⓈ-M documentation does not say).
+        """
+        native = self._native[symbol]
+        found: dict[int, dict[str, Any]] = {}
+        if self.trades_span_ms is None:
+            params: dict[str, Any] = {"symbol": native, "startTime": start_ms, "limit": TRADE_PAGE}
+            while True:
+                page = await self._trade_page(params)
+                found.update((int(r["id"]), r) for r in page)
+                if len(page) < TRADE_PAGE:
+                    break
+                last = max(int(r["id"]) for r in page)
+                params = {"symbol": native, "fromId": last + 1, "limit": TRADE_PAGE}
+            return [found[i] for i in sorted(found)]
+        now = self.venue_time_ms()
+        if self.trades_history_ms is not None and start_ms < now - self.trades_history_ms:
+            if start_ms > 0:
+                logger.warning(
+                    "{}: our {} trades since {} are asked from {} on: the venue serves "
+                    "only the last {} days of trades",
+                    self.name,
+                    symbol,
+                    start_ms,
+                    now - self.trades_history_ms,
+                    self.trades_history_ms // 86_400_000,
+                )
+            start_ms = now - self.trades_history_ms
+        span = self.trades_span_ms
+        windows = [(t, t + span - 1) for t in range(start_ms, now + 1, span)]
+        while windows:
+            first, last = windows.pop()
+            page = await self._trade_page(
+                {"symbol": native, "startTime": first, "endTime": last, "limit": TRADE_PAGE}
+            )
+            found.update((int(r["id"]), r) for r in page)
+            if len(page) < TRADE_PAGE:
+                continue
+            # A full answer is a run of consecutive trades at one end of the window; the
+            # rest lie before its first or after its last millisecond (both included, for
+            # trades of the same millisecond beyond the answer).
+            times = sorted(int(r["time"]) for r in page)
+            low, high = times[0], times[-1]
+            if low < high:
+                windows += [(high, last), (first, low)]
+            elif first < last:
+                windows += [
+                    (w0, w1)
+                    for w0, w1 in ((low + 1, last), (low, low), (first, low - 1))
+                    if first <= w0 <= w1 <= last
+                ]
+            else:
+                logger.error(
+                    "{}: more than {} of our {} trades at {} ms: the venue's trade list "
+                    "cannot page within one millisecond, some may be missing; compare the "
+                    "run's position with the venue's",
+                    self.name,
+                    TRADE_PAGE,
+                    symbol,
+                    first,
+                )
+        return [found[i] for i in sorted(found)]
+
+    async def _learn_client_ids(self, symbol: str, order_ids: set[str]) -> None:
+        """Ask the venue for the client id of each order in ``order_ids`` not named yet
+        (each answer is kept for the process; the calls are paced by the rate governor).
+        An order left unnamed (the lookup failed) is ``order:<id>`` in this read: another
+        trade on the account, to the reconciliation, until a later read names it. After
+        a lookup refused for the rate limit, the others wait for a later read too."""
+        wanted = sorted(order_ids - set(self._client_of_order), key=lambda i: (len(i), i))
+        for done, order_id in enumerate(wanted):
+            try:
+                data = await self._call(
+                    self.query_method,
+                    {"symbol": self._native[symbol], "orderId": order_id},
+                    weight=self.query_weight,
+                )
+            except VenueCallError as exc:
+                logger.warning(
+                    "{}: order {} could not be looked up ({}); its trades count as other "
+                    "trades on the account until a later read names it",
+                    self.name,
+                    order_id,
+                    exc,
+                )
+                if exc.kind == "rate_limited":
+                    logger.warning(
+                        "{}: {} more order(s) of {} trades are left unnamed until a later "
+                        "read: the request weight is used up",
+                        self.name,
+                        len(wanted) - done - 1,
+                        symbol,
+                    )
+                    return
+                continue
+            found = data.get("clientOrderId") if isinstance(data, dict) else None
+            if isinstance(found, str) and found:
+                self._client_of_order[order_id] = found
 
     async def fetch_open_orders(self) -> list[OrderUpdate]:
         self.require_credentials("open orders")

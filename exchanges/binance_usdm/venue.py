@@ -146,6 +146,9 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
     depth_method = "fapipublic_get_depth"
     depth_weights = ((50, 2), (100, 5), (500, 10), (1000, 20))  # by snapshot limit
     trades_method, trades_weight = "fapiprivate_get_usertrades", 5
+    # userTrades: startTime and endTime at most 7 days apart, the last 7 days without
+    # either, and only the past 6 months (GET /fapi/v1/userTrades).
+    trades_span_ms, trades_history_ms = 7 * 86_400_000, 180 * 86_400_000
     exchange_info_method, exchange_info_weight = "fapipublic_get_exchangeinfo", 1
     open_orders_method, open_orders_weight = "fapiprivate_get_openorders", 1
     cancel_method = "fapiprivate_delete_order"

@@ -41,6 +41,7 @@ class CcxtStreams:
         self.feeds: dict[str, BookFeed] = {}
         self.private_down_since_ms: int | None = None
         self._seen_trades: dict[str, deque[str]] = {}
+        self._one_page_warned = False
 
     def backoff(self) -> Backoff:
         p = self.venue.params
@@ -279,7 +280,7 @@ class CcxtStreams:
                     await asyncio.sleep(p.poll_interval_s)
                     trades = []
                     for symbol in v.ccxt_symbol:
-                        trades += await client.fetch_my_trades(v.ccxt_symbol[symbol], since)
+                        trades += await self.trade_rows(symbol, since)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -315,9 +316,66 @@ class CcxtStreams:
 
     async def my_trades(self, symbol: str, since_ms: int) -> list[Fill]:
         """Our trades on ``symbol`` since ``since_ms`` over REST, as fills."""
-        v = self.venue
-        rows = await v.call(v.trade_client.fetch_my_trades, v.ccxt_symbol[symbol], since_ms)
+        rows = await self.trade_rows(symbol, since_ms)
         return [f for f in (self.fill_of(row) for row in rows) if f is not None]
+
+    async def trade_rows(self, symbol: str, since_ms: int) -> list[dict[str, Any]]:
+        """Our ccxt trades on ``symbol`` since ``since_ms`` over REST, every page of them as
+        the venue's profile says it pages (``CheckedVenue.my_trades_paging``), each once
+        (by trade id: a trade made while paging may repeat a row, never skip one)."""
+        v = self.venue
+        fetch, wanted = v.trade_client.fetch_my_trades, v.ccxt_symbol[symbol]
+        paging = v.profile.my_trades_paging if v.profile else ""
+        found: dict[str, dict[str, Any]] = {}
+
+        def add(page: Any) -> int:
+            """Keep a page's trades; how many were new."""
+            if not isinstance(page, list):
+                raise VenueCallError("unknown", f"fetch_my_trades answered {str(page)[:200]}")
+            before = len(found)
+            for trade in page:
+                if isinstance(trade, dict):
+                    found.setdefault(str(trade.get("id")), trade)
+            return len(found) - before
+
+        if paging == "from_id":
+            size = v.profile.my_trades_page if v.profile else 0
+            page = await v.call(fetch, wanted, since_ms, size)
+            add(page)
+            while size and len(page) >= size:
+                after = max(int(t["id"]) for t in page) + 1
+                page = await v.call(fetch, wanted, None, size, {"fromId": after})
+                add(page)
+        elif paging == "offset":
+            # Every pair's trades (a symbol would be filtered after the page is cut, and
+            # the offset counts the venue's rows); ours are picked below.
+            ofs = 0
+            while True:
+                page = await v.call(fetch, None, since_ms, None, {"ofs": ofs})
+                if not page:
+                    break
+                add(page)
+                ofs += len(page)
+        elif paging == "after":
+            params: dict[str, Any] = {}
+            while add(page := await v.call(fetch, wanted, since_ms, None, params)):
+                bills = [str(t.get("info", {}).get("billId") or "") for t in page]
+                if not all(b.isdigit() for b in bills):
+                    break
+                params = {"after": min(bills, key=int)}
+        else:
+            if not self._one_page_warned:
+                self._one_page_warned = True
+                logger.warning(
+                    "{}: how {} pages our trade history is not known here: each read takes "
+                    "one fetch_my_trades answer, so trades beyond it are missed (more "
+                    "trades than one answer between reads, or a long outage)",
+                    v.name,
+                    v.ccxt_id,
+                )
+            add(await v.call(fetch, wanted, since_ms))
+        rows = [t for t in found.values() if t.get("symbol") == wanted]
+        return sorted(rows, key=lambda t: (t.get("timestamp") or 0, str(t.get("id"))))
 
     async def recover_fills(self, symbols: set[str]) -> None:
         """Our trades since the private stream went down (or the last hour), over REST."""

@@ -51,6 +51,14 @@ class CheckedVenue:
     ``has``: capabilities to switch off (a call the adapter does not need).
     ``secrets``: what a live run needs besides ``api_key`` and ``api_secret`` (OKX's
     passphrase, given as ``password``).
+    ``my_trades_paging``: how our trade history (``fetch_my_trades``) pages on, so a read
+    gets every trade since a time, not the venue's first answer: ``from_id`` (the oldest
+    ``my_trades_page`` trades from ``since``, then the venue's ``fromId`` param from the
+    last id + 1 until a short page: Binance ``myTrades``), ``offset`` (the most recent
+    first, ``ofs`` param counting rows already read until an empty page: Kraken
+    ``TradesHistory``) or ``after`` (the most recent first, ``after`` param naming the
+    oldest ``billId`` read until a page brings nothing new: OKX ``fills-history``);
+    ``""``: one answer only.
     """
 
     ccxt_id: str
@@ -64,6 +72,8 @@ class CheckedVenue:
     options: dict[str, Any] = field(default_factory=dict)
     has: dict[str, Any] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
+    my_trades_paging: str = ""
+    my_trades_page: int = 0
 
 
 CHECKED_VENUES: dict[str, CheckedVenue] = {
@@ -84,6 +94,9 @@ CHECKED_VENUES: dict[str, CheckedVenue] = {
             "fetchMargins": False,
             "fetchCurrencies": False,
         },
+        # GET /api/v3/myTrades: limit at most 1000; fromId gives trades with id >= it.
+        my_trades_paging="from_id",
+        my_trades_page=1000,
     ),
     "kraken": CheckedVenue(
         "kraken",
@@ -93,6 +106,8 @@ CHECKED_VENUES: dict[str, CheckedVenue] = {
         "(options.watchOrderBook.checksum) because it keeps levels as floats, so a missed "
         "update is not detected; quoteforge still checks for a crossed book",
         lookup="open_closed",
+        # TradesHistory: 50 trades a call, the most recent first; ofs pages on.
+        my_trades_paging="offset",
     ),
     "okx": CheckedVenue(
         "okx",
@@ -113,6 +128,9 @@ CHECKED_VENUES: dict[str, CheckedVenue] = {
         # fetchCurrencies needs the funding account's permission and is not needed.
         has={"fetchCurrencies": False},
         secrets=("password",),
+        # GET /api/v5/trade/fills-history: the most recent first, 100 at most; after=billId
+        # gives the records before it.
+        my_trades_paging="after",
     ),
 }
 """The ccxt ids checked against a replica; any other id runs with a warning."""

@@ -122,10 +122,7 @@ class KrakenReconciliation(CcxtSpotAdapter):
 
     async def fetch_fills(self, since_ns: int) -> list[Fill]:
         self.require_credentials("fills")
-        data = await self._rest("private_post_tradeshistory", {"start": since_ns / 1e9})
-        rows: list[dict[str, Any]] = [
-            row for row in data.get("result", {}).get("trades", {}).values() if type(row) is dict
-        ]
+        rows = await self._trades_since(since_ns)
         await self._learn_client_ids(str(row.get("ordertxid") or "") for row in rows)
         fills = []
         for row in rows:
@@ -160,6 +157,34 @@ class KrakenReconciliation(CcxtSpotAdapter):
                 )
             )
         return fills
+
+    async def _trades_since(self, since_ns: int) -> list[dict[str, Any]]:
+        """Every ``TradesHistory`` row of the account from ``since_ns`` on, each once.
+
+        The venue answers 50 rows a call, the most recent first, with ``count`` (how many
+        match in all); ``ofs`` pages on. Pages are read until ``count`` rows are in hand or
+        a page comes back empty. A trade made while paging shifts the later pages by one:
+        a row comes twice (kept once, by its trade txid), none is skipped; the new trade
+        itself is read by the next call. ``start`` is exclusive and sent in whole seconds,
+        a second early, so a trade at ``since_ns`` is not left out.
+        """
+        start = max(0, since_ns // 1_000_000_000 - 1)
+        rows: dict[str, dict[str, Any]] = {}
+        ofs = 0
+        while True:
+            data = await self._rest("private_post_tradeshistory", {"start": start, "ofs": ofs})
+            result = data.get("result") if type(data) is dict else None
+            page = result.get("trades") if type(result) is dict else None
+            if type(page) is not dict or not page:
+                break
+            for txid, row in page.items():
+                if type(row) is dict:
+                    rows.setdefault(str(txid), row)
+            ofs += len(page)
+            count = result.get("count") if type(result) is dict else None
+            if type(count) is int and len(rows) >= count:
+                break
+        return list(rows.values())
 
     async def _learn_client_ids(self, txids: Iterable[str]) -> None:
         """Ask ``QueryOrders`` for the client ids of orders not known by txid, at most

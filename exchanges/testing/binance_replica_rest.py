@@ -31,13 +31,19 @@ from quoteforge.exchanges.testing.replica import ReplicaServer
 __all__ = [
     "DEFAULT_SYMBOLS",
     "ORDER_STATUS",
+    "TRADE_LIST_MAX",
     "BinanceRest",
     "BinanceSymbol",
     "OrderCountWindow",
     "RateWindow",
+    "TradeQueryError",
+    "account_trades",
     "exchange_rate_limit",
     "sign_query",
 ]
+
+TRADE_LIST_MAX = 1000
+"""The most trades one account trade list call (``myTrades``, ``userTrades``) returns."""
 
 ORDER_STATUS = {  # the replica's order states as Binance writes them
     "new": "NEW",
@@ -114,6 +120,74 @@ class OrderCountWindow(NamedTuple):
     limit: int | None
     label: str
     header: str
+
+
+class TradeQueryError(Exception):
+    """An account trade list request the venue refuses: its error code and message."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code, self.msg = code, msg
+
+
+def account_trades(
+    trades: list[ReplicaTrade],
+    p: dict[str, str],
+    *,
+    max_span_ms: int,
+    span_error: str,
+    implicit_span: bool,
+    now_ms: int,
+) -> list[ReplicaTrade]:
+    """The trades an account trade list request (``symbol`` already resolved to
+    ``trades``) selects, as Binance documents it for spot ``GET /api/v3/myTrades`` and
+    USDⓈ-M ``GET /fapi/v1/userTrades``: ``limit`` 500 by default, 1000 at most; ``fromId``
+    gives trades with id >= it and cannot be sent with ``startTime`` or ``endTime`` (nor,
+    on spot, can ``orderId``); ``startTime`` and ``endTime`` may be at most ``max_span_ms``
+    apart (spot 24 hours, USDⓈ-M 7 days). Trades come in chronological order: with
+    ``fromId`` or ``startTime`` the oldest that match, up to ``limit``; otherwise the most
+    recent. ``implicit_span`` (USDⓈ-M): without either time, only the last ``max_span_ms``
+    is searched ("the last 7 days' data"), and one time alone spans ``max_span_ms`` from it;
+    the futures documentation does not say which end a truncated answer keeps, and the
+    replica keeps the oldest, as spot documents. Raises ``TradeQueryError``."""
+    values: dict[str, int] = {}
+    for key in ("startTime", "endTime", "fromId", "orderId", "limit"):
+        if p.get(key, "") != "":
+            try:
+                values[key] = int(p[key])
+            except ValueError:
+                raise TradeQueryError(
+                    -1100, f"Illegal characters found in parameter '{key}'."
+                ) from None
+    limit = values.get("limit", 500)
+    if not 1 <= limit <= TRADE_LIST_MAX:
+        raise TradeQueryError(-1130, "Data sent for parameter 'limit' is not valid.")
+    start, end = values.get("startTime"), values.get("endTime")
+    timed = start is not None or end is not None
+    if timed and ("fromId" in values or (not implicit_span and "orderId" in values)):
+        raise TradeQueryError(-1128, "Combination of optional parameters invalid.")
+    if start is not None and end is not None and end - start > max_span_ms:
+        raise TradeQueryError(-1127, span_error)
+    if implicit_span:
+        if not timed:
+            start = now_ms - max_span_ms
+        elif end is None:
+            end = (start or 0) + max_span_ms
+        elif start is None:
+            start = end - max_span_ms
+    rows = sorted(
+        (
+            t
+            for t in trades
+            if ("orderId" not in values or t.order.order_id == values["orderId"])
+            and t.trade_id >= values.get("fromId", 0)
+            and (start is None or t.ts_ms >= start)
+            and (end is None or t.ts_ms <= end)
+        ),
+        key=lambda t: t.trade_id,
+    )
+    oldest = "fromId" in values or values.get("startTime") is not None
+    return rows[:limit] if oldest else rows[-limit:]
 
 
 def exchange_rate_limit(kind: str, interval: str, num: int, limit: int) -> dict[str, Any]:
@@ -529,6 +603,14 @@ class BinanceRest(ReplicaServer):
             raise OrderRejectedError("forced", forced or "Order rejected by the venue.")
         return order, await self._execute(market, order)
 
+    async def place_order(self, params: dict[str, str]) -> ReplicaOrder:
+        """Control API: another program on the account places one order, given as the
+        parameters of ``POST /api/v3/order`` (``symbol``, ``side``, ``type``,
+        ``timeInForce``, ``price``, ``quantity``, ``newClientOrderId``); it is matched and
+        reported like any order. ``OrderRejectedError`` when the venue would refuse it."""
+        order, _ = await self._place(dict(params))
+        return order
+
     async def answer_new_order(self, request: web.Request) -> web.Response:
         """``POST /api/v3/order``: place it and answer as the venue does. A subclass may
         override it to answer otherwise (``BinanceReplica``: -1007, executed later)."""
@@ -660,16 +742,25 @@ class BinanceRest(ReplicaServer):
         )
 
     async def _my_trades(self, request: web.Request) -> web.Response:
-        p = await self.signed_params(request, 20)
+        """``GET /api/v3/myTrades`` (weight 20, 5 with ``orderId``): see
+        ``account_trades``."""
+        p = await self.signed_params(request, 5 if "orderId" in request.query else 20)
         if isinstance(p, web.Response):
             return p
         market = self.markets.get(p.get("symbol", ""))
         if market is None:
             return self._error(-1121, "Invalid symbol.")
-        start = int(p.get("startTime", "0"))
-        from_id = int(p.get("fromId", "0"))
-        limit = int(p.get("limit", "500"))
-        rows = [t for t in market.trades if t.ts_ms >= start and t.trade_id >= from_id][:limit]
+        try:
+            rows = account_trades(
+                market.trades,
+                p,
+                max_span_ms=86_400_000,
+                span_error="More than 24 hours between startTime and endTime.",
+                implicit_span=False,
+                now_ms=self.now_ms(),
+            )
+        except TradeQueryError as exc:
+            return self._error(exc.code, exc.msg)
         return self.json_answer(
             [
                 {

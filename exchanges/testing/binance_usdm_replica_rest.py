@@ -18,6 +18,8 @@ from aiohttp import web
 from quoteforge.exchanges.testing.binance_replica_rest import (
     ORDER_STATUS,
     BinanceRest,
+    TradeQueryError,
+    account_trades,
     exchange_rate_limit,
 )
 from quoteforge.exchanges.testing.faults import (
@@ -27,7 +29,11 @@ from quoteforge.exchanges.testing.faults import (
     ReplicaTrade,
 )
 
-__all__ = ["UsdmRest"]
+__all__ = ["USER_TRADES_SPAN_MS", "UsdmRest"]
+
+USER_TRADES_SPAN_MS = 7 * 86_400_000
+"""``userTrades``: the most ``startTime`` and ``endTime`` may be apart, and what is searched
+when neither is sent (the last 7 days)."""
 
 _ZERO = Decimal(0)
 # The venue's codes for what the matcher refuses.
@@ -357,6 +363,17 @@ class UsdmRest(BinanceRest):
             return self.fapi_error(code, msg)
         return self.order_body(order)
 
+    async def place_order(self, params: dict[str, str]) -> ReplicaOrder:
+        """Control API: another program on the account places one order, given as the
+        parameters of ``POST /fapi/v1/order``. ``OrderRejectedError`` when the venue would
+        refuse it."""
+        market = self._market(params.get("symbol", ""))
+        order = self.parse_fapi_order(dict(params), market)
+        if order.client_id in market.orders and market.orders[order.client_id].is_open:
+            raise OrderRejectedError("duplicate", "duplicate")
+        await self._execute(market, order)
+        return order
+
     async def fapi_new_order(self, request: web.Request) -> web.Response:
         p = await self.signed_order_entry(request, 0)
         if isinstance(p, web.Response):
@@ -479,14 +496,25 @@ class UsdmRest(BinanceRest):
 
     # -- account ----------------------------------------------------------------------------
     async def fapi_user_trades(self, request: web.Request) -> web.Response:
+        """``GET /fapi/v1/userTrades`` (weight 5): see ``account_trades``; without a time
+        only the last 7 days are searched, and a window is at most 7 days."""
         p = await self.signed_params(request, 5)
         if isinstance(p, web.Response):
             return p
         market = self.markets.get(p.get("symbol", ""))
         if market is None:
             return self.fapi_error(-1121, "Invalid symbol.")
-        start, limit = int(p.get("startTime", "0")), int(p.get("limit", "500"))
-        rows = [t for t in market.trades if t.ts_ms >= start][:limit]
+        try:
+            rows = account_trades(
+                market.trades,
+                p,
+                max_span_ms=USER_TRADES_SPAN_MS,
+                span_error="Lookup interval is too big.",
+                implicit_span=True,
+                now_ms=self.now_ms(),
+            )
+        except TradeQueryError as exc:
+            return self.fapi_error(exc.code, exc.msg)
         return self.json_answer(
             [
                 {

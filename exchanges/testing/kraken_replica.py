@@ -95,6 +95,8 @@ class KrakenReplica(KrakenRest):
         """Private websocket methods received, in order (``add_order``, ``batch_add`` ...)."""
         self.queried_txids: list[list[str]] = []
         """The txid list of every signed ``QueryOrders`` call, in order."""
+        self.trades_history_calls: list[int] = []
+        """The ``ofs`` of every signed ``TradesHistory`` call, in order."""
         trade_ids = iter(range(1, 1 << 62))
         for name, pair in self.pairs.items():
             market = ReplicaMarket(

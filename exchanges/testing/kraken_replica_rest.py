@@ -4,7 +4,8 @@ closed and queried orders, trades history, add and cancel order). ``KrakenReplic
 (kraken_replica.py) adds websocket v2 and the order engine behind both.
 
 Trades history rows carry the documented trade info only: no ``cl_ord_id``, so a client
-learns a trade's client order id from the order (``QueryOrders``), as on Kraken.
+learns a trade's client order id from the order (``QueryOrders``), as on Kraken. They come
+50 a call, the most recent first, with ``count`` and ``ofs`` paging as the venue documents.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_PAIRS",
     "QUERY_ORDERS_MAX",
     "REJECT",
+    "TRADES_HISTORY_PAGE",
     "KrakenPair",
     "KrakenRest",
     "iso",
@@ -44,6 +46,8 @@ __all__ = [
 
 QUERY_ORDERS_MAX = 50
 """The most txids one ``QueryOrders`` call takes."""
+TRADES_HISTORY_PAGE = 50
+"""The trades one ``TradesHistory`` call returns at most (the most recent first)."""
 
 REJECT = {
     "insufficient_funds": "EOrder:Insufficient funds",
@@ -127,6 +131,7 @@ class KrakenRest(ReplicaServer):
     _txids: dict[str, ReplicaOrder]
     _last_nonce: int
     queried_txids: list[list[str]]
+    trades_history_calls: list[int]
 
     @abstractmethod
     async def add_order(self, spec: dict[str, Any]) -> ReplicaOrder:
@@ -366,13 +371,7 @@ class KrakenRest(ReplicaServer):
         if name == "QueryOrders":
             return self._query_orders(params.get("txid", ""))
         if name == "TradesHistory":
-            start = float(params.get("start", "0"))
-            rows = {}
-            for market in self.markets.values():
-                for t in market.trades:
-                    if t.ts_ms / 1000 >= start:
-                        rows[f"T{t.trade_id:05d}-REPLI-CA"] = self._trade_info(t)
-            return self._ok({"trades": rows, "count": len(rows)})
+            return self._trades_history(params)
         if name == "AddOrder":
             return await self._rest_add_order(params)
         if name == "CancelOrder":
@@ -397,6 +396,36 @@ class KrakenRest(ReplicaServer):
         if any(o is None for o in orders):
             return self._fail("EOrder:Invalid order")
         return self._ok({t: self._order_info(o) for t, o in zip(txids, orders, strict=True) if o})
+
+    def _trades_history(self, params: dict[str, str]) -> web.Response:
+        """``TradesHistory``: the account's trades, ``TRADES_HISTORY_PAGE`` a call, the most
+        recent first; ``count`` is how many match in all and ``ofs`` (result offset) pages
+        on. ``start`` is exclusive and ``end`` inclusive, each a unix timestamp. The venue
+        also takes a trade txid there; the replica refuses one, as it refuses a negative
+        or unreadable ``ofs``."""
+        try:
+            start = Decimal(params["start"]) if params.get("start") else None
+            end = Decimal(params["end"]) if params.get("end") else None
+            ofs = int(params.get("ofs") or 0)
+        except (ValueError, ArithmeticError):
+            return self._fail("EGeneral:Invalid arguments")
+        if ofs < 0 or not all(b is None or b.is_finite() for b in (start, end)):
+            return self._fail("EGeneral:Invalid arguments")
+        matching = sorted(
+            (
+                t
+                for market in self.markets.values()
+                for t in market.trades
+                if (start is None or Decimal(t.ts_ms) / 1000 > start)
+                and (end is None or Decimal(t.ts_ms) / 1000 <= end)
+            ),
+            key=lambda t: (t.ts_ms, t.trade_id),
+            reverse=True,
+        )
+        page = matching[ofs : ofs + TRADES_HISTORY_PAGE]
+        self.trades_history_calls.append(ofs)
+        rows = {f"T{t.trade_id:05d}-REPLI-CA": self._trade_info(t) for t in page}
+        return self._ok({"trades": rows, "count": len(matching)})
 
     def _all_orders(self) -> list[ReplicaOrder]:
         return [o for m in self.markets.values() for o in m.orders.values()]

@@ -4,6 +4,7 @@ warn), parameter errors, and reconciliation calls against the replicas."""
 
 from __future__ import annotations
 
+from collections import Counter
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +24,7 @@ from quoteforge.exchanges.ccxt.venues import (
     instrument_from_market,
 )
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS
-from quoteforge.model import OrderStatus, Side
+from quoteforge.model import Order, OrderStatus, Side
 
 
 def market(price: Any, amount: Any, base: Any = None) -> dict[str, Any]:
@@ -254,3 +255,65 @@ async def test_a_resumed_adapter_tells_the_earlier_lifes_trades_by_their_order_i
             assert [(f.client_id, f.qty_lots) for f in again] == [(order.client_id, fill.qty_lots)]
         finally:
             await second.close()
+
+
+async def _orders_filled_while_down(kit: Any, replica: Any, orders: int, fills: int) -> list[Order]:
+    """Orders of an earlier life rest and are filled ``fills`` times each while no adapter
+    runs; returned as the run hands them over at a resume (with the venue's order id)."""
+    out = []
+    for i in range(orders):
+        if kit is CCXT_KRAKEN_KIT:
+            qty = "0.0002"
+            placed = await replica.add_order(
+                {
+                    "symbol": kit.symbol,
+                    "side": "sell",
+                    "order_type": "limit",
+                    "order_qty": str(fills * Decimal(qty)),
+                    "limit_price": "60000.0",
+                    "cl_ord_id": f"old-{i}",
+                }
+            )
+            venue_id = placed.venue_id
+        else:
+            qty = "0.00001"
+            placed = await replica.place_order(
+                {
+                    "symbol": kit.symbol,
+                    "side": "SELL",
+                    "type": "LIMIT",
+                    "timeInForce": "GTC",
+                    "price": "70000.00",
+                    "quantity": str(fills * Decimal(qty)),
+                    "newClientOrderId": f"old-{i}",
+                }
+            )
+            venue_id = str(placed.order_id)
+        for _ in range(fills):
+            await replica.fill_order(f"old-{i}", qty)
+        out.append(
+            Order(f"old-{i}", kit.venue, kit.symbol, Side.SELL, fills, 1, exchange_id=venue_id)
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kit", "orders", "fills"),
+    [(CCXT_BINANCE_KIT, 60, 19), (CCXT_KRAKEN_KIT, 60, 2)],
+    ids=["binance", "kraken"],
+)
+async def test_fills_read_over_rest_come_from_every_page_each_once(
+    kit: Any, orders: int, fills: int
+) -> None:
+    """More trades than one answer of the venue (Binance 1000, Kraken 50): the read pages
+    on as the venue does (Binance ``fromId``, Kraken ``ofs``) and gets every trade once."""
+    replica = kit.make_replica()
+    known = await _orders_filled_while_down(kit, replica, orders, fills)
+    async with running(kit, replica=replica, rate_limit_ms=5) as h:
+        assert isinstance(h.adapter, CcxtVenue)
+        h.adapter.know_orders(known)
+        read = await h.adapter.fetch_fills(0)
+    assert read is not None
+    assert len(read) == orders * fills
+    assert len({f.fill_id for f in read}) == len(read)
+    assert Counter(f.client_id for f in read) == {f"old-{i}": fills for i in range(orders)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 from adapter_helpers import KRAKEN_KIT, kraken_of
 from loguru import logger
@@ -115,3 +116,43 @@ async def test_a_failed_order_lookup_leaves_the_order_unnamed_warns_and_asks_aga
     assert fill.qty_lots == h.instrument.qty_to_lots(Decimal("0.0002"))
     assert replica.request_log.count(QUERY_ORDERS) == 2
     assert any("QueryOrders" in line for line in lines)
+
+
+async def test_more_than_one_page_of_trades_is_read_whole_each_trade_once() -> None:
+    """``TradesHistory`` answers 50 trades a call, the most recent first: 120 trades made
+    while the bot was down come back in three pages, each with its client id."""
+    async with KrakenReplica(ping_interval=0.1) as replica:
+        for i in range(120):
+            await other_client_order(replica, f"old-{i}", f"{50100 + i}.0")
+        async with life(replica) as h:
+            fills = await kraken_of(h).fetch_fills(0)
+    assert sorted(f.client_id for f in fills) == sorted(f"old-{i}" for i in range(120))
+    assert len({f.fill_id for f in fills}) == 120
+    assert replica.trades_history_calls == [0, 50, 100]
+    # Every unknown order was asked of QueryOrders once, in batches of at most 50.
+    assert sorted(len(batch) for batch in replica.queried_txids) == [20, 50, 50]
+
+
+async def test_a_trade_made_while_paging_shifts_the_pages_without_losing_one() -> None:
+    """A trade that arrives between two pages pushes the older rows one place down: the
+    row at the page boundary comes twice and is kept once; none is skipped."""
+    async with KrakenReplica(ping_interval=0.1) as replica:
+        for i in range(60):
+            await other_client_order(replica, f"old-{i}", f"{50100 + i}.0")
+        async with life(replica) as h:
+            adapter = kraken_of(h)
+            read = adapter._rest
+
+            async def trade_after_the_first_page(method: str, params: Any = None) -> Any:
+                answer = await read(method, params)
+                if method == "private_post_tradeshistory" and params.get("ofs") == 0:
+                    await other_client_order(replica, "late", "50500.0")
+                return answer
+
+            adapter._rest = trade_after_the_first_page  # type: ignore[method-assign]
+            fills = await adapter.fetch_fills(0)
+    ids = [f.client_id for f in fills]
+    assert len(ids) == len(set(ids))
+    assert set(ids) - {"late"} == {f"old-{i}" for i in range(60)}
+    # The second page started one row early (a repeat), and a third found nothing more.
+    assert replica.trades_history_calls == [0, 50, 61]
