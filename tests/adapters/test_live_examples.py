@@ -128,6 +128,9 @@ def test_binance_example_over_a_real_recording(
                 "strategies.mm.params.spread_bps=0.5",
                 "strategies.mm.params.level_spacing_bps=0.5",
                 "strategies.mm.params.refresh_tolerance_bps=0.2",
+                # The fault tests' 0.6 s silence limit would take a busy test machine's
+                # pause for a dead socket; this test is about the book staying LIVE.
+                "exchanges.binance.params.silence_timeout_s=5",
             ]
             loaded = load_manifest(EXAMPLES / "binance_testnet.yaml", registry, overrides=sets)
             run = Run(loaded, registry, run_dir=tmp_path / "real")
