@@ -18,10 +18,9 @@ from aiohttp import web
 from quoteforge.exchanges.testing.binance_replica_rest import (
     ORDER_STATUS,
     BinanceRest,
-    TradeQueryError,
-    account_trades,
     exchange_rate_limit,
 )
+from quoteforge.exchanges.testing.binance_replica_trades import TradeQueryError, account_trades
 from quoteforge.exchanges.testing.faults import (
     OrderRejectedError,
     ReplicaMarket,
