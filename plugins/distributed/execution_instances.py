@@ -1,12 +1,14 @@
-"""One execution node per run: the check a starting execution node makes for another live
-instance of its run, and the sweep that cancels the orders of the run a dead instance
-left resting at the venues.
+"""One execution node per run: the claim a starting execution node makes for its run's
+execution role (refused beside a live instance or a rival that claimed after it), the
+strategy node's binding to one execution session, and the sweep that cancels the orders
+of the run a dead instance left resting at the venues.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,61 +22,35 @@ from quoteforge.plugins.distributed.topics import TopicScheme
 #: How many heartbeat intervals a retained "online" heartbeat may go without a fresh one
 #: before it is taken for the last word of a node that died (its last will not yet sent).
 SILENT_HEARTBEATS = 2.5
+#: How long a node that won the claim keeps others from starting with its "won" mark
+#: alone, before its heartbeat says it is online (a few milliseconds later, normally).
+CLAIM_HOLD_S = 10.0
+#: How long a starting node waits for the broker to hand its own claim back.
+CLAIM_ECHO_TIMEOUT_S = 5.0
+#: The fields of a claim (and of a session) that name an instance to an operator.
+INSTANCE_FIELDS = ("client_id", "session", "pid", "host", "run_dir")
 
 
-async def live_execution_instance(
-    probe: Bus, scheme: TopicScheme, heartbeat_s: float, *, settle_s: float = 0.4
-) -> str | None:
-    """Describe the execution instance of this run that is online now, or None.
+def claim_topic(scheme: TopicScheme) -> str:
+    """The retained ``state/claim-execution``: the claims of starting execution nodes,
+    then the winner's "won" and "online" marks."""
+    return scheme.state("claim-execution")
 
-    ``probe`` is a connection of its own whose heartbeats and last will go under another
-    name: this node's own heartbeat on ``heartbeat/execution`` would overwrite the live
-    instance's retained one (and its goodbye would make the strategy node take that
-    instance for gone). The broker hands the retained heartbeat and session over first;
-    an "online" heartbeat is believed only when a fresh one follows within
-    ``SILENT_HEARTBEATS`` intervals: a node that was killed leaves "online" retained until
-    the broker sends its last will (1.5 keepalives later)."""
-    beats: list[dict[str, Any]] = []
-    session: dict[str, Any] = {}
-    probe.subscribe(scheme.node_session("execution"), lambda t, p: session.update(p))
-    probe.subscribe(scheme.heartbeat("execution"), lambda t, p: beats.append(p))
-    flush = getattr(probe, "flush", None)
-    if flush is not None:
-        with contextlib.suppress(Exception):
-            await flush(5)
-    # Retained values follow the subscription's acknowledgement (``flush`` waited for
-    # it), and a live instance always has its heartbeat retained: ``settle_s`` is the
-    # broker's hand-over on loopback or a LAN, not a heartbeat interval.
-    deadline = time.monotonic() + settle_s
-    while not beats and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    if not beats or beats[-1].get("status") != "online":
-        return None
-    retained = len(beats)
-    deadline = time.monotonic() + SILENT_HEARTBEATS * heartbeat_s
-    while time.monotonic() < deadline:
-        if len(beats) > retained:
-            break
-        await asyncio.sleep(0.05)
-    fresh = beats[retained:]
-    if not fresh or fresh[-1].get("status") != "online":
-        logger.warning(
-            "a previous execution node of run {!r} (bus client {}) left 'online' without "
-            "a goodbye and has been silent for {:g}s: taken for dead; its orders at the "
-            "venues are cancelled",
-            scheme.run,
-            beats[-1].get("client_id", "?"),
-            SILENT_HEARTBEATS * heartbeat_s,
-        )
-        return None
-    where = [f"bus client {fresh[-1].get('client_id', '?')}"]
-    if session.get("instance"):
-        where.append(f"session {session['instance']}")
-    if session.get("host") or session.get("pid"):
-        where.append(f"pid {session.get('pid', '?')} on {session.get('host', '?')}")
-    if session.get("run_dir"):
-        where.append(f"run folder {session['run_dir']}")
-    return ", ".join(where)
+
+def describe_instance(details: Mapping[str, Any]) -> str:
+    """An execution instance as an operator finds it: bus client, session, pid and
+    host, run folder (what ``details`` knows of them)."""
+    where = []
+    if details.get("client_id"):
+        where.append(f"bus client {details['client_id']}")
+    session = details.get("session") or details.get("instance")
+    if session:
+        where.append(f"session {session}")
+    if details.get("host") or details.get("pid"):
+        where.append(f"pid {details.get('pid', '?')} on {details.get('host', '?')}")
+    if details.get("run_dir"):
+        where.append(f"run folder {details['run_dir']}")
+    return ", ".join(where) or "no details given"
 
 
 def refusal_message(run: str, instance: str) -> str:
@@ -83,6 +59,322 @@ def refusal_message(run: str, instance: str) -> str:
         "every order twice: stop it first (quoteforge kill <its run folder>, or SIGTERM) "
         "or wait until its heartbeat says offline, then start this one again"
     )
+
+
+def rival_message(run: str, rival: Mapping[str, Any]) -> str:
+    return (
+        f"another execution node of run {run!r} claimed the execution role at the same "
+        f"moment, after this one ({describe_instance(rival)}); it goes on and this one "
+        "stops, as two would send every order twice: if that node is the one you want, "
+        "leave it; otherwise stop it (quoteforge kill <its run folder>, or SIGTERM) and "
+        "start this one again"
+    )
+
+
+def held_message(run: str, holder: Mapping[str, Any], age_s: float) -> str:
+    return (
+        f"another execution node of run {run!r} won the execution role {age_s:.1f}s ago "
+        f"({describe_instance(holder)}) and is coming online; two would send every order "
+        "twice: if it runs, leave it or stop it first (quoteforge kill <its run folder>); "
+        f"if it died while starting, start this one again after {CLAIM_HOLD_S - age_s:.0f}s"
+    )
+
+
+class ExecutionClaim:
+    """One starting execution node's claim to its run's execution role.
+
+    MQTT has no compare-and-set, so the claim relies on the order in which the broker
+    hands out the messages of one topic, the same for every subscriber: each starting
+    node subscribes to the retained ``state/claim-execution`` (and to the execution
+    heartbeat and session), then publishes its claim there (QoS 1, retained, a random
+    nonce). The broker hands back, before the node's own claim, the retained value and
+    every claim made before it; after it, every claim made later. A node that hears
+    another claim after its own within ``settle_s`` lost: the last claim wins, so of
+    nodes starting together exactly one goes on, and every one of them knows which. The
+    winner marks the role "won" at once (a node claiming later hears it and stops) and
+    "online" once its bus is up, from which point its heartbeat speaks for it: a
+    retained "online" heartbeat is believed when a fresh one follows within
+    ``dead_after_s`` (a node that was killed leaves "online" retained until the broker
+    sends its last will, 1.5 keepalives later). A claim or mark left by a node that died
+    never blocks a restart: an old claim is ignored, a "won" mark holds for
+    ``CLAIM_HOLD_S`` at most, and an "online" one defers to the heartbeat.
+
+    ``probe`` is a connection of its own whose heartbeats and last will go under another
+    name: this node's own heartbeat on ``heartbeat/execution`` would overwrite the live
+    instance's retained one (and its goodbye would make the strategy node take that
+    instance for gone). On a signed bus every claim is signed with the run's key like
+    any frame, so a client without it can neither claim nor mark the role.
+    """
+
+    def __init__(
+        self,
+        probe: Bus,
+        scheme: TopicScheme,
+        me: Mapping[str, Any],
+        *,
+        heartbeat_s: float,
+        dead_after_s: float | None = None,
+        settle_s: float = 0.4,
+    ) -> None:
+        self.probe = probe
+        self.scheme = scheme
+        self.topic = claim_topic(scheme)
+        self.nonce = secrets.token_hex(8)
+        self.me = {k: me[k] for k in INSTANCE_FIELDS if me.get(k) is not None}
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = max(SILENT_HEARTBEATS * heartbeat_s, dead_after_s or 0.0)
+        self.settle_s = settle_s
+        self._claims: list[dict[str, Any]] = []  # heard on the claim topic, broker order
+        self._beats: list[dict[str, Any]] = []
+        self._session: dict[str, Any] = {}
+        self._echo = asyncio.Event()
+        self._claims_before = 0  # claim-topic messages heard before this node's own
+        self._beats_before = 0  # heartbeats heard before it: the retained one
+
+    def mark(self, state: str) -> dict[str, Any]:
+        """This node's claim (``claiming``) or mark (``won``, ``online``)."""
+        return {"state": state, "nonce": self.nonce, "ts_ns": time.time_ns(), **self.me}
+
+    async def decide(self) -> str | None:
+        """Claim the role: None when this node may start (its "won" mark is out), else
+        why it must not, in one line naming the other instance and what to do."""
+        probe = self.probe
+        probe.subscribe(self.scheme.node_session("execution"), self._on_session)
+        probe.subscribe(self.scheme.heartbeat("execution"), self._on_beat)
+        probe.subscribe(self.topic, self._on_claim)
+        await self._flush()
+        probe.publish(self.topic, self.mark("claiming"), qos=1, retain=True)
+        try:
+            await asyncio.wait_for(self._echo.wait(), CLAIM_ECHO_TIMEOUT_S)
+        except TimeoutError:
+            return (
+                f"this node's claim to the execution role of run {self.scheme.run!r} did "
+                f"not come back from the broker within {CLAIM_ECHO_TIMEOUT_S:g}s on "
+                f"{self.topic!r}: check that the broker is reachable and that its ACL lets "
+                "the execution user read and write state/# (examples/distributed/"
+                "mosquitto.acl), then start this node again"
+            )
+        refusal = await self._watch()
+        if refusal is None:
+            probe.publish(self.topic, self.mark("won"), qos=1, retain=True)
+            await self._flush()
+        return refusal
+
+    async def _watch(self) -> str | None:
+        now = time.monotonic()
+        settle_end = now + self.settle_s
+        dead_end = now + self.dead_after_s
+        retained = self._beats[: self._beats_before]
+        live = bool(retained) and retained[-1].get("status") == "online"
+        while True:
+            fresh = self._beats[self._beats_before :]
+            if live and fresh and fresh[-1].get("status") == "online":
+                where = dict(self._session)
+                where["client_id"] = fresh[-1].get("client_id", "?")
+                where.setdefault("session", fresh[-1].get("session"))
+                return refusal_message(self.scheme.run, describe_instance(where))
+            t = time.monotonic()
+            if t >= settle_end and (not live or fresh or t >= dead_end):
+                break
+            await asyncio.sleep(0.05)
+        held = self._held()
+        if held is not None:
+            holder, age_s = held
+            return held_message(self.scheme.run, holder, age_s)
+        later = [c for c in self._claims[self._claims_before :] if c.get("nonce") != self.nonce]
+        if later:
+            return rival_message(self.scheme.run, later[-1])
+        if live and not self._beats[self._beats_before :]:
+            logger.warning(
+                "a previous execution node of run {!r} (bus client {}) left 'online' without "
+                "a goodbye and has been silent for {:g}s: taken for dead; its orders at the "
+                "venues are cancelled",
+                self.scheme.run,
+                retained[-1].get("client_id", "?"),
+                self.dead_after_s,
+            )
+        return None
+
+    def _held(self) -> tuple[dict[str, Any], float] | None:
+        """The "won" mark of another node heard before this node's claim, while it holds."""
+        for claim in reversed(self._claims[: self._claims_before]):
+            if claim.get("state") != "won" or claim.get("nonce") == self.nonce:
+                continue
+            age_s = (time.time_ns() - int(claim.get("ts_ns", 0))) / 1e9
+            # Both ways: a mark from the future is a clock out of step, not a licence.
+            if abs(age_s) < CLAIM_HOLD_S:
+                return claim, max(age_s, 0.0)
+        return None
+
+    async def _flush(self) -> None:
+        flush = getattr(self.probe, "flush", None)
+        if flush is not None:
+            with contextlib.suppress(Exception):
+                await flush(5)
+
+    def _on_session(self, topic: str, payload: dict[str, Any]) -> None:
+        self._session.update(payload)
+
+    def _on_beat(self, topic: str, payload: dict[str, Any]) -> None:
+        self._beats.append(payload)
+
+    def _on_claim(self, topic: str, payload: dict[str, Any]) -> None:
+        self._claims.append(payload)
+        if (
+            not self._echo.is_set()
+            and payload.get("nonce") == self.nonce
+            and payload.get("state") == "claiming"
+        ):
+            # Everything the broker had (retained values, earlier claims) came before.
+            self._claims_before = len(self._claims) - 1
+            self._beats_before = len(self._beats)
+            self._echo.set()
+
+
+#: The messages of an execution session the strategy node counts when it refuses them.
+REFUSED_KINDS = ("order", "fill", "book", "trade", "answer")
+
+
+class ExecutionBinding:
+    """The one execution session a strategy node takes order reports, fills, books,
+    trades and reconciliation answers from.
+
+    The node binds to the first execution session it hears (its session announcement,
+    heartbeat or any message: the execution node puts its session id in each). While
+    that session is alive, a message of another one is refused: the first time with an
+    error naming both sessions and a call to ``on_conflict`` (the strategy node raises
+    an alert), every time counted in ``refused`` by kind; its fills are never booked.
+    The bound session is gone once it says so (an "offline" heartbeat: a goodbye or its
+    last will) or stays silent longer than ``grace_s``, the silence after which the
+    strategy node takes an execution node for lost; the next session heard is bound
+    then: a restarted execution node is taken. A message without a session id (not
+    from an execution node) is left to the caller's other checks. When the node binds to
+    a session whose announcement (``state/node-execution``) it refused earlier, it hands
+    that announcement to the ``listen`` callbacks again: the session went on since.
+    """
+
+    def __init__(
+        self,
+        run: str,
+        grace_s: float,
+        *,
+        on_conflict: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if grace_s <= 0:
+            raise ValueError(f"grace_s must be > 0, got {grace_s}")
+        self.run = run
+        self.grace_s = grace_s
+        self.on_conflict = on_conflict
+        self._clock = clock
+        self.bound: str | None = None
+        self._heard = 0.0
+        self._gone = False
+        self._details: dict[str, dict[str, Any]] = {}
+        self._announced: dict[str, dict[str, Any]] = {}  # the last announcement of each
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._reported: set[str] = set()
+        self.refused: dict[str, int] = dict.fromkeys(REFUSED_KINDS, 0)
+
+    @property
+    def refused_total(self) -> int:
+        return sum(self.refused.values())
+
+    def alive(self) -> bool:
+        """Whether the bound session is alive: it did not say goodbye and was heard
+        within ``grace_s``."""
+        return (
+            self.bound is not None
+            and not self._gone
+            and self._clock() - self._heard <= self.grace_s
+        )
+
+    def listen(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``callback(announcement)`` when the node binds to a session whose
+        announcement it heard (and refused) before."""
+        self._listeners.append(callback)
+
+    def admit(self, session: Any, kind: str, details: Mapping[str, Any] | None = None) -> bool:
+        """Whether a message of ``kind`` from execution session ``session`` may be
+        applied; binds the session when none is bound or the bound one is gone."""
+        if not session:
+            return True
+        session = str(session)
+        if details:
+            known = self._details.setdefault(session, {})
+            known.update({k: details[k] for k in INSTANCE_FIELDS if details.get(k) is not None})
+            if kind == "session":
+                self._announced[session] = dict(details)
+        now = self._clock()
+        if session == self.bound:
+            # A goodbye is undone by the session's own "online" heartbeat only (it
+            # reconnected), not by a retained message of it handed out again.
+            if kind == "heartbeat":
+                self._gone = False
+            if not self._gone:
+                self._heard = now
+            return True
+        if self.alive():
+            self._refuse(session, kind)
+            return False
+        previous, gone = self.bound, self._gone
+        self.bound = session
+        self._heard = now
+        self._gone = False
+        if previous is not None:
+            logger.info(
+                "execution session {} {}: order reports, fills and books are now taken from "
+                "session {} ({})",
+                previous,
+                "said goodbye" if gone else f"was silent for more than {self.grace_s:g}s",
+                session,
+                self.describe(session),
+            )
+        announcement = self._announced.get(session)
+        if kind != "session" and announcement is not None:
+            for callback in list(self._listeners):
+                callback(announcement)
+        return True
+
+    def heartbeat(self, payload: Mapping[str, Any]) -> bool:
+        """Whether an execution heartbeat concerns the bound session (or cannot tell):
+        an "online" one is admitted as any message; an "offline" one of the bound
+        session ends it, another session's is none of this node's business."""
+        session = payload.get("session")
+        if payload.get("status") == "online":
+            return self.admit(session, "heartbeat", payload)
+        if not session or self.bound is None:
+            return True
+        if str(session) != self.bound:
+            return False
+        self._gone = True
+        return True
+
+    def describe(self, session: str) -> str:
+        return describe_instance({"session": session, **self._details.get(session, {})})
+
+    def _refuse(self, session: str, kind: str) -> None:
+        if kind in self.refused:
+            self.refused[kind] += 1
+        if session in self._reported:
+            return
+        self._reported.add(session)
+        assert self.bound is not None
+        message = (
+            f"a second execution session of run {self.run!r} is on the bus "
+            f"({self.describe(session)}) while the one this node is bound to "
+            f"({self.describe(self.bound)}) is alive: two execution nodes send every order "
+            "twice; the second one's order reports, fills and books are refused (never "
+            f"booked) and this node keeps to session {self.bound}: stop the second node "
+            "(quoteforge kill <its run folder>, or SIGTERM) and check the venues for orders "
+            "it placed"
+        )
+        logger.error("{}", message)
+        if self.on_conflict is not None:
+            try:
+                self.on_conflict(message)
+            except Exception:
+                logger.opt(exception=True).error("execution session conflict: alert failed")
 
 
 async def cancel_listed_orders(

@@ -34,7 +34,7 @@ from quoteforge.exchange import (
     ReplaceOrder,
 )
 from quoteforge.gate import OrderGate
-from quoteforge.journal import Journal, JournalRecord
+from quoteforge.journal import JournalRecord
 from quoteforge.model import (
     Fill,
     Offer,
@@ -46,9 +46,9 @@ from quoteforge.model import (
 )
 from quoteforge.orders import OrderManager, fill_to_dict
 from quoteforge.plugins.distributed.execution_instances import (
+    ExecutionClaim,
     cancel_listed_orders,
-    live_execution_instance,
-    refusal_message,
+    claim_topic,
 )
 from quoteforge.plugins.distributed.lockstep_driver import LockstepDriver
 from quoteforge.plugins.distributed.node_base import (
@@ -58,6 +58,7 @@ from quoteforge.plugins.distributed.node_base import (
     is_simulated,
     node_bus,
 )
+from quoteforge.plugins.distributed.recording_journal import RecordingJournal
 from quoteforge.plugins.distributed.remote import (
     IntentError,
     MarketDataPublisher,
@@ -75,39 +76,6 @@ from quoteforge.plugins.distributed.topics import (
 from quoteforge.portfolio import Portfolio
 from quoteforge.risk import RiskRefusal
 from quoteforge.strategy import Market
-
-# ---------------------------------------------------------------------------------------
-# Execution node
-# ---------------------------------------------------------------------------------------
-
-
-class RecordingJournal(Journal):
-    """Passes records to the real journal and remembers their ids, so a published
-    order report or fill carries the id of the journal event it belongs to."""
-
-    def __init__(self, inner: Journal) -> None:
-        self.inner = inner
-        self.appended: list[JournalRecord] = []
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    def append(self, record: JournalRecord) -> None:
-        self.appended.append(record)
-        self.inner.append(record)
-
-    async def flush(self) -> None:
-        await self.inner.flush()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def read(self, kinds: tuple[str, ...] | None = None) -> Any:
-        return self.inner.read(kinds)
-
-    def take(self) -> list[JournalRecord]:
-        taken, self.appended = self.appended, []
-        return taken
 
 
 @dataclass
@@ -162,23 +130,31 @@ class ExecutionNode(Node):
         self.orders = OrderManager(
             self.journal, self.clock, id_prefix=id_prefix(self.manifest.run.name)
         )
+        # Books, trades, order reports, fills and answers carry this node's session, so
+        # the strategy node keeps to one execution node (see ExecutionBinding).
+        self.session = self.sessions.instance
+        self.claim: ExecutionClaim | None = None
         self.publisher = MarketDataPublisher(
             self.bus,
             self.scheme,
             depth=self.settings.book_depth,
             snapshot_interval_s=float(self.settings.snapshot_interval),
+            session=self.session,
         )
         self.venues: dict[str, ExchangeAdapter] = {}
         # The strategy node's reconciliation questions, answered by the real adapters.
-        self.reconciler = ReconcileResponder(lambda: self.bus, self.scheme, self.venues)
+        self.reconciler = ReconcileResponder(
+            lambda: self.bus, self.scheme, self.venues, session=self.session
+        )
         self.md_venues: set[str] = set()
         self.portfolio = Portfolio({})
         self.markets: dict[str, Market] = {}
 
     # -- start ------------------------------------------------------------------------------
     async def preflight(self) -> None:
-        """Refuse to start beside a live execution instance of this run (both would
-        send every order): asked on a connection of its own, see live_execution_instance."""
+        """Claim the run's execution role, on a connection of its own (see
+        ``ExecutionClaim``): refused beside a live execution instance of this run or a
+        rival that claimed after this one (both would send every order)."""
         probe = node_bus(
             self.loaded,
             self.registry,
@@ -189,17 +165,38 @@ class ExecutionNode(Node):
         )
         await probe.start()
         try:
-            other = await live_execution_instance(
-                probe, self.scheme, float(self.settings.heartbeat)
+            # A silent instance is taken for dead only once the strategy node has given
+            # it up too (stale_after, and half a heartbeat for the messages on their
+            # way): it then takes this node's session at once.
+            beat = float(self.settings.heartbeat)
+            self.claim = ExecutionClaim(
+                probe,
+                self.scheme,
+                self._instance(),
+                heartbeat_s=beat,
+                dead_after_s=float(self.settings.stale_after) + beat / 2,
             )
+            refusal = await self.claim.decide()
         finally:
             await probe.close()
-        if other is not None:
-            raise NodeRefusedError(refusal_message(self.scheme.run, other))
+        if refusal is not None:
+            raise NodeRefusedError(refusal)
+
+    def _instance(self) -> dict[str, Any]:
+        """What names this instance to an operator (in a claim, or a refusal)."""
+        return {
+            **self.sessions.details,
+            "session": self.sessions.instance,
+            "client_id": getattr(self.bus, "client_id", None),
+        }
 
     async def start(self) -> None:
         m = self.manifest
         reg = self.registry
+        # The bus is up and its heartbeat speaks for this node from now on.
+        online = {"state": "online", "ts_ns": time.time_ns(), **self._instance()}
+        mark = self.claim.mark("online") if self.claim is not None else online
+        self.bus.publish(claim_topic(self.scheme), mark, qos=1, retain=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await self.journal.open()
         self.journal_open = True
@@ -329,9 +326,9 @@ class ExecutionNode(Node):
                 f"{update.filled_lots}:{update.ts_ns}"
             )
             order = self.orders.get(update.client_id)
-        self.replay.publish(
-            self.scheme.order(update.venue), update_payload(update, order), event_id
-        )
+        payload = update_payload(update, order)
+        payload["session"] = self.session
+        self.replay.publish(self.scheme.order(update.venue), payload, event_id)
 
     def on_fill(self, fill: Fill) -> None:
         if self.lockstep is not None:
@@ -347,8 +344,10 @@ class ExecutionNode(Node):
         self.journal.take()
         self.portfolio.apply_fill(fill)
         self.fills += 1
+        payload = fill_payload(fill)
+        payload["session"] = self.session
         self.replay.publish(
-            self.scheme.fill(fill.venue), fill_payload(fill), f"{fill.venue}:fill:{fill.fill_id}"
+            self.scheme.fill(fill.venue), payload, f"{fill.venue}:fill:{fill.fill_id}"
         )
 
     # -- intents -----------------------------------------------------------------------------

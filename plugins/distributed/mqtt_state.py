@@ -110,6 +110,9 @@ class _MqttCore:
         # instead of looking like a stream of duplicates.
         self.source = f"{self.client_id}.{secrets.token_hex(3)}"
         self.stats = MqttStats()
+        #: Added to every heartbeat and the last will (set before ``start``): a node's
+        #: session id, so peers tell whose heartbeat or goodbye they read.
+        self.heartbeat_fields: dict[str, Any] = {}
         self._signer: FrameSigner | None = None
         self._verifier: FrameVerifier | None = None
         if self.params.signing_key is not None:
@@ -167,7 +170,12 @@ class _MqttCore:
         return self._connected.is_set()
 
     def _heartbeat(self, status: str, reason: str = "") -> dict[str, Any]:
-        beat: dict[str, Any] = {"status": status, "node": self.node, "client_id": self.client_id}
+        beat: dict[str, Any] = {
+            **self.heartbeat_fields,
+            "status": status,
+            "node": self.node,
+            "client_id": self.client_id,
+        }
         if reason:
             beat["reason"] = reason
         if status == "online":

@@ -217,6 +217,10 @@ class Node:
             self.on_peer_reconnect,
             {"pid": os.getpid(), "host": socket.gethostname(), "run_dir": str(run_dir)},
         )
+        # Heartbeats and the last will name the session, so peers tell whose they read.
+        beat_fields = getattr(self.bus, "heartbeat_fields", None)
+        if isinstance(beat_fields, dict):
+            beat_fields["session"] = self.sessions.instance
         self.log = logger.bind(component=f"node:{self.role}", run=self.manifest.run.name)
         self.stop_reason = ""
         self.killed = False

@@ -81,6 +81,8 @@ class MarketDataPublisher:
     ``snapshot_interval_s`` (and on every state change) the same snapshot also goes,
     retained, to ``state/book-<venue>-<symbol>`` for late joiners. Trades go to
     ``trade/<venue>/<symbol>``, instruments to the retained ``state/instruments-<venue>``.
+    With a ``session`` (the execution node's, which hosts simulated venues whole) every
+    book and trade message carries it, so a strategy node tells whose books it gets.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class MarketDataPublisher:
         *,
         depth: int = 10,
         snapshot_interval_s: float = 1.0,
+        session: str | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError(f"book depth must be at least 1 level, got {depth}")
@@ -98,6 +101,7 @@ class MarketDataPublisher:
         self.depth = depth
         self.snapshot_interval_s = snapshot_interval_s
         self.publisher = secrets.token_hex(4)
+        self.session = session
         self._books: dict[str, L2Book] = {}
         self._topics: dict[str, tuple[str, str]] = {}
         self._dirty: dict[str, L2Book] = {}
@@ -152,15 +156,15 @@ class MarketDataPublisher:
         self, venue: str, symbol: str, price_ticks: int, qty_lots: int, aggressor: Side, ts_ns: int
     ) -> None:
         self.trades_published += 1
-        self.bus.publish(
-            self.scheme.trade(venue, symbol),
-            {
-                "price_ticks": price_ticks,
-                "qty_lots": qty_lots,
-                "aggressor": aggressor.name.lower(),
-                "ts_ns": ts_ns,
-            },
-        )
+        payload: dict[str, Any] = {
+            "price_ticks": price_ticks,
+            "qty_lots": qty_lots,
+            "aggressor": aggressor.name.lower(),
+            "ts_ns": ts_ns,
+        }
+        if self.session is not None:
+            payload["session"] = self.session
+        self.bus.publish(self.scheme.trade(venue, symbol), payload)
 
     # -- internals -------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -169,9 +173,15 @@ class MarketDataPublisher:
         for book in dirty.values():
             self._send(book, snapshot=False)
 
+    def _payload(self, book: L2Book) -> dict[str, Any]:
+        payload = book_payload(book, self.depth, self.publisher, next(self._n))
+        if self.session is not None:
+            payload["session"] = self.session
+        return payload
+
     def _send(self, book: L2Book, *, snapshot: bool) -> None:
         live_topic, snapshot_topic = self._topics[book.key]
-        payload = book_payload(book, self.depth, self.publisher, next(self._n))
+        payload = self._payload(book)
         self.bus.publish(live_topic, payload)
         self.books_published += 1
         if snapshot:
@@ -182,5 +192,5 @@ class MarketDataPublisher:
             await asyncio.sleep(self.snapshot_interval_s)
             for book in self._books.values():
                 _, snapshot_topic = self._topics[book.key]
-                payload = book_payload(book, self.depth, self.publisher, next(self._n))
+                payload = self._payload(book)
                 self.bus.publish(snapshot_topic, payload, qos=1, retain=True)

@@ -68,15 +68,22 @@ class ReconcileResponder:
     that cannot tell answers ``{"unknown": true}``; an adapter that fails answers
     ``{"error": "..."}``. A repeated question (same id) is answered once per arrival
     from the first answer, without asking the venue again. No credential is ever part
-    of an answer: only what the venue reported.
+    of an answer: only what the venue reported. With a ``session`` (the execution
+    node's) every answer carries it, so the strategy node tells whose answer it reads.
     """
 
     def __init__(
-        self, bus: Callable[[], Bus], scheme: TopicScheme, venues: dict[str, ExchangeAdapter]
+        self,
+        bus: Callable[[], Bus],
+        scheme: TopicScheme,
+        venues: dict[str, ExchangeAdapter],
+        *,
+        session: str | None = None,
     ) -> None:
         self._bus = bus
         self.scheme = scheme
         self.venues = venues
+        self.session = session
         self._answers: dict[str, dict[str, Any] | None] = {}  # id -> answer, None: asking
         self._tasks: set[asyncio.Task[None]] = set()
         self.answered = 0
@@ -158,5 +165,7 @@ class ReconcileResponder:
 
     def _publish(self, venue: str, answer: dict[str, Any]) -> None:
         _, topic = reconcile_topics(self.scheme, venue)
+        if self.session is not None:
+            answer = {**answer, "session": self.session}
         with contextlib.suppress(RuntimeError):  # the bus closed: the node is stopping
             self._bus().publish(topic, answer, qos=1)

@@ -33,6 +33,7 @@ from quoteforge.exchange import (
     VenueSink,
 )
 from quoteforge.model import Fill, Instrument, OrderUpdate, Side
+from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
 from quoteforge.plugins.distributed.lockstep import (
     CLOCK_ROOT,
     LOCKSTEP_RETRY_S,
@@ -136,7 +137,9 @@ class RemoteVenue(ExchangeAdapter):
     ``fill/<venue>``. Reconciliation (``fetch_open_orders``, ``fetch_fills``,
     ``fetch_balances``) asks the execution node, which holds the real adapter
     (``reconcile_topics``, ``ReconcileResponder``); no answer within
-    ``reconcile_timeout_s`` raises ``ReconcileError``.
+    ``reconcile_timeout_s`` raises ``ReconcileError``. With a ``binding`` (one per
+    strategy node, shared by its venues) only the bound execution session's books,
+    trades, order reports, fills and answers are applied (see ``ExecutionBinding``).
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class RemoteVenue(ExchangeAdapter):
         replay: ReplayBuffer | None = None,
         lockstep: LockstepFollower | None = None,
         reconcile_timeout_s: float = RECONCILE_TIMEOUT_S,
+        binding: ExecutionBinding | None = None,
     ) -> None:
         if stale_after_s <= 0:
             raise ValueError(f"stale_after_s must be > 0, got {stale_after_s}")
@@ -167,6 +171,10 @@ class RemoteVenue(ExchangeAdapter):
         # Intents name a strategy; a venue no strategy trades files them under this one.
         self._default_strategy = self.strategies[0] if self.strategies else "unassigned"
         self.host_role = host_role
+        self.binding = binding
+        if binding is not None and lockstep is None:
+            topic = scheme.node_session("execution")
+            binding.listen(lambda payload: self._on_execution_session(topic, payload))
         self.stale_after_ns = int(stale_after_s * NS)
         self.connect_timeout_s = connect_timeout_s
         self.replay = replay if replay is not None else ReplayBuffer(bus)
@@ -377,8 +385,13 @@ class RemoteVenue(ExchangeAdapter):
 
     def _on_answer(self, topic: str, payload: dict[str, Any]) -> None:
         future = self._questions.get(str(payload.get("id", "")))
-        if future is not None and not future.done():
+        if future is not None and not future.done() and self._admit(payload, "answer"):
             future.set_result(payload)
+
+    def _admit(self, payload: dict[str, Any], kind: str) -> bool:
+        """Whether a message of an execution node comes from the bound session."""
+        binding = self.binding
+        return binding is None or binding.admit(payload.get("session"), kind)
 
     # -- intents -----------------------------------------------------------------------------
     def _strategy_of(self, action: OrderAction) -> str:
@@ -427,6 +440,8 @@ class RemoteVenue(ExchangeAdapter):
     def _apply_book(self, mirror: _Mirror, payload: dict[str, Any]) -> None:
         if not (self._host_online and self._execution_online) or self._execution_silent:
             return  # a host that is down left this (its last book), or no order gets out
+        if self.host_role == "execution" and not self._admit(payload, "book"):
+            return
         pub = payload.get("pub", "")
         n = int(payload.get("n", 0))
         # Live updates and retained snapshots travel on two topics: drop the older one.
@@ -458,7 +473,7 @@ class RemoteVenue(ExchangeAdapter):
 
     def _trade_handler(self, symbol: str) -> Callable[[str, dict[str, Any]], None]:
         def handle(topic: str, payload: dict[str, Any]) -> None:
-            if self.sink is not None:
+            if self.sink is not None and self._admit(payload, "trade"):
                 self.sink.on_trade(
                     self.name,
                     symbol,
@@ -471,6 +486,8 @@ class RemoteVenue(ExchangeAdapter):
         return handle
 
     def _on_order(self, topic: str, payload: dict[str, Any]) -> None:
+        if not self._admit(payload, "order"):
+            return
         self._last_report_s = time.monotonic()
         if self.sink is not None:
             update = update_from_payload(payload)
@@ -479,11 +496,15 @@ class RemoteVenue(ExchangeAdapter):
             self.sink.on_order_update(update)
 
     def _on_fill(self, topic: str, payload: dict[str, Any]) -> None:
+        if not self._admit(payload, "fill"):
+            return  # never booked
         self._last_report_s = time.monotonic()
         if self.sink is not None:
             self.sink.on_fill(fill_from_payload(payload))
 
     def _on_host_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.host_role == "execution" and not self._bound_heartbeat(payload):
+            return
         online = payload.get("status") == "online"
         self._host_online = online
         if online:
@@ -493,7 +514,15 @@ class RemoteVenue(ExchangeAdapter):
             self._execution_left()
         self._all_stale(host_offline_reason(self.host_role, payload))
 
+    def _bound_heartbeat(self, payload: dict[str, Any]) -> bool:
+        """Whether an execution heartbeat is the bound session's (another session's
+        neither keeps the books LIVE nor makes them STALE)."""
+        return self.binding is None or self.binding.heartbeat(payload)
+
     def _on_execution_session(self, topic: str, payload: dict[str, Any]) -> None:
+        binding = self.binding
+        if binding is not None and not binding.admit(payload.get("instance"), "session", payload):
+            return
         session = (str(payload.get("instance", "")), int(payload.get("connects", 0)))
         self._execution_session = session
         # A retained session sent again (a new subscription) is not a return.
@@ -503,6 +532,8 @@ class RemoteVenue(ExchangeAdapter):
             self._execution_heard()
 
     def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
+        if not self._bound_heartbeat(payload):
+            return
         if payload.get("status") == "online":
             # Ready only with its next session (it may not have subscribed yet); the
             # same session heard again after a silence is back at once.

@@ -25,6 +25,7 @@ from quoteforge.manifest import (
     NodeSettings,
     PluginSpec,
 )
+from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
 from quoteforge.plugins.distributed.node_base import (
     Sessions,
     is_lockstep,
@@ -41,6 +42,7 @@ from quoteforge.plugins.distributed.topics import (
     TopicScheme,
 )
 from quoteforge.registry import PluginRegistry
+from quoteforge.runfiles import finish_run_info
 
 
 class LockstepRunDriver:
@@ -101,7 +103,16 @@ class StrategyNode:
         self.bus = node_bus(loaded, registry, self.role, settings)
         self.replay = ReplayBuffer(lambda: self.bus, window_s=float(settings.replay_window))
         self.sessions = Sessions(self.bus, self.scheme, self.role, self.on_peer_reconnect)
+        beat_fields = getattr(self.bus, "heartbeat_fields", None)
+        if isinstance(beat_fields, dict):
+            beat_fields["session"] = self.sessions.instance
         self.remote: dict[str, RemoteVenue] = {}
+        self.run_dir = run_dir
+        # One execution session at a time: another one's fills are never booked. Its
+        # silence is judged as the books judge the execution node's (stale_after).
+        self.execution = ExecutionBinding(
+            m.run.name, float(settings.stale_after), on_conflict=self._execution_conflict
+        )
         clock: LiveClock | LockstepClock = LiveClock()
         self.lockstep: LockstepFollower | None = None
         if is_lockstep(loaded, registry):
@@ -133,6 +144,7 @@ class StrategyNode:
                 connect_timeout_s=float(settings.connect_timeout),
                 replay=self.replay,
                 lockstep=self.lockstep,
+                binding=self.execution,
             )
             self.remote[name] = venue
             return venue
@@ -185,6 +197,9 @@ class StrategyNode:
             srt.halted = True
             run.pull_quotes(srt.name)
 
+    def _execution_conflict(self, message: str) -> None:
+        self.run_obj.alert("execution_conflict", message, severity="critical")
+
     def request_stop(self, reason: str = "stop requested") -> None:
         self.run_obj.request_stop(reason)
 
@@ -203,3 +218,15 @@ class StrategyNode:
             if self.lockstep is not None:
                 await self.lockstep.close()
             await self.sessions.stop()
+            refused = self.execution.refused
+            if self.execution.refused_total:
+                logger.warning(
+                    "refused from a second execution session: {}",
+                    ", ".join(f"{n} {kind}(s)" for kind, n in refused.items() if n),
+                )
+            if (self.run_dir / "run.json").exists():
+                finish_run_info(
+                    self.run_dir,
+                    execution_session=self.execution.bound,
+                    foreign_execution_refused=refused,
+                )
