@@ -244,7 +244,9 @@ async def test_a_paused_execution_node_sends_no_order_priced_on_the_book_of_befo
                 "the strategy node's books STALE",
                 nodes,
             )
-            assert time.monotonic() - paused >= 2  # nodes.stale_after
+            # stale_after (2 s) from the last heartbeat heard, which came up to one
+            # heartbeat (0.5 s) before the pause.
+            assert time.monotonic() - paused >= 1.5
             # 4% up by the time it wakes: only this price may be quoted.
             await replica.set_book(
                 SYMBOL, shifted(book["bids"], 2 * step), shifted(book["asks"], 2 * step)
