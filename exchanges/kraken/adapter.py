@@ -76,9 +76,13 @@ class KrakenParams(CcxtSpotParams, AutoCancelParams):
     )
     public_trades: bool = Field(True, description="Subscribe to the trade channel.")
     tier: Literal["starter", "intermediate", "pro"] = Field(
-        "starter", description="Account tier: sets the per-pair rate counter and decay."
+        "starter",
+        description="Account verification tier: sets the trading engine's per-pair counter "
+        "and the API key's REST call counter (maximum and decay of each).",
     )
-    rate_headroom: float = Field(0.9, gt=0, le=1, description="Share of the counter to use.")
+    rate_headroom: float = Field(
+        0.9, gt=0, le=1, description="Share of each counter's maximum to use."
+    )
     silence_timeout_s: float = Field(
         10.0,
         gt=0,
@@ -109,14 +113,15 @@ class KrakenSpot(KrakenReconciliation):
     """Kraken spot. One public socket carries every pair's book and trades; one private
     socket carries executions and order entry (add_order, batch_add, amend_order,
     cancel_order, cancel_all). The REST reads for reconciliation are
-    ``KrakenReconciliation``'s (reconciliation.py)."""
+    ``KrakenReconciliation``'s (reconciliation.py), and so is ``_paced_rest``, which
+    every REST call passes: it paces the private ones by the API key's call counter."""
 
     venue_id = "kraken"
     ccxt_id = "kraken"
     params: KrakenParams
 
     def __init__(self, params: KrakenParams, ctx: VenueContext) -> None:
-        super().__init__(params, ctx)
+        super().__init__(params, ctx, tier=params.tier, headroom=params.rate_headroom)
         if params.tier not in KRAKEN_TIERS:  # pragma: no cover - Literal already checks
             raise ValueError(f"unknown tier {params.tier!r}")
         self.governor = KrakenRateGovernor(
@@ -166,7 +171,7 @@ class KrakenSpot(KrakenReconciliation):
         return classify_error(text, status)
 
     async def load_instruments(self) -> dict[str, Instrument]:
-        data = await self._rest("public_get_assetpairs")
+        data = await self._paced_rest("public_get_assetpairs")
         pairs: dict[str, dict[str, Any]] = data.get("result", {})
         by_v2: dict[str, tuple[str, dict[str, Any]]] = {}
         for name, info in pairs.items():
@@ -238,7 +243,7 @@ class KrakenSpot(KrakenReconciliation):
 
     async def _cancel_after(self, seconds: float) -> None:
         """``CancelAllOrdersAfter`` (whole seconds; it cancels every order of the account)."""
-        await self._rest("private_post_cancelallordersafter", {"timeout": math.ceil(seconds)})
+        await self._paced_rest("private_post_cancelallordersafter", {"timeout": math.ceil(seconds)})
 
     async def _snapshot_watchdog(self) -> None:
         """A subscription whose snapshot never came (lost reply, refused request) is sent
@@ -379,7 +384,7 @@ class KrakenSpot(KrakenReconciliation):
 
     # -- private socket: executions and trading --------------------------------------------
     async def _on_private_open(self, sock: ManagedSocket) -> None:
-        data = await self._rest("private_post_getwebsocketstoken")
+        data = await self._paced_rest("private_post_getwebsocketstoken")
         self._token = data["result"]["token"]
         req_id = next(self._req_ids)
         reply = await sock.request(

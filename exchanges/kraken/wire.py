@@ -51,6 +51,7 @@ REST_ORDER_STATUS = {
 _ASSET_ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
 _METHOD = re.compile(r'"method"\s*:\s*"([^"]*)"')
 _CHANNEL = re.compile(r'"channel"\s*:\s*"([^"]*)"')
+_THROTTLED = re.compile(r"EService:\s*Throttled:\s*(\d+(?:\.\d+)?)")
 # Errors after which an order may or may not exist at the venue.
 _UNKNOWN_ERRORS = (
     "EService:Unavailable",
@@ -78,6 +79,11 @@ def classify_error(text: str, status: int = 200) -> VenueCallError:
         return VenueCallError("unknown", text)
     if "Rate limit exceeded" in text:
         return VenueCallError("rate_limited", text, retry_after_s=1.0)
+    throttled = _THROTTLED.match(text)
+    if throttled:
+        # Too many concurrent requests: not done; "try again after [UNIX timestamp]".
+        until = float(throttled.group(1))
+        return VenueCallError("rate_limited", text, retry_after_s=max(until - time.time(), 0.5))
     if text.startswith(("EOrder:Unknown order", "EOrder:Invalid order")):
         return VenueCallError("not_found", text)
     if text.startswith(("EAPI:Invalid key", "EAPI:Invalid signature", "EAccount:")):

@@ -30,8 +30,10 @@ from quoteforge.exchanges.testing.faults import (
 from quoteforge.exchanges.testing.kraken_replica_rest import (
     DEFAULT_PAIRS,
     REJECT,
+    REST_TIERS,
     KrakenPair,
     KrakenRest,
+    RestCallCounter,
     iso,
     kraken_sign,
 )
@@ -46,12 +48,16 @@ def _digits(text: str) -> str:
 class KrakenReplica(KrakenRest):
     """Kraken spot on 127.0.0.1 with a real book per pair and our orders matched.
 
-    Control API (``async``): ``set_level``, ``set_book``, ``churn``, ``fill_order`` and
-    the fault commands of ``ReplicaServer``. ``order_path`` ("add_order") aims
-    ``fail_http`` and ``time_out`` at websocket order entry: an HTTP 429/418 becomes
-    ``EOrder:Rate limit exceeded``, a 5xx ``EService:Unavailable``, a time-out no answer.
-    The REST API is ``KrakenRest`` (kraken_replica_rest.py); this class adds websocket
-    v2 and the order engine.
+    Control API (``async``): ``set_level``, ``set_book``, ``churn``, ``fill_order``,
+    ``use_rest_counter`` and the fault commands of ``ReplicaServer``. ``order_path``
+    ("add_order") aims ``fail_http`` and ``time_out`` at websocket order entry: an HTTP
+    429/418 becomes ``EOrder:Rate limit exceeded``, a 5xx ``EService:Unavailable``, a
+    time-out no answer. The REST API is ``KrakenRest`` (kraken_replica_rest.py); this
+    class adds websocket v2 and the order engine.
+
+    ``rest_tier`` is the account's verification tier for the REST call counter
+    (``REST_TIERS``: starter, intermediate, pro); "starter" by default, as the adapter's
+    ``tier``. Give both the same tier.
     """
 
     churn_ticks = 12
@@ -67,7 +73,10 @@ class KrakenReplica(KrakenRest):
         seed: int = 7,
         ping_interval: float = 1.0,
         port: int = 0,
+        rest_tier: str = "starter",
     ) -> None:
+        if rest_tier not in REST_TIERS:
+            raise ValueError(f"unknown Kraken tier {rest_tier!r}: use one of {sorted(REST_TIERS)}")
         super().__init__(
             port=port,
             ping_interval=ping_interval,
@@ -97,6 +106,8 @@ class KrakenReplica(KrakenRest):
         """The txid list of every signed ``QueryOrders`` call, in order."""
         self.trades_history_calls: list[int] = []
         """The ``ofs`` of every signed ``TradesHistory`` call, in order."""
+        self.rest_counter = RestCallCounter(*REST_TIERS[rest_tier])
+        """The API key's REST call counter (``refused``: the calls it turned away)."""
         trade_ids = iter(range(1, 1 << 62))
         for name, pair in self.pairs.items():
             market = ReplicaMarket(

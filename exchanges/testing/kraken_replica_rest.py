@@ -6,6 +6,15 @@ closed and queried orders, trades history, add and cancel order). ``KrakenReplic
 Trades history rows carry the documented trade info only: no ``cl_ord_id``, so a client
 learns a trade's client order id from the order (``QueryOrders``), as on Kraken. They come
 50 a call, the most recent first, with ``count`` and ``ofs`` paging as the venue documents.
+
+Every signed call goes through the API key's REST call counter, as
+https://docs.kraken.com/api/docs/guides/spot-rest-ratelimits describes it: it starts at 0,
+a ledger or trade history call adds 2, any other private call 1, ``AddOrder`` and
+``CancelOrder`` nothing (they are on the trading engine's per-pair limiter); it decays at
+the tier's rate. A call that would take it over the tier's maximum is answered
+``EAPI:Rate limit exceeded`` and still counts, so a client that keeps calling stays
+refused. The venue lowers the counter "every couple of seconds"; the replica lowers it
+continuously at the documented rate. Public calls do not count.
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -37,9 +47,11 @@ __all__ = [
     "DEFAULT_PAIRS",
     "QUERY_ORDERS_MAX",
     "REJECT",
+    "REST_TIERS",
     "TRADES_HISTORY_PAGE",
     "KrakenPair",
     "KrakenRest",
+    "RestCallCounter",
     "iso",
     "kraken_sign",
 ]
@@ -61,6 +73,62 @@ REJECT = {
     "notional": "EOrder:Cost minimum not met",
     "minimum": "EOrder:Order minimum not met",
 }
+
+
+REST_TIERS: dict[str, tuple[float, float]] = {
+    # account tier: (maximum of the REST call counter, decay per second)
+    "starter": (15.0, 0.33),
+    "intermediate": (20.0, 0.5),
+    "pro": (20.0, 1.0),
+}
+"""The REST call counter of each verification tier, as the venue documents it."""
+_HISTORY_CALLS = frozenset({"Ledgers", "QueryLedgers", "TradesHistory", "QueryTrades"})
+_TRADING_LIMITER_CALLS = frozenset({"AddOrder", "CancelOrder"})
+
+
+def rest_call_cost(name: str) -> int:
+    """What one signed call to ``/0/private/<name>`` adds to the REST call counter."""
+    if name in _TRADING_LIMITER_CALLS:
+        return 0
+    return 2 if name in _HISTORY_CALLS else 1
+
+
+@dataclass
+class RestCallCounter:
+    """One API key's REST call counter: ``maximum``, decaying ``decay_per_s`` a second.
+
+    ``peak`` is the highest level an answered call left it at; ``refused`` names every
+    call answered ``EAPI:Rate limit exceeded``, in order.
+    """
+
+    maximum: float
+    decay_per_s: float
+    value: float = 0.0
+    at: float = field(default_factory=time.monotonic)
+    peak: float = 0.0
+    refused: list[str] = field(default_factory=list)
+
+    def level(self) -> float:
+        """The counter now."""
+        return max(0.0, self.value - (time.monotonic() - self.at) * self.decay_per_s)
+
+    def add(self, amount: float) -> float:
+        """Raise the counter by ``amount``; the new level."""
+        self.value, self.at = self.level() + amount, time.monotonic()
+        return self.value
+
+    def admit(self, name: str) -> bool:
+        """Count one call to ``name``; False when it takes the counter over the maximum
+        (the call is refused, and counted all the same)."""
+        cost = rest_call_cost(name)
+        if not cost:
+            return True
+        level = self.add(cost)
+        if level > self.maximum:
+            self.refused.append(name)
+            return False
+        self.peak = max(self.peak, level)
+        return True
 
 
 @dataclass(frozen=True)
@@ -132,6 +200,7 @@ class KrakenRest(ReplicaServer):
     _last_nonce: int
     queried_txids: list[list[str]]
     trades_history_calls: list[int]
+    rest_counter: RestCallCounter
 
     @abstractmethod
     async def add_order(self, spec: dict[str, Any]) -> ReplicaOrder:
@@ -284,6 +353,11 @@ class KrakenRest(ReplicaServer):
         )
 
     # -- private REST -----------------------------------------------------------------------
+    async def use_rest_counter(self, amount: float) -> None:
+        """Raise the API key's REST call counter by ``amount``, as another program
+        calling with the same key would."""
+        self.rest_counter.add(amount)
+
     def _cancel_all_after(self, timeout: str) -> web.Response:
         """The dead man's switch: every open order is cancelled ``timeout`` seconds from
         now unless armed again (checked every 10 ms); 0 stops it. Once it has fired it
@@ -325,6 +399,8 @@ class KrakenRest(ReplicaServer):
             return self._fail("EAPI:Invalid nonce")
         self._last_nonce = int(nonce)
         name = request.path.rsplit("/", 1)[1]
+        if not self.rest_counter.admit(name):
+            return self._fail("EAPI:Rate limit exceeded")
         if name == "Balance":
             acct = self.account
             return self._ok(
