@@ -1,8 +1,11 @@
-"""One execution node per run, when two start at once or one slips through
-(plugins/distributed/execution_instances.py): of two execution nodes started at the same
-instant exactly one runs and the other refuses, naming it; a strategy node keeps to the
-execution session it bound to and never books another session's fills, yet takes the
-session of an execution node started after the first said goodbye.
+"""One execution node and one strategy node per run, when two start at once or one slips
+through (plugins/distributed/execution_instances.py, strategy_binding.py): of two
+execution nodes, or two strategy nodes, started at the same instant exactly one runs and
+the other refuses, naming it; a strategy node keeps to the execution session it bound to
+and never books another session's fills, yet takes the session of an execution node
+started after the first said goodbye; an execution node keeps to the strategy session it
+bound to, refuses another session's intents and acts on the bound session's goodbye
+only.
 
 Real nodes in this process on the shared test broker, as in
 test_execution_node_restart.py, whose manifest and bus watcher these tests share."""
@@ -14,18 +17,27 @@ import json
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from brokers import require_shared_broker
 from loguru import logger
 from test_execution_node_restart import SIM, Watcher, manifest, until
 
-from quoteforge.model import Fill, Liquidity, Order, OrderStatus, OrderUpdate
+from quoteforge.clock import LiveClock
+from quoteforge.exchange import CancelAll, CancelOrder, PlaceOrder, ReplaceOrder, VenueContext
+from quoteforge.exchanges.testing.conformance import RecordingSink
+from quoteforge.model import Fill, Liquidity, Order, OrderStatus, OrderUpdate, Side
+from quoteforge.orders import OrderManager
 from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
 from quoteforge.plugins.distributed.execution_node import ExecutionNode
 from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
+from quoteforge.plugins.distributed.remote import RemoteVenue
+from quoteforge.plugins.distributed.strategy_binding import StrategyBinding
 from quoteforge.plugins.distributed.strategy_node import StrategyNode
 from quoteforge.plugins.distributed.wire import fill_payload, update_payload
 from quoteforge.registry import PluginRegistry
+
+BTC = "BTC/USDT"
 
 
 def test_the_binding_keeps_to_one_live_execution_session() -> None:
@@ -61,6 +73,65 @@ def test_the_binding_keeps_to_one_live_execution_session() -> None:
     assert binding.admit("y", "session", {"instance": "y"})
     assert not binding.alive()
     assert binding.admit("x", "order") and binding.bound == "x"
+    assert len(conflicts) == 1
+
+
+def test_the_strategy_binding_keeps_to_one_live_strategy_session() -> None:
+    now = [0.0]
+    conflicts: list[tuple[str, str]] = []
+    cancelled: list[list[str]] = []
+    orders = OrderManager(None, LiveClock(), "t")
+
+    def cancel(working: list[Order]) -> int:
+        cancelled.append(sorted(o.client_id for o in working))
+        for order in working:  # as the venue confirms it
+            orders.apply_update(OrderUpdate("sim", order.client_id, OrderStatus.CANCELLED, 1))
+        return len(working)
+
+    binding = StrategyBinding(
+        "r1",
+        2.0,
+        orders,
+        ["mm"],
+        cancel,
+        on_conflict=lambda message, session: conflicts.append((message, session)),
+        clock=lambda: now[0],
+    )
+
+    def place(client_id: str, session: str) -> bool:
+        intent = {"action": "place", "session": session}
+        if not binding.admit(intent):
+            return False
+        binding.placed(client_id, intent)
+        orders.adopt(Order(client_id, "sim", BTC, Side.BUY, 1, 100, strategy="mm"))
+        return True
+
+    def beat(session: str, status: str = "online", reason: str = "") -> None:
+        payload = {"status": status, "session": session, "client_id": f"qf-{session}"}
+        binding.on_heartbeat("heartbeat/strategy", payload | ({"reason": reason} if reason else {}))
+
+    binding.on_announce("state/node-strategy", {"instance": "b", "run_dir": "/runs/b"})
+    assert place("z1", "")  # nothing bound yet: taken, binds nothing
+    beat("a")
+    assert binding.bound == "a" and cancelled == [["z1"]]  # nobody manages z1 any more
+    assert place("a1", "a")
+    # Another session while a is alive: refused, counted, reported once.
+    assert not place("b1", "b")
+    beat("b")
+    assert not place("b2", "b")
+    assert binding.bound == "a" and binding.refused == 2
+    [(message, session)] = conflicts
+    assert session == "b" and "session a" in message and "/runs/b" in message
+    beat("b", "offline", "closed")  # not the bound session's goodbye: nothing cancelled
+    assert cancelled == [["z1"]] and binding.alive()
+    # a goes quiet longer than the grace: b is taken, and a's order cancelled.
+    now[0] = 2.1
+    assert not binding.alive()
+    beat("b")
+    assert binding.bound == "b" and cancelled[-1] == ["a1"]
+    assert place("b3", "b")
+    beat("b", "offline", "closed")
+    assert binding.watch.departed and cancelled[-1] == ["b3"]
     assert len(conflicts) == 1
 
 
@@ -221,4 +292,210 @@ async def test_a_strategy_node_refuses_a_second_execution_session_and_books_none
         first.request_stop("test over")
         second.request_stop("test over")
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        await watcher.bus.close()
+
+
+async def test_of_two_strategy_nodes_started_at_the_same_instant_exactly_one_runs(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    port = require_shared_broker()
+    path = manifest(tmp_path / "m.yaml", SIM, port)
+    loaded, settings = load_node_manifest(path, registry)
+    run = loaded.manifest.run.name
+    watcher = Watcher(port, run)
+    await watcher.start("sim")
+    announced: list[dict[str, Any]] = []
+    scheme = watcher.scheme
+    watcher.bus.subscribe(scheme.node_session("strategy"), lambda t, p: announced.append(p))
+    await watcher.bus.flush(5)
+    execution = ExecutionNode(loaded, registry, tmp_path / "exec", settings, path)
+    errors: list[str] = []
+    sink = logger.add(errors.append, level="ERROR", format="{message}")
+    loop = asyncio.get_running_loop()
+    serving = loop.create_task(execution.run())
+    nodes: dict[str, asyncio.Task[int]] = {}
+    try:
+        await until(lambda: bool(watcher.sessions), "the execution node's session")
+        nodes = {
+            name: loop.create_task(
+                run_node(
+                    loaded,
+                    registry,
+                    "strategy",
+                    tmp_path / name,
+                    path,
+                    settings=settings,
+                    install_signals=False,
+                )
+            )
+            for name in ("a", "b")
+        }
+        done, _ = await asyncio.wait(nodes.values(), timeout=10, return_when="FIRST_COMPLETED")
+        assert done, "neither strategy node refused to start beside the other"
+        [(loser, task)] = [(n, t) for n, t in nodes.items() if t in done]
+        assert task.result() == 2
+        winner = "b" if loser == "a" else "a"
+        await until(lambda: bool(announced), "the winner's session")
+        assert {a["run_dir"] for a in announced} == {str(tmp_path / winner)}
+        [message] = [e for e in errors if "refused to start" in e]
+        assert "\n" not in message.strip()
+        assert f"another strategy node of run {run!r} claimed the strategy role" in message
+        # Names the instance that goes on: bus client, session, pid and host, run folder.
+        assert str(tmp_path / winner) in message
+        assert announced[-1]["instance"] in message
+        assert "bus client qf-" in message and " pid " in message
+        assert "stop it" in message
+        info = json.loads((tmp_path / loser / "run.json").read_text(encoding="utf-8"))
+        assert info["stop_reason"].startswith("refused: ") and info["role"] == "strategy"
+        assert not (tmp_path / loser / "journal.sqlite").exists()
+        # The winner trades through the execution node, which is bound to its session.
+        await until(lambda: bool(execution.orders.all_working()), "the winner's quotes")
+        assert execution.binding.bound == announced[-1]["instance"]
+        assert execution.binding.refused == 0
+        assert not nodes[winner].done()
+        watcher.bus.publish(scheme.kill(), {"reason": "test over", "node": "test"}, qos=1)
+        assert await asyncio.wait_for(nodes[winner], 20) == 0
+        await asyncio.wait_for(serving, 20)
+    finally:
+        logger.remove(sink)
+        execution.request_stop("test over")
+        for node in nodes.values():
+            node.cancel()
+        await asyncio.gather(serving, *nodes.values(), return_exceptions=True)
+        await watcher.bus.close()
+
+
+async def test_an_execution_node_refuses_a_second_strategy_sessions_intents(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    """Two strategy sessions send intents the way a strategy node's RemoteVenue sends
+    them: the execution node keeps to the session whose heartbeat it heard first. The
+    other's new orders come back REJECTED and never reach the venue, its cancels touch
+    nothing, one error and one alert name both; its goodbye cancels nothing. The bound
+    session's goodbye cancels its orders, and the other session is taken then."""
+    port = require_shared_broker()
+    path = manifest(tmp_path / "m.yaml", SIM, port)
+    loaded, settings = load_node_manifest(path, registry)
+    watcher = Watcher(port, loaded.manifest.run.name)
+    await watcher.start("sim")
+    scheme = watcher.scheme
+    breakers: list[dict[str, Any]] = []
+    watcher.bus.subscribe(scheme.breaker(), lambda t, p: breakers.append(p))
+    await watcher.bus.flush(5)
+    node = ExecutionNode(loaded, registry, tmp_path / "exec", settings, path)
+    errors: list[str] = []
+    sink = logger.add(errors.append, level="ERROR", format="{message}")
+    loop = asyncio.get_running_loop()
+    serving = loop.create_task(node.run())
+    remotes: dict[str, RemoteVenue] = {}
+    sinks = {"sa": RecordingSink(), "sb": RecordingSink()}
+    beating = True
+
+    def say(session: str, status: str = "online", reason: str = "") -> None:
+        beat = {"status": status, "node": "strategy", "session": session}
+        beat |= {"client_id": f"qf-{session}"} | ({"reason": reason} if reason else {})
+        watcher.bus.publish(scheme.heartbeat("strategy"), beat, qos=1)
+
+    async def heartbeats() -> None:
+        while beating:
+            say("sa")
+            await asyncio.sleep(0.3)
+
+    def status(client_id: str) -> OrderStatus | None:
+        order = node.orders.get(client_id)
+        return None if order is None else order.status
+
+    def bid(client_id: str) -> Order:
+        book = node.markets[f"sim:{BTC}"].book
+        best = book.best_bid_ticks()
+        assert best is not None
+        return Order(client_id, "sim", BTC, Side.BUY, 500, best - 5_000, strategy="mm_btc")
+
+    async def venue_open() -> set[str]:
+        listed = await node.venues["sim"].fetch_open_orders()
+        assert listed is not None
+        return {o.client_id for o in listed}
+
+    beats = loop.create_task(heartbeats())
+    try:
+        await until(lambda: bool(watcher.sessions), "the execution node's session")
+        await until(lambda: bool(node.markets), "the venue hosted")
+        await until(lambda: node.markets[f"sim:{BTC}"].book.best_bid_ticks() is not None, "a book")
+        for session in ("sa", "sb"):
+            where = {"pid": 7, "host": "h", "run_dir": f"/runs/{session}"}
+            announcement = {"role": "strategy", "instance": session, "connects": 1, **where}
+            watcher.bus.publish(scheme.node_session("strategy"), announcement, qos=1)
+            ctx = VenueContext("sim", LiveClock(), 1, "live", [BTC], secrets={})
+            remote = RemoteVenue(
+                ctx,
+                lambda: watcher.bus,
+                scheme,
+                ["mm_btc", "mm_eth"],
+                host_role="execution",
+                session=session,
+            )
+            await remote.connect(sinks[session])
+            remotes[session] = remote
+        await until(lambda: node.watch.online, "the first session's heartbeat")
+        remotes["sa"].submit([PlaceOrder(bid("a1")), PlaceOrder(bid("a2"))])
+        await until(lambda: status("a1") is status("a2") is OrderStatus.OPEN, "a1 and a2 open")
+
+        # The second session: a place, a replace and a cancel of the first one's orders,
+        # and a cancel-all (one intent per strategy).
+        remotes["sb"].submit(
+            [
+                PlaceOrder(bid("b1")),
+                ReplaceOrder("a1", bid("b2")),
+                CancelOrder("a2", "sim", BTC),
+                CancelAll("sim", BTC),
+            ]
+        )
+        rejected = sinks["sb"]
+
+        def back_rejected(client_id: str) -> bool:
+            last = rejected.last(client_id)
+            return last is not None and last.status is OrderStatus.REJECTED
+
+        await until(lambda: back_rejected("b1") and back_rejected("b2"), "b1 and b2 rejected")
+        reason = rejected.last("b1").reason  # type: ignore[union-attr]
+        assert "strategy session sa" in reason and "not from sb" in reason
+        await asyncio.sleep(0.3)
+        assert await venue_open() == {"a1", "a2"}
+        assert status("a1") is status("a2") is OrderStatus.OPEN
+        await until(lambda: node.binding.refused == 5, "every intent of sb refused")
+        [error] = [e for e in errors if "second strategy session" in e]
+        assert "session sb" in error and "session sa" in error  # names both
+        assert "/runs/sb" in error and "/runs/sa" in error
+        assert "stop the second strategy node" in error
+        await until(lambda: any(b["kind"] == "strategy_conflict" for b in breakers), "the alert")
+        [alert] = [b for b in breakers if b["kind"] == "strategy_conflict"]
+        assert alert["severity"] == "critical" and alert["sessions"] == ["sa", "sb"]
+
+        # The second session's goodbye is not the bound one's: nothing is cancelled.
+        say("sb", "offline", "closed")
+        await asyncio.sleep(0.5)
+        assert status("a1") is status("a2") is OrderStatus.OPEN
+        # The bound session's goodbye cancels its orders; the other session is taken then.
+        beating = False
+        await beats
+        say("sa", "offline", "closed")
+        await until(lambda: status("a1") is status("a2") is OrderStatus.CANCELLED, "a1, a2 gone")
+        remotes["sb"].submit([PlaceOrder(bid("b3"))])
+        await until(lambda: status("b3") is OrderStatus.OPEN, "b3 open")
+        assert await venue_open() == {"b3"}
+        assert node.binding.bound == "sb"
+        assert len([e for e in errors if "second strategy session" in e]) == 1
+        assert [b["kind"] for b in breakers] == ["strategy_conflict"]
+        node.request_stop("test over")
+        assert await asyncio.wait_for(serving, 20) == "test over"
+        info = json.loads((tmp_path / "exec" / "run.json").read_text(encoding="utf-8"))
+        assert info["foreign_strategy_intents_refused"] == 5
+        assert info["strategy_session"] == "sb"
+    finally:
+        logger.remove(sink)
+        beating = False
+        node.request_stop("test over")
+        for remote in remotes.values():
+            await remote.close()
+        await asyncio.gather(serving, beats, return_exceptions=True)
         await watcher.bus.close()

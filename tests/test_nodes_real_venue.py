@@ -7,7 +7,8 @@ node, which alone holds the credentials. Here quotes reach the venue, a fill mad
 venue reaches the strategy node's journal, when the execution node is stopped the
 strategy node stops quoting (no order reaches the venue without it), and a new
 execution node process brings the quotes back. An execution node whose host pauses sends
-no order priced on the book of before the pause, and the nodes may start in any order."""
+no order priced on the book of before the pause; a strategy node whose host pauses places
+none either, and the nodes may start in any order."""
 
 from __future__ import annotations
 
@@ -274,6 +275,78 @@ async def test_a_paused_execution_node_sends_no_order_priced_on_the_book_of_befo
         assert quoted_at(ever, mid + step) == []  # nothing of the pause's book
         assert len(quoted_at(ever, mid)) + len(quoted_at(ever, now)) == len(ever)
         assert quoted_at(replica.orders(SYMBOL), now) == replica.orders(SYMBOL)
+        await stop_as_an_operator(nodes, replica)
+    finally:
+        await replica.stop()
+
+
+def near(orders: list[Any], mid: Decimal) -> list[Any]:
+    """The orders quoted on a book whose mid was ``mid``: the example's quotes sit
+    within 0.2% of the mid, so 0.5% tells a 2% move apart."""
+    return [o for o in orders if abs(o.price - mid) <= mid * Decimal("0.005")]
+
+
+@pytest.mark.slow
+async def test_a_paused_strategy_node_places_no_order_priced_on_the_book_of_before(
+    nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    """The strategy node's host pauses (SIGSTOP) for longer than ``strategy_grace``: the
+    execution node cancels its quotes at the venue, and the market moves 2%, then 4%,
+    while it sleeps. On waking, the node reads the messages of the pause in order, the
+    cancel reports before the newer books; every book goes STALE before any of them is
+    applied, and LIVE again only with a book message published since. So no report of
+    the pause requotes on the book of before, no order ever reaches the venue priced on
+    a book of the pause (quoting without post-only, such an order would take: a trade
+    nobody decided on the book of now), and the quotes come back at the price of now."""
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        manifest = split_binance_manifest(tmp_path / "m.yaml", replica, secure_broker.port)
+        data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+        data["strategies"]["mm"]["params"]["post_only"] = False
+        manifest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        await start_split(nodes, replica, manifest)
+        book = replica.book(SYMBOL)
+        bid, ask = book["bids"][0][0], book["asks"][0][0]
+        mid = (bid + ask) / 2
+        step = (mid * Decimal("0.02")).quantize(bid)  # 2% on the price grid
+        before = {o.client_id for o in replica.orders(SYMBOL, open_only=False)}
+        assert len(near(replica.orders(SYMBOL), mid)) >= 2
+
+        strategy = nodes.procs["strategy"].pid
+        os.kill(strategy, signal.SIGSTOP)
+        paused = time.monotonic()
+        try:
+            await until(
+                lambda: "BREAKER strategy_lost" in nodes.log("execution"),
+                10,
+                "the execution node's breaker",
+                nodes,
+            )
+            await until(lambda: replica.orders(SYMBOL) == [], 5, "quotes cancelled", nodes)
+            await replica.set_book(SYMBOL, shifted(book["bids"], step), shifted(book["asks"], step))
+            await asyncio.sleep(0.5)
+            # 4% up by the time it wakes: only this price may be quoted.
+            await replica.set_book(
+                SYMBOL, shifted(book["bids"], 2 * step), shifted(book["asks"], 2 * step)
+            )
+            await asyncio.sleep(max(0.3, paused + 4.0 - time.monotonic()))
+        finally:
+            os.kill(strategy, signal.SIGCONT)
+
+        now = mid + 2 * step
+        await until(
+            lambda: len(near(replica.orders(SYMBOL), now)) >= 2,
+            15,
+            "quotes at the price of now",
+            nodes,
+        )
+        ever = [o for o in replica.orders(SYMBOL, open_only=False) if o.client_id not in before]
+        assert near(ever, mid) == [] and near(ever, mid + step) == []  # nothing of the pause
+        assert len(near(ever, now)) == len(ever)
+        assert [o.client_id for o in ever if o.filled] == []  # no stale quote taken
+        assert "book STALE (this node did not run for " in nodes.log("strategy")
+        assert near(replica.orders(SYMBOL), now) == replica.orders(SYMBOL)
         await stop_as_an_operator(nodes, replica)
     finally:
         await replica.stop()

@@ -1,5 +1,5 @@
-"""One execution node per run: the claim a starting execution node makes for its run's
-execution role (refused beside a live instance or a rival that claimed after it), the
+"""One execution node and one strategy node per run: the claim a starting node makes
+for its run's role (refused beside a live instance or a rival that claimed after it), the
 strategy node's binding to one execution session, and the sweep that cancels the orders
 of the run a dead instance left resting at the venues.
 """
@@ -31,15 +31,27 @@ CLAIM_ECHO_TIMEOUT_S = 5.0
 INSTANCE_FIELDS = ("client_id", "session", "pid", "host", "run_dir")
 
 
-def claim_topic(scheme: TopicScheme) -> str:
-    """The retained ``state/claim-execution``: the claims of starting execution nodes,
+#: Why a role has one instance per run, for the refusals.
+WHY_ONE = {
+    "execution": "two would send every order twice",
+    "strategy": "two would trade through the one execution node and cancel each other's orders",
+}
+#: What becomes of the orders of an instance that died, for the start beside it.
+DEAD_ORDERS = {
+    "execution": "its orders at the venues are cancelled",
+    "strategy": "the execution node has cancelled its orders",
+}
+
+
+def claim_topic(scheme: TopicScheme, role: str = "execution") -> str:
+    """The retained ``state/claim-<role>``: the claims of starting nodes of the role,
     then the winner's "won" and "online" marks."""
-    return scheme.state("claim-execution")
+    return scheme.state(f"claim-{role}")
 
 
 def describe_instance(details: Mapping[str, Any]) -> str:
-    """An execution instance as an operator finds it: bus client, session, pid and
-    host, run folder (what ``details`` knows of them)."""
+    """A node instance as an operator finds it: bus client, session, pid and host, run
+    folder (what ``details`` knows of them)."""
     where = []
     if details.get("client_id"):
         where.append(f"bus client {details['client_id']}")
@@ -53,40 +65,40 @@ def describe_instance(details: Mapping[str, Any]) -> str:
     return ", ".join(where) or "no details given"
 
 
-def refusal_message(run: str, instance: str) -> str:
+def refusal_message(run: str, instance: str, role: str = "execution") -> str:
     return (
-        f"another execution node of run {run!r} is online ({instance}); two would send "
-        "every order twice: stop it first (quoteforge kill <its run folder>, or SIGTERM) "
-        "or wait until its heartbeat says offline, then start this one again"
+        f"another {role} node of run {run!r} is online ({instance}); {WHY_ONE[role]}: "
+        "stop it first (quoteforge kill <its run folder>, or SIGTERM) or wait until its "
+        "heartbeat says offline, then start this one again"
     )
 
 
-def rival_message(run: str, rival: Mapping[str, Any]) -> str:
+def rival_message(run: str, rival: Mapping[str, Any], role: str = "execution") -> str:
     return (
-        f"another execution node of run {run!r} claimed the execution role at the same "
-        f"moment, after this one ({describe_instance(rival)}); it goes on and this one "
-        "stops, as two would send every order twice: if that node is the one you want, "
-        "leave it; otherwise stop it (quoteforge kill <its run folder>, or SIGTERM) and "
-        "start this one again"
+        f"another {role} node of run {run!r} claimed the {role} role at the same moment, "
+        f"after this one ({describe_instance(rival)}); it goes on and this one stops, as "
+        f"{WHY_ONE[role]}: if that node is the one you want, leave it; otherwise stop it "
+        "(quoteforge kill <its run folder>, or SIGTERM) and start this one again"
     )
 
 
-def held_message(run: str, holder: Mapping[str, Any], age_s: float) -> str:
+def held_message(run: str, holder: Mapping[str, Any], age_s: float, role: str = "execution") -> str:
     return (
-        f"another execution node of run {run!r} won the execution role {age_s:.1f}s ago "
-        f"({describe_instance(holder)}) and is coming online; two would send every order "
-        "twice: if it runs, leave it or stop it first (quoteforge kill <its run folder>); "
-        f"if it died while starting, start this one again after {CLAIM_HOLD_S - age_s:.0f}s"
+        f"another {role} node of run {run!r} won the {role} role {age_s:.1f}s ago "
+        f"({describe_instance(holder)}) and is coming online; {WHY_ONE[role]}: if it "
+        "runs, leave it or stop it first (quoteforge kill <its run folder>); if it died "
+        f"while starting, start this one again after {CLAIM_HOLD_S - age_s:.0f}s"
     )
 
 
-class ExecutionClaim:
-    """One starting execution node's claim to its run's execution role.
+class RoleClaim:
+    """One starting node's claim to its run's ``role`` (``execution``, or ``strategy``
+    in a wall-clock run): one instance of each per run.
 
     MQTT has no compare-and-set, so the claim relies on the order in which the broker
     hands out the messages of one topic, the same for every subscriber: each starting
-    node subscribes to the retained ``state/claim-execution`` (and to the execution
-    heartbeat and session), then publishes its claim there (QoS 1, retained, a random
+    node subscribes to the retained ``state/claim-<role>`` (and to the role's heartbeat
+    and session), then publishes its claim there (QoS 1, retained, a random
     nonce). The broker hands back, before the node's own claim, the retained value and
     every claim made before it; after it, every claim made later. A node that hears
     another claim after its own within ``settle_s`` lost: the last claim wins, so of
@@ -100,8 +112,8 @@ class ExecutionClaim:
     ``CLAIM_HOLD_S`` at most, and an "online" one defers to the heartbeat.
 
     ``probe`` is a connection of its own whose heartbeats and last will go under another
-    name: this node's own heartbeat on ``heartbeat/execution`` would overwrite the live
-    instance's retained one (and its goodbye would make the strategy node take that
+    name: this node's own heartbeat on ``heartbeat/<role>`` would overwrite the live
+    instance's retained one (and its goodbye would make the other nodes take that
     instance for gone). On a signed bus every claim is signed with the run's key like
     any frame, so a client without it can neither claim nor mark the role.
     """
@@ -115,10 +127,14 @@ class ExecutionClaim:
         heartbeat_s: float,
         dead_after_s: float | None = None,
         settle_s: float = 0.4,
+        role: str = "execution",
     ) -> None:
+        if role not in WHY_ONE:
+            raise ValueError(f"no claim for role {role!r}: expected one of {', '.join(WHY_ONE)}")
         self.probe = probe
         self.scheme = scheme
-        self.topic = claim_topic(scheme)
+        self.role = role
+        self.topic = claim_topic(scheme, role)
         self.nonce = secrets.token_hex(8)
         self.me = {k: me[k] for k in INSTANCE_FIELDS if me.get(k) is not None}
         self.heartbeat_s = heartbeat_s
@@ -139,8 +155,8 @@ class ExecutionClaim:
         """Claim the role: None when this node may start (its "won" mark is out), else
         why it must not, in one line naming the other instance and what to do."""
         probe = self.probe
-        probe.subscribe(self.scheme.node_session("execution"), self._on_session)
-        probe.subscribe(self.scheme.heartbeat("execution"), self._on_beat)
+        probe.subscribe(self.scheme.node_session(self.role), self._on_session)
+        probe.subscribe(self.scheme.heartbeat(self.role), self._on_beat)
         probe.subscribe(self.topic, self._on_claim)
         await self._flush()
         probe.publish(self.topic, self.mark("claiming"), qos=1, retain=True)
@@ -148,11 +164,11 @@ class ExecutionClaim:
             await asyncio.wait_for(self._echo.wait(), CLAIM_ECHO_TIMEOUT_S)
         except TimeoutError:
             return (
-                f"this node's claim to the execution role of run {self.scheme.run!r} did "
+                f"this node's claim to the {self.role} role of run {self.scheme.run!r} did "
                 f"not come back from the broker within {CLAIM_ECHO_TIMEOUT_S:g}s on "
                 f"{self.topic!r}: check that the broker is reachable and that its ACL lets "
-                "the execution user read and write state/# (examples/distributed/"
-                "mosquitto.acl), then start this node again"
+                f"the {self.role} user read state/# and write {self.topic.split('/', 2)[-1]} "
+                "(examples/distributed/mosquitto.acl), then start this node again"
             )
         refusal = await self._watch()
         if refusal is None:
@@ -172,7 +188,7 @@ class ExecutionClaim:
                 where = dict(self._session)
                 where["client_id"] = fresh[-1].get("client_id", "?")
                 where.setdefault("session", fresh[-1].get("session"))
-                return refusal_message(self.scheme.run, describe_instance(where))
+                return refusal_message(self.scheme.run, describe_instance(where), self.role)
             t = time.monotonic()
             if t >= settle_end and (not live or fresh or t >= dead_end):
                 break
@@ -180,18 +196,19 @@ class ExecutionClaim:
         held = self._held()
         if held is not None:
             holder, age_s = held
-            return held_message(self.scheme.run, holder, age_s)
+            return held_message(self.scheme.run, holder, age_s, self.role)
         later = [c for c in self._claims[self._claims_before :] if c.get("nonce") != self.nonce]
         if later:
-            return rival_message(self.scheme.run, later[-1])
+            return rival_message(self.scheme.run, later[-1], self.role)
         if live and not self._beats[self._beats_before :]:
             logger.warning(
-                "a previous execution node of run {!r} (bus client {}) left 'online' without "
-                "a goodbye and has been silent for {:g}s: taken for dead; its orders at the "
-                "venues are cancelled",
+                "a previous {} node of run {!r} (bus client {}) left 'online' without a "
+                "goodbye and has been silent for {:g}s: taken for dead; {}",
+                self.role,
                 self.scheme.run,
                 retained[-1].get("client_id", "?"),
                 self.dead_after_s,
+                DEAD_ORDERS[self.role],
             )
         return None
 
@@ -229,6 +246,10 @@ class ExecutionClaim:
             self._claims_before = len(self._claims) - 1
             self._beats_before = len(self._beats)
             self._echo.set()
+
+
+#: The execution node's claim (the name the execution node has always used).
+ExecutionClaim = RoleClaim
 
 
 #: The messages of an execution session the strategy node counts when it refuses them.

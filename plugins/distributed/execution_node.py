@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from quoteforge.assembly import (
@@ -46,14 +45,15 @@ from quoteforge.model import (
 )
 from quoteforge.orders import OrderManager, fill_to_dict
 from quoteforge.plugins.distributed.execution_instances import (
-    ExecutionClaim,
+    RoleClaim,
     cancel_listed_orders,
     claim_topic,
 )
 from quoteforge.plugins.distributed.lockstep_driver import LockstepDriver
 from quoteforge.plugins.distributed.node_base import (
     Node,
-    NodeRefusedError,
+    claim_role,
+    instance_details,
     is_lockstep,
     is_simulated,
     node_bus,
@@ -70,24 +70,13 @@ from quoteforge.plugins.distributed.remote import (
     update_payload,
     update_to_wire,
 )
+from quoteforge.plugins.distributed.strategy_binding import StrategyBinding, session_of
 from quoteforge.plugins.distributed.topics import (
     TopicKind,
 )
 from quoteforge.portfolio import Portfolio
 from quoteforge.risk import RiskRefusal
 from quoteforge.strategy import Market
-
-
-@dataclass
-class StrategyWatch:
-    """What the execution node knows about the strategy node's liveness."""
-
-    seen: bool = False
-    online: bool = False
-    departed: bool = False  # said goodbye: no breaker for its silence
-    last_online: float = 0.0
-    tripped: bool = False
-    blocked: dict[str, str] = field(default_factory=dict)  # strategy -> why it may not place
 
 
 class ExecutionNode(Node):
@@ -118,7 +107,6 @@ class ExecutionNode(Node):
         self._early_cancels: set[str] = set()
         self.replay = ReplayBuffer(lambda: self.bus, window_s=float(self.settings.replay_window))
         self.intent_max_age_ns = int(float(self.settings.intent_max_age) * NS)
-        self.watch = StrategyWatch()
         self.stopping = False
         self.fills = 0
         self.refusals = 0
@@ -130,10 +118,22 @@ class ExecutionNode(Node):
         self.orders = OrderManager(
             self.journal, self.clock, id_prefix=id_prefix(self.manifest.run.name)
         )
+        # Intents are taken from one strategy session at a time (see StrategyBinding).
+        self.binding = StrategyBinding(
+            self.manifest.run.name,
+            float(self.settings.strategy_grace),
+            self.orders,
+            self.strategies,
+            self._cancel_orders,
+            on_conflict=self._strategy_conflict,
+            on_goodbye=self._strategy_goodbye,
+            log=self.log,
+        )
+        self.watch = self.binding.watch
         # Books, trades, order reports, fills and answers carry this node's session, so
         # the strategy node keeps to one execution node (see ExecutionBinding).
         self.session = self.sessions.instance
-        self.claim: ExecutionClaim | None = None
+        self.claim: RoleClaim | None = None
         self.publisher = MarketDataPublisher(
             self.bus,
             self.scheme,
@@ -153,48 +153,27 @@ class ExecutionNode(Node):
     # -- start ------------------------------------------------------------------------------
     async def preflight(self) -> None:
         """Claim the run's execution role, on a connection of its own (see
-        ``ExecutionClaim``): refused beside a live execution instance of this run or a
+        ``RoleClaim``): refused beside a live execution instance of this run or a
         rival that claimed after this one (both would send every order)."""
-        probe = node_bus(
-            self.loaded,
-            self.registry,
-            f"{self.role}-probe",
-            self.settings,
-            heartbeats=False,
-            user=self.role,
-        )
-        await probe.start()
-        try:
-            # A silent instance is taken for dead only once the strategy node has given
-            # it up too (stale_after, and half a heartbeat for the messages on their
-            # way): it then takes this node's session at once.
-            beat = float(self.settings.heartbeat)
-            self.claim = ExecutionClaim(
-                probe,
-                self.scheme,
-                self._instance(),
-                heartbeat_s=beat,
-                dead_after_s=float(self.settings.stale_after) + beat / 2,
-            )
-            refusal = await self.claim.decide()
-        finally:
-            await probe.close()
-        if refusal is not None:
-            raise NodeRefusedError(refusal)
-
-    def _instance(self) -> dict[str, Any]:
-        """What names this instance to an operator (in a claim, or a refusal)."""
-        return {
-            **self.sessions.details,
-            "session": self.sessions.instance,
-            "client_id": getattr(self.bus, "client_id", None),
-        }
+        # A silent instance is taken for dead only once the strategy node has given it up
+        # too (stale_after, and half a heartbeat for the messages on their way): it then
+        # takes this node's session at once.
+        beat = float(self.settings.heartbeat)
+        self.claim = await claim_role(
+            self.loaded, self.registry, self.settings, self.role,
+            instance_details(self.sessions, self.bus),
+            float(self.settings.stale_after) + beat / 2,
+        )  # fmt: skip
 
     async def start(self) -> None:
         m = self.manifest
         reg = self.registry
         # The bus is up and its heartbeat speaks for this node from now on.
-        online = {"state": "online", "ts_ns": time.time_ns(), **self._instance()}
+        online = {
+            "state": "online",
+            "ts_ns": time.time_ns(),
+            **instance_details(self.sessions, self.bus),
+        }
         mark = self.claim.mark("online") if self.claim is not None else online
         self.bus.publish(claim_topic(self.scheme), mark, qos=1, retain=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -264,8 +243,10 @@ class ExecutionNode(Node):
         )
         self.journal.take()
         self.bus.subscribe(self.scheme.all_of(TopicKind.INTENT), self._on_intent)
-        self.bus.subscribe(self.scheme.heartbeat("strategy"), self._on_strategy_heartbeat)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_strategy()))
+        self.bus.subscribe(self.scheme.node_session("strategy"), self.binding.on_announce)
+        self.bus.subscribe(self.scheme.heartbeat("strategy"), self.binding.on_heartbeat)
+        watch = self.binding.watch_silence(self._strategy_lost)
+        self._tasks.append(asyncio.get_running_loop().create_task(watch))
         self.log.info(
             "hosting {} venue(s) ({} with their market data): {}{}",
             len(self.venues),
@@ -355,7 +336,18 @@ class ExecutionNode(Node):
         if self.lockstep is not None:
             self.log.error("lock step: intent on {} ignored (intents come with the steps)", topic)
             return
-        self.apply_intent(payload, topic)
+        if self.binding.admit(payload):
+            self.apply_intent(payload, topic)
+            return
+        # Another strategy session's: its new orders go back REJECTED, so that its engine
+        # does not wait for them; its cancels never touch the bound session's orders.
+        with contextlib.suppress(IntentError):
+            strategy, action = intent_from_payload(payload)
+            if isinstance(action, (PlaceOrder, ReplaceOrder)):
+                new = action.order if isinstance(action, PlaceOrder) else action.new
+                new.strategy = new.strategy or strategy
+                if self.orders.get(new.client_id) is None and self._adopt(new):
+                    self._reject(new, self.binding.refusal(session_of(payload)))
 
     def apply_intent(self, payload: dict[str, Any], source: str) -> None:
         """Check, register and forward one intent of the strategy node."""
@@ -364,6 +356,11 @@ class ExecutionNode(Node):
         except IntentError as exc:
             self.log.error("{} from {}", exc, source)
             return
+        if isinstance(action, (PlaceOrder, ReplaceOrder)):
+            self.binding.placed(
+                (action.order if isinstance(action, PlaceOrder) else action.new).client_id,
+                payload,
+            )
         if isinstance(action, PlaceOrder):
             self._place(strategy, action.order)
         elif isinstance(action, CancelOrder):
@@ -554,83 +551,47 @@ class ExecutionNode(Node):
             self.log.info("risk: {} (refusal #{})", refusal, self.refusals)
 
     # -- strategy liveness ---------------------------------------------------------------------
-    def _on_strategy_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
-        w = self.watch
-        if payload.get("status") == "online":
-            w.seen = True
-            w.online = True
-            w.departed = False
-            w.last_online = time.monotonic()
-            if w.tripped:
-                w.tripped = False
-                w.blocked.pop("*", None)
-                self.log.info("strategy node is back: its intents are accepted again")
-            return
-        w.online = False
-        if w.seen and payload.get("reason") == "closed":
-            w.departed = True
-            if self.lockstep is not None:
-                self.lockstep.detach("the strategy node closed")
-            # A goodbye: the node pulled its quotes before closing; cancel what is left.
-            left = self._cancel_orders(self._strategy_orders())
-            if left:
-                self.log.warning("strategy node closed with {} order(s) open: cancelled", left)
-
-    def _strategy_orders(self) -> list[Order]:
-        return [o for o in self.orders.all_working() if o.strategy in self.strategies]
-
-    async def _watch_strategy(self) -> None:
-        grace = float(self.settings.strategy_grace)
-        period = max(0.05, min(0.25, grace / 4))
-        while True:
-            slept = time.monotonic()
-            await asyncio.sleep(period)
-            late = time.monotonic() - slept - period
-            if late > max(period, 0.1):
-                # This node did not run (its host paused, its loop blocked): heartbeats
-                # of that time wait unread, so the silence is judged after they are read.
-                self.log.warning(
-                    "this node did not run for {:.1f} s (a paused host or a blocked event "
-                    "loop); the strategy node's heartbeat is judged again once its "
-                    "messages of that time are read",
-                    late + period,
-                )
-                continue
-            w = self.watch
-            silent = time.monotonic() - w.last_online
-            if w.seen and not (w.tripped or w.departed) and silent > grace:
-                self._strategy_lost(grace)
+    def _strategy_goodbye(self) -> None:
+        if self.lockstep is not None:
+            self.lockstep.detach("the strategy node closed")
 
     def _strategy_lost(self, grace: float) -> None:
         w = self.watch
         w.tripped = True
         reason = f"strategy node heartbeat lost for more than {grace:g}s"
         w.blocked["*"] = f"refused at the execution node: {reason}"
-        cancelled = self._cancel_orders(self._strategy_orders())
+        cancelled = self._cancel_orders(self.binding.orders_of(self.binding.bound))
         if self.lockstep is not None:
             self.lockstep.detach(reason)
         message = f"{reason}: cancelled {cancelled} open order(s) at the venues"
         self.log.warning("BREAKER strategy_lost: {}", message)
+        self._alert("strategy_lost", message, cancelled=cancelled)
+
+    def _strategy_conflict(self, message: str, session: str) -> None:
+        self._alert("strategy_conflict", message, sessions=[self.binding.bound, session])
+
+    def _alert(self, kind: str, message: str, **fields: Any) -> None:
+        """Journal a breaker record and publish a critical alert on ``control/breaker``."""
         now = self.clock.now_ns()
         self.journal.append(
             JournalRecord(
-                f"breaker-strategy-lost-{now}",
+                f"breaker-{kind.replace('_', '-')}-{now}",
                 "breaker",
                 now,
                 "",
-                {"kind": "strategy_lost", "message": message, "cancelled": cancelled},
+                {"kind": kind, "message": message, **fields},
             )
         )
         self.journal.take()
         self.bus.publish(
             self.scheme.breaker(),
             {
-                "kind": "strategy_lost",
+                "kind": kind,
                 "severity": "critical",
                 "action": "alert",
                 "node": self.role,
                 "strategies": sorted(self.strategies),
-                "cancelled": cancelled,
+                **fields,
                 "message": message,
                 "ts_ns": now,
             },
@@ -794,5 +755,7 @@ class ExecutionNode(Node):
                 "open_orders_left": open_left,
                 "unconfirmed_orders": [o.client_id for o in left],
                 "replayed": self.replay.replayed,
+                "strategy_session": self.binding.bound,
+                "foreign_strategy_intents_refused": self.binding.refused,
             }
         )

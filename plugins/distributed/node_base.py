@@ -28,6 +28,7 @@ from quoteforge.manifest import (
     NodeSettings,
     PluginSpec,
 )
+from quoteforge.plugins.distributed.execution_instances import RoleClaim
 from quoteforge.plugins.distributed.topics import (
     TopicScheme,
 )
@@ -186,6 +187,46 @@ class Sessions:
 # ---------------------------------------------------------------------------------------
 # Common node machinery
 # ---------------------------------------------------------------------------------------
+
+
+def instance_details(sessions: Sessions, bus: Bus) -> dict[str, Any]:
+    """What names a node instance to an operator (in a claim, or a refusal)."""
+    return {
+        **sessions.details,
+        "session": sessions.instance,
+        "client_id": getattr(bus, "client_id", None),
+    }
+
+
+async def claim_role(
+    loaded: LoadedManifest,
+    registry: PluginRegistry,
+    settings: NodeSettings,
+    role: str,
+    me: dict[str, Any],
+    dead_after_s: float,
+) -> RoleClaim:
+    """Claim ``role`` for the run on a connection of its own (see ``RoleClaim``);
+    ``NodeRefusedError`` beside a live instance of the role or a rival that claimed after
+    this one. A silent instance is taken for dead after ``dead_after_s``."""
+    probe = node_bus(loaded, registry, f"{role}-probe", settings, heartbeats=False, user=role)
+    await probe.start()
+    try:
+        scheme = TopicScheme(loaded.manifest.run.name)
+        claim = RoleClaim(
+            probe,
+            scheme,
+            me,
+            heartbeat_s=float(settings.heartbeat),
+            dead_after_s=dead_after_s,
+            role=role,
+        )
+        refusal = await claim.decide()
+    finally:
+        await probe.close()
+    if refusal is not None:
+        raise NodeRefusedError(refusal)
+    return claim
 
 
 class Node:

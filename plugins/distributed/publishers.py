@@ -83,6 +83,8 @@ class MarketDataPublisher:
     ``trade/<venue>/<symbol>``, instruments to the retained ``state/instruments-<venue>``.
     With a ``session`` (the execution node's, which hosts simulated venues whole) every
     book and trade message carries it, so a strategy node tells whose books it gets.
+    Every book message carries its publishing time (``sent_ns``, wall clock), so a
+    strategy node tells one it reads late (after a pause of its own) from the book of now.
     """
 
     def __init__(
@@ -174,7 +176,7 @@ class MarketDataPublisher:
             self._send(book, snapshot=False)
 
     def _payload(self, book: L2Book) -> dict[str, Any]:
-        payload = book_payload(book, self.depth, self.publisher, next(self._n))
+        payload = book_payload(book, self.depth, self.publisher, next(self._n), time.time_ns())
         if self.session is not None:
             payload["session"] = self.session
         return payload

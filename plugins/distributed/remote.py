@@ -34,6 +34,7 @@ from quoteforge.exchange import (
 )
 from quoteforge.model import Fill, Instrument, OrderUpdate, Side
 from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
+from quoteforge.plugins.distributed.freshness import NodePause, book_message_problem
 from quoteforge.plugins.distributed.lockstep import (
     CLOCK_ROOT,
     LOCKSTEP_RETRY_S,
@@ -113,7 +114,15 @@ CLOSE_DRAIN_MAX_S = 3.0
 class _Mirror:
     """One market's book as last published by the node hosting it."""
 
-    __slots__ = ("book", "last_n", "last_pub", "last_seen_ns", "reason")
+    __slots__ = (
+        "book",
+        "fresh_from_ns",
+        "last_n",
+        "last_pub",
+        "last_seen_ns",
+        "reason",
+        "told_late",
+    )
 
     def __init__(self, book: L2Book) -> None:
         self.book = book
@@ -121,6 +130,10 @@ class _Mirror:
         self.last_n = 0
         self.last_seen_ns = 0
         self.reason = ""
+        # Once this node knew itself behind (its pause, a message read late), a book
+        # message published before then (wall clock, ns) does not make the book LIVE.
+        self.fresh_from_ns = 0
+        self.told_late = False  # a message read late was logged since the book was LIVE
 
 
 class RemoteVenue(ExchangeAdapter):
@@ -130,6 +143,12 @@ class RemoteVenue(ExchangeAdapter):
     replaces the book. A book goes STALE when neither a book message nor a heartbeat of
     the hosting node arrived within ``stale_after_s`` (or when that node says it is
     offline, or its own book is not LIVE), and LIVE again with the next LIVE snapshot.
+    When this node did not run for longer than ``stale_after_s`` it catches up: the
+    first book message, trade, order report or fill of that time makes every book STALE
+    before it is applied, and the books go LIVE again with a book message published
+    since the node woke. A book message published longer than ``stale_after_s`` ago
+    makes its book STALE too, until a message published since it was read
+    (``freshness``).
     With a market-data host, the books also go STALE when the execution node is offline
     or silent for ``stale_after_s`` (no order would reach the venue).
     ``submit`` publishes each action as an intent on ``intent/<strategy>`` (QoS 1, one
@@ -156,6 +175,7 @@ class RemoteVenue(ExchangeAdapter):
         lockstep: LockstepFollower | None = None,
         reconcile_timeout_s: float = RECONCILE_TIMEOUT_S,
         binding: ExecutionBinding | None = None,
+        session: str = "",
     ) -> None:
         if stale_after_s <= 0:
             raise ValueError(f"stale_after_s must be > 0, got {stale_after_s}")
@@ -172,6 +192,7 @@ class RemoteVenue(ExchangeAdapter):
         self._default_strategy = self.strategies[0] if self.strategies else "unassigned"
         self.host_role = host_role
         self.binding = binding
+        self.session = session  # the strategy node's, named in every intent
         if binding is not None and lockstep is None:
             topic = scheme.node_session("execution")
             binding.listen(lambda payload: self._on_execution_session(topic, payload))
@@ -200,6 +221,10 @@ class RemoteVenue(ExchangeAdapter):
         self._execution_ready = asyncio.Event()  # set while _execution_online
         self._asked = False  # the first reconciliation question waits for the node
         self._watchdog: asyncio.Task[None] | None = None
+        self._pause: NodePause | None = None  # set by connect (not in lock step)
+        # After a pause of this node: why its books are STALE once a message of that
+        # time is read; empty once a book message published since has been read.
+        self._catch_up = ""
         self._last_report_s = 0.0  # monotonic time of the last order report or fill
         self._cancel_all_seq = itertools.count(1)
         self.intents_sent = 0
@@ -239,24 +264,36 @@ class RemoteVenue(ExchangeAdapter):
                 self.books[symbol] = L2Book(self.instruments[symbol])
             await self.lockstep.welcome(self, self.connect_timeout_s)
             return
+        # Every message is seen by the pause watch first: after a pause of this node,
+        # the books go STALE before a message of that time is applied.
+        pause = self._pause = NodePause.of_running_loop()
+        pause.join(self, self.stale_after_ns)
+
+        def subscribe(topic: str, handler: Callable[[str, dict[str, Any]], None]) -> None:
+            def handle(topic: str, payload: dict[str, Any]) -> None:
+                pause.seen()
+                handler(topic, payload)
+
+            bus.subscribe(topic, handle)
+
         # The execution node's session, then the heartbeats, then the books: a crashed
         # node's retained session, then its retained last will ("offline"), then the
         # retained book snapshots it left behind, each judged by what came before.
-        bus.subscribe(self.scheme.node_session("execution"), self._on_execution_session)
-        bus.subscribe(self.scheme.heartbeat(self.host_role), self._on_host_heartbeat)
+        subscribe(self.scheme.node_session("execution"), self._on_execution_session)
+        subscribe(self.scheme.heartbeat(self.host_role), self._on_host_heartbeat)
         if self.host_role != "execution":
-            bus.subscribe(self.scheme.heartbeat("execution"), self._on_execution_heartbeat)
+            subscribe(self.scheme.heartbeat("execution"), self._on_execution_heartbeat)
         for symbol in wanted:
             book = L2Book(self.instruments[symbol])
             self.books[symbol] = book
             mirror = _Mirror(book)
             self._mirrors[symbol] = mirror
             handler = self._book_handler(mirror)
-            bus.subscribe(self.scheme.book(self.name, symbol), handler)
-            bus.subscribe(self.scheme.book_snapshot(self.name, symbol), handler)
-            bus.subscribe(self.scheme.trade(self.name, symbol), self._trade_handler(symbol))
-        bus.subscribe(self.scheme.order(self.name), self._on_order)
-        bus.subscribe(self.scheme.fill(self.name), self._on_fill)
+            subscribe(self.scheme.book(self.name, symbol), handler)
+            subscribe(self.scheme.book_snapshot(self.name, symbol), handler)
+            subscribe(self.scheme.trade(self.name, symbol), self._trade_handler(symbol))
+        subscribe(self.scheme.order(self.name), self._on_order)
+        subscribe(self.scheme.fill(self.name), self._on_fill)
         self._host_seen_ns = time.monotonic_ns()
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
@@ -268,6 +305,8 @@ class RemoteVenue(ExchangeAdapter):
                 for strategy in self.strategies or [self._default_strategy]:
                     seq = next(self._cancel_all_seq)
                     payload, msg_id = intent_payload(action, strategy, seq)
+                    if self.session:
+                        payload["session"] = self.session
                     if lockstep is not None:
                         lockstep.intent(payload)
                     else:
@@ -276,6 +315,8 @@ class RemoteVenue(ExchangeAdapter):
                 continue
             strategy = self._strategy_of(action)
             payload, msg_id = intent_payload(action, strategy, 0)
+            if self.session:
+                payload["session"] = self.session
             if lockstep is not None:
                 # In virtual time the intent travels with the answer to the step that
                 # made it, so the venue receives it at the very same virtual moment.
@@ -295,6 +336,8 @@ class RemoteVenue(ExchangeAdapter):
                 break
             await asyncio.sleep(CLOSE_DRAIN_QUIET_S - quiet)
         self.sink = None
+        if self._pause is not None:
+            self._pause.leave(self)
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -457,6 +500,7 @@ class RemoteVenue(ExchangeAdapter):
         if state != BookState.LIVE.value:
             self._set_state(mirror, BookState.STALE, f"publisher book {state}")
             return
+        late = self._read_late(mirror, payload.get("sent_ns"))
         bids = [(int(p), int(q)) for p, q in payload["bids"]]
         asks = [(int(p), int(q)) for p, q in payload["asks"]]
         changed = bids != book.top(Side.BUY, len(bids) + 1) or asks != book.top(
@@ -466,13 +510,51 @@ class RemoteVenue(ExchangeAdapter):
             book.apply_snapshot(bids, asks, int(payload.get("ts_ns", 0)))
         else:
             book.ts_ns = int(payload.get("ts_ns", book.ts_ns))
+        if late is not None:
+            # Kept (the messages after it are newer), but not the book of now.
+            if self._catch_up:
+                self._all_stale(late)
+            elif book.state is BookState.LIVE:
+                mirror.fresh_from_ns = time.time_ns()
+                mirror.told_late = True
+                self._set_state(mirror, BookState.STALE, late)
+            return
         if book.state is not BookState.LIVE:
             self._set_state(mirror, BookState.LIVE, "snapshot from the bus")
         elif changed and self.sink is not None:
             self.sink.on_book(book)
 
+    def _read_late(self, mirror: _Mirror, sent: Any) -> str | None:
+        """Why a book message published at ``sent`` (``sent_ns``, wall clock) does not
+        show the book of now, or None: too old, stamped ahead by a clock, or published
+        before this node knew itself behind (its pause, a message read late), when newer
+        ones may still wait unread. A message without ``sent_ns`` (a publisher of an
+        older version) is taken as fresh, except while catching up after a pause."""
+        if sent is None:
+            return self._catch_up or None
+        sent_ns = int(sent)
+        problem = book_message_problem(sent_ns, time.time_ns(), self.stale_after_ns)
+        if sent_ns < mirror.fresh_from_ns:
+            return self._catch_up or problem or "published before this node caught up"
+        if problem is not None:
+            if not (mirror.told_late or self._catch_up or mirror.book.state is BookState.LIVE):
+                mirror.told_late = True  # once per spell: the clocks may be apart for good
+                logger.warning(
+                    "venue {}: book {} not LIVE: {}", self.name, mirror.book.symbol, problem
+                )
+            return problem
+        if self._catch_up:
+            self._catch_up = ""
+            logger.info(
+                "venue {}: caught up after its pause: read a book message published since",
+                self.name,
+            )
+        return None
+
     def _trade_handler(self, symbol: str) -> Callable[[str, dict[str, Any]], None]:
         def handle(topic: str, payload: dict[str, Any]) -> None:
+            if self._catch_up:
+                self._all_stale(self._catch_up)
             if self.sink is not None and self._admit(payload, "trade"):
                 self.sink.on_trade(
                     self.name,
@@ -488,6 +570,8 @@ class RemoteVenue(ExchangeAdapter):
     def _on_order(self, topic: str, payload: dict[str, Any]) -> None:
         if not self._admit(payload, "order"):
             return
+        if self._catch_up:  # a report of the pause: requote on nothing of before
+            self._all_stale(self._catch_up)
         self._last_report_s = time.monotonic()
         if self.sink is not None:
             update = update_from_payload(payload)
@@ -498,6 +582,8 @@ class RemoteVenue(ExchangeAdapter):
     def _on_fill(self, topic: str, payload: dict[str, Any]) -> None:
         if not self._admit(payload, "fill"):
             return  # never booked
+        if self._catch_up:
+            self._all_stale(self._catch_up)
         self._last_report_s = time.monotonic()
         if self.sink is not None:
             self.sink.on_fill(fill_from_payload(payload))
@@ -562,6 +648,35 @@ class RemoteVenue(ExchangeAdapter):
         for mirror in self._mirrors.values():
             self._set_state(mirror, BookState.STALE, reason)
 
+    def node_paused(self, gap_ns: int) -> None:
+        """This node did not run for ``gap_ns`` (longer than ``stale_after_s``): what
+        arrived meanwhile waits unread, in order, so the reports of that time come before
+        the books of after them. Until a book message published from now on is read,
+        any book message, trade, order report or fill makes every book STALE before it
+        is applied: none of them requotes on the book of before. Heartbeats alone leave
+        the books as they are (a host that published nothing meanwhile left its book as
+        it was)."""
+        if not self._mirrors:
+            return
+        woke = time.time_ns()
+        for mirror in self._mirrors.values():
+            mirror.fresh_from_ns = woke
+        limit = self.stale_after_ns / NS
+        self._catch_up = (
+            f"this node did not run for {gap_ns / NS:.1f} s, longer than nodes.stale_after "
+            f"({limit:g} s): reading what arrived meanwhile"
+        )
+        logger.warning(
+            "venue {}: this node did not run for {:.1f} s (a paused host or a blocked event "
+            "loop), longer than nodes.stale_after ({:g} s): what arrived meanwhile is read "
+            "first; a book message, trade, order report or fill of that time makes the "
+            "books STALE, LIVE again with a book message published since; silences are "
+            "judged again once it is read",
+            self.name,
+            gap_ns / NS,
+            limit,
+        )
+
     # -- lock step ---------------------------------------------------------------------------
     def lockstep_event(self, code: str, data: Any) -> None:
         """One event of a lock-step run, handed on exactly as the venue made it."""
@@ -594,19 +709,25 @@ class RemoteVenue(ExchangeAdapter):
     # -- staleness -------------------------------------------------------------------------------
     async def _watch(self) -> None:
         period = max(0.05, self.stale_after_ns / NS / 4)
+        pause = self._pause
         while True:
             slept = time.monotonic()
             await asyncio.sleep(period)
+            if pause is not None:
+                pause.ticked()
             late = time.monotonic() - slept - period
             if late > max(period, 0.1):
                 # This node did not run (its host paused, its loop blocked): the messages
-                # of that time wait unread, so silences are judged after they are read.
-                logger.warning(
-                    "venue {}: this node did not run for {:.1f} s (a paused host or a blocked "
-                    "event loop); silences are judged again once its messages are read",
-                    self.name,
-                    late + period,
-                )
+                # of that time wait unread, so silences are judged after they are read
+                # (said once: a pause longer than stale_after was told by node_paused).
+                if pause is None or pause.noted_ns < slept * NS:
+                    logger.warning(
+                        "venue {}: this node did not run for {:.1f} s (a paused host or a "
+                        "blocked event loop); silences are judged again once its messages "
+                        "are read",
+                        self.name,
+                        late + period,
+                    )
                 continue
             self.check_stale()
 
@@ -642,5 +763,7 @@ class RemoteVenue(ExchangeAdapter):
             return  # a book that never had data stays SYNCING until its first snapshot
         book.state = new
         mirror.reason = reason
+        if new is BookState.LIVE:
+            mirror.told_late = False
         if self.sink is not None:
             self.sink.on_book_state(book, old.value, new.value, reason)

@@ -5,6 +5,8 @@ venues, composed through its extension points.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,16 @@ from quoteforge.manifest import (
     NodeSettings,
     PluginSpec,
 )
-from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
+from quoteforge.plugins.distributed.execution_instances import (
+    ExecutionBinding,
+    RoleClaim,
+    claim_topic,
+)
 from quoteforge.plugins.distributed.node_base import (
+    NodeRefusedError,
     Sessions,
+    claim_role,
+    instance_details,
     is_lockstep,
     market_data_host,
     node_bus,
@@ -42,7 +51,7 @@ from quoteforge.plugins.distributed.topics import (
     TopicScheme,
 )
 from quoteforge.registry import PluginRegistry
-from quoteforge.runfiles import finish_run_info
+from quoteforge.runfiles import finish_run_info, write_run_info
 
 
 class LockstepRunDriver:
@@ -98,11 +107,19 @@ class StrategyNode:
         manifest_path: Path | None,
     ) -> None:
         m = loaded.manifest
+        self.loaded = loaded
+        self.registry = registry
+        self.manifest_path = manifest_path
         self.settings = settings
         self.scheme = TopicScheme(m.run.name)
         self.bus = node_bus(loaded, registry, self.role, settings)
         self.replay = ReplayBuffer(lambda: self.bus, window_s=float(settings.replay_window))
-        self.sessions = Sessions(self.bus, self.scheme, self.role, self.on_peer_reconnect)
+        # Where this instance runs, for a refusal (of a second strategy node) to name it.
+        where = {"pid": os.getpid(), "host": socket.gethostname(), "run_dir": str(run_dir)}
+        self.sessions = Sessions(
+            self.bus, self.scheme, self.role, self.on_peer_reconnect, details=where
+        )
+        self.claim: RoleClaim | None = None
         beat_fields = getattr(self.bus, "heartbeat_fields", None)
         if isinstance(beat_fields, dict):
             beat_fields["session"] = self.sessions.instance
@@ -145,6 +162,7 @@ class StrategyNode:
                 replay=self.replay,
                 lockstep=self.lockstep,
                 binding=self.execution,
+                session=self.sessions.instance,
             )
             self.remote[name] = venue
             return venue
@@ -169,6 +187,10 @@ class StrategyNode:
             self.lockstep.on_end = run.request_stop
 
     def _started(self, run: Run) -> None:
+        if self.claim is not None:
+            # The bus is up and this node's heartbeat speaks for it from now on.
+            topic = claim_topic(self.scheme, self.role)
+            self.bus.publish(topic, self.claim.mark("online"), qos=1, retain=True)
         self.bus.subscribe(self.scheme.breaker(), lambda topic, payload: self.on_breaker(payload))
         self.sessions.start()
         if self.lockstep is not None:
@@ -211,7 +233,45 @@ class StrategyNode:
             sent = self.replay.replay()
             logger.info("execution node reconnected: {} intent(s) republished", sent)
 
+    async def preflight(self) -> None:
+        """Claim the run's strategy role, on a connection of its own (see ``RoleClaim``):
+        refused beside a live strategy node of this run or a rival that claimed after
+        this one (two would trade through the one execution node and cancel each other's
+        orders). A lock-step run follows the first strategy node that says hello and
+        ignores any other: no claim there."""
+        if self.lockstep is not None:
+            return
+        # A silent instance is taken for dead only once the execution node has given it
+        # up too (strategy_grace, and half a heartbeat for the messages on their way): it
+        # then takes this node's session at once.
+        beat = float(self.settings.heartbeat)
+        self.claim = await claim_role(
+            self.loaded, self.registry, self.settings, self.role,
+            instance_details(self.sessions, self.bus),
+            float(self.settings.strategy_grace) + beat / 2,
+        )  # fmt: skip
+
     async def run(self) -> str:
+        try:
+            await self.preflight()
+        except NodeRefusedError as exc:
+            m = self.loaded.manifest
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_run_info(
+                self.run_dir,
+                {
+                    "run_id": self.run_dir.name,
+                    "name": m.run.name,
+                    "role": self.role,
+                    "mode": m.run.mode,
+                    "seed": m.run.seed,
+                    "manifest": str(self.manifest_path) if self.manifest_path else None,
+                },
+                resume=False,
+                manifest_text=self.loaded.text,
+            )
+            finish_run_info(self.run_dir, stop_reason=f"refused: {exc}")
+            raise
         try:
             return await self.run_obj.run()
         finally:

@@ -83,10 +83,14 @@ def instrument_from_dict(data: dict[str, Any]) -> Instrument:
     )
 
 
-def book_payload(book: L2Book, depth: int, publisher: str, n: int) -> dict[str, Any]:
+def book_payload(
+    book: L2Book, depth: int, publisher: str, n: int, sent_ns: int | None = None
+) -> dict[str, Any]:
     """A full top-``depth`` snapshot of ``book``: each message stands alone, so a receiver
-    that missed some needs no replay. ``n`` orders the messages of one ``publisher``."""
-    return {
+    that missed some needs no replay. ``n`` orders the messages of one ``publisher``;
+    ``sent_ns`` (wall clock, ns) is when it is published, from which a receiver tells a
+    message read late (optional: publishers of older versions do not send it)."""
+    payload: dict[str, Any] = {
         "bids": book.top(Side.BUY, depth),
         "asks": book.top(Side.SELL, depth),
         "state": book.state.value,
@@ -94,6 +98,9 @@ def book_payload(book: L2Book, depth: int, publisher: str, n: int) -> dict[str, 
         "pub": publisher,
         "n": n,
     }
+    if sent_ns is not None:
+        payload["sent_ns"] = sent_ns
+    return payload
 
 
 def intent_payload(action: OrderAction, strategy: str, seq: int) -> tuple[dict[str, Any], str]:
