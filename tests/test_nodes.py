@@ -83,7 +83,7 @@ from quoteforge.plugins.distributed.remote import (
     update_from_wire,
     update_to_wire,
 )
-from quoteforge.plugins.distributed.topics import TopicScheme, decode, encode
+from quoteforge.plugins.distributed.topics import TopicKind, TopicScheme, decode, encode
 from quoteforge.registry import PluginRegistry
 
 # ---------------------------------------------------------------------------------------
@@ -1023,6 +1023,51 @@ async def test_kill_switch_from_any_node_stops_every_node(
     table = json.loads((nodes.dir("monitor") / "monitor.json").read_text())
     assert {"execution", "strategy", "marketdata"} <= set(table["nodes"])
     assert table["markets"]["sim:BTC/USDT"]["mid"] is not None
+
+
+async def test_orders_asked_for_right_after_a_pause_are_not_sent_on_the_book_of_before() -> None:
+    """A timer that came due while the node did not run (a strategy's refresh) runs
+    before anything else and asks for orders on the book of before the pause: the pause
+    is noticed first, the places and replaces are not sent (each reported REJECTED
+    naming the pause), the cancels are, and the books are STALE until a book message
+    published since is read."""
+    rig = await mirror_rig(0.3)
+    bus, scheme, publisher, venue, sink = rig.bus, rig.scheme, rig.publisher, rig.venue, rig.sink
+    source = rig.live_source()
+    mirror = venue.books["BTC/USDT"]
+    publisher.on_book_state(source, "SYNCING", "LIVE", "start")
+    assert mirror.state is BookState.LIVE
+    sent: list[str] = []
+    bus.subscribe(scheme.all_of(TopicKind.INTENT), lambda t, p: sent.append(p["action"]))
+
+    def order(client_id: str) -> Order:
+        return Order(client_id, "sim", "BTC/USDT", Side.BUY, 3, 100, strategy="mm")
+
+    try:
+        await asyncio.sleep(0.01)
+        time.sleep(0.5)  # the node does not run, for longer than stale_after
+        venue.submit(
+            [
+                PlaceOrder(order("mm-1-1")),
+                ReplaceOrder("mm-0-1", order("mm-1-2")),
+                CancelOrder("mm-0-2", "sim", "BTC/USDT"),
+            ]
+        )
+        assert sent == ["cancel"]
+        assert mirror.state is BookState.STALE
+        await asyncio.sleep(0)
+        refused = {u.client_id: u for u in sink.updates}
+        assert set(refused) == {"mm-1-1", "mm-1-2"}
+        assert all(u.status is OrderStatus.REJECTED for u in refused.values())
+        assert all("this node did not run for 0." in u.reason for u in refused.values())
+        # A book message published since the pause: LIVE again, and orders go out.
+        source.set_level(Side.BUY, 100, 7)
+        publisher.on_book_state(source, "LIVE", "LIVE", "update")
+        assert mirror.state is BookState.LIVE
+        venue.submit([PlaceOrder(order("mm-1-3"))])
+        assert sent == ["cancel", "place"]
+    finally:
+        await venue.close()
 
 
 async def test_a_strategy_node_that_did_not_run_reads_before_it_judges_a_silence() -> None:

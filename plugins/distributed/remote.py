@@ -32,7 +32,7 @@ from quoteforge.exchange import (
     VenueContext,
     VenueSink,
 )
-from quoteforge.model import Fill, Instrument, OrderUpdate, Side
+from quoteforge.model import Fill, Instrument, OrderStatus, OrderUpdate, Side
 from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
 from quoteforge.plugins.distributed.freshness import NodePause, book_message_problem
 from quoteforge.plugins.distributed.lockstep import (
@@ -300,6 +300,13 @@ class RemoteVenue(ExchangeAdapter):
     def submit(self, actions: Sequence[OrderAction]) -> None:
         topic_of = self.scheme.intent
         lockstep = self.lockstep
+        if self._pause is not None:
+            # A timer that came due while this node did not run (a strategy's refresh, a
+            # held-back requote) runs before the watch and the sockets: the pause is
+            # noticed here first, so nothing it asks for is priced on the book of before.
+            self._pause.seen()
+        if self._catch_up:
+            actions = self._refuse_while_catching_up(actions)
         for action in actions:
             if isinstance(action, CancelAll):
                 for strategy in self.strategies or [self._default_strategy]:
@@ -324,6 +331,30 @@ class RemoteVenue(ExchangeAdapter):
             else:
                 self.replay.publish(topic_of(strategy), payload, msg_id)
             self.intents_sent += 1
+
+    def _refuse_while_catching_up(self, actions: Sequence[OrderAction]) -> list[OrderAction]:
+        """The cancels among ``actions``; the places and replaces, made before a book
+        message published since this node's pause was read, are not sent: each new order
+        is reported REJECTED (a refused replacement leaves its old order as it was)."""
+        self._all_stale(self._catch_up)
+        reason = f"not sent: {self._catch_up}"
+        kept: list[OrderAction] = []
+        refused = []
+        for action in actions:
+            if isinstance(action, PlaceOrder | ReplaceOrder):
+                refused.append(action.order if isinstance(action, PlaceOrder) else action.new)
+            else:
+                kept.append(action)
+        if refused and self.sink is not None:
+            sink, now = self.sink, time.time_ns()
+            logger.warning("venue {}: {} order(s) {}", self.name, len(refused), reason)
+            for order in refused:  # after this call returns, as a venue's answer would
+                update = OrderUpdate(
+                    self.name, order.client_id, OrderStatus.REJECTED, now,
+                    reason=reason, symbol=order.symbol,
+                )  # fmt: skip
+                asyncio.get_running_loop().call_soon(sink.on_order_update, update)
+        return kept
 
     async def close(self) -> None:
         # Order reports and fills travel on separate topics, so a fill can trail the
