@@ -241,8 +241,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif args.continue_finished:
         return _usage("quoteforge run: --continue goes with --resume RUN_DIR")
     if args.node != "all":
-        if args.resume is not None:
-            return _usage("--resume is not supported with --node (resume the single-process run)")
+        if args.resume is not None and args.node != "strategy":
+            return _usage(
+                "--resume with --node: only the strategy node resumes (its journal holds the "
+                "run's orders and position); start the other nodes again with the manifest"
+            )
         return _run_node(args, registry)
     loaded = _load(args, registry)
     if loaded is None:
@@ -328,6 +331,8 @@ def _run_node(args: argparse.Namespace, registry: PluginRegistry) -> int:
         argv += ["--set", override]
     if args.out is not None:
         argv += ["--out", str(args.out)]
+    if args.resume is not None:  # checked above; --out is its folder
+        argv += ["--resume", *(["--continue"] if args.continue_finished else [])]
     return int(command.main(argv))
 
 

@@ -25,10 +25,17 @@ RUNNER = textwrap.dedent(
     from quoteforge.registry import load_registry
 
     manifest, role, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    resume = sys.argv[4:] == ["resume"]
     configure_logging("INFO")
     registry = load_registry()
     loaded, settings = load_node_manifest(manifest, registry)
-    sys.exit(asyncio.run(run_node(loaded, registry, role, out, Path(manifest), settings=settings)))
+    sys.exit(
+        asyncio.run(
+            run_node(
+                loaded, registry, role, out, Path(manifest), settings=settings, resume=resume
+            )
+        )
+    )
     """
 )
 
@@ -47,13 +54,21 @@ class Nodes:
     def dir(self, role: str) -> Path:
         return self.tmp / f"node-{role}"
 
-    def start(self, manifest: Path, *roles: str, env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        manifest: Path,
+        *roles: str,
+        env: dict[str, str] | None = None,
+        resume: bool = False,
+    ) -> None:
         """Start a node of each role; ``env`` adds to every node's environment (a
-        venue's credentials, which only the execution node uses)."""
+        venue's credentials, which only the execution node uses); ``resume`` continues
+        the node's run folder (the strategy node's)."""
         for role in roles:
             log = (self.tmp / f"{role}.log").open("wb")
+            args = [str(manifest), role, str(self.dir(role)), *(["resume"] if resume else [])]
             self.procs[role] = subprocess.Popen(
-                [sys.executable, str(self.runner), str(manifest), role, str(self.dir(role))],
+                [sys.executable, str(self.runner), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.tmp,

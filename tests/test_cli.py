@@ -58,6 +58,19 @@ def test_resume_of_a_folder_that_is_not_a_run(
     assert "is not a run folder" in capsys.readouterr().err
 
 
+def test_only_the_strategy_node_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A split run's strategy node resumes its run folder (its journal holds the orders
+    and the position); the other nodes start again fresh."""
+    (tmp_path / "run.json").write_text(json.dumps({"mode": "live", "role": "execution"}))
+    (tmp_path / "manifest.yaml").write_text("run: {name: x}\n")
+    assert main(["run", "--resume", str(tmp_path), "--node", "execution"]) == 2
+    assert "only the strategy node resumes" in capsys.readouterr().err
+    assert main(["node", "marketdata", str(tmp_path / "manifest.yaml"), "--resume"]) == 2
+    assert "--resume is for the strategy node" in capsys.readouterr().err
+    assert main(["node", "strategy", "m.yaml", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
 def test_summary_table_format() -> None:
     text = format_summary(
         [

@@ -145,6 +145,46 @@ async def test_three_nodes_trade_a_real_venue_and_quote_only_with_an_execution_n
 
 
 @pytest.mark.slow
+async def test_a_killed_strategy_node_resumes_with_the_fills_made_while_it_was_down(
+    nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    """The strategy node is SIGKILLed while it quotes; the execution node cancels its
+    orders after strategy_grace, but one fills at the venue before that. Resumed from
+    its run folder, the strategy node asks the execution node for the fills it missed
+    and books that one: its journal and position match the venue's, and it quotes
+    again, one set of quotes."""
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        manifest = split_binance_manifest(tmp_path / "m.yaml", replica, secure_broker.port)
+        await start_split(nodes, replica, manifest)
+        nodes.procs["strategy"].kill()
+        nodes.procs["strategy"].wait()
+        order = next(o for o in replica.orders(SYMBOL) if o.side == "buy")
+        await replica.fill_order(order.client_id)
+        await until(lambda: journal_kinds(nodes.dir("execution"), "fill") == 1, 10, "fill", nodes)
+        await until(lambda: replica.orders(SYMBOL) == [], 15, "the breaker's cancels", nodes)
+        assert journal_kinds(nodes.dir("strategy"), "fill") == 0
+
+        nodes.start(manifest, "strategy", env=credentials(replica), resume=True)
+        await until(lambda: len(replica.orders(SYMBOL)) >= 2, 20, "quotes again", nodes)
+        assert journal_kinds(nodes.dir("strategy"), "fill") == 1
+        info = nodes.info("strategy")
+        assert len(info["resumed"]) == 1, info
+        conn = sqlite3.connect(nodes.dir("strategy") / "journal.sqlite")
+        try:
+            (payload,) = conn.execute("SELECT payload FROM journal WHERE kind='fill'").fetchone()
+        finally:
+            conn.close()
+        assert order.client_id in payload
+        await asyncio.sleep(1.0)
+        assert len(replica.orders(SYMBOL)) <= 4  # one set of quotes (two a side)
+        await stop_as_an_operator(nodes, replica)
+    finally:
+        await replica.stop()
+
+
+@pytest.mark.slow
 async def test_a_broker_restart_in_a_real_venue_split_loses_and_doubles_nothing(
     tmp_path: Path,
 ) -> None:

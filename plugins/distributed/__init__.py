@@ -54,13 +54,25 @@ def _parser() -> argparse.ArgumentParser:
         help="run folder (default: <run.out_dir>/<name>-<role>-<time>)",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="strategy node only: continue the run folder given by --out (its journal's "
+        "orders and position; missed fills are asked of the execution node)",
+    )
+    p.add_argument(
+        "--continue",
+        dest="continue_finished",
+        action="store_true",
+        help="with --resume: continue a strategy node that stopped normally (trades again)",
+    )
+    p.add_argument(
         "--log-level", default="INFO", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR"
     )
     return p
 
 
 def node_main(argv: list[str]) -> int:
-    """``quoteforge node ROLE MANIFEST [--set K=V] [--out DIR] [--log-level L]``: run the
+    """``quoteforge node ROLE MANIFEST [--set K=V] [--out DIR [--resume]] [--log-level L]``: run the
     node until the run's duration passes, a stop signal or the kill switch. Exit code 0
     ok, 1 the node failed, 2 a refused manifest or configuration."""
     try:
@@ -73,6 +85,22 @@ def node_main(argv: list[str]) -> int:
     from quoteforge.registry import load_registry
 
     configure_logging(args.log_level)
+    if args.resume:
+        from quoteforge.resume import ResumeRefusedError, check_resumable
+
+        if args.role != "strategy" or args.out is None:
+            print(
+                "quoteforge node: --resume is for the strategy node, with its run folder as "
+                "--out (or: quoteforge run --resume RUN_DIR --node strategy)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        try:
+            info = check_resumable(args.out, continue_finished=args.continue_finished)
+        except ResumeRefusedError as exc:
+            print(f"quoteforge node --resume: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        args.overrides = [*info.get("overrides", []), *args.overrides]
     registry = load_registry()
     try:
         loaded = load_manifest(args.manifest, registry, overrides=args.overrides)
@@ -85,7 +113,15 @@ def node_main(argv: list[str]) -> int:
     from quoteforge.plugins.distributed.nodes import run_node
 
     return asyncio.run(
-        run_node(loaded, registry, args.role, run_dir, args.manifest, settings=m.nodes)
+        run_node(
+            loaded,
+            registry,
+            args.role,
+            run_dir,
+            args.manifest,
+            settings=m.nodes,
+            resume=args.resume,
+        )
     )
 
 

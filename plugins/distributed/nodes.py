@@ -146,6 +146,7 @@ async def run_node(
     *,
     settings: NodeSettings | None = None,
     install_signals: bool = True,
+    resume: bool = False,
 ) -> int:
     """Run one node of a manifest until its duration passes, a stop signal or the kill
     switch; returns a process exit code (0 ok, 1 failed, 2 refused configuration, or
@@ -153,9 +154,12 @@ async def run_node(
 
     ``role`` is marketdata, strategy, execution, monitor, or ``all`` for the whole run in
     this process (the in-process engine; on a network bus, a live run passes the nodes'
-    bus checks too). Every other role needs a network bus.
+    bus checks too). Every other role needs a network bus. ``resume``: the strategy node
+    continues ``run_dir`` (see ``quoteforge.resume``).
     """
     problem = _check_split(loaded, role)
+    if resume and role != "strategy":
+        problem = f"only the strategy node resumes, not the {role} node: start it again fresh"
     if problem is not None:
         logger.error("{}", problem)
         return EXIT_USAGE
@@ -174,7 +178,7 @@ async def run_node(
     settings = settings if settings is not None else node_settings(loaded)
     node: Node | StrategyNode
     if role == "strategy":
-        node = StrategyNode(loaded, registry, run_dir, settings, manifest_path)
+        node = StrategyNode(loaded, registry, run_dir, settings, manifest_path, resume=resume)
     else:
         cls = {"marketdata": MarketDataNode, "execution": ExecutionNode, "monitor": MonitorNode}
         node = cls[role](loaded, registry, run_dir, settings, manifest_path)

@@ -105,8 +105,11 @@ class StrategyNode:
         run_dir: Path,
         settings: NodeSettings,
         manifest_path: Path | None,
+        *,
+        resume: bool = False,
     ) -> None:
         m = loaded.manifest
+        self.resume = resume
         self.loaded = loaded
         self.registry = registry
         self.manifest_path = manifest_path
@@ -177,6 +180,7 @@ class StrategyNode:
             venue_factory=venue_factory,
             bus=self.bus,
             run_info={"role": "strategy"},
+            resume=resume,
             driver=LockstepRunDriver(self.lockstep) if self.lockstep is not None else None,
             on_started=self._started,
             on_kill=self._announce_kill,
@@ -255,6 +259,8 @@ class StrategyNode:
         try:
             await self.preflight()
         except NodeRefusedError as exc:
+            if self.resume:  # the folder is the run's: left as it was
+                raise
             m = self.loaded.manifest
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_run_info(
