@@ -178,9 +178,12 @@ class OrderTracking(ExchangeAdapter):
         default looks up every working order; venues call it when their private stream
         reconnects and may override it (calling this one) to recover more."""
         self.counters["reconciliations"] += 1
-        for tracked in list(self._orders.values()):
-            if tracked.status.is_terminal:
-                continue
+        await self.look_up_each([t for t in self._orders.values() if not t.status.is_terminal])
+
+    async def look_up_each(self, orders: list[TrackedOrder]) -> None:
+        """Look each of ``orders`` up at the venue and report what it says (a failed
+        lookup is logged; the order is left as it is)."""
+        for tracked in orders:
             try:
                 update = await self.lookup_order(tracked)
             except VenueCallError as exc:

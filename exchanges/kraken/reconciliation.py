@@ -210,16 +210,7 @@ class KrakenReconciliation(CcxtSpotAdapter):
                     self._emit_update(self._order_report(tracked, txid, found[txid]))
                 else:
                     one_by_one.append(tracked)
-        for tracked in one_by_one:
-            try:
-                update = await self.lookup_order(tracked)
-            except VenueCallError as exc:
-                logger.warning(
-                    "{}: reconcile lookup of {} failed: {}", self.name, tracked.client_id, exc
-                )
-                continue
-            if update is not None:
-                self._emit_update(update)
+        await self.look_up_each(one_by_one)
 
     async def fetch_open_orders(self) -> list[OrderUpdate]:
         self.require_credentials("open orders")

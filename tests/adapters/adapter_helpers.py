@@ -82,18 +82,23 @@ async def running(
     replica: Any = None,
     secrets: dict[str, str] | None = None,
     wait_live: bool = True,
+    symbols: tuple[str, ...] | None = None,
+    outlives: bool = False,
     **params: Any,
 ) -> AsyncIterator[Harness]:
-    """Start (or reuse) a replica, connect an adapter with fast parameters."""
+    """Start (or reuse) a replica, connect an adapter with fast parameters (on the kit's
+    symbol, or ``symbols``). ``outlives``: the replica is running already and goes on
+    after this adapter closes (one process of a bot that restarts)."""
     replica = replica or kit.make_replica()
-    await replica.start()
+    if not outlives:
+        await replica.start()
     sink = RecordingSink()
     ctx = VenueContext(
         name=kit.venue,
         clock=LiveClock(),
         seed=1,
         mode="live",
-        symbols=[kit.symbol],
+        symbols=list(symbols or (kit.symbol,)),
         secrets=secrets
         if secrets is not None
         else {"api_key": replica.api_key, "api_secret": replica.api_secret},
@@ -107,7 +112,8 @@ async def running(
         yield harness
     finally:
         await adapter.close()
-        await replica.stop()
+        if not outlives:
+            await replica.stop()
 
 
 def compact(message: object) -> str:

@@ -8,42 +8,22 @@ tell this run's fills from other trades on the account.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-from adapter_helpers import KRAKEN_KIT, kraken_of
+from adapter_helpers import KRAKEN_KIT, kraken_of, running
 from loguru import logger
 
-from quoteforge.clock import LiveClock
-from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.testing.conformance import FAST_PARAMS, Harness, RecordingSink
+from quoteforge.exchanges.testing.conformance import Harness
 from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
 from quoteforge.model import Side
 
 QUERY_ORDERS = ("POST", "/0/private/QueryOrders")
 
 
-@contextlib.asynccontextmanager
-async def life(replica: KrakenReplica) -> AsyncIterator[Harness]:
+def life(replica: KrakenReplica) -> contextlib.AbstractAsyncContextManager[Harness]:
     """One process of the bot: a new adapter on a replica that outlives it."""
-    ctx = VenueContext(
-        name="kraken",
-        clock=LiveClock(),
-        seed=1,
-        mode="live",
-        symbols=[KRAKEN_KIT.symbol],
-        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
-    )
-    adapter = KRAKEN_KIT.make_adapter(replica, dict(FAST_PARAMS), ctx)
-    sink = RecordingSink()
-    try:
-        await adapter.connect(sink)
-        harness = Harness(KRAKEN_KIT, replica, adapter, sink)
-        await harness.wait_book_matches()
-        yield harness
-    finally:
-        await adapter.close()
+    return running(KRAKEN_KIT, replica=replica, outlives=True)
 
 
 async def other_client_order(replica: KrakenReplica, client_id: str, price: str) -> None:

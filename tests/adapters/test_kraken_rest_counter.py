@@ -15,21 +15,19 @@ from __future__ import annotations
 import ast
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import KRAKEN_KIT, kraken_of
+from adapter_helpers import KRAKEN_KIT, kraken_of, running
 
 import quoteforge.exchanges.kraken
-from quoteforge.clock import NS, LiveClock, SimClock
-from quoteforge.exchange import VenueContext
+from quoteforge.clock import NS, SimClock
 from quoteforge.exchanges.ccxt_base import VenueCallError
 from quoteforge.exchanges.kraken.ratelimit import KrakenRestGovernor, kraken_rest_cost
 from quoteforge.exchanges.kraken.wire import classify_error
-from quoteforge.exchanges.testing.conformance import FAST_PARAMS, Harness, RecordingSink
+from quoteforge.exchanges.testing.conformance import Harness
 from quoteforge.exchanges.testing.kraken_replica import KrakenReplica
 from quoteforge.model import Order, OrderStatus, Side
 from quoteforge.ratelimit import RateLimitError
@@ -39,31 +37,12 @@ OPEN_ORDERS = ("POST", "/0/private/OpenOrders")
 CLOSED_ORDERS = ("POST", "/0/private/ClosedOrders")
 
 
-@contextlib.asynccontextmanager
-async def connected(
+def connected(
     replica: KrakenReplica, symbols: tuple[str, ...] = ("BTC/USD",), **params: Any
-) -> AsyncIterator[Harness]:
+) -> contextlib.AbstractAsyncContextManager[Harness]:
     """A started replica and an adapter connected to it with ``params`` (the tier
     among them), both stopped afterwards."""
-    await replica.start()
-    ctx = VenueContext(
-        name="kraken",
-        clock=LiveClock(),
-        seed=1,
-        mode="live",
-        symbols=list(symbols),
-        secrets={"api_key": replica.api_key, "api_secret": replica.api_secret},
-    )
-    adapter = KRAKEN_KIT.make_adapter(replica, {**FAST_PARAMS, **params}, ctx)
-    sink = RecordingSink()
-    try:
-        await adapter.connect(sink)
-        harness = Harness(KRAKEN_KIT, replica, adapter, sink)
-        await harness.wait_book_matches()
-        yield harness
-    finally:
-        await adapter.close()
-        await replica.stop()
+    return running(KRAKEN_KIT, replica=replica, symbols=symbols, **params)
 
 
 async def filled_elsewhere(replica: KrakenReplica, client_id: str, price: str, fills: int) -> None:
