@@ -14,7 +14,8 @@ timestamp + method + path and query + body) with a passphrase; client order ids 
 and then cancelled by the system (``cancelSource`` 31), not refused; the ``books``
 channel sends a snapshot then updates chained by ``prevSeqId``/``seqId`` with a CRC32
 checksum of the top 25 levels; the ``orders`` channel reports every order change, with
-``tradeId``/``fillPx``/``fillSz``/``fillFee`` on fills (a fee is negative when charged).
+``tradeId``/``fillPx``/``fillSz``/``fillFee`` on fills (a fee is negative when charged);
+the trade history pages by ``billId`` (``after``/``before``/``limit``: okx_replica_fills.py).
 Besides the venue's text ``ping``/``pong``, the replica sends websocket ping frames every
 ``ping_interval`` so silence can be injected like on the other replicas.
 """
@@ -41,6 +42,7 @@ from quoteforge.exchanges.testing.faults import (
     ReplicaOrder,
     ReplicaTrade,
 )
+from quoteforge.exchanges.testing.okx_replica_fills import fills_page
 from quoteforge.exchanges.testing.replica import ReplicaServer
 
 __all__ = ["DEFAULT_INSTRUMENTS", "OkxInstrument", "OkxReplica", "okx_checksum", "okx_sign"]
@@ -317,7 +319,7 @@ class OkxReplica(ReplicaServer):
         if name == "trade/orders-history":
             return self._ok([self._order_json(o) for o in self._orders_of(q) if not o.is_open])
         if name in ("trade/fills-history", "trade/fills"):
-            return self._ok(self._fills(q))
+            return self._fills(q)
         if name == "account/balance":
             return self._ok([self._balance()])
         return self._fail("50000", "Body can not be empty")
@@ -369,6 +371,11 @@ class OkxReplica(ReplicaServer):
         code = "1" if single or failed == len(specs) else "2"
         msg = "Operation failed." if code == "1" else "Bulk operation partially succeeded."
         return web.json_response({"code": code, "msg": msg, "data": results})
+
+    async def place_order(self, spec: dict[str, Any]) -> ReplicaOrder:
+        """Place an order as ``POST /api/v5/trade/order`` gives it (``instId``, ``side``,
+        ``ordType``, ``px``, ``sz``, ``clOrdId``): another program on the account."""
+        return await self._place(spec)
 
     async def _place(self, spec: dict[str, Any]) -> ReplicaOrder:
         reason = self.faults.take_reject()
@@ -449,17 +456,12 @@ class OkxReplica(ReplicaServer):
         code = "1" if failed == len(specs) else "2"
         return web.json_response({"code": code, "msg": "Operation failed.", "data": results})
 
-    def _fills(self, q: dict[str, str]) -> list[dict[str, Any]]:
-        wanted = q.get("instId")
-        begin = int(q.get("begin", "0"))
-        rows = []
-        for inst_id, market in self.markets.items():
-            if wanted is not None and inst_id != wanted:
-                continue
-            for t in market.trades:
-                if t.ts_ms >= begin:
-                    rows.append(self._fill_json(t))
-        return sorted(rows, key=lambda r: -int(r["tradeId"]))
+    def _fills(self, q: dict[str, str]) -> web.Response:
+        rows = [self._fill_json(t) for market in self.markets.values() for t in market.trades]
+        try:
+            return self._ok(fills_page(rows, q))
+        except ValueError as exc:
+            return self._fail("51000", f"Parameter {exc} error")
 
     def _fill_json(self, t: ReplicaTrade) -> dict[str, Any]:
         o = t.order

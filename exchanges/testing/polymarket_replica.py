@@ -405,13 +405,15 @@ class PolymarketReplica(PolymarketRest):
             "owner": self.creds["api_key"],
             "timestamp": str(trade.ts_ms // 1000),
         }
+        # The other side of the match: an order of another account.
+        other = {
+            **ours,
+            "order_id": "0x" + secrets.token_hex(32),
+            "owner": "someone-else",
+            "maker_address": "0x" + secrets.token_hex(20),
+            "side": other_side,
+        }
         if trade.maker:
-            other = {
-                **ours,
-                "order_id": "0x" + secrets.token_hex(32),
-                "owner": "someone-else",
-                "side": other_side,
-            }
             row.update(
                 side=other_side,
                 taker_order_id=other["order_id"],
@@ -419,12 +421,6 @@ class PolymarketReplica(PolymarketRest):
                 trader_side="MAKER",
             )
         else:
-            other = {
-                **ours,
-                "order_id": "0x" + secrets.token_hex(32),
-                "owner": "someone-else",
-                "side": other_side,
-            }
             row.update(
                 side=meta["side"],
                 taker_order_id=order.venue_id,

@@ -28,10 +28,62 @@ from quoteforge.exchanges.polymarket.wire import import_eth_account
 from quoteforge.exchanges.testing.faults import ReplicaMarket, ReplicaOrder
 from quoteforge.exchanges.testing.replica import ReplicaServer
 
-__all__ = ["PolyCondition", "PolymarketRest", "new_credentials", "order_id_of"]
+__all__ = [
+    "END_CURSOR",
+    "TRADES_PAGE",
+    "PolyCondition",
+    "PolymarketRest",
+    "cursor_page",
+    "new_credentials",
+    "order_id_of",
+    "trade_matches",
+]
 
 ONE = Decimal(1)
 SCALE = Decimal(1_000_000)
+
+# How the CLOB pages GET /data/trades, from its documentation: the API reference's
+# example answer (docs.polymarket.com, "Get trades") is ``{"limit": 100, "next_cursor":
+# "MTAw", "count", "data"}``, "MTAw" being base64 of "100", the offset of the next page;
+# py-clob-client starts at "MA==" ("0") and stops at "LTE=" ("-1"), its END_CURSOR.
+# The docs name the filters (id, market, asset_id, maker address, before, after) but not
+# the order of the rows nor whether before/after include their second: the replica keeps
+# the trades in the order they were made and includes both bounds.
+TRADES_PAGE = 100
+FIRST_CURSOR, END_CURSOR = "MA==", "LTE="
+
+
+def cursor_page(rows: list[dict[str, Any]], cursor: str, size: int) -> dict[str, Any] | None:
+    """The page of ``rows`` at ``cursor`` (base64 of an offset) as the CLOB answers it,
+    its ``next_cursor`` the next page's offset or ``END_CURSOR`` after the last; None
+    for a cursor that is not one."""
+    try:
+        start = int(base64.b64decode(cursor or FIRST_CURSOR, validate=True).decode())
+    except ValueError:
+        return None
+    page = rows[start : start + size] if start >= 0 else []
+    end = start + len(page)
+    following = base64.b64encode(str(end).encode()).decode()
+    return {
+        "data": page,
+        "next_cursor": following if page and end < len(rows) else END_CURSOR,
+        "limit": size,
+        "count": len(page),
+    }
+
+
+def trade_matches(trade: dict[str, Any], query: Any) -> bool:
+    """Whether a trade passes the documented filters of ``GET /data/trades``."""
+    for name in ("id", "market", "asset_id"):
+        if query.get(name) and str(trade.get(name)) != query[name]:
+            return False
+    maker = str(query.get("maker_address", "")).lower()
+    if maker and all(
+        str(m.get("maker_address", "")).lower() != maker for m in trade.get("maker_orders", [])
+    ):
+        return False
+    at = int(trade["match_time"])
+    return int(query.get("after") or 0) <= at <= int(query.get("before") or at)
 
 
 def new_credentials() -> dict[str, str]:
@@ -138,6 +190,8 @@ class PolymarketRest(ReplicaServer):
     #: Where heartbeats are served: the official client's path; the API reference names
     #: ``/heartbeats`` (set before ``start``).
     heartbeat_paths: tuple[str, ...] = ("/v1/heartbeats",)
+    #: Trades a ``GET /data/trades`` page holds (see ``TRADES_PAGE``).
+    trades_page: int = TRADES_PAGE
 
     # -- provided by the websocket half -------------------------------------------------
     @abstractmethod
@@ -426,9 +480,14 @@ class PolymarketRest(ReplicaServer):
         return self._json({"data": rows, "next_cursor": "LTE=", "limit": 500, "count": len(rows)})
 
     async def _get_trades(self, request: web.Request, body: str) -> web.Response:
-        after = int(request.query.get("after", "0") or 0)
-        rows = [t for t in self.trade_log if int(t["match_time"]) >= after]
-        return self._json({"data": rows, "next_cursor": "LTE=", "limit": 500, "count": len(rows)})
+        query = request.query
+        if any(not query.get(k, "0").isdigit() for k in ("after", "before")):
+            return self._json({"error": "invalid after or before"}, 400)
+        rows = [t for t in self.trade_log if trade_matches(t, query)]
+        page = cursor_page(rows, query.get("next_cursor", ""), self.trades_page)
+        if page is None:
+            return self._json({"error": "invalid next_cursor"}, 400)
+        return self._json(page)
 
     def replica_market(self, token_id: str) -> ReplicaMarket:
         cond, _ = self.token(token_id)

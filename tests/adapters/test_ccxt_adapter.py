@@ -24,6 +24,7 @@ from quoteforge.exchanges.ccxt.venues import (
     instrument_from_market,
 )
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS
+from quoteforge.exchanges.testing.okx_replica_fills import fills_page
 from quoteforge.model import Order, OrderStatus, Side
 
 
@@ -275,6 +276,19 @@ async def _orders_filled_while_down(kit: Any, replica: Any, orders: int, fills: 
                 }
             )
             venue_id = placed.venue_id
+        elif kit is CCXT_OKX_KIT:
+            qty = "0.00001"
+            placed = await replica.place_order(
+                {
+                    "instId": "BTC-USDT",
+                    "side": "sell",
+                    "ordType": "limit",
+                    "px": "60000.0",
+                    "sz": str(fills * Decimal(qty)),
+                    "clOrdId": f"old{i}",  # OKX takes letters and digits only
+                }
+            )
+            venue_id = placed.venue_id
         else:
             qty = "0.00001"
             placed = await replica.place_order(
@@ -290,29 +304,58 @@ async def _orders_filled_while_down(kit: Any, replica: Any, orders: int, fills: 
             )
             venue_id = str(placed.order_id)
         for _ in range(fills):
-            await replica.fill_order(f"old-{i}", qty)
+            await replica.fill_order(placed.client_id, qty)
         out.append(
             Order(f"old-{i}", kit.venue, kit.symbol, Side.SELL, fills, 1, exchange_id=venue_id)
         )
     return out
 
 
+def test_the_okx_replica_pages_fills_by_bill_id_as_documented() -> None:
+    """``after`` older than a ``billId``, ``before`` newer (the page next to it),
+    ``begin`` by time, at most 100 a page, the most recent first."""
+    rows = [{"instId": "BTC-USDT", "billId": str(b), "ts": str(b)} for b in range(1, 251)]
+
+    def bills(**query: str) -> list[int]:
+        return [int(r["billId"]) for r in fills_page(rows, query)]
+
+    assert bills() == list(range(250, 150, -1))
+    assert bills(after="151") == list(range(150, 50, -1))
+    assert bills(before="100", limit="10") == list(range(110, 100, -1))
+    assert bills(after="30", before="20") == list(range(29, 20, -1))
+    assert bills(begin="240", limit="500") == list(range(250, 239, -1))
+    assert bills(instId="ETH-USDT") == []
+    with pytest.raises(ValueError, match="after"):
+        bills(after="x")
+
+
+HISTORY_READS = {
+    "binance": (("GET", "/api/v3/myTrades"), 2),  # 1000, then from the next id
+    "kraken": (("POST", "/0/private/TradesHistory"), 4),  # 50, 50, 20, then none
+    "okx": (("GET", "/api/v5/trade/fills-history"), 4),  # 100, 100, 40, then none
+}
+
+
 @pytest.mark.parametrize(
     ("kit", "orders", "fills"),
-    [(CCXT_BINANCE_KIT, 60, 19), (CCXT_KRAKEN_KIT, 60, 2)],
-    ids=["binance", "kraken"],
+    [(CCXT_BINANCE_KIT, 60, 19), (CCXT_KRAKEN_KIT, 60, 2), (CCXT_OKX_KIT, 60, 4)],
+    ids=["binance", "kraken", "okx"],
 )
 async def test_fills_read_over_rest_come_from_every_page_each_once(
     kit: Any, orders: int, fills: int
 ) -> None:
-    """More trades than one answer of the venue (Binance 1000, Kraken 50): the read pages
-    on as the venue does (Binance ``fromId``, Kraken ``ofs``) and gets every trade once."""
+    """More trades than one answer of the venue (Binance 1000, Kraken 50, OKX 100): the
+    read pages on as the venue does (Binance ``fromId``, Kraken ``ofs``, OKX ``after``
+    the oldest ``billId`` read) and gets every trade once."""
     replica = kit.make_replica()
     known = await _orders_filled_while_down(kit, replica, orders, fills)
+    request, reads = HISTORY_READS[kit.venue]
     async with running(kit, replica=replica, rate_limit_ms=5) as h:
         assert isinstance(h.adapter, CcxtVenue)
         h.adapter.know_orders(known)
+        asked = replica.request_log.count(request)
         read = await h.adapter.fetch_fills(0)
+        assert replica.request_log.count(request) - asked == reads
     assert read is not None
     assert len(read) == orders * fills
     assert len({f.fill_id for f in read}) == len(read)
