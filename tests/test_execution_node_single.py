@@ -1,11 +1,12 @@
 """One execution node and one strategy node per run, when two start at once or one slips
 through (plugins/distributed/execution_instances.py, strategy_binding.py): of two
 execution nodes, or two strategy nodes, started at the same instant exactly one runs and
-the other refuses, naming it; a strategy node keeps to the execution session it bound to
-and never books another session's fills, yet takes the session of an execution node
-started after the first said goodbye; an execution node keeps to the strategy session it
-bound to, refuses another session's intents and acts on the bound session's goodbye
-only.
+the other refuses, naming it; a strategy node that slips past the claim stops at the
+execution node's first refusal; a strategy node keeps to the execution session it bound
+to and never books another session's fills, yet takes the session of an execution node
+started after the first said goodbye, or after the first died leaving an old "online"
+heartbeat retained; an execution node keeps to the strategy session it bound to, refuses
+another session's intents and acts on the bound session's goodbye only.
 
 Real nodes in this process on the shared test broker, as in
 test_execution_node_restart.py, whose manifest and bus watcher these tests share."""
@@ -13,31 +14,141 @@ test_execution_node_restart.py, whose manifest and bus watcher these tests share
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from brokers import require_shared_broker
 from loguru import logger
-from test_execution_node_restart import SIM, Watcher, manifest, until
+from node_rigs import journal_records
+from test_execution_node_restart import SIM, Watcher, crashed, manifest, until
 
-from quoteforge.clock import LiveClock
+from quoteforge.clock import NS, LiveClock
 from quoteforge.exchange import CancelAll, CancelOrder, PlaceOrder, ReplaceOrder, VenueContext
 from quoteforge.exchanges.testing.conformance import RecordingSink
+from quoteforge.journal import order_states
+from quoteforge.manifest import LoadedManifest, NodeSettings
 from quoteforge.model import Fill, Liquidity, Order, OrderStatus, OrderUpdate, Side
 from quoteforge.orders import OrderManager
+from quoteforge.plugins.distributed import strategy_node
 from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
 from quoteforge.plugins.distributed.execution_node import ExecutionNode
 from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
 from quoteforge.plugins.distributed.remote import RemoteVenue
 from quoteforge.plugins.distributed.strategy_binding import StrategyBinding
 from quoteforge.plugins.distributed.strategy_node import StrategyNode
+from quoteforge.plugins.distributed.topics import TopicScheme
 from quoteforge.plugins.distributed.wire import fill_payload, update_payload
 from quoteforge.registry import PluginRegistry
 
 BTC = "BTC/USDT"
+
+
+@dataclass
+class SplitRun:
+    """The example sim manifest as a wall-clock split run on the shared test broker: its
+    node settings, a bus watcher of the run and the errors logged meanwhile."""
+
+    registry: PluginRegistry
+    tmp: Path
+    path: Path
+    loaded: LoadedManifest
+    settings: NodeSettings
+    watcher: Watcher
+    errors: list[str]
+    #: Every node the test started here, stopped (or cancelled) when the test ends.
+    running: list[tuple[ExecutionNode | StrategyNode | None, asyncio.Task[Any]]] = field(
+        default_factory=list
+    )
+
+    @property
+    def name(self) -> str:
+        return self.loaded.manifest.run.name
+
+    @property
+    def scheme(self) -> TopicScheme:
+        return self.watcher.scheme
+
+    def execution(self, folder: str) -> ExecutionNode:
+        run_dir = self.tmp / folder
+        return ExecutionNode(self.loaded, self.registry, run_dir, self.settings, self.path)
+
+    def strategy(self, folder: str) -> StrategyNode:
+        run_dir = self.tmp / folder
+        return StrategyNode(self.loaded, self.registry, run_dir, self.settings, self.path)
+
+    def start(self, role: str, folder: str) -> asyncio.Task[int]:
+        """A node of ``role`` as ``quoteforge node`` runs it; the task ends with its exit code."""
+        node = run_node(
+            self.loaded,
+            self.registry,
+            role,
+            self.tmp / folder,
+            self.path,
+            settings=self.settings,
+            install_signals=False,
+        )
+        task = asyncio.get_running_loop().create_task(node)
+        self.running.append((None, task))
+        return task
+
+    def run(self, node: ExecutionNode | StrategyNode) -> asyncio.Task[str]:
+        """``node`` running; the task ends with its stop reason."""
+        task = asyncio.get_running_loop().create_task(node.run())
+        self.running.append((node, task))
+        return task
+
+    async def stop(self) -> None:
+        """Stop every node still running, as a test that failed midway leaves them."""
+        for node, task in self.running:
+            if node is not None:
+                node.request_stop("test over")
+            elif not task.done():
+                task.cancel()
+        tasks = [task for _, task in self.running]
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+    def kill(self) -> None:
+        """The kill switch, pulled on the bus as an operator does."""
+        self.watcher.bus.publish(self.scheme.kill(), {"reason": "test over", "node": "test"}, qos=1)
+
+    def run_info(self, folder: str) -> dict[str, Any]:
+        return json.loads((self.tmp / folder / "run.json").read_text(encoding="utf-8"))
+
+
+@contextlib.asynccontextmanager
+async def split_run(
+    registry: PluginRegistry, tmp_path: Path, *overrides: str
+) -> AsyncIterator[SplitRun]:
+    """A ``SplitRun`` (``overrides`` as ``--set`` gives them); its watcher closes after."""
+    port = require_shared_broker()
+    path = manifest(tmp_path / "m.yaml", SIM, port)
+    loaded, settings = load_node_manifest(path, registry, overrides=list(overrides))
+    watcher = Watcher(port, loaded.manifest.run.name)
+    await watcher.start("sim")
+    errors: list[str] = []
+    sink = logger.add(errors.append, level="ERROR", format="{message}")
+    split = SplitRun(registry, tmp_path, path, loaded, settings, watcher, errors)
+    try:
+        yield split
+    finally:
+        try:
+            await split.stop()
+        finally:
+            logger.remove(sink)
+            await watcher.bus.close()
+
+
+@pytest.fixture
+async def split(registry: PluginRegistry, tmp_path: Path) -> AsyncIterator[SplitRun]:
+    async with split_run(registry, tmp_path) as run:
+        yield run
 
 
 def test_the_binding_keeps_to_one_live_execution_session() -> None:
@@ -135,258 +246,310 @@ def test_the_strategy_binding_keeps_to_one_live_strategy_session() -> None:
     assert len(conflicts) == 1
 
 
+def test_the_bindings_take_an_old_online_heartbeat_for_a_dead_session() -> None:
+    """An "online" heartbeat sent longer ago than the bound (its sent_ns), as a broker
+    keeps it for a node that died before its last will went out, keeps no session alive
+    and binds none; one without sent_ns (an older node's) counts as today."""
+    long_ago = time.time_ns() - 60 * NS
+    dead = {"status": "online", "session": "dead", "sent_ns": long_ago}
+    binding = ExecutionBinding("r1", 2.0)
+    assert not binding.heartbeat(dead) and binding.bound is None  # binds nothing
+    assert binding.admit("dead", "session", {"instance": "dead"})
+    assert binding.heartbeat(dead)  # the bound session's: it ends it, as a last will
+    assert not binding.alive()
+    assert binding.admit("fresh", "session", {"instance": "fresh"})
+    assert binding.heartbeat({"status": "online", "session": "fresh", "sent_ns": time.time_ns()})
+    assert binding.bound == "fresh" and binding.alive() and binding.refused_total == 0
+    # An older node's heartbeat, without a send time: alive, as ever.
+    older = ExecutionBinding("r1", 2.0)
+    assert older.heartbeat({"status": "online", "session": "old"})
+    assert older.alive() and not older.admit("fresh", "session")
+
+    conflicts: list[str] = []
+    orders = OrderManager(None, LiveClock(), "t")
+    strategies = StrategyBinding(
+        "r1", 2.0, orders, ["mm"], lambda working: 0,
+        on_conflict=lambda message, session: conflicts.append(session),
+    )  # fmt: skip
+    beat = {"status": "online", "session": "dead", "sent_ns": long_ago}
+    strategies.on_heartbeat("heartbeat/strategy", beat)
+    assert strategies.bound is None and not strategies.watch.seen
+    assert strategies.admit({"action": "place", "session": "fresh"})
+    strategies.on_heartbeat("heartbeat/strategy", {"status": "online", "session": "fresh"})
+    assert strategies.bound == "fresh" and strategies.alive()
+    strategies.on_heartbeat("heartbeat/strategy", beat)  # handed out again: still nothing
+    assert strategies.bound == "fresh" and conflicts == [] and strategies.refused == 0
+
+
 async def test_of_two_execution_nodes_started_at_the_same_instant_exactly_one_runs(
-    registry: PluginRegistry, tmp_path: Path
+    split: SplitRun,
 ) -> None:
-    port = require_shared_broker()
-    path = manifest(tmp_path / "m.yaml", SIM, port)
-    loaded, settings = load_node_manifest(path, registry)
-    run = loaded.manifest.run.name
-    watcher = Watcher(port, run)
-    await watcher.start("sim")
-    errors: list[str] = []
-    sink = logger.add(errors.append, level="ERROR", format="{message}")
-    loop = asyncio.get_running_loop()
-    nodes = {
-        name: loop.create_task(
-            run_node(
-                loaded,
-                registry,
-                "execution",
-                tmp_path / name,
-                path,
-                settings=settings,
-                install_signals=False,
-            )
-        )
-        for name in ("a", "b")
-    }
-    try:
-        done, _ = await asyncio.wait(nodes.values(), timeout=10, return_when="FIRST_COMPLETED")
-        [(loser, task)] = [(n, t) for n, t in nodes.items() if t in done]
-        assert task.result() == 2
-        winner = "b" if loser == "a" else "a"
-        await until(lambda: bool(watcher.sessions), "the winner's session")
-        assert {s["run_dir"] for s in watcher.sessions} == {str(tmp_path / winner)}
-        [message] = [e for e in errors if "refused to start" in e]
-        assert "\n" not in message.strip()
-        assert f"another execution node of run {run!r} claimed the execution role" in message
-        assert str(tmp_path / winner) in message  # names the instance that goes on
-        assert watcher.sessions[-1]["instance"] in message
-        assert "stop it" in message
-        info = json.loads((tmp_path / loser / "run.json").read_text(encoding="utf-8"))
-        assert info["stop_reason"].startswith("refused: ")
-        assert not (tmp_path / loser / "journal.sqlite").exists()
-        assert not nodes[winner].done()
-        # The winner goes on as the run's one execution node, and stops normally.
-        watcher.bus.publish(watcher.scheme.kill(), {"reason": "test over", "node": "test"}, qos=1)
-        assert await asyncio.wait_for(nodes[winner], 20) == 0
-    finally:
-        logger.remove(sink)
-        for task in nodes.values():
-            task.cancel()
-        await asyncio.gather(*nodes.values(), return_exceptions=True)
-        await watcher.bus.close()
+    nodes = {name: split.start("execution", name) for name in ("a", "b")}
+    watcher = split.watcher
+    done, _ = await asyncio.wait(nodes.values(), timeout=10, return_when="FIRST_COMPLETED")
+    [(loser, task)] = [(n, t) for n, t in nodes.items() if t in done]
+    assert task.result() == 2
+    winner = "b" if loser == "a" else "a"
+    await until(lambda: bool(watcher.sessions), "the winner's session")
+    assert {s["run_dir"] for s in watcher.sessions} == {str(split.tmp / winner)}
+    [message] = [e for e in split.errors if "refused to start" in e]
+    assert "\n" not in message.strip()
+    assert f"another execution node of run {split.name!r} claimed the execution role" in message
+    assert str(split.tmp / winner) in message  # names the instance that goes on
+    assert watcher.sessions[-1]["instance"] in message
+    assert "stop it" in message
+    assert split.run_info(loser)["stop_reason"].startswith("refused: ")
+    assert not (split.tmp / loser / "journal.sqlite").exists()
+    assert not nodes[winner].done()
+    # The winner goes on as the run's one execution node, and stops normally.
+    split.kill()
+    assert await asyncio.wait_for(nodes[winner], 20) == 0
 
 
 async def test_a_strategy_node_refuses_a_second_execution_session_and_books_none_of_its_fills(
+    split: SplitRun,
+) -> None:
+    watcher, scheme = split.watcher, split.scheme
+    first = split.execution("exec1")
+    second = split.execution("exec2")
+    strategy = split.strategy("strategy")
+    run = strategy.run_obj
+    tasks = [split.run(first), split.run(strategy)]
+    # The run builds its order manager as it starts.
+    await until(
+        lambda: hasattr(run, "orders") and bool(run.orders.all_working()),
+        "the strategy's quotes",
+        15,
+    )
+    order: Order = run.orders.all_working()[0]
+    book = run.venues["sim"].books[order.symbol]
+    # A second execution session (as a node whose start check was bypassed sends
+    # them): a fill and a FILLED report for a working order, and a book.
+    intruder = {"session": "intruder"}
+    fill = Fill(
+        "sim",
+        order.symbol,
+        "intruder-1",
+        order.client_id,
+        order.side,
+        order.price_ticks or 1,
+        order.qty_lots,
+        Decimal("0"),
+        "USDT",
+        Liquidity.MAKER,
+        time.time_ns(),
+        order.strategy,
+    )
+    report = OrderUpdate(
+        "sim",
+        order.client_id,
+        OrderStatus.FILLED,
+        time.time_ns(),
+        filled_lots=order.qty_lots,
+        symbol=order.symbol,
+    )
+    for n in (1, 2):
+        watcher.bus.publish(
+            scheme.fill("sim"), {**fill_payload(fill), "fill_id": f"intruder-{n}", **intruder}
+        )
+        watcher.bus.publish(scheme.order("sim"), {**update_payload(report, order), **intruder})
+        watcher.bus.publish(
+            scheme.book("sim", order.symbol),
+            {"bids": [[1, 1]], "asks": [[2, 1]], "state": "LIVE", "ts_ns": time.time_ns()}
+            | {"pub": "intruder", "n": 10**9 + n, **intruder},
+        )
+    await until(
+        lambda: len([a for a in run.alerts if a.kind == "execution_conflict"]) == 1,
+        "the alert about the second execution session",
+    )
+    await until(lambda: strategy.execution.refused_total >= 6, "every message refused")
+    assert strategy.execution.refused == {
+        "order": 2,
+        "fill": 2,
+        "book": 2,
+        "trade": 0,
+        "answer": 0,
+    }
+    assert not run.orders.has_fill("sim", "intruder-1")
+    assert not run.orders.has_fill("sim", "intruder-2")
+    assert run.orders.get(order.client_id).status is not OrderStatus.FILLED  # type: ignore[union-attr]
+    assert book.best_bid_ticks() != 1
+    [error] = [e for e in split.errors if "second execution session" in e]
+    assert "intruder" in error and first.session in error  # names both sessions
+    assert str(split.tmp / "exec1") in error
+    assert strategy.execution.bound == first.session
+    # A restart is not a second session: once the first said goodbye, the strategy
+    # node takes the next execution node and quotes through it.
+    first.request_stop("restart")
+    assert await asyncio.wait_for(tasks[0], 15) == "restart"
+    tasks[0] = split.run(second)
+    await until(lambda: strategy.execution.bound == second.session, "the new session", 10)
+    await until(
+        lambda: any(second.orders.get(o.client_id) for o in run.orders.all_working()),
+        "quotes through the new execution node",
+        10,
+    )
+    assert len([a for a in run.alerts if a.kind == "execution_conflict"]) == 1
+    strategy.request_stop("test over")
+    await asyncio.wait_for(tasks[1], 20)
+    assert split.run_info("strategy")["foreign_execution_refused"]["fill"] == 2
+
+
+async def test_a_strategy_node_takes_a_new_execution_node_at_once_beside_a_dead_ones_online(
     registry: PluginRegistry, tmp_path: Path
 ) -> None:
-    port = require_shared_broker()
-    path = manifest(tmp_path / "m.yaml", SIM, port)
-    loaded, settings = load_node_manifest(path, registry)
-    watcher = Watcher(port, loaded.manifest.run.name)
-    await watcher.start("sim")
-    scheme = watcher.scheme
-    first = ExecutionNode(loaded, registry, tmp_path / "exec1", settings, path)
-    second = ExecutionNode(loaded, registry, tmp_path / "exec2", settings, path)
-    strategy = StrategyNode(loaded, registry, tmp_path / "strategy", settings, path)
-    run = strategy.run_obj
-    errors: list[str] = []
-    sink = logger.add(errors.append, level="ERROR", format="{message}")
-    loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(first.run()), loop.create_task(strategy.run())]
-    try:
-        # The run builds its order manager as it starts.
-        await until(
-            lambda: hasattr(run, "orders") and bool(run.orders.all_working()),
-            "the strategy's quotes",
-            15,
-        )
-        order: Order = run.orders.all_working()[0]
-        book = run.venues["sim"].books[order.symbol]
-        # A second execution session (as a node whose start check was bypassed sends
-        # them): a fill and a FILLED report for a working order, and a book.
-        intruder = {"session": "intruder"}
-        fill = Fill(
-            "sim",
-            order.symbol,
-            "intruder-1",
-            order.client_id,
-            order.side,
-            order.price_ticks or 1,
-            order.qty_lots,
-            Decimal("0"),
-            "USDT",
-            Liquidity.MAKER,
-            time.time_ns(),
-            order.strategy,
-        )
-        report = OrderUpdate(
-            "sim",
-            order.client_id,
-            OrderStatus.FILLED,
-            time.time_ns(),
-            filled_lots=order.qty_lots,
-            symbol=order.symbol,
-        )
-        for n in (1, 2):
-            watcher.bus.publish(
-                scheme.fill("sim"), {**fill_payload(fill), "fill_id": f"intruder-{n}", **intruder}
+    """An execution node died before its last will went out: the broker still holds its
+    session, instruments, books and an "online" heartbeat it sent a minute ago. A strategy
+    node starts on that and binds the dead session; a new execution node starts. Judged
+    by its age, that heartbeat speaks for no one: the new node's claim goes through and
+    the strategy node takes its session and quotes through it well within stale_after
+    (10 s here, which the dead "online" would otherwise hold both of them up for)."""
+    async with split_run(registry, tmp_path, "nodes.stale_after=10") as split:
+        watcher, scheme = split.watcher, split.scheme
+        dead, fresh = split.execution("dead"), split.execution("fresh")
+        strategy = split.strategy("strategy")
+        await dead.bus.start()
+        await dead.start()
+        dead.sessions.start()
+        try:
+
+            def last_online() -> list[dict[str, Any]]:
+                return [
+                    b
+                    for b in watcher.heartbeats
+                    if b.get("session") == dead.session and b["status"] == "online"
+                ]
+
+            await until(
+                lambda: any(s["instance"] == dead.session for s in watcher.sessions),
+                "the dead node's session",
             )
-            watcher.bus.publish(scheme.order("sim"), {**update_payload(report, order), **intruder})
-            watcher.bus.publish(
-                scheme.book("sim", order.symbol),
-                {"bids": [[1, 1]], "asks": [[2, 1]], "state": "LIVE", "ts_ns": time.time_ns()}
-                | {"pub": "intruder", "n": 10**9 + n, **intruder},
-            )
-        await until(
-            lambda: len([a for a in run.alerts if a.kind == "execution_conflict"]) == 1,
-            "the alert about the second execution session",
-        )
-        await until(lambda: strategy.execution.refused_total >= 6, "every message refused")
-        assert strategy.execution.refused == {
-            "order": 2,
-            "fill": 2,
-            "book": 2,
-            "trade": 0,
-            "answer": 0,
-        }
-        assert not run.orders.has_fill("sim", "intruder-1")
-        assert not run.orders.has_fill("sim", "intruder-2")
-        assert run.orders.get(order.client_id).status is not OrderStatus.FILLED  # type: ignore[union-attr]
-        assert book.best_bid_ticks() != 1
-        [error] = [e for e in errors if "second execution session" in e]
-        assert "intruder" in error and first.session in error  # names both sessions
-        assert str(tmp_path / "exec1") in error
-        assert strategy.execution.bound == first.session
-        # A restart is not a second session: once the first said goodbye, the strategy
-        # node takes the next execution node and quotes through it.
-        first.request_stop("restart")
-        assert await asyncio.wait_for(tasks[0], 15) == "restart"
-        tasks[0] = loop.create_task(second.run())
-        await until(lambda: strategy.execution.bound == second.session, "the new session", 10)
-        await until(
-            lambda: any(second.orders.get(o.client_id) for o in run.orders.all_working()),
-            "quotes through the new execution node",
-            10,
-        )
-        assert len([a for a in run.alerts if a.kind == "execution_conflict"]) == 1
+            await until(lambda: bool(last_online()), "the dead node's heartbeat")
+            beat = last_online()[-1]
+            assert "sent_ns" in beat
+            await crashed(dead)
+            for venue in dead.venues.values():
+                await venue.close()  # a simulated venue dies with its process
+        finally:
+            await dead.journal.close()
+        # As the broker still holds it a minute later: the will never went out.
+        beat["sent_ns"] = time.time_ns() - 60 * NS
+        watcher.bus.publish(scheme.heartbeat("execution"), beat, qos=1, retain=True)
+        await watcher.bus.flush(5)
+        quoting = split.run(strategy)
+        await until(lambda: strategy.execution.bound == dead.session, "the dead session bound")
+        split.run(fresh)
+        await until(lambda: strategy.execution.bound == fresh.session, "the new session", 4)
+        await until(lambda: bool(fresh.orders.all_working()), "quotes through the new node")
+        assert strategy.execution.refused_total == 0
+        assert not [e for e in split.errors if "second execution session" in e]
         strategy.request_stop("test over")
-        await asyncio.wait_for(tasks[1], 20)
-        info = json.loads((tmp_path / "strategy" / "run.json").read_text(encoding="utf-8"))
-        assert info["foreign_execution_refused"]["fill"] == 2
-    finally:
-        logger.remove(sink)
-        strategy.request_stop("test over")
-        first.request_stop("test over")
-        second.request_stop("test over")
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-        await watcher.bus.close()
+        assert await asyncio.wait_for(quoting, 20) == "test over"
 
 
 async def test_of_two_strategy_nodes_started_at_the_same_instant_exactly_one_runs(
-    registry: PluginRegistry, tmp_path: Path
+    split: SplitRun,
 ) -> None:
-    port = require_shared_broker()
-    path = manifest(tmp_path / "m.yaml", SIM, port)
-    loaded, settings = load_node_manifest(path, registry)
-    run = loaded.manifest.run.name
-    watcher = Watcher(port, run)
-    await watcher.start("sim")
     announced: list[dict[str, Any]] = []
-    scheme = watcher.scheme
+    watcher, scheme = split.watcher, split.scheme
     watcher.bus.subscribe(scheme.node_session("strategy"), lambda t, p: announced.append(p))
     await watcher.bus.flush(5)
-    execution = ExecutionNode(loaded, registry, tmp_path / "exec", settings, path)
-    errors: list[str] = []
-    sink = logger.add(errors.append, level="ERROR", format="{message}")
-    loop = asyncio.get_running_loop()
-    serving = loop.create_task(execution.run())
+    execution = split.execution("exec")
+    serving = split.run(execution)
+    await until(lambda: bool(watcher.sessions), "the execution node's session")
+    nodes = {name: split.start("strategy", name) for name in ("a", "b")}
+    done, _ = await asyncio.wait(nodes.values(), timeout=10, return_when="FIRST_COMPLETED")
+    assert done, "neither strategy node refused to start beside the other"
+    [(loser, task)] = [(n, t) for n, t in nodes.items() if t in done]
+    assert task.result() == 2
+    winner = "b" if loser == "a" else "a"
+    await until(lambda: bool(announced), "the winner's session")
+    assert {a["run_dir"] for a in announced} == {str(split.tmp / winner)}
+    [message] = [e for e in split.errors if "refused to start" in e]
+    assert "\n" not in message.strip()
+    assert f"another strategy node of run {split.name!r} claimed the strategy role" in message
+    # Names the instance that goes on: bus client, session, pid and host, run folder.
+    assert str(split.tmp / winner) in message
+    assert announced[-1]["instance"] in message
+    assert "bus client qf-" in message and " pid " in message
+    assert "stop it" in message
+    info = split.run_info(loser)
+    assert info["stop_reason"].startswith("refused: ") and info["role"] == "strategy"
+    assert not (split.tmp / loser / "journal.sqlite").exists()
+    # The winner trades through the execution node, which is bound to its session.
+    await until(lambda: bool(execution.orders.all_working()), "the winner's quotes")
+    assert execution.binding.bound == announced[-1]["instance"]
+    assert execution.binding.refused == 0
+    assert not nodes[winner].done()
+    split.kill()
+    assert await asyncio.wait_for(nodes[winner], 20) == 0
+    await asyncio.wait_for(serving, 20)
+
+
+async def test_a_strategy_node_that_slips_past_the_claim_stops_at_its_first_refusal(
+    split: SplitRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second strategy node gets past the claim (a claim race, a broker that does not
+    order): the execution node, bound to the first, reports its orders REJECTED, marked.
+    It stops quoting at the first such report: a critical alert and one error naming the
+    other session and what to do, its order gate closed, exit code 2 as for a refused
+    start; the first node trades on."""
+    watcher = split.watcher
+    execution = split.execution("exec")
+    serving = split.run(execution)
     nodes: dict[str, asyncio.Task[int]] = {}
-    try:
-        await until(lambda: bool(watcher.sessions), "the execution node's session")
-        nodes = {
-            name: loop.create_task(
-                run_node(
-                    loaded,
-                    registry,
-                    "strategy",
-                    tmp_path / name,
-                    path,
-                    settings=settings,
-                    install_signals=False,
-                )
-            )
-            for name in ("a", "b")
-        }
-        done, _ = await asyncio.wait(nodes.values(), timeout=10, return_when="FIRST_COMPLETED")
-        assert done, "neither strategy node refused to start beside the other"
-        [(loser, task)] = [(n, t) for n, t in nodes.items() if t in done]
-        assert task.result() == 2
-        winner = "b" if loser == "a" else "a"
-        await until(lambda: bool(announced), "the winner's session")
-        assert {a["run_dir"] for a in announced} == {str(tmp_path / winner)}
-        [message] = [e for e in errors if "refused to start" in e]
-        assert "\n" not in message.strip()
-        assert f"another strategy node of run {run!r} claimed the strategy role" in message
-        # Names the instance that goes on: bus client, session, pid and host, run folder.
-        assert str(tmp_path / winner) in message
-        assert announced[-1]["instance"] in message
-        assert "bus client qf-" in message and " pid " in message
-        assert "stop it" in message
-        info = json.loads((tmp_path / loser / "run.json").read_text(encoding="utf-8"))
-        assert info["stop_reason"].startswith("refused: ") and info["role"] == "strategy"
-        assert not (tmp_path / loser / "journal.sqlite").exists()
-        # The winner trades through the execution node, which is bound to its session.
-        await until(lambda: bool(execution.orders.all_working()), "the winner's quotes")
-        assert execution.binding.bound == announced[-1]["instance"]
-        assert execution.binding.refused == 0
-        assert not nodes[winner].done()
-        watcher.bus.publish(scheme.kill(), {"reason": "test over", "node": "test"}, qos=1)
-        assert await asyncio.wait_for(nodes[winner], 20) == 0
-        await asyncio.wait_for(serving, 20)
-    finally:
-        logger.remove(sink)
-        execution.request_stop("test over")
-        for node in nodes.values():
-            node.cancel()
-        await asyncio.gather(serving, *nodes.values(), return_exceptions=True)
-        await watcher.bus.close()
+    await until(lambda: bool(watcher.sessions), "the execution node's session")
+    nodes["a"] = split.start("strategy", "a")
+    await until(lambda: bool(execution.orders.all_working()), "a's quotes", 15)
+    quote_set = len(execution.orders.all_working())
+    bound = execution.binding.bound
+    assert bound is not None
+
+    async def slipped_past(*args: Any, **kwargs: Any) -> None:
+        return None  # as if the claim had gone through
+
+    monkeypatch.setattr(strategy_node, "claim_role", slipped_past)
+    nodes["b"] = split.start("strategy", "b")
+    assert await asyncio.wait_for(nodes["b"], 20) == 2
+    records = journal_records(split.tmp / "b", "order", "order_update", "fill")
+    states = order_states(records).values()
+    rejected = [s for s in states if s["status"] == OrderStatus.REJECTED.value]
+    # Its first quotes, maybe a requote sent before their refusal came back: no loop.
+    assert 0 < len(rejected) <= 2 * quote_set
+    assert all(s["status"] == OrderStatus.REJECTED.value for s in states)
+    [error] = [e for e in split.errors if "refused this node's orders" in e]
+    assert "\n" not in error.strip() and error.startswith("strategy node was refused: ")
+    assert f"session {bound}" in error and str(split.tmp / "a") in error
+    assert "stop it" in error
+    info = split.run_info("b")
+    assert info["stop_reason"].startswith("refused: ") and bound in info["stop_reason"]
+    trace = (split.tmp / "b" / "trace.jsonl").read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line) for line in trace]
+    [alert] = [e["detail"] for e in events if e.get("event") == "alert"]
+    assert alert.startswith("strategy_conflict: ") and f"session {bound}" in alert
+    # The first node trades on, through the execution node still bound to it.
+    assert not nodes["a"].done() and execution.binding.bound == bound
+    assert execution.orders.all_working()
+    split.kill()
+    assert await asyncio.wait_for(nodes["a"], 20) == 0
+    await asyncio.wait_for(serving, 20)
 
 
 async def test_an_execution_node_refuses_a_second_strategy_sessions_intents(
-    registry: PluginRegistry, tmp_path: Path
+    split: SplitRun,
 ) -> None:
     """Two strategy sessions send intents the way a strategy node's RemoteVenue sends
     them: the execution node keeps to the session whose heartbeat it heard first. The
     other's new orders come back REJECTED and never reach the venue, its cancels touch
     nothing, one error and one alert name both; its goodbye cancels nothing. The bound
     session's goodbye cancels its orders, and the other session is taken then."""
-    port = require_shared_broker()
-    path = manifest(tmp_path / "m.yaml", SIM, port)
-    loaded, settings = load_node_manifest(path, registry)
-    watcher = Watcher(port, loaded.manifest.run.name)
-    await watcher.start("sim")
-    scheme = watcher.scheme
+    watcher, scheme, errors = split.watcher, split.scheme, split.errors
     breakers: list[dict[str, Any]] = []
     watcher.bus.subscribe(scheme.breaker(), lambda t, p: breakers.append(p))
     await watcher.bus.flush(5)
-    node = ExecutionNode(loaded, registry, tmp_path / "exec", settings, path)
-    errors: list[str] = []
-    sink = logger.add(errors.append, level="ERROR", format="{message}")
+    node = split.execution("exec")
     loop = asyncio.get_running_loop()
-    serving = loop.create_task(node.run())
+    serving = split.run(node)
     remotes: dict[str, RemoteVenue] = {}
     sinks = {"sa": RecordingSink(), "sb": RecordingSink()}
     beating = True
@@ -488,14 +651,12 @@ async def test_an_execution_node_refuses_a_second_strategy_sessions_intents(
         assert [b["kind"] for b in breakers] == ["strategy_conflict"]
         node.request_stop("test over")
         assert await asyncio.wait_for(serving, 20) == "test over"
-        info = json.loads((tmp_path / "exec" / "run.json").read_text(encoding="utf-8"))
+        info = split.run_info("exec")
         assert info["foreign_strategy_intents_refused"] == 5
         assert info["strategy_session"] == "sb"
     finally:
-        logger.remove(sink)
         beating = False
         node.request_stop("test over")
         for remote in remotes.values():
             await remote.close()
         await asyncio.gather(serving, beats, return_exceptions=True)
-        await watcher.bus.close()

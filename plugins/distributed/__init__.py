@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 def node_main(argv: list[str]) -> int:
     """``quoteforge node ROLE MANIFEST [--set K=V] [--out DIR [--resume]] [--log-level L]``: run the
     node until the run's duration passes, a stop signal or the kill switch. Exit code 0
-    ok, 1 the node failed, 2 a refused manifest or configuration."""
+    ok, 1 the node failed, 2 a refused manifest or configuration, another instance of the
+    role online, or a strategy node refused by an execution node bound to another one."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors

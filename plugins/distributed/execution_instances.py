@@ -17,6 +17,7 @@ from loguru import logger
 
 from quoteforge.bus import Bus
 from quoteforge.exchange import CancelOrder, ExchangeAdapter, OrderAction
+from quoteforge.plugins.distributed.freshness import heartbeat_age_over
 from quoteforge.plugins.distributed.topics import TopicScheme
 
 #: How many heartbeat intervals a retained "online" heartbeat may go without a fresh one
@@ -107,7 +108,8 @@ class RoleClaim:
     "online" once its bus is up, from which point its heartbeat speaks for it: a
     retained "online" heartbeat is believed when a fresh one follows within
     ``dead_after_s`` (a node that was killed leaves "online" retained until the broker
-    sends its last will, 1.5 keepalives later). A claim or mark left by a node that died
+    sends its last will, 1.5 keepalives later); one sent longer than ``dead_after_s``
+    ago (its ``sent_ns``) is taken for dead at once. A claim or mark left by a node that died
     never blocks a restart: an old claim is ignored, a "won" mark holds for
     ``CLAIM_HOLD_S`` at most, and an "online" one defers to the heartbeat.
 
@@ -181,10 +183,14 @@ class RoleClaim:
         settle_end = now + self.settle_s
         dead_end = now + self.dead_after_s
         retained = self._beats[: self._beats_before]
-        live = bool(retained) and retained[-1].get("status") == "online"
+        online = bool(retained) and retained[-1].get("status") == "online"
+        beat_age = heartbeat_age_over(retained[-1], self.dead_after_s) if online else None
+        # Not waited for when its own send time says it fell silent that long ago (a
+        # fresh heartbeat after it still refuses: clocks out of step, not a dead node).
+        live = online and beat_age is None
         while True:
             fresh = self._beats[self._beats_before :]
-            if live and fresh and fresh[-1].get("status") == "online":
+            if online and fresh and fresh[-1].get("status") == "online":
                 where = dict(self._session)
                 where["client_id"] = fresh[-1].get("client_id", "?")
                 where.setdefault("session", fresh[-1].get("session"))
@@ -200,14 +206,16 @@ class RoleClaim:
         later = [c for c in self._claims[self._claims_before :] if c.get("nonce") != self.nonce]
         if later:
             return rival_message(self.scheme.run, later[-1], self.role)
-        if live and not self._beats[self._beats_before :]:
+        if online and not self._beats[self._beats_before :]:
             logger.warning(
                 "a previous {} node of run {!r} (bus client {}) left 'online' without a "
-                "goodbye and has been silent for {:g}s: taken for dead; {}",
+                "goodbye and {}: taken for dead; {}",
                 self.role,
                 self.scheme.run,
                 retained[-1].get("client_id", "?"),
-                self.dead_after_s,
+                f"has been silent for {self.dead_after_s:g}s"
+                if beat_age is None
+                else f"sent its last heartbeat {beat_age:.1f}s ago",
                 DEAD_ORDERS[self.role],
             )
         return None
@@ -266,12 +274,14 @@ class ExecutionBinding:
     error naming both sessions and a call to ``on_conflict`` (the strategy node raises
     an alert), every time counted in ``refused`` by kind; its fills are never booked.
     The bound session is gone once it says so (an "offline" heartbeat: a goodbye or its
-    last will) or stays silent longer than ``grace_s``, the silence after which the
-    strategy node takes an execution node for lost; the next session heard is bound
-    then: a restarted execution node is taken. A message without a session id (not
-    from an execution node) is left to the caller's other checks. When the node binds to
-    a session whose announcement (``state/node-execution``) it refused earlier, it hands
-    that announcement to the ``listen`` callbacks again: the session went on since.
+    last will), once its "online" heartbeat is older than ``grace_s`` by its send time
+    (a retained one of a node that died), or stays silent longer than ``grace_s``, the
+    silence after which the strategy node takes an execution node for lost; the next
+    session heard is bound then: a restarted execution node is taken. A message without
+    a session id (not from an execution node) is left to the caller's other checks. When
+    the node binds to a session whose announcement (``state/node-execution``) it refused
+    earlier, it hands that announcement to the ``listen`` callbacks again: the session
+    went on since.
     """
 
     def __init__(
@@ -291,6 +301,7 @@ class ExecutionBinding:
         self.bound: str | None = None
         self._heard = 0.0
         self._gone = False
+        self._gone_why = "said goodbye"  # how the bound session was last taken for gone
         self._details: dict[str, dict[str, Any]] = {}
         self._announced: dict[str, dict[str, Any]] = {}  # the last announcement of each
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -347,7 +358,7 @@ class ExecutionBinding:
                 "execution session {} {}: order reports, fills and books are now taken from "
                 "session {} ({})",
                 previous,
-                "said goodbye" if gone else f"was silent for more than {self.grace_s:g}s",
+                self._gone_why if gone else f"was silent for more than {self.grace_s:g}s",
                 session,
                 self.describe(session),
             )
@@ -360,15 +371,35 @@ class ExecutionBinding:
     def heartbeat(self, payload: Mapping[str, Any]) -> bool:
         """Whether an execution heartbeat concerns the bound session (or cannot tell):
         an "online" one is admitted as any message; an "offline" one of the bound
-        session ends it, another session's is none of this node's business."""
+        session ends it, another session's is none of this node's business. An "online"
+        one sent longer than ``grace_s`` ago (its ``sent_ns``) speaks for no live
+        session: the retained last word of a node that died before its last will went
+        out, or one read late. It binds nothing; the bound session's ends that session
+        as its last will would (its next fresh heartbeat undoes that)."""
         session = payload.get("session")
         if payload.get("status") == "online":
-            return self.admit(session, "heartbeat", payload)
+            age_s = heartbeat_age_over(payload, self.grace_s)
+            if age_s is None:
+                return self.admit(session, "heartbeat", payload)
+            if not session or str(session) != self.bound:
+                return False
+            if not self._gone:
+                self._gone = True
+                self._gone_why = f"sent its last heartbeat {age_s:.1f}s before it was read"
+                logger.info(
+                    "execution session {} {}, longer than {:g}s: taken for gone; the next "
+                    "session heard is bound",
+                    self.bound,
+                    self._gone_why,
+                    self.grace_s,
+                )
+            return True
         if not session or self.bound is None:
             return True
         if str(session) != self.bound:
             return False
         self._gone = True
+        self._gone_why = "said goodbye" if payload.get("reason") == "closed" else "went offline"
         return True
 
     def describe(self, session: str) -> str:

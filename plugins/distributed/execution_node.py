@@ -286,7 +286,8 @@ class ExecutionNode(Node):
         if self.lockstep is not None:
             self.lockstep.deliver("w", offer.venue, offer_to_wire(offer))
 
-    def on_order_update(self, update: OrderUpdate) -> None:
+    def on_order_update(self, update: OrderUpdate, mark: dict[str, Any] | None = None) -> None:
+        """Journal and publish a venue's report; ``mark`` adds fields to the published one."""
         if self.lockstep is not None:
             self.lockstep.deliver("o", update.venue, update_to_wire(update))
         order = self.orders.apply_update(update)
@@ -307,7 +308,7 @@ class ExecutionNode(Node):
                 f"{update.filled_lots}:{update.ts_ns}"
             )
             order = self.orders.get(update.client_id)
-        payload = update_payload(update, order)
+        payload = update_payload(update, order) | (mark or {})
         payload["session"] = self.session
         self.replay.publish(self.scheme.order(update.venue), payload, event_id)
 
@@ -339,15 +340,17 @@ class ExecutionNode(Node):
         if self.binding.admit(payload):
             self.apply_intent(payload, topic)
             return
-        # Another strategy session's: its new orders go back REJECTED, so that its engine
-        # does not wait for them; its cancels never touch the bound session's orders.
+        # Another strategy session's: its new orders go back REJECTED, marked so that
+        # its node stops quoting; its cancels never touch the bound session's orders.
         with contextlib.suppress(IntentError):
             strategy, action = intent_from_payload(payload)
             if isinstance(action, (PlaceOrder, ReplaceOrder)):
                 new = action.order if isinstance(action, PlaceOrder) else action.new
                 new.strategy = new.strategy or strategy
                 if self.orders.get(new.client_id) is None and self._adopt(new):
-                    self._reject(new, self.binding.refusal(session_of(payload)))
+                    session = session_of(payload)
+                    mark = self.binding.refusal_mark(session)
+                    self._reject(new, self.binding.refusal(session), mark)
 
     def apply_intent(self, payload: dict[str, Any], source: str) -> None:
         """Check, register and forward one intent of the strategy node."""
@@ -532,7 +535,7 @@ class ExecutionNode(Node):
             refused = self._last_refusal  # the chain reported the check and its numbers
         return f"refused at the execution node: {refused}"
 
-    def _reject(self, order: Order, reason: str) -> None:
+    def _reject(self, order: Order, reason: str, mark: dict[str, Any] | None = None) -> None:
         self.on_order_update(
             OrderUpdate(
                 order.venue,
@@ -541,7 +544,8 @@ class ExecutionNode(Node):
                 self.clock.now_ns(),
                 reason=reason,
                 symbol=order.symbol,
-            )
+            ),
+            mark,
         )
 
     def _on_refusal(self, refusal: RiskRefusal) -> None:

@@ -1,9 +1,12 @@
-"""Whether a strategy node's mirrored books still show the market of now.
+"""Whether a strategy node's mirrored books still show the market of now, and whether a
+node's "online" heartbeat still speaks for a node that lives.
 
-Two things tell that they may not: the node's own pause (a paused host, a blocked event
+Two things tell that books may not: the node's own pause (a paused host, a blocked event
 loop), noticed before any message of that time is applied (``NodePause``), and the age of
 a book message, read off the wall-clock time its publisher stamps on it
-(``book_message_problem``).
+(``book_message_problem``). A heartbeat carries its send time too: a retained "online"
+left by a node that died before its last will went out is told by its age
+(``heartbeat_age_over``).
 """
 
 from __future__ import annotations
@@ -11,11 +14,46 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from typing import ClassVar, Protocol
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
 
-__all__ = ["NodePause", "PauseListener", "book_message_problem"]
+from quoteforge.book import L2Book
+
+__all__ = [
+    "BookMirror",
+    "NodePause",
+    "PauseListener",
+    "book_message_problem",
+    "heartbeat_age_over",
+]
 
 NS = 1_000_000_000
+
+
+class BookMirror:
+    """One market's book as a strategy node mirrors it from the node hosting it
+    (``remote.RemoteVenue``), with what tells whether it shows the market of now."""
+
+    __slots__ = (
+        "book",
+        "fresh_from_ns",
+        "last_n",
+        "last_pub",
+        "last_seen_ns",
+        "reason",
+        "told_late",
+    )
+
+    def __init__(self, book: L2Book) -> None:
+        self.book = book
+        self.last_pub = ""
+        self.last_n = 0
+        self.last_seen_ns = 0
+        self.reason = ""
+        # Once this node knew itself behind (its pause, a message read late), a book
+        # message published before then (wall clock, ns) does not make the book LIVE.
+        self.fresh_from_ns = 0
+        self.told_late = False  # a message read late was logged since the book was LIVE
 
 
 class PauseListener(Protocol):
@@ -106,3 +144,27 @@ def book_message_problem(sent_ns: int, now_ns: int, limit_ns: int) -> str | None
             "synchronise them (NTP)"
         )
     return None
+
+
+def heartbeat_age_over(beat: Mapping[str, Any], limit_s: float) -> float | None:
+    """How many seconds ago the sender of heartbeat ``beat`` sent it (its ``sent_ns``,
+    wall clock), when that is longer than ``limit_s``: the role's bound for a silence
+    (``stale_after``, ``strategy_grace``, a claim's dead-after). None when it is younger,
+    or carries no time (a node of an older version: taken as today, fresh).
+
+    Such a heartbeat no longer says its sender lives: every live node sends one each
+    ``nodes.heartbeat``, so the newest one a broker holds for a live node is younger
+    than the bound. An old one is the retained last word of a node that died before its
+    last will went out (or of a broker that kept it), or one read very late. The age is
+    read off two machines' clocks, which must agree to well within the bound (NTP), as
+    for a book message's ``sent_ns``. A heartbeat stamped ahead of this node's clock is
+    not judged old: a clock out of step must not make a live node look dead.
+    """
+    sent = beat.get("sent_ns")
+    if sent is None or isinstance(sent, bool):
+        return None
+    try:
+        age_s = (time.time_ns() - int(sent)) / NS
+    except (TypeError, ValueError):
+        return None
+    return age_s if age_s > limit_s else None

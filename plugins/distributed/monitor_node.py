@@ -17,6 +17,7 @@ from quoteforge.model import (
     OrderStatus,
     Side,
 )
+from quoteforge.plugins.distributed.freshness import heartbeat_age_over
 from quoteforge.plugins.distributed.node_base import Node
 from quoteforge.plugins.distributed.remote import (
     instrument_from_dict,
@@ -130,7 +131,9 @@ class MonitorNode(Node):
         view.position_lots += int(Side.parse(payload["side"])) * int(payload["qty_lots"])
 
     def _on_heartbeat(self, parsed: ParsedTopic, payload: dict[str, Any]) -> None:
-        self.nodes[parsed.name or "?"] = (str(payload.get("status", "?")), time.monotonic())
+        # A heartbeat's age is its sender's: a retained one of a node that died is old.
+        age_s = heartbeat_age_over(payload, 0.0) or 0.0
+        self.nodes[parsed.name or "?"] = (str(payload.get("status", "?")), time.monotonic() - age_s)
         refused = payload.get("refused")
         if type(refused) is int:
             self.refused[parsed.name or "?"] = refused

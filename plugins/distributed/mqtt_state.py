@@ -179,6 +179,9 @@ class _MqttCore:
         if reason:
             beat["reason"] = reason
         if status == "online":
+            # A retained "online" outlives a node that died before its last will went
+            # out: the send time lets a reader judge it by its age (freshness).
+            beat["sent_ns"] = time.time_ns()
             beat["queued"] = len(self._queue)
             if self._verifier is not None:
                 refused = self._verifier.refused

@@ -55,6 +55,12 @@ class NodeRefusedError(NodeError):
     exits with ``EXIT_USAGE`` and this one-line message."""
 
 
+class NodeRefusedRunningError(NodeRefusedError):
+    """A node that started and was then refused by its peer (a strategy node whose
+    intents the execution node refuses, bound to another strategy session): it stopped
+    quoting and stopped; the process exits with ``EXIT_USAGE``, as at a refused start."""
+
+
 def is_simulated(registry: PluginRegistry, spec: PluginSpec) -> bool:
     """Whether a venue's matching engine runs inside its adapter (the adapter contract's
     ``simulated``): its orders must reach the process that also makes its market data,

@@ -27,6 +27,7 @@ from quoteforge.plugins.distributed.node_base import (
     Node,
     NodeError,
     NodeRefusedError,
+    NodeRefusedRunningError,
     is_lockstep,
     is_simulated,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "MonitorNode",
     "NodeError",
     "NodeRefusedError",
+    "NodeRefusedRunningError",
     "NodeSettings",
     "StrategyNode",
     "bus_security_problems",
@@ -150,7 +152,8 @@ async def run_node(
 ) -> int:
     """Run one node of a manifest until its duration passes, a stop signal or the kill
     switch; returns a process exit code (0 ok, 1 failed, 2 refused configuration, or
-    another execution node of the run is online).
+    another instance of the role is online, or a strategy node's intents are refused by
+    an execution node bound to another strategy session).
 
     ``role`` is marketdata, strategy, execution, monitor, or ``all`` for the whole run in
     this process (the in-process engine; on a network bus, a live run passes the nodes'
@@ -186,7 +189,8 @@ async def run_node(
         try:
             reason = await node.run()
         except NodeRefusedError as exc:
-            logger.error("{} node refused to start: {}", role, exc)
+            when = "was refused" if isinstance(exc, NodeRefusedRunningError) else "refused to start"
+            logger.error("{} node {}: {}", role, when, exc)
             return EXIT_USAGE
         except Exception as exc:
             logger.opt(exception=exc).error("{} node failed: {}", role, exc)

@@ -34,7 +34,12 @@ from quoteforge.exchange import (
 )
 from quoteforge.model import Fill, Instrument, OrderStatus, OrderUpdate, Side
 from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
-from quoteforge.plugins.distributed.freshness import NodePause, book_message_problem
+from quoteforge.plugins.distributed.freshness import (
+    BookMirror,
+    NodePause,
+    book_message_problem,
+    heartbeat_age_over,
+)
 from quoteforge.plugins.distributed.lockstep import (
     CLOCK_ROOT,
     LOCKSTEP_RETRY_S,
@@ -111,31 +116,6 @@ CLOSE_DRAIN_QUIET_S = 0.5  # how long the order/fill streams must be quiet at cl
 CLOSE_DRAIN_MAX_S = 3.0
 
 
-class _Mirror:
-    """One market's book as last published by the node hosting it."""
-
-    __slots__ = (
-        "book",
-        "fresh_from_ns",
-        "last_n",
-        "last_pub",
-        "last_seen_ns",
-        "reason",
-        "told_late",
-    )
-
-    def __init__(self, book: L2Book) -> None:
-        self.book = book
-        self.last_pub = ""
-        self.last_n = 0
-        self.last_seen_ns = 0
-        self.reason = ""
-        # Once this node knew itself behind (its pause, a message read late), a book
-        # message published before then (wall clock, ns) does not make the book LIVE.
-        self.fresh_from_ns = 0
-        self.told_late = False  # a message read late was logged since the book was LIVE
-
-
 class RemoteVenue(ExchangeAdapter):
     """A venue hosted by another node, reached through the bus.
 
@@ -202,7 +182,7 @@ class RemoteVenue(ExchangeAdapter):
         self.instruments: dict[str, Instrument] = {}
         self.books: dict[str, L2Book] = {}
         self.sink: VenueSink | None = None
-        self._mirrors: dict[str, _Mirror] = {}
+        self._mirrors: dict[str, BookMirror] = {}
         self._owner: dict[str, str] = {}
         self._instruments_seen = asyncio.Event()
         self._host_seen_ns = 0
@@ -286,7 +266,7 @@ class RemoteVenue(ExchangeAdapter):
         for symbol in wanted:
             book = L2Book(self.instruments[symbol])
             self.books[symbol] = book
-            mirror = _Mirror(book)
+            mirror = BookMirror(book)
             self._mirrors[symbol] = mirror
             handler = self._book_handler(mirror)
             subscribe(self.scheme.book(self.name, symbol), handler)
@@ -505,13 +485,13 @@ class RemoteVenue(ExchangeAdapter):
                 )
         self._instruments_seen.set()
 
-    def _book_handler(self, mirror: _Mirror) -> Callable[[str, dict[str, Any]], None]:
+    def _book_handler(self, mirror: BookMirror) -> Callable[[str, dict[str, Any]], None]:
         def handle(topic: str, payload: dict[str, Any]) -> None:
             self._apply_book(mirror, payload)
 
         return handle
 
-    def _apply_book(self, mirror: _Mirror, payload: dict[str, Any]) -> None:
+    def _apply_book(self, mirror: BookMirror, payload: dict[str, Any]) -> None:
         if not (self._host_online and self._execution_online) or self._execution_silent:
             return  # a host that is down left this (its last book), or no order gets out
         if self.host_role == "execution" and not self._admit(payload, "book"):
@@ -555,7 +535,7 @@ class RemoteVenue(ExchangeAdapter):
         elif changed and self.sink is not None:
             self.sink.on_book(book)
 
-    def _read_late(self, mirror: _Mirror, sent: Any) -> str | None:
+    def _read_late(self, mirror: BookMirror, sent: Any) -> str | None:
         """Why a book message published at ``sent`` (``sent_ns``, wall clock) does not
         show the book of now, or None: too old, stamped ahead by a clock, or published
         before this node knew itself behind (its pause, a message read late), when newer
@@ -620,21 +600,37 @@ class RemoteVenue(ExchangeAdapter):
             self.sink.on_fill(fill_from_payload(payload))
 
     def _on_host_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
-        if self.host_role == "execution" and not self._bound_heartbeat(payload):
+        gone = self._gone_reason(payload, self.host_role)
+        if gone is None:
             return
-        online = payload.get("status") == "online"
-        self._host_online = online
-        if online:
+        self._host_online = not gone
+        if not gone:
             self._host_seen_ns = time.monotonic_ns()
             return
         if self.host_role == "execution":
             self._execution_left()
-        self._all_stale(host_offline_reason(self.host_role, payload))
+        self._all_stale(gone)
 
-    def _bound_heartbeat(self, payload: dict[str, Any]) -> bool:
-        """Whether an execution heartbeat is the bound session's (another session's
-        neither keeps the books LIVE nor makes them STALE)."""
-        return self.binding is None or self.binding.heartbeat(payload)
+    def _gone_reason(self, payload: dict[str, Any], role: str) -> str | None:
+        """Why the ``role`` node of a heartbeat is gone ("" while it lives): it said
+        "offline", or its "online" was sent over ``stale_after_s`` ago (the retained last
+        word of a node that died before its last will went out). None when it is no
+        news: another execution session's (it neither keeps the books LIVE nor makes
+        them STALE), or an old one read after this node's pause (fresh ones follow)."""
+        binding = self.binding
+        if role == "execution" and binding is not None and not binding.heartbeat(payload):
+            return None
+        if payload.get("status") != "online":
+            return host_offline_reason(role, payload)
+        age = heartbeat_age_over(payload, self.stale_after_ns / NS)
+        if age is None:
+            return ""
+        if self._catch_up:
+            return None
+        return (
+            f"{role} node's last heartbeat was sent {age:.1f} s ago, longer than "
+            "nodes.stale_after: taken for dead (or the nodes' clocks disagree: NTP)"
+        )
 
     def _on_execution_session(self, topic: str, payload: dict[str, Any]) -> None:
         binding = self.binding
@@ -649,16 +645,17 @@ class RemoteVenue(ExchangeAdapter):
             self._execution_heard()
 
     def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
-        if not self._bound_heartbeat(payload):
+        gone = self._gone_reason(payload, "execution")
+        if gone is None:
             return
-        if payload.get("status") == "online":
+        if not gone:
             # Ready only with its next session (it may not have subscribed yet); the
             # same session heard again after a silence is back at once.
             if self._execution_online:
                 self._execution_heard()
             return
         self._execution_left()
-        self._all_stale(host_offline_reason("execution", payload) + ": no order reaches the venue")
+        self._all_stale(gone + ": no order reaches the venue")
 
     def _execution_left(self) -> None:
         """No order reaches the venue until the execution node's next session."""
@@ -787,7 +784,7 @@ class RemoteVenue(ExchangeAdapter):
                     f"{silent / 1e6:.0f} ms (limit {self.stale_after_ns / 1e6:.0f} ms)",
                 )
 
-    def _set_state(self, mirror: _Mirror, new: BookState, reason: str) -> None:
+    def _set_state(self, mirror: BookMirror, new: BookState, reason: str) -> None:
         book = mirror.book
         old = book.state
         if old is new or (old is BookState.SYNCING and new is BookState.STALE):

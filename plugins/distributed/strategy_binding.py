@@ -13,9 +13,10 @@ from typing import Any
 
 from loguru import logger
 
-from quoteforge.model import Order
+from quoteforge.model import Order, OrderStatus
 from quoteforge.orders import OrderManager
 from quoteforge.plugins.distributed.execution_instances import INSTANCE_FIELDS, describe_instance
+from quoteforge.plugins.distributed.freshness import heartbeat_age_over
 
 
 @dataclass
@@ -29,6 +30,37 @@ class StrategyWatch:
     last_online: float = 0.0
     tripped: bool = False
     blocked: dict[str, str] = field(default_factory=dict)  # strategy -> why it may not place
+
+
+#: The field of a REJECTED order report that marks the refusal of an intent because the
+#: execution node takes intents from another strategy session (see ``refused_mark_of``).
+REFUSED_MARK = "strategy_refused"
+
+
+def refused_mark_of(report: Mapping[str, Any], session: str) -> dict[str, Any] | None:
+    """The mark of ``report`` when it is a REJECTED order report saying the execution node
+    refused an intent of strategy session ``session`` because it is bound to another
+    (``{"session": <refused>, "bound": <bound>, "bound_instance": <where it runs>}``),
+    else None: reports of other orders, and refusals of other sessions, are not this
+    node's business."""
+    mark = report.get(REFUSED_MARK)
+    if not isinstance(mark, Mapping) or report.get("status") != OrderStatus.REJECTED.value:
+        return None
+    if not session or str(mark.get("session") or "") != session or mark.get("bound") == session:
+        return None
+    return dict(mark)
+
+
+def refused_node_message(run: str, mark: Mapping[str, Any]) -> str:
+    """Why a strategy node whose intents the execution node refuses stops, and what to do."""
+    return (
+        f"the execution node of run {run!r} takes intents from another strategy session "
+        f"({mark.get('bound_instance') or mark.get('bound')}) and refused this node's orders "
+        f"(session {mark.get('session')}): two strategy nodes of one run would trade through "
+        "the one execution node and cancel each other's orders; this node stopped quoting "
+        "and stops: if the other node is the one you want, leave it; otherwise stop it "
+        "(quoteforge kill <its run folder>, or SIGTERM) and start this one again"
+    )
 
 
 def session_of(payload: Mapping[str, Any]) -> str:
@@ -46,7 +78,9 @@ class StrategyBinding:
     session's intents are refused (``admit`` says no; counted in ``refused``) and its
     "online" heartbeats ignored: the first time, an error names both sessions and
     ``on_conflict(message, session)`` raises the alert. Another session's "offline" is
-    none of this node's business: its goodbye cancels nothing here.
+    none of this node's business: its goodbye cancels nothing here. An "online"
+    heartbeat sent longer than ``grace_s`` ago (its ``sent_ns``: the retained one of a
+    node that died) is no sign of life: it binds nothing and keeps nothing alive.
 
     The bound session ends when it says goodbye (its orders are cancelled at once), when
     its heartbeat says "offline" (its last will), or when it sent no "online" heartbeat
@@ -90,6 +124,7 @@ class StrategyBinding:
         self._kept = 0  # entries in _placed after the last pruning
         self._details: dict[str, dict[str, Any]] = {}
         self._reported: set[str] = set()
+        self._old_told: set[str] = set()  # sessions whose old heartbeat was logged
 
     # -- state -----------------------------------------------------------------------------
     def alive(self) -> bool:
@@ -124,6 +159,12 @@ class StrategyBinding:
             "nodes of one run would cancel each other's orders; stop one of them"
         )
 
+    def refusal_mark(self, session: str) -> dict[str, Any]:
+        """The mark of the REJECTED report for an order of a refused session, by which
+        that session's strategy node knows to stop (``refused_mark_of``)."""
+        where = self.describe(self.bound)
+        return {REFUSED_MARK: {"session": session, "bound": self.bound, "bound_instance": where}}
+
     # -- messages --------------------------------------------------------------------------
     def on_announce(self, topic: str, payload: dict[str, Any]) -> None:
         """A strategy node's ``state/node-strategy``: where its session runs."""
@@ -134,6 +175,21 @@ class StrategyBinding:
         self._note(session, payload)
         w = self.watch
         if payload.get("status") == "online":
+            age_s = heartbeat_age_over(payload, self.grace_s)
+            if age_s is not None:
+                # The retained last word of a strategy node that died before its last
+                # will went out (or one read very late): no sign of life.
+                if session in self._old_told:
+                    return
+                self._old_told.add(session)
+                self.log.info(
+                    "strategy session {}: 'online' heartbeat sent {:.1f}s ago, longer than "
+                    "{:g}s: not taken for alive",
+                    session or "(none named)",
+                    age_s,
+                    self.grace_s,
+                )
+                return
             if session != self.bound:
                 if self.alive():
                     self._report(session, "is online")

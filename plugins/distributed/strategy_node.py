@@ -34,6 +34,7 @@ from quoteforge.plugins.distributed.execution_instances import (
 )
 from quoteforge.plugins.distributed.node_base import (
     NodeRefusedError,
+    NodeRefusedRunningError,
     Sessions,
     claim_role,
     instance_details,
@@ -46,6 +47,10 @@ from quoteforge.plugins.distributed.remote import (
     LockstepFollower,
     RemoteVenue,
     ReplayBuffer,
+)
+from quoteforge.plugins.distributed.strategy_binding import (
+    refused_mark_of,
+    refused_node_message,
 )
 from quoteforge.plugins.distributed.topics import (
     TopicScheme,
@@ -123,6 +128,8 @@ class StrategyNode:
             self.bus, self.scheme, self.role, self.on_peer_reconnect, details=where
         )
         self.claim: RoleClaim | None = None
+        #: Why the execution node refused this node's intents (it stopped then), or "".
+        self.refused = ""
         beat_fields = getattr(self.bus, "heartbeat_fields", None)
         if isinstance(beat_fields, dict):
             beat_fields["session"] = self.sessions.instance
@@ -196,6 +203,9 @@ class StrategyNode:
             topic = claim_topic(self.scheme, self.role)
             self.bus.publish(topic, self.claim.mark("online"), qos=1, retain=True)
         self.bus.subscribe(self.scheme.breaker(), lambda topic, payload: self.on_breaker(payload))
+        if self.lockstep is None:
+            for name in self.remote:  # after the venue's own handler, which binds
+                self.bus.subscribe(self.scheme.order(name), self._on_order_report)
         self.sessions.start()
         if self.lockstep is not None:
             self.lockstep.started()
@@ -222,6 +232,25 @@ class StrategyNode:
                 continue
             srt.halted = True
             run.pull_quotes(srt.name)
+
+    def _on_order_report(self, topic: str, payload: dict[str, Any]) -> None:
+        """The bound execution node refused an order of this session: it takes intents
+        from another strategy session. Requoting would only bring more refusals, so
+        nothing new goes out from now (the order gate closes, as for the kill switch,
+        but for this node alone), a critical alert names the other session, and the
+        node stops; ``run`` then raises ``NodeRefusedRunningError`` (exit 2, its
+        message logged as an error)."""
+        if self.refused or payload.get("session") != self.execution.bound:
+            return
+        mark = refused_mark_of(payload, self.sessions.instance)
+        if mark is None:
+            return
+        run = self.run_obj
+        self.refused = message = refused_node_message(self.scheme.run, mark)
+        bound = mark.get("bound")
+        run.gate.close(f"refused by the execution node: bound to strategy session {bound}")
+        run.alert("strategy_conflict", message, severity="critical")
+        run.request_stop(f"refused: {message}")
 
     def _execution_conflict(self, message: str) -> None:
         self.run_obj.alert("execution_conflict", message, severity="critical")
@@ -279,7 +308,7 @@ class StrategyNode:
             finish_run_info(self.run_dir, stop_reason=f"refused: {exc}")
             raise
         try:
-            return await self.run_obj.run()
+            reason = await self.run_obj.run()
         finally:
             if self.lockstep is not None:
                 await self.lockstep.close()
@@ -296,3 +325,6 @@ class StrategyNode:
                     execution_session=self.execution.bound,
                     foreign_execution_refused=refused,
                 )
+        if self.refused:
+            raise NodeRefusedRunningError(self.refused)
+        return reason
