@@ -65,7 +65,9 @@ class MarketDataNode(Node):
     """Hosts the market-data side of every live venue and publishes its books and trades.
 
     Simulated venues are market data and matching engine at once: the execution node
-    hosts and publishes them.
+    hosts and publishes them. The publisher watches this node's own pauses: after one
+    longer than ``nodes.stale_after`` its books go out STALE before anything else, and
+    LIVE again only once the venue has brought each up to date (``MarketDataPublisher``).
     """
 
     role = "marketdata"
@@ -77,6 +79,7 @@ class MarketDataNode(Node):
             self.scheme,
             depth=self.settings.book_depth,
             snapshot_interval_s=float(self.settings.snapshot_interval),
+            stale_after_s=float(self.settings.stale_after),
         )
         self.venues: dict[str, ExchangeAdapter] = {}
 
@@ -118,3 +121,4 @@ class MarketDataNode(Node):
             with contextlib.suppress(Exception):
                 await venue.close()
         self.info["books_published"] = self.publisher.books_published
+        self.info["pauses"] = self.publisher.pauses
