@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 from brokers import require_shared_broker
 from loguru import logger
-from node_rigs import journal_records
+from node_rigs import journal_records, mirror_rig
 from test_execution_node_restart import SIM, Watcher, crashed, manifest, until
 
+from quoteforge.book import BookState
 from quoteforge.clock import NS, LiveClock
 from quoteforge.exchange import CancelAll, CancelOrder, PlaceOrder, ReplaceOrder, VenueContext
 from quoteforge.exchanges.testing.conformance import RecordingSink
@@ -37,10 +38,11 @@ from quoteforge.manifest import LoadedManifest, NodeSettings
 from quoteforge.model import Fill, Liquidity, Order, OrderStatus, OrderUpdate, Side
 from quoteforge.orders import OrderManager
 from quoteforge.plugins.distributed import strategy_node
-from quoteforge.plugins.distributed.execution_instances import ExecutionBinding
+from quoteforge.plugins.distributed.execution_instances import ExecutionBinding, claim_topic
 from quoteforge.plugins.distributed.execution_node import ExecutionNode
+from quoteforge.plugins.distributed.node_base import NodeRefusedError, claim_role
 from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
-from quoteforge.plugins.distributed.remote import RemoteVenue
+from quoteforge.plugins.distributed.remote import MarketDataPublisher, RemoteVenue
 from quoteforge.plugins.distributed.strategy_binding import StrategyBinding
 from quoteforge.plugins.distributed.strategy_node import StrategyNode
 from quoteforge.plugins.distributed.topics import TopicScheme
@@ -124,10 +126,11 @@ class SplitRun:
 
 @contextlib.asynccontextmanager
 async def split_run(
-    registry: PluginRegistry, tmp_path: Path, *overrides: str
+    registry: PluginRegistry, tmp_path: Path, *overrides: str, port: int | None = None
 ) -> AsyncIterator[SplitRun]:
-    """A ``SplitRun`` (``overrides`` as ``--set`` gives them); its watcher closes after."""
-    port = require_shared_broker()
+    """A ``SplitRun`` (``overrides`` as ``--set`` gives them) on the shared test broker,
+    or on the broker at ``port`` (a test's own); its watcher closes after."""
+    port = port or require_shared_broker()
     path = manifest(tmp_path / "m.yaml", SIM, port)
     loaded, settings = load_node_manifest(path, registry, overrides=list(overrides))
     watcher = Watcher(port, loaded.manifest.run.name)
@@ -660,3 +663,170 @@ async def test_an_execution_node_refuses_a_second_strategy_sessions_intents(
         for remote in remotes.values():
             await remote.close()
         await asyncio.gather(serving, beats, return_exceptions=True)
+
+
+async def test_an_execution_node_leaves_intents_addressed_to_another_execution_session(
+    split: SplitRun,
+) -> None:
+    """A strategy node's intents name the execution session it is bound to: an execution
+    node acts on those addressed to it (or to none), and ignores and counts the others;
+    another execution node (one started during a broker's loss) never sends them."""
+    node = split.execution("exec")
+    serving = split.run(node)
+
+    def remote(bound: str) -> RemoteVenue:
+        binding = ExecutionBinding(split.name, 30.0)
+        assert binding.admit(bound, "session")
+        ctx = VenueContext("sim", LiveClock(), 1, "live", [BTC], secrets={})
+        scheme, bus = split.scheme, split.watcher.bus
+        return RemoteVenue(
+            ctx, lambda: bus, scheme, ["mm_btc"], host_role="execution", binding=binding
+        )
+
+    def bid(client_id: str) -> PlaceOrder:
+        best = node.markets[f"sim:{BTC}"].book.best_bid_ticks()
+        assert best is not None
+        return PlaceOrder(Order(client_id, "sim", BTC, Side.BUY, 500, best - 5_000))
+
+    try:
+        await until(lambda: bool(split.watcher.sessions), "the execution node's session")
+        await until(lambda: node.markets[f"sim:{BTC}"].book.best_bid_ticks() is not None, "book")
+        remote("e0ther5e55ion").submit([bid("x1"), bid("x2")])
+        remote(node.session).submit([bid("m1")])
+        await until(lambda: node.orders.get("m1") is not None, "m1 taken")
+        await asyncio.sleep(0.3)
+        assert node.orders.get("x1") is None and node.orders.get("x2") is None
+        assert node.rivals is not None and node.rivals.elsewhere == 2
+        node.request_stop("test over")
+        assert await asyncio.wait_for(serving, 20) == "test over"
+        assert split.run_info("exec")["intents_for_other_execution_sessions"] == 2
+    finally:
+        node.request_stop("test over")
+        await asyncio.gather(serving, return_exceptions=True)
+
+
+async def test_a_starting_node_refuses_beside_a_fresh_heartbeat_with_nothing_retained(
+    split: SplitRun,
+) -> None:
+    """A broker that lost its retained values holds no heartbeat of the node that runs:
+    the claim waits a heartbeat and more, and refuses on the fresh one it hears."""
+    bus, topic = split.watcher.bus, split.scheme.heartbeat("execution")
+    beating = True
+    claiming = asyncio.Event()
+
+    def on_claim(topic: str, payload: dict[str, Any]) -> None:
+        if payload["state"] == "claiming":
+            claiming.set()
+
+    bus.subscribe(claim_topic(split.scheme), on_claim)
+    await bus.flush(5)
+
+    async def heartbeats() -> None:
+        await claiming.wait()  # the running node is back just after the claim
+        await asyncio.sleep(0.1)
+        while beating:
+            beat = {"status": "online", "node": "execution", "session": "running1"}
+            bus.publish(topic, beat | {"client_id": "qf-x", "sent_ns": time.time_ns()}, qos=1)
+            await asyncio.sleep(0.4)  # nodes.heartbeat is 0.5 s here
+
+    beats = asyncio.get_running_loop().create_task(heartbeats())
+    try:
+        me = {"session": "starting", "client_id": "qf-y"}
+        with pytest.raises(NodeRefusedError, match=r"another execution node .* is online"):
+            await claim_role(split.loaded, split.registry, split.settings, "execution", me, 2.5)
+    finally:
+        beating = False
+        await beats
+
+
+async def test_a_strategy_node_keeps_to_one_market_data_session() -> None:
+    """Books, trades and heartbeats of a market-data node carry its session: the strategy
+    node quotes on one session's books and ignores, counts and reports another's (an
+    old node woken from a pause, a second one started), until the bound one is gone."""
+    rig = await mirror_rig(60, host_role="marketdata")
+    bus, scheme, venue, sink = rig.bus, rig.scheme, rig.venue, rig.sink
+    conflicts: list[str] = []
+    md = ExecutionBinding("unit", 60.0, on_conflict=conflicts.append, role="marketdata")
+    venue.host_binding = md  # as the strategy node gives it (md_binding)
+    first = rig.publisher
+    first.session = "m1"
+    second = MarketDataPublisher(bus, scheme, depth=1, snapshot_interval_s=0, session="m2")
+    mirror = venue.books[BTC]
+
+    def beat(session: str, status: str = "online", reason: str = "") -> None:
+        payload = {"status": status, "session": session, "sent_ns": time.time_ns()}
+        bus.publish(
+            scheme.heartbeat("marketdata"), payload | ({"reason": reason} if reason else {})
+        )
+
+    beat("m1")
+    bus.publish(scheme.heartbeat("execution"), {"status": "online"})
+    source = rig.live_source([(100, 5)])
+    first.on_book_state(source, "SYNCING", "LIVE", "start")
+    assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 5)
+    assert md.bound == "m1"
+    # A second market-data session: its books, trades and heartbeats are not taken.
+    other = rig.live_source([(100, 9)])
+    second.on_book_state(other, "SYNCING", "LIVE", "start")
+    second.on_trade("sim", BTC, 100, 1, Side.BUY, 5)
+    beat("m2")
+    await asyncio.sleep(0)
+    assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 5)
+    assert not sink.trades
+    assert md.refused == {"book": 2, "trade": 1, "heartbeat": 1}  # live and retained
+    [conflict] = conflicts
+    assert "second market-data session" in conflict and "m1" in conflict and "m2" in conflict
+    # Once the bound session said goodbye, the next one heard is bound.
+    beat("m1", "offline", "closed")
+    assert mirror.state is BookState.STALE
+    beat("m2")
+    assert md.bound == "m2"
+    second.on_book_state(other, "LIVE", "LIVE", "resync")
+    assert mirror.state is BookState.LIVE and mirror.best_bid() == (100, 9)
+    await venue.close()
+
+
+async def test_of_two_market_data_nodes_the_second_refuses_to_start(split: SplitRun) -> None:
+    first = split.start("marketdata", "md1")
+    online = asyncio.Event()
+    topic = claim_topic(split.scheme, "marketdata")
+
+    def on_claim(topic: str, payload: dict[str, Any]) -> None:
+        if payload["state"] == "online":
+            online.set()
+
+    split.watcher.bus.subscribe(topic, on_claim)
+    await asyncio.wait_for(online.wait(), 15)
+    second = split.start("marketdata", "md2")
+    assert await asyncio.wait_for(second, 15) == 2
+    assert split.run_info("md2")["stop_reason"].startswith(
+        "refused: another marketdata node of run"
+    )
+    assert str(split.tmp / "md1") in split.run_info("md2")["stop_reason"]
+    assert not first.done()
+    split.kill()
+    assert await asyncio.wait_for(first, 15) == 0
+
+
+async def test_an_execution_node_publishes_its_simulated_books_stale_after_its_own_pause(
+    split: SplitRun,
+) -> None:
+    """A wall-clock execution node hosting simulated venues that did not run for longer
+    than ``stale_after`` (its event loop blocked here, as a paused host would) sends its
+    books STALE before anything else: never the book of before the pause, stamped now."""
+    books: list[dict[str, Any]] = []
+    for topic in (split.scheme.book("sim", BTC), split.scheme.book_snapshot("sim", BTC)):
+        split.watcher.bus.subscribe(topic, lambda t, p: books.append(p))
+    node = split.execution("exec")
+    serving = split.run(node)
+    try:
+        await until(lambda: any(b.get("state") == "LIVE" for b in books), "a LIVE book", 15)
+        time.sleep(float(split.settings.stale_after) + 0.5)  # the node does not run
+        woke_ns = time.time_ns()
+        await until(lambda: any(b["sent_ns"] >= woke_ns for b in books), "a book since", 10)
+        first = next(b for b in books if b["sent_ns"] >= woke_ns)
+        assert first["state"] == "STALE" and first["bids"] == []
+        assert node.publisher.pauses == 1
+    finally:
+        node.request_stop("test over")
+        await asyncio.gather(serving, return_exceptions=True)

@@ -36,11 +36,13 @@ INSTANCE_FIELDS = ("client_id", "session", "pid", "host", "run_dir")
 WHY_ONE = {
     "execution": "two would send every order twice",
     "strategy": "two would trade through the one execution node and cancel each other's orders",
+    "marketdata": "the strategy node would quote on whichever one's books came last",
 }
 #: What becomes of the orders of an instance that died, for the start beside it.
 DEAD_ORDERS = {
     "execution": "its orders at the venues are cancelled",
     "strategy": "the execution node has cancelled its orders",
+    "marketdata": "it had no orders",
 }
 
 
@@ -138,6 +140,10 @@ class RoleClaim:
         self.role = role
         self.topic = claim_topic(scheme, role)
         self.nonce = secrets.token_hex(8)
+        #: When this node first claimed the role (wall clock): every mark and heartbeat
+        #: of it carries it, so that of two instances that both run (one started while
+        #: the broker had lost its retained values) the earlier claim goes on.
+        self.claimed_ns = time.time_ns()
         self.me = {k: me[k] for k in INSTANCE_FIELDS if me.get(k) is not None}
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = max(SILENT_HEARTBEATS * heartbeat_s, dead_after_s or 0.0)
@@ -151,7 +157,13 @@ class RoleClaim:
 
     def mark(self, state: str) -> dict[str, Any]:
         """This node's claim (``claiming``) or mark (``won``, ``online``)."""
-        return {"state": state, "nonce": self.nonce, "ts_ns": time.time_ns(), **self.me}
+        return {
+            "state": state,
+            "nonce": self.nonce,
+            "ts_ns": time.time_ns(),
+            "claimed_ns": self.claimed_ns,
+            **self.me,
+        }
 
     async def decide(self) -> str | None:
         """Claim the role: None when this node may start (its "won" mark is out), else
@@ -180,7 +192,11 @@ class RoleClaim:
 
     async def _watch(self) -> str | None:
         now = time.monotonic()
-        settle_end = now + self.settle_s
+        # At least a heartbeat and a margin: a broker that lost its retained values
+        # (restarted without persistence) holds no heartbeat of a node that runs, whose
+        # next one then tells of it (the node reconnects within its backoff, though: the
+        # run-time check of ``SessionRivals`` settles what slips through).
+        settle_end = now + max(self.settle_s, self.heartbeat_s + max(0.25, self.heartbeat_s / 2))
         dead_end = now + self.dead_after_s
         retained = self._beats[: self._beats_before]
         online = bool(retained) and retained[-1].get("status") == "online"
@@ -190,10 +206,15 @@ class RoleClaim:
         live = online and beat_age is None
         while True:
             fresh = self._beats[self._beats_before :]
-            if online and fresh and fresh[-1].get("status") == "online":
+            alive = [
+                b
+                for b in fresh
+                if b.get("status") == "online" and heartbeat_age_over(b, self.dead_after_s) is None
+            ]
+            if alive:
                 where = dict(self._session)
-                where["client_id"] = fresh[-1].get("client_id", "?")
-                where.setdefault("session", fresh[-1].get("session"))
+                where["client_id"] = alive[-1].get("client_id", "?")
+                where.setdefault("session", alive[-1].get("session"))
                 return refusal_message(self.scheme.run, describe_instance(where), self.role)
             t = time.monotonic()
             if t >= settle_end and (not live or fresh or t >= dead_end):
@@ -262,6 +283,11 @@ ExecutionClaim = RoleClaim
 
 #: The messages of an execution session the strategy node counts when it refuses them.
 REFUSED_KINDS = ("order", "fill", "book", "trade", "answer")
+#: What a strategy node takes from a session of each role it binds, for the messages.
+BOUND_MESSAGES = {
+    "execution": "order reports, fills and books",
+    "marketdata": "books, trades and heartbeats",
+}
 
 
 class ExecutionBinding:
@@ -282,6 +308,10 @@ class ExecutionBinding:
     the node binds to a session whose announcement (``state/node-execution``) it refused
     earlier, it hands that announcement to the ``listen`` callbacks again: the session
     went on since.
+
+    With ``role="marketdata"`` it is the one market-data session whose books, trades and
+    heartbeats the strategy node takes (the market-data node puts its session in each):
+    the same rules, another role (``MarketDataBinding``).
     """
 
     def __init__(
@@ -291,9 +321,14 @@ class ExecutionBinding:
         *,
         on_conflict: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        role: str = "execution",
     ) -> None:
         if grace_s <= 0:
             raise ValueError(f"grace_s must be > 0, got {grace_s}")
+        if role not in BOUND_MESSAGES:
+            raise ValueError(f"no binding for role {role!r}")
+        self.role = role
+        self.kind = "market-data" if role == "marketdata" else role
         self.run = run
         self.grace_s = grace_s
         self.on_conflict = on_conflict
@@ -306,7 +341,8 @@ class ExecutionBinding:
         self._announced: dict[str, dict[str, Any]] = {}  # the last announcement of each
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._reported: set[str] = set()
-        self.refused: dict[str, int] = dict.fromkeys(REFUSED_KINDS, 0)
+        kinds = REFUSED_KINDS if role == "execution" else ("book", "trade", "heartbeat")
+        self.refused: dict[str, int] = dict.fromkeys(kinds, 0)
 
     @property
     def refused_total(self) -> int:
@@ -355,10 +391,11 @@ class ExecutionBinding:
         self._gone = False
         if previous is not None:
             logger.info(
-                "execution session {} {}: order reports, fills and books are now taken from "
-                "session {} ({})",
+                "{} session {} {}: {} are now taken from session {} ({})",
+                self.kind,
                 previous,
                 self._gone_why if gone else f"was silent for more than {self.grace_s:g}s",
+                BOUND_MESSAGES[self.role],
                 session,
                 self.describe(session),
             )
@@ -387,8 +424,9 @@ class ExecutionBinding:
                 self._gone = True
                 self._gone_why = f"sent its last heartbeat {age_s:.1f}s before it was read"
                 logger.info(
-                    "execution session {} {}, longer than {:g}s: taken for gone; the next "
+                    "{} session {} {}, longer than {:g}s: taken for gone; the next "
                     "session heard is bound",
+                    self.kind,
                     self.bound,
                     self._gone_why,
                     self.grace_s,
@@ -412,21 +450,21 @@ class ExecutionBinding:
             return
         self._reported.add(session)
         assert self.bound is not None
+        venues = " and check the venues for orders it placed" if self.role == "execution" else ""
         message = (
-            f"a second execution session of run {self.run!r} is on the bus "
+            f"a second {self.kind} session of run {self.run!r} is on the bus "
             f"({self.describe(session)}) while the one this node is bound to "
-            f"({self.describe(self.bound)}) is alive: two execution nodes send every order "
-            "twice; the second one's order reports, fills and books are refused (never "
-            f"booked) and this node keeps to session {self.bound}: stop the second node "
-            "(quoteforge kill <its run folder>, or SIGTERM) and check the venues for orders "
-            "it placed"
+            f"({self.describe(self.bound)}) is alive: {WHY_ONE[self.role]}; the second "
+            f"one's {BOUND_MESSAGES[self.role]} are refused (never applied) and this node "
+            f"keeps to session {self.bound}: stop the second node (quoteforge kill <its run "
+            f"folder>, or SIGTERM){venues}"
         )
         logger.error("{}", message)
         if self.on_conflict is not None:
             try:
                 self.on_conflict(message)
             except Exception:
-                logger.opt(exception=True).error("execution session conflict: alert failed")
+                logger.opt(exception=True).error("{} session conflict: alert failed", self.kind)
 
 
 async def cancel_listed_orders(

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from quoteforge.assembly import (
@@ -45,15 +46,12 @@ from quoteforge.model import (
 )
 from quoteforge.orders import OrderManager, fill_to_dict
 from quoteforge.plugins.distributed.execution_instances import (
-    RoleClaim,
     cancel_listed_orders,
     claim_topic,
 )
 from quoteforge.plugins.distributed.lockstep_driver import LockstepDriver
 from quoteforge.plugins.distributed.node_base import (
     Node,
-    claim_role,
-    instance_details,
     is_lockstep,
     is_simulated,
     node_bus,
@@ -70,6 +68,7 @@ from quoteforge.plugins.distributed.remote import (
     update_payload,
     update_to_wire,
 )
+from quoteforge.plugins.distributed.session_rivals import SessionRivals
 from quoteforge.plugins.distributed.strategy_binding import StrategyBinding, session_of
 from quoteforge.plugins.distributed.topics import (
     TopicKind,
@@ -133,13 +132,16 @@ class ExecutionNode(Node):
         # Books, trades, order reports, fills and answers carry this node's session, so
         # the strategy node keeps to one execution node (see ExecutionBinding).
         self.session = self.sessions.instance
-        self.claim: RoleClaim | None = None
+        self.rivals: SessionRivals | None = None  # another live execution session (start)
         self.publisher = MarketDataPublisher(
             self.bus,
             self.scheme,
             depth=self.settings.book_depth,
             snapshot_interval_s=float(self.settings.snapshot_interval),
             session=self.session,
+            # After this node's pause the simulated books go out STALE first (wall
+            # clock only: lock-step books carry virtual time and wait for the steps).
+            stale_after_s=float(self.settings.stale_after) if self.lockstep is None else None,
         )
         self.venues: dict[str, ExchangeAdapter] = {}
         # The strategy node's reconciliation questions, answered by the real adapters.
@@ -158,24 +160,14 @@ class ExecutionNode(Node):
         # A silent instance is taken for dead only once the strategy node has given it up
         # too (stale_after, and half a heartbeat for the messages on their way): it then
         # takes this node's session at once.
-        beat = float(self.settings.heartbeat)
-        self.claim = await claim_role(
-            self.loaded, self.registry, self.settings, self.role,
-            instance_details(self.sessions, self.bus),
-            float(self.settings.stale_after) + beat / 2,
-        )  # fmt: skip
+        await self.claim_the_role(
+            float(self.settings.stale_after) + float(self.settings.heartbeat) / 2
+        )
 
     async def start(self) -> None:
         m = self.manifest
         reg = self.registry
-        # The bus is up and its heartbeat speaks for this node from now on.
-        online = {
-            "state": "online",
-            "ts_ns": time.time_ns(),
-            **instance_details(self.sessions, self.bus),
-        }
-        mark = self.claim.mark("online") if self.claim is not None else online
-        self.bus.publish(claim_topic(self.scheme), mark, qos=1, retain=True)
+        self.announce_claim()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await self.journal.open()
         self.journal_open = True
@@ -232,6 +224,7 @@ class ExecutionNode(Node):
                     if self.lockstep is not None:
                         self.lockstep.track(book)
         self.publisher.start()
+        self.sessions.on_reconnect(self.publisher.republish)
         self.journal.append(
             JournalRecord(
                 f"run-start-{self.run_dir.name}",
@@ -242,6 +235,14 @@ class ExecutionNode(Node):
             )
         )
         self.journal.take()
+        claimed_ns = self.claim.claimed_ns if self.claim is not None else time.time_ns()
+        rivals = self.rivals = SessionRivals(
+            m.run.name, self.role, self.session, claimed_ns,
+            float(self.settings.stale_after), self._rival_won,
+        )  # fmt: skip
+        self.bus.subscribe(self.scheme.heartbeat(self.role), rivals.on_heartbeat)
+        self.bus.subscribe(claim_topic(self.scheme), rivals.on_claim)
+        self.bus.subscribe(self.scheme.node_session(self.role), rivals.on_announce)
         self.bus.subscribe(self.scheme.all_of(TopicKind.INTENT), self._on_intent)
         self.bus.subscribe(self.scheme.node_session("strategy"), self.binding.on_announce)
         self.bus.subscribe(self.scheme.heartbeat("strategy"), self.binding.on_heartbeat)
@@ -337,6 +338,8 @@ class ExecutionNode(Node):
         if self.lockstep is not None:
             self.log.error("lock step: intent on {} ignored (intents come with the steps)", topic)
             return
+        if not self.journal_open or (self.rivals and self.rivals.addressed_elsewhere(payload)):
+            return  # stopped, or the strategy node is bound to another execution session
         if self.binding.admit(payload):
             self.apply_intent(payload, topic)
             return
@@ -571,6 +574,18 @@ class ExecutionNode(Node):
         self.log.warning("BREAKER strategy_lost: {}", message)
         self._alert("strategy_lost", message, cancelled=cancelled)
 
+    def _rival_won(self, message: str, rival: Mapping[str, Any]) -> None:
+        """Another live execution session claimed the role first: no new order goes out
+        from here, this node's own orders are cancelled (never the rival's: the venues'
+        other orders of the run are left alone at stop), and the node stops (exit 2)."""
+        self.stopping = True
+        self.refused_by_peer = message
+        cancelled = self._cancel_orders(self.orders.all_working())
+        self.log.error("{}", message)
+        sessions = [self.session, rival.get("session")]
+        self._alert("execution_conflict", message, sessions=sessions, cancelled=cancelled)
+        self.request_stop(f"refused: {message}")
+
     def _strategy_conflict(self, message: str, session: str) -> None:
         self._alert("strategy_conflict", message, sessions=[self.binding.bound, session])
 
@@ -643,7 +658,7 @@ class ExecutionNode(Node):
 
     async def wait(self) -> None:
         if self.lockstep is not None:
-            await self._drive_lockstep(self.lockstep)
+            await self.lockstep.drive()
             if self.stop_requested:
                 return
         else:
@@ -667,30 +682,6 @@ class ExecutionNode(Node):
             if self.lockstep is not None and ticks % 10 == 0:
                 self.lockstep.repeat_done()  # in case the last step was lost (QoS 0)
 
-    async def _drive_lockstep(self, driver: LockstepDriver) -> None:
-        await driver.run()
-        if driver.detached != "run finished" and not self.stop_requested:
-            # The strategy node is gone mid-run: its orders were cancelled; let the
-            # venue confirm that in virtual time, then end the run (it cannot go on).
-            await self._settle(float(self.manifest.run.cancel_timeout))
-            self.request_stop(f"lock step ended: {driver.detached}")
-        else:
-            self.stop_reason = self.stop_reason or "duration reached"
-        self.info["lockstep_steps"] = driver.steps_sent
-
-    async def _settle(self, timeout_s: float) -> None:
-        """Run the simulated venues in virtual time until no order of ours is working
-        (at most ``timeout_s`` of virtual time): a lock-step run whose strategy node has
-        finished or gone."""
-        assert isinstance(self.clock, SimClock)
-        clock = self.clock
-        deadline = clock.now_ns() + int(timeout_s * NS)
-        while self.orders.all_working() and clock.now_ns() < deadline:
-            if clock.next_time() is None:
-                break
-            clock.run_until(min(deadline, clock.now_ns() + 10_000_000))
-            await asyncio.sleep(0)
-
     async def stop(self) -> None:
         self.stopping = True
         if not self.journal_open:
@@ -701,12 +692,12 @@ class ExecutionNode(Node):
         timeout = float(self.manifest.run.cancel_timeout)
         deadline = time.monotonic() + timeout
         if self.lockstep is not None:
-            await self._settle(timeout)
+            await self.lockstep.settle(timeout)
         else:
             while self.orders.all_working() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         left = self.orders.all_working()
-        if left:
+        if left and not self.refused_by_peer:  # a refused node leaves the rival's orders alone
             self.log.warning("{} order(s) unconfirmed after cancel: cancelling all", len(left))
             for venue in self.venues.values():
                 with contextlib.suppress(Exception):
@@ -716,7 +707,7 @@ class ExecutionNode(Node):
         await cancel_listed_orders(
             self.venues,
             self.orders.id_prefix,
-            lambda cid: False,
+            lambda cid: bool(self.refused_by_peer) and self.orders.get(cid) is None,
             wait_s=max(0.5, deadline - time.monotonic()),
             what="still listed at stop",
         )
@@ -752,6 +743,7 @@ class ExecutionNode(Node):
             )
         )
         await self.journal.close()
+        self.journal_open = False
         self.info.update(
             {
                 "fills": self.fills,
@@ -761,5 +753,6 @@ class ExecutionNode(Node):
                 "replayed": self.replay.replayed,
                 "strategy_session": self.binding.bound,
                 "foreign_strategy_intents_refused": self.binding.refused,
+                "intents_for_other_execution_sessions": self.rivals.elsewhere if self.rivals else 0,
             }
         )

@@ -20,8 +20,15 @@ from loguru import logger
 
 from quoteforge.bus import Bus
 from quoteforge.clock import Clock, TimerHandle
+from quoteforge.model import Side
 from quoteforge.plugins.distributed.topics import TopicScheme
-from quoteforge.plugins.distributed.wire import host_offline_reason
+from quoteforge.plugins.distributed.wire import (
+    apply_book_sync,
+    fill_from_payload,
+    host_offline_reason,
+    offer_from_wire,
+    update_from_wire,
+)
 
 if TYPE_CHECKING:
     from quoteforge.plugins.distributed.remote import RemoteVenue
@@ -342,3 +349,32 @@ class LockstepFollower:
             self._hello = None
         if self._clock_bus is not None and self._subscribed:
             await self._clock_bus.close()
+
+
+def apply_lockstep_event(venue: RemoteVenue, code: str, data: Any) -> None:
+    """One event of a lock-step run handed to ``venue``'s sink exactly as the venue made it."""
+    sink = venue.sink
+    if code == "y":
+        book = venue.books.get(data[0])
+        if book is not None:
+            apply_book_sync(book, data)
+        return
+    if sink is None:
+        return
+    if code == "b":
+        book = venue.books.get(data)
+        if book is not None:
+            sink.on_book(book)
+    elif code == "s":
+        book = venue.books.get(data[0])
+        if book is not None:
+            sink.on_book_state(book, data[1], data[2], data[3])
+    elif code == "o":
+        sink.on_order_update(update_from_wire(venue.name, data))
+    elif code == "f":
+        sink.on_fill(fill_from_payload(data))
+    elif code == "x":
+        symbol, price, qty, aggressor, ts_ns = data
+        sink.on_trade(venue.name, symbol, price, qty, Side(aggressor), ts_ns)
+    elif code == "w":
+        sink.on_offer(offer_from_wire(venue.name, data))

@@ -238,6 +238,30 @@ class LockstepDriver:
         await self.exchange(done=True)
         self.detach("run finished")
 
+    async def drive(self) -> None:
+        """Run the lock step to its end; a strategy node gone mid-run ends the run, once
+        the venues confirmed in virtual time the cancels of its orders."""
+        node = self.node
+        await self.run()
+        if self.detached != "run finished" and not node.stop_requested:
+            await self.settle(float(node.manifest.run.cancel_timeout))
+            node.request_stop(f"lock step ended: {self.detached}")
+        else:
+            node.stop_reason = node.stop_reason or "duration reached"
+        node.info["lockstep_steps"] = self.steps_sent
+
+    async def settle(self, timeout_s: float) -> None:
+        """Run the simulated venues in virtual time until no order of the node is working
+        (at most ``timeout_s`` of virtual time): a lock-step run whose strategy node has
+        finished or gone."""
+        clock, orders = self.clock, self.node.orders
+        deadline = clock.now_ns() + int(timeout_s * NS)
+        while orders.all_working() and clock.now_ns() < deadline:
+            if clock.next_time() is None:
+                break
+            clock.run_until(min(deadline, clock.now_ns() + 10_000_000))
+            await asyncio.sleep(0)
+
     def repeat_done(self) -> None:
         """Send the last step (the one that says the run is done) again."""
         if self._done is not None:

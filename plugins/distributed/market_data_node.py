@@ -68,6 +68,11 @@ class MarketDataNode(Node):
     hosts and publishes them. The publisher watches this node's own pauses: after one
     longer than ``nodes.stale_after`` its books go out STALE before anything else, and
     LIVE again only once the venue has brought each up to date (``MarketDataPublisher``).
+
+    One market-data node per run: a starting one claims the role (``RoleClaim``,
+    ``state/claim-marketdata``) and refuses to start beside a live one; its books,
+    trades and heartbeats carry its session, and the strategy node takes them from one
+    session at a time (``ExecutionBinding`` with ``role="marketdata"``).
     """
 
     role = "marketdata"
@@ -80,11 +85,22 @@ class MarketDataNode(Node):
             depth=self.settings.book_depth,
             snapshot_interval_s=float(self.settings.snapshot_interval),
             stale_after_s=float(self.settings.stale_after),
+            session=self.sessions.instance,
         )
         self.venues: dict[str, ExchangeAdapter] = {}
 
+    async def preflight(self) -> None:
+        """Claim the run's market-data role, on a connection of its own (see
+        ``RoleClaim``): refused beside a live market-data node of this run or a rival
+        that claimed after this one. A silent one is taken for dead once the strategy
+        node's books have given it up too (stale_after and half a heartbeat)."""
+        await self.claim_the_role(
+            float(self.settings.stale_after) + float(self.settings.heartbeat) / 2
+        )
+
     async def start(self) -> None:
         m = self.manifest
+        self.announce_claim()
         sink = PublishingSink(self.publisher)
         symbols = symbols_by_venue(m)
         for name, spec in m.exchanges.items():
@@ -108,6 +124,7 @@ class MarketDataNode(Node):
             for book in adapter.books.values():
                 self.publisher.on_book_state(book, book.state.value, book.state.value, "start")
         self.publisher.start()
+        self.sessions.on_reconnect(self.publisher.republish)
         if not self.venues:
             self.log.info(
                 "every venue of this manifest is simulated: the execution node hosts and "

@@ -9,6 +9,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from quoteforge.manifest import (
     NodeSettings,
     PluginSpec,
 )
-from quoteforge.plugins.distributed.execution_instances import RoleClaim
+from quoteforge.plugins.distributed.execution_instances import RoleClaim, claim_topic
 from quoteforge.plugins.distributed.topics import (
     TopicScheme,
 )
@@ -121,7 +122,13 @@ def node_bus(
 
 class Sessions:
     """Announces this node's connection count (retained ``state/node-<role>``) and calls
-    ``on_peer_reconnect(role)`` when a peer that was connected before connects again."""
+    ``on_peer_reconnect(role)`` when a peer that was connected before connects again.
+
+    When this node's own connection comes back, every callback given to ``on_reconnect``
+    runs: a broker that restarted without persistence lost the retained values the node
+    owns (its claim, instruments, book snapshots), and a node started later reads them
+    there. Republishing on the reconnect, not periodically, sends them the moment they
+    can have been lost, and at no other time."""
 
     def __init__(
         self,
@@ -140,7 +147,12 @@ class Sessions:
         self._on_peer_reconnect = on_peer_reconnect
         self._peers: dict[str, tuple[str, int]] = {}
         self._announced = 0
+        self._republish: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` each time this node's connection comes back."""
+        self._republish.append(callback)
 
     def start(self) -> None:
         for peer in SPLIT_ROLES:
@@ -162,8 +174,10 @@ class Sessions:
         while True:
             connects = self._connects()
             if connects != self._announced and getattr(self.bus, "connected", True):
-                self._announced = connects
+                again, self._announced = self._announced != 0, connects
                 try:
+                    for callback in self._republish if again else ():
+                        callback()
                     self.bus.publish(
                         self.scheme.node_session(self.role),
                         {
@@ -270,12 +284,42 @@ class Node:
             beat_fields["session"] = self.sessions.instance
         self.log = logger.bind(component=f"node:{self.role}", run=self.manifest.run.name)
         self.stop_reason = ""
+        #: Why a peer refused this node after it started (it stopped: exit 2), or "".
+        self.refused_by_peer = ""
         self.killed = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         #: What the node adds to its run.json when it stops.
         self.info: dict[str, Any] = {}
         self._execution_seen = False
+        self.claim: RoleClaim | None = None
+
+    # -- the role's claim --------------------------------------------------------------------
+    async def claim_the_role(self, dead_after_s: float) -> None:
+        """Claim this node's role for the run before its bus connects (``claim_role``:
+        ``NodeRefusedError`` beside a live instance); its heartbeats carry the claim's
+        ``claimed_ns`` then, by which two instances that both run tell which goes on."""
+        self.claim = await claim_role(
+            self.loaded, self.registry, self.settings, self.role,
+            instance_details(self.sessions, self.bus), dead_after_s,
+        )  # fmt: skip
+        beat_fields = getattr(self.bus, "heartbeat_fields", None)
+        if isinstance(beat_fields, dict):
+            beat_fields["claimed_ns"] = self.claim.claimed_ns
+
+    def announce_claim(self) -> None:
+        """Mark the role "online" (the bus is up: the node's heartbeat speaks for it from
+        now on), now and each time the bus reconnects (a broker may have lost it)."""
+        topic, claim = claim_topic(self.scheme, self.role), self.claim
+
+        def publish() -> None:
+            mark = claim.mark("online") if claim is not None else {"state": "online"}
+            if claim is None:  # no claim made (a test bypassing the start check)
+                mark |= {"ts_ns": time.time_ns(), **instance_details(self.sessions, self.bus)}
+            self.bus.publish(topic, mark, qos=1, retain=True)
+
+        publish()
+        self.sessions.on_reconnect(publish)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> str:
@@ -319,6 +363,8 @@ class Node:
             finally:
                 await self.bus.close()
                 finish_run_info(self.run_dir, **self.info, stop_reason=self.stop_reason)
+        if self.refused_by_peer:
+            raise NodeRefusedRunningError(self.refused_by_peer)
         return self.stop_reason
 
     async def preflight(self) -> None:

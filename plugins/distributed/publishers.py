@@ -167,14 +167,23 @@ class MarketDataPublisher:
         self.books_published = 0
         self.trades_published = 0
         self.pauses = 0
+        self._instruments: dict[str, dict[str, Any]] = {}
 
     def publish_instruments(self, venue: str, instruments: dict[str, Instrument]) -> None:
-        self.bus.publish(
-            self.scheme.instruments(venue),
-            {"venue": venue, "instruments": [instrument_to_dict(i) for i in instruments.values()]},
-            qos=1,
-            retain=True,
-        )
+        payload = {
+            "venue": venue,
+            "instruments": [instrument_to_dict(i) for i in instruments.values()],
+        }
+        self._instruments[venue] = payload
+        self.bus.publish(self.scheme.instruments(venue), payload, qos=1, retain=True)
+
+    def republish(self) -> None:
+        """Publish the retained values again (instruments, book snapshots): the bus
+        reconnected, maybe to a broker that lost them."""
+        for venue, payload in self._instruments.items():
+            self.bus.publish(self.scheme.instruments(venue), payload, qos=1, retain=True)
+        for book in self._books.values():
+            self._send(book, snapshot=True)
 
     def track(self, book: L2Book) -> None:
         """Include ``book`` in the periodic retained snapshots."""

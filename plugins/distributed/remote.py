@@ -45,6 +45,7 @@ from quoteforge.plugins.distributed.lockstep import (
     LOCKSTEP_RETRY_S,
     LockstepClock,
     LockstepFollower,
+    apply_lockstep_event,
     clock_topics,
 )
 from quoteforge.plugins.distributed.publishers import NS, MarketDataPublisher, ReplayBuffer
@@ -57,6 +58,7 @@ from quoteforge.plugins.distributed.reconcile import (
     ReconcileResponder,
     reconcile_topics,
 )
+from quoteforge.plugins.distributed.session_rivals import ADDRESS_FIELD
 from quoteforge.plugins.distributed.topics import TopicScheme
 from quoteforge.plugins.distributed.wire import (
     IntentError,
@@ -138,7 +140,9 @@ class RemoteVenue(ExchangeAdapter):
     (``reconcile_topics``, ``ReconcileResponder``); no answer within
     ``reconcile_timeout_s`` raises ``ReconcileError``. With a ``binding`` (one per
     strategy node, shared by its venues) only the bound execution session's books,
-    trades, order reports, fills and answers are applied (see ``ExecutionBinding``).
+    trades, order reports, fills and answers are applied (see ``ExecutionBinding``); with
+    a market-data host and an ``md_binding``, only the bound market-data session's books,
+    trades and heartbeats.
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class RemoteVenue(ExchangeAdapter):
         reconcile_timeout_s: float = RECONCILE_TIMEOUT_S,
         binding: ExecutionBinding | None = None,
         session: str = "",
+        md_binding: ExecutionBinding | None = None,
     ) -> None:
         if stale_after_s <= 0:
             raise ValueError(f"stale_after_s must be > 0, got {stale_after_s}")
@@ -172,6 +177,8 @@ class RemoteVenue(ExchangeAdapter):
         self._default_strategy = self.strategies[0] if self.strategies else "unassigned"
         self.host_role = host_role
         self.binding = binding
+        # The binding of the node hosting the books: another session's are not applied.
+        self.host_binding = binding if host_role == "execution" else md_binding
         self.session = session  # the strategy node's, named in every intent
         if binding is not None and lockstep is None:
             topic = scheme.node_session("execution")
@@ -287,30 +294,27 @@ class RemoteVenue(ExchangeAdapter):
             self._pause.seen()
         if self._catch_up:
             actions = self._refuse_while_catching_up(actions)
+        # Each intent names this node's session and the execution session it is bound
+        # to: no other execution node acts on it (``SessionRivals.addressed_elsewhere``).
+        bound = self.binding.bound if self.binding is not None else None
+        address = {"session": self.session} if self.session else {}
+        if bound:
+            address[ADDRESS_FIELD] = bound
         for action in actions:
             if isinstance(action, CancelAll):
-                for strategy in self.strategies or [self._default_strategy]:
-                    seq = next(self._cancel_all_seq)
-                    payload, msg_id = intent_payload(action, strategy, seq)
-                    if self.session:
-                        payload["session"] = self.session
-                    if lockstep is not None:
-                        lockstep.intent(payload)
-                    else:
-                        self.replay.publish(topic_of(strategy), payload, msg_id)
-                    self.intents_sent += 1
-                continue
-            strategy = self._strategy_of(action)
-            payload, msg_id = intent_payload(action, strategy, 0)
-            if self.session:
-                payload["session"] = self.session
-            if lockstep is not None:
-                # In virtual time the intent travels with the answer to the step that
-                # made it, so the venue receives it at the very same virtual moment.
-                lockstep.intent(payload)
+                strategies = self.strategies or [self._default_strategy]
+                made = [intent_payload(action, s, next(self._cancel_all_seq)) for s in strategies]
             else:
-                self.replay.publish(topic_of(strategy), payload, msg_id)
-            self.intents_sent += 1
+                made = [intent_payload(action, self._strategy_of(action), 0)]
+            for payload, msg_id in made:
+                payload.update(address)
+                if lockstep is not None:
+                    # In virtual time the intent travels with the answer to the step that
+                    # made it, so the venue receives it at the very same virtual moment.
+                    lockstep.intent(payload)
+                else:
+                    self.replay.publish(topic_of(payload["strategy"]), payload, msg_id)
+                self.intents_sent += 1
 
     def _refuse_while_catching_up(self, actions: Sequence[OrderAction]) -> list[OrderAction]:
         """The cancels among ``actions``; the places and replaces, made before a book
@@ -494,7 +498,8 @@ class RemoteVenue(ExchangeAdapter):
     def _apply_book(self, mirror: BookMirror, payload: dict[str, Any]) -> None:
         if not (self._host_online and self._execution_online) or self._execution_silent:
             return  # a host that is down left this (its last book), or no order gets out
-        if self.host_role == "execution" and not self._admit(payload, "book"):
+        host = self.host_binding
+        if host is not None and not host.admit(payload.get("session"), "book"):
             return
         pub = payload.get("pub", "")
         n = int(payload.get("n", 0))
@@ -566,15 +571,17 @@ class RemoteVenue(ExchangeAdapter):
         def handle(topic: str, payload: dict[str, Any]) -> None:
             if self._catch_up:
                 self._all_stale(self._catch_up)
-            if self.sink is not None and self._admit(payload, "trade"):
-                self.sink.on_trade(
-                    self.name,
-                    symbol,
-                    int(payload["price_ticks"]),
-                    int(payload["qty_lots"]),
-                    Side.parse(payload["aggressor"]),
-                    int(payload["ts_ns"]),
-                )
+            host = self.host_binding
+            if self.sink is None or (host and not host.admit(payload.get("session"), "trade")):
+                return
+            self.sink.on_trade(
+                self.name,
+                symbol,
+                int(payload["price_ticks"]),
+                int(payload["qty_lots"]),
+                Side.parse(payload["aggressor"]),
+                int(payload["ts_ns"]),
+            )
 
         return handle
 
@@ -617,8 +624,8 @@ class RemoteVenue(ExchangeAdapter):
         word of a node that died before its last will went out). None when it is no
         news: another execution session's (it neither keeps the books LIVE nor makes
         them STALE), or an old one read after this node's pause (fresh ones follow)."""
-        binding = self.binding
-        if role == "execution" and binding is not None and not binding.heartbeat(payload):
+        binding = self.binding if role == "execution" else self.host_binding
+        if binding is not None and not binding.heartbeat(payload):
             return None
         if payload.get("status") != "online":
             return host_offline_reason(role, payload)
@@ -708,31 +715,7 @@ class RemoteVenue(ExchangeAdapter):
     # -- lock step ---------------------------------------------------------------------------
     def lockstep_event(self, code: str, data: Any) -> None:
         """One event of a lock-step run, handed on exactly as the venue made it."""
-        sink = self.sink
-        if code == "y":
-            book = self.books.get(data[0])
-            if book is not None:
-                apply_book_sync(book, data)
-            return
-        if sink is None:
-            return
-        if code == "b":
-            book = self.books.get(data)
-            if book is not None:
-                sink.on_book(book)
-        elif code == "s":
-            book = self.books.get(data[0])
-            if book is not None:
-                sink.on_book_state(book, data[1], data[2], data[3])
-        elif code == "o":
-            sink.on_order_update(update_from_wire(self.name, data))
-        elif code == "f":
-            sink.on_fill(fill_from_payload(data))
-        elif code == "x":
-            symbol, price, qty, aggressor, ts_ns = data
-            sink.on_trade(self.name, symbol, price, qty, Side(aggressor), ts_ns)
-        elif code == "w":
-            sink.on_offer(offer_from_wire(self.name, data))
+        apply_lockstep_event(self, code, data)
 
     # -- staleness -------------------------------------------------------------------------------
     async def _watch(self) -> None:

@@ -140,6 +140,13 @@ class StrategyNode:
         self.execution = ExecutionBinding(
             m.run.name, float(settings.stale_after), on_conflict=self._execution_conflict
         )
+        # One market-data session at a time: another one's books are never quoted on.
+        self.market_data = ExecutionBinding(
+            m.run.name,
+            float(settings.stale_after),
+            on_conflict=self._market_data_conflict,
+            role="marketdata",
+        )
         clock: LiveClock | LockstepClock = LiveClock()
         self.lockstep: LockstepFollower | None = None
         if is_lockstep(loaded, registry):
@@ -173,6 +180,7 @@ class StrategyNode:
                 lockstep=self.lockstep,
                 binding=self.execution,
                 session=self.sessions.instance,
+                md_binding=self.market_data,
             )
             self.remote[name] = venue
             return venue
@@ -200,8 +208,11 @@ class StrategyNode:
     def _started(self, run: Run) -> None:
         if self.claim is not None:
             # The bus is up and this node's heartbeat speaks for it from now on.
-            topic = claim_topic(self.scheme, self.role)
-            self.bus.publish(topic, self.claim.mark("online"), qos=1, retain=True)
+            topic, claim = claim_topic(self.scheme, self.role), self.claim
+            self.bus.publish(topic, claim.mark("online"), qos=1, retain=True)
+            self.sessions.on_reconnect(
+                lambda: self.bus.publish(topic, claim.mark("online"), qos=1, retain=True)
+            )
         self.bus.subscribe(self.scheme.breaker(), lambda topic, payload: self.on_breaker(payload))
         if self.lockstep is None:
             for name in self.remote:  # after the venue's own handler, which binds
@@ -254,6 +265,9 @@ class StrategyNode:
 
     def _execution_conflict(self, message: str) -> None:
         self.run_obj.alert("execution_conflict", message, severity="critical")
+
+    def _market_data_conflict(self, message: str) -> None:
+        self.run_obj.alert("marketdata_conflict", message, severity="critical")
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.run_obj.request_stop(reason)
@@ -313,17 +327,21 @@ class StrategyNode:
             if self.lockstep is not None:
                 await self.lockstep.close()
             await self.sessions.stop()
-            refused = self.execution.refused
-            if self.execution.refused_total:
-                logger.warning(
-                    "refused from a second execution session: {}",
-                    ", ".join(f"{n} {kind}(s)" for kind, n in refused.items() if n),
-                )
+            refused, md_refused = self.execution.refused, self.market_data.refused
+            for binding in (self.execution, self.market_data):
+                if binding.refused_total:
+                    logger.warning(
+                        "refused from a second {} session: {}",
+                        binding.kind,
+                        ", ".join(f"{n} {kind}(s)" for kind, n in binding.refused.items() if n),
+                    )
             if (self.run_dir / "run.json").exists():
                 finish_run_info(
                     self.run_dir,
                     execution_session=self.execution.bound,
                     foreign_execution_refused=refused,
+                    marketdata_session=self.market_data.bound,
+                    foreign_marketdata_refused=md_refused,
                 )
         if self.refused:
             raise NodeRefusedRunningError(self.refused)
