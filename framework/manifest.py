@@ -31,6 +31,7 @@ from pydantic.json_schema import models_json_schema
 from quoteforge.breakers import BreakerParams
 from quoteforge.manifest_checks import PLUGIN_SECTIONS, resolve_plugins, split_market, without
 from quoteforge.manifest_read import (
+    FROM_ENV,
     MAX_ALIAS_VALUES,
     MAX_DEPTH,
     MAX_MANIFEST_BYTES,
@@ -383,10 +384,13 @@ def load_manifest(
     literal_secrets(data, (), env_problems)
     secrets: set[str] = set()
     data = substitute_env(data, (), env_problems, secrets)
+    FROM_ENV.set(FROM_ENV.get() | secrets)  # never echoed in what is said of a value
     unusable: list[tuple[tuple[str, ...], str]] = []
     unrepresentable(data, (), unusable)
 
     def problem(loc: tuple[str, ...], message: str) -> ManifestProblem:
+        for value in sorted((v for v in secrets if len(v) >= 6), key=len, reverse=True):
+            message = message.replace(value, "***")
         if loc in override_paths or any(loc[:n] in override_paths for n in range(1, len(loc))):
             return ManifestProblem(None, ".".join(loc) + " (from --set)", message)
         if loc and (loc[0],) not in marks:

@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 
 __all__ = [
     "ENV_ONLY",
+    "FROM_ENV",
     "MAX_ALIAS_VALUES",
     "MAX_DEPTH",
     "MAX_MANIFEST_BYTES",
@@ -257,6 +259,8 @@ class DuplicateKeyError(Exception):
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ENV_ONLY = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+#: The values taken from the environment while a manifest is checked: never echoed.
+FROM_ENV: ContextVar[frozenset[str]] = ContextVar("from_env", default=frozenset())
 
 
 def substitute_env(
@@ -294,6 +298,8 @@ def substitute_env(
 SECRET_KEYS = frozenset({"password", "passphrase", "signing_key"})
 #: A password inside a value: ``scheme://user:PASSWORD@host`` or libpq's ``password=...``.
 _INLINE_PASSWORD = re.compile(r"://[^:/@\s]*:([^@\s]+)@|password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&]+)")
+#: Header names whose value is a credential (``Authorization``, ``X-Api-Key``...).
+_CREDENTIAL = re.compile(r"(?i)auth|cookie|token|key|secret|signature|password|session")
 _FROM_ENV = "a secret must come from the environment: write ${SOME_VAR} and export SOME_VAR, "
 
 
@@ -313,6 +319,9 @@ def literal_secrets(
     ):
         if not (isinstance(value, str) and ENV_ONLY.fullmatch(value.strip())):
             problems.append((path, _FROM_ENV + "never the value itself"))
+    elif path[-2:-1] == ("headers",) and _CREDENTIAL.search(path[-1]):
+        if not (isinstance(value, str) and _ENV.search(value)):
+            problems.append((path, "a credential header; " + _FROM_ENV + 'e.g. "Bearer ${T}"'))
     elif isinstance(value, str):
         for match in _INLINE_PASSWORD.finditer(value):
             if not ENV_ONLY.fullmatch((match.group(1) or match.group(2)).strip("'")):
@@ -379,6 +388,9 @@ def describe_error(err: Any) -> str:
     got = err.get("input")
     if kind not in ("missing",) and not isinstance(got, dict | list) and got is not None:
         shown = repr(got)
+        text = str(got)  # (maybe) a secret: never shown
+        if any(v == text or (len(v) >= 6 and v in text) for v in FROM_ENV.get()):
+            return f"{msg}; got a value from the environment (not shown)"
         if len(shown) > 80:
             shown = f"{shown[:60]}... ({len(shown)} characters)"
         said = msg.endswith(f"got {shown}") or kind == "number_from_boolean"  # says it

@@ -93,6 +93,11 @@ class PostgresJournal(ThreadedJournal["psycopg.Connection[Any]"]):
         import psycopg
         from psycopg.conninfo import conninfo_to_dict
 
+        if _TWO_ATS.match(self.dsn):  # libpq would take what follows the first @ for the host
+            raise psycopg.ProgrammingError(
+                "the PostgreSQL journal's dsn holds an @ in its user or password (details "
+                "withheld: the dsn holds a password): percent-encode it there as %40"
+            )
         malformed: psycopg.Error | None = None
         try:
             given = conninfo_to_dict(self.dsn)
@@ -247,9 +252,13 @@ def _table_exists(conn: psycopg.Connection[Any], table: str) -> bool:
     return bool(row and row[0])
 
 
+#: A URI dsn whose user or password part holds an unencoded @.
+_TWO_ATS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*@[^/?#]*@")
+
+
 def _redact(dsn: str) -> str:
-    """The dsn without its password, for error messages."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    """The dsn without its password (to its last @: one may be in it), for error messages."""
+    dsn = re.sub(r"(://[^:/@]*:).*@", r"\1***@", dsn)
     # key=value form (a quoted value may hold spaces and \' escapes) or a URI query.
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", dsn)
 

@@ -193,6 +193,8 @@ async def test_postgres_brief_stall_is_retried_and_loses_nothing(pg_dsn: str) ->
 
 SECRET_DSNS = [
     ("postgresql://qf:s3cr3t-pw@127.0.0.1:5432/no_such_db", ["s3cr3t-pw"]),
+    # An unencoded @ in the password: libpq would look the rest up as the host name.
+    ("postgresql://qf:s3cr3t@pw-9z9z@127.0.0.1:5432/no_such_db", ["s3cr3t", "pw-9z9z"]),
     ("host=127.0.0.1 dbname=no_such_db user=qf password='s3cr3t pw'", ["s3cr3t", "pw'"]),
     ("host=127.0.0.1 dbname=no_such_db password=s3cr3t extra-word", ["extra-word"]),
 ]
