@@ -38,7 +38,7 @@ import os
 import random
 import re
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
@@ -484,27 +484,30 @@ class CcxtSpotAdapter(OrderTracking):
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def connect(self, sink: VenueSink) -> None:
-        self.sink = sink
-        self._client = self._make_client()
-        await self._read_at_start(self.sync_time, "the venue's clock")
-        self.instruments = await self._read_at_start(self.load_instruments, "the instruments")
-        await self.start_streams()
+        async with self._closed_on_failure():
+            self.sink = sink
+            self._client = self._make_client()
+            # One slow answer does not stop a start: each read is asked again 0.5 then
+            # 1 s after a silence, and after a rate limit's Retry-After.
+            await self._read_patiently(self.sync_time, "the venue's clock", silences=2)
+            self.instruments = await self._read_patiently(
+                self.load_instruments, "the instruments", silences=2
+            )
+            await self.start_streams()
 
-    async def _read_at_start(self, read: Callable[[], Awaitable[T]], what: str) -> T:
-        """A read the start needs (idempotent), asked again 0.5 then 1 s later when the
-        venue gave no answer (a time-out, a dropped connection): one slow answer does not
-        stop a run from starting. Any other failure, and a third silence, is raised."""
-        wait = 0.5
-        for _ in range(2):
+    @contextlib.asynccontextmanager
+    async def _closed_on_failure(self) -> AsyncIterator[None]:
+        """Around a ``connect``: when it fails half-way, ``close`` what it opened (REST
+        session, sockets, tasks, ccxt client) before the error goes on; the run never
+        closes a venue whose connect raised."""
+        try:
+            yield
+        except BaseException:
             try:
-                return await read()
-            except VenueCallError as exc:
-                if exc.kind != "unknown":
-                    raise
-                logger.warning("{}: reading {} failed ({}); asking again", self.name, what, exc)
-            await asyncio.sleep(wait)
-            wait *= 2
-        return await read()
+                await self.close()
+            except Exception:
+                logger.opt(exception=True).debug("{}: closing after a failed start", self.name)
+            raise
 
     def _make_client(self) -> Any:
         ccxt_async = require_ccxt()

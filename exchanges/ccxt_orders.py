@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from quoteforge.exchanges.ccxt_base import CcxtSpotParams
 
 __all__ = ["OrderTracking", "TrackedOrder", "VenueCallError"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -342,6 +345,57 @@ class OrderTracking(ExchangeAdapter):
                     raise
                 waited += wait
                 await asyncio.sleep(wait)
+
+    async def _read_patiently(
+        self, read: Callable[[], Awaitable[T]], what: str, *, silences: int = 0
+    ) -> T:
+        """``read()`` (idempotent) asked again after a rate limit's ``Retry-After``
+        (429, or 418: this IP is banned), never sooner, while the waits stay within
+        ``max_rate_wait_s`` in all; a longer wait is refused with a ``rate_limited``
+        error that names it and what to do. ``silences``: how many times a read that got
+        no answer (``unknown``) is asked again, 0.5 s then 1 s... later."""
+        waited, pause, silent = 0.0, 0.5, 0
+        while True:
+            try:
+                return await read()
+            except VenueCallError as exc:
+                if exc.kind == "rate_limited":
+                    self.counters["rate_limited"] += 1
+                    wait = max(exc.retry_after_s, 0.05)
+                    if waited + wait > self.params.max_rate_wait_s:
+                        raise self._rate_wait_refused(exc, what, wait) from None
+                    logger.warning(
+                        "{}: reading {} refused ({}); asking again in {:.1f}s, as the venue said",
+                        self.name,
+                        what,
+                        exc,
+                        wait,
+                    )
+                    waited += wait
+                    await asyncio.sleep(wait)
+                    continue
+                if exc.kind != "unknown" or silent >= silences:
+                    raise
+                silent += 1
+                logger.warning("{}: reading {} failed ({}); asking again", self.name, what, exc)
+            await asyncio.sleep(pause)
+            pause *= 2
+
+    def _rate_wait_refused(self, exc: VenueCallError, what: str, wait: float) -> VenueCallError:
+        """The error for a read whose rate-limit wait is longer than allowed."""
+        banned = exc.code == "418" or "418" in exc.message
+        why = "the venue banned this IP (HTTP 418)" if banned else "the venue's rate limit was hit"
+        until = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + wait))
+        return VenueCallError(
+            "rate_limited",
+            f"{self.name}: reading {what}: {why} and it asks us to wait {wait:.0f}s, more than "
+            f"max_rate_wait_s ({self.params.max_rate_wait_s:g}s) allows; start again after "
+            f"{until} (requests sent sooner make a ban longer), or raise "
+            f"exchanges.{self.name}.params.max_rate_wait_s",
+            exc.code,
+            wait,
+            exc.payload,
+        )
 
     async def _place_checked(self, tracked: TrackedOrder) -> None:
         try:

@@ -4,6 +4,7 @@ and the websocket-API user data stream for order reports and fills."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -15,7 +16,12 @@ from pydantic import Field
 
 from quoteforge import hookimpl
 from quoteforge.exchange import VenueContext
-from quoteforge.exchanges.binance.family import STATUS, BinanceFamilyAdapter, check_client_id
+from quoteforge.exchanges.binance.family import (
+    AUTH_CODES,
+    STATUS,
+    BinanceFamilyAdapter,
+    check_client_id,
+)
 from quoteforge.exchanges.binance.ratelimit import BinanceRateGovernor
 from quoteforge.exchanges.ccxt_base import (
     API_KEY_SECRETS,
@@ -144,6 +150,7 @@ class BinanceSpot(BinanceFamilyAdapter):
         self._user_socket: ManagedSocket | None = None
         self._user_ready = asyncio.Event()
         self._user_subscriptions = 0
+        self._user_refusal: VenueCallError | None = None  # keys refused at the start
         self._request_ids = iter(range(1, 1 << 62))
 
     # -- URLs ------------------------------------------------------------------------------
@@ -214,6 +221,8 @@ class BinanceSpot(BinanceFamilyAdapter):
                 self._on_user_down,
             )
             await self._await_ready(self._user_ready, "user data stream")
+            if self._user_refusal is not None:
+                raise self._user_refusal
         self.spawn_task(self._time_sync_loop(), f"{self.name}/time-sync")
 
     def market_url(self) -> str:
@@ -250,6 +259,17 @@ class BinanceSpot(BinanceFamilyAdapter):
             error = reply.get("error", {})
             if error.get("code") == -1021:
                 await self.sync_time()
+            elif error.get("code") in AUTH_CODES and not self._user_subscriptions:
+                # Keys the venue refuses stop the start now, with the venue's reason,
+                # rather than after start_timeout_s at the first signed REST read.
+                self._user_refusal = VenueCallError(
+                    "auth",
+                    f"{self.name}: the user data stream subscription was refused: "
+                    f"{error.get('msg')}; check the api_key and api_secret secrets (and the "
+                    "key's IP restrictions)",
+                    str(error.get("code")),
+                )
+                self._user_ready.set()  # wakes the start, which raises it
             raise ConnectionError(f"user stream subscription refused: {error}")
         self._user_subscriptions += 1
         if self._user_subscriptions > 1:
@@ -390,7 +410,9 @@ class BinanceSpot(BinanceFamilyAdapter):
     async def fetch_balances(self) -> dict[str, Decimal]:
         """Total (free + locked) per asset with a non-zero balance."""
         self.require_credentials("balances")
-        data = await self._call("private_get_account", weight=20)
+        data = await self._read_patiently(
+            functools.partial(self._call, "private_get_account", weight=20), "the balances"
+        )
         out = {}
         for row in data.get("balances", []):
             total = Decimal(row["free"]) + Decimal(row["locked"])

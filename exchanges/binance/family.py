@@ -12,6 +12,7 @@ subclass ``BinanceFamilyAdapter`` and give the venue's own endpoints (class attr
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -518,7 +519,10 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         return fills
 
     async def _trade_page(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        rows = await self._call(self.trades_method, params, weight=self.trades_weight)
+        rows = await self._read_patiently(
+            functools.partial(self._call, self.trades_method, params, weight=self.trades_weight),
+            "our trades",
+        )
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise VenueCallError(
                 "unknown", f"the trade list answer is not a list of trades: {str(rows)[:200]}"
@@ -637,8 +641,14 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
         self.require_credentials("open orders")
         out: list[OrderUpdate] = []
         for native in self._native.values():
-            rows = await self._call(
-                self.open_orders_method, {"symbol": native}, weight=self.open_orders_weight
+            rows = await self._read_patiently(
+                functools.partial(
+                    self._call,
+                    self.open_orders_method,
+                    {"symbol": native},
+                    weight=self.open_orders_weight,
+                ),
+                "the open orders",
             )
             out.extend(self.order_report(row) for row in rows)
         return out

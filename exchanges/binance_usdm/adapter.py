@@ -278,7 +278,9 @@ class BinanceUsdm(UsdmAccountVenue):
         the net position of its symbol, so the run's balance-drift check compares the
         venue's positions with what our fills explain."""
         self.require_credentials("balances")
-        data = await self._call("fapiprivatev2_get_account", weight=5)
+        data = await self._read_patiently(
+            functools.partial(self._call, "fapiprivatev2_get_account", weight=5), "the balances"
+        )
         out = {
             row["asset"]: Decimal(row["walletBalance"])
             for row in data.get("assets", [])

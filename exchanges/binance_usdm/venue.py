@@ -9,6 +9,7 @@ keep-alive, expiry handling, positions, mark prices and funding payments.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -220,7 +221,10 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
         """Check the position mode against the manifest (refuse to start on a mismatch),
         then set leverage and margin type per symbol where the manifest asks."""
         p = self.params
-        dual = await self._call("fapiprivate_get_positionside_dual", weight=30)
+        dual = await self._read_patiently(
+            functools.partial(self._call, "fapiprivate_get_positionside_dual", weight=30),
+            "the position mode",
+        )
         mode = "hedge" if dual.get("dualSidePosition") in (True, "true") else "one_way"
         if mode != p.position_mode:
             raise ValueError(
@@ -505,7 +509,10 @@ class UsdmAccountVenue(BinanceFamilyAdapter):
     async def refresh_positions(self) -> None:
         """``GET /fapi/v2/positionRisk``: position, entry, mark, unrealized PnL and the
         liquidation price of every symbol of ours (hedge mode: LONG plus SHORT)."""
-        rows = await self._call("fapiprivatev2_get_positionrisk", weight=5)
+        rows = await self._read_patiently(
+            functools.partial(self._call, "fapiprivatev2_get_positionrisk", weight=5),
+            "the positions",
+        )
         seen = []
         for row in rows:
             symbol = self._by_native.get(row.get("symbol", ""))

@@ -11,6 +11,7 @@ checked for which venue, and when a dedicated adapter is the better choice.
 from __future__ import annotations
 
 import contextvars
+import functools
 import random
 import re
 from collections.abc import Iterable
@@ -238,19 +239,40 @@ class CcxtVenue(CcxtSpotAdapter):
         return client
 
     async def connect(self, sink: VenueSink) -> None:
-        self.sink = sink
-        self.trade_client = self.make_client(private=True)
-        self.market_client = self.make_client(private=False)
-        self._client = self.trade_client  # closed by the base's close()
-        self.has = dict(self.trade_client.has)
-        if not self.has.get("fetchMarkets"):
-            raise ValueError(
-                f"{self.name}: ccxt's {self.ccxt_id} cannot fetchMarkets, so quoteforge "
-                "cannot learn its tick and step sizes; this venue needs a dedicated adapter"
+        async with self._closed_on_failure():
+            self.sink = sink
+            self.trade_client = self.make_client(private=True)
+            self._client = self.trade_client  # closed by the base's close()
+            self.market_client = self.make_client(private=False)
+            self.has = dict(self.trade_client.has)
+            if not self.has.get("fetchMarkets"):
+                raise ValueError(
+                    f"{self.name}: ccxt's {self.ccxt_id} cannot fetchMarkets, so quoteforge "
+                    "cannot learn its tick and step sizes; this venue needs a dedicated adapter"
+                )
+            self.instruments = await self._read_patiently(self.load_instruments, "the markets")
+            self.market_client.set_markets(self.trade_client.markets, self.trade_client.currencies)
+            await self.check_keys()
+            await self.start_streams()
+
+    async def check_keys(self) -> None:
+        """With keys, one signed read (the balance) before any stream starts: keys the
+        venue refuses stop the start here, with its reason."""
+        if not self.has_credentials or not self.has.get("fetchBalance"):
+            return
+        try:
+            await self._read_patiently(
+                functools.partial(self.call, self.trade_client.fetch_balance), "the balance"
             )
-        self.instruments = await self.load_instruments()
-        self.market_client.set_markets(self.trade_client.markets, self.trade_client.currencies)
-        await self.start_streams()
+        except VenueCallError as exc:
+            if exc.kind != "auth":
+                raise
+            raise VenueCallError(
+                "auth",
+                f"{self.name}: {self.ccxt_id} refused the API keys ({exc.message}); check the "
+                "secrets (api_key, api_secret and, where the venue has one, password)",
+                exc.code,
+            ) from None
 
     async def start_streams(self) -> None:
         await self.streams.start()

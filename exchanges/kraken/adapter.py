@@ -137,6 +137,7 @@ class KrakenSpot(KrakenReconciliation):
         self._private: ManagedSocket | None = None
         self._private_ready = asyncio.Event()
         self._private_subscriptions = 0
+        self._private_refusal: VenueCallError | None = None  # keys refused at the start
         self._token = ""
         self._req_ids = iter(range(1, 1 << 62))
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -238,6 +239,8 @@ class KrakenSpot(KrakenReconciliation):
                 self._on_private_down,
             )
             await self._await_ready(self._private_ready, "private socket")
+            if self._private_refusal is not None:
+                raise self._private_refusal
             if self.params.auto_cancel_after_s is not None:
                 await self.start_auto_cancel(self.params.auto_cancel_after_s, self._cancel_after)
 
@@ -384,7 +387,20 @@ class KrakenSpot(KrakenReconciliation):
 
     # -- private socket: executions and trading --------------------------------------------
     async def _on_private_open(self, sock: ManagedSocket) -> None:
-        data = await self._paced_rest("private_post_getwebsocketstoken")
+        try:
+            data = await self._paced_rest("private_post_getwebsocketstoken")
+        except VenueCallError as exc:
+            if exc.kind == "auth" and not self._private_subscriptions:
+                # Keys the venue refuses stop the start now, with its reason, rather
+                # than after start_timeout_s at the first private REST read.
+                self._private_refusal = VenueCallError(
+                    "auth",
+                    f"{self.name}: the websocket token request was refused: {exc.message}; "
+                    "check the api_key and api_secret secrets",
+                    exc.code,
+                )
+                self._private_ready.set()  # wakes the start, which raises it
+            raise
         self._token = data["result"]["token"]
         req_id = next(self._req_ids)
         reply = await sock.request(

@@ -242,25 +242,26 @@ class PolymarketClob(
     async def connect(self, sink: Any) -> None:
         """Load the tokens and start the sockets (no ccxt client: this venue's REST is
         spoken here)."""
-        self.sink = sink
-        if self.has_credentials:
-            self.signer = OrderSigner(
-                self._private_key,
-                ApiCredentials(self._api_key, self._api_secret, self._passphrase),
-                chain_id=self.params.chain_id,
-                signature_type=self.params.signature_type,
-                funder=self.params.funder,
-            )
-        elif any((self._private_key, self._api_key, self._api_secret, self._passphrase)):
-            missing = [n for n in SECRET_NAMES if not self.ctx.secrets.get(n)]
-            raise ValueError(
-                f"exchange {self.name!r}: trading needs all four secrets; missing {missing} "
-                "(give them under exchanges.<name>.secrets from environment variables)"
-            )
-        self.instruments = await self.load_instruments()
-        await self.start_streams()
-        if self.signer is not None and self.params.heartbeat_interval_s is not None:
-            await self.start_heartbeats(self.params.heartbeat_interval_s)
+        async with self._closed_on_failure():
+            self.sink = sink
+            if self.has_credentials:
+                self.signer = OrderSigner(
+                    self._private_key,
+                    ApiCredentials(self._api_key, self._api_secret, self._passphrase),
+                    chain_id=self.params.chain_id,
+                    signature_type=self.params.signature_type,
+                    funder=self.params.funder,
+                )
+            elif any((self._private_key, self._api_key, self._api_secret, self._passphrase)):
+                missing = [n for n in SECRET_NAMES if not self.ctx.secrets.get(n)]
+                raise ValueError(
+                    f"exchange {self.name!r}: trading needs all four secrets; missing {missing} "
+                    "(give them under exchanges.<name>.secrets from environment variables)"
+                )
+            self.instruments = await self.load_instruments()
+            await self.start_streams()
+            if self.signer is not None and self.params.heartbeat_interval_s is not None:
+                await self.start_heartbeats(self.params.heartbeat_interval_s)
 
     # -- REST ------------------------------------------------------------------------------
     async def call(

@@ -15,6 +15,7 @@ from adapter_helpers import BINANCE_KIT, binance_of, compact, running
 
 from quoteforge.exchange import PlaceOrder
 from quoteforge.exchanges.binance.adapter import BinanceParams, quoteforge_register_exchanges
+from quoteforge.exchanges.ccxt_base import VenueCallError
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.model import OrderStatus, Side, TimeInForce
 
@@ -121,18 +122,18 @@ async def test_weight_limit_from_exchange_info_is_respected() -> None:
 
 
 async def test_wrong_secret_fails_the_signature_check_and_is_reported() -> None:
+    """At the start (the user-stream subscription is signed): the run does not begin on
+    keys the venue refuses (test_startup_faults.py: and closes what it opened)."""
     replica = BinanceReplica(ping_interval=0.1)
-    async with running(
-        BINANCE_KIT,
-        replica=replica,
-        start_timeout_s=0.3,
-        secrets={"api_key": replica.api_key, "api_secret": "0" * 64},
-    ) as h:
-        order = h.order(Side.BUY)
-        update = await h.place(order)
-        assert update.status is OrderStatus.REJECTED
-        assert "Signature" in update.reason
-        assert h.accepted(order.client_id) == 0
+    with pytest.raises(VenueCallError, match="Signature for this request") as info:
+        async with running(
+            BINANCE_KIT,
+            replica=replica,
+            secrets={"api_key": replica.api_key, "api_secret": "0" * 64},
+        ):
+            pass
+    assert info.value.kind == "auth"
+    assert replica.orders("BTCUSDT", open_only=False) == []
 
 
 async def test_venue_clock_ahead_is_measured_at_start() -> None:

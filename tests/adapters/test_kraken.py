@@ -156,18 +156,18 @@ async def test_cancelling_a_young_order_costs_the_penalty() -> None:
 async def test_wrong_secret_is_refused_by_the_signature_check() -> None:
     replica = KrakenReplica(ping_interval=0.1)
     bad = "A" * 88
-    async with running(
-        KRAKEN_KIT,
-        replica=replica,
-        start_timeout_s=0.3,
-        max_rate_wait_s=0.3,
-        secrets={"api_key": replica.api_key, "api_secret": bad},
-    ) as h:
-        with pytest.raises(VenueCallError, match="Invalid signature") as info:
-            await h.adapter.fetch_balances()
-        assert info.value.kind == "auth"
-        update = await h.place(h.order(Side.BUY))
-        assert update.status is OrderStatus.REJECTED
+    # At the start (the websocket token request is signed): the run does not begin on
+    # keys the venue refuses (test_startup_faults.py: and closes what it opened).
+    with pytest.raises(VenueCallError, match="Invalid signature") as info:
+        async with running(
+            KRAKEN_KIT,
+            replica=replica,
+            max_rate_wait_s=0.3,
+            secrets={"api_key": replica.api_key, "api_secret": bad},
+        ):
+            pass
+    assert info.value.kind == "auth"
+    assert replica.orders("BTC/USD", open_only=False) == []
 
 
 async def test_balances_and_open_orders_from_rest() -> None:
