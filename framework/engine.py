@@ -377,7 +377,11 @@ class Run(QuotingEngine):
 
     async def run(self) -> str:
         """Start, run until the duration passes or a stop is requested, then stop."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:  # nothing will run: what the start opened is closed
+            await self._release(quietly=True)
+            raise
         watcher = asyncio.create_task(
             watch_run_files(
                 self.run_dir,
@@ -565,19 +569,25 @@ class Run(QuotingEngine):
     async def _abandon_replay(self) -> None:
         """A replay that differs from the journal: release everything, change nothing in
         the run folder (the journal wrote nothing after the first difference)."""
-        for handle in self._timers:
-            handle.cancel()
-        for venue in self.venues.values():
-            with contextlib.suppress(Exception):
-                await venue.close()
-        await self.journal.close()
-        await self.bus.close()
+        await self._release()
         if self._trace is not None:
             self._trace.close()
             self._trace.path.unlink(missing_ok=True)
             self._trace = None
         if self._run_info_before is not None:
             (self.run_dir / "run.json").write_text(self._run_info_before, encoding="utf-8")
+
+    async def _release(self, quietly: bool = False) -> None:
+        """Cancel the timers, close the venues (errors ignored), the journal and the bus
+        (their errors too when ``quietly``: a start that failed may not have opened them)."""
+        for handle in self._timers:
+            handle.cancel()
+        for venue in self.venues.values():
+            with contextlib.suppress(Exception):
+                await venue.close()
+        for close in (self.journal.close, self.bus.close):
+            with contextlib.suppress(*([Exception] if quietly else [])):
+                await close()
 
     async def _cancel_everything(self) -> None:
         """Pull every working order and wait (bounded) for the venues to confirm."""

@@ -293,16 +293,9 @@ class OrderManager:
     ) -> Order:
         """A new order in PENDING_NEW with a fresh client id, journaled as kind "order"."""
         order = self.build_order(
-            venue,
-            symbol,
-            side,
-            qty_lots,
-            price_ticks,
-            order_type=order_type,
-            tif=tif,
-            strategy=strategy,
-            level=level,
-        )
+            venue, symbol, side, qty_lots, price_ticks,
+            order_type=order_type, tif=tif, strategy=strategy, level=level,
+        )  # fmt: skip
         order.extra.update(extra or {})  # journaled with it (the reduce-only flag)
         self._validate_new(order)
         self._register(order)
