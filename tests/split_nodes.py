@@ -18,6 +18,14 @@ from brokers import SecureBroker
 
 RUNNER = textwrap.dedent(
     """
+    import os, time
+    # A node whose wall clock is off by QF_TEST_CLOCK_SKEW_S seconds (monotonic untouched).
+    _skew_ns = int(float(os.environ.get("QF_TEST_CLOCK_SKEW_S") or 0) * 1e9)
+    if _skew_ns:
+        _time_ns, _time = time.time_ns, time.time
+        time.time_ns = lambda: _time_ns() + _skew_ns
+        time.time = lambda: _time() + _skew_ns / 1e9
+
     import asyncio, sys
     from pathlib import Path
     from quoteforge.logs import configure_logging
@@ -60,19 +68,26 @@ class Nodes:
         *roles: str,
         env: dict[str, str] | None = None,
         resume: bool = False,
+        name: str | None = None,
+        clock_skew_s: float = 0.0,
     ) -> None:
         """Start a node of each role; ``env`` adds to every node's environment (a
         venue's credentials, which only the execution node uses); ``resume`` continues
-        the node's run folder (the strategy node's)."""
+        the node's run folder (the strategy node's). ``name`` (one role only) names a
+        second node of a role (its process, log and run folder); ``clock_skew_s`` puts
+        the nodes' wall clocks that far ahead (negative: behind)."""
+        assert name is None or len(roles) == 1, "name needs exactly one role"
         for role in roles:
-            log = (self.tmp / f"{role}.log").open("wb")
-            args = [str(manifest), role, str(self.dir(role)), *(["resume"] if resume else [])]
-            self.procs[role] = subprocess.Popen(
+            key = name or role
+            log = (self.tmp / f"{key}.log").open("wb")
+            args = [str(manifest), role, str(self.dir(key)), *(["resume"] if resume else [])]
+            skew = {"QF_TEST_CLOCK_SKEW_S": str(clock_skew_s)} if clock_skew_s else {}
+            self.procs[key] = subprocess.Popen(
                 [sys.executable, str(self.runner), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.tmp,
-                env={**os.environ, **self.broker.env(role), **(env or {})},
+                env={**os.environ, **self.broker.env(role), **(env or {}), **skew},
             )
 
     def log(self, role: str) -> str:

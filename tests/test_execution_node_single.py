@@ -40,6 +40,7 @@ from quoteforge.orders import OrderManager
 from quoteforge.plugins.distributed import strategy_node
 from quoteforge.plugins.distributed.execution_instances import ExecutionBinding, claim_topic
 from quoteforge.plugins.distributed.execution_node import ExecutionNode
+from quoteforge.plugins.distributed.freshness import RETAINED
 from quoteforge.plugins.distributed.node_base import NodeRefusedError, claim_role
 from quoteforge.plugins.distributed.nodes import load_node_manifest, run_node
 from quoteforge.plugins.distributed.remote import MarketDataPublisher, RemoteVenue
@@ -250,11 +251,15 @@ def test_the_strategy_binding_keeps_to_one_live_strategy_session() -> None:
 
 
 def test_the_bindings_take_an_old_online_heartbeat_for_a_dead_session() -> None:
-    """An "online" heartbeat sent longer ago than the bound (its sent_ns), as a broker
-    keeps it for a node that died before its last will went out, keeps no session alive
-    and binds none; one without sent_ns (an older node's) counts as today."""
+    """A retained "online" heartbeat sent longer ago than the bound (its sent_ns), as a
+    broker keeps it for a node that died before its last will went out, keeps no session
+    alive and binds none; one without sent_ns (an older node's) counts as today, and so
+    does one heard live, whatever its sent_ns (a sender's clock behind)."""
     long_ago = time.time_ns() - 60 * NS
-    dead = {"status": "online", "session": "dead", "sent_ns": long_ago}
+    dead = {"status": "online", "session": "dead", "sent_ns": long_ago, RETAINED: True}
+    skewed = ExecutionBinding("r1", 2.0)
+    assert skewed.heartbeat({**dead, RETAINED: False}) and skewed.bound == "dead"
+    assert skewed.alive()
     binding = ExecutionBinding("r1", 2.0)
     assert not binding.heartbeat(dead) and binding.bound is None  # binds nothing
     assert binding.admit("dead", "session", {"instance": "dead"})
@@ -274,7 +279,7 @@ def test_the_bindings_take_an_old_online_heartbeat_for_a_dead_session() -> None:
         "r1", 2.0, orders, ["mm"], lambda working: 0,
         on_conflict=lambda message, session: conflicts.append(session),
     )  # fmt: skip
-    beat = {"status": "online", "session": "dead", "sent_ns": long_ago}
+    beat = {"status": "online", "session": "dead", "sent_ns": long_ago, RETAINED: True}
     strategies.on_heartbeat("heartbeat/strategy", beat)
     assert strategies.bound is None and not strategies.watch.seen
     assert strategies.admit({"action": "place", "session": "fresh"})

@@ -36,7 +36,71 @@ from test_nodes_real_venue import (
     until,
 )
 
+from quoteforge.book import BookState, L2Book
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
+from quoteforge.model import Instrument
+from quoteforge.plugins.bus_inprocess import InProcessBus
+from quoteforge.plugins.distributed.publishers import MarketDataPublisher
+from quoteforge.plugins.distributed.topics import TopicScheme
+
+NS = 1_000_000_000
+
+
+async def backlog_after_a_pause(venue_time: bool, stamp: str) -> list[str]:
+    """The book states a publisher sends from its node's pause on, when the first backlog
+    message (made by the venue during the pause) is read: stamped with the venue's time
+    of it (``stamp="venue"``) or with the local time it was applied (``"local"``)."""
+    bus = InProcessBus()
+    await bus.start()
+    scheme = TopicScheme("r")
+    states: list[str] = []
+    bus.subscribe(scheme.book("v", "BTC/USDT"), lambda t, p: states.append(str(p["state"])))
+    pub = MarketDataPublisher(bus, scheme, depth=1, snapshot_interval_s=60, stale_after_s=2.0)
+    pub.venue_time_stamps("v", venue_time)
+    book = L2Book(Instrument("v", "BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001")))
+    book.apply_snapshot([(5_000_000, 10)], [(5_000_100, 10)], time.time_ns())
+    book.state = BookState.LIVE
+    pub.track(book)
+    pub.start()
+    try:
+        await asyncio.sleep(0.05)
+        paused_ns = time.time_ns() - 5 * NS
+        states.clear()
+        pub.node_paused(5 * NS)  # it wakes now, after 5 s: the book goes out STALE
+        ts = time.time_ns() if stamp == "local" else paused_ns + NS
+        book.apply_deltas([(5_000_000, 12)], [], ts)
+        pub.on_book(book)
+        await asyncio.sleep(0.05)
+        if stamp == "venue-after":  # an update the venue made after the wake
+            book.apply_deltas([(5_000_000, 13)], [], time.time_ns())
+            pub.on_book(book)
+            await asyncio.sleep(0.05)
+    finally:
+        await pub.stop()
+        await bus.close()
+    return states
+
+
+@pytest.mark.parametrize(
+    ("venue_time", "stamp", "live"),
+    [
+        # A locally stamped source (ccxt: the time it applied the message): the backlog
+        # read after the wake looks "made now", so no stamp releases it; it stays
+        # withheld until a resync or a quiet market (stale_after unchanged).
+        pytest.param(False, "local", False, id="local stamps: withheld"),
+        pytest.param(False, "venue-after", False, id="undeclared: no stamp releases"),
+        # A source declaring venue-time stamps: the backlog is dated in the pause...
+        pytest.param(True, "venue", False, id="venue stamps: backlog withheld"),
+        # ...and the venue's first update after the wake releases it.
+        pytest.param(True, "venue-after", True, id="venue stamps: update since"),
+    ],
+)
+async def test_a_withheld_book_is_released_by_its_stamp_only_where_it_is_the_venues(
+    venue_time: bool, stamp: str, live: bool
+) -> None:
+    states = [s.lower() for s in await backlog_after_a_pause(venue_time, stamp)]
+    assert states[0] == "stale", states
+    assert states[1:] == (["live"] if live else []), states
 
 
 @pytest.mark.slow
@@ -50,6 +114,9 @@ from quoteforge.exchanges.testing.binance_replica import BinanceReplica
         # backlog. A quiet market after it: the book comes back once it has been
         # unchanged for stale_after; a market that moves on: with the venue's update.
         pytest.param(60.0, False, "read all the venue sent", id="quiet after the pause"),
+        # Binance stamps its books with the venue's event time (E): an update dated
+        # after the wake brings the book back (the adapter class declares it; the test
+        # sets book_ts_venue_time on it until it does).
         pytest.param(60.0, True, "an update the venue made since", id="moving after the pause"),
     ],
 )

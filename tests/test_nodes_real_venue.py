@@ -18,6 +18,8 @@ import signal
 import sqlite3
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,17 @@ def split_binance_manifest(path: Path, replica: BinanceReplica, port: int) -> Pa
     return path
 
 
+@asynccontextmanager
+async def running_replica() -> AsyncIterator[BinanceReplica]:
+    """The local Binance replica, started for the block and stopped after it."""
+    replica = BinanceReplica(ping_interval=0.1)
+    await replica.start()
+    try:
+        yield replica
+    finally:
+        await replica.stop()
+
+
 def journal_kinds(run_dir: Path, kind: str) -> int:
     try:
         conn = sqlite3.connect(run_dir / "journal.sqlite")
@@ -81,10 +94,14 @@ def credentials(replica: BinanceReplica) -> dict[str, str]:
     return {"BINANCE_API_KEY": replica.api_key, "BINANCE_API_SECRET": replica.api_secret}
 
 
-async def start_split(nodes: Nodes, replica: BinanceReplica, manifest: Path) -> None:
+async def start_split(
+    nodes: Nodes, replica: BinanceReplica, manifest: Path, env: dict[str, str] | None = None
+) -> None:
     """The three nodes, until the strategy quotes at the venue and has finished starting
-    (its first reconciliation with the execution node)."""
-    nodes.start(manifest, "execution", "marketdata", "strategy", env=credentials(replica))
+    (its first reconciliation with the execution node); ``env`` adds to theirs."""
+    nodes.start(
+        manifest, "execution", "marketdata", "strategy", env={**credentials(replica), **(env or {})}
+    )
     await until(lambda: len(replica.orders(SYMBOL)) >= 2, 15, "quotes at the venue", nodes)
     started = "reconciled with the venues"
     await until(lambda: started in nodes.log("strategy"), 15, "strategy started", nodes)

@@ -116,6 +116,17 @@ class BinanceFamilyAdapter(CcxtSpotAdapter):
 
     params: Any
 
+    book_sources_venue_time: ClassVar[frozenset[str]] = frozenset(
+        {"binance_spot", "binance_futures"}
+    )
+    """The built-in book sources: they stamp books with the venue's event time (``E``)."""
+
+    @property
+    def book_ts_venue_time(self) -> bool:
+        """Whether its books carry the venue's time, which a market-data node relies on
+        after a pause of its own; a plugin's source put in by name is not assumed to."""
+        return getattr(self.params, "book_source", "") in self.book_sources_venue_time
+
     def __init__(self, params: Any, ctx: VenueContext, governor: BinanceRateGovernor) -> None:
         super().__init__(params, ctx)
         self.governor = governor

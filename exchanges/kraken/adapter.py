@@ -120,6 +120,12 @@ class KrakenSpot(KrakenReconciliation):
     ccxt_id = "kraken"
     params: KrakenParams
 
+    @property
+    def book_ts_venue_time(self) -> bool:
+        """Whether its books are stamped with the venue's time (the ``timestamp`` of v2
+        book updates), which a market-data node relies on after a pause of its own."""
+        return self.params.book_source == "kraken_v2"
+
     def __init__(self, params: KrakenParams, ctx: VenueContext) -> None:
         super().__init__(params, ctx, tier=params.tier, headroom=params.rate_headroom)
         if params.tier not in KRAKEN_TIERS:  # pragma: no cover - Literal already checks

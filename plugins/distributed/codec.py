@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
@@ -63,6 +64,14 @@ def _unsupported(version: object) -> DecodeError:
 # A Decimal travels as a one-key object holding its exact string, e.g. {"$dec":"0.10"}:
 # a plain string would come back as str, and a float would lose digits.
 DECIMAL_TAG = "$dec"
+#: The key that marks a kept copy of a payload delivered as a retained value (a handler
+#: that judges it later keeps ``{**payload, RETAINED_KEY: True}``; see
+#: ``freshness.was_retained``); no payload sent may carry it.
+RETAINED_KEY = "$retained"
+#: True while a receiving bus hands its handlers a message that arrived retained (a
+#: value the broker held, not one published now); handlers run synchronously, so a
+#: handler reads it as it is called (``freshness.was_retained``).
+RETAINED_DELIVERY: ContextVar[bool] = ContextVar("quoteforge_retained_delivery", default=False)
 _TAG_OPEN = b'{"' + DECIMAL_TAG.encode() + b'":'
 _BATCH_OPEN = b'{"v":' + str(BATCH_VERSION).encode() + b',"b":['
 _BATCH_CLOSE = b"]}"
@@ -175,6 +184,8 @@ class Codec:
         ``"$dec"``."""
         if not isinstance(payload, dict):
             raise EncodeError(f"payload must be a dict, got {type(payload).__name__}")
+        if RETAINED_KEY in payload:
+            raise EncodeError(f'payload carries the reserved key "{RETAINED_KEY}"')
         self._decimals = 0
         envelope = {
             "v": ENVELOPE_VERSION,

@@ -17,7 +17,7 @@ from loguru import logger
 
 from quoteforge.bus import Bus
 from quoteforge.exchange import CancelOrder, ExchangeAdapter, OrderAction
-from quoteforge.plugins.distributed.freshness import heartbeat_age_over
+from quoteforge.plugins.distributed.freshness import ClockSkew, heartbeat_age_over, keep
 from quoteforge.plugins.distributed.topics import TopicScheme
 
 #: How many heartbeat intervals a retained "online" heartbeat may go without a fresh one
@@ -111,9 +111,11 @@ class RoleClaim:
     retained "online" heartbeat is believed when a fresh one follows within
     ``dead_after_s`` (a node that was killed leaves "online" retained until the broker
     sends its last will, 1.5 keepalives later); one sent longer than ``dead_after_s``
-    ago (its ``sent_ns``) is taken for dead at once. A claim or mark left by a node that died
-    never blocks a restart: an old claim is ignored, a "won" mark holds for
-    ``CLAIM_HOLD_S`` at most, and an "online" one defers to the heartbeat.
+    ago (its ``sent_ns``) is taken for dead at once. A heartbeat heard live refuses the
+    start whatever its ``sent_ns``: only a retained one is judged by its age, so clocks
+    out of step never let a second node start beside a live one. A claim or mark left
+    by a node that died never blocks a restart: an old claim is ignored, a "won" mark
+    holds for ``CLAIM_HOLD_S`` at most, and an "online" one defers to the heartbeat.
 
     ``probe`` is a connection of its own whose heartbeats and last will go under another
     name: this node's own heartbeat on ``heartbeat/<role>`` would overwrite the live
@@ -201,8 +203,9 @@ class RoleClaim:
         retained = self._beats[: self._beats_before]
         online = bool(retained) and retained[-1].get("status") == "online"
         beat_age = heartbeat_age_over(retained[-1], self.dead_after_s) if online else None
-        # Not waited for when its own send time says it fell silent that long ago (a
-        # fresh heartbeat after it still refuses: clocks out of step, not a dead node).
+        # Not waited for when its own send time says it fell silent that long ago; a
+        # heartbeat heard live after it refuses whatever its sent_ns says (only a
+        # retained one is judged by its age: clocks out of step are no dead node).
         live = online and beat_age is None
         while True:
             fresh = self._beats[self._beats_before :]
@@ -262,10 +265,10 @@ class RoleClaim:
         self._session.update(payload)
 
     def _on_beat(self, topic: str, payload: dict[str, Any]) -> None:
-        self._beats.append(payload)
+        self._beats.append(keep(payload))  # judged later: only a retained one by its age
 
     def _on_claim(self, topic: str, payload: dict[str, Any]) -> None:
-        self._claims.append(payload)
+        self._claims.append(keep(payload))
         if (
             not self._echo.is_set()
             and payload.get("nonce") == self.nonce
@@ -343,6 +346,8 @@ class ExecutionBinding:
         self._reported: set[str] = set()
         kinds = REFUSED_KINDS if role == "execution" else ("book", "trade", "heartbeat")
         self.refused: dict[str, int] = dict.fromkeys(kinds, 0)
+        # Live heartbeats count whatever their time; clocks apart are warned of.
+        self.skew = ClockSkew(grace_s / 2, "strategy")
 
     @property
     def refused_total(self) -> int:
@@ -409,14 +414,17 @@ class ExecutionBinding:
         """Whether an execution heartbeat concerns the bound session (or cannot tell):
         an "online" one is admitted as any message; an "offline" one of the bound
         session ends it, another session's is none of this node's business. An "online"
-        one sent longer than ``grace_s`` ago (its ``sent_ns``) speaks for no live
-        session: the retained last word of a node that died before its last will went
-        out, or one read late. It binds nothing; the bound session's ends that session
-        as its last will would (its next fresh heartbeat undoes that)."""
+        retained one sent longer than ``grace_s`` ago (its ``sent_ns``) speaks for no
+        live session: the last word of a node that died before its last will went out.
+        It binds nothing; the bound session's ends that session as its last will would
+        (its next fresh heartbeat undoes that). One heard live is fresh whatever its
+        ``sent_ns``: a clock ahead or behind by more than half of ``grace_s`` is warned
+        of once (``ClockSkew``)."""
         session = payload.get("session")
         if payload.get("status") == "online":
             age_s = heartbeat_age_over(payload, self.grace_s)
             if age_s is None:
+                self.skew.note(payload, self.kind)
                 return self.admit(session, "heartbeat", payload)
             if not session or str(session) != self.bound:
                 return False

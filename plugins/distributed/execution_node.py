@@ -127,6 +127,7 @@ class ExecutionNode(Node):
             on_conflict=self._strategy_conflict,
             on_goodbye=self._strategy_goodbye,
             log=self.log,
+            skew_limit_s=float(self.settings.stale_after) / 2,
         )
         self.watch = self.binding.watch
         # Books, trades, order reports, fills and answers carry this node's session, so
@@ -188,6 +189,8 @@ class ExecutionNode(Node):
             self.venues[name] = build_venue(self.loaded, reg, name, ctx)
             if whole:
                 self.md_venues.add(name)
+                stamps = getattr(self.venues[name], "book_ts_venue_time", False) is True
+                self.publisher.venue_time_stamps(name, stamps)
         for venue in self.venues.values():
             await venue.connect(self)
         # Before intents are taken: an order of this run resting at a venue that this new

@@ -6,7 +6,8 @@ loop), noticed before any message of that time is applied (``NodePause``), and t
 a book message, read off the wall-clock time its publisher stamps on it
 (``book_message_problem``). A heartbeat carries its send time too: a retained "online"
 left by a node that died before its last will went out is told by its age
-(``heartbeat_age_over``).
+(``heartbeat_age_over``), and a live one tells how far the clocks disagree
+(``ClockSkew``).
 """
 
 from __future__ import annotations
@@ -17,17 +18,42 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
+from loguru import logger
+
 from quoteforge.book import L2Book
+from quoteforge.plugins.distributed.codec import RETAINED_DELIVERY, RETAINED_KEY
 
 __all__ = [
+    "RETAINED",
     "BookMirror",
+    "ClockSkew",
     "NodePause",
     "PauseListener",
     "book_message_problem",
     "heartbeat_age_over",
+    "keep",
+    "mark_age_over",
+    "was_retained",
 ]
 
 NS = 1_000_000_000
+
+#: The key marking a kept copy of a payload that arrived retained (``keep``). The ``$``
+#: keeps it apart from every payload field; the codec refuses to send a payload with it.
+RETAINED = RETAINED_KEY
+
+
+def was_retained(payload: Mapping[str, Any]) -> bool:
+    """Whether ``payload`` arrived as a retained value, one the broker held rather than
+    one published now: the MQTT bus is delivering it so (``RETAINED_DELIVERY``), or it
+    is a copy ``keep`` marked."""
+    return RETAINED_DELIVERY.get() or payload.get(RETAINED) is True
+
+
+def keep(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` as a handler keeps it to judge later, marked when it arrived retained
+    (the delivery's mark holds only while the handler runs)."""
+    return {**payload, RETAINED: True} if RETAINED_DELIVERY.get() else payload
 
 
 class BookMirror:
@@ -147,20 +173,32 @@ def book_message_problem(sent_ns: int, now_ns: int, limit_ns: int) -> str | None
 
 
 def heartbeat_age_over(beat: Mapping[str, Any], limit_s: float) -> float | None:
-    """How many seconds ago the sender of heartbeat ``beat`` sent it (its ``sent_ns``,
-    wall clock), when that is longer than ``limit_s``: the role's bound for a silence
-    (``stale_after``, ``strategy_grace``, a claim's dead-after). None when it is younger,
-    or carries no time (a node of an older version: taken as today, fresh).
+    """How many seconds ago the sender of the retained heartbeat ``beat`` sent it (its
+    ``sent_ns``, wall clock), when that is longer than ``limit_s``: the role's bound for
+    a silence (``stale_after``, ``strategy_grace``, a claim's dead-after). None when it
+    is younger, carries no time (a node of an older version), or arrived live.
 
-    Such a heartbeat no longer says its sender lives: every live node sends one each
-    ``nodes.heartbeat``, so the newest one a broker holds for a live node is younger
-    than the bound. An old one is the retained last word of a node that died before its
-    last will went out (or of a broker that kept it), or one read very late. The age is
-    read off two machines' clocks, which must agree to well within the bound (NTP), as
-    for a book message's ``sent_ns``. A heartbeat stamped ahead of this node's clock is
-    not judged old: a clock out of step must not make a live node look dead.
+    Only a retained heartbeat can be old: the one a broker holds is the retained last
+    word of a node that died before its last will went out (or of a broker that kept
+    it). A heartbeat published now (live, even one forwarding a retained publish) shows
+    its sender alive whatever its ``sent_ns`` says: a clock out of step must not make a
+    live node look dead (``ClockSkew`` warns of that clock instead). The age of a
+    retained one is read off two machines' clocks, which must agree to well within the
+    bound (NTP); one stamped ahead of this node's clock is not judged old.
     """
-    sent = beat.get("sent_ns")
+    if not was_retained(beat):
+        return None
+    return _age_over(beat.get("sent_ns"), limit_s)
+
+
+def mark_age_over(mark: Mapping[str, Any], limit_s: float) -> float | None:
+    """The same for a claim mark (its ``ts_ns``): only a retained one can be old."""
+    if not was_retained(mark):
+        return None
+    return _age_over(mark.get("ts_ns") or 0, limit_s)
+
+
+def _age_over(sent: Any, limit_s: float) -> float | None:
     if sent is None or isinstance(sent, bool):
         return None
     try:
@@ -168,3 +206,52 @@ def heartbeat_age_over(beat: Mapping[str, Any], limit_s: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return age_s if age_s > limit_s else None
+
+
+class ClockSkew:
+    """Warns, once per sender session, when live heartbeats' ``sent_ns`` differ from
+    this node's wall clock by more than ``limit_s`` (half of ``nodes.stale_after``) for
+    at least ``limit_s`` of this node's running time: heartbeats read late (after this
+    node's own pause, from a slow broker) differ only while their backlog is read.
+
+    A live heartbeat is taken for a sign of life whatever its time, but the same clocks
+    judge every book message (``book_message_problem``) and every intent
+    (``nodes.intent_max_age``): clocks apart by ``stale_after`` keep the books STALE and
+    by ``intent_max_age`` refuse every order. Half way there, the operator hears of it.
+    """
+
+    def __init__(self, limit_s: float, reader: str, log: Any = logger) -> None:
+        self.limit_ns = int(limit_s * NS)
+        self.reader = reader
+        self.log = log
+        self._told: set[str] = set()
+        self._over_since: dict[str, int] = {}  # session -> first heartbeat over (monotonic)
+
+    def note(self, beat: Mapping[str, Any], sender: str) -> None:
+        """A heartbeat of the ``sender`` role arrived: warn if it arrived live and its
+        clock has been out of step with this node's (once per sender session)."""
+        sent = beat.get("sent_ns")
+        if type(sent) is not int or was_retained(beat):
+            return
+        diff = sent - time.time_ns()
+        session = str(beat.get("session") or sender)
+        if abs(diff) <= self.limit_ns:
+            self._over_since.pop(session, None)
+            return
+        now = time.monotonic_ns()
+        since = self._over_since.setdefault(session, now)
+        if now - since < self.limit_ns or session in self._told:
+            return
+        self._told.add(session)
+        self.log.warning(
+            "the {} node's clock (session {}) is {:.1f} s {} this {} node's, more than half "
+            "of nodes.stale_after ({:g} s): the nodes' clocks disagree; synchronise them "
+            "(NTP). Heartbeats still count, but clocks apart by stale_after keep the books "
+            "STALE and by nodes.intent_max_age refuse every order",
+            sender,
+            session,
+            abs(diff) / NS,
+            "ahead of" if diff > 0 else "behind",
+            self.reader,
+            2 * self.limit_ns / NS,
+        )

@@ -118,6 +118,11 @@ class MarketDataNode(Node):
                 secrets=False,
             )
             adapter = build_venue(self.loaded, self.registry, name, ctx, trades=False)
+            # Whether its books carry the venue's time: a book withheld after this
+            # node's pause is released on a later one only then.
+            self.publisher.venue_time_stamps(
+                name, getattr(adapter, "book_ts_venue_time", False) is True
+            )
             await adapter.connect(sink)
             self.venues[name] = adapter
             self.publisher.publish_instruments(name, adapter.instruments)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from quoteforge.bus import topic_matches
+from quoteforge.plugins.distributed.codec import RETAINED_DELIVERY
 from quoteforge.plugins.distributed.mqtt_state import _MqttCore
 from quoteforge.plugins.distributed.topics import (
     DecodeError,
@@ -94,11 +95,18 @@ class _MqttReceiver(_MqttCore):
                     continue
             stats.received += 1
             payload = envelope.payload
-            for handler in routes:
-                try:
-                    handler(topic, payload)
-                except Exception:
-                    self._handler_failed(handler, topic)
+            # Handlers judge the age of a retained value only (``was_retained``): one
+            # published now is fresh whatever clock stamped it.
+            mark = RETAINED_DELIVERY.set(True) if retained else None
+            try:
+                for handler in routes:
+                    try:
+                        handler(topic, payload)
+                    except Exception:
+                        self._handler_failed(handler, topic)
+            finally:
+                if mark is not None:
+                    RETAINED_DELIVERY.reset(mark)
 
     def _refused(self, topic: str, exc: SignatureError) -> None:
         held = self._log_limit.allow(f"refused:{exc.reason}")

@@ -84,26 +84,30 @@ class WithheldBook:
     What the node reads first after a pause is the venue's backlog: updates received
     now, made during the pause. So a book is up to date only once LIVE at its source
     and: resynchronised from the venue after the pause (``resynced``: its source asked
-    for a new snapshot since); or showing an update the venue made after it (the
-    book's ``ts_ns`` is the venue's time of its content; wall clock, as ``woke_ns``); or,
-    a quiet market, unchanged for ``quiet_ns`` of this node running since it woke, by
-    when the backlog has long been read and the book is what the venue last said, as
-    any quiet book is.
+    for a new snapshot since); or, a quiet market, unchanged for ``quiet_ns`` of this
+    node running since it woke, by when the backlog has long been read and the book is
+    what the venue last said, as any quiet book is; or, only where the book's ``ts_ns``
+    is the venue's time of its content (``venue_time``: its adapter declares
+    ``book_ts_venue_time``), showing an update the venue made after the wake (wall
+    clock, as ``woke_ns``). A source that stamps a book with the local time it applied
+    it stamps the backlog read after the wake "now": that rule would release the book
+    on the first message of the backlog.
     """
 
-    __slots__ = ("heard_ns", "resynced", "woke_ns")
+    __slots__ = ("heard_ns", "resynced", "venue_time", "woke_ns")
 
-    def __init__(self, woke_ns: int, now_ns: int) -> None:
+    def __init__(self, woke_ns: int, now_ns: int, *, venue_time: bool = False) -> None:
         self.woke_ns = woke_ns  # wall clock
         self.heard_ns = now_ns  # monotonic: the wake, then the book's last change
         self.resynced = False
+        self.venue_time = venue_time
 
     def why_up_to_date(self, book: L2Book, now_ns: int, quiet_ns: int) -> str | None:
         if book.state is not BookState.LIVE:
             return None
         if self.resynced:
             return "resynchronised from the venue"
-        if book.ts_ns >= self.woke_ns:
+        if self.venue_time and book.ts_ns >= self.woke_ns:
             return "an update the venue made since"
         if now_ns - self.heard_ns >= quiet_ns:
             return f"read all the venue sent, unchanged for {quiet_ns / NS:g} s since"
@@ -164,6 +168,8 @@ class MarketDataPublisher:
         self.stale_after_ns = None if stale_after_s is None else int(stale_after_s * NS)
         self._pause: NodePause | None = None
         self._withheld: dict[str, WithheldBook] = {}
+        #: The venues whose books carry the venue's time (``venue_time_stamps``).
+        self._venue_time: set[str] = set()
         self.books_published = 0
         self.trades_published = 0
         self.pauses = 0
@@ -184,6 +190,17 @@ class MarketDataPublisher:
             self.bus.publish(self.scheme.instruments(venue), payload, qos=1, retain=True)
         for book in self._books.values():
             self._send(book, snapshot=True)
+
+    def venue_time_stamps(self, venue: str, venue_time: bool) -> None:
+        """Whether the adapter hosting ``venue`` stamps its books with the venue's time
+        of their content (``venue_time``: its class declares ``book_ts_venue_time =
+        True``; by default the stamp is the local time a book was applied). Only such a
+        book is released after this node's pause by an update dated after it
+        (``WithheldBook``)."""
+        if venue_time:
+            self._venue_time.add(venue)
+        else:
+            self._venue_time.discard(venue)
 
     def track(self, book: L2Book) -> None:
         """Include ``book`` in the periodic retained snapshots."""
@@ -264,7 +281,8 @@ class MarketDataPublisher:
         woke, now = time.time_ns(), time.monotonic_ns()
         self._dirty.clear()  # changes read before the pause: not the book of now
         for key, book in self._books.items():
-            self._withheld[key] = WithheldBook(woke, now)
+            venue_time = book.venue in self._venue_time
+            self._withheld[key] = WithheldBook(woke, now, venue_time=venue_time)
             self._send_stale(book)
         assert self.stale_after_ns is not None  # only a publisher with a limit listens
         logger.warning(

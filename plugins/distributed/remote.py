@@ -207,6 +207,9 @@ class RemoteVenue(ExchangeAdapter):
         self._execution_silent = False
         self._execution_ready = asyncio.Event()  # set while _execution_online
         self._asked = False  # the first reconciliation question waits for the node
+        #: Called with the session of an execution node ready to take intents (its
+        #: announcement), each time one is: the strategy node reconciles on a rebind.
+        self.on_execution_ready: Callable[[str], None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._pause: NodePause | None = None  # set by connect (not in lock step)
         # After a pause of this node: why its books are STALE once a message of that
@@ -650,6 +653,8 @@ class RemoteVenue(ExchangeAdapter):
         if self._execution_online:
             self._execution_ready.set()
             self._execution_heard()
+            if self.on_execution_ready is not None:
+                self.on_execution_ready(session[0])
 
     def _on_execution_heartbeat(self, topic: str, payload: dict[str, Any]) -> None:
         gone = self._gone_reason(payload, "execution")

@@ -5,7 +5,6 @@ intents an execution node must leave to the execution session they are addressed
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,7 +16,7 @@ from quoteforge.plugins.distributed.execution_instances import (
     WHY_ONE,
     describe_instance,
 )
-from quoteforge.plugins.distributed.freshness import heartbeat_age_over
+from quoteforge.plugins.distributed.freshness import heartbeat_age_over, mark_age_over
 
 #: The field of an intent naming the execution session the strategy node is bound to.
 ADDRESS_FIELD = "execution"
@@ -38,6 +37,9 @@ class SessionRivals:
     """Notices, at run time, another live session of this node's ``role``: its fresh
     "online" heartbeat (``on_heartbeat``) or its claim mark (``on_claim``: "won" or
     "online", stamped within ``dead_after_s``).
+
+    Only a retained heartbeat or mark is judged by its age (``heartbeat_age_over``): one
+    published now is a live rival whatever its sender's clock says.
 
     Of two instances that both run, **the earlier original claim goes on**: each claim,
     mark and heartbeat carries ``claimed_ns``, the wall-clock time its node first claimed
@@ -83,9 +85,10 @@ class SessionRivals:
         state = payload.get("state")
         if state not in ("won", "online"):
             return  # a node claiming now hears this one and refuses to start
+        # Only a retained mark can be old (a live one was published now, whatever clock
+        # stamped it); a retained one from the future is a clock out of step.
         limit = CLAIM_HOLD_S if state == "won" else self.dead_after_s
-        age_s = (time.time_ns() - int(payload.get("ts_ns") or 0)) / 1e9
-        if age_s <= limit:
+        if mark_age_over(payload, limit) is None:
             self._heard(payload, f"{state} mark")
 
     def addressed_elsewhere(self, payload: Mapping[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from loguru import logger
 from quoteforge.model import Order, OrderStatus
 from quoteforge.orders import OrderManager
 from quoteforge.plugins.distributed.execution_instances import INSTANCE_FIELDS, describe_instance
-from quoteforge.plugins.distributed.freshness import heartbeat_age_over
+from quoteforge.plugins.distributed.freshness import ClockSkew, heartbeat_age_over
 
 
 @dataclass
@@ -78,9 +78,10 @@ class StrategyBinding:
     session's intents are refused (``admit`` says no; counted in ``refused``) and its
     "online" heartbeats ignored: the first time, an error names both sessions and
     ``on_conflict(message, session)`` raises the alert. Another session's "offline" is
-    none of this node's business: its goodbye cancels nothing here. An "online"
-    heartbeat sent longer than ``grace_s`` ago (its ``sent_ns``: the retained one of a
-    node that died) is no sign of life: it binds nothing and keeps nothing alive.
+    none of this node's business: its goodbye cancels nothing here. A retained "online"
+    heartbeat sent longer than ``grace_s`` ago (its ``sent_ns``: the last word of a node
+    that died) is no sign of life: it binds nothing and keeps nothing alive. One heard
+    live is, whatever its ``sent_ns`` (a clock out of step is warned of: ``ClockSkew``).
 
     The bound session ends when it says goodbye (its orders are cancelled at once), when
     its heartbeat says "offline" (its last will), or when it sent no "online" heartbeat
@@ -102,6 +103,7 @@ class StrategyBinding:
         on_goodbye: Callable[[], None] | None = None,
         log: Any = logger,
         clock: Callable[[], float] = time.monotonic,
+        skew_limit_s: float | None = None,
     ) -> None:
         if grace_s <= 0:
             raise ValueError(f"grace_s must be > 0, got {grace_s}")
@@ -114,6 +116,9 @@ class StrategyBinding:
         self.on_goodbye = on_goodbye
         self.log = log
         self._clock = clock
+        # A live heartbeat counts whatever its time; clocks this far apart are warned of
+        # (half of nodes.stale_after, which the books' and intents' ages need).
+        self.skew = ClockSkew(skew_limit_s or grace_s / 2, "execution", log=log)
         self.watch = StrategyWatch()
         self.bound: str | None = None
         #: Intents of another session refused while the bound one was alive.
@@ -178,7 +183,7 @@ class StrategyBinding:
             age_s = heartbeat_age_over(payload, self.grace_s)
             if age_s is not None:
                 # The retained last word of a strategy node that died before its last
-                # will went out (or one read very late): no sign of life.
+                # will went out: no sign of life.
                 if session in self._old_told:
                     return
                 self._old_told.add(session)
@@ -190,6 +195,7 @@ class StrategyBinding:
                     self.grace_s,
                 )
                 return
+            self.skew.note(payload, "strategy")
             if session != self.bound:
                 if self.alive():
                     self._report(session, "is online")

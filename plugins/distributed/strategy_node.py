@@ -134,6 +134,10 @@ class StrategyNode:
         if isinstance(beat_fields, dict):
             beat_fields["session"] = self.sessions.instance
         self.remote: dict[str, RemoteVenue] = {}
+        # The execution session this node last reconciled with (the engine's start-up
+        # reconciliation, then each rebind: ``_execution_ready``); None before the start.
+        self._reconciled_with: str | None = None
+        self._rebinds: set[asyncio.Task[None]] = set()
         self.run_dir = run_dir
         # One execution session at a time: another one's fills are never booked. Its
         # silence is judged as the books judge the execution node's (stale_after).
@@ -182,6 +186,7 @@ class StrategyNode:
                 session=self.sessions.instance,
                 md_binding=self.market_data,
             )
+            venue.on_execution_ready = self._execution_ready
             self.remote[name] = venue
             return venue
 
@@ -206,6 +211,7 @@ class StrategyNode:
             self.lockstep.on_end = run.request_stop
 
     def _started(self, run: Run) -> None:
+        self._reconciled_with = self.execution.bound or ""
         if self.claim is not None:
             # The bus is up and this node's heartbeat speaks for it from now on.
             topic, claim = claim_topic(self.scheme, self.role), self.claim
@@ -220,6 +226,40 @@ class StrategyNode:
         self.sessions.start()
         if self.lockstep is not None:
             self.lockstep.started()
+
+    def _execution_ready(self, session: str) -> None:
+        """An execution session announced itself ready to take intents. When it is not
+        the one this node last reconciled with (a rebind: the bound one went silent or
+        said goodbye and another took over), reconcile with it: reports it sent before
+        the rebind were refused here (its sweep's cancels, orders another node
+        cancelled), and intents sent to it before it subscribed were lost, so without it
+        this node would hold orders as working that are not, and miss fills. Orders not
+        open there are ended (their slots quoted again), fills missed are booked."""
+        if self._reconciled_with is None or self.lockstep is not None:
+            return  # not started yet: the engine's start-up reconciliation comes first
+        if not session or session == self._reconciled_with:
+            return
+        self._reconciled_with = session
+        task = asyncio.get_running_loop().create_task(self._reconcile_rebound(session))
+        self._rebinds.add(task)
+        task.add_done_callback(self._rebinds.discard)
+
+    async def _reconcile_rebound(self, session: str) -> None:
+        run = self.run_obj
+        logger.info(
+            "execution session {} is ready: reconciling this node's orders and fills with "
+            "it (a rebind: what the previous session left may have been reported only "
+            "to it)",
+            session,
+        )
+        try:
+            await run.reconcile(since_ns=run.started_ns)
+        except Exception as exc:  # the next periodic reconciliation tries again
+            logger.warning(
+                "reconciliation with execution session {} after the rebind failed: {}",
+                session,
+                exc,
+            )
 
     def _announce_kill(self, source: str) -> None:
         """The kill switch pulled here (not heard from the bus): tell every node."""
