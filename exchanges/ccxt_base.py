@@ -46,7 +46,12 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from quoteforge.exchange import VenueContext, VenueSink
-from quoteforge.exchanges.ccxt_orders import OrderTracking, TrackedOrder, VenueCallError
+from quoteforge.exchanges.ccxt_orders import (
+    OrderTracking,
+    TrackedOrder,
+    VenueCallError,
+    VenueStartError,
+)
 from quoteforge.exchanges.ccxt_sockets import Backoff, ManagedSocket
 from quoteforge.manifest_read import close_match
 from quoteforge.model import Instrument, Side
@@ -502,11 +507,15 @@ class CcxtSpotAdapter(OrderTracking):
         closes a venue whose connect raised."""
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             try:
                 await self.close()
             except Exception:
                 logger.opt(exception=True).debug("{}: closing after a failed start", self.name)
+            if isinstance(exc, VenueCallError) and exc.kind in ("auth", "rate_limited"):
+                raise VenueStartError(
+                    exc.kind, exc.message, exc.code, exc.retry_after_s, exc.payload
+                ) from exc
             raise
 
     def _make_client(self) -> Any:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from quoteforge.clock import Clock
     from quoteforge.exchanges.ccxt_base import CcxtSpotParams
 
-__all__ = ["OrderTracking", "TrackedOrder", "VenueCallError"]
+__all__ = ["OrderTracking", "TrackedOrder", "VenueCallError", "VenueStartError"]
 
 T = TypeVar("T")
 
@@ -70,6 +70,12 @@ class VenueCallError(Exception):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}" + (f" (code {self.code})" if self.code else "")
+
+
+class VenueStartError(VenueCallError, ValueError):
+    """The venue refused a start for a reason the manifest's values decide: its keys
+    (``auth``) or a rate-limit wait longer than ``max_rate_wait_s`` (``rate_limited``).
+    A ``ValueError`` too: the command line says it in one line, without a traceback."""
 
 
 _LIVE = (OrderStatus.PENDING_NEW, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED)

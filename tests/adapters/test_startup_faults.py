@@ -148,6 +148,7 @@ def test_a_long_418_at_start_is_a_clear_error_and_nothing_is_sent_again(
     assert "asks us to wait 600s, more than max_rate_wait_s (5s)" in text, text
     assert "or raise exchanges." in text and ".params.max_rate_wait_s" in text, text
     assert "Unclosed" not in text and "Event loop is closed" not in text, text
+    assert "Traceback" not in text, "said in one line, as a value to change"
     assert len(requests) == 1, f"nothing is sent during the ban: {requests}"
 
 
