@@ -14,7 +14,10 @@ from quoteforge.clock import LiveClock, SimClock
 from quoteforge.exchange import VenueContext
 from quoteforge.exchanges.binance.adapter import BinanceParams, BinanceSpot
 from quoteforge.exchanges.binance.book import BinanceSpotBookSource
+from quoteforge.exchanges.binance_usdm.adapter import BinanceUsdm
+from quoteforge.exchanges.binance_usdm.venue import BinanceUsdmParams
 from quoteforge.exchanges.ccxt_base import book_source_factory
+from quoteforge.exchanges.kraken.adapter import KrakenParams, KrakenSpot
 from quoteforge.exchanges.kraken.book import KrakenBookSource
 from quoteforge.exchanges.testing.binance_replica import BinanceReplica
 from quoteforge.exchanges.testing.conformance import FAST_PARAMS, Harness, RecordingSink, VenueKit
@@ -109,3 +112,26 @@ def test_an_unknown_source_fails_when_the_adapter_is_built() -> None:
     with pytest.raises(ValueError, match=r"no book source 'nope' is registered; registered: "):
         BinanceSpot(BinanceParams(book_source="nope"), ctx)
     assert isinstance(BinanceSpot(BinanceParams(), ctx), BinanceSpot)
+
+
+def test_only_the_built_in_sources_say_their_books_carry_the_venues_time() -> None:
+    """A market-data node trusts a book's ``ts_ns`` as the venue's time after a pause of
+    its own only where the adapter says so (``book_ts_venue_time``): the built-in Binance
+    and Kraken sources stamp the venue's time; a plugin's source put in by name, which
+    may stamp the local time, is not assumed to."""
+    sources = _run_registry_sources()
+    ctx = VenueContext(
+        "binance", SimClock(), 1, "live", ["BTCUSDT"], extra={"book_sources": sources}
+    )
+    assert BinanceSpot(BinanceParams(), ctx).book_ts_venue_time is True
+    assert BinanceSpot(BinanceParams(book_source="tagged_binance"), ctx).book_ts_venue_time is False
+    usdm_ctx = VenueContext(
+        "binance_usdm", SimClock(), 1, "live", ["BTCUSDT"], extra={"book_sources": sources}
+    )
+    assert BinanceUsdm(BinanceUsdmParams(), usdm_ctx).book_ts_venue_time is True
+    kraken_ctx = VenueContext(
+        "kraken", SimClock(), 1, "live", ["BTC/USD"], extra={"book_sources": sources}
+    )
+    assert KrakenSpot(KrakenParams(), kraken_ctx).book_ts_venue_time is True
+    kraken = KrakenSpot(KrakenParams(book_source="tagged_kraken"), kraken_ctx)
+    assert kraken.book_ts_venue_time is False
