@@ -7,6 +7,7 @@ import gzip
 import heapq
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,14 @@ def _file_batches(source: Path) -> Iterator[list[RecordTuple]]:
     loads = _loads
     with _open(source, "r") as handle:
         while True:
-            lines = handle.readlines(_BATCH_CHARS)
+            try:
+                lines = handle.readlines(_BATCH_CHARS)
+            except (UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
+                raise RecordingError(
+                    f"{source}: unreadable after line {number} ({exc}): the file is damaged "
+                    "(bytes that are not UTF-8 text, or a compressed file cut short); "
+                    "record again or cut the file before the damage"
+                ) from None
             if not lines:
                 return
             # Every line of the common shape, in time order: read in one compiled call.

@@ -624,6 +624,17 @@ class ReplayExchange(SimulatedVenue[ReplayParams]):
             self.malformed,
             self.unrouted,
         )
+        never = [s for s, m in self._markets.items() if not m.source.book.ts_ns]
+        if self.records and never:
+            logger.warning(
+                "{}: {} record(s) played, but no book of {} ever started: check that "
+                "protocol: {} and the markets' symbols fit {}",
+                self.name,
+                self.records,
+                ", ".join(never),
+                self.params.protocol,
+                self._files(),
+            )
         stop = getattr(self.sink, "request_stop", None)
         if self.params.stop_at_end and callable(stop):
             stop(f"{self.name}: {reason}")

@@ -4,12 +4,14 @@ the fill simulator, latency, errors, and a full ``mode: backtest`` run through t
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from quoteforge.book import L2Book
 from quoteforge.clock import SimClock
@@ -307,6 +309,48 @@ def test_a_bad_line_stops_the_replay_after_the_records_before_it(tmp_path: Path)
     assert venue.records == 4
     assert venue.finished
     assert sink.stops and "recording unreadable" in sink.stops[0] and "r.jsonl:5" in sink.stops[0]
+
+
+@pytest.mark.parametrize("damage", ["not utf-8", "gzip cut short"])
+def test_a_damaged_recording_stops_the_replay_naming_the_file(tmp_path: Path, damage: str) -> None:
+    """Bytes that are not UTF-8, or a compressed file cut short, end the replay like a bad
+    line does: the records before were played, the stop names the file and the damage."""
+    lines = _depth_lines(20_000, 1_000_000)  # past the first read (about a megabyte)
+    path = _sample_lines(tmp_path, lines)
+    data = path.read_bytes()
+    assert len(data) > 2 << 20
+    if damage == "not utf-8":
+        at = len(data) * 2 // 3
+        path.write_bytes(data[:at] + b"\xff\xfe\xff" + data[at + 3 :])
+    else:
+        packed = gzip.compress(data)
+        path = tmp_path / "r.jsonl.gz"
+        path.write_bytes(packed[: len(packed) // 2])
+    venue, clock, sink = make_venue({"protocol": "binance_spot", "markets": BTC, "data": str(path)})
+    clock.run_until(2**62)
+    assert venue.finished and 0 < venue.records < len(lines)
+    assert sink.stops and "recording unreadable" in sink.stops[0], sink.stops
+    assert f"{path.name}: unreadable after line" in sink.stops[0]
+    assert "the file is damaged" in sink.stops[0]
+
+
+def test_a_recording_no_book_starts_on_is_warned_of(tmp_path: Path) -> None:
+    """Binance records replayed as Kraken's: every record is played, no book starts, and
+    the end says to check the protocol (it was a quiet, empty run)."""
+    path = _sample_lines(tmp_path, _depth_lines(5, 1_000_000))
+    venue, clock, _ = make_venue(
+        {"protocol": "kraken_v2", "markets": {"BTC/USD": BTC["BTC/USDT"]}, "data": str(path)}
+    )
+    said: list[str] = []
+    handler = logger.add(said.append, level="WARNING", format="{message}")
+    try:
+        clock.run_until(2**62)
+    finally:
+        logger.remove(handler)
+    assert venue.finished and venue.records == 6
+    assert any(
+        "no book of BTC/USD ever started: check that protocol: kraken_v2" in line for line in said
+    ), said
 
 
 def test_missing_recording_is_refused_with_where_it_looked(tmp_path: Path) -> None:
