@@ -109,6 +109,22 @@ class PaperExchange(ExchangeAdapter):
     def _track(self, book: L2Book) -> None:
         instrument = self.inner.instruments.get(book.symbol, book.instrument)
         self.fills.add_market(instrument, book)
+        p = self.fills.params
+        unset = [
+            f"{side}_fee_bps"
+            for side in ("maker", "taker")
+            if getattr(p, f"{side}_fee_bps") is None
+        ]
+        free = [n for n in unset if not getattr(instrument, n.replace("_bps", ""))]
+        if free:  # the venue's market list gives no fee: the PnL would leave it out
+            logger.warning(
+                "{}: paper fills on {} pay no {}: the venue names no fee for it and the "
+                "manifest sets none; give the account's rates in bps in the run's paper: "
+                "block, e.g. paper: {{maker_fee_bps: 10, taker_fee_bps: 10}}",
+                self.name,
+                book.symbol,
+                " and no ".join(n.split("_")[0] + " fee" for n in free),
+            )
 
     def _foreign(self, client_id: str) -> None:
         self.foreign_reports += 1

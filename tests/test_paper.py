@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loguru import logger
 from paper_sim import MARKET, SYMBOL, paper_sim_registry
 
 from quoteforge.book import L2Book
@@ -233,3 +234,32 @@ def test_paper_over_real_binance_traffic_fills_our_orders_in_whole_steps(
     assert {f.client_id for f in ours} == {"p1", "p2"}
     assert all(f.qty_lots % inst.step_lots == 0 for f in ours)
     assert sum(f.qty_lots for f in ours if f.client_id == "p2") <= take.qty_lots
+
+
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        (None, "pay no maker fee: the venue names no fee for it and the manifest sets none"),
+        ({"maker_fee_bps": "-1"}, None),
+    ],
+)
+def test_a_fee_neither_the_venue_nor_the_manifest_names_is_warned_of(
+    params: dict[str, str] | None, said: str | None
+) -> None:
+    """A venue whose market list gives no fee (Binance's) would make paper PnL leave the
+    fees out without a word: the paper venue says which fee is missing and how to set it.
+    The sim here names a 5 bps taker fee and no maker fee."""
+    clock = SimClock(0)
+    paper = wrap_for_paper(make_sim(clock), params, VenueContext("sim", clock, 1, "paper", []))
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        asyncio.run(paper.connect(Sink()))
+    finally:
+        logger.remove(handler)
+    fee_lines = [line for line in lines if "paper fills on" in line]
+    if said is None:
+        assert fee_lines == []
+    else:
+        assert len(fee_lines) == 1 and said in fee_lines[0], lines
+        assert "taker fee" not in fee_lines[0] and "paper: {maker_fee_bps" in fee_lines[0]
