@@ -446,6 +446,10 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
             body = json.loads(raw)
         except ValueError as exc:
             raise _RefusedError(400, f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise _RefusedError(
+                400, "the body is not JSON this API reads: nested too deep"
+            ) from None
         if not isinstance(body, dict):
             raise _RefusedError(400, f"the body must be a JSON object, got {type(body).__name__}")
         if allowed is not None:
@@ -487,7 +491,14 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
 
     def kill(request: web.Request, body: dict[str, Any]) -> str:
         run.kill(f"control API ({who})")
-        return "kill switch pulled: every order cancelled, the run stops"
+        # The cancels are sent, not yet confirmed (a split run's execution node may even
+        # be out of reach): say what is still working, for the caller to check.
+        working = len(run.orders.all_working())
+        return (
+            "kill switch pulled: every order is being cancelled and the run stops; "
+            f"{working} order(s) not yet confirmed cancelled (GET /state shows them; "
+            "check the venue if they stay)"
+        )
 
     def pull(request: web.Request, body: dict[str, Any]) -> str:
         strategy = body.get("strategy")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import stat
 import time
@@ -243,6 +244,9 @@ def test_kill_cancels_every_order_and_stops_the_run(
             status, answer = await call("POST", "/kill")
             assert status == 200, answer
             assert run.killed
+            # The cancels are sent, not confirmed: the answer says how many are pending.
+            pending = re.search(r"(\d+) order\(s\) not yet confirmed cancelled", answer["result"])
+            assert pending and int(pending.group(1)) > 0, answer
             await asyncio.wait_for(task, STOP_S)
             venue_open = await run.venues["sim"].fetch_open_orders()
             seen["venue_open"] = venue_open
@@ -369,6 +373,9 @@ def test_params_edit_reaches_the_next_quotes_and_a_bad_one_is_refused_like_a_man
             assert status == 422 and "sprad_bps" in answer["error"]
             status, answer = await call("POST", "/strategies/mm/params", data="[1]")
             assert status == 400 and "JSON object" in answer["error"]
+            deep = '{"a":' * 5000  # nested past what the JSON reader recurses through
+            status, answer = await call("POST", "/strategies/mm/params", data=deep)
+            assert status == 400 and "nested too deep" in answer["error"], answer
             assert spread_bps(run) == 40  # kept
             assert not run.strategies["mm"].halted
             for odd in ("", "spread_bps=9", " spread_bps"):
@@ -391,6 +398,7 @@ def test_params_edit_reaches_the_next_quotes_and_a_bad_one_is_refused_like_a_man
         ("strategies/mm/params", 200),
         ("strategies/mm/params", 422),
         ("strategies/mm/params", 422),
+        ("strategies/mm/params", 400),
         ("strategies/mm/params", 400),
         ("strategies/mm/params", 422),
         ("strategies/mm/params", 422),
