@@ -15,8 +15,6 @@ would take at the venue: none is ever placed, and nothing trades."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -29,6 +27,7 @@ from test_nodes_real_venue import (
     SYMBOL,
     journal_kinds,
     near,
+    paused_while_the_market_moves,
     shifted,
     split_binance_manifest,
     start_split,
@@ -149,21 +148,11 @@ async def test_a_paused_market_data_node_publishes_no_book_of_before_as_live(
         )
         assert len(near(replica.orders(SYMBOL), mid)) >= 2
 
-        marketdata = nodes.procs["marketdata"].pid
-        os.kill(marketdata, signal.SIGSTOP)
-        paused = time.monotonic()
-        try:
+        async def pulled() -> None:
             # stale_after (2 s) without a book message or heartbeat: quotes pulled.
             await until(lambda: replica.orders(SYMBOL) == [], 10, "quotes pulled", nodes)
-            await replica.set_book(SYMBOL, shifted(book["bids"], step), shifted(book["asks"], step))
-            await asyncio.sleep(0.5)
-            # 4% up by the time it wakes: only this price may be quoted.
-            await replica.set_book(
-                SYMBOL, shifted(book["bids"], 2 * step), shifted(book["asks"], 2 * step)
-            )
-            await asyncio.sleep(max(0.3, paused + 5.0 - time.monotonic()))
-        finally:
-            os.kill(marketdata, signal.SIGCONT)
+
+        await paused_while_the_market_moves(nodes, "marketdata", replica, step, 5.0, pulled)
 
         now = mid + 2 * step
         if moves_on:

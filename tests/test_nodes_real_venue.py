@@ -18,7 +18,7 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -92,6 +92,33 @@ async def until(condition: Any, timeout: float, what: str, nodes: Nodes) -> None
 def credentials(replica: BinanceReplica) -> dict[str, str]:
     """The environment the execution node reads the replica account's keys from."""
     return {"BINANCE_API_KEY": replica.api_key, "BINANCE_API_SECRET": replica.api_secret}
+
+
+async def paused_while_the_market_moves(
+    nodes: Nodes,
+    role: str,
+    replica: BinanceReplica,
+    step: Decimal,
+    for_s: float,
+    pulled: Callable[[], Awaitable[None]],
+) -> None:
+    """Pause the ``role`` node's host (SIGSTOP); once ``pulled`` has seen its quotes
+    gone, move the market ``step`` (2%) up, then twice that (4% by the time it wakes:
+    only that price may be quoted); wake it ``for_s`` after the pause (SIGCONT)."""
+    book = replica.book(SYMBOL)
+    pid = nodes.procs[role].pid
+    os.kill(pid, signal.SIGSTOP)
+    paused = time.monotonic()
+    try:
+        await pulled()
+        await replica.set_book(SYMBOL, shifted(book["bids"], step), shifted(book["asks"], step))
+        await asyncio.sleep(0.5)
+        await replica.set_book(
+            SYMBOL, shifted(book["bids"], 2 * step), shifted(book["asks"], 2 * step)
+        )
+        await asyncio.sleep(max(0.3, paused + for_s - time.monotonic()))
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 async def start_split(
@@ -370,10 +397,7 @@ async def test_a_paused_strategy_node_places_no_order_priced_on_the_book_of_befo
         before = {o.client_id for o in replica.orders(SYMBOL, open_only=False)}
         assert len(near(replica.orders(SYMBOL), mid)) >= 2
 
-        strategy = nodes.procs["strategy"].pid
-        os.kill(strategy, signal.SIGSTOP)
-        paused = time.monotonic()
-        try:
+        async def pulled() -> None:
             await until(
                 lambda: "BREAKER strategy_lost" in nodes.log("execution"),
                 10,
@@ -381,15 +405,8 @@ async def test_a_paused_strategy_node_places_no_order_priced_on_the_book_of_befo
                 nodes,
             )
             await until(lambda: replica.orders(SYMBOL) == [], 5, "quotes cancelled", nodes)
-            await replica.set_book(SYMBOL, shifted(book["bids"], step), shifted(book["asks"], step))
-            await asyncio.sleep(0.5)
-            # 4% up by the time it wakes: only this price may be quoted.
-            await replica.set_book(
-                SYMBOL, shifted(book["bids"], 2 * step), shifted(book["asks"], 2 * step)
-            )
-            await asyncio.sleep(max(0.3, paused + 4.0 - time.monotonic()))
-        finally:
-            os.kill(strategy, signal.SIGCONT)
+
+        await paused_while_the_market_moves(nodes, "strategy", replica, step, 4.0, pulled)
 
         now = mid + 2 * step
         await until(
