@@ -54,6 +54,10 @@ class MqttBus(_MqttConnection, Bus):
     docstring."""
 
     Params = MqttParams
+    #: How long ``close`` waits for a broker that is away while QoS 1 messages are
+    #: queued, before it gives them up (0: not at all). A node that pulled or heard the
+    #: kill switch sets it: the kill has to reach the other nodes.
+    hold_close_s: float = 0.0
 
     # -- public API ---------------------------------------------------------------------
     @property
@@ -65,6 +69,11 @@ class MqttBus(_MqttConnection, Bus):
     def queued(self) -> int:
         """Messages waiting to be handed to the broker."""
         return len(self._queue)
+
+    @property
+    def undelivered(self) -> int:
+        """QoS 1 messages the broker has not acknowledged yet (queued or in flight)."""
+        return sum(1 for m in self._queue if m.qos > 0) + len(self._inflight)
 
     async def start(self) -> None:
         """Connect; wait up to ``connect_timeout_s`` for the broker, then keep trying in
@@ -106,6 +115,17 @@ class MqttBus(_MqttConnection, Bus):
         """Deliver what is queued (up to ``close_timeout_s``), say offline, disconnect."""
         if self._closed:
             return
+        undelivered = self.undelivered
+        if self._runner is not None and not self.connected and undelivered and self.hold_close_s:
+            logger.warning(
+                "MQTT bus {}: the broker is away with {} QoS 1 message(s) undelivered; "
+                "waiting up to {:g}s for it before closing",
+                self.client_id,
+                undelivered,
+                self.hold_close_s,
+            )
+            with contextlib.suppress(TimeoutError):
+                await self.wait_connected(self.hold_close_s)
         if self._runner is not None and self.connected:
             self.publish(self.topics.heartbeat(self.node), self._heartbeat("offline", "closed"))
             with contextlib.suppress(TimeoutError):

@@ -4,6 +4,7 @@ running run through files in its folder (``KILL``, ``RESET_BREAKERS``) and SIGUS
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ import yaml
 from quoteforge import hookimpl
 from quoteforge.breakers import KINDS
 from quoteforge.manifest import ManifestError, apply_overrides, split_market
+from quoteforge.plugins.distributed.kill_latch import describe_latch
 from quoteforge.registry import RegisterCommand
 from quoteforge.runfiles import KILL_FILE, RESET_FILE
 
@@ -36,15 +38,23 @@ def _run_info(run_dir: Path) -> dict[str, Any] | None:
 
 
 def kill_main(argv: list[str]) -> int:
-    """``quoteforge kill RUN_DIR [--reason TEXT]``."""
+    """``quoteforge kill RUN_DIR [--reason TEXT] [--reset]``."""
     p = argparse.ArgumentParser(prog="quoteforge kill")
     p.add_argument("run", type=Path, help="the run folder (runs/<name>-...)")
     p.add_argument("--reason", default="operator", help="recorded in the journal and alerts")
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="clear the kill switch latched at the broker of a run split into nodes (a "
+        "folder of any of its nodes), so that its nodes may start again",
+    )
     args = p.parse_args(argv)
     run_dir: Path = args.run
     info = _run_info(run_dir)
     if info is None:
         return EXIT_USAGE
+    if args.reset:
+        return _reset_latch(run_dir, info)
     if info.get("finished_at"):
         print(f"run {info.get('run_id')} already finished ({info.get('stop_reason')})")
         return EXIT_OK
@@ -59,6 +69,43 @@ def kill_main(argv: list[str]) -> int:
             pass
     how = f"signalled pid {pid} and wrote {KILL_FILE}" if signalled else f"wrote {KILL_FILE}"
     print(f"kill switch sent to run {info.get('run_id')}: {how}")
+    return EXIT_OK
+
+
+def _reset_latch(run_dir: Path, info: dict[str, Any]) -> int:
+    """``quoteforge kill RUN_DIR --reset``: clear a split run's latched kill switch."""
+    role = info.get("role")
+    if not role or role == "all":
+        print(
+            f"quoteforge kill --reset: run {info.get('run_id')} ran in one process, whose "
+            "kill switch stops that process only: nothing is latched (the latch is a "
+            "split run's, at its broker); start the run again",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from quoteforge.plugins.distributed.nodes import clear_kill_latch
+    from quoteforge.registry import load_registry
+
+    try:
+        cleared = asyncio.run(clear_kill_latch(run_dir, info, load_registry()))
+    except ManifestError as exc:
+        print(f"quoteforge kill --reset: {run_dir / 'manifest.yaml'}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TimeoutError:
+        print(
+            f"quoteforge kill --reset: the broker of run {info.get('name')!r} did not take "
+            "the reset: check that it is reachable and that the ACL lets the "
+            f"{role} user write state/kill (examples/distributed/mosquitto.acl)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    if cleared is None:
+        print(f"run {info.get('name')!r}: no kill switch was latched; nothing to clear")
+    else:
+        print(
+            f"run {info.get('name')!r}: kill switch cleared ({describe_latch(cleared)}); "
+            "its nodes may start again"
+        )
     return EXIT_OK
 
 

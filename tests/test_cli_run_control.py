@@ -144,3 +144,31 @@ def test_a_running_run_takes_the_reset_request(registry: PluginRegistry, tmp_pat
     # Once the run has finished, a reset is refused and no file is left for nobody.
     assert main(["reset", str(run_dir)]) == 1
     assert not (run_dir / RESET_FILE).exists()
+
+
+def test_kill_reset_of_a_one_process_run_says_nothing_is_latched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = run_folder(tmp_path)
+    assert main(["kill", str(run_dir), "--reset"]) == 2
+    err = capsys.readouterr().err
+    assert "run ctl-1 ran in one process" in err and "nothing is latched" in err
+    assert not (run_dir / "KILL").exists()
+
+
+def test_kill_reset_names_what_the_bus_section_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the bus is reached: a variable it names and the environment lacks is said,
+    with the file; the venues' keys are not asked for."""
+    monkeypatch.delenv("QF_TEST_BUS_PASSWORD", raising=False)
+    run_dir = run_folder(tmp_path, role="execution", name="ctl")
+    text = MANIFEST.replace(
+        "type: sim\n    params:", 'type: sim\n    secrets: {api_key: "${NOPE}"}\n    params:'
+    )
+    text += 'bus: {type: mqtt, params: {port: 1, password: "${QF_TEST_BUS_PASSWORD}"}}\n'
+    (run_dir / "manifest.yaml").write_text(text)
+    assert main(["kill", str(run_dir), "--reset"]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.yaml" in err and "QF_TEST_BUS_PASSWORD is not set" in err
+    assert "NOPE" not in err

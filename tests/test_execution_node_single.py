@@ -38,6 +38,7 @@ from quoteforge.manifest import LoadedManifest, NodeSettings
 from quoteforge.model import Fill, Liquidity, Order, OrderStatus, OrderUpdate, Side
 from quoteforge.orders import OrderManager
 from quoteforge.plugins.distributed import strategy_node
+from quoteforge.plugins.distributed.codec import RETAINED_DELIVERY
 from quoteforge.plugins.distributed.execution_instances import ExecutionBinding, claim_topic
 from quoteforge.plugins.distributed.execution_node import ExecutionNode
 from quoteforge.plugins.distributed.freshness import RETAINED
@@ -835,3 +836,23 @@ async def test_an_execution_node_publishes_its_simulated_books_stale_after_its_o
     finally:
         node.request_stop("test over")
         await asyncio.gather(serving, return_exceptions=True)
+
+
+def test_a_session_known_only_from_a_retained_value_binds_but_shows_no_life() -> None:
+    """A fresh strategy node reads the retained announcement of an execution node that
+    stopped (its goodbye since replaced by the new node's heartbeat): bound, but not
+    alive, so the new session's first live message takes over without a conflict."""
+    conflicts: list[str] = []
+    binding = ExecutionBinding("r1", 2.0, on_conflict=conflicts.append)
+    mark = RETAINED_DELIVERY.set(True)
+    try:
+        assert binding.admit("old", "session", {"instance": "old", "run_dir": "/runs/old"})
+    finally:
+        RETAINED_DELIVERY.reset(mark)
+    assert binding.bound == "old" and not binding.alive()
+    assert binding.heartbeat({"status": "online", "session": "new", "sent_ns": time.time_ns()})
+    assert binding.bound == "new" and binding.alive()
+    assert conflicts == []
+    # A live session is not displaced so: the old one's live word is refused now.
+    assert not binding.admit("old", "order")
+    assert len(conflicts) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +18,9 @@ from loguru import logger
 
 from quoteforge.bus import Bus
 from quoteforge.exchange import CancelOrder, ExchangeAdapter, OrderAction
+from quoteforge.plugins.distributed.codec import RETAINED_DELIVERY
 from quoteforge.plugins.distributed.freshness import ClockSkew, heartbeat_age_over, keep
+from quoteforge.plugins.distributed.kill_latch import is_latched, latch_refusal, latch_topic
 from quoteforge.plugins.distributed.topics import TopicScheme
 
 #: How many heartbeat intervals a retained "online" heartbeat may go without a fresh one
@@ -156,6 +159,7 @@ class RoleClaim:
         self._echo = asyncio.Event()
         self._claims_before = 0  # claim-topic messages heard before this node's own
         self._beats_before = 0  # heartbeats heard before it: the retained one
+        self._latch: dict[str, Any] | None = None  # the run's kill latch, if retained
 
     def mark(self, state: str) -> dict[str, Any]:
         """This node's claim (``claiming``) or mark (``won``, ``online``)."""
@@ -174,6 +178,7 @@ class RoleClaim:
         probe.subscribe(self.scheme.node_session(self.role), self._on_session)
         probe.subscribe(self.scheme.heartbeat(self.role), self._on_beat)
         probe.subscribe(self.topic, self._on_claim)
+        probe.subscribe(latch_topic(self.scheme), self._on_latch)
         await self._flush()
         probe.publish(self.topic, self.mark("claiming"), qos=1, retain=True)
         try:
@@ -186,6 +191,9 @@ class RoleClaim:
                 f"the {self.role} user read state/# and write {self.topic.split('/', 2)[-1]} "
                 "(examples/distributed/mosquitto.acl), then start this node again"
             )
+        # The retained latch came before the echo: a killed run stays stopped.
+        if self._latch is not None and is_latched(self._latch):
+            return latch_refusal(self.scheme.run, self._latch, self.me.get("run_dir"))
         refusal = await self._watch()
         if refusal is None:
             probe.publish(self.topic, self.mark("won"), qos=1, retain=True)
@@ -266,6 +274,10 @@ class RoleClaim:
 
     def _on_beat(self, topic: str, payload: dict[str, Any]) -> None:
         self._beats.append(keep(payload))  # judged later: only a retained one by its age
+
+    def _on_latch(self, topic: str, payload: dict[str, Any]) -> None:
+        if not self._echo.is_set():
+            self._latch = payload
 
     def _on_claim(self, topic: str, payload: dict[str, Any]) -> None:
         self._claims.append(keep(payload))
@@ -379,27 +391,35 @@ class ExecutionBinding:
             if kind == "session":
                 self._announced[session] = dict(details)
         now = self._clock()
+        # A retained value (an announcement, a snapshot) may be all that is left of a
+        # session that stopped: it binds, but shows no life; a live message does.
+        heard = -math.inf if RETAINED_DELIVERY.get() else now
         if session == self.bound:
             # A goodbye is undone by the session's own "online" heartbeat only (it
             # reconnected), not by a retained message of it handed out again.
             if kind == "heartbeat":
                 self._gone = False
             if not self._gone:
-                self._heard = now
+                self._heard = max(self._heard, heard)
             return True
         if self.alive():
             self._refuse(session, kind)
             return False
-        previous, gone = self.bound, self._gone
+        previous, gone, never = self.bound, self._gone, self._heard == -math.inf
         self.bound = session
-        self._heard = now
+        self._heard = heard
         self._gone = False
         if previous is not None:
+            silent = f"was silent for more than {self.grace_s:g}s"
             logger.info(
                 "{} session {} {}: {} are now taken from session {} ({})",
                 self.kind,
                 previous,
-                self._gone_why if gone else f"was silent for more than {self.grace_s:g}s",
+                self._gone_why
+                if gone
+                else "was known only from a retained value"
+                if never
+                else silent,
                 BOUND_MESSAGES[self.role],
                 session,
                 self.describe(session),

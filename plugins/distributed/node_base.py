@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from loguru import logger
+from pydantic import BaseModel
 
 from quoteforge.assembly import (
     build_bus,
@@ -30,6 +31,7 @@ from quoteforge.manifest import (
     PluginSpec,
 )
 from quoteforge.plugins.distributed.execution_instances import RoleClaim, claim_topic
+from quoteforge.plugins.distributed.kill_latch import KillLatch, undelivered_kill_message
 from quoteforge.plugins.distributed.topics import (
     TopicScheme,
 )
@@ -98,13 +100,21 @@ def node_bus(
     a client id of its own (a manifest's fixed ``client_id`` gets ``-<role>`` appended).
     ``heartbeats=False`` for a node's second connection (``<role>`` names it then, and
     ``user`` is the node's role, whose broker user it logs in as)."""
-    params = loaded.params_of("bus")
+    heartbeat_s = float(settings.heartbeat) if heartbeats else 0.0
+    params = node_bus_params(loaded.params_of("bus"), role, heartbeat_s, user=user)
+    return build_bus(loaded, registry, params)
+
+
+def node_bus_params(
+    params: BaseModel, role: str, heartbeat_s: float, *, user: str | None = None
+) -> BaseModel:
+    """A manifest's bus params as the node of ``role`` uses them (see ``node_bus``)."""
     fields = type(params).model_fields
     updates: dict[str, Any] = {}
     if "node" in fields:
         updates["node"] = role
     if "heartbeat_interval_s" in fields:
-        updates["heartbeat_interval_s"] = float(settings.heartbeat) if heartbeats else 0.0
+        updates["heartbeat_interval_s"] = heartbeat_s
     if "client_id" in fields and getattr(params, "client_id", None):
         updates["client_id"] = f"{getattr(params, 'client_id', '')}-{role}"
     # One manifest for every node, one broker user per role (the ACL's): "{role}" in the
@@ -112,7 +122,7 @@ def node_bus(
     username = getattr(params, "username", None)
     if isinstance(username, str) and "{role}" in username:
         updates["username"] = username.replace("{role}", user or role)
-    return build_bus(loaded, registry, params.model_copy(update=updates))
+    return params.model_copy(update=updates)
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,6 +259,24 @@ async def claim_role(
     return claim
 
 
+def hold_for_kill(bus: Bus, settings: NodeSettings) -> None:
+    """After the kill switch, a node's bus holds its close up to ``nodes.connect_timeout``
+    while the broker is away with messages queued: the kill and its latch must reach
+    the other nodes (``kill_delivered`` says afterwards whether they did)."""
+    if hasattr(bus, "hold_close_s"):
+        bus.hold_close_s = float(settings.connect_timeout)
+
+
+def kill_delivered(bus: Bus, run: str, node: str) -> bool:
+    """Whether a closed bus handed everything to the broker; an error naming what that
+    means for the kill switch when not."""
+    queued = int(getattr(bus, "undelivered", 0))
+    if queued:
+        waited = float(getattr(bus, "hold_close_s", 0.0))
+        logger.error("{}", undelivered_kill_message(run, node, queued, waited))
+    return not queued
+
+
 class Node:
     """Lifecycle shared by the nodes that do not run the strategy engine."""
 
@@ -293,6 +321,9 @@ class Node:
         self.info: dict[str, Any] = {}
         self._execution_seen = False
         self.claim: RoleClaim | None = None
+        self.latch = KillLatch(
+            lambda: self.bus, self.scheme, self.role, self.sessions.instance, self.on_kill
+        )
 
     # -- the role's claim --------------------------------------------------------------------
     async def claim_the_role(self, dead_after_s: float) -> None:
@@ -345,6 +376,7 @@ class Node:
             raise
         await self.bus.start()
         self.bus.subscribe(self.scheme.kill(), self._on_kill_message)
+        self.latch.listen()
         self.bus.subscribe(self.scheme.breaker(), self._on_breaker_message)
         try:
             await self.start()
@@ -362,6 +394,8 @@ class Node:
                 await self.stop()
             finally:
                 await self.bus.close()
+                if self.killed and not kill_delivered(self.bus, self.scheme.run, self.role):
+                    self.info["kill_undelivered"] = True
                 finish_run_info(self.run_dir, **self.info, stop_reason=self.stop_reason)
         if self.refused_by_peer:
             raise NodeRefusedRunningError(self.refused_by_peer)
@@ -405,8 +439,11 @@ class Node:
             self._stop.set()
 
     def kill(self, source: str) -> None:
-        """The kill switch, pulled here: tell every node, then act on it locally."""
+        """The kill switch, pulled here: latch it and tell every node (the latch first,
+        so that no node hears the kill before it and latches it again), then act on it
+        locally."""
         if not self.killed:
+            self.latch.latch(source)
             self.bus.publish(self.scheme.kill(), {"reason": source, "node": self.role}, qos=1)
         self.on_kill(source)
 
@@ -414,6 +451,10 @@ class Node:
         if self.killed:
             return
         self.killed = True
+        # Latched at the broker for the nodes cut off from it now, and the exit held
+        # until the broker has it (see hold_for_kill).
+        self.latch.latch(source)
+        hold_for_kill(self.bus, self.settings)
         self.log.warning("kill switch ({}): stopping", source)
         self.request_stop(f"kill switch: {source}")
 

@@ -9,12 +9,23 @@ live in ``node_base`` (what every node shares), ``market_data_node``, ``strategy
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import yaml
 from loguru import logger
+from pydantic import ValidationError
 
+from quoteforge.bus import Bus
 from quoteforge.engine import run_manifest
 from quoteforge.manifest import LoadedManifest, NodeSettings, load_manifest
+from quoteforge.manifest_read import (
+    ManifestError,
+    ManifestProblem,
+    apply_overrides,
+    substitute_env,
+)
 from quoteforge.plugins.distributed.execution_node import ExecutionNode
+from quoteforge.plugins.distributed.kill_latch import clear_latch
 from quoteforge.plugins.distributed.market_data_node import MarketDataNode
 from quoteforge.plugins.distributed.monitor_node import MonitorNode, format_monitor
 from quoteforge.plugins.distributed.mqtt_params import unprotected_bus_refusal
@@ -30,9 +41,11 @@ from quoteforge.plugins.distributed.node_base import (
     NodeRefusedRunningError,
     is_lockstep,
     is_simulated,
+    node_bus_params,
 )
 from quoteforge.plugins.distributed.strategy_node import StrategyNode
-from quoteforge.registry import PluginRegistry
+from quoteforge.plugins.distributed.topics import TopicScheme
+from quoteforge.registry import PluginError, PluginRegistry
 from quoteforge.runfiles import stop_signals
 
 __all__ = [
@@ -47,6 +60,7 @@ __all__ = [
     "NodeSettings",
     "StrategyNode",
     "bus_security_problems",
+    "clear_kill_latch",
     "format_monitor",
     "is_lockstep",
     "is_simulated",
@@ -54,6 +68,43 @@ __all__ = [
     "node_settings",
     "run_node",
 ]
+
+
+async def clear_kill_latch(
+    run_dir: Path, info: dict[str, Any], registry: PluginRegistry
+) -> dict[str, Any] | None:
+    """Clear the latched kill switch of the split run one of whose node folders is
+    ``run_dir`` (``info`` its run.json), as that node's broker user: ``quoteforge kill
+    RUN_DIR --reset``. Only the manifest's bus section is read (the venues' keys are
+    neither needed nor asked for). Returns the latch cleared, None when none was set;
+    raises ``ManifestError`` (the bus section no longer loads: a variable it names is
+    not set) and ``TimeoutError`` (the broker did not take the reset)."""
+    role = str(info.get("role"))
+    path = run_dir / "manifest.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ManifestError(str(path), [ManifestProblem(None, "", f"unreadable: {exc}")]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("bus"), dict):
+        raise ManifestError(str(path), [ManifestProblem(None, "bus", "no bus section")])
+    apply_overrides(data, [str(o) for o in info.get("overrides") or []])
+    problems: list[tuple[tuple[str, ...], str]] = []
+    spec = substitute_env(data["bus"], ("bus",), problems, set())
+    try:
+        params_type = registry.get("bus", str(spec.get("type"))).params
+        params = params_type.model_validate(spec.get("params") or {})
+    except (PluginError, ValidationError) as exc:
+        problems.append((("bus",), str(exc)))
+    if problems:
+        raise ManifestError(str(path), [ManifestProblem(None, ".".join(p), m) for p, m in problems])
+    beats = node_bus_params(params, f"{role}-reset", 0.0, user=role)
+    run = str(info.get("name") or data["run"]["name"])  # run.json names the run
+    bus: Bus = registry.get("bus", str(spec["type"])).factory(beats, run)
+    await bus.start()
+    try:
+        return await clear_latch(bus, TopicScheme(run), f"operator on {role}")
+    finally:
+        await bus.close()
 
 
 def node_settings(loaded: LoadedManifest) -> NodeSettings:

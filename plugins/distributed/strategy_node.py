@@ -32,13 +32,16 @@ from quoteforge.plugins.distributed.execution_instances import (
     RoleClaim,
     claim_topic,
 )
+from quoteforge.plugins.distributed.kill_latch import KillLatch
 from quoteforge.plugins.distributed.node_base import (
     NodeRefusedError,
     NodeRefusedRunningError,
     Sessions,
     claim_role,
+    hold_for_kill,
     instance_details,
     is_lockstep,
+    kill_delivered,
     market_data_host,
     node_bus,
 )
@@ -128,6 +131,10 @@ class StrategyNode:
             self.bus, self.scheme, self.role, self.on_peer_reconnect, details=where
         )
         self.claim: RoleClaim | None = None
+        self.latch = KillLatch(
+            lambda: self.bus, self.scheme, self.role, self.sessions.instance, self.kill
+        )
+        self.killed = False
         #: Why the execution node refused this node's intents (it stopped then), or "".
         self.refused = ""
         beat_fields = getattr(self.bus, "heartbeat_fields", None)
@@ -220,6 +227,7 @@ class StrategyNode:
                 lambda: self.bus.publish(topic, claim.mark("online"), qos=1, retain=True)
             )
         self.bus.subscribe(self.scheme.breaker(), lambda topic, payload: self.on_breaker(payload))
+        self.latch.listen()
         if self.lockstep is None:
             for name in self.remote:  # after the venue's own handler, which binds
                 self.bus.subscribe(self.scheme.order(name), self._on_order_report)
@@ -262,9 +270,14 @@ class StrategyNode:
             )
 
     def _announce_kill(self, source: str) -> None:
-        """The kill switch pulled here (not heard from the bus): tell every node."""
+        """The kill switch: tell every node when pulled here (not heard from the bus),
+        latch it at the broker for the nodes cut off from it now (``KillLatch``), and
+        hold the exit until the broker has it (``hold_for_kill``)."""
+        self.killed = True
+        self.latch.latch(source)  # first: a node hearing the kill has the latch already
         if not source.startswith("bus:"):
             self.bus.publish(self.scheme.kill(), {"reason": source, "node": "strategy"}, qos=1)
+        hold_for_kill(self.bus, self.settings)
 
     def on_breaker(self, payload: dict[str, Any]) -> None:
         """Another node's breaker: alert, and on ``halt`` halt the strategies it names."""
@@ -364,6 +377,7 @@ class StrategyNode:
         try:
             reason = await self.run_obj.run()
         finally:
+            undelivered = self.killed and not kill_delivered(self.bus, self.scheme.run, self.role)
             if self.lockstep is not None:
                 await self.lockstep.close()
             await self.sessions.stop()
@@ -382,6 +396,7 @@ class StrategyNode:
                     foreign_execution_refused=refused,
                     marketdata_session=self.market_data.bound,
                     foreign_marketdata_refused=md_refused,
+                    **({"kill_undelivered": True} if undelivered else {}),
                 )
         if self.refused:
             raise NodeRefusedRunningError(self.refused)
