@@ -426,6 +426,7 @@ class ReplayExchange(SimulatedVenue[ReplayParams]):
                         self._next = 0
                         self.records = played
                         logger.error("{}: replay stopped: {}", self.name, exc)
+                        self._incomplete(f"{self.name}: recording unreadable: {exc}")
                         self._end_of_data(f"recording unreadable: {exc}")
                         return
                     if not batch:
@@ -638,6 +639,13 @@ class ReplayExchange(SimulatedVenue[ReplayParams]):
         stop = getattr(self.sink, "request_stop", None)
         if self.params.stop_at_end and callable(stop):
             stop(f"{self.name}: {reason}")
+
+    def _incomplete(self, why: str) -> None:
+        """Mark the run's result partial (run.json ``incomplete``; ``quoteforge run``
+        exits 1): the recording did not end, it broke off."""
+        info = getattr(self.sink, "run_info", None)
+        if isinstance(info, dict):
+            info["incomplete"] = why
 
     def _stop_watchdogs(self) -> None:
         for market in self._markets.values():

@@ -284,9 +284,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         if isinstance(exc, ValueError):  # a value the manifest could not check: say which
             logger.opt(exception=exc).debug("run failed")
-            logger.error("run failed: {}", exc)
-            return EXIT_ERROR
-        logger.opt(exception=exc).error("run failed: {}", exc)
+        trace = None if isinstance(exc, ValueError) else exc
+        logger.opt(exception=trace).error("run failed: {}", exc)
         return EXIT_ERROR
     if not args.quiet:  # the results first: the report takes a second or more
         rows = run.summary_rows()
@@ -294,7 +293,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _write_report(registry, run_dir, m.report.html, m.report.png)
     if not args.quiet:
         print(f"\nrun folder: {run_dir}  ({run.stop_reason})")
-    return EXIT_OK
+    return EXIT_ERROR if run.run_info.get("incomplete") else EXIT_OK  # the data ended early
 
 
 def _unusable_run_dir(run_dir: Path, *, resuming: bool) -> str | None:

@@ -105,7 +105,8 @@ class Run(QuotingEngine):
     - ``venue_factory``: makes each exchange's adapter instead of its registered factory
       (e.g. an adapter that reaches the venue over the bus).
     - ``bus``: this bus instead of one built from the manifest.
-    - ``run_info``: extra fields for run.json (a node's role).
+    - ``run_info``: extra fields for run.json (a node's role), at start and at the end (a
+      replay whose recording is damaged adds ``incomplete``: the CLI then exits 1).
     - ``driver``: a ``RunDriver`` that ends and winds down the run.
     - ``on_started(run)``: called once the run is started and quoting.
     - ``on_kill(source)``: called when the kill switch is pulled here, before the run
@@ -553,9 +554,8 @@ class Run(QuotingEngine):
                 self._trace.path.replace(self.run_dir / "trace.jsonl")
             self._trace = None
         written = write_summary(self.run_dir, summary)
-        finish_run_info(
-            self.run_dir, stop_reason=self.stop_reason, sim_events=self.events_processed
-        )
+        ended = {"stop_reason": self.stop_reason, "sim_events": self.events_processed}
+        finish_run_info(self.run_dir, **self.run_info, **ended)
         hook = self.registry.pm.hook
         self._call_observers(hook.quoteforge_run_stopped, run=self, summary=summary)
         for path in written:

@@ -212,6 +212,10 @@ def _trial_runner(
         except Exception as exc:  # the trial fails, the study goes on
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
+        partial = run.run_info.get("incomplete")
+        if partial:  # its data broke off: no objective value to trust
+            trial.set_user_attr("error", f"partial run: {partial}")
+            raise ValueError(f"partial run: {partial}")
         measures = probe.finish(run)
         trial.set_user_attr("stop_reason", run.stop_reason)
         for key, value in measures.as_dict(settings.penalty).items():

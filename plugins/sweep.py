@@ -159,6 +159,9 @@ def run_job(manifest: str, text: str, job: _Job) -> _Result:
         )
         result.rows = run.summary_rows()
         result.stop_reason = run.stop_reason
+        partial = run.run_info.get("incomplete")
+        if partial:  # its data broke off: an error row, kept out of the means
+            result.error = f"partial run: {partial}"
     except Exception as exc:  # one failed run is reported, the sweep goes on
         result.error = f"{type(exc).__name__}: {exc}"
     result.seconds = time.perf_counter() - started

@@ -480,3 +480,30 @@ def test_a_failing_trial_is_reported_and_the_study_goes_on(
     assert all("missing/nothing.jsonl" in r["run.data"] for r in failed)
     assert all("not found" in r["note"] for r in failed)
     assert rows[: len(complete)] == complete  # completed trials first
+
+
+def test_a_trial_on_a_recording_that_breaks_off_fails_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial backtest has no objective value to trust: its trial fails, saying the
+    data broke off, and the study goes on with the whole recording's trials."""
+    monkeypatch.chdir(ROOT)
+    lines = (ROOT / "examples/data/ethusdt_binance.jsonl").read_text().splitlines(keepends=True)
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("".join(lines[:200]) + "not a recording line\n" + "".join(lines[200:]))
+    space = _space(
+        tmp_path,
+        "params:\n  run.data: {type: categorical, choices: "
+        f"[examples/data/ethusdt_binance.jsonl, {damaged}]}}\n",
+    )
+    out = tmp_path / "partial"
+    args = ["examples/backtest.yaml", "--space", str(space), "--trials", "6", "--out", str(out)]
+    assert optimize_main([*args, "--no-report", "--set", "report.html=false"]) == 1
+    err = capsys.readouterr().err
+    assert "trial(s) failed, e.g.: partial run: binance: recording unreadable" in err
+    rows = _csv(out / "backtest-pnl.csv")
+    failed = [r for r in rows if r["state"] == "fail"]
+    assert failed and len(failed) < len(rows)
+    assert all(r["run.data"] == str(damaged) for r in failed)
+    assert all("partial run: binance: recording unreadable" in r["note"] for r in failed)
+    assert all("damaged.jsonl:201" in r["note"] for r in failed)

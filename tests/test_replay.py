@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -558,3 +560,47 @@ def test_kraken_trades_that_are_not_json_or_not_objects_are_skipped_and_counted(
     clock.run_until(2**62)
     assert venue.malformed == 3 and venue.finished
     assert [t[1:4] for t in sink.trades] == [(1001, 50_000_000, Side.BUY)]
+
+
+def test_a_backtest_whose_recording_breaks_off_exits_1_and_says_it_is_partial(
+    tmp_path: Path,
+) -> None:
+    """A recording damaged half-way stops the replay: `quoteforge run` keeps the partial
+    results (summary, trace) but exits 1, and run.json says what broke off, so a script
+    that checks exit codes never takes a partial backtest for a whole one; the same
+    recording whole exits 0."""
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
+    damaged = tmp_path / "damaged.jsonl"
+    half = len(lines) // 2
+    damaged.write_text("".join(lines[:half]) + "not a recording line\n" + "".join(lines[half:]))
+
+    def backtest(data: Path, out: Path) -> subprocess.CompletedProcess[str]:
+        sets = [f"exchanges.binance.params.data={data}", "report.html=false", "report.png=false"]
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quoteforge.cli",
+                "run",
+                str(ROOT / "examples" / "backtest.yaml"),
+            ]
+            + [arg for s in sets for arg in ("--set", s)]
+            + ["--out", str(out), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    broken = backtest(damaged, tmp_path / "broken")
+    assert broken.returncode == 1, broken.stderr[-2000:]
+    assert "replay stopped" in broken.stderr
+    info = json.loads((tmp_path / "broken" / "run.json").read_text(encoding="utf-8"))
+    assert info["finished_at"]
+    assert info["incomplete"].startswith("binance: recording unreadable: ")
+    assert f"damaged.jsonl:{half + 1}" in info["incomplete"]
+    assert (tmp_path / "broken" / "summary.csv").exists()
+
+    whole = backtest(SAMPLE, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    info = json.loads((tmp_path / "whole" / "run.json").read_text(encoding="utf-8"))
+    assert "incomplete" not in info and info["stop_reason"] == "binance: end of recorded data"

@@ -232,3 +232,24 @@ def test_dask_backend_usage_errors(
             backend="dask",
             scheduler="localhost",
         )
+
+
+def test_a_run_whose_recording_breaks_off_is_an_error_row_kept_out_of_the_means(
+    tmp_path: Path, registry: PluginRegistry
+) -> None:
+    root = Path(__file__).resolve().parent.parent
+    lines = (root / "examples/data/ethusdt_binance.jsonl").read_text().splitlines(keepends=True)
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("".join(lines[:200]) + "not a recording line\n" + "".join(lines[200:]))
+    _, rows = run_sweep(
+        root / "examples" / "backtest.yaml",
+        [parse_grid(f"run.data={root / 'examples/data/ethusdt_binance.jsonl'},{damaged}")],
+        out=tmp_path / "out",
+        fixed=["report.html=false", "report.png=false"],
+        registry=registry,
+    )
+    [error] = [r for r in rows if r["kind"] == "error"]
+    assert error["run.data"] == str(damaged)
+    assert error["error"].startswith("partial run: binance: recording unreadable: ")
+    [whole] = [r for r in rows if r["kind"] == "run"]
+    assert whole["fill_count"] > 0
