@@ -134,6 +134,7 @@ class _Market:
         "ask_floor",
         "bid_top",
         "book",
+        "gap",
         "instrument",
         "levels",
         "maker_rate",
@@ -168,6 +169,9 @@ class _Market:
         # taking orders used, so a second taker does not take it again before the
         # feed shows the level change.
         self.taken: dict[tuple[Side, int], tuple[int, int]] = {}
+        # The book was not LIVE since our levels last read it (a resync, a stale
+        # feed): its next LIVE look re-estimates our queues (``_after_gap``).
+        self.gap = False
 
 
 class FillSimulator(ActionDispatch):
@@ -186,7 +190,13 @@ class FillSimulator(ActionDispatch):
     - A marketable order (market, IOC or crossing GTC) walks the visible opposite
       levels up to its limit and pays the taker fee; it does not change the external
       book, but the liquidity it used is not offered again until the feed updates that
-      level. A crossing post-only order is rejected.
+      level. A crossing post-only order is rejected, and so is any crossing order
+      while the book is not LIVE: nothing is taken from a book known to be wrong.
+    - The sizes of a book that is not LIVE (stale, resyncing) move no queue; trades
+      still do. When it is LIVE again, nothing says who left our level meanwhile, so
+      no cancellation moves us up: the queue ahead keeps what the trades we saw left
+      of it, cut to the level's visible size (orders that arrived meanwhile queue
+      behind us).
     - Queues and visible sizes are counted in the venue's lots (its reporting
       precision); our fills are whole order steps (``Instrument.qty_step``), so an order
       never keeps a remainder it could not have been sent with.
@@ -278,8 +288,16 @@ class FillSimulator(ActionDispatch):
             return
         if market.taken:
             self._forget_taken(market)
-        if market.levels:
+        if market.levels or market.gap:
             self._book_at_levels(market)
+
+    def on_book_state(self, symbol: str, state: BookState) -> None:
+        """The book of ``symbol`` went to ``state``: a book leaving LIVE will not show
+        every change at our levels (a resync replaces it with a snapshot), so its next
+        LIVE look re-estimates our queues instead of reading cancellations."""
+        market = self.markets.get(symbol)
+        if market is not None and state is not _LIVE:
+            market.gap = True
 
     def book_watcher(self, symbol: str) -> Callable[[], None]:
         """``on_book(symbol)`` as a function of no arguments, for a caller that reports
@@ -291,26 +309,30 @@ class FillSimulator(ActionDispatch):
         def changed() -> None:
             if market.taken:
                 forget(market)
-            if market.levels:
+            if market.levels or market.gap:
                 at_levels(market)
 
         return changed
 
     def _book_at_levels(self, market: _Market) -> None:
         book = market.book
-        if book.state is _LIVE:
-            top = market.bid_top
-            floor = market.ask_floor
-            if top is not None:
-                best_ask = book.best_ask_ticks()
-                if best_ask is not None and best_ask <= top:
-                    self._book_reached(market, book)
-                    return
-            if floor is not None:
-                best_bid = book.best_bid_ticks()
-                if best_bid is not None and best_bid >= floor:
-                    self._book_reached(market, book)
-                    return
+        if book.state is not _LIVE:
+            market.gap = True  # a book known to be wrong: nothing is read from it
+            return
+        if market.gap:
+            self._after_gap(market)
+        top = market.bid_top
+        floor = market.ask_floor
+        if top is not None:
+            best_ask = book.best_ask_ticks()
+            if best_ask is not None and best_ask <= top:
+                self._book_reached(market, book)
+                return
+        if floor is not None:
+            best_bid = book.best_bid_ticks()
+            if best_bid is not None and best_bid >= floor:
+                self._book_reached(market, book)
+                return
         # No level of ours was reached: only the visible sizes at our levels matter.
         bid_sizes, ask_sizes = book.side_sizes()
         for level in market.levels.values():
@@ -337,6 +359,21 @@ class FillSimulator(ActionDispatch):
             visible = book.lots_at(level.side, level.price)
             if visible != level.seen:
                 self._level_changed(market, level, visible)
+
+    def _after_gap(self, market: _Market) -> None:
+        """The book is LIVE again after a time it was not: take our levels' sizes as
+        they are now without reading cancellations from the difference. Trades printed
+        meanwhile have already consumed the queue; more than the visible size cannot
+        be ahead of us."""
+        market.gap = False
+        book = market.book
+        for level in market.levels.values():
+            visible = book.lots_at(level.side, level.price)
+            level.seen = visible
+            level.traded = 0
+            for w in level.orders:
+                if w.ahead > visible:
+                    w.ahead = visible
 
     def _level_changed(self, market: _Market, level: _Level, visible: int) -> None:
         seen = level.seen
@@ -411,6 +448,16 @@ class FillSimulator(ActionDispatch):
                 f"post-only order would cross at {price}",
             )
             return
+        if crosses and book.state is not _LIVE:
+            self._report(
+                order.client_id,
+                OrderStatus.REJECTED,
+                0,
+                f"would take liquidity while the {order.symbol} book is {book.state.value}: "
+                "nothing is taken from a book known to be wrong; send it again when the "
+                "book is LIVE",
+            )
+            return
         self._report(
             order.client_id,
             OrderStatus.OPEN,
@@ -434,6 +481,8 @@ class FillSimulator(ActionDispatch):
         key = (order.side, limit)
         level = market.levels.get(key)
         visible = book.lots_at(order.side, limit)
+        if book.state is not _LIVE:
+            market.gap = True  # ``visible`` is read from a book known to be wrong
         if level is None:
             level = market.levels[key] = _Level(order.side, limit, visible)
             self._bounds(market)

@@ -10,7 +10,7 @@ from typing import Any
 from loguru import logger
 
 from quoteforge import hookimpl
-from quoteforge.book import L2Book
+from quoteforge.book import BookState, L2Book
 from quoteforge.exchange import ExchangeAdapter, OrderAction, VenueContext, VenueSink
 from quoteforge.exchanges.fillsim import FillSimParams, FillSimulator
 from quoteforge.model import Fill, Offer, OrderUpdate, Side
@@ -42,6 +42,7 @@ class _PaperSink:
         self.sink.on_book(book)
 
     def on_book_state(self, book: L2Book, old: str, new: str, reason: str) -> None:
+        self.paper.fills.on_book_state(book.symbol, BookState(new))
         self.sink.on_book_state(book, old, new, reason)
 
     def on_trade(

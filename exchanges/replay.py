@@ -608,6 +608,7 @@ class ReplayExchange(SimulatedVenue[ReplayParams]):
         return changed
 
     def _state_changed(self, book: L2Book, old: BookState, new: BookState, reason: str) -> None:
+        self.fills.on_book_state(book.symbol, new)
         if self.sink is not None:
             self.sink.on_book_state(book, old.value, new.value, reason)
 
