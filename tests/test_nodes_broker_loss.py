@@ -9,6 +9,7 @@ hears the first one, which claimed the role earlier (plugins/distributed/session
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,12 @@ from node_rigs import journal_records
 from test_execution_node_restart import until
 from test_execution_node_single import split_run
 
+from quoteforge.plugins.bus_inprocess import InProcessBus
 from quoteforge.plugins.bus_mqtt import MqttBus, MqttParams
 from quoteforge.plugins.distributed.execution_instances import claim_topic
+from quoteforge.plugins.distributed.node_base import Sessions
+from quoteforge.plugins.distributed.session_rivals import SessionRivals
+from quoteforge.plugins.distributed.topics import TopicScheme
 from quoteforge.registry import PluginRegistry
 
 #: The running nodes reconnect 4 s after the loss (a realistic backoff), long after a
@@ -90,6 +95,9 @@ async def test_a_second_execution_node_started_during_a_broker_loss_stops_for_th
         )
         [alert] = [b for b in breakers if b["kind"] == "execution_conflict"]
         assert alert["severity"] == "critical" and alert["node"] == "execution"
+        # b's announcement replaced a's retained one; a, going on, publishes its own again.
+        announced = await retained(broker, split.name, split.scheme.node_session("execution"))
+        assert announced["instance"] == session_a
 
         # The first one trades on: the strategy node's orders reach it again.
         before = set(watcher.reports)
@@ -143,3 +151,82 @@ async def test_the_nodes_publish_their_retained_values_again_after_a_broker_loss
         split.kill()
         assert await asyncio.wait_for(execution, 30) == 0
         assert await asyncio.wait_for(strategy, 30) == 0
+
+
+async def retained(broker: Broker, run: str, topic: str) -> dict[str, Any]:
+    """The value the broker holds on ``topic``, as a node subscribing now reads it."""
+    probe = MqttBus(MqttParams(port=broker.port, heartbeat_interval_s=0), run)
+    heard: list[dict[str, Any]] = []
+    await probe.start()
+    try:
+        probe.subscribe(topic, lambda t, p: heard.append(p))
+        await until(lambda: bool(heard), f"the retained {topic}", 5)
+    finally:
+        await probe.close()
+    return heard[-1]
+
+
+async def test_a_second_market_data_node_started_during_a_broker_loss_stops_for_the_first(
+    registry: PluginRegistry, tmp_path: Path, broker: Broker
+) -> None:
+    """The market-data role has the same run-time rule as the execution role: of two
+    live market-data nodes, the one that claimed the role first goes on."""
+    async with split_run(registry, tmp_path, *SLOW_RECONNECT, port=broker.port) as split:
+        breakers: list[dict[str, Any]] = []
+        split.watcher.bus.subscribe(split.scheme.breaker(), lambda t, p: breakers.append(p))
+        first = split.start("marketdata", "m1")
+        await until(lambda: (split.tmp / "m1" / "run.json").exists(), "m1 started", 15)
+        first_session = await retained(broker, split.name, split.scheme.node_session("marketdata"))
+        restart(broker)
+        second = split.start("marketdata", "m2")
+        # Nothing retained and the first away: it wins its claim and starts; once they
+        # hear each other, it stops (exit 2) and names the first.
+        assert await asyncio.wait_for(second, 30) == 2
+        assert not first.done()
+        reason = split.run_info("m2")["stop_reason"]
+        assert reason.startswith("refused: another marketdata node")
+        assert first_session["instance"] in reason
+        await until(
+            lambda: any(b["kind"] == "marketdata_conflict" for b in breakers), "the alert", 10
+        )
+        announced = await retained(broker, split.name, split.scheme.node_session("marketdata"))
+        assert announced["instance"] == first_session["instance"]
+        split.kill()
+        assert await asyncio.wait_for(first, 30) == 0
+
+
+async def test_the_earlier_claim_publishes_its_retained_values_again_when_it_wins() -> None:
+    """The loser's announcement may have replaced the winner's retained one at the
+    broker: the winner publishes its own again (once per rival); the loser does not."""
+    bus = InProcessBus()
+    await bus.start()
+    scheme = TopicScheme("r")
+    announced: list[dict[str, Any]] = []
+    bus.subscribe(scheme.node_session("execution"), lambda t, p: announced.append(p))
+    sessions = Sessions(bus, scheme, "execution", lambda role: None)
+    republished: list[str] = []
+    sessions.on_reconnect(lambda: republished.append("claim mark"))
+    sessions.start()
+    lost: list[str] = []
+    rivals = SessionRivals(
+        "r", "execution", sessions.instance, 100, 2.0,
+        lambda message, rival: lost.append(message), on_won=sessions.republish,
+    )  # fmt: skip
+    try:
+        await until(lambda: len(announced) == 1, "the first announcement", 2)
+        later = {"status": "online", "session": "b", "claimed_ns": 200, "sent_ns": time.time_ns()}
+        rivals.on_heartbeat(scheme.heartbeat("execution"), later)
+        await until(lambda: len(announced) == 2, "the announcement again", 2)
+        assert announced[1]["instance"] == sessions.instance
+        assert republished == ["claim mark"] and lost == []
+        rivals.on_heartbeat(scheme.heartbeat("execution"), later)  # the same rival again
+        await asyncio.sleep(0.3)
+        assert len(announced) == 2
+        earlier = {"status": "online", "session": "c", "claimed_ns": 50, "sent_ns": time.time_ns()}
+        rivals.on_heartbeat(scheme.heartbeat("execution"), earlier)
+        assert len(lost) == 1
+        await asyncio.sleep(0.3)
+        assert len(announced) == 2  # the loser republishes nothing
+    finally:
+        await sessions.stop()
+        await bus.close()

@@ -47,7 +47,6 @@ from quoteforge.model import (
 from quoteforge.orders import OrderManager, fill_to_dict
 from quoteforge.plugins.distributed.execution_instances import (
     cancel_listed_orders,
-    claim_topic,
 )
 from quoteforge.plugins.distributed.lockstep_driver import LockstepDriver
 from quoteforge.plugins.distributed.node_base import (
@@ -238,14 +237,7 @@ class ExecutionNode(Node):
             )
         )
         self.journal.take()
-        claimed_ns = self.claim.claimed_ns if self.claim is not None else time.time_ns()
-        rivals = self.rivals = SessionRivals(
-            m.run.name, self.role, self.session, claimed_ns,
-            float(self.settings.stale_after), self._rival_won,
-        )  # fmt: skip
-        self.bus.subscribe(self.scheme.heartbeat(self.role), rivals.on_heartbeat)
-        self.bus.subscribe(claim_topic(self.scheme), rivals.on_claim)
-        self.bus.subscribe(self.scheme.node_session(self.role), rivals.on_announce)
+        self.rivals = self.watch_rivals(self._rival_won)
         self.bus.subscribe(self.scheme.all_of(TopicKind.INTENT), self._on_intent)
         self.bus.subscribe(self.scheme.node_session("strategy"), self.binding.on_announce)
         self.bus.subscribe(self.scheme.heartbeat("strategy"), self.binding.on_heartbeat)

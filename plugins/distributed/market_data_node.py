@@ -5,6 +5,7 @@ and publishes its books and trades on the bus.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from quoteforge.assembly import (
@@ -130,12 +131,32 @@ class MarketDataNode(Node):
                 self.publisher.on_book_state(book, book.state.value, book.state.value, "start")
         self.publisher.start()
         self.sessions.on_reconnect(self.publisher.republish)
+        self.watch_rivals(self._rival_won)
         if not self.venues:
             self.log.info(
                 "every venue of this manifest is simulated: the execution node hosts and "
                 "publishes them; this node only keeps its heartbeat"
             )
         self.info["venues"] = sorted(self.venues)
+
+    def _rival_won(self, message: str, rival: Mapping[str, Any]) -> None:
+        """Another live market-data session claimed the role first (one of them started
+        while the broker had lost its retained values): this node stops publishing,
+        raises the critical alert ``marketdata_conflict`` and stops (exit 2)."""
+        self.refused_by_peer = message
+        self.log.error("{}", message)
+        self.bus.publish(
+            self.scheme.breaker(),
+            {
+                "kind": "marketdata_conflict",
+                "node": self.role,
+                "severity": "critical",
+                "message": message,
+                "sessions": [self.sessions.instance, rival.get("session")],
+            },
+            qos=1,
+        )
+        self.request_stop(f"refused: {message}")
 
     async def stop(self) -> None:
         await self.publisher.stop()

@@ -10,7 +10,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +32,7 @@ from quoteforge.manifest import (
 )
 from quoteforge.plugins.distributed.execution_instances import RoleClaim, claim_topic
 from quoteforge.plugins.distributed.kill_latch import KillLatch, undelivered_kill_message
+from quoteforge.plugins.distributed.session_rivals import SessionRivals
 from quoteforge.plugins.distributed.topics import (
     TopicScheme,
 )
@@ -163,6 +164,11 @@ class Sessions:
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` each time this node's connection comes back."""
         self._republish.append(callback)
+
+    def republish(self) -> None:
+        """Publish this node's retained values again, as after a reconnect, within the
+        watch's next turn (a rival that stopped may have replaced them)."""
+        self._announced = -1
 
     def start(self) -> None:
         for peer in SPLIT_ROLES:
@@ -337,6 +343,20 @@ class Node:
         beat_fields = getattr(self.bus, "heartbeat_fields", None)
         if isinstance(beat_fields, dict):
             beat_fields["claimed_ns"] = self.claim.claimed_ns
+
+    def watch_rivals(self, on_lost: Callable[[str, Mapping[str, Any]], None]) -> SessionRivals:
+        """Notice at run time another live session of this node's role, one the claim at
+        start did not stop (``SessionRivals``): the later claim calls ``on_lost`` and
+        stops; the earlier one publishes its retained values again."""
+        claimed_ns = self.claim.claimed_ns if self.claim is not None else time.time_ns()
+        rivals = SessionRivals(
+            self.manifest.run.name, self.role, self.sessions.instance, claimed_ns,
+            float(self.settings.stale_after), on_lost, on_won=self.sessions.republish,
+        )  # fmt: skip
+        self.bus.subscribe(self.scheme.heartbeat(self.role), rivals.on_heartbeat)
+        self.bus.subscribe(claim_topic(self.scheme, self.role), rivals.on_claim)
+        self.bus.subscribe(self.scheme.node_session(self.role), rivals.on_announce)
+        return rivals
 
     def announce_claim(self) -> None:
         """Mark the role "online" (the bus is up: the node's heartbeat speaks for it from

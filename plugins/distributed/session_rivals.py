@@ -45,7 +45,9 @@ class SessionRivals:
     mark and heartbeat carries ``claimed_ns``, the wall-clock time its node first claimed
     the role, and the smaller (``claimed_ns``, session) wins, so both instances come to
     the same answer. The loser hears of it first through ``on_lost(message, rival)``
-    (once); the winner logs an error naming the loser, which stops. A rival that names
+    (once); the winner logs an error naming the loser, which stops, and calls
+    ``on_won()``: its retained values (announcement, claim mark), which the loser's may
+    have replaced, are published again. A rival that names
     no ``claimed_ns`` (a node of an older version, which does not yield) is taken as the
     earlier one: this node yields, and exactly one still trades.
     """
@@ -58,8 +60,10 @@ class SessionRivals:
         claimed_ns: int,
         dead_after_s: float,
         on_lost: Callable[[str, Mapping[str, Any]], None],
+        on_won: Callable[[], None] | None = None,
     ) -> None:
         self.run = run
+        self.on_won = on_won
         self.role = role
         self.session = session
         self.claimed_ns = claimed_ns
@@ -124,6 +128,8 @@ class SessionRivals:
         if f"rival:{session}" in self._told:
             return
         self._told.add(f"rival:{session}")
+        if self.on_won is not None:
+            self.on_won()
         logger.error(
             "another {} node of run {!r} is online ({}; heard its {}) and claimed the role "
             "after this one: {}; it stops and this one goes on",
