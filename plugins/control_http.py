@@ -368,6 +368,17 @@ def run_state(run: Any) -> dict[str, Any]:
     }
 
 
+def _breakers_holding(run: Any, strategy: str) -> str:
+    """The breaker trips in force on strategy ``strategy``'s markets (its own or
+    run-wide), as ``kind on market`` items; "" when none."""
+    breakers = run.breakers
+    if breakers is None:
+        return ""
+    markets = set(run.strategies[strategy].markets)
+    held = [t for t in breakers.trips if t.market is None or t.market in markets]
+    return ", ".join(f"{t.kind} ({t.mode}) on {t.market or 'the whole run'}" for t in held)
+
+
 class _RefusedError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -518,13 +529,17 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
             raise _RefusedError(
                 422, "target must be a string: all, run, a breaker kind or a market"
             )
+        if run.breakers is None:
+            raise _RefusedError(
+                409,
+                f"nothing to reset ({target!r}): this run has no breakers (add a breakers: "
+                "section to the manifest to have them)",
+            )
         try:
             cleared = run.reset_breakers(target)
         except ValueError as exc:
             raise _RefusedError(422, str(exc)) from None
-        return f"{len(cleared)} breaker trip(s) reset" + (
-            "" if run.breakers is not None else " (this run has no breakers)"
-        )
+        return f"{len(cleared)} breaker trip(s) reset"
 
     def cancel(request: web.Request, body: dict[str, Any]) -> str:
         cid = request.match_info["client_id"]
@@ -549,6 +564,12 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
             run.resume_strategy(name, f"control API ({who})")
         except ValueError as exc:
             raise _RefusedError(409, str(exc)) from None
+        held = _breakers_holding(run, name)
+        if held:
+            return (
+                f"strategy {name!r} resumed, but breaker(s) still hold its markets: "
+                f"{held}; POST /breakers/reset releases them"
+            )
         return f"strategy {name!r} resumed"
 
     def params(request: web.Request, body: dict[str, Any]) -> str:

@@ -439,8 +439,10 @@ def test_pull_quotes_and_breaker_reset(
             assert status == 422 and "strategy" in answer["error"]
             status, answer = await call("POST", "/pull-quotes", json={"strategy": ["mm"]})
             assert status == 422 and "must be a string" in answer["error"]
-            status, answer = await call("POST", "/breakers/reset", json={"target": "all"})
-            assert status == 200 and "no breakers" in answer["result"]
+            # No breakers: nothing to reset, whatever the target (it answered 200 to any).
+            for target in ("all", "bogus-target"):
+                status, answer = await call("POST", "/breakers/reset", json={"target": target})
+                assert status == 409 and "this run has no breakers" in answer["error"]
 
     asyncio.run(scenario())
 
@@ -597,5 +599,36 @@ def test_no_token_no_server(
         assert not (run.run_dir / CONTROL_FILE).exists()
         run.request_stop("test done")
         await run.stop()
+
+    asyncio.run(scenario())
+
+
+def test_resume_says_which_breakers_still_hold_the_strategy(
+    registry: PluginRegistry, tmp_path: Path, control_env: None
+) -> None:
+    """A pause and a breaker are separate holds: resuming lifts the pause and says which
+    breaker still halts the strategy's markets, and how to release it."""
+    path = tmp_path / "control.yaml"
+    path.write_text(MANIFEST)
+    # The first loss off a PnL peak trips it.
+    loaded = load_manifest(path, registry, overrides=["breakers.max_drawdown=0.00000001"])
+    run = Run(loaded, registry, run_dir=tmp_path / "run", manifest_path=path)
+
+    async def scenario() -> None:
+        async with running(run) as (_, call):
+            for _ in range(12):
+                if run.breakers is not None and run.breakers.trips:
+                    break
+                await sim_time_passes(run, 5)
+            assert run.breakers is not None and run.breakers.trips
+            status, answer = await call("POST", "/strategies/mm/pause")
+            assert status == 200, answer
+            status, answer = await call("POST", "/strategies/mm/resume")
+            assert status == 200, answer
+            assert "resumed, but breaker(s) still hold its markets: drawdown" in answer["result"]
+            assert "POST /breakers/reset" in answer["result"]
+            assert not working_of(run, "mm")  # the breaker holds: nothing quoted
+            status, answer = await call("POST", "/breakers/reset", json={"target": "bogus"})
+            assert status == 422, answer
 
     asyncio.run(scenario())
