@@ -293,7 +293,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _write_report(registry, run_dir, m.report.html, m.report.png)
     if not args.quiet:
         print(f"\nrun folder: {run_dir}  ({run.stop_reason})")
-    return EXIT_ERROR if run.run_info.get("incomplete") else EXIT_OK  # the data ended early
+    failed = run.run_info.get("incomplete") or run.run_info.get("orders_left_open")
+    return EXIT_ERROR if failed else EXIT_OK  # the data broke off, or orders may be open
 
 
 def _unusable_run_dir(run_dir: Path, *, resuming: bool) -> str | None:

@@ -106,7 +106,7 @@ class Run(QuotingEngine):
       (e.g. an adapter that reaches the venue over the bus).
     - ``bus``: this bus instead of one built from the manifest.
     - ``run_info``: extra fields for run.json (a node's role), at start and at the end (a
-      replay whose recording is damaged adds ``incomplete``: the CLI then exits 1).
+      damaged recording adds ``incomplete``, orders left open ``orders_left_open``).
     - ``driver``: a ``RunDriver`` that ends and winds down the run.
     - ``on_started(run)``: called once the run is started and quoting.
     - ``on_kill(source)``: called when the kill switch is pulled here, before the run
@@ -527,6 +527,9 @@ class Run(QuotingEngine):
                 await asyncio.wait_for(self.reconcile(since_ns=self.started_ns), 30)
             except Exception as exc:
                 self.log.error("final reconciliation failed: {}; run --resume to repair", exc)
+        if left := len(self.orders.all_working()):  # run.json; quoteforge run then exits 1
+            self.run_info["orders_left_open"] = left
+            self.log.error("{} order(s) not confirmed closed at the venues: check them", left)
         for srt in self.strategies.values():
             self._guard(srt, srt.strategy.on_stop)
         self._sample_now()
@@ -611,11 +614,8 @@ class Run(QuotingEngine):
                 await asyncio.sleep(0.05)
         left = self.orders.all_working()
         if left:
-            self.log.warning(
-                "{} orders still unconfirmed after cancel: {}",
-                len(left),
-                ", ".join(o.client_id for o in left[:10]),
-            )
+            ids = ", ".join(o.client_id for o in left[:10])
+            self.log.warning("{} orders still unconfirmed after cancel: {}", len(left), ids)
             for venue in self.venues.values():
                 with contextlib.suppress(Exception):
                     await venue.cancel_all()
@@ -672,7 +672,7 @@ class Run(QuotingEngine):
             task = asyncio.get_event_loop().create_task(venue.cancel_all())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self.alert("kill", f"kill switch ({source}): every order cancelled", severity="critical")
+        self.alert("kill", f"kill switch ({source}): cancelling every order", severity="critical")
         self.request_stop(f"kill switch: {source}")
 
     def pause_strategy(self, name: str, who: str) -> None:
