@@ -131,34 +131,16 @@ class Breakers:
         p = self.params
         self._total = total_pnl
         self._peak = total_pnl if self._peak is None else max(self._peak, total_pnl)
-        if p.pnl_floor is not None:
-            low = total_pnl < p.pnl_floor
-            self._judge(
-                "pnl_floor", None, low, low and f"total PnL {total_pnl} < pnl_floor {p.pnl_floor}"
-            )
+        self._market_pnl.update(pnl_by_market)
+        self._judge_floors()
         if p.max_drawdown is not None:
             peak = self._peak
             deep = peak - total_pnl > p.max_drawdown
-            self._judge(
-                "drawdown",
-                None,
-                deep,
-                deep
-                and f"drawdown {peak - total_pnl} from peak {peak} (PnL {total_pnl}) "
-                f"> max_drawdown {p.max_drawdown}",
-            )
+            why = f"drawdown {peak - total_pnl} from peak {peak} (PnL {total_pnl}) > max_drawdown"
+            self._judge("drawdown", None, deep, deep and f"{why} {p.max_drawdown}")
         for market, pnl in pnl_by_market.items():
-            self._market_pnl[market] = pnl
             old = self._market_peak.get(market)
             top = self._market_peak[market] = pnl if old is None else max(old, pnl)
-            if p.market_pnl_floor is not None:
-                low = pnl < p.market_pnl_floor
-                self._judge(
-                    "market_pnl_floor",
-                    market,
-                    low,
-                    low and f"{market} PnL {pnl} < market_pnl_floor {p.market_pnl_floor}",
-                )
             if p.market_max_drawdown is not None:
                 deep = top - pnl > p.market_max_drawdown
                 self._judge(
@@ -250,9 +232,9 @@ class Breakers:
         """Clear trips by hand: ``who`` is ``"all"``, ``"run"`` (run-wide trips), a
         breaker kind (``"drawdown"``) or a market key. Returns the trips cleared.
 
-        A condition that still holds trips again at its next input, except drawdown
-        (the peak restarts from the current PnL) and consecutive errors (the count
-        restarts): a reset is an operator's acknowledgement of those.
+        A PnL floor still broken trips again at once, other conditions at their next
+        input, except drawdown (the peak restarts from the current PnL) and consecutive
+        errors (the count restarts): a reset is an operator's acknowledgement of those.
         """
         if who == "all":
             chosen = list(self._active)
@@ -269,6 +251,7 @@ class Breakers:
                 f"({', '.join(KINDS)}) or a market key; in force: {active}"
             )
         cleared = [self._active.pop(k) for k in chosen]
+        self._judge_floors()  # a floor still broken trips again now, not at the next sample
         for trip in cleared:
             if trip.kind == "drawdown" and self._total is not None:
                 self._peak = self._total
@@ -293,6 +276,18 @@ class Breakers:
         elif not self.params.latch and key in self._active:
             del self._active[key]
             self._state_cache.clear()
+
+    def _judge_floors(self) -> None:
+        p, total, floor = self.params, self._total, self.params.market_pnl_floor
+        if p.pnl_floor is not None and total is not None:
+            low = total < p.pnl_floor
+            why = f"total PnL {total} < pnl_floor {p.pnl_floor}"
+            self._judge("pnl_floor", None, low, low and why)
+        for market, pnl in self._market_pnl.items():
+            if floor is not None:
+                low = pnl < floor
+                why = f"{market} PnL {pnl} < market_pnl_floor {floor}"
+                self._judge("market_pnl_floor", market, low, low and why)
 
     def _judge_stale(self, now_ns: int) -> None:
         after = self.params.stale_after_s

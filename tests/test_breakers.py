@@ -51,11 +51,26 @@ def test_pnl_floor_trips_the_run_and_latches_until_reset() -> None:
     breakers.on_sample(T0 + 2 * NS, {BTC: d(0), ETH: d(0)}, d(0))
     breakers.on_sample(T0 + 3 * NS, {BTC: d(-200), ETH: d(0)}, d(-200))
     assert breakers.state() == "halt" and len(tripped) == 1
+    # A reset while the floor is still broken trips it again at once: no quote goes out
+    # in between (it waited for the next sample, which let quotes out meanwhile).
     assert [t.kind for t in breakers.reset("pnl_floor")] == ["pnl_floor"]
-    assert breakers.state() == "normal" and breakers.trips == []
-    # A floor still breached trips again at the next sample.
-    breakers.on_sample(T0 + 4 * NS, {BTC: d(-200), ETH: d(0)}, d(-200))
     assert breakers.state() == "halt" and len(tripped) == 2
+    assert tripped[1].reason == "total PnL -200 < pnl_floor -100"
+    # Once PnL is back above it, a reset holds.
+    breakers.on_sample(T0 + 4 * NS, {BTC: d(0), ETH: d(0)}, d(0))
+    assert [t.kind for t in breakers.reset("all")] == ["pnl_floor"]
+    assert breakers.state() == "normal" and breakers.trips == []
+    breakers.on_sample(T0 + 5 * NS, {BTC: d(-200), ETH: d(0)}, d(-200))
+    assert breakers.state() == "halt" and len(tripped) == 3
+
+
+def test_a_market_floor_still_broken_trips_again_at_its_reset() -> None:
+    breakers, tripped = make(market_pnl_floor="-50")
+    breakers.on_sample(T0, {BTC: d(-60), ETH: d(10)}, d(-50))
+    assert [t.kind for t in tripped] == ["market_pnl_floor"] and breakers.state(BTC) == "halt"
+    breakers.reset(BTC)
+    assert breakers.state(BTC) == "halt" and breakers.state(ETH) == "normal"
+    assert tripped[-1].reason == f"{BTC} PnL -60 < market_pnl_floor -50"
 
 
 def test_drawdown_from_peak_trips_and_reset_rebases_the_peak() -> None:
