@@ -712,8 +712,9 @@ class Run(QuotingEngine):
         for mr in srt.markets.values():
             self._requote(mr, refill=True)
 
-    def reload_params(self) -> list[str]:
+    def reload_params(self, text: str | None = None) -> list[str]:
         """Re-read the manifest and apply changed strategy params; returns what changed.
+        ``text``: the manifest as this text, not the file's (a run not watching its file).
 
         An invalid manifest, or params a strategy's ``on_params`` raises on, is refused and
         logged; the run keeps the old values.
@@ -721,7 +722,7 @@ class Run(QuotingEngine):
         assert self.manifest_path is not None
         try:
             fresh = load_manifest(
-                self.manifest_path, self.registry, overrides=self.loaded.overrides
+                self.manifest_path, self.registry, overrides=self.loaded.overrides, text=text
             )
         except ManifestError as exc:
             self.log.error("manifest change refused, keeping the running params:\n{}", exc)

@@ -603,7 +603,8 @@ def create_control_app(run: Any, settings: ControlSettings) -> web.Application:
 
 def _set_params(run: Any, name: str, body: dict[str, Any]) -> str:
     """Apply ``body`` as ``strategies.<name>.params.<key>`` overrides through the run's
-    manifest reload, so they are validated and applied exactly like a manifest edit."""
+    manifest reload, so they are validated and applied exactly like a manifest edit (of
+    the file when the run watches it, else of the manifest it started with)."""
     if not body:
         raise _RefusedError(
             422, 'send the params to change as a JSON object, e.g. {"spread_bps": 5}'
@@ -626,8 +627,11 @@ def _set_params(run: Any, name: str, body: dict[str, Any]) -> str:
     replaced = {e.split("=", 1)[0] for e in edits}
     before = list(run.loaded.overrides)
     merged = [o for o in before if o.split("=", 1)[0] not in replaced] + edits
+    # A run that does not watch its file runs the manifest it started with: an edit
+    # waiting in the file is not applied along with these keys.
+    text = None if run.manifest.run.watch_manifest else run.loaded.text
     try:
-        fresh = load_manifest(run.manifest_path, run.registry, overrides=merged)
+        fresh = load_manifest(run.manifest_path, run.registry, overrides=merged, text=text)
     except ManifestError as exc:
         raise _RefusedError(
             422, str(exc).replace("(from --set)", "(from the control API)")
@@ -635,7 +639,7 @@ def _set_params(run: Any, name: str, body: dict[str, Any]) -> str:
     key = f"strategies.{name}"
     wanted = fresh.plugin_params.get(key)
     run.loaded.overrides[:] = merged
-    changed = run.reload_params()
+    changed = run.reload_params(text)
     if run.loaded.plugin_params.get(key) != wanted:
         run.loaded.overrides[:] = before
         why = run.params_refused.pop(name, "") or "the manifest changed meanwhile; see the log"

@@ -632,3 +632,36 @@ def test_resume_says_which_breakers_still_hold_the_strategy(
             assert status == 422, answer
 
     asyncio.run(scenario())
+
+
+def test_a_params_change_applies_the_api_keys_only_when_the_run_does_not_watch_its_file(
+    registry: PluginRegistry, tmp_path: Path, control_env: None
+) -> None:
+    """With run.watch_manifest off, an edit waiting in the manifest file is not the
+    run's: a params change through the API applies its own keys and leaves the file's
+    edits (to this strategy or another) unapplied."""
+    path = tmp_path / "control.yaml"
+    path.write_text(MANIFEST)
+    loaded = load_manifest(path, registry, overrides=["run.watch_manifest=false"])
+    run = Run(loaded, registry, run_dir=tmp_path / "run", manifest_path=path)
+
+    def eth_spread() -> float:
+        params = run.strategies["mm_eth"].strategy.params
+        assert isinstance(params, PureMarketMakingParams)
+        return params.spread_bps
+
+    async def scenario() -> None:
+        async with running(run) as (_, call):
+            await sim_time_passes(run, 5)
+            edited = MANIFEST.replace("spread_bps: 10,", "spread_bps: 25,").replace(
+                "order_size: 0.05, levels: 1", "order_size: 0.05, levels: 3"
+            )
+            path.write_text(edited)
+            status, answer = await call("POST", "/strategies/mm/params", json={"spread_bps": 9})
+            assert status == 200, answer
+            assert spread_bps(run) == 9
+            params = run.strategies["mm"].strategy.params
+            assert isinstance(params, PureMarketMakingParams) and params.levels == 1
+            assert eth_spread() == 10
+
+    asyncio.run(scenario())
