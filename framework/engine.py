@@ -652,6 +652,8 @@ class Run(QuotingEngine):
         """
         if self.killed:
             return
+        if source == "signal SIGUSR1" and (self.run_dir / KILL_FILE).is_file():  # its --reason
+            source = f"quoteforge kill: {(self.run_dir / KILL_FILE).read_text().strip()}"
         if self._on_kill is not None:
             self._on_kill(source)
         self.killed = True

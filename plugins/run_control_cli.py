@@ -83,19 +83,24 @@ def _reset_latch(run_dir: Path, info: dict[str, Any]) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    from quoteforge.logs import configure_logging
     from quoteforge.plugins.distributed.nodes import clear_kill_latch
     from quoteforge.registry import load_registry
+
+    configure_logging("ERROR")  # the outcome is said below, in one line
 
     try:
         cleared = asyncio.run(clear_kill_latch(run_dir, info, load_registry()))
     except ManifestError as exc:
-        print(f"quoteforge kill --reset: {run_dir / 'manifest.yaml'}: {exc}", file=sys.stderr)
+        print(f"quoteforge kill --reset: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TimeoutError:
         print(
             f"quoteforge kill --reset: the broker of run {info.get('name')!r} did not take "
-            "the reset: check that it is reachable and that the ACL lets the "
-            f"{role} user write state/kill (examples/distributed/mosquitto.acl)",
+            "the reset: check that it is reachable (the folder's manifest and --set values "
+            f"name it), that the {role} user's password and the bus key are in the "
+            f"environment as for its node, and that the ACL lets the {role} user write "
+            "state/kill (examples/distributed/mosquitto.acl)",
             file=sys.stderr,
         )
         return EXIT_ERROR

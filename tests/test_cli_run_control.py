@@ -9,9 +9,11 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from brokers import require_shared_broker
 
 from quoteforge.cli import main
 from quoteforge.engine import RESET_FILE, Run
@@ -172,3 +174,21 @@ def test_kill_reset_names_what_the_bus_section_lacks(
     err = capsys.readouterr().err
     assert "manifest.yaml" in err and "QF_TEST_BUS_PASSWORD is not set" in err
     assert "NOPE" not in err
+
+
+def test_kill_reset_reaches_the_broker_the_nodes_were_given_with_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folder's manifest names an unreachable broker; the node ran with
+    --set bus.params.port=1883 (kept in its run.json): the reset goes there."""
+    port = require_shared_broker()
+    run_dir = run_folder(
+        tmp_path,
+        role="execution",
+        name=f"ctl{uuid.uuid4().hex[:8]}",
+        overrides=[f"bus.params.port={port}"],
+    )
+    bus = "bus: {type: mqtt, params: {host: 127.0.0.1, port: 1, insecure: true}}\n"
+    (run_dir / "manifest.yaml").write_text(MANIFEST + bus)
+    assert main(["kill", str(run_dir), "--reset"]) == 0, capsys.readouterr().err
+    assert "no kill switch was latched; nothing to clear" in capsys.readouterr().out

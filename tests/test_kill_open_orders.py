@@ -93,7 +93,7 @@ async def test_a_kill_the_venue_refuses_to_carry_out_exits_1_naming_the_open_ord
 ) -> None:
     code, err, info = await killed_run(tmp_path, refuse_cancels=True)
     assert code == 1, err[-3000:]
-    assert "kill switch (signal SIGUSR1): cancelling every order" in err
+    assert "kill switch (quoteforge kill: operator): cancelling every order" in err
     assert "every order cancelled" not in err
     left = info["orders_left_open"]
     assert isinstance(left, int) and left >= 2

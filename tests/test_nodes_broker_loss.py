@@ -183,6 +183,9 @@ async def test_a_second_market_data_node_started_during_a_broker_loss_stops_for_
         # hear each other, it stops (exit 2) and names the first.
         assert await asyncio.wait_for(second, 30) == 2
         assert not first.done()
+        # run.json keeps the --set values the node ran with (quoteforge kill --reset
+        # reaches the broker they name).
+        assert split.run_info("m2")["overrides"] == list(SLOW_RECONNECT)
         reason = split.run_info("m2")["stop_reason"]
         assert reason.startswith("refused: another marketdata node")
         assert first_session["instance"] in reason

@@ -137,7 +137,7 @@ async def test_an_execution_node_cut_off_when_the_kill_is_pulled_hears_it_as_it_
         assert replica.orders(SYMBOL) == []
         info = nodes.info("execution")
         assert "latched kill switch" in info["stop_reason"]
-        assert "on the strategy node: signal SIGUSR1" in info["stop_reason"]
+        assert "on the strategy node: quoteforge kill: operator" in info["stop_reason"]
         assert journal_kinds(nodes.dir("execution"), "breaker") >= 1
 
         # A node started for the run now refuses, naming the way out; once cleared it runs.

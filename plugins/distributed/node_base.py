@@ -39,6 +39,7 @@ from quoteforge.plugins.distributed.topics import (
 from quoteforge.plugins.gc_policy import freeze_startup_objects
 from quoteforge.registry import PluginRegistry
 from quoteforge.runfiles import (
+    KILL_FILE,
     finish_run_info,
     watch_run_files,
     write_run_info,
@@ -384,6 +385,7 @@ class Node:
                 "mode": self.manifest.run.mode,
                 "seed": self.manifest.run.seed,
                 "manifest": str(self.manifest_path) if self.manifest_path else None,
+                "overrides": list(self.loaded.overrides),
             },
             resume=False,
             manifest_text=self.loaded.text,
@@ -462,6 +464,8 @@ class Node:
         """The kill switch, pulled here: latch it and tell every node (the latch first,
         so that no node hears the kill before it and latches it again), then act on it
         locally."""
+        if source == "signal SIGUSR1" and (self.run_dir / KILL_FILE).is_file():  # its --reason
+            source = f"quoteforge kill: {(self.run_dir / KILL_FILE).read_text().strip()}"
         if not self.killed:
             self.latch.latch(source)
             self.bus.publish(self.scheme.kill(), {"reason": source, "node": self.role}, qos=1)

@@ -102,6 +102,9 @@ async def clear_kill_latch(
     bus: Bus = registry.get("bus", str(spec["type"])).factory(beats, run)
     await bus.start()
     try:
+        connected = getattr(bus, "wait_connected", None)
+        if connected is not None:  # a broker out of reach: said at once
+            await connected(float(getattr(beats, "connect_timeout_s", 5.0)))
         return await clear_latch(bus, TopicScheme(run), f"operator on {role}")
     finally:
         await bus.close()

@@ -368,6 +368,7 @@ class StrategyNode:
                     "mode": m.run.mode,
                     "seed": m.run.seed,
                     "manifest": str(self.manifest_path) if self.manifest_path else None,
+                    "overrides": list(self.loaded.overrides),
                 },
                 resume=False,
                 manifest_text=self.loaded.text,
