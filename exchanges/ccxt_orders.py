@@ -51,6 +51,17 @@ __all__ = ["OrderTracking", "TrackedOrder", "VenueCallError", "VenueStartError"]
 
 T = TypeVar("T")
 
+CANCEL_TRIES = 3
+"""Tries of a cancel whose outcome is unknown before the order is looked up (a pause of
+``lookup_interval_s`` after the first, doubling)."""
+CANCEL_RETRY_MAX_S = 2.0
+"""Longest pause between the tries of a cancel still unconfirmed after its first round
+(``reconnect_max_s`` when that is shorter): how late, at most, it goes out once the venue
+answers again."""
+CANCEL_LOOKUP_EVERY = 4
+"""A cancel retried in the background looks the order up after this many unanswered
+tries (the cancel's own answer, or the private stream, usually closes it first)."""
+
 
 @dataclass
 class VenueCallError(Exception):
@@ -134,9 +145,12 @@ class OrderTracking(ExchangeAdapter):
     sink: VenueSink | None
     secret_keys: tuple[str, str]
     counters: dict[str, int]
+    _closed: bool
 
     def __init__(self) -> None:
         self._chains: dict[str, asyncio.Task[Any]] = {}
+        self._cancel_keepers: dict[str, asyncio.Task[Any]] = {}
+        """Client id -> the task sending its unconfirmed cancel again (``_keep_cancelling``)."""
         self._orders: dict[str, TrackedOrder] = {}
         self._seen_fills: set[str] = set()
         self._last_update: dict[str, tuple[int, int, OrderStatus]] = {}
@@ -416,9 +430,100 @@ class OrderTracking(ExchangeAdapter):
 
     async def _cancel_checked(self, tracked: TrackedOrder) -> bool:
         """Cancel ``tracked``; False when the venue refused the cancel (the order works on
-        and the run has been told so)."""
-        attempt = 0
-        while not tracked.status.is_terminal:
+        and the run has been told so).
+
+        A cancel whose outcome stays unknown (no answer, 5xx) is sent again a pause apart
+        (``CANCEL_TRIES`` in all), then the order is looked up. When that does not show it
+        closed, it may still rest at the venue: the cancel is never dropped but handed to
+        ``_keep_cancelling``, in the background so that the order's action chain, and a
+        ``CancelAll`` waiting on it, go on; True is returned then, as for a cancel sent."""
+        keeper = self._cancel_keepers.get(tracked.client_id)
+        if keeper is not None and not keeper.done():
+            return True  # already being sent again until the venue confirms it
+        pause = self.params.lookup_interval_s
+        why = ""
+        for _ in range(CANCEL_TRIES):
+            if tracked.status.is_terminal:
+                return True
+            try:
+                outcome = await self._try_cancel(tracked)
+            except VenueCallError as exc:
+                why = str(exc)
+            else:
+                return outcome
+            # Cancels are idempotent: send it again after a pause.
+            await asyncio.sleep(pause)
+            pause *= 2
+        if await self._cancel_looked_up(tracked):
+            return True
+        self.counters["cancel_retries"] = self.counters.get("cancel_retries", 0) + 1
+        logger.warning(
+            "{}: cancel of order {} on {} not confirmed after {} tries and a lookup ({}); "
+            "it may still be open at the venue: the adapter keeps retrying it until the "
+            "venue confirms the order closed",
+            self.name,
+            tracked.client_id,
+            tracked.symbol,
+            CANCEL_TRIES,
+            why or "no answer",
+        )
+        task = self.spawn_task(
+            self._keep_cancelling(tracked, pause, time.monotonic()),
+            f"{self.name}/cancel/{tracked.client_id}",
+        )
+        self._cancel_keepers[tracked.client_id] = task
+        task.add_done_callback(functools.partial(self._keeper_done, tracked.client_id))
+        return True
+
+    def _keeper_done(self, client_id: str, task: asyncio.Task[Any]) -> None:
+        if self._cancel_keepers.get(client_id) is task:
+            del self._cancel_keepers[client_id]
+
+    async def _keep_cancelling(self, tracked: TrackedOrder, pause: float, since: float) -> None:
+        """Send the cancel of ``tracked`` again, the pauses doubling up to
+        ``CANCEL_RETRY_MAX_S`` (or ``reconnect_max_s`` when shorter), until the venue
+        confirms the order closed (cancel answered, "no such order", or a lookup that
+        finds it closed), a report closes it (private stream, reconciliation,
+        ``CancelAll``), the venue refuses the cancel (the run is told), or the adapter
+        closes (``close`` cancels this task). Each try is one request bounded by
+        ``request_timeout_s`` and the rate limits as any other; every
+        ``CANCEL_LOOKUP_EVERY`` unanswered tries the order is looked up too."""
+        cap = min(CANCEL_RETRY_MAX_S, self.params.reconnect_max_s)
+        pause = min(pause, cap)
+        tries = 0
+        while not tracked.status.is_terminal and not self._closed:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, cap)
+            if tracked.status.is_terminal or self._closed:
+                break
+            tries += 1
+            try:
+                if not await self._try_cancel(tracked):
+                    return  # refused: reported to the run, which manages the order again
+                break
+            except VenueCallError as exc:
+                logger.debug(
+                    "{}: cancel of {} still unanswered: {}", self.name, tracked.client_id, exc
+                )
+            if tries % CANCEL_LOOKUP_EVERY == 0 and await self._cancel_looked_up(tracked):
+                break
+        if self._closed:
+            return
+        logger.info(
+            "{}: cancel of order {} on {} confirmed after {:.1f}s of retries ({} more tries)",
+            self.name,
+            tracked.client_id,
+            tracked.symbol,
+            time.monotonic() - since,
+            tries,
+        )
+
+    async def _try_cancel(self, tracked: TrackedOrder) -> bool:
+        """Send the cancel of ``tracked`` once: True when the venue took it or no longer
+        has the order (reported), False when it refused it (reported to the run as a
+        refusal); a ``VenueCallError`` of kind ``unknown`` when the outcome is not known.
+        A rate limit's wait is waited out here: the cancel still has to happen."""
+        while True:
             try:
                 await self._with_rate_retry(lambda: self.send_cancel(tracked))
                 return True
@@ -449,20 +554,39 @@ class OrderTracking(ExchangeAdapter):
                         wait,
                     )
                     await asyncio.sleep(wait)
+                    if tracked.status.is_terminal:
+                        return True
                     continue
                 if exc.kind != "unknown":
                     self.report_refused(tracked, f"cancel refused: {exc}")
                     return False
-                # Cancels are idempotent: retry after a pause, then ask the venue.
-                await asyncio.sleep(self.params.lookup_interval_s * (2**attempt))
-                attempt += 1
-                if attempt == 3:
-                    break
-        if attempt == 3:
-            update = await self._lookup_quietly(tracked)
-            if update is not None:
-                self._emit(update)
-        return True
+                raise
+
+    async def _cancel_looked_up(self, tracked: TrackedOrder) -> bool:
+        """Look up ``tracked``, whose cancel is unanswered, and report what the venue
+        says: True when the order is closed (or the venue has no such order), False when
+        it may still be open (found working, or the lookup failed too)."""
+        if tracked.status.is_terminal:
+            return True
+        self.counters["lookups"] += 1
+        try:
+            update = await self._with_rate_retry(lambda: self.lookup_order(tracked))
+        except VenueCallError as exc:
+            logger.info(
+                "{}: lookup of {} (cancel unanswered) failed: {}", self.name, tracked.client_id, exc
+            )
+            return False
+        self._emit(
+            update
+            or OrderUpdate(
+                self.name,
+                tracked.client_id,
+                OrderStatus.CANCELLED,
+                self.clock.now_ns(),
+                reason="the venue does not know this order",
+            )
+        )
+        return update is None or update.status.is_terminal or tracked.status.is_terminal
 
     async def _lookup_quietly(self, tracked: TrackedOrder) -> OrderUpdate | None:
         try:

@@ -384,9 +384,11 @@ class BinanceSpot(BinanceFamilyAdapter):
                 if exc.kind != "unknown":
                     self.report_rejected(new.client_id, str(exc))
                     return
-                update = await self._lookup_quietly(old)
-                if update is not None:
-                    self._emit_update(update)
+                # The call may not have been processed, and then ``old`` still rests: the
+                # run asked for it to go, so its cancel is sent until the venue confirms
+                # it closed, whatever becomes of ``new``.
+                if not await self._cancel_looked_up(old):
+                    await self._cancel_checked(old)
                 await self._resolve_unknown(new, str(exc))
                 return
             cancel = detail.get("cancelResponse") or {}

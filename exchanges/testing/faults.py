@@ -85,9 +85,13 @@ class FaultPlan:
     ) -> None:
         self.timeouts.append(_Timeout(count, after_processing, delay, path))
 
-    def take_http(self, path: str) -> _HttpFault | None:
+    def take_http(self, path: str, *, aimed_only: bool = False) -> _HttpFault | None:
+        """The next HTTP fault for ``path`` (one use of it); ``aimed_only``: only a fault
+        armed for this path, not one armed for every request."""
         for fault in self.http:
-            if fault.path is None or path.startswith(fault.path):
+            if (fault.path is None and not aimed_only) or (
+                fault.path is not None and path.startswith(fault.path)
+            ):
                 fault.count -= 1
                 if fault.count <= 0:
                     self.http.remove(fault)

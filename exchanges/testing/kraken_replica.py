@@ -52,14 +52,17 @@ class KrakenReplica(KrakenRest):
     ``use_rest_counter`` and the fault commands of ``ReplicaServer``. ``order_path``
     ("add_order") aims ``fail_http`` and ``time_out`` at websocket order entry: an HTTP
     429/418 becomes ``EOrder:Rate limit exceeded``, a 5xx ``EService:Unavailable``, a
-    time-out no answer. The REST API is ``KrakenRest`` (kraken_replica_rest.py); this
-    class adds websocket v2 and the order engine.
+    time-out no answer. ``cancel_path`` ("cancel_order") aims ``fail_http`` at websocket
+    cancels the same way (only faults armed with that path). The REST API is
+    ``KrakenRest`` (kraken_replica_rest.py); this class adds websocket v2 and the order
+    engine.
 
     ``rest_tier`` is the account's verification tier for the REST call counter
     (``REST_TIERS``: starter, intermediate, pro); "starter" by default, as the adapter's
     ``tier``. Give both the same tier.
     """
 
+    cancel_path = "cancel_order"
     churn_ticks = 12
     churn_lots = (10_000, 3_000_000)
 
@@ -519,6 +522,16 @@ class KrakenReplica(KrakenRest):
             if timeout is None:
                 await self.send_text(ws, reply)
             return
+        if method == "cancel_order":
+            fault = self.faults.take_http(self.cancel_path, aimed_only=True)
+            if fault is not None:
+                error = (
+                    "EOrder:Rate limit exceeded"
+                    if fault.status in (418, 429)
+                    else "EService:Unavailable"
+                )
+                await self.send_text(ws, self._ack(method, req_id, error=error))
+                return
         await self.send_text(ws, await self._trading(method, params, req_id))
 
     async def _trading(self, method: str, params: dict[str, Any], req_id: Any) -> str:
