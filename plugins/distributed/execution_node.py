@@ -55,6 +55,7 @@ from quoteforge.plugins.distributed.node_base import (
     is_simulated,
     node_bus,
 )
+from quoteforge.plugins.distributed.reconcile import book_fills_after_kill
 from quoteforge.plugins.distributed.recording_journal import RecordingJournal
 from quoteforge.plugins.distributed.remote import (
     IntentError,
@@ -106,6 +107,7 @@ class ExecutionNode(Node):
         self.replay = ReplayBuffer(lambda: self.bus, window_s=float(self.settings.replay_window))
         self.intent_max_age_ns = int(float(self.settings.intent_max_age) * NS)
         self.stopping = False
+        self.started_ns = 0  # when start() began: a kill checks the venues' fills since
         self.fills = 0
         self.refusals = 0
         self._last_refusal = ""
@@ -169,6 +171,7 @@ class ExecutionNode(Node):
         reg = self.registry
         self.announce_claim()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.started_ns = self.clock.now_ns()
         await self.journal.open()
         self.journal_open = True
         if self.lockstep is not None:
@@ -654,11 +657,18 @@ class ExecutionNode(Node):
     async def wait(self) -> None:
         if self.lockstep is not None:
             await self.lockstep.drive()
-            if self.stop_requested:
-                return
         else:
             await super().wait()
-        if self.stop_requested:
+        # On a kill, once its cancels are confirmed: the fills no stream reported (a
+        # user stream silent at the kill), then the strategy node's final reconciliation
+        # is answered, before the venues close (see book_fills_after_kill).
+        kill = self.killed and self.lockstep is None and self.journal_open
+        if kill:
+            timeout = float(self.manifest.run.cancel_timeout)
+            await book_fills_after_kill(
+                self.venues, self.orders, self.started_ns - 60 * NS, self.on_fill, timeout
+            )
+        elif self.stop_requested:
             return
         # Serve the strategy node while it winds down: it cancels its quotes through us.
         linger = self.settings.linger
@@ -669,7 +679,7 @@ class ExecutionNode(Node):
         )
         deadline = time.monotonic() + limit
         ticks = 0
-        while time.monotonic() < deadline and not self.stop_requested:
+        while time.monotonic() < deadline and (kill or not self.stop_requested):
             if not self.watch.seen or not self.watch.online:
                 break
             await asyncio.sleep(0.1)

@@ -4,13 +4,15 @@ holds the real adapter, for a venue's open orders, fills or balances.
 ``reconcile_topics`` names the question and answer topics of a venue;
 ``ReconcileResponder`` is the execution node's side. The asking side is
 ``RemoteVenue.fetch_open_orders`` / ``fetch_fills`` / ``fetch_balances``.
+``book_fills_after_kill`` is the execution node's own check with the venues on a kill.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +20,8 @@ from loguru import logger
 
 from quoteforge.bus import Bus
 from quoteforge.exchange import ExchangeAdapter
+from quoteforge.model import Fill
+from quoteforge.orders import OrderManager
 from quoteforge.plugins.distributed.topics import TopicScheme
 from quoteforge.plugins.distributed.wire import fill_payload, update_payload
 
@@ -28,6 +32,7 @@ __all__ = [
     "RECONCILE_WHAT",
     "ReconcileError",
     "ReconcileResponder",
+    "book_fills_after_kill",
     "reconcile_topics",
 ]
 
@@ -169,3 +174,47 @@ class ReconcileResponder:
             answer = {**answer, "session": self.session}
         with contextlib.suppress(RuntimeError):  # the bus closed: the node is stopping
             self._bus().publish(topic, answer, qos=1)
+
+
+async def book_fills_after_kill(
+    venues: Mapping[str, ExchangeAdapter],
+    orders: OrderManager,
+    since_ns: int,
+    on_fill: Callable[[Fill], None],
+    timeout_s: float,
+) -> int:
+    """The execution node's own check with the venues on a kill, before it closes them:
+    once the kill's cancels are confirmed (or ``timeout_s`` has passed), the fills each
+    venue reports over REST since ``since_ns`` of the orders ``orders`` knows that it has
+    not booked go to ``on_fill`` (which journals and publishes them); how many did.
+
+    A fill made as the kill was pulled may have come on no stream (the venue's user
+    stream silent at that moment): without this check it would be in neither node's
+    journal. A venue that fails or cannot tell is logged and passed over.
+    """
+    deadline = time.monotonic() + timeout_s
+    while orders.all_working() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # a confirmed cancel: that order trades no more
+    booked = 0
+    for name, venue in venues.items():
+        try:
+            fills = await asyncio.wait_for(
+                venue.fetch_fills(since_ns), max(1.0, deadline - time.monotonic())
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error("{}: cannot read the fills at the kill: {!r}", name, exc)
+            continue
+        for fill in fills or ():
+            if orders.has_fill(fill.venue, fill.fill_id) or orders.get(fill.client_id) is None:
+                continue  # booked already, or not an order of this node
+            on_fill(fill)
+            booked += 1
+    if booked:
+        logger.warning(
+            "kill switch: {} fill(s) the venues' streams had not reported, booked from "
+            "their REST answers",
+            booked,
+        )
+    return booked
