@@ -57,3 +57,29 @@ async def test_a_fill_made_at_the_kill_while_the_user_stream_is_silent_reaches_b
         assert nodes.info("execution")["fills"] == 1
         assert "final reconciliation failed" not in nodes.log("strategy")
         assert "ExchangeClosedByUser" not in nodes.log("strategy")
+
+
+async def test_a_kill_whose_cancels_the_venue_refuses_ends_the_execution_node_with_exit_1(
+    nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    """The venue answers 500 to every order request from the kill on: the execution node
+    cannot confirm its orders closed, nor read the venue's open orders at stop. It
+    counts them as open (it said 0) and exits 1, as a run in one process does; so does
+    the strategy node, which cannot confirm them closed either."""
+    async with running_replica() as replica:
+        manifest = split_binance_manifest(tmp_path / "m.yaml", replica, secure_broker.port)
+        await start_split(nodes, replica, manifest)
+        quotes = len(replica.orders(SYMBOL))
+        for path in ("/api/v3/order", "/api/v3/openOrders", "/api/v3/myTrades"):
+            await replica.fail_http(500, count=100_000, path=path)
+        os.kill(nodes.procs["strategy"].pid, signal.SIGUSR1)
+        codes = await nodes.wait(90)
+        assert codes["execution"] == 1, nodes.log("execution")[-3000:]
+        assert len(replica.orders(SYMBOL)) == quotes  # the venue kept them
+        info = nodes.info("execution")
+        assert info["open_orders_left"] == quotes
+        assert f"execution node: {quotes} order(s) not confirmed closed" in nodes.log("execution")
+        assert "kill switch: cancelling" in nodes.log("execution")
+        # The strategy node cannot confirm them either: it says so and exits 1 too.
+        assert codes["strategy"] == 1 and nodes.info("strategy")["orders_left_open"] == quotes
+        assert codes["marketdata"] == 0

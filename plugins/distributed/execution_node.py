@@ -723,6 +723,8 @@ class ExecutionNode(Node):
                     open_now = await venue.fetch_open_orders()
                     venue_fills = await venue.fetch_fills(0)
                 except Exception as exc:
+                    # Unread: this node's orders there not confirmed closed count as open.
+                    open_left += sum(1 for o in left if o.venue == name)
                     self.log.error("{}: cannot read open orders/fills at stop: {}", name, exc)
                     continue
                 if open_now is None or venue_fills is None:

@@ -205,7 +205,8 @@ async def run_node(
     resume: bool = False,
 ) -> int:
     """Run one node of a manifest until its duration passes, a stop signal or the kill
-    switch; returns a process exit code (0 ok, 1 failed, 2 refused configuration, or
+    switch; returns a process exit code (0 ok, 1 failed or stopped with orders not
+    confirmed closed at the venues, 2 refused configuration, or
     another instance of the role is online, or a strategy node's intents are refused by
     an execution node bound to another strategy session).
 
@@ -250,4 +251,11 @@ async def run_node(
             logger.opt(exception=exc).error("{} node failed: {}", role, exc)
             return EXIT_ERROR
     logger.info("{} node stopped: {}", role, reason)
+    if isinstance(node, StrategyNode):
+        left = node.run_obj.run_info.get("orders_left_open")
+    else:
+        left = node.info.get("open_orders_left")
+    if left:  # as a run in one process: a stop whose orders may still rest is no success
+        logger.error("{} node: {} order(s) not confirmed closed at the venues", role, left)
+        return EXIT_ERROR
     return EXIT_OK

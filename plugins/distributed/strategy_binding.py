@@ -220,7 +220,7 @@ class StrategyBinding:
             # A goodbye: the node pulled its quotes before closing; cancel what is left.
             left = self.cancel(self.orders_of(session))
             if left:
-                self.log.warning("strategy node closed with {} order(s) open: cancelled", left)
+                self.log.warning("strategy node closed with {} order(s) open: cancels sent", left)
 
     def admit(self, payload: Mapping[str, Any]) -> bool:
         """Whether an intent may be applied: it is the bound session's, or none is bound
