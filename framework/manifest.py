@@ -268,8 +268,8 @@ class NodeSettings(BaseModel):
     )
     linger: Duration | None = Field(
         None,
-        description="After run.duration, the execution node keeps serving until the "
-        "strategy node has gone, at most this long (default: strategy_grace + "
+        description="After run.duration or the kill switch, the execution node serves "
+        "until the strategy node has gone, at most this long (default: strategy_grace + "
         "run.cancel_timeout).",
     )
     replay_window: Duration = Field(
