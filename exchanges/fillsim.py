@@ -119,13 +119,16 @@ class _Level:
     """A price level where we rest: what we last saw of it and our orders, in arrival
     order."""
 
-    __slots__ = ("orders", "price", "seen", "side", "traded")
+    __slots__ = ("hidden", "orders", "price", "seen", "side", "traded")
 
     def __init__(self, side: Side, price: int, seen: int) -> None:
         self.side = side
         self.price = price
-        self.seen = seen  # external visible lots at the last look
+        self.seen = seen  # external visible lots at the last look (0 while hidden)
         self.traded = 0  # lots printed at this price that the depth does not show yet
+        # Beyond the worst level the book shows on our side: a book cut to a fixed
+        # depth says nothing about it, so its size is not read (``_out_of_view``).
+        self.hidden = False
         self.orders: list[_Working] = []
 
 
@@ -135,6 +138,7 @@ class _Market:
         "bid_top",
         "book",
         "gap",
+        "hidden",
         "instrument",
         "levels",
         "maker_rate",
@@ -172,6 +176,32 @@ class _Market:
         # The book was not LIVE since our levels last read it (a resync, a stale
         # feed): its next LIVE look re-estimates our queues (``_after_gap``).
         self.gap = False
+        # Our levels that are out of view (``_Level.hidden``).
+        self.hidden: list[_Level] = []
+
+
+# L2Book keeps each side's keys in ascending order, the worst level first (asks keyed
+# by negated ticks), and has no public reader of the worst level; these are asked on
+# every book event while a level of ours is out of view, so they stay O(1).
+def _beyond_view(book: L2Book, side: Side, price: int) -> bool:
+    """``price`` is strictly worse than the worst level ``book`` shows on ``side``: a
+    book cut to a fixed depth (Kraken's subscribed depth) does not say what rests
+    there. A side that shows nothing is not cut: only deletions empty it."""
+    if side is _BUY:
+        keys = book._bid_keys
+        return bool(keys) and price < keys[0]
+    keys = book._ask_keys
+    return bool(keys) and -price < keys[0]
+
+
+def _in_view(book: L2Book, side: Side, price: int) -> bool:
+    """``price`` is at or better than the worst level ``book`` shows on ``side``, so
+    an absent level there is empty."""
+    if side is _BUY:
+        keys = book._bid_keys
+        return bool(keys) and price >= keys[0]
+    keys = book._ask_keys
+    return bool(keys) and -price >= keys[0]
 
 
 class FillSimulator(ActionDispatch):
@@ -197,6 +227,11 @@ class FillSimulator(ActionDispatch):
       no cancellation moves us up: the queue ahead keeps what the trades we saw left
       of it, cut to the level's visible size (orders that arrived meanwhile queue
       behind us).
+    - A level of ours that goes strictly worse than the worst level the book shows on
+      its side is out of view, not empty: a book cut to a fixed depth does not show
+      it. Its size is not read meanwhile (nor while that side shows nothing); trades
+      at it still consume the queue, and when it is in view again it is re-estimated
+      as after a resync.
     - Queues and visible sizes are counted in the venue's lots (its reporting
       precision); our fills are whole order steps (``Instrument.qty_step``), so an order
       never keeps a remainder it could not have been sent with.
@@ -342,6 +377,8 @@ class FillSimulator(ActionDispatch):
                 visible = ask_sizes.get(-level.price, 0)
             if visible != level.seen:
                 self._level_changed(market, level, visible)
+        if market.hidden:
+            self._look_beyond(market, book)
 
     def _book_reached(self, market: _Market, book: L2Book) -> None:
         """The opposite side reached some of our levels: those fill, in level order; the
@@ -359,23 +396,71 @@ class FillSimulator(ActionDispatch):
             visible = book.lots_at(level.side, level.price)
             if visible != level.seen:
                 self._level_changed(market, level, visible)
+        if market.hidden:
+            self._look_beyond(market, book)
+
+    def _look_beyond(self, market: _Market, book: L2Book) -> None:
+        """Levels out of view that the window reaches again while they show nothing:
+        now the book does say nobody rests there."""
+        hidden = market.hidden
+        i = len(hidden)
+        while i:  # backwards: ``_reestimate`` removes the level from ``hidden``
+            i -= 1
+            level = hidden[i]
+            if _in_view(book, level.side, level.price):
+                self._reestimate(market, level, book.lots_at(level.side, level.price))
 
     def _after_gap(self, market: _Market) -> None:
         """The book is LIVE again after a time it was not: take our levels' sizes as
         they are now without reading cancellations from the difference. Trades printed
         meanwhile have already consumed the queue; more than the visible size cannot
-        be ahead of us."""
+        be ahead of us. A level the rebuilt book does not reach is out of view."""
         market.gap = False
         book = market.book
         for level in market.levels.values():
-            visible = book.lots_at(level.side, level.price)
-            level.seen = visible
-            level.traded = 0
-            for w in level.orders:
-                if w.ahead > visible:
-                    w.ahead = visible
+            side = level.side
+            price = level.price
+            visible = book.lots_at(side, price)
+            if visible or _in_view(book, side, price):
+                self._reestimate(market, level, visible)
+            elif level.hidden:
+                continue  # still beyond the window, or the side shows nothing
+            elif _beyond_view(book, side, price):
+                self._out_of_view(market, level)
+            else:  # the side shows nothing: deleted, not cut away
+                self._reestimate(market, level, 0)
+
+    @staticmethod
+    def _out_of_view(market: _Market, level: _Level) -> None:
+        """``level`` went beyond the worst visible level: the book no longer shows its
+        size, which says nothing about who left it. The queue ahead stays as it is
+        (trades at the level still consume it) until the level is in view again."""
+        level.hidden = True
+        market.hidden.append(level)
+        level.seen = 0
+        level.traded = 0
+
+    @staticmethod
+    def _reestimate(market: _Market, level: _Level, visible: int) -> None:
+        """Take ``level``'s visible size as it is without reading cancellations from the
+        difference (after a gap, or back in view): more than the visible size cannot be
+        ahead of us."""
+        if level.hidden:
+            level.hidden = False
+            market.hidden.remove(level)
+        level.seen = visible
+        level.traded = 0
+        for w in level.orders:
+            if w.ahead > visible:
+                w.ahead = visible
 
     def _level_changed(self, market: _Market, level: _Level, visible: int) -> None:
+        if level.hidden:  # shows a size again (``seen`` is 0 while hidden): in view
+            self._reestimate(market, level, visible)
+            return
+        if not visible and _beyond_view(market.book, level.side, level.price):
+            self._out_of_view(market, level)
+            return
         seen = level.seen
         if visible < seen:
             drop = seen - visible
@@ -483,10 +568,15 @@ class FillSimulator(ActionDispatch):
         visible = book.lots_at(order.side, limit)
         if book.state is not _LIVE:
             market.gap = True  # ``visible`` is read from a book known to be wrong
+        ahead = visible
         if level is None:
             level = market.levels[key] = _Level(order.side, limit, visible)
             self._bounds(market)
-        working = _Working(order, level, visible, filled)
+        elif level.hidden:
+            # The book does not show the level, but our earlier orders there, and the
+            # queue ahead of them, are ahead of this one.
+            ahead = level.orders[-1].ahead
+        working = _Working(order, level, ahead, filled)
         level.orders.append(working)
         market.orders[order.client_id] = working
 
@@ -624,6 +714,8 @@ class FillSimulator(ActionDispatch):
         if not level.orders:
             removed = market.levels.pop((level.side, level.price), None)
             if removed is not None:
+                if removed.hidden:
+                    market.hidden.remove(removed)
                 self._bounds(market)
 
     @staticmethod
