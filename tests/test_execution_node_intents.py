@@ -11,6 +11,7 @@ front of the same node."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -354,7 +355,9 @@ async def test_an_order_made_longer_ago_than_intent_max_age_never_reaches_the_ve
     await ex.until(lambda: ex.status("fresh") is OrderStatus.OPEN, "fresh open")
     stale = ex.order("stale", ticks_from_touch=4_000, created_ns=now - 300 * NS)
     ex.send(ReplaceOrder("fresh", stale))
-    assert ex.status("stale") is OrderStatus.REJECTED and "300.0 s ago" in ex.reason("stale")
+    # Made 300 s ago, read a moment later (a second later on a loaded machine).
+    assert ex.status("stale") is OrderStatus.REJECTED
+    assert re.search(r"made 30[01]\.\d s ago", ex.reason("stale")), ex.reason("stale")
     await ex.until(lambda: ex.status("fresh") is OrderStatus.CANCELLED, "fresh pulled")
     await ex.settle()
     assert await ex.venue_open() == set()

@@ -292,6 +292,9 @@ def quoted_at(orders: list[Any], mid: Decimal) -> list[Any]:
 
 
 @pytest.mark.slow
+# Needs the strategy node to requote within the pause's first 2 s (before its books go
+# STALE): a machine loaded past its cores can delay that, leaving nothing to refuse.
+@pytest.mark.flaky(reruns=1)
 async def test_a_paused_execution_node_sends_no_order_priced_on_the_book_of_before(
     nodes: Nodes, secure_broker: SecureBroker, tmp_path: Path
 ) -> None:

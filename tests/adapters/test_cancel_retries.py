@@ -17,6 +17,7 @@ from test_binance_usdm_conformance import USDM_KIT
 from test_polymarket_conformance import POLYMARKET_KIT
 
 from quoteforge.exchange import CancelAll, CancelOrder, ReplaceOrder
+from quoteforge.exchanges.ccxt_orders import CANCEL_RETRY_MAX_S
 from quoteforge.exchanges.testing.conformance import Harness, VenueKit
 from quoteforge.model import Order, OrderStatus, Side
 
@@ -89,6 +90,11 @@ async def test_a_cancel_answered_with_500s_for_seconds_goes_through_after(
         assert not h.status_is(order.client_id, OrderStatus.CANCELLED)()
         h.replica.faults.http.clear()
         await _cancelled_after_recovery(h, order, time.monotonic())
+        # A report that closed the order while the retry slept is noticed when it wakes.
+        deadline = time.monotonic() + CANCEL_RETRY_MAX_S + 2
+        while not any(lvl == "INFO" and "confirmed" in m for lvl, m in logs):
+            assert time.monotonic() < deadline, logs
+            await asyncio.sleep(0.05)
     warnings = [m for lvl, m in logs if lvl == "WARNING" and "keeps retrying" in m]
     assert len(warnings) == 1, logs
     assert order.client_id in warnings[0] and h.symbol in warnings[0]
