@@ -10,9 +10,10 @@ replacements that change nothing. Optional timers requote and replace aged order
 a moving band and a minimum spread bound the prices, hanging orders keep the unfilled
 side of a pair working, and the reference can be another market's book.
 
-Read top to bottom: parameters, market resolution, the timers, pricing
-(``wanted_quotes``: the quotes wanted now, computed in floats and handed to
-``market.bid``/``market.ask`` as integer ticks and lots), then the events. What only
+Read top to bottom: parameters, the levels of a params object (``_Ladder``, worked out
+once per params), market resolution, the timers, pricing (``wanted_quotes``: the quotes
+wanted now, computed in floats and handed to ``market.bid``/``market.ask`` as integer
+ticks and lots), then the events. What only
 makes it fast (remembering quotes, skipping updates that cannot change them) lives in
 ``_pmm_cache.py`` and changes no decision.
 """
@@ -35,6 +36,8 @@ from quoteforge.strategies._pmm_cache import QuoteCache
 from quoteforge.strategy import Market, Quotes, Speed, Strategy, StrategyParams
 
 __all__ = ["PureMarketMaking", "PureMarketMakingParams"]
+
+_BUY, _SELL = Side.BUY, Side.SELL
 
 
 class PureMarketMakingParams(StrategyParams):
@@ -230,6 +233,56 @@ class _Hang:
     filled_lots: int = 0
 
 
+class _Ladder:
+    """The levels one params object quotes, worked out once (``_quotes_at`` finds them
+    again while ``params`` is the same object, so new params give a new ladder).
+
+    Level i quotes ``spread_bps + i * level_spacing_bps`` away from the centre with
+    ``order_size + i * level_size_increment``; ``1 - distance`` and ``1 + distance``
+    are kept as the very floats that multiply the centre, so the prices are unchanged.
+    """
+
+    __slots__ = ("_lots", "ask_bottom", "bid_top", "fixed_limits", "params", "steps")
+
+    def __init__(self, params: PureMarketMakingParams) -> None:
+        #: The params these were worked out from (compared by identity).
+        self.params = params
+        #: Per level: (level, 1 - distance, 1 + distance, size in base units).
+        self.steps: tuple[tuple[int, float, float, float], ...] = tuple(
+            (
+                level,
+                1 - (distance := (params.spread_bps + level * params.level_spacing_bps) / 1e4),
+                1 + distance,
+                params.order_size + level * params.level_size_increment,
+            )
+            for level in range(params.levels)
+        )
+        #: Without a band or a minimum spread the price limits are the params' own.
+        self.fixed_limits = params.price_band_bps is None and not params.minimum_spread_bps
+        self.bid_top = params.price_ceiling
+        self.ask_bottom = params.price_floor
+        # Per market key: (market, ratio, lots) of the last ``lots`` answer.
+        self._lots: dict[str, tuple[Market, float, tuple[tuple[int, int], ...]]] = {}
+
+    def lots(self, market: Market, ratio: float) -> tuple[tuple[int, int], ...]:
+        """Per level, the lots of the bid and of the ask at inventory ``ratio``: the side
+        that grows the position shrinks linearly and stops at the limit. The last answer
+        per market is kept: the ratio moves only with the position."""
+        known = self._lots.get(market.key)
+        if known is not None and known[0] is market and known[1] == ratio:
+            return known[2]
+        lots = market.lots  # rounds down to whole order steps
+        sizes = tuple(
+            (
+                lots(size * (1 - ratio) if ratio > 0 else size),
+                lots(size * (1 + ratio) if ratio < 0 else size),
+            )
+            for _, _, _, size in self.steps
+        )
+        self._lots[market.key] = (market, ratio, sizes)
+        return sizes
+
+
 class PureMarketMaking(Strategy):
     """Symmetric multi-level quoting with inventory skew, refresh tolerance and a price band."""
 
@@ -256,6 +309,7 @@ class PureMarketMaking(Strategy):
         self._cash: dict[str, float] = {}
         self._ewma: dict[str, tuple[float, float]] = {}
         self._cache = QuoteCache()  # speed only: see _pmm_cache.py
+        self._ladder = _Ladder(params)
         self._timer: Any = None
         self._reference_key, self._quoted = self._resolve_markets(params)
         self._warned: set[tuple[str, Side]] = set()  # full-size quotes the venue would refuse
@@ -380,12 +434,14 @@ class PureMarketMaking(Strategy):
         now: float,
         renewed: frozenset[tuple[Side, int]] = frozenset(),
     ) -> None:
-        old = {(q.side, q.level): q for q in self._last.get(key, [])}
+        old = {(q.side, q.level): q for q in self._last.get(key, ())}
         since = self._slot_since.get(key, {})
         fresh: dict[tuple[Side, int], float] = {}
         for q in quotes:
             slot = (q.side, q.level)
-            unchanged = old.get(slot) == q and slot not in renewed
+            # ``is`` first: a market hands out the same Quote object for the same quote.
+            was = old.get(slot)
+            unchanged = (was is q or was == q) and slot not in renewed
             fresh[slot] = since.get(slot, now) if unchanged else now
         self._slot_since[key] = fresh
         self._last[key] = quotes
@@ -456,10 +512,71 @@ class PureMarketMaking(Strategy):
 
     def wanted_quotes(self, market: Market) -> list[Quote]:
         """The quotes wanted now (also moves the band's EWMA and ages out hanging orders)."""
-        p = self.params
         ref = self.reference_price(market)
         if ref is None:
             return []
+        return self._quotes_at(market, ref, self.inventory_ratio(market, ref))
+
+    def _quotes_at(self, market: Market, ref: float, ratio: float) -> list[Quote]:
+        """``wanted_quotes`` from its reference price and inventory ratio."""
+        p = self.params
+        ladder = self._ladder
+        if ladder.params is not p:
+            ladder = self._ladder = _Ladder(p)
+        key = market.key
+        if ladder.fixed_limits:
+            bid_top, ask_bottom = ladder.bid_top, ladder.ask_bottom
+        else:
+            bid_top, ask_bottom = self._limits(market, ref)
+        hangs = self._hangs.get(key)
+        if hangs:
+            hangs = self._expire_hangs(key, self.ctx.now())
+        # Both sides quote around the reference shifted against the inventory.
+        center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)
+        # Without a band or hanging orders the quotes depend on the reference price and
+        # the inventory ratio only (memoised); without price limits as well, on the
+        # centre only (anchored).
+        memo_ok = p.price_band_bps is None and not hangs
+        cache = self._cache
+        cache.begin(center, ratio, memo_ok and bid_top is None and ask_bottom is None)
+        if memo_ok and (known := cache.recall(key, p, ref, ratio)) is not None:
+            return known
+        quotes: list[Quote] = []
+        ticks, bid, ask, post_only = market.ticks, market.bid, market.ask, p.post_only
+        sizes = ladder.lots(market, ratio)
+        for (level, below, above, size), (bid_lots, ask_lots) in zip(
+            ladder.steps, sizes, strict=True
+        ):
+            bid_price = center * below  # below = 1 - the level's distance
+            ask_price = center * above
+            hang = hangs.get((_BUY, level)) if hangs else None
+            if hang is not None:
+                quotes.append(hang.quote)
+            elif ratio < 1 and (bid_top is None or bid_price <= bid_top):
+                # Passive rounding onto the grids: bids down, sizes down to order steps.
+                bid_ticks = ticks(bid_price, _BUY)
+                quote = bid(bid_ticks, bid_lots, level, post_only)
+                if quote is not None:
+                    quotes.append(quote)
+                elif ratio <= 0:  # at full size: not the inventory skew shrinking it
+                    self._unquotable(market, _BUY, bid_ticks, size)
+            hang = hangs.get((_SELL, level)) if hangs else None
+            if hang is not None:
+                quotes.append(hang.quote)
+            elif ratio > -1 and (ask_bottom is None or ask_price >= ask_bottom):
+                ask_ticks = ticks(ask_price, _SELL)
+                quote = ask(ask_ticks, ask_lots, level, post_only)
+                if quote is not None:
+                    quotes.append(quote)
+                elif ratio >= 0:
+                    self._unquotable(market, _SELL, ask_ticks, size)
+        if memo_ok:
+            cache.remember(key, p, ref, ratio, quotes)
+        return quotes
+
+    def _limits(self, market: Market, ref: float) -> tuple[float | None, float | None]:
+        """The highest bid and the lowest ask allowed now (the band moves its EWMA)."""
+        p = self.params
         upper = lower = None
         if p.price_band_bps is not None:
             center_band = self.band_center(market, ref)
@@ -478,51 +595,7 @@ class PureMarketMaking(Strategy):
         ask_bottom = (
             max(lower, p.price_floor) if p.price_floor and lower else (lower or p.price_floor)
         )
-        hangs = self._expire_hangs(market.key, self.ctx.now())
-        ratio = self.inventory_ratio(market, ref)
-        # Both sides quote around the reference shifted against the inventory.
-        center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)
-        # Without a band or hanging orders the quotes depend on the reference price and
-        # the inventory ratio only (memoised); without price limits as well, on the
-        # centre only (anchored).
-        memo_ok = p.price_band_bps is None and not hangs
-        cache = self._cache
-        cache.begin(center, ratio, memo_ok and bid_top is None and ask_bottom is None)
-        if memo_ok and (known := cache.recall(market.key, p, ref, ratio)) is not None:
-            return known
-        quotes: list[Quote] = []
-        for level in range(p.levels):
-            distance = (p.spread_bps + level * p.level_spacing_bps) / 1e4
-            size = p.order_size + level * p.level_size_increment
-            # The side that grows the position shrinks linearly and stops at the limit.
-            bid_size = size * (1 - ratio) if ratio > 0 else size
-            ask_size = size * (1 + ratio) if ratio < 0 else size
-            bid_price = center * (1 - distance)
-            ask_price = center * (1 + distance)
-            hang = hangs.get((Side.BUY, level))
-            if hang is not None:
-                quotes.append(hang.quote)
-            elif ratio < 1 and (bid_top is None or bid_price <= bid_top):
-                # Passive rounding onto the grids: bids down, sizes down to order steps.
-                ticks = market.ticks(bid_price, Side.BUY)
-                bid = market.bid(ticks, market.lots(bid_size), level, p.post_only)
-                if bid is not None:
-                    quotes.append(bid)
-                elif ratio <= 0:  # at full size: not the inventory skew shrinking it
-                    self._unquotable(market, Side.BUY, ticks, bid_size)
-            hang = hangs.get((Side.SELL, level))
-            if hang is not None:
-                quotes.append(hang.quote)
-            elif ratio > -1 and (ask_bottom is None or ask_price >= ask_bottom):
-                ticks = market.ticks(ask_price, Side.SELL)
-                ask = market.ask(ticks, market.lots(ask_size), level, p.post_only)
-                if ask is not None:
-                    quotes.append(ask)
-                elif ratio >= 0:
-                    self._unquotable(market, Side.SELL, ticks, ask_size)
-        if memo_ok:
-            cache.remember(market.key, p, ref, ratio, quotes)
-        return quotes
+        return bid_top, ask_bottom
 
     def _unquotable(self, market: Market, side: Side, ticks: int, size: float) -> None:
         """Say once per market and side that a quote of the configured size is below the
@@ -565,13 +638,18 @@ class PureMarketMaking(Strategy):
         key = market.key
         last = self._last.get(key)
         cache = self._cache
-        p = self.params
-        if last is not None and (ref := self.reference_price(market)) is not None:
+        ref = self.reference_price(market)
+        if ref is None:
+            quotes: list[Quote] = []
+        else:
+            # The reference and the ratio are read once, for the shortcut and the pricing.
             ratio = self.inventory_ratio(market, ref)
-            center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)  # as in wanted_quotes
-            if cache.holds(key, last, p, ratio, center):
-                return None  # provably within tolerance: keep the quotes
-        quotes = self.wanted_quotes(market)
+            if last is not None:
+                p = self.params
+                center = ref * (1 - ratio * p.inventory_skew_bps / 1e4)  # as in _quotes_at
+                if cache.holds(key, last, p, ratio, center):
+                    return None  # provably within tolerance: keep the quotes
+            quotes = self._quotes_at(market, ref, ratio)
         if last is not None:
             if cache.already_kept(key, last):
                 return None
@@ -622,7 +700,7 @@ class PureMarketMaking(Strategy):
         if len(old) != len(new):
             return False
         tolerance = self.params.refresh_tolerance_bps / 1e4
-        tick = float(market.instrument.tick_size)
+        tick = self._cache.grid(market)[1]  # float(tick_size), converted once
         for a, b in zip(old, new, strict=True):
             if a.side is not b.side or a.level != b.level or a.qty_lots != b.qty_lots:
                 return False
