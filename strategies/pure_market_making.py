@@ -641,6 +641,7 @@ class PureMarketMaking(Strategy):
         ref = self.reference_price(market)
         if ref is None:
             quotes: list[Quote] = []
+            cache.source = None  # nothing priced now: no earlier pricing stands for it
         else:
             # The reference and the ratio are read once, for the shortcut and the pricing.
             ratio = self.inventory_ratio(market, ref)

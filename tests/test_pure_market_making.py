@@ -140,6 +140,20 @@ def test_empty_book_pulls_quotes() -> None:
     assert strategy.on_book(market) == []
 
 
+def test_a_book_side_emptied_after_quotes_were_kept_pulls_them() -> None:
+    """Quotes kept within tolerance (priced, not only anchored: a price limit is set),
+    then one side of the book empties: there is no reference price, so the quotes go;
+    they were kept, the pricing of before taken for this one."""
+    strategy, market, _, book = make(refresh_tolerance_bps=5, price_ceiling=1000)
+    assert strategy.on_book(market)
+    book.apply_snapshot([(9997, 1000)], [(10007, 1000)])  # mid +1 tick: within tolerance
+    book.state = BookState.LIVE
+    assert strategy.on_book(market) is None
+    book.apply_snapshot([(9997, 1000)], [])  # the asks are gone: no mid
+    book.state = BookState.LIVE
+    assert strategy.on_book(market) == []
+
+
 def test_a_size_the_venue_would_refuse_is_said_once_per_side() -> None:
     # A bot whose every quote is below the venue's minimums quotes nothing: it says so,
     # once per side, naming the venue's rule and the fix.
