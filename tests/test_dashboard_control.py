@@ -322,8 +322,10 @@ async def test_buttons_pull_reset_pause_resume_and_cancel_one_order(live: Live) 
             "[...document.querySelectorAll('#venues td')].map(c => c.textContent).join('|')"
             " === 'binance|live|BTCUSDT LIVE|0|4'"
         )
+        # This run has no breakers: the button says there is nothing to reset (a 409).
         await page.click("#reset-breakers")
-        assert "breaker trip(s) reset" in await result_text(page, "action-result", "reset")
+        shown = await result_text(page, "action-result", "reset")
+        assert "nothing to reset ('all'): this run has no breakers" in shown
         await page.click("#pull-all")
         assert await result_text(page, "action-result", "pulled") == (
             "quotes of every strategy pulled"
@@ -354,6 +356,7 @@ async def test_buttons_pull_reset_pause_resume_and_cancel_one_order(live: Live) 
     records = control_records(live.run.run_dir)
     cancels = [r for r in records if r["what"] == f"orders/{victim}/cancel"]
     assert [r["status"] for r in cancels] == [200, 409]
+    assert records[0]["status"] == 409  # the reset of a run without breakers
     assert [r["what"] for r in records][:4] == [
         "breakers/reset",
         "pull-quotes",
