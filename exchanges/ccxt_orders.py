@@ -529,17 +529,7 @@ class OrderTracking(ExchangeAdapter):
                 return True
             except VenueCallError as exc:
                 if exc.kind == "not_found":
-                    update = await self._lookup_quietly(tracked)
-                    self._emit(
-                        update
-                        or OrderUpdate(
-                            self.name,
-                            tracked.client_id,
-                            OrderStatus.CANCELLED,
-                            self.clock.now_ns(),
-                            reason="the venue does not know this order",
-                        )
-                    )
+                    self._emit_looked_up(tracked, await self._lookup_quietly(tracked))
                     return True
                 if exc.kind == "rate_limited":
                     # Not sent (a ban or a full window): the cancel still has to happen, so
@@ -576,6 +566,12 @@ class OrderTracking(ExchangeAdapter):
                 "{}: lookup of {} (cancel unanswered) failed: {}", self.name, tracked.client_id, exc
             )
             return False
+        self._emit_looked_up(tracked, update)
+        return update is None or update.status.is_terminal or tracked.status.is_terminal
+
+    def _emit_looked_up(self, tracked: TrackedOrder, update: OrderUpdate | None) -> None:
+        """Report what a lookup of ``tracked`` found; nothing found: the venue does not
+        know the order, so it is reported cancelled."""
         self._emit(
             update
             or OrderUpdate(
@@ -586,7 +582,6 @@ class OrderTracking(ExchangeAdapter):
                 reason="the venue does not know this order",
             )
         )
-        return update is None or update.status.is_terminal or tracked.status.is_terminal
 
     async def _lookup_quietly(self, tracked: TrackedOrder) -> OrderUpdate | None:
         try:
