@@ -134,7 +134,6 @@ class StrategyNode:
         self.latch = KillLatch(
             lambda: self.bus, self.scheme, self.role, self.sessions.instance, self.kill
         )
-        self.killed = False
         #: Why the execution node refused this node's intents (it stopped then), or "".
         self.refused = ""
         beat_fields = getattr(self.bus, "heartbeat_fields", None)
@@ -273,7 +272,6 @@ class StrategyNode:
         """The kill switch: tell every node when pulled here (not heard from the bus),
         latch it at the broker for the nodes cut off from it now (``KillLatch``), and
         hold the exit until the broker has it (``hold_for_kill``)."""
-        self.killed = True
         self.latch.latch(source)  # first: a node hearing the kill has the latch already
         if not source.startswith("bus:"):
             self.bus.publish(self.scheme.kill(), {"reason": source, "node": "strategy"}, qos=1)
@@ -378,7 +376,8 @@ class StrategyNode:
         try:
             reason = await self.run_obj.run()
         finally:
-            undelivered = self.killed and not kill_delivered(self.bus, self.scheme.run, self.role)
+            killed = self.run_obj.killed
+            undelivered = killed and not kill_delivered(self.bus, self.scheme.run, self.role)
             if self.lockstep is not None:
                 await self.lockstep.close()
             await self.sessions.stop()
